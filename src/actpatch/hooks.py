@@ -1,0 +1,337 @@
+"""Hooks: the only code that attaches to a model. Read activations at sites, or overwrite them.
+
+`capture` runs one forward and returns each site's activation; `patch` is a context manager
+under which every forward has the given values written into their sites. Both attach only for
+their own duration and remove exactly what they attached, on success and on error. Attention
+probabilities (`pattern`) are not a module's input or output, so for them the model's attention
+function is swapped for an eager one that exposes them, and swapped back afterwards.
+No other module in actpatch registers hooks (a test scans the tree).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter, defaultdict
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from actpatch.models.model import Model
+from actpatch.sites import KV_KINDS, Site, SiteError, validate
+
+log = logging.getLogger(__name__)
+
+Positions = Mapping[str, Tensor]  # a named position -> its index in each prompt, (batch,)
+_PATTERN_ATTENTION = "actpatch_eager"
+
+
+class PatchNotApplied(RuntimeError):
+    """A patch whose site was never reached: it would have silently changed nothing."""
+
+    def __init__(self, sites: Sequence[Site]):
+        names = ", ".join(map(str, sites))
+        super().__init__(
+            f"these sites were never reached in the forward pass, so nothing was patched: {names}. "
+            "The model's forward does not call the module the architecture table names for them."
+        )
+
+
+class PatchShapeError(ValueError):
+    """A patch value whose shape does not match the activation it replaces."""
+
+
+def capture(
+    model: Model, tokens: Tensor, sites: Sequence[Site], *, positions: Positions | None = None
+) -> dict[Site, Tensor]:
+    """Each site's activation on `tokens`, from one forward pass.
+
+    Shapes: `(batch, [pos,] [d])` where pos is present when `site.pos` is None and `d` is the
+    site's width (d_model, d_head, or src_pos for a pattern; none for a neuron)."""
+    store: dict[Site, Tensor] = {}
+    fired: Counter[Site] = Counter()
+    with _attached(model, [(s, None) for s in sites], positions, store, fired):
+        with torch.no_grad():
+            model.hf(input_ids=tokens.to(model.device), use_cache=False, logits_to_keep=1)
+    if missing := [s for s in sites if s not in store]:
+        raise PatchNotApplied(missing)
+    return store
+
+
+@contextmanager
+def patch(model: Model, values: Mapping[Site, Tensor], *, positions: Positions | None = None) -> Iterator[None]:
+    """Run forwards with `values` written into their sites; always unhook.
+
+    Each value has the shape `capture` returns for its site (the batch must match the run's).
+    Raises `PatchNotApplied` if a site was never reached: a silent no-op patch looks like an
+    unimportant site."""
+    fired: Counter[Site] = Counter()
+    with _attached(model, list(values.items()), positions, {}, fired):
+        yield
+    if missing := [s for s in values if not fired[s]]:
+        raise PatchNotApplied(missing)
+
+
+def attached_hooks(model: Model) -> int:
+    """How many hooks (and pattern taps) are on the model now; zero outside `capture`/`patch`."""
+    torch_hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf.modules())
+    return torch_hooks + sum(module in _PATTERN_TAPS for module in model.hf.modules())
+
+
+# --- attaching -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Action:
+    site: Site
+    value: Tensor | None  # None: read the site into the store
+
+
+@contextmanager
+def _attached(
+    model: Model,
+    items: list[tuple[Site, Tensor | None]],
+    positions: Positions | None,
+    store: dict[Site, Tensor],
+    fired: Counter[Site],
+) -> Iterator[None]:
+    parallel = model.arch.is_parallel(model.hf.config)
+    groups: dict[tuple[str, int, bool], list[_Action]] = defaultdict(list)
+    for site, value in items:
+        if not isinstance(site, Site):
+            raise SiteError(f"expected a Site, got {type(site).__name__}: {site!r}")
+        validate(site, model.arch, model.dims, parallel=parallel)
+        site = _normalised(site, model.dims.n_layers)
+        writes = value is not None
+        groups[(site.kind, site.layer, writes)].append(_Action(site, value))
+    with ExitStack() as stack:
+        for (kind, layer, writes), actions in groups.items():
+            tap = _Tap(kind, model, actions, positions or {}, store, fired)
+            for register in _registrations(model, kind, layer, writes, tap):
+                stack.enter_context(register())
+        yield
+
+
+def _normalised(site: Site, n_layers: int) -> Site:
+    if site.layer < 0:
+        return Site(site.kind, site.layer + n_layers, site.head, site.neuron, site.pos)
+    return site
+
+
+class _Tap:
+    """Reads or writes one (kind, layer)'s sites on the raw tensor a hook sees."""
+
+    def __init__(self, kind, model, actions, positions, store, fired):
+        self.kind, self.model, self.actions = kind, model, actions
+        self.positions, self.store, self.fired = positions, store, fired
+        self.resid_pre: Tensor | None = None  # for resid_mid writes, see `_registrations`
+
+    def __call__(self, raw: Tensor) -> Tensor | None:
+        """Return the replacement tensor, or None to leave `raw` as it is."""
+        writes = any(a.value is not None for a in self.actions)
+        if writes:
+            raw = raw.clone()
+        view = _canonical(self.kind, self.model, raw)
+        for action in self.actions:
+            index = _index(action.site, view, self.positions)
+            if action.value is None:
+                self.store[action.site] = view[index].detach().clone()
+            else:
+                value = action.value.to(device=view.device, dtype=view.dtype)
+                if self.kind == "resid_mid":
+                    # resid_mid = resid_pre + attn_out is a sum inside the layer's forward, not a
+                    # module's output; so we write it through attn_out: attn_out := wanted − resid_pre.
+                    value = value - _canonical("resid_pre", self.model, self.resid_pre)[index]
+                _check_shape(action.site, view[index], value)
+                view[index] = value
+            self.fired[action.site] += 1
+        return raw if writes else None
+
+
+def _registrations(model: Model, kind: str, layer: int, writes: bool, tap: _Tap) -> list[Callable]:
+    """Context managers that attach `tap` where `kind` lives in decoder layer `layer`."""
+    arch = model.arch
+    if kind == "pattern":
+        return [lambda: _pattern_tap(model, layer, tap)]
+    if kind == "resid_mid" and writes:
+        def remember(raw: Tensor) -> None:
+            tap.resid_pre = raw
+        return [lambda: _pre_hook(model.layer(layer), remember), lambda: _output_hook(model.submodule(layer, arch.attn), tap)]
+    where: dict[str, tuple[str | None, Callable]] = {
+        "resid_pre": (None, _pre_hook),
+        "resid_post": (None, _output_hook),
+        "resid_mid": (arch.mlp_in_norm, _pre_hook),
+        "attn_out": (arch.attn, _output_hook),
+        "mlp_out": (arch.mlp, _output_hook),
+        "head": (arch.o_proj, _pre_hook),
+        "neuron": (arch.mlp_down, _pre_hook),
+        "q": (_qkv_path(arch, 0), _output_hook),
+        "k": (_qkv_path(arch, 1), _output_hook),
+        "v": (_qkv_path(arch, 2), _output_hook),
+    }
+    path, hook = where[kind]
+    module = model.layer(layer) if path is None else model.submodule(layer, path)
+    return [lambda: hook(module, tap)]
+
+
+def _qkv_path(arch, which: int) -> str:
+    return arch.qkv if isinstance(arch.qkv, str) else arch.qkv[which]
+
+
+@contextmanager
+def _pre_hook(module: nn.Module, tap: Callable[[Tensor], Tensor | None]) -> Iterator[None]:
+    """Tap a module's first input (positional, or the `hidden_states` keyword)."""
+
+    def hook(mod, args, kwargs):
+        if args:
+            new = tap(args[0])
+            return None if new is None else ((new, *args[1:]), kwargs)
+        new = tap(kwargs["hidden_states"])
+        return None if new is None else (args, {**kwargs, "hidden_states": new})
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def _output_hook(module: nn.Module, tap: Callable[[Tensor], Tensor | None]) -> Iterator[None]:
+    """Tap a module's output, or its first element when the module returns a tuple."""
+
+    def hook(mod, args, output):
+        if isinstance(output, tuple):
+            new = tap(output[0])
+            return None if new is None else (new, *output[1:])
+        return tap(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+# --- layouts ---------------------------------------------------------------------------------
+
+def _canonical(kind: str, model: Model, raw: Tensor) -> Tensor:
+    """A view of `raw` laid out as (batch, pos, [unit,] d); writes through it land in `raw`.
+
+    Patterns keep the attention layout (batch, head, dest_pos, src_pos)."""
+    dims = model.dims
+    if kind in ("head", "q"):
+        if kind == "q" and isinstance(model.arch.qkv, str):
+            return _fused_slice(model, raw, 0)
+        return raw.unflatten(-1, (dims.n_heads, dims.d_head))
+    if kind in KV_KINDS:
+        if isinstance(model.arch.qkv, str):
+            return _fused_slice(model, raw, 1 if kind == "k" else 2)
+        return raw.unflatten(-1, (dims.n_kv_heads, dims.d_head))
+    return raw
+
+
+def _fused_slice(model: Model, raw: Tensor, which: int) -> Tensor:
+    dims = model.dims
+    if model.arch.qkv_layout == "concat":  # [q | k | v], each n_heads × d_head wide
+        width = dims.n_heads * dims.d_head
+        return raw[..., which * width : (which + 1) * width].unflatten(-1, (dims.n_heads, dims.d_head))
+    # interleaved: per head [q_h | k_h | v_h]
+    per_head = raw.unflatten(-1, (dims.n_heads, 3 * dims.d_head))
+    return per_head[..., which * dims.d_head : (which + 1) * dims.d_head]
+
+
+def _index(site: Site, view: Tensor, positions: Positions) -> tuple:
+    """The index of `site` in its canonical view, resolving named positions prompt by prompt."""
+    batch = view.shape[0]
+    pos_dim = 2 if site.kind == "pattern" else 1
+    seq = view.shape[pos_dim]
+    pos = site.pos
+    every = slice(None)
+    if pos is None:
+        rows, where = every, every
+    elif isinstance(pos, str):
+        if pos not in positions:
+            known = ", ".join(positions) or "none"
+            raise SiteError(f"{site}: no named position {pos!r} in these prompts (named positions: {known})")
+        rows, where = torch.arange(batch), torch.as_tensor(positions[pos]).to(torch.long)
+        if where.shape != (batch,):
+            raise SiteError(f"{site}: named position {pos!r} has {tuple(where.shape)} entries for {batch} prompts")
+    else:
+        if not -seq <= pos < seq:
+            raise SiteError(f"{site}: position {pos} is out of range for prompts of {seq} tokens")
+        rows, where = every, pos % seq
+    unit = site.head if site.head is not None else site.neuron
+    if site.kind == "pattern":
+        return (rows, unit, where)
+    return (rows, where) if unit is None else (rows, where, unit)
+
+
+def _check_shape(site: Site, current: Tensor, value: Tensor) -> None:
+    if value.shape != current.shape:
+        raise PatchShapeError(
+            f"{site}: patch value has shape {tuple(value.shape)} but the activation there has shape "
+            f"{tuple(current.shape)}; capture the source with the same site and a batch of the same size."
+        )
+
+
+# --- attention patterns ------------------------------------------------------------------------
+
+_PATTERN_TAPS: dict[nn.Module, list[_Tap]] = {}
+
+
+@contextmanager
+def _pattern_tap(model: Model, layer: int, tap: _Tap) -> Iterator[None]:
+    """Expose layer `layer`'s attention probabilities to `tap` for the duration of the block."""
+    attention = model.submodule(layer, model.arch.o_proj.rsplit(".", 1)[0])
+    _PATTERN_TAPS.setdefault(attention, []).append(tap)
+    try:
+        with _eager_attention(model):
+            yield
+    finally:
+        _PATTERN_TAPS[attention].remove(tap)
+        if not _PATTERN_TAPS[attention]:
+            del _PATTERN_TAPS[attention]
+
+
+@contextmanager
+def _eager_attention(model: Model) -> Iterator[None]:
+    """Switch the model to our eager attention (re-entrant), and back to what it had."""
+    previous = model.hf.config._attn_implementation
+    if previous == _PATTERN_ATTENTION:
+        yield
+        return
+    _register_pattern_attention()
+    log.info("pattern sites need attention probabilities: %s runs eager attention during this call", model.name)
+    model.hf.set_attn_implementation(_PATTERN_ATTENTION)
+    try:
+        yield
+    finally:
+        model.hf.set_attn_implementation(previous)
+
+
+def _register_pattern_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(_PATTERN_ATTENTION, _pattern_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(_PATTERN_ATTENTION, eager_mask)
+
+
+def _pattern_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """The family's own eager attention, with its probabilities read or rewritten by our taps.
+
+    Rewriting recomputes `probabilities @ values` exactly as eager attention does, so heads we do
+    not touch come out bit for bit the same."""
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    output, probabilities = eager(module, query, key, value, attention_mask, **kwargs)
+    new = None
+    for tap in _PATTERN_TAPS.get(module, []):
+        rewritten = tap(probabilities if new is None else new)
+        new = new if rewritten is None else rewritten
+    if new is None:
+        return output, probabilities
+    repeated = value.repeat_interleave(new.shape[1] // value.shape[1], dim=1)  # KV heads -> query heads
+    output = torch.matmul(new.to(repeated.dtype), repeated).transpose(1, 2).contiguous()
+    return output, new

@@ -1,0 +1,81 @@
+"""`Model`: an unmodified Hugging Face causal LM, its tokenizer, and the facts patching needs.
+
+It adds no layers and wraps no modules; hooks are attached only for the duration of a
+`hooks.capture` or `hooks.patch` call."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from actpatch.models.arch import Arch, Dims, arch_of, dims_of
+
+
+@dataclass(eq=False)
+class Model:
+    """A causal LM ready for patching: `hf` is the untouched transformers model."""
+
+    hf: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase | None
+    arch: Arch
+    dims: Dims
+    name: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_hf(
+        cls,
+        hf: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        name: str | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> "Model":
+        """Wrap a model you already loaded; raises if its family is not in the table."""
+        return cls(
+            hf=hf,
+            tokenizer=tokenizer,
+            arch=arch_of(hf),
+            dims=dims_of(hf.config),
+            name=name or getattr(hf.config, "name_or_path", None) or type(hf).__name__,
+            provenance=dict(provenance or {}),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    def layer(self, index: int) -> torch.nn.Module:
+        """Decoder layer `index` (its input is resid_pre, its output resid_post)."""
+        return self.hf.get_submodule(self.arch.layers)[index]
+
+    def submodule(self, layer: int, path: str) -> torch.nn.Module:
+        """The module at `path` (an `Arch` field) inside decoder layer `layer`."""
+        return self.layer(layer).get_submodule(path)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids (batch, pos) with the tokenizer's own defaults (a BOS where it adds one)."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name} has no tokenizer: pass token ids instead of strings.")
+        ids = [self.tokenizer(text)["input_ids"] for text in texts]
+        lengths = {len(row) for row in ids}
+        if len(lengths) != 1:
+            raise ValueError(f"prompts tokenize to different lengths {sorted(lengths)}; batch prompts of one length.")
+        return torch.tensor(ids, dtype=torch.long)
+
+    def token_strings(self, ids: torch.Tensor) -> list[str]:
+        """Readable token strings for labels (`<id>` where there is no tokenizer)."""
+        if self.tokenizer is None:
+            return [f"<{int(i)}>" for i in ids]
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+    @torch.no_grad()
+    def last_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits at the final position, (batch, vocab): the only position our metrics read.
+
+        `logits_to_keep=1` unembeds the final position alone, which is exact and skips most of the
+        unembedding's cost."""
+        tokens = tokens.to(self.device)
+        return self.hf(input_ids=tokens, use_cache=False, logits_to_keep=1).logits[:, -1, :].float()

@@ -1,0 +1,52 @@
+"""Tiny randomly initialised models of every family in the architecture table, for mechanics tests.
+
+Two layers, a few heads, a small vocabulary, a fixed seed: each builds and runs in well under a
+second. Weights are drawn wider than the families' defaults so that patches move logits visibly."""
+from __future__ import annotations
+
+import functools
+
+import torch
+import transformers as tf
+
+from actpatch import Model, PromptPairs
+
+VOCAB = 101
+_COMMON = dict(vocab_size=VOCAB, max_position_embeddings=64, initializer_range=0.2)
+CONFIGS = {
+    "gpt2": lambda: tf.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=VOCAB,
+                                  bos_token_id=0, eos_token_id=0, initializer_range=0.2),
+    "gpt_neox": lambda: tf.GPTNeoXConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=32,
+                                         intermediate_size=64, use_parallel_residual=False, **_COMMON),
+    "pythia_parallel": lambda: tf.GPTNeoXConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=32,
+                                                intermediate_size=64, use_parallel_residual=True, **_COMMON),
+    "llama": lambda: tf.LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                    hidden_size=32, intermediate_size=64, **_COMMON),
+    "qwen2": lambda: tf.Qwen2Config(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                    hidden_size=32, intermediate_size=64, **_COMMON),
+    "mistral": lambda: tf.MistralConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                                        hidden_size=32, intermediate_size=64, **_COMMON),
+    "gemma3": lambda: tf.Gemma3TextConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                          hidden_size=32, head_dim=8, intermediate_size=64, sliding_window=4,
+                                          **_COMMON),
+}
+FAMILIES = tuple(CONFIGS)
+
+
+@functools.cache
+def tiny_model(family: str, dtype: torch.dtype = torch.float32) -> Model:
+    torch.manual_seed(0)
+    hf = tf.AutoModelForCausalLM.from_config(CONFIGS[family]()).to(dtype).eval().requires_grad_(False)
+    return Model.from_hf(hf, name=f"tiny-{family}")
+
+
+def tiny_pairs(batch: int = 3, seq: int = 6, seed: int = 1) -> PromptPairs:
+    """Random clean/corrupt token ids that differ at every position but the first and the third."""
+    generator = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, VOCAB, (batch, seq), generator=generator)
+    corrupt = torch.randint(0, VOCAB, (batch, seq), generator=generator)
+    corrupt[:, 0], corrupt[:, 2] = clean[:, 0], clean[:, 2]
+    answers = torch.randint(0, VOCAB, (batch,), generator=generator)
+    wrong = (answers + 1 + torch.randint(0, VOCAB - 1, (batch,), generator=generator)) % VOCAB
+    named = {"X": torch.tensor([1, 3, 4, 1, 3, 4][:batch]), "END": torch.full((batch,), seq - 1)}
+    return PromptPairs(clean, corrupt, answers, wrong, positions=named)
