@@ -1,0 +1,24 @@
+"""actpatch: activation patching for Hugging Face causal language models.
+
+    import actpatch as ap
+    model = ap.load_model()                     # the embedded SmolLM2-135M-Instruct, offline
+    pairs = ap.ioi_pairs(model)                 # a hand-written IOI batch
+    res = ap.sweep(model, pairs, "resid_pre", direction="denoise")
+    res.sel(metric="norm_logit_diff")           # layer × pos, tokens as coordinates
+"""
+from actpatch.engine.reference import sweep
+from actpatch.hooks import PatchNotApplied, PatchShapeError, attached_hooks, capture, patch
+from actpatch.metrics import METRICS, Baseline
+from actpatch.models.arch import UnsupportedArchitecture
+from actpatch.models.load import load_model
+from actpatch.models.model import Model
+from actpatch.pairs import PairsError, PromptPairs
+from actpatch.results import load, save
+from actpatch.sites import SITE_KINDS, Site, SiteError
+from actpatch.tasks.ioi import ioi_pairs
+
+__all__ = [
+    "METRICS", "SITE_KINDS", "Baseline", "Model", "PairsError", "PatchNotApplied", "PatchShapeError",
+    "PromptPairs", "Site", "SiteError", "UnsupportedArchitecture", "attached_hooks", "capture",
+    "ioi_pairs", "load", "load_model", "patch", "save", "sweep",
+]

@@ -1,0 +1,1 @@
+"""Sweep engines: the reference oracle and the faster paths checked against it."""

@@ -1,0 +1,116 @@
+"""Sweep plans: turn a user's sweep arguments into the exact list of sites to patch.
+
+Every engine starts from the same plan, so they can only differ in how they run it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from torch import Tensor
+
+from actpatch.models.model import Model
+from actpatch.pairs import PromptPairs
+from actpatch.sites import KV_KINDS, Pos, Site, SiteError, SiteKind, default_positions, grid, parse_kind, unit_dim, validate
+
+Direction = Literal["denoise", "noise"]
+DIRECTIONS = ("denoise", "noise")
+Positions = Literal["each", "all"] | Sequence[int | str] | int | str | None
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    kind: SiteKind
+    direction: Direction
+    layers: list[int]
+    units: list[int] | None  # heads, KV heads or neurons; None for residual kinds
+    positions: list[Pos]  # [None] when every position is patched at once
+    sites: list[Site]
+    source: Tensor  # where patched values come from
+    target: Tensor  # the run they are written into
+
+
+def plan(
+    model: Model,
+    pairs: PromptPairs,
+    site: str,
+    *,
+    direction: Direction,
+    layers: Sequence[int] | None,
+    positions: Positions,
+    heads: Sequence[int] | None,
+    neurons: Sequence[int] | None,
+) -> SweepPlan:
+    """Check every argument against the model and prompts, then list the sites in result order."""
+    if not isinstance(pairs, PromptPairs):
+        raise TypeError(f"pairs must be PromptPairs, got {type(pairs).__name__}; build them with PromptPairs.from_strings")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    kind, named_layer = parse_kind(site)
+    if named_layer is not None:
+        if layers is not None:
+            raise SiteError(f"{site!r} names a layer and layers= was also given; use one of them")
+        layers = [named_layer]
+    n_layers = model.dims.n_layers
+    layers = list(range(n_layers)) if layers is None else [_in_range(l, n_layers, "layer") for l in layers]
+    units = _units(model, kind, heads, neurons)
+    chosen = _positions(kind, positions, pairs)
+    sites = grid(kind, layers, units, chosen)
+    parallel = model.arch.is_parallel(model.hf.config)
+    for s in sites[:1] + sites[-1:]:  # every site shares kind and ranges; the ends catch range errors
+        validate(s, model.arch, model.dims, parallel=parallel)
+    source, target = _source_and_target(pairs, direction)
+    return SweepPlan(kind, direction, layers, units, chosen, sites, source, target)
+
+
+def _source_and_target(pairs: PromptPairs, direction: Direction) -> tuple[Tensor, Tensor]:
+    # Denoising writes clean values into the corrupt run; noising is the reverse.
+    # Nothing below this line needs to know which direction it is running.
+    return (pairs.clean, pairs.corrupt) if direction == "denoise" else (pairs.corrupt, pairs.clean)
+
+
+def _in_range(index: int, size: int, what: str, owner: str = "this model has") -> int:
+    if not isinstance(index, int) or not -size <= index < size:
+        raise SiteError(f"{what} {index!r} is out of range: {owner} {what}s 0..{size - 1}")
+    return index % size
+
+
+def _units(model: Model, kind: str, heads: Sequence[int] | None, neurons: Sequence[int] | None) -> list[int] | None:
+    unit = unit_dim(kind)
+    if heads is not None and unit not in ("head", "kv_head"):
+        raise SiteError(f"heads= was given, but {kind} is not split by attention head; drop heads= or use a head site")
+    if neurons is not None and unit != "neuron":
+        raise SiteError(f"neurons= was given, but {kind} is not a neuron site")
+    if unit in ("head", "kv_head"):
+        n = model.dims.n_kv_heads if kind in KV_KINDS else model.dims.n_heads
+        return list(range(n)) if heads is None else [_in_range(h, n, "KV head" if unit == "kv_head" else "head") for h in heads]
+    if unit == "neuron":
+        if neurons is None:
+            raise SiteError(
+                f"a neuron sweep needs neurons=[...]: all {model.dims.d_mlp} neurons × {model.dims.n_layers} layers "
+                "is rarely what you want one forward each"
+            )
+        return [_in_range(n, model.dims.d_mlp, "neuron") for n in neurons]
+    return None
+
+
+def _positions(kind: str, positions: Positions, pairs: PromptPairs) -> list[Pos]:
+    if positions is None:
+        positions = default_positions(kind)
+    if positions == "each":
+        return list(range(pairs.seq_len))
+    if positions == "all":
+        return [None]
+    if isinstance(positions, (int, str)):
+        positions = [positions]
+    chosen: list[Pos] = []
+    for p in positions:
+        if isinstance(p, str):
+            if p not in pairs.positions:
+                known = ", ".join(pairs.positions) or "none"
+                raise SiteError(f"no named position {p!r} in these prompts (named positions: {known})")
+            chosen.append(p)
+        else:
+            chosen.append(_in_range(p, pairs.seq_len, "position", "these prompts have"))
+    if not chosen:
+        raise SiteError("positions= is empty: pass 'each', 'all', or at least one position")
+    return chosen

@@ -1,0 +1,130 @@
+"""Prompt pairs: clean and corrupt prompts of equal length, with the answer each should produce.
+
+Validation lives here so that every engine can trust its input: equal token lengths (a position
+must mean the same thing in both runs), single-token answers, nothing empty."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from actpatch.models.model import Model
+
+
+class PairsError(ValueError):
+    """Prompt pairs that cannot be patched as given; the message says how to fix them."""
+
+
+@dataclass(frozen=True)
+class PromptPairs:
+    """Clean and corrupt token ids (batch, pos) with per-prompt answer and wrong-answer ids (batch,).
+
+    `positions` names token positions per prompt (e.g. "IO" -> (batch,) indices) so that
+    results and sites can say `pos="IO"` instead of an index."""
+
+    clean: Tensor
+    corrupt: Tensor
+    answers: Tensor
+    wrong: Tensor
+    clean_text: tuple[str, ...] | None = None
+    corrupt_text: tuple[str, ...] | None = None
+    positions: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _validate_ids(self)
+
+    def __len__(self) -> int:
+        return self.clean.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.clean.shape[1]
+
+    @classmethod
+    def from_strings(
+        cls,
+        model: Model,
+        clean: Sequence[str],
+        corrupt: Sequence[str],
+        answers: Sequence[str],
+        wrong: Sequence[str],
+        *,
+        positions: dict[str, Sequence[int]] | None = None,
+    ) -> "PromptPairs":
+        """Tokenize with the model's tokenizer defaults; answers must be single tokens (mind the leading space)."""
+        if isinstance(clean, str) or isinstance(corrupt, str):
+            raise PairsError("clean and corrupt must be lists of prompts, not a single string: wrap it in [...]")
+        counts = {"clean": len(clean), "corrupt": len(corrupt), "answers": len(answers), "wrong": len(wrong)}
+        if len(set(counts.values())) != 1:
+            raise PairsError(f"need one clean, corrupt, answer and wrong answer per prompt; got {counts}")
+        if not clean:
+            raise PairsError("no prompts given: pass at least one clean/corrupt pair")
+        for name, texts in (("clean", clean), ("corrupt", corrupt)):
+            if empty := [i for i, t in enumerate(texts) if not t.strip()]:
+                raise PairsError(f"{name} prompt {empty[0]} is empty")
+        clean_ids = [_tokens(model, t) for t in clean]
+        corrupt_ids = [_tokens(model, t) for t in corrupt]
+        for i, (a, b) in enumerate(zip(clean_ids, corrupt_ids)):
+            if len(a) != len(b):
+                raise PairsError(
+                    f"prompt {i}: clean has {len(a)} tokens and corrupt has {len(b)}: {clean[i]!r} vs {corrupt[i]!r}. "
+                    "Positions must mean the same thing in both runs: pick a corruption whose replacement "
+                    "tokenizes to the same number of tokens (e.g. a name that is one token, like the original)."
+                )
+        if len({len(a) for a in clean_ids}) != 1:
+            lengths = sorted({len(a) for a in clean_ids})
+            raise PairsError(
+                f"prompts have different token lengths {lengths}; a batch needs one length. "
+                "Group prompts by length and sweep each group, or use a task generator that aligns them."
+            )
+        return cls(
+            clean=torch.tensor(clean_ids),
+            corrupt=torch.tensor(corrupt_ids),
+            answers=torch.tensor([_single_token(model, a, "answer", i) for i, a in enumerate(answers)]),
+            wrong=torch.tensor([_single_token(model, w, "wrong answer", i) for i, w in enumerate(wrong)]),
+            clean_text=tuple(clean),
+            corrupt_text=tuple(corrupt),
+            positions={k: torch.as_tensor(v, dtype=torch.long) for k, v in (positions or {}).items()},
+        )
+
+
+def _tokens(model: Model, text: str) -> list[int]:
+    if model.tokenizer is None:
+        raise PairsError(f"{model.name} has no tokenizer: build PromptPairs from token ids instead of strings")
+    return list(model.tokenizer(text)["input_ids"])
+
+
+def _single_token(model: Model, text: str, what: str, index: int) -> int:
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = [model.tokenizer.decode([i]) for i in ids]
+        hint = " (answers usually need their leading space, e.g. ' Mary')" if not text.startswith(" ") else ""
+        raise PairsError(
+            f"prompt {index}: {what} {text!r} is {len(ids)} tokens {pieces}, not one{hint}; "
+            "choose an answer that is a single token of this tokenizer."
+        )
+    return ids[0]
+
+
+def _validate_ids(pairs: PromptPairs) -> None:
+    for name in ("clean", "corrupt"):
+        ids = getattr(pairs, name)
+        if not isinstance(ids, Tensor) or ids.dtype != torch.long or ids.ndim != 2:
+            raise PairsError(f"{name} must be a (batch, pos) tensor of token ids (torch.long)")
+        if ids.numel() == 0:
+            raise PairsError(f"{name} is empty: pass at least one prompt of at least one token")
+    if pairs.clean.shape != pairs.corrupt.shape:
+        raise PairsError(
+            f"clean {tuple(pairs.clean.shape)} and corrupt {tuple(pairs.corrupt.shape)} token ids differ in shape; "
+            "each pair needs the same number of tokens so positions line up."
+        )
+    batch = pairs.clean.shape[0]
+    for name in ("answers", "wrong"):
+        ids = getattr(pairs, name)
+        if not isinstance(ids, Tensor) or ids.shape != (batch,):
+            raise PairsError(f"{name} must hold one token id per prompt, shape ({batch},)")
+    for name, where in pairs.positions.items():
+        if where.shape != (batch,) or bool(((where < 0) | (where >= pairs.seq_len)).any()):
+            raise PairsError(f"named position {name!r} needs one index in 0..{pairs.seq_len - 1} per prompt")

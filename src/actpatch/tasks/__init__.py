@@ -1,0 +1,1 @@
+"""Tasks: generators of clean/corrupt prompt pairs with answers and named positions."""
