@@ -1,4 +1,6 @@
 """The reference engine against computations written out by hand in the test."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,8 @@ import xarray as xr
 import actpatch as ap
 from actpatch.metrics import METRICS
 from tiny import FAMILIES, tiny_model, tiny_pairs
+
+reference_sweep = functools.partial(ap.sweep, engine="reference")
 
 
 def raw_logit_diff(model, tokens, answers, wrong, hook_module=None, hook=None, pre=False):
@@ -26,7 +30,7 @@ def raw_logit_diff(model, tokens, answers, wrong, hook_module=None, hook=None, p
 
 def test_resid_pre_sweep_equals_raw_hooks():
     model, pairs = tiny_model("llama"), tiny_pairs()
-    result = ap.sweep(model, pairs, "resid_pre", layers=[1], positions=[3])
+    result = reference_sweep(model, pairs, "resid_pre", layers=[1], positions=[3])
     layer = model.layer(1)
     clean_in = {}
     grab = layer.register_forward_pre_hook(lambda m, args: clean_in.setdefault("x", args[0].clone()))
@@ -47,7 +51,7 @@ def test_resid_pre_sweep_equals_raw_hooks():
 
 def test_head_sweep_equals_raw_hooks_in_the_noising_direction():
     model, pairs = tiny_model("gpt2", ), tiny_pairs()
-    result = ap.sweep(model, pairs, "head", direction="noise", layers=[0], heads=[2])
+    result = reference_sweep(model, pairs, "head", direction="noise", layers=[0], heads=[2])
     o_proj, d_head = model.submodule(0, model.arch.o_proj), model.dims.d_head
     corrupt_z = {}
     grab = o_proj.register_forward_pre_hook(lambda m, args: corrupt_z.setdefault("z", args[0].clone()))
@@ -66,7 +70,7 @@ def test_head_sweep_equals_raw_hooks_in_the_noising_direction():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_denoising_layer_0_everywhere_is_clean_and_noising_is_corrupt(family):
     model, pairs = tiny_model(family), tiny_pairs()
-    both = ap.sweep(model, pairs, "resid_pre", direction=["denoise", "noise"], layers=[0], positions="all")
+    both = reference_sweep(model, pairs, "resid_pre", direction=["denoise", "noise"], layers=[0], positions="all")
     values = both.sel(metric="norm_logit_diff", layer=0)
     assert values.sel(direction="denoise").item() == pytest.approx(1.0, abs=1e-4)
     assert values.sel(direction="noise").item() == pytest.approx(0.0, abs=1e-4)
@@ -74,7 +78,7 @@ def test_denoising_layer_0_everywhere_is_clean_and_noising_is_corrupt(family):
 
 def test_denoise_and_noise_are_different_computations():
     model, pairs = tiny_model("llama"), tiny_pairs()
-    both = ap.sweep(model, pairs, "attn_out", direction=["denoise", "noise"])
+    both = reference_sweep(model, pairs, "attn_out", direction=["denoise", "noise"])
     denoise, noise = both.sel(direction="denoise"), both.sel(direction="noise")
     assert not np.allclose(denoise.sel(metric="logit_diff"), noise.sel(metric="logit_diff"))
     assert both.attrs["site"] == "attn_out" and "direction" in both.dims
@@ -82,26 +86,26 @@ def test_denoise_and_noise_are_different_computations():
 
 def test_positions_with_equal_tokens_give_exactly_zero_at_layer_0():
     model, pairs = tiny_model("mistral"), tiny_pairs()
-    result = ap.sweep(model, pairs, "resid_pre", layers=[0]).sel(metric="norm_logit_diff", layer=0)
+    result = reference_sweep(model, pairs, "resid_pre", layers=[0]).sel(metric="norm_logit_diff", layer=0)
     assert result.sel(pos=0).item() == 0.0 and result.sel(pos=2).item() == 0.0  # tiny_pairs shares these tokens
     assert abs(result.sel(pos=5).item()) > 1e-3
 
 
 def test_result_layout_and_labels():
     model, pairs = tiny_model("llama"), tiny_pairs()
-    res = ap.sweep(model, pairs, "k", positions=["X", -1])
+    res = reference_sweep(model, pairs, "k", positions=["X", -1])
     assert res.dims == ("metric", "layer", "kv_head", "pos")
     assert list(res.metric.values) == list(METRICS)
     assert list(res.pos.values) == ["X", "5"] and res.kv_head.size == model.dims.n_kv_heads
     assert res.attrs["self_checks"]["noop_patch_error"] < 1e-3
-    per_prompt = ap.sweep(model, pairs, "k", positions=["X", -1], per_prompt=True)
+    per_prompt = reference_sweep(model, pairs, "k", positions=["X", -1], per_prompt=True)
     assert per_prompt.dims[-1] == "batch"
     np.testing.assert_allclose(per_prompt.sel(metric="logit_diff").mean("batch"), res.sel(metric="logit_diff"), rtol=1e-10)
 
 
 def test_save_and_load_are_lossless(tmp_path):
     model, pairs = tiny_model("gemma3"), tiny_pairs()
-    res = ap.sweep(model, pairs, "head", direction=["denoise", "noise"], positions=[1, "END"])
+    res = reference_sweep(model, pairs, "head", direction=["denoise", "noise"], positions=[1, "END"])
     path = ap.save(res, tmp_path / "sub" / "r.nc")
     back = ap.load(path)
     xr.testing.assert_identical(back, res)
@@ -137,7 +141,7 @@ def test_bad_input_gets_a_clear_error(call, error, message):
 
 def test_per_prompt_normalisation_is_per_prompt():
     model, pairs = tiny_model("qwen2"), tiny_pairs()
-    both = ap.sweep(model, pairs, "resid_pre", direction=["denoise", "noise"], layers=[0], positions="all", per_prompt=True)
+    both = reference_sweep(model, pairs, "resid_pre", direction=["denoise", "noise"], layers=[0], positions="all", per_prompt=True)
     norm = both.sel(metric="norm_logit_diff", layer=0)
     np.testing.assert_allclose(norm.sel(direction="denoise"), 1.0, atol=1e-6)
     np.testing.assert_allclose(norm.sel(direction="noise"), 0.0, atol=1e-6)

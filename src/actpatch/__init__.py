@@ -6,7 +6,7 @@
     res = ap.sweep(model, pairs, "resid_pre", direction="denoise")
     res.sel(metric="norm_logit_diff")           # layer × pos, tokens as coordinates
 """
-from actpatch.engine.reference import sweep
+from actpatch.engine.sweep import sweep
 from actpatch.hooks import PatchNotApplied, PatchShapeError, attached_hooks, capture, patch
 from actpatch.metrics import METRICS, Baseline
 from actpatch.models.arch import UnsupportedArchitecture

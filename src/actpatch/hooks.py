@@ -51,8 +51,8 @@ def capture(
     Shapes: `(batch, [pos,] [d])` where pos is present when `site.pos` is None and `d` is the
     site's width (d_model, d_head, or src_pos for a pattern; none for a neuron)."""
     store: dict[Site, Tensor] = {}
-    fired: Counter[Site] = Counter()
-    with _attached(model, [(s, None) for s in sites], positions, store, fired):
+    fired: Counter = Counter()
+    with _attached(model, [(s, None, slice(None), 0) for s in sites], positions, store, fired):
         with torch.no_grad():
             model.hf(input_ids=tokens.to(model.device), use_cache=False, logits_to_keep=1)
     if missing := [s for s in sites if s not in store]:
@@ -67,11 +67,49 @@ def patch(model: Model, values: Mapping[Site, Tensor], *, positions: Positions |
     Each value has the shape `capture` returns for its site (the batch must match the run's).
     Raises `PatchNotApplied` if a site was never reached: a silent no-op patch looks like an
     unimportant site."""
-    fired: Counter[Site] = Counter()
-    with _attached(model, list(values.items()), positions, {}, fired):
+    with patch_copies(model, [values], positions=positions):
         yield
-    if missing := [s for s in values if not fired[s]]:
+
+
+@contextmanager
+def patch_copies(
+    model: Model,
+    copies: Sequence[Mapping[Site, Tensor]],
+    *,
+    copies_at: Sequence[int] | None = None,
+    positions: Positions | None = None,
+) -> Iterator[None]:
+    """Patch k stacked copies of a run at once, each with its own values.
+
+    The batch is prompt-major, as `Tensor.repeat_interleave` lays it out: with m copies present
+    when copy i's site runs, its rows are i, i + m, i + 2m, ... (prompts in their original order).
+    `copies_at[i]` is that m (default: all k copies, the whole way through)."""
+    k = len(copies)
+    strides = list(copies_at) if copies_at is not None else [k] * k
+    fired: Counter[tuple[int, Site]] = Counter()
+    items = [(site, value, slice(i, None, strides[i]), i) for i, values in enumerate(copies) for site, value in values.items()]
+    with _attached(model, items, positions, {}, fired):
+        yield
+    if missing := [site for site, _, _, i in items if not fired[(i, site)]]:
         raise PatchNotApplied(missing)
+
+
+@contextmanager
+def layer_inputs(model: Model) -> Iterator[list[tuple[tuple, dict]]]:
+    """Record the (args, kwargs) each decoder layer is called with during the block.
+
+    Engines that resume a forward at layer l call the real layers with these arguments
+    (attention masks, position embeddings, caches) instead of rebuilding them."""
+    calls: list[tuple[tuple, dict]] = []
+
+    def record(module, args, kwargs):
+        calls.append((args, dict(kwargs)))
+
+    with ExitStack() as stack:
+        for index in range(model.dims.n_layers):
+            handle = model.layer(index).register_forward_pre_hook(record, with_kwargs=True)
+            stack.callback(handle.remove)
+        yield calls
 
 
 def attached_hooks(model: Model) -> int:
@@ -86,25 +124,27 @@ def attached_hooks(model: Model) -> int:
 class _Action:
     site: Site
     value: Tensor | None  # None: read the site into the store
+    rows: slice  # the batch rows it applies to (one copy of a stacked run)
+    copy: int
 
 
 @contextmanager
 def _attached(
     model: Model,
-    items: list[tuple[Site, Tensor | None]],
+    items: list[tuple[Site, Tensor | None, slice, int]],
     positions: Positions | None,
     store: dict[Site, Tensor],
-    fired: Counter[Site],
+    fired: Counter,
 ) -> Iterator[None]:
     parallel = model.arch.is_parallel(model.hf.config)
     groups: dict[tuple[str, int, bool], list[_Action]] = defaultdict(list)
-    for site, value in items:
+    for site, value, rows, copy in items:
         if not isinstance(site, Site):
             raise SiteError(f"expected a Site, got {type(site).__name__}: {site!r}")
         validate(site, model.arch, model.dims, parallel=parallel)
-        site = _normalised(site, model.dims.n_layers)
+        layer_site = _normalised(site, model.dims.n_layers)
         writes = value is not None
-        groups[(site.kind, site.layer, writes)].append(_Action(site, value))
+        groups[(layer_site.kind, layer_site.layer, writes)].append(_Action(site, value, rows, copy))
     with ExitStack() as stack:
         for (kind, layer, writes), actions in groups.items():
             tap = _Tap(kind, model, actions, positions or {}, store, fired)
@@ -132,8 +172,9 @@ class _Tap:
         writes = any(a.value is not None for a in self.actions)
         if writes:
             raw = raw.clone()
-        view = _canonical(self.kind, self.model, raw)
+        full_view = _canonical(self.kind, self.model, raw)
         for action in self.actions:
+            view = full_view[action.rows]
             index = _index(action.site, view, self.positions)
             if action.value is None:
                 self.store[action.site] = view[index].detach().clone()
@@ -142,10 +183,10 @@ class _Tap:
                 if self.kind == "resid_mid":
                     # resid_mid = resid_pre + attn_out is a sum inside the layer's forward, not a
                     # module's output; so we write it through attn_out: attn_out := wanted − resid_pre.
-                    value = value - _canonical("resid_pre", self.model, self.resid_pre)[index]
+                    value = value - _canonical("resid_pre", self.model, self.resid_pre)[action.rows][index]
                 _check_shape(action.site, view[index], value)
                 view[index] = value
-            self.fired[action.site] += 1
+            self.fired[(action.copy, action.site)] += 1
         return raw if writes else None
 
 
@@ -287,7 +328,7 @@ def _pattern_tap(model: Model, layer: int, tap: _Tap) -> Iterator[None]:
     attention = model.submodule(layer, model.arch.o_proj.rsplit(".", 1)[0])
     _PATTERN_TAPS.setdefault(attention, []).append(tap)
     try:
-        with _eager_attention(model):
+        with eager_attention(model):
             yield
     finally:
         _PATTERN_TAPS[attention].remove(tap)
@@ -296,8 +337,11 @@ def _pattern_tap(model: Model, layer: int, tap: _Tap) -> Iterator[None]:
 
 
 @contextmanager
-def _eager_attention(model: Model) -> Iterator[None]:
-    """Switch the model to our eager attention (re-entrant), and back to what it had."""
+def eager_attention(model: Model) -> Iterator[None]:
+    """Switch the model to our eager attention (re-entrant), and back to what it had.
+
+    Pattern patches need it; an engine that records layer calls for replay records them under it
+    too, since attention masks are built in the format of the attention function in use."""
     previous = model.hf.config._attn_implementation
     if previous == _PATTERN_ATTENTION:
         yield

@@ -5,7 +5,12 @@ patch (resid_pre of layer 0 at every position, i.e. the whole source input) must
 source metric. Either failing means the hooks patch the wrong thing, and every number is suspect."""
 from __future__ import annotations
 
+from typing import Callable
+
+from torch import Tensor
+
 from actpatch import hooks
+from actpatch.engine.plan import SweepPlan
 from actpatch.metrics import Baseline, logit_diff
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
@@ -20,27 +25,29 @@ class SelfCheckFailed(RuntimeError):
     """A sweep's built-in consistency check failed: the patching machinery is not doing what it says."""
 
 
-def run(model: Model, pairs: PromptPairs, site: Site, source, target, baseline: Baseline) -> dict[str, float]:
-    """Run both checks; return their errors as fractions of the clean−corrupt logit-difference gap."""
+def run(
+    model: Model,
+    pairs: PromptPairs,
+    plan: SweepPlan,
+    baseline: Baseline,
+    patched_logits: Callable[[dict[Site, Tensor]], Tensor],
+) -> dict[str, float]:
+    """Run both checks through the engine's own `patched_logits`; return their errors as fractions
+    of the clean−corrupt logit-difference gap, or raise `SelfCheckFailed`."""
     gap = float((baseline.clean_logit_diff - baseline.corrupt_logit_diff).abs().mean())
     scale = gap if gap > 0 else 1.0
-    target_is_clean = target is pairs.clean
-    target_logits = baseline.clean_logits if target_is_clean else baseline.corrupt_logits
-    source_logits = baseline.corrupt_logits if target_is_clean else baseline.clean_logits
+    denoise = plan.direction == "denoise"
+    target_logits = baseline.corrupt_logits if denoise else baseline.clean_logits
+    source_logits = baseline.clean_logits if denoise else baseline.corrupt_logits
     answers, wrong = baseline.answers, baseline.wrong
+    site = plan.sites[0]
+    noop = patched_logits(hooks.capture(model, plan.target, [site], positions=pairs.positions))
+    full = patched_logits(hooks.capture(model, plan.source, [Site("resid_pre", 0)]))
 
-    own = hooks.capture(model, target, [site], positions=pairs.positions)
-    with hooks.patch(model, own, positions=pairs.positions):
-        noop = model.last_logits(target)
-    first = Site("resid_pre", 0)
-    whole_source = hooks.capture(model, source, [first])
-    with hooks.patch(model, whole_source):
-        full = model.last_logits(target)
+    def error(logits: Tensor, want: Tensor) -> float:
+        return float((logit_diff(logits, answers, wrong) - logit_diff(want, answers, wrong)).abs().max()) / scale
 
-    errors = {
-        "noop_patch_error": float((logit_diff(noop, answers, wrong) - logit_diff(target_logits, answers, wrong)).abs().max()) / scale,
-        "full_patch_error": float((logit_diff(full, answers, wrong) - logit_diff(source_logits, answers, wrong)).abs().max()) / scale,
-    }
+    errors = {"noop_patch_error": error(noop, target_logits), "full_patch_error": error(full, source_logits)}
     if errors["noop_patch_error"] > TOLERANCE:
         raise SelfCheckFailed(
             f"patching {site} with the target run's own activation moved the logit difference by "

@@ -28,6 +28,7 @@ class Arch:
     mlp_in_norm: str  # its input is resid_mid (on sequential-residual models)
     mlp: str  # output is what the MLP adds to the residual stream: mlp_out
     mlp_down: str  # its *input* is the MLP hidden units after the activation (and gate): the `neuron` site
+    final_norm: str  # from the model root: the norm between the last resid_post and the unembedding
     qkv_layout: QkvLayout = "separate"  # how a fused projection orders q, k, v (see `_fused_slices` in hooks)
     parallel: bool | str = False  # attention and MLP read the same resid_pre; or the config flag deciding it
 
@@ -60,6 +61,7 @@ LLAMA = Arch(
     mlp_in_norm="post_attention_layernorm",
     mlp="mlp",
     mlp_down="mlp.down_proj",
+    final_norm="model.norm",
 )
 # Gemma 3 normalises each sublayer's output before adding it to the residual stream, so what
 # attention and the MLP *add* is the output of those post-norms, not of the sublayers.
@@ -81,6 +83,7 @@ GPT2 = Arch(
     mlp_in_norm="ln_2",
     mlp="mlp",
     mlp_down="mlp.c_proj",
+    final_norm="transformer.ln_f",
 )
 # GPT-NeoX's query_key_value emits, per head, [q_h | k_h | v_h]; Pythia runs attention and MLP in
 # parallel (config.use_parallel_residual), and then there is no resid_mid.
@@ -94,6 +97,7 @@ GPT_NEOX = Arch(
     mlp_in_norm="post_attention_layernorm",
     mlp="mlp",
     mlp_down="mlp.dense_4h_to_h",
+    final_norm="gpt_neox.final_layer_norm",
     parallel="use_parallel_residual",
 )
 
@@ -116,7 +120,7 @@ def arch_of(model: PreTrainedModel) -> Arch:
     name = type(model).__name__
     if name in ARCHS:
         return ARCHS[name]
-    fields = "layers, attn, o_proj, qkv, mlp_in_norm, mlp, mlp_down (and qkv_layout, parallel if they differ)"
+    fields = "layers, attn, o_proj, qkv, mlp_in_norm, mlp, mlp_down, final_norm (and qkv_layout, parallel if they differ)"
     raise UnsupportedArchitecture(
         f"{name} is not in actpatch's architecture table. Add an entry for it to ARCHS in "
         f"src/actpatch/models/arch.py, giving the module paths {fields}; "

@@ -79,3 +79,15 @@ class Model:
         unembedding's cost."""
         tokens = tokens.to(self.device)
         return self.hf(input_ids=tokens, use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
+
+    def unembed(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, vocab) from the final resid_post at one position (batch, d_model).
+
+        What the model's own head does after its last layer: final norm, unembedding, and a final
+        logit soft-cap where the config has one (Gemma)."""
+        logits = self.hf.get_output_embeddings()(self.hf.get_submodule(self.arch.final_norm)(resid))
+        cap = getattr(self.hf.config, "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits.float()
+

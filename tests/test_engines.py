@@ -1,0 +1,64 @@
+"""Every fast path walks beside its oracle: the batched engine against the reference engine."""
+import functools
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import actpatch as ap
+from tiny import FAMILIES, tiny_model, tiny_pairs
+
+ENGINES = {
+    "batched, chunk 3": functools.partial(ap.sweep, engine="batched", chunk=3),  # ragged last chunk
+    "batched, one per chunk": functools.partial(ap.sweep, engine="batched", chunk=1),
+    "batched, memory budget": functools.partial(ap.sweep, engine="batched", memory_budget=1 << 20),
+}
+CASES = [(f, k) for f in FAMILIES for k in ap.SITE_KINDS if not (f == "pythia_parallel" and k == "resid_mid")]
+
+
+def extra_for(kind):
+    return {"neurons": [1, 7]} if kind == "neuron" else {}
+
+
+# Every family and kind with a ragged chunking; the other chunkings on two families.
+MATRIX = [(f, k, "batched, chunk 3") for f, k in CASES] + [
+    (f, k, e) for f, k in CASES if f in ("llama", "gemma3") for e in ENGINES if e != "batched, chunk 3"
+]
+
+
+@pytest.mark.parametrize("family, kind, engine", MATRIX)
+def test_engine_matches_reference(family, kind, engine):
+    model, pairs = tiny_model(family), tiny_pairs(batch=3, seq=6)
+    for positions in ("each", "all", ["X", 4]):
+        options = dict(direction=["denoise", "noise"], positions=positions, **extra_for(kind))
+        want = ap.sweep(model, pairs, kind, engine="reference", **options)
+        got = ENGINES[engine](model, pairs, kind, **options)
+        # float32 forwards of different batch shapes differ by ~1e-7 relative; 1e-5 leaves room, no more.
+        xr.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+        assert got.attrs["engine"] == "batched" and ap.attached_hooks(model) == 0
+
+
+@pytest.mark.smollm
+@pytest.mark.parametrize("kind, options", [
+    ("resid_pre", dict(layers=[0, 5, 17, 29])),
+    ("head", dict(positions=["END", "S2"], layers=[0, 8, 20, 29])),
+    ("v", dict(positions=["IO"], layers=[3, 9])),
+    ("pattern", dict(positions=["END"], layers=[10, 25], heads=[0, 4])),
+    ("resid_mid", dict(layers=[12])),
+])
+def test_engine_matches_reference_on_smollm_ioi(smollm, kind, options):
+    pairs = ap.ioi_pairs(smollm, n=4, seed=1)
+    want = ap.sweep(smollm, pairs, kind, engine="reference", direction=["denoise", "noise"], **options)
+    got = ap.sweep(smollm, pairs, kind, engine="batched", direction=["denoise", "noise"], chunk=5, **options)
+    delta = np.abs(got.sel(metric="norm_logit_diff") - want.sel(metric="norm_logit_diff")).max().item()
+    assert delta <= 1e-4
+
+
+def test_a_bad_chunk_is_an_error():
+    with pytest.raises(ValueError, match="chunk must be at least 1"):
+        ap.sweep(tiny_model("llama"), tiny_pairs(), "resid_pre", chunk=0)
+
+
+def test_an_unknown_engine_is_an_error():
+    with pytest.raises(ValueError, match=r"engine must be one of \('batched', 'reference'\)"):
+        ap.sweep(tiny_model("llama"), tiny_pairs(), "resid_pre", engine="fast")
