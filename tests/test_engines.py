@@ -6,6 +6,7 @@ import pytest
 import xarray as xr
 
 import actpatch as ap
+from actpatch.engine import batched
 from tiny import FAMILIES, tiny_model, tiny_pairs
 
 ENGINES = {
@@ -62,3 +63,27 @@ def test_a_bad_chunk_is_an_error():
 def test_an_unknown_engine_is_an_error():
     with pytest.raises(ValueError, match=r"engine must be one of \('batched', 'reference'\)"):
         ap.sweep(tiny_model("llama"), tiny_pairs(), "resid_pre", engine="fast")
+
+
+def test_unproven_attention_is_named(monkeypatch):
+    model = tiny_model("llama")
+    assert batched.unsupported(model) is None
+    monkeypatch.setattr(model.hf.config, "_attn_implementation_internal", "flex_attention")
+    assert "flex_attention" in batched.unsupported(model)
+
+
+def test_an_unproven_model_falls_back_to_the_reference_engine(monkeypatch, caplog):
+    model, pairs = tiny_model("llama"), tiny_pairs()
+    monkeypatch.setattr(batched, "unsupported", lambda m: "a reason")
+    with caplog.at_level("WARNING"):
+        result = ap.sweep(model, pairs, "attn_out", layers=[1], positions=[2], chunk=4)
+    assert result.attrs["engine"] == "reference" and "not proven for this model (a reason)" in caplog.text
+
+
+def test_work_is_counted_in_forward_equivalents():
+    """One patch at layer 1 of 2, position 4 of 6: the target recorded split at position 4 (one
+    forward's worth) and whole for the full-patch self-check (another), plus one layer over the
+    last 2 positions (1/2 × 2/6)."""
+    result = ap.sweep(tiny_model("llama"), tiny_pairs(), "resid_pre", layers=[1], positions=[4])
+    assert result.attrs["cost"]["forward_equivalents"] == pytest.approx(2 + 1 / 6, abs=1e-3)
+    assert result.attrs["cost"]["patches"] == 1

@@ -25,7 +25,7 @@ from actpatch.sites import KV_KINDS, Site, SiteError, validate
 log = logging.getLogger(__name__)
 
 Positions = Mapping[str, Tensor]  # a named position -> its index in each prompt, (batch,)
-_PATTERN_ATTENTION = "actpatch_eager"
+PATTERN_ATTENTION = "actpatch_eager"  # the attention function pattern sites run under
 
 
 class PatchNotApplied(RuntimeError):
@@ -343,12 +343,12 @@ def eager_attention(model: Model) -> Iterator[None]:
     Pattern patches need it; an engine that records layer calls for replay records them under it
     too, since attention masks are built in the format of the attention function in use."""
     previous = model.hf.config._attn_implementation
-    if previous == _PATTERN_ATTENTION:
+    if previous == PATTERN_ATTENTION:
         yield
         return
     _register_pattern_attention()
     log.info("pattern sites need attention probabilities: %s runs eager attention during this call", model.name)
-    model.hf.set_attn_implementation(_PATTERN_ATTENTION)
+    model.hf.set_attn_implementation(PATTERN_ATTENTION)
     try:
         yield
     finally:
@@ -359,8 +359,8 @@ def _register_pattern_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
-    AttentionInterface.register(_PATTERN_ATTENTION, _pattern_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(_PATTERN_ATTENTION, eager_mask)
+    AttentionInterface.register(PATTERN_ATTENTION, _pattern_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PATTERN_ATTENTION, eager_mask)
 
 
 def _pattern_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):

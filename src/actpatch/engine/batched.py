@@ -36,6 +36,22 @@ log = logging.getLogger(__name__)
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations one chunk may hold; settable per sweep
 
 
+# Attention functions whose masks and caches the equality tests have covered (ours is eager's wrapper).
+PROVEN_ATTENTION = ("sdpa", "eager", hooks.PATTERN_ATTENTION)
+
+
+def unsupported(model: Model) -> str | None:
+    """Why the shortcuts here are unproven for `model` (None when they are proven): the sweep then
+    falls back to the reference engine rather than risk a silently different number."""
+    attention = model.hf.config._attn_implementation
+    if attention not in PROVEN_ATTENTION:
+        return f"attention implementation {attention!r} is not one of {PROVEN_ATTENTION}"
+    devices = set(getattr(model.hf, "hf_device_map", {}).values())
+    if len(devices) > 1:
+        return f"the model is split over devices {sorted(map(str, devices))}"
+    return None
+
+
 @torch.no_grad()
 def sweep(
     model: Model,
@@ -71,6 +87,7 @@ def _sweep(model, pairs, the_plan: SweepPlan, per_prompt, progress, chunk, memor
         return runner.run([values])[0]
 
     self_checks = checks.run(model, pairs, the_plan, base, one_patch)
+    runner.patch_tokens = 0  # count the sweep's own patches, not the self-checks'
     cache = hooks.capture(model, the_plan.source, the_plan.sites, positions=pairs.positions)
     size = chunk if chunk is not None else _chunk_size(model, pairs, memory_budget or DEFAULT_MEMORY_BUDGET)
     if size < 1:
@@ -89,7 +106,16 @@ def _sweep(model, pairs, the_plan: SweepPlan, per_prompt, progress, chunk, memor
         bar.update(len(group))
     bar.close()
     rows = [collect.row(logits[i], base, per_prompt=per_prompt) for i in range(len(the_plan.sites))]
-    return collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="batched", per_prompt=per_prompt)
+    result = collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="batched", per_prompt=per_prompt)
+    result.attrs["cost"] = {
+        "patches": len(the_plan.sites),
+        "noop_patches_skipped": len(the_plan.sites) - len(order),
+        "chunk": size,
+        # Recording the target at each split position (self-checks' included) plus the patched
+        # runs, in full target forwards; the reference engine's figure is `patches`.
+        "forward_equivalents": round(runner.forward_equivalents, 3),
+    }
+    return result
 
 
 def _chunks(order: list[int], sites: list[Site], runner: "_Resumer", size: int) -> list[list[int]]:
@@ -132,6 +158,15 @@ class _Resumer:
     def __init__(self, model: Model, target: Tensor, positions: dict[str, Tensor]):
         self.model, self.target, self.positions = model, target.to(model.device), positions
         self.prefixes: dict[int, _Prefix] = {}
+        # Work done, in (decoder layer × prompt × token) calls: recording the target, and patched runs.
+        self.recording_tokens = 0
+        self.patch_tokens = 0
+
+    @property
+    def forward_equivalents(self) -> float:
+        """Work so far in units of one full forward of the target batch (the reference engine's cost per patch)."""
+        batch, seq = self.target.shape
+        return (self.recording_tokens + self.patch_tokens) / (self.model.dims.n_layers * batch * seq)
 
     def entry(self, site: Site) -> tuple[int, int]:
         """(first affected position, first affected layer): nothing before either can change.
@@ -168,6 +203,7 @@ class _Resumer:
                 args, kwargs = prefix.calls[index]
                 hidden = _joined(hidden, _first(args, kwargs), present[index] - (present[index - 1] if index > joins[0] else 0))
                 call_args, call_kwargs = _expanded(args, kwargs, hidden, batch, present[index], cache)
+                self.patch_tokens += hidden.shape[0] * hidden.shape[1]
                 output = self.model.layer(index)(*call_args, **call_kwargs)
                 hidden = output[0] if isinstance(output, tuple) else output
         logits = self.model.unembed(hidden[:, -1])
@@ -190,6 +226,7 @@ class _Resumer:
             with hooks.layer_inputs(self.model) as calls:
                 hf(input_ids=self.target[:, start:], past_key_values=replay, use_cache=replay is not None, logits_to_keep=1)
             self.prefixes[start] = _Prefix(cache, calls)
+            self.recording_tokens += self.model.dims.n_layers * self.target.numel()  # the two recording forwards
         return self.prefixes[start]
 
 

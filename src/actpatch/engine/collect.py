@@ -58,6 +58,7 @@ def finish(
             "site": plan.kind,
             "direction": plan.direction,
             "engine": engine,
+            "attention": model.hf.config._attn_implementation,  # "actpatch_eager" for pattern sweeps
             "n_prompts": len(pairs),
             "clean_prompts": list(pairs.clean_text or []),
             "corrupt_prompts": list(pairs.corrupt_text or []),

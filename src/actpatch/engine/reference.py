@@ -43,4 +43,6 @@ def sweep(
     rows = []
     for s in tqdm(the_plan.sites, desc=f"{direction} {the_plan.kind}", disable=None if progress is None else not progress):
         rows.append(collect.row(patched_logits({s: cache[s]}), base, per_prompt=per_prompt))
-    return collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="reference", per_prompt=per_prompt)
+    result = collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="reference", per_prompt=per_prompt)
+    result.attrs["cost"] = {"patches": len(the_plan.sites), "forward_equivalents": float(len(the_plan.sites))}
+    return result

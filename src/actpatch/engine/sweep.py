@@ -1,6 +1,7 @@
 """`sweep`: the one entry point for exact patching sweeps; picks the engine and the directions."""
 from __future__ import annotations
 
+import logging
 from typing import Literal, Sequence
 
 import xarray as xr
@@ -9,6 +10,8 @@ from actpatch.engine import batched, reference
 from actpatch.engine.plan import DIRECTIONS, Direction, Positions
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
+
+log = logging.getLogger(__name__)
 
 Engine = Literal["batched", "reference"]
 ENGINES = ("batched", "reference")
@@ -44,6 +47,9 @@ def sweep(
     options = dict(layers=layers, positions=positions, heads=heads, neurons=neurons, per_prompt=per_prompt, progress=progress)
     if engine == "batched":
         options.update(chunk=chunk, memory_budget=memory_budget)
+    if engine == "batched" and (reason := batched.unsupported(model)):
+        log.warning("the batched engine's shortcuts are not proven for this model (%s); using the reference engine", reason)
+        engine, options = "reference", {k: v for k, v in options.items() if k not in ("chunk", "memory_budget")}
     run = batched.sweep if engine == "batched" else reference.sweep
     if isinstance(direction, str):
         return run(model, pairs, site, direction=direction, **options)
