@@ -6,7 +6,9 @@
     res = ap.sweep(model, pairs, "resid_pre", direction="denoise")
     res.sel(metric="norm_logit_diff")           # layer × pos, tokens as coordinates
 """
+from actpatch.engine.attribution import attribute
 from actpatch.engine.sweep import sweep
+from actpatch.engine.verify import Verification, verify
 from actpatch.hooks import PatchNotApplied, PatchShapeError, attached_hooks, capture, patch
 from actpatch.metrics import METRICS, Baseline
 from actpatch.models.arch import UnsupportedArchitecture
@@ -18,7 +20,7 @@ from actpatch.sites import SITE_KINDS, Site, SiteError
 from actpatch.tasks.ioi import ioi_pairs
 
 __all__ = [
-    "METRICS", "SITE_KINDS", "Baseline", "Model", "PairsError", "PatchNotApplied", "PatchShapeError",
+    "METRICS", "SITE_KINDS", "Baseline", "Verification", "attribute", "verify", "Model", "PairsError", "PatchNotApplied", "PatchShapeError",
     "PromptPairs", "Site", "SiteError", "UnsupportedArchitecture", "attached_hooks", "capture",
     "ioi_pairs", "load", "load_model", "patch", "save", "sweep",
 ]

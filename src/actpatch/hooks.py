@@ -112,6 +112,29 @@ def layer_inputs(model: Model) -> Iterator[list[tuple[tuple, dict]]]:
         yield calls
 
 
+class Watched:
+    """Activations and the metric's gradients at sites, filled in by a forward and a backward under `watch`."""
+
+    def __init__(self) -> None:
+        self.values: dict[Site, Tensor] = {}
+        self.grads: dict[Site, Tensor] = {}
+
+
+@contextmanager
+def watch(model: Model, sites: Sequence[Site], *, positions: Positions | None = None) -> Iterator[Watched]:
+    """Record each site's activation in the forward and its gradient in the backward run inside the block.
+
+    The forward must run with gradients enabled from the inputs on (e.g. embeddings that require
+    grad); the gradient hooks sit on that forward's own tensors, so they go when its graph is freed."""
+    watched = Watched()
+    fired: Counter = Counter()
+    items = [(s, _WATCH, slice(None), 0) for s in sites]
+    with _attached(model, items, positions, watched, fired):
+        yield watched
+    if missing := [s for s in sites if s not in watched.values]:
+        raise PatchNotApplied(missing)
+
+
 def attached_hooks(model: Model) -> int:
     """How many hooks (and pattern taps) are on the model now; zero outside `capture`/`patch`."""
     torch_hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf.modules())
@@ -119,6 +142,9 @@ def attached_hooks(model: Model) -> int:
 
 
 # --- attaching -------------------------------------------------------------------------------
+
+_WATCH = torch.empty(0)  # an action value meaning "record the activation and its gradient"
+
 
 @dataclass(frozen=True)
 class _Action:
@@ -143,7 +169,7 @@ def _attached(
             raise SiteError(f"expected a Site, got {type(site).__name__}: {site!r}")
         validate(site, model.arch, model.dims, parallel=parallel)
         layer_site = _normalised(site, model.dims.n_layers)
-        writes = value is not None
+        writes = value is not None and value is not _WATCH
         groups[(layer_site.kind, layer_site.layer, writes)].append(_Action(site, value, rows, copy))
     with ExitStack() as stack:
         for (kind, layer, writes), actions in groups.items():
@@ -169,7 +195,10 @@ class _Tap:
 
     def __call__(self, raw: Tensor) -> Tensor | None:
         """Return the replacement tensor, or None to leave `raw` as it is."""
-        writes = any(a.value is not None for a in self.actions)
+        writes = any(a.value is not None and a.value is not _WATCH for a in self.actions)
+        if any(a.value is _WATCH for a in self.actions):
+            self._watch(raw)
+            return None
         if writes:
             raw = raw.clone()
         full_view = _canonical(self.kind, self.model, raw)
@@ -188,6 +217,23 @@ class _Tap:
                 view[index] = value
             self.fired[(action.copy, action.site)] += 1
         return raw if writes else None
+
+
+    def _watch(self, raw: Tensor) -> None:
+        if not raw.requires_grad:
+            raise RuntimeError("watch() needs a forward with gradients enabled from the inputs on")
+        view = _canonical(self.kind, self.model, raw)
+        indices = [(action, _index(action.site, view, self.positions)) for action in self.actions]
+        for action, index in indices:
+            self.store.values[action.site] = view[index].detach().clone()
+            self.fired[action.site] += 1
+
+        def on_grad(grad: Tensor) -> None:
+            grad_view = _canonical(self.kind, self.model, grad)
+            for action, index in indices:
+                self.store.grads[action.site] = grad_view[index].detach().clone()
+
+        raw.register_hook(on_grad)
 
 
 def _registrations(model: Model, kind: str, layer: int, writes: bool, tap: _Tap) -> list[Callable]:

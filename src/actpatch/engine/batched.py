@@ -81,6 +81,25 @@ def sweep(
 
 def _sweep(model, pairs, the_plan: SweepPlan, per_prompt, progress, chunk, memory_budget) -> xr.DataArray:
     base = collect.baseline(model, pairs)
+    logits, self_checks, cost = patched_logits(model, pairs, the_plan, base, progress=progress, chunk=chunk, memory_budget=memory_budget)
+    rows = [collect.row(row_logits, base, per_prompt=per_prompt) for row_logits in logits]
+    result = collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="batched", per_prompt=per_prompt)
+    result.attrs["cost"] = cost
+    return result
+
+
+def patched_logits(
+    model: Model,
+    pairs: PromptPairs,
+    the_plan: SweepPlan,
+    base,
+    *,
+    progress: bool | None = None,
+    chunk: int | None = None,
+    memory_budget: int | None = None,
+) -> tuple[list[Tensor], dict[str, float], dict[str, Any]]:
+    """Final-position logits for each of `the_plan.sites` (any list of one kind's sites), the
+    self-check errors, and the work done."""
     runner = _Resumer(model, the_plan.target, pairs.positions)
 
     def one_patch(values: dict[Site, Tensor]) -> Tensor:
@@ -99,15 +118,14 @@ def _sweep(model, pairs, the_plan: SweepPlan, per_prompt, progress, chunk, memor
     logits: dict[int, Tensor] = {i: target_logits for i, s in enumerate(the_plan.sites) if torch.equal(cache[s], own[s])}
     del own
     order = sorted((i for i in range(len(the_plan.sites)) if i not in logits), key=lambda i: runner.entry(the_plan.sites[i]))
-    bar = tqdm(total=len(the_plan.sites), initial=len(logits), desc=f"{the_plan.direction} {the_plan.kind}", disable=None if progress is None else not progress)
+    bar = tqdm(total=len(the_plan.sites), initial=len(logits), desc=f"{the_plan.direction} {the_plan.kind}",
+               disable=None if progress is None else not progress)
     for group in _chunks(order, the_plan.sites, runner, size):
         outputs = runner.run([{the_plan.sites[i]: cache[the_plan.sites[i]]} for i in group])
         logits.update(zip(group, outputs))
         bar.update(len(group))
     bar.close()
-    rows = [collect.row(logits[i], base, per_prompt=per_prompt) for i in range(len(the_plan.sites))]
-    result = collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="batched", per_prompt=per_prompt)
-    result.attrs["cost"] = {
+    cost = {
         "patches": len(the_plan.sites),
         "noop_patches_skipped": len(the_plan.sites) - len(order),
         "chunk": size,
@@ -115,7 +133,7 @@ def _sweep(model, pairs, the_plan: SweepPlan, per_prompt, progress, chunk, memor
         # runs, in full target forwards; the reference engine's figure is `patches`.
         "forward_equivalents": round(runner.forward_equivalents, 3),
     }
-    return result
+    return [logits[i] for i in range(len(the_plan.sites))], self_checks, cost
 
 
 def _chunks(order: list[int], sites: list[Site], runner: "_Resumer", size: int) -> list[list[int]]:

@@ -1,0 +1,120 @@
+"""Attribution estimates against exact patching, where the answer is known by construction."""
+import functools
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+
+import actpatch as ap
+from tiny import CONFIGS, FAMILIES, tiny_model, tiny_pairs
+
+reference_sweep = functools.partial(ap.sweep, engine="reference")
+
+
+@functools.cache
+def linear_head_model(family: str) -> ap.Model:
+    """A tiny float64 model whose final norm is removed, so the logit difference is linear in the
+    last resid_post and in the last mlp_out: there, AtP is exact by construction."""
+    torch.manual_seed(0)
+    hf = tf.AutoModelForCausalLM.from_config(CONFIGS[family]()).double().eval().requires_grad_(False)
+    model = ap.Model.from_hf(hf, name=f"tiny-linear-{family}")
+    parent, _, name = model.arch.final_norm.rpartition(".")
+    setattr(hf.get_submodule(parent), name, torch.nn.Identity())
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@pytest.mark.parametrize("kind", ["resid_post", "mlp_out"])
+def test_atp_is_exact_where_the_metric_is_linear(family, direction, kind):
+    model, pairs = linear_head_model(family), tiny_pairs()
+    last = [model.dims.n_layers - 1]
+    estimate = ap.attribute(model, pairs, kind, direction=direction, layers=last)
+    exact = reference_sweep(model, pairs, kind, direction=direction, layers=last).sel(metric=list(estimate.metric.values))
+    np.testing.assert_allclose(estimate.values, exact.values, atol=1e-5)
+    assert np.abs(exact.sel(metric="logit_diff").values - exact.attrs["baseline_corrupt" if direction == "denoise" else "baseline_clean"]["logit_diff"]).max() > 1e-2
+
+
+@pytest.mark.parametrize("kind", ap.SITE_KINDS)
+def test_integrated_gradients_with_one_step_is_atp(kind):
+    model, pairs = tiny_model("qwen2"), tiny_pairs()
+    extra = {"neurons": [0, 9]} if kind == "neuron" else {}
+    atp = ap.attribute(model, pairs, kind, **extra)
+    ig = ap.attribute(model, pairs, kind, method="ig", steps=1, **extra)
+    np.testing.assert_array_equal(atp.values, ig.values)
+    assert atp.attrs["estimate"]["method"] == "atp" and ig.attrs["estimate"]["method"] == "ig"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma3"])
+def test_more_steps_move_integrated_gradients_toward_exact(family):
+    """Patching all of resid_pre at layer 0 is patching the input itself, so the integrated gradient
+    along the input path converges to the exact effect; the tiny models are far from linear there."""
+    model, pairs = tiny_model(family), tiny_pairs()
+    exact = reference_sweep(model, pairs, "resid_pre", layers=[0], positions="all").sel(metric="logit_diff").item()
+    error = {k: abs(ap.attribute(model, pairs, "resid_pre", layers=[0], positions="all", method="ig", steps=k)
+                    .sel(metric="logit_diff").item() - exact) for k in (1, 32)}
+    assert error[1] > 0.05  # AtP is visibly wrong here
+    assert error[32] < error[1] / 4
+
+
+def test_attribution_leaves_no_hooks_and_no_gradients():
+    model, pairs = tiny_model("llama"), tiny_pairs()
+    ap.attribute(model, pairs, "pattern", method="ig", steps=2)
+    assert ap.attached_hooks(model) == 0
+    assert model.hf.config._attn_implementation == "sdpa"
+    assert all(p.grad is None and not p.requires_grad for p in model.hf.parameters())
+    with torch.no_grad():  # the caller's grad mode is left as it was
+        ap.attribute(model, pairs, "head")
+        assert not torch.is_grad_enabled()
+
+
+def test_an_error_in_the_backward_leaves_the_model_clean():
+    model, pairs = tiny_model("llama"), tiny_pairs()
+    def arm(module, args, output):
+        if output.requires_grad:
+            output.register_hook(_explode)
+
+    bomb = model.submodule(1, model.arch.mlp).register_forward_hook(arm)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            ap.attribute(model, pairs, "head")
+    finally:
+        bomb.remove()
+    assert ap.attached_hooks(model) == 0
+
+
+def _explode(grad):
+    raise RuntimeError("boom")
+
+
+def test_verify_patches_the_strongest_estimates_exactly():
+    model, pairs = tiny_model("llama"), tiny_pairs()
+    estimate = ap.attribute(model, pairs, "head", positions="each")
+    report = ap.verify(model, pairs, estimate, top_k=4, sample=3)
+    assert len(report.table) == 7 and report.table["in_top_k"].sum() == 4
+    assert -1.0 <= report.spearman <= 1.0 and 0.0 <= report.top_k_recall <= 1.0
+    exact = reference_sweep(model, pairs, "head", positions="each").sel(metric="norm_logit_diff")
+    for _, row in report.table.iterrows():
+        site = ap.Site.parse(row["site"])
+        assert row["exact"] == pytest.approx(exact.sel(layer=site.layer, head=site.head, pos=site.pos).item(), abs=1e-5)
+    strongest = np.abs(estimate.sel(metric="norm_logit_diff").values).max()
+    assert np.abs(report.table.loc[report.table["in_top_k"], "estimate"]).max() == pytest.approx(strongest)
+
+
+def test_verify_on_an_exact_linear_estimate_finds_no_error():
+    model, pairs = linear_head_model("llama"), tiny_pairs()
+    estimate = ap.attribute(model, pairs, "resid_post", layers=[-1])
+    report = ap.verify(model, pairs, estimate, top_k=3, sample=2)
+    assert report.table["error"].abs().max() < 1e-5 and report.top_k_recall == 1.0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, p: ap.attribute(m, p, "head", method="atp*"), r"method must be one of \('atp', 'ig'\)"),
+    (lambda m, p: ap.attribute(m, p, "head", method="ig", steps=0), r"steps must be a positive integer"),
+    (lambda m, p: ap.verify(m, p, reference_sweep(m, p, "head")), r"verify\(\) takes the result of actpatch.attribute"),
+])
+def test_bad_attribution_input_is_named(call, message):
+    model, pairs = tiny_model("llama"), tiny_pairs()
+    with pytest.raises(ValueError, match=message):
+        call(model, pairs)
