@@ -7,6 +7,7 @@ import torch
 import transformers as tf
 
 import actpatch as ap
+from actpatch import hooks
 from tiny import CONFIGS, FAMILIES, tiny_model, tiny_pairs
 
 reference_sweep = functools.partial(ap.sweep, engine="reference")
@@ -110,7 +111,7 @@ def test_verify_on_an_exact_linear_estimate_finds_no_error():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda m, p: ap.attribute(m, p, "head", method="atp*"), r"method must be one of \('atp', 'ig'\)"),
+    (lambda m, p: ap.attribute(m, p, "head", method="atp-star"), r"method must be one of \('atp', 'atp\*', 'ig'\)"),
     (lambda m, p: ap.attribute(m, p, "head", method="ig", steps=0), r"steps must be a positive integer"),
     (lambda m, p: ap.verify(m, p, reference_sweep(m, p, "head")), r"verify\(\) takes the result of actpatch.attribute"),
 ])
@@ -118,3 +119,29 @@ def test_bad_attribution_input_is_named(call, message):
     model, pairs = tiny_model("llama"), tiny_pairs()
     with pytest.raises(ValueError, match=message):
         call(model, pairs)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mistral"])
+@pytest.mark.parametrize("kind, pos", [("k", 3), ("q", 5), ("k", "X")])
+def test_atp_star_linearises_from_the_exactly_recomputed_pattern(family, kind, pos):
+    """AtP* for a q/k patch is target + Σ (pattern under the real patch − pattern) · ∂metric/∂pattern."""
+    model, pairs = linear_head_model(family), tiny_pairs()
+    group = model.dims.n_heads // model.dims.n_kv_heads
+    head = model.dims.n_kv_heads - 1 if kind == "k" else 1  # the last KV group, to catch group arithmetic
+    site = ap.Site(kind, 1, head=head, pos=pos)
+    heads = range(head * group, (head + 1) * group) if kind == "k" else [head]
+    patterns = [ap.Site("pattern", 1, head=h) for h in heads]
+    with hooks.eager_attention(model):
+        source = ap.capture(model, pairs.clean, [site], positions=pairs.positions)
+        with ap.patch(model, source, positions=pairs.positions):
+            patched = ap.capture(model, pairs.corrupt, patterns)
+        inputs = model.hf.get_input_embeddings()(pairs.corrupt).detach().requires_grad_(True)
+        with torch.enable_grad(), hooks.watch(model, patterns) as watched:
+            logits = model.hf(inputs_embeds=inputs).logits[:, -1]
+            rows = torch.arange(len(pairs))
+            target = (logits[rows, pairs.answers] - logits[rows, pairs.wrong]).mean()
+            target.backward()
+    want = target.item() + sum(((patched[s] - watched.values[s]) * watched.grads[s]).sum().item() for s in patterns)
+    got = ap.attribute(model, pairs, kind, layers=[1], heads=[head], positions=[pos], method="atp*")
+    assert got.sel(metric="logit_diff").item() == pytest.approx(want, abs=1e-6)  # float32 metric arithmetic
+    assert ap.attached_hooks(model) == 0 and model.hf.config._attn_implementation == "sdpa"

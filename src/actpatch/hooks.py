@@ -14,7 +14,7 @@ import sys
 from collections import Counter, defaultdict
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -135,10 +135,25 @@ def watch(model: Model, sites: Sequence[Site], *, positions: Positions | None = 
         raise PatchNotApplied(missing)
 
 
+@contextmanager
+def attention_inputs(model: Model, layers: Sequence[int]) -> Iterator[dict[int, dict[str, Any]]]:
+    """Record, per layer, the query and key as the attention function receives them (after rotary
+    embeddings and q/k norms), with its score scaling and soft-cap: what attention scores are made of."""
+    records: dict[int, dict[str, Any]] = {layer: {} for layer in layers}
+    modules = {_attention_module(model, layer): layer for layer in layers}
+    try:
+        with eager_attention(model):
+            _QK_RECORDS.update({module: records[layer] for module, layer in modules.items()})
+            yield records
+    finally:
+        for module in modules:
+            _QK_RECORDS.pop(module, None)
+
+
 def attached_hooks(model: Model) -> int:
     """How many hooks (and pattern taps) are on the model now; zero outside `capture`/`patch`."""
     torch_hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf.modules())
-    return torch_hooks + sum(module in _PATTERN_TAPS for module in model.hf.modules())
+    return torch_hooks + sum(module in _PATTERN_TAPS or module in _QK_RECORDS for module in model.hf.modules())
 
 
 # --- attaching -------------------------------------------------------------------------------
@@ -366,12 +381,18 @@ def _check_shape(site: Site, current: Tensor, value: Tensor) -> None:
 # --- attention patterns ------------------------------------------------------------------------
 
 _PATTERN_TAPS: dict[nn.Module, list[_Tap]] = {}
+_QK_RECORDS: dict[nn.Module, dict[str, Any]] = {}
+
+
+def _attention_module(model: Model, layer: int) -> nn.Module:
+    """The module that calls the attention function: the output projection's parent."""
+    return model.submodule(layer, model.arch.o_proj.rsplit(".", 1)[0])
 
 
 @contextmanager
 def _pattern_tap(model: Model, layer: int, tap: _Tap) -> Iterator[None]:
     """Expose layer `layer`'s attention probabilities to `tap` for the duration of the block."""
-    attention = model.submodule(layer, model.arch.o_proj.rsplit(".", 1)[0])
+    attention = _attention_module(model, layer)
     _PATTERN_TAPS.setdefault(attention, []).append(tap)
     try:
         with eager_attention(model):
@@ -414,6 +435,9 @@ def _pattern_attention(module: nn.Module, query, key, value, attention_mask, **k
 
     Rewriting recomputes `probabilities @ values` exactly as eager attention does, so heads we do
     not touch come out bit for bit the same."""
+    if (record := _QK_RECORDS.get(module)) is not None:
+        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5  # eager's own default when None
+        record.update(query=query.detach(), key=key.detach(), scaling=scaling, softcap=kwargs.get("softcap"))
     eager = sys.modules[type(module).__module__].eager_attention_forward
     output, probabilities = eager(module, query, key, value, attention_mask, **kwargs)
     new = None

@@ -23,8 +23,8 @@ from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site
 
-Method = Literal["atp", "ig"]
-METHODS = ("atp", "ig")
+Method = Literal["atp", "atp*", "ig"]
+METHODS = ("atp", "atp*", "ig")
 ESTIMATED_METRICS = ("norm_logit_diff", "logit_diff")
 
 
@@ -45,6 +45,9 @@ def attribute(
 
     `method="atp"`: one forward and one backward at the target run (about 3 forward-pass
     equivalents with the source capture; the backward computes no weight gradients).
+    `method="atp*"` (Kramár et al. 2024): for q and k sites, recompute each affected attention
+    softmax with the source query or key and linearise only from the pattern on, which AtP gets
+    badly wrong where attention saturates; other sites as AtP.
     `method="ig"`: `steps` forward+backward passes with input embeddings at target + α·(source −
     target), α = 0, 1/steps, ..., the gradients averaged; `steps=1` is AtP."""
     if method not in METHODS:
@@ -52,10 +55,16 @@ def attribute(
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads, neurons=neurons)
-    alphas = [0.0] if method == "atp" else [i / steps for i in range(steps)]
-    with hooks.eager_attention(model) if the_plan.kind == "pattern" else _nothing():
-        source = hooks.capture(model, the_plan.source, the_plan.sites, positions=pairs.positions)
-        target_logits, target_values, grads = _mean_gradients(model, pairs, the_plan, alphas)
+    alphas = [0.0] if method != "ig" else [i / steps for i in range(steps)]
+    qk_fix = method == "atp*" and the_plan.kind in ("q", "k")
+    # The softmax fix needs each affected pattern and its gradient, at every head of the layers.
+    patterns = [Site("pattern", l, head=h) for l in the_plan.layers for h in range(model.dims.n_heads)] if qk_fix else []
+    eager = the_plan.kind == "pattern" or qk_fix
+    with hooks.eager_attention(model) if eager else _nothing():
+        with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as source_qk:
+            source = hooks.capture(model, the_plan.source, the_plan.sites, positions=pairs.positions)
+        with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as target_qk:
+            target_logits, target_values, grads = _mean_gradients(model, pairs, the_plan, alphas, patterns)
         source_logits = model.last_logits(the_plan.source)
     clean_logits, corrupt_logits = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
     base = metrics.Baseline(clean_logits, corrupt_logits, pairs.answers, pairs.wrong)
@@ -63,13 +72,16 @@ def attribute(
     clean, corrupt = float(base.clean_logit_diff.mean()), float(base.corrupt_logit_diff.mean())
     rows = []
     for s in the_plan.sites:
-        change = float(((source[s].double() - target_values[s].double()) * grads[s].double()).sum())
+        if qk_fix:
+            change = _softmax_recomputed_change(model, s, source_qk[s.layer], target_qk[s.layer], target_values, grads, pairs.positions)
+        else:
+            change = float(((source[s].double() - target_values[s].double()) * grads[s].double()).sum())
         estimate = target_diff + change
         rows.append({"logit_diff": estimate, "norm_logit_diff": (estimate - corrupt) / (clean - corrupt)})
     return _assemble(model, pairs, the_plan, rows, base, method, steps if method == "ig" else 1)
 
 
-def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alphas: list[float]):
+def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alphas: list[float], extra: list[Site]):
     """Target logits, target activations, and ∂(mean logit diff)/∂activation averaged over the interpolation points."""
     embed = model.hf.get_input_embeddings()
     with torch.no_grad():
@@ -79,7 +91,7 @@ def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alpha
     target_logits = target_values = None
     for alpha in alphas:
         inputs = (target_embeds + alpha * (source_embeds - target_embeds)).detach().requires_grad_(True)
-        with torch.enable_grad(), hooks.watch(model, the_plan.sites, positions=pairs.positions) as watched:
+        with torch.enable_grad(), hooks.watch(model, the_plan.sites + extra, positions=pairs.positions) as watched:
             logits = model.hf(inputs_embeds=inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
             metrics.logit_diff(logits.float(), pairs.answers, pairs.wrong).mean().backward()
         for s, grad in watched.grads.items():
@@ -91,6 +103,42 @@ def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alpha
     if missing := [s for s in the_plan.sites if s not in mean]:
         raise RuntimeError(f"no gradient reached {missing[0]}: the metric does not depend on it through this forward")
     return target_logits, target_values, mean
+
+
+def _softmax_recomputed_change(model: Model, site: Site, source_qk: dict, target_qk: dict,
+                                patterns: dict[Site, Tensor], grads: dict[Site, Tensor], positions) -> float:
+    """Σ (pattern_new − pattern) · ∂metric/∂pattern over the heads a q or k patch touches.
+
+    Replacing scores s by s + Δ turns a pattern p into softmax(log p + Δ): no mask or scaling is
+    rebuilt, and positions the mask hides (p = 0) stay hidden."""
+    if source_qk.get("softcap") is not None:
+        raise NotImplementedError("atp* does not handle attention-logit soft-capping yet; use method='atp' or 'ig'")
+    query, key, scaling = target_qk["query"].double(), target_qk["key"].double(), target_qk["scaling"]
+    batch, seq = query.shape[0], query.shape[2]
+    chosen = torch.zeros(batch, seq, dtype=torch.bool)  # the positions the patch replaces, per prompt
+    if site.pos is None:
+        chosen[:] = True
+    elif isinstance(site.pos, str):
+        chosen[torch.arange(batch), positions[site.pos]] = True
+    else:
+        chosen[:, site.pos] = True
+    chosen = chosen.to(query.device).unsqueeze(-1)
+    group = model.dims.n_heads // model.dims.n_kv_heads
+    heads = range(site.head * group, (site.head + 1) * group) if site.kind == "k" else [site.head]
+    total = 0.0
+    for h in heads:
+        kv = h // group
+        if site.kind == "k":
+            delta_key = torch.where(chosen, source_qk["key"].double()[:, kv] - key[:, kv], 0.0)
+            delta = query[:, h] @ delta_key.transpose(-1, -2) * scaling  # (batch, dest_pos, src_pos)
+        else:
+            delta_query = torch.where(chosen, source_qk["query"].double()[:, h] - query[:, h], 0.0)
+            delta = delta_query @ key[:, kv].transpose(-1, -2) * scaling
+        pattern_site = Site("pattern", site.layer, head=h)
+        pattern = patterns[pattern_site].double()
+        new = torch.softmax(torch.log(pattern) + delta, dim=-1)
+        total += float(((new - pattern) * grads[pattern_site].double()).sum())
+    return total
 
 
 def _assemble(model, pairs, the_plan, rows, base, method, steps) -> xr.DataArray:
