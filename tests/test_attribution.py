@@ -114,6 +114,7 @@ def test_verify_on_an_exact_linear_estimate_finds_no_error():
     (lambda m, p: ap.attribute(m, p, "head", method="atp-star"), r"method must be one of \('atp', 'atp\*', 'ig'\)"),
     (lambda m, p: ap.attribute(m, p, "head", method="ig", steps=0), r"steps must be a positive integer"),
     (lambda m, p: ap.verify(m, p, reference_sweep(m, p, "head")), r"verify\(\) takes the result of actpatch.attribute"),
+    (lambda m, p: ap.attribute(m, p, "head", method="ig", graddrop=True), r"graddrop goes with method='atp' or 'atp\*'"),
 ])
 def test_bad_attribution_input_is_named(call, message):
     model, pairs = tiny_model("llama"), tiny_pairs()
@@ -145,3 +146,19 @@ def test_atp_star_linearises_from_the_exactly_recomputed_pattern(family, kind, p
     got = ap.attribute(model, pairs, kind, layers=[1], heads=[head], positions=[pos], method="atp*")
     assert got.sel(metric="logit_diff").item() == pytest.approx(want, abs=1e-6)  # float32 metric arithmetic
     assert ap.attached_hooks(model) == 0 and model.hf.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("method", ["atp", "atp*"])
+def test_graddrop_of_a_last_layer_site_is_its_atp_magnitude(method):
+    """Dropping the gradient through an earlier layer cannot touch a last-layer site, and dropping
+    its own layer zeroes it: (L − 1)·|ĉ| + 0, divided by L − 1."""
+    model, pairs = tiny_model("mistral"), tiny_pairs()
+    result = ap.attribute(model, pairs, "k", method=method, positions="each", graddrop=True)
+    last = result.sel(layer=model.dims.n_layers - 1)
+    change = np.abs(last.sel(metric="logit_diff") - result.attrs["baseline_corrupt"]["logit_diff"])
+    np.testing.assert_allclose(last.sel(metric="abs_logit_diff_change_graddrop"), change, rtol=1e-6, atol=1e-9)
+    first = result.sel(layer=0)
+    first_change = np.abs(first.sel(metric="logit_diff") - result.attrs["baseline_corrupt"]["logit_diff"])
+    assert not np.allclose(first.sel(metric="abs_logit_diff_change_graddrop"), first_change)
+    assert result.attrs["cost"]["forward_equivalents"] == 3 + model.dims.n_layers
+    assert ap.attached_hooks(model) == 0

@@ -135,6 +135,34 @@ def watch(model: Model, sites: Sequence[Site], *, positions: Positions | None = 
         raise PatchNotApplied(missing)
 
 
+class GradientDrop:
+    """Which layer's attention and MLP outputs pass no gradient back (None: every layer passes)."""
+
+    def __init__(self) -> None:
+        self.layer: int | None = None
+
+
+@contextmanager
+def drop_gradients(model: Model) -> Iterator[GradientDrop]:
+    """In forwards run inside the block, gradients through the sublayers of layer `.layer` are zeroed
+    on the way back (GradDrop, Kramár et al. 2024); the residual stream still carries them past it."""
+    control = GradientDrop()
+
+    def make(layer: int) -> Callable:
+        def hook(module, args, output):
+            tensor = output[0] if isinstance(output, tuple) else output
+            if tensor.requires_grad:
+                tensor.register_hook(lambda grad: torch.zeros_like(grad) if control.layer == layer else None)
+        return hook
+
+    with ExitStack() as stack:
+        for layer in range(model.dims.n_layers):
+            for path in (model.arch.attn, model.arch.mlp):
+                handle = model.submodule(layer, path).register_forward_hook(make(layer))
+                stack.callback(handle.remove)
+        yield control
+
+
 @contextmanager
 def attention_inputs(model: Model, layers: Sequence[int]) -> Iterator[dict[int, dict[str, Any]]]:
     """Record, per layer, the query and key as the attention function receives them (after rotary

@@ -26,6 +26,7 @@ from actpatch.sites import Site
 Method = Literal["atp", "atp*", "ig"]
 METHODS = ("atp", "atp*", "ig")
 ESTIMATED_METRICS = ("norm_logit_diff", "logit_diff")
+GRADDROP_METRIC = "abs_logit_diff_change_graddrop"
 
 
 def attribute(
@@ -40,6 +41,7 @@ def attribute(
     positions: Positions = None,
     heads: Sequence[int] | None = None,
     neurons: Sequence[int] | None = None,
+    graddrop: bool = False,
 ) -> xr.DataArray:
     """Estimate every patch of a sweep at once; `verify(result, ...)` checks the strongest exactly.
 
@@ -48,12 +50,17 @@ def attribute(
     `method="atp*"` (Kramár et al. 2024): for q and k sites, recompute each affected attention
     softmax with the source query or key and linearise only from the pattern on, which AtP gets
     badly wrong where attention saturates; other sites as AtP.
+    `graddrop=True` (with "atp" or "atp*") adds the metric `abs_logit_diff_change_graddrop`:
+    the mean over layers l of |estimated change| with gradients through layer l's attention and
+    MLP dropped, a magnitude that cancelling paths cannot hide (costs one backward per layer).
     `method="ig"`: `steps` forward+backward passes with input embeddings at target + α·(source −
     target), α = 0, 1/steps, ..., the gradients averaged; `steps=1` is AtP."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if graddrop and method == "ig":
+        raise ValueError("graddrop goes with method='atp' or 'atp*', not with integrated gradients")
     the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads, neurons=neurons)
     alphas = [0.0] if method != "ig" else [i / steps for i in range(steps)]
     qk_fix = method == "atp*" and the_plan.kind in ("q", "k")
@@ -64,45 +71,60 @@ def attribute(
         with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as source_qk:
             source = hooks.capture(model, the_plan.source, the_plan.sites, positions=pairs.positions)
         with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as target_qk:
-            target_logits, target_values, grads = _mean_gradients(model, pairs, the_plan, alphas, patterns)
+            target_logits, target_values, grads, dropped = _mean_gradients(model, pairs, the_plan, alphas, patterns, graddrop)
         source_logits = model.last_logits(the_plan.source)
     clean_logits, corrupt_logits = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
     base = metrics.Baseline(clean_logits, corrupt_logits, pairs.answers, pairs.wrong)
     target_diff = float(metrics.logit_diff(target_logits.double(), pairs.answers, pairs.wrong).mean())
     clean, corrupt = float(base.clean_logit_diff.mean()), float(base.corrupt_logit_diff.mean())
+
+    def change(s: Site, gradients: dict[Site, Tensor]) -> float:
+        if qk_fix:
+            return _softmax_recomputed_change(model, s, source_qk[s.layer], target_qk[s.layer], target_values, gradients, pairs.positions)
+        return float(((source[s].double() - target_values[s].double()) * gradients[s].double()).sum())
+
     rows = []
     for s in the_plan.sites:
-        if qk_fix:
-            change = _softmax_recomputed_change(model, s, source_qk[s.layer], target_qk[s.layer], target_values, grads, pairs.positions)
-        else:
-            change = float(((source[s].double() - target_values[s].double()) * grads[s].double()).sum())
-        estimate = target_diff + change
+        estimate = target_diff + change(s, grads)
         rows.append({"logit_diff": estimate, "norm_logit_diff": (estimate - corrupt) / (clean - corrupt)})
+        if graddrop:
+            # Kramár et al. average |ĉ_l| over the L layers and divide by L − 1.
+            magnitudes = [abs(change(s, layer_grads)) for layer_grads in dropped]
+            rows[-1][GRADDROP_METRIC] = sum(magnitudes) / max(1, len(magnitudes) - 1)
     return _assemble(model, pairs, the_plan, rows, base, method, steps if method == "ig" else 1)
 
 
-def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alphas: list[float], extra: list[Site]):
-    """Target logits, target activations, and ∂(mean logit diff)/∂activation averaged over the interpolation points."""
+def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alphas: list[float], extra: list[Site],
+                    graddrop: bool):
+    """Target logits and activations, ∂(mean logit diff)/∂activation averaged over the interpolation
+    points, and (for GradDrop) the gradients at the target with each layer's sublayers dropped."""
     embed = model.hf.get_input_embeddings()
     with torch.no_grad():
         target_embeds = embed(the_plan.target.to(model.device))
         source_embeds = embed(the_plan.source.to(model.device))
     total: dict[Site, Tensor] = {}
+    dropped: list[dict[Site, Tensor]] = []
     target_logits = target_values = None
     for alpha in alphas:
         inputs = (target_embeds + alpha * (source_embeds - target_embeds)).detach().requires_grad_(True)
-        with torch.enable_grad(), hooks.watch(model, the_plan.sites + extra, positions=pairs.positions) as watched:
+        with torch.enable_grad(), hooks.drop_gradients(model) if graddrop else _nothing() as drop, \
+                hooks.watch(model, the_plan.sites + extra, positions=pairs.positions) as watched:
             logits = model.hf(inputs_embeds=inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
-            metrics.logit_diff(logits.float(), pairs.answers, pairs.wrong).mean().backward()
-        for s, grad in watched.grads.items():
-            total[s] = total[s] + grad if s in total else grad
+            metric = metrics.logit_diff(logits.float(), pairs.answers, pairs.wrong).mean()
+            metric.backward(retain_graph=graddrop)
+            for s, grad in watched.grads.items():
+                total[s] = total[s] + grad if s in total else grad
+            for layer in range(model.dims.n_layers) if graddrop else []:
+                drop.layer = layer
+                metric.backward(retain_graph=layer < model.dims.n_layers - 1)
+                dropped.append(dict(watched.grads))
         if alpha == 0.0:
             target_logits, target_values = logits.detach().float(), watched.values
-        del inputs, logits, watched
+        del inputs, logits, metric, watched
     mean = {s: g / len(alphas) for s, g in total.items()}
     if missing := [s for s in the_plan.sites if s not in mean]:
         raise RuntimeError(f"no gradient reached {missing[0]}: the metric does not depend on it through this forward")
-    return target_logits, target_values, mean
+    return target_logits, target_values, mean, dropped
 
 
 def _softmax_recomputed_change(model: Model, site: Site, source_qk: dict, target_qk: dict,
@@ -143,12 +165,19 @@ def _softmax_recomputed_change(model: Model, site: Site, source_qk: dict, target
 
 def _assemble(model, pairs, the_plan, rows, base, method, steps) -> xr.DataArray:
     full_rows = [{m: row.get(m, np.nan) for m in metrics.METRICS} for row in rows]
+    graddrop = GRADDROP_METRIC in rows[0]
     from actpatch.engine import collect  # the exact engines' layout and provenance
 
     result = collect.finish(model, pairs, the_plan, full_rows, base, {}, engine=method, per_prompt=False)
     result = result.sel(metric=list(ESTIMATED_METRICS))
+    if graddrop:
+        magnitudes = xr.zeros_like(result.isel(metric=[0])).assign_coords(metric=[GRADDROP_METRIC])
+        magnitudes.values[0] = np.array([row[GRADDROP_METRIC] for row in rows]).reshape(magnitudes.shape[1:])
+        result = xr.concat([result, magnitudes], dim="metric", combine_attrs="override")
     result.attrs["estimate"] = {"method": method, "steps": steps}
-    result.attrs["cost"] = {"patches": len(the_plan.sites), "forward_equivalents": 1 + 2 * steps}
+    backwards = steps + (model.dims.n_layers if graddrop else 0)
+    # source capture + a forward per step + backwards (input gradients only, about a forward each)
+    result.attrs["cost"] = {"patches": len(the_plan.sites), "forward_equivalents": 1 + steps + backwards}
     return result
 
 
