@@ -16,11 +16,13 @@ from actpatch.models.load import load_model
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs
 from actpatch.results import load, save
+from actpatch.sensitivity import sweep_corruptions
 from actpatch.sites import SITE_KINDS, Site, SiteError
+from actpatch import tasks
 from actpatch.tasks.ioi import ioi_pairs
 
 __all__ = [
     "METRICS", "SITE_KINDS", "Baseline", "Verification", "attribute", "verify", "Model", "PairsError", "PatchNotApplied", "PatchShapeError",
     "PromptPairs", "Site", "SiteError", "UnsupportedArchitecture", "attached_hooks", "capture",
-    "ioi_pairs", "load", "load_model", "patch", "save", "sweep",
+    "ioi_pairs", "tasks", "load", "load_model", "patch", "save", "sweep", "sweep_corruptions",
 ]

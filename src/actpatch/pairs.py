@@ -31,6 +31,7 @@ class PromptPairs:
     clean_text: tuple[str, ...] | None = None
     corrupt_text: tuple[str, ...] | None = None
     positions: dict[str, Tensor] = field(default_factory=dict)
+    corruption: str | None = None  # the scheme that made the corrupt prompts, when one did
 
     def __post_init__(self) -> None:
         _validate_ids(self)
@@ -52,6 +53,7 @@ class PromptPairs:
         wrong: Sequence[str],
         *,
         positions: dict[str, Sequence[int]] | None = None,
+        corruption: str | None = None,
     ) -> "PromptPairs":
         """Tokenize with the model's tokenizer defaults; answers must be single tokens (mind the leading space)."""
         if isinstance(clean, str) or isinstance(corrupt, str):
@@ -87,6 +89,7 @@ class PromptPairs:
             clean_text=tuple(clean),
             corrupt_text=tuple(corrupt),
             positions={k: torch.as_tensor(v, dtype=torch.long) for k, v in (positions or {}).items()},
+            corruption=corruption,
         )
 
 

@@ -60,6 +60,7 @@ def finish(
             "engine": engine,
             "attention": model.hf.config._attn_implementation,  # "actpatch_eager" for pattern sweeps
             "n_prompts": len(pairs),
+            "corruption": pairs.corruption or "",
             "clean_prompts": list(pairs.clean_text or []),
             "corrupt_prompts": list(pairs.corrupt_text or []),
             "baseline_clean": metrics.averaged(base.clean_logits, base),

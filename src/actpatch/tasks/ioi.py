@@ -1,49 +1,128 @@
-"""Indirect Object Identification (Wang et al. 2022): a small hand-written batch.
+"""Indirect Object Identification (Wang et al. 2022): "When Mary and John went to the store, John
+gave a drink to" -> " Mary".
 
-"When John and Mary went to the store, John gave a drink to" -> " Mary". The corruption here
-replaces all three names with unrelated ones (ABC), which traces everything name-related.
-Named positions: S1, IO (first mentions), S2 (the repeated subject), END (the last token)."""
+Prompts come from templates in both name orders (ABBA: subject first; BABA: indirect object
+first), with names, places and objects kept only where they are single tokens of the model's
+tokenizer. The corruption (see `actpatch.corrupt`) decides what a sweep traces. Named positions,
+per prompt: S1 and IO (first mentions), S2 (the repeated subject), END (the last token).
+"""
 from __future__ import annotations
 
+import logging
 import random
+from collections import Counter
+from typing import Literal, Sequence
 
+from actpatch.corrupt import IOI_CORRUPTIONS, IoiPrompt, ioi_corruption
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs
 
+log = logging.getLogger(__name__)
+
+# {N1} and {N2} are the first two names (S and IO in ABBA order, IO and S in BABA); {S2} repeats S.
 TEMPLATES = (
-    "When {A} and {B} went to the store, {C} gave a drink to",
-    "When {A} and {B} went to the park, {C} gave a ball to",
-    "After {A} and {B} went to the office, {C} handed a letter to",
-    "While {A} and {B} were at the house, {C} gave a book to",
+    "Then, {N1} and {N2} went to the {place}. {S2} gave a {object} to",
+    "Then, {N1} and {N2} had a lot of fun at the {place}. {S2} gave a {object} to",
+    "Then, {N1} and {N2} were working at the {place}. {S2} decided to give a {object} to",
+    "Then, {N1} and {N2} were thinking about going to the {place}. {S2} wanted to give a {object} to",
+    "After {N1} and {N2} went to the {place}, {S2} gave a {object} to",
+    "When {N1} and {N2} got a {object} at the {place}, {S2} decided to give it to",
+    "While {N1} and {N2} were working at the {place}, {S2} gave a {object} to",
+    "While {N1} and {N2} were commuting to the {place}, {S2} gave a {object} to",
+    "After the lunch, {N1} and {N2} went to the {place}. {S2} gave a {object} to",
+    "Afterwards, {N1} and {N2} went to the {place}. {S2} gave a {object} to",
+    "Friends {N1} and {N2} found a {object} at the {place}. {S2} gave it to",
+    "When {N1} and {N2} went to the {place}, {S2} gave a {object} to",
+    "When {N1} and {N2} arrived at the {place}, {S2} handed a {object} to",
+    "Once {N1} and {N2} reached the {place}, {S2} passed a {object} to",
 )
 NAMES = (
-    "John", "Mary", "Tom", "Anna", "James", "Sarah", "David", "Emma", "Paul", "Laura",
-    "Mark", "Lucy", "Peter", "Kate", "Michael", "Alice",
+    "John", "Mary", "Tom", "Anna", "James", "Sarah", "David", "Emma", "Paul", "Laura", "Mark", "Lucy",
+    "Peter", "Kate", "Michael", "Alice", "Daniel", "Rachel", "Jack", "Sophie", "Ryan", "Emily", "Adam",
+    "Grace", "Luke", "Hannah", "Chris", "Amy", "Tim", "Rose", "Ben", "Claire", "Sam", "Helen", "Max",
+    "Julia", "Dan", "Ellen", "George", "Ruth",
 )
+PLACES = ("store", "park", "office", "house", "school", "garden", "restaurant", "hospital", "station", "beach", "library")
+# One template, one name order: every prompt has its names at the same token indices, so a sweep
+# over every position reads the same role at each index (what a layer × position table needs).
+CLASSIC = ("When {N1} and {N2} went to the {place}, {S2} gave a {object} to",)
+OBJECTS = ("drink", "ball", "letter", "book", "ring", "bottle", "necklace", "snack", "gift", "computer")
+
+
+def ioi(
+    model: Model,
+    n: int = 32,
+    *,
+    corruption: str = "abc",
+    seed: int = 0,
+    order: Literal["mixed", "abba", "baba"] = "mixed",
+    templates: Sequence[str] | None = None,
+) -> PromptPairs:
+    """`n` IOI prompt pairs under the named corruption, ABBA and BABA alternating (`order="mixed"`).
+
+    Corruptions: "abc" (all three names replaced), "s2" (only the repeated subject), "s1" (only
+    the subject's first mention), "io_s_swap" (subject and indirect object trade places),
+    "random" (new names, same structure). Prompts in one batch share a token length, so only the
+    templates of the most common length for this tokenizer are used (logged), or `templates`.
+    Mixed orders and templates put a role at different indices in different prompts: sweep them
+    at named positions (`positions=["S1", "IO", "S2", "END"]`). For a sweep over every position,
+    use `order="abba", templates=CLASSIC`."""
+    if order not in ("mixed", "abba", "baba"):
+        raise PairsError(f"order must be 'mixed', 'abba' or 'baba', got {order!r}")
+    if not isinstance(n, int) or n < 1:
+        raise PairsError(f"n must be a positive integer, got {n!r}")
+    scheme = ioi_corruption(corruption)
+    names, places, objects = (_single_tokens(model, words) for words in (NAMES, PLACES, OBJECTS))
+    if len(names) < 6 or not places or not objects:
+        raise PairsError(f"too few IOI words are single tokens for {model.name}: {len(names)} names, "
+                         f"{len(places)} places, {len(objects)} objects")
+    templates = _templates_of_one_length(model, templates or TEMPLATES, names[0], places[0], objects[0])
+    rng = random.Random(seed)
+    clean, corrupt = [], []
+    for i in range(n):
+        subject, indirect = rng.sample(names, 2)
+        abba = i % 2 == 0 if order == "mixed" else order == "abba"
+        prompt = IoiPrompt(templates[i % len(templates)], subject, indirect, abba=abba,
+                           place=rng.choice(places), object=rng.choice(objects))
+        clean.append(prompt)
+        corrupt.append(scheme.corrupt(prompt, names, rng))
+    positions = {name: [_position(model, p, name) for p in clean] for name in ("S1", "IO", "S2")}
+    positions["END"] = [len(model.tokenizer(p.text)["input_ids"]) - 1 for p in clean]
+    return PromptPairs.from_strings(
+        model,
+        [p.text for p in clean],
+        [p.text for p in corrupt],
+        [" " + p.indirect for p in clean],
+        [" " + p.subject for p in clean],
+        positions=positions,
+        corruption=scheme.name,
+    )
+
+
+def _single_tokens(model: Model, words: tuple[str, ...]) -> list[str]:
+    kept = [w for w in words if len(model.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1]
+    if dropped := len(words) - len(kept):
+        log.info("IOI: dropped %d of %d words that are not single tokens for %s", dropped, len(words), model.name)
+    return kept
+
+
+def _templates_of_one_length(model: Model, templates: Sequence[str], name: str, place: str, thing: str) -> list[str]:
+    lengths = {t: len(model.tokenizer(IoiPrompt(t, name, name, True, place, thing).text)["input_ids"]) for t in templates}
+    common, _ = Counter(lengths.values()).most_common(1)[0]
+    chosen = [t for t in templates if lengths[t] == common]
+    if len(chosen) < len(templates):
+        log.info("IOI: using %d of %d templates (those of %d tokens for this tokenizer)", len(chosen), len(templates), common)
+    return chosen
+
+
+def _position(model: Model, prompt: IoiPrompt, which: str) -> int:
+    """Index of a name's token: the last token of the prompt cut just after that name."""
+    return len(model.tokenizer(prompt.text_up_to(which))["input_ids"]) - 1
 
 
 def ioi_pairs(model: Model, n: int = 8, *, seed: int = 0) -> PromptPairs:
-    """`n` IOI prompts (ABBA order) with their ABC-corrupted twins, answers, and named positions."""
-    if n < 1:
-        raise PairsError(f"n must be at least 1, got {n}")
-    names = [name for name in NAMES if len(model.tokenizer(" " + name, add_special_tokens=False)["input_ids"]) == 1]
-    if len(names) < 5:
-        raise PairsError(f"only {len(names)} of the IOI names are single tokens for {model.name}; need at least 5")
-    rng = random.Random(seed)
-    clean, corrupt, answers, wrong = [], [], [], []
-    positions: dict[str, list[int]] = {"S1": [], "IO": [], "S2": [], "END": []}
-    for i in range(n):
-        template = TEMPLATES[i % len(TEMPLATES)]
-        subject, indirect, *others = rng.sample(names, 5)
-        clean.append(template.format(A=subject, B=indirect, C=subject))
-        corrupt.append(template.format(A=others[0], B=others[1], C=others[2]))
-        answers.append(" " + indirect)
-        wrong.append(" " + subject)
-        filled = {"A": subject, "B": indirect, "C": subject}
-        for key, field in (("S1", "A"), ("IO", "B"), ("S2", "C")):
-            # A name's index is the last token of the prompt cut just after it.
-            prefix = template[: template.index("{" + field + "}")].format(**filled) + filled[field]
-            positions[key].append(len(model.tokenizer(prefix)["input_ids"]) - 1)
-        positions["END"].append(len(model.tokenizer(clean[-1])["input_ids"]) - 1)
-    return PromptPairs.from_strings(model, clean, corrupt, answers, wrong, positions=positions)
+    """The classic aligned batch: one template, ABBA, all three names replaced (ABC)."""
+    return ioi(model, n, corruption="abc", seed=seed, order="abba", templates=CLASSIC)
 
+
+__all__ = ["CLASSIC", "IOI_CORRUPTIONS", "TEMPLATES", "ioi", "ioi_pairs"]

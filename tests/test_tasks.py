@@ -1,0 +1,74 @@
+"""IOI prompts and corruptions: each changes exactly the tokens it says, with the real tokenizer
+and with a GPT-2-style byte-level tokenizer built here from a small word vocabulary."""
+import re
+
+import pytest
+import torch
+import transformers as tf
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+
+import actpatch as ap
+from actpatch.corrupt import IOI_CORRUPTIONS
+from actpatch.tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES
+
+CHANGED = {"abc": {"S1", "IO", "S2"}, "s2": {"S2"}, "s1": {"S1"}, "io_s_swap": {"S1", "IO", "S2"}, "random": {"S1", "IO", "S2"}}
+
+
+def gpt2_style_model() -> ap.Model:
+    """A tiny GPT-2 with a byte-level word tokenizer: 'Ġname' tokens, as GPT-2's own vocabulary has."""
+    words = set()
+    for text in TEMPLATES + NAMES + PLACES + OBJECTS:
+        words.update(re.findall(r"\w+|[^\w\s]", text.replace("{", " ").replace("}", " ")))
+    vocab = {"<unk>": 0}
+    for word in sorted(words):
+        for form in (word, "Ġ" + word):
+            vocab.setdefault(form, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>")
+    torch.manual_seed(0)
+    config = tf.GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=len(vocab), n_positions=64, bos_token_id=0, eos_token_id=0)
+    return ap.Model.from_hf(tf.AutoModelForCausalLM.from_config(config).eval(), fast, name="tiny-gpt2-words")
+
+
+@pytest.fixture(scope="module", params=["smollm2", "gpt2-style"])
+def model(request):
+    if request.param == "gpt2-style":
+        return gpt2_style_model()
+    return request.getfixturevalue("smollm")
+
+
+@pytest.mark.parametrize("corruption", IOI_CORRUPTIONS)
+def test_each_corruption_changes_exactly_its_tokens(model, corruption):
+    pairs = ap.tasks.ioi(model, n=8, corruption=corruption, seed=2)
+    assert pairs.corruption == corruption and pairs.clean.shape == pairs.corrupt.shape
+    for row in range(len(pairs)):
+        changed = set(torch.nonzero(pairs.clean[row] != pairs.corrupt[row]).flatten().tolist())
+        named = {int(pairs.positions[name][row]): name for name in ("S1", "IO", "S2")}
+        assert {named.get(i, f"pos {i}") for i in changed} == CHANGED[corruption], pairs.corrupt_text[row]
+
+
+def test_named_positions_point_at_the_names_in_both_orders(model):
+    pairs = ap.tasks.ioi(model, n=10, seed=4)
+    decode = lambda ids: model.tokenizer.decode(ids).strip()
+    orders = set()
+    for row in range(len(pairs)):
+        at = {name: int(pairs.positions[name][row]) for name in ("S1", "IO", "S2", "END")}
+        assert decode(pairs.clean[row, at["IO"]]) == decode(pairs.answers[row])
+        assert decode(pairs.clean[row, at["S1"]]) == decode(pairs.clean[row, at["S2"]]) == decode(pairs.wrong[row])
+        assert at["END"] == pairs.seq_len - 1
+        orders.add(at["S1"] < at["IO"])
+    assert orders == {True, False}  # ABBA and BABA both present
+
+
+def test_io_s_swap_swaps_roles(model):
+    pairs = ap.tasks.ioi(model, n=4, corruption="io_s_swap", seed=1)
+    for row in range(len(pairs)):
+        io, s1 = int(pairs.positions["IO"][row]), int(pairs.positions["S1"][row])
+        assert pairs.corrupt[row, io] == pairs.clean[row, s1] and pairs.corrupt[row, s1] == pairs.clean[row, io]
+
+
+def test_unknown_corruption_lists_the_choices(model):
+    with pytest.raises(ap.PairsError, match=r"unknown IOI corruption 'names'.*abc.*s2.*io_s_swap"):
+        ap.tasks.ioi(model, n=2, corruption="names")
