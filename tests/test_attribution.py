@@ -8,7 +8,7 @@ import transformers as tf
 
 import actpatch as ap
 from actpatch import hooks
-from tiny import CONFIGS, FAMILIES, tiny_model, tiny_pairs
+from tiny import CONFIGS, tiny_model, tiny_pairs
 
 reference_sweep = functools.partial(ap.sweep, engine="reference")
 

@@ -10,6 +10,7 @@ the logit difference), so `verify` can patch the strongest ones exactly in one c
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Literal, Sequence
 
 import numpy as np
@@ -17,7 +18,8 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from actpatch import hooks, metrics, results
+from actpatch import hooks, metrics
+from actpatch.engine import collect
 from actpatch.engine.plan import Direction, Positions, SweepPlan, plan
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
@@ -67,7 +69,7 @@ def attribute(
     # The softmax fix needs each affected pattern and its gradient, at every head of the layers.
     patterns = [Site("pattern", l, head=h) for l in the_plan.layers for h in range(model.dims.n_heads)] if qk_fix else []
     eager = the_plan.kind == "pattern" or qk_fix
-    with hooks.eager_attention(model) if eager else _nothing():
+    with hooks.eager_attention(model) if eager else nullcontext():
         with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as source_qk:
             source = hooks.capture(model, the_plan.source, the_plan.sites, positions=pairs.positions)
         with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as target_qk:
@@ -107,7 +109,7 @@ def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alpha
     target_logits = target_values = None
     for alpha in alphas:
         inputs = (target_embeds + alpha * (source_embeds - target_embeds)).detach().requires_grad_(True)
-        with torch.enable_grad(), hooks.drop_gradients(model) if graddrop else _nothing() as drop, \
+        with torch.enable_grad(), hooks.drop_gradients(model) if graddrop else nullcontext() as drop, \
                 hooks.watch(model, the_plan.sites + extra, positions=pairs.positions) as watched:
             logits = model.hf(inputs_embeds=inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
             metric = metrics.logit_diff(logits.float(), pairs.answers, pairs.wrong).mean()
@@ -166,8 +168,6 @@ def _softmax_recomputed_change(model: Model, site: Site, source_qk: dict, target
 def _assemble(model, pairs, the_plan, rows, base, method, steps) -> xr.DataArray:
     full_rows = [{m: row.get(m, np.nan) for m in metrics.METRICS} for row in rows]
     graddrop = GRADDROP_METRIC in rows[0]
-    from actpatch.engine import collect  # the exact engines' layout and provenance
-
     result = collect.finish(model, pairs, the_plan, full_rows, base, {}, engine=method, per_prompt=False)
     result = result.sel(metric=list(ESTIMATED_METRICS))
     if graddrop:
@@ -179,11 +179,3 @@ def _assemble(model, pairs, the_plan, rows, base, method, steps) -> xr.DataArray
     # source capture + a forward per step + backwards (input gradients only, about a forward each)
     result.attrs["cost"] = {"patches": len(the_plan.sites), "forward_equivalents": 1 + steps + backwards}
     return result
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

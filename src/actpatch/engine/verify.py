@@ -15,7 +15,7 @@ from actpatch.engine import batched, collect
 from actpatch.engine.plan import SweepPlan, plan
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
-from actpatch.sites import Site, grid, unit_dim
+from actpatch.sites import Site, unit_dim
 
 
 @dataclass
