@@ -14,7 +14,7 @@ Before each worker we wait until other processes use less than half a core, and 
 other processes disturbed (more than 0.3 cores on average) is repeated, up to three runs in all.
 
     bash benchmarks/setup_peers.sh          # once: nnsight here, TransformerLens in .venv-tl
-    python benchmarks/sweep_peers.py        # about 15 minutes on 2 cores; tables on stdout
+    python benchmarks/sweep_peers.py        # about 20 minutes on 2 idle cores; tables on stdout
 Raw numbers go to benchmarks/results/peers.json."""
 from __future__ import annotations
 

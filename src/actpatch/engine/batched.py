@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import xarray as xr
@@ -81,8 +81,8 @@ def sweep(
 
 def _sweep(model, pairs, the_plan: SweepPlan, per_prompt, progress, chunk, memory_budget) -> xr.DataArray:
     base = collect.baseline(model, pairs)
-    logits, self_checks, cost = patched_logits(model, pairs, the_plan, base, progress=progress, chunk=chunk, memory_budget=memory_budget)
-    rows = [collect.row(row_logits, base, per_prompt=per_prompt) for row_logits in logits]
+    rows, self_checks, cost = patched_logits(model, pairs, the_plan, base, lambda logits: collect.row(logits, base, per_prompt=per_prompt),
+                                             progress=progress, chunk=chunk, memory_budget=memory_budget)
     result = collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="batched", per_prompt=per_prompt)
     result.attrs["cost"] = cost
     return result
@@ -93,13 +93,15 @@ def patched_logits(
     pairs: PromptPairs,
     the_plan: SweepPlan,
     base,
+    reduce: Callable[[Tensor], Any],
     *,
     progress: bool | None = None,
     chunk: int | None = None,
     memory_budget: int | None = None,
-) -> tuple[list[Tensor], dict[str, float], dict[str, Any]]:
-    """Final-position logits for each of `the_plan.sites` (any list of one kind's sites), the
-    self-check errors, and the work done."""
+) -> tuple[list[Any], dict[str, float], dict[str, Any]]:
+    """`reduce(final-position logits)` for each of `the_plan.sites` (any list of one kind's sites),
+    the self-check errors, and the work done. Each chunk's logits are reduced as soon as they are
+    computed, so memory does not grow with the number of patches."""
     runner = _Resumer(model, the_plan.target, pairs.positions)
 
     def one_patch(values: dict[Site, Tensor]) -> Tensor:
@@ -115,14 +117,15 @@ def patched_logits(
     # tokens agree, up to the first differing position): its logits are the target run's, exactly.
     own = hooks.capture(model, the_plan.target, the_plan.sites, positions=pairs.positions)
     target_logits = base.corrupt_logits if the_plan.direction == "denoise" else base.clean_logits
-    logits: dict[int, Tensor] = {i: target_logits for i, s in enumerate(the_plan.sites) if torch.equal(cache[s], own[s])}
+    noop = reduce(target_logits)
+    reduced: dict[int, Any] = {i: noop for i, s in enumerate(the_plan.sites) if torch.equal(cache[s], own[s])}
     del own
-    order = sorted((i for i in range(len(the_plan.sites)) if i not in logits), key=lambda i: runner.entry(the_plan.sites[i]))
-    bar = tqdm(total=len(the_plan.sites), initial=len(logits), desc=f"{the_plan.direction} {the_plan.kind}",
+    order = sorted((i for i in range(len(the_plan.sites)) if i not in reduced), key=lambda i: runner.entry(the_plan.sites[i]))
+    bar = tqdm(total=len(the_plan.sites), initial=len(reduced), desc=f"{the_plan.direction} {the_plan.kind}",
                disable=None if progress is None else not progress)
     for group in _chunks(order, the_plan.sites, runner, size):
         outputs = runner.run([{the_plan.sites[i]: cache[the_plan.sites[i]]} for i in group])
-        logits.update(zip(group, outputs))
+        reduced.update((i, reduce(logits)) for i, logits in zip(group, outputs))
         bar.update(len(group))
     bar.close()
     cost = {
@@ -133,7 +136,7 @@ def patched_logits(
         # runs, in full target forwards; the reference engine's figure is `patches`.
         "forward_equivalents": round(runner.forward_equivalents, 3),
     }
-    return [logits[i] for i in range(len(the_plan.sites))], self_checks, cost
+    return [reduced[i] for i in range(len(the_plan.sites))], self_checks, cost
 
 
 def _chunks(order: list[int], sites: list[Site], runner: "_Resumer", size: int) -> list[list[int]]:

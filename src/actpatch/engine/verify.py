@@ -84,8 +84,8 @@ def _exact(model: Model, pairs: PromptPairs, estimate: xr.DataArray, sites: list
                          template.source, template.target)
     base = collect.baseline(model, pairs)
     with torch.no_grad():
-        logits, _, _ = batched.patched_logits(model, pairs, the_plan, base)
-    return [collect.row(row_logits, base, per_prompt=False)[metric] for row_logits in logits]
+        values, _, _ = batched.patched_logits(model, pairs, the_plan, base, lambda logits: collect.row(logits, base, per_prompt=False)[metric])
+    return values
 
 
 def _site(kind: str, coords: dict) -> Site:
