@@ -55,16 +55,6 @@ class Model:
         """The module at `path` (an `Arch` field) inside decoder layer `layer`."""
         return self.layer(layer).get_submodule(path)
 
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
-        """Token ids (batch, pos) with the tokenizer's own defaults (a BOS where it adds one)."""
-        if self.tokenizer is None:
-            raise ValueError(f"{self.name} has no tokenizer: pass token ids instead of strings.")
-        ids = [self.tokenizer(text)["input_ids"] for text in texts]
-        lengths = {len(row) for row in ids}
-        if len(lengths) != 1:
-            raise ValueError(f"prompts tokenize to different lengths {sorted(lengths)}; batch prompts of one length.")
-        return torch.tensor(ids, dtype=torch.long)
-
     def token_strings(self, ids: torch.Tensor) -> list[str]:
         """Readable token strings for labels (`<id>` where there is no tokenizer)."""
         if self.tokenizer is None:
