@@ -2,7 +2,7 @@
 
     import actpatch as ap
     model = ap.load_model()                     # the embedded SmolLM2-135M-Instruct, offline
-    pairs = ap.ioi_pairs(model)                 # a hand-written IOI batch
+    pairs = ap.ioi_pairs(model)                 # the classic aligned IOI batch (ap.tasks.ioi for more)
     res = ap.sweep(model, pairs, "resid_pre", direction="denoise")
     res.sel(metric="norm_logit_diff")           # layer × pos, tokens as coordinates
 """
