@@ -1,1 +1,14 @@
-"""Report: turning labelled results into things people read (tables now; plots and HTML to come)."""
+"""Report: turning labelled results into things people read.
+
+    from actpatch import report
+    report.show(res)                                  # a plotly Figure; notebooks render it in place
+    report.render_report([res, heads], "ioi.html")    # one self-contained page, no network needed
+    report.render_pngs(res, "figures/")               # static images (matplotlib)
+    report.line_plot(curve)                           # a 1-D curve, e.g. a circuit's Pareto front
+
+`table.py` prints terminal tables; `layout.py` decides panels and labels for every picture."""
+from actpatch.report.figures import line_plot, show
+from actpatch.report.html import Section, render_report, result_section
+from actpatch.report.png import render_pngs
+
+__all__ = ["Section", "line_plot", "render_pngs", "render_report", "result_section", "show"]

@@ -1,0 +1,169 @@
+"""Interactive figures of results (plotly): layer heatmaps, and lines for curves such as Pareto fronts.
+
+`show(result)` is what a notebook wants: it returns a plotly Figure, which notebooks render.
+Pages (report/html.py) and static images (report/png.py) are built elsewhere; what goes in which
+panel is decided by report/layout.py for all of them."""
+from __future__ import annotations
+
+import html
+from typing import Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+import xarray as xr
+from plotly.subplots import make_subplots
+
+from actpatch.report import layout
+from actpatch.report.layout import Grid
+
+COLORSCALE = "RdBu"  # diverging; the scale is centred at 0 so "no effect" is white in every panel
+# Hover values carry 8 significant digits: results are float64 computed from float32 logits,
+# so this is every digit that means anything.
+VALUE_FORMAT = ".8g"
+_MARGIN_TOP, _MARGIN_BOTTOM = 120, 110  # pixels: two title lines and the menu; three tick lines and the axis title
+
+
+def show(result: xr.DataArray, metric: str | None = None) -> go.Figure:
+    """A result as a plotly Figure: layer heatmaps, or a line where a single dimension is left.
+
+        from actpatch import report
+        report.show(res)                      # in a notebook, the figure renders in place
+        report.show(res, metric="logit_diff")
+
+    Results with several metrics get a menu to switch between them; `metric` picks the first shown."""
+    if layout.is_layer_grid(result):
+        return heatmaps(result, metric)
+    return line_plot(result, metric=metric)
+
+
+def heatmaps(result: xr.DataArray, metric: str | None = None) -> go.Figure:
+    """Layer × position (or × head, × KV head, × neuron) heatmaps, one panel per direction, corruption
+    or other extra coordinate, all on one colour scale centred at 0 so that panels compare by eye."""
+    metrics = layout.metrics_of(result) or [None]
+    chosen = metric or layout.default_metric(result)
+    if chosen not in metrics:
+        raise ValueError(f"metric must be one of {metrics}, got {metric!r}")
+    grids = {m: layout.grid(result, m) for m in metrics}
+    shown = grids[chosen]
+    figure = make_subplots(
+        rows=shown.rows, cols=shown.columns_per_row,
+        subplot_titles=[_escape(p.title) for p in shown.panels] if len(shown.panels) > 1 else None,
+        horizontal_spacing=0.08, vertical_spacing=min(0.12, 0.5 / max(shown.rows, 1)),
+    )
+    for i, panel in enumerate(shown.panels):
+        row, col = divmod(i, shown.columns_per_row)
+        x = _x_values(result, shown, panel)
+        figure.add_trace(go.Heatmap(
+            z=panel.values, x=x, y=panel.layers, coloraxis="coloraxis",
+            customdata=np.broadcast_to(np.array([_escape(h) for h in panel.hover], dtype=object), panel.values.shape),
+            hovertemplate=_hover(shown.metric),
+            name=panel.title or shown.metric,
+        ), row=row + 1, col=col + 1)
+        figure.update_xaxes(
+            tickmode="array", tickvals=x, ticktext=["<br>".join(_escape(line) for line in t) for t in panel.ticks],
+            tickangle=0, title_text=layout.axis_title(shown.column_dim) if row == shown.rows - 1 else None,
+            row=row + 1, col=col + 1,
+        )
+        figure.update_yaxes(autorange="reversed", title_text="layer" if col == 0 else None,
+                            dtick=1 if len(panel.layers) <= 32 else None, row=row + 1, col=col + 1)
+    extent = shown.extent
+    figure.update_layout(
+        title=dict(text=_title(result, shown)),
+        coloraxis=dict(colorscale=COLORSCALE, cmid=0, cmin=-extent, cmax=extent, colorbar=dict(title=dict(text=shown.metric))),
+        height=_height(shown),
+        margin=dict(t=_MARGIN_TOP, b=_MARGIN_BOTTOM),
+    )
+    if len(grids) > 1:
+        # The menu sits 40 px above the panels: clear of the subplot titles below it and of the
+        # toolbar above it. Menus are placed in plot fractions, so the pixels are converted here.
+        above = 1 + 40 / (_height(shown) - _MARGIN_TOP - _MARGIN_BOTTOM)
+        figure.update_layout(updatemenus=[_metric_menu(result, grids, chosen, y=above)])
+    return figure
+
+
+def line_plot(
+    curve: xr.DataArray,
+    *,
+    x: str | None = None,
+    metric: str | None = None,
+    title: str | None = None,
+    x_label: str | None = None,
+    y_label: str | None = None,
+    references: Mapping[str, float] | None = None,
+) -> go.Figure:
+    """A 1-D DataArray as a line, e.g. recovered performance against circuit size (dim `size`).
+
+    A second dimension draws one line per value (e.g. one per ranking method). `references` draws
+    labelled horizontal lines; for normalised logit difference they default to corrupt = 0, clean = 1,
+    the two ends a circuit's performance is read between."""
+    if "metric" in curve.dims:
+        metric = metric or layout.default_metric(curve)
+        curve = curve.sel(metric=metric)
+    if "batch" in curve.dims:
+        curve = curve.mean("batch", keep_attrs=True)
+    x = x or (curve.dims[0] if curve.ndim == 1 else next((d for d in ("size", "k", "step") if d in curve.dims), None))
+    if x is None or x not in curve.dims or curve.ndim > 2:
+        raise ValueError(f"a line plot needs one dimension for x (and at most one more); this curve has {list(curve.dims)}: pass x=")
+    others = [d for d in curve.dims if d != x]
+    lines = [(str(v), curve.sel({others[0]: v})) for v in curve[others[0]].values] if others else [(None, curve)]
+    y_name = y_label or metric or str(curve.name or "value")
+    figure = go.Figure()
+    for name, line in lines:
+        figure.add_trace(go.Scatter(
+            x=line[x].values, y=line.values, mode="lines+markers", name=_escape(name or y_name),
+            hovertemplate=f"{_escape(x)} %{{x}}<br>{_escape(y_name)} = %{{y:{VALUE_FORMAT}}}<extra></extra>",
+        ))
+    if references is None and (metric or curve.name) == layout.DEFAULT_METRIC:
+        references = {"clean": 1.0, "corrupt": 0.0}
+    for label, level in (references or {}).items():
+        figure.add_hline(y=level, line_dash="dot", line_color="grey", annotation_text=_escape(label))
+    figure.update_layout(
+        title=dict(text=_escape(title or curve.attrs.get("title") or str(curve.name or y_name))),
+        xaxis_title=_escape(x_label or x), yaxis_title=_escape(y_name), showlegend=bool(others), height=450,
+    )
+    return figure
+
+
+def _x_values(result: xr.DataArray, grid: Grid, panel) -> list:
+    # Positions are drawn at their index, labelled by token: a categorical axis would merge two
+    # columns that carry the same token (" John" at S1 and S2).
+    if grid.column_dim in (None, "pos"):
+        return list(range(len(panel.ticks)))
+    return [int(v) if isinstance(v, (int, np.integer)) else str(v) for v in result[grid.column_dim].values]
+
+
+def _hover(metric: str) -> str:
+    return f"layer %{{y}}<br>%{{customdata}}<br>{_escape(metric)} = %{{z:{VALUE_FORMAT}}}<extra></extra>"
+
+
+def _metric_menu(result: xr.DataArray, grids: dict[str | None, Grid], chosen: str | None, *, y: float) -> dict:
+    buttons = []
+    for metric, grid in grids.items():
+        extent = grid.extent
+        buttons.append(dict(
+            label=str(metric), method="update",
+            args=[
+                {"z": [p.values for p in grid.panels], "hovertemplate": [_hover(grid.metric)] * len(grid.panels)},
+                {"coloraxis.cmin": -extent, "coloraxis.cmax": extent, "coloraxis.colorbar.title.text": grid.metric,
+                 "title.text": _title(result, grid)},
+            ],
+        ))
+    return dict(buttons=buttons, active=list(grids).index(chosen), direction="down", x=1.0, xanchor="right", y=y, yanchor="bottom",
+                showactive=True)
+
+
+def _title(result: xr.DataArray, grid: Grid) -> str:
+    text = f"{_escape(layout.title(result))}<br><sup>{_escape(grid.metric)}"
+    if grid.note:
+        text += f"; {_escape(grid.note)}"
+    return text + "</sup>"
+
+
+def _height(grid: Grid) -> int:
+    per_row = max(260, 18 * max(len(p.layers) for p in grid.panels) + 120)
+    return int(per_row * grid.rows + 120)
+
+
+def _escape(text: str) -> str:
+    # Plotly reads a few HTML tags in every string it draws: a token like "<br>" or "<23>" must stay text.
+    return html.escape(str(text), quote=False)

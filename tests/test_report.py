@@ -1,0 +1,177 @@
+"""The report's figures, pages and images, checked as data: which panels, which values, which labels.
+
+Whether a browser draws the page is tests/test_report_browser.py's job."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import xarray as xr
+
+import actpatch as ap
+from actpatch import report
+from actpatch.report import layout
+from tiny import tiny_model, tiny_pairs
+
+
+@functools.cache
+def tiny_results() -> dict[str, xr.DataArray]:
+    """Real sweeps on the tiny LLaMA: both directions, per-head, per-head at named positions, corruptions."""
+    model = tiny_model("llama")
+    pairs = _answerable(model, tiny_pairs())
+    shifted = dataclasses.replace(pairs, corrupt=pairs.corrupt.roll(1, dims=0))  # a second corruption of the same prompts
+    return {
+        "resid_pre": ap.sweep(model, pairs, "resid_pre", direction=["denoise", "noise"]),
+        "head": ap.sweep(model, pairs, "head"),
+        "head_named": ap.sweep(model, pairs, "head", positions=["X", "END"]),
+        "corruptions": ap.sweep_corruptions(model, {"random": pairs, "rolled": _answerable(model, shifted)}, "resid_pre",
+                                            positions=["X", "END"], direction=["denoise", "noise"]),
+    }
+
+
+def _answerable(model, pairs):
+    # Random weights do no task, and sweeps refuse pairs whose clean run does not beat the corrupt
+    # one: take as answer the token the clean run favours most over the corrupt run, as wrong the least.
+    shift = model.last_logits(pairs.clean) - model.last_logits(pairs.corrupt)
+    return dataclasses.replace(pairs, answers=shift.argmax(-1), wrong=shift.argmin(-1))
+
+
+def pareto_curve() -> xr.DataArray:
+    sizes = np.arange(0, 6)
+    return xr.DataArray(1 - 0.5 ** sizes, dims=["size"], coords={"size": sizes}, name="norm_logit_diff",
+                        attrs={"title": "recovered performance against circuit size"})
+
+
+def test_directions_sit_side_by_side_on_one_scale():
+    result = tiny_results()["resid_pre"]
+    grid = layout.grid(result)
+    assert grid.columns_per_row == 2 and grid.rows == 1
+    assert [p.title.split(":")[0] for p in grid.panels] == ["denoise", "noise"]
+    for panel, direction in zip(grid.panels, ["denoise", "noise"]):
+        np.testing.assert_array_equal(panel.values, result.sel(direction=direction, metric="norm_logit_diff").values)
+    figure = report.show(result)
+    heatmaps = [t for t in figure.data if isinstance(t, go.Heatmap)]
+    assert len(heatmaps) == 2 and {t.coloraxis for t in heatmaps} == {"coloraxis"}
+    axis = figure.layout.coloraxis
+    assert axis.cmid == 0 and axis.cmin == -axis.cmax
+    assert axis.cmax == pytest.approx(np.abs(result.sel(metric="norm_logit_diff").values).max())
+    np.testing.assert_array_equal(heatmaps[1].z, result.sel(direction="noise", metric="norm_logit_diff").values)
+
+
+def test_position_ticks_carry_tokens_and_names():
+    result = tiny_results()["resid_pre"]
+    panel = layout.grid(result).panels[0]
+    clean, corrupt = [str(t) for t in result.clean_token.values], [str(t) for t in result.corrupt_token.values]
+    for i, tick in enumerate(panel.ticks):
+        assert tick[0] == clean[i]
+        assert (f"({corrupt[i]})" in tick) == (corrupt[i] != clean[i])
+    assert f"clean {clean[3]!r}" in panel.hover[3]
+    named = layout.grid(tiny_results()["corruptions"]).panels[0]
+    assert [t[-1] for t in named.ticks] == ["X", "END"]
+    # Columns are drawn at their index: a categorical axis would merge two columns with one token.
+    figure = report.show(result)
+    assert list(figure.data[0].x) == list(range(result.sizes["pos"]))
+    assert "&lt;" in figure.layout.xaxis.ticktext[0]  # tiny tokens read "<23>": plotly must not take them for tags
+
+
+def test_heads_at_named_positions_get_one_panel_per_position():
+    result = tiny_results()["head_named"]
+    grid = layout.grid(result)
+    assert grid.column_dim == "head" and [p.title for p in grid.panels] == [
+        f"pos X ({str(result.clean_token.values[0])!r})", f"pos END ({str(result.clean_token.values[1])!r})"]
+    np.testing.assert_array_equal(grid.panels[1].values, result.sel(metric="norm_logit_diff", pos="END").values)
+
+
+def test_corruptions_are_rows_and_directions_columns():
+    result = tiny_results()["corruptions"]
+    grid = layout.grid(result, "logit_diff")
+    assert (grid.rows, grid.columns_per_row) == (2, 2)
+    assert [p.title.split(":")[0] for p in grid.panels] == [
+        "corruption random · denoise", "corruption random · noise", "corruption rolled · denoise", "corruption rolled · noise"]
+    np.testing.assert_array_equal(grid.panels[2].values,
+                                  result.sel(corruption="rolled", direction="denoise", metric="logit_diff").values)
+
+
+def test_metric_menu_switches_every_panel():
+    result = tiny_results()["resid_pre"]
+    figure = report.show(result, metric="kl")
+    assert figure.layout.coloraxis.colorbar.title.text == "kl"
+    menu = figure.layout.updatemenus[0]
+    assert [b.label for b in menu.buttons] == list(ap.METRICS) and menu.buttons[menu.active].label == "kl"
+    logit_diff = menu.buttons[list(ap.METRICS).index("logit_diff")]
+    restyle, relayout = logit_diff.args
+    for z, direction in zip(restyle["z"], ["denoise", "noise"]):
+        np.testing.assert_array_equal(z, result.sel(direction=direction, metric="logit_diff").values)
+    assert relayout["coloraxis.cmax"] == pytest.approx(np.abs(result.sel(metric="logit_diff").values).max())
+    with pytest.raises(ValueError, match="metric must be one of"):
+        report.show(result, metric="nope")
+
+
+def test_per_prompt_results_are_averaged_and_say_so():
+    result = tiny_results()["head"].expand_dims(batch=3).copy()
+    result[dict(batch=0)] = 0.0
+    grid = layout.grid(result)
+    assert "mean over 3 prompts" in grid.note
+    np.testing.assert_allclose(grid.panels[0].values, tiny_results()["head"].sel(metric="norm_logit_diff").values * 2 / 3)
+
+
+def test_line_plot_draws_a_curve_with_its_references():
+    curve = pareto_curve()
+    figure = report.line_plot(curve)
+    np.testing.assert_array_equal(figure.data[0].x, curve["size"].values)
+    np.testing.assert_array_equal(figure.data[0].y, curve.values)
+    assert figure.layout.xaxis.title.text == "size"
+    assert sorted(shape.y0 for shape in figure.layout.shapes) == [0.0, 1.0]  # corrupt and clean
+    two = xr.concat([curve, curve / 2], dim="method").assign_coords(method=["exact", "atp"])
+    assert [t.name for t in report.line_plot(two).data] == ["exact", "atp"]
+    with pytest.raises(ValueError, match="one dimension for x"):
+        report.line_plot(xr.DataArray(np.zeros((2, 2, 2)), dims=["a", "b", "c"]))
+
+
+def test_report_is_one_self_contained_page(tmp_path):
+    results = tiny_results()
+    extra = report.Section("Circuit", figures=[report.line_plot(pareto_curve())], note="faithfulness 0.97")
+    path = report.render_report({"residual stream": results["resid_pre"], "heads": results["head"], "circuit": extra},
+                                tmp_path / "sub" / "report.html")
+    page = path.read_text()
+    assert "plotly.js v" in page and not re.search(r"<script[^>]+src=", page)  # plotly.js inlined, nothing fetched
+    assert page.count("class='figure'") == 3 and page.count("<section") == 3
+    assert "faithfulness 0.97" in page and ">Circuit</h2>" in page
+    head = results["head"]
+    assert f"{head.attrs['baseline_clean']['logit_diff']:.6g}" in page
+    assert f"{head.attrs['self_checks']['noop_patch_error']:.6g}" in page
+    assert ">tiny-llama<" in page and ">batched<" in page and ">transformers<" in page
+
+
+def test_report_round_trips_through_save(tmp_path):
+    result = tiny_results()["corruptions"]
+    loaded = ap.load(ap.save(result, tmp_path / "r.nc"))
+    saved_page = report.render_report(loaded, tmp_path / "loaded.html").read_text()
+    assert "corruption rolled · noise" in saved_page
+    direct = report.show(result)
+    again = report.show(loaded)
+    for a, b in zip(direct.data, again.data):
+        np.testing.assert_array_equal(a.z, b.z)
+
+
+def test_report_rejects_what_it_cannot_draw(tmp_path):
+    with pytest.raises(ValueError, match="one dimension for x"):
+        report.render_report(xr.DataArray(np.zeros((2, 2)), dims=["a", "b"]), tmp_path / "x.html")
+    with pytest.raises(TypeError, match="report.Section"):
+        report.render_report(["not a result"], tmp_path / "x.html")
+
+
+def test_pngs_are_written_per_result(tmp_path):
+    results = tiny_results()
+    paths = report.render_pngs([results["resid_pre"], results["head"], results["head"], pareto_curve()], tmp_path / "png")
+    assert [p.name for p in paths] == ["resid_pre_denoise_noise_norm_logit_diff.png", "head_denoise_norm_logit_diff.png",
+                                       "head_denoise_2_norm_logit_diff.png", "norm_logit_diff.png"]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
+    figure = report.png.draw(results["resid_pre"])
+    assert [ax.get_title().split(":")[0] for ax in figure.axes[:2]] == ["denoise", "noise"]
+    assert figure.axes[0].get_xticklabels()[0].get_text() == results["resid_pre"].clean_token.values[0]
