@@ -1,0 +1,87 @@
+"""The command line: `actpatch report` on good and bad files, and `actpatch demo` end to end.
+
+Exit codes are part of the interface (scripts branch on them): 0 done, 2 bad input with a
+one-line reason, 1 anything else."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+
+import actpatch as ap
+from actpatch import cli
+from test_report import tiny_results
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli.main, list(args))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    return ap.save(tiny_results()["resid_pre"], tmp_path_factory.mktemp("results") / "resid_pre.nc")
+
+
+def test_report_writes_the_page_beside_the_result(saved, tmp_path):
+    result = run("report", str(saved))
+    assert result.exit_code == 0, result.output
+    page = saved.with_suffix(".html")
+    assert f"report {page}" in result.stdout and page.stat().st_size > 1_000_000  # plotly.js is inlined
+    assert "noise: corrupt values patched into the clean run" in page.read_text()
+
+
+def test_report_out_pngs_and_metric(saved, tmp_path):
+    result = run("report", str(saved), "--out", str(tmp_path / "a" / "r.html"), "--pngs", str(tmp_path / "png"),
+                 "--metric", "logit_diff")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a" / "r.html").exists()
+    assert [p.name for p in (tmp_path / "png").iterdir()] == ["resid_pre_denoise_noise_logit_diff.png"]
+    assert "image " in result.stdout
+
+
+def _junk(folder):
+    (folder / "junk.nc").write_text("not netCDF")
+    return folder / "junk.nc"
+
+
+def _undrawable(folder):
+    return ap.save(xr.DataArray(np.zeros((2, 2)), dims=["a", "b"], name="x"), folder / "odd.nc")
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda folder: folder / "missing.nc", "no such file"),
+    (lambda folder: folder, "not a file"),
+    (_junk, "is not a saved actpatch result"),
+    (_undrawable, "cannot draw"),
+])
+def test_report_bad_input_exits_2_with_one_line(tmp_path, make, reason):
+    result = run("report", str(make(tmp_path)))
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and reason in result.stderr and result.stderr.startswith("error: ")
+
+
+def test_report_unknown_metric_is_bad_input(saved):
+    result = run("report", str(saved), "--metric", "nope")
+    assert result.exit_code == 2 and "metric must be one of" in result.stderr
+
+
+def test_report_other_failures_exit_1(saved, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(cli.report, "render_report", broken)
+    result = run("report", str(saved))
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+
+
+@pytest.mark.smollm
+def test_demo_writes_result_report_and_image(smollm, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.ap, "load_model", lambda name=None: smollm)  # the session's model, loaded once
+    result = run("demo", "--prompts", "2", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["ioi_resid_pre_denoise.html", "ioi_resid_pre_denoise.nc", "ioi_resid_pre_denoise_norm_logit_diff.png"]
+    assert f"report {tmp_path / 'ioi_resid_pre_denoise.html'}" in result.stdout
+    assert "norm_logit_diff (denoise resid_pre)" in result.stdout  # the terminal table is still printed
+    assert ap.load(tmp_path / "ioi_resid_pre_denoise.nc").attrs["model"] == smollm.name
