@@ -26,3 +26,14 @@ __all__ = [
     "PromptPairs", "Site", "SiteError", "UnsupportedArchitecture", "attached_hooks", "capture",
     "ioi_pairs", "tasks", "load", "load_model", "patch", "save", "sweep", "sweep_corruptions",
 ]
+
+# Path patching and circuits (actpatch.engine.paths, actpatch.circuits).
+from actpatch import circuits
+from actpatch.circuits import backup, backup_report, label_directions, minimality, pareto_frontier, sensitivity_report, smallest_circuit
+from actpatch.circuits import evaluate as evaluate_circuit
+from actpatch.engine.paths import all_receivers, patch_paths, sweep_paths
+
+__all__ += [
+    "all_receivers", "backup", "backup_report", "circuits", "evaluate_circuit", "label_directions", "minimality",
+    "pareto_frontier", "patch_paths", "sensitivity_report", "smallest_circuit", "sweep_paths",
+]

@@ -1,0 +1,160 @@
+"""Backup behaviour: components that take over when another is knocked out.
+
+Knock out a head and a later head may compensate (IOI's backup name movers, Wang et al. 2022), so
+the first head's noising effect understates its role, and the second's overstates how idle it
+is. Here a component is ablated in the clean run, the effects of later components are measured
+again, and those whose effect grows are reported. Not here: deciding what the growth means."""
+from __future__ import annotations
+
+import logging
+from typing import Literal, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from actpatch import hooks, metrics
+from actpatch.circuits.components import checked, components, whole
+from actpatch.circuits.evaluate import Ablation, Ablator
+from actpatch.circuits.frontier import Order, ranking
+from actpatch.engine import paths
+from actpatch.models.model import Model
+from actpatch.pairs import PromptPairs
+from actpatch.sites import Site, SiteError
+
+log = logging.getLogger(__name__)
+
+Effect = Literal["total", "direct"]
+EFFECTS = ("total", "direct")
+
+
+def backup(
+    model: Model,
+    pairs: PromptPairs,
+    component: Site | str,
+    *,
+    candidates: Sequence[Site | str] | None = None,
+    effect: Effect = "total",
+    ablation: Ablation = None,
+    threshold: float = 0.05,
+    metric: str = "norm_logit_diff",
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Each candidate's effect in the clean run before and after `component` is ablated, and
+    `compensates` where it grew by at least `threshold` (units of `metric`).
+
+    A candidate's effect is what ablating it costs: `metric` of the run minus `metric` with the
+    candidate ablated too, measured with everything downstream recomputing (`effect="total"`) or
+    along its path to the logits only, every other head and MLP frozen (`"direct"`, by path
+    patching). Candidates default to every head and MLP that reads after `component` writes.
+    Ablation is to the corrupt run's value (or the clean mean, `ablation="mean"`). The table's
+    `attrs` hold the ablated component and its own effect. Two forwards per candidate."""
+    study = _Backup(model, pairs, effect, ablation, metric)
+    return study.table(_component(model, component), candidates, threshold, progress)
+
+
+def backup_report(
+    model: Model,
+    pairs: PromptPairs,
+    source,
+    *,
+    top: int = 5,
+    effect: Effect = "total",
+    ablation: Ablation = None,
+    threshold: float = 0.05,
+    metric: str = "norm_logit_diff",
+    order: Order = "effect",
+    candidates: Sequence[Site | str] | None = None,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """`backup` for each of the `top` components of a ranking (a sweep or attribution result, or a
+    list), in one table of the compensating pairs: `ablated`, its own `ablated_effect`, and each
+    `component` whose effect grew, with `before`, `after` and `growth`.
+
+    Effects in the unablated clean run are measured once and shared. An ablated component with no
+    compensation has no rows; `attrs["ablated"]` lists every component that was tried."""
+    if not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be a positive integer, got {top!r}")
+    study = _Backup(model, pairs, effect, ablation, metric)
+    tried = checked(model, ranking(source, order=order), "ranking")[:top]
+    parts = []
+    for component in tried:
+        table = study.table(_component(model, component), candidates, threshold, progress)
+        flagged = table[table["compensates"]].drop(columns="compensates").reset_index()
+        flagged.insert(0, "ablated", str(component))
+        flagged.insert(1, "ablated_effect", table.attrs["ablated_effect"])
+        parts.append(flagged)
+    columns = ["ablated", "ablated_effect", "component", "before", "after", "growth"]
+    report = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    report.attrs.update({"ablated": [str(c) for c in tried], "effect": effect, "threshold": threshold, "metric": metric,
+                         "ablation": ablation or "corrupt"})
+    return report
+
+
+def _component(model: Model, component: Site | str) -> Site:
+    site = checked(model, [component], "ablated component")[0]
+    if site.kind not in paths.SENDER_KINDS:
+        raise SiteError(f"backup is studied for heads and MLPs, not {site}")
+    return site
+
+
+class _Backup:
+    """Effects of candidates in the clean run and in the clean run with one component ablated."""
+
+    def __init__(self, model: Model, pairs: PromptPairs, effect: Effect, ablation: Ablation, metric: str):
+        if effect not in EFFECTS:
+            raise ValueError(f"effect must be one of {EFFECTS}, got {effect!r}")
+        if metric not in metrics.METRICS:
+            raise ValueError(f"metric must be one of {metrics.METRICS}, got {metric!r}")
+        self.model, self.pairs, self.effect, self.metric = model, pairs, effect, metric
+        everything = _all_components(model)
+        self.ablator = Ablator(model, pairs, everything, ablation)
+        self.clean = hooks.capture(model, pairs.clean, everything, positions=pairs.positions) if effect == "direct" else {}
+        self.before: dict[Site, float] = {}
+
+    def table(self, component: Site, candidates, threshold: float, progress) -> pd.DataFrame:
+        if candidates is None:
+            chosen = [c for c in _all_components(self.model) if paths.read_stage(self.model, c) > paths.write_stage(self.model, component)]
+        else:
+            chosen = [c for c in checked(self.model, candidates, "candidates") if whole(c) != whole(component)]
+        if bad := [c for c in chosen if c.kind not in paths.SENDER_KINDS]:
+            raise SiteError(f"candidates are heads and MLPs; got {bad[0]}")
+        world = self.ablator.ablated(component)
+        ablated_score = self._score(world)
+        after = self._effects(chosen, world, progress, f"after ablating {component}")
+        before = self._effects([c for c in chosen if c not in self.before], {}, progress, "before")
+        self.before.update(before)
+        rows = [{"component": str(c), "before": self.before[c], "after": after[c], "growth": after[c] - self.before[c]}
+                for c in chosen]
+        table = pd.DataFrame(rows, columns=["component", "before", "after", "growth"]).set_index("component")
+        table["compensates"] = table["growth"] >= threshold
+        table = table.sort_values("growth", ascending=False, kind="stable")
+        table.attrs.update({"ablated": str(component), "ablated_effect": self._score({}) - ablated_score, "effect": self.effect,
+                            "threshold": threshold, "metric": self.metric})
+        return table
+
+    @torch.no_grad()
+    def _effects(self, chosen: list[Site], world: dict, progress, desc: str) -> dict[Site, float]:
+        if not chosen:
+            return {}
+        baseline = self._score(world)
+        found = {}
+        if self.effect == "total":
+            for c in tqdm(chosen, desc=desc, disable=None if progress is None else not progress):
+                found[c] = baseline - self._score({**world, **self.ablator.ablated(c)})
+            return found
+        base = {whole(s): paths.compose(self.clean[whole(s)], v, s.pos, self.pairs.positions) for s, v in world.items()}
+        frozen = paths.Paths(self.model, [chosen[0]], ["logits"]).needed_target_sites()
+        target = paths.Target(self.model, paths.Run(self.pairs.clean), self.pairs.positions, frozen, base=base)
+        for c in tqdm(chosen, desc=desc, disable=None if progress is None else not progress):
+            logits = target.logits({c: self.ablator.off[whole(c)]}, paths.Paths(self.model, [c], ["logits"]))
+            found[c] = baseline - metrics.averaged(logits, self.ablator.base)[self.metric]
+        return found
+
+    def _score(self, patches: dict) -> float:
+        return metrics.averaged(self.ablator.run(patches), self.ablator.base)[self.metric]
+
+
+def _all_components(model: Model) -> list[Site]:
+    """Every head and MLP, in the order they write."""
+    return components(model, embed=False)

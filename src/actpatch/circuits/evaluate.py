@@ -1,0 +1,176 @@
+"""Evaluating a circuit: the model's behaviour with only the circuit left intact (or knocked out).
+
+Which run executes matters. "The circuit at clean values, every other component at corrupt" is
+run as: the *clean* prompt, with every component outside the circuit patched with its value from
+the corrupt run. The circuit then computes what it computes from the clean input and from the
+ablated rest of the model, which is the question asked (does it carry the behaviour alone?).
+Running the corrupt prompt with the circuit patched to its clean values would instead let every
+other component recompute on those values, so they would not be at their corrupt values at all.
+The token embeddings are a component (`EMBED`), so that the empty circuit, with embeddings
+included in `components`, is exactly the corrupt run and the full circuit exactly the clean run.
+
+Noising is the converse: the clean prompt with the circuit's components at their corrupt values
+and everything else running on — what is left without the circuit. So noising a circuit equals
+denoising its complement. Components outside `components` are never touched in either direction.
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+import xarray as xr
+from torch import Tensor
+
+from actpatch import hooks, metrics
+from actpatch.circuits.components import checked, default_universe, whole
+from actpatch.engine import collect
+from actpatch.engine.paths import Run, inputs
+from actpatch.engine.plan import DIRECTIONS, Direction
+from actpatch.models.model import Model
+from actpatch.pairs import PromptPairs
+from actpatch.sites import Site, SiteError
+
+Ablation = Literal["mean"] | None
+ABLATIONS = (None, "mean")
+
+
+def evaluate(
+    model: Model,
+    pairs: PromptPairs,
+    circuit: Sequence[Site],
+    *,
+    direction: Direction = "denoise",
+    ablation: Ablation = None,
+    components: Sequence[Site] | None = None,
+) -> xr.DataArray:
+    """Every metric with only `circuit` intact (denoise) or with `circuit` knocked out (noise).
+
+    `norm_logit_diff` of a denoised circuit is its faithfulness: the share of the clean−corrupt
+    logit difference it recovers on its own (1: all of it). `components`: what is ablated around
+    the circuit (default: every component of the kinds the circuit holds, so a circuit of heads
+    is weighed against all heads while MLPs and embeddings run untouched; pass
+    `actpatch.circuits.components(model)` to ablate everything else too). `ablation=None` takes
+    each prompt's corrupt-run value; `"mean"` the clean-run value averaged over the prompts,
+    position by position (use prompts whose roles sit at the same indices, e.g. `ioi_pairs`).
+
+        ap.evaluate_circuit(model, pairs, [ap.Site("head", 9, head=6), ap.Site("head", 10, head=0)])
+    """
+    circuit = checked(model, circuit)
+    ablator = Ablator(model, pairs, components if components is not None else default_universe(model, circuit), ablation)
+    return ablator.result(circuit, direction)
+
+
+class Ablator:
+    """Runs the clean prompt with chosen components ablated; the ablation values are captured once."""
+
+    def __init__(self, model: Model, pairs: PromptPairs, universe: Sequence[Site], ablation: Ablation = None):
+        if ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be None (the corrupt run's values) or 'mean', got {ablation!r}")
+        self.model, self.pairs, self.ablation = model, pairs, ablation
+        self.universe = checked(model, universe, "components")
+        if at_positions := [s for s in self.universe if s.pos is not None]:
+            raise SiteError(f"components are whole components (every position); got {at_positions[0]}")
+        with torch.no_grad():
+            if ablation is None:
+                with inputs(model, Run(pairs.corrupt, pairs.corrupt_noise)) as tokens:
+                    self.off = hooks.capture(model, tokens, self.universe, positions=pairs.positions)
+            else:
+                clean = hooks.capture(model, pairs.clean, self.universe, positions=pairs.positions)
+                self.off = {s: v.mean(0, keepdim=True).expand_as(v).clone() for s, v in clean.items()}
+            self.base = collect.baseline(model, pairs)
+
+    def result(self, circuit: Sequence[Site], direction: Direction) -> xr.DataArray:
+        values = metrics.averaged(self.logits(circuit, direction), self.base)
+        result = xr.DataArray([values[m] for m in metrics.METRICS], dims=["metric"],
+                              coords={"metric": list(metrics.METRICS)}, name="circuit_performance")
+        result.attrs.update(self.provenance(direction, circuit=[str(s) for s in circuit]))
+        return result
+
+    def provenance(self, direction: Direction, **extra) -> dict:
+        return {
+            "model": self.model.name,
+            "direction": direction,
+            "ablation": self.ablation or "corrupt",
+            "components": [str(s) for s in self.universe],
+            "n_prompts": len(self.pairs),
+            "corruption": self.pairs.corruption or "",
+            "baseline_clean": metrics.averaged(self.base.clean_logits, self.base),
+            "baseline_corrupt": metrics.averaged(self.base.corrupt_logits, self.base),
+            **extra,
+        }
+
+    def score(self, circuit: Sequence[Site], direction: Direction, metric: str) -> float:
+        return metrics.averaged(self.logits(circuit, direction), self.base)[metric]
+
+    @torch.no_grad()
+    def logits(self, circuit: Sequence[Site], direction: Direction, extra: dict[Site, Tensor] | None = None) -> Tensor:
+        """Final-position logits of the clean prompt with the components ablated that `direction`
+        says: outside the circuit (denoise) or inside it (noise). `extra`: more patches, applied too."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        kept: dict[Site, list] = {}
+        for s in circuit:
+            if whole(s) not in self.off:
+                raise SiteError(f"circuit member {s} is not among the components ablated around it; add {whole(s)} to components=")
+            kept.setdefault(whole(s), []).append(s.pos)
+        patches, names = dict(extra or {}), dict(self.pairs.positions)
+        for component, value in self.off.items():
+            at = kept.get(component, [])
+            if direction == "noise":
+                patches.update(at_positions(component, value, at, self.pairs.positions))
+            elif None not in at:
+                patches.update(except_positions(component, value, at, names, self.pairs.seq_len))
+        return self.run(patches, names)
+
+    @torch.no_grad()
+    def run(self, patches: dict[Site, Tensor], names: dict | None = None) -> Tensor:
+        """Final-position logits of the clean prompt with `patches` written in."""
+        with hooks.patch(self.model, patches, positions=names or self.pairs.positions):
+            return self.model.last_logits(self.pairs.clean)
+
+    def ablated(self, component: Site) -> dict[Site, Tensor]:
+        """Patches that ablate one component (at its position, or everywhere)."""
+        return at_positions(whole(component), self.off[whole(component)], [component.pos], self.pairs.positions)
+
+
+def at_positions(component: Site, value: Tensor, where: list, positions) -> dict[Site, Tensor]:
+    """Patches writing `value` (batch, pos, ...) into `component` at each position in `where`
+    (None: all)."""
+    if None in where:
+        return {component: value}
+    return {Site(component.kind, component.layer, component.head, None, p): _gather(value, p, positions) for p in where}
+
+
+def except_positions(component: Site, value: Tensor, kept: list, names: dict, seq_len: int) -> dict[Site, Tensor]:
+    """Patches writing `value` into `component` everywhere except at the `kept` positions.
+
+    Hooks write a site at one index per prompt, and a kept named position (IO, say) sits at a
+    different index in each prompt; so the ablated indices are enumerated prompt by prompt under
+    private position names added to `names`."""
+    if not kept:
+        return {component: value}
+    batch = value.shape[0]
+    kept_at = [set() for _ in range(batch)]
+    for p in kept:
+        for b in range(batch):
+            kept_at[b].add(int(names[p][b]) if isinstance(p, str) else p % seq_len)
+    ablated = [sorted(set(range(seq_len)) - k) for k in kept_at]
+    if any(not a for a in ablated):
+        if all(not a for a in ablated):
+            return {}
+        raise SiteError(f"{component} is kept at every position in some prompts but not in others; list it whole instead")
+    patches = {}
+    for slot in range(max(map(len, ablated))):
+        # A prompt with fewer ablated positions writes its last one again: the same value, twice.
+        index = torch.tensor([a[min(slot, len(a) - 1)] for a in ablated])
+        name = f"~{component}@{slot}"
+        names[name] = index
+        site = Site(component.kind, component.layer, component.head, None, name)
+        patches[site] = value[torch.arange(batch), index]
+    return patches
+
+
+def _gather(value: Tensor, pos, positions) -> Tensor:
+    if isinstance(pos, str):
+        return value[torch.arange(value.shape[0]), torch.as_tensor(positions[pos]).long()]
+    return value[:, pos]

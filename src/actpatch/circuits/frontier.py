@@ -1,0 +1,120 @@
+"""The Pareto frontier of a ranking: circuit performance against circuit size.
+
+Circuits are not judged yes or no: sort components by effect, grow the circuit one component at a
+time, and read how much of the behaviour each size recovers. The smallest circuit reaching a
+chosen recovery (0.8, 0.9) is then one reading of that curve, and the curve shows what it costs."""
+from __future__ import annotations
+
+import logging
+from typing import Literal, Sequence
+
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from actpatch import metrics
+from actpatch.circuits.components import checked, default_universe, sites_of
+from actpatch.circuits.evaluate import Ablation, Ablator
+from actpatch.engine.plan import Direction
+from actpatch.models.model import Model
+from actpatch.pairs import PromptPairs
+from actpatch.sites import Site
+
+log = logging.getLogger(__name__)
+
+Order = Literal["effect", "abs"]
+ORDERS = ("effect", "abs")
+
+
+def ranking(
+    source: xr.DataArray | Sequence[Site | str],
+    *,
+    metric: str = "norm_logit_diff",
+    order: Order = "effect",
+) -> list[Site]:
+    """Components strongest first, from a `head` or `mlp_out` sweep or attribution result (or a
+    list, kept in its order).
+
+    A component's effect is how far it moves `metric` from the unpatched target run: up from the
+    corrupt baseline when the result denoised, down from the clean baseline when it noised.
+    `order="effect"` puts the most helpful first (components that work against the answer last);
+    `"abs"` ranks by size either way. A result with a `pos` dimension ranks components at
+    positions (`head[layer=9, head=6, pos=END]`)."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if not isinstance(source, xr.DataArray):
+        return [Site.parse(s) if isinstance(s, str) else s for s in source]
+    sites, values = sites_of(source, metric)
+    effects = _effects(source, values, metric)
+    keep = ~np.isnan(effects)
+    strength = effects if order == "effect" else np.abs(effects)
+    ordered = np.argsort(-strength[keep], kind="stable")
+    return [np.asarray(sites, dtype=object)[keep][i] for i in ordered]
+
+
+def pareto_frontier(
+    model: Model,
+    pairs: PromptPairs,
+    source: xr.DataArray | Sequence[Site | str],
+    *,
+    direction: Direction = "denoise",
+    ablation: Ablation = None,
+    components: Sequence[Site] | None = None,
+    sizes: Sequence[int] | None = None,
+    order: Order = "effect",
+    progress: bool | None = None,
+) -> xr.DataArray:
+    """Every metric for the circuit of the top-k components, for each k in `sizes` (default 0..all):
+    a labelled `metric × size` result; `component` names the component added last at each size.
+
+    `source` is ranked by `ranking()`. Denoising (the default) keeps the top-k intact and ablates
+    the rest of `components` (default: every component of the ranking's kinds, so a ranking of
+    heads is weighed against all heads with MLPs and embeddings untouched, as in Wang et al. 2022);
+    noising knocks the top-k out. One forward per size.
+
+        frontier = ap.pareto_frontier(model, pairs, ap.sweep(model, pairs, "head", positions=["END"]))
+        ap.smallest_circuit(frontier, 0.8)
+    """
+    ranked = checked(model, ranking(source, order=order), "ranking")
+    sizes = list(range(len(ranked) + 1)) if sizes is None else sorted({int(k) for k in sizes})
+    if not sizes or sizes[0] < 0 or sizes[-1] > len(ranked):
+        raise ValueError(f"sizes must lie in 0..{len(ranked)} (the ranking's length), got {sizes}")
+    ablator = Ablator(model, pairs, components if components is not None else default_universe(model, ranked), ablation)
+    rows = []
+    for k in tqdm(sizes, desc="pareto frontier", disable=None if progress is None else not progress):
+        rows.append(metrics.averaged(ablator.logits(ranked[:k], direction), ablator.base))
+    values = np.array([[row[m] for row in rows] for m in metrics.METRICS])
+    labels = [str(ranked[k - 1]) if k else "" for k in sizes]
+    result = xr.DataArray(values, dims=["metric", "size"], name="circuit_performance",
+                          coords={"metric": list(metrics.METRICS), "size": sizes, "component": ("size", labels)})
+    result.attrs.update(ablator.provenance(direction, ranking=[str(s) for s in ranked]))
+    return result
+
+
+def smallest_circuit(frontier: xr.DataArray, recovery: float = 0.8, *, metric: str = "norm_logit_diff") -> list[Site] | None:
+    """The top-k components of the smallest evaluated size whose circuit reaches `recovery`; None if none does.
+
+    For a denoising frontier, reaching means the normalised metric is at least `recovery` (that
+    share of the behaviour restored by the circuit alone); for a noising one, that knocking the
+    circuit out loses at least that share (the metric is at most 1 − `recovery`)."""
+    values = frontier.sel(metric=metric).values
+    reached = values >= recovery if frontier.attrs["direction"] == "denoise" else values <= 1 - recovery
+    if not reached.any():
+        return None
+    size = int(frontier["size"].values[int(np.argmax(reached))])
+    return [Site.parse(s) for s in frontier.attrs["ranking"][:size]]
+
+
+def _effects(result: xr.DataArray, values: np.ndarray, metric: str) -> np.ndarray:
+    """Signed effect of each patch: how far it moves the metric from the target run's value."""
+    direction = result.attrs.get("direction")
+    if direction not in ("denoise", "noise"):
+        raise ValueError("the result does not say its direction (attrs['direction']); rank it by hand and pass a list")
+    key = "baseline_corrupt" if direction == "denoise" else "baseline_clean"
+    if key in result.attrs and metric in result.attrs[key]:
+        target = float(result.attrs[key][metric])
+    elif metric == "norm_logit_diff":
+        target = 0.0 if direction == "denoise" else 1.0
+    else:
+        raise ValueError(f"the result carries no {key} to measure {metric!r} from; use norm_logit_diff")
+    return values - target if direction == "denoise" else target - values

@@ -1,0 +1,49 @@
+"""Sensitivity to the corruption: components whose effect depends on which corruption was used.
+
+A corruption decides what a sweep can see: replacing every name (ABC) traces everything
+name-related, replacing the repeated subject only (S2) the duplicate-detection path. A component
+that matters under one and not the other is a finding about the corruption as much as about the
+model (Heimersheim & Nanda 2024), so such components are listed, not averaged away. The sweeps
+themselves come from `actpatch.sweep_corruptions`."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from actpatch.circuits.components import sites_of
+
+
+def sensitivity_report(result: xr.DataArray, *, threshold: float = 0.1, metric: str = "norm_logit_diff") -> pd.DataFrame:
+    """Components whose effect differs by at least `threshold` between corruptions, most
+    different first: one column per corruption, the `spread` (largest − smallest effect), and
+    the corruptions under which the effect is `largest_under` and `smallest_under`.
+
+    `result` is a `sweep_corruptions` result of one direction. Effects are read as in
+    `ranking()`: the normalised metric's distance from the target run (0 after denoising, 1 after
+    noising), each corruption on its own clean−corrupt scale, so 0.1 is a tenth of the gap.
+    Other metrics are compared as raw values."""
+    if "corruption" not in result.dims:
+        raise ValueError("sensitivity_report reads a result with a 'corruption' dimension: use actpatch.sweep_corruptions")
+    names = [str(c) for c in result["corruption"].values]
+    effects = {}
+    sites = None
+    for name in names:
+        sites, values = sites_of(result.sel(corruption=name), metric)
+        effects[name] = _effect(values, result.attrs.get("direction"), metric)
+    table = pd.DataFrame({"component": [str(s) for s in sites or []], **effects}).set_index("component")
+    stacked = table[names].to_numpy()
+    table["spread"] = stacked.max(axis=1) - stacked.min(axis=1)
+    table["largest_under"] = [names[i] for i in np.argmax(stacked, axis=1)]
+    table["smallest_under"] = [names[i] for i in np.argmin(stacked, axis=1)]
+    flagged = table[table["spread"] >= threshold].sort_values("spread", ascending=False, kind="stable")
+    flagged.attrs.update({"threshold": threshold, "metric": metric, "corruptions": names, "direction": result.attrs.get("direction")})
+    return flagged
+
+
+def _effect(values: np.ndarray, direction: str | None, metric: str) -> np.ndarray:
+    if metric != "norm_logit_diff":
+        return values
+    if direction not in ("denoise", "noise"):
+        raise ValueError("the result does not say its direction (attrs['direction']); select one direction before reporting")
+    return values if direction == "denoise" else 1.0 - values

@@ -1,0 +1,310 @@
+"""Circuits: evaluation at its exact ends, the frontier, and the guards on models built to need them."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import transformers as tf
+import xarray as xr
+
+import actpatch as ap
+from actpatch import hooks
+from actpatch.circuits import EMBED, components
+from actpatch.sites import SiteError
+from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+
+
+def score(result):
+    return result.sel(metric="norm_logit_diff").item()
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_whole_model_is_clean_and_the_empty_circuit_is_corrupt(family):
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    everything = components(model)
+    assert score(ap.evaluate_circuit(model, pairs, everything)) == pytest.approx(1.0, abs=1e-6)
+    assert score(ap.evaluate_circuit(model, pairs, [], components=everything)) == pytest.approx(0.0, abs=1e-6)
+    assert score(ap.evaluate_circuit(model, pairs, everything, direction="noise")) == pytest.approx(0.0, abs=1e-6)
+    assert score(ap.evaluate_circuit(model, pairs, [], direction="noise", components=everything)) == pytest.approx(1.0, abs=1e-6)
+    assert ap.attached_hooks(model) == 0
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
+def test_a_circuit_is_the_clean_run_with_everything_else_patched_from_the_corrupt_run(family):
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    everything = components(model)
+    circuit = [EMBED, ap.Site("head", 0, head=1), ap.Site("mlp_out", 1), ap.Site("head", 1, head=3)]
+    rest = [c for c in everything if c not in circuit]
+    corrupt = hooks.capture(model, pairs.corrupt, rest)
+    with hooks.patch(model, corrupt):
+        logits = model.last_logits(pairs.clean)
+    base = ap.Baseline(model.last_logits(pairs.clean), model.last_logits(pairs.corrupt), pairs.answers, pairs.wrong)
+    want = ap.metrics.averaged(logits, base)
+    got = ap.evaluate_circuit(model, pairs, circuit, components=everything)
+    np.testing.assert_allclose([got.sel(metric=m).item() for m in ap.METRICS], [want[m] for m in ap.METRICS], atol=1e-6)
+    # Noising a circuit is denoising its complement.
+    noised = ap.evaluate_circuit(model, pairs, rest, direction="noise", components=everything)
+    xr.testing.assert_allclose(noised.drop_attrs(), got.drop_attrs(), atol=1e-9)
+
+
+def test_mean_ablation_writes_the_clean_mean_over_prompts():
+    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
+    heads = components(model, mlps=False, embed=False)
+    circuit = heads[:3]
+    clean = hooks.capture(model, pairs.clean, heads[3:])
+    with hooks.patch(model, {s: v.mean(0, keepdim=True).expand_as(v) for s, v in clean.items()}):
+        logits = model.last_logits(pairs.clean)
+    base = ap.Baseline(model.last_logits(pairs.clean), model.last_logits(pairs.corrupt), pairs.answers, pairs.wrong)
+    got = ap.evaluate_circuit(model, pairs, circuit, ablation="mean")
+    assert score(got) == pytest.approx(ap.metrics.averaged(logits, base)["norm_logit_diff"], abs=1e-6)
+    assert got.attrs["ablation"] == "mean"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_a_member_at_a_position_is_kept_there_and_ablated_elsewhere(family):
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    # Only first-layer heads are ablated, so the second layer reads what the kept positions write.
+    heads = [ap.Site("head", 0, head=h) for h in range(model.dims.n_heads)]
+    head = ap.Site("head", 0, head=2)
+    corrupt = hooks.capture(model, pairs.corrupt, heads)
+    rest = {s: corrupt[s] for s in heads if s != head}
+    # Plain: one prompt at a time, the kept index written out, every other position patched.
+    per_prompt = []
+    for b in range(len(pairs)):
+        kept = {4, int(pairs.positions["X"][b])}
+        patches = {s: v[b : b + 1] for s, v in rest.items()}
+        patches.update({ap.Site("head", 0, head=2, pos=p): corrupt[head][b : b + 1, p] for p in range(pairs.seq_len) if p not in kept})
+        with hooks.patch(model, patches):
+            per_prompt.append(model.last_logits(pairs.clean[b : b + 1]))
+    base = ap.Baseline(model.last_logits(pairs.clean), model.last_logits(pairs.corrupt), pairs.answers, pairs.wrong)
+    want = ap.metrics.averaged(torch.cat(per_prompt), base)["logit_diff"]
+    circuit = [ap.Site("head", 0, head=2, pos="X"), ap.Site("head", 0, head=2, pos=4)]
+    got = ap.evaluate_circuit(model, pairs, circuit, components=heads)
+    assert got.sel(metric="logit_diff").item() == pytest.approx(want, abs=1e-5)
+    for other in ([head], []):  # neither the whole head nor none of it
+        assert abs(got.sel(metric="logit_diff").item() - ap.evaluate_circuit(model, pairs, other, components=heads)
+                   .sel(metric="logit_diff").item()) > 1e-4
+
+
+# --- the frontier ----------------------------------------------------------------------------------
+
+def test_a_ranking_reads_a_sweep_helpful_first_in_either_direction():
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    both = ap.sweep(model, pairs, "head", direction=["denoise", "noise"])
+    for direction in ("denoise", "noise"):
+        result = both.sel(direction=direction)
+        result.attrs["direction"] = direction
+        ranked = ap.circuits.ranking(result)
+        values = [result.sel(metric="norm_logit_diff", layer=s.layer, head=s.head).item() for s in ranked]
+        effects = values if direction == "denoise" else [1 - v for v in values]
+        assert effects == sorted(effects, reverse=True) and len(ranked) == 8
+        by_size = ap.circuits.ranking(result, order="abs")
+        sizes = [abs(e) for e in (
+            [result.sel(metric="norm_logit_diff", layer=s.layer, head=s.head).item() for s in by_size])]
+        assert len(by_size) == 8 and (direction == "noise" or sizes == sorted(sizes, reverse=True))
+    at_positions = ap.circuits.ranking(ap.sweep(model, pairs, "head", positions=["END", 2]))
+    assert {s.pos for s in at_positions} == {"END", 2} and len(at_positions) == 16
+
+
+def test_the_frontier_grows_the_circuit_one_component_at_a_time():
+    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
+    sweep = ap.sweep(model, pairs, "head")
+    ranked = ap.circuits.ranking(sweep)
+    frontier = ap.pareto_frontier(model, pairs, sweep)
+    assert frontier.dims == ("metric", "size") and frontier["size"].values.tolist() == list(range(9))
+    assert frontier["component"].values.tolist() == [""] + [str(s) for s in ranked]
+    for k in (0, 3, 8):
+        want = ap.evaluate_circuit(model, pairs, ranked[:k], components=components(model, mlps=False, embed=False))
+        np.testing.assert_allclose(frontier.sel(size=k).values, want.values, atol=1e-9)
+    # Every head intact, MLPs and embeddings untouched: the clean run.
+    assert frontier.sel(metric="norm_logit_diff", size=8).item() == pytest.approx(1.0, abs=1e-6)
+    values = frontier.sel(metric="norm_logit_diff").values
+    for recovery in (0.5, 0.8, 0.9):
+        smallest = ap.smallest_circuit(frontier, recovery)
+        first = int(np.argmax(values >= recovery))
+        assert smallest == ranked[:first] and values[first] >= recovery and (values[:first] < recovery).all()
+    assert ap.smallest_circuit(frontier, 1.5) is None
+    some = ap.pareto_frontier(model, pairs, ranked, sizes=[0, 2, 5])
+    np.testing.assert_allclose(some.sel(size=[0, 2, 5]).values, frontier.sel(size=[0, 2, 5]).values, atol=1e-9)
+    assert some["component"].values.tolist() == ["", str(ranked[1]), str(ranked[4])]
+
+
+def test_a_frontier_can_rank_an_attribution_estimate():
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    estimate = ap.attribute(model, pairs, "head")
+    frontier = ap.pareto_frontier(model, pairs, estimate, sizes=[0, 8])
+    assert frontier.attrs["ranking"] == [str(s) for s in ap.circuits.ranking(estimate)]
+    assert frontier.sel(metric="norm_logit_diff", size=8).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_noising_frontier_knocks_the_top_components_out():
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    frontier = ap.pareto_frontier(model, pairs, ap.sweep(model, pairs, "head", direction="noise"), direction="noise")
+    assert frontier.sel(metric="norm_logit_diff", size=0).item() == pytest.approx(1.0, abs=1e-6)
+    knocked = ap.smallest_circuit(frontier, 0.5)
+    assert knocked is not None and frontier.sel(metric="norm_logit_diff", size=len(knocked)).item() <= 0.5
+
+
+def test_the_frontier_plot_is_a_plotly_figure():
+    plotly = pytest.importorskip("plotly")  # an optional dependency of the report; the core does not need it
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    figure = ap.circuits.plot_frontier(ap.pareto_frontier(model, pairs, ap.sweep(model, pairs, "head")))
+    assert isinstance(figure, plotly.graph_objects.Figure) and len(figure.data[0].x) == 9
+
+
+# --- a model built to have logic in it -------------------------------------------------------------
+# Two heads in different layers (layer 0 head 0, layer 1 head 0) copy the same token feature
+# into the answer direction. The final RMSNorm saturates, so what matters is the sign of
+# (offset + what the heads write): with offset −0.5 either head alone flips it (OR); with
+# offset −1.5 both are needed (AND). Every other weight is zero.
+
+W, F, U, N = 0, 1, 2, 3  # residual directions: an anchor at the last position, the feature, the answer, an anchor elsewhere
+BOS, X, Y, END, ANSWER, WRONG = range(6)
+OR, AND = -0.5, -1.5
+A, B = ap.Site("head", 0, head=0), ap.Site("head", 1, head=0)
+
+
+def gate_model(offset, second_head=1.0, write=20.0):
+    config = tf.LlamaConfig(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, hidden_size=16, head_dim=8,
+                            intermediate_size=4, vocab_size=8, max_position_embeddings=16, tie_word_embeddings=False)
+    hf = tf.AutoModelForCausalLM.from_config(config).eval().requires_grad_(False)
+    for name, parameter in hf.named_parameters():
+        parameter.fill_(1.0 if "norm" in name else 0.0)
+    big = 1000.0  # the non-final positions are dominated by N, so what one head writes there barely moves the next's norm
+    embed = hf.model.embed_tokens.weight
+    embed[[BOS, X, Y], N] = big
+    embed[X, F] = big
+    embed[END, W], embed[END, U] = 1.0, offset * write
+    # Queries are zero, so attention is uniform: at the last of 4 positions a head's value (the
+    # normalised feature, 2√2 at X's position) averages to 2√2 / 4.
+    z = 2 * 2**0.5 / 4
+    for layer, gain in ((0, 1.0), (1, second_head)):
+        attention = hf.model.layers[layer].self_attn
+        attention.v_proj.weight[0, F] = 1.0
+        attention.o_proj.weight[U, 0] = gain * write / z
+    hf.lm_head.weight[ANSWER, U], hf.lm_head.weight[WRONG, U] = 1.0, -1.0
+    return ap.Model.from_hf(hf, name=f"gate{offset}")
+
+
+def gate_pairs(n=2):
+    clean, corrupt = torch.tensor([[BOS, X, BOS, END]] * n), torch.tensor([[BOS, Y, BOS, END]] * n)
+    return ap.PromptPairs(clean, corrupt, torch.full((n,), ANSWER), torch.full((n,), WRONG))
+
+
+@pytest.mark.parametrize("offset, second_head, want", [
+    (OR, 1.0, {A: "sufficient only (OR-like)", B: "sufficient only (OR-like)"}),
+    (AND, 1.0, {A: "necessary only (AND-like)", B: "necessary only (AND-like)"}),
+    (OR, 0.0, {A: "necessary and sufficient", B: "neither"}),
+])
+def test_denoising_and_noising_read_or_and_and(offset, second_head, want):
+    model, pairs = gate_model(offset, second_head), gate_pairs()
+    table = ap.label_directions(ap.sweep(model, pairs, "head", direction=["denoise", "noise"]))
+    assert {s: table.loc[str(s), "label"] for s in want} == want
+    assert (table.drop(index=[str(A), str(B)])["label"] == "neither").all()
+    assert table.attrs["sufficient"] == 0.1 and table.attrs["necessary"] == 0.1
+    strict = ap.label_directions(ap.sweep(model, pairs, "head", direction=["denoise", "noise"]), sufficient=1.01, necessary=1.01)
+    assert (strict["label"] == "neither").all()
+
+
+@pytest.mark.parametrize("effect", ["total", "direct"])
+def test_backup_finds_the_head_that_takes_over(effect):
+    model, pairs = gate_model(OR), gate_pairs()
+    table = ap.backup(model, pairs, A, effect=effect)
+    assert table.index[0] == str(B) and table["compensates"].tolist() == [True, False, False, False]
+    assert table.loc[str(B), "before"] == pytest.approx(0.0, abs=0.01) and table.loc[str(B), "after"] > 0.95
+    assert table.attrs["ablated_effect"] == pytest.approx(0.0, abs=0.01)  # noising A alone hides its role
+    anded = ap.backup(gate_model(AND), pairs, A, effect=effect)
+    assert not anded["compensates"].any() and anded.loc[str(B), "growth"] < -0.9
+
+
+def test_the_backup_report_covers_the_top_components():
+    model, pairs = gate_model(OR), gate_pairs()
+    report = ap.backup_report(model, pairs, ap.sweep(model, pairs, "head"), top=2)
+    assert report.attrs["ablated"] == [str(A), str(B)]  # A before B: ties keep layer order
+    assert report[["ablated", "component"]].values.tolist() == [[str(A), str(B)]]  # nothing comes after B
+    direct = ap.backup(model, pairs, A, candidates=[B, ap.Site("head", 1, head=1)], effect="direct")
+    assert direct.index.tolist() == [str(B), "head[layer=1, head=1]"]
+
+
+def test_minimality_flags_the_passengers():
+    model, pairs = gate_model(OR, second_head=0.0), gate_pairs()
+    circuit = [A, B, ap.Site("head", 1, head=1)]
+    table = ap.minimality(model, pairs, circuit)
+    assert table["passenger"].tolist() == [False, True, True]
+    assert table.loc[str(A), "drop"] > 0.95 and table.attrs["circuit_score"] == pytest.approx(1.0, abs=1e-6)
+    for member in circuit:
+        rest = [m for m in circuit if m != member]
+        assert table.loc[str(member), "without"] == pytest.approx(score(ap.evaluate_circuit(model, pairs, rest,
+                                                                                              components=components(model, mlps=False, embed=False))))
+    # Redundant members are each a passenger alone: removing one at a time cannot see an OR.
+    redundant = ap.minimality(gate_model(OR), pairs, [A, B])
+    assert redundant["passenger"].all()
+    assert not ap.minimality(gate_model(AND), pairs, [A, B])["passenger"].any()
+
+
+# --- sensitivity to the corruption --------------------------------------------------------------
+
+def test_components_that_depend_on_the_corruption_are_listed():
+    model = gate_model(OR, second_head=0.0)
+    feature = gate_pairs()
+    # A corruption that leaves the feature in place and moves the answer another way (a final
+    # token whose offset no head can overcome): head A cannot matter under it.
+    other_end = 7
+    model.hf.model.embed_tokens.weight[other_end, W], model.hf.model.embed_tokens.weight[other_end, U] = 1.0, 3 * OR * 20.0
+    elsewhere = ap.PromptPairs(feature.clean, torch.tensor([[BOS, X, BOS, other_end]] * 2), feature.answers, feature.wrong)
+    result = ap.sweep_corruptions(model, {"feature": feature, "elsewhere": elsewhere}, "head")
+    report = ap.sensitivity_report(result)
+    assert report.index.tolist() == [str(A)]
+    assert report.loc[str(A), "largest_under"] == "feature" and report.loc[str(A), "spread"] > 0.9
+    assert report.attrs["corruptions"] == ["feature", "elsewhere"]
+    assert ap.sensitivity_report(result, threshold=2.0).empty
+
+
+# --- bad inputs -----------------------------------------------------------------------------------
+
+BAD = [
+    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("resid_pre", 1)]), "is not a component"),
+    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("q", 1, head=0)]), "is not a component"),
+    (lambda m, p: ap.evaluate_circuit(m, p, []), "an empty circuit needs components="),
+    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("mlp_out", 0)], components=[ap.Site("head", 0, head=0)]),
+     "not among the components ablated around it"),
+    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("head", 0, head=0)], ablation="zero"), "ablation must be None"),
+    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("head", 0, head=0)], direction="up"), "direction must be one of"),
+    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("head", 0, head=7)]), "head 7 is out of range"),
+    (lambda m, p: ap.pareto_frontier(m, p, ap.sweep(m, p, "head", direction=["denoise", "noise"])), "pick one first"),
+    (lambda m, p: ap.pareto_frontier(m, p, ap.sweep(m, p, "resid_pre")), "'head' or 'mlp_out' result"),
+    (lambda m, p: ap.pareto_frontier(m, p, [ap.Site("head", 0, head=0)], sizes=[3]), r"sizes must lie in 0..1"),
+    (lambda m, p: ap.circuits.ranking([], order="largest"), "order must be one of"),
+    (lambda m, p: ap.backup(m, p, ap.Site("head", 0, head=0), effect="indirect"), "effect must be one of"),
+    (lambda m, p: ap.backup(m, p, EMBED), "backup is studied for heads and MLPs"),
+    (lambda m, p: ap.backup_report(m, p, [ap.Site("head", 0, head=0)], top=0), "top must be a positive integer"),
+    (lambda m, p: ap.label_directions(ap.sweep(m, p, "head")), "needs both directions"),
+    (lambda m, p: ap.sensitivity_report(ap.sweep(m, p, "head")), "'corruption' dimension"),
+]
+
+
+@pytest.mark.parametrize("call, message", BAD)
+def test_bad_circuit_calls_are_named(call, message):
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    with pytest.raises((SiteError, ValueError), match=message):
+        call(model, pairs)
+    assert ap.attached_hooks(model) == 0
+
+
+def test_an_error_inside_a_circuit_run_leaves_no_hooks(monkeypatch):
+    model, pairs = with_answers(tiny_model("mistral"), tiny_pairs())
+    everything = components(model)
+    real = model.last_logits
+    calls = []
+
+    def fail_on_the_patched_run(tokens):
+        calls.append(1)
+        if ap.attached_hooks(model):
+            raise RuntimeError("boom")
+        return real(tokens)
+
+    monkeypatch.setattr(model, "last_logits", fail_on_the_patched_run)
+    with pytest.raises(RuntimeError, match="boom"):
+        ap.evaluate_circuit(model, pairs, everything[:5], components=everything)
+    assert calls and ap.attached_hooks(model) == 0
