@@ -60,6 +60,8 @@ def test_directions_sit_side_by_side_on_one_scale():
     assert axis.cmid == 0 and axis.cmin == -axis.cmax
     assert axis.cmax == pytest.approx(np.abs(result.sel(metric="norm_logit_diff").values).max())
     np.testing.assert_array_equal(heatmaps[1].z, result.sel(direction="noise", metric="norm_logit_diff").values)
+    assert "%{z:.8g}" in heatmaps[0].hovertemplate and "%{customdata}" in heatmaps[0].hovertemplate
+    assert heatmaps[0].customdata[1][3].startswith("pos 3 · clean ")  # every cell's hover names its column
 
 
 def test_position_ticks_carry_tokens_and_names():
