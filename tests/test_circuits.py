@@ -218,6 +218,19 @@ def test_backup_finds_the_head_that_takes_over(effect):
     assert not anded["compensates"].any() and anded.loc[str(B), "growth"] < -0.9
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resumed_backup_runs_match_full_forwards(family):
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    cases = [(ap.Site("head", 0, head=1), None), (ap.Site("mlp_out", 0), None),
+             (ap.Site("head", 1, head=0, pos="END"), [ap.Site("head", 0, head=2), ap.Site("mlp_out", 1), ap.Site("head", 1, head=3, pos=4)])]
+    for component, candidates in cases:
+        fast = ap.backup(model, pairs, component, candidates=candidates)
+        plain = ap.backup(model, pairs, component, candidates=candidates, resume=False)
+        pd.testing.assert_frame_equal(fast, plain, atol=1e-5, rtol=1e-5)
+        assert (fast[["before", "after"]].abs() > 1e-3).any().all(), "no candidate moved: a vacuous comparison"
+    assert ap.attached_hooks(model) == 0
+
+
 def test_the_backup_report_covers_the_top_components():
     model, pairs = gate_model(OR), gate_pairs()
     report = ap.backup_report(model, pairs, ap.sweep(model, pairs, "head"), top=2)

@@ -7,6 +7,7 @@
     directions.py   denoising beside noising: sufficient, necessary, OR-like, AND-like
     sensitivity.py  components whose effect depends on the corruption
     plot.py         the frontier as a plotly figure (plotly imported only there)
+    resume.py       patched runs resumed at their first patched layer (backup's fast path)
 Path patching, which these build on for direct effects, is `actpatch.engine.paths`."""
 from actpatch.circuits.backup import backup, backup_report
 from actpatch.circuits.components import EMBED, components

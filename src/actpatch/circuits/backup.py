@@ -17,6 +17,7 @@ from actpatch import hooks, metrics
 from actpatch.circuits.components import checked, components, whole
 from actpatch.circuits.evaluate import Ablation, Ablator
 from actpatch.circuits.frontier import Order, ranking
+from actpatch.circuits.resume import Resumed
 from actpatch.engine import paths
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
@@ -38,6 +39,7 @@ def backup(
     ablation: Ablation = None,
     threshold: float = 0.05,
     metric: str = "norm_logit_diff",
+    resume: bool = True,
     progress: bool | None = None,
 ) -> pd.DataFrame:
     """Each candidate's effect in the clean run before and after `component` is ablated, and
@@ -48,8 +50,10 @@ def backup(
     along its path to the logits only, every other head and MLP frozen (`"direct"`, by path
     patching). Candidates default to every head and MLP that reads after `component` writes.
     Ablation is to the corrupt run's value (or the clean mean, `ablation="mean"`). The table's
-    `attrs` hold the ablated component and its own effect. Two forwards per candidate."""
-    study = _Backup(model, pairs, effect, ablation, metric)
+    `attrs` hold the ablated component and its own effect. Two runs per candidate; total effects
+    resume each run at the candidate's layer (`resume=False` runs every forward in full, the
+    plain path the resumed one is tested against)."""
+    study = _Backup(model, pairs, effect, ablation, metric, resume)
     return study.table(_component(model, component), candidates, threshold, progress)
 
 
@@ -65,6 +69,7 @@ def backup_report(
     metric: str = "norm_logit_diff",
     order: Order = "effect",
     candidates: Sequence[Site | str] | None = None,
+    resume: bool = True,
     progress: bool | None = None,
 ) -> pd.DataFrame:
     """`backup` for each of the `top` components of a ranking (a sweep or attribution result, or a
@@ -75,7 +80,7 @@ def backup_report(
     compensation has no rows; `attrs["ablated"]` lists every component that was tried."""
     if not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be a positive integer, got {top!r}")
-    study = _Backup(model, pairs, effect, ablation, metric)
+    study = _Backup(model, pairs, effect, ablation, metric, resume)
     tried = checked(model, ranking(source, order=order), "ranking")[:top]
     parts = []
     for component in tried:
@@ -101,16 +106,17 @@ def _component(model: Model, component: Site | str) -> Site:
 class _Backup:
     """Effects of candidates in the clean run and in the clean run with one component ablated."""
 
-    def __init__(self, model: Model, pairs: PromptPairs, effect: Effect, ablation: Ablation, metric: str):
+    def __init__(self, model: Model, pairs: PromptPairs, effect: Effect, ablation: Ablation, metric: str, resume: bool):
         if effect not in EFFECTS:
             raise ValueError(f"effect must be one of {EFFECTS}, got {effect!r}")
         if metric not in metrics.METRICS:
             raise ValueError(f"metric must be one of {metrics.METRICS}, got {metric!r}")
-        self.model, self.pairs, self.effect, self.metric = model, pairs, effect, metric
+        self.model, self.pairs, self.effect, self.metric, self.resume = model, pairs, effect, metric, resume
         everything = _all_components(model)
         self.ablator = Ablator(model, pairs, everything, ablation)
         self.clean = hooks.capture(model, pairs.clean, everything, positions=pairs.positions) if effect == "direct" else {}
         self.before: dict[Site, float] = {}
+        self.clean_score = self._score(self.ablator.run({}))
 
     def table(self, component: Site, candidates, threshold: float, progress) -> pd.DataFrame:
         if candidates is None:
@@ -120,7 +126,6 @@ class _Backup:
         if bad := [c for c in chosen if c.kind not in paths.SENDER_KINDS]:
             raise SiteError(f"candidates are heads and MLPs; got {bad[0]}")
         world = self.ablator.ablated(component)
-        ablated_score = self._score(world)
         after = self._effects(chosen, world, progress, f"after ablating {component}")
         before = self._effects([c for c in chosen if c not in self.before], {}, progress, "before")
         self.before.update(before)
@@ -129,30 +134,32 @@ class _Backup:
         table = pd.DataFrame(rows, columns=["component", "before", "after", "growth"]).set_index("component")
         table["compensates"] = table["growth"] >= threshold
         table = table.sort_values("growth", ascending=False, kind="stable")
-        table.attrs.update({"ablated": str(component), "ablated_effect": self._score({}) - ablated_score, "effect": self.effect,
-                            "threshold": threshold, "metric": self.metric})
+        table.attrs.update({"ablated": str(component), "ablated_effect": self.clean_score - self._score(self.ablator.run(world)),
+                            "effect": self.effect, "threshold": threshold, "metric": self.metric})
         return table
 
     @torch.no_grad()
     def _effects(self, chosen: list[Site], world: dict, progress, desc: str) -> dict[Site, float]:
+        """What ablating each candidate costs in the clean run with `world` patched in."""
         if not chosen:
             return {}
-        baseline = self._score(world)
-        found = {}
-        if self.effect == "total":
-            for c in tqdm(chosen, desc=desc, disable=None if progress is None else not progress):
-                found[c] = baseline - self._score({**world, **self.ablator.ablated(c)})
-            return found
-        base = {whole(s): paths.compose(self.clean[whole(s)], v, s.pos, self.pairs.positions) for s, v in world.items()}
-        frozen = paths.Paths(self.model, [chosen[0]], ["logits"]).needed_target_sites()
-        target = paths.Target(self.model, paths.Run(self.pairs.clean), self.pairs.positions, frozen, base=base)
-        for c in tqdm(chosen, desc=desc, disable=None if progress is None else not progress):
-            logits = target.logits({c: self.ablator.off[whole(c)]}, paths.Paths(self.model, [c], ["logits"]))
-            found[c] = baseline - metrics.averaged(logits, self.ablator.base)[self.metric]
-        return found
+        bar = dict(desc=desc, disable=None if progress is None else not progress)
+        if self.effect == "direct":
+            base = {whole(s): paths.compose(self.clean[whole(s)], v, s.pos, self.pairs.positions) for s, v in world.items()}
+            frozen = paths.Paths(self.model, [chosen[0]], ["logits"]).needed_target_sites()
+            target = paths.Target(self.model, paths.Run(self.pairs.clean), self.pairs.positions, frozen, base=base)
+            own = self._score(self.ablator.run(world))
+            return {c: own - self._score(target.logits({c: self.ablator.off[whole(c)]}, paths.Paths(self.model, [c], ["logits"])))
+                    for c in tqdm(chosen, **bar)}
+        if not self.resume:
+            own = self._score(self.ablator.run(world))
+            return {c: own - self._score(self.ablator.run({**world, **self.ablator.ablated(c)})) for c in tqdm(chosen, **bar)}
+        run = Resumed(self.model, self.pairs.clean, world, self.pairs.positions)
+        own = self._score(run.own_logits)
+        return {c: own - self._score(run.logits(self.ablator.ablated(c))) for c in tqdm(chosen, **bar)}
 
-    def _score(self, patches: dict) -> float:
-        return metrics.averaged(self.ablator.run(patches), self.ablator.base)[self.metric]
+    def _score(self, logits) -> float:
+        return metrics.averaged(logits, self.ablator.base)[self.metric]
 
 
 def _all_components(model: Model) -> list[Site]:
