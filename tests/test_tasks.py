@@ -1,38 +1,16 @@
 """IOI prompts and corruptions: each changes exactly the tokens it says, with the real tokenizer
-and with a GPT-2-style byte-level tokenizer built here from a small word vocabulary."""
-import re
-
+and with a GPT-2-style byte-level tokenizer built from a small word vocabulary (word_tokenizer.py)."""
 import pytest
 import torch
-import transformers as tf
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 
 import actpatch as ap
 from actpatch.corrupt import IOI_CORRUPTIONS
-from actpatch.tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES
+from word_tokenizer import gpt2_style_model
 
 CHANGED = {"abc": {"S1", "IO", "S2"}, "s2": {"S2"}, "s1": {"S1"}, "io_s_swap": {"S1", "IO", "S2"}, "random": {"S1", "IO", "S2"}}
 
 
-def gpt2_style_model() -> ap.Model:
-    """A tiny GPT-2 with a byte-level word tokenizer: 'Ġname' tokens, as GPT-2's own vocabulary has."""
-    words = set()
-    for text in TEMPLATES + NAMES + PLACES + OBJECTS:
-        words.update(re.findall(r"\w+|[^\w\s]", text.replace("{", " ").replace("}", " ")))
-    vocab = {"<unk>": 0}
-    for word in sorted(words):
-        for form in (word, "Ġ" + word):
-            vocab.setdefault(form, len(vocab))
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>")
-    torch.manual_seed(0)
-    config = tf.GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=len(vocab), n_positions=64, bos_token_id=0, eos_token_id=0)
-    return ap.Model.from_hf(tf.AutoModelForCausalLM.from_config(config).eval(), fast, name="tiny-gpt2-words")
-
-
-@pytest.fixture(scope="module", params=["smollm2", "gpt2-style"])
+@pytest.fixture(scope="module", params=[pytest.param("smollm2", marks=pytest.mark.smollm), "gpt2-style"])
 def model(request):
     if request.param == "gpt2-style":
         return gpt2_style_model()
