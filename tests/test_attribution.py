@@ -8,7 +8,7 @@ import transformers as tf
 
 import actpatch as ap
 from actpatch import hooks
-from tiny import CONFIGS, tiny_model, tiny_pairs
+from tiny import CONFIGS, tiny_model, tiny_pairs, with_answers
 
 reference_sweep = functools.partial(ap.sweep, engine="reference")
 
@@ -29,7 +29,7 @@ def linear_head_model(family: str) -> ap.Model:
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 @pytest.mark.parametrize("kind", ["resid_post", "mlp_out"])
 def test_atp_is_exact_where_the_metric_is_linear(family, direction, kind):
-    model, pairs = linear_head_model(family), tiny_pairs()
+    model, pairs = with_answers(linear_head_model(family), tiny_pairs())
     last = [model.dims.n_layers - 1]
     estimate = ap.attribute(model, pairs, kind, direction=direction, layers=last)
     exact = reference_sweep(model, pairs, kind, direction=direction, layers=last).sel(metric=list(estimate.metric.values))
@@ -39,7 +39,7 @@ def test_atp_is_exact_where_the_metric_is_linear(family, direction, kind):
 
 @pytest.mark.parametrize("kind", ap.SITE_KINDS)
 def test_integrated_gradients_with_one_step_is_atp(kind):
-    model, pairs = tiny_model("qwen2"), tiny_pairs()
+    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
     extra = {"neurons": [0, 9]} if kind == "neuron" else {}
     atp = ap.attribute(model, pairs, kind, **extra)
     ig = ap.attribute(model, pairs, kind, method="ig", steps=1, **extra)
@@ -51,7 +51,7 @@ def test_integrated_gradients_with_one_step_is_atp(kind):
 def test_more_steps_move_integrated_gradients_toward_exact(family):
     """Patching all of resid_pre at layer 0 is patching the input itself, so the integrated gradient
     along the input path converges to the exact effect; the tiny models are far from linear there."""
-    model, pairs = tiny_model(family), tiny_pairs()
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
     exact = reference_sweep(model, pairs, "resid_pre", layers=[0], positions="all").sel(metric="logit_diff").item()
     error = {k: abs(ap.attribute(model, pairs, "resid_pre", layers=[0], positions="all", method="ig", steps=k)
                     .sel(metric="logit_diff").item() - exact) for k in (1, 32)}
@@ -60,7 +60,7 @@ def test_more_steps_move_integrated_gradients_toward_exact(family):
 
 
 def test_attribution_leaves_no_hooks_and_no_gradients():
-    model, pairs = tiny_model("llama"), tiny_pairs()
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
     ap.attribute(model, pairs, "pattern", method="ig", steps=2)
     assert ap.attached_hooks(model) == 0
     assert model.hf.config._attn_implementation == "sdpa"
@@ -71,7 +71,7 @@ def test_attribution_leaves_no_hooks_and_no_gradients():
 
 
 def test_an_error_in_the_backward_leaves_the_model_clean():
-    model, pairs = tiny_model("llama"), tiny_pairs()
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
     def arm(module, args, output):
         if output.requires_grad:
             output.register_hook(_explode)
@@ -90,7 +90,7 @@ def _explode(grad):
 
 
 def test_verify_patches_the_strongest_estimates_exactly():
-    model, pairs = tiny_model("llama"), tiny_pairs()
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
     estimate = ap.attribute(model, pairs, "head", positions="each")
     report = ap.verify(model, pairs, estimate, top_k=4, sample=3)
     assert len(report.table) == 7 and report.table["in_top_k"].sum() == 4
@@ -104,7 +104,7 @@ def test_verify_patches_the_strongest_estimates_exactly():
 
 
 def test_verify_on_an_exact_linear_estimate_finds_no_error():
-    model, pairs = linear_head_model("llama"), tiny_pairs()
+    model, pairs = with_answers(linear_head_model("llama"), tiny_pairs())
     estimate = ap.attribute(model, pairs, "resid_post", layers=[-1])
     report = ap.verify(model, pairs, estimate, top_k=3, sample=2)
     assert report.table["error"].abs().max() < 1e-5 and report.top_k_recall == 1.0
@@ -117,7 +117,7 @@ def test_verify_on_an_exact_linear_estimate_finds_no_error():
     (lambda m, p: ap.attribute(m, p, "head", method="ig", graddrop=True), r"graddrop goes with method='atp' or 'atp\*'"),
 ])
 def test_bad_attribution_input_is_named(call, message):
-    model, pairs = tiny_model("llama"), tiny_pairs()
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
     with pytest.raises(ValueError, match=message):
         call(model, pairs)
 
@@ -126,7 +126,7 @@ def test_bad_attribution_input_is_named(call, message):
 @pytest.mark.parametrize("kind, pos", [("k", 3), ("q", 5), ("k", "X")])
 def test_atp_star_linearises_from_the_exactly_recomputed_pattern(family, kind, pos):
     """AtP* for a q/k patch is target + Σ (pattern under the real patch − pattern) · ∂metric/∂pattern."""
-    model, pairs = linear_head_model(family), tiny_pairs()
+    model, pairs = with_answers(linear_head_model(family), tiny_pairs())
     group = model.dims.n_heads // model.dims.n_kv_heads
     head = model.dims.n_kv_heads - 1 if kind == "k" else 1  # the last KV group, to catch group arithmetic
     site = ap.Site(kind, 1, head=head, pos=pos)
@@ -152,7 +152,7 @@ def test_atp_star_linearises_from_the_exactly_recomputed_pattern(family, kind, p
 def test_graddrop_of_a_last_layer_site_is_its_atp_magnitude(method):
     """Dropping the gradient through an earlier layer cannot touch a last-layer site, and dropping
     its own layer zeroes it: (L − 1)·|ĉ| + 0, divided by L − 1."""
-    model, pairs = tiny_model("mistral"), tiny_pairs()
+    model, pairs = with_answers(tiny_model("mistral"), tiny_pairs())
     result = ap.attribute(model, pairs, "k", method=method, positions="each", graddrop=True)
     last = result.sel(layer=model.dims.n_layers - 1)
     change = np.abs(last.sel(metric="logit_diff") - result.attrs["baseline_corrupt"]["logit_diff"])

@@ -7,7 +7,7 @@ import xarray as xr
 
 import actpatch as ap
 from actpatch.engine import batched
-from tiny import FAMILIES, tiny_model, tiny_pairs
+from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
 
 ENGINES = {
     "batched, chunk 3": functools.partial(ap.sweep, engine="batched", chunk=3),  # ragged last chunk
@@ -29,7 +29,7 @@ MATRIX = [(f, k, "batched, chunk 3") for f, k in CASES] + [
 
 @pytest.mark.parametrize("family, kind, engine", MATRIX)
 def test_engine_matches_reference(family, kind, engine):
-    model, pairs = tiny_model(family), tiny_pairs(batch=3, seq=6)
+    model, pairs = with_answers(tiny_model(family), tiny_pairs(batch=3, seq=6))
     for positions in ("each", "all", ["X", 4]):
         options = dict(direction=["denoise", "noise"], positions=positions, **extra_for(kind))
         want = ap.sweep(model, pairs, kind, engine="reference", **options)
@@ -57,12 +57,12 @@ def test_engine_matches_reference_on_smollm_ioi(smollm, kind, options):
 
 def test_a_bad_chunk_is_an_error():
     with pytest.raises(ValueError, match="chunk must be at least 1"):
-        ap.sweep(tiny_model("llama"), tiny_pairs(), "resid_pre", chunk=0)
+        ap.sweep(*with_answers(tiny_model("llama"), tiny_pairs()), "resid_pre", chunk=0)
 
 
 def test_an_unknown_engine_is_an_error():
     with pytest.raises(ValueError, match=r"engine must be one of \('batched', 'reference'\)"):
-        ap.sweep(tiny_model("llama"), tiny_pairs(), "resid_pre", engine="fast")
+        ap.sweep(*with_answers(tiny_model("llama"), tiny_pairs()), "resid_pre", engine="fast")
 
 
 def test_unproven_attention_is_named(monkeypatch):
@@ -73,7 +73,7 @@ def test_unproven_attention_is_named(monkeypatch):
 
 
 def test_an_unproven_model_falls_back_to_the_reference_engine(monkeypatch, caplog):
-    model, pairs = tiny_model("llama"), tiny_pairs()
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
     monkeypatch.setattr(batched, "unsupported", lambda m: "a reason")
     with caplog.at_level("WARNING"):
         result = ap.sweep(model, pairs, "attn_out", layers=[1], positions=[2], chunk=4)
@@ -84,6 +84,6 @@ def test_work_is_counted_in_forward_equivalents():
     """One patch at layer 1 of 2, position 4 of 6: the target recorded split at position 4 (one
     forward's worth) and whole for the full-patch self-check (another), plus one layer over the
     last 2 positions (1/2 × 2/6)."""
-    result = ap.sweep(tiny_model("llama"), tiny_pairs(), "resid_pre", layers=[1], positions=[4])
+    result = ap.sweep(*with_answers(tiny_model("llama"), tiny_pairs()), "resid_pre", layers=[1], positions=[4])
     assert result.attrs["cost"]["forward_equivalents"] == pytest.approx(2 + 1 / 6, abs=1e-3)
     assert result.attrs["cost"]["patches"] == 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from actpatch import PatchNotApplied, PatchShapeError, Site, SITE_KINDS, attached_hooks, capture, patch
-from tiny import FAMILIES, tiny_model, tiny_pairs
+from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
 
 SEQUENTIAL = [f for f in FAMILIES if f != "pythia_parallel"]
 
@@ -22,7 +22,7 @@ def kinds_for(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_noop_patch_changes_no_logit(family):
-    model, pairs = tiny_model(family), tiny_pairs()
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
     before = model.last_logits(pairs.corrupt)
     for kind in kinds_for(family):
         for pos in (None, 2, "X"):
@@ -35,7 +35,7 @@ def test_noop_patch_changes_no_logit(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_site_kind_moves_the_logits(family):
-    model, pairs = tiny_model(family), tiny_pairs()
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
     before = model.last_logits(pairs.corrupt)
     for kind in kinds_for(family):
         site = one_site(kind, layer=0)
@@ -47,7 +47,7 @@ def test_every_site_kind_moves_the_logits(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_full_resid_pre_patch_at_layer_0_is_the_clean_run(family):
-    model, pairs = tiny_model(family), tiny_pairs()
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
     source = capture(model, pairs.clean, [Site("resid_pre", 0)])
     with patch(model, source):
         patched = model.last_logits(pairs.corrupt)
@@ -57,7 +57,7 @@ def test_full_resid_pre_patch_at_layer_0_is_the_clean_run(family):
 @pytest.mark.parametrize("family", SEQUENTIAL)
 def test_resid_mid_patch_sets_the_residual_stream_itself(family):
     """Written through attn_out, the patched resid_mid must be what the rest of the layer sees."""
-    model, pairs = tiny_model(family), tiny_pairs()
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
     site = Site("resid_mid", 1, pos=3)
     source = capture(model, pairs.clean, [site])
     after = Site("resid_post", 1)
@@ -70,7 +70,7 @@ def test_resid_mid_patch_sets_the_residual_stream_itself(family):
 
 
 def test_named_position_patches_each_prompt_at_its_own_index():
-    model, pairs = tiny_model("llama"), tiny_pairs()
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
     named = Site("resid_pre", 1, pos="X")
     source = capture(model, pairs.clean, [named], positions=pairs.positions)
     with patch(model, source, positions=pairs.positions):
@@ -85,7 +85,7 @@ def test_named_position_patches_each_prompt_at_its_own_index():
 
 @pytest.mark.parametrize("kind", ["resid_pre", "head", "k", "pattern"])
 def test_hooks_are_removed_after_an_error_inside_a_patched_forward(kind):
-    model, pairs = tiny_model("llama"), tiny_pairs()
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
     site = one_site(kind, layer=1)
     values = capture(model, pairs.clean, [site])
     bomb = model.submodule(1, model.arch.mlp).register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
@@ -100,7 +100,7 @@ def test_hooks_are_removed_after_an_error_inside_a_patched_forward(kind):
 
 
 def test_a_patch_that_never_ran_is_an_error():
-    model, pairs = tiny_model("llama"), tiny_pairs()
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
     values = capture(model, pairs.clean, [Site("resid_pre", 1)])
     with pytest.raises(PatchNotApplied, match=r"resid_pre\[layer=1\]"):
         with patch(model, values):
@@ -108,7 +108,7 @@ def test_a_patch_that_never_ran_is_an_error():
 
 
 def test_a_value_of_the_wrong_shape_is_an_error():
-    model, pairs = tiny_model("llama"), tiny_pairs()
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
     values = capture(model, pairs.clean[:2], [Site("resid_pre", 1)])
     with pytest.raises(PatchShapeError, match=r"shape \(2, 6, 32\).*\(3, 6, 32\)"):
         with patch(model, values):
@@ -126,7 +126,7 @@ def test_no_other_module_registers_hooks():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_q_k_v_are_what_attention_uses_them_for(family):
     """v never moves the pattern; k moves it for exactly the query heads of its group; q for its head only."""
-    model, pairs = tiny_model(family), tiny_pairs()
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
     dims = model.dims
     patterns = [Site("pattern", 0, head=h) for h in range(dims.n_heads)]
     before = capture(model, pairs.corrupt, patterns)

@@ -4,12 +4,14 @@ Two layers, a few heads, a small vocabulary, a fixed seed: each builds and runs 
 second. Weights are drawn wider than the families' defaults so that patches move logits visibly."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
 import transformers as tf
 
 from actpatch import Model, PromptPairs
+from actpatch.engine.collect import baseline
 
 VOCAB = 101
 _COMMON = dict(vocab_size=VOCAB, max_position_embeddings=64, initializer_range=0.2)
@@ -50,3 +52,12 @@ def tiny_pairs(batch: int = 3, seq: int = 6, seed: int = 1) -> PromptPairs:
     wrong = (answers + 1 + torch.randint(0, VOCAB - 1, (batch,), generator=generator)) % VOCAB
     named = {"X": torch.tensor([1, 3, 4, 1, 3, 4][:batch]), "END": torch.full((batch,), seq - 1)}
     return PromptPairs(clean, corrupt, answers, wrong, positions=named)
+
+
+def with_answers(model: Model, pairs: PromptPairs) -> tuple[Model, PromptPairs]:
+    """`model` and `pairs` with, per prompt, the answer the clean run favours most over the corrupt
+    run and the wrong answer it favours least: random weights do no task, and sweeps refuse pairs
+    whose clean run does not beat the corrupt one."""
+    base = baseline(model, pairs, check=False)  # the corrupt run with its input noise, if any
+    shift = base.clean_logits - base.corrupt_logits
+    return model, dataclasses.replace(pairs, answers=shift.argmax(-1), wrong=shift.argmin(-1))

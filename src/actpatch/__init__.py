@@ -7,6 +7,7 @@
     res.sel(metric="norm_logit_diff")           # layer × pos, tokens as coordinates
 """
 from actpatch.engine.attribution import attribute
+from actpatch.engine.collect import BaselineError
 from actpatch.engine.sweep import sweep
 from actpatch.engine.verify import Verification, verify
 from actpatch.hooks import PatchNotApplied, PatchShapeError, attached_hooks, capture, patch
@@ -14,6 +15,7 @@ from actpatch.metrics import METRICS, Baseline
 from actpatch.models.arch import UnsupportedArchitecture
 from actpatch.models.load import load_model
 from actpatch.models.model import Model
+from actpatch.noise import gaussian_noise
 from actpatch.pairs import PairsError, PromptPairs
 from actpatch.results import load, save
 from actpatch.sensitivity import sweep_corruptions
@@ -22,7 +24,7 @@ from actpatch import tasks
 from actpatch.tasks.ioi import ioi_pairs
 
 __all__ = [
-    "METRICS", "SITE_KINDS", "Baseline", "Verification", "attribute", "verify", "Model", "PairsError", "PatchNotApplied", "PatchShapeError",
+    "METRICS", "SITE_KINDS", "Baseline", "BaselineError", "gaussian_noise", "Verification", "attribute", "verify", "Model", "PairsError", "PatchNotApplied", "PatchShapeError",
     "PromptPairs", "Site", "SiteError", "UnsupportedArchitecture", "attached_hooks", "capture",
     "ioi_pairs", "tasks", "load", "load_model", "patch", "save", "sweep", "sweep_corruptions",
 ]

@@ -95,6 +95,28 @@ def patch_copies(
 
 
 @contextmanager
+def add_to_input(model: Model, offset: Tensor | None) -> Iterator[None]:
+    """Add `offset` (batch, pos, d_model) to the first decoder layer's input in every forward of
+    the block; nothing when `offset` is None.
+
+    This is how a Gaussian-noise corruption's corrupt run is made from its clean tokens. Enter it
+    before any capture or patch of the same forward: hooks run in the order they were attached,
+    so a capture then reads the noisy input and a layer-0 `resid_pre` patch overrides it."""
+    if offset is None:
+        yield
+        return
+
+    def add(hidden: Tensor) -> Tensor:
+        if hidden.shape != offset.shape:
+            raise PatchShapeError(f"input noise of shape {tuple(offset.shape)} cannot be added to the first layer's "
+                                  f"input {tuple(hidden.shape)}: the noise was made for other prompts")
+        return hidden + offset.to(device=hidden.device, dtype=hidden.dtype)
+
+    with _pre_hook(model.layer(0), add):
+        yield
+
+
+@contextmanager
 def layer_inputs(model: Model) -> Iterator[list[tuple[tuple, dict]]]:
     """Record the (args, kwargs) each decoder layer is called with during the block.
 

@@ -32,6 +32,9 @@ class PromptPairs:
     corrupt_text: tuple[str, ...] | None = None
     positions: dict[str, Tensor] = field(default_factory=dict)
     corruption: str | None = None  # the scheme that made the corrupt prompts, when one did
+    # (batch, pos, d_model) added to the first layer's input of every corrupt run: the Gaussian-noise
+    # corruption, whose corrupt tokens are the clean ones (see actpatch.noise).
+    corrupt_noise: Tensor | None = None
 
     def __post_init__(self) -> None:
         _validate_ids(self)
@@ -42,6 +45,38 @@ class PromptPairs:
     @property
     def seq_len(self) -> int:
         return self.clean.shape[1]
+
+    @classmethod
+    def groups_from_strings(
+        cls,
+        model: Model,
+        clean: Sequence[str],
+        corrupt: Sequence[str],
+        answers: Sequence[str],
+        wrong: Sequence[str],
+        *,
+        positions: dict[str, Sequence[int]] | None = None,
+        corruption: str | None = None,
+    ) -> list["PromptPairs"]:
+        """Prompts of different token lengths as one PromptPairs per length (shortest first, order
+        kept within each), for `sweep`, which pools the groups exactly at named positions."""
+        clean_ids, _ = _checked_tokens(model, clean, corrupt, answers, wrong)
+        for what, words in (("answer", answers), ("wrong answer", wrong)):
+            for i, word in enumerate(words):  # here, so that errors name the prompt's index in the input
+                _single_token(model, word, what, i)
+        lengths = [len(ids) for ids in clean_ids]
+        groups = []
+        for length in sorted(set(lengths)):
+            members = [i for i, n in enumerate(lengths) if n == length]
+
+            def pick(values: Sequence) -> list:
+                return [values[i] for i in members]
+
+            groups.append(cls.from_strings(
+                model, pick(clean), pick(corrupt), pick(answers), pick(wrong),
+                positions={name: pick(list(where)) for name, where in (positions or {}).items()}, corruption=corruption,
+            ))
+        return groups
 
     @classmethod
     def from_strings(
@@ -56,30 +91,12 @@ class PromptPairs:
         corruption: str | None = None,
     ) -> "PromptPairs":
         """Tokenize with the model's tokenizer defaults; answers must be single tokens (mind the leading space)."""
-        if isinstance(clean, str) or isinstance(corrupt, str):
-            raise PairsError("clean and corrupt must be lists of prompts, not a single string: wrap it in [...]")
-        counts = {"clean": len(clean), "corrupt": len(corrupt), "answers": len(answers), "wrong": len(wrong)}
-        if len(set(counts.values())) != 1:
-            raise PairsError(f"need one clean, corrupt, answer and wrong answer per prompt; got {counts}")
-        if not clean:
-            raise PairsError("no prompts given: pass at least one clean/corrupt pair")
-        for name, texts in (("clean", clean), ("corrupt", corrupt)):
-            if empty := [i for i, t in enumerate(texts) if not t.strip()]:
-                raise PairsError(f"{name} prompt {empty[0]} is empty")
-        clean_ids = [_tokens(model, t) for t in clean]
-        corrupt_ids = [_tokens(model, t) for t in corrupt]
-        for i, (a, b) in enumerate(zip(clean_ids, corrupt_ids)):
-            if len(a) != len(b):
-                raise PairsError(
-                    f"prompt {i}: clean has {len(a)} tokens and corrupt has {len(b)}: {clean[i]!r} vs {corrupt[i]!r}. "
-                    "Positions must mean the same thing in both runs: pick a corruption whose replacement "
-                    "tokenizes to the same number of tokens (e.g. a name that is one token, like the original)."
-                )
+        clean_ids, corrupt_ids = _checked_tokens(model, clean, corrupt, answers, wrong)
         if len({len(a) for a in clean_ids}) != 1:
             lengths = sorted({len(a) for a in clean_ids})
             raise PairsError(
                 f"prompts have different token lengths {lengths}; a batch needs one length. "
-                "Group prompts by length and sweep each group, or use a task generator that aligns them."
+                "Use PromptPairs.groups_from_strings, which groups them by length for a sweep at named positions."
             )
         return cls(
             clean=torch.tensor(clean_ids),
@@ -91,6 +108,30 @@ class PromptPairs:
             positions={k: torch.as_tensor(v, dtype=torch.long) for k, v in (positions or {}).items()},
             corruption=corruption,
         )
+
+
+def _checked_tokens(model: Model, clean, corrupt, answers, wrong) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of every prompt, after checking the lists line up and each pair has one length."""
+    if isinstance(clean, str) or isinstance(corrupt, str):
+        raise PairsError("clean and corrupt must be lists of prompts, not a single string: wrap it in [...]")
+    counts = {"clean": len(clean), "corrupt": len(corrupt), "answers": len(answers), "wrong": len(wrong)}
+    if len(set(counts.values())) != 1:
+        raise PairsError(f"need one clean, corrupt, answer and wrong answer per prompt; got {counts}")
+    if not clean:
+        raise PairsError("no prompts given: pass at least one clean/corrupt pair")
+    for name, texts in (("clean", clean), ("corrupt", corrupt)):
+        if empty := [i for i, t in enumerate(texts) if not t.strip()]:
+            raise PairsError(f"{name} prompt {empty[0]} is empty")
+    clean_ids = [_tokens(model, t) for t in clean]
+    corrupt_ids = [_tokens(model, t) for t in corrupt]
+    for i, (a, b) in enumerate(zip(clean_ids, corrupt_ids)):
+        if len(a) != len(b):
+            raise PairsError(
+                f"prompt {i}: clean has {len(a)} tokens and corrupt has {len(b)}: {clean[i]!r} vs {corrupt[i]!r}. "
+                "Positions must mean the same thing in both runs: pick a corruption whose replacement "
+                "tokenizes to the same number of tokens (e.g. a name that is one token, like the original)."
+            )
+    return clean_ids, corrupt_ids
 
 
 def _tokens(model: Model, text: str) -> list[int]:
@@ -128,6 +169,11 @@ def _validate_ids(pairs: PromptPairs) -> None:
         ids = getattr(pairs, name)
         if not isinstance(ids, Tensor) or ids.shape != (batch,):
             raise PairsError(f"{name} must hold one token id per prompt, shape ({batch},)")
+    noise = pairs.corrupt_noise
+    if noise is not None and (not isinstance(noise, Tensor) or not noise.is_floating_point()
+                              or noise.ndim != 3 or noise.shape[:2] != pairs.clean.shape):
+        raise PairsError(f"corrupt_noise must be a float tensor (batch, pos, d_model) matching the prompts' "
+                         f"{tuple(pairs.clean.shape)}; make it with actpatch.noise.gaussian_noise")
     for name, where in pairs.positions.items():
         if where.shape != (batch,) or bool(((where < 0) | (where >= pairs.seq_len)).any()):
             raise PairsError(f"named position {name!r} needs one index in 0..{pairs.seq_len - 1} per prompt")

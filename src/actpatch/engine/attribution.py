@@ -19,8 +19,8 @@ import xarray as xr
 from torch import Tensor
 
 from actpatch import hooks, metrics
-from actpatch.engine import collect
-from actpatch.engine.plan import Direction, Positions, SweepPlan, plan
+from actpatch.engine import collect, sources
+from actpatch.engine.plan import Ablation, Direction, Positions, SweepPlan, plan
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site
@@ -44,6 +44,8 @@ def attribute(
     heads: Sequence[int] | None = None,
     neurons: Sequence[int] | None = None,
     graddrop: bool = False,
+    ablation: Ablation | None = None,
+    check_baseline: bool = True,
 ) -> xr.DataArray:
     """Estimate every patch of a sweep at once; `verify(result, ...)` checks the strongest exactly.
 
@@ -63,7 +65,12 @@ def attribute(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if graddrop and method == "ig":
         raise ValueError("graddrop goes with method='atp' or 'atp*', not with integrated gradients")
-    the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads, neurons=neurons)
+    the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads,
+                    neurons=neurons, ablation=ablation)
+    if ablation is not None and (method == "ig" or (method == "atp*" and the_plan.kind in ("q", "k"))):
+        raise ValueError(f"method={method!r} needs a source run (to interpolate inputs, or to recompute softmaxes from its "
+                         f"q and k); ablation={ablation!r} has none: use method='atp'")
+    collect.baseline(model, pairs, check=check_baseline)
     alphas = [0.0] if method != "ig" else [i / steps for i in range(steps)]
     qk_fix = method == "atp*" and the_plan.kind in ("q", "k")
     # The softmax fix needs each affected pattern and its gradient, at every head of the layers.
@@ -71,10 +78,11 @@ def attribute(
     eager = the_plan.kind == "pattern" or qk_fix
     with hooks.eager_attention(model) if eager else nullcontext():
         with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as source_qk:
-            source = hooks.capture(model, the_plan.source, the_plan.sites, positions=pairs.positions)
+            source = sources.source_values(model, pairs, the_plan, the_plan.sites)
         with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as target_qk:
             target_logits, target_values, grads, dropped = _mean_gradients(model, pairs, the_plan, alphas, patterns, graddrop)
-        source_logits = model.last_logits(the_plan.source)
+        with hooks.add_to_input(model, the_plan.source_noise):
+            source_logits = model.last_logits(the_plan.source)
     clean_logits, corrupt_logits = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
     base = metrics.Baseline(clean_logits, corrupt_logits, pairs.answers, pairs.wrong)
     target_diff = float(metrics.logit_diff(target_logits.double(), pairs.answers, pairs.wrong).mean())
@@ -102,8 +110,10 @@ def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alpha
     points, and (for GradDrop) the gradients at the target with each layer's sublayers dropped."""
     embed = model.hf.get_input_embeddings()
     with torch.no_grad():
-        target_embeds = embed(the_plan.target.to(model.device))
-        source_embeds = embed(the_plan.source.to(model.device))
+        # The first layer's input is these embeddings (plus position embeddings in GPT-2-style
+        # models, added after), so a noise corruption's input noise can be added here.
+        target_embeds = _noised(embed(the_plan.target.to(model.device)), the_plan.target_noise)
+        source_embeds = _noised(embed(the_plan.source.to(model.device)), the_plan.source_noise)
     total: dict[Site, Tensor] = {}
     dropped: list[dict[Site, Tensor]] = []
     target_logits = target_values = None
@@ -127,6 +137,10 @@ def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alpha
     if missing := [s for s in the_plan.sites if s not in mean]:
         raise RuntimeError(f"no gradient reached {missing[0]}: the metric does not depend on it through this forward")
     return target_logits, target_values, mean, dropped
+
+
+def _noised(embeds: Tensor, noise: Tensor | None) -> Tensor:
+    return embeds if noise is None else embeds + noise.to(embeds)
 
 
 def _softmax_recomputed_change(model: Model, site: Site, source_qk: dict, target_qk: dict,

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from actpatch import hooks
-from actpatch.engine import checks, collect
-from actpatch.engine.plan import Direction, Positions, SweepPlan, plan
+from actpatch.engine import checks, collect, sources
+from actpatch.engine.plan import Ablation, Direction, Positions, SweepPlan, plan
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site
@@ -67,20 +67,24 @@ def sweep(
     progress: bool | None = None,
     chunk: int | None = None,
     memory_budget: int | None = None,
+    ablation: Ablation | None = None,
+    reference: PromptPairs | None = None,
+    check_baseline: bool = True,
 ) -> xr.DataArray:
     """The reference sweep's result, computed with stacked patches, layer resume and prefix reuse.
 
     `chunk` fixes how many patched copies share a forward; by default it is derived from
     `memory_budget` (bytes, default 1 GiB) and the prompts' size."""
-    the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads, neurons=neurons)
+    the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads,
+                    neurons=neurons, ablation=ablation, reference=reference)
     if the_plan.kind == "pattern":
         with hooks.eager_attention(model):
-            return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget)
-    return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget)
+            return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget, check_baseline)
+    return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget, check_baseline)
 
 
-def _sweep(model, pairs, the_plan: SweepPlan, per_prompt, progress, chunk, memory_budget) -> xr.DataArray:
-    base = collect.baseline(model, pairs)
+def _sweep(model, pairs, the_plan: SweepPlan, per_prompt, progress, chunk, memory_budget, check_baseline) -> xr.DataArray:
+    base = collect.baseline(model, pairs, check=check_baseline)
     rows, self_checks, cost = patched_logits(model, pairs, the_plan, base, lambda logits: collect.row(logits, base, per_prompt=per_prompt),
                                              progress=progress, chunk=chunk, memory_budget=memory_budget)
     result = collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="batched", per_prompt=per_prompt)
@@ -102,20 +106,20 @@ def patched_logits(
     """`reduce(final-position logits)` for each of `the_plan.sites` (any list of one kind's sites),
     the self-check errors, and the work done. Each chunk's logits are reduced as soon as they are
     computed, so memory does not grow with the number of patches."""
-    runner = _Resumer(model, the_plan.target, pairs.positions)
+    runner = _Resumer(model, the_plan.target, pairs.positions, the_plan.target_noise)
 
     def one_patch(values: dict[Site, Tensor]) -> Tensor:
         return runner.run([values])[0]
 
     self_checks = checks.run(model, pairs, the_plan, base, one_patch)
     runner.patch_tokens = 0  # count the sweep's own patches, not the self-checks'
-    cache = hooks.capture(model, the_plan.source, the_plan.sites, positions=pairs.positions)
+    cache = sources.source_values(model, pairs, the_plan, the_plan.sites)
     size = chunk if chunk is not None else _chunk_size(model, pairs, memory_budget or DEFAULT_MEMORY_BUDGET)
     if size < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
     # A patch whose value equals the target's own changes nothing (e.g. where clean and corrupt
     # tokens agree, up to the first differing position): its logits are the target run's, exactly.
-    own = hooks.capture(model, the_plan.target, the_plan.sites, positions=pairs.positions)
+    own = sources.target_values(model, pairs, the_plan, the_plan.sites)
     target_logits = base.corrupt_logits if the_plan.direction == "denoise" else base.clean_logits
     noop = reduce(target_logits)
     reduced: dict[int, Any] = {i: noop for i, s in enumerate(the_plan.sites) if torch.equal(cache[s], own[s])}
@@ -176,8 +180,8 @@ class _Prefix:
 class _Resumer:
     """Runs stacked patched copies of the target run from their entry layer and position."""
 
-    def __init__(self, model: Model, target: Tensor, positions: dict[str, Tensor]):
-        self.model, self.target, self.positions = model, target.to(model.device), positions
+    def __init__(self, model: Model, target: Tensor, positions: dict[str, Tensor], noise: Tensor | None = None):
+        self.model, self.target, self.positions, self.noise = model, target.to(model.device), positions, noise
         self.prefixes: dict[int, _Prefix] = {}
         # Work done, in (decoder layer × prompt × token) calls: recording the target, and patched runs.
         self.recording_tokens = 0
@@ -240,11 +244,14 @@ class _Resumer:
         if start not in self.prefixes:
             hf = self.model.hf
             cache = None
+            # A noise corruption's target run carries its input noise; copies resume from what is recorded here.
+            noise = self.noise
             if start > 0:
                 cache = DynamicCache(config=hf.config)
-                hf(input_ids=self.target[:, :start], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                with hooks.add_to_input(self.model, None if noise is None else noise[:, :start]):
+                    hf(input_ids=self.target[:, :start], past_key_values=cache, use_cache=True, logits_to_keep=1)
             replay = copy.deepcopy(cache) if cache is not None else None
-            with hooks.layer_inputs(self.model) as calls:
+            with hooks.add_to_input(self.model, None if noise is None else noise[:, start:]), hooks.layer_inputs(self.model) as calls:
                 hf(input_ids=self.target[:, start:], past_key_values=replay, use_cache=replay is not None, logits_to_keep=1)
             self.prefixes[start] = _Prefix(cache, calls)
             self.recording_tokens += self.model.dims.n_layers * self.target.numel()  # the two recording forwards

@@ -9,7 +9,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from actpatch import hooks
+from actpatch.engine import sources
 from actpatch.engine.plan import SweepPlan
 from actpatch.metrics import Baseline, logit_diff
 from actpatch.models.model import Model
@@ -33,7 +33,9 @@ def run(
     patched_logits: Callable[[dict[Site, Tensor]], Tensor],
 ) -> dict[str, float]:
     """Run both checks through the engine's own `patched_logits`; return their errors as fractions
-    of the clean−corrupt logit-difference gap, or raise `SelfCheckFailed`."""
+    of the clean−corrupt logit-difference gap, or raise `SelfCheckFailed`.
+
+    An ablation source has no run to compare a full patch with, so only the no-op check runs then."""
     gap = float((baseline.clean_logit_diff - baseline.corrupt_logit_diff).abs().mean())
     scale = gap if gap > 0 else 1.0
     denoise = plan.direction == "denoise"
@@ -41,19 +43,21 @@ def run(
     source_logits = baseline.clean_logits if denoise else baseline.corrupt_logits
     answers, wrong = baseline.answers, baseline.wrong
     site = plan.sites[0]
-    noop = patched_logits(hooks.capture(model, plan.target, [site], positions=pairs.positions))
-    full = patched_logits(hooks.capture(model, plan.source, [Site("resid_pre", 0)]))
+    noop = patched_logits(sources.target_values(model, pairs, plan, [site]))
 
     def error(logits: Tensor, want: Tensor) -> float:
         return float((logit_diff(logits, answers, wrong) - logit_diff(want, answers, wrong)).abs().max()) / scale
 
-    errors = {"noop_patch_error": error(noop, target_logits), "full_patch_error": error(full, source_logits)}
+    errors = {"noop_patch_error": error(noop, target_logits)}
+    if plan.ablation is None:
+        whole_input = Site("resid_pre", 0)
+        errors["full_patch_error"] = error(patched_logits(sources.source_values(model, pairs, plan, [whole_input])), source_logits)
     if errors["noop_patch_error"] > TOLERANCE:
         raise SelfCheckFailed(
             f"patching {site} with the target run's own activation moved the logit difference by "
             f"{errors['noop_patch_error']:.2e} of the clean−corrupt gap; the hook for {site.kind} writes the wrong place."
         )
-    if errors["full_patch_error"] > TOLERANCE:
+    if errors.get("full_patch_error", 0.0) > TOLERANCE:
         raise SelfCheckFailed(
             f"patching the whole source input (resid_pre of layer 0) left the logit difference "
             f"{errors['full_patch_error']:.2e} of the gap away from the source run's; positions or "

@@ -4,25 +4,50 @@ Engines differ only in how they produce patched logits; everything they report g
 so their results are laid out, labelled and provenanced identically."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 import xarray as xr
 
-from actpatch import metrics, results
+from actpatch import hooks, metrics, results
 from actpatch.engine.plan import SweepPlan
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 
+log = logging.getLogger(__name__)
 
-def baseline(model: Model, pairs: PromptPairs) -> metrics.Baseline:
-    """The unpatched clean and corrupt runs: the two ends of every normalised metric."""
-    return metrics.Baseline(
-        clean_logits=model.last_logits(pairs.clean),
-        corrupt_logits=model.last_logits(pairs.corrupt),
-        answers=pairs.answers,
-        wrong=pairs.wrong,
-    )
+
+class BaselineError(ValueError):
+    """The model does not do the task on these prompts, so every normalised number would be noise."""
+
+
+def baseline(model: Model, pairs: PromptPairs, *, check: bool = True) -> metrics.Baseline:
+    """The unpatched clean and corrupt runs: the two ends of every normalised metric.
+
+    With `check`, refuse prompts on which the clean run does not beat the corrupt one: the
+    normalised metric divides by that gap, so a sweep would only measure noise."""
+    with hooks.add_to_input(model, pairs.corrupt_noise):
+        corrupt_logits = model.last_logits(pairs.corrupt)
+    base = metrics.Baseline(model.last_logits(pairs.clean), corrupt_logits, pairs.answers, pairs.wrong)
+    clean, corrupt = float(base.clean_logit_diff.mean()), float(base.corrupt_logit_diff.mean())
+    log.info("baseline logit difference: clean %.3f, corrupt %.3f", clean, corrupt)
+    if check:
+        refuse_unsolved(model.name, clean, corrupt)
+    if check and (failing := int((base.clean_logit_diff <= base.corrupt_logit_diff).sum())) > len(pairs) // 4:
+        log.warning("on %d of %d prompts the clean logit difference is not above the corrupt one", failing, len(pairs))
+    return base
+
+
+def refuse_unsolved(model_name: str, clean: float, corrupt: float) -> None:
+    """Raise `BaselineError` unless the mean clean logit difference is above the corrupt one."""
+    if not clean > corrupt:
+        raise BaselineError(
+            f"{model_name} does not perform the task on these prompts: mean logit difference (answer − wrong) is "
+            f"{clean:.3f} on clean and {corrupt:.3f} on corrupt, and a sweep needs clean above corrupt. Check that "
+            "answers and wrong answers are the right way round and single tokens with their leading space, or pass "
+            "check_baseline=False to sweep anyway (normalised metrics will not mean anything)."
+        )
 
 
 def row(logits: torch.Tensor, base: metrics.Baseline, *, per_prompt: bool) -> dict[str, Any]:
@@ -60,7 +85,9 @@ def finish(
             "engine": engine,
             "attention": model.hf.config._attn_implementation,  # "actpatch_eager" for pattern sweeps
             "n_prompts": len(pairs),
+            "seq_len": pairs.seq_len,
             "corruption": pairs.corruption or "",
+            "source": plan.ablation or ("clean" if plan.direction == "denoise" else "corrupt"),
             "clean_prompts": list(pairs.clean_text or []),
             "corrupt_prompts": list(pairs.corrupt_text or []),
             "baseline_clean": metrics.averaged(base.clean_logits, base),

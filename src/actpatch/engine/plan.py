@@ -4,7 +4,7 @@ Every engine starts from the same plan, so they can only differ in how they run 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Sequence, get_args
 
 from torch import Tensor
 
@@ -15,6 +15,10 @@ from actpatch.sites import KV_KINDS, Pos, Site, SiteError, SiteKind, default_pos
 Direction = Literal["denoise", "noise"]
 DIRECTIONS = ("denoise", "noise")
 Positions = Literal["each", "all"] | Sequence[int | str] | int | str | None
+# Noising sources that are not a second run: the target's own activations, zeroed, averaged over
+# prompts (or over a reference set), or taken from another prompt of the batch (resampled).
+Ablation = Literal["zero", "mean", "resample"]
+ABLATIONS: tuple[str, ...] = get_args(Ablation)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,10 @@ class SweepPlan:
     sites: list[Site]
     source: Tensor  # where patched values come from
     target: Tensor  # the run they are written into
+    source_noise: Tensor | None = None  # added to the first layer's input of the source run (a noise corruption)
+    target_noise: Tensor | None = None
+    ablation: Ablation | None = None  # values are an ablation of the target's own, not the source run's
+    reference: PromptPairs | None = None  # prompts whose clean-run mean is the "mean" ablation
 
 
 def plan(
@@ -39,6 +47,8 @@ def plan(
     positions: Positions,
     heads: Sequence[int] | None,
     neurons: Sequence[int] | None,
+    ablation: Ablation | None = None,
+    reference: PromptPairs | None = None,
 ) -> SweepPlan:
     """Check every argument against the model and prompts, then list the sites in result order."""
     if not isinstance(pairs, PromptPairs):
@@ -59,13 +69,48 @@ def plan(
     for s in sites[:1] + sites[-1:]:  # every site shares kind and ranges; the ends catch range errors
         validate(s, model.arch, model.dims, parallel=parallel)
     source, target = _source_and_target(pairs, direction)
-    return SweepPlan(kind, direction, layers, units, chosen, sites, source, target)
+    noise = _checked_noise(pairs, model)
+    source_noise, target_noise = (noise, None) if direction == "noise" else (None, noise)
+    _check_ablation(ablation, reference, direction, pairs, chosen)
+    return SweepPlan(kind, direction, layers, units, chosen, sites, source, target, source_noise, target_noise, ablation, reference)
 
 
 def _source_and_target(pairs: PromptPairs, direction: Direction) -> tuple[Tensor, Tensor]:
     # Denoising writes clean values into the corrupt run; noising is the reverse.
     # Nothing below this line needs to know which direction it is running.
     return (pairs.clean, pairs.corrupt) if direction == "denoise" else (pairs.corrupt, pairs.clean)
+
+
+def _checked_noise(pairs: PromptPairs, model: Model) -> Tensor | None:
+    noise = pairs.corrupt_noise
+    if noise is not None and noise.shape[-1] != model.dims.d_model:
+        raise ValueError(f"these pairs' embedding noise has width {noise.shape[-1]}, but {model.name} has d_model "
+                         f"{model.dims.d_model}: make the noise with this model (actpatch.noise.gaussian_noise)")
+    return noise
+
+
+def _check_ablation(ablation, reference, direction: Direction, pairs: PromptPairs, chosen: list[Pos]) -> None:
+    if ablation is None:
+        if reference is not None:
+            raise ValueError("reference= is only used by ablation='mean'; drop it or set ablation='mean'")
+        return
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {ABLATIONS} (or None to patch from the other run), got {ablation!r}")
+    if direction != "noise":
+        raise ValueError(f"ablation={ablation!r} knocks a site out of the clean run, which is noising: "
+                         "pass direction='noise' (denoising patches clean values into the corrupt run)")
+    if ablation == "resample" and len(pairs) < 2:
+        raise ValueError("ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts")
+    if reference is not None:
+        if ablation != "mean":
+            raise ValueError(f"reference= sets the prompts averaged by ablation='mean'; ablation={ablation!r} does not use it")
+        if not isinstance(reference, PromptPairs):
+            raise TypeError(f"reference must be PromptPairs (their clean prompts are averaged), got {type(reference).__name__}")
+        if reference.seq_len != pairs.seq_len and any(not isinstance(p, str) for p in chosen):
+            raise ValueError(f"reference prompts have {reference.seq_len} tokens and these have {pairs.seq_len}: a mean at "
+                             "position indices needs equal lengths; sweep named positions present in both, or use same-length prompts")
+        if missing := [p for p in chosen if isinstance(p, str) and p not in reference.positions]:
+            raise ValueError(f"reference prompts lack the named positions {missing}; name them there too")
 
 
 def _in_range(index: int, size: int, what: str, owner: str = "this model has") -> int:

@@ -10,8 +10,8 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from actpatch import hooks
-from actpatch.engine import checks, collect
-from actpatch.engine.plan import Direction, Positions, plan
+from actpatch.engine import checks, collect, sources
+from actpatch.engine.plan import Ablation, Direction, Positions, plan
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 
@@ -29,17 +29,21 @@ def sweep(
     neurons: Sequence[int] | None = None,
     per_prompt: bool = False,
     progress: bool | None = None,
+    ablation: Ablation | None = None,
+    reference: PromptPairs | None = None,
+    check_baseline: bool = True,
 ) -> xr.DataArray:
     """Patch each site of a kind, one forward at a time, and measure every metric."""
-    the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads, neurons=neurons)
-    base = collect.baseline(model, pairs)
+    the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads,
+                    neurons=neurons, ablation=ablation, reference=reference)
+    base = collect.baseline(model, pairs, check=check_baseline)
 
     def patched_logits(values):
-        with hooks.patch(model, values, positions=pairs.positions):
+        with hooks.add_to_input(model, the_plan.target_noise), hooks.patch(model, values, positions=pairs.positions):
             return model.last_logits(the_plan.target)
 
     self_checks = checks.run(model, pairs, the_plan, base, patched_logits)
-    cache = hooks.capture(model, the_plan.source, the_plan.sites, positions=pairs.positions)
+    cache = sources.source_values(model, pairs, the_plan, the_plan.sites)
     rows = []
     for s in tqdm(the_plan.sites, desc=f"{direction} {the_plan.kind}", disable=None if progress is None else not progress):
         rows.append(collect.row(patched_logits({s: cache[s]}), base, per_prompt=per_prompt))

@@ -1,13 +1,15 @@
 """`sweep`: the one entry point for exact patching sweeps; picks the engine and the directions."""
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Literal, Sequence
 
 import xarray as xr
 
-from actpatch.engine import batched, reference
-from actpatch.engine.plan import DIRECTIONS, Direction, Positions
+from actpatch.engine import batched, groups
+from actpatch.engine import reference as reference_engine
+from actpatch.engine.plan import DIRECTIONS, Ablation, Direction, Positions
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 
@@ -19,7 +21,7 @@ ENGINES = ("batched", "reference")
 
 def sweep(
     model: Model,
-    pairs: PromptPairs,
+    pairs: PromptPairs | Sequence[PromptPairs],
     site: str,
     *,
     direction: Direction | Sequence[Direction] = "denoise",
@@ -32,6 +34,9 @@ def sweep(
     chunk: int | None = None,
     memory_budget: int | None = None,
     progress: bool | None = None,
+    ablation: Ablation | None = None,
+    reference: PromptPairs | None = None,
+    check_baseline: bool = True,
 ) -> xr.DataArray:
     """Patch every site of one kind and measure every metric: a labelled `metric × layer × ...` result.
 
@@ -39,18 +44,27 @@ def sweep(
     *sufficient* to restore the answer); `"noise"` writes corrupt ones into the clean run (which are
     *necessary*); a list of both adds a `direction` dimension. `positions`: "each" (one patch per
     position; the default for residual sites), "all" (every position in one patch; the default for
-    per-head and neuron sites), or a list of indices and named positions. `engine="reference"`
+    per-head and neuron sites), or a list of indices and named positions. `pairs` may be a list of
+    PromptPairs of different token lengths (`PromptPairs.groups_from_strings`): each is swept and
+    the results pooled exactly, at named positions. `engine="reference"`
     patches one site per plain forward, the oracle the default "batched" engine is tested against.
-    `progress=None` shows a bar only on a terminal."""
+    `ablation` (noising only) patches the clean run's own activations knocked out instead of the
+    corrupt run's: "zero", "mean" (over the prompts, or over `reference` prompts' clean runs), or
+    "resample" (each prompt takes another prompt's value). Before sweeping, the clean run must beat
+    the corrupt one on the logit difference, or every normalised number is noise: the sweep refuses
+    (`BaselineError`) unless `check_baseline=False`. `progress=None` shows a bar only on a terminal."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    options = dict(layers=layers, positions=positions, heads=heads, neurons=neurons, per_prompt=per_prompt, progress=progress)
+    options = dict(layers=layers, positions=positions, heads=heads, neurons=neurons, per_prompt=per_prompt, progress=progress,
+                   ablation=ablation, reference=reference, check_baseline=check_baseline)
     if engine == "batched":
         options.update(chunk=chunk, memory_budget=memory_budget)
     if engine == "batched" and (reason := batched.unsupported(model)):
         log.warning("the batched engine's shortcuts are not proven for this model (%s); using the reference engine", reason)
         engine, options = "reference", {k: v for k, v in options.items() if k not in ("chunk", "memory_budget")}
-    run = batched.sweep if engine == "batched" else reference.sweep
+    run = batched.sweep if engine == "batched" else reference_engine.sweep
+    if not isinstance(pairs, PromptPairs):
+        run, pairs = functools.partial(groups.sweep_groups, run), list(pairs)
     if isinstance(direction, str):
         return run(model, pairs, site, direction=direction, **options)
     directions = list(direction)

@@ -4,6 +4,7 @@ Attribution patching is cheap and wrong in known ways (saturated attention, canc
 estimate should never be read without this check beside it."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 import xarray as xr
 
 from actpatch.engine import batched, collect
-from actpatch.engine.plan import SweepPlan, plan
+from actpatch.engine.plan import ABLATIONS, plan
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site, unit_dim
@@ -79,10 +80,10 @@ def _exact(model: Model, pairs: PromptPairs, estimate: xr.DataArray, sites: list
     layers = sorted({s.layer for s in sites})
     template = plan(model, pairs, estimate.attrs["site"], direction=direction, layers=layers,
                     positions=[s.pos for s in sites[:1]] if sites[0].pos is not None else "all", heads=None,
-                    neurons=[s.neuron for s in sites[:1]] if sites[0].neuron is not None else None)
-    the_plan = SweepPlan(template.kind, direction, template.layers, template.units, template.positions, sites,
-                         template.source, template.target)
-    base = collect.baseline(model, pairs)
+                    neurons=[s.neuron for s in sites[:1]] if sites[0].neuron is not None else None,
+                    ablation=estimate.attrs.get("source") if estimate.attrs.get("source") in ABLATIONS else None)
+    the_plan = dataclasses.replace(template, sites=sites)
+    base = collect.baseline(model, pairs, check=False)  # the estimate's own call already checked it
     with torch.no_grad():
         values, _, _ = batched.patched_logits(model, pairs, the_plan, base, lambda logits: collect.row(logits, base, per_prompt=False)[metric])
     return values

@@ -1,0 +1,87 @@
+"""Sweeps over prompts of different token lengths: one sweep per length group, combined exactly.
+
+A batch needs one length, and padding would shift positions (or need masks that patching must
+then respect), so prompts are grouped by length instead and the groups are swept at *named*
+positions (`S2`, `END`), which mean the same role in every group. Combining is exact: every
+metric is a mean over prompts, and the normalised logit difference is recomputed from the pooled
+means, as one batch of all prompts would give."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import xarray as xr
+
+from actpatch.engine import collect
+from actpatch.metrics import METRICS
+from actpatch.models.model import Model
+from actpatch.pairs import PromptPairs
+from actpatch.sites import SiteError, default_positions, parse_kind
+
+
+def sweep_groups(
+    run: Callable[..., xr.DataArray],
+    model: Model,
+    groups: Sequence[PromptPairs],
+    site: str,
+    *,
+    direction: str,
+    per_prompt: bool = False,
+    check_baseline: bool = True,
+    **options: Any,
+) -> xr.DataArray:
+    """`run` (an engine's sweep) on each group, laid out as one sweep over all their prompts."""
+    groups = list(groups) if isinstance(groups, (list, tuple)) else [groups]
+    if not groups or not all(isinstance(g, PromptPairs) for g in groups):
+        got = type(groups[0]).__name__ if groups else "an empty list"
+        raise TypeError(f"pairs must be PromptPairs, or a non-empty list of them (one per token length); got {got}")
+    positions = options.pop("positions", None)
+    positions = default_positions(parse_kind(site)[0]) if positions is None else positions
+    if len(groups) > 1:
+        _check_named(positions)
+    bases = [collect.baseline(model, g, check=False) for g in groups]
+    total = sum(len(g) for g in groups)
+    clean = sum(float(b.clean_logit_diff.sum()) for b in bases) / total
+    corrupt = sum(float(b.corrupt_logit_diff.sum()) for b in bases) / total
+    if check_baseline:
+        collect.refuse_unsolved(model.name, clean, corrupt)
+    parts = [run(model, g, site, direction=direction, positions=positions, per_prompt=True, check_baseline=False, **options)
+             for g in groups]
+    # Token labels on `pos` are the first group's; each group's own prompts are in the provenance.
+    pooled = xr.concat(parts, dim="batch", coords="minimal", compat="override", combine_attrs="override")
+    pooled = pooled.assign_coords(batch=list(range(total)))
+    pooled.attrs.update(_pooled_attrs(parts, [len(g) for g in groups]))
+    if per_prompt:
+        return pooled
+    averaged = pooled.mean("batch", keep_attrs=True)
+    averaged.loc[{"metric": "norm_logit_diff"}] = (averaged.sel(metric="logit_diff") - corrupt) / (clean - corrupt)
+    return averaged.transpose("metric", ...)
+
+
+def _check_named(positions) -> None:
+    listed = [positions] if isinstance(positions, (str, int)) else positions
+    if positions == "each" or (positions != "all" and any(not isinstance(p, str) for p in listed)):
+        raise SiteError(
+            f"positions={positions!r}: in prompts of different lengths an index means a different token in each group; "
+            "sweep named positions (e.g. positions=['S2', 'END']) or 'all'"
+        )
+
+
+def _pooled_attrs(parts: list[xr.DataArray], sizes: list[int]) -> dict[str, Any]:
+    total = sum(sizes)
+
+    def weighted(key: str) -> dict[str, float]:
+        return {m: sum(p.attrs[key][m] * n for p, n in zip(parts, sizes)) / total for m in METRICS}
+
+    checks = [p.attrs["self_checks"] for p in parts]
+    cost = [p.attrs.get("cost", {}) for p in parts]
+    return {
+        "n_prompts": total,
+        "group_sizes": sizes,
+        "group_lengths": [int(p.attrs.get("seq_len", 0)) for p in parts],
+        "baseline_clean": weighted("baseline_clean"),
+        "baseline_corrupt": weighted("baseline_corrupt"),
+        "self_checks": {k: max(c[k] for c in checks) for k in checks[0]},
+        "clean_prompts": [t for p in parts for t in p.attrs["clean_prompts"]],
+        "corrupt_prompts": [t for p in parts for t in p.attrs["corrupt_prompts"]],
+        "cost": {k: sum(c.get(k, 0) for c in cost) for k in ("patches", "forward_equivalents")},
+    }
