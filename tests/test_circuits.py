@@ -321,3 +321,25 @@ def test_an_error_inside_a_circuit_run_leaves_no_hooks(monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         ap.evaluate_circuit(model, pairs, everything[:5], components=everything)
     assert calls and ap.attached_hooks(model) == 0
+
+
+# --- the real model ---------------------------------------------------------------------------------
+
+@pytest.mark.smollm
+def test_the_core_of_the_ioi_circuit_example_on_smollm(smollm):
+    """The example's steps on a short list of heads (the strongest of its head sweep)."""
+    pairs = ap.ioi_pairs(smollm, n=4)
+    heads = components(smollm, mlps=False, embed=False)
+    top = [ap.Site("head", 23, head=3), ap.Site("head", 23, head=2), ap.Site("head", 29, head=1)]
+    frontier = ap.pareto_frontier(smollm, pairs, top, components=heads, sizes=[0, 1, 3])
+    curve = frontier.sel(metric="norm_logit_diff")
+    # The final token is " to" in both prompts and only heads move information between positions,
+    # so with every head at its corrupt value the clean prompt's run is the corrupt run, exactly.
+    assert curve.sel(size=0).item() == pytest.approx(0.0, abs=1e-6)
+    assert curve.sel(size=1).item() > 0.3  # one head carries a large share on its own
+    assert score(ap.evaluate_circuit(smollm, pairs, heads)) == pytest.approx(1.0, abs=1e-6)
+    table = ap.minimality(smollm, pairs, top, components=heads)
+    assert table.loc[str(top[0]), "drop"] > 0.3 and not table.loc[str(top[0]), "passenger"]
+    report = ap.backup(smollm, pairs, top[0], candidates=[ap.Site("head", 29, head=h) for h in (0, 1)] + [ap.Site("mlp_out", 29)])
+    assert report.attrs["ablated_effect"] > 0.3 and len(report) == 3
+    assert ap.attached_hooks(smollm) == 0
