@@ -73,3 +73,21 @@ def test_mixed_length_ioi_is_grouped_and_padding_side_changes_nothing(smollm):
     xr.testing.assert_identical(results[0], results[1])
     # The last layer's output at the final position is all the unembedding reads: the clean answer, exactly.
     assert results[0].sel(metric="norm_logit_diff", layer=29, pos="END").item() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.smollm
+def test_ioi_groups_use_every_template_with_names_at_their_positions(smollm):
+    groups = ap.tasks.ioi_groups(smollm, n=28, corruption="s2")
+    assert len(groups) > 1 and sum(len(g) for g in groups) == 28
+    texts = [t for g in groups for t in g.clean_text]
+    from actpatch.tasks.ioi import TEMPLATES
+    assert len({t.split(",")[0].split(" ")[0] + str(len(t)) for t in texts}) > 4  # many templates, not one length's few
+    for g in groups:
+        for i in range(len(g)):
+            words = {name: smollm.token_strings(g.clean[i, g.positions[name][i]:][:1])[0] for name in ("S1", "IO", "S2")}
+            assert words["S1"] == words["S2"] == smollm.token_strings(g.wrong[i:i + 1])[0]
+            assert words["IO"] == smollm.token_strings(g.answers[i:i + 1])[0]
+            assert g.clean[i, g.positions["S1"][i]] == g.corrupt[i, g.positions["S1"][i]]  # s2 leaves S1 alone
+    assert len(TEMPLATES) >= 10
+    result = ap.sweep(smollm, groups, "resid_pre", positions=["S1", "S2", "END"], layers=[2])
+    assert result.attrs["n_prompts"] == 28 and result.sizes["pos"] == 3

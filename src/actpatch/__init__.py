@@ -6,6 +6,7 @@
     res = ap.sweep(model, pairs, "resid_pre", direction="denoise")
     res.sel(metric="norm_logit_diff")           # layer × pos, tokens as coordinates
 """
+from actpatch.corrupt import symmetric_token_replacement
 from actpatch.engine.attribution import attribute
 from actpatch.engine.collect import BaselineError
 from actpatch.engine.sweep import sweep
@@ -24,7 +25,7 @@ from actpatch import tasks
 from actpatch.tasks.ioi import ioi_pairs
 
 __all__ = [
-    "METRICS", "SITE_KINDS", "Baseline", "BaselineError", "gaussian_noise", "Verification", "attribute", "verify", "Model", "PairsError", "PatchNotApplied", "PatchShapeError",
+    "METRICS", "SITE_KINDS", "Baseline", "BaselineError", "gaussian_noise", "symmetric_token_replacement", "Verification", "attribute", "verify", "Model", "PairsError", "PatchNotApplied", "PatchShapeError",
     "PromptPairs", "Site", "SiteError", "UnsupportedArchitecture", "attached_hooks", "capture",
     "ioi_pairs", "tasks", "load", "load_model", "patch", "save", "sweep", "sweep_corruptions",
 ]

@@ -234,6 +234,7 @@ def _replace_in_pairs(model, pairs: PromptPairs, position, first, candidates, wr
         corrupt_text=tuple(r.text for r in chosen),
         wrong=torch.tensor(wrong_ids),
         corruption=corruption,
+        corrupt_noise=None,  # the corrupt run is these tokens now, not the clean run plus noise
     )
 
 

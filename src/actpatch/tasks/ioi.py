@@ -66,7 +66,30 @@ def ioi(
     templates of the most common length for this tokenizer are used (logged), or `templates`.
     Mixed orders and templates put a role at different indices in different prompts: sweep them
     at named positions (`positions=["S1", "IO", "S2", "END"]`). For a sweep over every position,
-    use `order="abba", templates=CLASSIC`."""
+    use `order="abba", templates=CLASSIC`; for every template, `ioi_groups`."""
+    strings = _prompts(model, n, corruption=corruption, seed=seed, order=order, templates=templates, one_length=True)
+    return PromptPairs.from_strings(model, *strings[:4], positions=strings[4], corruption=strings[5])
+
+
+def ioi_groups(
+    model: Model,
+    n: int = 32,
+    *,
+    corruption: str = "abc",
+    seed: int = 0,
+    order: Literal["mixed", "abba", "baba"] = "mixed",
+    templates: Sequence[str] | None = None,
+) -> list[PromptPairs]:
+    """`n` IOI prompt pairs from every template, as one PromptPairs per token length.
+
+    `ap.sweep(model, ioi_groups(model), site, positions=["S2", "END"])` sweeps them all and pools
+    the groups exactly; use it when the templates of one length are too few for the variety you want."""
+    strings = _prompts(model, n, corruption=corruption, seed=seed, order=order, templates=templates, one_length=False)
+    return PromptPairs.groups_from_strings(model, *strings[:4], positions=strings[4], corruption=strings[5])
+
+
+def _prompts(model: Model, n: int, *, corruption: str, seed: int, order: str, templates: Sequence[str] | None, one_length: bool):
+    """Clean and corrupt texts, answers, wrong answers, named positions and the corruption's name."""
     if order not in ("mixed", "abba", "baba"):
         raise PairsError(f"order must be 'mixed', 'abba' or 'baba', got {order!r}")
     if not isinstance(n, int) or n < 1:
@@ -76,7 +99,9 @@ def ioi(
     if len(names) < 6 or not places or not objects:
         raise PairsError(f"too few IOI words are single tokens for {model.name}: {len(names)} names, "
                          f"{len(places)} places, {len(objects)} objects")
-    templates = _templates_of_one_length(model, templates or TEMPLATES, names[0], places[0], objects[0])
+    templates = list(templates or TEMPLATES)
+    if one_length:
+        templates = _templates_of_one_length(model, templates, names[0], places[0], objects[0])
     rng = random.Random(seed)
     clean, corrupt = [], []
     for i in range(n):
@@ -88,15 +113,8 @@ def ioi(
         corrupt.append(scheme.corrupt(prompt, names, rng))
     positions = {name: [_position(model, p, name) for p in clean] for name in ("S1", "IO", "S2")}
     positions["END"] = [len(model.tokenizer(p.text)["input_ids"]) - 1 for p in clean]
-    return PromptPairs.from_strings(
-        model,
-        [p.text for p in clean],
-        [p.text for p in corrupt],
-        [" " + p.indirect for p in clean],
-        [" " + p.subject for p in clean],
-        positions=positions,
-        corruption=scheme.name,
-    )
+    return ([p.text for p in clean], [p.text for p in corrupt], [" " + p.indirect for p in clean],
+            [" " + p.subject for p in clean], positions, scheme.name)
 
 
 def _single_tokens(model: Model, words: tuple[str, ...]) -> list[str]:
@@ -125,4 +143,4 @@ def ioi_pairs(model: Model, n: int = 8, *, seed: int = 0) -> PromptPairs:
     return ioi(model, n, corruption="abc", seed=seed, order="abba", templates=CLASSIC)
 
 
-__all__ = ["CLASSIC", "IOI_CORRUPTIONS", "TEMPLATES", "ioi", "ioi_pairs"]
+__all__ = ["CLASSIC", "IOI_CORRUPTIONS", "TEMPLATES", "ioi", "ioi_groups", "ioi_pairs"]
