@@ -48,17 +48,26 @@ def test_a_circuit_is_the_clean_run_with_everything_else_patched_from_the_corrup
     xr.testing.assert_allclose(noised.drop_attrs(), got.drop_attrs(), atol=1e-9)
 
 
-def test_mean_ablation_writes_the_clean_mean_over_prompts():
+ABLATED = {
+    "mean": lambda v: v.mean(0, keepdim=True).expand_as(v),
+    "zero": torch.zeros_like,
+    "resample": lambda v: v[torch.tensor([2, 0, 1])],  # what engine/sources.py's seeded derangement gives for 3 prompts
+}
+
+
+@pytest.mark.parametrize("ablation", ABLATED)
+def test_other_ablations_write_what_sweeps_write(ablation):
     model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
     heads = components(model, mlps=False, embed=False)
     circuit = heads[:3]
     clean = hooks.capture(model, pairs.clean, heads[3:])
-    with hooks.patch(model, {s: v.mean(0, keepdim=True).expand_as(v) for s, v in clean.items()}):
+    with hooks.patch(model, {s: ABLATED[ablation](v) for s, v in clean.items()}):
         logits = model.last_logits(pairs.clean)
     base = ap.Baseline(model.last_logits(pairs.clean), model.last_logits(pairs.corrupt), pairs.answers, pairs.wrong)
-    got = ap.evaluate_circuit(model, pairs, circuit, ablation="mean")
+    got = ap.evaluate_circuit(model, pairs, circuit, ablation=ablation)
     assert score(got) == pytest.approx(ap.metrics.averaged(logits, base)["norm_logit_diff"], abs=1e-6)
-    assert got.attrs["ablation"] == "mean"
+    assert got.attrs["ablation"] == ablation
+    assert abs(score(got) - score(ap.evaluate_circuit(model, pairs, circuit))) > 1e-3
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
@@ -282,7 +291,7 @@ BAD = [
     (lambda m, p: ap.evaluate_circuit(m, p, []), "an empty circuit needs components="),
     (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("mlp_out", 0)], components=[ap.Site("head", 0, head=0)]),
      "not among the components ablated around it"),
-    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("head", 0, head=0)], ablation="zero"), "ablation must be None"),
+    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("head", 0, head=0)], ablation="corrupt"), "ablation must be one of"),
     (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("head", 0, head=0)], direction="up"), "direction must be one of"),
     (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("head", 0, head=7)]), "head 7 is out of range"),
     (lambda m, p: ap.pareto_frontier(m, p, ap.sweep(m, p, "head", direction=["denoise", "noise"])), "pick one first"),

@@ -49,7 +49,7 @@ def backup(
     candidate ablated too, measured with everything downstream recomputing (`effect="total"`) or
     along its path to the logits only, every other head and MLP frozen (`"direct"`, by path
     patching). Candidates default to every head and MLP that reads after `component` writes.
-    Ablation is to the corrupt run's value (or the clean mean, `ablation="mean"`). The table's
+    Ablation is to the corrupt run's value (or `ablation=` "mean", "zero", "resample" as in sweeps). The table's
     `attrs` hold the ablated component and its own effect. Two runs per candidate; total effects
     resume each run at the candidate's layer (`resume=False` runs every forward in full, the
     plain path the resumed one is tested against)."""

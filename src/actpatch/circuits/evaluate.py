@@ -15,7 +15,7 @@ denoising its complement. Components outside `components` are never touched in e
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 import xarray as xr
@@ -25,13 +25,14 @@ from actpatch import hooks, metrics
 from actpatch.circuits.components import checked, default_universe, whole
 from actpatch.engine import collect
 from actpatch.engine.paths import Run, inputs
-from actpatch.engine.plan import DIRECTIONS, Direction
+from actpatch.engine.plan import ABLATIONS, DIRECTIONS, Direction
+from actpatch.engine.plan import Ablation as PlanAblation
+from actpatch.engine.sources import RESAMPLE_SEED, derangement
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site, SiteError
 
-Ablation = Literal["mean"] | None
-ABLATIONS = (None, "mean")
+Ablation = PlanAblation | None  # None: each prompt's corrupt-run value
 
 
 def evaluate(
@@ -50,8 +51,9 @@ def evaluate(
     the circuit (default: every component of the kinds the circuit holds, so a circuit of heads
     is weighed against all heads while MLPs and embeddings run untouched; pass
     `actpatch.circuits.components(model)` to ablate everything else too). `ablation=None` takes
-    each prompt's corrupt-run value; `"mean"` the clean-run value averaged over the prompts,
-    position by position (use prompts whose roles sit at the same indices, e.g. `ioi_pairs`).
+    each prompt's corrupt-run value; as in sweeps, `"mean"` the clean-run value averaged over the
+    prompts position by position (use prompts whose roles sit at the same indices, e.g.
+    `ioi_pairs`), `"zero"` zeros, `"resample"` another prompt's clean-run value.
 
         ap.evaluate_circuit(model, pairs, [ap.Site("head", 9, head=6), ap.Site("head", 10, head=0)])
     """
@@ -64,8 +66,10 @@ class Ablator:
     """Runs the clean prompt with chosen components ablated; the ablation values are captured once."""
 
     def __init__(self, model: Model, pairs: PromptPairs, universe: Sequence[Site], ablation: Ablation = None):
-        if ablation not in ABLATIONS:
-            raise ValueError(f"ablation must be None (the corrupt run's values) or 'mean', got {ablation!r}")
+        if ablation is not None and ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {ABLATIONS} or None (the corrupt run's values), got {ablation!r}")
+        if ablation == "resample" and len(pairs) < 2:
+            raise ValueError("ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts")
         self.model, self.pairs, self.ablation = model, pairs, ablation
         self.universe = checked(model, universe, "components")
         if at_positions := [s for s in self.universe if s.pos is not None]:
@@ -75,8 +79,7 @@ class Ablator:
                 with inputs(model, Run(pairs.corrupt, pairs.corrupt_noise)) as tokens:
                     self.off = hooks.capture(model, tokens, self.universe, positions=pairs.positions)
             else:
-                clean = hooks.capture(model, pairs.clean, self.universe, positions=pairs.positions)
-                self.off = {s: v.mean(0, keepdim=True).expand_as(v).clone() for s, v in clean.items()}
+                self.off = _ablated(hooks.capture(model, pairs.clean, self.universe, positions=pairs.positions), ablation)
             self.base = collect.baseline(model, pairs)
 
     def result(self, circuit: Sequence[Site], direction: Direction) -> xr.DataArray:
@@ -131,6 +134,16 @@ class Ablator:
     def ablated(self, component: Site) -> dict[Site, Tensor]:
         """Patches that ablate one component (at its position, or everywhere)."""
         return at_positions(whole(component), self.off[whole(component)], [component.pos], self.pairs.positions)
+
+
+def _ablated(clean: dict[Site, Tensor], ablation: str) -> dict[Site, Tensor]:
+    """The clean run's values ablated as sweeps ablate them (`engine/sources.py`)."""
+    if ablation == "zero":
+        return {s: torch.zeros_like(v) for s, v in clean.items()}
+    if ablation == "resample":
+        order = derangement(next(iter(clean.values())).shape[0], RESAMPLE_SEED)
+        return {s: v[order] for s, v in clean.items()}
+    return {s: v.mean(0, keepdim=True).expand_as(v).clone() for s, v in clean.items()}
 
 
 def at_positions(component: Site, value: Tensor, where: list, positions) -> dict[Site, Tensor]:
