@@ -1,4 +1,6 @@
 """Circuits: evaluation at its exact ends, the frontier, and the guards on models built to need them."""
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ import xarray as xr
 import actpatch as ap
 from actpatch import hooks
 from actpatch.circuits import EMBED, components
+from actpatch.engine import collect
 from actpatch.sites import SiteError
 from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
 
@@ -28,6 +31,17 @@ def test_the_whole_model_is_clean_and_the_empty_circuit_is_corrupt(family):
     assert score(ap.evaluate_circuit(model, pairs, everything, direction="noise")) == pytest.approx(0.0, abs=1e-6)
     assert score(ap.evaluate_circuit(model, pairs, [], direction="noise", components=everything)) == pytest.approx(1.0, abs=1e-6)
     assert ap.attached_hooks(model) == 0
+
+
+def test_under_a_noise_corruption_the_empty_circuit_is_the_noisy_run():
+    model = tiny_model("llama")
+    pairs = ap.gaussian_noise(model, tiny_pairs(), "all")
+    base = collect.baseline(model, pairs, check=False)
+    shift = base.clean_logits - base.corrupt_logits
+    pairs = dataclasses.replace(pairs, answers=shift.argmax(-1), wrong=shift.argmin(-1))
+    everything = components(model)
+    assert score(ap.evaluate_circuit(model, pairs, [], components=everything)) == pytest.approx(0.0, abs=1e-6)
+    assert score(ap.evaluate_circuit(model, pairs, everything)) == pytest.approx(1.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])

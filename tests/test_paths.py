@@ -1,4 +1,6 @@
 """Path patching against the reference engine and against the algorithm written out by hand."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ import xarray as xr
 
 import actpatch as ap
 from actpatch import hooks
-from actpatch.engine import paths
+from actpatch.engine import collect, paths
 from actpatch.sites import SiteError
 from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
 
@@ -37,6 +39,26 @@ def test_paths_to_every_receiver_are_the_sender_patched_outright(family, directi
         untouched = 0.0 if direction == "denoise" else 1.0
         assert abs(got.sel(metric="norm_logit_diff").item() - untouched) > 1e-3, f"{sender} moved nothing: a vacuous check"
     assert ap.attached_hooks(model) == 0
+
+
+def noise_pairs(model):
+    """A Gaussian-noise corruption of tiny pairs, with answers the noisy run moves most."""
+    pairs = ap.gaussian_noise(model, tiny_pairs(), [1, 3])
+    base = collect.baseline(model, pairs, check=False)
+    shift = base.clean_logits - base.corrupt_logits
+    return dataclasses.replace(pairs, answers=shift.argmax(-1), wrong=shift.argmin(-1))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_noise_corruption_reaches_every_run_of_a_path_patch(family):
+    model = tiny_model(family)
+    pairs = noise_pairs(model)
+    for direction in ("denoise", "noise"):
+        sender = ap.Site("head", 0, head=1)
+        want = direct_patch(model, pairs, sender, direction)
+        got = ap.patch_paths(model, pairs, sender, ap.all_receivers(model, sender), direction=direction)
+        np.testing.assert_allclose(got.values, want.values, atol=1e-5, rtol=1e-5)
+        assert abs(got.sel(metric="norm_logit_diff").item() - (0.0 if direction == "denoise" else 1.0)) > 1e-3
 
 
 def test_every_receiver_means_every_later_input_the_mlps_and_the_logits():
