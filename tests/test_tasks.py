@@ -36,6 +36,7 @@ def test_named_positions_point_at_the_names_in_both_orders(model):
         assert decode(pairs.clean[row, at["IO"]]) == decode(pairs.answers[row])
         assert decode(pairs.clean[row, at["S1"]]) == decode(pairs.clean[row, at["S2"]]) == decode(pairs.wrong[row])
         assert at["END"] == pairs.seq_len - 1
+        assert decode(pairs.clean[row, pairs.positions["VERB"][row]]) in {"gave", "decided", "wanted", "handed", "passed"}
         orders.add(at["S1"] < at["IO"])
     assert orders == {True, False}  # ABBA and BABA both present
 

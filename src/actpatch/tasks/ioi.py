@@ -4,7 +4,8 @@ gave a drink to" -> " Mary".
 Prompts come from templates in both name orders (ABBA: subject first; BABA: indirect object
 first), with names, places and objects kept only where they are single tokens of the model's
 tokenizer. The corruption (see `actpatch.corrupt`) decides what a sweep traces. Named positions,
-per prompt: S1 and IO (first mentions), S2 (the repeated subject), END (the last token).
+per prompt: S1 and IO (first mentions), S2 (the repeated subject), VERB (the token after S2:
+"gave", "decided", ...), END (the last token).
 """
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ def _prompts(model: Model, n: int, *, corruption: str, seed: int, order: str, te
         clean.append(prompt)
         corrupt.append(scheme.corrupt(prompt, names, rng))
     positions = {name: [_position(model, p, name) for p in clean] for name in ("S1", "IO", "S2")}
+    positions["VERB"] = [s2 + 1 for s2 in positions["S2"]]  # every template follows S2 with its verb
     positions["END"] = [len(model.tokenizer(p.text)["input_ids"]) - 1 for p in clean]
     return ([p.text for p in clean], [p.text for p in corrupt], [" " + p.indirect for p in clean],
             [" " + p.subject for p in clean], positions, scheme.name)
