@@ -73,7 +73,7 @@ def test_every_receiver_means_every_later_input_the_mlps_and_the_logits():
 
 def by_hand_direct_effect(model, pairs, sender):
     """Unembed(target final residual − sender's target output + its source output), at the last position."""
-    whole = paths._whole(sender)
+    whole = ap.Site(sender.kind, sender.layer, head=sender.head)
     final = ap.Site("resid_post", model.dims.n_layers - 1)
     source = hooks.capture(model, pairs.clean, [whole])[whole]
     target = hooks.capture(model, pairs.corrupt, [whole, final])
@@ -161,7 +161,7 @@ def test_a_path_sweep_matches_one_path_patch_at_a_time(family):
                         sender = ap.Site(site, int(layer), head=None if unit is None else int(unit), pos=pos)
                         where = dict(layer=layer, **({"head": unit} if unit is not None else {}), **({"pos": str(pos)} if pos is not None else {}))
                         got = swept.sel(**where)
-                        reached = [r for r in receivers if paths._reads_after(model, r, sender)]
+                        reached = [r for r in receivers if paths.read_stage(model, r) > paths.write_stage(model, sender)]
                         if not reached:
                             assert np.isnan(got.values).all()
                             continue

@@ -66,10 +66,6 @@ def default_universe(model: Model, sites: Sequence[Site]) -> list[Site]:
     return components(model, heads="head" in kinds, mlps="mlp_out" in kinds, embed="resid_pre" in kinds)
 
 
-def label(site: Site) -> str:
-    return str(site)
-
-
 def sites_of(result: xr.DataArray, metric: str) -> tuple[list[Site], np.ndarray]:
     """The components a sweep (or attribution) result covers, and their values of `metric`, flat.
 

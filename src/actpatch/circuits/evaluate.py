@@ -24,7 +24,7 @@ from torch import Tensor
 from actpatch import hooks, metrics
 from actpatch.circuits.components import checked, default_universe, whole
 from actpatch.engine import collect
-from actpatch.engine.paths import Run, inputs
+from actpatch.engine.paths import Run, forward_inputs
 from actpatch.engine.plan import ABLATIONS, DIRECTIONS, Direction
 from actpatch.engine.plan import Ablation as PlanAblation
 from actpatch.engine.sources import RESAMPLE_SEED, derangement
@@ -76,7 +76,7 @@ class Ablator:
             raise SiteError(f"components are whole components (every position); got {at_positions[0]}")
         with torch.no_grad():
             if ablation is None:
-                with inputs(model, Run(pairs.corrupt, pairs.corrupt_noise)) as tokens:
+                with forward_inputs(model, Run(pairs.corrupt, pairs.corrupt_noise)) as tokens:
                     self.off = hooks.capture(model, tokens, self.universe, positions=pairs.positions)
             else:
                 self.off = _ablated(hooks.capture(model, pairs.clean, self.universe, positions=pairs.positions), ablation)

@@ -108,14 +108,14 @@ def sweep_paths(
         raise SiteError(f"path patching sends from {SENDER_KINDS}, got {site!r}")
     the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads, neurons=None)
     runs = _runs(pairs, direction)
-    every = Paths(model, [], receivers, check_reach=False)
+    every = Paths(model, [], receivers, require_receivers=False)
     source = _capture(model, runs.source, sorted({_whole(s) for s in the_plan.sites}, key=_order), pairs.positions)
     base = collect.baseline(model, pairs)
     rows = []
     with torch.no_grad():
         target = Target(model, runs.target, pairs.positions, every.needed_target_sites())
         for s in tqdm(the_plan.sites, desc=f"paths from {site}", disable=None if progress is None else not progress):
-            paths = Paths(model, [s], [r for r in every.receivers if _reads_after(model, r, s)], check_reach=False)
+            paths = Paths(model, [s], [r for r in every.receivers if _reads_after(model, r, s)], require_receivers=False)
             if not paths.receivers:
                 rows.append(dict.fromkeys(metrics.METRICS, float("nan")))
                 continue
@@ -166,14 +166,14 @@ def _runs(pairs: PromptPairs, direction: Direction) -> _Runs:
 
 
 @contextmanager
-def inputs(model: Model, run: Run) -> Iterator[Tensor]:
+def forward_inputs(model: Model, run: Run) -> Iterator[Tensor]:
     """The block's forwards get `run`'s input noise; yields its tokens. Enter it before any patch."""
     with hooks.add_to_input(model, run.noise):
         yield run.tokens
 
 
 def _capture(model: Model, run: Run, sites: Sequence[Site], positions) -> dict[Site, Tensor]:
-    with inputs(model, run) as tokens:
+    with forward_inputs(model, run) as tokens:
         return hooks.capture(model, tokens, sites, positions=positions)
 
 
@@ -218,7 +218,7 @@ class Paths:
     model: Model
     senders: list[Site]
     receivers: list[Receiver]
-    check_reach: bool = True
+    require_receivers: bool = True
     # full-position receiver input site -> the positions it receives at (None: all)
     inputs: dict[Site, list] = field(init=False)
     stages: list[int] = field(init=False)
@@ -243,7 +243,7 @@ class Paths:
             if r not in checked:
                 checked.append(r)
         self.receivers = checked
-        if not self.receivers and self.check_reach:
+        if not self.receivers and self.require_receivers:
             raise SiteError("no receivers given: pass e.g. ['logits'] or ap.all_receivers(model, sender)")
         self.senders = [Site(s.kind, s.layer % model.dims.n_layers, s.head, None, s.pos) for s in self.senders]
         self.inputs = {}
@@ -294,7 +294,7 @@ class Target:
         knocked out); they apply in every run, its captured values included."""
         self.model, self.run, self.positions = model, run, positions
         self.base = dict(base or {})
-        with inputs(model, run) as tokens, hooks.patch(model, self.base, positions=positions):
+        with forward_inputs(model, run) as tokens, hooks.patch(model, self.base, positions=positions):
             self.values = hooks.capture(model, tokens, list(sites), positions=positions)
 
     def logits(self, sender_values: Mapping[Site, Tensor], paths: Paths) -> Tensor:
@@ -312,7 +312,7 @@ class Target:
             patches = self._frozen(senders, earliest, receiving, paths, recorded, before=stage)
             recording = [r for r in paths.inputs if read_stage(self.model, r) == stage]
             patches = {s: v for s, v in patches.items() if s not in recording}  # recorded MLPs run live
-            with inputs(self.model, self.run) as tokens, hooks.patch(self.model, {**patches, **self.base}, positions=self.positions):
+            with forward_inputs(self.model, self.run) as tokens, hooks.patch(self.model, {**patches, **self.base}, positions=self.positions):
                 if stage == 2 * self.model.dims.n_layers:
                     final = self.model.last_logits(tokens)
                 else:
@@ -320,7 +320,7 @@ class Target:
         if final is not None:
             return final
         patches = {s: self._received(s, paths, recorded) for s in paths.inputs}
-        with inputs(self.model, self.run) as tokens, hooks.patch(self.model, {**patches, **self.base}, positions=self.positions):
+        with forward_inputs(self.model, self.run) as tokens, hooks.patch(self.model, {**patches, **self.base}, positions=self.positions):
             return self.model.last_logits(tokens)
 
     def _frozen(self, senders, earliest, receiving, paths: Paths, recorded, *, before: int) -> dict[Site, Tensor]:
