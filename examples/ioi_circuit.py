@@ -8,7 +8,7 @@
 5. knock out each of the top heads and re-measure the heads after it (backup behaviour).
 The frontier is saved as an HTML figure when plotly is installed.
 
-    python examples/ioi_circuit.py                 # about 15 minutes on 2 CPU cores
+    python examples/ioi_circuit.py                 # about 11 minutes on 2 busy CPU cores
     python examples/ioi_circuit.py --prompts 16 --max-size 60 --html frontier.html
 """
 from __future__ import annotations
