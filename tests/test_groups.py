@@ -35,6 +35,17 @@ def test_pooled_groups_equal_one_batch_of_all_prompts(family):
     xr.testing.assert_allclose(pooled, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_positions_are_labelled_by_name_and_index():
+    model = tiny_model("llama")
+    groups = groups_of(model)
+    one = ap.sweep(model, groups[0], "resid_pre", layers=[0])  # every index; X varies by prompt, END does not
+    assert list(one["pos_name"].values) == ["", "", "", "", "", "END"]
+    named = ap.sweep(model, groups[0], "resid_pre", layers=[0], positions=["X", "END", 2])
+    assert list(named["pos_index"].values) == [-1, 5, 2] and list(named["pos_name"].values) == ["X", "END", ""]
+    pooled = ap.sweep(model, groups, "resid_pre", layers=[0], positions=["END"])
+    assert list(pooled["pos_index"].values) == [-1]  # END is 5, 7 and 6 in the three groups
+
+
 def test_groups_need_named_positions():
     model = tiny_model("llama")
     for positions in ("each", [2], ["X", 3]):

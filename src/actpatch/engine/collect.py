@@ -98,8 +98,10 @@ def finish(
     )
 
 
-def _pos_tokens(model: Model, pairs: PromptPairs, positions) -> dict[str, list[str]]:
-    """The first prompt's clean and corrupt token at each swept position, for labels."""
+def _pos_tokens(model: Model, pairs: PromptPairs, positions) -> dict[str, list]:
+    """Labels for each swept position: the first prompt's clean and corrupt token there, the
+    position's name where every prompt has that name at that index (`pos_name`), and the index
+    where a named position sits at the same index in every prompt (`pos_index`, else -1)."""
     if positions == [None]:
         return {}
 
@@ -107,4 +109,20 @@ def _pos_tokens(model: Model, pairs: PromptPairs, positions) -> dict[str, list[s
         index = int(pairs.positions[p][0]) if isinstance(p, str) else p
         return model.token_strings(ids[0, index : index + 1])[0]
 
-    return {"clean_token": [at(pairs.clean, p) for p in positions], "corrupt_token": [at(pairs.corrupt, p) for p in positions]}
+    def name(p) -> str:
+        if isinstance(p, str):
+            return p
+        return "/".join(n for n, where in pairs.positions.items() if bool((where == p).all()))
+
+    def index(p) -> int:
+        if not isinstance(p, str):
+            return p
+        where = pairs.positions[p]
+        return int(where[0]) if bool((where == where[0]).all()) else -1
+
+    return {
+        "clean_token": [at(pairs.clean, p) for p in positions],
+        "corrupt_token": [at(pairs.corrupt, p) for p in positions],
+        "pos_name": [name(p) for p in positions],
+        "pos_index": [index(p) for p in positions],
+    }

@@ -49,6 +49,10 @@ def sweep_groups(
     # Token labels on `pos` are the first group's; each group's own prompts are in the provenance.
     pooled = xr.concat(parts, dim="batch", coords="minimal", compat="override", combine_attrs="override")
     pooled = pooled.assign_coords(batch=list(range(total)))
+    if "pos_index" in pooled.coords:  # a named position's index is one number only if every group agrees
+        indices = [part["pos_index"].values for part in parts]
+        agreed = [int(column[0]) if len(set(column)) == 1 else -1 for column in zip(*indices)]
+        pooled = pooled.assign_coords(pos_index=("pos", agreed))
     pooled.attrs.update(_pooled_attrs(parts, [len(g) for g in groups]))
     if per_prompt:
         return pooled
