@@ -8,6 +8,7 @@
 """
 from actpatch.corrupt import symmetric_token_replacement
 from actpatch.engine.attribution import attribute
+from actpatch.engine.checkpoint import CheckpointMismatch
 from actpatch.engine.collect import BaselineError
 from actpatch.engine.sweep import sweep
 from actpatch.engine.verify import Verification, verify
@@ -25,7 +26,7 @@ from actpatch import tasks
 from actpatch.tasks.ioi import ioi_pairs
 
 __all__ = [
-    "METRICS", "SITE_KINDS", "Baseline", "BaselineError", "gaussian_noise", "symmetric_token_replacement", "Verification", "attribute", "verify", "Model", "PairsError", "PatchNotApplied", "PatchShapeError",
+    "METRICS", "SITE_KINDS", "Baseline", "BaselineError", "CheckpointMismatch", "gaussian_noise", "symmetric_token_replacement", "Verification", "attribute", "verify", "Model", "PairsError", "PatchNotApplied", "PatchShapeError",
     "PromptPairs", "Site", "SiteError", "UnsupportedArchitecture", "attached_hooks", "capture",
     "ioi_pairs", "tasks", "load", "load_model", "patch", "save", "sweep", "sweep_corruptions",
 ]

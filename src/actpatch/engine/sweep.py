@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Literal, Sequence
+import os
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
 
 import xarray as xr
 
@@ -37,6 +39,7 @@ def sweep(
     ablation: Ablation | None = None,
     reference: PromptPairs | None = None,
     check_baseline: bool = True,
+    checkpoint: str | os.PathLike | None = None,
 ) -> xr.DataArray:
     """Patch every site of one kind and measure every metric: a labelled `metric × layer × ...` result.
 
@@ -52,7 +55,14 @@ def sweep(
     corrupt run's: "zero", "mean" (over the prompts, or over `reference` prompts' clean runs), or
     "resample" (each prompt takes another prompt's value). Before sweeping, the clean run must beat
     the corrupt one on the logit difference, or every normalised number is noise: the sweep refuses
-    (`BaselineError`) unless `check_baseline=False`. `progress=None` shows a bar only on a terminal."""
+    (`BaselineError`) unless `check_baseline=False`. `progress=None` shows a bar only on a terminal.
+
+    `checkpoint` (a folder) makes a long sweep survive being killed: the batched engine writes each
+    finished chunk's rows there, and a later call with the same folder and the same arguments
+    loads them and patches only the rest, giving the same result. A folder written by a different
+    sweep (model, prompts, sites, direction, ablation) is refused with `CheckpointMismatch`. Each
+    direction (and each length group) gets its own subfolder. The reference engine does not
+    checkpoint (each of its patches is one plain forward): it logs a warning and ignores the folder."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     options = dict(layers=layers, positions=positions, heads=heads, neurons=neurons, per_prompt=per_prompt, progress=progress,
@@ -63,6 +73,10 @@ def sweep(
         log.warning("the batched engine's shortcuts are not proven for this model (%s); using the reference engine", reason)
         engine, options = "reference", {k: v for k, v in options.items() if k not in ("chunk", "memory_budget")}
     run = batched.sweep if engine == "batched" else reference_engine.sweep
+    if checkpoint is not None and engine == "batched":
+        run = _checkpointed(run, Path(checkpoint), grouped=not isinstance(pairs, PromptPairs))
+    elif checkpoint is not None:
+        log.warning("the reference engine does not checkpoint; %s is not used", checkpoint)
     if not isinstance(pairs, PromptPairs):
         run, pairs = functools.partial(groups.sweep_groups, run), list(pairs)
     if isinstance(direction, str):
@@ -72,3 +86,14 @@ def sweep(
         raise ValueError(f"direction must be one of {DIRECTIONS} or a list of them, got {direction!r}")
     parts = [run(model, pairs, site, direction=d, **options) for d in directions]
     return xr.concat(parts, dim="direction", combine_attrs="drop_conflicts").assign_coords(direction=directions)
+
+
+def _checkpointed(run: Callable[..., xr.DataArray], folder: Path, *, grouped: bool) -> Callable[..., xr.DataArray]:
+    """`run` with a checkpoint subfolder per direction, and per token length when prompts come in
+    length groups (each group is its own sweep plan, so each needs its own checkpoint)."""
+
+    def run_into_folder(model: Model, pairs: PromptPairs, site: str, *, direction: str, **options: Any) -> xr.DataArray:
+        where = folder / direction / f"length-{pairs.seq_len}" if grouped else folder / direction
+        return run(model, pairs, site, direction=direction, checkpoint=where, **options)
+
+    return run_into_folder
