@@ -17,6 +17,7 @@ import plotly.io as pio
 import plotly.offline
 import xarray as xr
 
+from actpatch import atomic
 from actpatch.engine.checks import TOLERANCE
 from actpatch.report import figures, layout
 
@@ -50,10 +51,7 @@ def render_report(results: Results, path: str | os.PathLike, *, title: str = "ac
     Results may be mixed with `Section`s built elsewhere. `metric` picks the metric each figure shows
     first; the others stay one menu click away."""
     sections = [_as_section(item, name, metric) for name, item in _items(results)]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_page(title, sections), encoding="utf-8")
-    return path
+    return atomic.write_text(path, _page(title, sections))  # a killed run leaves no half page
 
 
 def result_section(result: xr.DataArray, title: str | None = None, *, metric: str | None = None) -> Section:

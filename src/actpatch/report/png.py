@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 import xarray as xr
 from matplotlib.figure import Figure
 
+from actpatch import atomic
 from actpatch.report import layout
 
 COLORMAP = "RdBu"  # the same diverging scale as the interactive figures, centred at 0
@@ -38,7 +39,8 @@ def render_pngs(
     for name, result in _named(results).items():
         shown = f"_{metric or layout.default_metric(result)}" if "metric" in result.dims else ""
         path = folder / f"{name}{shown}.png"
-        draw(result, metric).savefig(path, dpi=dpi)
+        figure = draw(result, metric)
+        atomic.write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=dpi, format="png"))
         paths.append(path)
     return paths
 
