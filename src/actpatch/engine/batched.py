@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -27,7 +26,6 @@ from transformers import DynamicCache
 
 from actpatch import hooks
 from actpatch.engine import checks, collect, sources
-from actpatch.engine.checkpoint import Checkpoint, fingerprint
 from actpatch.engine.plan import Ablation, Direction, Positions, SweepPlan, plan
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
@@ -72,29 +70,23 @@ def sweep(
     ablation: Ablation | None = None,
     reference: PromptPairs | None = None,
     check_baseline: bool = True,
-    checkpoint: str | os.PathLike | None = None,
 ) -> xr.DataArray:
     """The reference sweep's result, computed with stacked patches, layer resume and prefix reuse.
 
     `chunk` fixes how many patched copies share a forward; by default it is derived from
-    `memory_budget` (bytes, default 1 GiB) and the prompts' size. `checkpoint` (a folder) keeps
-    every finished chunk's rows on disk and skips those already there (`engine/checkpoint.py`)."""
+    `memory_budget` (bytes, default 1 GiB) and the prompts' size."""
     the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads,
                     neurons=neurons, ablation=ablation, reference=reference)
     if the_plan.kind == "pattern":
         with hooks.eager_attention(model):
-            return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget, check_baseline, checkpoint)
-    return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget, check_baseline, checkpoint)
+            return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget, check_baseline)
+    return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget, check_baseline)
 
 
-def _sweep(model, pairs, the_plan: SweepPlan, per_prompt, progress, chunk, memory_budget, check_baseline, checkpoint) -> xr.DataArray:
+def _sweep(model, pairs, the_plan: SweepPlan, per_prompt, progress, chunk, memory_budget, check_baseline) -> xr.DataArray:
     base = collect.baseline(model, pairs, check=check_baseline)
-    store = None
-    if checkpoint is not None:
-        rows_hold = "metrics per prompt" if per_prompt else "metrics"
-        store = Checkpoint.open(checkpoint, fingerprint(model, pairs, the_plan, rows=rows_hold))
     rows, self_checks, cost = patched_logits(model, pairs, the_plan, base, lambda logits: collect.row(logits, base, per_prompt=per_prompt),
-                                             progress=progress, chunk=chunk, memory_budget=memory_budget, checkpoint=store)
+                                             progress=progress, chunk=chunk, memory_budget=memory_budget)
     result = collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="batched", per_prompt=per_prompt)
     result.attrs["cost"] = cost
     return result
@@ -110,12 +102,10 @@ def patched_logits(
     progress: bool | None = None,
     chunk: int | None = None,
     memory_budget: int | None = None,
-    checkpoint: Checkpoint | None = None,
 ) -> tuple[list[Any], dict[str, float], dict[str, Any]]:
     """`reduce(final-position logits)` for each of `the_plan.sites` (any list of one kind's sites),
     the self-check errors, and the work done. Each chunk's logits are reduced as soon as they are
-    computed, so memory does not grow with the number of patches. With a `checkpoint`, rows it
-    holds are not recomputed, and each finished chunk's rows are appended to it."""
+    computed, so memory does not grow with the number of patches."""
     runner = _Resumer(model, the_plan.target, pairs.positions, the_plan.target_noise)
 
     def one_patch(values: dict[Site, Tensor]) -> Tensor:
@@ -124,9 +114,9 @@ def patched_logits(
     self_checks = checks.run(model, pairs, the_plan, base, one_patch)
     runner.patch_tokens = 0  # count the sweep's own patches, not the self-checks'
     cache = sources.source_values(model, pairs, the_plan, the_plan.sites)
-    size = chunk if chunk is not None else _chunk_size(model, pairs, memory_budget or DEFAULT_MEMORY_BUDGET)
-    if size < 1:
-        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    size = _checked_chunk(chunk) if chunk is not None else _chunk_size(model, pairs, _checked_budget(memory_budget))
+    # An explicit budget also bounds an explicit chunk: pieces estimated over it are halved first.
+    backoff = _BackOff(size, _bytes_per_copy(model, pairs), _checked_budget(memory_budget) if memory_budget is not None else None)
     # A patch whose value equals the target's own changes nothing (e.g. where clean and corrupt
     # tokens agree, up to the first differing position): its logits are the target run's, exactly.
     own = sources.target_values(model, pairs, the_plan, the_plan.sites)
@@ -135,27 +125,17 @@ def patched_logits(
     reduced: dict[int, Any] = {i: noop for i, s in enumerate(the_plan.sites) if torch.equal(cache[s], own[s])}
     del own
     order = sorted((i for i in range(len(the_plan.sites)) if i not in reduced), key=lambda i: runner.entry(the_plan.sites[i]))
-    # Chunks are cut from the whole order, resumed or not, so a chunk left to run holds the same
-    # copies as in an uninterrupted run and gives the same numbers bit for bit.
-    pending = set(order)
-    finished = {i: row for i, row in (checkpoint.load() if checkpoint is not None else {}).items() if i in pending}
-    reduced.update(finished)
     bar = tqdm(total=len(the_plan.sites), initial=len(reduced), desc=f"{the_plan.direction} {the_plan.kind}",
                disable=None if progress is None else not progress)
     for group in _chunks(order, the_plan.sites, runner, size):
-        if not (group := [i for i in group if i not in finished]):
-            continue
-        outputs = runner.run([{the_plan.sites[i]: cache[the_plan.sites[i]]} for i in group])
+        outputs = backoff.run(runner, [{the_plan.sites[i]: cache[the_plan.sites[i]]} for i in group])
         reduced.update((i, reduce(logits)) for i, logits in zip(group, outputs))
-        if checkpoint is not None:
-            checkpoint.append({i: reduced[i] for i in group})
         bar.update(len(group))
     bar.close()
     cost = {
         "patches": len(the_plan.sites),
         "noop_patches_skipped": len(the_plan.sites) - len(order),
-        "patches_from_checkpoint": len(finished),
-        "chunk": size,
+        "chunk": backoff.size,  # after any halving for memory
         # Recording the target at each split position (self-checks' included) plus the patched
         # runs, in full target forwards; the reference engine's figure is `patches`.
         "forward_equivalents": round(runner.forward_equivalents, 3),
@@ -179,14 +159,97 @@ def _chunks(order: list[int], sites: list[Site], runner: "_Resumer", size: int) 
 
 
 def _chunk_size(model: Model, pairs: PromptPairs, budget: int) -> int:
-    """How many patched copies fit the memory budget: one layer's transient activations per copy,
-    plus its share of the key/value cache and the final logits."""
+    """How many patched copies fit the memory budget (at least one)."""
+    return max(1, budget // _bytes_per_copy(model, pairs))
+
+
+def _bytes_per_copy(model: Model, pairs: PromptPairs) -> int:
+    """Estimated bytes one patched copy holds: one layer's transient activations, its share of the
+    key/value cache (both in the model's dtype), and its float32 final logits."""
     d = model.dims
     batch, seq = len(pairs), pairs.seq_len
+    width = next(model.hf.parameters()).element_size()  # 2 in bfloat16/float16, 4 in float32
     per_token = 6 * d.d_model + 3 * d.d_mlp + 3 * d.n_heads * seq
     cache = 2 * d.n_layers * seq * d.n_kv_heads * d.d_head
-    bytes_per_copy = 4 * batch * (seq * per_token + cache + d.vocab)
-    return max(1, budget // bytes_per_copy)
+    return batch * (width * (seq * per_token + cache) + 4 * d.vocab)
+
+
+def _checked_chunk(chunk: Any) -> int:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be at least 1 (a whole number of patched copies per forward), got {chunk!r}")
+    return chunk
+
+
+def _checked_budget(budget: Any) -> int:
+    if budget is None:
+        return DEFAULT_MEMORY_BUDGET
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes (e.g. 4 << 30 for 4 GiB), got {budget!r}")
+    return int(budget)
+
+
+class SweepOutOfMemory(MemoryError):
+    """Even one patched copy of the target run does not fit in memory."""
+
+
+class _OverBudget(Exception):
+    """A piece whose estimated size exceeds the sweep's explicit memory budget (never leaves `_BackOff`)."""
+
+
+class _BackOff:
+    """Runs a chunk's copies in pieces of at most `size`, halving `size` whenever a piece runs out
+    of memory (or is estimated over an explicit budget) and retrying only that piece.
+
+    Finished pieces keep their logits, and the smaller size holds for every later chunk, so one
+    out-of-memory costs one failed attempt, not one per chunk. The first halving is a warning;
+    later ones are logged at info level."""
+
+    def __init__(self, size: int, bytes_per_copy: int, budget: int | None):
+        self.size, self.bytes_per_copy, self.budget = size, bytes_per_copy, budget
+        self.halvings = 0
+
+    def run(self, runner: "_Resumer", copies: list[dict[Site, Tensor]]) -> list[Tensor]:
+        outputs: list[Tensor] = []
+        while len(outputs) < len(copies):
+            piece = copies[len(outputs) : len(outputs) + self.size]
+            reason = None
+            try:
+                if self.budget is not None and len(piece) > 1 and len(piece) * self.bytes_per_copy > self.budget:
+                    raise _OverBudget()
+                outputs.extend(runner.run(piece))
+            except _OverBudget:
+                reason = f"estimated {len(piece) * self.bytes_per_copy / 2**20:.1f} MiB, over the memory budget of {self.budget / 2**20:.1f} MiB"
+            except (RuntimeError, MemoryError) as error:
+                if not _out_of_memory(error):
+                    raise
+                reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'out of memory'}"
+            if reason is not None:
+                # Retried outside the except block, so the failed attempt's tensors are freed first.
+                self._halve(len(piece), reason, runner.target.shape)
+        return outputs
+
+    def _halve(self, failed: int, reason: str, target_shape: torch.Size) -> None:
+        if failed == 1:
+            batch, seq = target_shape
+            raise SweepOutOfMemory(
+                f"one patched copy of the target run ({batch} prompts × {seq} tokens) does not fit in memory ({reason}); "
+                "sweep fewer prompts at a time, load the model in bfloat16 (dtype='bfloat16'), or give it more memory"
+            )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.size = failed // 2
+        self.halvings += 1
+        log.log(logging.WARNING if self.halvings == 1 else logging.INFO,
+                "a chunk of %d patched copies ran out of memory (%s); continuing with chunks of %d", failed, reason, self.size)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocator's out-of-memory: CUDA's (torch.OutOfMemoryError), the CPU
+    allocator's RuntimeError, or Python's MemoryError."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error).lower()
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 @dataclass
