@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -26,6 +27,7 @@ from transformers import DynamicCache
 
 from actpatch import hooks
 from actpatch.engine import checks, collect, sources
+from actpatch.engine.checkpoint import Checkpoint, fingerprint
 from actpatch.engine.plan import Ablation, Direction, Positions, SweepPlan, plan
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
@@ -70,23 +72,29 @@ def sweep(
     ablation: Ablation | None = None,
     reference: PromptPairs | None = None,
     check_baseline: bool = True,
+    checkpoint: str | os.PathLike | None = None,
 ) -> xr.DataArray:
     """The reference sweep's result, computed with stacked patches, layer resume and prefix reuse.
 
     `chunk` fixes how many patched copies share a forward; by default it is derived from
-    `memory_budget` (bytes, default 1 GiB) and the prompts' size."""
+    `memory_budget` (bytes, default 1 GiB) and the prompts' size. `checkpoint` (a folder) keeps
+    every finished chunk's rows on disk and skips those already there (`engine/checkpoint.py`)."""
     the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads,
                     neurons=neurons, ablation=ablation, reference=reference)
     if the_plan.kind == "pattern":
         with hooks.eager_attention(model):
-            return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget, check_baseline)
-    return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget, check_baseline)
+            return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget, check_baseline, checkpoint)
+    return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget, check_baseline, checkpoint)
 
 
-def _sweep(model, pairs, the_plan: SweepPlan, per_prompt, progress, chunk, memory_budget, check_baseline) -> xr.DataArray:
+def _sweep(model, pairs, the_plan: SweepPlan, per_prompt, progress, chunk, memory_budget, check_baseline, checkpoint) -> xr.DataArray:
     base = collect.baseline(model, pairs, check=check_baseline)
+    store = None
+    if checkpoint is not None:
+        rows_hold = "metrics per prompt" if per_prompt else "metrics"
+        store = Checkpoint.open(checkpoint, fingerprint(model, pairs, the_plan, rows=rows_hold))
     rows, self_checks, cost = patched_logits(model, pairs, the_plan, base, lambda logits: collect.row(logits, base, per_prompt=per_prompt),
-                                             progress=progress, chunk=chunk, memory_budget=memory_budget)
+                                             progress=progress, chunk=chunk, memory_budget=memory_budget, checkpoint=store)
     result = collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="batched", per_prompt=per_prompt)
     result.attrs["cost"] = cost
     return result
@@ -102,10 +110,12 @@ def patched_logits(
     progress: bool | None = None,
     chunk: int | None = None,
     memory_budget: int | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[list[Any], dict[str, float], dict[str, Any]]:
     """`reduce(final-position logits)` for each of `the_plan.sites` (any list of one kind's sites),
     the self-check errors, and the work done. Each chunk's logits are reduced as soon as they are
-    computed, so memory does not grow with the number of patches."""
+    computed, so memory does not grow with the number of patches. With a `checkpoint`, rows it
+    holds are not recomputed, and each finished chunk's rows are appended to it."""
     runner = _Resumer(model, the_plan.target, pairs.positions, the_plan.target_noise)
 
     def one_patch(values: dict[Site, Tensor]) -> Tensor:
@@ -125,16 +135,26 @@ def patched_logits(
     reduced: dict[int, Any] = {i: noop for i, s in enumerate(the_plan.sites) if torch.equal(cache[s], own[s])}
     del own
     order = sorted((i for i in range(len(the_plan.sites)) if i not in reduced), key=lambda i: runner.entry(the_plan.sites[i]))
+    # Chunks are cut from the whole order, resumed or not, so a chunk left to run holds the same
+    # copies as in an uninterrupted run and gives the same numbers bit for bit.
+    pending = set(order)
+    finished = {i: row for i, row in (checkpoint.load() if checkpoint is not None else {}).items() if i in pending}
+    reduced.update(finished)
     bar = tqdm(total=len(the_plan.sites), initial=len(reduced), desc=f"{the_plan.direction} {the_plan.kind}",
                disable=None if progress is None else not progress)
     for group in _chunks(order, the_plan.sites, runner, size):
+        if not (group := [i for i in group if i not in finished]):
+            continue
         outputs = backoff.run(runner, [{the_plan.sites[i]: cache[the_plan.sites[i]]} for i in group])
         reduced.update((i, reduce(logits)) for i, logits in zip(group, outputs))
+        if checkpoint is not None:
+            checkpoint.append({i: reduced[i] for i in group})
         bar.update(len(group))
     bar.close()
     cost = {
         "patches": len(the_plan.sites),
         "noop_patches_skipped": len(the_plan.sites) - len(order),
+        "patches_from_checkpoint": len(finished),
         "chunk": backoff.size,  # after any halving for memory
         # Recording the target at each split position (self-checks' included) plus the patched
         # runs, in full target forwards; the reference engine's figure is `patches`.
