@@ -366,3 +366,14 @@ def test_the_core_of_the_ioi_circuit_example_on_smollm(smollm):
     report = ap.backup(smollm, pairs, top[0], candidates=[ap.Site("head", 29, head=h) for h in (0, 1)] + [ap.Site("mlp_out", 29)])
     assert report.attrs["ablated_effect"] > 0.3 and len(report) == 3
     assert ap.attached_hooks(smollm) == 0
+
+
+def test_sensitivity_report_reads_any_site_kind():
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    _, other = with_answers(model, tiny_pairs(seed=5))
+    other = ap.PromptPairs(pairs.clean, other.corrupt, pairs.answers, pairs.wrong, positions=pairs.positions)
+    result = ap.sweep_corruptions(model, {"one": pairs, "other": other}, "resid_pre", positions=["X", "END"], check_baseline=False)
+    report = ap.sensitivity_report(result, threshold=0.0)
+    assert len(report) == 2 * 2 and set(report.index) == {f"resid_pre[layer={l}, pos={p}]" for l in (0, 1) for p in ("X", "END")}
+    flat = result.sel(metric="norm_logit_diff", layer=1, pos="X")
+    assert report.loc["resid_pre[layer=1, pos=X]", "spread"] == pytest.approx(float(abs(flat.sel(corruption="one") - flat.sel(corruption="other"))))

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from actpatch.circuits.components import sites_of
 
 
 def sensitivity_report(result: xr.DataArray, *, threshold: float = 0.1, metric: str = "norm_logit_diff") -> pd.DataFrame:
@@ -19,19 +18,27 @@ def sensitivity_report(result: xr.DataArray, *, threshold: float = 0.1, metric: 
     different first: one column per corruption, the `spread` (largest − smallest effect), and
     the corruptions under which the effect is `largest_under` and `smallest_under`.
 
-    `result` is a `sweep_corruptions` result of one direction. Effects are read as in
+    `result` is a `sweep_corruptions` result of one direction, of any site kind. Effects are read as in
     `ranking()`: the normalised metric's distance from the target run (0 after denoising, 1 after
     noising), each corruption on its own clean−corrupt scale, so 0.1 is a tenth of the gap.
     Other metrics are compared as raw values."""
     if "corruption" not in result.dims:
         raise ValueError("sensitivity_report reads a result with a 'corruption' dimension: use actpatch.sweep_corruptions")
+    if "metric" not in result.dims or metric not in result.coords["metric"].values:
+        raise ValueError(f"the result has no metric {metric!r}")
+    if "direction" in result.dims:
+        raise ValueError("this result has a 'direction' dimension: pick one first, e.g. result.sel(direction='denoise')")
     names = [str(c) for c in result["corruption"].values]
-    effects = {}
-    sites = None
-    for name in names:
-        sites, values = sites_of(result.sel(corruption=name), metric)
-        effects[name] = _effect(values, result.attrs.get("direction"), metric)
-    table = pd.DataFrame({"component": [str(s) for s in sites or []], **effects}).set_index("component")
+    kind = result.attrs.get("site", "site")
+    values = result.sel(metric=metric)
+    dims = [d for d in values.dims if d != "corruption"]
+    flat = values.transpose("corruption", *dims).stack(component=dims) if dims else values.expand_dims(component=[0], axis=1)
+    # Any site kind: a component is one cell of the sweep, named like a Site ("resid_pre[layer=3, pos=IO]").
+    labels = [f"{kind}[{', '.join(f'{d}={v}' for d, v in zip(dims, key if isinstance(key, tuple) else (key,)))}]"
+              for key in flat.indexes["component"]] if dims else [kind]
+    effects = {name: _effect(np.asarray(flat.values[i], dtype=float), result.attrs.get("direction"), metric)
+               for i, name in enumerate(names)}
+    table = pd.DataFrame({"component": labels, **effects}).set_index("component")
     stacked = table[names].to_numpy()
     table["spread"] = stacked.max(axis=1) - stacked.min(axis=1)
     table["largest_under"] = [names[i] for i in np.argmax(stacked, axis=1)]
