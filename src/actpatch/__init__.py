@@ -13,9 +13,10 @@ from actpatch.engine.collect import BaselineError
 from actpatch.engine.sweep import sweep
 from actpatch.engine.verify import Verification, verify
 from actpatch.hooks import PatchNotApplied, PatchShapeError, attached_hooks, capture, patch
-from actpatch.metrics import METRICS, Baseline
+from actpatch.metrics import METRICS, Baseline, NonFiniteError
 from actpatch.models.arch import UnsupportedArchitecture
-from actpatch.models.load import load_model
+from actpatch.engine.batched import SweepOutOfMemory
+from actpatch.models.load import CorruptCheckpoint, ModelNotFound, load_model
 from actpatch.models.model import Model
 from actpatch.noise import gaussian_noise
 from actpatch.pairs import PairsError, PromptPairs
@@ -29,6 +30,7 @@ __all__ = [
     "METRICS", "SITE_KINDS", "Baseline", "BaselineError", "CheckpointMismatch", "gaussian_noise", "symmetric_token_replacement", "Verification", "attribute", "verify", "Model", "PairsError", "PatchNotApplied", "PatchShapeError",
     "PromptPairs", "Site", "SiteError", "UnsupportedArchitecture", "attached_hooks", "capture",
     "ioi_pairs", "tasks", "load", "load_model", "patch", "save", "sweep", "sweep_corruptions",
+    "CorruptCheckpoint", "ModelNotFound", "NonFiniteError", "SweepOutOfMemory",
 ]
 
 # Path patching and circuits (actpatch.engine.paths, actpatch.circuits).

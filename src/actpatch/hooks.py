@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from actpatch.models.model import Model
+from actpatch.metrics import NonFiniteError
+from actpatch.models.model import Model, check_token_tensor
 from actpatch.sites import KV_KINDS, Site, SiteError, validate
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def capture(
 
     Shapes: `(batch, [pos,] [d])` where pos is present when `site.pos` is None and `d` is the
     site's width (d_model, d_head, or src_pos for a pattern; none for a neuron)."""
+    check_token_tensor(tokens)
     store: dict[Site, Tensor] = {}
     fired: Counter = Counter()
     with _attached(model, [(s, None, slice(None), 0) for s in sites], positions, store, fired):
@@ -66,7 +68,14 @@ def patch(model: Model, values: Mapping[Site, Tensor], *, positions: Positions |
 
     Each value has the shape `capture` returns for its site (the batch must match the run's).
     Raises `PatchNotApplied` if a site was never reached: a silent no-op patch looks like an
-    unimportant site."""
+    unimportant site; and `NonFiniteError` for a value holding NaN or inf, which would make every
+    logit after it NaN."""
+    for site, value in values.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{site}: a patch value is a tensor shaped like what capture() returns, not {type(value).__name__}")
+        if not bool(torch.isfinite(value).all()):
+            raise NonFiniteError(f"{site}: the patch value holds NaN or inf, so every logit after it would be NaN; "
+                                 "patch a value captured from a finite run")
     with patch_copies(model, [values], positions=positions):
         yield
 

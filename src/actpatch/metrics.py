@@ -15,6 +15,17 @@ Metric = Literal["norm_logit_diff", "logit_diff", "prob", "logprob", "kl", "accu
 METRICS: tuple[str, ...] = get_args(Metric)
 
 
+class NonFiniteError(ValueError):
+    """NaN or infinite values where a number is measured: every metric from them would be NaN."""
+
+
+def check_metric(metric: str) -> str:
+    """`metric` if it is one of METRICS; otherwise an error listing them."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    return metric
+
+
 @dataclass(frozen=True)
 class Baseline:
     """Unpatched final-position logits (batch, vocab) of both runs: the ends of the normalised scale."""
@@ -41,7 +52,15 @@ def logit_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
 
 
 def per_prompt(logits: Tensor, baseline: Baseline) -> dict[str, Tensor]:
-    """Every metric for each prompt, (batch,) each. `norm_logit_diff` here is normalised prompt by prompt."""
+    """Every metric for each prompt, (batch,) each. `norm_logit_diff` here is normalised prompt by prompt.
+
+    Refuses non-finite logits (`NonFiniteError`): a NaN would otherwise travel silently into the
+    averages and the result."""
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteError(
+            f"logits hold NaN or inf ({logits.dtype}), so every metric would be NaN: a patched run overflowed "
+            "(sweep in float32 or bfloat16; float16 stops at ±65504) or a patch value is not finite."
+        )
     logits = logits.double()
     answers = baseline.answers.to(logits.device)
     rows = torch.arange(logits.shape[0], device=logits.device)

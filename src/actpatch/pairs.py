@@ -119,6 +119,10 @@ def _checked_tokens(model: Model, clean, corrupt, answers, wrong) -> tuple[list[
         raise PairsError(f"need one clean, corrupt, answer and wrong answer per prompt; got {counts}")
     if not clean:
         raise PairsError("no prompts given: pass at least one clean/corrupt pair")
+    for name, texts in (("clean", clean), ("corrupt", corrupt), ("answer", answers), ("wrong answer", wrong)):
+        if odd := [i for i, t in enumerate(texts) if not isinstance(t, str)]:
+            raise PairsError(f"{name} {odd[0]} is {type(texts[odd[0]]).__name__} {texts[odd[0]]!r}, not a string; "
+                             "pass text here (PromptPairs(...) takes token ids)")
     for name, texts in (("clean", clean), ("corrupt", corrupt)):
         if empty := [i for i, t in enumerate(texts) if not t.strip()]:
             raise PairsError(f"{name} prompt {empty[0]} is empty")
@@ -156,7 +160,9 @@ def _validate_ids(pairs: PromptPairs) -> None:
     for name in ("clean", "corrupt"):
         ids = getattr(pairs, name)
         if not isinstance(ids, Tensor) or ids.dtype != torch.long or ids.ndim != 2:
-            raise PairsError(f"{name} must be a (batch, pos) tensor of token ids (torch.long)")
+            got = f"a {ids.ndim}-d {ids.dtype} tensor" if isinstance(ids, Tensor) else type(ids).__name__
+            raise PairsError(f"{name} must be a (batch, pos) tensor of token ids (torch.long), got {got}; "
+                             "e.g. torch.tensor(ids, dtype=torch.long), or PromptPairs.from_strings for text")
         if ids.numel() == 0:
             raise PairsError(f"{name} is empty: pass at least one prompt of at least one token")
     if pairs.clean.shape != pairs.corrupt.shape:
@@ -169,11 +175,16 @@ def _validate_ids(pairs: PromptPairs) -> None:
         ids = getattr(pairs, name)
         if not isinstance(ids, Tensor) or ids.shape != (batch,):
             raise PairsError(f"{name} must hold one token id per prompt, shape ({batch},)")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise PairsError(f"{name} must be integer token ids (torch.long), not {ids.dtype}: a float id is not a token")
     noise = pairs.corrupt_noise
     if noise is not None and (not isinstance(noise, Tensor) or not noise.is_floating_point()
                               or noise.ndim != 3 or noise.shape[:2] != pairs.clean.shape):
         raise PairsError(f"corrupt_noise must be a float tensor (batch, pos, d_model) matching the prompts' "
                          f"{tuple(pairs.clean.shape)}; make it with actpatch.noise.gaussian_noise")
+    if noise is not None and not bool(torch.isfinite(noise).all()):
+        raise PairsError("corrupt_noise holds NaN or inf, which would make every corrupt run NaN; "
+                         "make it with actpatch.noise.gaussian_noise, whose noise is finite")
     for name, where in pairs.positions.items():
         if where.shape != (batch,) or bool(((where < 0) | (where >= pairs.seq_len)).any()):
             raise PairsError(f"named position {name!r} needs one index in 0..{pairs.seq_len - 1} per prompt")

@@ -76,6 +76,8 @@ def versions() -> dict[str, str]:
 
 def save(result: xr.DataArray, path: str | os.PathLike) -> Path:
     """Write `result` (values, coordinates, provenance) to a netCDF file, atomically."""
+    if not isinstance(result, xr.DataArray):
+        raise TypeError(f"save() writes the xarray.DataArray a sweep returns, not {type(result).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     on_disk = result.copy()
@@ -92,8 +94,14 @@ def save(result: xr.DataArray, path: str | os.PathLike) -> Path:
 
 def load(path: str | os.PathLike) -> xr.DataArray:
     """Read a result written by `save`, provenance included."""
-    with xr.open_dataarray(path, engine="h5netcdf") as stored:
-        result = stored.load()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such result file; results are written by actpatch.save(result, path)")
+    try:
+        with xr.open_dataarray(path, engine="h5netcdf") as stored:
+            result = stored.load()
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not a result written by actpatch.save ({' '.join(str(error).split())[:200]}); "
+                         "pass the .nc file that save() wrote") from None
     result.attrs = json.loads(result.attrs.get(_ATTRS_KEY, "{}"))
     return result
 

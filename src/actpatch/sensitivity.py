@@ -20,6 +20,9 @@ def sweep_corruptions(model: Model, pairs_by_corruption: Mapping[str, PromptPair
                              "head", positions=["END"])
 
     Sweeping at named positions keeps the runs comparable when corruptions move tokens."""
+    if isinstance(pairs_by_corruption, PromptPairs) or not isinstance(pairs_by_corruption, Mapping):
+        raise TypeError("sweep_corruptions takes a dict {corruption name: PromptPairs}, got "
+                        f"{type(pairs_by_corruption).__name__}; for one set of pairs, call actpatch.sweep")
     if not pairs_by_corruption:
         raise PairsError("pairs_by_corruption is empty: give at least one {corruption name: PromptPairs}")
     names = list(pairs_by_corruption)

@@ -55,6 +55,8 @@ class Site:
     @classmethod
     def parse(cls, text: str) -> "Site":
         """Read `head[layer=9, head=6, pos=END]` or a TransformerLens name (`blocks.9.attn.hook_z`)."""
+        if not isinstance(text, str):
+            raise TypeError(f"Site.parse reads a string such as 'head[layer=9, head=6]', not {type(text).__name__} {text!r}")
         kind, layer, fields = _parse(text)
         if layer is None:
             raise SiteError(f"site {text!r} names no layer: write e.g. {kind}[layer=0]")
@@ -63,6 +65,10 @@ class Site:
 
 def parse_kind(text: str) -> tuple[SiteKind, int | None]:
     """The kind (and layer, if one is named) in a sweep's site argument: `resid_pre`, `blocks.3.hook_z`..."""
+    if not isinstance(text, str):
+        one = " To patch one Site, pass its kind and layers=/heads=/positions=, or use actpatch.patch." if isinstance(text, Site) else ""
+        raise TypeError(f"a sweep's site is a kind name such as 'resid_pre' (one of {', '.join(SITE_KINDS)}), "
+                        f"not {type(text).__name__} {text!r}.{one}")
     kind, layer, fields = _parse(text)
     if fields:
         raise SiteError(f"a sweep takes a site kind, not one site: use heads=/positions= instead of {text!r}")

@@ -30,6 +30,7 @@ def baseline(model: Model, pairs: PromptPairs, *, check: bool = True) -> metrics
     with hooks.add_to_input(model, pairs.corrupt_noise):
         corrupt_logits = model.last_logits(pairs.corrupt)
     base = metrics.Baseline(model.last_logits(pairs.clean), corrupt_logits, pairs.answers, pairs.wrong)
+    refuse_non_finite(model, base)  # whatever `check` says: a NaN baseline makes every number NaN
     clean, corrupt = float(base.clean_logit_diff.mean()), float(base.corrupt_logit_diff.mean())
     log.info("baseline logit difference: clean %.3f, corrupt %.3f", clean, corrupt)
     if check:
@@ -37,6 +38,27 @@ def baseline(model: Model, pairs: PromptPairs, *, check: bool = True) -> metrics
     if check and (failing := int((base.clean_logit_diff <= base.corrupt_logit_diff).sum())) > len(pairs) // 4:
         log.warning("on %d of %d prompts the clean logit difference is not above the corrupt one", failing, len(pairs))
     return base
+
+
+def refuse_non_finite(model: Model, base: metrics.Baseline) -> None:
+    """Raise `NonFiniteError` naming the cause when an unpatched run's logits hold NaN or inf."""
+    broken = [run for run, logits in (("clean", base.clean_logits), ("corrupt", base.corrupt_logits))
+              if not bool(torch.isfinite(logits).all())]
+    if not broken:
+        return
+    runs = " and ".join(broken)
+    bad = [name for name, weights in model.hf.named_parameters() if not bool(torch.isfinite(weights).all())]
+    if bad:
+        raise metrics.NonFiniteError(
+            f"{model.name} gives NaN or inf logits on the {runs} prompts because {len(bad)} of its weight tensors hold "
+            f"NaN or inf (first: {bad[0]}): the checkpoint is damaged or was saved after a diverged update. "
+            "Reload the model from a good checkpoint."
+        )
+    raise metrics.NonFiniteError(
+        f"{model.name} gives NaN or inf logits on the {runs} prompts although its weights are finite: its activations "
+        f"overflow in {next(model.hf.parameters()).dtype}, or the embedding noise is too large. Load the model in "
+        "bfloat16 or float32 (float16 stops at ±65504)."
+    )
 
 
 def refuse_unsolved(model_name: str, clean: float, corrupt: float) -> None:

@@ -3,13 +3,14 @@
 Every engine starts from the same plan, so they can only differ in how they run it."""
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
-from typing import Literal, Sequence, get_args
+from typing import Any, Literal, Sequence, get_args
 
 from torch import Tensor
 
 from actpatch.models.model import Model
-from actpatch.pairs import PromptPairs
+from actpatch.pairs import PairsError, PromptPairs
 from actpatch.sites import KV_KINDS, Pos, Site, SiteError, SiteKind, default_positions, grid, parse_kind, unit_dim, validate
 
 Direction = Literal["denoise", "noise"]
@@ -51,8 +52,12 @@ def plan(
     reference: PromptPairs | None = None,
 ) -> SweepPlan:
     """Check every argument against the model and prompts, then list the sites in result order."""
+    check_model(model)
     if not isinstance(pairs, PromptPairs):
         raise TypeError(f"pairs must be PromptPairs, got {type(pairs).__name__}; build them with PromptPairs.from_strings")
+    check_tokens(model, pairs)
+    if reference is not None and isinstance(reference, PromptPairs):
+        check_tokens(model, reference)
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     kind, named_layer = parse_kind(site)
@@ -61,7 +66,7 @@ def plan(
             raise SiteError(f"{site!r} names a layer and layers= was also given; use one of them")
         layers = [named_layer]
     n_layers = model.dims.n_layers
-    layers = list(range(n_layers)) if layers is None else [_in_range(l, n_layers, "layer") for l in layers]
+    layers = list(range(n_layers)) if layers is None else [_in_range(l, n_layers, "layer") for l in _selection(layers, "layers")]
     units = _units(model, kind, heads, neurons)
     chosen = _positions(kind, positions, pairs)
     sites = grid(kind, layers, units, chosen)
@@ -113,10 +118,65 @@ def _check_ablation(ablation, reference, direction: Direction, pairs: PromptPair
             raise ValueError(f"reference prompts lack the named positions {missing}; name them there too")
 
 
+def check_model(model: Any) -> None:
+    """Raise `TypeError` unless `model` is an actpatch `Model` (a bare transformers model lacks the
+    architecture table entry and sizes every sweep needs)."""
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be an actpatch Model, got {type(model).__name__}; load one with actpatch.load_model(...) "
+                        "or wrap a transformers model you loaded yourself: actpatch.Model.from_hf(hf_model, tokenizer)")
+
+
+def check_tokens(model: Model, pairs: PromptPairs) -> None:
+    """Raise `PairsError` when a token id is outside the model's vocabulary or the prompts are longer
+    than its positions: the embedding would fail deep inside torch, or positions past the trained
+    range would give numbers that look fine and mean nothing."""
+    vocab = model.dims.vocab
+    for name in ("clean", "corrupt", "answers", "wrong"):
+        ids = getattr(pairs, name)
+        outside = (ids < 0) | (ids >= vocab)
+        if bool(outside.any()):
+            where = [int(i) for i in outside.nonzero()[0]]
+            at = f"prompt {where[0]}" + (f", position {where[1]}" if len(where) > 1 else "")
+            raise PairsError(
+                f"{name} token id {int(ids[tuple(where)])} ({at}) is outside {model.name}'s vocabulary of {vocab} "
+                f"(ids 0..{vocab - 1}): the ids come from another tokenizer; build the pairs with this model's "
+                "(PromptPairs.from_strings(model, ...))"
+            )
+    limit = getattr(model.hf.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and pairs.seq_len > limit:
+        raise PairsError(f"prompts have {pairs.seq_len} tokens but {model.name} has {limit} positions "
+                         "(config.max_position_embeddings): shorten the prompts")
+
+
+def _selection(values: Any, name: str) -> list:
+    """`layers=`, `heads=` or `neurons=` as a list: one index, or a sequence of them."""
+    if _integer(values) is not None:
+        return [values]
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise SiteError(f"{name}= takes an index or a list of indices, got {type(values).__name__} {values!r}")
+    chosen = list(values)
+    if not chosen:
+        raise SiteError(f"{name}= is empty: pass at least one index, or leave it out for all of them")
+    return chosen
+
+
+def _integer(value: Any) -> int | None:
+    """`value` as an int when it is an integer (numpy and 0-d torch integers too), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _in_range(index: int, size: int, what: str, owner: str = "this model has") -> int:
-    if not isinstance(index, int) or not -size <= index < size:
+    number = _integer(index)
+    if number is None:
+        raise SiteError(f"{what} {index!r} is not an integer index: {owner} {what}s 0..{size - 1}")
+    if not -size <= number < size:
         raise SiteError(f"{what} {index!r} is out of range: {owner} {what}s 0..{size - 1}")
-    return index % size
+    return number % size
 
 
 def _units(model: Model, kind: str, heads: Sequence[int] | None, neurons: Sequence[int] | None) -> list[int] | None:
@@ -127,14 +187,15 @@ def _units(model: Model, kind: str, heads: Sequence[int] | None, neurons: Sequen
         raise SiteError(f"neurons= was given, but {kind} is not a neuron site")
     if unit in ("head", "kv_head"):
         n = model.dims.n_kv_heads if kind in KV_KINDS else model.dims.n_heads
-        return list(range(n)) if heads is None else [_in_range(h, n, "KV head" if unit == "kv_head" else "head") for h in heads]
+        what = "KV head" if unit == "kv_head" else "head"
+        return list(range(n)) if heads is None else [_in_range(h, n, what) for h in _selection(heads, "heads")]
     if unit == "neuron":
         if neurons is None:
             raise SiteError(
                 f"a neuron sweep needs neurons=[...]: all {model.dims.d_mlp} neurons × {model.dims.n_layers} layers "
                 "is rarely what you want one forward each"
             )
-        return [_in_range(n, model.dims.d_mlp, "neuron") for n in neurons]
+        return [_in_range(n, model.dims.d_mlp, "neuron") for n in _selection(neurons, "neurons")]
     return None
 
 

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from actpatch import hooks
 from actpatch.engine.plan import SweepPlan
+from actpatch.metrics import NonFiniteError
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site
@@ -26,7 +27,19 @@ def target_values(model: Model, pairs: PromptPairs, plan: SweepPlan, sites: Sequ
 
 def source_values(model: Model, pairs: PromptPairs, plan: SweepPlan, sites: Sequence[Site]) -> dict[Site, Tensor]:
     """The value each site is patched with: the source run's activation, or the ablation of the
-    target's own that `plan.ablation` names."""
+    target's own that `plan.ablation` names. Refuses NaN or inf values (`NonFiniteError`), which
+    would turn that site's row of the result into NaN."""
+    values = _values(model, pairs, plan, sites)
+    if bad := [s for s, v in values.items() if not bool(torch.isfinite(v).all())]:
+        raise NonFiniteError(
+            f"the {plan.ablation or 'source'} values to patch hold NaN or inf at {len(bad)} site(s), first {bad[0]}: "
+            f"the {'reference prompts' if plan.reference is not None else 'source run'} overflowed in "
+            f"{next(model.hf.parameters()).dtype} or its input noise is not finite. Load the model in bfloat16 or float32."
+        )
+    return values
+
+
+def _values(model: Model, pairs: PromptPairs, plan: SweepPlan, sites: Sequence[Site]) -> dict[Site, Tensor]:
     if plan.ablation is None:
         with hooks.add_to_input(model, plan.source_noise):
             return hooks.capture(model, plan.source, sites, positions=pairs.positions)

@@ -11,7 +11,7 @@ import xarray as xr
 
 from actpatch.engine import batched, groups
 from actpatch.engine import reference as reference_engine
-from actpatch.engine.plan import DIRECTIONS, Ablation, Direction, Positions
+from actpatch.engine.plan import DIRECTIONS, Ablation, Direction, Positions, check_model
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 
@@ -65,6 +65,7 @@ def sweep(
     checkpoint (each of its patches is one plain forward): it logs a warning and ignores the folder."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    check_model(model)
     options = dict(layers=layers, positions=positions, heads=heads, neurons=neurons, per_prompt=per_prompt, progress=progress,
                    ablation=ablation, reference=reference, check_baseline=check_baseline)
     if engine == "batched":

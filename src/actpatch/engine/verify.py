@@ -14,6 +14,7 @@ import xarray as xr
 
 from actpatch.engine import batched, collect
 from actpatch.engine.plan import ABLATIONS, plan
+from actpatch.metrics import check_metric
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site, unit_dim
@@ -50,6 +51,9 @@ def verify(
     the normalised scale), so both helpful and harmful sites count."""
     if "estimate" not in estimate.attrs:
         raise ValueError("verify() takes the result of actpatch.attribute(); exact sweeps need no verification")
+    if check_metric(metric) not in estimate.metric.values:
+        raise ValueError(f"this estimate has no metric {metric!r}: attribution estimates only "
+                         f"{', '.join(map(str, estimate.metric.values))}; pass one of those")
     values = estimate.sel(metric=metric)
     flat = values.stack(site=list(values.dims)).dropna("site")
     sites = [_site(estimate.attrs["site"], dict(zip(flat.indexes["site"].names, key))) for key in flat.indexes["site"]]

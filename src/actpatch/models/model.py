@@ -67,6 +67,7 @@ class Model:
 
         `logits_to_keep=1` unembeds the final position alone, which is exact and skips most of the
         unembedding's cost."""
+        check_token_tensor(tokens)
         tokens = tokens.to(self.device)
         return self.hf(input_ids=tokens, use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
 
@@ -81,3 +82,11 @@ class Model:
             logits = torch.tanh(logits / cap) * cap
         return logits.float()
 
+
+def check_token_tensor(tokens: object) -> None:
+    """Raise `TypeError` unless `tokens` is a (batch, pos) tensor of integer token ids, the input every
+    forward here takes; strings and lists would otherwise fail deep inside the model."""
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
+        got = f"a {tokens.ndim}-d {tokens.dtype} tensor" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise TypeError(f"tokens must be a (batch, pos) tensor of token ids, got {got}; pass e.g. pairs.clean, "
+                        "or model.tokenizer(texts, return_tensors='pt').input_ids")

@@ -1,0 +1,211 @@
+"""Malformed inputs across the public API and its files, in one table: each must raise an error of
+its own type whose message names the problem and the fix, never a stack trace from deep inside
+torch and never a silently wrong (or NaN) number.
+
+Rows are (call, exception type, message regex). A call takes the `Inputs` below: a tiny LLaMA with
+prompt pairs it "solves", a tiny GPT-2 with a word tokenizer for text inputs, and a temporary folder."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import transformers as tf
+
+import actpatch as ap
+from actpatch import metrics
+from actpatch.engine.collect import baseline
+from actpatch.models import cache
+from tiny import tiny_model, tiny_pairs, with_answers
+from word_tokenizer import gpt2_style_model
+
+NAN = float("nan")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    return SimpleNamespace(m=model, p=pairs, w=gpt2_style_model(), tmp=tmp_path_factory.mktemp("bad-inputs"))
+
+
+def _nan_weights_model() -> ap.Model:
+    """A tiny LLaMA of its own (the shared one must stay healthy) with one NaN weight deep inside."""
+    torch.manual_seed(0)
+    hf = tf.AutoModelForCausalLM.from_config(tiny_model("llama").hf.config).eval().requires_grad_(False)
+    hf.model.layers[1].mlp.down_proj.weight[0, 0] = NAN
+    return ap.Model.from_hf(hf, name="tiny-llama-nan")
+
+
+def _patched(c, values):
+    with ap.patch(c.m, values):
+        return c.m.last_logits(c.p.corrupt)
+
+
+def _file(c, name: str, text: str) -> Path:
+    path = c.tmp / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+GOOD_ROW = {"clean": "When John and Mary went to the store, John gave a drink to",
+            "corrupt": "When Alice and Bob went to the store, Carol gave a drink to", "answer": " Mary", "wrong": " John"}
+
+
+def _jsonl(c, name: str, *rows: str) -> Path:
+    return _file(c, name, "\n".join(rows) + "\n")
+
+
+def _checkpoint(c, name: str, damage: str | None = None, manifest: bool = False) -> Path:
+    """The tiny LLaMA saved as a checkpoint folder, then damaged as asked."""
+    folder = c.tmp / name
+    c.m.hf.save_pretrained(folder)
+    if manifest:  # as the default model's cache writes it: every file's size and sha256
+        cache._write_manifest(folder, {"path": "none", "size": 0, "mtime_ns": 0, "sha256": "0"})
+    weights = folder / "model.safetensors"
+    if damage == "truncate":
+        with open(weights, "r+b") as file:
+            file.truncate(weights.stat().st_size // 2)
+    elif damage == "flip":  # same size, four bytes changed deep in the tensors: only a hash sees it
+        with open(weights, "r+b") as file:
+            file.seek(weights.stat().st_size // 2)
+            chunk = file.read(4)
+            file.seek(-4, os.SEEK_CUR)
+            file.write(bytes(b ^ 0xFF for b in chunk))
+    elif damage == "pickle":  # weights only as a pickle file, which can run code when read
+        weights.unlink()
+        torch.save({"not": "loaded"}, folder / "pytorch_model.bin")
+    return folder
+
+
+BAD_INPUTS = {
+    # --- the sweep's arguments -------------------------------------------------------------
+    "site kind misspelt": (lambda c: ap.sweep(c.m, c.p, "resid_pr"), ap.SiteError, r"unknown site kind 'resid_pr'.*Did you mean resid_pre"),
+    "site given as a number": (lambda c: ap.sweep(c.m, c.p, 3), TypeError, r"site is a kind name such as 'resid_pre'.*not int 3"),
+    "site given as a Site": (lambda c: ap.sweep(c.m, c.p, ap.Site("head", 0, head=1)), TypeError, r"To patch one Site, pass its kind and layers="),
+    "TransformerLens hook without a site": (lambda c: ap.sweep(c.m, c.p, "blocks.1.attn.hook_result"), ap.SiteError, r"has no actpatch site"),
+    "Site text with a bad field": (lambda c: ap.Site.parse("head[layer=one]"), ap.SiteError, r"layer= must be an integer"),
+    "layer out of range": (lambda c: ap.sweep(c.m, c.p, "resid_pre", layers=[7]), ap.SiteError, r"layer 7 is out of range.*0\.\.1"),
+    "layer not an integer": (lambda c: ap.sweep(c.m, c.p, "resid_pre", layers=[0.5]), ap.SiteError, r"layer 0\.5 is not an integer index.*0\.\.1"),
+    "layers as a string": (lambda c: ap.sweep(c.m, c.p, "resid_pre", layers="1"), ap.SiteError, r"layers= takes an index or a list of indices, got str '1'"),
+    "layers empty": (lambda c: ap.sweep(c.m, c.p, "resid_pre", layers=[]), ap.SiteError, r"layers= is empty.*leave it out for all"),
+    "heads on an unsplit site": (lambda c: ap.sweep(c.m, c.p, "mlp_out", heads=[0]), ap.SiteError, r"heads= was given, but mlp_out is not split by attention head"),
+    "head out of range": (lambda c: ap.sweep(c.m, c.p, "head", heads=[4]), ap.SiteError, r"head 4 is out of range.*0\.\.3"),
+    "KV head out of range": (lambda c: ap.sweep(c.m, c.p, "v", heads=[2]), ap.SiteError, r"KV head 2 is out of range.*0\.\.1"),
+    "neuron out of range": (lambda c: ap.sweep(c.m, c.p, "neuron", neurons=[64]), ap.SiteError, r"neuron 64 is out of range.*0\.\.63"),
+    "neuron sweep without neurons": (lambda c: ap.sweep(c.m, c.p, "neuron"), ap.SiteError, r"neuron sweep needs neurons="),
+    "position out of range": (lambda c: ap.sweep(c.m, c.p, "resid_pre", positions=[6]), ap.SiteError, r"position 6 is out of range.*0\.\.5"),
+    "position not an integer": (lambda c: ap.sweep(c.m, c.p, "resid_pre", positions=[1.0]), ap.SiteError, r"position 1\.0 is not an integer index"),
+    "unknown named position": (lambda c: ap.sweep(c.m, c.p, "resid_pre", positions=["IO"]), ap.SiteError, r"no named position 'IO'.*X, END"),
+    "unknown direction": (lambda c: ap.sweep(c.m, c.p, "resid_pre", direction="forwards"), ValueError, r"direction must be one of \('denoise', 'noise'\)"),
+    "unknown direction in a list": (lambda c: ap.sweep(c.m, c.p, "resid_pre", direction=["denoise", "up"]), ValueError, r"direction must be one of.*or a list of them"),
+    "unknown engine": (lambda c: ap.sweep(c.m, c.p, "resid_pre", engine="fast"), ValueError, r"engine must be one of \('batched', 'reference'\)"),
+    "chunk not a whole number": (lambda c: ap.sweep(c.m, c.p, "resid_pre", chunk=1.5), ValueError, r"chunk must be at least 1 \(a whole number.*got 1\.5"),
+    "memory budget negative": (lambda c: ap.sweep(c.m, c.p, "resid_pre", memory_budget=-1), ValueError, r"memory_budget must be a positive number of bytes.*4 << 30"),
+    "unknown ablation": (lambda c: ap.sweep(c.m, c.p, "resid_pre", direction="noise", ablation="gauss"), ValueError, r"ablation must be one of \('zero', 'mean', 'resample'\)"),
+    "ablation while denoising": (lambda c: ap.sweep(c.m, c.p, "resid_pre", ablation="zero"), ValueError, r"which is noising: pass direction='noise'"),
+    "a transformers model, not a Model": (lambda c: ap.sweep(c.m.hf, c.p, "resid_pre"), TypeError, r"model must be an actpatch Model, got LlamaForCausalLM.*Model\.from_hf"),
+    "pairs as a string": (lambda c: ap.sweep(c.m, "prompts", "resid_pre"), TypeError, r"pairs must be PromptPairs.*got str"),
+    "one set of pairs for several corruptions": (lambda c: ap.sweep_corruptions(c.m, c.p, "resid_pre"), TypeError, r"takes a dict \{corruption name: PromptPairs\}.*call actpatch\.sweep"),
+    # --- token ids that do not fit the model -----------------------------------------------
+    "token id past the vocabulary": (lambda c: ap.sweep(c.m, dataclasses.replace(c.p, clean=c.p.clean + 200), "resid_pre"), ap.PairsError,
+                                     r"clean token id \d+ \(prompt 0, position 0\) is outside tiny-llama's vocabulary of 101.*from_strings"),
+    "negative token id": (lambda c: ap.sweep(c.m, dataclasses.replace(c.p, corrupt=c.p.corrupt - 200), "resid_pre"), ap.PairsError, r"corrupt token id -\d+ .*outside"),
+    "answer id past the vocabulary": (lambda c: ap.sweep(c.m, dataclasses.replace(c.p, answers=c.p.answers + 500), "resid_pre"), ap.PairsError, r"answers token id \d+ \(prompt 0\) is outside"),
+    "prompts longer than the model's positions": (
+        lambda c: ap.sweep(c.m, ap.PromptPairs(torch.zeros(2, 100, dtype=torch.long), torch.ones(2, 100, dtype=torch.long),
+                                               torch.tensor([1, 1]), torch.tensor([2, 2])), "resid_pre"),
+        ap.PairsError, r"prompts have 100 tokens but tiny-llama has 64 positions.*shorten"),
+    # --- PromptPairs built by hand ---------------------------------------------------------
+    "clean and corrupt of different lengths": (lambda c: ap.PromptPairs(c.p.clean, c.p.corrupt[:, :5], c.p.answers, c.p.wrong), ap.PairsError, r"differ in shape"),
+    "one answer short": (lambda c: ap.PromptPairs(c.p.clean, c.p.corrupt, c.p.answers[:2], c.p.wrong), ap.PairsError, r"answers must hold one token id per prompt"),
+    "no prompts": (lambda c: ap.PromptPairs(c.p.clean[:0], c.p.corrupt[:0], c.p.answers[:0], c.p.wrong[:0]), ap.PairsError, r"empty"),
+    "float token ids": (lambda c: ap.PromptPairs(c.p.clean.float(), c.p.corrupt, c.p.answers, c.p.wrong), ap.PairsError, r"got a 2-d torch\.float32 tensor.*torch\.tensor\(ids, dtype=torch\.long\)"),
+    "token ids as a list": (lambda c: ap.PromptPairs(c.p.clean.tolist(), c.p.corrupt, c.p.answers, c.p.wrong), ap.PairsError, r"tensor of token ids \(torch\.long\), got list"),
+    "float answer ids": (lambda c: ap.PromptPairs(c.p.clean, c.p.corrupt, c.p.answers.float(), c.p.wrong), ap.PairsError, r"answers must be integer token ids.*not torch\.float32"),
+    "NaN in the corruption's input noise": (lambda c: dataclasses.replace(c.p, corrupt_noise=torch.full((3, 6, 32), NAN)), ap.PairsError, r"corrupt_noise holds NaN or inf.*gaussian_noise"),
+    # --- prompts as text -------------------------------------------------------------------
+    "empty corrupt prompt": (lambda c: ap.PromptPairs.from_strings(c.w, ["When John"], [" "], [" Mary"], [" John"]), ap.PairsError, r"corrupt prompt 0 is empty"),
+    "lists of different lengths": (lambda c: ap.PromptPairs.from_strings(c.w, ["When John", "When Mary"], ["When Mary"], [" Mary"], [" John"]), ap.PairsError,
+                                   r"need one clean, corrupt, answer and wrong answer per prompt; got \{'clean': 2, 'corrupt': 1"),
+    "answer of two tokens": (lambda c: ap.PromptPairs.from_strings(c.w, ["When John"], ["When Mary"], [" Mary John"], [" John"]), ap.PairsError,
+                             r"answer ' Mary John' is 2 tokens \[' Mary', ' John'\], not one.*single token"),
+    "answer without its leading space": (lambda c: ap.PromptPairs.from_strings(c.w, ["When John"], ["When Mary"], ["Mary Mary"], [" John"]), ap.PairsError,
+                                         r"not one \(answers usually need their leading space"),
+    "clean and corrupt tokenize differently": (lambda c: ap.PromptPairs.from_strings(c.w, ["When John went"], ["When Mary"], [" Mary"], [" John"]), ap.PairsError,
+                                               r"clean has 3 tokens and corrupt has 2.*same number of tokens"),
+    "a prompt that is not text": (lambda c: ap.PromptPairs.from_strings(c.w, [1], [2], [" Mary"], [" John"]), ap.PairsError, r"clean 0 is int 1, not a string"),
+    "unknown corruption": (lambda c: ap.tasks.ioi(c.w, n=2, corruption="names"), ap.PairsError, r"unknown IOI corruption 'names'; choose one of: abc"),
+    # --- task files ------------------------------------------------------------------------
+    "JSONL row that is not JSON": (lambda c: ap.tasks.from_file(c.w, _jsonl(c, "broken.jsonl", json.dumps(GOOD_ROW), '{"clean": "When John",')), ap.PairsError,
+                                   r"broken\.jsonl, row 2 \(line 2\): not valid JSON"),
+    "JSONL row missing a field": (lambda c: ap.tasks.from_file(c.w, _jsonl(c, "missing.jsonl", json.dumps({k: v for k, v in GOOD_ROW.items() if k != "wrong"}))),
+                                  ap.PairsError, r"missing\.jsonl, row 1 \(line 1\), field 'wrong': missing"),
+    "JSONL row that is a list": (lambda c: ap.tasks.from_file(c.w, _jsonl(c, "list.jsonl", json.dumps(list(GOOD_ROW.values())))), ap.PairsError, r"must be a JSON object with fields clean"),
+    "JSONL row with an unknown field": (lambda c: ap.tasks.from_file(c.w, _jsonl(c, "extra.jsonl", json.dumps({**GOOD_ROW, "answers": " Mary"}))), ap.PairsError,
+                                       r"unknown field 'answers'; fields are clean, corrupt, answer, wrong"),
+    "task file of an unknown type": (lambda c: ap.tasks.from_file(c.w, _file(c, "pairs.txt", "x")), ap.PairsError, r"unknown file type '\.txt'; use \.jsonl"),
+    # --- patch values, activations and weights holding NaN ----------------------------------
+    "NaN patch value": (lambda c: _patched(c, {ap.Site("resid_pre", 1): torch.full((3, 6, 32), NAN)}), ap.NonFiniteError,
+                        r"resid_pre\[layer=1\]: the patch value holds NaN or inf.*captured from a finite run"),
+    "patch value of the wrong shape": (lambda c: _patched(c, {ap.Site("resid_pre", 1): torch.zeros(3, 2, 32)}), ap.PatchShapeError,
+                                       r"patch value has shape \(3, 2, 32\) but the activation there has shape \(3, 6, 32\)"),
+    "weights holding NaN": (lambda c: ap.sweep(_nan_weights_model(), c.p, "resid_pre", check_baseline=False), ap.NonFiniteError,
+                            r"NaN or inf logits.*first: model\.layers\.1\.mlp\.down_proj\.weight.*Reload the model"),
+    "metrics of NaN logits": (lambda c: metrics.averaged(torch.full((3, 101), NAN), baseline(c.m, c.p)),
+                              ap.NonFiniteError, r"logits hold NaN or inf.*every metric would be NaN"),
+    "tokens as a list": (lambda c: ap.capture(c.m, c.p.clean.tolist(), [ap.Site("resid_pre", 0)]), TypeError, r"tokens must be a \(batch, pos\) tensor of token ids, got list"),
+    "capture of a site name": (lambda c: ap.capture(c.m, c.p.clean, ["resid_pre"]), ap.SiteError, r"expected a Site, got str"),
+    # --- estimates and results -------------------------------------------------------------
+    "unknown attribution method": (lambda c: ap.attribute(c.m, c.p, "head", method="magic"), ValueError, r"method must be one of \('atp', 'atp\*', 'ig'\)"),
+    "unknown metric to verify": (lambda c: ap.verify(c.m, c.p, ap.attribute(c.m, c.p, "head"), metric="probability"), ValueError,
+                                 r"unknown metric 'probability'; choose one of: norm_logit_diff, logit_diff"),
+    "metric an estimate lacks": (lambda c: ap.verify(c.m, c.p, ap.attribute(c.m, c.p, "head"), metric="kl"), ValueError,
+                                 r"this estimate has no metric 'kl': attribution estimates only norm_logit_diff, logit_diff"),
+    "saving something that is not a result": (lambda c: ap.save([1, 2], c.tmp / "r.nc"), TypeError, r"save\(\) writes the xarray\.DataArray a sweep returns, not list"),
+    "loading a result that is not there": (lambda c: ap.load(c.tmp / "none.nc"), FileNotFoundError, r"none\.nc: no such result file.*actpatch\.save"),
+    "loading a file that is not a result": (lambda c: ap.load(_file(c, "notes.nc", "not netCDF")), ValueError, r"notes\.nc is not a result written by actpatch\.save"),
+    # --- models and checkpoints ------------------------------------------------------------
+    "a family not in the table": (
+        lambda c: ap.Model.from_hf(tf.AutoModelForCausalLM.from_config(tf.OPTConfig(num_hidden_layers=1, hidden_size=16, ffn_dim=32, num_attention_heads=2,
+                                                                                    vocab_size=50, word_embed_proj_dim=16))),
+        ap.UnsupportedArchitecture, r"OPTForCausalLM is not in actpatch's architecture table\. Add an entry for it to ARCHS in src/actpatch/models/arch\.py"),
+    "unsupported dtype": (lambda c: ap.load_model(c.tmp, dtype="int8"), ValueError, r"dtype 'int8' is not supported; choose one of: float32, bfloat16"),
+    "checkpoint folder that does not exist": (lambda c: ap.load_model(c.tmp / "nowhere"), ap.ModelNotFound, r"nowhere' looks like a local path, but it does not exist"),
+    "truncated weights": (lambda c: ap.load_model(_checkpoint(c, "truncated", "truncate")), ap.CorruptCheckpoint,
+                          r"truncated: a safetensors weights file is damaged.*truncated or not a safetensors file\. Save or download"),
+    "truncated weights beside a manifest": (lambda c: ap.load_model(_checkpoint(c, "truncated-cache", "truncate", manifest=True)), ap.CorruptCheckpoint,
+                                            r"does not match its manifest\.json: model\.safetensors has the wrong size \(truncated or replaced\)"),
+    "tampered weights beside a manifest": (lambda c: ap.load_model(_checkpoint(c, "tampered-cache", "flip", manifest=True)), ap.CorruptCheckpoint,
+                                           r"model\.safetensors does not match its sha256.*delete the folder and call load_model\(\) with no argument"),
+    "weights only as a pickle": (lambda c: ap.load_model(_checkpoint(c, "pickled", "pickle")), ap.CorruptCheckpoint,
+                                 r"weights only as pickle files \(pytorch_model\.bin\), which can run code.*save_pretrained\(new_folder\) writes safetensors"),
+    "device and device_map together": (lambda c: ap.load_model(c.tmp, device="cpu", device_map="auto"), ValueError, r"give device= .* or device_map= .*, not both"),
+    "max_memory without device_map": (lambda c: ap.load_model(c.tmp, max_memory={"cpu": "1GiB"}), ValueError, r"max_memory= bounds what device_map= places.*device_map='auto'"),
+    "max_memory too small to hold the model": (lambda c: ap.load_model(_checkpoint(c, "offloaded"), device_map="auto", max_memory={"cpu": 10_000}), ValueError,
+                                               r"device_map offloaded part of .*offloaded.* to disk or CPU.*Raise max_memory"),
+}
+
+
+@pytest.mark.parametrize("call, error, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_gets_a_clear_error(inputs, call, error, message):
+    with pytest.raises(error, match=message) as raised:
+        call(inputs)
+    # The error is ours, raised where the input is first understood, not torch's from deep inside.
+    assert "site-packages" not in str(raised.traceback[-1].path)
+    assert ap.attached_hooks(inputs.m) == 0
+
+
+def test_the_table_is_broad():
+    assert len(BAD_INPUTS) >= 25
+    raised = {error for _, error, _ in BAD_INPUTS.values()}
+    assert {ap.SiteError, ap.PairsError, ap.NonFiniteError, ap.CorruptCheckpoint, TypeError, ValueError} <= raised
+
+
+def test_the_shared_model_is_still_healthy(inputs):
+    """The rows above must not have damaged the model the others share (e.g. by leaving NaN in it)."""
+    assert all(bool(torch.isfinite(p).all()) for p in inputs.m.hf.parameters())
+    assert ap.sweep(inputs.m, inputs.p, "resid_pre", layers=[0], positions="all").sel(metric="norm_logit_diff").item() == pytest.approx(1.0, abs=1e-4)
