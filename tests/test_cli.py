@@ -1,8 +1,12 @@
-"""The command line: `actpatch report` on good and bad files, and `actpatch demo` end to end.
+"""The command line: `actpatch report` on good and bad files, and `actpatch demo` end to end
+(the other commands: tests/test_cli_commands.py).
 
 Exit codes are part of the interface (scripts branch on them): 0 done, 2 bad input with a
 one-line reason, 1 anything else."""
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,13 +70,18 @@ def test_report_unknown_metric_is_bad_input(saved):
     assert result.exit_code == 2 and "metric must be one of" in result.stderr
 
 
-def test_report_other_failures_exit_1(saved, monkeypatch):
+def test_report_other_failures_exit_1_with_the_traceback_in_a_log(saved, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(cli.report, "render_report", broken)
     result = run("report", str(saved))
-    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    match = re.fullmatch(r"error: RuntimeError: disk on fire \(traceback in (.+\.log)\)\n", result.stderr)
+    assert match, result.stderr
+    log = Path(match[1])
+    assert "Traceback" in log.read_text() and "disk on fire" in log.read_text()
+    log.unlink()
 
 
 @pytest.mark.smollm

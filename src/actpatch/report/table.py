@@ -25,3 +25,28 @@ def layer_table(result: xr.DataArray, metric: str = "norm_logit_diff", *, width:
 
 def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def strongest_table(result: xr.DataArray, metric: str = "norm_logit_diff", *, top: int = 10) -> str:
+    """The `top` patches that move `metric` furthest from the unpatched target run, one per line.
+
+    For results a layer grid cannot show (several dimensions beside layer, or none). The target
+    value is the corrupt baseline when denoising and the clean one when noising."""
+    values = result.sel(metric=metric)
+    if "batch" in values.dims:
+        values = values.mean("batch")
+    direction = result.attrs.get("direction")
+    baseline = result.attrs.get("baseline_corrupt" if direction == "denoise" else "baseline_clean") or {}
+    target = baseline.get(metric, 0.0 if direction == "denoise" else 1.0 if metric == "norm_logit_diff" else 0.0)
+    flat = values.stack(patch=list(values.dims)) if values.dims else values.expand_dims(patch=[0])
+    order = abs(flat - target).argsort()[::-1][:top].values
+    lines = [f"strongest {min(top, flat.size)} of {flat.size} patches by {metric} "
+             f"({direction or ''} {result.attrs.get('site', '')}; unpatched: {target:.3f})"]
+    for index in order:
+        where = ", ".join(f"{dim}={_label(value)}" for dim, value in zip(values.dims, flat["patch"].values[index]))
+        lines.append(f"  {where or 'all'}: {float(flat.values[index]):+.3f}")
+    return "\n".join(lines)
+
+
+def _label(value: object) -> str:
+    return str(value.item() if hasattr(value, "item") else value)

@@ -1,0 +1,152 @@
+"""`actpatch attribute` and `actpatch circuit`: estimates checked exactly, and circuits judged whole."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+import pandas as pd
+
+import actpatch as ap
+from actpatch import atomic, report
+from actpatch.cli.common import (
+    BadInput, build_experiment, describe, echo_unless, experiment_options, load, log_into, one_direction, progress,
+    provenance, single, stem, validating,
+)
+from actpatch.cli.sweeps import checkpoint_folder, sweep_options, tables, title, write_outputs
+from actpatch.engine.plan import plan
+from actpatch.sites import parse_kind
+
+
+@click.command()
+@experiment_options(analysis=True)
+@click.option("--method", type=click.Choice(["atp", "atp*", "ig"]), default=None,
+              help="atp (default), atp* (softmax recomputed for q/k sites), or ig (integrated gradients).")
+@click.option("--steps", type=int, default=None, help="Integrated-gradient steps (default 5).")
+@click.option("--graddrop/--no-graddrop", default=None, help="Add GradDrop's magnitude (atp, atp*): one backward per layer.")
+@click.option("--verify", type=int, default=None, metavar="K",
+              help="Patch the K strongest estimates (and 10 random others) exactly and report the agreement.")
+def attribute(quiet: bool, **flags: Any) -> None:
+    """Estimate every patch of a sweep from one forward and one backward pass; optionally verify.
+
+    \b
+    actpatch attribute --task ioi --site head --verify 10
+    actpatch attribute --task ioi --site k --positions S2,END --method 'atp*' --verify 10
+    actpatch attribute --config examples/attribute_ioi_heads.toml
+
+    Attribution patching (AtP: effect ≈ (source − target) · gradient) is cheap and wrong in known
+    ways (saturated attention, cancelling paths): never read it without --verify, which patches the
+    strongest estimates exactly and prints the rank correlation, the top-k recall and the worst
+    misestimates. Writes the estimate (.nc), the verification (.csv) and a report into --out."""
+    spec = build_experiment(flags)
+    out = Path(spec.output.folder)
+    log_into(out)
+    echo = echo_unless(quiet)
+    a, s = spec.attribute, spec.sweep
+    if s.engine != "batched" or s.chunk is not None or s.per_prompt:
+        raise BadInput("[sweep] engine, chunk and per_prompt do not apply to attribute; remove them")
+    model, pairs = load(spec, quiet=quiet)
+    pairs = single(pairs, "attribute")
+    direction = one_direction(spec, "attribute")
+    echo(describe(model, pairs, spec))
+    with validating():
+        the_plan = plan(model, pairs, s.site, direction=direction, layers=s.layers, positions=s.positions, heads=s.heads,
+                        neurons=s.neurons, ablation=s.ablation)
+    if s.ablation is not None and (a.method == "ig" or (a.method == "atp*" and the_plan.kind in ("q", "k"))):
+        raise BadInput(f"method {a.method} needs a source run (to interpolate inputs, or to recompute softmaxes from its "
+                       f"q and k), and ablation {s.ablation} has none: use method atp")
+    estimate = ap.attribute(model, pairs, s.site, direction=direction, method=a.method, steps=a.steps, layers=s.layers,
+                            positions=s.positions, heads=s.heads, neurons=s.neurons, graddrop=a.graddrop,
+                            ablation=s.ablation, check_baseline=s.check_baseline)
+    estimate.attrs.update(provenance(model, spec))
+    name = stem(spec, a.method.replace("*", "star"))
+    sections: dict[str, Any] = {f"{title(spec, estimate)}: {a.method} estimate": estimate}
+    if not quiet:
+        for text in tables(estimate):
+            click.echo(text)
+    if a.verify:
+        checked = ap.verify(model, pairs, estimate, top_k=a.verify, sample=a.sample, seed=spec.task.seed)
+        estimate.attrs["verification"] = {"spearman": checked.spearman, "top_k_recall": checked.top_k_recall, "top_k": checked.top_k}
+        echo(repr(checked))
+        table = out / f"{name}_verify.csv"
+        atomic.write_text(table, checked.table.to_csv(index=False))
+        click.echo(f"saved {table}")
+        sections["Verification against exact patching"] = report.Section(
+            "Verification against exact patching", html=checked.table.to_html(index=False, float_format=lambda v: f"{v:.4f}"),
+            note=f"Spearman {checked.spearman:.3f}, top-{checked.top_k} recall {checked.top_k_recall:.2f} over "
+                 f"{len(checked.table)} sites patched exactly (the top {checked.top_k} estimates and a random sample).")
+    write_outputs(spec, sections, name, estimate)
+
+
+@click.command()
+@experiment_options(circuit=True)
+@click.option("--resume", is_flag=True, help="Continue a killed run's sweep from the checkpoint in the output folder.")
+def circuit(quiet: bool, resume: bool, **flags: Any) -> None:
+    """Find a circuit: sweep the heads, grow circuits along the ranking, take the smallest that recovers enough.
+
+    \b
+    actpatch circuit --task ioi --prompts 8 --max-size 40
+    actpatch circuit --config examples/circuit_ioi.toml --recovery 0.9
+
+    Steps: a head sweep (or mlp_out with --site mlp_out) ranks components by effect; the Pareto
+    frontier evaluates the top-k for each k (everything else of that kind at its corrupt value, or
+    an --ablation); the smallest circuit reaching --recovery is then tested for minimality (does
+    removing one member cost anything?). Prints the tables and writes the sweep, the frontier, the
+    minimality table (.csv) and a report with the Pareto curve into --out."""
+    spec = build_experiment(flags, defaults={"sweep": {"site": "head"}})
+    out = Path(spec.output.folder)
+    log_into(out)
+    echo = echo_unless(quiet)
+    checkpoint = checkpoint_folder(out, resume, echo)
+    c = spec.circuit
+    model, pairs = load(spec, quiet=quiet)
+    pairs = single(pairs, "circuit")
+    direction = one_direction(spec, "circuit")
+    if spec.sweep.per_prompt:
+        raise BadInput("circuit ranks components by their mean effect: remove per_prompt")
+    if (kind := parse_kind(spec.sweep.site)[0]) not in ("head", "mlp_out"):
+        raise BadInput(f"circuit ranks head or mlp_out components, not {kind}: set the site to head or mlp_out")
+    echo(describe(model, pairs, spec))
+    options = sweep_options(model, pairs, spec)
+    ranked_by = ap.sweep(model, pairs, spec.sweep.site, **options, progress=progress(quiet),
+                         checkpoint=checkpoint if spec.sweep.engine == "batched" else None)
+    ranked_by.attrs.update(provenance(model, spec))
+    with validating():
+        ranking = ap.circuits.ranking(ranked_by, order=c.order)
+    if not quiet:
+        for text in tables(ranked_by):
+            click.echo(text)
+    sizes = range(min(c.max_size or len(ranking), len(ranking)) + 1)
+    frontier = ap.pareto_frontier(model, pairs, ranked_by, direction=direction, ablation=c.ablation, sizes=sizes,
+                                  order=c.order, progress=progress(quiet))
+    frontier.attrs.update(provenance(model, spec))
+    curve = frontier.sel(metric="norm_logit_diff")
+    echo("Pareto frontier (the top-k components kept, the rest ablated):\n" + pd.DataFrame(
+        {"added": curve["component"].values, "norm_logit_diff": curve.values.round(3)},
+        index=pd.Index(curve["size"].values, name="size")).to_string())
+    chosen = ap.smallest_circuit(frontier, c.recovery)
+    name = stem(spec, "circuit")
+    sections: dict[str, Any] = {title(spec, ranked_by): ranked_by}
+    sections["Pareto frontier"] = report.Section(
+        "Pareto frontier: circuit performance against circuit size",
+        figures=[ap.circuits.plot_frontier(frontier, recoveries=sorted({c.recovery, 0.9}))],
+        note="The top-k components of the ranking kept, every other component of their kind ablated "
+             f"({frontier.attrs.get('ablation', 'corrupt')}); one forward per size.")
+    if chosen is None:
+        click.echo(f"no circuit of up to {sizes[-1]} components recovers {c.recovery:.0%}: raise --max-size or lower --recovery")
+    else:
+        click.echo(f"smallest circuit recovering {c.recovery:.0%}: {len(chosen)} components: {', '.join(map(str, chosen))}")
+        table = ap.minimality(model, pairs, chosen, threshold=c.threshold, direction=direction, ablation=c.ablation)
+        echo(f"minimality (circuit scores {table.attrs['circuit_score']:.3f}; a passenger's removal costs < {c.threshold}):\n"
+             + table.round(3).to_string())
+        path = out / f"{name}_minimality.csv"
+        atomic.write_text(path, table.to_csv())
+        click.echo(f"saved {path}")
+        sections["Minimality"] = report.Section(
+            f"Minimality of the {len(chosen)}-component circuit",
+            html=table.to_html(float_format=lambda v: f"{v:.4f}"),
+            note=f"Each member removed alone; the circuit scores {table.attrs['circuit_score']:.4f}. A passenger's "
+                 f"removal costs less than {c.threshold}.")
+    write_outputs(spec, sections, name, ranked_by, extra={f"{name}_frontier": frontier})
+    shutil.rmtree(checkpoint, ignore_errors=True)

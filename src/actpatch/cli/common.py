@@ -1,0 +1,305 @@
+"""What every command shares: exit codes, the flags that describe an experiment, and writing outputs.
+
+Exit codes are part of the interface, since scripts branch on them: 0 done; 2 bad input, with a
+one-line `error: ...` reason on stderr; 1 anything else, with a one-line message naming the log file
+that holds the traceback (in the output folder, or a temporary file for commands without one)."""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import sys
+import tempfile
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, NoReturn
+
+import click
+import transformers
+
+import actpatch as ap
+from actpatch import atomic, experiment
+from actpatch.engine.checkpoint import CheckpointMismatch, weights_fingerprint
+from actpatch.experiment import Experiment, ExperimentError
+from actpatch.models.cache import DefaultModelNotInstalled
+from actpatch.models.load import ModelNotFound
+from actpatch.models.model import Model
+from actpatch.pairs import PromptPairs
+
+BAD_INPUT = 2
+FAILURE = 1
+ERROR_LOG = "actpatch-error.log"
+
+log = logging.getLogger(__name__)
+
+
+class BadInput(Exception):
+    """Input the command refuses; its message is the one-line reason."""
+
+
+# Errors that always mean the user's input cannot be run, wherever they are raised.
+BAD_INPUT_ERRORS = (BadInput, ap.PairsError, ap.SiteError, ap.BaselineError, ModelNotFound, ExperimentError,
+                    CheckpointMismatch, ap.UnsupportedArchitecture, DefaultModelNotInstalled)
+
+
+class Commands(click.Group):
+    """A click group that turns exceptions into the exit codes above."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        ctx.ensure_object(dict)
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except click.UsageError as error:
+            where = f" (see {error.ctx.command_path} --help)" if error.ctx is not None else ""
+            fail(f"{first_line(error.format_message())}{where}")
+        except BAD_INPUT_ERRORS as error:
+            hint = " (on the command line: --no-check-baseline)" if isinstance(error, ap.BaselineError) else ""
+            fail(first_line(error) + hint)
+        except Exception as error:  # noqa: BLE001 - the point is to catch what nothing else did
+            path = _write_traceback(ctx.obj.get("log_folder"))
+            click.echo(f"error: {type(error).__name__}: {first_line(error)} (traceback in {path})", err=True)
+            sys.exit(FAILURE)
+
+
+def fail(reason: str) -> NoReturn:
+    """Exit 2 with a one-line reason."""
+    click.echo(f"error: {reason}", err=True)
+    sys.exit(BAD_INPUT)
+
+
+def first_line(error: BaseException | str) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextmanager
+def validating() -> Iterator[None]:
+    """Inside: a ValueError or TypeError is the library refusing the user's arguments (bad input),
+    not a bug; outside, they count as failures. Wrap argument checks and loading, not long runs."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        raise BadInput(first_line(error)) from error
+
+
+def log_into(folder: Path) -> None:
+    """Put a failure's traceback into `folder` (the command's output folder)."""
+    click.get_current_context().obj["log_folder"] = folder
+
+
+def _write_traceback(folder: Path | None) -> Path:
+    text = f"actpatch {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}"
+    if folder is not None:
+        try:
+            return atomic.write_text(Path(folder) / ERROR_LOG, text)
+        except OSError:
+            pass  # an unwritable output folder may be the failure itself
+    handle, name = tempfile.mkstemp(prefix="actpatch-error-", suffix=".log")
+    with open(handle, "w", encoding="utf-8") as file:
+        file.write(text)
+    return Path(name)
+
+
+# --- flags ---------------------------------------------------------------------------------------
+
+def int_list(text: str | None) -> list[int] | None:
+    """'0,2,5-7' -> [0, 2, 5, 6, 7]; negative indices count from the end ('-1')."""
+    if text is None:
+        return None
+    values: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if match := re.fullmatch(r"(-?\d+)-(-?\d+)", part):
+            first, last = int(match[1]), int(match[2])
+            if last < first:
+                raise click.BadParameter(f"range {part!r} runs backwards")
+            values.extend(range(first, last + 1))
+        elif re.fullmatch(r"-?\d+", part):
+            values.append(int(part))
+        else:
+            raise click.BadParameter(f"{part!r} is not a whole number or a range like 0-5")
+    if not values:
+        raise click.BadParameter("empty list")
+    return values
+
+
+def positions(text: str | None) -> str | list[int | str] | None:
+    """'each', 'all', or a comma-separated list of indices and named positions ('S2,END', '3,-1')."""
+    if text is None or text in ("each", "all"):
+        return text
+    chosen: list[int | str] = [int(p) if re.fullmatch(r"-?\d+", p) else p for p in (p.strip() for p in text.split(",")) if p]
+    if not chosen:
+        raise click.BadParameter("give 'each', 'all', or indices and named positions separated by commas")
+    return chosen
+
+
+# Flag name -> (section, key) of the experiment file it overrides.
+OVERRIDES = {
+    "model_name": ("model", "name"), "dtype": ("model", "dtype"), "device": ("model", "device"),
+    "task": ("task", "name"), "prompts": ("task", "n"), "corruption": ("task", "corruption"), "seed": ("task", "seed"),
+    "site": ("sweep", "site"), "direction": ("sweep", "direction"), "positions": ("sweep", "positions"),
+    "layers": ("sweep", "layers"), "heads": ("sweep", "heads"), "neurons": ("sweep", "neurons"),
+    "engine": ("sweep", "engine"), "ablation": ("sweep", "ablation"), "chunk": ("sweep", "chunk"),
+    "per_prompt": ("sweep", "per_prompt"), "check_baseline": ("sweep", "check_baseline"),
+    "method": ("attribute", "method"), "steps": ("attribute", "steps"), "graddrop": ("attribute", "graddrop"),
+    "verify": ("attribute", "verify"), "recovery": ("circuit", "recovery"), "max_size": ("circuit", "max_size"),
+    "threshold": ("circuit", "threshold"),
+    "out": ("output", "folder"), "name": ("output", "name"), "pngs": ("output", "pngs"),
+}
+_FLAG_OF = {f"{section}.{key}": "--" + flag.replace("_name", "").replace("_", "-") for flag, (section, key) in OVERRIDES.items()}
+
+_PARSED = {"positions": positions, "layers": int_list, "heads": int_list, "neurons": int_list}
+
+
+def experiment_options(*, analysis: bool = False, circuit: bool = False) -> Callable:
+    """The flags that describe an experiment; each overrides its key in --config."""
+    options = [
+        click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                     help="An experiment file (TOML); the flags below override its keys."),
+        click.option("--model", "model_name", default=None, help="Checkpoint folder, .gguf file or hub id (default: embedded SmolLM2)."),
+        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "float64"]), default=None,
+                     help="Weights dtype (default float32)."),
+        click.option("--device", default=None, help="Device, e.g. cpu or cuda (default cpu)."),
+        click.option("--task", default=None,
+                     help="ioi, ioi_groups, factual, greater_than, induction, or file:PATH (.jsonl/.csv)."),
+        click.option("--prompts", type=int, default=None, help="Number of prompt pairs (default 8)."),
+        click.option("--corruption", default=None, help="The task's corruption scheme, or 'noise' (Gaussian noise)."),
+        click.option("--seed", type=int, default=None, help="Seed of the prompt generator (default 0)."),
+        click.option("--site", default=None, help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, head, q, k, v, pattern, neuron."),
+        click.option("--direction", type=click.Choice(["denoise", "noise", "both"]), default=None, help="Default: denoise."),
+        click.option("--positions", default=None, help="each, all, or a list like S2,END or 0,3,-1."),
+        click.option("--layers", default=None, help="Layers to sweep, e.g. 0-5,10 (default all)."),
+        click.option("--heads", default=None, help="Heads (or KV heads) to sweep, e.g. 0-3."),
+        click.option("--neurons", default=None, help="Neurons to sweep (neuron sites need them), e.g. 0-99."),
+        click.option("--ablation", type=click.Choice(["zero", "mean", "resample"]), default=None,
+                     help="Noise with an ablation of the clean run's own values instead of the corrupt run's."),
+        click.option("--check-baseline/--no-check-baseline", "check_baseline", default=None,
+                     help="Refuse prompts the model does not solve (default on)."),
+        click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+                     help="Output folder for results, reports and logs (default actpatch-out)."),
+        click.option("--name", default=None, help="File name stem of the outputs (default from task, site and direction)."),
+        click.option("--pngs/--no-pngs", default=None, help="Also write PNG images."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars and no tables: print only what was written."),
+    ]
+    if not analysis:
+        options += [
+            click.option("--engine", type=click.Choice(["batched", "reference"]), default=None, help="Default: batched."),
+            click.option("--chunk", type=int, default=None, help="Patched copies per forward (default from a 1 GiB budget)."),
+            click.option("--per-prompt/--no-per-prompt", "per_prompt", default=None, help="Keep every prompt's value."),
+        ]
+    if circuit:
+        options += [
+            click.option("--recovery", type=float, default=None, help="Share of the behaviour the circuit must recover (default 0.8)."),
+            click.option("--max-size", type=int, default=None, help="Largest circuit evaluated on the frontier (default all)."),
+            click.option("--threshold", type=float, default=None,
+                         help="Minimality: a member whose removal costs less is a passenger (default 0.02)."),
+        ]
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def build_experiment(flags: dict[str, Any], *, defaults: dict[str, dict[str, Any]] | None = None) -> Experiment:
+    """The experiment from --config (if any), `defaults` under it, and the flags over both, checked."""
+    config = flags.get("config")
+    data: dict[str, Any] = experiment.read(config) if config is not None else {}
+    for section in ("task", "sweep"):
+        data.setdefault(section, {})
+    for section, values in (defaults or {}).items():
+        if isinstance(data.get(section, {}), dict):
+            data[section] = {**values, **data.get(section, {})}
+    for flag, value in flags.items():
+        if value is None or flag not in OVERRIDES:
+            continue
+        section, key = OVERRIDES[flag]
+        if not isinstance(data.get(section, {}), dict):
+            continue  # the schema reports the malformed section
+        parse = _PARSED.get(flag)
+        try:
+            data.setdefault(section, {})[key] = parse(value) if parse else (str(value) if flag == "out" else value)
+        except click.BadParameter as error:
+            raise BadInput(f"--{flag.replace('_', '-')}: {error.message}") from None
+    try:
+        return experiment.validate(data, source=str(config) if config is not None else "arguments")
+    except ExperimentError as error:
+        raise BadInput(_with_flags(str(error))) from None
+
+
+def _with_flags(message: str) -> str:
+    """Name the flag beside each missing key, for readers who gave no experiment file."""
+    return re.sub(r"missing key '([\w.]+)'", lambda m: f"{m[0]} (give {_FLAG_OF.get(m[1], 'it')})" if m[1] in _FLAG_OF else m[0], message)
+
+
+def load(spec: Experiment, *, quiet: bool = False) -> tuple[Model, PromptPairs | list[PromptPairs]]:
+    """The experiment's model and prompt pairs; loading errors are bad input (a wrong path, a task
+    the tokenizer cannot build)."""
+    if quiet or not sys.stderr.isatty():
+        transformers.utils.logging.disable_progress_bar()  # transformers' own bars, like ours: terminals only
+    with validating():
+        try:
+            model = ap.load_model(spec.model.name, dtype=spec.model.dtype, device=spec.model.device)
+        except OSError as error:
+            if isinstance(error, (ModelNotFound, DefaultModelNotInstalled)):
+                raise
+            raise BadInput(f"cannot load model {spec.model.name!r}: {' '.join(str(error).split())[:300]}") from error
+        pairs = experiment.make_pairs(model, spec.task)
+    return model, pairs
+
+
+def describe(model: Model, pairs: PromptPairs | list[PromptPairs], spec: Experiment) -> str:
+    """One line for the terminal: model, task, prompts, corruption, and an example."""
+    groups = pairs if isinstance(pairs, list) else [pairs]
+    first = groups[0]
+    n = sum(len(g) for g in groups)
+    lengths = f" in {len(groups)} length groups" if len(groups) > 1 else ""
+    example = f"; e.g. {first.clean_text[0]!r} -> {model.token_strings(first.answers[:1])[0]!r}" if first.clean_text else ""
+    return f"model: {model.name}  task: {spec.task.name} ({first.corruption or 'as given'})  prompts: {n}{lengths}{example}"
+
+
+def provenance(model: Model, spec: Experiment) -> dict[str, Any]:
+    """What a result made by the command line records beyond the library's own provenance."""
+    return {"task": spec.task.name, "seed": spec.task.seed, "weights_fingerprint": weights_fingerprint(model),
+            "experiment": spec.model_dump(mode="json")}
+
+
+def stem(spec: Experiment, *parts: str) -> str:
+    """The outputs' file name stem: [output] name, or task, site and direction."""
+    if spec.output.name:
+        return spec.output.name
+    return re.sub(r"[^\w.-]+", "_", "_".join([spec.task.label, spec.sweep.site, spec.sweep.direction, *parts])).strip("_")
+
+
+def progress(quiet: bool) -> bool | None:
+    """Progress bars: off with --quiet, else on a terminal only (tqdm's own test)."""
+    return False if quiet else None
+
+
+def single(pairs: PromptPairs | list[PromptPairs], analysis: str) -> PromptPairs:
+    """The analyses other than sweeps take one batch of one token length."""
+    if isinstance(pairs, list):
+        if len(pairs) > 1:
+            raise BadInput(f"{analysis} takes prompts of one token length; this task made {len(pairs)} length groups "
+                           "(use ioi instead of ioi_groups)")
+        return pairs[0]
+    return pairs
+
+
+def one_direction(spec: Experiment, analysis: str) -> str:
+    if spec.sweep.direction == "both":
+        raise BadInput(f"{analysis} takes one direction: set direction to denoise or noise")
+    return spec.sweep.direction
+
+
+def echo_unless(quiet: bool) -> Callable[[str], None]:
+    return functools.partial(_echo, quiet)
+
+
+def _echo(quiet: bool, text: str) -> None:
+    if not quiet:
+        click.echo(text)

@@ -1,0 +1,181 @@
+"""`actpatch sweep`, `actpatch demo` and `actpatch report`: exact sweeps, and drawing saved results."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import xarray as xr
+
+import actpatch as ap
+from actpatch import report
+from actpatch.cli.common import (
+    BadInput, build_experiment, describe, echo_unless, experiment_options, fail, first_line, load, log_into, progress,
+    provenance, stem, validating,
+)
+from actpatch.engine.plan import plan
+from actpatch.experiment import Experiment
+from actpatch.models.model import Model
+from actpatch.pairs import PromptPairs
+from actpatch.report.table import layer_table, strongest_table
+
+CHECKPOINT = "checkpoint"  # the sweep's checkpoint folder inside --out; removed once the result is saved
+
+
+@click.command()
+@experiment_options()
+@click.option("--resume", is_flag=True,
+              help="Continue the killed sweep whose checkpoint is in the output folder (same flags and --config).")
+def sweep(resume: bool, quiet: bool, **flags: Any) -> None:
+    """Patch every site of one kind; write the labelled result (.nc) and its HTML report into --out.
+
+    \b
+    actpatch sweep --task ioi --site resid_pre --direction both
+    actpatch sweep --task ioi --site head --positions END --prompts 16
+    actpatch sweep --config examples/sweep_ioi_resid_pre.toml --out ioi-abc
+
+    Denoising (the default) patches clean activations into the corrupt run: which sites are
+    sufficient to restore the answer; noising patches corrupt ones into the clean run: which are
+    necessary. With the batched engine the sweep keeps a checkpoint in OUT/checkpoint as it goes:
+    if it is killed, run the same command again with --resume and only the unfinished patches run.
+    The reference engine does not checkpoint."""
+    spec = build_experiment(flags)
+    out = Path(spec.output.folder)
+    log_into(out)
+    echo = echo_unless(quiet)
+    checkpoint = checkpoint_folder(out, resume, echo)
+    model, pairs = load(spec, quiet=quiet)
+    echo(describe(model, pairs, spec))
+    options = sweep_options(model, pairs, spec)
+    if spec.sweep.engine == "reference" and resume:
+        echo("the reference engine does not checkpoint: the sweep runs from the start")
+    result = ap.sweep(model, pairs, spec.sweep.site, **options, progress=progress(quiet),
+                      checkpoint=checkpoint if spec.sweep.engine == "batched" else None)
+    result.attrs.update(provenance(model, spec))
+    if not quiet:
+        for text in tables(result):
+            click.echo(text)
+    write_outputs(spec, {title(spec, result): result}, stem(spec), result)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def sweep_options(model: Model, pairs: PromptPairs | list[PromptPairs], spec: Experiment) -> dict[str, Any]:
+    """`ap.sweep`'s keyword arguments from [sweep], each checked against the model and prompts now,
+    before anything long runs (a wrong layer is bad input, not a failure an hour in)."""
+    s = spec.sweep
+    options = dict(direction=s.directions, layers=s.layers, positions=s.positions, heads=s.heads, neurons=s.neurons,
+                   per_prompt=s.per_prompt, engine=s.engine, chunk=s.chunk, memory_budget=s.memory_budget,
+                   ablation=s.ablation, check_baseline=s.check_baseline)
+    directions = [s.directions] if isinstance(s.directions, str) else s.directions
+    with validating():
+        for group in pairs if isinstance(pairs, list) else [pairs]:
+            for direction in directions:
+                plan(model, group, s.site, direction=direction, layers=s.layers, positions=s.positions, heads=s.heads,
+                     neurons=s.neurons, ablation=s.ablation)
+    return options
+
+
+def write_outputs(spec: Experiment, sections: dict[str, Any], name: str, result: xr.DataArray,
+                  extra: dict[str, xr.DataArray] | None = None) -> None:
+    """Save `result` (and `extra` results, by file stem) and the report of `sections`; print the paths."""
+    out = Path(spec.output.folder)
+    saved = [ap.save(result, out / f"{name}.nc")]
+    saved += [ap.save(other, out / f"{other_name}.nc") for other_name, other in (extra or {}).items()]
+    for path in saved:
+        click.echo(f"saved {path}")
+    page = report.render_report(sections, out / f"{name}.html", title=f"actpatch: {name}")
+    click.echo(f"report {page}")
+    if spec.output.pngs:
+        for image in report.render_pngs({name: result}, out):
+            click.echo(f"image {image}")
+
+
+def title(spec: Experiment, result: xr.DataArray) -> str:
+    corruption = result.attrs.get("corruption") or spec.task.corruption or "default corruption"
+    source = f", ablation {spec.sweep.ablation}" if spec.sweep.ablation else ""
+    return f"{spec.task.label} ({corruption}): {spec.sweep.site}, {spec.sweep.direction}{source}"
+
+
+def tables(result: xr.DataArray) -> list[str]:
+    """Terminal tables: a layer grid where the result is one, else its strongest patches; per direction."""
+    parts = ([result.sel(direction=d).assign_attrs(direction=str(d)) for d in result["direction"].values]
+             if "direction" in result.dims else [result])
+    texts = []
+    for part in parts:
+        if "batch" in part.dims:
+            part = part.mean("batch", keep_attrs=True)
+        try:
+            texts.append(layer_table(part))
+        except ValueError:  # not a layer × one-dimension grid
+            texts.append(strongest_table(part))
+    return texts
+
+
+def checkpoint_folder(out: Path, resume: bool, echo: Callable[[str], None]) -> Path:
+    """OUT/checkpoint, refused if it holds an unfinished sweep and --resume was not given: a new
+    sweep must not silently pick up an old one's rows, nor silently throw them away."""
+    checkpoint = out / CHECKPOINT
+    if checkpoint.is_dir() and any(checkpoint.iterdir()):
+        if not resume:
+            raise BadInput(f"{checkpoint} holds the checkpoint of an unfinished sweep: add --resume to continue it, "
+                           "or delete that folder to start over")
+        echo(f"resuming: {_finished_rows(checkpoint)} finished patches in {checkpoint}")
+    elif resume:
+        echo(f"nothing to resume in {checkpoint}; starting the sweep")
+    return checkpoint
+
+
+def _finished_rows(folder: Path) -> int:
+    return sum(len(json.loads(p.read_text(encoding="utf-8"))["rows"]) for p in folder.rglob("chunk-*.json"))
+
+
+@click.command()
+@click.option("--prompts", default=8, show_default=True, help="Number of IOI prompt pairs.")
+@click.option("--out", default="actpatch-out", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for the saved result, its HTML report and PNG image.")
+@click.option("--model", "model_name", default=None, help="A local checkpoint folder or hub id (default: embedded SmolLM2).")
+def demo(prompts: int, out: Path, model_name: str | None) -> None:
+    """Denoise the residual stream on IOI (all names swapped) and print where the answer lives."""
+    log_into(out)
+    with validating():
+        model = ap.load_model(model_name)
+        pairs = ap.ioi_pairs(model, n=prompts)
+    click.echo(f"model: {model.name}  prompts: {len(pairs)}  e.g. {pairs.clean_text[0]!r} -> {model.token_strings(pairs.answers[:1])[0]!r}")
+    click.echo(f"corrupt (all three names replaced): {pairs.corrupt_text[0]!r}")
+    result = ap.sweep(model, pairs, "resid_pre", direction="denoise")
+    clean, corrupt = result.attrs["baseline_clean"], result.attrs["baseline_corrupt"]
+    click.echo(f"logit diff: clean {clean['logit_diff']:.2f}, corrupt {corrupt['logit_diff']:.2f}; "
+               f"self-checks {result.attrs['self_checks']}")
+    click.echo(layer_table(result))
+    path = ap.save(result, out / "ioi_resid_pre_denoise.nc")
+    click.echo(f"saved {path} (load it with actpatch.load)")
+    page = report.render_report({"IOI (all three names replaced): resid_pre, denoise": result},
+                                out / "ioi_resid_pre_denoise.html", title="actpatch demo")
+    images = report.render_pngs({"ioi_resid_pre_denoise": result}, out)
+    click.echo(f"report {page} (open it in a browser); images {', '.join(str(p) for p in images)}")
+
+
+@click.command("report")
+@click.argument("result_path", metavar="RESULT.nc", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The HTML file to write (default: RESULT.html beside the result).")
+@click.option("--pngs", type=click.Path(path_type=Path), default=None, help="Also write PNG images into this folder.")
+@click.option("--metric", default=None, help="The metric each figure shows first (default: norm_logit_diff).")
+def report_command(result_path: Path, out: Path | None, pngs: Path | None, metric: str | None) -> None:
+    """Draw a result saved with actpatch.save (or by any command) as an HTML report."""
+    if not result_path.is_file():
+        fail(f"{result_path}: {'not a file' if result_path.exists() else 'no such file'}")
+    try:
+        result = ap.load(result_path)
+    except (OSError, ValueError) as error:
+        fail(f"{result_path} is not a saved actpatch result ({first_line(error)})")
+    try:
+        page = report.render_report(result, out or result_path.with_suffix(".html"), metric=metric)
+        images = report.render_pngs(result, pngs, metric=metric) if pngs else []
+    except (KeyError, ValueError) as error:  # a metric it lacks, or dimensions no figure can show
+        fail(f"cannot draw {result_path}: {first_line(error)}")
+    click.echo(f"report {page}")
+    for image in images:
+        click.echo(f"image {image}")

@@ -1,0 +1,157 @@
+"""`actpatch models`, `check`, `sweep`, `attribute` and `circuit` on a tiny GPT-2 saved as a
+checkpoint folder (the command line loads models by path), with their outputs and exit codes."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+
+import actpatch as ap
+from actpatch import cli
+from actpatch.model_checks import Check
+from actpatch.models.arch import ARCHS
+from tiny_checkpoint import save_tiny_checkpoint
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli.main, list(args))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gpt2")))
+
+
+def sweep(tiny, out, *extra):
+    # Random weights do no task: the baseline check is off (it has its own test below).
+    return run("sweep", "--model", tiny, "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--out", str(out), *extra)
+
+
+def test_every_command_has_help():
+    for command in ("models", "check", "sweep", "attribute", "circuit", "demo", "report"):
+        result = run(command, "--help")
+        assert result.exit_code == 0 and len(result.output.splitlines()) > 5, command
+
+
+def test_models_lists_the_default_model_its_cache_and_the_families():
+    result = run("models")
+    assert result.exit_code == 0, result.output
+    assert "SmolLM2-135M-Instruct" in result.output and "cache:" in result.output
+    for name in [*ARCHS, "if config.use_parallel_residual", "attention.query_key_value"]:
+        assert name in result.output
+
+
+def test_check_passes_on_a_working_model(tiny):
+    result = run("check", "--model", tiny, "--prompts", "2")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith(("pass", "FAIL"))]
+    assert len(lines) == 26 and all(line.startswith("pass") for line in lines)
+    assert any("head sum" in line for line in lines) and any("reference" in line for line in lines)
+    assert "all 26 checks passed" in result.output
+
+
+def test_check_exits_1_when_a_check_fails(tiny, monkeypatch):
+    bad = Check("head sum", "-", 0.5, 1e-4, "relative", False, "worst at layer 1")
+    monkeypatch.setattr(cli.models, "check_model", lambda model, pairs, progress=None: [bad])
+    result = run("check", "--model", tiny, "--prompts", "2")
+    assert result.exit_code == 1
+    assert "FAIL  head sum" in result.output and "1 of 1 checks failed" in result.stderr
+
+
+def test_sweep_writes_result_and_report_with_provenance(tiny, tmp_path):
+    result = sweep(tiny, tmp_path, "--site", "head", "--positions", "END", "--direction", "both", "--seed", "3", "--pngs")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ioi_head_both.html", "ioi_head_both.nc", "ioi_head_both_norm_logit_diff.png"]
+    saved = ap.load(tmp_path / "ioi_head_both.nc")
+    assert list(saved["direction"].values) == ["denoise", "noise"]
+    attrs = saved.attrs
+    assert attrs["task"] == "ioi" and attrs["seed"] == 3 and attrs["corruption"] == "abc" and attrs["engine"] == "batched"
+    assert attrs["model"] == tiny and re.fullmatch(r"[0-9a-f]{64}", attrs["weights_fingerprint"])
+    assert {"actpatch", "torch", "transformers"} <= set(attrs["versions"])
+    assert attrs["experiment"]["sweep"]["direction"] == "both" and attrs["experiment"]["task"]["seed"] == 3
+    assert "strongest" in result.output  # head × pos per direction: no single layer grid, so the strongest patches
+
+
+def test_sweep_refuses_an_unsolved_task_unless_told(tiny, tmp_path):
+    result = run("sweep", "--model", tiny, "--task", "greater_than", "--prompts", "4", "--site", "resid_pre",
+                 "--out", str(tmp_path))
+    assert result.exit_code == 2 and "does not perform the task" in result.stderr and "--no-check-baseline" in result.stderr
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--site", "resid_pre", "--layers", "7"], "layer 7 is out of range: this model has layers 0..1"),
+    (["--site", "head", "--positions", "NOPE"], "no named position 'NOPE'"),
+    (["--site", "neuron"], "a neuron sweep needs neurons="),
+    (["--site", "resid_pre", "--layers", "x"], "--layers: 'x' is not a whole number"),
+    (["--site", "resid_pre", "--chunk", "many"], "Invalid value for '--chunk'"),
+    (["--site", "resid_pre", "--corruption", "s9"], "task.corruption = 's9' is not a corruption of ioi"),
+    (["--site", "resid_pre", "--model", "/no/such/folder"], "looks like a local path, but it does not exist"),
+])
+def test_sweep_bad_input_exits_2_with_one_line(tiny, tmp_path, args, reason):
+    result = sweep(tiny, tmp_path, *args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and reason in result.stderr, result.stderr
+
+
+def test_sweep_failure_exits_1_with_the_traceback_in_the_output_folder(tiny, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("the GPU caught fire")
+
+    monkeypatch.setattr(cli.sweeps.ap, "sweep", broken)
+    result = sweep(tiny, tmp_path, "--site", "resid_pre")
+    log = tmp_path / "actpatch-error.log"
+    assert result.exit_code == 1
+    assert result.stderr == f"error: RuntimeError: the GPU caught fire (traceback in {log})\n"
+    assert "Traceback" in log.read_text() and "broken" in log.read_text()
+
+
+def test_a_leftover_checkpoint_needs_resume(tiny, tmp_path):
+    (tmp_path / "checkpoint" / "denoise").mkdir(parents=True)
+    (tmp_path / "checkpoint" / "denoise" / "plan.json").write_text("{}")
+    result = sweep(tiny, tmp_path, "--site", "resid_pre")
+    assert result.exit_code == 2 and "add --resume to continue it, or delete that folder" in result.stderr
+    mismatched = sweep(tiny, tmp_path, "--site", "resid_pre", "--resume")
+    assert mismatched.exit_code == 2 and "written by another sweep" in mismatched.stderr
+
+
+def test_resume_without_a_checkpoint_just_runs(tiny, tmp_path):
+    result = sweep(tiny, tmp_path, "--site", "mlp_out", "--resume")
+    assert result.exit_code == 0 and "nothing to resume" in result.output
+
+
+def test_attribute_verifies_and_writes_estimate_table_and_report(tiny, tmp_path):
+    result = run("attribute", "--model", tiny, "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--site", "head",
+                 "--verify", "3", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "Verification(spearman=" in result.output
+    estimate = ap.load(tmp_path / "ioi_head_denoise_atp.nc")
+    assert estimate.attrs["estimate"]["method"] == "atp" and estimate.attrs["verification"]["top_k"] == 3
+    assert (tmp_path / "ioi_head_denoise_atp_verify.csv").read_text().startswith("site,estimate,exact")
+    assert "Verification against exact patching" in (tmp_path / "ioi_head_denoise_atp.html").read_text()
+
+
+def test_attribute_takes_one_direction_and_one_length(tiny, tmp_path):
+    both = run("attribute", "--model", tiny, "--task", "ioi", "--site", "head", "--direction", "both", "--out", str(tmp_path))
+    assert both.exit_code == 2 and "attribute takes one direction" in both.stderr
+    ig = run("attribute", "--model", tiny, "--task", "ioi", "--site", "head", "--direction", "noise", "--ablation", "zero",
+             "--method", "ig", "--out", str(tmp_path))
+    assert ig.exit_code == 2 and "needs a source run" in ig.stderr
+
+
+def test_circuit_prints_frontier_and_minimality_and_reports_the_curve(tiny, tmp_path):
+    result = run("circuit", "--model", tiny, "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--recovery", "0.5",
+                 "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "Pareto frontier" in result.output and "smallest circuit recovering 50%" in result.output
+    assert "minimality" in result.output
+    frontier = ap.load(tmp_path / "ioi_head_denoise_circuit_frontier.nc")
+    assert list(frontier["size"].values) == list(range(5))  # 2 layers × 2 heads, plus the empty circuit
+    page = (tmp_path / "ioi_head_denoise_circuit.html").read_text()
+    assert "Pareto frontier: circuit performance against circuit size" in page and "Minimality of the" in page
+    assert (tmp_path / "ioi_head_denoise_circuit_minimality.csv").exists()
+
+
+def test_circuit_refuses_a_site_it_cannot_rank(tiny, tmp_path):
+    result = run("circuit", "--model", tiny, "--task", "ioi", "--site", "resid_pre", "--no-check-baseline", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "circuit ranks head or mlp_out components, not resid_pre" in result.stderr
