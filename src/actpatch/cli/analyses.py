@@ -58,7 +58,7 @@ def attribute(quiet: bool, **flags: Any) -> None:
                        f"q and k), and ablation {s.ablation} has none: use method atp")
     estimate = ap.attribute(model, pairs, s.site, direction=direction, method=a.method, steps=a.steps, layers=s.layers,
                             positions=s.positions, heads=s.heads, neurons=s.neurons, graddrop=a.graddrop,
-                            ablation=s.ablation, check_baseline=s.check_baseline)
+                            ablation=s.ablation, check_baseline=s.check_baseline, progress=progress(quiet))
     estimate.attrs.update(provenance(model, spec))
     name = stem(spec, a.method.replace("*", "star"))
     sections: dict[str, Any] = {f"{title(spec, estimate)}: {a.method} estimate": estimate}
@@ -66,7 +66,7 @@ def attribute(quiet: bool, **flags: Any) -> None:
         for text in tables(estimate):
             click.echo(text)
     if a.verify:
-        checked = ap.verify(model, pairs, estimate, top_k=a.verify, sample=a.sample, seed=spec.task.seed)
+        checked = ap.verify(model, pairs, estimate, top_k=a.verify, sample=a.sample, seed=spec.task.seed, progress=progress(quiet))
         estimate.attrs["verification"] = {"spearman": checked.spearman, "top_k_recall": checked.top_k_recall, "top_k": checked.top_k}
         echo(repr(checked))
         table = out / f"{name}_verify.csv"

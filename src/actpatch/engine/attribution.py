@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from actpatch import hooks, metrics
 from actpatch.engine import collect, sources
@@ -46,6 +47,7 @@ def attribute(
     graddrop: bool = False,
     ablation: Ablation | None = None,
     check_baseline: bool = True,
+    progress: bool | None = None,
 ) -> xr.DataArray:
     """Estimate every patch of a sweep at once; `verify(result, ...)` checks the strongest exactly.
 
@@ -58,7 +60,8 @@ def attribute(
     the mean over layers l of |estimated change| with gradients through layer l's attention and
     MLP dropped, a magnitude that cancelling paths cannot hide (costs one backward per layer).
     `method="ig"`: `steps` forward+backward passes with input embeddings at target + α·(source −
-    target), α = 0, 1/steps, ..., the gradients averaged; `steps=1` is AtP."""
+    target), α = 0, 1/steps, ..., the gradients averaged; `steps=1` is AtP. `progress=None` shows a
+    bar of the backward passes on a terminal only."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(steps, int) or steps < 1:
@@ -80,7 +83,7 @@ def attribute(
         with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as source_qk:
             source = sources.source_values(model, pairs, the_plan, the_plan.sites)
         with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as target_qk:
-            target_logits, target_values, grads, dropped = _mean_gradients(model, pairs, the_plan, alphas, patterns, graddrop)
+            target_logits, target_values, grads, dropped = _mean_gradients(model, pairs, the_plan, alphas, patterns, graddrop, progress)
         with hooks.add_to_input(model, the_plan.source_noise):
             source_logits = model.last_logits(the_plan.source)
     clean_logits, corrupt_logits = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
@@ -105,7 +108,7 @@ def attribute(
 
 
 def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alphas: list[float], extra: list[Site],
-                    graddrop: bool):
+                    graddrop: bool, progress: bool | None = None):
     """Target logits and activations, ∂(mean logit diff)/∂activation averaged over the interpolation
     points, and (for GradDrop) the gradients at the target with each layer's sublayers dropped."""
     embed = model.hf.get_input_embeddings()
@@ -117,6 +120,8 @@ def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alpha
     total: dict[Site, Tensor] = {}
     dropped: list[dict[Site, Tensor]] = []
     target_logits = target_values = None
+    bar = tqdm(total=len(alphas) * (1 + (model.dims.n_layers if graddrop else 0)), desc=f"backward passes ({the_plan.kind})",
+               disable=None if progress is None else not progress)
     for alpha in alphas:
         inputs = (target_embeds + alpha * (source_embeds - target_embeds)).detach().requires_grad_(True)
         with torch.enable_grad(), hooks.drop_gradients(model) if graddrop else nullcontext() as drop, \
@@ -124,15 +129,18 @@ def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alpha
             logits = model.hf(inputs_embeds=inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
             metric = metrics.logit_diff(logits.float(), pairs.answers, pairs.wrong).mean()
             metric.backward(retain_graph=graddrop)
+            bar.update()
             for s, grad in watched.grads.items():
                 total[s] = total[s] + grad if s in total else grad
             for layer in range(model.dims.n_layers) if graddrop else []:
                 drop.layer = layer
                 metric.backward(retain_graph=layer < model.dims.n_layers - 1)
                 dropped.append(dict(watched.grads))
+                bar.update()
         if alpha == 0.0:
             target_logits, target_values = logits.detach().float(), watched.values
         del inputs, logits, metric, watched
+    bar.close()
     mean = {s: g / len(alphas) for s, g in total.items()}
     if missing := [s for s in the_plan.sites if s not in mean]:
         raise RuntimeError(f"no gradient reached {missing[0]}: the metric does not depend on it through this forward")

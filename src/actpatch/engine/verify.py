@@ -44,6 +44,7 @@ def verify(
     sample: int = 10,
     seed: int = 0,
     metric: str = "norm_logit_diff",
+    progress: bool | None = None,
 ) -> Verification:
     """Patch the estimate's `top_k` strongest sites and `sample` random others exactly; compare.
 
@@ -64,7 +65,7 @@ def verify(
     rest = ranked[top_k:]
     if len(rest) and sample:
         chosen += list(np.random.default_rng(seed).choice(rest, size=min(sample, len(rest)), replace=False))
-    exact = _exact(model, pairs, estimate, [sites[i] for i in chosen], metric)
+    exact = _exact(model, pairs, estimate, [sites[i] for i in chosen], metric, progress)
     table = pd.DataFrame({
         "site": [str(sites[i]) for i in chosen],
         "estimate": flat.values[chosen],
@@ -78,7 +79,8 @@ def verify(
     return Verification(_spearman(flat.values[chosen], np.asarray(exact)), recall, top_k, table)
 
 
-def _exact(model: Model, pairs: PromptPairs, estimate: xr.DataArray, sites: list[Site], metric: str) -> list[float]:
+def _exact(model: Model, pairs: PromptPairs, estimate: xr.DataArray, sites: list[Site], metric: str,
+           progress: bool | None = None) -> list[float]:
     """Exact effects of exactly these sites, through the batched engine."""
     direction = estimate.attrs["direction"]
     layers = sorted({s.layer for s in sites})
@@ -89,7 +91,8 @@ def _exact(model: Model, pairs: PromptPairs, estimate: xr.DataArray, sites: list
     the_plan = dataclasses.replace(template, sites=sites)
     base = collect.baseline(model, pairs, check=False)  # the estimate's own call already checked it
     with torch.no_grad():
-        values, _, _ = batched.patched_logits(model, pairs, the_plan, base, lambda logits: collect.row(logits, base, per_prompt=False)[metric])
+        values, _, _ = batched.patched_logits(model, pairs, the_plan, base, lambda logits: collect.row(logits, base, per_prompt=False)[metric],
+                                                 progress=progress)
     return values
 
 
