@@ -77,7 +77,9 @@ def sweep(
     """The reference sweep's result, computed with stacked patches, layer resume and prefix reuse.
 
     `chunk` fixes how many patched copies share a forward; by default it is derived from
-    `memory_budget` (bytes, default 1 GiB) and the prompts' size. `checkpoint` (a folder) keeps
+    `memory_budget` (bytes, default 1 GiB) and the prompts' size. A chunk that runs out of memory
+    (or, when both are given, is estimated over `memory_budget`) is halved and retried, keeping the
+    chunks already done (docs/scale.md). `checkpoint` (a folder) keeps
     every finished chunk's rows on disk and skips those already there (`engine/checkpoint.py`)."""
     the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads,
                     neurons=neurons, ablation=ablation, reference=reference)
