@@ -1,6 +1,7 @@
 """`sweep`: the one entry point for exact patching sweeps; picks the engine and the directions."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -10,6 +11,7 @@ from typing import Any, Callable, Literal, Sequence
 import xarray as xr
 
 from actpatch.engine import batched, groups
+from actpatch.engine import shards as shard_engine
 from actpatch.engine import reference as reference_engine
 from actpatch.engine.plan import DIRECTIONS, Ablation, Direction, Positions, check_model
 from actpatch.models.model import Model
@@ -40,6 +42,8 @@ def sweep(
     reference: PromptPairs | None = None,
     check_baseline: bool = True,
     checkpoint: str | os.PathLike | None = None,
+    shards: int | None = None,
+    ray_address: str | None = None,
 ) -> xr.DataArray:
     """Patch every site of one kind and measure every metric: a labelled `metric × layer × ...` result.
 
@@ -62,10 +66,26 @@ def sweep(
     loads them and patches only the rest, giving the same result. A folder written by a different
     sweep (model, prompts, sites, direction, ablation) is refused with `CheckpointMismatch`. Each
     direction (and each length group) gets its own subfolder. The reference engine does not
-    checkpoint (each of its patches is one plain forward): it logs a warning and ignores the folder."""
+    checkpoint (each of its patches is one plain forward): it logs a warning and ignores the folder.
+
+    `shards` cuts each direction's sites into that many pieces and patches them on Ray workers
+    (`pip install 'actpatch[ray]'`), each holding its own copy of the model, loaded from where
+    `model` was loaded (a model built in memory is refused: save it and load it from the folder).
+    The result is the single-process one; `attrs["cost"]` counts the shards. `ray_address` names a
+    running cluster ("auto" on one of its nodes, or "ray://head:10001"); without it a Ray already
+    running in this process, or `$RAY_ADDRESS`, or a local Ray started for this call is used
+    (docs/scale.md). A worker that dies is restarted and only its shard runs again."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     check_model(model)
+    if shards is not None:
+        shard_engine.check_shards(shards)
+        if engine != "batched":
+            raise ValueError("shards= runs the batched engine on every worker; engine='reference' (the one-patch-per-forward "
+                             "oracle) does not shard: drop one of them")
+        if reason := batched.unsupported(model):
+            raise ValueError(f"shards= runs the batched engine on every worker, whose shortcuts are not proven for this model "
+                             f"({reason}): sweep it without shards= (it falls back to the reference engine)")
     options = dict(layers=layers, positions=positions, heads=heads, neurons=neurons, per_prompt=per_prompt, progress=progress,
                    ablation=ablation, reference=reference, check_baseline=check_baseline)
     if engine == "batched":
@@ -74,18 +94,21 @@ def sweep(
         log.warning("the batched engine's shortcuts are not proven for this model (%s); using the reference engine", reason)
         engine, options = "reference", {k: v for k, v in options.items() if k not in ("chunk", "memory_budget")}
     run = batched.sweep if engine == "batched" else reference_engine.sweep
-    if checkpoint is not None and engine == "batched":
-        run = _checkpointed(run, Path(checkpoint), grouped=not isinstance(pairs, PromptPairs))
-    elif checkpoint is not None:
-        log.warning("the reference engine does not checkpoint; %s is not used", checkpoint)
-    if not isinstance(pairs, PromptPairs):
-        run, pairs = functools.partial(groups.sweep_groups, run), list(pairs)
-    if isinstance(direction, str):
-        return run(model, pairs, site, direction=direction, **options)
-    directions = list(direction)
-    if not directions or any(d not in DIRECTIONS for d in directions):
-        raise ValueError(f"direction must be one of {DIRECTIONS} or a list of them, got {direction!r}")
-    parts = [run(model, pairs, site, direction=d, **options) for d in directions]
+    with contextlib.ExitStack() as stack:
+        if shards is not None:  # one set of workers for every direction and length group of this call
+            run = stack.enter_context(shard_engine.Workers(model, shards=shards, ray_address=ray_address)).sweep
+        if checkpoint is not None and engine == "batched":
+            run = _checkpointed(run, Path(checkpoint), grouped=not isinstance(pairs, PromptPairs))
+        elif checkpoint is not None:
+            log.warning("the reference engine does not checkpoint; %s is not used", checkpoint)
+        if not isinstance(pairs, PromptPairs):
+            run, pairs = functools.partial(groups.sweep_groups, run), list(pairs)
+        if isinstance(direction, str):
+            return run(model, pairs, site, direction=direction, **options)
+        directions = list(direction)
+        if not directions or any(d not in DIRECTIONS for d in directions):
+            raise ValueError(f"direction must be one of {DIRECTIONS} or a list of them, got {direction!r}")
+        parts = [run(model, pairs, site, direction=d, **options) for d in directions]
     return xr.concat(parts, dim="direction", combine_attrs="drop_conflicts").assign_coords(direction=directions)
 
 
