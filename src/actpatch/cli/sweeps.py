@@ -1,6 +1,7 @@
 """`actpatch sweep`, `actpatch demo` and `actpatch report`: exact sweeps, and drawing saved results."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -28,20 +29,31 @@ CHECKPOINT = "checkpoint"  # the sweep's checkpoint folder inside --out; removed
 @experiment_options()
 @click.option("--resume", is_flag=True,
               help="Continue the killed sweep whose checkpoint is in the output folder (same flags and --config).")
-def sweep(resume: bool, quiet: bool, **flags: Any) -> None:
+@click.option("--shards", type=click.IntRange(min=1), default=None,
+              help="Cut the sites into N shards patched on Ray workers, each holding a copy of the model (needs "
+                   "pip install 'actpatch[ray]'; docs/scale.md).")
+@click.option("--ray-address", default=None,
+              help="The Ray cluster for --shards: 'auto' on one of its nodes, or ray://HEAD:10001 (default: a local Ray).")
+def sweep(resume: bool, quiet: bool, shards: int | None, ray_address: str | None, **flags: Any) -> None:
     """Patch every site of one kind; write the labelled result (.nc) and its HTML report into --out.
 
     \b
     actpatch sweep --task ioi --site resid_pre --direction both
     actpatch sweep --task ioi --site head --positions END --prompts 16
     actpatch sweep --config examples/sweep_ioi_resid_pre.toml --out ioi-abc
+    actpatch sweep --task ioi --site head --shards 16 --ray-address auto
 
     Denoising (the default) patches clean activations into the corrupt run: which sites are
     sufficient to restore the answer; noising patches corrupt ones into the clean run: which are
     necessary. With the batched engine the sweep keeps a checkpoint in OUT/checkpoint as it goes:
     if it is killed, run the same command again with --resume and only the unfinished patches run.
-    The reference engine does not checkpoint."""
+    The reference engine does not checkpoint. --shards spreads the patches over Ray workers (one
+    GPU each where the cluster has GPUs); the result is the same."""
     spec = build_experiment(flags)
+    if shards is not None and spec.sweep.engine == "reference":
+        raise BadInput("--shards runs the batched engine on Ray workers; --engine reference does not shard")
+    if shards is not None and importlib.util.find_spec("ray") is None:
+        raise BadInput("--shards runs on Ray, which is not installed: pip install 'actpatch[ray]'")
     out = Path(spec.output.folder)
     log_into(out)
     echo = echo_unless(quiet)
@@ -52,7 +64,7 @@ def sweep(resume: bool, quiet: bool, **flags: Any) -> None:
     if spec.sweep.engine == "reference" and resume:
         echo("the reference engine does not checkpoint: the sweep runs from the start")
     result = ap.sweep(model, pairs, spec.sweep.site, **options, progress=progress(quiet),
-                      checkpoint=checkpoint if spec.sweep.engine == "batched" else None)
+                      checkpoint=checkpoint if spec.sweep.engine == "batched" else None, shards=shards, ray_address=ray_address)
     result.attrs.update(provenance(model, spec))
     if not quiet:
         for text in tables(result):
