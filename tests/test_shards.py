@@ -3,6 +3,7 @@
 One local Ray of 2 workers serves the whole module (starting Ray takes seconds); the tiny model is
 saved to a folder so that the workers can load it, as they would on a cluster."""
 import os
+import re
 import sys
 
 import numpy as np
@@ -10,8 +11,10 @@ import pytest
 import ray
 import torch
 import xarray as xr
+from click.testing import CliRunner
 
 import actpatch as ap
+from actpatch import cli
 from actpatch.engine import shards
 from actpatch.engine.plan import plan
 from tiny import tiny_model, tiny_pairs, with_answers
@@ -162,3 +165,28 @@ def test_sharded_sweep_equals_single_process_on_smollm_ioi(faults, smollm):
     got = ap.sweep(smollm, pairs, "head", shards=3, **options)  # 3 shards on 2 workers
     assert np.abs(got - want).max().item() <= 1e-4  # 30 float32 layers: the engines' bound on SmolLM2
     xr.testing.assert_identical(got.coords.to_dataset(), want.coords.to_dataset())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--shards", "0"], r"Invalid value for '--shards': 0 is not in the range x>=1"),
+    (["--shards", "2", "--engine", "reference"], r"--shards runs the batched engine on Ray workers; --engine reference does not shard"),
+], ids=["zero shards", "reference engine"])
+def test_cli_refuses_bad_shard_flags_before_loading_anything(flags, message, tmp_path):
+    result = CliRunner().invoke(cli.main, ["sweep", "--task", "ioi", "--site", "resid_pre", "--out", str(tmp_path), *flags])
+    assert result.exit_code == 2 and re.search(message, result.output), result.output
+
+
+def test_cli_without_ray_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = CliRunner().invoke(cli.main, ["sweep", "--task", "ioi", "--site", "resid_pre", "--shards", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "pip install 'actpatch[ray]'" in result.output, result.output
+
+
+@pytest.mark.smollm
+def test_cli_sweep_with_shards(faults, tmp_path):
+    result = CliRunner().invoke(cli.main, ["sweep", "--task", "ioi", "--prompts", "2", "--site", "resid_pre", "--layers", "0,29",
+                                           "--positions", "END", "--shards", "2", "-q", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    saved = ap.load(tmp_path / "ioi_resid_pre_denoise.nc")
+    assert saved.attrs["engine"] == shards.ENGINE and saved.attrs["cost"]["shards"] == 2
+    assert ray.is_initialized()
