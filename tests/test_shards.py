@@ -40,6 +40,7 @@ def saved(tmp_path_factory):
     model = ap.load_model(folder)
     for (name, want), got in zip(tiny.hf.state_dict().items(), model.hf.state_dict().values()):
         assert torch.equal(got, want), name
+    assert shards.ModelSpec.of(model) == shards.ModelSpec(str(folder.resolve()), "float32")
     return with_answers(model, tiny_pairs(batch=3, seq=6))
 
 
@@ -71,6 +72,7 @@ def clear_runs(folder) -> None:
 @pytest.mark.parametrize("kind, options, count", [
     ("resid_pre", dict(), 5),  # 2 layers × 6 positions in 5 shards: ragged
     ("head", dict(positions=["X", 4], per_prompt=True), 3),  # named positions, per-prompt rows
+    ("pattern", dict(positions=["END"]), 2),  # runs under our eager attention, on the workers too
 ])
 def test_sharded_sweep_equals_single_process(faults, saved, kind, options, count):
     model, pairs = saved

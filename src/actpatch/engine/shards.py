@@ -180,6 +180,15 @@ class Workers:
         as it arrives, and rows already there are not sent again."""
         the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads,
                         neurons=neurons, ablation=ablation, reference=reference)
+        # As in batched.sweep, a pattern sweep's own forwards (baseline included) run under the
+        # attention function that exposes patterns, and its provenance names it.
+        with (hooks.eager_attention(model) if the_plan.kind == "pattern" else contextlib.nullcontext()):
+            return self._sweep(model, pairs, the_plan, per_prompt=per_prompt, progress=progress, chunk=chunk,
+                               memory_budget=memory_budget, check_baseline=check_baseline, checkpoint=checkpoint)
+
+    def _sweep(self, model: Model, pairs: PromptPairs, the_plan: SweepPlan, *, per_prompt: bool, progress: bool | None,
+               chunk: int | None, memory_budget: int | None, check_baseline: bool,
+               checkpoint: str | os.PathLike | None) -> xr.DataArray:
         base = collect.baseline(model, pairs, check=check_baseline)
         store = None
         if checkpoint is not None:
@@ -196,7 +205,7 @@ class Workers:
         checks: list[dict[str, float]] = []
         costs: list[dict[str, Any]] = []
         bar = tqdm(total=len(the_plan.sites), initial=len(the_plan.sites) - len(pending),
-                   desc=f"{direction} {the_plan.kind}, {len(pieces)} shards", disable=None if progress is None else not progress)
+                   desc=f"{the_plan.direction} {the_plan.kind}, {len(pieces)} shards", disable=None if progress is None else not progress)
         for number, shard_rows, shard_checks, shard_cost in self._run(pairs, the_plan, pieces, options):
             rows.update(zip(pieces[number], shard_rows))
             if store is not None:
@@ -206,10 +215,8 @@ class Workers:
             bar.update(len(pieces[number]))
         bar.close()
         self_checks = {key: max(c[key] for c in checks) for key in checks[0]}
-        # A pattern sweep's provenance names the attention function its forwards ran with.
-        with (hooks.eager_attention(model) if the_plan.kind == "pattern" else contextlib.nullcontext()):
-            result = collect.finish(model, pairs, the_plan, [rows[i] for i in range(len(the_plan.sites))], base, self_checks,
-                                    engine=ENGINE, per_prompt=per_prompt)
+        result = collect.finish(model, pairs, the_plan, [rows[i] for i in range(len(the_plan.sites))], base, self_checks,
+                                engine=ENGINE, per_prompt=per_prompt)
         result.attrs["cost"] = {
             "patches": len(the_plan.sites),
             "noop_patches_skipped": sum(c["noop_patches_skipped"] for c in costs),
@@ -239,7 +246,7 @@ class Workers:
             [done], _ = ray.wait(list(running), num_returns=1)
             actor, number = running.pop(done)
             try:
-                yield ray.get(done)
+                outcome = ray.get(done)
             except ray.exceptions.RayActorError as error:
                 first = the_plan.sites[pieces[number][0]]
                 raise ShardFailed(
@@ -249,6 +256,7 @@ class Workers:
                     "shards are kept with checkpoint=: the same sweep run again then patches only the rest"
                 ) from error
             idle.append(actor)
+            yield outcome
 
 
 def split(indices: list[int], the_plan: SweepPlan, pairs: PromptPairs, shards: int) -> list[list[int]]:
