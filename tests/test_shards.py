@@ -107,7 +107,7 @@ def test_a_worker_that_keeps_dying_fails_the_sweep_naming_its_shard(faults, save
     monkeypatch.setattr(shards, "RETRIES", 0)  # no restart: the first death is final
     clear_runs(faults)
     (faults / "kill-3").touch()
-    with pytest.raises(shards.ShardFailed, match=r"shard 3 of 4 \(3 denoise patches from resid_pre\[.*restarted it 0 times"):
+    with pytest.raises(ap.ShardFailed, match=r"shard 3 of 4 \(3 denoise patches from resid_pre\[.*restarted it 0 times"):
         ap.sweep(*saved, "resid_pre", shards=4, checkpoint=tmp_path)
     # Shard 3 went out only once two shards had come back, and their rows were kept.
     assert len(list((tmp_path / "denoise").glob("chunk-*.json"))) >= 2
@@ -127,7 +127,7 @@ def test_split_cuts_by_position_then_layer():
 
 def test_a_model_built_in_memory_is_refused_with_the_fix():
     model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
-    with pytest.raises(shards.UnshippableModel, match=r"built in memory.*save_pretrained\(folder\).*ap\.load_model\(folder\)"):
+    with pytest.raises(ap.UnshippableModel, match=r"built in memory.*save_pretrained\(folder\).*ap\.load_model\(folder\)"):
         ap.sweep(model, pairs, "resid_pre", shards=2)
 
 

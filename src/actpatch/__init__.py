@@ -16,6 +16,7 @@ from actpatch.hooks import PatchNotApplied, PatchShapeError, attached_hooks, cap
 from actpatch.metrics import METRICS, Baseline, NonFiniteError
 from actpatch.models.arch import UnsupportedArchitecture
 from actpatch.engine.batched import SweepOutOfMemory
+from actpatch.engine.shards import ShardFailed, UnshippableModel
 from actpatch.models.load import CorruptCheckpoint, ModelNotFound, load_model
 from actpatch.models.model import Model
 from actpatch.noise import gaussian_noise
@@ -31,6 +32,7 @@ __all__ = [
     "PromptPairs", "Site", "SiteError", "UnsupportedArchitecture", "attached_hooks", "capture",
     "ioi_pairs", "tasks", "load", "load_model", "patch", "save", "sweep", "sweep_corruptions",
     "CorruptCheckpoint", "ModelNotFound", "NonFiniteError", "SweepOutOfMemory",
+    "ShardFailed", "UnshippableModel",
 ]
 
 # Path patching and circuits (actpatch.engine.paths, actpatch.circuits).
