@@ -60,7 +60,7 @@ def test_check_exits_1_when_a_check_fails(tiny, monkeypatch):
 
 
 def test_sweep_writes_result_and_report_with_provenance(tiny, tmp_path):
-    result = sweep(tiny, tmp_path, "--site", "head", "--positions", "END", "--direction", "both", "--seed", "3", "--pngs")
+    result = sweep(tiny, tmp_path, "--site", "head", "--positions", "S2,END", "--direction", "both", "--seed", "3", "--pngs")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ioi_head_both.html", "ioi_head_both.nc", "ioi_head_both_norm_logit_diff.png"]
     saved = ap.load(tmp_path / "ioi_head_both.nc")

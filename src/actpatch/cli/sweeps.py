@@ -118,6 +118,8 @@ def tables(result: xr.DataArray) -> list[str]:
     for part in parts:
         if "batch" in part.dims:
             part = part.mean("batch", keep_attrs=True)
+        # One position (or head) swept: drop that dimension so the rest fits a layer grid.
+        part = part.squeeze([d for d in part.dims if d not in ("metric", "layer") and part.sizes[d] == 1])
         try:
             texts.append(layer_table(part))
         except ValueError:  # not a layer × one-dimension grid
