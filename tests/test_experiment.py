@@ -132,3 +132,31 @@ def test_every_example_runs_on_a_tiny_model(path, tiny_folder, tmp_path):
     attrs = ap.load(result_file).attrs
     assert attrs["task"] == spec.task.name and attrs["experiment"]["sweep"]["site"] == spec.sweep.site
     assert not (out / "checkpoint").exists()  # removed once the result is saved
+
+
+@pytest.mark.parametrize("task, check", [
+    ({"name": "ioi", "n": 4}, lambda p: len(p) == 4 and p.corruption == "abc" and "S2" in p.positions),
+    ({"name": "ioi", "n": 4, "corruption": "s2", "order": "mixed", "templates": "all"}, lambda p: p.corruption == "s2"),
+    ({"name": "ioi_groups", "n": 6}, lambda p: isinstance(p, list) and sum(len(g) for g in p) == 6),
+    ({"name": "factual", "n": 3}, lambda p: len(p) == 3 and p.corruption == "str"),
+    ({"name": "greater_than", "n": 3}, lambda p: len(p) == 3 and p.corruption == "01"),
+    ({"name": "induction", "n": 2, "length": 8, "repeat": 4}, lambda p: len(p) == 2 and "PREV_ANSWER" in p.positions),
+    ({"name": "ioi", "n": 2, "corruption": "noise", "noise_positions": ["S1"], "noise_scale": 2.0},
+     lambda p: p.corrupt_noise is not None and bool((p.corrupt == p.clean).all()) and "scale=2" in p.corruption),
+])
+def test_tasks_by_name(task, check):
+    from word_tokenizer import gpt2_style_model
+
+    spec = experiment.validate({"task": task, "sweep": {"site": "resid_pre"}})
+    assert check(experiment.make_pairs(gpt2_style_model(), spec.task))
+
+
+def test_a_file_task_by_name(tmp_path):
+    from word_tokenizer import gpt2_style_model
+
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text('{"clean": "When John and Mary went to the store, John gave a drink to", "corrupt": "When Tom and Anna '
+                    'went to the store, Tom gave a drink to", "answer": " Mary", "wrong": " John", "pos:IO": "Mary"}\n')
+    spec = experiment.validate({"task": {"name": f"file:{rows}"}, "sweep": {"site": "resid_pre"}})
+    pairs = experiment.make_pairs(gpt2_style_model(), spec.task)
+    assert len(pairs) == 1 and "IO" in pairs.positions and spec.task.label == "pairs"
