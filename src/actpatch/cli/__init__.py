@@ -15,7 +15,6 @@ Only this package and `actpatch.report` print; the library logs."""
 from __future__ import annotations
 
 import logging
-import sys
 
 import click
 
@@ -37,6 +36,3 @@ def main(verbose: bool) -> None:
 for command in (models.models, models.check, sweeps.sweep, analyses.attribute, analyses.circuit, sweeps.demo, sweeps.report_command):
     main.add_command(command)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

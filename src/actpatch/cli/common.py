@@ -6,7 +6,9 @@ that holds the traceback (in the output folder, or a temporary file for commands
 from __future__ import annotations
 
 import functools
+import io
 import logging
+import os
 import re
 import sys
 import tempfile
@@ -52,6 +54,9 @@ class Commands(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.Abort, SystemExit):
             raise
+        except BrokenPipeError:  # the reader went away (`actpatch models | head`): nothing to report
+            _silence_stdout()
+            sys.exit(FAILURE)
         except click.UsageError as error:
             where = f" (see {error.ctx.command_path} --help)" if error.ctx is not None else ""
             fail(f"{first_line(error.format_message())}{where}")
@@ -62,6 +67,14 @@ class Commands(click.Group):
             path = _write_traceback(ctx.obj.get("log_folder"))
             click.echo(f"error: {type(error).__name__}: {first_line(error)} (traceback in {path})", err=True)
             sys.exit(FAILURE)
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout again at exit, which would raise once more (see the `signal` docs).
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def fail(reason: str) -> NoReturn:
