@@ -112,6 +112,19 @@ def test_save_and_load_are_lossless(tmp_path):
     assert back.attrs == res.attrs and not list(tmp_path.glob("sub/*.part"))
 
 
+def test_saved_files_get_the_users_usual_mode_not_a_temporary_files(tmp_path):
+    import os
+    from actpatch.atomic import write_text
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    res = reference_sweep(model, pairs, "mlp_out", positions="all")
+    previous = os.umask(0o022)
+    try:
+        saved, text = ap.save(res, tmp_path / "r.nc"), write_text(tmp_path / "page.html", "<p>")
+    finally:
+        os.umask(previous)
+    assert (saved.stat().st_mode & 0o777) == (text.stat().st_mode & 0o777) == 0o644
+
+
 # Bad inputs to every entry point, this engine's included, are tabled in test_bad_inputs.py.
 
 

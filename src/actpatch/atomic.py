@@ -25,6 +25,9 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], *, 
         temporary = Path(handle.name)
     try:
         write(temporary)
+        # A temporary file is private (0600); the finished one gets the mode any new file would,
+        # so that a report or result can be shared like every other file the user writes.
+        os.chmod(temporary, 0o666 & ~_umask())
         if durable:
             with open(temporary, "rb+") as written:
                 os.fsync(written.fileno())
@@ -32,6 +35,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], *, 
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> Path:

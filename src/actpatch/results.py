@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
+from actpatch.atomic import write_atomically
 from actpatch.metrics import METRICS
 from actpatch.sites import Site, unit_dim
 
@@ -82,14 +82,7 @@ def save(result: xr.DataArray, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     on_disk = result.copy()
     on_disk.attrs = {_ATTRS_KEY: json.dumps(result.attrs, default=_jsonable)}
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
-        on_disk.to_netcdf(temporary, engine="h5netcdf")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda temporary: on_disk.to_netcdf(temporary, engine="h5netcdf"))
 
 
 def load(path: str | os.PathLike) -> xr.DataArray:
