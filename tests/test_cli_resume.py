@@ -1,4 +1,4 @@
-"""A sweep killed with SIGKILL mid-run resumes with `--resume` to exactly the uninterrupted result,
+"""A sweep killed with SIGKILL (or interrupted with Ctrl-C, SIGINT) mid-run resumes with `--resume` to exactly the uninterrupted result,
 without patching again what the checkpoint holds.
 
 The sweep runs in a child process on a tiny model whose patched runs are slowed down (a sleep
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 import actpatch as ap
@@ -43,7 +44,8 @@ def rows_in(folder: Path) -> int:
     return sum(len(json.loads(p.read_text())["rows"]) for p in folder.glob("chunk-*.json"))
 
 
-def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, stop):
     tiny = save_tiny_checkpoint(tmp_path / "tiny")
     out, whole = tmp_path / "killed", tmp_path / "whole"
     env = {**os.environ, "TQDM_DISABLE": "1"}
@@ -55,9 +57,10 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch)
         assert child.poll() is None, child.communicate()
         assert time.monotonic() < deadline, "the sweep wrote no checkpoint in time"
         time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=30)
-    assert child.returncode == -signal.SIGKILL
+    child.send_signal(stop)
+    child.wait(timeout=60)
+    # Ctrl-C reaches Python as KeyboardInterrupt: the command stops (click reports "Aborted!", exit 1).
+    assert child.returncode == (-signal.SIGKILL if stop == signal.SIGKILL else 1), child.communicate()
     assert not (out / "ioi_resid_pre_denoise.nc").exists()  # killed before the end
     finished = rows_in(chunks)
 
