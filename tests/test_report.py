@@ -149,6 +149,17 @@ def test_report_is_one_self_contained_page(tmp_path):
     assert ">tiny-llama<" in page and ">batched<" in page and ">transformers<" in page
 
 
+def test_self_checks_are_judged_against_the_bound_the_sweep_used(tmp_path):
+    head = tiny_results()["head"].copy()
+    assert head.attrs["self_check_tolerance"] == 1e-3  # float32
+    head.attrs["self_checks"] = {"noop_patch_error": 0.0, "full_patch_error": 0.01}
+    page = report.render_report(head, tmp_path / "float32.html").read_text()
+    assert "over tolerance" in page
+    head.attrs["self_check_tolerance"] = 3e-2  # what a bfloat16 sweep is held to
+    page = report.render_report(head, tmp_path / "bfloat16.html").read_text()
+    assert "over tolerance" not in page and "fails above 0.03" in page
+
+
 def test_report_round_trips_through_save(tmp_path):
     result = tiny_results()["corruptions"]
     loaded = ap.load(ap.save(result, tmp_path / "r.nc"))

@@ -11,6 +11,7 @@ import torch
 import xarray as xr
 
 from actpatch import hooks, metrics, results
+from actpatch.engine import checks
 from actpatch.engine.plan import SweepPlan
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
@@ -115,6 +116,7 @@ def finish(
             "baseline_clean": metrics.averaged(base.clean_logits, base),
             "baseline_corrupt": metrics.averaged(base.corrupt_logits, base),
             "self_checks": self_checks,
+            "self_check_tolerance": checks.tolerance(next(model.hf.parameters()).dtype),
             "versions": results.versions(),
         },
     )
