@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from actpatch import hooks
-from actpatch.engine.checks import TOLERANCE, SelfCheckFailed
+from actpatch.engine.checks import SelfCheckFailed, tolerance
 from actpatch.engine.sweep import ENGINES, sweep
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
@@ -74,15 +74,16 @@ def _sweep_checks(model: Model, pairs: PromptPairs, kind: str, engine: str, *, f
                 pos=pairs.seq_len - 1)
     noop, full = f"no-op patch at {site}", "full patch (resid_pre of layer 0 at every position)"
     unit_name = "of the clean-corrupt gap"
+    bound = tolerance(next(model.hf.parameters()).dtype)  # what the sweep itself holds the checks to
     try:
         errors = sweep(model, pairs, kind, **options).attrs["self_checks"]
     except SelfCheckFailed as failure:
         which = noop if "target run's own activation" in str(failure) else full
         log.warning("%s (%s engine) failed: %s", which, engine, failure)
-        return [Check(which, engine, None, TOLERANCE, unit_name, False, str(failure))]
-    found = [Check(noop, engine, errors["noop_patch_error"], TOLERANCE, unit_name, errors["noop_patch_error"] <= TOLERANCE)]
+        return [Check(which, engine, None, bound, unit_name, False, str(failure))]
+    found = [Check(noop, engine, errors["noop_patch_error"], bound, unit_name, errors["noop_patch_error"] <= bound)]
     if full_patch:
-        found.append(Check(full, engine, errors["full_patch_error"], TOLERANCE, unit_name, errors["full_patch_error"] <= TOLERANCE))
+        found.append(Check(full, engine, errors["full_patch_error"], bound, unit_name, errors["full_patch_error"] <= bound))
     return found
 
 
