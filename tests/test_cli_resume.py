@@ -49,8 +49,11 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
     tiny = save_tiny_checkpoint(tmp_path / "tiny")
     out, whole = tmp_path / "killed", tmp_path / "whole"
     env = {**os.environ, "TQDM_DISABLE": "1"}
+    # A shell starting jobs in the background has the children ignore SIGINT, and an ignored signal
+    # stays ignored across exec: give the child the default disposition, as a terminal's process has.
     child = subprocess.Popen([sys.executable, "-c", SLOW_SWEEP, *args(tiny, out)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     chunks = out / "checkpoint" / "denoise"
     deadline = time.monotonic() + 180
     while len(list(chunks.glob("chunk-*.json"))) < 3:
