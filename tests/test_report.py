@@ -15,29 +15,22 @@ import xarray as xr
 import actpatch as ap
 from actpatch import report
 from actpatch.report import layout
-from tiny import tiny_model, tiny_pairs
+from tiny import tiny_model, tiny_pairs, with_answers
 
 
 @functools.cache
 def tiny_results() -> dict[str, xr.DataArray]:
     """Real sweeps on the tiny LLaMA: both directions, per-head, per-head at named positions, corruptions."""
     model = tiny_model("llama")
-    pairs = _answerable(model, tiny_pairs())
+    _, pairs = with_answers(model, tiny_pairs())
     shifted = dataclasses.replace(pairs, corrupt=pairs.corrupt.roll(1, dims=0))  # a second corruption of the same prompts
     return {
         "resid_pre": ap.sweep(model, pairs, "resid_pre", direction=["denoise", "noise"]),
         "head": ap.sweep(model, pairs, "head"),
         "head_named": ap.sweep(model, pairs, "head", positions=["X", "END"]),
-        "corruptions": ap.sweep_corruptions(model, {"random": pairs, "rolled": _answerable(model, shifted)}, "resid_pre",
+        "corruptions": ap.sweep_corruptions(model, {"random": pairs, "rolled": with_answers(model, shifted)[1]}, "resid_pre",
                                             positions=["X", "END"], direction=["denoise", "noise"]),
     }
-
-
-def _answerable(model, pairs):
-    # Random weights do no task, and sweeps refuse pairs whose clean run does not beat the corrupt
-    # one: take as answer the token the clean run favours most over the corrupt run, as wrong the least.
-    shift = model.last_logits(pairs.clean) - model.last_logits(pairs.corrupt)
-    return dataclasses.replace(pairs, answers=shift.argmax(-1), wrong=shift.argmin(-1))
 
 
 def pareto_curve() -> xr.DataArray:
