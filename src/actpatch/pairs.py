@@ -17,6 +17,21 @@ class PairsError(ValueError):
     """Prompt pairs that cannot be patched as given; the message says how to fix them."""
 
 
+@dataclass(frozen=True, eq=False)
+class Run:
+    """One side of a pair as the model sees it: token ids, plus the offset a noise corruption adds
+    to the first layer's input. Every forward takes a Run, so that the noise cannot be forgotten:
+    a noise corruption's corrupt tokens are its clean ones, and only `noise` tells them apart."""
+
+    tokens: Tensor  # (batch, pos)
+    noise: Tensor | None = None  # (batch, pos, d_model), added to the first decoder layer's input
+    positions: dict[str, Tensor] = field(default_factory=dict)  # named position -> (batch,) indices
+    name: str = "run"  # "clean" or "corrupt": for messages and provenance
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
 @dataclass(frozen=True)
 class PromptPairs:
     """Clean and corrupt token ids (batch, pos) with per-prompt answer and wrong-answer ids (batch,).
@@ -45,6 +60,16 @@ class PromptPairs:
     @property
     def seq_len(self) -> int:
         return self.clean.shape[1]
+
+    @property
+    def clean_run(self) -> Run:
+        """The clean prompts as a `Run` (what `capture`, `patch` and `Model.last_logits` take)."""
+        return Run(self.clean, None, self.positions, "clean")
+
+    @property
+    def corrupt_run(self) -> Run:
+        """The corrupt prompts as a `Run`: with a noise corruption, the clean tokens plus their input noise."""
+        return Run(self.corrupt, self.corrupt_noise, self.positions, "corrupt")
 
     @classmethod
     def groups_from_strings(
