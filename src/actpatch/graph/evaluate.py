@@ -1,0 +1,139 @@
+"""Exact evaluation of edge circuits: the clean prompt, each edge outside the circuit carrying its
+sender's out-of-circuit value.
+
+Every receiver's input is the sum of its senders' outputs, each taken from the current (patched)
+run if the edge is in the circuit and at its out-of-circuit value if not: the corrupt run's
+output (default), or the clean output zeroed, averaged over the prompts position by position, or
+another prompt's (`ablation="zero" | "mean" | "resample"`). Computed as the actual residual stream
+minus Σ (current − off) over the missing edges, constant terms (output-projection biases) cancel.
+So the full circuit is the clean run and the empty one the corrupt (or ablated) run, exactly.
+Several circuits are run at once as copies stacked along the batch. Not here: scores
+(`graph/scores.py`) and choosing circuits (`graph/select.py`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+import xarray as xr
+from torch import Tensor
+
+from actpatch import hooks, metrics
+from actpatch.engine import collect
+from actpatch.engine.sources import RESAMPLE_SEED, derangement
+from actpatch.graph.nodes import ATTN_IN_NORM, EdgeError, Graph
+from actpatch.hooks.edges import EdgePlan, EdgeRecord, edge_hooks
+from actpatch.models.model import Model
+from actpatch.pairs import PromptPairs, Run
+
+Ablation = Literal["zero", "mean", "resample"]
+ABLATIONS = ("zero", "mean", "resample")
+DEFAULT_CHUNK_ROWS = 256  # prompt × circuit rows per forward (each head-expanded layer holds H times as many)
+
+
+def evaluate(model: Model, pairs: PromptPairs, circuit: Tensor | Sequence[str], *, ablation: Ablation | None = None,
+             check_baseline: bool = True) -> xr.DataArray:
+    """Every metric (averaged over prompts) with only `circuit`'s edges carrying current values.
+
+    `circuit`: edge names (`["input->a0.h0<q>", "a0.h0->logits"]`) or a (sender, receiver) bool
+    matrix from `Graph.circuit`, `Graph.node_circuit` or `select.top_edges`. `norm_logit_diff` is
+    normalised by the clean and corrupt runs (with an ablation, see `faithfulness` for the
+    normalisation by the empty circuit)."""
+    runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
+    circuit = runs.graph.checked(circuit)
+    values = metrics.averaged(runs.logits(circuit[None])[0], runs.base)
+    result = xr.DataArray([values[m] for m in metrics.METRICS], dims=["metric"],
+                          coords={"metric": list(metrics.METRICS)}, name="circuit_performance")
+    result.attrs.update(model=model.name, ablation=ablation or "corrupt", n_edges=int(circuit.sum()),
+                        n_edges_total=runs.graph.n_edges, n_prompts=len(pairs))
+    return result
+
+
+@dataclass(eq=False)
+class EdgeRuns:
+    """What every evaluation on one model and one set of prompts shares: the graph, each sender's
+    clean and out-of-circuit outputs (sender, batch, pos, d_model), and the baseline."""
+
+    model: Model
+    pairs: PromptPairs
+    graph: Graph
+    clean: Tensor
+    off: Tensor
+    base: metrics.Baseline
+    ablation: Ablation | None = None
+
+    @classmethod
+    @torch.no_grad()
+    def prepare(cls, model: Model, pairs: PromptPairs, *, ablation: Ablation | None = None,
+                check_baseline: bool = True) -> "EdgeRuns":
+        if ablation is not None and ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {ABLATIONS} or None (the corrupt run's outputs), got {ablation!r}")
+        if ablation == "resample" and len(pairs) < 2:
+            raise ValueError("ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts")
+        graph = Graph.of(model)
+        base = collect.baseline(model, pairs, check=check_baseline)
+        clean = sender_outputs(model, graph, pairs.clean_run)
+        if ablation is None:
+            off = sender_outputs(model, graph, pairs.corrupt_run)
+        elif ablation == "zero":
+            off = torch.zeros_like(clean)
+        elif ablation == "mean":  # position by position, over the prompts
+            off = clean.mean(1, keepdim=True).expand_as(clean).clone()
+        else:
+            off = clean[:, derangement(len(pairs), RESAMPLE_SEED)]
+        return cls(model, pairs, graph, clean, off, base, ablation)
+
+    def plan(self, copies: int, **changes) -> EdgePlan:
+        return EdgePlan(stages=self.graph.stages(), attn_in_norm=attn_in_norm(self.model), copies=copies,
+                        batch=len(self.pairs), off=self.off, **changes)
+
+    @torch.no_grad()
+    def logits(self, circuits: Tensor, *, chunk: int | None = None) -> Tensor:
+        """Final-position logits (circuit, batch, vocab) of each (sender, receiver) circuit in
+        `circuits` (circuit, sender, receiver); fractional entries weigh an edge in between."""
+        return torch.cat([self._forward(part) for part in self._chunks(circuits, chunk)])
+
+    def _chunks(self, circuits: Tensor, chunk: int | None) -> list[Tensor]:
+        if circuits.ndim != 3 or circuits.shape[1:] != self.graph.exists.shape:
+            raise EdgeError(f"circuits must be a (circuit, sender, receiver) stack of {tuple(self.graph.exists.shape)} "
+                            f"matrices, got {tuple(circuits.shape)}")
+        size = chunk or max(1, DEFAULT_CHUNK_ROWS // len(self.pairs))
+        return list(circuits.split(size))
+
+    def _forward(self, circuits: Tensor) -> Tensor:
+        copies = circuits.shape[0]
+        absent = self.graph.exists.float() * (1 - circuits.float())
+        tokens = self.pairs.clean.repeat(copies, 1).to(self.model.device)
+        with edge_hooks(self.model, self.plan(copies, absent=absent.to(self.model.device))) as record:
+            logits = self.model.hf(input_ids=tokens, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        check_reached(self.graph, record)
+        return logits.view(copies, len(self.pairs), -1)
+
+
+def attn_in_norm(model: Model) -> str:
+    """Path (in a decoder layer) of the norm attention reads the residual stream through."""
+    path = getattr(model.arch, "attn_in_norm", None) or ATTN_IN_NORM.get(model.arch.family)
+    if path is None:
+        raise EdgeError(f"edge circuits need the path of attention's input norm for the {model.arch.family!r} family: "
+                        "add it to ATTN_IN_NORM in src/actpatch/graph/nodes.py")
+    return path
+
+
+@torch.no_grad()
+def sender_outputs(model: Model, graph: Graph, run: Run) -> Tensor:
+    """Each sender's output in `run` (its input noise included): (sender, batch, pos, d_model)."""
+    plan = EdgePlan(stages=graph.stages(), attn_in_norm=attn_in_norm(model), batch=len(run))
+    # Noise first: hooks run in the order they were attached, so `input` records the noisy input.
+    with hooks.add_to_input(model, run.noise), edge_hooks(model, plan) as record:
+        model.hf(input_ids=run.tokens.to(model.device), use_cache=False, logits_to_keep=1)
+    check_reached(graph, record)
+    return torch.stack([record.outputs[s] for s in range(len(graph.senders))])
+
+
+def check_reached(graph: Graph, record: EdgeRecord) -> None:
+    """Raise if some receivers were never reached: their edges would silently do nothing."""
+    stages = graph.stages()
+    if missing := [s for i, s in enumerate(stages) if i not in record.fired]:
+        raise RuntimeError(f"the forward never reached the norm feeding {missing[0].kind} of layer {missing[0].layer} "
+                           "(and maybe others): the architecture table's paths do not match this model's forward")

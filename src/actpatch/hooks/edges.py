@@ -1,0 +1,277 @@
+"""Hooks for edge circuits: each receiver reads its own input, and each sender's output is recorded.
+
+Under `edge_hooks` a forward of the real model computes, at every receiver r,
+
+    input_r = residual stream there − Σ_s absent[s, r] · (o_s(current) − o_s(off))
+
+where o_s is sender s's output in this forward, `off` its out-of-circuit value, and `absent` is 1
+for an edge outside the circuit, 0 inside (fractions interpolate). Nothing is re-implemented:
+- *input*: the first decoder layer's input (a pre-hook; it may be replaced, e.g. interpolated);
+- *head h*: o_proj applied to z with every other head's slice zeroed, minus o_proj(0): one call of
+  the real o_proj on a (batch, pos, head, head·d_head) block input gives all heads; where the
+  family normalises attention's output before adding it (Gemma 3's post-attention RMSNorm), each
+  head's output is that times the scale the norm computes from the layer's whole output in this
+  forward (a norm is linear once its scale is fixed), so the heads still sum to what is added;
+- *MLP*: the output of the module the architecture table names `mlp`.
+Receivers are pre-hooks on the norms that read the stream (attention's input norm, `mlp_in_norm`,
+`final_norm`). A layer whose 3·H head inputs differ runs its real attention module on the batch
+expanded H times, copy h carrying head h's inputs: its q input through the input norm, its k and
+v inputs swapped in at the k and v projections (or spliced into a fused projection's output); the
+attention's other arguments are expanded alike, and at o_proj head h's z is taken from copy h.
+Under grouped-query attention each query head thus gets keys and values from its own input.
+
+Rows are copy-major: with `copies` circuits of `batch` prompts, row c·batch + b. The only other
+file that attaches hooks is `hooks/__init__.py`; every handle here is removed on exit, error or not.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from actpatch.models.model import Model
+
+
+@dataclass
+class EdgePlan:
+    """What one forward under `edge_hooks` does. `stages` come from `Graph.stages()`."""
+
+    stages: list  # list[graph.nodes.Stage]
+    attn_in_norm: str  # path of attention's input norm in a decoder layer
+    copies: int = 1
+    batch: int = 1
+    absent: Tensor | None = None  # (copies, sender, receiver): None records outputs and changes nothing
+    off: Tensor | None = None  # (sender, batch, pos, d_model): each sender's out-of-circuit value
+    grads: bool = False  # record ∂(backward's scalar)/∂(every receiver's input)
+    first_input: Tensor | None = None  # (copies·batch, pos, d_model): replaces the first layer's input
+
+
+@dataclass
+class EdgeRecord:
+    """Filled in by a forward (and a backward) under `edge_hooks`."""
+
+    outputs: dict[int, Tensor] = field(default_factory=dict)  # sender -> (rows, pos, d_model)
+    grads: dict[int, Tensor] = field(default_factory=dict)  # stage -> (batch, pos, receiver, d_model), summed over copies
+    fired: set = field(default_factory=set)  # stages whose receivers were reached
+
+
+@contextmanager
+def edge_hooks(model: Model, plan: EdgePlan) -> Iterator[EdgeRecord]:
+    """Attach the edge taps for the block's forwards; yields what they record; always unhooks."""
+    taps = _Taps(model, plan)
+    with ExitStack() as stack:
+        for module, hook, kind in taps.registrations():
+            if kind == "pre":
+                handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+            else:
+                handle = module.register_forward_hook(hook)
+            stack.callback(handle.remove)
+        yield taps.record
+
+
+class _Taps:
+    def __init__(self, model: Model, plan: EdgePlan):
+        self.model, self.plan, self.record = model, plan, EdgeRecord()
+        self.dims = model.dims
+        self.per_head: dict[int, bool] = {}  # layer -> its attention runs expanded this forward
+        self.kv_inputs: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> normed k and v inputs (expanded rows)
+        self.pending: dict[int, Tensor] = {}  # layer -> per-head contributions awaiting the post-norm's scale
+        # Gemma 3: attention's output passes a norm before it is added, so `attn` is not o_proj's parent
+        self.post_norm = model.arch.attn != model.arch.o_proj.rsplit(".", 1)[0]
+
+    def registrations(self) -> list[tuple[nn.Module, Any, str]]:
+        model, arch = self.model, self.model.arch
+        attention_path = arch.o_proj.rsplit(".", 1)[0]
+        found = [(model.layer(0), self._first_input, "pre")]
+        for stage_index, stage in enumerate(self.plan.stages):
+            layer = stage.layer
+            if stage.kind == "attn":
+                found.append((model.submodule(layer, self.plan.attn_in_norm), self._attn_inputs(stage_index, stage), "pre"))
+                found.append((model.submodule(layer, attention_path), self._expand_arguments(layer), "pre"))
+                if isinstance(arch.qkv, str):
+                    found.append((model.submodule(layer, arch.qkv), self._fused_kv(layer), "out"))
+                else:
+                    found.append((model.submodule(layer, arch.qkv[1]), self._kv_input(layer, 0), "pre"))
+                    found.append((model.submodule(layer, arch.qkv[2]), self._kv_input(layer, 1), "pre"))
+                found.append((model.submodule(layer, arch.o_proj), self._heads(stage), "pre"))
+                if self.post_norm:
+                    found.append((model.submodule(layer, arch.attn), self._post_norm(stage), "out"))
+            elif stage.kind == "mlp":
+                found.append((model.submodule(layer, arch.mlp_in_norm), self._single_input(stage_index, stage), "pre"))
+                found.append((model.submodule(layer, arch.mlp), self._mlp_output(stage), "out"))
+            else:
+                found.append((model.hf.get_submodule(arch.final_norm), self._single_input(stage_index, stage), "pre"))
+        return found
+
+    # --- senders ---------------------------------------------------------------------------
+
+    def _first_input(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if self.plan.first_input is not None:
+            hidden = self.plan.first_input.to(hidden.dtype)
+        elif self.plan.grads:
+            hidden = hidden.detach().requires_grad_(True)  # the leaf every receiver's gradient flows to
+        self.record.outputs[0] = hidden
+        if hidden is (args[0] if args else kwargs["hidden_states"]):
+            return None
+        return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+    def _heads(self, stage):
+        heads, d_head = self.dims.n_heads, self.dims.d_head
+        layer = stage.layer
+
+        def hook(o_proj, args, kwargs):
+            z = args[0]
+            rows = z.shape[0] // heads if self.per_head.get(layer) else z.shape[0]
+            if self.per_head.get(layer):  # copy h of each row carries head h's inputs: take head h from it
+                z = torch.diagonal(z.view(rows, heads, z.shape[1], heads, d_head), dim1=1, dim2=3).permute(0, 1, 3, 2).contiguous()
+            else:
+                z = z.view(rows, z.shape[1], heads, d_head)
+            eye = torch.eye(heads, dtype=z.dtype, device=z.device)
+            block = torch.einsum("nphd,hg->nphgd", z, eye).reshape(rows, z.shape[1], heads, heads * d_head).contiguous()
+            contributions = o_proj.forward(block) - o_proj.forward(torch.zeros_like(block[:1, :1, :1]))
+            if self.post_norm:
+                self.pending[layer] = contributions
+            else:
+                self._store_heads(stage, contributions)
+            return (z.reshape(rows, z.shape[1], heads * d_head), *args[1:]), kwargs
+
+        return hook
+
+    def _post_norm(self, stage):
+        def hook(norm, args, output):
+            contributions = self.pending.pop(stage.layer)
+            self._store_heads(stage, contributions * _fixed_scale(norm, args[0]).unsqueeze(-2))
+
+        return hook
+
+    def _store_heads(self, stage, contributions: Tensor) -> None:
+        for h in range(self.dims.n_heads):
+            self.record.outputs[stage.senders + h] = contributions[:, :, h]
+
+    def _mlp_output(self, stage):
+        def hook(module, args, output):
+            self.record.outputs[stage.senders] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    # --- receivers -------------------------------------------------------------------------
+
+    def _receiver_inputs(self, stage_index: int, stage, resid: Tensor) -> tuple[Tensor | None, bool]:
+        """(copies, batch, pos, receiver, d_model) inputs of the stage's receivers, or None where
+        they all equal the residual stream; and whether they differ between receivers."""
+        plan, record = self.plan, self.record
+        record.fired.add(stage_index)
+        if plan.absent is None:
+            return None, False
+        copies, batch = plan.copies, plan.batch
+        n_receivers = stage.receivers.stop - stage.receivers.start if stage.receivers.stop else 1
+        absent = plan.absent[:, : stage.senders, stage.receivers].to(resid.dtype)  # (copies, sender, receiver)
+        base = resid.view(copies, batch, *resid.shape[1:]).unsqueeze(-2)
+        used = absent.abs().sum((0, 2)).nonzero().flatten().tolist()
+        if not used and not plan.grads:
+            return None, False
+        differ = bool((absent != absent[..., :1]).any())
+        if used:
+            deltas = torch.stack([record.outputs[s].view(copies, batch, *resid.shape[1:]) - plan.off[s].to(resid.dtype)
+                                  for s in used], 1)  # (copies, sender, batch, pos, d_model)
+            inputs = base - torch.einsum("csbpd,csr->cbprd", deltas, absent[:, used])
+        else:
+            inputs = base.expand(*base.shape[:-2], n_receivers, base.shape[-1])
+        if plan.grads:
+            def keep(grad: Tensor) -> None:
+                total = grad.sum(0)
+                record.grads[stage_index] = total if stage_index not in record.grads else record.grads[stage_index] + total
+            inputs.register_hook(keep)
+        return inputs, differ
+
+    def _single_input(self, stage_index, stage):
+        def hook(norm, args, kwargs):
+            inputs, _ = self._receiver_inputs(stage_index, stage, args[0])
+            if inputs is None:
+                return None
+            return (inputs[..., 0, :].reshape(args[0].shape), *args[1:]), kwargs
+        return hook
+
+    def _attn_inputs(self, stage_index, stage):
+        heads = self.dims.n_heads
+
+        def hook(norm, args, kwargs):
+            resid = args[0]
+            inputs, differ = self._receiver_inputs(stage_index, stage, resid)
+            per_head = inputs is not None and (differ or self.plan.grads)
+            self.per_head[stage.layer] = per_head
+            if inputs is None:
+                return None
+            if not per_head:
+                return (inputs[..., 0, :].reshape(resid.shape), *args[1:]), kwargs
+            rows, pos, d = resid.shape
+            # (rows, pos, qkv, head, d) -> per input kind (rows·head, pos, d), row n·H + h carrying head h
+            split = inputs.reshape(rows, pos, 3, heads, d).permute(2, 0, 3, 1, 4).reshape(3, rows * heads, pos, d)
+            self.kv_inputs[stage.layer] = (norm.forward(split[1]), norm.forward(split[2]))
+            return (split[0], *args[1:]), kwargs
+
+        return hook
+
+    def _expand_arguments(self, layer):
+        heads = self.dims.n_heads
+
+        def hook(attention, args, kwargs):
+            if not self.per_head.get(layer):
+                return None
+            hidden = args[0] if args else kwargs["hidden_states"]
+            rows = hidden.shape[0] // heads
+
+            def expand(value):
+                if isinstance(value, Tensor) and value.ndim >= 2 and value.shape[0] == rows and rows > 1:
+                    return value.repeat_interleave(heads, dim=0)
+                if isinstance(value, tuple):
+                    return tuple(expand(v) for v in value)
+                return value
+
+            new_kwargs = {k: (v if k == "hidden_states" else expand(v)) for k, v in kwargs.items()}
+            return ((args[0], *(expand(a) for a in args[1:])) if args else args), new_kwargs
+
+        return hook
+
+    def _kv_input(self, layer, which: int):
+        def hook(projection, args, kwargs):
+            if not self.per_head.get(layer):
+                return None
+            return (self.kv_inputs[layer][which], *args[1:]), kwargs
+        return hook
+
+    def _fused_kv(self, layer):
+        heads, d_head = self.dims.n_heads, self.dims.d_head
+        concat = self.model.arch.qkv_layout == "concat"
+
+        def hook(projection, args, output):
+            if not self.per_head.get(layer):
+                return None
+            k_input, v_input = self.kv_inputs[layer]
+            k_out, v_out = projection.forward(k_input), projection.forward(v_input)
+            if concat:  # [q | k | v], each heads·d_head wide
+                width = heads * d_head
+                return torch.cat([output[..., :width], k_out[..., width : 2 * width], v_out[..., 2 * width :]], -1)
+            # interleaved: per head [q_h | k_h | v_h]
+            per_head = [t.unflatten(-1, (heads, 3 * d_head)) for t in (output, k_out, v_out)]
+            spliced = torch.cat([per_head[0][..., :d_head], per_head[1][..., d_head : 2 * d_head],
+                                 per_head[2][..., 2 * d_head :]], -1)
+            return spliced.flatten(-2)
+
+        return hook
+
+
+def _fixed_scale(norm: nn.Module, normed_input: Tensor) -> Tensor:
+    """The per-feature factor an RMS norm multiplies `normed_input` by, (rows, pos, d_model): its
+    scale 1/rms(x) computed from this very input, times its gain (read off the real module as
+    norm(1)·√(1 + eps), so either gain convention, w or 1 + w, is what the module uses)."""
+    eps = getattr(norm, "eps", None)
+    eps = getattr(norm, "variance_epsilon", 1e-6) if eps is None else eps
+    ones = torch.ones(normed_input.shape[-1], dtype=normed_input.dtype, device=normed_input.device)
+    gain = norm.forward(ones).float() * math.sqrt(1.0 + eps)
+    x = normed_input.float()
+    return (torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain).to(normed_input.dtype)
