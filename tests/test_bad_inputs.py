@@ -83,7 +83,7 @@ def _checkpoint(c, name: str, damage: str | None = None, manifest: bool = False)
 
 BAD_INPUTS = {
     # --- the sweep's arguments -------------------------------------------------------------
-    "site kind misspelt": (lambda c: ap.sweep(c.m, c.p, "resid_pr"), ap.SiteError, r"unknown site kind 'resid_pr'.*Did you mean resid_pre"),
+    "site kind misspelt": (lambda c: ap.sweep(c.m, c.p, "resid_pr"), ap.SiteError, r"unknown site kind 'resid_pr'.*Did you mean 'resid_pre'"),
     "site given as a number": (lambda c: ap.sweep(c.m, c.p, 3), TypeError, r"site is a kind name such as 'resid_pre'.*not int 3"),
     "site given as a Site": (lambda c: ap.sweep(c.m, c.p, ap.Site("head", 0, head=1)), TypeError, r"To patch one Site, pass its kind and layers="),
     "TransformerLens hook without a site": (lambda c: ap.sweep(c.m, c.p, "blocks.1.attn.hook_result"), ap.SiteError, r"has no actpatch site"),
@@ -158,7 +158,7 @@ BAD_INPUTS = {
     "metrics of NaN logits": (lambda c: metrics.averaged(torch.full((3, 101), NAN), baseline(c.m, c.p)),
                               ap.NonFiniteError, r"logits hold NaN or inf.*every metric would be NaN"),
     "tokens as a list": (lambda c: ap.capture(c.m, c.p.clean.tolist(), [ap.Site("resid_pre", 0)]), TypeError, r"tokens must be a \(batch, pos\) tensor of token ids, got list"),
-    "capture of a site name": (lambda c: ap.capture(c.m, c.p.clean, ["resid_pre"]), ap.SiteError, r"expected a Site, got str"),
+    "capture of a site name": (lambda c: ap.capture(c.m, c.p.clean, ["resid_pre"]), ap.SiteError, r"site 'resid_pre' names no layer"),
     # --- estimates and results -------------------------------------------------------------
     "unknown attribution method": (lambda c: ap.attribute(c.m, c.p, "head", method="magic"), ValueError, r"method must be one of \('atp', 'atp\*', 'ig'\)"),
     "unknown metric to verify": (lambda c: ap.verify(c.m, c.p, ap.attribute(c.m, c.p, "head"), metric="probability"), ValueError,

@@ -6,6 +6,8 @@ one-line reason, 1 anything else."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +76,7 @@ def test_report_other_failures_exit_1_with_the_traceback_in_a_log(saved, monkeyp
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(cli.report, "render_report", broken)
+    monkeypatch.setattr(ap.report, "render_report", broken)
     result = run("report", str(saved))
     assert result.exit_code == 1 and result.stderr.count("\n") == 1
     match = re.fullmatch(r"error: RuntimeError: disk on fire \(traceback in (.+\.log)\)\n", result.stderr)
@@ -86,7 +88,7 @@ def test_report_other_failures_exit_1_with_the_traceback_in_a_log(saved, monkeyp
 
 @pytest.mark.smollm
 def test_demo_writes_result_report_and_image(smollm, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli.ap, "load_model", lambda name=None: smollm)  # the session's model, loaded once
+    monkeypatch.setattr(ap, "load_model", lambda name=None: smollm)  # the session's model, loaded once
     result = run("demo", "--prompts", "2", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -94,3 +96,37 @@ def test_demo_writes_result_report_and_image(smollm, tmp_path, monkeypatch):
     assert f"report {tmp_path / 'ioi_resid_pre_denoise.html'}" in result.stdout
     assert "norm_logit_diff (denoise resid_pre)" in result.stdout  # the terminal table is still printed
     assert ap.load(tmp_path / "ioi_resid_pre_denoise.nc").attrs["model"] == smollm.name
+
+
+STARTUP = """
+import sys
+import actpatch.cli
+for argv in (["--help"], ["sweep", "--help"], ["attribute", "--help"], ["sweep", "--direction", "sideways"]):
+    try:
+        actpatch.cli.main(argv)
+    except SystemExit:
+        pass
+import actpatch as ap
+ap.__all__, dir(ap)
+print("loaded:", *sorted(m for m in ("torch", "transformers", "plotly", "matplotlib", "ray", "xarray") if m in sys.modules))
+"""
+
+
+def test_help_and_flag_errors_load_no_heavy_library():
+    # A fresh interpreter: this one has imported everything already. Time is not measured (CI
+    # machines vary); what makes `--help` slow is importing these, so their absence is the test.
+    done = subprocess.run([sys.executable, "-c", STARTUP], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Commands:" in done.stdout and "denoise" in done.stdout  # the helps were printed
+    assert done.stdout.splitlines()[-1] == "loaded:", f"imported while parsing flags: {done.stdout.splitlines()[-1]}"
+
+
+def test_every_public_name_resolves_lazily():
+    script = ("import sys, actpatch as ap\nfrom actpatch import sweep, Run, report\n"
+              "assert all(getattr(ap, n) is not None for n in ap.__all__) and set(ap.__all__) <= set(dir(ap))\n"
+              "assert ap.report.show is report.show and ap.Run is __import__('actpatch.pairs').pairs.Run\n"
+              "assert ap.evaluate_circuit is ap.circuits.evaluate and ap.metrics.METRICS is ap.METRICS\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        ap.nope  # noqa: B018

@@ -2,13 +2,15 @@
 checkpoint folder (the command line loads models by path), with their outputs and exit codes."""
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
 from click.testing import CliRunner
 
 import actpatch as ap
-from actpatch import cli
+from actpatch import cli, model_checks
+from actpatch.cli import common
 from actpatch.model_checks import Check
 from actpatch.models.arch import ARCHS
 from tiny_checkpoint import save_tiny_checkpoint
@@ -53,7 +55,7 @@ def test_check_passes_on_a_working_model(tiny):
 
 def test_check_exits_1_when_a_check_fails(tiny, monkeypatch):
     bad = Check("head sum", "-", 0.5, 1e-4, "relative", False, "worst at layer 1")
-    monkeypatch.setattr(cli.models, "check_model", lambda model, pairs, progress=None: [bad])
+    monkeypatch.setattr(model_checks, "check_model", lambda model, pairs, progress=None: [bad])
     result = run("check", "--model", tiny, "--prompts", "2")
     assert result.exit_code == 1
     assert "FAIL  head sum" in result.output and "1 of 1 checks failed" in result.stderr
@@ -82,23 +84,39 @@ def test_sweep_refuses_an_unsolved_task_unless_told(tiny, tmp_path):
 @pytest.mark.parametrize("args, reason", [
     (["--site", "resid_pre", "--layers", "7"], "layer 7 is out of range: this model has layers 0..1"),
     (["--site", "head", "--positions", "NOPE"], "no named position 'NOPE'"),
-    (["--site", "neuron"], "a neuron sweep needs neurons="),
+    (["--site", "neuron"], "a neuron sweep needs --neurons:"),
+    (["--site", "resid-pre"], "Did you mean 'resid_pre'?"),
     (["--site", "resid_pre", "--layers", "x"], "--layers: 'x' is not a whole number"),
     (["--site", "resid_pre", "--chunk", "many"], "Invalid value for '--chunk'"),
     (["--site", "resid_pre", "--corruption", "s9"], "task.corruption = 's9' is not a corruption of ioi"),
-    (["--site", "resid_pre", "--model", "/no/such/folder"], "looks like a local path, but it does not exist"),
+    (["--site", "resid_pre", "--model", "/no/such/folder"], "does not exist. A checkpoint is a folder or a .gguf file; "
+                                                            "leave out --model to use the embedded model"),
 ])
 def test_sweep_bad_input_exits_2_with_one_line(tiny, tmp_path, args, reason):
     result = sweep(tiny, tmp_path, *args)
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and reason in result.stderr, result.stderr
+    # The library's keyword hints (neurons=[...], pass None) are given as the flags that set them.
+    assert not re.search(r"\b(neurons|layers|heads|positions|check_baseline)=|pass None", result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("message, flags", [
+    ("a neuron sweep needs neurons=[...]: all 64 neurons", "a neuron sweep needs --neurons: all 64 neurons"),
+    ("or pass check_baseline=False to sweep anyway", "or pass --no-check-baseline to sweep anyway"),
+    ("drop heads= or use a head site", "drop --heads or use a head site"),
+    ("pass its kind and layers=/heads=/positions=", "pass its kind and --layers/--heads/--positions"),
+    ("head[layer=9, head=6, pos=END]", "head[layer=9, head=6, pos=END]"),  # a site's own fields stay as written
+    ("sweep.direction = 'sideways'", "sweep.direction = 'sideways'"),  # an experiment file's key stays a key
+])
+def test_keyword_hints_become_flags(message, flags):
+    assert common.in_flags(message) == flags
 
 
 def test_sweep_failure_exits_1_with_the_traceback_in_the_output_folder(tiny, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("the GPU caught fire")
 
-    monkeypatch.setattr(cli.sweeps.ap, "sweep", broken)
+    monkeypatch.setattr(ap, "sweep", broken)
     result = sweep(tiny, tmp_path, "--site", "resid_pre")
     log = tmp_path / "actpatch-error.log"
     assert result.exit_code == 1
@@ -155,3 +173,49 @@ def test_circuit_prints_frontier_and_minimality_and_reports_the_curve(tiny, tmp_
 def test_circuit_refuses_a_site_it_cannot_rank(tiny, tmp_path):
     result = run("circuit", "--model", tiny, "--task", "ioi", "--site", "resid_pre", "--no-check-baseline", "--out", str(tmp_path))
     assert result.exit_code == 2 and "circuit ranks head or mlp_out components, not resid_pre" in result.stderr
+
+
+@pytest.fixture
+def actpatch_log_level():
+    # `-v` sets the level of actpatch's loggers for the process; put it back for the other tests.
+    logger = logging.getLogger("actpatch")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+@pytest.mark.parametrize("verbosity, chunks", [("-v", False), ("-vv", True)])
+def test_verbose_logs_loading_baselines_and_chunks(tiny, tmp_path, caplog, actpatch_log_level, verbosity, chunks):
+    result = run(verbosity, "sweep", "--model", tiny, "--task", "ioi", "--prompts", "4", "--no-check-baseline",
+                 "--site", "mlp_out", "--chunk", "2", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("actpatch")]
+    assert any(m.startswith(f"loading {tiny} (float32 on cpu)") for m in messages), messages
+    assert any(m.startswith("loaded ") for m in messages) and any(m.startswith("baseline logit difference") for m in messages)
+    assert any(m.startswith("chunk of ") for m in messages) == chunks
+    assert not [r for r in caplog.records if not r.name.startswith("actpatch") and r.levelno < logging.WARNING]
+
+
+def test_quiet_by_default(tiny, tmp_path, caplog, actpatch_log_level):
+    result = sweep(tiny, tmp_path, "--site", "mlp_out")
+    assert result.exit_code == 0, result.output
+    assert not [r for r in caplog.records if r.name.startswith("actpatch") and r.levelno < logging.WARNING]
+
+
+@pytest.mark.parametrize("command, written", [
+    (["sweep", "--site", "mlp_out"], "ioi_mlp_out_denoise.nc"),
+    (["attribute", "--site", "head"], "ioi_head_denoise_atp.nc"),
+    (["circuit", "--max-size", "1"], "ioi_head_denoise_circuit.nc"),
+])
+def test_a_rerun_into_the_same_out_needs_overwrite(tiny, tmp_path, command, written):
+    flags = ["--model", tiny, "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--out", str(tmp_path), "--quiet"]
+    first = run(*command, *flags)
+    assert first.exit_code == 0, first.output
+    before = (tmp_path / written).stat().st_mtime_ns
+    again = run(*command, *flags)
+    assert again.exit_code == 2 and again.stderr.count("\n") == 1, again.output
+    assert f"{tmp_path / written} exists (an earlier run's output): add --overwrite" in again.stderr
+    assert (tmp_path / written).stat().st_mtime_ns == before  # refused before anything ran
+    replaced = run(*command, *flags, "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert (tmp_path / written).stat().st_mtime_ns > before

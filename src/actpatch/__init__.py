@@ -5,43 +5,93 @@
     pairs = ap.ioi_pairs(model)                 # the classic aligned IOI batch (ap.tasks.ioi for more)
     res = ap.sweep(model, pairs, "resid_pre", direction="denoise")
     res.sel(metric="norm_logit_diff")           # layer × pos, tokens as coordinates
-"""
-from actpatch.corrupt import symmetric_token_replacement
-from actpatch.engine.attribution import attribute
-from actpatch.engine.checkpoint import CheckpointMismatch
-from actpatch.engine.collect import BaselineError
-from actpatch.engine.sweep import sweep
-from actpatch.engine.verify import Verification, verify
-from actpatch.hooks import PatchNotApplied, PatchShapeError, attached_hooks, capture, patch
-from actpatch.metrics import METRICS, Baseline, NonFiniteError
-from actpatch.models.arch import UnsupportedArchitecture
-from actpatch.engine.batched import SweepOutOfMemory
-from actpatch.engine.shards import ShardFailed, UnshippableModel
-from actpatch.models.load import CorruptCheckpoint, ModelNotFound, load_model
-from actpatch.models.model import Model
-from actpatch.noise import gaussian_noise
-from actpatch.pairs import PairsError, PromptPairs
-from actpatch.results import load, save
-from actpatch.sensitivity import sweep_corruptions
-from actpatch.sites import SITE_KINDS, Site, SiteError
-from actpatch import tasks
-from actpatch.tasks.ioi import ioi_pairs
+    ap.report.show(res)                         # a plotly figure of it
 
-__all__ = [
-    "METRICS", "SITE_KINDS", "Baseline", "BaselineError", "CheckpointMismatch", "gaussian_noise", "symmetric_token_replacement", "Verification", "attribute", "verify", "Model", "PairsError", "PatchNotApplied", "PatchShapeError",
-    "PromptPairs", "Site", "SiteError", "UnsupportedArchitecture", "attached_hooks", "capture",
-    "ioi_pairs", "tasks", "load", "load_model", "patch", "save", "sweep", "sweep_corruptions",
-    "CorruptCheckpoint", "ModelNotFound", "NonFiniteError", "SweepOutOfMemory",
-    "ShardFailed", "UnshippableModel",
-]
+Names are imported on first use (PEP 562), not by `import actpatch`: torch and transformers take
+seconds to import, and the command line must answer `--help` or a mistyped flag without them.
+`from actpatch import sweep` and `ap.sweep` work as if everything had been imported up front."""
+from __future__ import annotations
 
-# Path patching and circuits (actpatch.engine.paths, actpatch.circuits).
-from actpatch import circuits
-from actpatch.circuits import backup, backup_report, label_directions, minimality, pareto_frontier, sensitivity_report, smallest_circuit
-from actpatch.circuits import evaluate as evaluate_circuit
-from actpatch.engine.paths import all_receivers, patch_paths, sweep_paths
+import importlib
+import importlib.util
+from typing import Any
 
-__all__ += [
-    "all_receivers", "backup", "backup_report", "circuits", "evaluate_circuit", "label_directions", "minimality",
-    "pareto_frontier", "patch_paths", "sensitivity_report", "smallest_circuit", "sweep_paths",
-]
+# Public name -> (module, attribute in it); attribute None: the name is the module itself.
+_EXPORTS: dict[str, tuple[str, str | None]] = {
+    # Sweeps, attribution and their checks.
+    "sweep": ("actpatch.engine.sweep", "sweep"),
+    "sweep_corruptions": ("actpatch.sensitivity", "sweep_corruptions"),
+    "attribute": ("actpatch.engine.attribution", "attribute"),
+    "verify": ("actpatch.engine.verify", "verify"),
+    "Verification": ("actpatch.engine.verify", "Verification"),
+    "BaselineError": ("actpatch.engine.collect", "BaselineError"),
+    "CheckpointMismatch": ("actpatch.engine.checkpoint", "CheckpointMismatch"),
+    "SweepOutOfMemory": ("actpatch.engine.batched", "SweepOutOfMemory"),
+    "ShardFailed": ("actpatch.engine.shards", "ShardFailed"),
+    "UnshippableModel": ("actpatch.engine.shards", "UnshippableModel"),
+    # Hooks, by hand.
+    "capture": ("actpatch.hooks", "capture"),
+    "patch": ("actpatch.hooks", "patch"),
+    "attached_hooks": ("actpatch.hooks", "attached_hooks"),
+    "PatchNotApplied": ("actpatch.hooks", "PatchNotApplied"),
+    "PatchShapeError": ("actpatch.hooks", "PatchShapeError"),
+    # Models.
+    "load_model": ("actpatch.models.load", "load_model"),
+    "Model": ("actpatch.models.model", "Model"),
+    "CorruptCheckpoint": ("actpatch.models.load", "CorruptCheckpoint"),
+    "ModelNotFound": ("actpatch.models.load", "ModelNotFound"),
+    "UnsupportedArchitecture": ("actpatch.models.arch", "UnsupportedArchitecture"),
+    # Prompts, tasks and corruptions.
+    "PromptPairs": ("actpatch.pairs", "PromptPairs"),
+    "Run": ("actpatch.pairs", "Run"),
+    "PairsError": ("actpatch.pairs", "PairsError"),
+    "tasks": ("actpatch.tasks", None),
+    "ioi_pairs": ("actpatch.tasks.ioi", "ioi_pairs"),
+    "symmetric_token_replacement": ("actpatch.corrupt", "symmetric_token_replacement"),
+    "gaussian_noise": ("actpatch.noise", "gaussian_noise"),
+    # Sites and metrics.
+    "Site": ("actpatch.sites", "Site"),
+    "SiteError": ("actpatch.sites", "SiteError"),
+    "SITE_KINDS": ("actpatch.sites", "SITE_KINDS"),
+    "METRICS": ("actpatch.metrics", "METRICS"),
+    "Baseline": ("actpatch.metrics", "Baseline"),
+    "NonFiniteError": ("actpatch.metrics", "NonFiniteError"),
+    # Results and pictures of them.
+    "save": ("actpatch.results", "save"),
+    "load": ("actpatch.results", "load"),
+    "report": ("actpatch.report", None),
+    # Path patching and circuits.
+    "patch_paths": ("actpatch.engine.paths", "patch_paths"),
+    "sweep_paths": ("actpatch.engine.paths", "sweep_paths"),
+    "all_receivers": ("actpatch.engine.paths", "all_receivers"),
+    "circuits": ("actpatch.circuits", None),
+    "backup": ("actpatch.circuits", "backup"),
+    "backup_report": ("actpatch.circuits", "backup_report"),
+    "evaluate_circuit": ("actpatch.circuits", "evaluate"),
+    "label_directions": ("actpatch.circuits", "label_directions"),
+    "minimality": ("actpatch.circuits", "minimality"),
+    "pareto_frontier": ("actpatch.circuits", "pareto_frontier"),
+    "sensitivity_report": ("actpatch.circuits", "sensitivity_report"),
+    "smallest_circuit": ("actpatch.circuits", "smallest_circuit"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use; a submodule (`ap.metrics`, `ap.hooks`) as `import` would."""
+    if name in _EXPORTS:
+        module, attribute = _EXPORTS[name]
+        value = importlib.import_module(module)
+        if attribute is not None:
+            value = getattr(value, attribute)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

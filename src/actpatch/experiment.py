@@ -23,32 +23,40 @@ the checked `Experiment`, `load(path)` both; `make_pairs(model, task)` builds a 
 Running the analyses is the command line's job (`actpatch.cli`)."""
 from __future__ import annotations
 
+import functools
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator, model_validator
 
-from actpatch import tasks
-from actpatch.corrupt import IOI_CORRUPTIONS
-from actpatch.models.model import Model
-from actpatch.noise import DEFAULT_SCALE, gaussian_noise
-from actpatch.pairs import PromptPairs
 from actpatch.sites import parse_kind
-from actpatch.tasks.ioi import CLASSIC
+
+if TYPE_CHECKING:  # checking a file must not wait for torch: the tasks are imported when pairs are made
+    from actpatch.models.model import Model
+    from actpatch.pairs import PromptPairs
 
 TASKS = ("ioi", "ioi_groups", "factual", "greater_than", "induction")
 FILE_TASK = "file:"  # followed by the path of a .jsonl or .csv file of prompt pairs
 NOISE = "noise"  # the Gaussian-noise corruption, on top of any task's clean prompts
-# Each task's own corruption schemes (its default first); "noise" is allowed for every task.
-CORRUPTIONS: dict[str, tuple[str, ...]] = {
-    "ioi": tuple(IOI_CORRUPTIONS),
-    "ioi_groups": tuple(IOI_CORRUPTIONS),
-    "factual": ("str",),
-    "greater_than": ("01",),
-    "induction": ("induction_prev_answer",),
-}
 DEFAULT_PROMPTS = 8
+
+
+@functools.cache
+def corruptions() -> dict[str, tuple[str, ...]]:
+    """Each task's own corruption schemes (its default first); "noise" is allowed for every task.
+
+    A function, not a constant: the IOI schemes live in `actpatch.corrupt`, which imports torch."""
+    from actpatch.corrupt import IOI_CORRUPTIONS
+
+    return {
+        "ioi": tuple(IOI_CORRUPTIONS),
+        "ioi_groups": tuple(IOI_CORRUPTIONS),
+        "factual": ("str",),
+        "greater_than": ("01",),
+        "induction": ("induction_prev_answer",),
+    }
+
 Dtype = Literal["float32", "bfloat16", "float16", "float64"]
 Ablation = Literal["zero", "mean", "resample"]
 
@@ -101,8 +109,8 @@ class TaskSection(_Section):
     @model_validator(mode="after")
     def _fits_the_task(self) -> "TaskSection":
         task = "file" if self.is_file else self.name
-        allowed = CORRUPTIONS.get(self.name)
-        if self.corruption is not None and allowed is not None and self.corruption not in (*allowed, NOISE):
+        allowed = corruptions().get(self.name) if self.corruption not in (None, NOISE) else None
+        if allowed is not None and self.corruption not in (*allowed, NOISE):
             raise ValueError(f"task.corruption = {self.corruption!r} is not a corruption of {task}; allowed: "
                              f"{', '.join((*allowed, NOISE))}")
         only_for = {"order": ("ioi", "ioi_groups"), "templates": ("ioi", "ioi_groups"), "relations": ("factual",),
@@ -248,6 +256,10 @@ def validate(data: dict[str, Any], *, source: str = "experiment") -> Experiment:
 
 def make_pairs(model: Model, task: TaskSection) -> PromptPairs | list[PromptPairs]:
     """The task's prompt pairs for `model` (a list of length groups for ioi_groups), corrupted as asked."""
+    from actpatch import tasks
+    from actpatch.noise import DEFAULT_SCALE, gaussian_noise
+    from actpatch.tasks.ioi import CLASSIC
+
     native = None if task.corruption == NOISE else task.corruption
     n = task.n or DEFAULT_PROMPTS
     if task.name in ("ioi", "ioi_groups"):
@@ -316,4 +328,4 @@ def _section_model(loc: list[str]) -> type[BaseModel] | None:
     return model
 
 
-__all__ = ["CORRUPTIONS", "TASKS", "Experiment", "ExperimentError", "load", "make_pairs", "read", "validate"]
+__all__ = ["TASKS", "corruptions", "Experiment", "ExperimentError", "load", "make_pairs", "read", "validate"]

@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Literal, Sequence, get_args
+from typing import TYPE_CHECKING, Literal, Sequence, get_args
 
-from actpatch.models.arch import Arch, Dims
+if TYPE_CHECKING:  # annotations only: parsing a site must not import transformers (the CLI parses before loading)
+    from actpatch.models.arch import Arch, Dims
 
 SiteKind = Literal[
     "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head", "q", "k", "v", "pattern", "neuron"
@@ -155,7 +156,7 @@ _TL_KINDS = {
     ("attn", "pattern"): "pattern",
     ("mlp", "post"): "neuron",
 }
-_OURS = re.compile(r"^(\w+)(?:\[(.*)\])?$")
+_OURS = re.compile(r"^([\w-]+)(?:\[(.*)\])?$")  # "-" read here so that "resid-pre" gets its hint
 
 
 def _parse(text: str) -> tuple[SiteKind, int | None, dict]:
@@ -196,6 +197,8 @@ def _integer(value: str, key: str, text: str) -> int:
 
 
 def _unknown_kind(kind: str) -> str:
-    close = difflib.get_close_matches(kind, SITE_KINDS, n=3)
-    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    # "resid-pre" and "RESID_PRE" are the commonest slips; difflib alone would rank them poorly.
+    normalised = kind.strip().lower().replace("-", "_").replace(" ", "_")
+    close = [normalised] if normalised in SITE_KINDS else difflib.get_close_matches(normalised, SITE_KINDS, n=3)
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     return f"unknown site kind {kind!r}.{hint} Site kinds: {', '.join(SITE_KINDS)}."

@@ -11,26 +11,31 @@
 The analyses read their settings from flags or from an experiment file (`--config x.toml`,
 `actpatch.experiment`), flags winning. Exit codes: 0 done, 2 bad input (a one-line reason on
 stderr), 1 any other failure (a one-line message naming the log file with the traceback).
-Only this package and `actpatch.report` print; the library logs."""
+Only this package and `actpatch.report` print; the library logs.
+
+Parsing flags imports only click (and pydantic to check an experiment): torch, transformers,
+xarray, plotly and ray are imported inside the commands that use them, so `--help` and a mistyped
+flag answer at once. tests/test_cli.py holds that line."""
 from __future__ import annotations
 
 import logging
 
 import click
 
-import actpatch as ap  # noqa: F401 - tests replace ap.load_model for the demo
-from actpatch import report  # noqa: F401 - tests replace report.render_report
 from actpatch.cli import analyses, models, sweeps
 from actpatch.cli.common import Commands
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Log what the library does (loading, chunking, checkpoints...).")
-def main(verbose: bool) -> None:
+@click.option("-v", "--verbose", count=True,
+              help="Log what actpatch does: -v loading, prompts, baselines, checkpoints, workers; -vv every chunk too.")
+def main(verbose: int) -> None:
     """Activation patching for Hugging Face causal language models.
 
     Run `actpatch COMMAND --help` for a command's flags; `docs/cli.md` has examples."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Only actpatch's own loggers get louder: -v must not turn on every library's INFO chatter.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("actpatch").setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG))
 
 
 for command in (models.models, models.check, sweeps.sweep, analyses.attribute, analyses.circuit, sweeps.demo, sweeps.report_command):

@@ -6,16 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-import pandas as pd
 
 import actpatch as ap
-from actpatch import atomic, report
+from actpatch import atomic
 from actpatch.cli.common import (
     BadInput, build_experiment, describe, echo_unless, experiment_options, load, log_into, one_direction, progress,
-    provenance, single, stem, validating,
+    provenance, refuse_overwrite, single, stem, validating,
 )
 from actpatch.cli.sweeps import checkpoint_folder, sweep_options, tables, title, write_outputs
-from actpatch.engine.plan import plan
 from actpatch.sites import parse_kind
 
 
@@ -27,7 +25,7 @@ from actpatch.sites import parse_kind
 @click.option("--graddrop/--no-graddrop", default=None, help="Add GradDrop's magnitude (atp, atp*): one backward per layer.")
 @click.option("--verify", type=int, default=None, metavar="K",
               help="Patch the K strongest estimates (and 10 random others) exactly and report the agreement.")
-def attribute(quiet: bool, **flags: Any) -> None:
+def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     """Estimate every patch of a sweep from one forward and one backward pass; optionally verify.
 
     \b
@@ -38,7 +36,11 @@ def attribute(quiet: bool, **flags: Any) -> None:
     Attribution patching (AtP: effect ≈ (source − target) · gradient) is cheap and wrong in known
     ways (saturated attention, cancelling paths): never read it without --verify, which patches the
     strongest estimates exactly and prints the rank correlation, the top-k recall and the worst
-    misestimates. Writes the estimate (.nc), the verification (.csv) and a report into --out."""
+    misestimates. Writes the estimate (.nc), the verification (.csv) and a report into --out; an
+    earlier run's are refused unless --overwrite."""
+    from actpatch.engine.plan import plan
+    from actpatch.engine.spec import SweepSpec
+
     spec = build_experiment(flags)
     out = Path(spec.output.folder)
     log_into(out)
@@ -46,13 +48,15 @@ def attribute(quiet: bool, **flags: Any) -> None:
     a, s = spec.attribute, spec.sweep
     if s.engine != "batched" or s.chunk is not None or s.per_prompt:
         raise BadInput("[sweep] engine, chunk and per_prompt do not apply to attribute; remove them")
+    name = stem(spec, a.method.replace("*", "star"))
+    refuse_overwrite(out, [f"{name}.nc", f"{name}_verify.csv", f"{name}.html"], overwrite)
     model, pairs = load(spec, quiet=quiet)
     pairs = single(pairs, "attribute")
     direction = one_direction(spec, "attribute")
     echo(describe(model, pairs, spec))
     with validating():
-        the_plan = plan(model, pairs, s.site, direction=direction, layers=s.layers, positions=s.positions, heads=s.heads,
-                        neurons=s.neurons, ablation=s.ablation)
+        the_plan = plan(model, pairs, SweepSpec(s.site, direction=direction, layers=s.layers, positions=s.positions,
+                                                heads=s.heads, neurons=s.neurons, ablation=s.ablation))
     if s.ablation is not None and (a.method == "ig" or (a.method == "atp*" and the_plan.kind in ("q", "k"))):
         raise BadInput(f"method {a.method} needs a source run (to interpolate inputs, or to recompute softmaxes from its "
                        f"q and k), and ablation {s.ablation} has none: use method atp")
@@ -60,7 +64,6 @@ def attribute(quiet: bool, **flags: Any) -> None:
                             positions=s.positions, heads=s.heads, neurons=s.neurons, graddrop=a.graddrop,
                             ablation=s.ablation, check_baseline=s.check_baseline, progress=progress(quiet))
     estimate.attrs.update(provenance(model, spec))
-    name = stem(spec, a.method.replace("*", "star"))
     sections: dict[str, Any] = {f"{title(spec, estimate)}: {a.method} estimate": estimate}
     if not quiet:
         for text in tables(estimate):
@@ -72,7 +75,7 @@ def attribute(quiet: bool, **flags: Any) -> None:
         table = out / f"{name}_verify.csv"
         atomic.write_text(table, checked.table.to_csv(index=False))
         click.echo(f"saved {table}")
-        sections["Verification against exact patching"] = report.Section(
+        sections["Verification against exact patching"] = ap.report.Section(
             "Verification against exact patching", html=checked.table.to_html(index=False, float_format=lambda v: f"{v:.4f}"),
             note=f"Spearman {checked.spearman:.3f}, top-{checked.top_k} recall {checked.top_k_recall:.2f} over "
                  f"{len(checked.table)} sites patched exactly (the top {checked.top_k} estimates and a random sample).")
@@ -82,7 +85,7 @@ def attribute(quiet: bool, **flags: Any) -> None:
 @click.command()
 @experiment_options(circuit=True)
 @click.option("--resume", is_flag=True, help="Continue a killed run's sweep from the checkpoint in the output folder.")
-def circuit(quiet: bool, resume: bool, **flags: Any) -> None:
+def circuit(quiet: bool, resume: bool, overwrite: bool, **flags: Any) -> None:
     """Find a circuit: sweep the heads, grow circuits along the ranking, take the smallest that recovers enough.
 
     \b
@@ -93,12 +96,18 @@ def circuit(quiet: bool, resume: bool, **flags: Any) -> None:
     frontier evaluates the top-k for each k (everything else of that kind at its corrupt value, or
     an --ablation); the smallest circuit reaching --recovery is then tested for minimality (does
     removing one member cost anything?). Prints the tables and writes the sweep, the frontier, the
-    minimality table (.csv) and a report with the Pareto curve into --out."""
+    minimality table (.csv) and a report with the Pareto curve into --out; an earlier run's are
+    refused unless --overwrite (or --resume, which finishes that run) is given."""
+    import pandas as pd
+
     spec = build_experiment(flags, defaults={"sweep": {"site": "head"}})
     out = Path(spec.output.folder)
     log_into(out)
     echo = echo_unless(quiet)
     checkpoint = checkpoint_folder(out, resume, echo)
+    name = stem(spec, "circuit")
+    refuse_overwrite(out, [f"{name}{suffix}" for suffix in (".nc", "_frontier.nc", "_minimality.csv", ".html")],
+                     overwrite or resume)
     c = spec.circuit
     model, pairs = load(spec, quiet=quiet)
     pairs = single(pairs, "circuit")
@@ -126,9 +135,8 @@ def circuit(quiet: bool, resume: bool, **flags: Any) -> None:
         {"added": curve["component"].values, "norm_logit_diff": curve.values.round(3)},
         index=pd.Index(curve["size"].values, name="size")).to_string())
     chosen = ap.smallest_circuit(frontier, c.recovery)
-    name = stem(spec, "circuit")
     sections: dict[str, Any] = {title(spec, ranked_by): ranked_by}
-    sections["Pareto frontier"] = report.Section(
+    sections["Pareto frontier"] = ap.report.Section(
         "Pareto frontier: circuit performance against circuit size",
         figures=[ap.circuits.plot_frontier(frontier, recoveries=sorted({c.recovery, 0.9}))],
         note="The top-k components of the ranking kept, every other component of their kind ablated "
@@ -143,7 +151,7 @@ def circuit(quiet: bool, resume: bool, **flags: Any) -> None:
         path = out / f"{name}_minimality.csv"
         atomic.write_text(path, table.to_csv())
         click.echo(f"saved {path}")
-        sections["Minimality"] = report.Section(
+        sections["Minimality"] = ap.report.Section(
             f"Minimality of the {len(chosen)}-component circuit",
             html=table.to_html(float_format=lambda v: f"{v:.4f}"),
             note=f"Each member removed alone; the circuit scores {table.attrs['circuit_score']:.4f}. A passenger's "

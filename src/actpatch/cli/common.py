@@ -12,22 +12,21 @@ import os
 import re
 import sys
 import tempfile
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 import click
-import transformers
 
 import actpatch as ap
 from actpatch import atomic, experiment
-from actpatch.engine.checkpoint import CheckpointMismatch, weights_fingerprint
-from actpatch.experiment import Experiment, ExperimentError
-from actpatch.models.cache import DefaultModelNotInstalled
-from actpatch.models.load import ModelNotFound
-from actpatch.models.model import Model
-from actpatch.pairs import PromptPairs
+from actpatch.experiment import Experiment
+
+if TYPE_CHECKING:  # torch and transformers are imported by the commands that load a model, not here
+    from actpatch.models.model import Model
+    from actpatch.pairs import PromptPairs
 
 BAD_INPUT = 2
 FAILURE = 1
@@ -40,9 +39,21 @@ class BadInput(Exception):
     """Input the command refuses; its message is the one-line reason."""
 
 
-# Errors that always mean the user's input cannot be run, wherever they are raised.
-BAD_INPUT_ERRORS = (BadInput, ap.PairsError, ap.SiteError, ap.BaselineError, ModelNotFound, ExperimentError,
-                    CheckpointMismatch, ap.UnsupportedArchitecture, DefaultModelNotInstalled)
+# Errors that always mean the user's input cannot be run, wherever they are raised: (module, class).
+# Named, not imported: an error of a module nobody imported cannot have been raised, and importing
+# them all would import torch before `--help` could answer.
+BAD_INPUT_ERRORS = (
+    ("actpatch.pairs", "PairsError"), ("actpatch.sites", "SiteError"), ("actpatch.engine.collect", "BaselineError"),
+    ("actpatch.models.load", "ModelNotFound"), ("actpatch.experiment", "ExperimentError"),
+    ("actpatch.engine.checkpoint", "CheckpointMismatch"), ("actpatch.models.arch", "UnsupportedArchitecture"),
+    ("actpatch.models.cache", "DefaultModelNotInstalled"),
+)
+
+
+def is_bad_input(error: BaseException) -> bool:
+    """Whether `error` is BadInput or one of BAD_INPUT_ERRORS."""
+    return isinstance(error, BadInput) or any(
+        module in sys.modules and isinstance(error, getattr(sys.modules[module], name)) for module, name in BAD_INPUT_ERRORS)
 
 
 class Commands(click.Group):
@@ -60,10 +71,9 @@ class Commands(click.Group):
         except click.UsageError as error:
             where = f" (see {error.ctx.command_path} --help)" if error.ctx is not None else ""
             fail(f"{first_line(error.format_message())}{where}")
-        except BAD_INPUT_ERRORS as error:
-            hint = " (on the command line: --no-check-baseline)" if isinstance(error, ap.BaselineError) else ""
-            fail(first_line(error) + hint)
         except Exception as error:  # noqa: BLE001 - the point is to catch what nothing else did
+            if is_bad_input(error):
+                fail(in_flags(first_line(error)))
             path = _write_traceback(ctx.obj.get("log_folder"))
             click.echo(f"error: {type(error).__name__}: {first_line(error)} (traceback in {path})", err=True)
             sys.exit(FAILURE)
@@ -81,6 +91,22 @@ def fail(reason: str) -> NoReturn:
     """Exit 2 with a one-line reason."""
     click.echo(f"error: {reason}", err=True)
     sys.exit(BAD_INPUT)
+
+
+# The library's errors name its keyword arguments; on the command line the same hint is a flag.
+_KEYWORD_HINTS = (
+    (re.compile(r"pass None to load the default model"), "leave out --model to use the embedded model"),
+    (re.compile(r"\bcheck_baseline=False\b"), "--no-check-baseline"),
+    (re.compile(r"\bper_prompt=True\b"), "--per-prompt"),
+    (re.compile(r"\b(layers|heads|neurons|positions|direction|ablation|engine|chunk)=(\[\.\.\.\])?"), r"--\1"),
+)
+
+
+def in_flags(message: str) -> str:
+    """A library error's keyword hints (`neurons=[...]`, `check_baseline=False`) as the flags that set them."""
+    for pattern, flag in _KEYWORD_HINTS:
+        message = pattern.sub(flag, message)
+    return message
 
 
 def first_line(error: BaseException | str) -> str:
@@ -194,6 +220,8 @@ def experiment_options(*, analysis: bool = False, circuit: bool = False) -> Call
                      help="Output folder for results, reports and logs (default actpatch-out)."),
         click.option("--name", default=None, help="File name stem of the outputs (default from task, site and direction)."),
         click.option("--pngs/--no-pngs", default=None, help="Also write PNG images."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace the outputs of an earlier run in --out (without it, they are refused)."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars and no tables: print only what was written."),
     ]
     if not analysis:
@@ -240,7 +268,7 @@ def build_experiment(flags: dict[str, Any], *, defaults: dict[str, dict[str, Any
             raise BadInput(f"--{flag.replace('_', '-')}: {error.message}") from None
     try:
         return experiment.validate(data, source=str(config) if config is not None else "arguments")
-    except ExperimentError as error:
+    except experiment.ExperimentError as error:
         raise BadInput(_with_flags(str(error))) from None
 
 
@@ -252,8 +280,15 @@ def _with_flags(message: str) -> str:
 def load(spec: Experiment, *, quiet: bool = False) -> tuple[Model, PromptPairs | list[PromptPairs]]:
     """The experiment's model and prompt pairs; loading errors are bad input (a wrong path, a task
     the tokenizer cannot build)."""
+    import transformers
+
+    from actpatch.models.cache import DefaultModelNotInstalled
+    from actpatch.models.load import ModelNotFound
+
     if quiet or not sys.stderr.isatty():
         transformers.utils.logging.disable_progress_bar()  # transformers' own bars, like ours: terminals only
+    started = time.perf_counter()
+    log.info("loading %s (%s on %s)", spec.model.name or "the embedded SmolLM2-135M-Instruct", spec.model.dtype, spec.model.device)
     with validating():
         try:
             model = ap.load_model(spec.model.name, dtype=spec.model.dtype, device=spec.model.device)
@@ -261,6 +296,7 @@ def load(spec: Experiment, *, quiet: bool = False) -> tuple[Model, PromptPairs |
             if isinstance(error, (ModelNotFound, DefaultModelNotInstalled)):
                 raise
             raise BadInput(f"cannot load model {spec.model.name!r}: {' '.join(str(error).split())[:300]}") from error
+        log.info("loaded %s in %.1f s", model.name, time.perf_counter() - started)
         pairs = experiment.make_pairs(model, spec.task)
     return model, pairs
 
@@ -277,6 +313,8 @@ def describe(model: Model, pairs: PromptPairs | list[PromptPairs], spec: Experim
 
 def provenance(model: Model, spec: Experiment) -> dict[str, Any]:
     """What a result made by the command line records beyond the library's own provenance."""
+    from actpatch.engine.checkpoint import weights_fingerprint
+
     return {"task": spec.task.name, "seed": spec.task.seed, "weights_fingerprint": weights_fingerprint(model),
             "experiment": spec.model_dump(mode="json")}
 
@@ -291,6 +329,16 @@ def stem(spec: Experiment, *parts: str) -> str:
 def progress(quiet: bool) -> bool | None:
     """Progress bars: off with --quiet, else on a terminal only (tqdm's own test)."""
     return False if quiet else None
+
+
+def refuse_overwrite(out: Path, names: list[str], overwrite: bool) -> None:
+    """Refuse to start when an earlier run's outputs are in `out` and --overwrite was not given: a
+    rerun must not silently replace results someone may still be reading (or compare against)."""
+    if overwrite:
+        return
+    if existing := [name for name in names if (out / name).exists()]:
+        raise BadInput(f"{out / existing[0]} exists (an earlier run's output): add --overwrite to replace it, "
+                       "or choose another --out or --name")
 
 
 def single(pairs: PromptPairs | list[PromptPairs], analysis: str) -> PromptPairs:

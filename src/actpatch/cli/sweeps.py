@@ -5,22 +5,22 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
-import xarray as xr
 
 import actpatch as ap
-from actpatch import report
 from actpatch.cli.common import (
     BadInput, build_experiment, describe, echo_unless, experiment_options, fail, first_line, load, log_into, progress,
-    provenance, stem, validating,
+    provenance, refuse_overwrite, stem, validating,
 )
-from actpatch.engine.plan import plan
 from actpatch.experiment import Experiment
-from actpatch.models.model import Model
-from actpatch.pairs import PromptPairs
-from actpatch.report.table import layer_table, strongest_table
+
+if TYPE_CHECKING:  # xarray, torch and plotly are imported when a command runs, not to parse its flags
+    import xarray as xr
+
+    from actpatch.models.model import Model
+    from actpatch.pairs import PromptPairs
 
 CHECKPOINT = "checkpoint"  # the sweep's checkpoint folder inside --out; removed once the result is saved
 
@@ -34,7 +34,7 @@ CHECKPOINT = "checkpoint"  # the sweep's checkpoint folder inside --out; removed
                    "pip install 'actpatch[ray]'; docs/scale.md).")
 @click.option("--ray-address", default=None,
               help="The Ray cluster for --shards: 'auto' on one of its nodes, or ray://HEAD:10001 (default: a local Ray).")
-def sweep(resume: bool, quiet: bool, shards: int | None, ray_address: str | None, **flags: Any) -> None:
+def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_address: str | None, **flags: Any) -> None:
     """Patch every site of one kind; write the labelled result (.nc) and its HTML report into --out.
 
     \b
@@ -48,7 +48,8 @@ def sweep(resume: bool, quiet: bool, shards: int | None, ray_address: str | None
     necessary. With the batched engine the sweep keeps a checkpoint in OUT/checkpoint as it goes:
     if it is killed, run the same command again with --resume and only the unfinished patches run.
     The reference engine does not checkpoint. --shards spreads the patches over Ray workers (one
-    GPU each where the cluster has GPUs); the result is the same."""
+    GPU each where the cluster has GPUs); the result is the same. An earlier run's result in --out
+    is refused unless --overwrite (or --resume, which finishes that run) is given."""
     spec = build_experiment(flags)
     if shards is not None and spec.sweep.engine == "reference":
         raise BadInput("--shards runs the batched engine on Ray workers; --engine reference does not shard")
@@ -58,6 +59,7 @@ def sweep(resume: bool, quiet: bool, shards: int | None, ray_address: str | None
     log_into(out)
     echo = echo_unless(quiet)
     checkpoint = checkpoint_folder(out, resume, echo)
+    refuse_overwrite(out, [f"{stem(spec)}.nc", f"{stem(spec)}.html"], overwrite or resume)
     model, pairs = load(spec, quiet=quiet)
     echo(describe(model, pairs, spec))
     options = sweep_options(model, pairs, spec)
@@ -76,6 +78,9 @@ def sweep(resume: bool, quiet: bool, shards: int | None, ray_address: str | None
 def sweep_options(model: Model, pairs: PromptPairs | list[PromptPairs], spec: Experiment) -> dict[str, Any]:
     """`ap.sweep`'s keyword arguments from [sweep], each checked against the model and prompts now,
     before anything long runs (a wrong layer is bad input, not a failure an hour in)."""
+    from actpatch.engine.plan import plan
+    from actpatch.engine.spec import SweepSpec
+
     s = spec.sweep
     options = dict(direction=s.directions, layers=s.layers, positions=s.positions, heads=s.heads, neurons=s.neurons,
                    per_prompt=s.per_prompt, engine=s.engine, chunk=s.chunk, memory_budget=s.memory_budget,
@@ -84,8 +89,8 @@ def sweep_options(model: Model, pairs: PromptPairs | list[PromptPairs], spec: Ex
     with validating():
         for group in pairs if isinstance(pairs, list) else [pairs]:
             for direction in directions:
-                plan(model, group, s.site, direction=direction, layers=s.layers, positions=s.positions, heads=s.heads,
-                     neurons=s.neurons, ablation=s.ablation)
+                plan(model, group, SweepSpec(s.site, direction=direction, layers=s.layers, positions=s.positions,
+                                             heads=s.heads, neurons=s.neurons, ablation=s.ablation))
     return options
 
 
@@ -97,10 +102,10 @@ def write_outputs(spec: Experiment, sections: dict[str, Any], name: str, result:
     saved += [ap.save(other, out / f"{other_name}.nc") for other_name, other in (extra or {}).items()]
     for path in saved:
         click.echo(f"saved {path}")
-    page = report.render_report(sections, out / f"{name}.html", title=f"actpatch: {name}")
+    page = ap.report.render_report(sections, out / f"{name}.html", title=f"actpatch: {name}")
     click.echo(f"report {page}")
     if spec.output.pngs:
-        for image in report.render_pngs({name: result}, out):
+        for image in ap.report.render_pngs({name: result}, out):
             click.echo(f"image {image}")
 
 
@@ -112,6 +117,8 @@ def title(spec: Experiment, result: xr.DataArray) -> str:
 
 def tables(result: xr.DataArray) -> list[str]:
     """Terminal tables: a layer grid where the result is one, else its strongest patches; per direction."""
+    from actpatch.report.table import layer_table, strongest_table
+
     parts = ([result.sel(direction=d).assign_attrs(direction=str(d)) for d in result["direction"].values]
              if "direction" in result.dims else [result])
     texts = []
@@ -152,6 +159,8 @@ def _finished_rows(folder: Path) -> int:
 @click.option("--model", "model_name", default=None, help="A local checkpoint folder or hub id (default: embedded SmolLM2).")
 def demo(prompts: int, out: Path, model_name: str | None) -> None:
     """Denoise the residual stream on IOI (all names swapped) and print where the answer lives."""
+    from actpatch.report.table import layer_table
+
     log_into(out)
     with validating():
         model = ap.load_model(model_name)
@@ -165,9 +174,9 @@ def demo(prompts: int, out: Path, model_name: str | None) -> None:
     click.echo(layer_table(result))
     path = ap.save(result, out / "ioi_resid_pre_denoise.nc")
     click.echo(f"saved {path} (load it with actpatch.load)")
-    page = report.render_report({"IOI (all three names replaced): resid_pre, denoise": result},
+    page = ap.report.render_report({"IOI (all three names replaced): resid_pre, denoise": result},
                                 out / "ioi_resid_pre_denoise.html", title="actpatch demo")
-    images = report.render_pngs({"ioi_resid_pre_denoise": result}, out)
+    images = ap.report.render_pngs({"ioi_resid_pre_denoise": result}, out)
     click.echo(f"report {page} (open it in a browser); images {', '.join(str(p) for p in images)}")
 
 
@@ -186,8 +195,8 @@ def report_command(result_path: Path, out: Path | None, pngs: Path | None, metri
     except (OSError, ValueError) as error:
         fail(f"{result_path} is not a saved actpatch result ({first_line(error)})")
     try:
-        page = report.render_report(result, out or result_path.with_suffix(".html"), metric=metric)
-        images = report.render_pngs(result, pngs, metric=metric) if pngs else []
+        page = ap.report.render_report(result, out or result_path.with_suffix(".html"), metric=metric)
+        images = ap.report.render_pngs(result, pngs, metric=metric) if pngs else []
     except (KeyError, ValueError) as error:  # a metric it lacks, or dimensions no figure can show
         fail(f"cannot draw {result_path}: {first_line(error)}")
     click.echo(f"report {page}")
