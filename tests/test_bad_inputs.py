@@ -139,6 +139,12 @@ BAD_INPUTS = {
                                                r"clean has 3 tokens and corrupt has 2.*same number of tokens"),
     "a prompt that is not text": (lambda c: ap.PromptPairs.from_strings(c.w, [1], [2], [" Mary"], [" John"]), ap.PairsError, r"clean 0 is int 1, not a string"),
     "unknown corruption": (lambda c: ap.tasks.ioi(c.w, n=2, corruption="names"), ap.PairsError, r"unknown IOI corruption 'names'; choose one of: abc"),
+    # Every task checks its model the same way: a bare transformers model lacks the tokenizer and table entry.
+    **{f"a transformers model to {name}": (lambda c, task=task: task(c.w.hf), TypeError,
+                                           r"model must be an actpatch Model, got GPT2LMHeadModel.*actpatch\.Model\.from_hf\(hf_model, tokenizer\)")
+       for name, task in {"ioi_pairs": lambda m: ap.ioi_pairs(m), "ioi": lambda m: ap.tasks.ioi(m, 2), "ioi_groups": lambda m: ap.tasks.ioi_groups(m, 2),
+                          "factual_recall": lambda m: ap.tasks.factual_recall(m, 2), "greater_than": lambda m: ap.tasks.greater_than(m, 2),
+                          "induction": lambda m: ap.tasks.induction(m, 2), "from_file": lambda m: ap.tasks.from_file(m, "pairs.jsonl")}.items()},
     # --- task files ------------------------------------------------------------------------
     "JSONL row that is not JSON": (lambda c: ap.tasks.from_file(c.w, _jsonl(c, "broken.jsonl", json.dumps(GOOD_ROW), '{"clean": "When John",')), ap.PairsError,
                                    r"broken\.jsonl, row 2 \(line 2\): not valid JSON"),

@@ -48,13 +48,53 @@ def test_directions_sit_side_by_side_on_one_scale():
         np.testing.assert_array_equal(panel.values, result.sel(direction=direction, metric="norm_logit_diff").values)
     figure = report.show(result)
     heatmaps = [t for t in figure.data if isinstance(t, go.Heatmap)]
-    assert len(heatmaps) == 2 and {t.coloraxis for t in heatmaps} == {"coloraxis"}
-    axis = figure.layout.coloraxis
-    assert axis.cmid == 0 and axis.cmin == -axis.cmax
-    assert axis.cmax == pytest.approx(np.abs(result.sel(metric="norm_logit_diff").values).max())
+    assert len(heatmaps) == 2
     np.testing.assert_array_equal(heatmaps[1].z, result.sel(direction="noise", metric="norm_logit_diff").values)
     assert "%{z:.8g}" in heatmaps[0].hovertemplate and "%{customdata}" in heatmaps[0].hovertemplate
     assert heatmaps[0].customdata[1][3].startswith("pos 3 · clean ")  # every cell's hover names its column
+
+
+def _midpoints(figure: go.Figure) -> list[tuple[float, float, float]]:
+    """Per heatmap panel: its colour axis's (cmin, cmid, cmax)."""
+    axes = [figure.layout[t.coloraxis] for t in figure.data if isinstance(t, go.Heatmap)]
+    return [(a.cmin, a.cmid, a.cmax) for a in axes]
+
+
+@pytest.mark.parametrize("metric", ["norm_logit_diff", "logit_diff", "kl"])
+def test_each_direction_is_white_where_a_patch_changes_nothing(metric):
+    # Untouched sites sit at the target run's value: 0 denoising and 1 noising on the normalised
+    # scale. One scale centred at 0 painted the whole noising panel one saturated colour.
+    result = tiny_results()["resid_pre"]
+    target = {"denoise": result.attrs["baseline_corrupt"][metric], "noise": result.attrs["baseline_clean"][metric]}
+    if metric == "norm_logit_diff":
+        assert target == {"denoise": pytest.approx(0), "noise": pytest.approx(1)}
+    figure = report.show(result, metric=metric)
+    values = {d: result.sel(direction=d, metric=metric).values for d in target}
+    extent = max(np.abs(values[d] - target[d]).max() for d in target)
+    for (low, mid, high), direction in zip(_midpoints(figure), ["denoise", "noise"]):
+        assert mid == pytest.approx(target[direction], abs=1e-12)
+        assert (low, high) == (pytest.approx(mid - extent), pytest.approx(mid + extent))  # one extent: panels compare by eye
+    bars = [figure.layout[t.coloraxis].colorbar.title.text for t in figure.data]
+    assert bars[1].startswith(metric) and f"noise: {target['noise']:.3g} = clean run (no effect)" in bars[1]
+    # The same centres in the static images.
+    image = report.png.draw(result, metric)
+    for ax, direction in zip(image.axes, ["denoise", "noise"]):
+        low, high = ax.images[0].get_clim()
+        assert (low + high) / 2 == pytest.approx(target[direction])
+
+
+def test_a_single_direction_and_an_unknown_centre():
+    heads = tiny_results()["head"]  # denoise only: one scale, white at 0
+    assert _midpoints(report.show(heads)) == [(pytest.approx(-layout.grid(heads).extent), 0, pytest.approx(layout.grid(heads).extent))]
+    noising = heads.assign_attrs(direction="noise")
+    assert {mid for _, mid, _ in _midpoints(report.show(noising))} == {1}
+    # Stacked corruptions drop baselines that differ: logit_diff has no known centre, and says so.
+    corruptions = tiny_results()["corruptions"]
+    figure = report.show(corruptions, metric="logit_diff")
+    denoise_bar = figure.layout.coloraxis.colorbar.title.text
+    if "baseline_corrupt" not in corruptions.attrs:
+        assert "centred at 0" in denoise_bar and figure.layout.coloraxis.cmid == 0
+    assert [mid for _, mid, _ in _midpoints(report.show(corruptions))] == [0, 1] * 2
 
 
 def test_position_ticks_carry_tokens_and_names():
@@ -94,14 +134,17 @@ def test_corruptions_are_rows_and_directions_columns():
 def test_metric_menu_switches_every_panel():
     result = tiny_results()["resid_pre"]
     figure = report.show(result, metric="kl")
-    assert figure.layout.coloraxis.colorbar.title.text == "kl"
+    assert figure.layout.coloraxis.colorbar.title.text.startswith("kl<br>")
     menu = figure.layout.updatemenus[0]
     assert [b.label for b in menu.buttons] == list(ap.METRICS) and menu.buttons[menu.active].label == "kl"
     logit_diff = menu.buttons[list(ap.METRICS).index("logit_diff")]
     restyle, relayout = logit_diff.args
     for z, direction in zip(restyle["z"], ["denoise", "noise"]):
         np.testing.assert_array_equal(z, result.sel(direction=direction, metric="logit_diff").values)
-    assert relayout["coloraxis.cmax"] == pytest.approx(np.abs(result.sel(metric="logit_diff").values).max())
+    grid = layout.grid(result, "logit_diff")
+    for i, axis in enumerate(["coloraxis", "coloraxis2"]):
+        assert relayout[f"{axis}.cmid"] == grid.scales[i].centre and relayout[f"{axis}.cmax"] == grid.limits(i)[1]
+    assert relayout["coloraxis2.cmid"] == pytest.approx(result.attrs["baseline_clean"]["logit_diff"])
     with pytest.raises(ValueError, match="metric must be one of"):
         report.show(result, metric="nope")
 

@@ -16,7 +16,7 @@ from plotly.subplots import make_subplots
 from actpatch.report import layout
 from actpatch.report.layout import Grid
 
-COLORSCALE = "RdBu"  # diverging; the scale is centred at 0 so "no effect" is white in every panel
+COLORSCALE = "RdBu"  # diverging; each direction's scale is centred at its no-effect value, drawn white
 # Hover values carry 8 significant digits: results are float64 computed from float32 logits,
 # so this is every digit that means anything.
 VALUE_FORMAT = ".8g"
@@ -38,7 +38,9 @@ def show(result: xr.DataArray, metric: str | None = None) -> go.Figure:
 
 def heatmaps(result: xr.DataArray, metric: str | None = None) -> go.Figure:
     """Layer × position (or × head, × KV head, × neuron) heatmaps, one panel per direction, corruption
-    or other extra coordinate, all on one colour scale centred at 0 so that panels compare by eye."""
+    or other extra coordinate. Each direction has its own colour scale, white at the value of a patch
+    that changes nothing (normalised logit difference: 0 denoising, 1 noising), and all scales span
+    the same distance from their centres, so that panels compare by eye."""
     metrics = layout.metrics_of(result) or [None]
     chosen = metric or layout.default_metric(result)
     if chosen not in metrics:
@@ -54,7 +56,7 @@ def heatmaps(result: xr.DataArray, metric: str | None = None) -> go.Figure:
         row, col = divmod(i, shown.columns_per_row)
         x = _x_values(result, shown, panel)
         figure.add_trace(go.Heatmap(
-            z=panel.values, x=x, y=panel.layers, coloraxis="coloraxis",
+            z=panel.values, x=x, y=panel.layers, coloraxis=_axis_name(panel.scale),
             customdata=np.broadcast_to(np.array([_escape(h) for h in panel.hover], dtype=object), panel.values.shape),
             hovertemplate=_hover(shown.metric),
             name=panel.title or shown.metric,
@@ -66,10 +68,12 @@ def heatmaps(result: xr.DataArray, metric: str | None = None) -> go.Figure:
         )
         figure.update_yaxes(autorange="reversed", title_text="layer" if col == 0 else None,
                             dtick=1 if len(panel.layers) <= 32 else None, row=row + 1, col=col + 1)
-    extent = shown.extent
     figure.update_layout(
         title=dict(text=_title(result, shown)),
-        coloraxis=dict(colorscale=COLORSCALE, cmid=0, cmin=-extent, cmax=extent, colorbar=dict(title=dict(text=shown.metric))),
+        **{_axis_name(i): dict(colorscale=COLORSCALE, **_scale(shown, i),
+                               colorbar=dict(title=dict(text=_bar_title(shown, i)), len=1 / len(shown.scales),
+                                             y=1 - (i + 0.5) / len(shown.scales), yanchor="middle"))
+           for i in range(len(shown.scales))},
         height=_height(shown),
         margin=dict(t=_MARGIN_TOP, b=_MARGIN_BOTTOM),
     )
@@ -139,17 +143,34 @@ def _hover(metric: str) -> str:
 def _metric_menu(result: xr.DataArray, grids: dict[str | None, Grid], chosen: str | None, *, y: float) -> dict:
     buttons = []
     for metric, grid in grids.items():
-        extent = grid.extent
+        axes: dict[str, object] = {}
+        for i in range(len(grid.scales)):
+            axes.update({f"{_axis_name(i)}.{key}": value for key, value in _scale(grid, i).items()})
+            axes[f"{_axis_name(i)}.colorbar.title.text"] = _bar_title(grid, i)
         buttons.append(dict(
             label=str(metric), method="update",
             args=[
                 {"z": [p.values for p in grid.panels], "hovertemplate": [_hover(grid.metric)] * len(grid.panels)},
-                {"coloraxis.cmin": -extent, "coloraxis.cmax": extent, "coloraxis.colorbar.title.text": grid.metric,
-                 "title.text": _title(result, grid)},
+                {**axes, "title.text": _title(result, grid)},
             ],
         ))
     return dict(buttons=buttons, active=list(grids).index(chosen), direction="down", x=1.0, xanchor="right", y=y, yanchor="bottom",
                 showactive=True)
+
+
+def _axis_name(scale: int) -> str:
+    return "coloraxis" if scale == 0 else f"coloraxis{scale + 1}"
+
+
+def _scale(grid: Grid, scale: int) -> dict[str, float]:
+    low, high = grid.limits(scale)
+    return {"cmid": grid.scales[scale].centre, "cmin": low, "cmax": high}
+
+
+def _bar_title(grid: Grid, scale: int) -> str:
+    # The colour bar says where white is: on the noising panel it is 1, not 0.
+    label = grid.scales[scale].label
+    return _escape(grid.metric) + (f"<br><sup>{_escape(label)}</sup>" if label else "")
 
 
 def _title(result: xr.DataArray, grid: Grid) -> str:

@@ -4,6 +4,7 @@ Shared by the interactive figures (plotly) and the static ones (matplotlib), so 
 and the PNGs always show the same panels with the same labels. Drawing is not done here."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -22,6 +23,18 @@ DIRECTION_MEANING = {
 
 
 @dataclass(frozen=True)
+class Scale:
+    """A colour scale's centre: the value of a patch that changes nothing, drawn white.
+
+    That is the target run's own value: the corrupt run's when denoising (0 on the normalised
+    logit difference), the clean run's when noising (1). Centring both directions at 0 would
+    paint every untouched noising site as a strong effect."""
+
+    centre: float
+    label: str  # what the centre is, for the colour bar: "denoise: 0 = corrupt run (no effect)"
+
+
+@dataclass(frozen=True)
 class Panel:
     """One heatmap: `values` (layer, column), with tick labels and hover text for each column."""
 
@@ -30,6 +43,7 @@ class Panel:
     layers: list[int]
     ticks: list[list[str]]  # per column, the lines of its tick label (plain text)
     hover: list[str]        # per column, a full description (plain text)
+    scale: int = 0          # index into Grid.scales: one colour scale per direction
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,7 @@ class Grid:
     panels: list[Panel]
     columns_per_row: int
     note: str                # what was reduced or how to read it; empty when nothing to say
+    scales: list[Scale] = dataclasses.field(default_factory=lambda: [Scale(0.0, "")])
 
     @property
     def rows(self) -> int:
@@ -48,10 +63,16 @@ class Grid:
 
     @property
     def extent(self) -> float:
-        """Largest |value| over every panel: the colour scale runs from −extent to +extent."""
-        finite = [np.abs(p.values[np.isfinite(p.values)]) for p in self.panels]
+        """Largest distance from a panel's centre over every panel: each colour scale runs from its
+        centre − extent to its centre + extent, so equal effects get equal colours in every panel."""
+        finite = [np.abs(p.values - self.scales[p.scale].centre)[np.isfinite(p.values)] for p in self.panels]
         largest = max((float(a.max()) for a in finite if a.size), default=0.0)
         return largest or 1.0
+
+    def limits(self, scale: int) -> tuple[float, float]:
+        """(min, max) of colour scale `scale`."""
+        centre = self.scales[scale].centre
+        return centre - self.extent, centre + self.extent
 
 
 def default_metric(result: xr.DataArray) -> str | None:
@@ -88,6 +109,8 @@ def grid(result: xr.DataArray, metric: str | None = None) -> Grid:
     facet_dims = [d for d in chosen.dims if d not in ("layer", column_dim, "direction")]
     if "direction" in chosen.dims:
         facet_dims.append("direction")  # last, so that denoise and noise sit side by side in a row
+    directions = [str(d) for d in chosen.direction.values] if "direction" in chosen.dims else [result.attrs.get("direction")]
+    scales = [no_effect(result, metric, d) for d in directions]
     panels = []
     for combination in itertools.product(*(range(chosen.sizes[d]) for d in facet_dims)):
         part = chosen.isel(dict(zip(facet_dims, combination)))
@@ -100,13 +123,32 @@ def grid(result: xr.DataArray, metric: str | None = None) -> Grid:
             layers=[int(v) for v in part.layer.values],
             ticks=ticks,
             hover=hover,
+            scale=directions.index(str(part.direction.values.item())) if "direction" in part.coords else 0,
         ))
     if "direction" in chosen.dims:
         per_row = chosen.sizes["direction"]
     else:
         per_row = min(3, len(panels))
     return Grid(metric=metric or "value", column_dim=column_dim, panels=panels, columns_per_row=per_row,
-                note="; ".join(notes))
+                note="; ".join(notes), scales=scales)
+
+
+def no_effect(result: xr.DataArray, metric: str | None, direction: str | None) -> Scale:
+    """The value `metric` takes when a patch changes nothing: the target run's, from the result's
+    baselines (normalised logit difference: 0 denoising, 1 noising, by definition). Without a
+    direction or a baseline for this metric (a GradDrop magnitude, baselines that differ between
+    stacked corruptions), the centre is 0, and the label says so."""
+    target = {"denoise": "corrupt", "noise": "clean"}.get(str(direction))
+    if target is None or metric is None:
+        return Scale(0.0, "")
+    baseline = result.attrs.get(f"baseline_{target}")
+    if metric == DEFAULT_METRIC:
+        centre = 0.0 if target == "corrupt" else 1.0
+    elif isinstance(baseline, dict) and isinstance(baseline.get(metric), (int, float)) and math.isfinite(baseline[metric]):
+        centre = float(baseline[metric])
+    else:
+        return Scale(0.0, f"{direction}: centred at 0")
+    return Scale(centre, f"{direction}: {centre:.3g} = {target} run (no effect)")
 
 
 def title(result: xr.DataArray) -> str:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from actpatch import atomic
 from actpatch.report import layout
 
-COLORMAP = "RdBu"  # the same diverging scale as the interactive figures, centred at 0
+COLORMAP = "RdBu"  # the same diverging scales as the interactive figures, white where a patch changes nothing
 
 
 def render_pngs(
@@ -61,11 +61,12 @@ def _heatmaps(result: xr.DataArray, metric: str | None) -> Figure:
     panel_height = max(2.5, 0.22 * n_layers + 1.0 + 0.15 * tick_lines)
     figure = Figure(figsize=(panel_width * grid.columns_per_row + 1.2, panel_height * grid.rows + 1.0), layout="constrained")
     axes = figure.subplots(grid.rows, grid.columns_per_row, squeeze=False)
-    extent = grid.extent
-    image = None
+    images: dict[int, tuple[object, list]] = {}  # per colour scale: an image drawn with it, and its axes
     for i, panel in enumerate(grid.panels):
         ax = axes.flat[i]
-        image = ax.imshow(panel.values, cmap=COLORMAP, vmin=-extent, vmax=extent, aspect="auto", interpolation="nearest")
+        low, high = grid.limits(panel.scale)
+        image = ax.imshow(panel.values, cmap=COLORMAP, vmin=low, vmax=high, aspect="auto", interpolation="nearest")
+        images.setdefault(panel.scale, (image, []))[1].append(ax)
         ax.set_title(_text(panel.title), fontsize=9)
         ax.set_ylabel("layer")
         ax.set_yticks(range(len(panel.layers)), [str(layer) for layer in panel.layers] if n_layers <= 32 else None)
@@ -76,8 +77,9 @@ def _heatmaps(result: xr.DataArray, metric: str | None) -> Figure:
         ax.set_xlabel(layout.axis_title(grid.column_dim), fontsize=8)
     for ax in list(axes.flat)[len(grid.panels):]:
         ax.set_visible(False)
-    if image is not None:
-        figure.colorbar(image, ax=axes, label=grid.metric, shrink=0.9)
+    for scale, (image, scale_axes) in sorted(images.items()):
+        label = grid.scales[scale].label
+        figure.colorbar(image, ax=scale_axes, label=_text(grid.metric + (f"\n{label}" if label else "")), shrink=0.9)
     heading = layout.title(result) + f"\n{grid.metric}" + (f"; {grid.note}" if grid.note else "")
     figure.suptitle(_text(heading), fontsize=10)
     return figure

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from actpatch.corrupt import Replacement, WordSpan, replacements, token_span
+from actpatch.engine.plan import check_model  # every task refuses a bare transformers model alike
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs
 
@@ -86,6 +87,7 @@ def factual_recall(
     Prompts in one batch share a token length, so only the facts of the most common length for
     this tokenizer are used (logged); with few facts of that length, facts repeat, each time with
     a freshly drawn replacement. `relations` picks among `RELATIONS` (default: all)."""
+    check_model(model)
     if not isinstance(n, int) or n < 1:
         raise PairsError(f"n must be a positive integer, got {n!r}")
     chosen = list(RELATIONS) if relations is None else list(relations)

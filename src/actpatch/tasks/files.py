@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from actpatch.corrupt import token_span
+from actpatch.engine.plan import check_model  # every task refuses a bare transformers model alike
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs
 
@@ -36,6 +37,7 @@ def from_file(model: Model, path: str | Path, *, corruption: str | None = None) 
     """Prompt pairs from a JSONL or CSV file (format in the module docstring), checked row by row.
 
     `corruption` names the scheme in the results' provenance; by default, the file's name."""
+    check_model(model)
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".csv"):
         raise PairsError(f"{path}: unknown file type {path.suffix!r}; use .jsonl (one JSON object per line) or .csv")

@@ -23,6 +23,7 @@ import logging
 import random
 from dataclasses import dataclass
 
+from actpatch.engine.plan import check_model  # every task refuses a bare transformers model alike
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs
 
@@ -52,6 +53,7 @@ class _Year:
 def greater_than(model: Model, n: int = 32, *, seed: int = 0) -> PromptPairs:
     """`n` greater-than prompt pairs with YY corrupted to 01; answer and wrong answer a decade
     after and before YY (see the module docstring for why, under either kind of tokenizer)."""
+    check_model(model)
     if not isinstance(n, int) or n < 1:
         raise PairsError(f"n must be a positive integer, got {n!r}")
     nouns = [w for w in NOUNS if len(model.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1]

@@ -22,6 +22,7 @@ import logging
 import random
 import re
 
+from actpatch.engine.plan import check_model  # every task refuses a bare transformers model alike
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs
 
@@ -32,6 +33,7 @@ _ORDINARY = re.compile(r"^ [a-z]{3,}$")
 
 def induction(model: Model, n: int = 32, *, length: int = 20, repeat: int = 10, seed: int = 0) -> PromptPairs:
     """`n` induction prompt pairs: `length` random tokens, then their first `repeat` again."""
+    check_model(model)
     if not isinstance(n, int) or n < 1:
         raise PairsError(f"n must be a positive integer, got {n!r}")
     if not (isinstance(length, int) and isinstance(repeat, int) and 1 <= repeat < length):

@@ -15,6 +15,7 @@ from collections import Counter
 from typing import Literal, Sequence
 
 from actpatch.corrupt import IOI_CORRUPTIONS, IoiPrompt, ioi_corruption
+from actpatch.engine.plan import check_model  # every task refuses a bare transformers model alike
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs
 
@@ -91,6 +92,7 @@ def ioi_groups(
 
 def _prompts(model: Model, n: int, *, corruption: str, seed: int, order: str, templates: Sequence[str] | None, one_length: bool):
     """Clean and corrupt texts, answers, wrong answers, named positions and the corruption's name."""
+    check_model(model)
     if order not in ("mixed", "abba", "baba"):
         raise PairsError(f"order must be 'mixed', 'abba' or 'baba', got {order!r}")
     if not isinstance(n, int) or n < 1:
