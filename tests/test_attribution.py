@@ -8,6 +8,7 @@ import transformers as tf
 
 import actpatch as ap
 from actpatch import hooks
+from actpatch.engine import verify as verify_module
 from tiny import CONFIGS, tiny_model, tiny_pairs, with_answers
 
 reference_sweep = functools.partial(ap.sweep, engine="reference")
@@ -110,11 +111,34 @@ def test_verify_on_an_exact_linear_estimate_finds_no_error():
     assert report.table["error"].abs().max() < 1e-5 and report.top_k_recall == 1.0
 
 
+@pytest.mark.parametrize("estimate, exact", [
+    ([0.0, 0.0, 0.0, 1.0, 2.0], [0.0, 0.0, 1.0, 1.0, 2.0]),  # patches that change nothing tie exactly
+    ([0.3, 0.3, 0.3, 0.3, 0.9, 0.1], [0.0, 0.5, 0.5, 0.2, 0.7, 0.2]),
+    ([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]),
+])
+def test_spearman_gives_tied_values_their_average_rank(estimate, exact):
+    got = verify_module._spearman(np.array(estimate), np.array(exact))
+    scipy_stats = pytest.importorskip("scipy.stats", reason="scipy checks every case; the hand computation below runs without it")
+    assert got == pytest.approx(scipy_stats.spearmanr(estimate, exact).statistic, abs=1e-12)
+
+
+def test_spearman_of_tied_values_by_hand():
+    # Ranks with ties averaged: [2, 2, 2, 4, 5] and [1.5, 1.5, 3.5, 3.5, 5]; both have mean 3, so
+    # r = Σ da·db / √(Σ da² Σ db²) = 7 / √(8 · 9) ≈ 0.825. Ranking ties by position gives 1.0.
+    got = verify_module._spearman(np.array([0.0, 0.0, 0.0, 1.0, 2.0]), np.array([0.0, 0.0, 1.0, 1.0, 2.0]))
+    assert got == pytest.approx(7 / np.sqrt(72), abs=1e-12)
+    assert np.isnan(verify_module._spearman(np.zeros(4), np.arange(4.0)))  # nothing to rank
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda m, p: ap.attribute(m, p, "head", method="atp-star"), r"method must be one of \('atp', 'atp\*', 'ig'\)"),
     (lambda m, p: ap.attribute(m, p, "head", method="ig", steps=0), r"steps must be a positive integer"),
     (lambda m, p: ap.verify(m, p, reference_sweep(m, p, "head")), r"verify\(\) takes the result of actpatch.attribute"),
     (lambda m, p: ap.attribute(m, p, "head", method="ig", graddrop=True), r"graddrop goes with method='atp' or 'atp\*'"),
+    (lambda m, p: ap.verify(m, p, None, top_k=-1), r"top_k must be a whole number of sites, 0 or more, got -1"),
+    (lambda m, p: ap.verify(m, p, None, top_k=2.5), r"top_k must be a whole number of sites, 0 or more, got 2\.5"),
+    (lambda m, p: ap.verify(m, p, None, top_k=True), r"top_k must be a whole number of sites, 0 or more, got True"),
+    (lambda m, p: ap.verify(m, p, None, sample=-3), r"sample must be a whole number of sites, 0 or more, got -3"),
 ])
 def test_bad_attribution_input_is_named(call, message):
     model, pairs = with_answers(tiny_model("llama"), tiny_pairs())

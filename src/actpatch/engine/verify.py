@@ -4,7 +4,7 @@ Attribution patching is cheap and wrong in known ways (saturated attention, canc
 estimate should never be read without this check beside it."""
 from __future__ import annotations
 
-import dataclasses
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +14,7 @@ import xarray as xr
 
 from actpatch.engine import batched, collect
 from actpatch.engine.plan import ABLATIONS, plan
+from actpatch.engine.spec import SweepSpec
 from actpatch.metrics import check_metric
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
@@ -50,6 +51,9 @@ def verify(
 
     Strength is the distance from the unpatched target value (0 when denoising, 1 when noising on
     the normalised scale), so both helpful and harmful sites count."""
+    for name, value in (("top_k", top_k), ("sample", sample)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{name} must be a whole number of sites, 0 or more, got {value!r}")
     if "estimate" not in estimate.attrs:
         raise ValueError("verify() takes the result of actpatch.attribute(); exact sweeps need no verification")
     if check_metric(metric) not in estimate.metric.values:
@@ -84,15 +88,15 @@ def _exact(model: Model, pairs: PromptPairs, estimate: xr.DataArray, sites: list
     """Exact effects of exactly these sites, through the batched engine."""
     direction = estimate.attrs["direction"]
     layers = sorted({s.layer for s in sites})
-    template = plan(model, pairs, estimate.attrs["site"], direction=direction, layers=layers,
-                    positions=[s.pos for s in sites[:1]] if sites[0].pos is not None else "all", heads=None,
-                    neurons=[s.neuron for s in sites[:1]] if sites[0].neuron is not None else None,
-                    ablation=estimate.attrs.get("source") if estimate.attrs.get("source") in ABLATIONS else None)
-    the_plan = dataclasses.replace(template, sites=sites)
+    spec = SweepSpec(estimate.attrs["site"], direction=direction, layers=layers,
+                     positions=[s.pos for s in sites[:1]] if sites[0].pos is not None else "all",
+                     neurons=[s.neuron for s in sites[:1]] if sites[0].neuron is not None else None,
+                     ablation=estimate.attrs.get("source") if estimate.attrs.get("source") in ABLATIONS else None,
+                     progress=progress)
+    the_plan = plan(model, pairs, spec).narrowed(sites)
     base = collect.baseline(model, pairs, check=False)  # the estimate's own call already checked it
     with torch.no_grad():
-        values, _, _ = batched.patched_logits(model, pairs, the_plan, base, lambda logits: collect.row(logits, base, per_prompt=False)[metric],
-                                                 progress=progress)
+        values, _, _ = batched.patched_logits(model, the_plan, base, lambda logits: collect.row(logits, base, per_prompt=False)[metric])
     return values
 
 
@@ -110,7 +114,25 @@ def _site(kind: str, coords: dict) -> Site:
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation: Pearson's on the ranks, tied values sharing their average rank.
+
+    Ties are common here, not a corner case: patches that change nothing all give exactly the
+    target's value. Ranking ties by position instead would invent an order between them and move
+    the correlation with it. NaN when either side is constant (no order to correlate)."""
     if len(a) < 2:
         return float("nan")
-    ranks_a, ranks_b = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    ranks_a, ranks_b = _average_ranks(np.asarray(a, dtype=np.float64)), _average_ranks(np.asarray(b, dtype=np.float64))
+    if ranks_a.std() == 0 or ranks_b.std() == 0:
+        return float("nan")
     return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, each group of equal values given the mean of the ranks it spans."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # where each run of equal values begins
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)  # mean of ranks start+1 .. end
+    return ranks
