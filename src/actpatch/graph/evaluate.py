@@ -103,11 +103,12 @@ class EdgeRuns:
 
     def _forward(self, circuits: Tensor) -> Tensor:
         copies = circuits.shape[0]
-        absent = self.graph.exists.float() * (1 - circuits.float())
+        absent = self.graph.exists.double() * (1 - circuits.double())  # float64: fractional weights stay exact
         tokens = self.pairs.clean.repeat(copies, 1).to(self.model.device)
         with edge_hooks(self.model, self.plan(copies, absent=absent.to(self.model.device))) as record:
-            logits = self.model.hf(input_ids=tokens, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+            logits = self.model.hf(input_ids=tokens, use_cache=False, logits_to_keep=1).logits[:, -1]
         check_reached(self.graph, record)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 models stay float64
         return logits.view(copies, len(self.pairs), -1)
 
 

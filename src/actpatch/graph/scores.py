@@ -1,0 +1,183 @@
+"""Edge scores: how much each edge carries the behaviour, estimated from gradients or measured exactly.
+
+Every score is in the units of the metric, the mean logit difference m over the prompts, and
+signed so that a positive score is an edge that *helps* the clean behaviour:
+
+    score(s→r) ≈ m(every edge) − m(every edge but s→r)
+
+- `eap` (edge attribution patching): (o_s(clean) − o_s(off)) · ∂m/∂(input of r) at the clean run,
+  summed over prompts and positions: one forward and one backward.
+- `eap-ig-inputs` (EAP-IG): the same difference times the gradient averaged over `steps` runs
+  whose first-layer input is interpolated, corrupt + (k/steps)·(clean − corrupt), k = 0..steps−1
+  (EAP-IG's left Riemann sum, which starts at the corrupt run).
+- `eap-ig-activations`: the gradient averaged over runs in which one sender group's output (the
+  input; one layer's heads; one MLP) is interpolated, off + (k/steps)·(clean − off), k = 1..steps,
+  one group at a time; `(1 + 2·n_layers)·steps` passes. Here the interpolated output still depends
+  on its own inputs, so gradients flow through it to the edges upstream.
+- `clean-corrupted`: the gradient averaged over the clean and the corrupt run (two passes).
+- `exact`: m(every edge) − m(every edge but s→r), measured by evaluating each edge's removal
+  (copies stacked along the batch); cost: one forward per edge.
+EAP-IG computes (corrupt − clean)·∇(−logit difference), the same number. The gradient at a
+receiver is at its own input: the forward runs with every head's q, k and v inputs separate
+(`hooks/edges.py`), which with all edges present all equal the residual stream there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from actpatch import metrics
+from actpatch.graph.evaluate import DEFAULT_CHUNK_ROWS, Ablation, EdgeRuns
+from actpatch.graph.nodes import Graph
+from actpatch.hooks.edges import edge_hooks
+from actpatch.models.model import Model
+from actpatch.pairs import PromptPairs
+
+Method = Literal["eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact"]
+METHODS: tuple[str, ...] = get_args(Method)
+GRADIENT_FREE = ("exact",)
+
+
+@dataclass(eq=False)
+class EdgeScores:
+    """One score per edge, as a (sender, receiver) matrix over `graph` (0 where there is no edge)."""
+
+    graph: Graph
+    scores: Tensor  # (sender, receiver) float64
+    method: str
+    attrs: dict = field(default_factory=dict)
+
+    def __getitem__(self, edge: str) -> float:
+        return float(self.scores[self.graph.edge(edge)])
+
+    def as_dict(self) -> dict[str, float]:
+        """{edge name: score} for every edge, in matrix order."""
+        return {self.graph.edge_name(int(s), int(r)): float(self.scores[s, r]) for s, r in self.graph.exists.nonzero()}
+
+
+def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-inputs", *, steps: int = 5,
+                ablation: Ablation | None = None, chunk: int | None = None, check_baseline: bool = True,
+                progress: bool | None = None) -> EdgeScores:
+    """Every edge's score by `method` (see the module docstring for what each computes).
+
+    `steps`: interpolation points of the integrated-gradient methods. `ablation`: out-of-circuit
+    values other than the corrupt run's (zero, mean, resample), for `eap`, `eap-ig-activations`
+    and `exact`. `chunk`: runs stacked per forward (default: from the number of prompts).
+
+        scores = ap.graph.edge_scores(model, pairs, "eap-ig-inputs", steps=5)
+        circuit = ap.graph.top_edges(scores, percent=5)
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown edge-scoring method {method!r}; choose one of: {', '.join(METHODS)}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer (interpolation points), got {steps!r}")
+    if ablation is not None and method in ("eap-ig-inputs", "clean-corrupted"):
+        raise ValueError(f"{method} interpolates towards the corrupt run and takes no ablation; "
+                         "use eap, eap-ig-activations or exact with ablation=")
+    runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
+    size = chunk or max(1, DEFAULT_CHUNK_ROWS // len(pairs))
+    if method == "exact":
+        scores = _exact(runs, size, progress)
+    else:
+        scores = _from_gradients(runs, _gradient_runs(runs, method, steps), size, progress)
+    attrs = {"model": model.name, "ablation": ablation or "corrupt", "n_prompts": len(pairs),
+             "metric": "mean logit difference", "steps": steps if "ig" in method else None}
+    return EdgeScores(runs.graph, scores * runs.graph.exists, method, attrs)
+
+
+# --- gradient methods -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _GradientRun:
+    """One forward-backward: the first layer's input (None: the clean run's), and edge weights
+    (None: every edge present) for `eap-ig-activations`' interpolated sender groups."""
+
+    first_input: Tensor | None = None  # (batch, pos, d_model)
+    absent: Tensor | None = None  # (sender, receiver)
+
+
+def _gradient_runs(runs: EdgeRuns, method: str, steps: int) -> list[_GradientRun]:
+    clean_input, off_input = runs.clean[0], runs.off[0]
+    if method == "eap":
+        return [_GradientRun()]
+    if method == "clean-corrupted":
+        return [_GradientRun(), _GradientRun(first_input=off_input)]
+    if method == "eap-ig-inputs":
+        return [_GradientRun(first_input=off_input + (k / steps) * (clean_input - off_input)) for k in range(steps)]
+    graph, found = runs.graph, []
+    for group in _sender_groups(graph):
+        for k in range(1, steps + 1):
+            absent = torch.zeros(graph.exists.shape)
+            absent[group] = (1 - k / steps) * graph.exists[group].float()
+            found.append(_GradientRun(absent=absent))
+    return found
+
+
+def _sender_groups(graph: Graph) -> list[slice]:
+    """The input, each layer's heads together, each MLP: what eap-ig-activations interpolates."""
+    groups, h = [slice(0, 1)], graph.n_heads
+    for layer in range(graph.n_layers):
+        first = 1 + layer * (h + 1)
+        groups += [slice(first, first + h), slice(first + h, first + h + 1)]
+    return groups
+
+
+def _from_gradients(runs: EdgeRuns, gradient_runs: list[_GradientRun], size: int, progress) -> Tensor:
+    """(clean − off) · the receivers' input gradients averaged over `gradient_runs`."""
+    graph, stages = runs.graph, runs.graph.stages()
+    totals: dict[int, Tensor] = {}
+    chunks = [gradient_runs[i : i + size] for i in range(0, len(gradient_runs), size)]
+    for part in tqdm(chunks, desc="edge gradients", disable=not progress if progress is not None else len(chunks) < 4):
+        for stage_index, grad in _gradients(runs, part).items():
+            totals[stage_index] = grad if stage_index not in totals else totals[stage_index] + grad
+    delta = (runs.clean - runs.off).double()  # (sender, batch, pos, d_model)
+    scores = torch.zeros(graph.exists.shape, dtype=torch.float64)
+    for stage_index, stage in enumerate(stages):
+        grad = totals[stage_index].double() / len(gradient_runs)  # (batch, pos, receiver, d_model)
+        scores[: stage.senders, stage.receivers] = torch.einsum("sbpd,bprd->sr", delta[: stage.senders], grad)
+    return scores
+
+
+def _gradients(runs: EdgeRuns, part: list[_GradientRun]) -> dict[int, Tensor]:
+    """One forward and backward of len(part) stacked copies; each copy's mean logit difference is
+    differentiated, so the recorded gradients are summed over copies."""
+    model, pairs, graph = runs.model, runs.pairs, runs.graph
+    copies, batch = len(part), len(pairs)
+    first = [run.first_input if run.first_input is not None else runs.clean[0] for run in part]
+    absent = torch.stack([run.absent if run.absent is not None else torch.zeros(graph.exists.shape) for run in part])
+    plan = runs.plan(copies, absent=absent.to(model.device), grads=True,
+                     first_input=torch.cat(first).detach().requires_grad_(True))
+    tokens = pairs.clean.repeat(copies, 1).to(model.device)
+    with torch.enable_grad(), edge_hooks(model, plan) as record:
+        logits = model.hf(input_ids=tokens, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        diff = metrics.logit_diff(logits, pairs.answers.repeat(copies), pairs.wrong.repeat(copies))
+        diff.view(copies, batch).mean(1).sum().backward()
+    return record.grads
+
+
+# --- exact --------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _exact(runs: EdgeRuns, size: int, progress) -> Tensor:
+    graph = runs.graph
+    edges = graph.exists.nonzero()
+    full = _mean_logit_diff(runs, runs.logits(graph.full()[None]))[0]
+    scores = torch.zeros(graph.exists.shape, dtype=torch.float64)
+    starts = range(0, len(edges), size)
+    for start in tqdm(starts, desc="exact edge scores", disable=not progress if progress is not None else len(starts) < 4):
+        chunk = edges[start : start + size]
+        circuits = graph.full()[None].repeat(len(chunk), 1, 1)
+        circuits[torch.arange(len(chunk)), chunk[:, 0], chunk[:, 1]] = False
+        removed = _mean_logit_diff(runs, runs.logits(circuits, chunk=size))
+        scores[chunk[:, 0], chunk[:, 1]] = full - removed
+    return scores
+
+
+def _mean_logit_diff(runs: EdgeRuns, logits: Tensor) -> Tensor:
+    """(circuit,) mean logit difference over the prompts, in float64, from (circuit, batch, vocab)."""
+    pairs = runs.pairs
+    return torch.stack([metrics.logit_diff(l.double(), pairs.answers, pairs.wrong).mean() for l in logits])

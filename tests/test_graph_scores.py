@@ -1,0 +1,100 @@
+"""Edge scores: exact scores against one-edge-at-a-time evaluation, gradients against finite
+differences of the exact evaluation (in float64), and the identities between the methods."""
+import pytest
+import torch
+
+from actpatch import hooks, metrics
+from actpatch.graph import EdgeRuns, edge_scores
+from tiny import tiny_model, tiny_pairs, with_answers
+
+EDGES = ["input->a0.h1<q>", "input->a0.h2<k>", "a0.h3->a1.h0<v>", "a0.h0->a1.h3<k>", "m0->a1.h1<q>",
+         "a0.h2->m0", "input->m1", "a1.h2->logits", "m1->logits"]
+
+
+def mean_logit_diff(runs, logits):
+    return torch.stack([metrics.logit_diff(l.double(), runs.pairs.answers, runs.pairs.wrong).mean() for l in logits])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_exact_scores_are_each_edge_removed_alone(family):
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    scores = edge_scores(model, pairs, "exact", chunk=7)  # ragged last chunk
+    runs = EdgeRuns.prepare(model, pairs)
+    full = mean_logit_diff(runs, runs.logits(runs.graph.full()[None]))[0]
+    for name in EDGES:
+        circuit = runs.graph.full()
+        circuit[runs.graph.edge(name)] = False
+        alone = mean_logit_diff(runs, runs.logits(circuit[None]))[0]
+        assert scores[name] == pytest.approx(float(full - alone), abs=1e-5), name
+    assert hooks.attached_hooks(model) == 0
+
+
+# LayerNorm families run wholly in float64; RMSNorm families (LLaMA, Gemma) normalise in float32
+# whatever the weights' dtype, so their differences need a wider step (truncation ~ε², rounding ~1e-7/ε).
+STEPS = {"gpt2": (1e-4, 1e-6), "gpt_neox": (1e-4, 1e-6), "llama": (3e-3, 1e-4), "gemma3": (3e-3, 1e-4)}
+
+
+@pytest.mark.parametrize("family", STEPS)
+def test_eap_is_the_derivative_of_the_exact_evaluation(family):
+    """Weighing one edge 1 ± ε (its sender's delta ∓ε-removed at that receiver only) moves m by
+    ±ε·score to first order: a central difference in float64 checks every receiver kind's gradient
+    (q, k, v per query head under grouped-query attention, fused projections, MLP, logits)."""
+    model, pairs = with_answers(tiny_model(family, torch.float64), tiny_pairs())
+    scores = edge_scores(model, pairs, "eap", check_baseline=False)
+    runs = EdgeRuns.prepare(model, pairs, check_baseline=False)
+    eps, atol = STEPS[family]
+    for name in EDGES:
+        up, down = runs.graph.full().double(), runs.graph.full().double()
+        up[runs.graph.edge(name)], down[runs.graph.edge(name)] = 1 + eps, 1 - eps
+        m_up, m_down = mean_logit_diff(runs, runs.logits(torch.stack([up, down])))
+        assert scores[name] == pytest.approx(float(m_up - m_down) / (2 * eps), abs=atol, rel=1e-5), name
+
+
+def test_the_gradient_methods_agree_where_they_must():
+    """One IG step on the inputs is the gradient at the corrupt run, so eap + ig(1) = 2·clean-corrupted;
+    one step on the activations interpolates nothing (α = 1), so it is eap."""
+    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
+    eap = edge_scores(model, pairs, "eap").scores
+    ig_one = edge_scores(model, pairs, "eap-ig-inputs", steps=1).scores
+    both = edge_scores(model, pairs, "clean-corrupted").scores
+    torch.testing.assert_close(eap + ig_one, 2 * both, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(edge_scores(model, pairs, "eap-ig-activations", steps=1).scores, eap, atol=1e-5, rtol=1e-5)
+
+
+def test_integrated_gradients_beat_eap_at_estimating_exact_scores():
+    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
+    exact = edge_scores(model, pairs, "exact").scores
+    error = {m: float((edge_scores(model, pairs, m, steps=8).scores - exact).abs().sum())
+             for m in ("eap", "eap-ig-inputs")}
+    assert error["eap-ig-inputs"] < error["eap"]
+
+
+def test_scores_are_zero_off_the_graph_and_keyed_by_edge_name():
+    model, pairs = with_answers(tiny_model("pythia_parallel"), tiny_pairs())
+    scores = edge_scores(model, pairs, "eap")
+    assert float(scores.scores[~scores.graph.exists].abs().sum()) == 0
+    assert len(scores.as_dict()) == scores.graph.n_edges and "a0.h0->m0" not in scores.as_dict()
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean", "resample"])
+def test_exact_scores_under_an_ablation_remove_the_edge_towards_ablated_values(ablation):
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    scores = edge_scores(model, pairs, "exact", ablation=ablation, check_baseline=False)
+    runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=False)
+    circuit = runs.graph.full()
+    circuit[runs.graph.edge("m0->logits")] = False
+    full, without = mean_logit_diff(runs, runs.logits(torch.stack([runs.graph.full(), circuit])))
+    assert scores["m0->logits"] == pytest.approx(float(full - without), abs=1e-5)
+
+
+@pytest.mark.parametrize("call, message", [
+    (dict(method="atp"), "unknown edge-scoring method 'atp'; choose one of: eap, eap-ig-inputs"),
+    (dict(method="eap-ig-inputs", steps=0), "steps must be a positive integer"),
+    (dict(method="clean-corrupted", ablation="zero"), "takes no ablation"),
+    (dict(method="eap", ablation="gaussian"), "ablation must be one of"),
+])
+def test_bad_arguments_are_refused_with_the_fix(call, message):
+    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
+    with pytest.raises(ValueError, match=message):
+        edge_scores(model, pairs, **call)
+    assert hooks.attached_hooks(model) == 0
