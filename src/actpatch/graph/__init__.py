@@ -3,9 +3,20 @@
     nodes.py     the graph: nodes, edges and their EAP-IG names, circuits as (sender, receiver) matrices
     evaluate.py  exact evaluation of edge circuits (the clean prompt, missing edges at off values)
     scores.py    edge scores: EAP, EAP-IG on inputs or activations, clean-corrupted, exact
+    select.py    top-n edges (or a percent of them), pruned to paths from input to logits
+    faithfulness.py  faithfulness curves at MIB's sizes, CPR and CMD
+    files.py     scored graphs and circuits as EAP-IG / MIB JSON
+Hooks live in `actpatch.hooks.edges`.
 """
 from actpatch.graph.evaluate import EdgeRuns, evaluate
+from actpatch.graph.faithfulness import MIB_PERCENTS, cpr_cmd, faithfulness_curve
+from actpatch.graph.files import GraphFileError, load_graph, save_graph
 from actpatch.graph.nodes import EdgeError, Graph
 from actpatch.graph.scores import METHODS, EdgeScores, edge_scores
+from actpatch.graph.select import nodes_in_circuit, prune_circuit, top_edges
 
-__all__ = ["METHODS", "EdgeError", "EdgeRuns", "EdgeScores", "Graph", "edge_scores", "evaluate"]
+__all__ = [
+    "METHODS", "MIB_PERCENTS", "EdgeError", "EdgeRuns", "EdgeScores", "Graph", "GraphFileError", "cpr_cmd",
+    "edge_scores", "evaluate", "faithfulness_curve", "load_graph", "nodes_in_circuit", "prune_circuit",
+    "save_graph", "top_edges",
+]
