@@ -212,3 +212,22 @@ def test_an_error_inside_an_edge_forward_leaves_no_hook_behind():
     with pytest.raises(EdgeError):
         evaluate(model, pairs, ["m1->m0"])
     assert hooks.attached_hooks(model) == 0
+
+
+def test_under_a_noise_corruption_no_edges_is_the_noisy_run():
+    model = tiny_model("gpt2")
+    pairs = ap.gaussian_noise(model, tiny_pairs(), "all")
+    model, pairs = with_answers(model, pairs)
+    runs = EdgeRuns.prepare(model, pairs)
+    logits = runs.logits(torch.stack([runs.graph.full(), runs.graph.empty()]))
+    torch.testing.assert_close(logits[1], model.last_logits(pairs.corrupt_run), atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits[0], model.last_logits(pairs.clean_run), atol=ATOL, rtol=0)
+
+
+def test_stacking_circuits_in_chunks_changes_nothing():
+    model, pairs, runs = setup("qwen2")
+    torch.manual_seed(2)
+    circuits = runs.graph.exists & (torch.rand(5, *runs.graph.exists.shape) < 0.5)
+    torch.testing.assert_close(runs.logits(circuits, chunk=2), runs.logits(circuits), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="chunk must be a positive number"):
+        runs.logits(circuits, chunk=0)

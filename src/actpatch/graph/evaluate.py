@@ -29,7 +29,7 @@ from actpatch.pairs import PromptPairs, Run
 
 Ablation = Literal["zero", "mean", "resample"]
 ABLATIONS = ("zero", "mean", "resample")
-DEFAULT_CHUNK_ROWS = 256  # prompt × circuit rows per forward (each head-expanded layer holds H times as many)
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations one stacked forward may hold
 
 
 def evaluate(model: Model, pairs: PromptPairs, circuit: Tensor | Sequence[str], *, ablation: Ablation | None = None,
@@ -94,12 +94,25 @@ class EdgeRuns:
         `circuits` (circuit, sender, receiver); fractional entries weigh an edge in between."""
         return torch.cat([self._forward(part) for part in self._chunks(circuits, chunk)])
 
+    def copies_per_forward(self, chunk: int | None = None, *, grads: bool = False) -> int:
+        """How many circuits share a forward: `chunk`, or as many as DEFAULT_MEMORY_BUDGET allows.
+
+        Per prompt and position a copy holds, at its widest stage, 3·H head inputs and the deltas of
+        every sender (d_model each); a backward keeps every layer's, so gradients divide by n_layers."""
+        if chunk is not None:
+            if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+                raise ValueError(f"chunk must be a positive number of circuits per forward, got {chunk!r}")
+            return chunk
+        dims, width = self.model.dims, self.clean.element_size()
+        per_copy = len(self.pairs) * self.pairs.seq_len * dims.d_model * width * (3 * dims.n_heads + len(self.graph.senders))
+        per_copy *= 2 * (dims.n_layers if grads else 1)  # transients of the attention on H-times expanded rows
+        return max(1, DEFAULT_MEMORY_BUDGET // per_copy)
+
     def _chunks(self, circuits: Tensor, chunk: int | None) -> list[Tensor]:
         if circuits.ndim != 3 or circuits.shape[1:] != self.graph.exists.shape:
             raise EdgeError(f"circuits must be a (circuit, sender, receiver) stack of {tuple(self.graph.exists.shape)} "
                             f"matrices, got {tuple(circuits.shape)}")
-        size = chunk or max(1, DEFAULT_CHUNK_ROWS // len(self.pairs))
-        return list(circuits.split(size))
+        return list(circuits.split(self.copies_per_forward(chunk)))
 
     def _forward(self, circuits: Tensor) -> Tensor:
         copies = circuits.shape[0]

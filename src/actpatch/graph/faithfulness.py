@@ -22,6 +22,7 @@ import xarray as xr
 
 from actpatch import metrics
 from actpatch.graph.evaluate import Ablation, EdgeRuns
+from actpatch.graph.nodes import EdgeError, Graph
 from actpatch.graph.scores import EdgeScores
 from actpatch.graph.select import top_edges
 from actpatch.models.model import Model
@@ -44,9 +45,10 @@ def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
     if not percents or sorted(percents) != percents or len(set(percents)) != len(percents):
         raise ValueError(f"percents must be increasing sizes in (0, 100], got {percents}")
     circuits = [top_edges(scores, percent=p, absolute=absolute, prune=prune) for p in percents]
+    if Graph.of(model).cfg != scores.graph.cfg:
+        raise EdgeError(f"these scores are for a graph of {scores.graph.cfg}, but {model.name}'s is {Graph.of(model).cfg}: "
+                        "score the edges on this model")
     runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
-    if runs.graph.cfg != scores.graph.cfg:
-        raise ValueError(f"these scores are for a graph of {scores.graph.cfg}, the model's is {runs.graph.cfg}")
     stack = torch.stack([runs.graph.empty(), runs.graph.full(), *circuits])
     logits = runs.logits(stack, chunk=chunk)
     rows = [metrics.averaged(l, runs.base) for l in logits]

@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from actpatch import metrics
-from actpatch.graph.evaluate import DEFAULT_CHUNK_ROWS, Ablation, EdgeRuns
+from actpatch.graph.evaluate import Ablation, EdgeRuns
 from actpatch.graph.nodes import Graph
 from actpatch.hooks.edges import edge_hooks
 from actpatch.models.model import Model
@@ -66,7 +66,7 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
 
     `steps`: interpolation points of the integrated-gradient methods. `ablation`: out-of-circuit
     values other than the corrupt run's (zero, mean, resample), for `eap`, `eap-ig-activations`
-    and `exact`. `chunk`: runs stacked per forward (default: from the number of prompts).
+    and `exact`. `chunk`: runs stacked per forward (default: what a 1 GiB activation budget holds).
 
         scores = ap.graph.edge_scores(model, pairs, "eap-ig-inputs", steps=5)
         circuit = ap.graph.top_edges(scores, percent=5)
@@ -79,11 +79,11 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
         raise ValueError(f"{method} interpolates towards the corrupt run and takes no ablation; "
                          "use eap, eap-ig-activations or exact with ablation=")
     runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
-    size = chunk or max(1, DEFAULT_CHUNK_ROWS // len(pairs))
     if method == "exact":
-        scores = _exact(runs, size, progress)
+        scores = _exact(runs, runs.copies_per_forward(chunk), progress)
     else:
-        scores = _from_gradients(runs, _gradient_runs(runs, method, steps), size, progress)
+        scores = _from_gradients(runs, _gradient_runs(runs, method, steps), runs.copies_per_forward(chunk, grads=True),
+                                 progress)
     attrs = {"model": model.name, "ablation": ablation or "corrupt", "n_prompts": len(pairs),
              "metric": "mean logit difference", "steps": steps if "ig" in method else None}
     return EdgeScores(runs.graph, scores * runs.graph.exists, method, attrs)
@@ -138,7 +138,7 @@ def _from_gradients(runs: EdgeRuns, gradient_runs: list[_GradientRun], size: int
     scores = torch.zeros(graph.exists.shape, dtype=torch.float64)
     for stage_index, stage in enumerate(stages):
         grad = totals[stage_index].double() / len(gradient_runs)  # (batch, pos, receiver, d_model)
-        scores[: stage.senders, stage.receivers] = torch.einsum("sbpd,bprd->sr", delta[: stage.senders], grad)
+        scores[: stage.senders, stage.receivers] = torch.einsum("sbpd,bprd->sr", delta[: stage.senders], grad).cpu()
     return scores
 
 
@@ -173,7 +173,7 @@ def _exact(runs: EdgeRuns, size: int, progress) -> Tensor:
         circuits = graph.full()[None].repeat(len(chunk), 1, 1)
         circuits[torch.arange(len(chunk)), chunk[:, 0], chunk[:, 1]] = False
         removed = _mean_logit_diff(runs, runs.logits(circuits, chunk=size))
-        scores[chunk[:, 0], chunk[:, 1]] = full - removed
+        scores[chunk[:, 0], chunk[:, 1]] = (full - removed).cpu()
     return scores
 
 

@@ -24,7 +24,8 @@ def top_edges(scores: EdgeScores, n: int | None = None, *, percent: float | None
     graph = scores.graph
     count = _count(graph, n, percent)
     ranked = scores.scores.abs() if absolute else scores.scores.clone()
-    ranked = ranked.double().masked_fill(~graph.exists, -math.inf).flatten()
+    # Unscored edges (NaN, e.g. from a file) rank last, like edges that do not exist.
+    ranked = ranked.double().nan_to_num(nan=-math.inf).masked_fill(~graph.exists, -math.inf).flatten()
     circuit = torch.zeros(ranked.shape, dtype=torch.bool)
     # A stable sort, so that ties (e.g. zero scores) are broken the same way every time: by matrix order.
     circuit[torch.sort(ranked, descending=True, stable=True).indices[:count]] = True
