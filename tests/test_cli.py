@@ -101,7 +101,8 @@ def test_demo_writes_result_report_and_image(smollm, tmp_path, monkeypatch):
 STARTUP = """
 import sys
 import actpatch.cli
-for argv in (["--help"], ["sweep", "--help"], ["attribute", "--help"], ["sweep", "--direction", "sideways"]):
+for argv in (["--help"], ["sweep", "--help"], ["attribute", "--help"], ["sweep", "--direction", "sideways"],
+             ["sweep", "--task", "ioi", "--site", "resid-pre"], ["circuit", "--task", "ioi", "--corruption", "zz"]):
     try:
         actpatch.cli.main(argv)
     except SystemExit:
@@ -118,6 +119,7 @@ def test_help_and_flag_errors_load_no_heavy_library():
     done = subprocess.run([sys.executable, "-c", STARTUP], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Commands:" in done.stdout and "denoise" in done.stdout  # the helps were printed
+    assert "Did you mean 'resid_pre'" in done.stderr and "'zz' is not a corruption of ioi" in done.stderr  # and the errors
     assert done.stdout.splitlines()[-1] == "loaded:", f"imported while parsing flags: {done.stdout.splitlines()[-1]}"
 
 

@@ -104,6 +104,14 @@ def test_every_example_is_valid(path):
     assert spec.output.folder.startswith("actpatch-out/")
 
 
+def test_the_corruption_table_names_every_task_scheme():
+    # experiment.py writes IOI's schemes out so that checking a file needs no torch; hold it to them.
+    from actpatch.corrupt import IOI_CORRUPTIONS
+
+    assert experiment.CORRUPTIONS["ioi"] == experiment.CORRUPTIONS["ioi_groups"] == tuple(IOI_CORRUPTIONS)
+    assert set(experiment.CORRUPTIONS) == set(experiment.TASKS)
+
+
 def test_there_is_an_example_per_analysis():
     names = {p.stem for p in EXAMPLES}
     assert {"sweep_ioi_resid_pre", "attribute_ioi_heads", "circuit_ioi", "noise_factual", "ablation_ioi_heads"} <= names

@@ -23,7 +23,6 @@ the checked `Experiment`, `load(path)` both; `make_pairs(model, task)` builds a 
 Running the analyses is the command line's job (`actpatch.cli`)."""
 from __future__ import annotations
 
-import functools
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -42,21 +41,16 @@ NOISE = "noise"  # the Gaussian-noise corruption, on top of any task's clean pro
 DEFAULT_PROMPTS = 8
 
 
-@functools.cache
-def corruptions() -> dict[str, tuple[str, ...]]:
-    """Each task's own corruption schemes (its default first); "noise" is allowed for every task.
-
-    A function, not a constant: the IOI schemes live in `actpatch.corrupt`, which imports torch."""
-    from actpatch.corrupt import IOI_CORRUPTIONS
-
-    return {
-        "ioi": tuple(IOI_CORRUPTIONS),
-        "ioi_groups": tuple(IOI_CORRUPTIONS),
-        "factual": ("str",),
-        "greater_than": ("01",),
-        "induction": ("induction_prev_answer",),
-    }
-
+# Each task's own corruption schemes (its default first); "noise" is allowed for every task.
+# IOI's repeat the keys of actpatch.corrupt.IOI_CORRUPTIONS, written out because that module imports
+# torch and a file must be checked at once; tests/test_experiment.py holds the two equal.
+CORRUPTIONS: dict[str, tuple[str, ...]] = {
+    "ioi": ("abc", "s2", "s1", "io_s_swap", "random"),
+    "ioi_groups": ("abc", "s2", "s1", "io_s_swap", "random"),
+    "factual": ("str",),
+    "greater_than": ("01",),
+    "induction": ("induction_prev_answer",),
+}
 Dtype = Literal["float32", "bfloat16", "float16", "float64"]
 Ablation = Literal["zero", "mean", "resample"]
 
@@ -109,8 +103,8 @@ class TaskSection(_Section):
     @model_validator(mode="after")
     def _fits_the_task(self) -> "TaskSection":
         task = "file" if self.is_file else self.name
-        allowed = corruptions().get(self.name) if self.corruption not in (None, NOISE) else None
-        if allowed is not None and self.corruption not in (*allowed, NOISE):
+        allowed = CORRUPTIONS.get(self.name)
+        if self.corruption is not None and allowed is not None and self.corruption not in (*allowed, NOISE):
             raise ValueError(f"task.corruption = {self.corruption!r} is not a corruption of {task}; allowed: "
                              f"{', '.join((*allowed, NOISE))}")
         only_for = {"order": ("ioi", "ioi_groups"), "templates": ("ioi", "ioi_groups"), "relations": ("factual",),
@@ -328,4 +322,4 @@ def _section_model(loc: list[str]) -> type[BaseModel] | None:
     return model
 
 
-__all__ = ["TASKS", "corruptions", "Experiment", "ExperimentError", "load", "make_pairs", "read", "validate"]
+__all__ = ["CORRUPTIONS", "TASKS", "Experiment", "ExperimentError", "load", "make_pairs", "read", "validate"]
