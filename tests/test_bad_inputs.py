@@ -18,8 +18,10 @@ import transformers as tf
 
 import actpatch as ap
 from actpatch import metrics
+from actpatch.corrupt import symmetric_token_replacement
 from actpatch.engine.collect import baseline
 from actpatch.models import cache
+from actpatch.tasks.ioi import CLASSIC, NAMES
 from tiny import tiny_model, tiny_pairs, with_answers
 from word_tokenizer import gpt2_style_model
 
@@ -57,6 +59,11 @@ GOOD_ROW = {"clean": "When John and Mary went to the store, John gave a drink to
 
 def _jsonl(c, name: str, *rows: str) -> Path:
     return _file(c, name, "\n".join(rows) + "\n")
+
+
+def _words_ioi(c) -> ap.PromptPairs:
+    """Two classic IOI pairs under the word tokenizer, for corruptions of them."""
+    return ap.tasks.ioi(c.w, n=2, seed=0, order="abba", templates=CLASSIC)
 
 
 def _checkpoint(c, name: str, damage: str | None = None, manifest: bool = False) -> Path:
@@ -145,6 +152,30 @@ BAD_INPUTS = {
        for name, task in {"ioi_pairs": lambda m: ap.ioi_pairs(m), "ioi": lambda m: ap.tasks.ioi(m, 2), "ioi_groups": lambda m: ap.tasks.ioi_groups(m, 2),
                           "factual_recall": lambda m: ap.tasks.factual_recall(m, 2), "greater_than": lambda m: ap.tasks.greater_than(m, 2),
                           "induction": lambda m: ap.tasks.induction(m, 2), "from_file": lambda m: ap.tasks.from_file(m, "pairs.jsonl")}.items()},
+    # --- task generators and symmetric token replacement -----------------------------------
+    "factual recall of no prompts": (lambda c: ap.tasks.factual_recall(c.w, n=0), ap.PairsError, r"n must be a positive integer, got 0"),
+    "factual recall of an unknown relation": (lambda c: ap.tasks.factual_recall(c.w, relations=["capital"]), ap.PairsError,
+                                              r"unknown relation 'capital'.*country_capital"),
+    "greater-than of negative prompts": (lambda c: ap.tasks.greater_than(c.w, n=-1), ap.PairsError, r"n must be a positive integer"),
+    "induction repeating all of its sequence": (lambda c: ap.tasks.induction(c.w, length=5, repeat=5), ap.PairsError,
+                                                r"1 <= repeat < length.*length=5, repeat=5"),
+    "induction longer than the vocabulary": (lambda c: ap.tasks.induction(c.w, length=10_000, repeat=3), ap.PairsError,
+                                             r"ordinary word tokens.*needs 10001"),
+    "replacement at an unknown position": (lambda c: symmetric_token_replacement(c.w, _words_ioi(c), "S3", NAMES), ap.PairsError,
+                                           r"no named position 'S3'.*\['END', 'IO', 'S1', 'S2', 'VERB'\]"),
+    "replacement by no candidate of the length": (lambda c: symmetric_token_replacement(c.w, _words_ioi(c), "S2", ["Mary-Jane Watson-Smith"]),
+                                                  ap.PairsError, r"prompt 0: no candidate can replace '\w+' \(1 tokens\).*tried 1"),
+    "replacement of strings without words": (lambda c: symmetric_token_replacement(c.w, ["The Louvre is in"], "SUBJ", ["Colosseum"]),
+                                             ap.PairsError, r"needs `words`.*and `answers`"),
+    "replacement of strings without wrong answers": (
+        lambda c: symmetric_token_replacement(c.w, ["The Louvre is in"], "SUBJ", ["Colosseum"], words=["Louvre"], answers=[" Paris"]),
+        ap.PairsError, r"wrong answers are missing"),
+    "replacement of a word not in the prompt": (
+        lambda c: symmetric_token_replacement(c.w, ["The Louvre is in"], "SUBJ", {"Colosseum": " Rome"}, words=["Louvre Museum"], answers=[" Paris"]),
+        ap.PairsError, r"'Louvre Museum' does not occur"),
+    "replacement whose answer is the clean one": (
+        lambda c: symmetric_token_replacement(c.w, ["The Louvre is in"], "SUBJ", {"Colosseum": " Paris"}, words=["Louvre"], answers=[" Paris"]),
+        ap.PairsError, r"no candidate .* and the answer"),
     # --- task files ------------------------------------------------------------------------
     "JSONL row that is not JSON": (lambda c: ap.tasks.from_file(c.w, _jsonl(c, "broken.jsonl", json.dumps(GOOD_ROW), '{"clean": "When John",')), ap.PairsError,
                                    r"broken\.jsonl, row 2 \(line 2\): not valid JSON"),
@@ -167,6 +198,16 @@ BAD_INPUTS = {
     "capture of a site name": (lambda c: ap.capture(c.m, c.p.clean, ["resid_pre"]), ap.SiteError, r"site 'resid_pre' names no layer"),
     # --- estimates and results -------------------------------------------------------------
     "unknown attribution method": (lambda c: ap.attribute(c.m, c.p, "head", method="magic"), ValueError, r"method must be one of \('atp', 'atp\*', 'ig'\)"),
+    "attribution method misspelt": (lambda c: ap.attribute(c.m, c.p, "head", method="atp-star"), ValueError, r"method must be one of \('atp', 'atp\*', 'ig'\)"),
+    "integrated gradients of no steps": (lambda c: ap.attribute(c.m, c.p, "head", method="ig", steps=0), ValueError, r"steps must be a positive integer"),
+    "GradDrop with integrated gradients": (lambda c: ap.attribute(c.m, c.p, "head", method="ig", graddrop=True), ValueError,
+                                           r"graddrop goes with method='atp' or 'atp\*'"),
+    "verifying an exact sweep": (lambda c: ap.verify(c.m, c.p, ap.sweep(c.m, c.p, "head", engine="reference")), ValueError,
+                                 r"verify\(\) takes the result of actpatch.attribute"),
+    "verifying a negative top_k": (lambda c: ap.verify(c.m, c.p, None, top_k=-1), ValueError, r"top_k must be a whole number of sites, 0 or more, got -1"),
+    "verifying a fractional top_k": (lambda c: ap.verify(c.m, c.p, None, top_k=2.5), ValueError, r"top_k must be a whole number of sites, 0 or more, got 2\.5"),
+    "verifying a top_k of True": (lambda c: ap.verify(c.m, c.p, None, top_k=True), ValueError, r"top_k must be a whole number of sites, 0 or more, got True"),
+    "verifying a negative sample": (lambda c: ap.verify(c.m, c.p, None, sample=-3), ValueError, r"sample must be a whole number of sites, 0 or more, got -3"),
     "unknown metric to verify": (lambda c: ap.verify(c.m, c.p, ap.attribute(c.m, c.p, "head"), metric="probability"), ValueError,
                                  r"unknown metric 'probability'; choose one of: norm_logit_diff, logit_diff"),
     "metric an estimate lacks": (lambda c: ap.verify(c.m, c.p, ap.attribute(c.m, c.p, "head"), metric="kl"), ValueError,

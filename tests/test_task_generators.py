@@ -156,18 +156,6 @@ def test_generators_are_deterministic_given_the_seed(words, name):
     assert not (torch.equal(first.clean, other.clean) and torch.equal(first.corrupt, other.corrupt))
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda m: ap.tasks.factual_recall(m, n=0), r"n must be a positive integer, got 0"),
-    (lambda m: ap.tasks.factual_recall(m, relations=["capital"]), r"unknown relation 'capital'.*country_capital"),
-    (lambda m: ap.tasks.greater_than(m, n=-1), r"n must be a positive integer"),
-    (lambda m: ap.tasks.induction(m, length=5, repeat=5), r"1 <= repeat < length.*length=5, repeat=5"),
-    (lambda m: ap.tasks.induction(m, length=10_000, repeat=3), r"ordinary word tokens.*needs 10001"),
-])
-def test_bad_generator_arguments_say_what_to_fix(words, call, message):
-    with pytest.raises(ap.PairsError, match=message):
-        call(words)
-
-
 # --- symmetric token replacement ----------------------------------------------------------------
 
 def test_symmetric_replacement_of_a_named_position_changes_only_that_token(model):
@@ -217,26 +205,6 @@ def test_token_span_finds_whole_words_with_their_space(words):
         token_span(words, "When Mary and John went to the store, John gave", "John")
     with pytest.raises(ap.PairsError, match=r"'Jo' does not occur as a whole word"):
         token_span(words, "When Mary and John went", "Jo")
-
-
-@pytest.mark.parametrize("call, message", [
-    (lambda m, p: symmetric_token_replacement(m, p, "S3", NAMES), r"no named position 'S3'.*\['END', 'IO', 'S1', 'S2', 'VERB'\]"),
-    (lambda m, p: symmetric_token_replacement(m, p, "S2", ["Mary-Jane Watson-Smith"]),
-     r"prompt 0: no candidate can replace '\w+' \(1 tokens\).*tried 1"),
-    (lambda m, p: symmetric_token_replacement(m, ["The Louvre is in"], "SUBJ", ["Colosseum"]),
-     r"needs `words`.*and `answers`"),
-    (lambda m, p: symmetric_token_replacement(m, ["The Louvre is in"], "SUBJ", ["Colosseum"], words=["Louvre"],
-                                              answers=[" Paris"]), r"wrong answers are missing"),
-    (lambda m, p: symmetric_token_replacement(m, ["The Louvre is in"], "SUBJ", {"Colosseum": " Rome"},
-                                              words=["Louvre Museum"], answers=[" Paris"]),
-     r"'Louvre Museum' does not occur"),
-    (lambda m, p: symmetric_token_replacement(m, ["The Louvre is in"], "SUBJ", {"Colosseum": " Paris"},
-                                              words=["Louvre"], answers=[" Paris"]), r"no candidate .* and the answer"),
-])
-def test_bad_replacements_say_what_to_fix(words, call, message):
-    ioi = ap.tasks.ioi(words, n=2, seed=0, order="abba", templates=CLASSIC)
-    with pytest.raises(ap.PairsError, match=message):
-        call(words, ioi)
 
 
 # --- pairs from files ---------------------------------------------------------------------------
