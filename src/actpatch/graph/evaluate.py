@@ -86,7 +86,7 @@ class EdgeRuns:
 
     def plan(self, copies: int, **changes) -> EdgePlan:
         return EdgePlan(stages=self.graph.stages(), attn_in_norm=attn_in_norm(self.model), copies=copies,
-                        batch=len(self.pairs), off=self.off, **changes)
+                        batch=len(self.pairs), off=self.off, exists=self.graph.exists, **changes)
 
     @torch.no_grad()
     def logits(self, circuits: Tensor, *, chunk: int | None = None) -> Tensor:

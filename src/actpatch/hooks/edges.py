@@ -45,6 +45,7 @@ class EdgePlan:
     copies: int = 1
     batch: int = 1
     absent: Tensor | None = None  # (copies, sender, receiver): None records outputs and changes nothing
+    exists: Tensor | None = None  # (sender, receiver) bool: the graph's edges (needed with `absent`)
     off: Tensor | None = None  # (sender, batch, pos, d_model): each sender's out-of-circuit value
     grads: bool = False  # record ∂(backward's scalar)/∂(every receiver's input)
     first_input: Tensor | None = None  # (copies·batch, pos, d_model): replaces the first layer's input
@@ -54,7 +55,7 @@ class EdgePlan:
 class EdgeRecord:
     """Filled in by a forward (and a backward) under `edge_hooks`."""
 
-    outputs: dict[int, Tensor] = field(default_factory=dict)  # sender -> (rows, pos, d_model)
+    outputs: dict[int, Tensor] = field(default_factory=dict)  # sender -> (rows, pos, d_model), when recording only
     grads: dict[int, Tensor] = field(default_factory=dict)  # stage -> (batch, pos, receiver, d_model), summed over copies
     fired: set = field(default_factory=set)  # stages whose receivers were reached
 
@@ -80,6 +81,8 @@ class _Taps:
         self.per_head: dict[int, bool] = {}  # layer -> its attention runs expanded this forward
         self.kv_inputs: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> normed k and v inputs (expanded rows)
         self.pending: dict[int, Tensor] = {}  # layer -> per-head contributions awaiting the post-norm's scale
+        self.deltas: dict[int, Tensor] = {}  # sender -> o(current) − o(off), (copies, batch, pos, d_model)
+        self.total: Tensor | None = None  # Σ of every delta so far
         # Gemma 3: attention's output passes a norm before it is added, so `attn` is not o_proj's parent
         self.post_norm = model.arch.attn != model.arch.o_proj.rsplit(".", 1)[0]
 
@@ -115,7 +118,7 @@ class _Taps:
             hidden = self.plan.first_input.to(hidden.dtype)
         elif self.plan.grads:
             hidden = hidden.detach().requires_grad_(True)  # the leaf every receiver's gradient flows to
-        self.record.outputs[0] = hidden
+        self._store(0, hidden)
         if hidden is (args[0] if args else kwargs["hidden_states"]):
             return None
         return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
@@ -151,42 +154,67 @@ class _Taps:
 
     def _store_heads(self, stage, contributions: Tensor) -> None:
         for h in range(self.dims.n_heads):
-            self.record.outputs[stage.senders + h] = contributions[:, :, h]
+            self._store(stage.senders + h, contributions[:, :, h])
 
     def _mlp_output(self, stage):
         def hook(module, args, output):
-            self.record.outputs[stage.senders] = output[0] if isinstance(output, tuple) else output
+            self._store(stage.senders, output[0] if isinstance(output, tuple) else output)
         return hook
+
+    def _store(self, sender: int, output: Tensor) -> None:
+        plan = self.plan
+        if plan.absent is None:
+            self.record.outputs[sender] = output
+            return
+        delta = output.view(plan.copies, plan.batch, *output.shape[1:]) - plan.off[sender].to(output.dtype)
+        self.deltas[sender] = delta
+        self.total = delta if self.total is None else self.total + delta
 
     # --- receivers -------------------------------------------------------------------------
 
     def _receiver_inputs(self, stage_index: int, stage, resid: Tensor) -> tuple[Tensor | None, bool]:
         """(copies, batch, pos, receiver, d_model) inputs of the stage's receivers, or None where
-        they all equal the residual stream; and whether they differ between receivers."""
+        they all equal the residual stream; and whether they differ between receivers.
+
+        Σ absent·delta is summed over the edges out of the circuit, or, when fewer senders have an
+        edge in it, as (Σ of every delta reaching the stage) − Σ present·delta: a small circuit
+        then costs in proportion to its own edges, not the graph's."""
         plan, record = self.plan, self.record
         record.fired.add(stage_index)
         if plan.absent is None:
             return None, False
-        copies, batch = plan.copies, plan.batch
-        n_receivers = stage.receivers.stop - stage.receivers.start if stage.receivers.stop else 1
-        absent = plan.absent[:, : stage.senders, stage.receivers].to(resid.dtype)  # (copies, sender, receiver)
+        copies, batch, n = plan.copies, plan.batch, stage.senders
         base = resid.view(copies, batch, *resid.shape[1:]).unsqueeze(-2)
-        used = absent.abs().sum((0, 2)).nonzero().flatten().tolist()
-        if not used and not plan.grads:
-            return None, False
+        absent = plan.absent[:, :n, stage.receivers].to(resid.dtype)  # (copies, sender, receiver)
+        # every receiver of a stage reads the same senders (not all of those before it: parallel MLPs)
+        edges = plan.exists[:n, stage.receivers].to(device=resid.device, dtype=resid.dtype)
+        present = edges - absent
+        missing = absent.abs().sum((0, 2)).nonzero().flatten().tolist()
+        kept = present.abs().sum((0, 2)).nonzero().flatten().tolist()
         differ = bool((absent != absent[..., :1]).any())
-        if used:
-            deltas = torch.stack([record.outputs[s].view(copies, batch, *resid.shape[1:]) - plan.off[s].to(resid.dtype)
-                                  for s in used], 1)  # (copies, sender, batch, pos, d_model)
-            inputs = base - torch.einsum("csbpd,csr->cbprd", deltas, absent[:, used])
+        if not missing:
+            if not plan.grads:
+                return None, False
+            inputs = base.expand(*base.shape[:-2], absent.shape[-1], base.shape[-1])
+        elif len(kept) < len(missing):
+            unread = (edges[:, 0] == 0).nonzero().flatten().tolist()  # recorded, but no edge to this stage
+            reaching = self.total - sum((self.deltas[s] for s in unread), torch.zeros((), device=resid.device))
+            inputs = base - reaching.unsqueeze(-2) + self._weighted(kept, present)
         else:
-            inputs = base.expand(*base.shape[:-2], n_receivers, base.shape[-1])
+            inputs = base - self._weighted(missing, absent)
         if plan.grads:
             def keep(grad: Tensor) -> None:
                 total = grad.sum(0)
                 record.grads[stage_index] = total if stage_index not in record.grads else record.grads[stage_index] + total
             inputs.register_hook(keep)
         return inputs, differ
+
+    def _weighted(self, senders: list[int], weights: Tensor) -> Tensor:
+        """Σ_s weights[:, s, r] · delta_s, (copies, batch, pos, receiver, d_model); 0 for no senders."""
+        if not senders:
+            return torch.zeros((), dtype=weights.dtype, device=weights.device)
+        deltas = torch.stack([self.deltas[s] for s in senders], 1)  # (copies, sender, batch, pos, d_model)
+        return torch.einsum("csbpd,csr->cbprd", deltas, weights[:, senders])
 
     def _single_input(self, stage_index, stage):
         def hook(norm, args, kwargs):
