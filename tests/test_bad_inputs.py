@@ -22,6 +22,7 @@ from actpatch.corrupt import symmetric_token_replacement
 from actpatch.engine.collect import baseline
 from actpatch.models import cache
 from actpatch.tasks.ioi import CLASSIC, NAMES
+from test_task_generators import ROWS, write_csv, write_jsonl  # the file format's rows, read well there
 from tiny import tiny_model, tiny_pairs, with_answers
 from word_tokenizer import gpt2_style_model
 
@@ -59,6 +60,16 @@ GOOD_ROW = {"clean": "When John and Mary went to the store, John gave a drink to
 
 def _jsonl(c, name: str, *rows: str) -> Path:
     return _file(c, name, "\n".join(rows) + "\n")
+
+
+def row(**changes) -> dict:
+    """The first well-formed file row with `changes`; a change to None drops that field."""
+    return {k: v for k, v in {**ROWS[0], **changes}.items() if v is not None}
+
+
+def _from_rows(c, name: str, rows: list[dict], raw: list[str] = ()) -> ap.PromptPairs:
+    """Pairs read from a JSONL file of these rows (and raw lines after them)."""
+    return ap.tasks.from_file(c.w, write_jsonl(c.tmp / name, rows, raw))
 
 
 def _words_ioi(c) -> ap.PromptPairs:
@@ -185,6 +196,41 @@ BAD_INPUTS = {
     "JSONL row with an unknown field": (lambda c: ap.tasks.from_file(c.w, _jsonl(c, "extra.jsonl", json.dumps({**GOOD_ROW, "answers": " Mary"}))), ap.PairsError,
                                        r"unknown field 'answers'; fields are clean, corrupt, answer, wrong"),
     "task file of an unknown type": (lambda c: ap.tasks.from_file(c.w, _file(c, "pairs.txt", "x")), ap.PairsError, r"unknown file type '\.txt'; use \.jsonl"),
+    "task file that is not there": (lambda c: ap.tasks.from_file(c.w, c.tmp / "absent.jsonl"), ap.PairsError, r"absent\.jsonl: no such file"),
+    # Each names the file, the row, the line, the field and the reason.
+    "task file row not valid JSON": (lambda c: _from_rows(c, "a.jsonl", [ROWS[0]], ['{"clean": "When Mary", "corrupt": }']), ap.PairsError,
+                                     r"a\.jsonl, row 2 \(line 2\): not valid JSON \(Expecting value"),
+    "task file row a JSON list": (lambda c: _from_rows(c, "b.jsonl", [ROWS[0]], ['["When Mary"]']), ap.PairsError,
+                                  r"b\.jsonl, row 2 \(line 2\): a row must be a JSON object.*not list"),
+    "task file row without a wrong answer": (lambda c: _from_rows(c, "c.jsonl", [ROWS[0], row(wrong=None)]), ap.PairsError,
+                                             r"c\.jsonl, row 2 \(line 2\), field 'wrong': missing"),
+    "task file answer of two tokens": (lambda c: _from_rows(c, "d.jsonl", [row(answer=" Eiffel Tower")]), ap.PairsError,
+                                       r"d\.jsonl, row 1 \(line 1\), field 'answer': ' Eiffel Tower' is 2 tokens \[' Eiffel', ' Tower'\], not one"),
+    "task file corrupt shorter than clean": (
+        lambda c: _from_rows(c, "e.jsonl", [ROWS[0], row(corrupt="When Anna and Tom went to the store, Paul gave a drink")]), ap.PairsError,
+        r"e\.jsonl, row 2 \(line 2\), field 'corrupt': 13 tokens, but clean has 14; positions must mean the same"),
+    "task file rows of two lengths": (
+        lambda c: _from_rows(c, "f.jsonl", [ROWS[0], row(clean="When Mary and John went to the store, John gave a drink to the",
+                                                         corrupt="When Anna and Tom went to the store, Paul gave a drink to the")]), ap.PairsError,
+        r"f\.jsonl, row 2 \(line 2\), field 'clean': 15 tokens, but row 1 has 14; a batch has one token length"),
+    "task file row with a misspelt field": (lambda c: _from_rows(c, "g.jsonl", [row(answers=" Mary")]), ap.PairsError,
+                                            r"g\.jsonl, row 1 \(line 1\): unknown field 'answers'; fields are clean, corrupt, answer, wrong"),
+    "task file position of an absent word": (lambda c: _from_rows(c, "h.jsonl", [row(**{"pos:IO": "Maria"})]), ap.PairsError,
+                                             r"h\.jsonl, row 1 \(line 1\), field 'pos:IO': 'Maria' does not occur"),
+    "task file position of a repeated word": (lambda c: _from_rows(c, "i.jsonl", [row(**{"pos:IO": "John"})]), ap.PairsError,
+                                              r"i\.jsonl, row 1 \(line 1\), field 'pos:IO': 'John' occurs 2 times"),
+    "task file position past the prompt": (lambda c: _from_rows(c, "j.jsonl", [row(**{"pos:S2": 14})]), ap.PairsError,
+                                           r"j\.jsonl, row 1 \(line 1\), field 'pos:S2': token index 14 is outside the clean prompt's 14 tokens"),
+    "task file rows naming other positions": (lambda c: _from_rows(c, "k.jsonl", [ROWS[0], row(**{"pos:IO": None})]), ap.PairsError,
+                                              r"k\.jsonl, row 2 \(line 2\): names positions \['END', 'S2'\], but row 1 names"),
+    "task file row with an empty prompt": (lambda c: _from_rows(c, "l.jsonl", [row(clean="")]), ap.PairsError,
+                                           r"l\.jsonl, row 1 \(line 1\), field 'clean': must be a non-empty string"),
+    "task file of no rows": (lambda c: _from_rows(c, "m.jsonl", []), ap.PairsError, r"m\.jsonl.*no rows"),
+    # CSV lines count the header: row 2 is line 3.
+    "CSV row answer of two tokens": (lambda c: ap.tasks.from_file(c.w, write_csv(c.tmp / "pairs.csv", [ROWS[0], row(answer=" Eiffel Tower")])),
+                                     ap.PairsError, r"pairs\.csv, row 2 \(line 3\), field 'answer': ' Eiffel Tower' is 2 tokens"),
+    "CSV without a corrupt column": (lambda c: ap.tasks.from_file(c.w, write_csv(c.tmp / "short.csv", [row(corrupt=None)])),
+                                     ap.PairsError, r"short\.csv, row 1 \(line 2\), field 'corrupt': missing"),
     # --- patch values, activations and weights holding NaN ----------------------------------
     "NaN patch value": (lambda c: _patched(c, {ap.Site("resid_pre", 1): torch.full((3, 6, 32), NAN)}), ap.NonFiniteError,
                         r"resid_pre\[layer=1\]: the patch value holds NaN or inf.*captured from a finite run"),

@@ -248,53 +248,6 @@ def test_from_file_reads_pairs_and_named_positions(model, tmp_path, kind):
         assert at["END"] == pairs.seq_len - 1
 
 
-def row(**changes):
-    fields = {k: v for k, v in {**ROWS[0], **changes}.items() if v is not None}
-    return fields
-
-
-@pytest.mark.parametrize("rows, raw, message", [
-    ([ROWS[0]], ['{"clean": "When Mary", "corrupt": }'], r"row 2 \(line 2\): not valid JSON \(Expecting value"),
-    ([ROWS[0]], ['["When Mary"]'], r"row 2 \(line 2\): a row must be a JSON object.*not list"),
-    ([ROWS[0], row(wrong=None)], [], r"row 2 \(line 2\), field 'wrong': missing"),
-    ([row(answer=" Eiffel Tower")], [], r"row 1 \(line 1\), field 'answer': ' Eiffel Tower' is 2 tokens \[' Eiffel', ' Tower'\], not one"),
-    ([ROWS[0], row(corrupt="When Anna and Tom went to the store, Paul gave a drink")], [],
-     r"row 2 \(line 2\), field 'corrupt': 13 tokens, but clean has 14; positions must mean the same"),
-    ([ROWS[0], row(clean="When Mary and John went to the store, John gave a drink to the",
-                   corrupt="When Anna and Tom went to the store, Paul gave a drink to the")], [],
-     r"row 2 \(line 2\), field 'clean': 15 tokens, but row 1 has 14; a batch has one token length"),
-    ([row(answers=" Mary")], [], r"row 1 \(line 1\): unknown field 'answers'; fields are clean, corrupt, answer, wrong"),
-    ([row(**{"pos:IO": "Maria"})], [], r"row 1 \(line 1\), field 'pos:IO': 'Maria' does not occur"),
-    ([row(**{"pos:IO": "John"})], [], r"row 1 \(line 1\), field 'pos:IO': 'John' occurs 2 times"),
-    ([row(**{"pos:S2": 14})], [], r"row 1 \(line 1\), field 'pos:S2': token index 14 is outside the clean prompt's 14 tokens"),
-    ([ROWS[0], row(**{"pos:IO": None})], [], r"row 2 \(line 2\): names positions \['END', 'S2'\], but row 1 names"),
-    ([row(clean="")], [], r"row 1 \(line 1\), field 'clean': must be a non-empty string"),
-    ([], [], r"no rows"),
-])
-def test_file_errors_name_the_file_row_field_and_reason(words, tmp_path, rows, raw, message):
-    path = write_jsonl(tmp_path / "pairs.jsonl", rows, raw)
-    with pytest.raises(ap.PairsError, match=re.escape(str(path)) + ".*" + f"(?:{message})"):
-        ap.tasks.from_file(words, path)
-
-
-def test_csv_errors_count_rows_after_the_header(words, tmp_path):
-    path = write_csv(tmp_path / "pairs.csv", [ROWS[0], row(answer=" Eiffel Tower")])
-    with pytest.raises(ap.PairsError, match=r"pairs\.csv, row 2 \(line 3\), field 'answer': ' Eiffel Tower' is 2 tokens"):
-        ap.tasks.from_file(words, path)
-    path = write_csv(tmp_path / "short.csv", [{k: v for k, v in ROWS[0].items() if k != "corrupt"}])
-    with pytest.raises(ap.PairsError, match=r"short\.csv, row 1 \(line 2\), field 'corrupt': missing"):
-        ap.tasks.from_file(words, path)
-
-
-@pytest.mark.parametrize("name, message", [("pairs.txt", r"unknown file type '\.txt'"), ("absent.jsonl", r"no such file")])
-def test_file_type_and_existence_are_checked(words, tmp_path, name, message):
-    path = tmp_path / name
-    if name.endswith(".txt"):
-        path.write_text("clean\n")
-    with pytest.raises(ap.PairsError, match=message):
-        ap.tasks.from_file(words, path)
-
-
 # --- SmolLM2 knows these tasks ------------------------------------------------------------------
 
 @pytest.mark.smollm
