@@ -95,8 +95,10 @@ def test_metric_menu_redraws_in_the_browser(browser, tmp_path):
     next(b for b in buttons if b.get_attribute("textContent") == "logit_diff").click()
     shown = browser.execute_script("""
         const plot = document.querySelector('.js-plotly-plot');
-        return {z: plot.data[0].z.map(row => Array.from(row)), bar: plot._fullLayout.coloraxis.colorbar.title.text};""")
-    assert shown["bar"] == "logit_diff"
+        return {z: plot.data[0].z.map(row => Array.from(row)), bar: plot._fullLayout.coloraxis.colorbar.title.text,
+                mid: plot._fullLayout.coloraxis.cmid};""")
+    assert shown["bar"].startswith("logit_diff<br>") and "denoise: " in shown["bar"]  # the bar says where white is
+    assert shown["mid"] == pytest.approx(result.attrs["baseline_corrupt"]["logit_diff"])  # the corrupt run: no effect
     np.testing.assert_allclose(shown["z"], result.sel(metric="logit_diff").values, rtol=1e-12)
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
