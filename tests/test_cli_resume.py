@@ -26,11 +26,11 @@ SLOW_SWEEP = """
 import sys, time
 from actpatch.engine import batched
 from actpatch.cli import main
-run = batched._Resumer.run
+run = batched.Resumer.run
 def slow(self, copies):
     time.sleep(0.3)
     return run(self, copies)
-batched._Resumer.run = slow
+batched.Resumer.run = slow
 main(sys.argv[1:])
 """
 
@@ -67,14 +67,14 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
     assert not (out / "ioi_resid_pre_denoise.nc").exists()  # killed before the end
     finished = rows_in(chunks)
 
-    original = batched._Resumer.run
+    original = batched.Resumer.run
     copies_run: list[int] = []
 
     def counted(self, copies):
         copies_run.append(len(copies))
         return original(self, copies)
 
-    monkeypatch.setattr(batched._Resumer, "run", counted)
+    monkeypatch.setattr(batched.Resumer, "run", counted)
     resumed = CliRunner().invoke(cli.main, [*args(tiny, out), "--resume"])
     assert resumed.exit_code == 0, resumed.output
     got = ap.load(out / "ioi_resid_pre_denoise.nc")
