@@ -2,6 +2,7 @@
 checkpoint folder (the command line loads models by path), with their outputs and exit codes."""
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 
@@ -219,3 +220,13 @@ def test_a_rerun_into_the_same_out_needs_overwrite(tiny, tmp_path, command, writ
     replaced = run(*command, *flags, "--overwrite")
     assert replaced.exit_code == 0, replaced.output
     assert (tmp_path / written).stat().st_mtime_ns > before
+
+
+def test_every_bad_input_error_is_where_the_table_says():
+    # The table names classes by module so that parsing flags imports nothing; a class moved to
+    # another module would turn its errors from exit 2 into exit 1 without this check.
+    for module, name in common.BAD_INPUT_ERRORS:
+        error = getattr(importlib.import_module(module), name)
+        assert isinstance(error, type) and issubclass(error, Exception), (module, name)
+        assert common.is_bad_input(error("x"))
+    assert common.is_bad_input(ap.SiteError("x")) and not common.is_bad_input(RuntimeError("x"))
