@@ -61,6 +61,17 @@ def test_the_gradient_methods_agree_where_they_must():
     torch.testing.assert_close(edge_scores(model, pairs, "eap-ig-activations", steps=1).scores, eap, atol=1e-5, rtol=1e-5)
 
 
+def test_integrated_gradients_on_the_inputs_are_complete():
+    """The input's edges reach every receiver, so their scores sum to Δinput · ∂m/∂input averaged
+    along the path from corrupt to clean input: IG's completeness makes that m(clean) − m(corrupt),
+    up to the Riemann sum's O(1/steps)."""
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    runs = EdgeRuns.prepare(model, pairs)
+    gap = float(runs.base.clean_logit_diff.mean() - runs.base.corrupt_logit_diff.mean())
+    scores = edge_scores(model, pairs, "eap-ig-inputs", steps=16)
+    assert float(scores.scores[scores.graph.sender("input")].sum()) == pytest.approx(gap, rel=0.03)
+
+
 def test_integrated_gradients_beat_eap_at_estimating_exact_scores():
     model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
     exact = edge_scores(model, pairs, "exact").scores
