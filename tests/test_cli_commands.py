@@ -105,6 +105,7 @@ def test_sweep_bad_input_exits_2_with_one_line(tiny, tmp_path, args, reason):
     ("a neuron sweep needs neurons=[...]: all 64 neurons", "a neuron sweep needs --neurons: all 64 neurons"),
     ("or pass check_baseline=False to sweep anyway", "or pass --no-check-baseline to sweep anyway"),
     ("drop heads= or use a head site", "drop --heads or use a head site"),
+    ("which is noising: pass direction='noise'", "which is noising: pass --direction noise"),
     ("pass its kind and layers=/heads=/positions=", "pass its kind and --layers/--heads/--positions"),
     ("head[layer=9, head=6, pos=END]", "head[layer=9, head=6, pos=END]"),  # a site's own fields stay as written
     ("sweep.direction = 'sideways'", "sweep.direction = 'sideways'"),  # an experiment file's key stays a key

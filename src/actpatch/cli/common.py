@@ -98,7 +98,9 @@ _KEYWORD_HINTS = (
     (re.compile(r"pass None to load the default model"), "leave out --model to use the embedded model"),
     (re.compile(r"\bcheck_baseline=False\b"), "--no-check-baseline"),
     (re.compile(r"\bper_prompt=True\b"), "--per-prompt"),
-    (re.compile(r"\b(layers|heads|neurons|positions|direction|ablation|engine|chunk)=(\[\.\.\.\])?"), r"--\1"),
+    # `neurons=[...]` -> `--neurons`, `direction='noise'` -> `--direction noise`
+    (re.compile(r"\b(layers|heads|neurons|positions|direction|ablation|engine|chunk)=(?:'([^']*)'|\[\.\.\.\])?"),
+     lambda m: f"--{m[1]}" + (f" {m[2]}" if m[2] else "")),
 )
 
 
