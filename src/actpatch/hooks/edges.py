@@ -297,6 +297,10 @@ def _fixed_scale(norm: nn.Module, normed_input: Tensor) -> Tensor:
     """The per-feature factor an RMS norm multiplies `normed_input` by, (rows, pos, d_model): its
     scale 1/rms(x) computed from this very input, times its gain (read off the real module as
     norm(1)·√(1 + eps), so either gain convention, w or 1 + w, is what the module uses)."""
+    if getattr(norm, "bias", None) is not None or "LayerNorm" in type(norm).__name__:
+        # A LayerNorm also subtracts the mean and adds a bias: per-head outputs would need another rule.
+        raise NotImplementedError(f"{type(norm).__name__} normalises attention's output before it is added; edge "
+                                  "circuits define per-head outputs through such a norm only for RMS norms (Gemma 3)")
     eps = getattr(norm, "eps", None)
     eps = getattr(norm, "variance_epsilon", 1e-6) if eps is None else eps
     ones = torch.ones(normed_input.shape[-1], dtype=normed_input.dtype, device=normed_input.device)
