@@ -5,7 +5,7 @@ import torch
 
 from actpatch import hooks, metrics
 from actpatch.graph import EdgeRuns, edge_scores
-from tiny import tiny_model, tiny_pairs, with_answers
+from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
 
 EDGES = ["input->a0.h1<q>", "input->a0.h2<k>", "a0.h3->a1.h0<v>", "a0.h0->a1.h3<k>", "m0->a1.h1<q>",
          "a0.h2->m0", "input->m1", "a1.h2->logits", "m1->logits"]
@@ -27,6 +27,25 @@ def test_exact_scores_are_each_edge_removed_alone(family):
         alone = mean_logit_diff(runs, runs.logits(circuit[None]))[0]
         assert scores[name] == pytest.approx(float(full - alone), abs=1e-5), name
     assert hooks.attached_hooks(model) == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method, steps, chunk", [("eap", 1, None), ("eap-ig-inputs", 3, 2), ("clean-corrupted", 1, 1)])
+def test_the_fast_gradient_path_gives_the_plain_paths_scores(family, method, steps, chunk):
+    """Gradients split per receiver after one ordinary forward (grouped-query attention on H/KV
+    copies, projections run once) equal those of the forward that expands every layer per head;
+    `chunk` stacks interpolation steps (ragged) as copies."""
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    plain = edge_scores(model, pairs, method, steps=steps, chunk=chunk, engine="plain", check_baseline=False).scores
+    fast = edge_scores(model, pairs, method, steps=steps, chunk=chunk, check_baseline=False).scores
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    assert hooks.attached_hooks(model) == 0
+
+
+def test_the_fast_gradient_path_on_one_prompt_under_grouped_query_attention():
+    model, pairs = with_answers(tiny_model("mistral"), tiny_pairs(batch=1))
+    plain = edge_scores(model, pairs, "eap", engine="plain", check_baseline=False).scores
+    torch.testing.assert_close(edge_scores(model, pairs, "eap", check_baseline=False).scores, plain, atol=1e-5, rtol=1e-5)
 
 
 # LayerNorm families run wholly in float64; RMSNorm families (LLaMA, Gemma) normalise in float32
@@ -103,6 +122,7 @@ def test_exact_scores_under_an_ablation_remove_the_edge_towards_ablated_values(a
     (dict(method="eap-ig-inputs", steps=0), "steps must be a positive integer"),
     (dict(method="clean-corrupted", ablation="zero"), "takes no ablation"),
     (dict(method="eap", ablation="gaussian"), "ablation must be one of"),
+    (dict(method="eap", engine="turbo"), "engine must be one of"),
 ])
 def test_bad_arguments_are_refused_with_the_fix(call, message):
     model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())

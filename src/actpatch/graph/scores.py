@@ -33,12 +33,14 @@ from tqdm.auto import tqdm
 from actpatch import metrics
 from actpatch.graph.evaluate import Ablation, EdgeRuns
 from actpatch.graph.nodes import Graph
-from actpatch.hooks.edges import edge_hooks
+from actpatch.hooks.edges import edge_hooks, receiver_gradients
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 
 Method = Literal["eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact"]
 METHODS: tuple[str, ...] = get_args(Method)
+Engine = Literal["fast", "plain"]
+ENGINES: tuple[str, ...] = get_args(Engine)
 GRADIENT_FREE = ("exact",)
 
 
@@ -61,16 +63,20 @@ class EdgeScores:
 
 def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-inputs", *, steps: int = 5,
                 ablation: Ablation | None = None, chunk: int | None = None, check_baseline: bool = True,
-                progress: bool | None = None) -> EdgeScores:
+                progress: bool | None = None, engine: Engine = "fast") -> EdgeScores:
     """Every edge's score by `method` (see the module docstring for what each computes).
 
     `steps`: interpolation points of the integrated-gradient methods. `ablation`: out-of-circuit
     values other than the corrupt run's (zero, mean, resample), for `eap`, `eap-ig-activations`
     and `exact`. `chunk`: runs stacked per forward (default: what a 1 GiB activation budget holds).
+    `engine`: "fast" (the default) or "plain", the oracle every fast path is tested against (gradient
+    runs expand every attention layer per head; exact scores run each removal's whole forward).
 
         scores = ap.graph.edge_scores(model, pairs, "eap-ig-inputs", steps=5)
         circuit = ap.graph.top_edges(scores, percent=5)
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if method not in METHODS:
         raise ValueError(f"unknown edge-scoring method {method!r}; choose one of: {', '.join(METHODS)}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
@@ -83,7 +89,7 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
         scores = _exact(runs, runs.copies_per_forward(chunk), progress)
     else:
         scores = _from_gradients(runs, _gradient_runs(runs, method, steps), runs.copies_per_forward(chunk, grads=True),
-                                 progress)
+                                 progress, fast=engine == "fast")
     attrs = {"model": model.name, "ablation": ablation or "corrupt", "n_prompts": len(pairs),
              "metric": "mean logit difference", "steps": steps if "ig" in method else None}
     return EdgeScores(runs.graph, scores * runs.graph.exists, method, attrs)
@@ -126,13 +132,13 @@ def _sender_groups(graph: Graph) -> list[slice]:
     return groups
 
 
-def _from_gradients(runs: EdgeRuns, gradient_runs: list[_GradientRun], size: int, progress) -> Tensor:
+def _from_gradients(runs: EdgeRuns, gradient_runs: list[_GradientRun], size: int, progress, *, fast: bool) -> Tensor:
     """(clean − off) · the receivers' input gradients averaged over `gradient_runs`."""
     graph, stages = runs.graph, runs.graph.stages()
     totals: dict[int, Tensor] = {}
     chunks = [gradient_runs[i : i + size] for i in range(0, len(gradient_runs), size)]
     for part in tqdm(chunks, desc="edge gradients", disable=not progress if progress is not None else len(chunks) < 4):
-        for stage_index, grad in _gradients(runs, part).items():
+        for stage_index, grad in _gradients(runs, part, fast=fast).items():
             totals[stage_index] = grad if stage_index not in totals else totals[stage_index] + grad
     delta = (runs.clean - runs.off).double()  # (sender, batch, pos, d_model)
     scores = torch.zeros(graph.exists.shape, dtype=torch.float64)
@@ -142,17 +148,24 @@ def _from_gradients(runs: EdgeRuns, gradient_runs: list[_GradientRun], size: int
     return scores
 
 
-def _gradients(runs: EdgeRuns, part: list[_GradientRun]) -> dict[int, Tensor]:
+def _gradients(runs: EdgeRuns, part: list[_GradientRun], *, fast: bool) -> dict[int, Tensor]:
     """One forward and backward of len(part) stacked copies; each copy's mean logit difference is
-    differentiated, so the recorded gradients are summed over copies."""
+    differentiated, so the recorded gradients are summed over copies.
+
+    Runs with every edge present (all but eap-ig-activations') take the fast path, an ordinary
+    forward whose gradients are split per receiver afterwards (`hooks.edges.receiver_gradients`)."""
     model, pairs, graph = runs.model, runs.pairs, runs.graph
     copies, batch = len(part), len(pairs)
-    first = [run.first_input if run.first_input is not None else runs.clean[0] for run in part]
-    absent = torch.stack([run.absent if run.absent is not None else torch.zeros(graph.exists.shape) for run in part])
-    plan = runs.plan(copies, absent=absent.to(model.device), grads=True,
-                     first_input=torch.cat(first).detach().requires_grad_(True))
+    first = torch.cat([run.first_input if run.first_input is not None else runs.clean[0] for run in part])
+    if fast and all(run.absent is None for run in part):
+        plan = runs.plan(copies, first_input=first.detach().requires_grad_(True))
+        hooked = receiver_gradients(model, plan)
+    else:
+        absent = torch.stack([run.absent if run.absent is not None else torch.zeros(graph.exists.shape) for run in part])
+        plan = runs.plan(copies, absent=absent.to(model.device), grads=True, first_input=first.detach().requires_grad_(True))
+        hooked = edge_hooks(model, plan)
     tokens = pairs.clean.repeat(copies, 1).to(model.device)
-    with torch.enable_grad(), edge_hooks(model, plan) as record:
+    with torch.enable_grad(), hooked as record:
         logits = model.hf(input_ids=tokens, use_cache=False, logits_to_keep=1).logits[:, -1].float()
         diff = metrics.logit_diff(logits, pairs.answers.repeat(copies), pairs.wrong.repeat(copies))
         diff.view(copies, batch).mean(1).sum().backward()
