@@ -105,7 +105,9 @@ def synthetic(rng, n, *, clean=4.0, corrupt=1.0, share=0.5, layers=1):
     values[METRICS.index("norm_logit_diff")] = (diff - corrupt_diff) / (clean_diff - corrupt_diff)
     return xr.DataArray(values, dims=("metric", "layer", "batch"),
                         coords={"metric": list(METRICS), "layer": list(range(layers)), "batch": list(range(n))},
-                        attrs={"per_prompt_baseline_logit_diff": {"clean": clean_diff.tolist(), "corrupt": corrupt_diff.tolist()}})
+                        attrs={"per_prompt_baseline_logit_diff": {"clean": clean_diff.tolist(), "corrupt": corrupt_diff.tolist()},
+                               "direction": "denoise", "baseline_clean": {"logit_diff": clean_diff.mean()},
+                               "baseline_corrupt": {"logit_diff": corrupt_diff.mean()}})
 
 
 def test_95_percent_intervals_cover_a_known_ratio_of_means_about_95_percent_of_the_time():

@@ -18,7 +18,8 @@ def test_a_site_that_matters_under_one_corruption_only_is_flagged():
     late = ap.sweep(model, random_pairs(model, 24, seed=3, changed=[3]), "resid_pre", per_prompt=True)
     early = ap.sweep(model, random_pairs(model, 24, seed=3, changed=[1]), "resid_pre", per_prompt=True)
     table = stats.compare(late, early)
-    assert list(table.columns[:2]) == ["layer", "pos"] and len(table) == 12
+    assert list(table.columns[:3]) == ["site", "layer", "pos"] and len(table) == 12
+    assert table["site"][3] == "resid_pre[layer=0, pos=3]"
     at = table.set_index(["layer", "pos"])
     # resid_pre at layer 0 is the token: position 3 restores everything under one, nothing under the other.
     assert at.loc[(0, 3), "flagged"] and at.loc[(0, 3), "difference"] == pytest.approx(1, abs=1e-6)

@@ -6,6 +6,7 @@
     stability.py   circuit_stability(): how often each component is in the circuit found on resampled prompts
 docs/uncertainty.md says what is resampled and how to read each."""
 from actpatch.stats.bootstrap import NotPerPrompt, intervals
+from actpatch.stats.budget import EnoughPrompts, enough_prompts
 from actpatch.stats.compare import benjamini_hochberg, compare
 
-__all__ = ["NotPerPrompt", "benjamini_hochberg", "compare", "intervals"]
+__all__ = ["EnoughPrompts", "NotPerPrompt", "benjamini_hochberg", "compare", "enough_prompts", "intervals"]

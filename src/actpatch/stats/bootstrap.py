@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from actpatch.metrics import METRICS
+from actpatch.sites import Site, unit_dim
 
 Method = Literal["percentile"]
 METHODS = ("percentile",)
@@ -223,7 +225,7 @@ def cell_chunks(block: Block, n_boot: int) -> list[slice]:
     return [slice(start, min(start + step, cells)) for start in range(0, cells, step)]
 
 
-def statistic(block: Block, counts: np.ndarray, cells: slice = slice(None)) -> np.ndarray:
+def statistic(block: Block, counts: np.ndarray, cells: slice | np.ndarray = slice(None)) -> np.ndarray:
     """(resample, metric, cell): each metric as the sweep defines it, for prompts drawn `counts` times.
 
     Plain means, but the normalised logit difference is a ratio of means with the resample's own
@@ -238,6 +240,32 @@ def statistic(block: Block, counts: np.ndarray, cells: slice = slice(None)) -> n
     gap = weights @ (block.clean - block.corrupt)
     means[:, norm] = (weights @ above_corrupt) / gap[:, None]
     return means
+
+
+def cell_table(layout: Layout) -> pd.DataFrame:
+    """One row per cell, in the order `split` flattened them: the `site` it patched (as it prints)
+    and each dimension's coordinate, with the tokens at its position so a row reads without a heatmap."""
+    template = layout.template
+    if not layout.cell_dims:
+        return pd.DataFrame(index=range(1))
+    index = pd.MultiIndex.from_product([template[d].values for d in layout.cell_dims], names=list(layout.cell_dims))
+    table = index.to_frame(index=False)
+    if "site" in template.attrs and "layer" in table:
+        kind, unit = template.attrs["site"], unit_dim(template.attrs["site"])
+        table.insert(0, "site", [str(Site(kind, int(row["layer"]),
+                                          head=int(row[unit]) if unit in ("head", "kv_head") else None,
+                                          neuron=int(row[unit]) if unit == "neuron" else None,
+                                          pos=_pos(row["pos"]) if "pos" in row else None))
+                                 for _, row in table.iterrows()])
+    if "pos" in layout.cell_dims:
+        for label in ("pos_name", "clean_token", "corrupt_token"):
+            if label in template.coords:
+                table[label] = table["pos"].map(dict(zip(template["pos"].values, template[label].values)))
+    return table
+
+
+def _pos(label: Any) -> int | str:
+    return int(label) if isinstance(label, (int, np.integer)) else str(label)
 
 
 def percentile(boot: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ def compare(
     seed: int = 0,
     fdr: float = 0.05,
 ) -> pd.DataFrame:
-    """One row per site: the site's coordinates, `a`, `b`, their `difference` (a − b) with its
+    """One row per site: the `site` and its coordinates, `a`, `b`, their `difference` (a − b) with its
     interval [`lo`, `hi`], a bootstrap p-value `p`, and `flagged`.
 
     `result_a` and `result_b` are per-prompt sweeps (`per_prompt=True`) of the same prompts in the
@@ -78,7 +78,7 @@ def compare(
         warnings.warn(f"with n_boot={n_boot} no p-value is below {2 / (n_boot + 1):.2g}, and a lone difference among "
                       f"{cells} sites needs p ≤ {fdr / cells:.2g} to be flagged; use n_boot ≥ {int(np.ceil(2 * cells / fdr))}",
                       stacklevel=2)
-    table = _coordinates(layout_a)
+    table = bootstrap.cell_table(layout_a)
     table["a"], table["b"] = value_a, value_b
     table["difference"] = value_a - value_b
     table["lo"], table["hi"], table["p"] = lo, hi, p
@@ -113,20 +113,6 @@ def _one_block(result: xr.DataArray, name: str) -> tuple[bootstrap.Block, bootst
         raise ValueError(f"{name} has a 'corruption' dimension: compare two of its corruptions as "
                          "compare(result.sel(corruption='abc'), result.sel(corruption='s2'))")
     return blocks[0], layout
-
-
-def _coordinates(layout: bootstrap.Layout) -> pd.DataFrame:
-    """One row per cell, in the order `split` flattened them, with each dimension's coordinate."""
-    template = layout.template
-    if not layout.cell_dims:
-        return pd.DataFrame(index=range(1))
-    index = pd.MultiIndex.from_product([template[d].values for d in layout.cell_dims], names=list(layout.cell_dims))
-    table = index.to_frame(index=False)
-    if "pos" in layout.cell_dims:  # the tokens a position holds, so a row reads without the heatmap
-        for label in ("pos_name", "clean_token", "corrupt_token"):
-            if label in template.coords:
-                table[label] = table["pos"].map(dict(zip(template["pos"].values, template[label].values)))
-    return table
 
 
 def _about(result: xr.DataArray) -> dict:
