@@ -48,6 +48,21 @@ def test_the_fast_gradient_path_on_one_prompt_under_grouped_query_attention():
     torch.testing.assert_close(edge_scores(model, pairs, "eap", check_baseline=False).scores, plain, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resumed_exact_scores_are_the_plain_removals_at_under_half_the_work(family):
+    """Each removal resumed at its receiver's layer (and after the prompts' common first token)
+    gives what its whole forward gives; counted in decoder-layer × token calls, the whole graph
+    costs under half of one forward per edge (recordings included)."""
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    plain = edge_scores(model, pairs, "exact", engine="plain", check_baseline=False).scores
+    fast = edge_scores(model, pairs, "exact", chunk=7, check_baseline=False)
+    torch.testing.assert_close(fast.scores, plain, atol=1e-5, rtol=0)
+    cost = fast.attrs["cost"]
+    assert cost["naive_forwards"] == fast.graph.n_edges
+    assert cost["forward_equivalents"] <= 0.5 * cost["naive_forwards"]
+    assert hooks.attached_hooks(model) == 0
+
+
 # LayerNorm families run wholly in float64; RMSNorm families (LLaMA, Gemma) normalise in float32
 # whatever the weights' dtype, so their differences need a wider step (truncation ~ε², rounding ~1e-7/ε).
 STEPS = {"gpt2": (1e-4, 1e-6), "gpt_neox": (1e-4, 1e-6), "llama": (3e-3, 1e-4), "gemma3": (3e-3, 1e-4)}

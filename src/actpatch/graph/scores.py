@@ -85,13 +85,18 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
         raise ValueError(f"{method} interpolates towards the corrupt run and takes no ablation; "
                          "use eap, eap-ig-activations or exact with ablation=")
     runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
-    if method == "exact":
+    cost = None
+    if method == "exact" and engine == "fast":
+        scores, cost = _exact_resumed(runs, chunk)
+    elif method == "exact":
         scores = _exact(runs, runs.copies_per_forward(chunk), progress)
     else:
         scores = _from_gradients(runs, _gradient_runs(runs, method, steps), runs.copies_per_forward(chunk, grads=True),
                                  progress, fast=engine == "fast")
     attrs = {"model": model.name, "ablation": ablation or "corrupt", "n_prompts": len(pairs),
-             "metric": "mean logit difference", "steps": steps if "ig" in method else None}
+             "metric": "mean logit difference", "steps": steps if "ig" in method else None, "engine": engine}
+    if cost is not None:
+        attrs["cost"] = {"forward_equivalents": round(cost.forward_equivalents, 3), "naive_forwards": cost.naive}
     return EdgeScores(runs.graph, scores * runs.graph.exists, method, attrs)
 
 
@@ -188,6 +193,18 @@ def _exact(runs: EdgeRuns, size: int, progress) -> Tensor:
         removed = _mean_logit_diff(runs, runs.logits(circuits, chunk=size))
         scores[chunk[:, 0], chunk[:, 1]] = (full - removed).cpu()
     return scores
+
+
+def _exact_resumed(runs: EdgeRuns, chunk: int | None) -> tuple[Tensor, "RemovalCost"]:
+    """Every edge removed alone, each copy resumed at its receiver's layer (`graph/exact.py`)."""
+    from actpatch.graph.exact import removal_logit_diffs
+
+    edges = runs.graph.exists.nonzero()
+    removed, cost = removal_logit_diffs(runs, edges, chunk=chunk)
+    full = _mean_logit_diff(runs, runs.base.clean_logits[None])[0]
+    scores = torch.zeros(runs.graph.exists.shape, dtype=torch.float64)
+    scores[edges[:, 0], edges[:, 1]] = full.cpu() - removed
+    return scores, cost
 
 
 def _mean_logit_diff(runs: EdgeRuns, logits: Tensor) -> Tensor:
