@@ -1,10 +1,13 @@
 """Edge scores: exact scores against one-edge-at-a-time evaluation, gradients against finite
 differences of the exact evaluation (in float64), and the identities between the methods."""
+import math
+
 import pytest
 import torch
 
 from actpatch import hooks, metrics
-from actpatch.graph import EdgeRuns, edge_scores
+from actpatch.graph import EdgeRuns, edge_scores, verify_edges
+from actpatch.graph.verify import spearman
 from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
 
 EDGES = ["input->a0.h1<q>", "input->a0.h2<k>", "a0.h3->a1.h0<v>", "a0.h0->a1.h3<k>", "m0->a1.h1<q>",
@@ -144,3 +147,40 @@ def test_bad_arguments_are_refused_with_the_fix(call, message):
     with pytest.raises(ValueError, match=message):
         edge_scores(model, pairs, **call)
     assert hooks.attached_hooks(model) == 0
+
+
+# --- verification -------------------------------------------------------------------------------
+
+def test_verify_edges_removes_the_top_and_a_sample_exactly():
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    scores = edge_scores(model, pairs, "eap")
+    exact = edge_scores(model, pairs, "exact")
+    check = verify_edges(model, pairs, scores, top_k=6, sample=8, seed=3)
+    table = check.table
+    assert len(table) == 14 and table["in_top_k"].sum() == 6 and table["edge"].is_unique
+    top = sorted(scores.as_dict().items(), key=lambda kv: -abs(kv[1]))[:6]
+    assert set(table[table["in_top_k"]]["edge"]) == {name for name, _ in top}
+    for row in table.itertuples():
+        assert row.exact == pytest.approx(exact[row.edge], abs=1e-5)
+        assert row.estimate == scores[row.edge]
+    assert list(table["error"].abs()) == sorted(table["error"].abs(), reverse=True)  # worst first
+    assert check.spearman == pytest.approx(spearman(table["estimate"], table["exact"]))
+    assert 0 <= check.top_k_recall <= 1 and check.cost["naive_forwards"] == 14
+    assert "worst misestimates" in repr(check)
+    assert hooks.attached_hooks(model) == 0
+
+
+def test_edge_spearman_gives_ties_their_average_rank():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    a, b = [0.0, 0.0, 1.0, 3.0, 0.0], [2.0, 1.0, 1.0, 5.0, 0.5]
+    assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b).statistic)
+    assert math.isnan(spearman([1.0, 1.0], [0.0, 2.0]))
+
+
+@pytest.mark.parametrize("call, message", [(dict(top_k=-1), "top_k must be a whole number"),
+                                           (dict(sample=1.5), "sample must be a whole number")])
+def test_verify_edges_refuses_bad_sizes(call, message):
+    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
+    scores = edge_scores(model, pairs, "eap")
+    with pytest.raises(ValueError, match=message):
+        verify_edges(model, pairs, scores, **call)

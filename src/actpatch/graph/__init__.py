@@ -6,6 +6,8 @@
     select.py    top-n edges (or a percent of them), pruned to paths from input to logits
     faithfulness.py  faithfulness curves at MIB's sizes, CPR and CMD
     files.py     scored graphs and circuits as EAP-IG / MIB JSON
+    exact.py     one-edge removals, stacked and resumed at each receiver's layer (exact scores, verification)
+    verify.py    verify_edges(): the top-k and a random sample of scored edges removed exactly
 Hooks live in `actpatch.hooks.edges`.
 """
 from actpatch.graph.evaluate import EdgeRuns, evaluate
@@ -14,9 +16,10 @@ from actpatch.graph.files import GraphFileError, load_graph, save_graph
 from actpatch.graph.nodes import EdgeError, Graph
 from actpatch.graph.scores import METHODS, EdgeScores, edge_scores
 from actpatch.graph.select import nodes_in_circuit, prune_circuit, top_edges
+from actpatch.graph.verify import EdgeVerification, verify_edges
 
 __all__ = [
-    "METHODS", "MIB_PERCENTS", "EdgeError", "EdgeRuns", "EdgeScores", "Graph", "GraphFileError", "cpr_cmd",
+    "METHODS", "MIB_PERCENTS", "EdgeError", "EdgeRuns", "EdgeScores", "EdgeVerification", "Graph", "GraphFileError", "cpr_cmd",
     "edge_scores", "evaluate", "faithfulness_curve", "load_graph", "nodes_in_circuit", "prune_circuit",
-    "save_graph", "top_edges",
+    "save_graph", "top_edges", "verify_edges",
 ]
