@@ -8,5 +8,6 @@ docs/uncertainty.md says what is resampled and how to read each."""
 from actpatch.stats.bootstrap import NotPerPrompt, intervals
 from actpatch.stats.budget import EnoughPrompts, enough_prompts
 from actpatch.stats.compare import benjamini_hochberg, compare
+from actpatch.stats.stability import circuit_stability
 
-__all__ = ["EnoughPrompts", "NotPerPrompt", "benjamini_hochberg", "compare", "enough_prompts", "intervals"]
+__all__ = ["EnoughPrompts", "NotPerPrompt", "benjamini_hochberg", "circuit_stability", "compare", "enough_prompts", "intervals"]

@@ -1,0 +1,96 @@
+"""Is the circuit a property of the model or of the prompts? The circuit found again on resamples.
+
+A node circuit is read off a ranking (a sweep) and a Pareto frontier (circuits evaluated on the
+prompts): both depend on which prompts were drawn. Re-finding it on bootstrap resamples of the
+prompts — the ranking from the resampled rows, the frontier evaluated on the resampled prompts —
+says which components are in it for nearly any draw and which ride on a few prompts. It costs one
+frontier (one forward per size) per resample; the ranking is free (the sweep's rows)."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from actpatch.circuits import pareto_frontier, ranking, smallest_circuit
+from actpatch.circuits.evaluate import Ablation
+from actpatch.models.model import Model
+from actpatch.pairs import PromptPairs
+from actpatch.stats import bootstrap
+
+
+def circuit_stability(
+    model: Model,
+    pairs: PromptPairs,
+    per_prompt_sweep: xr.DataArray,
+    *,
+    recovery: float = 0.8,
+    n_boot: int = 20,
+    seed: int = 0,
+    direction: str | None = None,
+    ablation: Ablation = None,
+    sizes: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """One row per component ever in a circuit: how often (`inclusion`, a share of `n_boot`
+    resamples) the smallest circuit reaching `recovery` contains it, and whether the full-data
+    circuit does (`in_circuit`), strongest first; `attrs` hold the full-data `circuit`, the mean
+    Jaccard overlap of the resampled circuits with it (`mean_jaccard`), and the share of resamples
+    whose frontier reached `recovery` at all (`reached`).
+
+    `per_prompt_sweep` is a `head` or `mlp_out` sweep of `pairs` with `per_prompt=True` (one
+    direction): each resample ranks its components by the resampled rows (the sweep's numbers,
+    a ratio of means, on those prompts) and evaluates the frontier on those prompts, in `direction`
+    (default: the sweep's), as `actpatch.circuits.pareto_frontier` and `smallest_circuit` do.
+    A resample whose frontier never reaches `recovery` counts as an empty circuit. Length groups
+    are not supported: a frontier runs on one batch."""
+    if not 0 < recovery <= 1:
+        raise ValueError(f"recovery is the share of the behaviour the circuit must restore, in (0, 1]; got {recovery!r}")
+    bootstrap.check_options(0.5, n_boot)
+    blocks, layout = bootstrap.split(per_prompt_sweep)
+    if layout.labels is not None or "direction" in layout.cell_dims:
+        raise ValueError("circuit_stability reads one sweep of one direction and one corruption: select one first, "
+                         "e.g. result.sel(direction='denoise')")
+    block = blocks[0]
+    if block.n != len(pairs) or len(block.groups) > 1:
+        raise ValueError(f"the sweep holds {block.n} prompts in {len(block.groups)} length group(s) and pairs {len(pairs)}: "
+                         "pass the one batch of pairs the sweep was run on")
+    direction = direction or _direction(per_prompt_sweep)
+
+    def circuit(counts: np.ndarray, prompts: PromptPairs) -> frozenset[str]:
+        averaged = layout.lay_out([bootstrap.statistic(block, counts[None])], "stat", ["value"]).sel(stat="value", drop=True)
+        if "direction" in per_prompt_sweep.coords and "direction" not in averaged.coords:
+            averaged = averaged.assign_coords(direction=per_prompt_sweep["direction"])
+        averaged.attrs["direction"] = _direction(per_prompt_sweep)
+        frontier = pareto_frontier(model, prompts, ranking(averaged), direction=direction, ablation=ablation,
+                                   sizes=sizes, progress=False)
+        found = smallest_circuit(frontier, recovery)
+        return frozenset(str(s) for s in found or [])
+
+    full = circuit(np.ones(block.n), pairs)
+    counts = bootstrap.resample_counts(block, n_boot, bootstrap.rngs(seed, 1)[0])
+    found = [circuit(row, pairs[np.repeat(np.arange(block.n), row.astype(int)).tolist()]) for row in counts]
+    inclusion = Counter(c for circuit_found in found for c in circuit_found)
+    names = sorted(set(inclusion) | full, key=lambda c: (-inclusion[c], c))
+    table = pd.DataFrame({"component": names, "inclusion": [inclusion[c] / n_boot for c in names],
+                          "in_circuit": [c in full for c in names]})
+    table.attrs.update({
+        "circuit": sorted(full), "recovery": recovery, "n_boot": n_boot, "seed": seed, "direction": direction,
+        "mean_jaccard": float(np.mean([_jaccard(c, full) for c in found])),
+        "reached": float(np.mean([bool(c) for c in found])),
+    })
+    return table
+
+
+def _direction(result: xr.DataArray) -> str:
+    if "direction" in result.coords and result["direction"].ndim == 0:
+        return str(result["direction"].values)
+    direction = result.attrs.get("direction")
+    if direction not in ("denoise", "noise"):
+        raise ValueError("the sweep does not say its direction (attrs['direction']); select one direction first")
+    return direction
+
+
+def _jaccard(a: frozenset, b: frozenset) -> float:
+    return 1.0 if not a and not b else len(a & b) / len(a | b)
