@@ -85,20 +85,49 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
 @click.command()
 @experiment_options(circuit=True)
 @click.option("--resume", is_flag=True, help="Continue a killed run's sweep from the checkpoint in the output folder.")
-def circuit(quiet: bool, resume: bool, overwrite: bool, **flags: Any) -> None:
+@click.option("--level", type=click.Choice(["node", "edge"]), default="node", show_default=True,
+              help="node: components (heads or MLPs); edge: edges between them (EAP, EAP-IG, MIB).")
+@click.option("--method", "edge_method", default=None, metavar="METHOD",
+              help="Edge scores (--level edge): eap, eap-ig-inputs (default), eap-ig-activations, clean-corrupted, exact.")
+@click.option("--steps", "edge_steps", type=int, default=None, help="Interpolation points of the eap-ig methods (default 5).")
+@click.option("--percent", type=float, default=None,
+              help="--level edge: the circuit written to graph.json keeps this percent of all edges (default 5).")
+@click.option("--import", "graph_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="--level edge: evaluate this scored graph (EAP-IG / MIB JSON) instead of scoring the edges.")
+def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method: str | None, edge_steps: int | None,
+            percent: float | None, graph_file: Path | None, **flags: Any) -> None:
     """Find a circuit: sweep the heads, grow circuits along the ranking, take the smallest that recovers enough.
+    With --level edge: score every edge, judge the top edges at MIB's sizes, write graph.json.
 
     \b
     actpatch circuit --task ioi --prompts 8 --max-size 40
     actpatch circuit --config examples/circuit_ioi.toml --recovery 0.9
+    actpatch circuit --level edge --method eap --prompts 8 --percent 5
+    actpatch circuit --level edge --import graph.json --out imported
 
     Steps: a head sweep (or mlp_out with --site mlp_out) ranks components by effect; the Pareto
     frontier evaluates the top-k for each k (everything else of that kind at its corrupt value, or
     an --ablation); the smallest circuit reaching --recovery is then tested for minimality (does
     removing one member cost anything?). Prints the tables and writes the sweep, the frontier, the
     minimality table (.csv) and a report with the Pareto curve into --out; an earlier run's are
-    refused unless --overwrite (or --resume, which finishes that run) is given."""
+    refused unless --overwrite (or --resume, which finishes that run) is given.
+
+    Edge level (docs/edges.md): edges scored by --method (or read by --import) are ranked by
+    |score|; the top edges at 0.1 ... 100 % of all edges (and --percent) are pruned and evaluated
+    exactly on the clean prompt, every missing edge at its corrupt (or --ablation) value. Writes
+    graph.json (every score; in_graph marks the --percent circuit as evaluated), faithfulness.csv
+    (percent, edges, faithfulness and every metric), the curve (.nc) and a report with CPR, CMD
+    and a picture of the circuit."""
     import pandas as pd
+
+    if level == "edge":
+        from actpatch.cli.edges import edge_circuit
+
+        return edge_circuit(flags, quiet=quiet, overwrite=overwrite, resume=resume, method=edge_method,
+                            steps=edge_steps, percent=percent, graph_file=graph_file)
+    if given := [flag for flag, value in (("--method", edge_method), ("--steps", edge_steps), ("--percent", percent),
+                                          ("--import", graph_file)) if value is not None]:
+        raise BadInput(f"{given[0]} applies to edge circuits: add --level edge")
 
     spec = build_experiment(flags, defaults={"sweep": {"site": "head"}})
     out = Path(spec.output.folder)

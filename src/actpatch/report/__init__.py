@@ -5,10 +5,15 @@
     report.render_report([res, heads], "ioi.html")    # one self-contained page, no network needed
     report.render_pngs(res, "figures/")               # static images (matplotlib)
     report.line_plot(curve)                           # a 1-D curve, e.g. a circuit's Pareto front
+    report.faithfulness_plot(edge_curve, frontier, graph=g)  # edge and node circuits on one axis
+    report.circuit_plot(scores, circuit)              # an edge circuit by layer and head
 
-`table.py` prints terminal tables; `layout.py` decides panels and labels for every picture."""
+`table.py` prints terminal tables; `layout.py` decides panels and labels for every picture;
+`edges.py` draws edge circuits."""
+from actpatch.report.edges import circuit_plot, faithfulness_plot
 from actpatch.report.figures import line_plot, show
-from actpatch.report.html import Section, render_report, result_section
+from actpatch.report.html import Section, provenance_html, render_report, result_section
 from actpatch.report.png import render_pngs
 
-__all__ = ["Section", "line_plot", "render_pngs", "render_report", "result_section", "show"]
+__all__ = ["Section", "circuit_plot", "faithfulness_plot", "line_plot", "provenance_html", "render_pngs", "render_report",
+           "result_section", "show"]

@@ -187,3 +187,8 @@ table.nested { margin: 0; }
 td.ok { color: #1a7f37; } td.failed { color: #b42318; font-weight: bold; }
 p.missing, p.note { color: #555; font-style: italic; }
 """
+
+
+def provenance_html(attrs: Mapping[str, Any]) -> str:
+    """The provenance table and the prompts of a result's `attrs`, for sections built elsewhere."""
+    return "\n".join(p for p in (_provenance(attrs), _prompts(attrs)) if p)

@@ -1,0 +1,135 @@
+"""`actpatch circuit --level edge`: score every edge (or import a scored graph), judge the top edges
+at MIB's sizes, and write the graph, the faithfulness table, the curve and a report.
+
+Outputs in --out: `graph.json` (every edge's score; `in_graph` marks the --percent circuit exactly
+as it was evaluated, pruned, its nodes flagged as EAP-IG counts them), `faithfulness.csv` (one row
+per size), the curve (`NAME.nc`) and `NAME.html`. The node-level command is `analyses.circuit`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+import actpatch as ap
+from actpatch import atomic
+from actpatch.cli.common import (
+    BadInput, build_experiment, describe, echo_unless, load, log_into, progress, provenance, refuse_overwrite, single,
+    validating,
+)
+
+METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact")  # graph.METHODS, without torch
+DEFAULT_METHOD = "eap-ig-inputs"
+DEFAULT_PERCENT = 5.0
+GRAPH_FILE, TABLE_FILE = "graph.json", "faithfulness.csv"
+# Flags of the node-level command, refused here rather than silently ignored.
+_NODE_ONLY = {"recovery": "--recovery", "max_size": "--max-size", "threshold": "--threshold", "site": "--site",
+              "direction": "--direction", "positions": "--positions", "layers": "--layers", "heads": "--heads",
+              "neurons": "--neurons", "engine": "--engine", "per_prompt": "--per-prompt"}
+
+
+def check_edge_flags(method: str | None, percent: float | None, graph_file: Path | None) -> tuple[str | None, float]:
+    """The scoring method (None with --import) and the circuit's percent, checked before any model loads."""
+    if method is not None and graph_file is not None:
+        raise BadInput("--method scores the edges and --import reads scores from a file: give one of them")
+    if method is not None and method not in METHODS:
+        raise BadInput(f"unknown --method {method!r}: use one of {', '.join(METHODS)}")
+    if percent is not None and not 0 < percent <= 100:
+        raise BadInput(f"--percent {percent:g} is outside (0, 100]: give the share of all edges the circuit keeps, e.g. 5")
+    return (None if graph_file is not None else method or DEFAULT_METHOD), DEFAULT_PERCENT if percent is None else percent
+
+
+def edge_circuit(flags: dict[str, Any], *, quiet: bool, overwrite: bool, resume: bool, method: str | None,
+                 steps: int | None, percent: float | None, graph_file: Path | None) -> None:
+    """The edge-level `circuit` command (see `analyses.circuit` for its flags)."""
+    method, percent = check_edge_flags(method, percent, graph_file)
+    if given := [flag for key, flag in _NODE_ONLY.items() if flags.get(key) is not None] + (["--resume"] if resume else []):
+        raise BadInput(f"{given[0]} applies to --level node: edges span every position and are evaluated on the clean "
+                       "prompt with missing edges at their corrupt (or --ablation) values; remove it")
+    if steps is not None and (graph_file is not None or "ig" not in method):
+        raise BadInput("--steps sets the interpolation points of eap-ig-inputs and eap-ig-activations: remove it, or "
+                       "choose one of those methods")
+    if steps is not None and steps < 1:
+        raise BadInput(f"--steps must be at least 1, got {steps}")
+    from actpatch import graph
+
+    spec = build_experiment(flags, defaults={"sweep": {"site": "head"}})  # the experiment schema wants a site
+    out = Path(spec.output.folder)
+    log_into(out)
+    echo = echo_unless(quiet)
+    name = spec.output.name or f"{spec.task.label}_edge_{method or 'import'}"
+    refuse_overwrite(out, [GRAPH_FILE, TABLE_FILE, f"{name}.nc", f"{name}.html"], overwrite)
+    ablation = spec.sweep.ablation
+    if ablation is not None and method in ("eap-ig-inputs", "clean-corrupted"):
+        raise BadInput(f"{method} interpolates towards the corrupt run and takes no --ablation: use eap, "
+                       "eap-ig-activations or exact")
+    model, pairs = load(spec, quiet=quiet)
+    pairs = single(pairs, "circuit")
+    echo(describe(model, pairs, spec))
+    file_circuit = None
+    with validating():
+        if graph_file is not None:
+            scores, file_circuit = graph.load_graph(graph_file, model)
+        else:
+            scores = graph.edge_scores(model, pairs, method, steps=steps or 5, ablation=ablation, chunk=spec.sweep.chunk,
+                                       check_baseline=spec.sweep.check_baseline, progress=progress(quiet))
+    percents = sorted({*graph.MIB_PERCENTS, percent})
+    curve = graph.faithfulness_curve(model, pairs, scores, percents=percents, ablation=ablation, chunk=spec.sweep.chunk,
+                                     check_baseline=spec.sweep.check_baseline)
+    circuit = graph.top_edges(scores, percent=percent)  # the circuit the curve evaluated at --percent
+    curve.attrs.update(provenance(model, spec), percent=percent, steps=scores.attrs.get("steps"),
+                       source=str(graph_file) if graph_file is not None else scores.method)
+    if file_circuit is not None and bool(file_circuit.any()):
+        # The file's own circuit, judged as given (pruned, as every circuit here is).
+        own = graph.prune_circuit(scores.graph, file_circuit)
+        measured = graph.evaluate(model, pairs, own, ablation=ablation, check_baseline=spec.sweep.check_baseline)
+        empty, full = curve.attrs["empty_logit_diff"], curve.attrs["full_logit_diff"]
+        curve.attrs.update(file_circuit_edges=int(own.sum()),
+                           file_circuit_faithfulness=(float(measured.sel(metric="logit_diff")) - empty) / (full - empty))
+    table = curve_table(curve)
+    echo(f"faithfulness of the top edges by {curve.attrs['source']} (CPR {curve.attrs['cpr']:.3f}, "
+         f"CMD {curve.attrs['cmd']:.3f}):\n" + table[["percent", "edges", "faithfulness", "norm_logit_diff"]]
+         .round(4).to_string(index=False))
+    if "file_circuit_edges" in curve.attrs:
+        click.echo(f"the file's own circuit: {curve.attrs['file_circuit_edges']} edges after pruning, faithfulness "
+                   f"{curve.attrs['file_circuit_faithfulness']:.4f}")
+    for path in (graph.save_graph(out / GRAPH_FILE, scores, circuit),
+                 atomic.write_text(out / TABLE_FILE, table.to_csv(index=False))):
+        click.echo(f"saved {path}")
+    _write_curve_and_report(spec, name, curve, scores, circuit)
+
+
+def curve_table(curve: Any) -> Any:
+    """The curve as rows `percent, edges, faithfulness`, then every other metric."""
+    import pandas as pd
+
+    table = pd.DataFrame({"percent": curve["percent"].values, "edges": curve["n_edges"].values})
+    for metric in curve["metric"].values.tolist():
+        table[metric] = curve.sel(metric=metric).values
+    return table
+
+
+def _write_curve_and_report(spec: Any, name: str, curve: Any, scores: Any, circuit: Any) -> None:
+    out = Path(spec.output.folder)
+    click.echo(f"saved {ap.save(curve, out / f'{name}.nc')}")
+    at = curve.sel(percent=curve.attrs["percent"])
+    summary = (f"CPR {curve.attrs['cpr']:.4f}, CMD {curve.attrs['cmd']:.4f} (trapezoids over the fraction of edges, as "
+               f"MIB computes them). At {curve.attrs['percent']:g} %: {int(at['n_edges'])} edges after pruning, "
+               f"faithfulness {float(at.sel(metric='faithfulness')):.4f}.")
+    if "file_circuit_edges" in curve.attrs:
+        summary += (f" The file's own circuit: {curve.attrs['file_circuit_edges']} edges, faithfulness "
+                    f"{curve.attrs['file_circuit_faithfulness']:.4f}.")
+    sections = [
+        ap.report.Section("Faithfulness curve", figures=[ap.report.faithfulness_plot(curve)], note=summary,
+                          html=curve_table(curve).to_html(index=False, float_format=lambda v: f"{v:.4f}")),
+        ap.report.Section(f"The circuit at {curve.attrs['percent']:g} % of edges",
+                          figures=[ap.report.circuit_plot(scores, circuit)],
+                          note="As written to graph.json (in_graph): the top edges by |score|, pruned to paths from "
+                               "input to logits. Hover a node or an edge's midpoint for its scores."),
+        ap.report.Section("Provenance", html=ap.report.provenance_html(curve.attrs)),
+    ]
+    page = ap.report.render_report(sections, out / f"{name}.html", title=f"actpatch: {name}")
+    click.echo(f"report {page}")
+    if spec.output.pngs:
+        for image in ap.report.render_pngs({name: curve.sel(metric="faithfulness")}, out):
+            click.echo(f"image {image}")
