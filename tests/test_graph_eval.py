@@ -231,3 +231,17 @@ def test_stacking_circuits_in_chunks_changes_nothing():
     torch.testing.assert_close(runs.logits(circuits, chunk=2), runs.logits(circuits), atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="chunk must be a positive number"):
         runs.logits(circuits, chunk=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_fast_per_head_path_gives_the_plain_paths_logits(family):
+    """Per-head q/k/v from the projections' head rows (attention on H/KV copies) and head outputs
+    from o_proj's head columns give what attention expanded H times and o_proj on a block input
+    give: sparse, dense and fractional circuits."""
+    model, pairs, runs = setup(family)
+    torch.manual_seed(0)
+    share = torch.tensor([0.05, 0.3, 0.6, 0.95])[:, None, None]
+    circuits = (runs.graph.exists & (torch.rand(4, *runs.graph.exists.shape) < share)).double()
+    circuits = torch.cat([circuits, runs.graph.exists.double()[None] * torch.rand(1, *runs.graph.exists.shape, dtype=torch.float64)])
+    torch.testing.assert_close(runs.logits(circuits), runs.logits(circuits, engine="plain"), atol=ATOL, rtol=0)
+    assert hooks.attached_hooks(model) == 0

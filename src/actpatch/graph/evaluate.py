@@ -89,10 +89,15 @@ class EdgeRuns:
                         batch=len(self.pairs), off=self.off, exists=self.graph.exists, **changes)
 
     @torch.no_grad()
-    def logits(self, circuits: Tensor, *, chunk: int | None = None) -> Tensor:
+    def logits(self, circuits: Tensor, *, chunk: int | None = None, engine: str = "fast") -> Tensor:
         """Final-position logits (circuit, batch, vocab) of each (sender, receiver) circuit in
-        `circuits` (circuit, sender, receiver); fractional entries weigh an edge in between."""
-        return torch.cat([self._forward(part) for part in self._chunks(circuits, chunk)])
+        `circuits` (circuit, sender, receiver); fractional entries weigh an edge in between.
+
+        `engine="plain"`: the oracle, attention expanded per head and o_proj called on a block input
+        (`hooks.edges.EdgePlan.fast`)."""
+        if engine not in ("fast", "plain"):
+            raise ValueError(f"engine must be one of ('fast', 'plain'), got {engine!r}")
+        return torch.cat([self._forward(part, fast=engine == "fast") for part in self._chunks(circuits, chunk)])
 
     def copies_per_forward(self, chunk: int | None = None, *, grads: bool = False) -> int:
         """How many circuits share a forward: `chunk`, or as many as DEFAULT_MEMORY_BUDGET allows.
@@ -114,11 +119,11 @@ class EdgeRuns:
                             f"matrices, got {tuple(circuits.shape)}")
         return list(circuits.split(self.copies_per_forward(chunk)))
 
-    def _forward(self, circuits: Tensor) -> Tensor:
+    def _forward(self, circuits: Tensor, *, fast: bool = True) -> Tensor:
         copies = circuits.shape[0]
         absent = self.graph.exists.double() * (1 - circuits.double())  # float64: fractional weights stay exact
         tokens = self.pairs.clean.repeat(copies, 1).to(self.model.device)
-        with edge_hooks(self.model, self.plan(copies, absent=absent.to(self.model.device))) as record:
+        with edge_hooks(self.model, self.plan(copies, absent=absent.to(self.model.device), fast=fast)) as record:
             logits = self.model.hf(input_ids=tokens, use_cache=False, logits_to_keep=1).logits[:, -1]
         check_reached(self.graph, record)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 models stay float64

@@ -167,7 +167,8 @@ def _gradients(runs: EdgeRuns, part: list[_GradientRun], *, fast: bool) -> dict[
         hooked = receiver_gradients(model, plan)
     else:
         absent = torch.stack([run.absent if run.absent is not None else torch.zeros(graph.exists.shape) for run in part])
-        plan = runs.plan(copies, absent=absent.to(model.device), grads=True, first_input=first.detach().requires_grad_(True))
+        plan = runs.plan(copies, absent=absent.to(model.device), grads=True, first_input=first.detach().requires_grad_(True),
+                         fast=fast)
         hooked = edge_hooks(model, plan)
     tokens = pairs.clean.repeat(copies, 1).to(model.device)
     with torch.enable_grad(), hooked as record:
@@ -190,7 +191,7 @@ def _exact(runs: EdgeRuns, size: int, progress) -> Tensor:
         chunk = edges[start : start + size]
         circuits = graph.full()[None].repeat(len(chunk), 1, 1)
         circuits[torch.arange(len(chunk)), chunk[:, 0], chunk[:, 1]] = False
-        removed = _mean_logit_diff(runs, runs.logits(circuits, chunk=size))
+        removed = _mean_logit_diff(runs, runs.logits(circuits, chunk=size, engine="plain"))
         scores[chunk[:, 0], chunk[:, 1]] = (full - removed).cpu()
     return scores
 

@@ -49,6 +49,9 @@ class EdgePlan:
     exists: Tensor | None = None  # (sender, receiver) bool: the graph's edges (needed with `absent`)
     off: Tensor | None = None  # (sender, batch, pos, d_model): each sender's out-of-circuit value
     grads: bool = False  # record ∂(backward's scalar)/∂(every receiver's input)
+    # Per-head q/k/v from the projections' head rows, attention on H/KV copies, head outputs from
+    # o_proj's head columns; False: the oracle (attention on H copies, o_proj on a block input).
+    fast: bool = True
     first_input: Tensor | None = None  # (copies·batch, pos, d_model): replaces the first layer's input
 
 
@@ -79,7 +82,9 @@ class _Taps:
     def __init__(self, model: Model, plan: EdgePlan):
         self.model, self.plan, self.record = model, plan, EdgeRecord()
         self.dims = model.dims
-        self.per_head: dict[int, bool] = {}  # layer -> its attention runs expanded this forward
+        self.per_head: dict[int, str] = {}  # layer -> "expand" (H copies) or "project" (H/KV copies) this forward
+        self.projected: dict[int, list[Tensor]] = {}  # layer -> the projections' outputs on the copies ("project")
+        self.group = self.dims.n_heads // self.dims.n_kv_heads
         self.kv_inputs: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> normed k and v inputs (expanded rows)
         self.pending: dict[int, Tensor] = {}  # layer -> per-head contributions awaiting the post-norm's scale
         self.deltas: dict[int, Tensor] = {}  # sender -> o(current) − o(off), (copies, batch, pos, d_model)
@@ -96,6 +101,10 @@ class _Taps:
             if stage.kind == "attn":
                 found.append((model.submodule(layer, self.plan.attn_in_norm), self._attn_inputs(stage_index, stage), "pre"))
                 found.append((model.submodule(layer, attention_path), self._expand_arguments(layer), "pre"))
+                if self.plan.fast and self.plan.absent is not None:
+                    for which, path in enumerate([arch.qkv] if isinstance(arch.qkv, str) else arch.qkv):
+                        found.append((model.submodule(layer, path), self._skip_projection(layer), "pre"))
+                        found.append((model.submodule(layer, path), self._projected_output(layer, which), "out"))
                 if isinstance(arch.qkv, str):
                     found.append((model.submodule(layer, arch.qkv), self._fused_kv(layer), "out"))
                 else:
@@ -130,14 +139,22 @@ class _Taps:
 
         def hook(o_proj, args, kwargs):
             z = args[0]
-            rows = z.shape[0] // heads if self.per_head.get(layer) else z.shape[0]
-            if self.per_head.get(layer):  # copy h of each row carries head h's inputs: take head h from it
-                z = torch.diagonal(z.view(rows, heads, z.shape[1], heads, d_head), dim1=1, dim2=3).permute(0, 1, 3, 2).contiguous()
+            mode = self.per_head.get(layer)
+            factor = {"expand": heads, "project": self.group}.get(mode, 1)
+            rows = z.shape[0] // factor
+            h = torch.arange(heads, device=z.device)
+            if factor > 1:  # head h's inputs rode on copy h ("expand") or h mod H/KV ("project"): take its z there
+                by_copy = z.view(rows, factor, z.shape[1], heads, d_head)
+                z = by_copy[:, h if mode == "expand" else h % factor, :, h].permute(1, 2, 0, 3).contiguous()
             else:
                 z = z.view(rows, z.shape[1], heads, d_head)
-            eye = torch.eye(heads, dtype=z.dtype, device=z.device)
-            block = torch.einsum("nphd,hg->nphgd", z, eye).reshape(rows, z.shape[1], heads, heads * d_head).contiguous()
-            contributions = o_proj.forward(block) - o_proj.forward(torch.zeros_like(block[:1, :1, :1]))
+            matrix = _linear_map(o_proj, known_only=True) if self.plan.fast else None
+            if matrix is not None:  # o_proj's columns of head h times its z: the real weights, once
+                contributions = torch.einsum("nphd,ehd->nphe", z, matrix.view(matrix.shape[0], heads, d_head).to(z.dtype))
+            else:
+                eye = torch.eye(heads, dtype=z.dtype, device=z.device)
+                block = torch.einsum("nphd,hg->nphgd", z, eye).reshape(rows, z.shape[1], heads, heads * d_head).contiguous()
+                contributions = o_proj.forward(block) - o_proj.forward(torch.zeros_like(block[:1, :1, :1]))
             if self.post_norm:
                 self.pending[layer] = contributions
             else:
@@ -230,14 +247,19 @@ class _Taps:
 
         def hook(norm, args, kwargs):
             resid = args[0]
+            self.per_head.pop(stage.layer, None)
             inputs, differ = self._receiver_inputs(stage_index, stage, resid)
             per_head = inputs is not None and (differ or self.plan.grads)
-            self.per_head[stage.layer] = per_head
             if inputs is None:
                 return None
             if not per_head:
                 return (inputs[..., 0, :].reshape(resid.shape), *args[1:]), kwargs
             rows, pos, d = resid.shape
+            if self.plan.fast and not self.plan.grads:
+                self.per_head[stage.layer] = "project"
+                self.projected[stage.layer] = self._project(stage.layer, norm, inputs.reshape(rows, pos, 3 * heads, d))
+                return None  # the norm runs on the stream, its output is expanded and never projected
+            self.per_head[stage.layer] = "expand"
             # (rows, pos, qkv, head, d) -> per input kind (rows·head, pos, d), row n·H + h carrying head h
             split = inputs.reshape(rows, pos, 3, heads, d).permute(2, 0, 3, 1, 4).reshape(3, rows * heads, pos, d)
             self.kv_inputs[stage.layer] = (norm.forward(split[1]), norm.forward(split[2]))
@@ -249,9 +271,24 @@ class _Taps:
         heads = self.dims.n_heads
 
         def hook(attention, args, kwargs):
-            if not self.per_head.get(layer):
+            mode = self.per_head.get(layer)
+            if mode is None or (mode == "project" and self.group == 1):
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
+            if mode == "project":  # H/KV copies of every row, the hidden states included
+                rows, group = hidden.shape[0], self.group
+
+                def expand(value):
+                    if isinstance(value, Tensor) and value.ndim >= 2 and value.shape[0] == rows and rows > 1:
+                        return value.repeat_interleave(group, dim=0)
+                    if isinstance(value, tuple):
+                        return tuple(expand(v) for v in value)
+                    return value
+
+                if args:
+                    return (hidden.repeat_interleave(group, dim=0), *(expand(a) for a in args[1:])), {k: expand(v) for k, v in kwargs.items()}
+                return args, {k: (hidden.repeat_interleave(group, dim=0) if k == "hidden_states" else expand(v))
+                              for k, v in kwargs.items()}
             rows = hidden.shape[0] // heads
 
             def expand(value):
@@ -266,9 +303,53 @@ class _Taps:
 
         return hook
 
+    def _project(self, layer: int, norm: nn.Module, inputs: Tensor) -> list[Tensor]:
+        """The q/k/v projections' outputs (in their own layout) on H/KV copies of each row, from
+        the receivers' inputs (rows, pos, 3·H, d_model): copy j carries query head h = g·(H/KV) + j's
+        keys and values at KV head g, and every head's query (only those read from copy j matter)."""
+        arch, heads, group = self.model.arch, self.dims.n_heads, self.group
+        normed = norm.forward(inputs)  # the real norm, on each receiver's own input
+        rows, pos = normed.shape[:2]
+        fused = isinstance(arch.qkv, str)
+        per_kind = []
+        for which, kind in enumerate(("q", "k", "v")):
+            module = self.model.submodule(layer, arch.qkv if fused else arch.qkv[which])
+            matrix, bias = _linear_map(module), _bias(module)
+            rows_of = _head_rows(kind, self.model, matrix).to(normed.dtype)  # (unit, d_head, d_model)
+            shift = canonical(kind, self.model, bias.to(normed.dtype))  # (unit, d_head)
+            if kind != "q":  # query head h reads KV head h // group
+                rows_of, shift = rows_of.repeat_interleave(group, 0), shift.repeat_interleave(group, 0)
+            out = torch.einsum("nphd,hed->nphe", normed[:, :, which * heads : (which + 1) * heads], rows_of) + shift
+            if kind == "q":
+                out = out.unsqueeze(1).expand(rows, group, pos, heads, out.shape[-1])
+            else:  # (rows, pos, KV, copy, d_head) -> (rows, copy, pos, KV, d_head)
+                out = out.view(rows, pos, heads // group, group, -1).permute(0, 3, 1, 2, 4)
+            per_kind.append(out.reshape(rows * group, pos, -1, out.shape[-1]))
+        if not fused:
+            return [out.flatten(-2) for out in per_kind]
+        width = _linear_map(self.model.submodule(layer, arch.qkv)).shape[0]
+        raw = torch.empty(rows * group, pos, width, dtype=normed.dtype, device=normed.device)
+        for kind, out in zip(("q", "k", "v"), per_kind):
+            canonical(kind, self.model, raw)[...] = out
+        return [raw]
+
+    def _skip_projection(self, layer):
+        def hook(projection, args, kwargs):
+            if self.per_head.get(layer) != "project":
+                return None
+            return (args[0][:1, :1], *args[1:]), kwargs  # its output is replaced: compute almost nothing
+        return hook
+
+    def _projected_output(self, layer, which: int):
+        def hook(projection, args, output):
+            if self.per_head.get(layer) != "project":
+                return None
+            return self.projected[layer][which]
+        return hook
+
     def _kv_input(self, layer, which: int):
         def hook(projection, args, kwargs):
-            if not self.per_head.get(layer):
+            if self.per_head.get(layer) != "expand":
                 return None
             return (self.kv_inputs[layer][which], *args[1:]), kwargs
         return hook
@@ -278,7 +359,7 @@ class _Taps:
         concat = self.model.arch.qkv_layout == "concat"
 
         def hook(projection, args, output):
-            if not self.per_head.get(layer):
+            if self.per_head.get(layer) != "expand":
                 return None
             k_input, v_input = self.kv_inputs[layer]
             k_out, v_out = projection.forward(k_input), projection.forward(v_input)
@@ -477,14 +558,17 @@ def _head_rows(kind: str, model: Model, matrix: Tensor) -> Tensor:
     return canonical(kind, model, matrix.t()).permute(1, 2, 0)
 
 
-def _linear_map(module: nn.Module) -> Tensor:
+def _linear_map(module: nn.Module, *, known_only: bool = False) -> Tensor | None:
     """The (d_out, d_in) matrix M of a linear projection, module(x) = x Mᵀ + b: `nn.Linear`'s weight,
-    GPT-2 `Conv1D`'s transposed; any other module is read off its outputs on the identity."""
+    GPT-2 `Conv1D`'s transposed; any other module is read off its outputs on the identity (or,
+    with `known_only`, None)."""
     weight = getattr(module, "weight", None)
     if isinstance(module, nn.Linear):
         return weight
     if type(module).__name__ == "Conv1D" and weight is not None and weight.ndim == 2:
         return weight.t()
+    if known_only:
+        return None
     d_in = getattr(module, "in_features", None) or weight.shape[-1]
     eye = torch.eye(d_in, dtype=weight.dtype, device=weight.device)
     return (module.forward(eye) - module.forward(torch.zeros_like(eye[:1]))).t()
@@ -576,3 +660,13 @@ def removed_edges(model: Model, removal: Removal) -> Iterator[None]:
                       else module.register_forward_hook(hook))
             stack.callback(handle.remove)
         yield
+
+
+def _bias(module: nn.Module) -> Tensor:
+    """b of module(x) = x Mᵀ + b (zeros when it has none)."""
+    bias = getattr(module, "bias", None)
+    if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+        return bias if isinstance(bias, Tensor) else torch.zeros(module.weight.shape[0 if isinstance(module, nn.Linear) else 1],
+                                                                dtype=module.weight.dtype, device=module.weight.device)
+    matrix = _linear_map(module)
+    return module.forward(torch.zeros(1, matrix.shape[1], dtype=matrix.dtype, device=matrix.device))[0]
