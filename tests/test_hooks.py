@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from actpatch import hooks
 from actpatch import PatchNotApplied, PatchShapeError, Site, SITE_KINDS, attached_hooks, capture, patch
 from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
 
@@ -142,3 +143,170 @@ def test_q_k_v_are_what_attention_uses_them_for(family):
     assert moved_heads("v", last_kv) == set()
     assert moved_heads("k", last_kv) == set(range(last_kv * group, (last_kv + 1) * group))
     assert moved_heads("q", 1) == {1}
+
+
+def _registries() -> tuple[dict, dict]:
+    """What transformers' attention and mask registries hold, class-wide (where `register` writes)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    return dict(AttentionInterface._global_mapping), dict(type(ALL_MASK_ATTENTION_FUNCTIONS)._global_mapping)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ["resid_pre", "head", "k", "pattern"])
+def test_an_error_inside_a_patched_forward_leaves_no_hook_and_the_registries_as_they_were(family, kind):
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    values = capture(model, pairs.clean, [one_site(kind, layer=1)])
+    registries = _registries()
+    bomb = model.submodule(1, model.arch.mlp).register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            with patch(model, values):
+                model.last_logits(pairs.corrupt)
+    finally:
+        bomb.remove()
+    assert attached_hooks(model) == 0
+    assert _registries() == registries
+    assert model.hf.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_pattern_capture_unregisters_its_attention(family):
+    from transformers import AttentionInterface
+
+    model, pairs = tiny_model(family), tiny_pairs()
+    capture(model, pairs.clean, [Site("pattern", 0, head=1)])
+    assert hooks.PATTERN_ATTENTION not in AttentionInterface._global_mapping
+    assert hooks.PATTERN_ATTENTION not in _registries()[1]
+
+
+def test_a_pattern_capture_puts_back_what_was_registered_under_its_name():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    def theirs(*args, **kwargs):
+        raise AssertionError("our pattern capture ran someone else's attention function")
+
+    model, pairs = tiny_model("llama"), tiny_pairs()
+    AttentionInterface.register(hooks.PATTERN_ATTENTION, theirs)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(hooks.PATTERN_ATTENTION, sdpa_mask)
+    try:
+        registries = _registries()
+        capture(model, pairs.clean, [Site("pattern", 1, head=0)])
+        assert _registries() == registries
+        assert AttentionInterface._global_mapping[hooks.PATTERN_ATTENTION] is theirs
+    finally:
+        del AttentionInterface._global_mapping[hooks.PATTERN_ATTENTION]
+        del type(ALL_MASK_ATTENTION_FUNCTIONS)._global_mapping[hooks.PATTERN_ATTENTION]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_nested_eager_attention_is_one_call_until_the_outer_block_ends(family):
+    model, pairs = tiny_model(family), tiny_pairs()
+    site = Site("pattern", 1, head=2)
+    alone = capture(model, pairs.clean, [site])[site]
+    registries = _registries()
+    with hooks.eager_attention(model) as outer:
+        with hooks.eager_attention(model) as inner:
+            assert inner is outer
+            with hooks.attention_inputs(model, [0]) as records:
+                torch.testing.assert_close(capture(model, pairs.clean, [site])[site], alone, atol=0, rtol=0)
+            assert records[0]["query"].shape[-2] == pairs.clean.shape[1]
+        assert model.hf.config._attn_implementation == hooks.PATTERN_ATTENTION  # the inner exit left it on
+        torch.testing.assert_close(capture(model, pairs.clean, [site])[site], alone, atol=0, rtol=0)
+        assert attached_hooks(model) == 0
+    assert _registries() == registries
+    assert model.hf.config._attn_implementation == "sdpa"
+
+
+def test_eager_attention_of_two_models_at_once_serves_each_its_own_taps():
+    llama, gemma, pairs = tiny_model("llama"), tiny_model("gemma3"), tiny_pairs()
+    site = Site("pattern", 1, head=0)
+    alone = {m.name: capture(m, pairs.clean, [site])[site] for m in (llama, gemma)}
+    registries = _registries()
+    with hooks.eager_attention(llama):
+        with hooks.eager_attention(gemma):
+            for m in (llama, gemma):
+                torch.testing.assert_close(capture(m, pairs.clean, [site])[site], alone[m.name], atol=0, rtol=0)
+        assert llama.hf.config._attn_implementation == hooks.PATTERN_ATTENTION
+        assert gemma.hf.config._attn_implementation == "sdpa"
+        torch.testing.assert_close(capture(llama, pairs.clean, [site])[site], alone[llama.name], atol=0, rtol=0)
+    assert _registries() == registries
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sites_written_as_transformerlens_names_or_our_text_are_the_same_sites(family):
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    names = {"blocks.0.hook_resid_pre": Site("resid_pre", 0), "blocks.1.hook_resid_post": Site("resid_post", 1),
+             "blocks.1.hook_attn_out": Site("attn_out", 1), "blocks.0.hook_mlp_out": Site("mlp_out", 0),
+             "head[layer=1, head=2, pos=END]": Site("head", 1, head=2, pos="END"),
+             "pattern[layer=0, head=1]": Site("pattern", 0, head=1)}
+    by_name = capture(model, pairs.clean, list(names), positions=pairs.positions)
+    by_site = capture(model, pairs.clean, list(names.values()), positions=pairs.positions)
+    assert set(by_name) == set(by_site) == set(names.values())
+    for site in by_site:
+        torch.testing.assert_close(by_name[site], by_site[site], atol=0, rtol=0)
+    for name, site in names.items():
+        with patch(model, {name: by_site[site]}, positions=pairs.positions):
+            named = model.last_logits(pairs.corrupt)
+        with patch(model, {site: by_site[site]}, positions=pairs.positions):
+            torch.testing.assert_close(named, model.last_logits(pairs.corrupt), atol=0, rtol=0, msg=name)
+        assert not torch.allclose(named, model.last_logits(pairs.corrupt), atol=1e-6), f"{name} patched nothing"
+
+
+@pytest.mark.parametrize("text", ["blocks.1.hook_nonsense", "head[layer=1, head=", "resid_pre"])
+def test_a_site_string_that_does_not_parse_raises_the_parsers_error(text):
+    from actpatch.sites import SiteError
+
+    model, pairs = tiny_model("llama"), tiny_pairs()
+    with pytest.raises(SiteError) as raised:
+        Site.parse(text)
+    with pytest.raises(SiteError, match=re.escape(str(raised.value))):
+        capture(model, pairs.clean, [text])
+    with pytest.raises(SiteError, match=re.escape(str(raised.value))):
+        with patch(model, {text: torch.zeros(3, 6, 32)}):
+            pass
+    assert attached_hooks(model) == 0
+
+
+def _noise(model, pairs, seed=3):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*pairs.clean.shape, model.dims.d_model, generator=generator)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capture_of_a_run_with_noise_is_capture_under_add_to_input(family):
+    from actpatch.pairs import Run
+
+    model, pairs = tiny_model(family), tiny_pairs()
+    noise = _noise(model, pairs)
+    sites = [Site("resid_pre", 0), Site("resid_post", 1, pos="X"), Site("pattern", 1, head=0)]
+    with hooks.add_to_input(model, noise):
+        want = capture(model, pairs.clean, sites, positions=pairs.positions)
+    got = capture(model, Run(pairs.clean, noise, pairs.positions, "corrupt"), sites)
+    plain = capture(model, pairs.clean, sites, positions=pairs.positions)
+    for site in sites:
+        torch.testing.assert_close(got[site], want[site], atol=0, rtol=0)
+        assert not torch.allclose(got[site], plain[site]), f"{site}: the run's noise was not added"
+    moved = capture(model, Run(pairs.clean, None, {"X": torch.tensor([0, 0, 0])}), [Site("resid_pre", 1, pos="X")],
+                    positions=pairs.positions)  # positions= wins over the run's own
+    torch.testing.assert_close(moved[Site("resid_pre", 1, pos="X")], capture(
+        model, pairs.clean, [Site("resid_pre", 1, pos="X")], positions=pairs.positions)[Site("resid_pre", 1, pos="X")])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_layer_0_resid_pre_patch_beats_input_noise_whichever_block_is_entered_first(family):
+    model, pairs = tiny_model(family), tiny_pairs()
+    noise = _noise(model, pairs)
+    clean = capture(model, pairs.clean, [Site("resid_pre", 0)])
+    want = model.last_logits(pairs.clean)
+    with hooks.add_to_input(model, noise), patch(model, clean):
+        noise_outside = model.last_logits(pairs.clean)
+    with patch(model, clean), hooks.add_to_input(model, noise):
+        noise_inside = model.last_logits(pairs.clean)
+    torch.testing.assert_close(noise_outside, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(noise_inside, want, atol=1e-5, rtol=0)
+    with hooks.add_to_input(model, noise):
+        assert not torch.allclose(model.last_logits(pairs.clean), want, atol=1e-4)  # the noise does move the run
+    assert attached_hooks(model) == 0
