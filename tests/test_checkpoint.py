@@ -29,7 +29,7 @@ def model_and_pairs():
 def interrupt_after(monkeypatch, runs: int) -> list[int]:
     """Make the engine's patched runs fail after `runs` successful chunks; returns the run log
     (chunk sizes of the copies run, self-checks' single runs included)."""
-    original = batched._Resumer.run
+    original = batched.Resumer.run
     log: list[int] = []
 
     def counted(self, copies):
@@ -38,7 +38,7 @@ def interrupt_after(monkeypatch, runs: int) -> list[int]:
         log.append(len(copies))
         return original(self, copies)
 
-    monkeypatch.setattr(batched._Resumer, "run", counted)
+    monkeypatch.setattr(batched.Resumer, "run", counted)
     return log
 
 
@@ -126,7 +126,11 @@ def test_both_directions_and_length_groups_checkpoint_separately(tmp_path):
     assert folders == ["denoise/length-5", "denoise/length-6", "noise/length-5", "noise/length-6"]
 
 
-def test_reference_engine_ignores_the_checkpoint_and_says_so(model_and_pairs, tmp_path, caplog):
+def test_the_reference_engine_checkpoints_too(model_and_pairs, tmp_path):
+    """Checkpointing wraps any engine: a reference sweep resumed from its checkpoint patches nothing again."""
     model, pairs = model_and_pairs
-    ap.sweep(model, pairs, "resid_pre", engine="reference", checkpoint=tmp_path, progress=False)
-    assert "does not checkpoint" in caplog.text and not any(tmp_path.iterdir())
+    want = ap.sweep(model, pairs, "resid_pre", engine="reference", checkpoint=tmp_path, progress=False)
+    assert list((tmp_path / "denoise").glob("chunk-*.json"))
+    again = ap.sweep(model, pairs, "resid_pre", engine="reference", checkpoint=tmp_path, progress=False)
+    assert again.attrs["cost"]["patches_from_checkpoint"] == want.attrs["cost"]["patches"]
+    xr.testing.assert_identical(again.drop_attrs(), want.drop_attrs())

@@ -1,5 +1,4 @@
 """Circuits: evaluation at its exact ends, the frontier, and the guards on models built to need them."""
-import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,6 @@ import xarray as xr
 import actpatch as ap
 from actpatch import hooks
 from actpatch.circuits import EMBED, components
-from actpatch.engine import collect
 from actpatch.sites import SiteError
 from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
 
@@ -36,9 +34,7 @@ def test_the_whole_model_is_clean_and_the_empty_circuit_is_corrupt(family):
 def test_under_a_noise_corruption_the_empty_circuit_is_the_noisy_run():
     model = tiny_model("llama")
     pairs = ap.gaussian_noise(model, tiny_pairs(), "all")
-    base = collect.baseline(model, pairs, check=False)
-    shift = base.clean_logits - base.corrupt_logits
-    pairs = dataclasses.replace(pairs, answers=shift.argmax(-1), wrong=shift.argmin(-1))
+    _, pairs = with_answers(model, pairs)
     everything = components(model)
     assert score(ap.evaluate_circuit(model, pairs, [], components=everything)) == pytest.approx(0.0, abs=1e-6)
     assert score(ap.evaluate_circuit(model, pairs, everything)) == pytest.approx(1.0, abs=1e-6)

@@ -80,12 +80,10 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
     got = ap.load(out / "ioi_resid_pre_denoise.nc")
     assert not (out / "checkpoint").exists()
     cost = got.attrs["cost"]
-    assert 3 <= finished < cost["patches"]
+    to_patch = cost["patches"] - cost["noop_patches_skipped"]  # no-op patches run nothing and are not checkpointed
+    assert 3 <= finished < to_patch
     assert cost["patches_from_checkpoint"] == finished
-    # The resumed sweep runs the two self-checks, then only the patches the checkpoint lacks, less
-    # the no-op patches (equal source and target values) among them, which run nothing.
-    left = cost["patches"] - finished
-    assert 2 + left - cost["noop_patches_skipped"] <= sum(copies_run) <= 2 + left
+    assert sum(copies_run) == 2 + to_patch - finished  # the two self-checks, then only what was left
 
     monkeypatch.undo()
     uninterrupted = CliRunner().invoke(cli.main, args(tiny, whole))

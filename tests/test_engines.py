@@ -87,3 +87,21 @@ def test_work_is_counted_in_forward_equivalents():
     result = ap.sweep(*with_answers(tiny_model("llama"), tiny_pairs()), "resid_pre", layers=[1], positions=[4])
     assert result.attrs["cost"]["forward_equivalents"] == pytest.approx(2 + 1 / 6, abs=1e-3)
     assert result.attrs["cost"]["patches"] == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ["resid_pre", "head", "k", "pattern", "mlp_out"])
+def test_engines_agree_on_one_prompt_through_the_spec(family, kind):
+    """Batch 1 (per-prompt tensors that are not repeated) through `runner.run`, the path every sweep takes."""
+    from actpatch.engine import reference, runner
+    from actpatch.engine.spec import SweepSpec
+
+    model, pairs = with_answers(tiny_model(family), tiny_pairs(batch=3, seq=6))
+    one = pairs[1]
+    for direction in ("denoise", "noise"):
+        spec = SweepSpec(kind, direction, positions="each" if kind in ("resid_pre", "mlp_out") else "all", chunk=2,
+                         check_baseline=False)
+        want = runner.run(model, one, spec, reference.Reference())
+        got = runner.run(model, one, spec, batched.Batched())
+        xr.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+        assert got.attrs["n_prompts"] == 1 and ap.attached_hooks(model) == 0

@@ -20,9 +20,9 @@ def model_and_pairs():
 
 
 def _copies_run(monkeypatch, fail):
-    """Wrap `_Resumer.run` so that `fail(n_copies, attempt)` decides which attempts run out of memory;
+    """Wrap `Resumer.run` so that `fail(n_copies, attempt)` decides which attempts run out of memory;
     returns the list of (copies, failed) per attempt."""
-    real_run = batched._Resumer.run
+    real_run = batched.Resumer.run
     attempts: list[tuple[int, bool]] = []
 
     def run(self, copies):
@@ -32,7 +32,7 @@ def _copies_run(monkeypatch, fail):
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(copies)} copies")
         return real_run(self, copies)
 
-    monkeypatch.setattr(batched._Resumer, "run", run)
+    monkeypatch.setattr(batched.Resumer, "run", run)
     return attempts
 
 
@@ -70,7 +70,7 @@ def test_a_failure_mid_sweep_keeps_the_chunks_already_done(model_and_pairs, monk
 def test_a_chunk_estimated_over_the_budget_is_halved_before_it_runs(model_and_pairs, monkeypatch, caplog):
     model, pairs = model_and_pairs
     want = ap.sweep(model, pairs, "head", chunk=2, **SWEEP)
-    per_copy = batched._bytes_per_copy(model, pairs)
+    per_copy = batched._bytes_per_copy(model, pairs.corrupt_run)
     attempts = _copies_run(monkeypatch, lambda n, attempt: False)
     with caplog.at_level(logging.WARNING, logger=batched.__name__):
         got = ap.sweep(model, pairs, "head", chunk=8, memory_budget=int(2.5 * per_copy), **SWEEP)
@@ -91,14 +91,14 @@ def test_other_errors_are_not_mistaken_for_memory(model_and_pairs, monkeypatch):
     def broken(self, copies):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(batched._Resumer, "run", broken)
+    monkeypatch.setattr(batched.Resumer, "run", broken)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         ap.sweep(model, pairs, "resid_pre", chunk=4)
 
 
 def test_one_copy_that_does_not_fit_says_what_to_do(model_and_pairs, monkeypatch):
     model, pairs = model_and_pairs
-    real_run = batched._Resumer.run
+    real_run = batched.Resumer.run
     calls = []
 
     def run(self, copies):
@@ -107,7 +107,7 @@ def test_one_copy_that_does_not_fit_says_what_to_do(model_and_pairs, monkeypatch
             raise torch.OutOfMemoryError("CUDA out of memory.")
         return real_run(self, copies)
 
-    monkeypatch.setattr(batched._Resumer, "run", run)
+    monkeypatch.setattr(batched.Resumer, "run", run)
     with pytest.raises(batched.SweepOutOfMemory, match=r"one patched copy.*3 prompts × 6 tokens.*bfloat16"):
         ap.sweep(model, pairs, "head", chunk=4)
     assert calls[2:] == [4, 2, 1] and ap.attached_hooks(model) == 0

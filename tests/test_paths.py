@@ -1,5 +1,4 @@
 """Path patching against the reference engine and against the algorithm written out by hand."""
-import dataclasses
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ import xarray as xr
 
 import actpatch as ap
 from actpatch import hooks
-from actpatch.engine import collect, paths
+from actpatch.engine import paths
 from actpatch.sites import SiteError
 from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
 
@@ -44,9 +43,7 @@ def test_paths_to_every_receiver_are_the_sender_patched_outright(family, directi
 def noise_pairs(model):
     """A Gaussian-noise corruption of tiny pairs, with answers the noisy run moves most."""
     pairs = ap.gaussian_noise(model, tiny_pairs(), [1, 3])
-    base = collect.baseline(model, pairs, check=False)
-    shift = base.clean_logits - base.corrupt_logits
-    return dataclasses.replace(pairs, answers=shift.argmax(-1), wrong=shift.argmin(-1))
+    return with_answers(model, pairs)[1]
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

@@ -80,8 +80,8 @@ def test_equal_tokens_at_layer_0_are_exactly_zero_in_bfloat16():
 
 def test_memory_estimate_follows_the_dtype():
     _, pairs = tiny_model("llama"), tiny_pairs()
-    full = batched._bytes_per_copy(tiny_model("llama"), pairs)
-    half = batched._bytes_per_copy(tiny_model("llama", torch.bfloat16), pairs)
+    full = batched._bytes_per_copy(tiny_model("llama"), pairs.corrupt_run)
+    half = batched._bytes_per_copy(tiny_model("llama", torch.bfloat16), pairs.corrupt_run)
     logits = 4 * len(pairs) * tiny_model("llama").dims.vocab  # float32 whatever the weights
     assert half - logits == pytest.approx((full - logits) / 2)
 

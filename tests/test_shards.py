@@ -17,18 +17,50 @@ import actpatch as ap
 from actpatch import cli
 from actpatch.engine import shards
 from actpatch.engine.plan import plan
+from actpatch.engine.spec import SweepSpec
 from tiny import tiny_model, tiny_pairs, with_answers
+
+
+FAULTS_FOLDER = "ACTPATCH_TEST_SHARD_FAULTS"
+# Started in every Ray worker (sitecustomize.py on the workers' PYTHONPATH): each shard run leaves a
+# file `ran-<direction>-<shard>-<pid>-<ns>` in the faults folder, and a file `kill-<shard>` makes the
+# worker that picks up that shard delete it and SIGKILL itself (so the shard dies once, then runs on
+# the restarted worker). The library itself holds no such code.
+WORKER_FAULTS = """
+import os, signal, sys, time
+from pathlib import Path
+folder = os.environ.get("%s")
+if folder and "default_worker" in (sys.argv[0] if sys.argv else ""):
+    from actpatch.engine import shards
+    original = shards._ShardWorker.run
+    def run(self, number, the_plan, indices):
+        (Path(folder) / f"ran-{the_plan.direction}-{number}-{os.getpid()}-{time.time_ns()}").touch()
+        try:
+            (Path(folder) / f"kill-{number}").unlink()
+        except FileNotFoundError:
+            return original(self, number, the_plan, indices)
+        os.kill(os.getpid(), signal.SIGKILL)
+    shards._ShardWorker.run = run
+""" % FAULTS_FOLDER
 
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory):
-    """A local Ray of 2 CPUs whose workers see the fault-injection folder; shut down after the module."""
+    """A local Ray of 2 CPUs whose workers run WORKER_FAULTS; shut down after the module."""
     folder = tmp_path_factory.mktemp("shard-faults")
-    os.environ[shards.FAULTS_FOLDER] = str(folder)  # before ray.init: the workers inherit it
+    startup = tmp_path_factory.mktemp("worker-startup")
+    (startup / "sitecustomize.py").write_text(WORKER_FAULTS)
+    saved_env = {key: os.environ.get(key) for key in (FAULTS_FOLDER, "PYTHONPATH")}
+    os.environ[FAULTS_FOLDER] = str(folder)  # before ray.init: the workers inherit both
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(startup), saved_env["PYTHONPATH"]) if p)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield folder
     ray.shutdown()
-    del os.environ[shards.FAULTS_FOLDER]
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +147,14 @@ def test_a_worker_that_keeps_dying_fails_the_sweep_naming_its_shard(faults, save
 
 def test_split_cuts_by_position_then_layer():
     model, pairs = with_answers(tiny_model("llama"), tiny_pairs(batch=3, seq=6))
-    the_plan = plan(model, pairs, "resid_pre", direction="denoise", layers=None, positions="each", heads=None, neurons=None)
-    pieces = shards.split(list(range(12)), the_plan, pairs, 4)
+    the_plan = plan(model, pairs, SweepSpec("resid_pre", positions="each"))
+    pieces = shards.split(list(range(12)), the_plan, 4)
     assert [len(p) for p in pieces] == [3, 3, 3, 3]
     assert sorted(i for p in pieces for i in p) == list(range(12))
     # Sites are layer-major (layer 0: positions 0..5, layer 1: positions 0..5); shard 0 holds
     # positions 0 and 1 of both layers, so its worker records the target at two positions only.
     assert {the_plan.sites[i].pos for i in pieces[0]} == {0, 1}
-    assert len(shards.split([2, 7], the_plan, pairs, 16)) == 2  # never an empty shard
+    assert len(shards.split([2, 7], the_plan, 16)) == 2  # never an empty shard
 
 
 def test_a_model_built_in_memory_is_refused_with_the_fix():

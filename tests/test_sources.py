@@ -48,10 +48,10 @@ def test_zero_and_mean_ablation_equal_hand_written_values():
 
 def test_mean_over_a_reference_set_uses_those_prompts():
     model, pairs = with_answers(tiny_model("llama"), tiny_pairs(batch=3, seed=1))
-    reference = tiny_pairs(batch=5, seed=7)
+    mean_over = tiny_pairs(batch=5, seed=7)
     site = ap.Site("mlp_out", 1)
-    mean = ap.capture(model, reference.clean, [site])[site].mean(0, keepdim=True).expand(len(pairs), -1, -1)
-    result = ap.sweep(model, pairs, "mlp_out", layers=[1], positions="all", direction="noise", ablation="mean", reference=reference)
+    mean = ap.capture(model, mean_over.clean, [site])[site].mean(0, keepdim=True).expand(len(pairs), -1, -1)
+    result = ap.sweep(model, pairs, "mlp_out", layers=[1], positions="all", direction="noise", ablation="mean", mean_over=mean_over)
     assert result.sel(metric="logit_diff", layer=1).item() == pytest.approx(by_hand(model, pairs, {site: mean}), abs=1e-5)
     batch_mean = ap.sweep(model, pairs, "mlp_out", layers=[1], positions="all", direction="noise", ablation="mean")
     assert not np.isclose(result.sel(metric="logit_diff").item(), batch_mean.sel(metric="logit_diff").item())
@@ -72,8 +72,8 @@ def test_resample_gives_each_prompt_another_prompts_value():
 @pytest.mark.parametrize("call, message", [
     (dict(direction="denoise", ablation="zero"), "which is noising: pass direction='noise'"),
     (dict(direction="noise", ablation="median"), "ablation must be one of"),
-    (dict(direction="noise", ablation="zero", reference="x"), "ablation='mean' does not use it|reference= sets"),
-    (dict(direction="noise", reference="x"), "reference= is only used by ablation='mean'"),
+    (dict(direction="noise", ablation="zero", mean_over="x"), "ablation='mean' does not use it|mean_over= sets"),
+    (dict(direction="noise", mean_over="x"), "mean_over= is only used by ablation='mean'"),
 ])
 def test_bad_ablation_arguments_say_what_to_do(call, message):
     model, pairs = with_answers(tiny_model("llama"), tiny_pairs())

@@ -90,3 +90,10 @@ def averaged(logits: Tensor, baseline: Baseline) -> dict[str, float]:
     corrupt = float(baseline.corrupt_logit_diff.mean())
     values["norm_logit_diff"] = (values["logit_diff"] - corrupt) / (clean - corrupt)
     return values
+
+
+def answer_rank(logits: Tensor, answers: Tensor) -> Tensor:
+    """Each prompt's answer's rank among the vocabulary (1: the top prediction), (batch,)."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    chosen = logits[rows, answers.to(logits.device)]
+    return (logits > chosen.unsqueeze(-1)).sum(-1) + 1

@@ -4,6 +4,7 @@ Validation lives here so that every engine can trust its input: equal token leng
 must mean the same thing in both runs), single-token answers, nothing empty."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -50,12 +51,44 @@ class PromptPairs:
     # (batch, pos, d_model) added to the first layer's input of every corrupt run: the Gaussian-noise
     # corruption, whose corrupt tokens are the clean ones (see actpatch.noise).
     corrupt_noise: Tensor | None = None
+    task: str | None = None  # the generator that made them ("ioi", "factual", ...), for provenance
+    seed: int | None = None  # its seed
 
     def __post_init__(self) -> None:
         _validate_ids(self)
 
     def __len__(self) -> int:
         return self.clean.shape[0]
+
+    def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> "PromptPairs":
+        """The pairs at `index` (`pairs[:4]`, `pairs[[0, 2]]`, `pairs[3]`), named positions, text and
+        input noise included; always a batch, so `pairs[3]` is one pair."""
+        rows = torch.arange(len(self))[index].reshape(-1)
+        if rows.numel() == 0:
+            raise PairsError(f"pairs[{index!r}] selects no prompts; these pairs hold {len(self)}")
+        picked = [int(i) for i in rows]
+
+        def texts(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
+            return None if values is None else tuple(values[i] for i in picked)
+
+        return dataclasses.replace(
+            self, clean=self.clean[rows], corrupt=self.corrupt[rows], answers=self.answers[rows], wrong=self.wrong[rows],
+            clean_text=texts(self.clean_text), corrupt_text=texts(self.corrupt_text),
+            positions={name: where[rows] for name, where in self.positions.items()},
+            corrupt_noise=None if self.corrupt_noise is None else self.corrupt_noise[rows],
+        )
+
+    def __repr__(self) -> str:
+        about = [f"{len(self)} prompts × {self.seq_len} tokens"]
+        about += [f"{name}={value!r}" for name, value in (("task", self.task), ("corruption", self.corruption)) if value]
+        if self.positions:
+            about.append(f"positions=[{', '.join(self.positions)}]")
+        if self.corrupt_noise is not None:
+            about.append("input noise on the corrupt run")
+        lines = [f"PromptPairs({', '.join(about)})"]
+        if self.clean_text:
+            lines += [f"  clean[0]:   {self.clean_text[0]!r}", f"  corrupt[0]: {self.corrupt_text[0]!r}"]
+        return "\n".join(lines)
 
     @property
     def seq_len(self) -> int:
@@ -82,6 +115,8 @@ class PromptPairs:
         *,
         positions: dict[str, Sequence[int]] | None = None,
         corruption: str | None = None,
+        task: str | None = None,
+        seed: int | None = None,
     ) -> list["PromptPairs"]:
         """Prompts of different token lengths as one PromptPairs per length (shortest first, order
         kept within each), for `sweep`, which pools the groups exactly at named positions."""
@@ -100,6 +135,7 @@ class PromptPairs:
             groups.append(cls.from_strings(
                 model, pick(clean), pick(corrupt), pick(answers), pick(wrong),
                 positions={name: pick(list(where)) for name, where in (positions or {}).items()}, corruption=corruption,
+                task=task, seed=seed,
             ))
         return groups
 
@@ -114,6 +150,8 @@ class PromptPairs:
         *,
         positions: dict[str, Sequence[int]] | None = None,
         corruption: str | None = None,
+        task: str | None = None,
+        seed: int | None = None,
     ) -> "PromptPairs":
         """Tokenize with the model's tokenizer defaults; answers must be single tokens (mind the leading space)."""
         clean_ids, corrupt_ids = _checked_tokens(model, clean, corrupt, answers, wrong)
@@ -132,6 +170,8 @@ class PromptPairs:
             corrupt_text=tuple(corrupt),
             positions={k: torch.as_tensor(v, dtype=torch.long) for k, v in (positions or {}).items()},
             corruption=corruption,
+            task=task,
+            seed=seed,
         )
 
 

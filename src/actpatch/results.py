@@ -17,6 +17,8 @@ import xarray as xr
 
 from actpatch.atomic import write_atomically
 from actpatch.metrics import METRICS
+from actpatch.models.model import Model, weights_fingerprint
+from actpatch.pairs import PromptPairs
 from actpatch.sites import Site, unit_dim
 
 _ATTRS_KEY = "actpatch_provenance"  # netCDF attrs are flat; provenance travels as one JSON string
@@ -58,9 +60,85 @@ def assemble(
     if pos_tokens and not every_position:
         for name, tokens in pos_tokens.items():
             result = result.assign_coords({name: ("pos", tokens)})
+    if not every_position:
+        # Which swept positions were named ("S2") rather than indices: `sites` reads them back.
+        result = result.assign_coords(pos_named=("pos", [isinstance(p, str) for p in positions]))
     result.attrs.update(provenance)
-    result.attrs["positions"] = "all" if every_position else "each"
+    result.attrs.setdefault("positions", "all" if every_position else "each")
     return result
+
+
+def sites(result: xr.DataArray) -> list[Site]:
+    """The sites a result's cells were patched at, in the order of its flattened non-metric
+    dimensions (`layer`, then the unit, then `pos`): the inverse of `assemble`.
+
+    Named positions come back as their names (resolved prompt by prompt when patched again), index
+    positions as indices, from the coordinates `assemble` wrote; nothing is parsed from strings."""
+    kind = result.attrs.get("site")
+    if kind is None:
+        raise ValueError("this result has no attrs['site']: sites() reads results made by actpatch (sweep, attribute)")
+    unit = unit_dim(kind)
+    layers = [int(l) for l in result["layer"].values]
+    units = [int(u) for u in result[unit].values] if unit else [None]
+    if "pos" in result.dims:
+        labels = result["pos"].values
+        named = result["pos_named"].values if "pos_named" in result.coords else [isinstance(p, str) for p in labels]
+        indices = result["pos_index"].values if "pos_index" in result.coords else labels
+        positions = [str(label) if is_named else int(index) for label, is_named, index in zip(labels, named, indices)]
+    else:
+        positions = [None]
+    found = []
+    for layer in layers:
+        for u in units:
+            for p in positions:
+                head = u if unit in ("head", "kv_head") else None
+                neuron = u if unit == "neuron" else None
+                found.append(Site(kind, layer, head=head, neuron=neuron, pos=p))
+    return found
+
+
+def baselines(attrs: dict[str, Any], metric: str) -> tuple[float, float]:
+    """(clean, corrupt) unpatched values of `metric` a result carries (norm_logit_diff: 1 and 0)."""
+    if metric in attrs.get("baseline_clean", {}) and metric in attrs.get("baseline_corrupt", {}):
+        return float(attrs["baseline_clean"][metric]), float(attrs["baseline_corrupt"][metric])
+    if metric == "norm_logit_diff":
+        return 1.0, 0.0
+    raise ValueError(f"the result carries no baselines to measure {metric!r} from; use norm_logit_diff")
+
+
+def effects(attrs: dict[str, Any], values: Any, metric: str, direction: str | None = None) -> np.ndarray:
+    """Each patch's effect: how far it moved `metric` from the unpatched target run, counted towards
+    the source run (denoising: up from the corrupt baseline; noising: down from the clean one).
+
+    The one reading of "effect" that rankings, sensitivity, labels and verification share: 0 is
+    "changed nothing" in either direction, and positive helps the source run's answer."""
+    direction = direction or attrs.get("direction")
+    if direction not in ("denoise", "noise"):
+        raise ValueError("the result does not say its direction (attrs['direction']); select one direction first")
+    clean, corrupt = baselines(attrs, metric)
+    values = np.asarray(values, dtype=float)
+    return values - corrupt if direction == "denoise" else clean - values
+
+
+def provenance(model: Model, pairs: PromptPairs, *, analysis: str, **extra: Any) -> dict[str, Any]:
+    """What made a result, the same for every analysis: the model (name, where it was loaded from,
+    a fingerprint of its weights), the prompts (task, seed, corruption, text, count), the package
+    versions, and `extra` (the analysis's own arguments and checks)."""
+    return {
+        "analysis": analysis,
+        "model": model.name,
+        "model_source": model.provenance,
+        "weights_fingerprint": weights_fingerprint(model),
+        "task": pairs.task or "",
+        "seed": -1 if pairs.seed is None else pairs.seed,
+        "corruption": pairs.corruption or "",
+        "n_prompts": len(pairs),
+        "seq_len": pairs.seq_len,
+        "clean_prompts": list(pairs.clean_text or []),
+        "corrupt_prompts": list(pairs.corrupt_text or []),
+        "versions": versions(),
+        **extra,
+    }
 
 
 def versions() -> dict[str, str]:

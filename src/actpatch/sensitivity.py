@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import xarray as xr
 
-from actpatch.engine.sweep import sweep
+from actpatch.engine.sweep import stacked, sweep
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs
 
@@ -27,4 +27,4 @@ def sweep_corruptions(model: Model, pairs_by_corruption: Mapping[str, PromptPair
         raise PairsError("pairs_by_corruption is empty: give at least one {corruption name: PromptPairs}")
     names = list(pairs_by_corruption)
     parts = [sweep(model, pairs_by_corruption[name], site, **options) for name in names]
-    return xr.concat(parts, dim="corruption", combine_attrs="drop_conflicts").assign_coords(corruption=names)
+    return stacked(parts, "corruption", names)

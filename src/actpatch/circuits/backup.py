@@ -91,8 +91,8 @@ def backup_report(
         parts.append(flagged)
     columns = ["ablated", "ablated_effect", "component", "before", "after", "growth"]
     report = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-    report.attrs.update({"ablated": [str(c) for c in tried], "effect": effect, "threshold": threshold, "metric": metric,
-                         "ablation": ablation or "corrupt"})
+    report.attrs.update(study.ablator.provenance("noise", analysis="backup_report", ablated=[str(c) for c in tried],
+                                                 effect=effect, threshold=threshold, metric=metric))
     return report
 
 
@@ -134,8 +134,10 @@ class _Backup:
         table = pd.DataFrame(rows, columns=["component", "before", "after", "growth"]).set_index("component")
         table["compensates"] = table["growth"] >= threshold
         table = table.sort_values("growth", ascending=False, kind="stable")
-        table.attrs.update({"ablated": str(component), "ablated_effect": self.clean_score - self._score(self.ablator.run(world)),
-                            "effect": self.effect, "threshold": threshold, "metric": self.metric})
+        table.attrs.update(self.ablator.provenance(
+            "noise", analysis="backup", ablated=str(component),
+            ablated_effect=self.clean_score - self._score(self.ablator.run(world)),
+            effect=self.effect, threshold=threshold, metric=self.metric))
         return table
 
     @torch.no_grad()
@@ -147,7 +149,7 @@ class _Backup:
         if self.effect == "direct":
             base = {whole(s): paths.compose(self.clean[whole(s)], v, s.pos, self.pairs.positions) for s, v in world.items()}
             frozen = paths.Paths(self.model, [chosen[0]], ["logits"]).needed_target_sites()
-            target = paths.Target(self.model, paths.Run(self.pairs.clean), self.pairs.positions, frozen, base=base)
+            target = paths.Target(self.model, self.pairs.clean_run, self.pairs.positions, frozen, base=base)
             own = self._score(self.ablator.run(world))
             return {c: own - self._score(target.logits({c: self.ablator.off[whole(c)]}, paths.Paths(self.model, [c], ["logits"])))
                     for c in tqdm(chosen, **bar)}

@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import xarray as xr
 
+from actpatch import results
 from actpatch.models.model import Model
 from actpatch.sites import Site, SiteError, validate
 
@@ -69,8 +70,7 @@ def default_universe(model: Model, sites: Sequence[Site]) -> list[Site]:
 def sites_of(result: xr.DataArray, metric: str) -> tuple[list[Site], np.ndarray]:
     """The components a sweep (or attribution) result covers, and their values of `metric`, flat.
 
-    The result must be of one direction and one corruption; `pos` labels that are digits are read
-    back as indices."""
+    The result must be of one direction and one corruption."""
     kind = result.attrs.get("site")
     if kind not in ("head", "mlp_out"):
         raise SiteError(f"a ranking is read from a 'head' or 'mlp_out' result; this one is of {kind!r}")
@@ -82,14 +82,5 @@ def sites_of(result: xr.DataArray, metric: str) -> tuple[list[Site], np.ndarray]
     dims = [d for d in ("layer", "head", "pos") if d in values.dims]
     if unknown := [d for d in values.dims if d not in dims]:
         raise ValueError(f"cannot read components across the dimension(s) {unknown}")
-    flat = values.transpose(*dims).stack(site=dims)
-    sites = []
-    for key in flat.indexes["site"]:
-        coords = dict(zip(dims, key if isinstance(key, tuple) else (key,)))
-        pos = coords.get("pos")
-        if isinstance(pos, str) and pos.lstrip("-").isdigit():
-            pos = int(pos)
-        elif isinstance(pos, (np.integer, int)):
-            pos = int(pos)
-        sites.append(Site(kind, int(coords["layer"]), head=int(coords["head"]) if "head" in coords else None, pos=pos))
-    return sites, np.asarray(flat.values, dtype=float)
+    # results.sites lists cells in (layer, head, pos) order, as this transpose flattens them.
+    return results.sites(values), np.asarray(values.transpose(*dims).values, dtype=float).reshape(-1)

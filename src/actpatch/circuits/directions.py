@@ -7,10 +7,12 @@ restores the answer (OR) but neither is missed alone, while two components neede
 are each missed but neither restores it alone (Heimersheim & Nanda 2024)."""
 from __future__ import annotations
 
+
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from actpatch import results
 from actpatch.circuits.components import sites_of
 
 BOTH = "necessary and sufficient"
@@ -38,10 +40,10 @@ def label_directions(
     pass 0.5 alone, hence the low defaults; raise them for a stricter reading."""
     if "direction" not in result.dims or not {"denoise", "noise"} <= set(result["direction"].values.tolist()):
         raise ValueError("label_directions needs both directions: sweep with direction=['denoise', 'noise']")
-    clean, corrupt = _baselines(result, metric)
     sites, denoised = sites_of(result.sel(direction="denoise"), metric)
     _, noised = sites_of(result.sel(direction="noise"), metric)
-    sufficiency, necessity = denoised - corrupt, clean - noised
+    sufficiency = results.effects(result.attrs, denoised, metric, "denoise")
+    necessity = results.effects(result.attrs, noised, metric, "noise")
     labels = np.where(sufficiency >= sufficient, np.where(necessity >= necessary, BOTH, OR_LIKE),
                       np.where(necessity >= necessary, AND_LIKE, NEITHER))
     table = pd.DataFrame({"component": [str(s) for s in sites], "sufficiency": sufficiency, "necessity": necessity,
@@ -50,12 +52,3 @@ def label_directions(
     table = table.iloc[np.argsort(-strength, kind="stable")]
     table.attrs.update({"sufficient": sufficient, "necessary": necessary, "metric": metric})
     return table
-
-
-def _baselines(result: xr.DataArray, metric: str) -> tuple[float, float]:
-    attrs = result.attrs
-    if metric in attrs.get("baseline_clean", {}) and metric in attrs.get("baseline_corrupt", {}):
-        return float(attrs["baseline_clean"][metric]), float(attrs["baseline_corrupt"][metric])
-    if metric == "norm_logit_diff":
-        return 1.0, 0.0
-    raise ValueError(f"the result carries no baselines for {metric!r}; use norm_logit_diff")

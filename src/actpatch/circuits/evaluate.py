@@ -21,13 +21,11 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from actpatch import hooks, metrics
+from actpatch import hooks, metrics, results
 from actpatch.circuits.components import checked, default_universe, whole
-from actpatch.engine import collect
-from actpatch.engine.paths import Run, forward_inputs
-from actpatch.engine.plan import ABLATIONS, DIRECTIONS, Direction
-from actpatch.engine.plan import Ablation as PlanAblation
-from actpatch.engine.sources import RESAMPLE_SEED, derangement
+from actpatch.engine import checks, collect, sources
+from actpatch.engine.spec import ABLATIONS, DIRECTIONS, Direction
+from actpatch.engine.spec import Ablation as PlanAblation
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site, SiteError
@@ -75,12 +73,15 @@ class Ablator:
         if at_positions := [s for s in self.universe if s.pos is not None]:
             raise SiteError(f"components are whole components (every position); got {at_positions[0]}")
         with torch.no_grad():
-            if ablation is None:
-                with forward_inputs(model, Run(pairs.corrupt, pairs.corrupt_noise)) as tokens:
-                    self.off = hooks.capture(model, tokens, self.universe, positions=pairs.positions)
-            else:
-                self.off = _ablated(hooks.capture(model, pairs.clean, self.universe, positions=pairs.positions), ablation)
             self.base = collect.baseline(model, pairs)
+            clean = sources.captured(model, pairs.clean_run, self.universe)
+            # The no-op patch through this evaluation's own path: every component at its clean value.
+            self.self_checks = {"noop_patch_error": checks.same_run_error(model, self.run(clean), self.base, "noise")}
+            if ablation is None:
+                self.off = sources.captured(model, pairs.corrupt_run, self.universe)
+            else:
+                self.off = sources.ablate(clean, ablation)
+            del clean
 
     def result(self, circuit: Sequence[Site], direction: Direction) -> xr.DataArray:
         values = metrics.averaged(self.logits(circuit, direction), self.base)
@@ -89,18 +90,21 @@ class Ablator:
         result.attrs.update(self.provenance(direction, circuit=[str(s) for s in circuit]))
         return result
 
-    def provenance(self, direction: Direction, **extra) -> dict:
-        return {
-            "model": self.model.name,
-            "direction": direction,
-            "ablation": self.ablation or "corrupt",
-            "components": [str(s) for s in self.universe],
-            "n_prompts": len(self.pairs),
-            "corruption": self.pairs.corruption or "",
-            "baseline_clean": metrics.averaged(self.base.clean_logits, self.base),
-            "baseline_corrupt": metrics.averaged(self.base.corrupt_logits, self.base),
+    def provenance(self, direction: Direction, *, analysis: str = "evaluate_circuit", **extra) -> dict:
+        """The provenance every circuit result carries: `ablation` is the argument that reproduces it
+        (None: the corrupt run's values), `source` names the values as sweeps do."""
+        return results.provenance(
+            self.model, self.pairs, analysis=analysis,
+            direction=direction,
+            ablation=self.ablation,
+            source=self.ablation or "corrupt",
+            components=[str(s) for s in self.universe],
+            baseline_clean=metrics.averaged(self.base.clean_logits, self.base),
+            baseline_corrupt=metrics.averaged(self.base.corrupt_logits, self.base),
+            self_checks=self.self_checks,
+            self_check_tolerance=checks.tolerance(next(self.model.hf.parameters()).dtype),
             **extra,
-        }
+        )
 
     def score(self, circuit: Sequence[Site], direction: Direction, metric: str) -> float:
         return metrics.averaged(self.logits(circuit, direction), self.base)[metric]
@@ -129,21 +133,11 @@ class Ablator:
     def run(self, patches: dict[Site, Tensor], names: dict | None = None) -> Tensor:
         """Final-position logits of the clean prompt with `patches` written in."""
         with hooks.patch(self.model, patches, positions=names or self.pairs.positions):
-            return self.model.last_logits(self.pairs.clean)
+            return self.model.last_logits(self.pairs.clean_run)
 
     def ablated(self, component: Site) -> dict[Site, Tensor]:
         """Patches that ablate one component (at its position, or everywhere)."""
         return at_positions(whole(component), self.off[whole(component)], [component.pos], self.pairs.positions)
-
-
-def _ablated(clean: dict[Site, Tensor], ablation: str) -> dict[Site, Tensor]:
-    """The clean run's values ablated as sweeps ablate them (`engine/sources.py`)."""
-    if ablation == "zero":
-        return {s: torch.zeros_like(v) for s, v in clean.items()}
-    if ablation == "resample":
-        order = derangement(next(iter(clean.values())).shape[0], RESAMPLE_SEED)
-        return {s: v[order] for s, v in clean.items()}
-    return {s: v.mean(0, keepdim=True).expand_as(v).clone() for s, v in clean.items()}
 
 
 def at_positions(component: Site, value: Tensor, where: list, positions) -> dict[Site, Tensor]:

@@ -5,6 +5,7 @@ time, and read how much of the behaviour each size recovers. The smallest circui
 chosen recovery (0.8, 0.9) is then one reading of that curve, and the curve shows what it costs."""
 from __future__ import annotations
 
+
 import logging
 from typing import Literal, Sequence
 
@@ -12,7 +13,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from actpatch import metrics
+from actpatch import metrics, results
 from actpatch.circuits.components import checked, default_universe, sites_of
 from actpatch.circuits.evaluate import Ablation, Ablator
 from actpatch.engine.plan import Direction
@@ -45,7 +46,7 @@ def ranking(
     if not isinstance(source, xr.DataArray):
         return [Site.parse(s) if isinstance(s, str) else s for s in source]
     sites, values = sites_of(source, metric)
-    effects = _effects(source, values, metric)
+    effects = results.effects(source.attrs, values, metric)
     keep = ~np.isnan(effects)
     strength = effects if order == "effect" else np.abs(effects)
     ordered = np.argsort(-strength[keep], kind="stable")
@@ -87,7 +88,7 @@ def pareto_frontier(
     labels = [str(ranked[k - 1]) if k else "" for k in sizes]
     result = xr.DataArray(values, dims=["metric", "size"], name="circuit_performance",
                           coords={"metric": list(metrics.METRICS), "size": sizes, "component": ("size", labels)})
-    result.attrs.update(ablator.provenance(direction, ranking=[str(s) for s in ranked]))
+    result.attrs.update(ablator.provenance(direction, analysis="pareto_frontier", ranking=[str(s) for s in ranked]))
     return result
 
 
@@ -103,18 +104,3 @@ def smallest_circuit(frontier: xr.DataArray, recovery: float = 0.8, *, metric: s
         return None
     size = int(frontier["size"].values[int(np.argmax(reached))])
     return [Site.parse(s) for s in frontier.attrs["ranking"][:size]]
-
-
-def _effects(result: xr.DataArray, values: np.ndarray, metric: str) -> np.ndarray:
-    """Signed effect of each patch: how far it moves the metric from the target run's value."""
-    direction = result.attrs.get("direction")
-    if direction not in ("denoise", "noise"):
-        raise ValueError("the result does not say its direction (attrs['direction']); rank it by hand and pass a list")
-    key = "baseline_corrupt" if direction == "denoise" else "baseline_clean"
-    if key in result.attrs and metric in result.attrs[key]:
-        target = float(result.attrs[key][metric])
-    elif metric == "norm_logit_diff":
-        target = 0.0 if direction == "denoise" else 1.0
-    else:
-        raise ValueError(f"the result carries no {key} to measure {metric!r} from; use norm_logit_diff")
-    return values - target if direction == "denoise" else target - values

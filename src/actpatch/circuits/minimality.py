@@ -46,6 +46,6 @@ def minimality(
         drop = sign * (full - without)
         rows.append({"component": str(member), "without": without, "drop": drop, "passenger": drop < threshold})
     table = pd.DataFrame(rows, columns=["component", "without", "drop", "passenger"]).set_index("component")
-    table.attrs.update({"circuit_score": full, "threshold": threshold, "metric": metric, "direction": direction,
-                        "ablation": ablation or "corrupt"})
+    table.attrs.update(ablator.provenance(direction, analysis="minimality", circuit=[str(m) for m in members],
+                                          circuit_score=full, threshold=threshold, metric=metric))
     return table

@@ -7,9 +7,12 @@ model (Heimersheim & Nanda 2024), so such components are listed, not averaged aw
 themselves come from `actpatch.sweep_corruptions`."""
 from __future__ import annotations
 
+
 import numpy as np
 import pandas as pd
 import xarray as xr
+
+from actpatch import results
 
 
 
@@ -36,8 +39,10 @@ def sensitivity_report(result: xr.DataArray, *, threshold: float = 0.1, metric: 
     # Any site kind: a component is one cell of the sweep, named like a Site ("resid_pre[layer=3, pos=IO]").
     labels = [f"{kind}[{', '.join(f'{d}={v}' for d, v in zip(dims, key if isinstance(key, tuple) else (key,)))}]"
               for key in flat.indexes["component"]] if dims else [kind]
-    effects = {name: _effect(np.asarray(flat.values[i], dtype=float), result.attrs.get("direction"), metric)
-               for i, name in enumerate(names)}
+    # The normalised metric is read as an effect (each corruption on its own clean−corrupt scale);
+    # other metrics are compared as raw values, since each corruption has its own baselines.
+    effects = {name: results.effects({}, flat.values[i], metric, result.attrs.get("direction"))
+               if metric == "norm_logit_diff" else np.asarray(flat.values[i], dtype=float) for i, name in enumerate(names)}
     table = pd.DataFrame({"component": labels, **effects}).set_index("component")
     stacked = table[names].to_numpy()
     table["spread"] = stacked.max(axis=1) - stacked.min(axis=1)
@@ -46,11 +51,3 @@ def sensitivity_report(result: xr.DataArray, *, threshold: float = 0.1, metric: 
     flagged = table[table["spread"] >= threshold].sort_values("spread", ascending=False, kind="stable")
     flagged.attrs.update({"threshold": threshold, "metric": metric, "corruptions": names, "direction": result.attrs.get("direction")})
     return flagged
-
-
-def _effect(values: np.ndarray, direction: str | None, metric: str) -> np.ndarray:
-    if metric != "norm_logit_diff":
-        return values
-    if direction not in ("denoise", "noise"):
-        raise ValueError("the result does not say its direction (attrs['direction']); select one direction before reporting")
-    return values if direction == "denoise" else 1.0 - values

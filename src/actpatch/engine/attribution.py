@@ -20,8 +20,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from actpatch import hooks, metrics
-from actpatch.engine import collect, sources
-from actpatch.engine.plan import Ablation, Direction, Positions, SweepPlan, plan
+from actpatch.engine import checks, collect, runner, sources
+from actpatch.engine.plan import SweepPlan, plan
+from actpatch.engine.spec import Ablation, Direction, Positions, SweepSpec
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site
@@ -68,12 +69,12 @@ def attribute(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if graddrop and method == "ig":
         raise ValueError("graddrop goes with method='atp' or 'atp*', not with integrated gradients")
-    the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads,
-                    neurons=neurons, ablation=ablation)
+    the_plan = plan(model, pairs, SweepSpec(site, direction, layers=layers, positions=positions, heads=heads,
+                                            neurons=neurons, ablation=ablation, progress=progress))
     if ablation is not None and (method == "ig" or (method == "atp*" and the_plan.kind in ("q", "k"))):
         raise ValueError(f"method={method!r} needs a source run (to interpolate inputs, or to recompute softmaxes from its "
                          f"q and k); ablation={ablation!r} has none: use method='atp'")
-    collect.baseline(model, pairs, check=check_baseline)
+    checked = collect.baseline(model, pairs, check=check_baseline)
     alphas = [0.0] if method != "ig" else [i / steps for i in range(steps)]
     qk_fix = method == "atp*" and the_plan.kind in ("q", "k")
     # The softmax fix needs each affected pattern and its gradient, at every head of the layers.
@@ -81,11 +82,10 @@ def attribute(
     eager = the_plan.kind == "pattern" or qk_fix
     with hooks.eager_attention(model) if eager else nullcontext():
         with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as source_qk:
-            source = sources.source_values(model, pairs, the_plan, the_plan.sites)
+            source = sources.source_values(model, the_plan, the_plan.sites)
         with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as target_qk:
             target_logits, target_values, grads, dropped = _mean_gradients(model, pairs, the_plan, alphas, patterns, graddrop, progress)
-        with hooks.add_to_input(model, the_plan.source_noise):
-            source_logits = model.last_logits(the_plan.source)
+        source_logits = model.last_logits(the_plan.source)
     clean_logits, corrupt_logits = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
     base = metrics.Baseline(clean_logits, corrupt_logits, pairs.answers, pairs.wrong)
     target_diff = float(metrics.logit_diff(target_logits.double(), pairs.answers, pairs.wrong).mean())
@@ -104,7 +104,8 @@ def attribute(
             # Kramár et al. average |ĉ_l| over the L layers and divide by L − 1.
             magnitudes = [abs(change(s, layer_grads)) for layer_grads in dropped]
             rows[-1][GRADDROP_METRIC] = sum(magnitudes) / max(1, len(magnitudes) - 1)
-    return _assemble(model, pairs, the_plan, rows, base, method, steps if method == "ig" else 1)
+    self_checks = {"target_run_error": checks.same_run_error(model, target_logits, checked, the_plan.direction)}
+    return _assemble(model, pairs, the_plan, rows, base, method, steps if method == "ig" else 1, self_checks)
 
 
 def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alphas: list[float], extra: list[Site],
@@ -115,8 +116,8 @@ def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alpha
     with torch.no_grad():
         # The first layer's input is these embeddings (plus position embeddings in GPT-2-style
         # models, added after), so a noise corruption's input noise can be added here.
-        target_embeds = _noised(embed(the_plan.target.to(model.device)), the_plan.target_noise)
-        source_embeds = _noised(embed(the_plan.source.to(model.device)), the_plan.source_noise)
+        target_embeds = _noised(embed(the_plan.target.tokens.to(model.device)), the_plan.target.noise)
+        source_embeds = _noised(embed(the_plan.source.tokens.to(model.device)), the_plan.source.noise)
     total: dict[Site, Tensor] = {}
     dropped: list[dict[Site, Tensor]] = []
     target_logits = target_values = None
@@ -125,7 +126,7 @@ def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alpha
     for alpha in alphas:
         inputs = (target_embeds + alpha * (source_embeds - target_embeds)).detach().requires_grad_(True)
         with torch.enable_grad(), hooks.drop_gradients(model) if graddrop else nullcontext() as drop, \
-                hooks.watch(model, the_plan.sites + extra, positions=pairs.positions) as watched:
+                hooks.watch(model, the_plan.sites + extra, positions=the_plan.target.positions) as watched:
             logits = model.hf(inputs_embeds=inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
             metric = metrics.logit_diff(logits.float(), pairs.answers, pairs.wrong).mean()
             metric.backward(retain_graph=graddrop)
@@ -187,10 +188,11 @@ def _softmax_recomputed_change(model: Model, site: Site, source_qk: dict, target
     return total
 
 
-def _assemble(model, pairs, the_plan, rows, base, method, steps) -> xr.DataArray:
+def _assemble(model, pairs, the_plan, rows, base, method, steps, self_checks) -> xr.DataArray:
     full_rows = [{m: row.get(m, np.nan) for m in metrics.METRICS} for row in rows]
     graddrop = GRADDROP_METRIC in rows[0]
-    result = collect.finish(model, pairs, the_plan, full_rows, base, {}, engine=method, per_prompt=False)
+    result = runner.assemble(model, pairs, the_plan, full_rows, base, self_checks, engine=method)
+    result.attrs["analysis"] = "attribute"
     result = result.sel(metric=list(ESTIMATED_METRICS))
     if graddrop:
         magnitudes = xr.zeros_like(result.isel(metric=[0])).assign_coords(metric=[GRADDROP_METRIC])

@@ -14,29 +14,25 @@ position embeddings are never re-implemented here.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
-import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 import torch
-import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from actpatch import hooks
-from actpatch.engine import checks, collect, sources
-from actpatch.engine.checkpoint import Checkpoint, fingerprint
-from actpatch.engine.plan import Ablation, Direction, Positions, SweepPlan, plan
+from actpatch.engine import checks, sources
+from actpatch.engine.plan import SweepPlan
+from actpatch.metrics import Baseline
 from actpatch.models.model import Model
-from actpatch.pairs import PromptPairs
+from actpatch.pairs import Run
 from actpatch.sites import Site
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations one chunk may hold; settable per sweep
-
 
 # Attention functions whose masks and caches the equality tests have covered (ours is eager's wrapper).
 PROVEN_ATTENTION = ("sdpa", "eager", hooks.PATTERN_ATTENTION)
@@ -54,118 +50,93 @@ def unsupported(model: Model) -> str | None:
     return None
 
 
-@torch.no_grad()
-def sweep(
-    model: Model,
-    pairs: PromptPairs,
-    site: str,
-    *,
-    direction: Direction = "denoise",
-    layers: Sequence[int] | None = None,
-    positions: Positions = None,
-    heads: Sequence[int] | None = None,
-    neurons: Sequence[int] | None = None,
-    per_prompt: bool = False,
-    progress: bool | None = None,
-    chunk: int | None = None,
-    memory_budget: int | None = None,
-    ablation: Ablation | None = None,
-    reference: PromptPairs | None = None,
-    check_baseline: bool = True,
-    checkpoint: str | os.PathLike | None = None,
-) -> xr.DataArray:
-    """The reference sweep's result, computed with stacked patches, layer resume and prefix reuse.
+class Batched:
+    """The batched engine, for `runner.run`: the reference sweep's rows from stacked, resumed copies.
 
-    `chunk` fixes how many patched copies share a forward; by default it is derived from
-    `memory_budget` (bytes, default 1 GiB) and the prompts' size. A chunk that runs out of memory
-    (or, when both are given, is estimated over `memory_budget`) is halved and retried, keeping the
-    chunks already done (docs/scale.md). `checkpoint` (a folder) keeps
-    every finished chunk's rows on disk and skips those already there (`engine/checkpoint.py`)."""
-    the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads,
-                    neurons=neurons, ablation=ablation, reference=reference)
-    if the_plan.kind == "pattern":
-        with hooks.eager_attention(model):
-            return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget, check_baseline, checkpoint)
-    return _sweep(model, pairs, the_plan, per_prompt, progress, chunk, memory_budget, check_baseline, checkpoint)
+    `spec.chunk` fixes how many patched copies share a forward; by default it is derived from
+    `spec.memory_budget` (bytes, default 1 GiB) and the prompts' size. A chunk that runs out of
+    memory (or, when both are given, is estimated over the budget) is halved and retried, keeping
+    the chunks already done (docs/scale.md)."""
+
+    name = "batched"
+
+    def start(self, model: Model, the_plan: SweepPlan, base: Baseline) -> "BatchedPatching":
+        return BatchedPatching(model, the_plan, base)
 
 
-def _sweep(model, pairs, the_plan: SweepPlan, per_prompt, progress, chunk, memory_budget, check_baseline, checkpoint) -> xr.DataArray:
-    base = collect.baseline(model, pairs, check=check_baseline)
-    store = None
-    if checkpoint is not None:
-        rows_hold = "metrics per prompt" if per_prompt else "metrics"
-        store = Checkpoint.open(checkpoint, fingerprint(model, pairs, the_plan, rows=rows_hold))
-    rows, self_checks, cost = patched_logits(model, pairs, the_plan, base, lambda logits: collect.row(logits, base, per_prompt=per_prompt),
-                                             progress=progress, chunk=chunk, memory_budget=memory_budget, checkpoint=store)
-    result = collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="batched", per_prompt=per_prompt)
-    result.attrs["cost"] = cost
-    return result
+class BatchedPatching:
+    """One plan's patched runs: `logits` for a single patch (the self-checks), `rows` for the sweep."""
+
+    def __init__(self, model: Model, the_plan: SweepPlan, base: Baseline):
+        self.model, self.plan, self.base = model, the_plan, base
+        self.resumer = Resumer(model, the_plan.target)
+        spec = the_plan.spec
+        self.size = spec.chunk if spec.chunk is not None else _chunk_size(model, the_plan.target, spec.budget)
+        # An explicit budget also bounds an explicit chunk: pieces estimated over it are halved first.
+        self.backoff = _BackOff(self.size, _bytes_per_copy(model, the_plan.target), spec.memory_budget)
+        self.cache: dict[Site, Tensor] | None = None  # source values, from `known`
+        self.noop: set[int] = set()
+
+    def logits(self, values: Mapping[Site, Tensor]) -> Tensor:
+        return self.resumer.run([dict(values)])[0]
+
+    def known(self, reduce: Callable[[Tensor], Any]) -> dict[int, Any]:
+        """Rows known without a patched run: a patch whose value equals the target's own changes
+        nothing (e.g. where clean and corrupt tokens agree, up to the first differing position), so
+        its logits are the target run's, exactly."""
+        the_plan = self.plan
+        self.cache = sources.source_values(self.model, the_plan, the_plan.sites)
+        own = sources.target_values(self.model, the_plan, the_plan.sites)
+        target_logits = self.base.corrupt_logits if the_plan.direction == "denoise" else self.base.clean_logits
+        self.noop = {i for i, s in enumerate(the_plan.sites) if torch.equal(self.cache[s], own[s])}
+        return {i: reduce(target_logits) for i in sorted(self.noop)}
+
+    def rows(self, reduce: Callable[[Tensor], Any], done: Collection[int]) -> Iterator[dict[int, Any]]:
+        """`reduce(final-position logits)` for each site not in `done`, a chunk at a time. Each
+        chunk's logits are reduced as soon as they are computed, so memory does not grow with the
+        number of patches."""
+        the_plan, runner = self.plan, self.resumer
+        if self.cache is None:
+            self.known(reduce)
+        runner.patch_tokens = 0  # count the sweep's own patches, not the self-checks'
+        order = sorted((i for i in range(len(the_plan.sites)) if i not in self.noop), key=lambda i: runner.entry(the_plan.sites[i]))
+        bar = tqdm(total=len(the_plan.sites), initial=len(self.noop | set(done)), desc=f"{the_plan.direction} {the_plan.kind}",
+                   disable=None if the_plan.spec.progress is None else not the_plan.spec.progress)
+        # Chunks are cut from the whole order, resumed or not, so a chunk left to run holds the same
+        # copies as in an uninterrupted run and gives the same numbers bit for bit.
+        for group in _chunks(order, the_plan.sites, runner, self.size):
+            if not (group := [i for i in group if i not in done]):
+                continue
+            outputs = self.backoff.run(runner, [{the_plan.sites[i]: self.cache[the_plan.sites[i]]} for i in group])
+            log.debug("chunk of %d patches from %s done", len(group), the_plan.sites[group[0]])
+            yield {i: reduce(logits) for i, logits in zip(group, outputs)}
+            bar.update(len(group))
+        bar.close()
+
+    def cost(self) -> dict[str, Any]:
+        return {
+            "patches": len(self.plan.sites),
+            "noop_patches_skipped": len(self.noop),
+            "chunk": self.backoff.size,  # after any halving for memory
+            # Recording the target at each split position (self-checks' included) plus the patched
+            # runs, in full target forwards; the reference engine's figure is `patches`.
+            "forward_equivalents": round(self.resumer.forward_equivalents, 3),
+        }
 
 
-def patched_logits(
-    model: Model,
-    pairs: PromptPairs,
-    the_plan: SweepPlan,
-    base,
-    reduce: Callable[[Tensor], Any],
-    *,
-    progress: bool | None = None,
-    chunk: int | None = None,
-    memory_budget: int | None = None,
-    checkpoint: Checkpoint | None = None,
-) -> tuple[list[Any], dict[str, float], dict[str, Any]]:
+def patched_logits(model: Model, the_plan: SweepPlan, base: Baseline,
+                   reduce: Callable[[Tensor], Any]) -> tuple[list[Any], dict[str, float], dict[str, Any]]:
     """`reduce(final-position logits)` for each of `the_plan.sites` (any list of one kind's sites),
-    the self-check errors, and the work done. Each chunk's logits are reduced as soon as they are
-    computed, so memory does not grow with the number of patches. With a `checkpoint`, rows it
-    holds are not recomputed, and each finished chunk's rows are appended to it."""
-    runner = _Resumer(model, the_plan.target, pairs.positions, the_plan.target_noise)
-
-    def one_patch(values: dict[Site, Tensor]) -> Tensor:
-        return runner.run([values])[0]
-
-    self_checks = checks.run(model, pairs, the_plan, base, one_patch)
-    runner.patch_tokens = 0  # count the sweep's own patches, not the self-checks'
-    cache = sources.source_values(model, pairs, the_plan, the_plan.sites)
-    size = _checked_chunk(chunk) if chunk is not None else _chunk_size(model, pairs, _checked_budget(memory_budget))
-    # An explicit budget also bounds an explicit chunk: pieces estimated over it are halved first.
-    backoff = _BackOff(size, _bytes_per_copy(model, pairs), _checked_budget(memory_budget) if memory_budget is not None else None)
-    # A patch whose value equals the target's own changes nothing (e.g. where clean and corrupt
-    # tokens agree, up to the first differing position): its logits are the target run's, exactly.
-    own = sources.target_values(model, pairs, the_plan, the_plan.sites)
-    target_logits = base.corrupt_logits if the_plan.direction == "denoise" else base.clean_logits
-    noop = reduce(target_logits)
-    reduced: dict[int, Any] = {i: noop for i, s in enumerate(the_plan.sites) if torch.equal(cache[s], own[s])}
-    del own
-    order = sorted((i for i in range(len(the_plan.sites)) if i not in reduced), key=lambda i: runner.entry(the_plan.sites[i]))
-    # Chunks are cut from the whole order, resumed or not, so a chunk left to run holds the same
-    # copies as in an uninterrupted run and gives the same numbers bit for bit.
-    pending = set(order)
-    finished = {i: row for i, row in (checkpoint.load() if checkpoint is not None else {}).items() if i in pending}
-    reduced.update(finished)
-    bar = tqdm(total=len(the_plan.sites), initial=len(reduced), desc=f"{the_plan.direction} {the_plan.kind}",
-               disable=None if progress is None else not progress)
-    for group in _chunks(order, the_plan.sites, runner, size):
-        if not (group := [i for i in group if i not in finished]):
-            continue
-        outputs = backoff.run(runner, [{the_plan.sites[i]: cache[the_plan.sites[i]]} for i in group])
-        reduced.update((i, reduce(logits)) for i, logits in zip(group, outputs))
-        if checkpoint is not None:
-            checkpoint.append({i: reduced[i] for i in group})
-        bar.update(len(group))
-    bar.close()
-    cost = {
-        "patches": len(the_plan.sites),
-        "noop_patches_skipped": len(the_plan.sites) - len(order),
-        "patches_from_checkpoint": len(finished),
-        "chunk": backoff.size,  # after any halving for memory
-        # Recording the target at each split position (self-checks' included) plus the patched
-        # runs, in full target forwards; the reference engine's figure is `patches`.
-        "forward_equivalents": round(runner.forward_equivalents, 3),
-    }
-    return [reduced[i] for i in range(len(the_plan.sites))], self_checks, cost
+    the self-check errors, and the work done: the batched engine outside a sweep (verify, shards)."""
+    patching = BatchedPatching(model, the_plan, base)
+    self_checks = checks.run(model, the_plan, base, patching.logits)
+    rows = patching.known(reduce)
+    for chunk in patching.rows(reduce, set(rows)):
+        rows.update(chunk)
+    return [rows[i] for i in range(len(the_plan.sites))], self_checks, patching.cost()
 
 
-def _chunks(order: list[int], sites: list[Site], runner: "_Resumer", size: int) -> list[list[int]]:
+def _chunks(order: list[int], sites: list[Site], runner: "Resumer", size: int) -> list[list[int]]:
     """Consecutive runs of patches that share a prefix length, at most `size` long.
 
     Sorted by (prefix, layer), a chunk's copies enter at nearby layers, so little is recomputed
@@ -180,34 +151,20 @@ def _chunks(order: list[int], sites: list[Site], runner: "_Resumer", size: int) 
     return groups
 
 
-def _chunk_size(model: Model, pairs: PromptPairs, budget: int) -> int:
+def _chunk_size(model: Model, target: Run, budget: int) -> int:
     """How many patched copies fit the memory budget (at least one)."""
-    return max(1, budget // _bytes_per_copy(model, pairs))
+    return max(1, budget // _bytes_per_copy(model, target))
 
 
-def _bytes_per_copy(model: Model, pairs: PromptPairs) -> int:
+def _bytes_per_copy(model: Model, target: Run) -> int:
     """Estimated bytes one patched copy holds: one layer's transient activations, its share of the
     key/value cache (both in the model's dtype), and its float32 final logits."""
     d = model.dims
-    batch, seq = len(pairs), pairs.seq_len
+    batch, seq = target.tokens.shape
     width = next(model.hf.parameters()).element_size()  # 2 in bfloat16/float16, 4 in float32
     per_token = 6 * d.d_model + 3 * d.d_mlp + 3 * d.n_heads * seq
     cache = 2 * d.n_layers * seq * d.n_kv_heads * d.d_head
     return batch * (width * (seq * per_token + cache) + 4 * d.vocab)
-
-
-def _checked_chunk(chunk: Any) -> int:
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be at least 1 (a whole number of patched copies per forward), got {chunk!r}")
-    return chunk
-
-
-def _checked_budget(budget: Any) -> int:
-    if budget is None:
-        return DEFAULT_MEMORY_BUDGET
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
-        raise ValueError(f"memory_budget must be a positive number of bytes (e.g. 4 << 30 for 4 GiB), got {budget!r}")
-    return int(budget)
 
 
 class SweepOutOfMemory(MemoryError):
@@ -230,7 +187,7 @@ class _BackOff:
         self.size, self.bytes_per_copy, self.budget = size, bytes_per_copy, budget
         self.halvings = 0
 
-    def run(self, runner: "_Resumer", copies: list[dict[Site, Tensor]]) -> list[Tensor]:
+    def run(self, runner: "Resumer", copies: list[dict[Site, Tensor]]) -> list[Tensor]:
         outputs: list[Tensor] = []
         while len(outputs) < len(copies):
             piece = copies[len(outputs) : len(outputs) + self.size]
@@ -282,11 +239,14 @@ class _Prefix:
     calls: list[tuple[tuple, dict]]
 
 
-class _Resumer:
-    """Runs stacked patched copies of the target run from their entry layer and position."""
+class Resumer:
+    """Runs stacked patched copies of the target run from their entry layer and position.
 
-    def __init__(self, model: Model, target: Tensor, positions: dict[str, Tensor], noise: Tensor | None = None):
-        self.model, self.target, self.positions, self.noise = model, target.to(model.device), positions, noise
+    `run` is the one place a chunk's copies meet the model: tests wrap it to count or to fail
+    chunks (out of memory, a kill mid-sweep)."""
+
+    def __init__(self, model: Model, target: Run):
+        self.model, self.target, self.positions, self.noise = model, target.tokens.to(model.device), target.positions, target.noise
         self.prefixes: dict[int, _Prefix] = {}
         # Work done, in (decoder layer × prompt × token) calls: recording the target, and patched runs.
         self.recording_tokens = 0
@@ -354,13 +314,21 @@ class _Resumer:
             if start > 0:
                 cache = DynamicCache(config=hf.config)
                 with hooks.add_to_input(self.model, None if noise is None else noise[:, :start]):
-                    hf(input_ids=self.target[:, :start], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    hf(input_ids=self.target[:, :start], **_cache_argument(hf, cache), use_cache=True, logits_to_keep=1)
             replay = copy.deepcopy(cache) if cache is not None else None
             with hooks.add_to_input(self.model, None if noise is None else noise[:, start:]), hooks.layer_inputs(self.model) as calls:
-                hf(input_ids=self.target[:, start:], past_key_values=replay, use_cache=replay is not None, logits_to_keep=1)
+                hf(input_ids=self.target[:, start:], **_cache_argument(hf, replay), use_cache=replay is not None, logits_to_keep=1)
             self.prefixes[start] = _Prefix(cache, calls)
             self.recording_tokens += self.model.dims.n_layers * self.target.numel()  # the two recording forwards
         return self.prefixes[start]
+
+
+def _cache_argument(hf: Any, cache: DynamicCache | None) -> dict[str, Any]:
+    """The cache keyword the installed transformers takes: `cache` (5.2x on), `past_key_values` before.
+
+    Passing the old name to a release that renamed it floods every sweep with a FutureWarning."""
+    takes_cache = "cache" in inspect.signature(hf.forward).parameters
+    return {"cache" if takes_cache else "past_key_values": cache}
 
 
 def _shifted(site: Site, start: int) -> Site:

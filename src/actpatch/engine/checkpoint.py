@@ -33,14 +33,13 @@ import torch
 
 from actpatch import atomic, results
 from actpatch.engine.plan import SweepPlan
-from actpatch.models.model import Model
+from actpatch.models.model import Model, weights_fingerprint  # noqa: F401 (re-exported)
 from actpatch.pairs import PromptPairs
 
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "plan.json"
 CHUNK_PREFIX = "chunk-"
-_SAMPLES_PER_TENSOR = 4096  # weight values hashed per parameter: enough to tell two checkpoints apart
 
 
 class CheckpointMismatch(ValueError):
@@ -109,25 +108,10 @@ def fingerprint(model: Model, pairs: PromptPairs, the_plan: SweepPlan, *, rows: 
         "sites": _digest("\n".join(str(s) for s in the_plan.sites)),
         "direction": the_plan.direction,
         "ablation": the_plan.ablation or "none",
-        "reference prompts": _pairs_digest(the_plan.reference) if the_plan.reference is not None else "none",
+        "reference prompts": _pairs_digest(the_plan.mean_over) if the_plan.mean_over is not None else "none",
         "rows": rows,
         "versions": json.dumps(results.versions(), sort_keys=True),
     }
-
-
-def weights_fingerprint(model: Model) -> str:
-    """A hash of every parameter's name, shape, dtype and a strided sample of its values.
-
-    Cheap on any model size (a few thousand values per tensor) and different for two random
-    initialisations or two fine-tunes; it is not a cryptographic hash of the weights."""
-    digest = hashlib.sha256()
-    for name, tensor in [*model.hf.named_parameters(), *model.hf.named_buffers()]:
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        if tensor.device.type != "meta" and tensor.numel():
-            flat = tensor.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // _SAMPLES_PER_TENSOR)]
-            digest.update(sample.to("cpu", torch.float64).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _pairs_digest(pairs: PromptPairs) -> str:

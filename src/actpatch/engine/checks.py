@@ -14,7 +14,6 @@ from actpatch.engine import sources
 from actpatch.engine.plan import SweepPlan
 from actpatch.metrics import Baseline, logit_diff
 from actpatch.models.model import Model
-from actpatch.pairs import PromptPairs
 from actpatch.sites import Site
 
 # float32 forwards through a deep model differ by ~1e-6 relative between batched and unbatched
@@ -38,7 +37,6 @@ class SelfCheckFailed(RuntimeError):
 
 def run(
     model: Model,
-    pairs: PromptPairs,
     plan: SweepPlan,
     baseline: Baseline,
     patched_logits: Callable[[dict[Site, Tensor]], Tensor],
@@ -55,7 +53,7 @@ def run(
     source_logits = baseline.clean_logits if denoise else baseline.corrupt_logits
     answers, wrong = baseline.answers, baseline.wrong
     site = plan.sites[0]
-    noop = patched_logits(sources.target_values(model, pairs, plan, [site]))
+    noop = patched_logits(sources.target_values(model, plan, [site]))
 
     def error(logits: Tensor, want: Tensor) -> float:
         return float((logit_diff(logits, answers, wrong) - logit_diff(want, answers, wrong)).abs().max()) / scale
@@ -63,7 +61,7 @@ def run(
     errors = {"noop_patch_error": error(noop, target_logits)}
     if plan.ablation is None:
         whole_input = Site("resid_pre", 0)
-        errors["full_patch_error"] = error(patched_logits(sources.source_values(model, pairs, plan, [whole_input])), source_logits)
+        errors["full_patch_error"] = error(patched_logits(sources.source_values(model, plan, [whole_input])), source_logits)
     if errors["noop_patch_error"] > bound:
         raise SelfCheckFailed(
             f"patching {site} with the target run's own activation moved the logit difference by "
@@ -76,3 +74,21 @@ def run(
             "inputs differ between the runs in a way patching cannot see (e.g. an attention mask)."
         )
     return errors
+
+
+def same_run_error(model: Model, logits: Tensor, baseline: Baseline, direction: str) -> float:
+    """How far `logits`, an analysis's own unpatched target run (attribution's forward from input
+    embeddings, a circuit's run with everything kept), is from the baseline's target run, as a
+    fraction of the clean−corrupt gap; raises `SelfCheckFailed` over the tolerance.
+
+    It is the no-op patch of an analysis that does not patch through hooks: its own way of running
+    the model must give the model's own numbers before its estimates mean anything."""
+    answers, wrong = baseline.answers, baseline.wrong
+    want = baseline.corrupt_logits if direction == "denoise" else baseline.clean_logits
+    gap = float((baseline.clean_logit_diff - baseline.corrupt_logit_diff).abs().mean())
+    error = float((logit_diff(logits.double(), answers, wrong) - logit_diff(want.double(), answers, wrong)).abs().max())
+    error /= gap if gap > 0 else 1.0
+    if error > tolerance(next(model.hf.parameters()).dtype):
+        raise SelfCheckFailed(f"the unpatched {direction} target run, as this analysis runs it, is {error:.2e} of the "
+                              "clean−corrupt gap away from the model's own run: its inputs differ (e.g. input noise lost)")
+    return error

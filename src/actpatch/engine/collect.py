@@ -1,18 +1,16 @@
-"""What every engine does around its patched forwards: baselines, metric rows, labelled results.
+"""Baselines (the unpatched clean and corrupt runs, checked) and metric rows from patched logits.
 
-Engines differ only in how they produce patched logits; everything they report goes through here,
-so their results are laid out, labelled and provenanced identically."""
+The runner (`engine/runner.py`) and every analysis that measures against the unpatched runs
+(attribution, paths, circuits) take their baselines here, so "the task is not solved" and
+"the model gives NaN" are refused the same way everywhere."""
 from __future__ import annotations
 
 import logging
 from typing import Any
 
 import torch
-import xarray as xr
 
-from actpatch import hooks, metrics, results
-from actpatch.engine import checks
-from actpatch.engine.plan import SweepPlan
+from actpatch import metrics
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 
@@ -28,9 +26,7 @@ def baseline(model: Model, pairs: PromptPairs, *, check: bool = True) -> metrics
 
     With `check`, refuse prompts on which the clean run does not beat the corrupt one: the
     normalised metric divides by that gap, so a sweep would only measure noise."""
-    with hooks.add_to_input(model, pairs.corrupt_noise):
-        corrupt_logits = model.last_logits(pairs.corrupt)
-    base = metrics.Baseline(model.last_logits(pairs.clean), corrupt_logits, pairs.answers, pairs.wrong)
+    base = metrics.Baseline(model.last_logits(pairs.clean_run), model.last_logits(pairs.corrupt_run), pairs.answers, pairs.wrong)
     refuse_non_finite(model, base)  # whatever `check` says: a NaN baseline makes every number NaN
     clean, corrupt = float(base.clean_logit_diff.mean()), float(base.corrupt_logit_diff.mean())
     log.info("baseline logit difference: clean %.3f, corrupt %.3f", clean, corrupt)
@@ -38,7 +34,37 @@ def baseline(model: Model, pairs: PromptPairs, *, check: bool = True) -> metrics
         refuse_unsolved(model.name, clean, corrupt)
     if check and (failing := int((base.clean_logit_diff <= base.corrupt_logit_diff).sum())) > len(pairs) // 4:
         log.warning("on %d of %d prompts the clean logit difference is not above the corrupt one", failing, len(pairs))
+    if check and (doubt := unlikely_answers(model, base)):
+        log.warning(doubt)
     return base
+
+
+TOP_K = 10  # an answer the clean run does not rank this high is probably not the token meant
+
+
+def unlikely_answers(model: Model, base: metrics.Baseline) -> str | None:
+    """Why the answers look wrong for the clean run, or None: a clean logit difference can be large
+    although the answer is not what the model predicts (e.g. "Mary" without its leading space beats
+    " John" and is still a 1-in-20,000 token), and every normalised number then traces that token."""
+    ranks = metrics.answer_rank(base.clean_logits, base.answers)
+    outside = int((ranks > TOP_K).sum())
+    if outside * 2 <= len(ranks):
+        return None
+    worst = int(torch.argmax(ranks))
+    probability = float(base.clean_logits[worst].double().softmax(-1)[base.answers[worst]])
+    message = (f"on {outside} of {len(ranks)} prompts the answer is not among the clean run's top {TOP_K} predictions "
+               f"(prompt {worst}: rank {int(ranks[worst])}, probability {probability:.2g}), so the logit difference "
+               "traces a token the model does not predict")
+    tokenizer = model.tokenizer
+    if tokenizer is not None:
+        text = tokenizer.decode([int(base.answers[worst])])
+        spaced = tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"]
+        if not text.startswith(" ") and len(spaced) == 1:
+            spaced_probability = float(base.clean_logits[worst].double().softmax(-1)[spaced[0]])
+            if spaced_probability > 10 * probability:
+                message += (f"; {' ' + text.strip()!r} with its leading space has probability {spaced_probability:.2g}: "
+                            "answers are single tokens with their leading space")
+    return message + ". Check the answers (the baseline table shows the clean run's answer rank)."
 
 
 def refuse_non_finite(model: Model, base: metrics.Baseline) -> None:
@@ -78,75 +104,3 @@ def row(logits: torch.Tensor, base: metrics.Baseline, *, per_prompt: bool) -> di
     if per_prompt:
         return {k: v.cpu().numpy() for k, v in metrics.per_prompt(logits, base).items()}
     return metrics.averaged(logits, base)
-
-
-def finish(
-    model: Model,
-    pairs: PromptPairs,
-    plan: SweepPlan,
-    rows: list[dict[str, Any]],
-    base: metrics.Baseline,
-    self_checks: dict[str, float],
-    *,
-    engine: str,
-    per_prompt: bool,
-) -> xr.DataArray:
-    """Lay `rows` (in `plan.sites` order) out as a labelled result with its provenance."""
-    return results.assemble(
-        rows,
-        plan.sites,
-        layers=plan.layers,
-        units=plan.units,
-        positions=plan.positions,
-        pos_tokens=_pos_tokens(model, pairs, plan.positions),
-        n_prompts=len(pairs) if per_prompt else None,
-        provenance={
-            "model": model.name,
-            "model_source": model.provenance,
-            "site": plan.kind,
-            "direction": plan.direction,
-            "engine": engine,
-            "attention": model.hf.config._attn_implementation,  # "actpatch_eager" for pattern sweeps
-            "n_prompts": len(pairs),
-            "seq_len": pairs.seq_len,
-            "corruption": pairs.corruption or "",
-            "source": plan.ablation or ("clean" if plan.direction == "denoise" else "corrupt"),
-            "clean_prompts": list(pairs.clean_text or []),
-            "corrupt_prompts": list(pairs.corrupt_text or []),
-            "baseline_clean": metrics.averaged(base.clean_logits, base),
-            "baseline_corrupt": metrics.averaged(base.corrupt_logits, base),
-            "self_checks": self_checks,
-            "self_check_tolerance": checks.tolerance(next(model.hf.parameters()).dtype),
-            "versions": results.versions(),
-        },
-    )
-
-
-def _pos_tokens(model: Model, pairs: PromptPairs, positions) -> dict[str, list]:
-    """Labels for each swept position: the first prompt's clean and corrupt token there, the
-    position's name where every prompt has that name at that index (`pos_name`), and the index
-    where a named position sits at the same index in every prompt (`pos_index`, else -1)."""
-    if positions == [None]:
-        return {}
-
-    def at(ids, p):
-        index = int(pairs.positions[p][0]) if isinstance(p, str) else p
-        return model.token_strings(ids[0, index : index + 1])[0]
-
-    def name(p) -> str:
-        if isinstance(p, str):
-            return p
-        return "/".join(n for n, where in pairs.positions.items() if bool((where == p).all()))
-
-    def index(p) -> int:
-        if not isinstance(p, str):
-            return p
-        where = pairs.positions[p]
-        return int(where[0]) if bool((where == where[0]).all()) else -1
-
-    return {
-        "clean_token": [at(pairs.clean, p) for p in positions],
-        "corrupt_token": [at(pairs.corrupt, p) for p in positions],
-        "pos_name": [name(p) for p in positions],
-        "pos_index": [index(p) for p in positions],
-    }

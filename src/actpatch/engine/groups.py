@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import xarray as xr
 
 from actpatch.engine import collect
+from actpatch.engine.spec import SweepSpec
 from actpatch.metrics import METRICS
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
@@ -19,33 +20,27 @@ from actpatch.sites import SiteError, default_positions, parse_kind
 
 
 def sweep_groups(
-    run: Callable[..., xr.DataArray],
+    run: Callable[[PromptPairs, SweepSpec], xr.DataArray],
     model: Model,
     groups: Sequence[PromptPairs],
-    site: str,
-    *,
-    direction: str,
-    per_prompt: bool = False,
-    check_baseline: bool = True,
-    **options: Any,
+    spec: SweepSpec,
 ) -> xr.DataArray:
-    """`run` (an engine's sweep) on each group, laid out as one sweep over all their prompts."""
+    """`run(group, spec)` (one engine's sweep) on each group, laid out as one sweep over all their prompts."""
     groups = list(groups) if isinstance(groups, (list, tuple)) else [groups]
     if not groups or not all(isinstance(g, PromptPairs) for g in groups):
         got = type(groups[0]).__name__ if groups else "an empty list"
         raise TypeError(f"pairs must be PromptPairs, or a non-empty list of them (one per token length); got {got}")
-    positions = options.pop("positions", None)
-    positions = default_positions(parse_kind(site)[0]) if positions is None else positions
+    positions = default_positions(parse_kind(spec.site)[0]) if spec.positions is None else spec.positions
     if len(groups) > 1:
         _check_named(positions)
     bases = [collect.baseline(model, g, check=False) for g in groups]
     total = sum(len(g) for g in groups)
     clean = sum(float(b.clean_logit_diff.sum()) for b in bases) / total
     corrupt = sum(float(b.corrupt_logit_diff.sum()) for b in bases) / total
-    if check_baseline:
+    if spec.check_baseline:
         collect.refuse_unsolved(model.name, clean, corrupt)
-    parts = [run(model, g, site, direction=direction, positions=positions, per_prompt=True, check_baseline=False, **options)
-             for g in groups]
+    each = spec.replace(positions=positions, per_prompt=True, check_baseline=False)
+    parts = [run(g, each) for g in groups]
     # Token labels on `pos` are the first group's; each group's own prompts are in the provenance.
     pooled = xr.concat(parts, dim="batch", coords="minimal", compat="override", combine_attrs="override")
     pooled = pooled.assign_coords(batch=list(range(total)))
@@ -54,9 +49,10 @@ def sweep_groups(
         agreed = [int(column[0]) if len(set(column)) == 1 else -1 for column in zip(*indices)]
         pooled = pooled.assign_coords(pos_index=("pos", agreed))
     pooled.attrs.update(_pooled_attrs(parts, [len(g) for g in groups]))
-    if per_prompt:
+    if spec.per_prompt:
         return pooled
     averaged = pooled.mean("batch", keep_attrs=True)
+    averaged.attrs.pop("per_prompt_baseline_logit_diff", None)
     averaged.loc[{"metric": "norm_logit_diff"}] = (averaged.sel(metric="logit_diff") - corrupt) / (clean - corrupt)
     return averaged.transpose("metric", ...)
 
@@ -85,7 +81,9 @@ def _pooled_attrs(parts: list[xr.DataArray], sizes: list[int]) -> dict[str, Any]
         "baseline_clean": weighted("baseline_clean"),
         "baseline_corrupt": weighted("baseline_corrupt"),
         "self_checks": {k: max(c[k] for c in checks) for k in checks[0]},
+        "per_prompt_baseline_logit_diff": {run: [v for p in parts for v in p.attrs["per_prompt_baseline_logit_diff"][run]]
+                                           for run in ("clean", "corrupt")},
         "clean_prompts": [t for p in parts for t in p.attrs["clean_prompts"]],
         "corrupt_prompts": [t for p in parts for t in p.attrs["corrupt_prompts"]],
-        "cost": {k: sum(c.get(k, 0) for c in cost) for k in ("patches", "forward_equivalents")},
+        "cost": {k: sum(c.get(k, 0) for c in cost) for k in ("patches", "forward_equivalents", "patches_from_checkpoint")},
     }

@@ -32,11 +32,12 @@ import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from actpatch import hooks, metrics
-from actpatch.engine import collect
-from actpatch.engine.plan import DIRECTIONS, Direction, Positions, SweepPlan, plan
+from actpatch import hooks, metrics, results
+from actpatch.engine import checks, collect, runner, sources
+from actpatch.engine.plan import check_model, plan, source_and_target
+from actpatch.engine.spec import DIRECTIONS, Direction, Positions, SweepSpec
 from actpatch.models.model import Model
-from actpatch.pairs import PromptPairs
+from actpatch.pairs import PromptPairs, Run
 from actpatch.sites import KV_KINDS, Site, SiteError, validate
 
 log = logging.getLogger(__name__)
@@ -65,24 +66,31 @@ def patch_paths(
         ap.patch_paths(model, pairs, ap.Site("head", 7, 3), [ap.Site("q", 9, h) for h in range(9)])
     """
     senders = [sender] if isinstance(sender, Site) else list(sender)
-    runs = _runs(pairs, direction)
+    check_model(model)
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    source_run, target_run = source_and_target(pairs, direction)
     paths = Paths(model, senders, receivers)
     if unreached := [r for r in paths.receivers if not paths.reached(r)]:
         raise SiteError(
             f"{', '.join(map(str, unreached))} read(s) the residual stream before any sender writes to it, so no path "
             "reaches them; choose receivers in later layers (or the MLP of a sender head's own layer)."
         )
-    source = _capture(model, runs.source, [_whole(s) for s in senders], pairs.positions)
+    source = sources.captured(model, source_run, [_whole(s) for s in senders])
     sender_values = {s: source[_whole(s)] for s in senders}
-    with torch.no_grad():
-        target = Target(model, runs.target, pairs.positions, paths.needed_target_sites())
-        logits = target.logits(sender_values, paths)
     base = collect.baseline(model, pairs)
+    with torch.no_grad():
+        target = Target(model, target_run, pairs.positions, paths.needed_target_sites())
+        logits = target.logits(sender_values, paths)
+        self_checks = _noop_check(model, target, senders[0], paths, base, direction)
     values = metrics.averaged(logits, base)
     result = xr.DataArray([values[m] for m in metrics.METRICS], dims=["metric"], coords={"metric": list(metrics.METRICS)},
                           name="path_patching_effect")
-    result.attrs.update(_provenance(model, pairs, direction, base, senders=[str(s) for s in senders],
-                                    receivers=[str(r) for r in paths.receivers]))
+    result.attrs.update(results.provenance(
+        model, pairs, analysis="patch_paths", direction=direction, engine="paths", source=source_run.name,
+        senders=[str(s) for s in senders], receivers=[str(r) for r in paths.receivers],
+        baseline_clean=metrics.averaged(base.clean_logits, base), baseline_corrupt=metrics.averaged(base.corrupt_logits, base),
+        self_checks=self_checks, self_check_tolerance=checks.tolerance(next(model.hf.parameters()).dtype)))
     return result
 
 
@@ -106,21 +114,24 @@ def sweep_paths(
     frozen values are captured once for the whole grid."""
     if site not in SENDER_KINDS:
         raise SiteError(f"path patching sends from {SENDER_KINDS}, got {site!r}")
-    the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads, neurons=None)
-    runs = _runs(pairs, direction)
+    the_plan = plan(model, pairs, SweepSpec(site, direction, layers=layers, positions=positions, heads=heads, progress=progress))
     every = Paths(model, [], receivers, require_receivers=False)
-    source = _capture(model, runs.source, sorted({_whole(s) for s in the_plan.sites}, key=_order), pairs.positions)
+    source = sources.captured(model, the_plan.source, sorted({_whole(s) for s in the_plan.sites}, key=_order))
     base = collect.baseline(model, pairs)
     rows = []
+    self_checks: dict[str, float] = {}
     with torch.no_grad():
-        target = Target(model, runs.target, pairs.positions, every.needed_target_sites())
+        target = Target(model, the_plan.target, pairs.positions, every.needed_target_sites())
         for s in tqdm(the_plan.sites, desc=f"paths from {site}", disable=None if progress is None else not progress):
             paths = Paths(model, [s], [r for r in every.receivers if _reads_after(model, r, s)], require_receivers=False)
             if not paths.receivers:
                 rows.append(dict.fromkeys(metrics.METRICS, float("nan")))
                 continue
+            if not self_checks:
+                self_checks = _noop_check(model, target, s, paths, base, direction)
             rows.append(metrics.averaged(target.logits({s: source[_whole(s)]}, paths), base))
-    result = collect.finish(model, pairs, the_plan, rows, base, {}, engine="paths", per_prompt=False)
+    result = runner.assemble(model, pairs, the_plan, rows, base, self_checks, engine="paths")
+    result.attrs["analysis"] = "sweep_paths"
     result.name = "path_patching_effect"
     result.attrs["receivers"] = [str(r) for r in every.receivers]
     return result
@@ -143,28 +154,6 @@ def all_receivers(model: Model, sender: Site | Sequence[Site]) -> list[Receiver]
 
 # --- runs ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Run:
-    """A forward's inputs: token ids, and the noise added to the first layer's input (a noise corruption)."""
-
-    tokens: Tensor
-    noise: Tensor | None = None
-
-
-@dataclass(frozen=True)
-class _Runs:
-    source: Run
-    target: Run
-
-
-def _runs(pairs: PromptPairs, direction: Direction) -> _Runs:
-    # Denoising writes clean values into the corrupt run; noising is the reverse.
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    clean, corrupt = Run(pairs.clean), Run(pairs.corrupt, pairs.corrupt_noise)
-    return _Runs(clean, corrupt) if direction == "denoise" else _Runs(corrupt, clean)
-
-
 @contextmanager
 def forward_inputs(model: Model, run: Run) -> Iterator[Tensor]:
     """The block's forwards get `run`'s input noise; yields its tokens. Enter it before any patch."""
@@ -172,9 +161,10 @@ def forward_inputs(model: Model, run: Run) -> Iterator[Tensor]:
         yield run.tokens
 
 
-def _capture(model: Model, run: Run, sites: Sequence[Site], positions) -> dict[Site, Tensor]:
-    with forward_inputs(model, run) as tokens:
-        return hooks.capture(model, tokens, sites, positions=positions)
+def _noop_check(model: Model, target: "Target", sender: Site, paths: "Paths", base: metrics.Baseline, direction: str) -> dict:
+    """The no-op path patch: the sender at its own target value, sent along the paths, must give the target run."""
+    own = sources.captured(model, target.run, [_whole(sender)])[_whole(sender)]
+    return {"noop_patch_error": checks.same_run_error(model, target.logits({sender: own}, paths), base, direction)}
 
 
 # --- the plan of one path patch ------------------------------------------------------------------
@@ -369,16 +359,3 @@ def compose(base: Tensor | None, new: Tensor, pos, positions) -> Tensor:
     else:
         out[:, pos] = new[:, pos]
     return out
-
-
-def _provenance(model: Model, pairs: PromptPairs, direction: str, base: metrics.Baseline, **extra) -> dict:
-    return {
-        "model": model.name,
-        "direction": direction,
-        "engine": "paths",
-        "n_prompts": len(pairs),
-        "corruption": pairs.corruption or "",
-        "baseline_clean": metrics.averaged(base.clean_logits, base),
-        "baseline_corrupt": metrics.averaged(base.corrupt_logits, base),
-        **extra,
-    }

@@ -1,103 +1,105 @@
-"""Sweep plans: turn a user's sweep arguments into the exact list of sites to patch.
+"""Sweep plans: a `SweepSpec` checked against the model and prompts, and turned into the exact
+list of sites to patch and the two runs (source, target).
 
 Every engine starts from the same plan, so they can only differ in how they run it."""
 from __future__ import annotations
 
+import dataclasses
 import operator
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence, get_args
+from typing import Any, Sequence
 
-from torch import Tensor
-
+from actpatch.engine.spec import (ABLATIONS, DIRECTIONS, Ablation, Direction, Positions, SweepSpec,  # noqa: F401 (re-exported)
+                                  check_engine_options)
 from actpatch.models.model import Model
-from actpatch.pairs import PairsError, PromptPairs
+from actpatch.pairs import PairsError, PromptPairs, Run
 from actpatch.sites import KV_KINDS, Pos, Site, SiteError, SiteKind, default_positions, grid, parse_kind, unit_dim, validate
 
-Direction = Literal["denoise", "noise"]
-DIRECTIONS = ("denoise", "noise")
-Positions = Literal["each", "all"] | Sequence[int | str] | int | str | None
-# Noising sources that are not a second run: the target's own activations, zeroed, averaged over
-# prompts (or over a reference set), or taken from another prompt of the batch (resampled).
-Ablation = Literal["zero", "mean", "resample"]
-ABLATIONS: tuple[str, ...] = get_args(Ablation)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SweepPlan:
+    """A checked spec turned into what engines run: the sites in result order and the two runs."""
+
+    spec: SweepSpec
+    pairs: PromptPairs  # the prompts the plan was checked against
     kind: SiteKind
-    direction: Direction
     layers: list[int]
     units: list[int] | None  # heads, KV heads or neurons; None for residual kinds
     positions: list[Pos]  # [None] when every position is patched at once
     sites: list[Site]
-    source: Tensor  # where patched values come from
-    target: Tensor  # the run they are written into
-    source_noise: Tensor | None = None  # added to the first layer's input of the source run (a noise corruption)
-    target_noise: Tensor | None = None
-    ablation: Ablation | None = None  # values are an ablation of the target's own, not the source run's
-    reference: PromptPairs | None = None  # prompts whose clean-run mean is the "mean" ablation
+    source: Run  # where patched values come from (an ablation replaces its values)
+    target: Run  # the run they are written into
+
+    @property
+    def direction(self) -> Direction:
+        return self.spec.direction
+
+    @property
+    def ablation(self) -> Ablation | None:
+        return self.spec.ablation
+
+    @property
+    def mean_over(self) -> PromptPairs | None:
+        return self.spec.mean_over
+
+    @property
+    def source_name(self) -> str:
+        """What the patched values are, for provenance: the source run's name or the ablation."""
+        return self.spec.ablation or self.source.name
+
+    def narrowed(self, sites: Sequence[Site]) -> "SweepPlan":
+        """The same plan patching only `sites` (of the same kind)."""
+        return dataclasses.replace(self, sites=list(sites))
 
 
-def plan(
-    model: Model,
-    pairs: PromptPairs,
-    site: str,
-    *,
-    direction: Direction,
-    layers: Sequence[int] | None,
-    positions: Positions,
-    heads: Sequence[int] | None,
-    neurons: Sequence[int] | None,
-    ablation: Ablation | None = None,
-    reference: PromptPairs | None = None,
-) -> SweepPlan:
-    """Check every argument against the model and prompts, then list the sites in result order."""
+def plan(model: Model, pairs: PromptPairs, spec: SweepSpec) -> SweepPlan:
+    """Check every argument of `spec` against the model and prompts, then list the sites in result order."""
     check_model(model)
     if not isinstance(pairs, PromptPairs):
         raise TypeError(f"pairs must be PromptPairs, got {type(pairs).__name__}; build them with PromptPairs.from_strings")
     check_tokens(model, pairs)
-    if reference is not None and isinstance(reference, PromptPairs):
-        check_tokens(model, reference)
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    kind, named_layer = parse_kind(site)
+    if isinstance(spec.mean_over, PromptPairs):
+        check_tokens(model, spec.mean_over)
+    if spec.direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {spec.direction!r}")
+    check_engine_options(spec)
+    kind, named_layer = parse_kind(spec.site)
+    layers = spec.layers
     if named_layer is not None:
         if layers is not None:
-            raise SiteError(f"{site!r} names a layer and layers= was also given; use one of them")
+            raise SiteError(f"{spec.site!r} names a layer and layers= was also given; use one of them")
         layers = [named_layer]
     n_layers = model.dims.n_layers
     layers = list(range(n_layers)) if layers is None else [_in_range(l, n_layers, "layer") for l in _selection(layers, "layers")]
-    units = _units(model, kind, heads, neurons)
-    chosen = _positions(kind, positions, pairs)
+    units = _units(model, kind, spec.heads, spec.neurons, len(layers))
+    chosen = _positions(kind, spec.positions, pairs)
     sites = grid(kind, layers, units, chosen)
     parallel = model.arch.is_parallel(model.hf.config)
     for s in sites[:1] + sites[-1:]:  # every site shares kind and ranges; the ends catch range errors
         validate(s, model.arch, model.dims, parallel=parallel)
-    source, target = _source_and_target(pairs, direction)
-    noise = _checked_noise(pairs, model)
-    source_noise, target_noise = (noise, None) if direction == "noise" else (None, noise)
-    _check_ablation(ablation, reference, direction, pairs, chosen)
-    return SweepPlan(kind, direction, layers, units, chosen, sites, source, target, source_noise, target_noise, ablation, reference)
+    _checked_noise(pairs, model)
+    source, target = source_and_target(pairs, spec.direction)
+    _check_ablation(spec.ablation, spec.mean_over, spec.direction, pairs, chosen)
+    return SweepPlan(spec, pairs, kind, layers, units, chosen, sites, source, target)
 
 
-def _source_and_target(pairs: PromptPairs, direction: Direction) -> tuple[Tensor, Tensor]:
+def source_and_target(pairs: PromptPairs, direction: Direction) -> tuple[Run, Run]:
+    """(source, target) runs: where patched values come from, and the run they are written into."""
     # Denoising writes clean values into the corrupt run; noising is the reverse.
     # Nothing below this line needs to know which direction it is running.
-    return (pairs.clean, pairs.corrupt) if direction == "denoise" else (pairs.corrupt, pairs.clean)
+    return (pairs.clean_run, pairs.corrupt_run) if direction == "denoise" else (pairs.corrupt_run, pairs.clean_run)
 
 
-def _checked_noise(pairs: PromptPairs, model: Model) -> Tensor | None:
+def _checked_noise(pairs: PromptPairs, model: Model) -> None:
     noise = pairs.corrupt_noise
     if noise is not None and noise.shape[-1] != model.dims.d_model:
         raise ValueError(f"these pairs' embedding noise has width {noise.shape[-1]}, but {model.name} has d_model "
                          f"{model.dims.d_model}: make the noise with this model (actpatch.noise.gaussian_noise)")
-    return noise
 
 
-def _check_ablation(ablation, reference, direction: Direction, pairs: PromptPairs, chosen: list[Pos]) -> None:
+def _check_ablation(ablation, mean_over, direction: Direction, pairs: PromptPairs, chosen: list[Pos]) -> None:
     if ablation is None:
-        if reference is not None:
-            raise ValueError("reference= is only used by ablation='mean'; drop it or set ablation='mean'")
+        if mean_over is not None:
+            raise ValueError("mean_over= is only used by ablation='mean'; drop it or set ablation='mean'")
         return
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS} (or None to patch from the other run), got {ablation!r}")
@@ -106,16 +108,16 @@ def _check_ablation(ablation, reference, direction: Direction, pairs: PromptPair
                          "pass direction='noise' (denoising patches clean values into the corrupt run)")
     if ablation == "resample" and len(pairs) < 2:
         raise ValueError("ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts")
-    if reference is not None:
+    if mean_over is not None:
         if ablation != "mean":
-            raise ValueError(f"reference= sets the prompts averaged by ablation='mean'; ablation={ablation!r} does not use it")
-        if not isinstance(reference, PromptPairs):
-            raise TypeError(f"reference must be PromptPairs (their clean prompts are averaged), got {type(reference).__name__}")
-        if reference.seq_len != pairs.seq_len and any(not isinstance(p, str) for p in chosen):
-            raise ValueError(f"reference prompts have {reference.seq_len} tokens and these have {pairs.seq_len}: a mean at "
+            raise ValueError(f"mean_over= sets the prompts averaged by ablation='mean'; ablation={ablation!r} does not use it")
+        if not isinstance(mean_over, PromptPairs):
+            raise TypeError(f"mean_over must be PromptPairs (their clean prompts are averaged), got {type(mean_over).__name__}")
+        if mean_over.seq_len != pairs.seq_len and any(not isinstance(p, str) for p in chosen):
+            raise ValueError(f"mean_over prompts have {mean_over.seq_len} tokens and these have {pairs.seq_len}: a mean at "
                              "position indices needs equal lengths; sweep named positions present in both, or use same-length prompts")
-        if missing := [p for p in chosen if isinstance(p, str) and p not in reference.positions]:
-            raise ValueError(f"reference prompts lack the named positions {missing}; name them there too")
+        if missing := [p for p in chosen if isinstance(p, str) and p not in mean_over.positions]:
+            raise ValueError(f"mean_over prompts lack the named positions {missing}; name them there too")
 
 
 def check_model(model: Any) -> None:
@@ -179,7 +181,8 @@ def _in_range(index: int, size: int, what: str, owner: str = "this model has") -
     return number % size
 
 
-def _units(model: Model, kind: str, heads: Sequence[int] | None, neurons: Sequence[int] | None) -> list[int] | None:
+def _units(model: Model, kind: str, heads: Sequence[int] | None, neurons: Sequence[int] | None,
+           n_layers: int) -> list[int] | None:
     unit = unit_dim(kind)
     if heads is not None and unit not in ("head", "kv_head"):
         raise SiteError(f"heads= was given, but {kind} is not split by attention head; drop heads= or use a head site")
@@ -192,8 +195,8 @@ def _units(model: Model, kind: str, heads: Sequence[int] | None, neurons: Sequen
     if unit == "neuron":
         if neurons is None:
             raise SiteError(
-                f"a neuron sweep needs neurons=[...]: all {model.dims.d_mlp} neurons × {model.dims.n_layers} layers "
-                "is rarely what you want one forward each"
+                f"a neuron sweep needs neurons=[...]: all {model.dims.d_mlp} neurons × {n_layers} "
+                f"layer{'s' if n_layers != 1 else ''} is {model.dims.d_mlp * n_layers} forwards, rarely what you want"
             )
         return [_in_range(n, model.dims.d_mlp, "neuron") for n in _selection(neurons, "neurons")]
     return None

@@ -1,56 +1,53 @@
 """Reference engine: one patch per forward pass, in the plainest code we can write.
 
-Every faster engine is tested against this one, so it stays slow and obvious."""
+Every faster engine is tested against this one, so it stays slow and obvious. Like every engine
+it only produces rows; `runner.run` takes the baselines, runs the self-checks and builds the result."""
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping
 
-import torch
-import xarray as xr
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from actpatch import hooks
-from actpatch.engine import checks, collect, sources
-from actpatch.engine.plan import Ablation, Direction, Positions, plan
+from actpatch.engine import sources
+from actpatch.engine.plan import SweepPlan
+from actpatch.metrics import Baseline
 from actpatch.models.model import Model
-from actpatch.pairs import PromptPairs
+from actpatch.sites import Site
 
 
-@torch.no_grad()
-def sweep(
-    model: Model,
-    pairs: PromptPairs,
-    site: str,
-    *,
-    direction: Direction = "denoise",
-    layers: Sequence[int] | None = None,
-    positions: Positions = None,
-    heads: Sequence[int] | None = None,
-    neurons: Sequence[int] | None = None,
-    per_prompt: bool = False,
-    progress: bool | None = None,
-    ablation: Ablation | None = None,
-    reference: PromptPairs | None = None,
-    check_baseline: bool = True,
-) -> xr.DataArray:
-    """Patch each site of a kind, one forward at a time, and measure every metric."""
-    the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads,
-                    neurons=neurons, ablation=ablation, reference=reference)
-    # Pattern patches run under our eager attention, so the baselines they are measured against must
-    # too: in bfloat16, eager and sdpa attention differ by more than the self-checks allow.
-    with hooks.eager_attention(model) if the_plan.kind == "pattern" else nullcontext():
-        base = collect.baseline(model, pairs, check=check_baseline)
+class Reference:
+    """The oracle engine, for `runner.run`."""
 
-        def patched_logits(values):
-            with hooks.add_to_input(model, the_plan.target_noise), hooks.patch(model, values, positions=pairs.positions):
-                return model.last_logits(the_plan.target)
+    name = "reference"
 
-        self_checks = checks.run(model, pairs, the_plan, base, patched_logits)
-        cache = sources.source_values(model, pairs, the_plan, the_plan.sites)
-        rows = []
-        for s in tqdm(the_plan.sites, desc=f"{direction} {the_plan.kind}", disable=None if progress is None else not progress):
-            rows.append(collect.row(patched_logits({s: cache[s]}), base, per_prompt=per_prompt))
-        result = collect.finish(model, pairs, the_plan, rows, base, self_checks, engine="reference", per_prompt=per_prompt)
-    result.attrs["cost"] = {"patches": len(the_plan.sites), "forward_equivalents": float(len(the_plan.sites))}
-    return result
+    def start(self, model: Model, the_plan: SweepPlan, base: Baseline) -> "ReferencePatching":
+        return ReferencePatching(model, the_plan)
+
+
+class ReferencePatching:
+    def __init__(self, model: Model, the_plan: SweepPlan):
+        self.model, self.plan = model, the_plan
+
+    def logits(self, values: Mapping[Site, Tensor]) -> Tensor:
+        """The target run, with `values` written into their sites."""
+        target = self.plan.target
+        with hooks.add_to_input(self.model, target.noise), hooks.patch(self.model, values, positions=target.positions):
+            return self.model.last_logits(target.tokens)
+
+    def known(self, reduce: Callable[[Tensor], Any]) -> dict[int, Any]:
+        return {}  # the oracle runs every patch, even those that cannot change anything
+
+    def rows(self, reduce: Callable[[Tensor], Any], done: Collection[int]) -> Iterator[dict[int, Any]]:
+        """One row per site not in `done`, each from its own patched forward."""
+        the_plan = self.plan
+        cache = sources.source_values(self.model, the_plan, the_plan.sites)
+        progress = the_plan.spec.progress
+        for i, s in enumerate(tqdm(the_plan.sites, desc=f"{the_plan.direction} {the_plan.kind}",
+                                   disable=None if progress is None else not progress)):
+            if i not in done:
+                yield {i: reduce(self.logits({s: cache[s]}))}
+
+    def cost(self) -> dict[str, Any]:
+        return {"patches": len(self.plan.sites), "forward_equivalents": float(len(self.plan.sites))}

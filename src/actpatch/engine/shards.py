@@ -3,8 +3,8 @@ worker that holds its own copy of the model, and the rows laid out as one result
 
 The result is the single-process result (same dims, coordinates and provenance; numbers within
 float32 rounding of a differently batched forward), because every shard runs the same plan,
-narrowed to its sites, through `batched.patched_logits`, and the driver lays the rows out with
-`collect.finish`. Only `engine` and `attrs["cost"]` (which adds `shards` and `workers`) say that it
+narrowed to its sites, through the batched engine, and `Workers` is just another engine of
+`runner.run`: the driver takes the baselines, runs the self-checks and lays the rows out. Only `engine` and `attrs["cost"]` (which adds `shards` and `workers`) say that it
 was sharded. Ray does the scheduling: a worker that dies is restarted and its shard retried, while
 the rows of finished shards are already with the driver (and in the `checkpoint` folder, if one was
 given), so they are never recomputed.
@@ -21,32 +21,25 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
-import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 import torch
-import xarray as xr
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from actpatch import hooks
+from actpatch import hooks, metrics
 from actpatch.engine import batched, collect
-from actpatch.engine.checkpoint import Checkpoint, fingerprint, weights_fingerprint
-from actpatch.engine.plan import Ablation, Direction, Positions, SweepPlan, plan
+from actpatch.engine.plan import SweepPlan
 from actpatch.models import cache
 from actpatch.models.load import load_model
-from actpatch.models.model import Model
-from actpatch.pairs import PromptPairs
+from actpatch.models.model import Model, weights_fingerprint
+from actpatch.sites import Site
 
 log = logging.getLogger(__name__)
 
 ENGINE = "batched, sharded on Ray"  # the result's attrs["engine"]
 RETRIES = 3  # restarts of a worker that died, each retrying the shard it was running, before the sweep fails
-# Fault injection for tests/test_shards.py, read by the workers: in this folder each shard run leaves
-# a file `ran-<direction>-<shard>-<pid>-<ns>`, and a file `kill-<shard>` makes the worker that picks
-# up that shard delete it and SIGKILL itself (so the shard dies once, then runs on the restarted worker).
-FAULTS_FOLDER = "ACTPATCH_TEST_SHARD_FAULTS"
 
 
 class UnshippableModel(ValueError):
@@ -108,7 +101,7 @@ class Workers:
     where the cluster has GPUs and one CPU each otherwise, and checks that each loaded the same
     weights as `model`; later sweeps reuse them. Leaving the block kills the actors and shuts down a
     Ray started here (call `ray.init()` yourself first to keep a local Ray up across sweeps).
-    `sweep` has the signature of `batched.sweep`."""
+    It is an engine of `runner.run` (`start`)."""
 
     def __init__(self, model: Model, *, shards: int, ray_address: str | None = None):
         self.shards = check_shards(shards)
@@ -153,96 +146,31 @@ class Workers:
                 "you mean (model.hf.save_pretrained(folder)) and load it from there"
             )
 
-    def sweep(
-        self,
-        model: Model,
-        pairs: PromptPairs,
-        site: str,
-        *,
-        direction: Direction = "denoise",
-        layers: Sequence[int] | None = None,
-        positions: Positions = None,
-        heads: Sequence[int] | None = None,
-        neurons: Sequence[int] | None = None,
-        per_prompt: bool = False,
-        progress: bool | None = None,
-        chunk: int | None = None,
-        memory_budget: int | None = None,
-        ablation: Ablation | None = None,
-        reference: PromptPairs | None = None,
-        check_baseline: bool = True,
-        checkpoint: str | os.PathLike | None = None,
-    ) -> xr.DataArray:
-        """`batched.sweep`'s result, its sites patched shard by shard on the workers.
+    name = ENGINE
 
-        The plan and baseline are made here first, so a bad argument or an unsolved task is refused
-        before any shard is sent. With a `checkpoint`, each finished shard's rows are appended there
-        as it arrives, and rows already there are not sent again."""
-        the_plan = plan(model, pairs, site, direction=direction, layers=layers, positions=positions, heads=heads,
-                        neurons=neurons, ablation=ablation, reference=reference)
-        # As in batched.sweep, a pattern sweep's own forwards (baseline included) run under the
-        # attention function that exposes patterns, and its provenance names it.
-        with (hooks.eager_attention(model) if the_plan.kind == "pattern" else contextlib.nullcontext()):
-            return self._sweep(model, pairs, the_plan, per_prompt=per_prompt, progress=progress, chunk=chunk,
-                               memory_budget=memory_budget, check_baseline=check_baseline, checkpoint=checkpoint)
+    def start(self, model: Model, the_plan: SweepPlan, base: metrics.Baseline) -> "ShardPatching":
+        """An `Engine` for `runner.run`: its rows are patched shard by shard on the workers.
 
-    def _sweep(self, model: Model, pairs: PromptPairs, the_plan: SweepPlan, *, per_prompt: bool, progress: bool | None,
-               chunk: int | None, memory_budget: int | None, check_baseline: bool,
-               checkpoint: str | os.PathLike | None) -> xr.DataArray:
-        base = collect.baseline(model, pairs, check=check_baseline)
-        store = None
-        if checkpoint is not None:
-            store = Checkpoint.open(checkpoint, fingerprint(model, pairs, the_plan, rows="metrics per prompt" if per_prompt else "metrics"))
-        rows: dict[int, Any] = store.load() if store is not None else {}
-        from_checkpoint = len(rows)
-        # Every shard runs the self-checks on its own worker; with every row on disk, one site is
-        # patched again so that they still run.
-        pending = [i for i in range(len(the_plan.sites)) if i not in rows] or [0]
-        pieces = split(pending, the_plan, pairs, self.shards)
+        The runner has checked the plan and the baseline by now, so a bad argument or an unsolved
+        task is refused before any worker starts. Self-checks run here on the driver's model, through
+        the batched engine each worker runs; the workers were checked to hold the same weights."""
         if not self.actors:
             self._start()
-        options = dict(per_prompt=per_prompt, chunk=chunk, memory_budget=memory_budget)
-        checks: list[dict[str, float]] = []
-        costs: list[dict[str, Any]] = []
-        bar = tqdm(total=len(the_plan.sites), initial=len(the_plan.sites) - len(pending),
-                   desc=f"{the_plan.direction} {the_plan.kind}, {len(pieces)} shards", disable=None if progress is None else not progress)
-        for number, shard_rows, shard_checks, shard_cost in self._run(pairs, the_plan, pieces, options):
-            rows.update(zip(pieces[number], shard_rows))
-            if store is not None:
-                store.append(dict(zip(pieces[number], shard_rows)))
-            checks.append(shard_checks)
-            costs.append(shard_cost)
-            bar.update(len(pieces[number]))
-        bar.close()
-        self_checks = {key: max(c[key] for c in checks) for key in checks[0]}
-        result = collect.finish(model, pairs, the_plan, [rows[i] for i in range(len(the_plan.sites))], base, self_checks,
-                                engine=ENGINE, per_prompt=per_prompt)
-        result.attrs["cost"] = {
-            "patches": len(the_plan.sites),
-            "noop_patches_skipped": sum(c["noop_patches_skipped"] for c in costs),
-            "patches_from_checkpoint": from_checkpoint,
-            "chunk": min(c["chunk"] for c in costs),
-            # Every shard records the target and runs the self-checks itself: this is the whole work.
-            "forward_equivalents": round(sum(c["forward_equivalents"] for c in costs), 3),
-            "shards": len(pieces),
-            "workers": len(self.actors),
-        }
-        return result
+        return ShardPatching(self, model, the_plan, base)
 
-    def _run(self, pairs: PromptPairs, the_plan: SweepPlan, pieces: list[list[int]],
-             options: dict[str, Any]) -> Iterator[tuple[int, list[Any], dict[str, float], dict[str, Any]]]:
-        """(shard number, rows, self-check errors, cost) of each shard, in the order they finish.
+    def run_shards(self, the_plan: SweepPlan, pieces: list[list[int]]) -> Iterator[tuple[int, list[Any], dict[str, Any]]]:
+        """(shard number, rows, cost) of each shard, in the order they finish.
 
-        Each free worker gets the next shard; prompts and plan go to the object store once."""
+        Each free worker gets the next shard; the plan goes to the object store once."""
         ray = self.ray
-        pairs_ref, plan_ref = ray.put(pairs), ray.put(the_plan)
+        plan_ref = ray.put(the_plan)
         waiting = list(enumerate(pieces))
         idle = list(self.actors)
         running: dict[Any, tuple[Any, int]] = {}
         while waiting or running:
             while waiting and idle:
                 actor, (number, indices) = idle.pop(), waiting.pop(0)
-                running[actor.run.remote(number, pairs_ref, plan_ref, indices, options)] = (actor, number)
+                running[actor.run.remote(number, plan_ref, indices)] = (actor, number)
             [done], _ = ray.wait(list(running), num_returns=1)
             actor, number = running.pop(done)
             try:
@@ -259,7 +187,51 @@ class Workers:
             yield outcome
 
 
-def split(indices: list[int], the_plan: SweepPlan, pairs: PromptPairs, shards: int) -> list[list[int]]:
+class ShardPatching:
+    """One plan's rows from the workers; single patches (the self-checks) on the driver."""
+
+    def __init__(self, workers: Workers, model: Model, the_plan: SweepPlan, base: metrics.Baseline):
+        self.workers, self.plan = workers, the_plan
+        self.local = batched.BatchedPatching(model, the_plan, base)
+        self.costs: list[dict[str, Any]] = []
+        self.pieces: list[list[int]] = []
+
+    def logits(self, values: Mapping[Site, Tensor]) -> Tensor:
+        return self.local.logits(values)
+
+    def known(self, reduce: Callable[[Tensor], Any]) -> dict[int, Any]:
+        return {}  # each worker skips its own no-op patches
+
+    def rows(self, reduce: Callable[[Tensor], Any], done: Collection[int]) -> Iterator[dict[int, Any]]:
+        """Rows of every site not in `done`, a shard at a time as shards finish. Workers reduce
+        logits against their own baseline, so that their no-op patches stay exact."""
+        if not (pending := [i for i in range(len(self.plan.sites)) if i not in done]):
+            return
+        self.pieces = split(pending, self.plan, self.workers.shards)
+        progress = self.plan.spec.progress
+        bar = tqdm(total=len(self.plan.sites), initial=len(self.plan.sites) - len(pending),
+                   desc=f"{self.plan.direction} {self.plan.kind}, {len(self.pieces)} shards",
+                   disable=None if progress is None else not progress)
+        for number, shard_rows, shard_cost in self.workers.run_shards(self.plan, self.pieces):
+            self.costs.append(shard_cost)
+            yield dict(zip(self.pieces[number], shard_rows))
+            bar.update(len(self.pieces[number]))
+        bar.close()
+
+    def cost(self) -> dict[str, Any]:
+        local = self.local.cost()
+        return {
+            "patches": len(self.plan.sites),
+            "noop_patches_skipped": sum(c["noop_patches_skipped"] for c in self.costs),
+            "chunk": min((c["chunk"] for c in self.costs), default=local["chunk"]),
+            # Every shard records the target itself, and the driver ran the self-checks: this is the whole work.
+            "forward_equivalents": round(local["forward_equivalents"] + sum(c["forward_equivalents"] for c in self.costs), 3),
+            "shards": len(self.pieces),
+            "workers": len(self.workers.actors),
+        }
+
+
+def split(indices: list[int], the_plan: SweepPlan, shards: int) -> list[list[int]]:
     """`indices` (into `the_plan.sites`) cut into at most `shards` pieces of near-equal size.
 
     Cut in the batched engine's own order, by the first position a patch can change and then by
@@ -271,7 +243,7 @@ def split(indices: list[int], the_plan: SweepPlan, pairs: PromptPairs, shards: i
         if s.pos is None or s.kind == "pattern":
             return 0, s.layer
         if isinstance(s.pos, str):
-            return int(pairs.positions[s.pos].min()), s.layer
+            return int(the_plan.target.positions[s.pos].min()), s.layer
         return s.pos, s.layer
 
     ordered = sorted(indices, key=entry)
@@ -295,20 +267,20 @@ class _ShardWorker:
     def weights(self) -> str:
         return weights_fingerprint(self._model())
 
-    def run(self, number: int, pairs: PromptPairs, the_plan: SweepPlan, indices: list[int],
-            options: dict[str, Any]) -> tuple[int, list[Any], dict[str, float], dict[str, Any]]:
-        _inject_faults(the_plan.direction, number)
+    def run(self, number: int, the_plan: SweepPlan, indices: list[int]) -> tuple[int, list[Any], dict[str, Any]]:
         model = self._model()
-        shard_plan = dataclasses.replace(the_plan, sites=[the_plan.sites[i] for i in indices])
-        per_prompt = options["per_prompt"]
+        shard_plan = the_plan.narrowed([the_plan.sites[i] for i in indices])
+        shard_plan = dataclasses.replace(shard_plan, spec=shard_plan.spec.replace(progress=False))
+        per_prompt = shard_plan.spec.per_prompt
         with torch.no_grad(), (hooks.eager_attention(model) if shard_plan.kind == "pattern" else contextlib.nullcontext()):
             # This worker's own baseline: a no-op patch must give its own target logits exactly.
-            base = collect.baseline(model, pairs, check=False)
-            rows, self_checks, cost = batched.patched_logits(
-                model, pairs, shard_plan, base, lambda logits: collect.row(logits, base, per_prompt=per_prompt),
-                progress=False, chunk=options["chunk"], memory_budget=options["memory_budget"],
-            )
-        return number, rows, self_checks, cost
+            base = collect.baseline(model, shard_plan.pairs, check=False)
+            patching = batched.BatchedPatching(model, shard_plan, base)
+            reduce = lambda logits: collect.row(logits, base, per_prompt=per_prompt)  # noqa: E731
+            rows = patching.known(reduce)
+            for chunk in patching.rows(reduce, set(rows)):
+                rows.update(chunk)
+        return number, [rows[i] for i in range(len(indices))], patching.cost()
 
     def _model(self) -> Model:
         if self.model is None:
@@ -340,16 +312,3 @@ def _connect(ray: Any, address: str | None, shards: int) -> bool:
     else:
         ray.init(address=address, logging_level=logging.WARNING)
     return True
-
-
-def _inject_faults(direction: str, number: int) -> None:
-    """The test hook described at FAULTS_FOLDER; does nothing unless that variable is set."""
-    folder = os.environ.get(FAULTS_FOLDER)
-    if not folder:
-        return
-    (Path(folder) / f"ran-{direction}-{number}-{os.getpid()}-{time.time_ns()}").touch()
-    try:
-        (Path(folder) / f"kill-{number}").unlink()
-    except FileNotFoundError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)

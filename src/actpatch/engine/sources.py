@@ -1,59 +1,71 @@
-"""Where a sweep's patched values come from: the other run, or an ablation of the target's own.
+"""Where patched values come from: the other run, or an ablation of the target's own.
 
-Every engine and the self-checks get their values here, so a noise corruption's input noise and
-the ablation sources (zero, mean, resample) mean the same thing in each of them."""
+Every engine, the self-checks and the circuits get their values here, so a noise corruption's
+input noise and the ablations (zero, mean, resample) mean the same thing in each of them."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from actpatch import hooks
 from actpatch.engine.plan import SweepPlan
+from actpatch.engine.spec import ABLATIONS, Ablation
 from actpatch.metrics import NonFiniteError
 from actpatch.models.model import Model
-from actpatch.pairs import PromptPairs
+from actpatch.pairs import Run
 from actpatch.sites import Site
 
 RESAMPLE_SEED = 0  # fixed, and recorded in the result's provenance
 
 
-def target_values(model: Model, pairs: PromptPairs, plan: SweepPlan, sites: Sequence[Site]) -> dict[Site, Tensor]:
+def captured(model: Model, run: Run, sites: Sequence[Site]) -> dict[Site, Tensor]:
+    """Each site's activation in `run` (its input noise included), from one forward."""
+    with hooks.add_to_input(model, run.noise):
+        return hooks.capture(model, run.tokens, sites, positions=run.positions)
+
+
+def target_values(model: Model, plan: SweepPlan, sites: Sequence[Site]) -> dict[Site, Tensor]:
     """Each site's activation in the unpatched target run."""
-    with hooks.add_to_input(model, plan.target_noise):
-        return hooks.capture(model, plan.target, sites, positions=pairs.positions)
+    return captured(model, plan.target, sites)
 
 
-def source_values(model: Model, pairs: PromptPairs, plan: SweepPlan, sites: Sequence[Site]) -> dict[Site, Tensor]:
+def source_values(model: Model, plan: SweepPlan, sites: Sequence[Site]) -> dict[Site, Tensor]:
     """The value each site is patched with: the source run's activation, or the ablation of the
     target's own that `plan.ablation` names. Refuses NaN or inf values (`NonFiniteError`), which
     would turn that site's row of the result into NaN."""
-    values = _values(model, pairs, plan, sites)
+    if plan.ablation is None:
+        values = captured(model, plan.source, sites)
+    else:
+        own = target_values(model, plan, sites)
+        mean_over = None if plan.mean_over is None else captured(model, plan.mean_over.clean_run, sites)
+        values = ablate(own, plan.ablation, mean_over=mean_over)
     if bad := [s for s, v in values.items() if not bool(torch.isfinite(v).all())]:
         raise NonFiniteError(
             f"the {plan.ablation or 'source'} values to patch hold NaN or inf at {len(bad)} site(s), first {bad[0]}: "
-            f"the {'reference prompts' if plan.reference is not None else 'source run'} overflowed in "
+            f"the {'mean_over prompts' if plan.mean_over is not None else 'source run'} overflowed in "
             f"{next(model.hf.parameters()).dtype} or its input noise is not finite. Load the model in bfloat16 or float32."
         )
     return values
 
 
-def _values(model: Model, pairs: PromptPairs, plan: SweepPlan, sites: Sequence[Site]) -> dict[Site, Tensor]:
-    if plan.ablation is None:
-        with hooks.add_to_input(model, plan.source_noise):
-            return hooks.capture(model, plan.source, sites, positions=pairs.positions)
-    own = target_values(model, pairs, plan, sites)
-    if plan.ablation == "zero":
-        return {s: torch.zeros_like(v) for s, v in own.items()}
-    if plan.ablation == "resample":
-        order = derangement(len(pairs), RESAMPLE_SEED)
-        return {s: v[order] for s, v in own.items()}
-    if plan.reference is None:
-        # Named positions were gathered prompt by prompt, so this averages each role (e.g. S2) over prompts.
-        return {s: v.mean(0, keepdim=True).expand_as(v).clone() for s, v in own.items()}
-    reference = hooks.capture(model, plan.reference.clean, sites, positions=plan.reference.positions)
-    return {s: reference[s].mean(0, keepdim=True).expand_as(v).clone() for s, v in own.items()}
+def ablate(values: Mapping[Site, Tensor], ablation: Ablation, *,
+           mean_over: Mapping[Site, Tensor] | None = None) -> dict[Site, Tensor]:
+    """`values` (batch first) knocked out: zeroed, replaced by their mean over the prompts (or over
+    `mean_over`'s values), or resampled (each prompt takes another prompt's value).
+
+    The one definition of an ablation: sweeps, attribution and circuits all call it."""
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+    if ablation == "zero":
+        return {s: torch.zeros_like(v) for s, v in values.items()}
+    if ablation == "resample":
+        order = derangement(next(iter(values.values())).shape[0], RESAMPLE_SEED)
+        return {s: v[order] for s, v in values.items()}
+    # Named positions were gathered prompt by prompt, so this averages each role (e.g. S2) over prompts.
+    averaged = values if mean_over is None else mean_over
+    return {s: averaged[s].mean(0, keepdim=True).expand_as(v).clone() for s, v in values.items()}
 
 
 def derangement(n: int, seed: int) -> Tensor:
@@ -63,3 +75,4 @@ def derangement(n: int, seed: int) -> Tensor:
         order = torch.randperm(n, generator=generator)
         if not bool((order == torch.arange(n)).any()):
             return order
+

@@ -1,19 +1,21 @@
-"""`sweep`: the one entry point for exact patching sweeps; picks the engine and the directions."""
+"""`sweep`: the one entry point for exact patching sweeps. It turns the keywords into a `SweepSpec`,
+picks the engine, and runs each direction (and length group) through `runner.run`."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Literal, Sequence
 
 import xarray as xr
 
-from actpatch.engine import batched, groups
-from actpatch.engine import shards as shard_engine
+from actpatch.engine import batched, groups, runner
 from actpatch.engine import reference as reference_engine
-from actpatch.engine.plan import DIRECTIONS, Ablation, Direction, Positions, check_model
+from actpatch.engine import shards as shard_engine
+from actpatch.engine.plan import check_model
+from actpatch.engine.spec import DIRECTIONS, Ablation, Direction, Positions, SweepSpec
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 
@@ -39,11 +41,15 @@ def sweep(
     memory_budget: int | None = None,
     progress: bool | None = None,
     ablation: Ablation | None = None,
-    reference: PromptPairs | None = None,
+    mean_over: PromptPairs | None = None,
     check_baseline: bool = True,
     checkpoint: str | os.PathLike | None = None,
     shards: int | None = None,
     ray_address: str | None = None,
+    reference: PromptPairs | None = None,
+    ci: float | None = None,
+    n_boot: int = 1000,
+    boot_seed: int = 0,
 ) -> xr.DataArray:
     """Patch every site of one kind and measure every metric: a labelled `metric × layer × ...` result.
 
@@ -56,17 +62,17 @@ def sweep(
     the results pooled exactly, at named positions. `engine="reference"`
     patches one site per plain forward, the oracle the default "batched" engine is tested against.
     `ablation` (noising only) patches the clean run's own activations knocked out instead of the
-    corrupt run's: "zero", "mean" (over the prompts, or over `reference` prompts' clean runs), or
+    corrupt run's: "zero", "mean" (over the prompts, or over the clean runs of the `mean_over` prompts; `reference=` is its
+    old name), or
     "resample" (each prompt takes another prompt's value). Before sweeping, the clean run must beat
     the corrupt one on the logit difference, or every normalised number is noise: the sweep refuses
     (`BaselineError`) unless `check_baseline=False`. `progress=None` shows a bar only on a terminal.
 
-    `checkpoint` (a folder) makes a long sweep survive being killed: the batched engine writes each
-    finished chunk's rows there, and a later call with the same folder and the same arguments
+    `checkpoint` (a folder) makes a long sweep survive being killed: each finished chunk's rows are
+    written there (by any engine), and a later call with the same folder and the same arguments
     loads them and patches only the rest, giving the same result. A folder written by a different
     sweep (model, prompts, sites, direction, ablation) is refused with `CheckpointMismatch`. Each
-    direction (and each length group) gets its own subfolder. The reference engine does not
-    checkpoint (each of its patches is one plain forward): it logs a warning and ignores the folder.
+    direction (and each length group) gets its own subfolder.
 
     `shards` cuts each direction's sites into that many pieces and patches them on Ray workers
     (`pip install 'actpatch[ray]'`), each holding its own copy of the model, loaded from where
@@ -74,10 +80,65 @@ def sweep(
     The result is the single-process one; `attrs["cost"]` counts the shards. `ray_address` names a
     running cluster ("auto" on one of its nodes, or "ray://head:10001"); without it a Ray already
     running in this process, or `$RAY_ADDRESS`, or a local Ray started for this call is used
-    (docs/scale.md). A worker that dies is restarted and only its shard runs again."""
+    (docs/scale.md). A worker that dies is restarted and only its shard runs again.
+
+    `ci` (e.g. 0.95) puts an interval on every number: the sweep keeps every prompt's rows and
+    returns `actpatch.stats.intervals(rows, ci=ci, n_boot=n_boot, seed=boot_seed)`, the result
+    without `batch` and with a `stat` dimension ["value", "lo", "hi"] whose `value` is this sweep's
+    number (docs/uncertainty.md). It refuses `per_prompt=True`: for the rows themselves, sweep with
+    per_prompt=True and call `actpatch.stats.intervals` on them."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     check_model(model)
+    if ci is not None:
+        from actpatch.stats import bootstrap  # stats reads results; imported here, it cannot loop back into engines
+        if per_prompt:
+            raise ValueError("ci= returns intervals computed from the per-prompt rows, not the rows: drop per_prompt=True, "
+                             "or sweep with per_prompt=True and call actpatch.stats.intervals(result, ci=...)")
+        bootstrap.check_options(ci, n_boot)
+    mean_over = _mean_over(mean_over, reference)
+    directions = [direction] if isinstance(direction, str) else list(direction)
+    if not directions or any(d not in DIRECTIONS for d in directions):
+        raise ValueError(f"direction must be one of {DIRECTIONS} or a list of them, got {direction!r}")
+    spec = SweepSpec(site, directions[0], layers=layers, positions=positions, heads=heads, neurons=neurons,
+                     per_prompt=per_prompt or ci is not None, ablation=ablation, mean_over=mean_over, check_baseline=check_baseline,
+                     chunk=chunk, memory_budget=memory_budget, progress=progress)
+    chosen = _engine(model, engine, shards)
+    with contextlib.ExitStack() as stack:
+        if shards is not None:  # one set of workers for every direction and length group of this call
+            chosen = stack.enter_context(shard_engine.Workers(model, shards=shards, ray_address=ray_address))
+        folder = None if checkpoint is None else Path(checkpoint)
+        parts = [_one_direction(model, pairs, spec.replace(direction=d), chosen, folder) for d in directions]
+    result = parts[0] if isinstance(direction, str) else stacked(parts, "direction", directions)
+    return result if ci is None else bootstrap.intervals(result, ci=ci, n_boot=n_boot, seed=boot_seed)
+
+
+def stacked(parts: list[xr.DataArray], dim: str, labels: list[str]) -> xr.DataArray:
+    """`parts` stacked on a new dimension `dim`; the provenance they share is kept, and what each part
+    measured of itself (self-checks, cost, source) is kept per part, e.g. `self_checks["noise: noop_patch_error"]`."""
+    result = xr.concat(parts, dim=dim, combine_attrs="drop_conflicts").assign_coords({dim: labels})
+    result.attrs["self_checks"] = {f"{label}: {name}": value for label, part in zip(labels, parts)
+                                   for name, value in part.attrs["self_checks"].items()}
+    result.attrs["self_check_tolerance"] = max(part.attrs.get("self_check_tolerance", 0.0) for part in parts)
+    for key in ("cost", "source", dim):
+        if key in parts[0].attrs and any(part.attrs.get(key) != parts[0].attrs[key] for part in parts):
+            result.attrs[key] = {label: part.attrs.get(key) for label, part in zip(labels, parts)}
+    return result
+
+
+def _mean_over(mean_over: PromptPairs | None, reference: PromptPairs | None) -> PromptPairs | None:
+    """`mean_over=`, or the `reference=` it was called before (the reference engine owns that word now)."""
+    if reference is None:
+        return mean_over
+    if mean_over is not None:
+        raise ValueError("reference= is the old name of mean_over=; pass only mean_over=")
+    warnings.warn("sweep(reference=...) is now sweep(mean_over=...): the prompts whose clean runs ablation='mean' "
+                  "averages; reference= will be removed", DeprecationWarning, stacklevel=3)
+    return reference
+
+
+def _engine(model: Model, engine: str, shards: int | None) -> runner.Engine:
+    """The engine object for `engine=`; the batched engine falls back to the reference on unproven models."""
     if shards is not None:
         shard_engine.check_shards(shards)
         if engine != "batched":
@@ -86,38 +147,22 @@ def sweep(
         if reason := batched.unsupported(model):
             raise ValueError(f"shards= runs the batched engine on every worker, whose shortcuts are not proven for this model "
                              f"({reason}): sweep it without shards= (it falls back to the reference engine)")
-    options = dict(layers=layers, positions=positions, heads=heads, neurons=neurons, per_prompt=per_prompt, progress=progress,
-                   ablation=ablation, reference=reference, check_baseline=check_baseline)
-    if engine == "batched":
-        options.update(chunk=chunk, memory_budget=memory_budget)
+        return batched.Batched()  # replaced by the workers once they are started
     if engine == "batched" and (reason := batched.unsupported(model)):
         log.warning("the batched engine's shortcuts are not proven for this model (%s); using the reference engine", reason)
-        engine, options = "reference", {k: v for k, v in options.items() if k not in ("chunk", "memory_budget")}
-    run = batched.sweep if engine == "batched" else reference_engine.sweep
-    with contextlib.ExitStack() as stack:
-        if shards is not None:  # one set of workers for every direction and length group of this call
-            run = stack.enter_context(shard_engine.Workers(model, shards=shards, ray_address=ray_address)).sweep
-        if checkpoint is not None and engine == "batched":
-            run = _checkpointed(run, Path(checkpoint), grouped=not isinstance(pairs, PromptPairs))
-        elif checkpoint is not None:
-            log.warning("the reference engine does not checkpoint; %s is not used", checkpoint)
-        if not isinstance(pairs, PromptPairs):
-            run, pairs = functools.partial(groups.sweep_groups, run), list(pairs)
-        if isinstance(direction, str):
-            return run(model, pairs, site, direction=direction, **options)
-        directions = list(direction)
-        if not directions or any(d not in DIRECTIONS for d in directions):
-            raise ValueError(f"direction must be one of {DIRECTIONS} or a list of them, got {direction!r}")
-        parts = [run(model, pairs, site, direction=d, **options) for d in directions]
-    return xr.concat(parts, dim="direction", combine_attrs="drop_conflicts").assign_coords(direction=directions)
+        engine = "reference"
+    return batched.Batched() if engine == "batched" else reference_engine.Reference()
 
 
-def _checkpointed(run: Callable[..., xr.DataArray], folder: Path, *, grouped: bool) -> Callable[..., xr.DataArray]:
-    """`run` with a checkpoint subfolder per direction, and per token length when prompts come in
-    length groups (each group is its own sweep plan, so each needs its own checkpoint)."""
+def _one_direction(model: Model, pairs: PromptPairs | Sequence[PromptPairs], spec: SweepSpec, engine: runner.Engine,
+                   folder: Path | None) -> xr.DataArray:
+    """One direction's sweep; prompts in length groups are swept group by group and pooled. Each
+    direction (and length group) keeps its own checkpoint subfolder."""
+    where = None if folder is None else folder / spec.direction
+    if isinstance(pairs, PromptPairs):
+        return runner.run(model, pairs, spec, engine, checkpoint=where)
 
-    def run_into_folder(model: Model, pairs: PromptPairs, site: str, *, direction: str, **options: Any) -> xr.DataArray:
-        where = folder / direction / f"length-{pairs.seq_len}" if grouped else folder / direction
-        return run(model, pairs, site, direction=direction, checkpoint=where, **options)
+    def run_group(group: PromptPairs, group_spec: SweepSpec) -> xr.DataArray:
+        return runner.run(model, group, group_spec, engine, checkpoint=None if where is None else where / f"length-{group.seq_len}")
 
-    return run_into_folder
+    return groups.sweep_groups(run_group, model, pairs, spec)

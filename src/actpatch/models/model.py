@@ -4,13 +4,17 @@ It adds no layers and wraps no modules; hooks are attached only for the duration
 `hooks.capture` or `hooks.patch` call."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from actpatch.models.arch import Arch, Dims, arch_of, dims_of
+
+if TYPE_CHECKING:
+    from actpatch.pairs import Run
 
 
 @dataclass(eq=False)
@@ -62,14 +66,25 @@ class Model:
         return [self.tokenizer.decode([int(i)]) for i in ids]
 
     @torch.no_grad()
-    def last_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+    def last_logits(self, run: "Run | torch.Tensor") -> torch.Tensor:
         """Logits at the final position, (batch, vocab): the only position our metrics read.
 
-        `logits_to_keep=1` unembeds the final position alone, which is exact and skips most of the
-        unembedding's cost."""
+        Takes a `Run` (`pairs.clean_run`, `pairs.corrupt_run`: a noise corruption's input noise is
+        added) or token ids. `logits_to_keep=1` unembeds the final position alone, which is exact
+        and skips most of the unembedding's cost."""
+        from actpatch import hooks  # hooks build on this module
+        from actpatch.pairs import Run
+
+        tokens, noise = (run.tokens, run.noise) if isinstance(run, Run) else (run, None)
         check_token_tensor(tokens)
-        tokens = tokens.to(self.device)
-        return self.hf(input_ids=tokens, use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
+        with hooks.add_to_input(self, noise):
+            return self.hf(input_ids=tokens.to(self.device), use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
+
+    def __repr__(self) -> str:
+        d = self.dims
+        params = sum(p.numel() for p in self.hf.parameters())
+        return (f"Model({self.name!r}, {type(self.hf).__name__}, {params / 1e6:.0f}M parameters, {d.n_layers} layers, "
+                f"{d.n_heads} heads ({d.n_kv_heads} KV), d_model {d.d_model}, {next(self.hf.parameters()).dtype}, {self.device})")
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """Logits (batch, vocab) from the final resid_post at one position (batch, d_model).
@@ -81,6 +96,24 @@ class Model:
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
         return logits.float()
+
+
+_SAMPLES_PER_TENSOR = 4096  # weight values hashed per parameter: enough to tell two models apart
+
+
+def weights_fingerprint(model: Model) -> str:
+    """A hash of every parameter's name, shape, dtype and a strided sample of its values.
+
+    Cheap on any model size (a few thousand values per tensor) and different for two random
+    initialisations or two fine-tunes; it is not a cryptographic hash of the weights."""
+    digest = hashlib.sha256()
+    for name, tensor in [*model.hf.named_parameters(), *model.hf.named_buffers()]:
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        if tensor.device.type != "meta" and tensor.numel():
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // _SAMPLES_PER_TENSOR)]
+            digest.update(sample.to("cpu", torch.float64).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def check_token_tensor(tokens: object) -> None:

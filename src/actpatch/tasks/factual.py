@@ -116,6 +116,8 @@ def factual_recall(
             "END": [f.length - 1 for f in drawn],
         },
         corruption="str",
+        task="factual",
+        seed=seed,
     )
 
 

@@ -67,7 +67,7 @@ def from_file(model: Model, path: str | Path, *, corruption: str | None = None) 
     if not clean:
         raise PairsError(f"{path}: no rows; each row needs {', '.join(REQUIRED)}")
     return PromptPairs.from_strings(model, clean, corrupt, answers, wrong, positions=positions,
-                                    corruption=corruption or path.name)
+                                    corruption=corruption or path.name, task=f"file:{path.name}")
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, int, dict]]:

@@ -84,6 +84,8 @@ def greater_than(model: Model, n: int = 32, *, seed: int = 0) -> PromptPairs:
             "END": [len(_ids(model, text)) - 1 for text in clean],
         },
         corruption="01",
+        task="greater_than",
+        seed=seed,
     )
 
 

@@ -61,6 +61,8 @@ def induction(model: Model, n: int = 32, *, length: int = 20, repeat: int = 10, 
             "END": [offset + length + repeat - 1] * n,
         },
         corruption="induction_prev_answer",
+        task="induction",
+        seed=seed,
     )
 
 

@@ -70,7 +70,7 @@ def ioi(
     at named positions (`positions=["S1", "IO", "S2", "END"]`). For a sweep over every position,
     use `order="abba", templates=CLASSIC`; for every template, `ioi_groups`."""
     strings = _prompts(model, n, corruption=corruption, seed=seed, order=order, templates=templates, one_length=True)
-    return PromptPairs.from_strings(model, *strings[:4], positions=strings[4], corruption=strings[5])
+    return PromptPairs.from_strings(model, *strings[:4], positions=strings[4], corruption=strings[5], task="ioi", seed=seed)
 
 
 def ioi_groups(
@@ -87,7 +87,8 @@ def ioi_groups(
     `ap.sweep(model, ioi_groups(model), site, positions=["S2", "END"])` sweeps them all and pools
     the groups exactly; use it when the templates of one length are too few for the variety you want."""
     strings = _prompts(model, n, corruption=corruption, seed=seed, order=order, templates=templates, one_length=False)
-    return PromptPairs.groups_from_strings(model, *strings[:4], positions=strings[4], corruption=strings[5])
+    return PromptPairs.groups_from_strings(model, *strings[:4], positions=strings[4], corruption=strings[5],
+                                           task="ioi_groups", seed=seed)
 
 
 def _prompts(model: Model, n: int, *, corruption: str, seed: int, order: str, templates: Sequence[str] | None, one_length: bool):
