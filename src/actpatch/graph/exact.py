@@ -65,7 +65,7 @@ def removal_logit_diffs(runs: EdgeRuns, edges: Tensor, *, chunk: int | None = No
     result = torch.empty(len(edges), dtype=torch.float64)
     for index, stage in enumerate(stages):
         mine = (stage_of[edges[:, 1]] == index).nonzero().flatten()
-        for part in mine.split(size):
+        for part in (mine.split(size) if len(mine) else ()):
             senders, columns = edges[part, 0], edges[part, 1] - stage.receivers.start
             if stage.kind == "logits":
                 final = clean[Site("resid_post", n_layers - 1)][:, -1]  # (batch, d_model)
