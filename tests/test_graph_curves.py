@@ -2,6 +2,7 @@
 EAP-IG/MIB JSON file format."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +136,13 @@ def test_malformed_files_are_refused_with_the_reason(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(GraphFileError, match=message):
         load_graph(path, tiny_model("gpt2"))
+
+
+@pytest.mark.parametrize("family, ablation", [("gpt2", None), ("llama", None), ("gemma3", "mean")])
+def test_the_fast_curve_is_the_plain_curve(family, ablation):
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    scores = edge_scores(model, pairs, "eap")
+    fast = faithfulness_curve(model, pairs, scores, ablation=ablation, check_baseline=False)
+    plain = faithfulness_curve(model, pairs, scores, ablation=ablation, check_baseline=False, engine="plain")
+    np.testing.assert_allclose(fast.values, plain.values, atol=1e-5)
+    assert fast.attrs["cpr"] == pytest.approx(plain.attrs["cpr"], abs=1e-5)
