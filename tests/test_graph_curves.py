@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from actpatch import hooks
+from actpatch import hooks, metrics
 from actpatch.graph import (EdgeError, EdgeRuns, EdgeScores, Graph, GraphFileError, cpr_cmd, edge_scores,
-                            faithfulness_curve, load_graph, nodes_in_circuit, prune_circuit, save_graph,
+                            faithfulness_curve, grow_circuit, load_graph, nodes_in_circuit, prune_circuit, save_graph,
                             top_edges)
 from tiny import tiny_model, tiny_pairs, with_answers
 
@@ -146,3 +146,25 @@ def test_the_fast_curve_is_the_plain_curve(family, ablation):
     plain = faithfulness_curve(model, pairs, scores, ablation=ablation, check_baseline=False, engine="plain")
     np.testing.assert_allclose(fast.values, plain.values, atol=1e-5)
     assert fast.attrs["cpr"] == pytest.approx(plain.attrs["cpr"], abs=1e-5)
+
+
+# --- greedy growth ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family, step", [("gpt2", 1), ("llama", 2)])
+def test_a_grown_circuit_is_at_least_as_faithful_as_the_top_edges_of_its_size(family, step):
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    scores = edge_scores(model, pairs, "eap")
+    grown = grow_circuit(model, pairs, scores, 6, candidates=30, step=step, check_baseline=False)
+    assert int(grown.circuit.sum()) == 6 == len(grown.order) and len(grown.faithfulness) == 6 // step
+    runs = EdgeRuns.prepare(model, pairs, check_baseline=False)
+    top = top_edges(scores, 6, prune=False)
+    empty, full, mine, theirs = (float(d) for d in mean_logit_diffs(
+        runs, runs.logits(torch.stack([runs.graph.empty(), runs.graph.full(), grown.circuit, top]))))
+    assert (mine - empty) / (full - empty) == pytest.approx(grown.faithfulness[-1], abs=1e-5)
+    assert mine >= theirs - 1e-6
+    assert set(runs.graph.names(grown.circuit)) == set(grown.order)
+    assert hooks.attached_hooks(model) == 0
+
+
+def mean_logit_diffs(runs, logits):
+    return [metrics.logit_diff(l.double(), runs.pairs.answers, runs.pairs.wrong).mean() for l in logits]

@@ -8,18 +8,20 @@
     files.py     scored graphs and circuits as EAP-IG / MIB JSON
     exact.py     one-edge removals, stacked and resumed at each receiver's layer (exact scores, verification)
     verify.py    verify_edges(): the top-k and a random sample of scored edges removed exactly
+    grow.py      grow_circuit(): circuits grown greedily by the exact gain of each candidate edge
 Hooks live in `actpatch.hooks.edges`.
 """
 from actpatch.graph.evaluate import EdgeRuns, evaluate
 from actpatch.graph.faithfulness import MIB_PERCENTS, cpr_cmd, faithfulness_curve
 from actpatch.graph.files import GraphFileError, load_graph, save_graph
+from actpatch.graph.grow import Grown, grow_circuit
 from actpatch.graph.nodes import EdgeError, Graph
 from actpatch.graph.scores import METHODS, EdgeScores, edge_scores
 from actpatch.graph.select import nodes_in_circuit, prune_circuit, top_edges
 from actpatch.graph.verify import EdgeVerification, verify_edges
 
 __all__ = [
-    "METHODS", "MIB_PERCENTS", "EdgeError", "EdgeRuns", "EdgeScores", "EdgeVerification", "Graph", "GraphFileError", "cpr_cmd",
-    "edge_scores", "evaluate", "faithfulness_curve", "load_graph", "nodes_in_circuit", "prune_circuit",
+    "METHODS", "MIB_PERCENTS", "EdgeError", "EdgeRuns", "EdgeScores", "EdgeVerification", "Graph", "GraphFileError", "Grown", "cpr_cmd",
+    "edge_scores", "evaluate", "faithfulness_curve", "grow_circuit", "load_graph", "nodes_in_circuit", "prune_circuit",
     "save_graph", "top_edges", "verify_edges",
 ]
