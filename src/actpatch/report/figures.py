@@ -20,6 +20,7 @@ COLORSCALE = "RdBu"  # diverging; each direction's scale is centred at its no-ef
 # Hover values carry 8 significant digits: results are float64 computed from float32 logits,
 # so this is every digit that means anything.
 VALUE_FORMAT = ".8g"
+_LINE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")  # plotly's own
 _MARGIN_TOP, _MARGIN_BOTTOM = 120, 110  # pixels: two title lines and the menu; three tick lines and the axis title
 
 
@@ -40,7 +41,9 @@ def heatmaps(result: xr.DataArray, metric: str | None = None) -> go.Figure:
     """Layer × position (or × head, × KV head, × neuron) heatmaps, one panel per direction, corruption
     or other extra coordinate. Each direction has its own colour scale, white at the value of a patch
     that changes nothing (normalised logit difference: 0 denoising, 1 noising), and all scales span
-    the same distance from their centres, so that panels compare by eye."""
+    the same distance from their centres, so that panels compare by eye. A result with intervals
+    (`stat`: value, lo, hi) shows `value`, with `value [lo, hi]` on hover, and fades the cells
+    whose interval holds that no-effect value."""
     metrics = layout.metrics_of(result) or [None]
     chosen = metric or layout.default_metric(result)
     if chosen not in metrics:
@@ -57,8 +60,7 @@ def heatmaps(result: xr.DataArray, metric: str | None = None) -> go.Figure:
         x = _x_values(result, shown, panel)
         figure.add_trace(go.Heatmap(
             z=panel.values, x=x, y=panel.layers, coloraxis=_axis_name(panel.scale),
-            customdata=np.broadcast_to(np.array([_escape(h) for h in panel.hover], dtype=object), panel.values.shape),
-            hovertemplate=_hover(shown.metric),
+            customdata=_customdata(panel), hovertemplate=_hover(shown.metric, panel),
             name=panel.title or shown.metric,
         ), row=row + 1, col=col + 1)
         figure.update_xaxes(
@@ -68,6 +70,12 @@ def heatmaps(result: xr.DataArray, metric: str | None = None) -> go.Figure:
         )
         figure.update_yaxes(autorange="reversed", title_text="layer" if col == 0 else None,
                             dtick=1 if len(panel.layers) <= 32 else None, row=row + 1, col=col + 1)
+    # Faded cells are a second, translucent white layer over each panel: plotly heatmaps have no
+    # hatching, and a layer keeps the colours themselves those of the value.
+    for i, panel in enumerate(shown.panels):
+        if panel.faded is not None:
+            row, col = divmod(i, shown.columns_per_row)
+            figure.add_trace(_fade(panel, _x_values(result, shown, panel)), row=row + 1, col=col + 1)
     figure.update_layout(
         title=dict(text=_title(result, shown)),
         **{_axis_name(i): dict(colorscale=COLORSCALE, **_scale(shown, i),
@@ -99,12 +107,17 @@ def line_plot(
 
     A second dimension draws one line per value (e.g. one per ranking method). `references` draws
     labelled horizontal lines; for normalised logit difference they default to corrupt = 0, clean = 1,
-    the two ends a circuit's performance is read between."""
+    the two ends a circuit's performance is read between. A curve with intervals (a `stat`
+    dimension: value, lo, hi) is drawn at `value`, in a translucent band from `lo` to `hi`."""
     if "metric" in curve.dims:
         metric = metric or layout.default_metric(curve)
         curve = curve.sel(metric=metric)
     if "batch" in curve.dims:
         curve = curve.mean("batch", keep_attrs=True)
+    bounds = None
+    if "stat" in curve.dims:  # an interval per point: the line is the value, a band spans [lo, hi]
+        bounds = curve.sel(stat=["lo", "hi"])
+        curve = curve.sel(stat="value", drop=True)
     x = x or (curve.dims[0] if curve.ndim == 1 else next((d for d in ("size", "k", "step") if d in curve.dims), None))
     if x is None or x not in curve.dims or curve.ndim > 2:
         raise ValueError(f"a line plot needs one dimension for x (and at most one more); this curve has {list(curve.dims)}: pass x=")
@@ -112,10 +125,21 @@ def line_plot(
     lines = [(str(v), curve.sel({others[0]: v})) for v in curve[others[0]].values] if others else [(None, curve)]
     y_name = y_label or metric or str(curve.name or "value")
     figure = go.Figure()
-    for name, line in lines:
+    for i, (name, line) in enumerate(lines):
+        colour = _LINE_COLOURS[i % len(_LINE_COLOURS)]
+        hover = f"{_escape(x)} %{{x}}<br>{_escape(y_name)} = %{{y:{VALUE_FORMAT}}}"
+        band = None
+        if bounds is not None:
+            band = (bounds.sel({others[0]: line[others[0]].values.item()}) if others else bounds).transpose(x, "stat").values
+            figure.add_trace(go.Scatter(
+                x=np.concatenate([line[x].values, line[x].values[::-1]]), y=np.concatenate([band[:, 1], band[:, 0][::-1]]),
+                fill="toself", fillcolor=colour, opacity=0.2, line=dict(width=0), hoverinfo="skip", showlegend=False,
+                name=_escape(f"{name or y_name} interval"),
+            ))
+            hover += " [%{customdata[0]:" + VALUE_FORMAT + "}, %{customdata[1]:" + VALUE_FORMAT + "}]"
         figure.add_trace(go.Scatter(
-            x=line[x].values, y=line.values, mode="lines+markers", name=_escape(name or y_name),
-            hovertemplate=f"{_escape(x)} %{{x}}<br>{_escape(y_name)} = %{{y:{VALUE_FORMAT}}}<extra></extra>",
+            x=line[x].values, y=line.values, mode="lines+markers", name=_escape(name or y_name), line=dict(color=colour),
+            customdata=band, hovertemplate=hover + "<extra></extra>",
         ))
     if references is None and (metric or curve.name) == layout.DEFAULT_METRIC:
         references = {"clean": 1.0, "corrupt": 0.0}
@@ -136,8 +160,34 @@ def _x_values(result: xr.DataArray, grid: Grid, panel) -> list:
     return [int(v) if isinstance(v, (int, np.integer)) else str(v) for v in result[grid.column_dim].values]
 
 
-def _hover(metric: str) -> str:
+FADED_NAME = "interval holds the no-effect value"
+_FADE = "rgba(255, 255, 255, 0.7)"
+
+
+def _customdata(panel) -> np.ndarray:
+    """Per cell, its column's description; with intervals, also `[lo, hi]`."""
+    columns = np.broadcast_to(np.array([_escape(h) for h in panel.hover], dtype=object), panel.values.shape)
+    if panel.intervals is None:
+        return columns
+    bounds = np.vectorize(lambda lo, hi: f"[{lo:{VALUE_FORMAT}}, {hi:{VALUE_FORMAT}}]", otypes=[object])(
+        panel.intervals[..., 0], panel.intervals[..., 1])
+    return np.stack([columns, bounds], axis=-1)
+
+
+def _hover(metric: str, panel=None) -> str:
+    if panel is not None and panel.intervals is not None:
+        return (f"layer %{{y}}<br>%{{customdata[0]}}<br>{_escape(metric)} = %{{z:{VALUE_FORMAT}}} "
+                "%{customdata[1]}<extra></extra>")
     return f"layer %{{y}}<br>%{{customdata}}<br>{_escape(metric)} = %{{z:{VALUE_FORMAT}}}<extra></extra>"
+
+
+def _fade_values(panel) -> np.ndarray:
+    return np.where(panel.faded, 1.0, np.nan)
+
+
+def _fade(panel, x: list) -> go.Heatmap:
+    return go.Heatmap(z=_fade_values(panel), x=x, y=panel.layers, colorscale=[[0, _FADE], [1, _FADE]], showscale=False,
+                      hoverinfo="skip", name=FADED_NAME)
 
 
 def _metric_menu(result: xr.DataArray, grids: dict[str | None, Grid], chosen: str | None, *, y: float) -> dict:
@@ -147,10 +197,14 @@ def _metric_menu(result: xr.DataArray, grids: dict[str | None, Grid], chosen: st
         for i in range(len(grid.scales)):
             axes.update({f"{_axis_name(i)}.{key}": value for key, value in _scale(grid, i).items()})
             axes[f"{_axis_name(i)}.colorbar.title.text"] = _bar_title(grid, i)
+        faded = [p for p in grid.panels if p.faded is not None]
         buttons.append(dict(
             label=str(metric), method="update",
             args=[
-                {"z": [p.values for p in grid.panels], "hovertemplate": [_hover(grid.metric)] * len(grid.panels)},
+                # One entry per trace, in figure order: the panels, then their faded layers.
+                {"z": [p.values for p in grid.panels] + [_fade_values(p) for p in faded],
+                 "customdata": [_customdata(p) for p in grid.panels] + [None] * len(faded),
+                 "hovertemplate": [_hover(grid.metric, p) for p in grid.panels] + [None] * len(faded)},
                 {**axes, "title.text": _title(result, grid)},
             ],
         ))

@@ -44,6 +44,10 @@ class Panel:
     ticks: list[list[str]]  # per column, the lines of its tick label (plain text)
     hover: list[str]        # per column, a full description (plain text)
     scale: int = 0          # index into Grid.scales: one colour scale per direction
+    # Results with a `stat` dimension (bootstrap intervals): (layer, column, 2) lower and upper
+    # bounds, and the cells whose interval holds the no-effect value, drawn faded.
+    intervals: np.ndarray | None = None
+    faded: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,10 @@ def grid(result: xr.DataArray, metric: str | None = None) -> Grid:
     """Split `result` into layer × column panels: one per direction, corruption or other extra coordinate.
 
     Per-prompt results (a `batch` dimension) are averaged over prompts, and the note says so:
-    the mean of per-prompt normalised values is not the normalised mean a plain sweep reports."""
+    the mean of per-prompt normalised values is not the normalised mean a plain sweep reports.
+    Results with intervals (a `stat` dimension: value, lo, hi) show `value`; `stat` makes no panels.
+    Each panel carries the bounds, and the cells whose interval holds the no-effect value (the
+    colour scale's white) are marked `faded`: the prompts cannot tell them from a patch that does nothing."""
     if not is_layer_grid(result):
         raise ValueError(f"a heatmap needs a 'layer' dimension; this result has {list(result.dims)}")
     metric = metric or default_metric(result)
@@ -105,6 +112,11 @@ def grid(result: xr.DataArray, metric: str | None = None) -> Grid:
     if "batch" in chosen.dims:
         notes.append(f"mean over {chosen.sizes['batch']} prompts of per-prompt values")
         chosen = chosen.mean("batch", keep_attrs=True)
+    bounds = None
+    if "stat" in chosen.dims:
+        bounds = chosen.sel(stat=["lo", "hi"])
+        chosen = chosen.sel(stat="value", drop=True)
+        notes.append(_interval_note(result))
     column_dim = next((d for d in COLUMN_DIMS if d in chosen.dims), None)
     facet_dims = [d for d in chosen.dims if d not in ("layer", column_dim, "direction")]
     if "direction" in chosen.dims:
@@ -117,13 +129,24 @@ def grid(result: xr.DataArray, metric: str | None = None) -> Grid:
         ordered = part.transpose("layer", *([column_dim] if column_dim else []))
         values = np.asarray(ordered.values, dtype=np.float64)
         ticks, hover = _columns(part, column_dim)
+        scale = directions.index(str(part.direction.values.item())) if "direction" in part.coords else 0
+        values = values.reshape(len(part.layer), -1)
+        intervals = faded = None
+        if bounds is not None:
+            part_bounds = bounds.isel(dict(zip(facet_dims, combination)))
+            intervals = np.asarray(part_bounds.transpose("layer", *([column_dim] if column_dim else []), "stat").values,
+                                   dtype=np.float64).reshape(*values.shape, 2)
+            centre = scales[scale].centre
+            faded = (intervals[..., 0] <= centre) & (centre <= intervals[..., 1])
         panels.append(Panel(
             title=" · ".join(_facet_title(part, d) for d in facet_dims),
-            values=values.reshape(len(part.layer), -1),
+            values=values,
             layers=[int(v) for v in part.layer.values],
             ticks=ticks,
             hover=hover,
-            scale=directions.index(str(part.direction.values.item())) if "direction" in part.coords else 0,
+            scale=scale,
+            intervals=intervals,
+            faded=faded,
         ))
     if "direction" in chosen.dims:
         per_row = chosen.sizes["direction"]
@@ -131,6 +154,13 @@ def grid(result: xr.DataArray, metric: str | None = None) -> Grid:
         per_row = min(3, len(panels))
     return Grid(metric=metric or "value", column_dim=column_dim, panels=panels, columns_per_row=per_row,
                 note="; ".join(notes), scales=scales)
+
+
+def _interval_note(result: xr.DataArray) -> str:
+    about = result.attrs.get("interval") if isinstance(result.attrs.get("interval"), dict) else {}
+    ci = about.get("ci")
+    share = f"{100 * ci:g} % " if isinstance(ci, (int, float)) else ""
+    return f"faded: the {share}interval over prompts holds the no-effect value"
 
 
 def no_effect(result: xr.DataArray, metric: str | None, direction: str | None) -> Scale:

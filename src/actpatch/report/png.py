@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
@@ -19,6 +20,7 @@ from actpatch import atomic
 from actpatch.report import layout
 
 COLORMAP = "RdBu"  # the same diverging scales as the interactive figures, white where a patch changes nothing
+FADE = (1.0, 1.0, 1.0, 0.7)  # over cells whose interval holds the no-effect value, as the interactive figures fade them
 
 
 def render_pngs(
@@ -66,6 +68,8 @@ def _heatmaps(result: xr.DataArray, metric: str | None) -> Figure:
         ax = axes.flat[i]
         low, high = grid.limits(panel.scale)
         image = ax.imshow(panel.values, cmap=COLORMAP, vmin=low, vmax=high, aspect="auto", interpolation="nearest")
+        if panel.faded is not None and panel.faded.any():
+            ax.imshow(_fade(panel.faded), aspect="auto", interpolation="nearest")
         images.setdefault(panel.scale, (image, []))[1].append(ax)
         ax.set_title(_text(panel.title), fontsize=9)
         ax.set_ylabel("layer")
@@ -85,16 +89,30 @@ def _heatmaps(result: xr.DataArray, metric: str | None) -> Figure:
     return figure
 
 
+def _fade(faded: np.ndarray) -> np.ndarray:
+    """An RGBA layer: translucent white over the faded cells (the interval holds the no-effect value), clear elsewhere."""
+    layer = np.zeros((*faded.shape, 4))
+    layer[faded] = FADE
+    return layer
+
+
 def _line(curve: xr.DataArray, metric: str | None) -> Figure:
     if "metric" in curve.dims:
         metric = metric or layout.default_metric(curve)
         curve = curve.sel(metric=metric)
+    bounds = None
+    if "stat" in curve.dims:  # a band over each point's interval, as the interactive line plot draws
+        bounds = curve.sel(stat=["lo", "hi"])
+        curve = curve.sel(stat="value", drop=True)
     if curve.ndim != 1:
         raise ValueError(f"a line needs exactly one dimension; this curve has {list(curve.dims)}")
     x = curve.dims[0]
     figure = Figure(figsize=(6, 4), layout="constrained")
     ax = figure.subplots()
-    ax.plot(curve[x].values, curve.values, marker="o")
+    (line,) = ax.plot(curve[x].values, curve.values, marker="o")
+    if bounds is not None:
+        lo, hi = bounds.transpose(x, "stat").values.T
+        ax.fill_between(curve[x].values, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     y_name = metric or str(curve.name or "value")
     if y_name == layout.DEFAULT_METRIC:
         for label, level in (("clean", 1.0), ("corrupt", 0.0)):
