@@ -245,3 +245,13 @@ def test_the_fast_per_head_path_gives_the_plain_paths_logits(family):
     circuits = torch.cat([circuits, runs.graph.exists.double()[None] * torch.rand(1, *runs.graph.exists.shape, dtype=torch.float64)])
     torch.testing.assert_close(runs.logits(circuits), runs.logits(circuits, engine="plain"), atol=ATOL, rtol=0)
     assert hooks.attached_hooks(model) == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_recording_runs_give_the_baseline_bit_for_bit(family):
+    """EdgeRuns.prepare takes its baseline from the forwards that record the senders' outputs."""
+    from actpatch.engine import collect
+
+    model, pairs, runs = setup(family)
+    base = collect.baseline(model, pairs, check=False)
+    assert torch.equal(runs.base.clean_logits, base.clean_logits) and torch.equal(runs.base.corrupt_logits, base.corrupt_logits)

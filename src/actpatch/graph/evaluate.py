@@ -72,10 +72,12 @@ class EdgeRuns:
         if ablation == "resample" and len(pairs) < 2:
             raise ValueError("ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts")
         graph = Graph.of(model)
-        base = collect.baseline(model, pairs, check=check_baseline)
-        clean = sender_outputs(model, graph, pairs.clean_run)
+        # The recording forwards are the baseline runs: their final-position logits are the baseline's.
+        clean, clean_logits = sender_outputs(model, graph, pairs.clean_run, logits=True)
+        corrupt, corrupt_logits = sender_outputs(model, graph, pairs.corrupt_run, logits=True)
+        base = _checked_baseline(model, pairs, clean_logits, corrupt_logits, check_baseline)
         if ablation is None:
-            off = sender_outputs(model, graph, pairs.corrupt_run)
+            off = corrupt
         elif ablation == "zero":
             off = torch.zeros_like(clean)
         elif ablation == "mean":  # position by position, over the prompts
@@ -140,14 +142,29 @@ def attn_in_norm(model: Model) -> str:
 
 
 @torch.no_grad()
-def sender_outputs(model: Model, graph: Graph, run: Run) -> Tensor:
-    """Each sender's output in `run` (its input noise included): (sender, batch, pos, d_model)."""
+def sender_outputs(model: Model, graph: Graph, run: Run, *, logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Each sender's output in `run` (its input noise included): (sender, batch, pos, d_model); with
+    `logits`, also the final-position logits (batch, vocab, float32), as `Model.last_logits` gives them."""
     plan = EdgePlan(stages=graph.stages(), attn_in_norm=attn_in_norm(model), batch=len(run))
     # Noise first: hooks run in the order they were attached, so `input` records the noisy input.
     with hooks.add_to_input(model, run.noise), edge_hooks(model, plan) as record:
-        model.hf(input_ids=run.tokens.to(model.device), use_cache=False, logits_to_keep=1)
+        final = model.hf(input_ids=run.tokens.to(model.device), use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
     check_reached(graph, record)
-    return torch.stack([record.outputs[s] for s in range(len(graph.senders))])
+    outputs = torch.stack([record.outputs[s] for s in range(len(graph.senders))])
+    return (outputs, final) if logits else outputs
+
+
+def _checked_baseline(model: Model, pairs: PromptPairs, clean: Tensor, corrupt: Tensor, check: bool) -> metrics.Baseline:
+    """`collect.baseline`'s baseline and checks, from logits already computed."""
+    base = metrics.Baseline(clean, corrupt, pairs.answers, pairs.wrong)
+    collect.refuse_non_finite(model, base)
+    if check:
+        collect.refuse_unsolved(model.name, float(base.clean_logit_diff.mean()), float(base.corrupt_logit_diff.mean()))
+        if (failing := int((base.clean_logit_diff <= base.corrupt_logit_diff).sum())) > len(pairs) // 4:
+            collect.log.warning("on %d of %d prompts the clean logit difference is not above the corrupt one", failing, len(pairs))
+        if doubt := collect.unlikely_answers(model, base):
+            collect.log.warning(doubt)
+    return base
 
 
 def check_reached(graph: Graph, record: EdgeRecord) -> None:
