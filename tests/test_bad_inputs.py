@@ -18,6 +18,7 @@ import transformers as tf
 
 import actpatch as ap
 from actpatch import metrics
+from actpatch.circuits import EMBED
 from actpatch.corrupt import symmetric_token_replacement
 from actpatch.engine.collect import baseline
 from actpatch.models import cache
@@ -100,6 +101,27 @@ def _checkpoint(c, name: str, damage: str | None = None, manifest: bool = False)
 
 
 BAD_INPUTS = {
+    # --- circuits and ablations ----------------------------------------------------------
+    "circuit of a non-component site": (lambda c: ap.evaluate_circuit(c.m, c.p, [ap.Site("resid_pre", 1)]), ValueError, "is not a component"),
+    "circuit of a q site": (lambda c: ap.evaluate_circuit(c.m, c.p, [ap.Site("q", 1, head=0)]), ValueError, "is not a component"),
+    "empty circuit without components": (lambda c: ap.evaluate_circuit(c.m, c.p, []), ValueError, "an empty circuit needs components="),
+    "circuit member outside the components": (lambda c: ap.evaluate_circuit(c.m, c.p, [ap.Site("mlp_out", 0)], components=[ap.Site("head", 0, head=0)]), ValueError, "not among the components ablated around it"),
+    "circuit ablation 'corrupt'": (lambda c: ap.evaluate_circuit(c.m, c.p, [ap.Site("head", 0, head=0)], ablation="corrupt"), ValueError, "ablation must be one of"),
+    "circuit direction unknown": (lambda c: ap.evaluate_circuit(c.m, c.p, [ap.Site("head", 0, head=0)], direction="up"), ValueError, "direction must be one of"),
+    "circuit head out of range": (lambda c: ap.evaluate_circuit(c.m, c.p, [ap.Site("head", 0, head=7)]), ValueError, "head 7 is out of range"),
+    "frontier of a two-direction sweep": (lambda c: ap.pareto_frontier(c.m, c.p, ap.sweep(c.m, c.p, "head", direction=["denoise", "noise"])), ValueError, "pick one first"),
+    "frontier of a resid_pre sweep": (lambda c: ap.pareto_frontier(c.m, c.p, ap.sweep(c.m, c.p, "resid_pre")), ValueError, "'head' or 'mlp_out' result"),
+    "frontier sizes too large": (lambda c: ap.pareto_frontier(c.m, c.p, [ap.Site("head", 0, head=0)], sizes=[3]), ValueError, r"sizes must lie in 0..1"),
+    "ranking order unknown": (lambda c: ap.circuits.ranking([], order="largest"), ValueError, "order must be one of"),
+    "backup effect unknown": (lambda c: ap.backup(c.m, c.p, ap.Site("head", 0, head=0), effect="indirect"), ValueError, "effect must be one of"),
+    "backup of the embeddings": (lambda c: ap.backup(c.m, c.p, EMBED), ValueError, "backup is studied for heads and MLPs"),
+    "backup_report top 0": (lambda c: ap.backup_report(c.m, c.p, [ap.Site("head", 0, head=0)], top=0), ValueError, "top must be a positive integer"),
+    "label_directions of one direction": (lambda c: ap.label_directions(ap.sweep(c.m, c.p, "head")), ValueError, "needs both directions"),
+    "sensitivity_report without corruptions": (lambda c: ap.sensitivity_report(ap.sweep(c.m, c.p, "head")), ValueError, "'corruption' dimension"),
+    "ablation while denoising": (lambda c: ap.sweep(c.m, c.p, "mlp_out", ablation="zero"), ValueError, "which is noising: pass direction='noise'"),
+    "ablation unknown": (lambda c: ap.sweep(c.m, c.p, "mlp_out", direction="noise", ablation="median"), ValueError, "ablation must be one of"),
+    "mean_over with another ablation": (lambda c: ap.sweep(c.m, c.p, "mlp_out", direction="noise", ablation="zero", mean_over=c.p), ValueError, "mean_over= sets the prompts averaged by ablation='mean'"),
+    "mean_over without an ablation": (lambda c: ap.sweep(c.m, c.p, "mlp_out", direction="noise", mean_over=c.p), ValueError, "mean_over= is only used by ablation='mean'"),
     # --- the sweep's arguments -------------------------------------------------------------
     "site kind misspelt": (lambda c: ap.sweep(c.m, c.p, "resid_pr"), ap.SiteError, r"unknown site kind 'resid_pr'.*Did you mean 'resid_pre'"),
     "site given as a number": (lambda c: ap.sweep(c.m, c.p, 3), TypeError, r"site is a kind name such as 'resid_pre'.*not int 3"),

@@ -10,7 +10,6 @@ import xarray as xr
 import actpatch as ap
 from actpatch import hooks
 from actpatch.circuits import EMBED, components
-from actpatch.sites import SiteError
 from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
 
 
@@ -291,37 +290,6 @@ def test_components_that_depend_on_the_corruption_are_listed():
     assert report.loc[str(A), "largest_under"] == "feature" and report.loc[str(A), "spread"] > 0.9
     assert report.attrs["corruptions"] == ["feature", "elsewhere"]
     assert ap.sensitivity_report(result, threshold=2.0).empty
-
-
-# --- bad inputs -----------------------------------------------------------------------------------
-
-BAD = [
-    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("resid_pre", 1)]), "is not a component"),
-    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("q", 1, head=0)]), "is not a component"),
-    (lambda m, p: ap.evaluate_circuit(m, p, []), "an empty circuit needs components="),
-    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("mlp_out", 0)], components=[ap.Site("head", 0, head=0)]),
-     "not among the components ablated around it"),
-    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("head", 0, head=0)], ablation="corrupt"), "ablation must be one of"),
-    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("head", 0, head=0)], direction="up"), "direction must be one of"),
-    (lambda m, p: ap.evaluate_circuit(m, p, [ap.Site("head", 0, head=7)]), "head 7 is out of range"),
-    (lambda m, p: ap.pareto_frontier(m, p, ap.sweep(m, p, "head", direction=["denoise", "noise"])), "pick one first"),
-    (lambda m, p: ap.pareto_frontier(m, p, ap.sweep(m, p, "resid_pre")), "'head' or 'mlp_out' result"),
-    (lambda m, p: ap.pareto_frontier(m, p, [ap.Site("head", 0, head=0)], sizes=[3]), r"sizes must lie in 0..1"),
-    (lambda m, p: ap.circuits.ranking([], order="largest"), "order must be one of"),
-    (lambda m, p: ap.backup(m, p, ap.Site("head", 0, head=0), effect="indirect"), "effect must be one of"),
-    (lambda m, p: ap.backup(m, p, EMBED), "backup is studied for heads and MLPs"),
-    (lambda m, p: ap.backup_report(m, p, [ap.Site("head", 0, head=0)], top=0), "top must be a positive integer"),
-    (lambda m, p: ap.label_directions(ap.sweep(m, p, "head")), "needs both directions"),
-    (lambda m, p: ap.sensitivity_report(ap.sweep(m, p, "head")), "'corruption' dimension"),
-]
-
-
-@pytest.mark.parametrize("call, message", BAD)
-def test_bad_circuit_calls_are_named(call, message):
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
-    with pytest.raises((SiteError, ValueError), match=message):
-        call(model, pairs)
-    assert ap.attached_hooks(model) == 0
 
 
 def test_an_error_inside_a_circuit_run_leaves_no_hooks(monkeypatch):

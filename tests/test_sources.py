@@ -69,18 +69,6 @@ def test_resample_gives_each_prompt_another_prompts_value():
     assert result.sel(metric="logit_diff", layer=1).item() == pytest.approx(want, abs=1e-5)
 
 
-@pytest.mark.parametrize("call, message", [
-    (dict(direction="denoise", ablation="zero"), "which is noising: pass direction='noise'"),
-    (dict(direction="noise", ablation="median"), "ablation must be one of"),
-    (dict(direction="noise", ablation="zero", mean_over="x"), "ablation='mean' does not use it|mean_over= sets"),
-    (dict(direction="noise", mean_over="x"), "mean_over= is only used by ablation='mean'"),
-])
-def test_bad_ablation_arguments_say_what_to_do(call, message):
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
-    with pytest.raises(ValueError, match=message):
-        ap.sweep(model, pairs, "mlp_out", **call)
-
-
 def test_resample_needs_two_prompts():
     model, pairs = with_answers(tiny_model("llama"), tiny_pairs(batch=1))
     with pytest.raises(ValueError, match="at least 2 prompts"):

@@ -116,11 +116,12 @@ def sweep(
 def stacked(parts: list[xr.DataArray], dim: str, labels: list[str]) -> xr.DataArray:
     """`parts` stacked on a new dimension `dim`; the provenance they share is kept, and what each part
     measured of itself (self-checks, cost, source) is kept per part, e.g. `self_checks["noise: noop_patch_error"]`."""
-    result = xr.concat(parts, dim=dim, combine_attrs="drop_conflicts").assign_coords({dim: labels})
+    result = xr.concat(parts, dim=dim, join="outer", combine_attrs="drop_conflicts").assign_coords({dim: labels})
     result.attrs["self_checks"] = {f"{label}: {name}": value for label, part in zip(labels, parts)
                                    for name, value in part.attrs["self_checks"].items()}
     result.attrs["self_check_tolerance"] = max(part.attrs.get("self_check_tolerance", 0.0) for part in parts)
-    for key in ("cost", "source", dim):
+    # Kept per part where parts differ (by label): what the bootstrap needs to resample each part alone.
+    for key in ("cost", "source", dim, "n_prompts", "group_sizes", "per_prompt_baseline_logit_diff"):
         if key in parts[0].attrs and any(part.attrs.get(key) != parts[0].attrs[key] for part in parts):
             result.attrs[key] = {label: part.attrs.get(key) for label, part in zip(labels, parts)}
     return result
