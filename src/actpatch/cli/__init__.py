@@ -22,7 +22,7 @@ import logging
 
 import click
 
-from actpatch.cli import analyses, models, sweeps
+from actpatch.cli import analyses, compare, models, sweeps
 from actpatch.cli.common import Commands
 
 
@@ -38,6 +38,6 @@ def main(verbose: int) -> None:
     logging.getLogger("actpatch").setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG))
 
 
-for command in (models.models, models.check, sweeps.sweep, analyses.attribute, analyses.circuit, sweeps.demo, sweeps.report_command):
+for command in (models.models, models.check, sweeps.sweep, analyses.attribute, analyses.circuit, sweeps.demo, sweeps.report_command, compare.compare):
     main.add_command(command)
 

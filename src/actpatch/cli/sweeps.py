@@ -34,7 +34,14 @@ CHECKPOINT = "checkpoint"  # the sweep's checkpoint folder inside --out; removed
                    "pip install 'actpatch[ray]'; docs/scale.md).")
 @click.option("--ray-address", default=None,
               help="The Ray cluster for --shards: 'auto' on one of its nodes, or ray://HEAD:10001 (default: a local Ray).")
-def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_address: str | None, **flags: Any) -> None:
+@click.option("--ci", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Put a bootstrap interval over prompts on every number, e.g. 0.95 (docs/uncertainty.md); "
+                   "the result gains a stat dimension (value, lo, hi).")
+@click.option("--n-boot", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Bootstrap resamples for --ci.")
+@click.option("--boot-seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resamples for --ci.")
+def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_address: str | None, ci: float | None,
+          n_boot: int, boot_seed: int, **flags: Any) -> None:
     """Patch every site of one kind; write the labelled result (.nc) and its HTML report into --out.
 
     \b
@@ -42,6 +49,7 @@ def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_ad
     actpatch sweep --task ioi --site head --positions END --prompts 16
     actpatch sweep --config examples/sweep_ioi_resid_pre.toml --out ioi-abc
     actpatch sweep --task ioi --site head --shards 16 --ray-address auto
+    actpatch sweep --task ioi --site resid_pre --prompts 32 --ci 0.95
 
     Denoising (the default) patches clean activations into the corrupt run: which sites are
     sufficient to restore the answer; noising patches corrupt ones into the clean run: which are
@@ -49,8 +57,13 @@ def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_ad
     if it is killed, run the same command again with --resume and only the unfinished patches run.
     The reference engine does not checkpoint. --shards spreads the patches over Ray workers (one
     GPU each where the cluster has GPUs); the result is the same. An earlier run's result in --out
-    is refused unless --overwrite (or --resume, which finishes that run) is given."""
+    is refused unless --overwrite (or --resume, which finishes that run) is given. --ci keeps every
+    prompt's numbers and returns their bootstrap intervals instead (not with --per-prompt; see
+    `actpatch compare` for two per-prompt results)."""
     spec = build_experiment(flags)
+    if ci is not None and spec.sweep.per_prompt:
+        raise BadInput("--ci returns intervals computed from every prompt's numbers, not the numbers: drop --per-prompt, "
+                       "or save with --per-prompt and compare or resample that result")
     if shards is not None and spec.sweep.engine == "reference":
         raise BadInput("--shards runs the batched engine on Ray workers; --engine reference does not shard")
     if shards is not None and importlib.util.find_spec("ray") is None:
@@ -65,6 +78,8 @@ def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_ad
     options = sweep_options(model, pairs, spec)
     if spec.sweep.engine == "reference" and resume:
         echo("the reference engine does not checkpoint: the sweep runs from the start")
+    if ci is not None:
+        options.update(ci=ci, n_boot=n_boot, boot_seed=boot_seed)
     result = ap.sweep(model, pairs, spec.sweep.site, **options, progress=progress(quiet),
                       checkpoint=checkpoint if spec.sweep.engine == "batched" else None, shards=shards, ray_address=ray_address)
     result.attrs.update(provenance(model, spec))
@@ -123,6 +138,9 @@ def tables(result: xr.DataArray) -> list[str]:
              if "direction" in result.dims else [result])
     texts = []
     for part in parts:
+        if "stat" in part.dims:
+            texts.append(interval_table(part))
+            continue
         if "batch" in part.dims:
             part = part.mean("batch", keep_attrs=True)
         # One position (or head) swept: drop that dimension so the rest fits a layer grid.
@@ -132,6 +150,46 @@ def tables(result: xr.DataArray) -> list[str]:
         except ValueError:  # not a layer × one-dimension grid
             texts.append(strongest_table(part))
     return texts
+
+
+def interval_table(result: xr.DataArray, metric: str = "norm_logit_diff", *, top: int = 10) -> str:
+    """A result with intervals (`stat`: value, lo, hi) for the terminal: its layer grid of values, each
+    marked `*` when its interval excludes the no-effect value (the unpatched target run's), then the
+    `top` sites furthest from that value with their intervals."""
+    from actpatch.report.layout import no_effect
+    from actpatch.report.table import layer_table
+    from actpatch.stats.bootstrap import Layout, cell_table
+
+    values = result.sel(metric=metric)
+    centre = no_effect(result, metric, result.attrs.get("direction")).centre
+    lo, hi, value = (values.sel(stat=s, drop=True) for s in ("lo", "hi", "value"))
+    excludes = (lo > centre) | (hi < centre)
+    about = result.attrs.get("interval") or {}
+    lines = [f"{metric} with its {100 * about.get('ci', 0):g} % interval over {about.get('n_prompts', '?')} prompts "
+             f"({about.get('n_boot', '?')} resamples); * : the interval excludes {centre:g}, the unpatched run"]
+    grid = value.squeeze([d for d in value.dims if d != "layer" and value.sizes[d] == 1])
+    if grid.ndim == 2 and "layer" in grid.dims:
+        table = layer_table(grid.expand_dims(metric=[metric]).assign_attrs(result.attrs), metric).splitlines()
+        marks = excludes.squeeze([d for d in excludes.dims if d != "layer" and excludes.sizes[d] == 1])
+        marks = marks.transpose("layer", *[d for d in grid.dims if d != "layer"]).values
+        lines.append(_marked(table[1], [False] * marks.shape[1]))
+        lines += [_marked(row, marks[i]) for i, row in enumerate(table[2:])]
+    flat = cell_table(Layout(value, tuple(value.dims), None))
+    flat["value"], flat["lo"], flat["hi"] = (a.transpose(*value.dims).values.ravel() for a in (value, lo, hi))
+    flat["excludes"] = excludes.transpose(*value.dims).values.ravel()
+    strongest = flat.iloc[(flat["value"] - centre).abs().to_numpy().argsort()[::-1][:top]]
+    lines.append(f"strongest {len(strongest)} of {len(flat)}:")
+    for _, row in strongest.iterrows():
+        where = row["site"] if "site" in row else ", ".join(f"{d}={row[d]}" for d in value.dims)
+        lines.append(f"  {where}: {row['value']:+.3f} [{row['lo']:+.3f}, {row['hi']:+.3f}]{' *' if row['excludes'] else ''}")
+    return "\n".join(lines)
+
+
+def _marked(row: str, excludes: Any, width: int = 6) -> str:
+    # layer_table's lines are a 6-character layer column, then cells `width` wide, one space apart:
+    # each cell gets its mark (or a space) after it, so headers and rows stay aligned.
+    cells = [row[6 + (width + 1) * i: 6 + (width + 1) * i + width] for i in range(len(excludes))]
+    return row[:6] + " ".join(cell + ("*" if mark else " ") for cell, mark in zip(cells, excludes)).rstrip()
 
 
 def checkpoint_folder(out: Path, resume: bool, echo: Callable[[str], None]) -> Path:
