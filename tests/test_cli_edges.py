@@ -64,7 +64,7 @@ def test_writes_the_graph_the_table_the_curve_and_one_page(scored):
 def test_graph_json_marks_exactly_the_evaluated_circuit_and_its_nodes(scored, model_and_pairs):
     model, _ = model_and_pairs
     data = json.loads((scored / "graph.json").read_text())
-    scores, circuit = graph.load_graph(scored / "graph.json", model)
+    scores, _ = graph.load_graph(scored / "graph.json", model)
     evaluated = graph.top_edges(scores, percent=float(PERCENT))
     assert in_graph(data) == set(scores.graph.names(evaluated)) and bool(evaluated.any())
     assert graph.top_edges(scores, percent=float(PERCENT), prune=False).sum() > evaluated.sum()  # pruning did remove some
@@ -92,7 +92,8 @@ def test_importing_the_exported_graph_reproduces_the_curve(scored, tiny, tmp_pat
     assert "the file's own circuit: 7 edges" in result.output
     mine, theirs = (pd.read_csv(folder / "faithfulness.csv") for folder in (scored, tmp_path))
     pd.testing.assert_frame_equal(theirs, mine, atol=1e-6)
-    assert in_graph(json.loads((tmp_path / "graph.json").read_text())) == in_graph(json.loads((scored / "graph.json").read_text()))
+    imported, exported = (json.loads((folder / "graph.json").read_text()) for folder in (tmp_path, scored))
+    assert in_graph(imported) == in_graph(exported)
     assert (tmp_path / "ioi_edge_import.html").exists() and (tmp_path / "ioi_edge_import.nc").exists()
 
 

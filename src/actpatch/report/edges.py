@@ -46,7 +46,8 @@ def faithfulness_plot(edge_curve: xr.DataArray, node_frontier: xr.DataArray | No
         customdata=np.array(edges, dtype=object)[:, None],
         hovertemplate="%{x:.4g}% of edges (%{customdata[0]} after pruning)<br>faithfulness %{y:.4f}<extra></extra>",
     ))
-    caption = ["edge circuit: the top edges by |score|, pruned; f = (m(C) − m(∅)) / (m(full) − m(∅)) on the mean logit difference"]
+    caption = ["edge circuit: the top edges by |score|, pruned; "
+               "f = (m(C) − m(∅)) / (m(full) − m(∅)) on the mean logit difference"]
     if node_frontier is not None:
         if graph is None:
             raise ValueError("placing a node frontier on the axis of edges needs graph=Graph.of(model)")
