@@ -105,21 +105,12 @@ class PromptPairs:
         return Run(self.corrupt, self.corrupt_noise, self.positions, "corrupt")
 
     @classmethod
-    def groups_from_strings(
-        cls,
-        model: Model,
-        clean: Sequence[str],
-        corrupt: Sequence[str],
-        answers: Sequence[str],
-        wrong: Sequence[str],
-        *,
-        positions: dict[str, Sequence[int]] | None = None,
-        corruption: str | None = None,
-        task: str | None = None,
-        seed: int | None = None,
-    ) -> list["PromptPairs"]:
+    def groups_from_strings(cls, model: Model, clean: Sequence[str], corrupt: Sequence[str], answers: Sequence[str],
+                            wrong: Sequence[str], *, positions: dict[str, Sequence[int]] | None = None,
+                            **labels: str | int | None) -> list["PromptPairs"]:
         """Prompts of different token lengths as one PromptPairs per length (shortest first, order
-        kept within each), for `sweep`, which pools the groups exactly at named positions."""
+        kept within each), for `sweep`, which pools the groups exactly at named positions.
+        `labels` (`corruption`, `task`, `seed`) are `from_strings`'s, given to every group."""
         clean_ids, _ = _checked_tokens(model, clean, corrupt, answers, wrong)
         for what, words in (("answer", answers), ("wrong answer", wrong)):
             for i, word in enumerate(words):  # here, so that errors name the prompt's index in the input
@@ -134,8 +125,7 @@ class PromptPairs:
 
             groups.append(cls.from_strings(
                 model, pick(clean), pick(corrupt), pick(answers), pick(wrong),
-                positions={name: pick(list(where)) for name, where in (positions or {}).items()}, corruption=corruption,
-                task=task, seed=seed,
+                positions={name: pick(list(where)) for name, where in (positions or {}).items()}, **labels,
             ))
         return groups
 

@@ -68,13 +68,7 @@ class EdgeRecord:
 def edge_hooks(model: Model, plan: EdgePlan) -> Iterator[EdgeRecord]:
     """Attach the edge taps for the block's forwards; yields what they record; always unhooks."""
     taps = _Taps(model, plan)
-    with ExitStack() as stack:
-        for module, hook, kind in taps.registrations():
-            if kind == "pre":
-                handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-            else:
-                handle = module.register_forward_hook(hook)
-            stack.callback(handle.remove)
+    with _registered(taps):
         yield taps.record
 
 
@@ -410,6 +404,14 @@ def receiver_gradients(model: Model, plan: EdgePlan) -> Iterator[EdgeRecord]:
     taken from its own copy), the projections themselves run once, on the real rows, and are
     repeated. Filled in when the block exits; `record.grads` as under `edge_hooks`."""
     taps = _GradTaps(model, plan)
+    with _registered(taps):
+        yield taps.record
+    taps.finish()
+
+
+@contextmanager
+def _registered(taps) -> Iterator[None]:
+    """Register every hook `taps.registrations()` lists for the block; remove exactly those after it."""
     with ExitStack() as stack:
         for module, hook, kind in taps.registrations():
             if kind == "pre":
@@ -417,8 +419,7 @@ def receiver_gradients(model: Model, plan: EdgePlan) -> Iterator[EdgeRecord]:
             else:
                 handle = module.register_forward_hook(hook)
             stack.callback(handle.remove)
-        yield taps.record
-    taps.finish()
+        yield
 
 
 class _GradTaps:
