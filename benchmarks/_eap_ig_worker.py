@@ -134,20 +134,28 @@ def main() -> None:
         start = time.perf_counter()
         clean_m, corrupt_m = _baselines(eap_evaluate, model, batch, logit_diffs)
         graph.scores[index[:, 0], index[:, 1]] = scores[spec["curve_method"]]
-        own = []
+        own, own_circuits = [], []
         for n in sizes:
             graph.apply_topn(n, absolute=True)
             m = float(eap_evaluate.evaluate_graph(model, graph, batch, logit_diffs, quiet=True).mean())
             own.append({"n": n, "n_edges": int(graph.count_included_edges()), "logit_diff": m})
+            own_circuits.append(graph.in_graph.clone())  # as evaluated (evaluate_graph prunes first)
         timings["curve"] = time.perf_counter() - start
     # Not timed: the same circuits as ours, from our files.
+    # An imported circuit identical (after EAP-IG's prune) to EAP-IG's own circuit of that size is
+    # not evaluated twice: evaluate_graph is deterministic, so its value is reused (and marked).
     imported = []
-    for path in spec["circuit_files"]:
+    for i, path in enumerate(spec["circuit_files"]):
         circuit = Graph.from_json(path)
         before = int(circuit.count_included_edges())
-        m = float(eap_evaluate.evaluate_graph(model, circuit, batch, logit_diffs, quiet=True).mean())
+        circuit.prune()
+        same = i < len(own_circuits) and torch.equal(circuit.in_graph, own_circuits[i])
+        if same:
+            m = own[i]["logit_diff"]
+        else:
+            m = float(eap_evaluate.evaluate_graph(model, circuit, batch, logit_diffs, quiet=True).mean())
         imported.append({"file": path, "n_edges_in_file": before, "n_edges_after_prune": int(circuit.count_included_edges()),
-                         "logit_diff": m})
+                         "logit_diff": m, "same_as_own_circuit": bool(same)})
     record.update(timings=timings, edge_names=names, scores={k: v.tolist() for k, v in scores.items()},
                   clean_logit_diff=clean_m, corrupt_logit_diff=corrupt_m, own_curve=own, imported_curve=imported,
                   sizes=sizes)

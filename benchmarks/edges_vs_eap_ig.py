@@ -42,12 +42,23 @@ def main() -> None:
     parser.add_argument("--eap-ig-src", help="folder of an EAP-IG checkout (the one holding src/eap)")
     parser.add_argument("--prompts", type=int, default=16, help="IOI prompts (ap.ioi_pairs(model, n))")
     parser.add_argument("--steps", type=int, default=5, help="integrated-gradient steps of eap-ig-inputs")
+    parser.add_argument("--report", action="store_true", help="print the tables of the last run again (from its results)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return run_ours(args)
+    if args.report:
+        spec = json.loads((RESULTS / "spec.json").read_text())
+        records = {tool: json.loads((RESULTS / f"{tool}.json").read_text()) for tool in ("actpatch", "eap-ig")}
+        summary = json.loads((RESULTS / "summary.json").read_text())
+        for tool, record in records.items():  # what the driver added to each worker's record
+            record.update({k: summary["timing"][tool][k] for k in ("others_cores_during", "load_avg_1min_before")})
+        fresh = compare(spec, records["actpatch"], records["eap-ig"])
+        fresh["environment"] = summary["environment"]
+        (RESULTS / "summary.json").write_text(json.dumps(fresh, indent=1))
+        return print_report(fresh)
     if not args.eap_ig_src:
         parser.error("--eap-ig-src PATH is required: a checkout of github.com/hannamw/EAP-IG (the folder holding src/eap)")
     source = Path(args.eap_ig_src).resolve()
@@ -190,6 +201,7 @@ def compare(spec: dict, ours: dict, theirs: dict) -> dict:
     curve = {"percents": percents, "n_edges_ours": ours["n_edges"],
              "n_edges_eap_ig_after_import": [c["n_edges_after_prune"] for c in theirs["imported_curve"]],
              "n_edges_eap_ig_own": [c["n_edges"] for c in theirs["own_curve"]],
+             "identical_to_eap_ig_own": [c.get("same_as_own_circuit") for c in theirs["imported_curve"]],
              "f_ours": ours["faithfulness"], "f_eap_ig_same_circuits": f_theirs_ours, "f_eap_ig_own_circuits": f_theirs_own,
              "max_abs_gap_same_circuits": float(np.abs(np.subtract(ours["faithfulness"], f_theirs_ours)).max()),
              "cpr_cmd_ours": [ours["cpr"], ours["cmd"]], "cpr_cmd_eap_ig_same_circuits": list(cpr_cmd(percents, f_theirs_ours)),
@@ -224,14 +236,18 @@ def print_report(s: dict) -> None:
               f"| {row['max_abs_score']:.3f} | {row['top1pct_overlap']:.3f} |")
     print(f"\nFaithfulness of our top-n circuits by {CURVE_METHOD} scores (f = (m(C) − m(∅)) / (m(full) − m(∅)), "
           "mean logit difference); EAP-IG's own circuits are its apply_topn of its own scores:\n")
-    print("| % edges | edges (ours, pruned) | edges in EAP-IG after import + prune | f ours | f EAP-IG, same circuit | |Δf| | "
-          "f EAP-IG, own circuit (edges) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| % edges | edges (ours, pruned) | edges in EAP-IG after import + prune | f ours | f EAP-IG, same circuit | Δf (abs) | "
+          "f EAP-IG, own circuit (edges) | own circuit = ours |")
+    print("|---:|---:|---:|---:|---:|---:|---:|:-:|")
     for i, p in enumerate(c["percents"]):
         gap = abs(c["f_ours"][i] - c["f_eap_ig_same_circuits"][i])
         print(f"| {p:g} | {c['n_edges_ours'][i]} | {c['n_edges_eap_ig_after_import'][i]} | {c['f_ours'][i]:.4f} "
               f"| {c['f_eap_ig_same_circuits'][i]:.4f} | {gap:.1e} {ok(gap <= TARGETS['faithfulness_gap'])} "
-              f"| {c['f_eap_ig_own_circuits'][i]:.4f} ({c['n_edges_eap_ig_own'][i]}) |")
+              f"| {c['f_eap_ig_own_circuits'][i]:.4f} ({c['n_edges_eap_ig_own'][i]}) "
+              f"| {_yes_no(c['identical_to_eap_ig_own'][i])} |")
+    if any(c["identical_to_eap_ig_own"]):
+        print("\n(Where EAP-IG's own circuit is the same edge set as ours after its prune, the worker reuses "
+              "its evaluate_graph value instead of evaluating the same circuit twice.)")
     (cpr_o, cmd_o), (cpr_s, cmd_s), (cpr_e, cmd_e) = c["cpr_cmd_ours"], c["cpr_cmd_eap_ig_same_circuits"], c["cpr_cmd_eap_ig_own_circuits"]
     print(f"\nCPR / CMD: ours {cpr_o:.4f} / {cmd_o:.4f}; EAP-IG on the same circuits {cpr_s:.4f} / {cmd_s:.4f}; "
           f"EAP-IG on its own circuits {cpr_e:.4f} / {cmd_e:.4f}")
@@ -248,6 +264,10 @@ def print_report(s: dict) -> None:
               f"| {r['wall_s']:.1f} | {ratio:.2f} | {r['rss_before_mib']:.0f} | {r['peak_delta_mib']:.0f} "
               f"| {r['others_cores_during']:.2f} | {r['load_avg_1min_before']:.2f} |")
     print(f"\nSpeed-up, EAP-IG's total / ours: {t['speedup']:.2f}× {ok(t['speedup'] >= TARGETS['speedup'])} (target ≥ {TARGETS['speedup']:g}×)\n")
+
+
+def _yes_no(value) -> str:
+    return "?" if value is None else ("yes" if value else "no")
 
 
 def environment() -> dict:
