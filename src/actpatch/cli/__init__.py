@@ -4,7 +4,9 @@
     check      self-checks of patching on a model (no-op patch, full patch, head sum)
     sweep      exact activation patching over every site of a kind; result + HTML report
     attribute  attribution patching (AtP, AtP*, integrated gradients), optionally verified exactly
-    circuit    head sweep -> Pareto frontier -> smallest circuit -> minimality
+    circuit    head sweep -> Pareto frontier -> smallest circuit -> minimality;
+               --level edge: edge scores -> faithfulness curve -> graph.json
+    compare    two per-prompt results of the same prompts, site by site (paired bootstrap, FDR)
     demo       the IOI residual-stream sweep on the embedded model
     report     draw a saved result again
 
