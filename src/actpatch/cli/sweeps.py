@@ -53,9 +53,9 @@ def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_ad
 
     Denoising (the default) patches clean activations into the corrupt run: which sites are
     sufficient to restore the answer; noising patches corrupt ones into the clean run: which are
-    necessary. With the batched engine the sweep keeps a checkpoint in OUT/checkpoint as it goes:
+    necessary. The sweep keeps a checkpoint in OUT/checkpoint as it goes (with either engine):
     if it is killed, run the same command again with --resume and only the unfinished patches run.
-    The reference engine does not checkpoint. --shards spreads the patches over Ray workers (one
+    --shards spreads the patches over Ray workers (one
     GPU each where the cluster has GPUs); the result is the same. An earlier run's result in --out
     is refused unless --overwrite (or --resume, which finishes that run) is given. --ci keeps every
     prompt's numbers and returns their bootstrap intervals instead (not with --per-prompt; see
@@ -76,12 +76,10 @@ def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_ad
     model, pairs = load(spec, quiet=quiet)
     echo(describe(model, pairs, spec))
     options = sweep_options(model, pairs, spec)
-    if spec.sweep.engine == "reference" and resume:
-        echo("the reference engine does not checkpoint: the sweep runs from the start")
     if ci is not None:
         options.update(ci=ci, n_boot=n_boot, boot_seed=boot_seed)
     result = ap.sweep(model, pairs, spec.sweep.site, **options, progress=progress(quiet),
-                      checkpoint=checkpoint if spec.sweep.engine == "batched" else None, shards=shards, ray_address=ray_address)
+                      checkpoint=checkpoint, shards=shards, ray_address=ray_address)
     result.attrs.update(provenance(model, spec))
     if not quiet:
         for text in tables(result):
