@@ -18,11 +18,9 @@ same clean prompts with a false-discovery control (`actpatch.stats.compare`, doc
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 
 import pandas as pd
-import torch
 
 import actpatch as ap
 from actpatch import report, stats
@@ -65,25 +63,10 @@ def main() -> None:
 
 
 def same_clean_prompts(model, n: int, *, seed: int) -> dict[str, ap.PromptPairs]:
-    """The three corruptions of one set of clean prompts.
-
-    `ap.tasks.ioi(model, n, corruption=c, seed=seed)` draws each corrupt prompt from the same random
-    stream as the clean ones, so corruptions that draw different numbers of names (abc three, s2
-    one, io_s_swap none) get different clean prompts after the first. A paired comparison needs the
-    same clean prompts, so s2 and io_s_swap are built here from abc's clean prompts, token by token
-    at the named positions, exactly as their schemes define them."""
-    abc = ap.tasks.ioi(model, n, corruption="abc", seed=seed)
-    rows = torch.arange(n)
-    s1, io, s2 = (abc.positions[name] for name in ("S1", "IO", "S2"))
-    only_s2 = abc.clean.clone()
-    only_s2[rows, s2] = abc.corrupt[rows, s2]  # abc's S2 name is new to the prompt, as s2's must be
-    swapped = abc.clean.clone()
-    swapped[rows, s1] = swapped[rows, s2] = abc.clean[rows, io]
-    swapped[rows, io] = abc.clean[rows, s1]
-    built = {"abc": abc}
-    for name, corrupt in (("s2", only_s2), ("io_s_swap", swapped)):
-        texts = tuple(model.tokenizer.decode(row, skip_special_tokens=True) for row in corrupt.tolist())
-        built[name] = dataclasses.replace(abc, corrupt=corrupt, corrupt_text=texts, corruption=name)
+    """The three corruptions of one set of clean prompts: `ap.tasks.ioi` draws the clean prompts
+    from (n, seed) alone, so a paired comparison pairs each prompt with itself."""
+    built = {name: ap.tasks.ioi(model, n, corruption=name, seed=seed) for name in CORRUPTIONS}
+    assert all(p.clean_text == built["abc"].clean_text for p in built.values())
     return built
 
 

@@ -51,3 +51,15 @@ def test_io_s_swap_swaps_roles(model):
 def test_unknown_corruption_lists_the_choices(model):
     with pytest.raises(ap.PairsError, match=r"unknown IOI corruption 'names'.*abc.*s2.*io_s_swap"):
         ap.tasks.ioi(model, n=2, corruption="names")
+
+
+def test_clean_prompts_depend_only_on_n_and_seed(model):
+    # The corruption draws from its own random stream: corruptions that draw different numbers of
+    # names (abc three, s2 one, io_s_swap none) must still corrupt the same clean prompts.
+    by_corruption = {c: ap.tasks.ioi(model, n=8, corruption=c, seed=3) for c in IOI_CORRUPTIONS}
+    first = by_corruption["abc"]
+    for corruption, pairs in by_corruption.items():
+        assert pairs.clean_text == first.clean_text, corruption
+        assert torch.equal(pairs.clean, first.clean) and torch.equal(pairs.answers, first.answers)
+    assert len({pairs.corrupt_text for pairs in by_corruption.values()}) == len(IOI_CORRUPTIONS)
+    assert ap.tasks.ioi(model, n=8, corruption="abc", seed=4).clean_text != first.clean_text

@@ -106,7 +106,9 @@ def _prompts(model: Model, n: int, *, corruption: str, seed: int, order: str, te
     templates = list(templates or TEMPLATES)
     if one_length:
         templates = _templates_of_one_length(model, templates, names[0], places[0], objects[0])
-    rng = random.Random(seed)
+    # The corruption draws from its own stream: the clean prompts depend only on (n, seed), so two
+    # corruptions of one seed corrupt the same clean prompts and can be compared prompt by prompt.
+    rng, corrupt_rng = random.Random(seed), random.Random(f"{seed}-corrupt")
     clean, corrupt = [], []
     for i in range(n):
         subject, indirect = rng.sample(names, 2)
@@ -114,7 +116,7 @@ def _prompts(model: Model, n: int, *, corruption: str, seed: int, order: str, te
         prompt = IoiPrompt(templates[i % len(templates)], subject, indirect, abba=abba,
                            place=rng.choice(places), object=rng.choice(objects))
         clean.append(prompt)
-        corrupt.append(scheme.corrupt(prompt, names, rng))
+        corrupt.append(scheme.corrupt(prompt, names, corrupt_rng))
     positions = {name: [_position(model, p, name) for p in clean] for name in ("S1", "IO", "S2")}
     positions["VERB"] = [s2 + 1 for s2 in positions["S2"]]  # every template follows S2 with its verb
     positions["END"] = [len(model.tokenizer(p.text)["input_ids"]) - 1 for p in clean]
