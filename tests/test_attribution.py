@@ -170,3 +170,64 @@ def test_graddrop_of_a_last_layer_site_is_its_atp_magnitude(method):
     assert not np.allclose(first.sel(metric="abs_logit_diff_change_graddrop"), first_change)
     assert result.attrs["cost"]["forward_equivalents"] == 3 + model.dims.n_layers
     assert ap.attached_hooks(model) == 0
+
+
+@pytest.mark.parametrize("method, kind", [("atp", "mlp_out"), ("atp*", "k"), ("ig", "resid_pre")])
+def test_per_prompt_estimates_average_to_the_estimate_and_ci_keeps_its_value(method, kind):
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    options = dict(method=method, steps=3, layers=[0, 1])
+    plain = ap.attribute(model, pairs, kind, **options)
+    rows = ap.attribute(model, pairs, kind, per_prompt=True, **options)
+    bounds = ap.attribute(model, pairs, kind, ci=0.9, n_boot=200, **options)
+    assert rows.sizes["batch"] == len(pairs) and "per_prompt_baseline_logit_diff" in rows.attrs
+    np.testing.assert_allclose(rows.sel(metric="logit_diff").mean("batch"), plain.sel(metric="logit_diff"), atol=1e-9)
+    assert list(bounds["stat"].values) == ["value", "lo", "hi"] and bounds.attrs["interval"]["n_boot"] == 200
+    np.testing.assert_array_equal(bounds.sel(stat="value").transpose(*plain.dims).values, plain.values)
+    lo, value, hi = (bounds.sel(stat=s).values for s in ("lo", "value", "hi"))
+    assert (lo <= value + 1e-12).all() and (value <= hi + 1e-12).all() and (hi > lo).any()
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_per_prompt_atp_is_each_prompts_exact_effect_where_the_metric_is_linear(direction):
+    model, pairs = with_answers(linear_head_model("llama"), tiny_pairs())
+    last = [model.dims.n_layers - 1]
+    estimate = ap.attribute(model, pairs, "mlp_out", direction=direction, layers=last, per_prompt=True)
+    exact = reference_sweep(model, pairs, "mlp_out", direction=direction, layers=last, per_prompt=True)
+    exact = exact.sel(metric=list(estimate.metric.values)).transpose(*estimate.dims)
+    np.testing.assert_allclose(estimate.values, exact.values, atol=1e-5)
+    assert np.ptp(exact.sel(metric="logit_diff").values, axis=-1).max() > 1e-2  # prompts do differ
+
+
+def test_verify_puts_an_interval_on_the_rank_correlation_without_changing_it():
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    rows = ap.attribute(model, pairs, "head", per_prompt=True)
+    plain = ap.verify(model, pairs, ap.attribute(model, pairs, "head"), top_k=4, sample=4)
+    checked = ap.verify(model, pairs, rows, top_k=4, sample=4, ci=0.9, n_boot=300)
+    assert checked.spearman == pytest.approx(plain.spearman, abs=1e-12)
+    assert list(checked.table["site"]) == list(plain.table["site"])
+    lo, hi = checked.spearman_interval
+    assert -1 <= lo <= hi <= 1 and hi - lo > 0.01
+    assert (checked.table["exact_lo"] <= checked.table["exact"] + 1e-12).all()
+    assert (checked.table["exact"] <= checked.table["exact_hi"] + 1e-12).all()
+
+
+def test_verify_resamples_estimates_and_exact_values_together():
+    # Where AtP is exact prompt by prompt, every resample ranks both sides alike: the interval is
+    # [1, 1] only if both are recomputed on the same resampled prompts.
+    model, pairs = with_answers(linear_head_model("llama"), tiny_pairs())
+    last = [model.dims.n_layers - 1]
+    rows = ap.attribute(model, pairs, "resid_post", layers=last, per_prompt=True)
+    checked = ap.verify(model, pairs, rows, top_k=3, sample=3, ci=0.95, n_boot=200)
+    assert checked.spearman_interval == pytest.approx((1.0, 1.0), abs=1e-9)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, p: ap.attribute(m, p, "head", ci=0.9, per_prompt=True), "drop per_prompt=True"),
+    (lambda m, p: ap.attribute(m, p, "head", ci=0.9, graddrop=True), "graddrop"),
+    (lambda m, p: ap.attribute(m, p, "head", ci=2.0), "between 0 and 1"),
+    (lambda m, p: ap.verify(m, p, ap.attribute(m, p, "head"), ci=0.9), "per_prompt=True"),
+])
+def test_bad_interval_options_of_attribution_are_refused(call, message):
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    with pytest.raises(ValueError, match=message):
+        call(model, pairs)

@@ -10,6 +10,7 @@ the logit difference), so `verify` can patch the strongest ones exactly in one c
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from typing import Literal, Sequence
 
@@ -26,6 +27,7 @@ from actpatch.engine.spec import Ablation, Direction, Positions, SweepSpec
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site
+from actpatch.stats import bootstrap
 
 Method = Literal["atp", "atp*", "ig"]
 METHODS = ("atp", "atp*", "ig")
@@ -49,6 +51,10 @@ def attribute(
     ablation: Ablation | None = None,
     check_baseline: bool = True,
     progress: bool | None = None,
+    per_prompt: bool = False,
+    ci: float | None = None,
+    n_boot: int = 1000,
+    boot_seed: int = 0,
 ) -> xr.DataArray:
     """Estimate every patch of a sweep at once; `verify(result, ...)` checks the strongest exactly.
 
@@ -62,7 +68,23 @@ def attribute(
     MLP dropped, a magnitude that cancelling paths cannot hide (costs one backward per layer).
     `method="ig"`: `steps` forward+backward passes with input embeddings at target + α·(source −
     target), α = 0, 1/steps, ..., the gradients averaged; `steps=1` is AtP. `progress=None` shows a
-    bar of the backward passes on a terminal only."""
+    bar of the backward passes on a terminal only.
+
+    `per_prompt=True` keeps each prompt's estimate (a `batch` dimension, as in sweeps), which is
+    what `verify(..., ci=)` resamples; `ci=0.95` returns intervals over prompts instead (a `stat`
+    dimension value/lo/hi, `n_boot` resamples seeded by `boot_seed`, docs/uncertainty.md). Both are
+    free: the gradient of the mean logit difference is each prompt's own gradient over n, so the
+    per-prompt estimates come from the same backward pass. Not with `graddrop` (its magnitude is
+    not a mean over prompts). The interval covers prompt-to-prompt variation of the *estimate*, not
+    the estimate's error: only `verify` measures that."""
+    if ci is not None:
+        if per_prompt:
+            raise ValueError("ci= returns intervals computed from the per-prompt estimates, not the estimates: drop "
+                             "per_prompt=True (verify(..., ci=) takes the per-prompt estimates)")
+        bootstrap.check_options(ci, n_boot)
+    if graddrop and (per_prompt or ci is not None):
+        raise ValueError("graddrop's magnitude (a mean over layers of |change|) is not a mean over prompts: "
+                         "it has no per-prompt values or interval; drop graddrop, or per_prompt / ci")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(steps, int) or steps < 1:
@@ -91,21 +113,38 @@ def attribute(
     target_diff = float(metrics.logit_diff(target_logits.double(), pairs.answers, pairs.wrong).mean())
     clean, corrupt = float(base.clean_logit_diff.mean()), float(base.corrupt_logit_diff.mean())
 
-    def change(s: Site, gradients: dict[Site, Tensor]) -> float:
+    def change(s: Site, gradients: dict[Site, Tensor]) -> tuple[float, np.ndarray]:
+        """The estimated change of the mean logit difference, and each prompt's share of it."""
         if qk_fix:
             return _softmax_recomputed_change(model, s, source_qk[s.layer], target_qk[s.layer], target_values, gradients, pairs.positions)
-        return float(((source[s].double() - target_values[s].double()) * gradients[s].double()).sum())
+        return _summed((source[s].double() - target_values[s].double()) * gradients[s].double())
 
-    rows = []
+    # The metric is the mean over prompts, so each prompt's own estimate is n × its share.
+    target_per_prompt = metrics.logit_diff(target_logits.double(), pairs.answers, pairs.wrong).cpu().numpy()
+    clean_per_prompt, corrupt_per_prompt = base.clean_logit_diff.cpu().numpy(), base.corrupt_logit_diff.cpu().numpy()
+    rows, prompt_rows = [], []
     for s in the_plan.sites:
-        estimate = target_diff + change(s, grads)
+        total, shares = change(s, grads)
+        estimate = target_diff + total
         rows.append({"logit_diff": estimate, "norm_logit_diff": (estimate - corrupt) / (clean - corrupt)})
+        own = target_per_prompt + len(pairs) * shares
+        prompt_rows.append({"logit_diff": own, "norm_logit_diff": (own - corrupt_per_prompt) / (clean_per_prompt - corrupt_per_prompt)})
         if graddrop:
             # Kramár et al. average |ĉ_l| over the L layers and divide by L − 1.
-            magnitudes = [abs(change(s, layer_grads)) for layer_grads in dropped]
+            magnitudes = [abs(change(s, layer_grads)[0]) for layer_grads in dropped]
             rows[-1][GRADDROP_METRIC] = sum(magnitudes) / max(1, len(magnitudes) - 1)
     self_checks = {"target_run_error": checks.same_run_error(model, target_logits, checked, the_plan.direction)}
-    return _assemble(model, pairs, the_plan, rows, base, method, steps if method == "ig" else 1, self_checks)
+    used_steps = steps if method == "ig" else 1
+    result = _assemble(model, pairs, the_plan, rows, base, method, used_steps, self_checks)
+    if not per_prompt and ci is None:
+        return result
+    per_prompt_plan = dataclasses.replace(the_plan, spec=dataclasses.replace(the_plan.spec, per_prompt=True))
+    rows_result = _assemble(model, pairs, per_prompt_plan, prompt_rows, base, method, used_steps, self_checks, keep_all=ci is not None)
+    if per_prompt:
+        return rows_result
+    bounds = bootstrap.intervals(rows_result, ci=ci, n_boot=n_boot, seed=boot_seed).sel(metric=list(ESTIMATED_METRICS))
+    bounds.loc[{"stat": "value"}] = result.transpose(*bounds.sel(stat="value").dims).values  # the estimate itself, unrounded
+    return bounds
 
 
 def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alphas: list[float], extra: list[Site],
@@ -148,12 +187,17 @@ def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alpha
     return target_logits, target_values, mean, dropped
 
 
+def _summed(product: Tensor) -> tuple[float, np.ndarray]:
+    """The sum of a (batch, ...) product, and each prompt's part of it."""
+    return float(product.sum()), product.reshape(product.shape[0], -1).sum(dim=1).cpu().numpy()
+
+
 def _noised(embeds: Tensor, noise: Tensor | None) -> Tensor:
     return embeds if noise is None else embeds + noise.to(embeds)
 
 
 def _softmax_recomputed_change(model: Model, site: Site, source_qk: dict, target_qk: dict,
-                                patterns: dict[Site, Tensor], grads: dict[Site, Tensor], positions) -> float:
+                                patterns: dict[Site, Tensor], grads: dict[Site, Tensor], positions) -> tuple[float, np.ndarray]:
     """Σ (pattern_new − pattern) · ∂metric/∂pattern over the heads a q or k patch touches.
 
     Replacing scores s by s + Δ turns a pattern p into softmax(log p + Δ): no mask or scaling is
@@ -172,7 +216,7 @@ def _softmax_recomputed_change(model: Model, site: Site, source_qk: dict, target
     chosen = chosen.to(query.device).unsqueeze(-1)
     group = model.dims.n_heads // model.dims.n_kv_heads
     heads = range(site.head * group, (site.head + 1) * group) if site.kind == "k" else [site.head]
-    total = 0.0
+    total, shares = 0.0, np.zeros(batch)
     for h in heads:
         kv = h // group
         if site.kind == "k":
@@ -184,16 +228,20 @@ def _softmax_recomputed_change(model: Model, site: Site, source_qk: dict, target
         pattern_site = Site("pattern", site.layer, head=h)
         pattern = patterns[pattern_site].double()
         new = torch.softmax(torch.log(pattern) + delta, dim=-1)
-        total += float(((new - pattern) * grads[pattern_site].double()).sum())
-    return total
+        head_total, head_shares = _summed((new - pattern) * grads[pattern_site].double())
+        total, shares = total + head_total, shares + head_shares
+    return total, shares
 
 
-def _assemble(model, pairs, the_plan, rows, base, method, steps, self_checks) -> xr.DataArray:
-    full_rows = [{m: row.get(m, np.nan) for m in metrics.METRICS} for row in rows]
+def _assemble(model, pairs, the_plan, rows, base, method, steps, self_checks, keep_all: bool = False) -> xr.DataArray:
+    """The estimates in the sweeps' layout; `keep_all` keeps the metrics that are not estimated (NaN),
+    which the bootstrap's layout of every metric needs."""
+    missing = np.full(len(pairs), np.nan) if the_plan.spec.per_prompt else np.nan
+    full_rows = [{m: row.get(m, missing) for m in metrics.METRICS} for row in rows]
     graddrop = GRADDROP_METRIC in rows[0]
     result = runner.assemble(model, pairs, the_plan, full_rows, base, self_checks, engine=method)
     result.attrs["analysis"] = "attribute"
-    result = result.sel(metric=list(ESTIMATED_METRICS))
+    result = result if keep_all else result.sel(metric=list(ESTIMATED_METRICS))
     if graddrop:
         magnitudes = xr.zeros_like(result.isel(metric=[0])).assign_coords(metric=[GRADDROP_METRIC])
         magnitudes.values[0] = np.array([row[GRADDROP_METRIC] for row in rows]).reshape(magnitudes.shape[1:])

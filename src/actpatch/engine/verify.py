@@ -15,10 +15,11 @@ import xarray as xr
 from actpatch.engine import batched, collect
 from actpatch.engine.plan import ABLATIONS, plan
 from actpatch.engine.spec import SweepSpec
-from actpatch.metrics import check_metric
+from actpatch.metrics import METRICS, check_metric
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site, unit_dim
+from actpatch.stats import bootstrap
 
 
 @dataclass
@@ -29,10 +30,14 @@ class Verification:
     top_k_recall: float  # share of the exact top-k (among verified sites) that the estimate's top-k holds
     top_k: int
     table: pd.DataFrame  # one row per verified site: estimate, exact, error; worst misestimates first
+    # With ci=: the rank correlation's interval over resampled prompts, estimates and exact values
+    # resampled together (the table then has each one's lo/hi too).
+    spearman_interval: tuple[float, float] | None = None
 
     def __repr__(self) -> str:
         worst = self.table.head(5).to_string(float_format=lambda v: f"{v:.3f}")
-        return (f"Verification(spearman={self.spearman:.3f}, top-{self.top_k} recall={self.top_k_recall:.2f}, "
+        band = "" if self.spearman_interval is None else " [{:.3f}, {:.3f}]".format(*self.spearman_interval)
+        return (f"Verification(spearman={self.spearman:.3f}{band}, top-{self.top_k} recall={self.top_k_recall:.2f}, "
                 f"{len(self.table)} sites patched exactly)\nworst misestimates:\n{worst}")
 
 
@@ -46,11 +51,21 @@ def verify(
     seed: int = 0,
     metric: str = "norm_logit_diff",
     progress: bool | None = None,
+    ci: float | None = None,
+    n_boot: int = 1000,
+    boot_seed: int = 0,
 ) -> Verification:
     """Patch the estimate's `top_k` strongest sites and `sample` random others exactly; compare.
 
     Strength is the distance from the unpatched target value (0 when denoising, 1 when noising on
-    the normalised scale), so both helpful and harmful sites count."""
+    the normalised scale), so both helpful and harmful sites count.
+
+    `ci=0.95` puts an interval on the rank correlation: each resample of the prompts recomputes the
+    estimates and the exact values of the verified sites (ratios of means, as sweeps do) and their
+    correlation. It needs the per-prompt estimate (`attribute(..., per_prompt=True)`); the exact
+    patches keep their per-prompt rows, so it costs no extra forward. The sites verified are the
+    ones the full data chose: the interval says how the agreement on *those* sites varies with the
+    prompts, not how a re-chosen top-k would fare."""
     for name, value in (("top_k", top_k), ("sample", sample)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise ValueError(f"{name} must be a whole number of sites, 0 or more, got {value!r}")
@@ -59,8 +74,19 @@ def verify(
     if check_metric(metric) not in estimate.metric.values:
         raise ValueError(f"this estimate has no metric {metric!r}: attribution estimates only "
                          f"{', '.join(map(str, estimate.metric.values))}; pass one of those")
+    estimate_rows = None
+    if "batch" in estimate.dims:
+        estimate_rows, estimate = _per_prompt_estimate(estimate)
+    elif ci is not None:
+        raise ValueError("verify(ci=) resamples the prompts of the estimate: pass attribute(..., per_prompt=True)")
+    if "stat" in estimate.dims:
+        estimate = estimate.sel(stat="value", drop=True)
+    if ci is not None:
+        bootstrap.check_options(ci, n_boot)
     values = estimate.sel(metric=metric)
-    flat = values.stack(site=list(values.dims)).dropna("site")
+    flat = values.stack(site=list(values.dims))
+    kept = ~np.isnan(flat.values)
+    flat = flat[kept]
     sites = [_site(estimate.attrs["site"], dict(zip(flat.indexes["site"].names, key))) for key in flat.indexes["site"]]
     baseline = float(estimate.attrs["baseline_corrupt" if estimate.attrs["direction"] == "denoise" else "baseline_clean"][metric])
     strength = np.abs(flat.values - baseline)
@@ -69,7 +95,7 @@ def verify(
     rest = ranked[top_k:]
     if len(rest) and sample:
         chosen += list(np.random.default_rng(seed).choice(rest, size=min(sample, len(rest)), replace=False))
-    exact = _exact(model, pairs, estimate, [sites[i] for i in chosen], metric, progress)
+    exact, exact_rows = _exact(model, pairs, estimate, [sites[i] for i in chosen], metric, progress)
     table = pd.DataFrame({
         "site": [str(sites[i]) for i in chosen],
         "estimate": flat.values[chosen],
@@ -79,13 +105,50 @@ def verify(
     table["error"] = table["estimate"] - table["exact"]
     exact_top = set(np.argsort(-np.abs(np.asarray(exact) - baseline), kind="stable")[:top_k])
     recall = len(exact_top & set(range(min(top_k, len(chosen))))) / max(1, min(top_k, len(chosen)))
+    interval = None
+    if ci is not None:
+        cells = np.flatnonzero(kept)[chosen]  # the verified sites among the estimate's flattened cells
+        interval = _resampled_agreement(table, estimate_rows, cells, exact_rows, metric, ci, n_boot, boot_seed)
     table = table.reindex(table["error"].abs().sort_values(ascending=False).index).reset_index(drop=True)
-    return Verification(_spearman(flat.values[chosen], np.asarray(exact)), recall, top_k, table)
+    return Verification(_spearman(flat.values[chosen], np.asarray(exact)), recall, top_k, table, interval)
+
+
+def _per_prompt_estimate(estimate: xr.DataArray) -> tuple[bootstrap.Block, xr.DataArray]:
+    """A per-prompt estimate as a Block of every cell, and its averaged estimate (the same ratio of
+    means the averaged `attribute` returns, to rounding)."""
+    complete = estimate.reindex(metric=list(METRICS))
+    blocks, layout = bootstrap.split(complete)
+    if len(blocks) > 1 or len(blocks[0].groups) > 1:
+        raise ValueError("verify takes an estimate of one batch of prompts (no corruption dimension, one length group)")
+    averaged = layout.lay_out([bootstrap.statistic(blocks[0], np.ones((1, blocks[0].n)))], "stat", ["value"])
+    averaged = averaged.sel(stat="value", drop=True).sel(metric=list(estimate["metric"].values))
+    averaged = averaged.transpose(*[d for d in estimate.dims if d != "batch"])
+    return blocks[0], averaged
+
+
+def _resampled_agreement(table: pd.DataFrame, estimate_rows: bootstrap.Block, cells: np.ndarray,
+                         exact_rows: bootstrap.Block, metric: str, ci: float, n_boot: int, seed: int) -> tuple[float, float]:
+    """The rank correlation's percentile interval, estimates and exact values recomputed on the same
+    resamples of the prompts; each site's estimate and exact interval go into `table`."""
+    if estimate_rows.n != exact_rows.n:
+        raise ValueError(f"the estimate holds {estimate_rows.n} prompts and pairs {exact_rows.n}: verify it on its own prompts")
+    counts = bootstrap.resample_counts(exact_rows, n_boot, bootstrap.rngs(seed, 1)[0])
+    which = METRICS.index(metric)
+    estimated = bootstrap.statistic(estimate_rows, counts, cells)[:, which]  # (resample, verified site)
+    exact = bootstrap.statistic(exact_rows, counts)[:, which]
+    for name, boot in (("estimate", estimated), ("exact", exact)):
+        table[f"{name}_lo"], table[f"{name}_hi"] = bootstrap.percentile(boot, ci)
+    correlations = np.array([_spearman(a, b) for a, b in zip(estimated, exact)])
+    if np.isnan(correlations).any():  # a resample on which one side is constant has no order to correlate
+        return (float("nan"), float("nan"))
+    lo, hi = bootstrap.percentile(correlations, ci)
+    return float(lo), float(hi)
 
 
 def _exact(model: Model, pairs: PromptPairs, estimate: xr.DataArray, sites: list[Site], metric: str,
-           progress: bool | None = None) -> list[float]:
-    """Exact effects of exactly these sites, through the batched engine."""
+           progress: bool | None = None) -> tuple[list[float], bootstrap.Block]:
+    """Exact effects of exactly these sites, through the batched engine, and each patch's per-prompt
+    rows (what a bootstrap of the agreement resamples; the same forwards)."""
     direction = estimate.attrs["direction"]
     layers = sorted({s.layer for s in sites})
     spec = SweepSpec(estimate.attrs["site"], direction=direction, layers=layers,
@@ -96,8 +159,10 @@ def _exact(model: Model, pairs: PromptPairs, estimate: xr.DataArray, sites: list
     the_plan = plan(model, pairs, spec).narrowed(sites)
     base = collect.baseline(model, pairs, check=False)  # the estimate's own call already checked it
     with torch.no_grad():
-        values, _, _ = batched.patched_logits(model, the_plan, base, lambda logits: collect.row(logits, base, per_prompt=False)[metric])
-    return values
+        both, _, _ = batched.patched_logits(model, the_plan, base, lambda logits: (
+            collect.row(logits, base, per_prompt=False)[metric], collect.row(logits, base, per_prompt=True)))
+    rows = bootstrap.rows_block([r for _, r in both], base.clean_logit_diff.cpu().numpy(), base.corrupt_logit_diff.cpu().numpy())
+    return [v for v, _ in both], rows
 
 
 def _site(kind: str, coords: dict) -> Site:

@@ -13,7 +13,7 @@ prompt whose clean and corrupt runs nearly agree blow the interval up."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -109,6 +109,27 @@ def intervals(
         "n_prompts": blocks[0].n if layout.labels is None else {b.label: b.n for b in blocks},
     }
     return result
+
+
+def rows_block(rows: Sequence[Mapping[str, Any]], clean: np.ndarray, corrupt: np.ndarray) -> Block:
+    """Per-prompt metric rows, one mapping per cell (a circuit size, a removed member, a verified
+    site), as one Block to resample; a metric a row lacks is NaN (attribution estimates two).
+
+    For analyses that run their own forwards (circuits, verification): each forward's per-prompt
+    metrics (`metrics.per_prompt`) are the rows, so an interval costs no forward of its own."""
+    clean, corrupt = np.asarray(clean, dtype=float), np.asarray(corrupt, dtype=float)
+    missing = np.full(clean.shape[0], np.nan)
+    values = np.array([[np.asarray(row.get(m, missing), dtype=float) for m in METRICS] for row in rows])  # (cell, metric, prompt)
+    return Block(None, values.transpose(2, 1, 0), clean, corrupt, (clean.shape[0],))
+
+
+def replicates(block: Block, *, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_boot, metric, cell): every metric as the sweep defines it on `n_boot` resamples of the
+    block's prompts, the same resamples for every cell, so differences between cells (a member's
+    drop, a component's growth) and rank correlations across them are paired. `percentile` of a
+    function of these bounds that function; with one seed they are the resamples `intervals` draws."""
+    check_options(0.5, n_boot)
+    return statistic(block, resample_counts(block, n_boot, rngs(seed, 1)[0]))
 
 
 def check_options(ci: float, n_boot: int, method: str = "percentile") -> None:
