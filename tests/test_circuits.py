@@ -341,3 +341,97 @@ def test_sensitivity_report_reads_any_site_kind():
     assert len(report) == 2 * 2 and set(report.index) == {f"resid_pre[layer={l}, pos={p}]" for l in (0, 1) for p in ("X", "END")}
     flat = result.sel(metric="norm_logit_diff", layer=1, pos="X")
     assert report.loc["resid_pre[layer=1, pos=X]", "spread"] == pytest.approx(float(abs(flat.sel(corruption="one") - flat.sel(corruption="other"))))
+
+
+# --- intervals over prompts ---------------------------------------------------------------------
+
+def _resampled_pairs(pairs, n_boot, seed=0):
+    """The prompt sets a bootstrap of `pairs` draws (the resamples `bootstrap.replicates` uses)."""
+    from actpatch.stats import bootstrap
+    n = len(pairs)
+    block = bootstrap.Block(None, np.zeros((n, 1, 1)), np.zeros(n), np.zeros(n), (n,))
+    counts = bootstrap.resample_counts(block, n_boot, bootstrap.rngs(seed, 1)[0])
+    return [pairs[np.repeat(np.arange(n), row.astype(int)).tolist()] for row in counts]
+
+
+def _percentile(values, ci):
+    return np.quantile(np.asarray(values), [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+
+
+@pytest.fixture(scope="module")
+def ten_prompts():
+    from test_stats import random_pairs
+    model = tiny_model("llama")
+    return model, random_pairs(model, 10)
+
+
+def test_circuit_intervals_are_the_same_analysis_on_resampled_prompts(ten_prompts):
+    # A resample is a weighting of the per-prompt rows: the analysis rerun on the resampled prompts
+    # (their own baselines, a ratio of means) must give the same numbers, with no extra forward.
+    model, pairs = ten_prompts
+    heads = [ap.Site("head", 0, head=h) for h in range(4)] + [ap.Site("head", 1, head=0)]
+    n_boot, ci = 6, 0.8
+    resampled = _resampled_pairs(pairs, n_boot, seed=3)
+
+    plain = ap.evaluate_circuit(model, pairs, heads[:2])
+    bounds = ap.evaluate_circuit(model, pairs, heads[:2], ci=ci, n_boot=n_boot, boot_seed=3)
+    np.testing.assert_array_equal(bounds.sel(stat="value").values, plain.values)
+    want = _percentile([ap.evaluate_circuit(model, p, heads[:2]).values for p in resampled], ci)
+    np.testing.assert_allclose(bounds.sel(stat=["lo", "hi"]).transpose("stat", "metric").values, want, atol=1e-9)
+
+    frontier = ap.pareto_frontier(model, pairs, heads, ci=ci, n_boot=n_boot, boot_seed=3)
+    xr.testing.assert_equal(frontier.sel(stat="value", drop=True).drop_attrs(), ap.pareto_frontier(model, pairs, heads).drop_attrs())
+    want = _percentile([ap.pareto_frontier(model, p, heads).sel(metric="norm_logit_diff").values for p in resampled], ci)
+    np.testing.assert_allclose(frontier.sel(metric="norm_logit_diff", stat=["lo", "hi"]).transpose("stat", "size"), want, atol=1e-9)
+    assert frontier.attrs["interval"]["n_boot"] == n_boot
+
+    table = ap.minimality(model, pairs, heads[:3], ci=ci, n_boot=n_boot, boot_seed=3)
+    pd.testing.assert_frame_equal(table[["without", "drop", "passenger"]], ap.minimality(model, pairs, heads[:3]))
+    want = _percentile([ap.minimality(model, p, heads[:3])["drop"].values for p in resampled], ci)
+    np.testing.assert_allclose(table[["drop_lo", "drop_hi"]].values.T, want, atol=1e-9)
+    assert (table["drop_excludes_0"] == ((table["drop_lo"] > 0) | (table["drop_hi"] < 0))).all()
+
+
+def test_backup_growth_intervals_are_the_same_analysis_on_resampled_prompts(ten_prompts):
+    model, pairs = ten_prompts
+    component, candidates = ap.Site("head", 0, head=1), [ap.Site("head", 1, head=h) for h in range(4)] + [ap.Site("mlp_out", 1)]
+    n_boot, ci = 6, 0.8
+    table = ap.backup(model, pairs, component, candidates=candidates, ci=ci, n_boot=n_boot)
+    plain = ap.backup(model, pairs, component, candidates=candidates)
+    pd.testing.assert_frame_equal(table[plain.columns], plain)
+    growths = [ap.backup(model, p, component, candidates=candidates)["growth"].reindex(table.index).values
+               for p in _resampled_pairs(pairs, n_boot, seed=0)]
+    np.testing.assert_allclose(table[["growth_lo", "growth_hi"]].values.T, _percentile(growths, ci), atol=1e-6)
+    assert (table["growth_hi"] > table["growth_lo"]).any()
+
+
+def test_a_frontier_band_is_drawn_and_read_at_its_value(ten_prompts):
+    model, pairs = ten_prompts
+    heads = [ap.Site("head", 0, head=h) for h in range(4)]
+    frontier = ap.pareto_frontier(model, pairs, heads, ci=0.9, n_boot=200)
+    plain = ap.pareto_frontier(model, pairs, heads)
+    for recovery in (0.1, 0.5, 0.9):
+        assert ap.smallest_circuit(frontier, recovery) == ap.smallest_circuit(plain, recovery)
+    surely = ap.circuits.reached_surely(frontier, 0.5)
+    lo = frontier.sel(metric="norm_logit_diff", stat="lo")
+    assert (surely.values == (lo.values >= 0.5)).all()
+    figure = ap.circuits.plot_frontier(frontier)
+    assert [trace.fill for trace in figure.data] == ["toself", None]  # the band, then the line
+    assert list(figure.data[1].y) == pytest.approx(frontier.sel(metric="norm_logit_diff", stat="value").values.tolist())
+    with pytest.raises(ValueError, match="ci=0.95"):
+        ap.circuits.reached_surely(plain)
+
+
+def test_direction_labels_say_whether_other_prompts_would_agree(ten_prompts):
+    model, pairs = ten_prompts
+    options = dict(direction=["denoise", "noise"], layers=[0])
+    plain = ap.label_directions(ap.sweep(model, pairs, "head", **options))
+    bounded = ap.label_directions(ap.sweep(model, pairs, "head", ci=0.95, n_boot=300, **options))
+    from_rows = ap.label_directions(ap.sweep(model, pairs, "head", per_prompt=True, **options))
+    pd.testing.assert_frame_equal(bounded[plain.columns], plain, atol=1e-12)
+    pd.testing.assert_frame_equal(from_rows[plain.columns], plain, atol=1e-12)
+    for name in ("sufficiency", "necessity"):
+        assert (bounded[f"{name}_lo"] <= bounded[name] + 1e-12).all() and (bounded[name] <= bounded[f"{name}_hi"] + 1e-12).all()
+    clear = lambda n, t: (bounded[f"{n}_lo"] >= t) | (bounded[f"{n}_hi"] < t)
+    assert (bounded["settled"] == (clear("sufficiency", 0.1) & clear("necessity", 0.1))).all()
+    assert bounded.attrs["interval"]["n_boot"] == 300

@@ -122,3 +122,33 @@ def test_compare_refuses_what_it_cannot_pair(per_prompt, tiny, tmp_path, which, 
 def test_compare_refuses_a_metric_it_does_not_know(per_prompt):
     result = run("compare", str(per_prompt["denoise"]), str(per_prompt["noise"]), "--metric", "nope")
     assert result.exit_code == 2 and "--metric must be one of" in result.stderr
+
+
+def test_circuit_ci_bands_the_frontier_and_bounds_each_drop(tiny, tmp_path):
+    # Random weights barely do the task; seed 2's prompts put clean above corrupt, as the circuit's
+    # own baseline check (which --no-check-baseline does not reach) requires.
+    config = tmp_path / "circuit.toml"
+    config.write_text('[task]\nname = "ioi"\nn = 4\nseed = 2\n[sweep]\nsite = "head"\ncheck_baseline = false\nn_boot = 150\n'
+                      '[circuit]\nrecovery = 0.05\nmax_size = 6\n')
+    result = run("circuit", "--config", str(config), "--model", tiny, "--ci", "0.9", "--boot-seed", "2", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    swept, frontier = ap.load(out / "ioi_head_denoise_circuit.nc"), ap.load(out / "ioi_head_denoise_circuit_frontier.nc")
+    for saved in (swept, frontier):
+        assert list(saved["stat"].values) == ["value", "lo", "hi"]
+        assert (saved.attrs["interval"]["ci"], saved.attrs["interval"]["n_boot"], saved.attrs["interval"]["seed"]) == (0.9, 150, 2)
+    curve = frontier.sel(metric="norm_logit_diff")
+    assert (curve.sel(stat="lo") <= curve.sel(stat="value") + 1e-12).all() and (curve.sel(stat="hi") > curve.sel(stat="lo")).any()
+    assert ap.circuits.ranking(swept) == [ap.Site.parse(s) for s in frontier.attrs["ranking"]]
+    row = curve.isel(size=1)
+    assert f"{float(row.sel(stat='lo')):.3f}".rstrip("0") in result.output  # the printed frontier has its bounds
+    if (out / "ioi_head_denoise_circuit_minimality.csv").exists():
+        table = pd.read_csv(out / "ioi_head_denoise_circuit_minimality.csv")
+        assert {"drop_lo", "drop_hi", "drop_excludes_0"} <= set(table.columns)
+    page = (out / "ioi_head_denoise_circuit.html").read_text()
+    assert "90 % interval" in page and "toself" in page  # the band's legend and its filled trace
+
+
+def test_circuit_ci_is_refused_at_edge_level(tiny, tmp_path):
+    result = run("circuit", "--level", "edge", "--model", tiny, "--task", "ioi", "--ci", "0.9", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "apply to node circuits" in result.output

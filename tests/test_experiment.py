@@ -58,6 +58,10 @@ MALFORMED = [
     (GOOD + "[circuit]\nrecovery = 2.0\n", r"circuit.recovery = 2.0: input should be less than or equal to 1"),
     (GOOD + "[attribute]\nmethod = 'ig'\ngraddrop = true\n", r"attribute.graddrop goes with method = \"atp\" or \"atp\*\""),
     (GOOD + "site = 'head'\n", r"not valid TOML \(Cannot overwrite a value"),
+    (GOOD + "ci = 1.5\n", r"sweep.ci = 1.5: input should be less than 1"),
+    (GOOD + "ci = 0.95\nper_prompt = true\n", r"sweep.ci returns intervals computed from every prompt's numbers.*remove per_prompt"),
+    (GOOD + "n_boot = 0\n", r"sweep.n_boot = 0: input should be greater than 0"),
+    (GOOD + 'boot_seed = "1"\n', r"sweep.boot_seed = '1': input should be a valid integer"),
 ]
 
 
@@ -70,6 +74,17 @@ def test_malformed_experiment_exits_2_naming_the_problem(tmp_path, text, message
     assert result.stderr.startswith(f"error: {config}: ") and result.stderr.count("\n") == 1, result.stderr
     assert re.search(message, result.stderr), result.stderr
     assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
+def test_interval_keys_are_read_and_the_flags_override_them(tmp_path):
+    config = tmp_path / "ci.toml"
+    config.write_text(GOOD + "ci = 0.9\nn_boot = 200\nboot_seed = 4\n")
+    spec = experiment.load(config)
+    assert (spec.sweep.ci, spec.sweep.n_boot, spec.sweep.boot_seed) == (0.9, 200, 4)
+    assert (experiment.validate({"task": {"name": "ioi"}, "sweep": {"site": "head"}}).sweep.ci, spec.sweep.n_boot) == (None, 200)
+    from actpatch.cli.common import build_experiment
+    merged = build_experiment({"config": config, "ci": 0.8, "n_boot": None, "boot_seed": 7})
+    assert (merged.sweep.ci, merged.sweep.n_boot, merged.sweep.boot_seed) == (0.8, 200, 7)
 
 
 def test_missing_experiment_file(tmp_path):

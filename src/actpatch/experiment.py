@@ -144,6 +144,9 @@ class SweepSection(_Section):
     memory_budget: PositiveInt | None = None  # bytes
     per_prompt: bool = False
     check_baseline: bool = True
+    ci: float | None = Field(default=None, gt=0, lt=1)  # bootstrap intervals over prompts (docs/uncertainty.md)
+    n_boot: PositiveInt = 1000  # resamples for ci
+    boot_seed: int = 0
 
     @field_validator("site")
     @classmethod
@@ -163,6 +166,13 @@ class SweepSection(_Section):
         if self.ablation is not None and self.direction != "noise":
             raise ValueError(f"sweep.ablation = {self.ablation!r} knocks sites out of the clean run, which is noising: "
                              f"set direction = \"noise\" (it is {self.direction!r})")
+        return self
+
+    @model_validator(mode="after")
+    def _ci_is_not_per_prompt(self) -> "SweepSection":
+        if self.ci is not None and self.per_prompt:
+            raise ValueError("sweep.ci returns intervals computed from every prompt's numbers, not the numbers: "
+                             "remove per_prompt, or keep per_prompt and resample the saved result")
         return self
 
     @property

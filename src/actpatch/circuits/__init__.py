@@ -13,12 +13,12 @@ from actpatch.circuits.backup import backup, backup_report
 from actpatch.circuits.components import EMBED, components
 from actpatch.circuits.directions import label_directions
 from actpatch.circuits.evaluate import evaluate
-from actpatch.circuits.frontier import pareto_frontier, ranking, smallest_circuit
+from actpatch.circuits.frontier import pareto_frontier, ranking, reached_surely, smallest_circuit
 from actpatch.circuits.minimality import minimality
 from actpatch.circuits.plot import plot_frontier
 from actpatch.circuits.sensitivity import sensitivity_report
 
 __all__ = [
     "EMBED", "backup", "backup_report", "components", "evaluate", "label_directions", "minimality",
-    "pareto_frontier", "plot_frontier", "ranking", "sensitivity_report", "smallest_circuit",
+    "pareto_frontier", "plot_frontier", "ranking", "reached_surely", "sensitivity_report", "smallest_circuit",
 ]

@@ -7,21 +7,24 @@ again, and those whose effect grows are reported. Not here: deciding what the gr
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from actpatch import hooks, metrics
 from actpatch.circuits.components import checked, components, whole
-from actpatch.circuits.evaluate import Ablation, Ablator
+from actpatch.circuits.evaluate import Ablation, Ablator, interval_note
 from actpatch.circuits.frontier import Order, ranking
 from actpatch.circuits.resume import Resumed
 from actpatch.engine import paths
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site, SiteError
+from actpatch.stats import bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ def backup(
     metric: str = "norm_logit_diff",
     resume: bool = True,
     progress: bool | None = None,
+    ci: float | None = None,
+    n_boot: int = 1000,
 ) -> pd.DataFrame:
     """Each candidate's effect in the clean run before and after `component` is ablated, and
     `compensates` where it grew by at least `threshold` (units of `metric`).
@@ -52,9 +57,23 @@ def backup(
     Ablation is to the corrupt run's value (or `ablation=` "mean", "zero", "resample" as in sweeps). The table's
     `attrs` hold the ablated component and its own effect. Two runs per candidate; total effects
     resume each run at the candidate's layer (`resume=False` runs every forward in full, the
-    plain path the resumed one is tested against)."""
-    study = _Backup(model, pairs, effect, ablation, metric, resume)
-    return study.table(_component(model, component), candidates, threshold, progress)
+    plain path the resumed one is tested against).
+
+    `ci=0.95` asks whether the growth is real: `growth_lo`/`growth_hi` bound it over `n_boot`
+    resamples of the prompts (seed 0; all four runs behind a growth on the same resamples) and
+    `growth_excludes_0` marks a growth whose interval does not hold 0. `compensates` still reads the
+    value against `threshold`; a compensating candidate whose interval holds 0 may be the prompts'.
+    No extra forward: the same runs' per-prompt rows."""
+    if ci is not None:
+        bootstrap.check_options(ci, n_boot)
+    study = _Backup(model, pairs, effect, ablation, metric, resume, keep_rows=ci is not None)
+    table = study.table(_component(model, component), candidates, threshold, progress)
+    if ci is not None:
+        lo, hi = study.growth_interval([Site.parse(c) for c in table.index], ci, n_boot)
+        table["growth_lo"], table["growth_hi"] = lo, hi
+        table["growth_excludes_0"] = (table["growth_lo"] > 0) | (table["growth_hi"] < 0)
+        table.attrs["interval"] = interval_note(ci, n_boot, 0, len(pairs))
+    return table
 
 
 def backup_report(
@@ -103,20 +122,32 @@ def _component(model: Model, component: Site | str) -> Site:
     return site
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One run's `metric`, and (for intervals) every metric of each prompt."""
+
+    score: float
+    rows: dict[str, np.ndarray] | None = None
+
+
 class _Backup:
     """Effects of candidates in the clean run and in the clean run with one component ablated."""
 
-    def __init__(self, model: Model, pairs: PromptPairs, effect: Effect, ablation: Ablation, metric: str, resume: bool):
+    def __init__(self, model: Model, pairs: PromptPairs, effect: Effect, ablation: Ablation, metric: str, resume: bool,
+                 keep_rows: bool = False):
         if effect not in EFFECTS:
             raise ValueError(f"effect must be one of {EFFECTS}, got {effect!r}")
         if metric not in metrics.METRICS:
             raise ValueError(f"metric must be one of {metrics.METRICS}, got {metric!r}")
         self.model, self.pairs, self.effect, self.metric, self.resume = model, pairs, effect, metric, resume
+        self.keep_rows = keep_rows
         everything = _all_components(model)
         self.ablator = Ablator(model, pairs, everything, ablation)
         self.clean = hooks.capture(model, pairs.clean, everything, positions=pairs.positions) if effect == "direct" else {}
-        self.before: dict[Site, float] = {}
-        self.clean_score = self._score(self.ablator.run({}))
+        # Per candidate: the run it is ablated from and the run with it ablated, before and after.
+        self.before: dict[Site, tuple[_Run, _Run]] = {}
+        self.after: dict[Site, tuple[_Run, _Run]] = {}
+        self.clean_score = self._score(self.ablator.run({})).score
 
     def table(self, component: Site, candidates, threshold: float, progress) -> pd.DataFrame:
         if candidates is None:
@@ -126,23 +157,31 @@ class _Backup:
         if bad := [c for c in chosen if c.kind not in paths.SENDER_KINDS]:
             raise SiteError(f"candidates are heads and MLPs; got {bad[0]}")
         world = self.ablator.ablated(component)
-        after = self._effects(chosen, world, progress, f"after ablating {component}")
-        before = self._effects([c for c in chosen if c not in self.before], {}, progress, "before")
-        self.before.update(before)
-        rows = [{"component": str(c), "before": self.before[c], "after": after[c], "growth": after[c] - self.before[c]}
+        self.after = self._effects(chosen, world, progress, f"after ablating {component}")
+        self.before.update(self._effects([c for c in chosen if c not in self.before], {}, progress, "before"))
+        effect = {c: (_effect(self.before[c]), _effect(self.after[c])) for c in chosen}
+        rows = [{"component": str(c), "before": effect[c][0], "after": effect[c][1], "growth": effect[c][1] - effect[c][0]}
                 for c in chosen]
         table = pd.DataFrame(rows, columns=["component", "before", "after", "growth"]).set_index("component")
         table["compensates"] = table["growth"] >= threshold
         table = table.sort_values("growth", ascending=False, kind="stable")
         table.attrs.update(self.ablator.provenance(
             "noise", analysis="backup", ablated=str(component),
-            ablated_effect=self.clean_score - self._score(self.ablator.run(world)),
+            ablated_effect=self.clean_score - self._score(self.ablator.run(world)).score,
             effect=self.effect, threshold=threshold, metric=self.metric))
         return table
 
+    def growth_interval(self, chosen: list[Site], ci: float, n_boot: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each candidate's growth on the same resamples of the prompts as its four runs (the last table's)."""
+        runs = [run for c in chosen for run in (*self.after[c], *self.before[c])]
+        boot = self.ablator.replicates([run.rows for run in runs], n_boot, 0)[:, metrics.METRICS.index(self.metric)]
+        own_after, ablated_after, own_before, ablated_before = (boot[:, i::4] for i in range(4))
+        return bootstrap.percentile((own_after - ablated_after) - (own_before - ablated_before), ci)
+
     @torch.no_grad()
-    def _effects(self, chosen: list[Site], world: dict, progress, desc: str) -> dict[Site, float]:
-        """What ablating each candidate costs in the clean run with `world` patched in."""
+    def _effects(self, chosen: list[Site], world: dict, progress, desc: str) -> dict[Site, tuple[_Run, _Run]]:
+        """Per candidate, the run it is ablated from (clean with `world` patched in) and the run with
+        it ablated too: their difference of `metric` is what ablating it costs."""
         if not chosen:
             return {}
         bar = dict(desc=desc, disable=None if progress is None else not progress)
@@ -151,17 +190,23 @@ class _Backup:
             frozen = paths.Paths(self.model, [chosen[0]], ["logits"]).needed_target_sites()
             target = paths.Target(self.model, self.pairs.clean_run, self.pairs.positions, frozen, base=base)
             own = self._score(self.ablator.run(world))
-            return {c: own - self._score(target.logits({c: self.ablator.off[whole(c)]}, paths.Paths(self.model, [c], ["logits"])))
+            return {c: (own, self._score(target.logits({c: self.ablator.off[whole(c)]}, paths.Paths(self.model, [c], ["logits"]))))
                     for c in tqdm(chosen, **bar)}
         if not self.resume:
             own = self._score(self.ablator.run(world))
-            return {c: own - self._score(self.ablator.run({**world, **self.ablator.ablated(c)})) for c in tqdm(chosen, **bar)}
+            return {c: (own, self._score(self.ablator.run({**world, **self.ablator.ablated(c)}))) for c in tqdm(chosen, **bar)}
         run = Resumed(self.model, self.pairs.clean, world, self.pairs.positions)
         own = self._score(run.own_logits)
-        return {c: own - self._score(run.logits(self.ablator.ablated(c))) for c in tqdm(chosen, **bar)}
+        return {c: (own, self._score(run.logits(self.ablator.ablated(c)))) for c in tqdm(chosen, **bar)}
 
-    def _score(self, logits) -> float:
-        return metrics.averaged(logits, self.ablator.base)[self.metric]
+    def _score(self, logits) -> _Run:
+        return _Run(metrics.averaged(logits, self.ablator.base)[self.metric],
+                    self.ablator.prompt_rows(logits) if self.keep_rows else None)
+
+
+def _effect(runs: tuple[_Run, _Run]) -> float:
+    own, ablated = runs
+    return own.score - ablated.score
 
 
 def _all_components(model: Model) -> list[Site]:

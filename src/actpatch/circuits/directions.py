@@ -14,6 +14,7 @@ import xarray as xr
 
 from actpatch import results
 from actpatch.circuits.components import sites_of
+from actpatch.stats import bootstrap
 
 BOTH = "necessary and sufficient"
 OR_LIKE = "sufficient only (OR-like)"
@@ -37,18 +38,38 @@ def label_directions(
     ≥ `sufficient` (default 0.1, a tenth of the clean−corrupt gap) and necessary when necessity ≥
     `necessary` (default 0.1); the label is "necessary and sufficient", "sufficient only
     (OR-like)", "necessary only (AND-like)" or "neither". Single components in real models rarely
-    pass 0.5 alone, hence the low defaults; raise them for a stricter reading."""
+    pass 0.5 alone, hence the low defaults; raise them for a stricter reading.
+
+    A sweep with intervals (`ci=0.95`), or a per-prompt one (given 95 % intervals from 1000
+    resamples here), adds `sufficiency_lo/hi`, `necessity_lo/hi` and `settled`: both intervals lie
+    on one side of their thresholds, so other prompts from the generator would very likely give the
+    same label. An unsettled label is the prompts' as much as the component's."""
     if "direction" not in result.dims or not {"denoise", "noise"} <= set(result["direction"].values.tolist()):
         raise ValueError("label_directions needs both directions: sweep with direction=['denoise', 'noise']")
-    sites, denoised = sites_of(result.sel(direction="denoise"), metric)
-    _, noised = sites_of(result.sel(direction="noise"), metric)
-    sufficiency = results.effects(result.attrs, denoised, metric, "denoise")
-    necessity = results.effects(result.attrs, noised, metric, "noise")
-    labels = np.where(sufficiency >= sufficient, np.where(necessity >= necessary, BOTH, OR_LIKE),
-                      np.where(necessity >= necessary, AND_LIKE, NEITHER))
-    table = pd.DataFrame({"component": [str(s) for s in sites], "sufficiency": sufficiency, "necessity": necessity,
+    if "batch" in result.dims:
+        result = bootstrap.intervals(result)
+    sufficiency, necessity, sites = {}, {}, []
+    for stat in ("value", "lo", "hi") if "stat" in result.dims else ("value",):
+        at = result.sel(stat=stat, drop=True) if "stat" in result.dims else result
+        sites, denoised = sites_of(at.sel(direction="denoise"), metric)
+        _, noised = sites_of(at.sel(direction="noise"), metric)
+        sufficiency[stat] = results.effects(result.attrs, denoised, metric, "denoise")
+        necessity[stat] = results.effects(result.attrs, noised, metric, "noise")
+    suff, need = sufficiency["value"], necessity["value"]
+    labels = np.where(suff >= sufficient, np.where(need >= necessary, BOTH, OR_LIKE),
+                      np.where(need >= necessary, AND_LIKE, NEITHER))
+    table = pd.DataFrame({"component": [str(s) for s in sites], "sufficiency": suff, "necessity": need,
                           "label": labels}).set_index("component")
-    strength = np.maximum(sufficiency, necessity)
+    if "lo" in sufficiency:
+        # An effect is a signed distance from the unpatched run, so lo and hi may swap places.
+        for name, ends, threshold in (("sufficiency", sufficiency, sufficient), ("necessity", necessity, necessary)):
+            table[f"{name}_lo"] = np.minimum(ends["lo"], ends["hi"])
+            table[f"{name}_hi"] = np.maximum(ends["lo"], ends["hi"])
+        table["settled"] = np.logical_and(*[(table[f"{n}_lo"] >= t) | (table[f"{n}_hi"] < t)
+                                            for n, t in (("sufficiency", sufficient), ("necessity", necessary))])
+    strength = np.maximum(suff, need)
     table = table.iloc[np.argsort(-strength, kind="stable")]
     table.attrs.update({"sufficient": sufficient, "necessary": necessary, "metric": metric})
+    if "interval" in result.attrs:
+        table.attrs["interval"] = result.attrs["interval"]
     return table

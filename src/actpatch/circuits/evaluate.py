@@ -15,8 +15,9 @@ denoising its complement. Components outside `components` are never touched in e
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor
@@ -29,6 +30,7 @@ from actpatch.engine.spec import Ablation as PlanAblation
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site, SiteError
+from actpatch.stats import bootstrap
 
 Ablation = PlanAblation | None  # None: each prompt's corrupt-run value
 
@@ -41,6 +43,9 @@ def evaluate(
     direction: Direction = "denoise",
     ablation: Ablation = None,
     components: Sequence[Site] | None = None,
+    ci: float | None = None,
+    n_boot: int = 1000,
+    boot_seed: int = 0,
 ) -> xr.DataArray:
     """Every metric with only `circuit` intact (denoise) or with `circuit` knocked out (noise).
 
@@ -51,13 +56,17 @@ def evaluate(
     `actpatch.circuits.components(model)` to ablate everything else too). `ablation=None` takes
     each prompt's corrupt-run value; as in sweeps, `"mean"` the clean-run value averaged over the
     prompts position by position (use prompts whose roles sit at the same indices, e.g.
-    `ioi_pairs`), `"zero"` zeros, `"resample"` another prompt's clean-run value.
+    `ioi_pairs`), `"zero"` zeros, `"resample"` another prompt's clean-run value. `ci=0.95` adds a
+    `stat` dimension (value, lo, hi): the faithfulness's interval over `n_boot` resamples of the
+    prompts, from the same forward's per-prompt rows (docs/uncertainty.md).
 
         ap.evaluate_circuit(model, pairs, [ap.Site("head", 9, head=6), ap.Site("head", 10, head=0)])
     """
+    if ci is not None:
+        bootstrap.check_options(ci, n_boot)
     circuit = checked(model, circuit)
     ablator = Ablator(model, pairs, components if components is not None else default_universe(model, circuit), ablation)
-    return ablator.result(circuit, direction)
+    return ablator.result(circuit, direction, ci=ci, n_boot=n_boot, seed=boot_seed)
 
 
 class Ablator:
@@ -83,12 +92,26 @@ class Ablator:
                 self.off = sources.ablate(clean, ablation)
             del clean
 
-    def result(self, circuit: Sequence[Site], direction: Direction) -> xr.DataArray:
-        values = metrics.averaged(self.logits(circuit, direction), self.base)
+    def result(self, circuit: Sequence[Site], direction: Direction, *, ci: float | None = None, n_boot: int = 1000,
+               seed: int = 0) -> xr.DataArray:
+        logits = self.logits(circuit, direction)
+        values = metrics.averaged(logits, self.base)
         result = xr.DataArray([values[m] for m in metrics.METRICS], dims=["metric"],
                               coords={"metric": list(metrics.METRICS)}, name="circuit_performance")
+        if ci is not None:
+            result = with_intervals(result, self.replicates([self.prompt_rows(logits)], n_boot, seed)[..., 0], ci, n_boot, seed)
         result.attrs.update(self.provenance(direction, circuit=[str(s) for s in circuit]))
         return result
+
+    def prompt_rows(self, logits: Tensor) -> dict[str, np.ndarray]:
+        """Every metric of each prompt of one run: what a bootstrap over prompts resamples."""
+        return {name: v.cpu().numpy() for name, v in metrics.per_prompt(logits, self.base).items()}
+
+    def replicates(self, rows: Sequence[dict[str, np.ndarray]], n_boot: int, seed: int) -> np.ndarray:
+        """(n_boot, metric, run): every metric of each run on the same resamples of the prompts,
+        the normalised logit difference a ratio of means with the resample's own baselines."""
+        block = bootstrap.rows_block(rows, self.base.clean_logit_diff.cpu().numpy(), self.base.corrupt_logit_diff.cpu().numpy())
+        return bootstrap.replicates(block, n_boot=n_boot, seed=seed)
 
     def provenance(self, direction: Direction, *, analysis: str = "evaluate_circuit", **extra) -> dict:
         """The provenance every circuit result carries: `ablation` is the argument that reproduces it
@@ -107,7 +130,10 @@ class Ablator:
         )
 
     def score(self, circuit: Sequence[Site], direction: Direction, metric: str) -> float:
-        return metrics.averaged(self.logits(circuit, direction), self.base)[metric]
+        return self.score_of(self.logits(circuit, direction), metric)
+
+    def score_of(self, logits: Tensor, metric: str) -> float:
+        return metrics.averaged(logits, self.base)[metric]
 
     @torch.no_grad()
     def logits(self, circuit: Sequence[Site], direction: Direction, extra: dict[Site, Tensor] | None = None) -> Tensor:
@@ -138,6 +164,22 @@ class Ablator:
     def ablated(self, component: Site) -> dict[Site, Tensor]:
         """Patches that ablate one component (at its position, or everywhere)."""
         return at_positions(whole(component), self.off[whole(component)], [component.pos], self.pairs.positions)
+
+
+def with_intervals(result: xr.DataArray, boot: np.ndarray, ci: float, n_boot: int, seed: int) -> xr.DataArray:
+    """`result` (its own numbers kept as `value`) with a last `stat` dimension value/lo/hi, the
+    bounds from `boot`, resamples of it shaped (n_boot, *result.shape)."""
+    lo, hi = bootstrap.percentile(boot, ci)
+    stacked = xr.concat([result, result.copy(data=lo), result.copy(data=hi)], dim="stat").assign_coords(stat=list(bootstrap.STATS))
+    stacked = stacked.transpose(*result.dims, "stat")
+    stacked.attrs = {**result.attrs, "interval": interval_note(ci, n_boot, seed, result.attrs.get("n_prompts"))}
+    return stacked
+
+
+def interval_note(ci: float, n_boot: int, seed: int, n_prompts: Any = None) -> dict:
+    """What a circuit result's intervals are, as `stats.intervals` records a sweep's."""
+    return {"ci": ci, "n_boot": n_boot, "seed": seed, "method": "percentile", "resampled": "prompts, with replacement",
+            "n_prompts": n_prompts}
 
 
 def at_positions(component: Site, value: Tensor, where: list, positions) -> dict[Site, Tensor]:

@@ -15,11 +15,12 @@ from tqdm.auto import tqdm
 
 from actpatch import metrics, results
 from actpatch.circuits.components import checked, default_universe, sites_of
-from actpatch.circuits.evaluate import Ablation, Ablator
+from actpatch.circuits.evaluate import Ablation, Ablator, with_intervals
 from actpatch.engine.plan import Direction
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site
+from actpatch.stats import bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,12 @@ def ranking(
     corrupt baseline when the result denoised, down from the clean baseline when it noised.
     `order="effect"` puts the most helpful first (components that work against the answer last);
     `"abs"` ranks by size either way. A result with a `pos` dimension ranks components at
-    positions (`head[layer=9, head=6, pos=END]`)."""
+    positions (`head[layer=9, head=6, pos=END]`). A result with intervals ranks by its `value`."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     if not isinstance(source, xr.DataArray):
         return [Site.parse(s) if isinstance(s, str) else s for s in source]
-    sites, values = sites_of(source, metric)
+    sites, values = sites_of(_at_value(source), metric)
     effects = results.effects(source.attrs, values, metric)
     keep = ~np.isnan(effects)
     strength = effects if order == "effect" else np.abs(effects)
@@ -64,6 +65,9 @@ def pareto_frontier(
     sizes: Sequence[int] | None = None,
     order: Order = "effect",
     progress: bool | None = None,
+    ci: float | None = None,
+    n_boot: int = 1000,
+    boot_seed: int = 0,
 ) -> xr.DataArray:
     """Every metric for the circuit of the top-k components, for each k in `sizes` (default 0..all):
     a labelled `metric × size` result; `component` names the component added last at each size.
@@ -71,24 +75,34 @@ def pareto_frontier(
     `source` is ranked by `ranking()`. Denoising (the default) keeps the top-k intact and ablates
     the rest of `components` (default: every component of the ranking's kinds, so a ranking of
     heads is weighed against all heads with MLPs and embeddings untouched, as in Wang et al. 2022);
-    noising knocks the top-k out. One forward per size.
+    noising knocks the top-k out. One forward per size. `ci=0.95` adds a `stat` dimension (value,
+    lo, hi): a band over `n_boot` resamples of the prompts, every size on the same resamples, from
+    the same forwards' per-prompt rows. The ranking is not re-drawn per resample (that is
+    `stats.circuit_stability`): the band says how well *this* ranking's circuits do on other prompts.
 
         frontier = ap.pareto_frontier(model, pairs, ap.sweep(model, pairs, "head", positions=["END"]))
         ap.smallest_circuit(frontier, 0.8)
     """
+    if ci is not None:
+        bootstrap.check_options(ci, n_boot)
     ranked = checked(model, ranking(source, order=order), "ranking")
     sizes = list(range(len(ranked) + 1)) if sizes is None else sorted({int(k) for k in sizes})
     if not sizes or sizes[0] < 0 or sizes[-1] > len(ranked):
         raise ValueError(f"sizes must lie in 0..{len(ranked)} (the ranking's length), got {sizes}")
     ablator = Ablator(model, pairs, components if components is not None else default_universe(model, ranked), ablation)
-    rows = []
+    rows, prompt_rows = [], []
     for k in tqdm(sizes, desc="pareto frontier", disable=None if progress is None else not progress):
-        rows.append(metrics.averaged(ablator.logits(ranked[:k], direction), ablator.base))
+        logits = ablator.logits(ranked[:k], direction)
+        rows.append(metrics.averaged(logits, ablator.base))
+        if ci is not None:
+            prompt_rows.append(ablator.prompt_rows(logits))
     values = np.array([[row[m] for row in rows] for m in metrics.METRICS])
     labels = [str(ranked[k - 1]) if k else "" for k in sizes]
     result = xr.DataArray(values, dims=["metric", "size"], name="circuit_performance",
                           coords={"metric": list(metrics.METRICS), "size": sizes, "component": ("size", labels)})
     result.attrs.update(ablator.provenance(direction, analysis="pareto_frontier", ranking=[str(s) for s in ranked]))
+    if ci is not None:
+        result = with_intervals(result, ablator.replicates(prompt_rows, n_boot, boot_seed), ci, n_boot, boot_seed)
     return result
 
 
@@ -97,10 +111,27 @@ def smallest_circuit(frontier: xr.DataArray, recovery: float = 0.8, *, metric: s
 
     For a denoising frontier, reaching means the normalised metric is at least `recovery` (that
     share of the behaviour restored by the circuit alone); for a noising one, that knocking the
-    circuit out loses at least that share (the metric is at most 1 − `recovery`)."""
-    values = frontier.sel(metric=metric).values
+    circuit out loses at least that share (the metric is at most 1 − `recovery`). A frontier with
+    intervals is read at its `value`; `reached_surely` asks whether the whole band clears it."""
+    values = _at_value(frontier).sel(metric=metric).values
     reached = values >= recovery if frontier.attrs["direction"] == "denoise" else values <= 1 - recovery
     if not reached.any():
         return None
     size = int(frontier["size"].values[int(np.argmax(reached))])
     return [Site.parse(s) for s in frontier.attrs["ranking"][:size]]
+
+
+def reached_surely(frontier: xr.DataArray, recovery: float = 0.8, *, metric: str = "norm_logit_diff") -> xr.DataArray:
+    """Per size of a frontier with intervals (`ci=`): whether the whole band reaches `recovery`
+    (lo ≥ recovery when denoising, hi ≤ 1 − recovery when noising). A circuit whose value reaches
+    it but whose band does not recovers that share on these prompts, not reliably on others."""
+    if "stat" not in frontier.dims:
+        raise ValueError("reached_surely reads a frontier's band: make it with pareto_frontier(..., ci=0.95)")
+    curve = frontier.sel(metric=metric)
+    if frontier.attrs["direction"] == "denoise":
+        return curve.sel(stat="lo", drop=True) >= recovery
+    return curve.sel(stat="hi", drop=True) <= 1 - recovery
+
+
+def _at_value(result: xr.DataArray) -> xr.DataArray:
+    return result.sel(stat="value", drop=True) if "stat" in result.dims else result

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from actpatch.circuits.components import checked, default_universe
-from actpatch.circuits.evaluate import Ablation, Ablator
+from actpatch.circuits.evaluate import Ablation, Ablator, interval_note
+from actpatch.metrics import METRICS, check_metric
 from actpatch.engine.plan import Direction
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site
+from actpatch.stats import bootstrap
 
 
 def minimality(
@@ -26,6 +29,9 @@ def minimality(
     ablation: Ablation = None,
     components: Sequence[Site] | None = None,
     metric: str = "norm_logit_diff",
+    ci: float | None = None,
+    n_boot: int = 1000,
+    boot_seed: int = 0,
 ) -> pd.DataFrame:
     """One row per member: the circuit's `metric` without it, the drop its removal causes, and
     `passenger` where the drop is below `threshold` (in units of `metric`; for the normalised
@@ -35,17 +41,36 @@ def minimality(
     the member is ablated too; for a noised one, loss no longer caused when the member is spared.
     A negative drop marks a member that works against the answer. `components` and `ablation` as
     in `evaluate_circuit`; the table's `attrs` hold the full circuit's score and the threshold.
-    One forward per member."""
+    One forward per member.
+
+    `ci=0.95` asks whether each drop is distinguishable from 0 on these prompts: `drop_lo` and
+    `drop_hi` bound it over `n_boot` resamples of the prompts (the full circuit and the circuit
+    without the member on the same resamples, so the drop is paired), and `drop_excludes_0` marks a
+    member whose interval does not hold 0. A member with a drop over `threshold` whose interval holds
+    0 is not shown to be needed; one under it whose interval excludes 0 does something, if little.
+    No extra forward: the same runs' per-prompt rows."""
+    if ci is not None:
+        bootstrap.check_options(ci, n_boot)
+    check_metric(metric)
     members = checked(model, [Site.parse(s) if isinstance(s, str) else s for s in circuit])
     ablator = Ablator(model, pairs, components if components is not None else default_universe(model, members), ablation)
     sign = 1.0 if direction == "denoise" else -1.0
-    full = ablator.score(members, direction, metric)
-    rows = []
+    full_logits = ablator.logits(members, direction)
+    full = ablator.score_of(full_logits, metric)
+    rows, prompt_rows = [], [ablator.prompt_rows(full_logits)] if ci is not None else []
     for member in members:
-        without = ablator.score([m for m in members if m != member], direction, metric)
+        logits = ablator.logits([m for m in members if m != member], direction)
+        without = ablator.score_of(logits, metric)
         drop = sign * (full - without)
         rows.append({"component": str(member), "without": without, "drop": drop, "passenger": drop < threshold})
+        if ci is not None:
+            prompt_rows.append(ablator.prompt_rows(logits))
     table = pd.DataFrame(rows, columns=["component", "without", "drop", "passenger"]).set_index("component")
     table.attrs.update(ablator.provenance(direction, analysis="minimality", circuit=[str(m) for m in members],
                                           circuit_score=full, threshold=threshold, metric=metric))
+    if ci is not None:
+        boot = ablator.replicates(prompt_rows, n_boot, boot_seed)[:, METRICS.index(metric)]  # (resample, 1 + member)
+        table["drop_lo"], table["drop_hi"] = bootstrap.percentile(sign * (boot[:, :1] - boot[:, 1:]), ci)
+        table["drop_excludes_0"] = (table["drop_lo"] > 0) | (table["drop_hi"] < 0)
+        table.attrs["interval"] = interval_note(ci, n_boot, boot_seed, len(pairs))
     return table

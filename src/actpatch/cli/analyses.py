@@ -83,7 +83,7 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
 
 
 @click.command()
-@experiment_options(circuit=True)
+@experiment_options(circuit=True, intervals=True)
 @click.option("--resume", is_flag=True, help="Continue a killed run's sweep from the checkpoint in the output folder.")
 @click.option("--level", type=click.Choice(["node", "edge"]), default="node", show_default=True,
               help="node: components (heads or MLPs); edge: edges between them (EAP, EAP-IG, MIB).")
@@ -102,6 +102,7 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
     \b
     actpatch circuit --task ioi --prompts 8 --max-size 40
     actpatch circuit --config examples/circuit_ioi.toml --recovery 0.9
+    actpatch circuit --task ioi --prompts 16 --ci 0.95
     actpatch circuit --level edge --method eap --prompts 8 --percent 5
     actpatch circuit --level edge --import graph.json --out imported
 
@@ -110,7 +111,9 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
     an --ablation); the smallest circuit reaching --recovery is then tested for minimality (does
     removing one member cost anything?). Prints the tables and writes the sweep, the frontier, the
     minimality table (.csv) and a report with the Pareto curve into --out; an earlier run's are
-    refused unless --overwrite (or --resume, which finishes that run) is given.
+    refused unless --overwrite (or --resume, which finishes that run) is given. --ci 0.95 (node
+    level) puts bootstrap intervals over prompts on the sweep, a band on the frontier and an interval
+    on each member's drop, from the same runs (docs/uncertainty.md).
 
     Edge level (docs/edges.md): edges scored by --method (or read by --import) are ranked by
     |score|; the top edges at 0.1 ... 100 % of all edges (and --percent) are pruned and evaluated
@@ -123,6 +126,8 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
     if level == "edge":
         from actpatch.cli.edges import edge_circuit
 
+        if any(flags.get(flag) is not None for flag in ("ci", "n_boot", "boot_seed")):
+            raise BadInput("--ci, --n-boot and --boot-seed apply to node circuits (--level node)")
         return edge_circuit(flags, quiet=quiet, overwrite=overwrite, resume=resume, method=edge_method,
                             steps=edge_steps, percent=percent, graph_file=graph_file)
     if given := [flag for flag, value in (("--method", edge_method), ("--steps", edge_steps), ("--percent", percent),
@@ -147,7 +152,9 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
         raise BadInput(f"circuit ranks head or mlp_out components, not {kind}: set the site to head or mlp_out")
     echo(describe(model, pairs, spec))
     options = sweep_options(model, pairs, spec)
-    ranked_by = ap.sweep(model, pairs, spec.sweep.site, **options, progress=progress(quiet),
+    ci = spec.sweep.ci
+    intervals = {} if ci is None else dict(ci=ci, n_boot=spec.sweep.n_boot, boot_seed=spec.sweep.boot_seed)
+    ranked_by = ap.sweep(model, pairs, spec.sweep.site, **options, **intervals, progress=progress(quiet),
                          checkpoint=checkpoint if spec.sweep.engine == "batched" else None)
     ranked_by.attrs.update(provenance(model, spec))
     with validating():
@@ -157,24 +164,24 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
             click.echo(text)
     sizes = range(min(c.max_size or len(ranking), len(ranking)) + 1)
     frontier = ap.pareto_frontier(model, pairs, ranked_by, direction=direction, ablation=c.ablation, sizes=sizes,
-                                  order=c.order, progress=progress(quiet))
+                                  order=c.order, progress=progress(quiet), **intervals)
     frontier.attrs.update(provenance(model, spec))
-    curve = frontier.sel(metric="norm_logit_diff")
-    echo("Pareto frontier (the top-k components kept, the rest ablated):\n" + pd.DataFrame(
-        {"added": curve["component"].values, "norm_logit_diff": curve.values.round(3)},
-        index=pd.Index(curve["size"].values, name="size")).to_string())
+    echo("Pareto frontier (the top-k components kept, the rest ablated):\n" + frontier_table(frontier).to_string())
     chosen = ap.smallest_circuit(frontier, c.recovery)
     sections: dict[str, Any] = {title(spec, ranked_by): ranked_by}
     sections["Pareto frontier"] = ap.report.Section(
         "Pareto frontier: circuit performance against circuit size",
         figures=[ap.circuits.plot_frontier(frontier, recoveries=sorted({c.recovery, 0.9}))],
         note="The top-k components of the ranking kept, every other component of their kind ablated "
-             f"({frontier.attrs.get('ablation', 'corrupt')}); one forward per size.")
+             f"({frontier.attrs.get('ablation', 'corrupt')}); one forward per size."
+             + (f" The band is the {100 * ci:g} % interval over resampled prompts ({spec.sweep.n_boot} resamples): how "
+                "this ranking's circuits would do on other prompts from the task." if ci is not None else ""))
     if chosen is None:
         click.echo(f"no circuit of up to {sizes[-1]} components recovers {c.recovery:.0%}: raise --max-size or lower --recovery")
     else:
         click.echo(f"smallest circuit recovering {c.recovery:.0%}: {len(chosen)} components: {', '.join(map(str, chosen))}")
-        table = ap.minimality(model, pairs, chosen, threshold=c.threshold, direction=direction, ablation=c.ablation)
+        table = ap.minimality(model, pairs, chosen, threshold=c.threshold, direction=direction, ablation=c.ablation,
+                              **intervals)
         echo(f"minimality (circuit scores {table.attrs['circuit_score']:.3f}; a passenger's removal costs < {c.threshold}):\n"
              + table.round(3).to_string())
         path = out / f"{name}_minimality.csv"
@@ -184,6 +191,21 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
             f"Minimality of the {len(chosen)}-component circuit",
             html=table.to_html(float_format=lambda v: f"{v:.4f}"),
             note=f"Each member removed alone; the circuit scores {table.attrs['circuit_score']:.4f}. A passenger's "
-                 f"removal costs less than {c.threshold}.")
+                 f"removal costs less than {c.threshold}."
+                 + (" drop_excludes_0: the drop's interval over resampled prompts does not hold 0." if ci is not None else ""))
     write_outputs(spec, sections, name, ranked_by, extra={f"{name}_frontier": frontier})
     shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def frontier_table(frontier: Any) -> Any:
+    """The frontier's normalised logit difference per size, with its interval when it has one."""
+    import pandas as pd
+
+    curve = frontier.sel(metric="norm_logit_diff")
+    columns = {"added": curve["component"].values}
+    if "stat" in curve.dims:
+        columns.update({name: curve.sel(stat=stat).values.round(3) for name, stat in
+                        (("norm_logit_diff", "value"), ("lo", "lo"), ("hi", "hi"))})
+    else:
+        columns["norm_logit_diff"] = curve.values.round(3)
+    return pd.DataFrame(columns, index=pd.Index(curve["size"].values, name="size"))

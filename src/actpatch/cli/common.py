@@ -187,6 +187,7 @@ OVERRIDES = {
     "method": ("attribute", "method"), "steps": ("attribute", "steps"), "graddrop": ("attribute", "graddrop"),
     "verify": ("attribute", "verify"), "recovery": ("circuit", "recovery"), "max_size": ("circuit", "max_size"),
     "threshold": ("circuit", "threshold"),
+    "ci": ("sweep", "ci"), "n_boot": ("sweep", "n_boot"), "boot_seed": ("sweep", "boot_seed"),
     "out": ("output", "folder"), "name": ("output", "name"), "pngs": ("output", "pngs"),
 }
 _FLAG_OF = {f"{section}.{key}": "--" + flag.replace("_name", "").replace("_", "-") for flag, (section, key) in OVERRIDES.items()}
@@ -194,7 +195,7 @@ _FLAG_OF = {f"{section}.{key}": "--" + flag.replace("_name", "").replace("_", "-
 _PARSED = {"positions": positions, "layers": int_list, "heads": int_list, "neurons": int_list}
 
 
-def experiment_options(*, analysis: bool = False, circuit: bool = False) -> Callable:
+def experiment_options(*, analysis: bool = False, circuit: bool = False, intervals: bool = False) -> Callable:
     """The flags that describe an experiment; each overrides its key in --config."""
     options = [
         click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -238,6 +239,13 @@ def experiment_options(*, analysis: bool = False, circuit: bool = False) -> Call
             click.option("--max-size", type=int, default=None, help="Largest circuit evaluated on the frontier (default all)."),
             click.option("--threshold", type=float, default=None,
                          help="Minimality: a member whose removal costs less is a passenger (default 0.02)."),
+        ]
+    if intervals:  # `actpatch sweep` declares its own (sweeps.py)
+        options += [
+            click.option("--ci", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                         help="Bootstrap intervals over prompts on every number, e.g. 0.95 (docs/uncertainty.md)."),
+            click.option("--n-boot", type=click.IntRange(min=1), default=None, help="Bootstrap resamples for --ci (default 1000)."),
+            click.option("--boot-seed", type=int, default=None, help="Seed of the bootstrap resamples (default 0)."),
         ]
 
     def decorate(command: Callable) -> Callable:

@@ -8,17 +8,19 @@ frontier (one forward per size) per resample; the ranking is free (the sweep's r
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from actpatch.circuits import pareto_frontier, ranking, smallest_circuit
-from actpatch.circuits.evaluate import Ablation
+from actpatch import circuits  # the module, not its names: circuits read actpatch.stats.bootstrap as they load
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.stats import bootstrap
+
+if TYPE_CHECKING:
+    from actpatch.circuits.evaluate import Ablation
 
 
 def circuit_stability(
@@ -63,9 +65,9 @@ def circuit_stability(
         if "direction" in per_prompt_sweep.coords and "direction" not in averaged.coords:
             averaged = averaged.assign_coords(direction=per_prompt_sweep["direction"])
         averaged.attrs["direction"] = _direction(per_prompt_sweep)
-        frontier = pareto_frontier(model, prompts, ranking(averaged), direction=direction, ablation=ablation,
+        frontier = circuits.pareto_frontier(model, prompts, circuits.ranking(averaged), direction=direction, ablation=ablation,
                                    sizes=sizes, progress=False)
-        found = smallest_circuit(frontier, recovery)
+        found = circuits.smallest_circuit(frontier, recovery)
         return frozenset(str(s) for s in found or [])
 
     full = circuit(np.ones(block.n), pairs)
