@@ -89,7 +89,8 @@ def test_the_percent_row_is_graph_evaluate_of_that_circuit(scored, model_and_pai
 def test_importing_the_exported_graph_reproduces_the_curve(scored, tiny, tmp_path):
     result = edge_run(tiny, tmp_path, "--import", str(scored / "graph.json"), "--percent", PERCENT)
     assert result.exit_code == 0, result.output
-    assert "the file's own circuit: 7 edges" in result.output
+    own = len(in_graph(json.loads((scored / "graph.json").read_text())))  # the exported circuit, pruned already
+    assert own > 0 and f"the file's own circuit: {own} edges" in result.output
     mine, theirs = (pd.read_csv(folder / "faithfulness.csv") for folder in (scored, tmp_path))
     pd.testing.assert_frame_equal(theirs, mine, atol=1e-6)
     imported, exported = (json.loads((folder / "graph.json").read_text()) for folder in (tmp_path, scored))

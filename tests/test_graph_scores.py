@@ -184,3 +184,19 @@ def test_verify_edges_refuses_bad_sizes(call, message):
     scores = edge_scores(model, pairs, "eap")
     with pytest.raises(ValueError, match=message):
         verify_edges(model, pairs, scores, **call)
+
+
+def test_scores_reuse_prepared_runs_and_refuse_runs_of_other_prompts():
+    """EAP's own clean pass (clean outputs recorded in its gradient forward) gives the scores of the
+    prepared runs' path; runs prepared for other prompts or another ablation are refused."""
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    runs = EdgeRuns.prepare(model, pairs)
+    own = edge_scores(model, pairs, "eap")
+    reused = edge_scores(model, pairs, "eap", runs=runs)
+    torch.testing.assert_close(own.scores, reused.scores, atol=1e-6, rtol=1e-6)
+    assert own.scores.abs().max() > 1e-3
+    with pytest.raises(ValueError, match="prepare them with the same model, pairs and ablation"):
+        edge_scores(model, pairs[:2], "eap", runs=runs)
+    with pytest.raises(ValueError, match="ablation='mean'"):
+        edge_scores(model, pairs, "eap", ablation="mean", runs=runs)
+    assert hooks.attached_hooks(model) == 0

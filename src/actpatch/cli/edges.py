@@ -70,12 +70,14 @@ def edge_circuit(flags: dict[str, Any], *, quiet: bool, overwrite: bool, resume:
     with validating():
         if graph_file is not None:
             scores, file_circuit = graph.load_graph(graph_file, model)
-        else:
+        # One baseline and one recording of every sender's outputs, for the scores and the curve.
+        runs = graph.EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=spec.sweep.check_baseline)
+        if graph_file is None:
             scores = graph.edge_scores(model, pairs, method, steps=steps or 5, ablation=ablation, chunk=spec.sweep.chunk,
-                                       check_baseline=spec.sweep.check_baseline, progress=progress(quiet))
+                                       progress=progress(quiet), runs=runs)
     percents = sorted({*graph.MIB_PERCENTS, percent})
     curve = graph.faithfulness_curve(model, pairs, scores, percents=percents, ablation=ablation, chunk=spec.sweep.chunk,
-                                     check_baseline=spec.sweep.check_baseline)
+                                     runs=runs)
     circuit = graph.top_edges(scores, percent=percent)  # the circuit the curve evaluated at --percent
     curve.attrs.update(provenance(model, spec), percent=percent, steps=scores.attrs.get("steps"),
                        source=str(graph_file) if graph_file is not None else scores.method)

@@ -75,7 +75,7 @@ class EdgeRuns:
         # The recording forwards are the baseline runs: their final-position logits are the baseline's.
         clean, clean_logits = sender_outputs(model, graph, pairs.clean_run, logits=True)
         corrupt, corrupt_logits = sender_outputs(model, graph, pairs.corrupt_run, logits=True)
-        base = _checked_baseline(model, pairs, clean_logits, corrupt_logits, check_baseline)
+        base = checked_baseline(model, pairs, clean_logits, corrupt_logits, check_baseline)
         if ablation is None:
             off = corrupt
         elif ablation == "zero":
@@ -85,6 +85,13 @@ class EdgeRuns:
         else:
             off = clean[:, derangement(len(pairs), RESAMPLE_SEED)]
         return cls(model, pairs, graph, clean, off, base, ablation)
+
+    def check_for(self, model: Model, pairs: PromptPairs, ablation: Ablation | None) -> None:
+        """Refuse to reuse these runs for another model, other prompts or another ablation."""
+        if self.model is not model or self.pairs is not pairs or self.ablation != ablation:
+            raise ValueError(f"these EdgeRuns were prepared for {self.model.name} on {len(self.pairs)} prompts with "
+                             f"ablation={self.ablation!r}: prepare them with the same model, pairs and ablation "
+                             f"(EdgeRuns.prepare(model, pairs, ablation={ablation!r}))")
 
     def plan(self, copies: int, **changes) -> EdgePlan:
         return EdgePlan(stages=self.graph.stages(), attn_in_norm=attn_in_norm(self.model), copies=copies,
@@ -154,7 +161,7 @@ def sender_outputs(model: Model, graph: Graph, run: Run, *, logits: bool = False
     return (outputs, final) if logits else outputs
 
 
-def _checked_baseline(model: Model, pairs: PromptPairs, clean: Tensor, corrupt: Tensor, check: bool) -> metrics.Baseline:
+def checked_baseline(model: Model, pairs: PromptPairs, clean: Tensor, corrupt: Tensor, check: bool) -> metrics.Baseline:
     """`collect.baseline`'s baseline and checks, from logits already computed."""
     base = metrics.Baseline(clean, corrupt, pairs.answers, pairs.wrong)
     collect.refuse_non_finite(model, base)

@@ -35,14 +35,16 @@ CURVE_METRICS = ("faithfulness", *metrics.METRICS)
 def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
                        percents: Sequence[float] = MIB_PERCENTS, absolute: bool = True, prune: bool = True,
                        ablation: Ablation | None = None, chunk: int | None = None,
-                       check_baseline: bool = True, engine: str = "fast") -> xr.DataArray:
+                       check_baseline: bool = True, engine: str = "fast", runs: EdgeRuns | None = None) -> xr.DataArray:
     """Every metric of the top `percents` % of edges by `scores`, dims (percent, metric), with the
     edges each circuit kept (`n_edges`, after pruning) as a coordinate and CPR and CMD in `attrs`.
 
     `ablation`: what edges outside the circuit carry (default: the corrupt run's values).
     `absolute`, `prune`: as in `top_edges`. `engine="plain"`: every circuit, the empty and the full
     one included, through the oracle path; the fast engine takes the full circuit (and, with the
-    corrupt run's values, the empty one) from the baseline runs, which they equal by the rule."""
+    corrupt run's values, the empty one) from the baseline runs, which they equal by the rule.
+    `runs`: the `EdgeRuns` the scores were computed with (same model, prompts and ablation), so the
+    curve reuses their baseline and recorded outputs instead of running them again."""
     percents = [float(p) for p in percents]
     if not percents or sorted(percents) != percents or len(set(percents)) != len(percents):
         raise ValueError(f"percents must be increasing sizes in (0, 100], got {percents}")
@@ -50,7 +52,9 @@ def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
     if Graph.of(model).cfg != scores.graph.cfg:
         raise EdgeError(f"these scores are for a graph of {scores.graph.cfg}, but {model.name}'s is {Graph.of(model).cfg}: "
                         "score the edges on this model")
-    runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
+    if runs is None:
+        runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
+    runs.check_for(model, pairs, ablation)
     stack = torch.stack([runs.graph.empty(), runs.graph.full(), *circuits])
     logits = _logits(runs, stack, chunk, engine, known_empty=ablation is None)
     rows = [metrics.averaged(l, runs.base) for l in logits]

@@ -30,10 +30,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from actpatch import metrics
-from actpatch.graph.evaluate import Ablation, EdgeRuns
+from actpatch import hooks, metrics
+from actpatch.graph.evaluate import Ablation, EdgeRuns, attn_in_norm, check_reached, checked_baseline, sender_outputs
 from actpatch.graph.nodes import Graph
-from actpatch.hooks.edges import edge_hooks, receiver_gradients
+from actpatch.hooks.edges import EdgePlan, edge_hooks, receiver_gradients
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 
@@ -63,7 +63,7 @@ class EdgeScores:
 
 def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-inputs", *, steps: int = 5,
                 ablation: Ablation | None = None, chunk: int | None = None, check_baseline: bool = True,
-                progress: bool | None = None, engine: Engine = "fast") -> EdgeScores:
+                progress: bool | None = None, engine: Engine = "fast", runs: EdgeRuns | None = None) -> EdgeScores:
     """Every edge's score by `method` (see the module docstring for what each computes).
 
     `steps`: interpolation points of the integrated-gradient methods. `ablation`: out-of-circuit
@@ -71,6 +71,9 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
     and `exact`. `chunk`: runs stacked per forward (default: what a 1 GiB activation budget holds).
     `engine`: "fast" (the default) or "plain", the oracle every fast path is tested against (gradient
     runs expand every attention layer per head; exact scores run each removal's whole forward).
+    `runs`: an `EdgeRuns.prepare(model, pairs, ablation=...)` to reuse (its baseline and recorded
+    outputs), e.g. for a faithfulness curve after the scores; without it, `eap` needs no clean
+    recording run of its own: its gradient forward on the clean prompt records the clean outputs.
 
         scores = ap.graph.edge_scores(model, pairs, "eap-ig-inputs", steps=5)
         circuit = ap.graph.top_edges(scores, percent=5)
@@ -84,7 +87,13 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
     if ablation is not None and method in ("eap-ig-inputs", "clean-corrupted"):
         raise ValueError(f"{method} interpolates towards the corrupt run and takes no ablation; "
                          "use eap, eap-ig-activations or exact with ablation=")
-    runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
+    if runs is not None:
+        runs.check_for(model, pairs, ablation)
+    elif method == "eap" and engine == "fast" and ablation is None:
+        runs, totals = _eap_clean_pass(model, pairs, check_baseline)
+        return _finished(runs, _scores(runs, totals, 1), method, steps, engine)
+    else:
+        runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
     cost = None
     if method == "exact" and engine == "fast":
         scores, cost = _exact_resumed(runs, chunk)
@@ -93,7 +102,11 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
     else:
         scores = _from_gradients(runs, _gradient_runs(runs, method, steps), runs.copies_per_forward(chunk, grads=True),
                                  progress, fast=engine == "fast")
-    attrs = {"model": model.name, "ablation": ablation or "corrupt", "n_prompts": len(pairs),
+    return _finished(runs, scores, method, steps, engine, cost)
+
+
+def _finished(runs: EdgeRuns, scores: Tensor, method: str, steps: int, engine: str, cost=None) -> EdgeScores:
+    attrs = {"model": runs.model.name, "ablation": runs.ablation or "corrupt", "n_prompts": len(runs.pairs),
              "metric": "mean logit difference", "steps": steps if "ig" in method else None, "engine": engine}
     if cost is not None:
         attrs["cost"] = {"forward_equivalents": round(cost.forward_equivalents, 3), "naive_forwards": cost.naive}
@@ -139,18 +152,44 @@ def _sender_groups(graph: Graph) -> list[slice]:
 
 def _from_gradients(runs: EdgeRuns, gradient_runs: list[_GradientRun], size: int, progress, *, fast: bool) -> Tensor:
     """(clean − off) · the receivers' input gradients averaged over `gradient_runs`."""
-    graph, stages = runs.graph, runs.graph.stages()
     totals: dict[int, Tensor] = {}
     chunks = [gradient_runs[i : i + size] for i in range(0, len(gradient_runs), size)]
     for part in tqdm(chunks, desc="edge gradients", disable=not progress if progress is not None else len(chunks) < 4):
         for stage_index, grad in _gradients(runs, part, fast=fast).items():
             totals[stage_index] = grad if stage_index not in totals else totals[stage_index] + grad
+    return _scores(runs, totals, len(gradient_runs))
+
+
+def _scores(runs: EdgeRuns, totals: dict[int, Tensor], n_runs: int) -> Tensor:
+    """(sender, receiver) float64: (clean − off) · each stage's summed gradients / n_runs."""
+    graph = runs.graph
     delta = (runs.clean - runs.off).double()  # (sender, batch, pos, d_model)
     scores = torch.zeros(graph.exists.shape, dtype=torch.float64)
-    for stage_index, stage in enumerate(stages):
-        grad = totals[stage_index].double() / len(gradient_runs)  # (batch, pos, receiver, d_model)
+    for stage_index, stage in enumerate(graph.stages()):
+        grad = totals[stage_index].double() / n_runs  # (batch, pos, receiver, d_model)
         scores[: stage.senders, stage.receivers] = torch.einsum("sbpd,bprd->sr", delta[: stage.senders], grad).cpu()
     return scores
+
+
+def _eap_clean_pass(model: Model, pairs: PromptPairs, check_baseline: bool) -> tuple[EdgeRuns, dict[int, Tensor]]:
+    """EAP with the corrupt run recorded, then one forward and backward of the clean run
+    that is at once the clean recording run (outputs, baseline logits) and the gradient run: two
+    forwards and one backward in all, where `EdgeRuns.prepare` and a gradient run take three forwards."""
+    graph = Graph.of(model)
+    off, corrupt_logits = sender_outputs(model, graph, pairs.corrupt_run, logits=True)
+    run, copies = pairs.clean_run, 1
+    gradient_plan = EdgePlan(stages=graph.stages(), attn_in_norm=attn_in_norm(model), copies=copies, batch=len(pairs))
+    recording_plan = EdgePlan(stages=graph.stages(), attn_in_norm=attn_in_norm(model), batch=len(pairs))
+    # Order matters: the noise is added first, the gradients' leaf is made from the noisy input, the recorder reads it.
+    with torch.enable_grad(), hooks.add_to_input(model, run.noise), receiver_gradients(model, gradient_plan) as grads, \
+            edge_hooks(model, recording_plan) as recorded:
+        logits = model.hf(input_ids=run.tokens.to(model.device), use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        diff = metrics.logit_diff(logits, pairs.answers, pairs.wrong)
+        torch.autograd.grad(diff.mean(), grads.leaf)
+    check_reached(graph, recorded)
+    clean = torch.stack([recorded.outputs[s].detach() for s in range(len(graph.senders))])
+    base = checked_baseline(model, pairs, logits.detach(), corrupt_logits, check_baseline)
+    return EdgeRuns(model, pairs, graph, clean, off, base), grads.grads
 
 
 def _gradients(runs: EdgeRuns, part: list[_GradientRun], *, fast: bool) -> dict[int, Tensor]:
@@ -162,19 +201,22 @@ def _gradients(runs: EdgeRuns, part: list[_GradientRun], *, fast: bool) -> dict[
     model, pairs, graph = runs.model, runs.pairs, runs.graph
     copies, batch = len(part), len(pairs)
     first = torch.cat([run.first_input if run.first_input is not None else runs.clean[0] for run in part])
+    leaf = first.detach().requires_grad_(True)
+    first = leaf.view_as(leaf)  # not a leaf itself: module-tracking modes (FlopCounterMode) hook modules' inputs
     if fast and all(run.absent is None for run in part):
-        plan = runs.plan(copies, first_input=first.detach().requires_grad_(True))
+        plan = runs.plan(copies, first_input=first)
         hooked = receiver_gradients(model, plan)
     else:
         absent = torch.stack([run.absent if run.absent is not None else torch.zeros(graph.exists.shape) for run in part])
-        plan = runs.plan(copies, absent=absent.to(model.device), grads=True, first_input=first.detach().requires_grad_(True),
-                         fast=fast)
+        plan = runs.plan(copies, absent=absent.to(model.device), grads=True, first_input=first, fast=fast)
         hooked = edge_hooks(model, plan)
     tokens = pairs.clean.repeat(copies, 1).to(model.device)
     with torch.enable_grad(), hooked as record:
         logits = model.hf(input_ids=tokens, use_cache=False, logits_to_keep=1).logits[:, -1].float()
         diff = metrics.logit_diff(logits, pairs.answers.repeat(copies), pairs.wrong.repeat(copies))
-        diff.view(copies, batch).mean(1).sum().backward()
+        # Gradients with respect to the input only: no weight gradients are computed (a plain
+        # backward would spend about one more forward on them), and the receivers' taps still fire.
+        torch.autograd.grad(diff.view(copies, batch).mean(1).sum(), leaf)
     return record.grads
 
 

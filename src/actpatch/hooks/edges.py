@@ -62,6 +62,7 @@ class EdgeRecord:
     outputs: dict[int, Tensor] = field(default_factory=dict)  # sender -> (rows, pos, d_model), when recording only
     grads: dict[int, Tensor] = field(default_factory=dict)  # stage -> (batch, pos, receiver, d_model), summed over copies
     fired: set = field(default_factory=set)  # stages whose receivers were reached
+    leaf: Tensor | None = None  # receiver_gradients: the first layer's input the gradients flow to
 
 
 @contextmanager
@@ -81,7 +82,11 @@ class _Taps:
         self.group = self.dims.n_heads // self.dims.n_kv_heads
         self.kv_inputs: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> normed k and v inputs (expanded rows)
         self.pending: dict[int, Tensor] = {}  # layer -> per-head contributions awaiting the post-norm's scale
-        self.deltas: dict[int, Tensor] = {}  # sender -> o(current) − o(off), (copies, batch, pos, d_model)
+        # o(current) − o(off) of every sender so far: without gradients one buffer (copies, sender,
+        # batch, pos, d_model) written in place, so a stage's weighted sum reads it without a copy;
+        # with gradients a dict of separate tensors (in-place writes would break the backward).
+        self.deltas: dict[int, Tensor] = {}
+        self.buffer: Tensor | None = None
         self.total: Tensor | None = None  # Σ of every delta so far
         # Gemma 3: attention's output passes a norm before it is added, so `attn` is not o_proj's parent
         self.post_norm = model.arch.attn != model.arch.o_proj.rsplit(".", 1)[0]
@@ -179,7 +184,12 @@ class _Taps:
             self.record.outputs[sender] = output
             return
         delta = output.view(plan.copies, plan.batch, *output.shape[1:]) - plan.off[sender].to(output.dtype)
-        self.deltas[sender] = delta
+        if plan.grads:
+            self.deltas[sender] = delta
+        else:
+            if self.buffer is None:
+                self.buffer = delta.new_empty(plan.copies, len(plan.off), *delta.shape[1:])
+            self.buffer[:, sender] = delta
         self.total = delta if self.total is None else self.total + delta
 
     # --- receivers -------------------------------------------------------------------------
@@ -210,7 +220,7 @@ class _Taps:
             inputs = base.expand(*base.shape[:-2], absent.shape[-1], base.shape[-1])
         elif len(kept) < len(missing):
             unread = (edges[:, 0] == 0).nonzero().flatten().tolist()  # recorded, but no edge to this stage
-            reaching = self.total - sum((self.deltas[s] for s in unread), torch.zeros((), device=resid.device))
+            reaching = self.total - sum((self._delta(s) for s in unread), torch.zeros((), device=resid.device))
             inputs = base - reaching.unsqueeze(-2) + self._weighted(kept, present)
         else:
             inputs = base - self._weighted(missing, absent)
@@ -221,12 +231,28 @@ class _Taps:
             inputs.register_hook(keep)
         return inputs, differ
 
+    def _delta(self, sender: int) -> Tensor:
+        return self.deltas[sender] if self.buffer is None else self.buffer[:, sender]
+
     def _weighted(self, senders: list[int], weights: Tensor) -> Tensor:
-        """Σ_s weights[:, s, r] · delta_s, (copies, batch, pos, receiver, d_model); 0 for no senders."""
+        """Σ_s weights[:, s, r] · delta_s, (copies, batch, pos, receiver, d_model); 0 for no senders.
+
+        From the buffer, as one batched product: over the listed senders when they are few (a
+        gathered copy), else over every sender before the stage, whose weights are 0 where unlisted."""
         if not senders:
             return torch.zeros((), dtype=weights.dtype, device=weights.device)
-        deltas = torch.stack([self.deltas[s] for s in senders], 1)  # (copies, sender, batch, pos, d_model)
-        return torch.einsum("csbpd,csr->cbprd", deltas, weights[:, senders])
+        if self.buffer is None:
+            deltas = torch.stack([self.deltas[s] for s in senders], 1)  # (copies, sender, batch, pos, d_model)
+            return torch.einsum("csbpd,csr->cbprd", deltas, weights[:, senders])
+        copies, n = weights.shape[:2]
+        if 2 * len(senders) < n:
+            index = torch.tensor(senders, device=self.buffer.device)
+            deltas, weights = self.buffer.index_select(1, index), weights[:, index]
+        else:
+            deltas = self.buffer[:, :n]
+        shape = deltas.shape[2:]  # (batch, pos, d_model)
+        summed = torch.bmm(weights.transpose(1, 2), deltas.reshape(copies, deltas.shape[1], -1))  # (copies, receiver, ·)
+        return summed.view(copies, -1, *shape).permute(0, 2, 3, 1, 4)
 
     def _single_input(self, stage_index, stage):
         def hook(norm, args, kwargs):
@@ -460,7 +486,8 @@ class _GradTaps:
         self.rows = hidden.shape[0]
         replaced = self.plan.first_input.to(hidden.dtype) if self.plan.first_input is not None else hidden.detach()
         if not replaced.requires_grad:
-            replaced = replaced.requires_grad_(True)
+            self.record.leaf = replaced.requires_grad_(True)
+            replaced = replaced.view_as(replaced)  # not a leaf itself: module-tracking modes hook modules' inputs
         return ((replaced, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": replaced})
 
     def _norm_input(self, stage_index: int, layer: int):
