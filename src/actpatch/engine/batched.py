@@ -10,6 +10,11 @@ Three savings, each exact for causal decoder models:
 Only the final position is unembedded. The prefix cache and the per-layer call arguments are
 those the model's own incremental forward builds, so masks (sliding windows included) and
 position embeddings are never re-implemented here.
+
+A model split over devices (`device_map`) runs the same way: each layer's recorded call is moved
+once to that layer's device, and the stacked hidden states follow the layers from device to device
+(the prefix cache's layers already live where they were computed). On one device every move is a
+no-op; only a real split (benchmarks/gpu_check.sh) proves the tensors land where each layer computes.
 """
 from __future__ import annotations
 
@@ -44,9 +49,6 @@ def unsupported(model: Model) -> str | None:
     attention = model.hf.config._attn_implementation
     if attention not in PROVEN_ATTENTION:
         return f"attention implementation {attention!r} is not one of {PROVEN_ATTENTION}"
-    devices = set(getattr(model.hf, "hf_device_map", {}).values())
-    if len(devices) > 1:
-        return f"the model is split over devices {sorted(map(str, devices))}"
     return None
 
 
@@ -98,7 +100,7 @@ class BatchedPatching:
         the_plan, runner = self.plan, self.resumer
         if self.cache is None:
             self.known(reduce)
-        runner.patch_tokens = 0  # count the sweep's own patches, not the self-checks'
+        runner.patch_tokens = runner.floor_tokens = 0  # count the sweep's own patches, not the self-checks'
         order = sorted((i for i in range(len(the_plan.sites)) if i not in self.noop), key=lambda i: runner.entry(the_plan.sites[i]))
         bar = tqdm(total=len(the_plan.sites), initial=len(self.noop | set(done)), desc=f"{the_plan.direction} {the_plan.kind}",
                    disable=None if the_plan.spec.progress is None else not the_plan.spec.progress)
@@ -121,6 +123,9 @@ class BatchedPatching:
             # Recording the target at each split position (self-checks' included) plus the patched
             # runs, in full target forwards; the reference engine's figure is `patches`.
             "forward_equivalents": round(self.resumer.forward_equivalents, 3),
+            # What no exact engine of this kind can skip: each patched copy's layers from its own
+            # entry layer on, over the positions from its own first affected one (no recordings).
+            "work_floor": round(self.resumer.floor_equivalents, 3),
         }
 
 
@@ -251,12 +256,24 @@ class Resumer:
         # Work done, in (decoder layer × prompt × token) calls: recording the target, and patched runs.
         self.recording_tokens = 0
         self.patch_tokens = 0
+        self.floor_tokens = 0  # the part of patch_tokens no resume or prefix reuse could avoid
+        # Where each decoder layer computes (several devices under a device_map), and the final norm.
+        self.devices = [_device_of(model.layer(i)) for i in range(model.dims.n_layers)]
+        self.head_device = _device_of(model.hf.get_submodule(model.arch.final_norm))
 
     @property
     def forward_equivalents(self) -> float:
         """Work so far in units of one full forward of the target batch (the reference engine's cost per patch)."""
+        return (self.recording_tokens + self.patch_tokens) / self._forward_tokens()
+
+    @property
+    def floor_equivalents(self) -> float:
+        """The patched runs' unavoidable work so far, in the same units as `forward_equivalents`."""
+        return self.floor_tokens / self._forward_tokens()
+
+    def _forward_tokens(self) -> int:
         batch, seq = self.target.shape
-        return (self.recording_tokens + self.patch_tokens) / (self.model.dims.n_layers * batch * seq)
+        return self.model.dims.n_layers * batch * seq
 
     def entry(self, site: Site) -> tuple[int, int]:
         """(first affected position, first affected layer): nothing before either can change.
@@ -286,17 +303,20 @@ class Resumer:
         cache = _repeated_cache(prefix.cache, present)
         shifted = [{_shifted(site, start): value for site, value in copies[i].items()} for i in order]
         positions = {name: where - start for name, where in self.positions.items()}
-        batch = self.target.shape[0]
+        batch, seq = self.target.shape
+        self.floor_tokens += sum((n_layers - layer) * batch * (seq - position) for position, layer in entries)
         hidden = None
         with hooks.patch_copies(self.model, shifted, copies_at=[present[layer] for layer in joins], positions=positions):
             for index in range(joins[0], n_layers):
                 args, kwargs = prefix.calls[index]
+                if hidden is not None:
+                    hidden = hidden.to(self.devices[index])  # the previous layer's output, to this layer's device
                 hidden = _joined(hidden, _first(args, kwargs), present[index] - (present[index - 1] if index > joins[0] else 0))
                 call_args, call_kwargs = _expanded(args, kwargs, hidden, batch, present[index], cache)
                 self.patch_tokens += hidden.shape[0] * hidden.shape[1]
                 output = self.model.layer(index)(*call_args, **call_kwargs)
                 hidden = output[0] if isinstance(output, tuple) else output
-        logits = self.model.unembed(hidden[:, -1])
+        logits = self.model.unembed(hidden[:, -1].to(self.head_device))
         k = len(copies)
         by_sorted = [logits[i::k] for i in range(k)]
         result: list[Tensor] = [None] * k  # type: ignore[list-item]
@@ -318,9 +338,32 @@ class Resumer:
             replay = copy.deepcopy(cache) if cache is not None else None
             with hooks.add_to_input(self.model, None if noise is None else noise[:, start:]), hooks.layer_inputs(self.model) as calls:
                 hf(input_ids=self.target[:, start:], **_cache_argument(hf, replay), use_cache=replay is not None, logits_to_keep=1)
+            # Recorded before any device hook moved them: put each layer's call where it computes, once.
+            calls = [moved(call, device) for call, device in zip(calls, self.devices)]
             self.prefixes[start] = _Prefix(cache, calls)
             self.recording_tokens += self.model.dims.n_layers * self.target.numel()  # the two recording forwards
         return self.prefixes[start]
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    """Where `module` computes: accelerate's execution device when a device map put a hook on it,
+    else the device of its first parameter."""
+    hook_device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if hook_device is not None:
+        return torch.device(hook_device)  # an int means that CUDA device
+    return next(module.parameters()).device
+
+
+def moved(value: Any, device: torch.device) -> Any:
+    """`value` (a layer's recorded call: tensors in tuples, lists and dicts) with every tensor on
+    `device`; caches are left where they are, since each cache layer lives on its own layer's device."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if type(value) in (tuple, list):
+        return type(value)(moved(v, device) for v in value)
+    if isinstance(value, dict):
+        return {key: moved(v, device) for key, v in value.items()}
+    return value
 
 
 def _cache_argument(hf: Any, cache: DynamicCache | None) -> dict[str, Any]:
