@@ -152,3 +152,19 @@ def test_circuit_ci_bands_the_frontier_and_bounds_each_drop(tiny, tmp_path):
 def test_circuit_ci_is_refused_at_edge_level(tiny, tmp_path):
     result = run("circuit", "--level", "edge", "--model", tiny, "--task", "ioi", "--ci", "0.9", "--out", str(tmp_path))
     assert result.exit_code == 2 and "apply to node circuits" in result.output
+
+
+def test_attribute_ci_bounds_the_estimates_and_the_rank_correlation(tiny, tmp_path):
+    result = run("attribute", "--model", tiny, "--task", "ioi", "--prompts", "6", "--no-check-baseline", "--site", "head",
+                 "--verify", "2", "--ci", "0.9", "--n-boot", "120", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    saved = ap.load(tmp_path / "ioi_head_denoise_atp.nc")
+    assert list(saved["stat"].values) == ["value", "lo", "hi"] and saved.attrs["interval"]["n_boot"] == 120
+    lo, hi = saved.attrs["verification"]["spearman_interval"]
+    assert -1 <= lo <= saved.attrs["verification"]["spearman"] + 1e-12 and hi <= 1
+    assert f"spearman={saved.attrs['verification']['spearman']:.3f} [{lo:.3f}, {hi:.3f}]" in result.output
+    table = pd.read_csv(tmp_path / "ioi_head_denoise_atp_verify.csv")
+    assert {"estimate_lo", "estimate_hi", "exact_lo", "exact_hi"} <= set(table.columns)
+    refused = run("attribute", "--model", tiny, "--task", "ioi", "--no-check-baseline", "--site", "head", "--graddrop",
+                  "--ci", "0.9", "--out", str(tmp_path / "refused"))
+    assert refused.exit_code == 2 and "--graddrop" in refused.output

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from actpatch.circuits.components import checked, default_universe

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,9 +16,13 @@ from actpatch.cli.common import (
 from actpatch.cli.sweeps import checkpoint_folder, sweep_options, tables, title, write_outputs
 from actpatch.sites import parse_kind
 
+if TYPE_CHECKING:  # --help must not wait for pandas and xarray
+    import pandas as pd
+    import xarray as xr
+
 
 @click.command()
-@experiment_options(analysis=True)
+@experiment_options(analysis=True, intervals=True)
 @click.option("--method", type=click.Choice(["atp", "atp*", "ig"]), default=None,
               help="atp (default), atp* (softmax recomputed for q/k sites), or ig (integrated gradients).")
 @click.option("--steps", type=int, default=None, help="Integrated-gradient steps (default 5).")
@@ -32,12 +36,15 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     actpatch attribute --task ioi --site head --verify 10
     actpatch attribute --task ioi --site k --positions S2,END --method 'atp*' --verify 10
     actpatch attribute --config examples/attribute_ioi_heads.toml
+    actpatch attribute --task ioi --site head --prompts 16 --verify 10 --ci 0.95
 
     Attribution patching (AtP: effect ≈ (source − target) · gradient) is cheap and wrong in known
     ways (saturated attention, cancelling paths): never read it without --verify, which patches the
     strongest estimates exactly and prints the rank correlation, the top-k recall and the worst
     misestimates. Writes the estimate (.nc), the verification (.csv) and a report into --out; an
-    earlier run's are refused unless --overwrite."""
+    earlier run's are refused unless --overwrite. --ci 0.95 puts bootstrap intervals over prompts
+    on the estimates and on the verification's rank correlation, from the same backward pass and
+    exact patches (not with --graddrop)."""
     from actpatch.engine.plan import plan
     from actpatch.engine.spec import SweepSpec
 
@@ -60,24 +67,37 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     if s.ablation is not None and (a.method == "ig" or (a.method == "atp*" and the_plan.kind in ("q", "k"))):
         raise BadInput(f"method {a.method} needs a source run (to interpolate inputs, or to recompute softmaxes from its "
                        f"q and k), and ablation {s.ablation} has none: use method atp")
+    if s.ci is not None and a.graddrop:
+        raise BadInput("--ci and --graddrop: GradDrop's magnitude is not a mean over prompts and has no interval; drop one")
     estimate = ap.attribute(model, pairs, s.site, direction=direction, method=a.method, steps=a.steps, layers=s.layers,
                             positions=s.positions, heads=s.heads, neurons=s.neurons, graddrop=a.graddrop,
-                            ablation=s.ablation, check_baseline=s.check_baseline, progress=progress(quiet))
+                            ablation=s.ablation, check_baseline=s.check_baseline, progress=progress(quiet),
+                            per_prompt=s.ci is not None)
+    rows = estimate
+    if s.ci is not None:  # the rows for verify's interval, the intervals for the saved estimate: one backward
+        from actpatch.engine.attribution import intervals_of
+        estimate = intervals_of(rows, ci=s.ci, n_boot=s.n_boot, seed=s.boot_seed)
     estimate.attrs.update(provenance(model, spec))
     sections: dict[str, Any] = {f"{title(spec, estimate)}: {a.method} estimate": estimate}
     if not quiet:
         for text in tables(estimate):
             click.echo(text)
     if a.verify:
-        checked = ap.verify(model, pairs, estimate, top_k=a.verify, sample=a.sample, seed=spec.task.seed, progress=progress(quiet))
+        bootstrapped = {} if s.ci is None else dict(ci=s.ci, n_boot=s.n_boot, boot_seed=s.boot_seed)
+        checked = ap.verify(model, pairs, rows, top_k=a.verify, sample=a.sample, seed=spec.task.seed, progress=progress(quiet),
+                            **bootstrapped)
         estimate.attrs["verification"] = {"spearman": checked.spearman, "top_k_recall": checked.top_k_recall, "top_k": checked.top_k}
+        if checked.spearman_interval is not None:
+            estimate.attrs["verification"]["spearman_interval"] = list(checked.spearman_interval)
         echo(repr(checked))
         table = out / f"{name}_verify.csv"
         atomic.write_text(table, checked.table.to_csv(index=False))
         click.echo(f"saved {table}")
         sections["Verification against exact patching"] = ap.report.Section(
             "Verification against exact patching", html=checked.table.to_html(index=False, float_format=lambda v: f"{v:.4f}"),
-            note=f"Spearman {checked.spearman:.3f}, top-{checked.top_k} recall {checked.top_k_recall:.2f} over "
+            note=f"Spearman {checked.spearman:.3f}"
+                 + ("" if checked.spearman_interval is None else " [{:.3f}, {:.3f}]".format(*checked.spearman_interval))
+                 + f", top-{checked.top_k} recall {checked.top_k_recall:.2f} over "
                  f"{len(checked.table)} sites patched exactly (the top {checked.top_k} estimates and a random sample).")
     write_outputs(spec, sections, name, estimate)
 
@@ -121,8 +141,6 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
     graph.json (every score; in_graph marks the --percent circuit as evaluated), faithfulness.csv
     (percent, edges, faithfulness and every metric), the curve (.nc) and a report with CPR, CMD
     and a picture of the circuit."""
-    import pandas as pd
-
     if level == "edge":
         from actpatch.cli.edges import edge_circuit
 
@@ -197,7 +215,7 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
     shutil.rmtree(checkpoint, ignore_errors=True)
 
 
-def frontier_table(frontier: Any) -> Any:
+def frontier_table(frontier: xr.DataArray) -> pd.DataFrame:
     """The frontier's normalised logit difference per size, with its interval when it has one."""
     import pandas as pd
 

@@ -139,12 +139,21 @@ def attribute(
     if not per_prompt and ci is None:
         return result
     per_prompt_plan = dataclasses.replace(the_plan, spec=dataclasses.replace(the_plan.spec, per_prompt=True))
-    rows_result = _assemble(model, pairs, per_prompt_plan, prompt_rows, base, method, used_steps, self_checks, keep_all=ci is not None)
+    rows_result = _assemble(model, pairs, per_prompt_plan, prompt_rows, base, method, used_steps, self_checks)
     if per_prompt:
         return rows_result
-    bounds = bootstrap.intervals(rows_result, ci=ci, n_boot=n_boot, seed=boot_seed).sel(metric=list(ESTIMATED_METRICS))
+    bounds = intervals_of(rows_result, ci=ci, n_boot=n_boot, seed=boot_seed)
     bounds.loc[{"stat": "value"}] = result.transpose(*bounds.sel(stat="value").dims).values  # the estimate itself, unrounded
     return bounds
+
+
+def intervals_of(per_prompt_estimate: xr.DataArray, *, ci: float = 0.95, n_boot: int = 1000, seed: int = 0) -> xr.DataArray:
+    """An estimate with its bootstrap intervals (a `stat` dimension), from `attribute(...,
+    per_prompt=True)`: for keeping both the rows (for `verify(..., ci=)`) and the intervals from one
+    backward pass. `value` is the ratio of means of the rows, the estimate to rounding."""
+    estimated = list(per_prompt_estimate["metric"].values)
+    complete = per_prompt_estimate.reindex(metric=list(metrics.METRICS))  # the bootstrap lays out every metric
+    return bootstrap.intervals(complete, ci=ci, n_boot=n_boot, seed=seed).sel(metric=estimated)
 
 
 def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alphas: list[float], extra: list[Site],
@@ -233,15 +242,13 @@ def _softmax_recomputed_change(model: Model, site: Site, source_qk: dict, target
     return total, shares
 
 
-def _assemble(model, pairs, the_plan, rows, base, method, steps, self_checks, keep_all: bool = False) -> xr.DataArray:
-    """The estimates in the sweeps' layout; `keep_all` keeps the metrics that are not estimated (NaN),
-    which the bootstrap's layout of every metric needs."""
+def _assemble(model, pairs, the_plan, rows, base, method, steps, self_checks) -> xr.DataArray:
     missing = np.full(len(pairs), np.nan) if the_plan.spec.per_prompt else np.nan
     full_rows = [{m: row.get(m, missing) for m in metrics.METRICS} for row in rows]
     graddrop = GRADDROP_METRIC in rows[0]
     result = runner.assemble(model, pairs, the_plan, full_rows, base, self_checks, engine=method)
     result.attrs["analysis"] = "attribute"
-    result = result if keep_all else result.sel(metric=list(ESTIMATED_METRICS))
+    result = result.sel(metric=list(ESTIMATED_METRICS))
     if graddrop:
         magnitudes = xr.zeros_like(result.isel(metric=[0])).assign_coords(metric=[GRADDROP_METRIC])
         magnitudes.values[0] = np.array([row[GRADDROP_METRIC] for row in rows]).reshape(magnitudes.shape[1:])

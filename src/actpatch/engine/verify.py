@@ -116,7 +116,7 @@ def verify(
 def _per_prompt_estimate(estimate: xr.DataArray) -> tuple[bootstrap.Block, xr.DataArray]:
     """A per-prompt estimate as a Block of every cell, and its averaged estimate (the same ratio of
     means the averaged `attribute` returns, to rounding)."""
-    complete = estimate.reindex(metric=list(METRICS))
+    complete = estimate.reindex(metric=list(METRICS))  # the bootstrap lays out every metric; the others are NaN
     blocks, layout = bootstrap.split(complete)
     if len(blocks) > 1 or len(blocks[0].groups) > 1:
         raise ValueError("verify takes an estimate of one batch of prompts (no corruption dimension, one length group)")
