@@ -163,11 +163,12 @@ def _from_gradients(runs: EdgeRuns, gradient_runs: list[_GradientRun], size: int
 def _scores(runs: EdgeRuns, totals: dict[int, Tensor], n_runs: int) -> Tensor:
     """(sender, receiver) float64: (clean − off) · each stage's summed gradients / n_runs."""
     graph = runs.graph
-    delta = (runs.clean - runs.off).double()  # (sender, batch, pos, d_model)
+    delta = (runs.clean - runs.off).double().flatten(1)  # (sender, batch·pos·d_model)
     scores = torch.zeros(graph.exists.shape, dtype=torch.float64)
     for stage_index, stage in enumerate(graph.stages()):
         grad = totals[stage_index].double() / n_runs  # (batch, pos, receiver, d_model)
-        scores[: stage.senders, stage.receivers] = torch.einsum("sbpd,bprd->sr", delta[: stage.senders], grad).cpu()
+        by_receiver = grad.permute(0, 1, 3, 2).reshape(delta.shape[1], -1)  # (batch·pos·d_model, receiver)
+        scores[: stage.senders, stage.receivers] = (delta[: stage.senders] @ by_receiver).cpu()
     return scores
 
 

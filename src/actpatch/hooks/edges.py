@@ -424,7 +424,7 @@ def receiver_gradients(model: Model, plan: EdgePlan) -> Iterator[EdgeRecord]:
     and a head's q (k, v) stand the input norm and the projection's rows of that head: the gradient
     at the projection's output, sliced by head, is taken back through those rows (a per-head product
     with the projection's matrix) and then through the real norm as one batched vector-Jacobian
-    product for all 3·H receivers of the layer. Under grouped-query attention a KV head's k and v
+    product for all 3·H receivers of the layer (one forward of the norm, its backward batched). Under grouped-query attention a KV head's k and v
     serve several query heads; to split their gradients the attention runs on `group` = H / KV
     copies of the batch (copy j carries query heads j, j + group, ... : at o_proj each head's z is
     taken from its own copy), the projections themselves run once, on the real rows, and are
@@ -571,13 +571,14 @@ class _GradTaps:
                 else:  # query head h = g·group + j reads KV head g in copy j
                     grad = grad.permute(0, 2, 3, 1, 4).flatten(2, 3)
                     per_head_map = per_head_map.repeat_interleave(group, dim=0)
-                cotangents.append(torch.einsum("rphe,hed->rphd", grad, per_head_map.to(grad.dtype)))
-            cotangent = torch.cat(cotangents, dim=2)  # (rows, pos, 3·H, d_model): q of every head, then k, then v
+                cotangents.append(torch.einsum("rphe,hed->hrpd", grad, per_head_map.to(grad.dtype)))
+            cotangent = torch.cat(cotangents)  # (3·H, rows, pos, d_model): q of every head, then k, then v
             norm = self.model.submodule(layer, self.plan.attn_in_norm)
-            with torch.enable_grad():
-                leaf = x.unsqueeze(2).expand(-1, -1, cotangent.shape[2], -1).clone().requires_grad_(True)
-                (grad_in,) = torch.autograd.grad(norm.forward(leaf), leaf, cotangent.to(x.dtype))
-            self.record.grads[stage_index] = grad_in.unflatten(0, (self.plan.copies, -1)).sum(0)
+            with torch.enable_grad():  # one forward of the norm, its vector-Jacobian product batched over receivers
+                leaf = x.clone().requires_grad_(True)
+                (grad_in,) = torch.autograd.grad(norm.forward(leaf), leaf, cotangent.to(x.dtype), is_grads_batched=True)
+            per_receiver = grad_in.unflatten(1, (self.plan.copies, -1)).sum(1)  # (3·H, batch, pos, d_model)
+            self.record.grads[stage_index] = per_receiver.permute(1, 2, 0, 3)
 
 
 def _head_rows(kind: str, model: Model, matrix: Tensor) -> Tensor:
