@@ -183,14 +183,15 @@ class _Taps:
         if plan.absent is None:
             self.record.outputs[sender] = output
             return
-        delta = output.view(plan.copies, plan.batch, *output.shape[1:]) - plan.off[sender].to(output.dtype)
+        current, off = output.view(plan.copies, plan.batch, *output.shape[1:]), plan.off[sender].to(output.dtype)
         if plan.grads:
-            self.deltas[sender] = delta
-        else:
-            if self.buffer is None:
-                self.buffer = delta.new_empty(plan.copies, len(plan.off), *delta.shape[1:])
-            self.buffer[:, sender] = delta
-        self.total = delta if self.total is None else self.total + delta
+            delta = self.deltas[sender] = current - off
+            self.total = delta if self.total is None else self.total + delta
+            return
+        if self.buffer is None:
+            self.buffer = current.new_empty(plan.copies, len(plan.off), *current.shape[1:])
+        delta = torch.sub(current, off, out=self.buffer[:, sender])
+        self.total = delta.clone() if self.total is None else self.total.add_(delta)
 
     # --- receivers -------------------------------------------------------------------------
 
