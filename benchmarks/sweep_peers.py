@@ -312,7 +312,7 @@ def _plain_hooks(model, clean, corrupt, end: int, sweep: str, logit_diff):
 
     hf = model.hf
     layers = hf.model.layers
-    n_layers, n_heads, d_head = hf.config.num_hidden_layers, hf.config.num_attention_heads, hf.config.head_dim
+    n_layers, n_heads, d_head = model.dims.n_layers, model.dims.n_heads, model.dims.d_head  # configs without head_dim too
     modules = list(layers) if sweep == "A" else [layer.self_attn.o_proj for layer in layers]
 
     def run():
@@ -350,11 +350,10 @@ def _plain_hooks(model, clean, corrupt, end: int, sweep: str, logit_diff):
 
 def _nnsight(model, clean, corrupt, end: int, sweep: str, logit_diff):
     """nnsight 0.8 as its tutorials do it: one trace saves the clean activations, then one trace per patch."""
-    import nnsight
     import torch
 
-    lm = nnsight.TransformersModel(model.hf, tokenizer=model.tokenizer, task="text-generation")
-    n_layers, n_heads, d_head = model.hf.config.num_hidden_layers, model.hf.config.num_attention_heads, model.hf.config.head_dim
+    lm = _nnsight_model(model)
+    n_layers, n_heads, d_head = model.dims.n_layers, model.dims.n_heads, model.dims.d_head
 
     def run_resid_pre():
         clean_resid = []
@@ -386,6 +385,49 @@ def _nnsight(model, clean, corrupt, end: int, sweep: str, logit_diff):
         return grid
 
     return run_resid_pre if sweep == "A" else run_heads
+
+
+def _nnsight_invokes(model, clean, corrupt, end: int, sweep: str, logit_diff):
+    """nnsight 0.8 batched the fastest way its users do (sweep A only): one trace per layer, every
+    position's patch an invoke of that trace, so one forward runs all of a layer's patches."""
+    import torch
+
+    assert sweep == "A", "batched invokes are timed on the resid_pre sweep"
+    lm = _nnsight_model(model)
+    n_layers, seq = model.dims.n_layers, clean.shape[1]
+
+    def run():
+        clean_resid = []
+        with lm.trace(clean):
+            for layer in range(n_layers):
+                clean_resid.append(lm.model.layers[layer].input.save())
+        grid = torch.zeros(n_layers, seq)
+        for layer in range(n_layers):
+            saved = []
+            with lm.trace() as tracer:
+                for pos in range(seq):
+                    with tracer.invoke(corrupt):
+                        lm.model.layers[layer].input[:, pos] = clean_resid[layer][:, pos]
+                        saved.append(lm.output.logits[:, -1].save())
+            for pos, logits in enumerate(saved):
+                grid[layer, pos] = logit_diff(logits)
+        return grid
+
+    return run
+
+
+def _nnsight_model(model):
+    """nnsight's wrapper of the loaded model. A randomly initialised model has no tokenizer and
+    nnsight insists on one; prompts here are token ids, so a one-word placeholder never reads text."""
+    import nnsight
+
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        from tokenizers import Tokenizer, models
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")))
+    return nnsight.TransformersModel(model.hf, tokenizer=tokenizer, task="text-generation")
 
 
 if __name__ == "__main__":

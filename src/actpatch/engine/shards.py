@@ -226,8 +226,11 @@ class ShardPatching:
             "chunk": min((c["chunk"] for c in self.costs), default=local["chunk"]),
             # Every shard records the target itself, and the driver ran the self-checks: this is the whole work.
             "forward_equivalents": round(local["forward_equivalents"] + sum(c["forward_equivalents"] for c in self.costs), 3),
+            "work_floor": round(sum(c.get("work_floor", 0) for c in self.costs), 3),
             "shards": len(self.pieces),
             "workers": len(self.workers.actors),
+            # Where the shards ran ("cuda:0" with one GPU per worker, "cpu" otherwise): the GPU check reads it.
+            "worker_devices": sorted({c["device"] for c in self.costs if "device" in c}),
         }
 
 
@@ -280,7 +283,7 @@ class _ShardWorker:
             rows = patching.known(reduce)
             for chunk in patching.rows(reduce, set(rows)):
                 rows.update(chunk)
-        return number, [rows[i] for i in range(len(indices))], patching.cost()
+        return number, [rows[i] for i in range(len(indices))], {**patching.cost(), "device": str(model.device)}
 
     def _model(self) -> Model:
         if self.model is None:
