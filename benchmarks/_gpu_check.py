@@ -93,33 +93,30 @@ def shards(device: str) -> None:
 
 
 def split(device: str) -> None:
-    """The embedded SmolLM2 with its first half of layers on the GPU and the rest computing on the
-    CPU (accelerate's dispatch, main device "cpu"), and as transformers' `device_map` loads it (the
-    "cpu" layers offloaded: kept in CPU memory, run on the GPU): both through the batched engine,
-    checked against the unsplit model. On CPU every layer says "cpu": the hooks run, moves are no-ops."""
+    """The embedded SmolLM2 with layers 0-14 computing on the GPU and 15-29 (and the head) on the CPU,
+    dispatched by accelerate with its device hooks, through the batched engine, against the unsplit
+    model. (transformers' own device_map on one GPU would offload the "cpu" layers, which
+    `load_model` refuses; a real multi-GPU split places layers as this does.) On CPU every layer says
+    "cpu": the hooks run and the moves are no-ops."""
     from accelerate import dispatch_model
 
     whole = ap.load_model(device=device)
     pairs = ap.ioi_pairs(whole, n=4)
     options = dict(direction=["denoise", "noise"], progress=False)
-    sweeps = {"resid_pre": dict(layers=[0, 7, 15, 16, 29]), "head": dict(positions=["END", "S2"], layers=[0, 14, 15, 29])}
+    sweeps = {"resid_pre": dict(layers=[0, 7, 14, 15, 16, 29]), "head": dict(positions=["END", "S2"], layers=[0, 14, 15, 29])}
     want = {kind: ap.sweep(whole, pairs, kind, **o, **options) for kind, o in sweeps.items()}
-    folder = whole.provenance["checkpoint"]
     gpu = 0 if device.startswith("cuda") else "cpu"
     device_map = {"model.embed_tokens": gpu, "model.rotary_emb": gpu, "model.norm": "cpu", "lm_head": "cpu",
                   **{f"model.layers.{i}": gpu if i < 15 else "cpu" for i in range(30)}}
-    hf = ap.load_model(folder, device="cpu").hf
-    computed = dispatch_model(hf, device_map=device_map, main_device="cpu", force_hooks=True,
-                              skip_keys=hf._skip_keys_device_placement)
-    models = {"split compute (GPU layers 0-14, CPU layers 15-29)": ap.Model.from_hf(computed, whole.tokenizer, name="split")}
-    if device.startswith("cuda"):
-        models["transformers device_map (CPU layers offloaded)"] = ap.load_model(folder, device_map=device_map)
-    for label, model in models.items():
-        for kind, o in sweeps.items():
-            got = ap.sweep(model, pairs, kind, **o, **options)
-            delta = float(abs(got.sel(metric="norm_logit_diff") - want[kind].sel(metric="norm_logit_diff")).max())
-            print(f"{label}, {kind}: engine {got.attrs['engine']}, max |Δ norm_logit_diff| vs unsplit {delta:.1e}")
-            assert got.attrs["engine"] == "batched" and delta <= 1e-4
+    hf = ap.load_model(whole.provenance["checkpoint"], device="cpu").hf
+    hf = dispatch_model(hf, device_map=device_map, main_device="cpu", force_hooks=True, skip_keys=hf._skip_keys_device_placement)
+    model = ap.Model.from_hf(hf, whole.tokenizer, name="split")
+    print("layer devices:", sorted({str(p.device) for p in model.hf.parameters()}))
+    for kind, o in sweeps.items():
+        got = ap.sweep(model, pairs, kind, **o, **options)
+        delta = float(abs(got.sel(metric="norm_logit_diff") - want[kind].sel(metric="norm_logit_diff")).max())
+        print(f"split {kind}: engine {got.attrs['engine']}, max |Δ norm_logit_diff| vs unsplit {delta:.1e}")
+        assert got.attrs["engine"] == "batched" and delta <= 1e-4
 
 
 class _Captured(logging.Handler):

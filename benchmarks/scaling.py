@@ -109,7 +109,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from: " + ",".join(CONFIGS))
     parser.add_argument("--axes", default="size,length,prompts")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(m for m in METHODS if m != "plain"),
+                        help="comma-separated, from: " + ",".join(METHODS) + " (plain, one forward per patch, only when named)")
     parser.add_argument("--prompts", type=int, help="override the size axis' prompts")
     parser.add_argument("--tokens", type=int, help="override the size axis' prompt length")
     args = parser.parse_args()
