@@ -238,22 +238,31 @@ class _Taps:
     def _weighted(self, senders: list[int], weights: Tensor) -> Tensor:
         """Σ_s weights[:, s, r] · delta_s, (copies, batch, pos, receiver, d_model); 0 for no senders.
 
-        From the buffer, as one batched product: over the listed senders when they are few (a
-        gathered copy), else over every sender before the stage, whose weights are 0 where unlisted."""
+        From the buffer: over the listed senders when they are few (a gathered copy), else over every
+        sender before the stage, whose weights are 0 where unlisted; and per copy only once for each
+        distinct column of weights (receivers reading the same edges share their sum; most of a small
+        circuit's receivers read none of it, and a column of zeros is not multiplied at all)."""
         if not senders:
             return torch.zeros((), dtype=weights.dtype, device=weights.device)
         if self.buffer is None:
             deltas = torch.stack([self.deltas[s] for s in senders], 1)  # (copies, sender, batch, pos, d_model)
             return torch.einsum("csbpd,csr->cbprd", deltas, weights[:, senders])
-        copies, n = weights.shape[:2]
+        copies, n, receivers = weights.shape
         if 2 * len(senders) < n:
             index = torch.tensor(senders, device=self.buffer.device)
             deltas, weights = self.buffer.index_select(1, index), weights[:, index]
         else:
             deltas = self.buffer[:, :n]
         shape = deltas.shape[2:]  # (batch, pos, d_model)
-        summed = torch.bmm(weights.transpose(1, 2), deltas.reshape(copies, deltas.shape[1], -1))  # (copies, receiver, ·)
-        return summed.view(copies, -1, *shape).permute(0, 2, 3, 1, 4)
+        flat = deltas.reshape(copies, deltas.shape[1], -1)  # (copies, sender, batch·pos·d_model)
+        summed = flat.new_zeros(copies, receivers, flat.shape[-1])
+        for copy in range(copies):
+            columns, inverse = torch.unique(weights[copy].t(), dim=0, return_inverse=True)  # (distinct, sender)
+            used = columns.any(1)
+            distinct = flat.new_zeros(len(columns), flat.shape[-1])
+            distinct[used] = columns[used] @ flat[copy]
+            summed[copy] = distinct[inverse]
+        return summed.view(copies, receivers, *shape).permute(0, 2, 3, 1, 4)
 
     def _single_input(self, stage_index, stage):
         def hook(norm, args, kwargs):
