@@ -12,6 +12,8 @@ for an edge outside the circuit, 0 inside (fractions interpolate). Nothing is re
   family normalises attention's output before adding it (Gemma 3's post-attention RMSNorm), each
   head's output is that times the scale the norm computes from the layer's whole output in this
   forward (a norm is linear once its scale is fixed), so the heads still sum to what is added;
+  in a circuit's forward (not in a recording run, which stays the model's own bit for bit) o_proj's
+  output is then that sum plus its bias, rather than computed a second time;
 - *MLP*: the output of the module the architecture table names `mlp`.
 Receivers are pre-hooks on the norms that read the stream (attention's input norm, `mlp_in_norm`,
 `final_norm`). A layer whose 3·H head inputs differ runs its real attention module on the batch
@@ -82,6 +84,7 @@ class _Taps:
         self.group = self.dims.n_heads // self.dims.n_kv_heads
         self.kv_inputs: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> normed k and v inputs (expanded rows)
         self.pending: dict[int, Tensor] = {}  # layer -> per-head contributions awaiting the post-norm's scale
+        self.summed: dict[int, Tensor] = {}  # layer -> o_proj's output, from its heads' contributions
         # o(current) − o(off) of every sender so far: without gradients one buffer (copies, sender,
         # batch, pos, d_model) written in place, so a stage's weighted sum reads it without a copy;
         # with gradients a dict of separate tensors (in-place writes would break the backward).
@@ -110,6 +113,7 @@ class _Taps:
                     found.append((model.submodule(layer, arch.qkv[1]), self._kv_input(layer, 0), "pre"))
                     found.append((model.submodule(layer, arch.qkv[2]), self._kv_input(layer, 1), "pre"))
                 found.append((model.submodule(layer, arch.o_proj), self._heads(stage), "pre"))
+                found.append((model.submodule(layer, arch.o_proj), self._summed_heads(layer), "out"))
                 if self.post_norm:
                     found.append((model.submodule(layer, arch.attn), self._post_norm(stage), "out"))
             elif stage.kind == "mlp":
@@ -158,8 +162,19 @@ class _Taps:
                 self.pending[layer] = contributions
             else:
                 self._store_heads(stage, contributions)
-            return (z.reshape(rows, z.shape[1], heads * d_head), *args[1:]), kwargs
+            z = z.reshape(rows, z.shape[1], heads * d_head)
+            if matrix is None or self.plan.absent is None:  # recording runs stay the model's own, bit for bit
+                return (z, *args[1:]), kwargs
+            # o_proj's output is the sum of its heads' contributions (and its bias): not computed twice
+            wide = torch.promote_types(z.dtype, torch.float32)
+            self.summed[layer] = (contributions.sum(-2, dtype=wide) + _bias(o_proj).to(wide)).to(z.dtype)
+            return (z[:1, :1], *args[1:]), kwargs
 
+        return hook
+
+    def _summed_heads(self, layer):
+        def hook(o_proj, args, output):
+            return self.summed.pop(layer, None)
         return hook
 
     def _post_norm(self, stage):
