@@ -1,8 +1,10 @@
+import copy
 import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -31,3 +33,29 @@ def smollm():
     import actpatch
 
     return actpatch.load_model()
+
+
+# The devices the engine-equality and precision tests run on: "cpu" always, "cuda" where there is
+# one (benchmarks/gpu_check.sh runs them with -k cuda). On a machine without CUDA the cuda cases are
+# collected and skipped with their reason, so the suite takes no longer.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+@pytest.fixture(scope="session")
+def on_device():
+    """`on_device(model, device)`: the model itself on "cpu", else a copy moved there once per session.
+
+    Prompts stay on the CPU, as a user's do: the engines move tokens to the model's device."""
+    from actpatch import Model
+
+    moved = {}
+
+    def to(model, device):
+        if device == "cpu":
+            return model
+        if (id(model), device) not in moved:
+            moved[id(model), device] = Model.from_hf(copy.deepcopy(model.hf).to(device), name=model.name,
+                                                     provenance=model.provenance)
+        return moved[id(model), device]
+
+    return to

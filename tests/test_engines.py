@@ -7,6 +7,7 @@ import xarray as xr
 
 import actpatch as ap
 from actpatch.engine import batched
+from conftest import DEVICES
 from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
 
 ENGINES = {
@@ -27,9 +28,11 @@ MATRIX = [(f, k, "batched, chunk 3") for f, k in CASES] + [
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family, kind, engine", MATRIX)
-def test_engine_matches_reference(family, kind, engine):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs(batch=3, seq=6))
+def test_engine_matches_reference(family, kind, engine, device, on_device):
+    _, pairs = with_answers(tiny_model(family), tiny_pairs(batch=3, seq=6))
+    model = on_device(tiny_model(family), device)
     for positions in ("each", "all", ["X", 4]):
         options = dict(direction=["denoise", "noise"], positions=positions, **extra_for(kind))
         want = ap.sweep(model, pairs, kind, engine="reference", **options)
@@ -89,14 +92,16 @@ def test_work_is_counted_in_forward_equivalents():
     assert result.attrs["cost"]["patches"] == 1
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ["resid_pre", "head", "k", "pattern", "mlp_out"])
-def test_engines_agree_on_one_prompt_through_the_spec(family, kind):
+def test_engines_agree_on_one_prompt_through_the_spec(family, kind, device, on_device):
     """Batch 1 (per-prompt tensors that are not repeated) through `runner.run`, the path every sweep takes."""
     from actpatch.engine import reference, runner
     from actpatch.engine.spec import SweepSpec
 
-    model, pairs = with_answers(tiny_model(family), tiny_pairs(batch=3, seq=6))
+    _, pairs = with_answers(tiny_model(family), tiny_pairs(batch=3, seq=6))
+    model = on_device(tiny_model(family), device)
     one = pairs[1]
     for direction in ("denoise", "noise"):
         spec = SweepSpec(kind, direction, positions="each" if kind in ("resid_pre", "mlp_out") else "all", chunk=2,

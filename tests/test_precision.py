@@ -15,6 +15,7 @@ import xarray as xr
 
 import actpatch as ap
 from actpatch.engine import batched, checks
+from conftest import DEVICES
 from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
 
 # bfloat16 keeps 8 significant bits, so every matmul, norm and softmax output is rounded by up to
@@ -41,11 +42,13 @@ def _normalised(model, pairs, kind, engine, **options):
     return result.sel(metric="norm_logit_diff")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype, family, kind", CASES, ids=[f"{str(d)[6:]}-{f}-{k}" for d, f, k in CASES])
-def test_low_precision_engines_agree_and_stay_near_float32(dtype, family, kind):
-    # Answers are chosen on the float32 model, so every dtype measures the same prompts and answers.
+def test_low_precision_engines_agree_and_stay_near_float32(dtype, family, kind, device, on_device):
+    # Answers are chosen on the float32 model, so every dtype measures the same prompts and answers;
+    # on CUDA the low-precision sweeps are held to the float32 CPU reference.
     full, pairs = with_answers(tiny_model(family), tiny_pairs())
-    low = tiny_model(family, dtype)
+    low = on_device(tiny_model(family, dtype), device)
     assert {p.dtype for p in low.hf.parameters()} == {dtype}
     want = _normalised(full, pairs, kind, "reference")
     reference = _normalised(low, pairs, kind, "reference")
@@ -56,11 +59,12 @@ def test_low_precision_engines_agree_and_stay_near_float32(dtype, family, kind):
     np.testing.assert_allclose(reference, want, rtol=0, atol=bound)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_self_checks_hold_in_low_precision(dtype):
+def test_self_checks_hold_in_low_precision(dtype, device, on_device):
     """The sweeps' own no-op and full-patch checks pass, within the dtype's bound (engine/checks.py),
     for a pattern sweep too: its baselines run under the same eager attention as its patches."""
-    model = tiny_model("llama", dtype)
+    model = on_device(tiny_model("llama", dtype), device)
     _, pairs = with_answers(tiny_model("llama"), tiny_pairs())
     for engine in ("reference", "batched"):
         result = ap.sweep(model, pairs, "pattern", engine=engine, layers=[1], heads=[0, 3])
