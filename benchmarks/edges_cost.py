@@ -1,6 +1,6 @@
 """What edge circuits cost on SmolLM2-135M IOI: scores, the faithfulness curve, exact removals.
 
-    python benchmarks/edges_cost.py [--prompts 16] [--exact-edges 2000] [--engine fast|plain]
+    python benchmarks/edges_cost.py [--prompts 16] [--exact-edges 2000 (0: none)] [--engine fast|plain]
 
 Work is counted, not timed: the floating-point operations of every matrix product (forward and
 backward, torch.utils.flop_counter) divided by those of one plain forward of the same prompts
@@ -36,7 +36,7 @@ def counted(step):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--exact-edges", type=int, default=2000, help="removals measured (a seeded sample of all edges)")
+    parser.add_argument("--exact-edges", type=int, default=2000, help="removals measured (a seeded sample of all edges); 0 skips them")
     parser.add_argument("--engine", choices=["fast", "plain"], default="fast")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
@@ -63,13 +63,20 @@ def main() -> None:
         print(f"{name:34s} {fe:12.2f} {seconds / forward_seconds:11.1f} {ratio:>9s}  {note}", flush=True)
 
     runs, flops, seconds = counted(lambda: EdgeRuns.prepare(model, pairs))
-    row("EdgeRuns.prepare", flops, seconds, "baseline, clean and corrupt sender outputs")
+    prepare_flops = flops
+    row("EdgeRuns.prepare", flops, seconds, "baseline, clean and corrupt sender outputs (shared below)")
     scores, flops, seconds = counted(lambda: graph.edge_scores(model, pairs, "eap", engine=args.engine))
-    row("eap", flops, seconds, "prepare included")
-    ig, flops, seconds = counted(lambda: graph.edge_scores(model, pairs, "eap-ig-inputs", steps=5, engine=args.engine))
-    row("eap-ig-inputs (5 steps)", flops, seconds, "prepare included")
-    curve, flops, seconds = counted(lambda: graph.faithfulness_curve(model, pairs, ig, engine=args.engine))
-    row("faithfulness curve (10 sizes)", flops, seconds, f"CPR {curve.attrs['cpr']:.3f}, CMD {curve.attrs['cmd']:.3f}")
+    row("eap", flops, seconds, "alone: its own corrupt run, its clean gradient pass records the clean run")
+    ig, flops, seconds = counted(lambda: graph.edge_scores(model, pairs, "eap-ig-inputs", steps=5, engine=args.engine,
+                                                            runs=runs))
+    row("eap-ig-inputs (5 steps)", flops, seconds, f"given the shared runs; alone {(flops + prepare_flops) / forward_flops:.2f}")
+    curve, flops, seconds = counted(lambda: graph.faithfulness_curve(model, pairs, ig, engine=args.engine, runs=runs))
+    row("faithfulness curve (10 sizes)", flops, seconds, f"given the shared runs; alone {(flops + prepare_flops) / forward_flops:.2f}; "
+        f"CPR {curve.attrs['cpr']:.3f}, CMD {curve.attrs['cmd']:.3f}")
+    f = curve.sel(metric="faithfulness").values
+    print("curve f:", " ".join(f"{v:.2f}" for v in f), "| n_edges:", [int(n) for n in curve.coords["n_edges"].values])
+    if args.exact_edges == 0:
+        return
     generator = torch.Generator().manual_seed(0)
     edges = runs.graph.exists.nonzero()
     sample = edges[torch.randperm(len(edges), generator=generator)[: args.exact_edges]]
@@ -77,8 +84,6 @@ def main() -> None:
     n = len(sample)
     row(f"exact, {n} removals (resumed)", flops, seconds,
         f"{cost.forward_equivalents / n:.3f} layer-token forwards per edge (naive 1): ratio {cost.ratio:.3f}")
-    f = curve.sel(metric="faithfulness").values
-    print("curve f:", " ".join(f"{v:.2f}" for v in f), "| n_edges:", [int(n) for n in curve.coords["n_edges"].values])
 
 
 if __name__ == "__main__":
