@@ -5,7 +5,7 @@ With one edge s→r out of the circuit, the rule of `evaluate.py` changes only r
 a copy of the clean run that enters the real decoder layers at r's layer, from the clean run's
 recorded layer calls (`engine.batched.Resumer`), and at positions from the first where any
 sender's clean and off outputs differ (before it the copies are the clean run, taken from its
-key/value cache). Copies are stacked per receiver stage; `hooks.edges.removed_edges` changes r's
+key/value cache). Copies are stacked per receiver stage; `hooks.edge_removal.removed_edges` changes r's
 input on each copy's rows, and the layers above run unhooked. A logit receiver needs no layer
 at all: the final norm and unembedding of the clean final residual stream minus the delta.
 
@@ -22,7 +22,7 @@ from torch import Tensor
 from actpatch import hooks, metrics
 from actpatch.engine.batched import Resumer
 from actpatch.graph.evaluate import EdgeRuns, attn_in_norm
-from actpatch.hooks.edges import Removal, removed_edges
+from actpatch.hooks.edge_removal import Removal, removed_edges
 from actpatch.sites import Site
 
 

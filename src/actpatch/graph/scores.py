@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from actpatch import hooks, metrics
 from actpatch.graph.evaluate import Ablation, EdgeRuns, attn_in_norm, check_reached, checked_baseline, sender_outputs
 from actpatch.graph.nodes import Graph
-from actpatch.hooks.edges import EdgePlan, edge_hooks, receiver_gradients
+from actpatch.hooks.edge_gradients import receiver_gradients
+from actpatch.hooks.edges import EdgePlan, edge_hooks
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 
@@ -198,7 +199,7 @@ def _gradients(runs: EdgeRuns, part: list[_GradientRun], *, fast: bool) -> dict[
     differentiated, so the recorded gradients are summed over copies.
 
     Runs with every edge present (all but eap-ig-activations') take the fast path, an ordinary
-    forward whose gradients are split per receiver afterwards (`hooks.edges.receiver_gradients`)."""
+    forward whose gradients are split per receiver afterwards (`hooks.edge_gradients.receiver_gradients`)."""
     model, pairs, graph = runs.model, runs.pairs, runs.graph
     copies, batch = len(part), len(pairs)
     first = torch.cat([run.first_input if run.first_input is not None else runs.clean[0] for run in part])

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from actpatch.hooks.layout import canonical
+from actpatch.hooks.linear import bias_of, head_rows, linear_map
 from actpatch.models.model import Model
 
 
@@ -71,7 +72,7 @@ class EdgeRecord:
 def edge_hooks(model: Model, plan: EdgePlan) -> Iterator[EdgeRecord]:
     """Attach the edge taps for the block's forwards; yields what they record; always unhooks."""
     taps = _Taps(model, plan)
-    with _registered(taps):
+    with registered(taps):
         yield taps.record
 
 
@@ -151,7 +152,7 @@ class _Taps:
                 z = by_copy[:, h if mode == "expand" else h % factor, :, h].permute(1, 2, 0, 3).contiguous()
             else:
                 z = z.view(rows, z.shape[1], heads, d_head)
-            matrix = _linear_map(o_proj, known_only=True) if self.plan.fast else None
+            matrix = linear_map(o_proj, known_only=True) if self.plan.fast else None
             if matrix is not None:  # o_proj's columns of head h times its z: the real weights, once
                 contributions = torch.einsum("nphd,ehd->nphe", z, matrix.view(matrix.shape[0], heads, d_head).to(z.dtype))
             else:
@@ -167,7 +168,7 @@ class _Taps:
                 return (z, *args[1:]), kwargs
             # o_proj's output is the sum of its heads' contributions (and its bias): not computed twice
             wide = torch.promote_types(z.dtype, torch.float32)
-            self.summed[layer] = (contributions.sum(-2, dtype=wide) + _bias(o_proj).to(wide)).to(z.dtype)
+            self.summed[layer] = (contributions.sum(-2, dtype=wide) + bias_of(o_proj).to(wide)).to(z.dtype)
             return (z[:1, :1], *args[1:]), kwargs
 
         return hook
@@ -359,8 +360,8 @@ class _Taps:
         per_kind = []
         for which, kind in enumerate(("q", "k", "v")):
             module = self.model.submodule(layer, arch.qkv if fused else arch.qkv[which])
-            matrix, bias = _linear_map(module), _bias(module)
-            rows_of = _head_rows(kind, self.model, matrix).to(normed.dtype)  # (unit, d_head, d_model)
+            matrix, bias = linear_map(module), bias_of(module)
+            rows_of = head_rows(kind, self.model, matrix).to(normed.dtype)  # (unit, d_head, d_model)
             shift = canonical(kind, self.model, bias.to(normed.dtype))  # (unit, d_head)
             if kind != "q":  # query head h reads KV head h // group
                 rows_of, shift = rows_of.repeat_interleave(group, 0), shift.repeat_interleave(group, 0)
@@ -372,7 +373,7 @@ class _Taps:
             per_kind.append(out.reshape(rows * group, pos, -1, out.shape[-1]))
         if not fused:
             return [out.flatten(-2) for out in per_kind]
-        width = _linear_map(self.model.submodule(layer, arch.qkv)).shape[0]
+        width = linear_map(self.model.submodule(layer, arch.qkv)).shape[0]
         raw = torch.empty(rows * group, pos, width, dtype=normed.dtype, device=normed.device)
         for kind, out in zip(("q", "k", "v"), per_kind):
             canonical(kind, self.model, raw)[...] = out
@@ -436,32 +437,8 @@ def _fixed_scale(norm: nn.Module, normed_input: Tensor) -> Tensor:
     return (torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain).to(normed_input.dtype)
 
 
-# --- receiver gradients from one ordinary forward -----------------------------------------------
-
 @contextmanager
-def receiver_gradients(model: Model, plan: EdgePlan) -> Iterator[EdgeRecord]:
-    """∂(the block's backward scalar)/∂(every receiver's input) from an ordinary forward and backward,
-    for runs in which every edge is present (`plan.absent` is None): the clean run in EAP, the
-    interpolated-input runs of EAP-IG on the inputs.
-
-    With every edge present each head's q, k and v inputs all equal the residual stream, so nothing
-    needs computing per head in the forward; only the gradients must be split. Between the stream
-    and a head's q (k, v) stand the input norm and the projection's rows of that head: the gradient
-    at the projection's output, sliced by head, is taken back through those rows (a per-head product
-    with the projection's matrix) and then through the real norm as one batched vector-Jacobian
-    product for all 3·H receivers of the layer (one forward of the norm, its backward batched). Under grouped-query attention a KV head's k and v
-    serve several query heads; to split their gradients the attention runs on `group` = H / KV
-    copies of the batch (copy j carries query heads j, j + group, ... : at o_proj each head's z is
-    taken from its own copy), the projections themselves run once, on the real rows, and are
-    repeated. Filled in when the block exits; `record.grads` as under `edge_hooks`."""
-    taps = _GradTaps(model, plan)
-    with _registered(taps):
-        yield taps.record
-    taps.finish()
-
-
-@contextmanager
-def _registered(taps) -> Iterator[None]:
+def registered(taps) -> Iterator[None]:
     """Register every hook `taps.registrations()` lists for the block; remove exactly those after it."""
     with ExitStack() as stack:
         for module, hook, kind in taps.registrations():
@@ -471,256 +448,3 @@ def _registered(taps) -> Iterator[None]:
                 handle = module.register_forward_hook(hook)
             stack.callback(handle.remove)
         yield
-
-
-class _GradTaps:
-    def __init__(self, model: Model, plan: EdgePlan):
-        if plan.absent is not None:
-            raise ValueError("receiver_gradients is for runs with every edge present; use edge_hooks(grads=True)")
-        self.model, self.plan, self.record, self.dims = model, plan, EdgeRecord(), model.dims
-        self.group = self.dims.n_heads // self.dims.n_kv_heads
-        self.rows: int | None = None
-        self.norm_inputs: dict[int, Tensor] = {}  # layer -> what attention's input norm read (rows, pos, d_model)
-        self.output_grads: dict[tuple[int, int], Tensor] = {}  # (layer, q/k/v) -> gradient at the projection output
-
-    def registrations(self) -> list[tuple[nn.Module, Any, str]]:
-        model, arch = self.model, self.model.arch
-        attention_path = arch.o_proj.rsplit(".", 1)[0]
-        found = [(model.layer(0), self._first_input, "pre")]
-        for stage_index, stage in enumerate(self.plan.stages):
-            layer = stage.layer
-            if stage.kind == "attn":
-                found.append((model.submodule(layer, self.plan.attn_in_norm), self._norm_input(stage_index, layer), "pre"))
-                if self.group > 1:
-                    found.append((model.submodule(layer, attention_path), self._expand_arguments, "pre"))
-                    found.append((model.submodule(layer, arch.o_proj), self._own_copy_z, "pre"))
-                paths = [arch.qkv] if isinstance(arch.qkv, str) else list(arch.qkv)
-                for which, path in enumerate(paths):
-                    projection = model.submodule(layer, path)
-                    if self.group > 1:
-                        found.append((projection, self._real_rows, "pre"))
-                    found.append((projection, self._projection_output(layer, which), "out"))
-            else:
-                module = (model.submodule(layer, model.arch.mlp_in_norm) if stage.kind == "mlp"
-                          else model.hf.get_submodule(arch.final_norm))
-                found.append((module, self._single_input(stage_index), "pre"))
-        return found
-
-    def _first_input(self, module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self.rows = hidden.shape[0]
-        replaced = self.plan.first_input.to(hidden.dtype) if self.plan.first_input is not None else hidden.detach()
-        if not replaced.requires_grad:
-            self.record.leaf = replaced.requires_grad_(True)
-            replaced = replaced.view_as(replaced)  # not a leaf itself: module-tracking modes hook modules' inputs
-        return ((replaced, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": replaced})
-
-    def _norm_input(self, stage_index: int, layer: int):
-        def hook(norm, args, kwargs):
-            self.record.fired.add(stage_index)
-            self.norm_inputs[layer] = args[0].detach()
-        return hook
-
-    def _single_input(self, stage_index: int):
-        record = self.record
-
-        def hook(norm, args, kwargs):
-            record.fired.add(stage_index)
-            mine = args[0].view_as(args[0])  # its own node: the gradient through this receiver alone
-
-            def keep(grad: Tensor) -> None:
-                record.grads[stage_index] = grad.unflatten(0, (self.plan.copies, -1)).sum(0).unsqueeze(-2)
-
-            mine.register_hook(keep)
-            return (mine, *args[1:]), kwargs
-        return hook
-
-    def _expand_arguments(self, attention, args, kwargs):
-        group, rows = self.group, self.rows
-
-        def expand(value):  # per-row tensors only: a batch-1 mask broadcasts as it is
-            if isinstance(value, Tensor) and value.ndim >= 2 and value.shape[0] == rows and rows > 1:
-                return value.repeat_interleave(group, dim=0)
-            if isinstance(value, tuple):
-                return tuple(expand(v) for v in value)
-            return value
-
-        if args:
-            return (args[0].repeat_interleave(group, dim=0), *(expand(a) for a in args[1:])), {k: expand(v) for k, v in kwargs.items()}
-        return args, {k: (v.repeat_interleave(group, dim=0) if k == "hidden_states" else expand(v)) for k, v in kwargs.items()}
-
-    def _real_rows(self, projection, args, kwargs):
-        # The copies' inputs are equal: project the real rows once and repeat the output.
-        return (args[0][:: self.group], *args[1:]), kwargs
-
-    def _projection_output(self, layer: int, which: int):
-        def hook(projection, args, output):
-            repeated = output.repeat_interleave(self.group, dim=0) if self.group > 1 else output.view_as(output)
-
-            def keep(grad: Tensor) -> None:
-                self.output_grads[(layer, which)] = grad
-
-            repeated.register_hook(keep)
-            return repeated
-        return hook
-
-    def _own_copy_z(self, o_proj, args, kwargs):
-        heads, d_head, group = self.dims.n_heads, self.dims.d_head, self.group
-        z = args[0]
-        by_copy = z.view(-1, group, z.shape[1], heads, d_head)  # (rows, copy, pos, head, d_head)
-        h = torch.arange(heads, device=z.device)
-        own = by_copy[:, h % group, :, h]  # (head, rows, pos, d_head): head h from copy h mod group
-        return (own.permute(1, 2, 0, 3).reshape(by_copy.shape[0], z.shape[1], heads * d_head), *args[1:]), kwargs
-
-    # --- after the backward ------------------------------------------------------------------
-
-    def finish(self) -> None:
-        """Each layer's 3·H receiver-input gradients, from the projection-output gradients."""
-        arch, group = self.model.arch, self.group
-        fused = isinstance(arch.qkv, str)
-        for stage_index, stage in enumerate(self.plan.stages):
-            if stage.kind != "attn" or stage_index not in self.record.fired:
-                continue
-            layer, x = stage.layer, self.norm_inputs[stage.layer]
-            cotangents = []
-            for which, kind in enumerate(("q", "k", "v")):
-                projection = self.model.submodule(layer, arch.qkv if fused else arch.qkv[which])
-                per_head_map = _head_rows(kind, self.model, _linear_map(projection))  # (unit, d_head, d_model)
-                grad = self.output_grads.get((layer, 0 if fused else which))
-                if grad is None:  # nothing downstream depends on this projection
-                    cotangents.append(torch.zeros(*x.shape[:2], self.dims.n_heads, x.shape[-1], dtype=x.dtype, device=x.device))
-                    continue
-                grad = canonical(kind, self.model, grad).unflatten(0, (-1, group))  # (rows, copy, pos, unit, d_head)
-                if kind == "q":  # head h's z is read from one copy only: in the others its gradient is 0
-                    grad = grad.sum(1)
-                else:  # query head h = g·group + j reads KV head g in copy j
-                    grad = grad.permute(0, 2, 3, 1, 4).flatten(2, 3)
-                    per_head_map = per_head_map.repeat_interleave(group, dim=0)
-                cotangents.append(torch.einsum("rphe,hed->hrpd", grad, per_head_map.to(grad.dtype)))
-            cotangent = torch.cat(cotangents)  # (3·H, rows, pos, d_model): q of every head, then k, then v
-            norm = self.model.submodule(layer, self.plan.attn_in_norm)
-            with torch.enable_grad():  # one forward of the norm, its vector-Jacobian product batched over receivers
-                leaf = x.clone().requires_grad_(True)
-                (grad_in,) = torch.autograd.grad(norm.forward(leaf), leaf, cotangent.to(x.dtype), is_grads_batched=True)
-            per_receiver = grad_in.unflatten(1, (self.plan.copies, -1)).sum(1)  # (3·H, batch, pos, d_model)
-            self.record.grads[stage_index] = per_receiver.permute(1, 2, 0, 3)
-
-
-def _head_rows(kind: str, model: Model, matrix: Tensor) -> Tensor:
-    """The rows of a projection's (d_out, d_in) matrix that compute each head's `kind`, as
-    (unit, d_head, d_in): units are query heads for q, KV heads for k and v."""
-    return canonical(kind, model, matrix.t()).permute(1, 2, 0)
-
-
-def _linear_map(module: nn.Module, *, known_only: bool = False) -> Tensor | None:
-    """The (d_out, d_in) matrix M of a linear projection, module(x) = x Mᵀ + b: `nn.Linear`'s weight,
-    GPT-2 `Conv1D`'s transposed; any other module is read off its outputs on the identity (or,
-    with `known_only`, None)."""
-    weight = getattr(module, "weight", None)
-    if isinstance(module, nn.Linear):
-        return weight
-    if type(module).__name__ == "Conv1D" and weight is not None and weight.ndim == 2:
-        return weight.t()
-    if known_only:
-        return None
-    d_in = getattr(module, "in_features", None) or weight.shape[-1]
-    eye = torch.eye(d_in, dtype=weight.dtype, device=weight.device)
-    return (module.forward(eye) - module.forward(torch.zeros_like(eye[:1]))).t()
-
-
-# --- one edge removed per copy, in a forward resumed at the receiver's layer --------------------
-
-@dataclass
-class Removal:
-    """Copies of the clean run, each with one edge into one stage (`layer`, `kind`) removed, stacked
-    prompt-major (copy c of prompt b is row b·copies + c, as `Tensor.repeat_interleave` lays out)."""
-
-    layer: int
-    kind: str  # "attn" or "mlp"
-    attn_in_norm: str
-    receivers: list[int]  # per copy: the receiver's column within its stage (attention: q heads, k heads, v heads)
-    deltas: Tensor  # (rows, pos, d_model): the removed edge's o_s(clean) − o_s(off) on each row
-    clean_z: Tensor | None = None  # (batch, pos, head, d_head): the clean run's z of this layer (attention)
-
-
-@contextmanager
-def removed_edges(model: Model, removal: Removal) -> Iterator[None]:
-    """Under the block, the stage's receivers read `input − delta` on each copy's rows.
-
-    With one edge s→r removed and every other edge present, only r's input differs from the clean
-    run, so this is the whole edge rule. An MLP's input is the norm's input. A head's q (k, v)
-    input: the input norm and the projection are called again on the stream minus the delta, and
-    the head's slice of the projection's output (its KV head's, for k and v) is written on the
-    copy's rows; at o_proj every other head's z is the clean run's, so under grouped-query
-    attention the KV head's new keys reach query head h alone."""
-    arch, dims = model.arch, model.dims
-    copies = len(removal.receivers)
-    layer = removal.layer
-    found: list[tuple[nn.Module, Any, str]] = []
-    if removal.kind == "mlp":
-        def minus_delta(norm, args, kwargs):
-            return (args[0] - removal.deltas.to(args[0].dtype), *args[1:]), kwargs
-        found.append((model.submodule(layer, arch.mlp_in_norm), minus_delta, "pre"))
-    else:
-        heads, group = dims.n_heads, dims.n_heads // dims.n_kv_heads
-        columns = torch.tensor(removal.receivers)
-        kinds, head = columns // heads, columns % heads  # 0, 1, 2: q, k, v
-        seen: dict[str, Tensor] = {}
-
-        def remember(norm, args, kwargs):
-            seen["normed"] = norm.forward(args[0] - removal.deltas.to(args[0].dtype))
-
-        found.append((model.submodule(layer, removal.attn_in_norm), remember, "pre"))
-
-        def writer(which: tuple[int, ...]):
-            def hook(projection, args, output):
-                again = projection.forward(seen["normed"])
-                output = output.clone()
-                for w in which:
-                    mine = (kinds == w).nonzero().flatten()
-                    if not len(mine):
-                        continue
-                    kind = "qkv"[w]
-                    units = head[mine] if kind == "q" else head[mine] // group
-                    batch = output.shape[0] // copies
-                    rows = (torch.arange(batch)[:, None] * copies + mine[None, :]).flatten()
-                    unit = units.repeat(batch)
-                    view, new = canonical(kind, model, output), canonical(kind, model, again)
-                    view[rows, :, unit] = new[rows, :, unit]
-                return output
-            return hook
-
-        if isinstance(arch.qkv, str):
-            found.append((model.submodule(layer, arch.qkv), writer((0, 1, 2)), "out"))
-        else:
-            for w, path in enumerate(arch.qkv):
-                if bool((kinds == w).any()):
-                    found.append((model.submodule(layer, path), writer((w,)), "out"))
-
-        def other_heads_clean(o_proj, args, kwargs):
-            z = args[0]
-            own = z.view(*z.shape[:2], heads, -1)
-            clean = removal.clean_z.to(z.dtype).repeat_interleave(copies, dim=0).clone()
-            batch = z.shape[0] // copies
-            rows = (torch.arange(batch)[:, None] * copies + torch.arange(copies)[None, :]).flatten()
-            unit = head.repeat(batch)
-            clean[rows, :, unit] = own[rows, :, unit]
-            return (clean.reshape(z.shape), *args[1:]), kwargs
-
-        found.append((model.submodule(layer, arch.o_proj), other_heads_clean, "pre"))
-    with ExitStack() as stack:
-        for module, hook, kind in found:
-            handle = (module.register_forward_pre_hook(hook, with_kwargs=True) if kind == "pre"
-                      else module.register_forward_hook(hook))
-            stack.callback(handle.remove)
-        yield
-
-
-def _bias(module: nn.Module) -> Tensor:
-    """b of module(x) = x Mᵀ + b (zeros when it has none)."""
-    bias = getattr(module, "bias", None)
-    if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
-        return bias if isinstance(bias, Tensor) else torch.zeros(module.weight.shape[0 if isinstance(module, nn.Linear) else 1],
-                                                                dtype=module.weight.dtype, device=module.weight.device)
-    matrix = _linear_map(module)
-    return module.forward(torch.zeros(1, matrix.shape[1], dtype=matrix.dtype, device=matrix.device))[0]
