@@ -21,6 +21,15 @@ def edge_curve() -> xr.DataArray:
                         attrs={"cpr": 0.9, "cmd": 0.1, "method": "eap"})
 
 
+def test_the_curve_png_has_a_log_axis_of_percent_of_edges():
+    from actpatch.report import png
+
+    figure = png.draw(edge_curve().sel(metric="faithfulness"))
+    (ax,) = figure.axes
+    assert ax.get_xscale() == "log" and "percent of edges" in ax.get_xlabel()
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), [0.1, 1.0, 10.0, 100.0])
+
+
 def head_frontier(direction: str = "denoise") -> xr.DataArray:
     ranking = ["head[layer=0, head=0]", "head[layer=1, head=1]"]
     heads = [f"head[layer={layer}, head={head}]" for layer in range(2) for head in range(2)]

@@ -119,6 +119,9 @@ def _line(curve: xr.DataArray, metric: str | None) -> Figure:
             ax.axhline(level, linestyle=":", color="grey")
             ax.annotate(label, (1.0, level), xycoords=("axes fraction", "data"), ha="right", va="bottom", color="grey")
     ax.set_xlabel(_text(str(x)))
+    if x == "percent":  # a faithfulness curve: MIB's sizes span 0.1 to 100 % of edges
+        ax.set_xscale("log")
+        ax.set_xlabel("percent of edges (log scale)")
     ax.set_ylabel(_text(y_name))
     ax.set_title(_text(str(curve.attrs.get("title") or curve.name or y_name)))
     return figure
