@@ -284,7 +284,7 @@ def print_rows(rows: list[dict]) -> None:
         fe = "—" if r["forward_equivalents"] is None else f"{r['forward_equivalents']:.1f}"
         floor = f"{r['work_floor']:.1f}" if r.get("work_floor") else "—"
         print(f"| {r['axis']} | {r['model']} | {r['params'] / 1e6:.0f} | {r['prompts']} × {r['tokens']} | {r['method']} "
-              f"| {r['wall_s']:.2f} | {r['patches_per_s']:.1f} | {fe} | {floor} | {r['x_naive']:.3f} "
+              f"| {r['wall_s']:.2f} | {r['patches_per_s']:.1f} | {fe} | {floor} | {r['x_naive']:.3g} "
               f"| {_maybe(r, 'x_floor', '.2f')} | {_maybe(r, 'work_over_floor', '.2f')} | {r['peak_mib']:.0f} "
               f"| {_maybe(r, 'max_abs_diff_vs_ours', '.1e')} |", flush=True)
 
