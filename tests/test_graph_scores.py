@@ -200,3 +200,15 @@ def test_scores_reuse_prepared_runs_and_refuse_runs_of_other_prompts():
     with pytest.raises(ValueError, match="ablation='mean'"):
         edge_scores(model, pairs, "eap", ablation="mean", runs=runs)
     assert hooks.attached_hooks(model) == 0
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig-inputs", "eap-ig-activations"])
+def test_gradient_scores_under_no_grad_are_the_scores(method):
+    """Notebooks often run under torch.no_grad() (or with grad disabled globally): the scores switch
+    gradients on for their own passes."""
+    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
+    wanted = edge_scores(model, pairs, method, steps=2).scores
+    with torch.no_grad():
+        torch.testing.assert_close(edge_scores(model, pairs, method, steps=2).scores, wanted, atol=1e-6, rtol=1e-6)
+        runs = EdgeRuns.prepare(model, pairs)
+        torch.testing.assert_close(edge_scores(model, pairs, method, steps=2, runs=runs).scores, wanted, atol=1e-6, rtol=1e-6)

@@ -204,7 +204,8 @@ def _gradients(runs: EdgeRuns, part: list[_GradientRun], *, fast: bool) -> dict[
     copies, batch = len(part), len(pairs)
     first = torch.cat([run.first_input if run.first_input is not None else runs.clean[0] for run in part])
     leaf = first.detach().requires_grad_(True)
-    first = leaf.view_as(leaf)  # not a leaf itself: module-tracking modes (FlopCounterMode) hook modules' inputs
+    with torch.enable_grad():  # also when called under no_grad: the view must be in the graph
+        first = leaf.view_as(leaf)  # not a leaf itself: module-tracking modes (FlopCounterMode) hook modules' inputs
     if fast and all(run.absent is None for run in part):
         plan = runs.plan(copies, first_input=first)
         hooked = receiver_gradients(model, plan)
