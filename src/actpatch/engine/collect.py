@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from actpatch import metrics
 from actpatch.models.model import Model
@@ -26,7 +27,14 @@ def baseline(model: Model, pairs: PromptPairs, *, check: bool = True) -> metrics
 
     With `check`, refuse prompts on which the clean run does not beat the corrupt one: the
     normalised metric divides by that gap, so a sweep would only measure noise."""
-    base = metrics.Baseline(model.last_logits(pairs.clean_run), model.last_logits(pairs.corrupt_run), pairs.answers, pairs.wrong)
+    return checked(model, pairs, model.last_logits(pairs.clean_run), model.last_logits(pairs.corrupt_run), check=check)
+
+
+def checked(model: Model, pairs: PromptPairs, clean_logits: Tensor, corrupt_logits: Tensor, *,
+            check: bool = True) -> metrics.Baseline:
+    """`baseline`'s checks on final-position logits an analysis has already computed (edge circuits
+    take them from their recording forwards)."""
+    base = metrics.Baseline(clean_logits, corrupt_logits, pairs.answers, pairs.wrong)
     refuse_non_finite(model, base)  # whatever `check` says: a NaN baseline makes every number NaN
     clean, corrupt = float(base.clean_logit_diff.mean()), float(base.corrupt_logit_diff.mean())
     log.info("baseline logit difference: clean %.3f, corrupt %.3f", clean, corrupt)

@@ -75,7 +75,7 @@ class EdgeRuns:
         # The recording forwards are the baseline runs: their final-position logits are the baseline's.
         clean, clean_logits = sender_outputs(model, graph, pairs.clean_run, logits=True)
         corrupt, corrupt_logits = sender_outputs(model, graph, pairs.corrupt_run, logits=True)
-        base = checked_baseline(model, pairs, clean_logits, corrupt_logits, check_baseline)
+        base = collect.checked(model, pairs, clean_logits, corrupt_logits, check=check_baseline)
         if ablation is None:
             off = corrupt
         elif ablation == "zero":
@@ -159,19 +159,6 @@ def sender_outputs(model: Model, graph: Graph, run: Run, *, logits: bool = False
     check_reached(graph, record)
     outputs = torch.stack([record.outputs[s] for s in range(len(graph.senders))])
     return (outputs, final) if logits else outputs
-
-
-def checked_baseline(model: Model, pairs: PromptPairs, clean: Tensor, corrupt: Tensor, check: bool) -> metrics.Baseline:
-    """`collect.baseline`'s baseline and checks, from logits already computed."""
-    base = metrics.Baseline(clean, corrupt, pairs.answers, pairs.wrong)
-    collect.refuse_non_finite(model, base)
-    if check:
-        collect.refuse_unsolved(model.name, float(base.clean_logit_diff.mean()), float(base.corrupt_logit_diff.mean()))
-        if (failing := int((base.clean_logit_diff <= base.corrupt_logit_diff).sum())) > len(pairs) // 4:
-            collect.log.warning("on %d of %d prompts the clean logit difference is not above the corrupt one", failing, len(pairs))
-        if doubt := collect.unlikely_answers(model, base):
-            collect.log.warning(doubt)
-    return base
 
 
 def check_reached(graph: Graph, record: EdgeRecord) -> None:

@@ -31,7 +31,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from actpatch import hooks, metrics
-from actpatch.graph.evaluate import Ablation, EdgeRuns, attn_in_norm, check_reached, checked_baseline, sender_outputs
+from actpatch.engine import collect
+from actpatch.graph.evaluate import Ablation, EdgeRuns, attn_in_norm, check_reached, sender_outputs
 from actpatch.graph.nodes import Graph
 from actpatch.hooks.edge_gradients import receiver_gradients
 from actpatch.hooks.edges import EdgePlan, edge_hooks
@@ -190,7 +191,7 @@ def _eap_clean_pass(model: Model, pairs: PromptPairs, check_baseline: bool) -> t
         torch.autograd.grad(diff.mean(), grads.leaf)
     check_reached(graph, recorded)
     clean = torch.stack([recorded.outputs[s].detach() for s in range(len(graph.senders))])
-    base = checked_baseline(model, pairs, logits.detach(), corrupt_logits, check_baseline)
+    base = collect.checked(model, pairs, logits.detach(), corrupt_logits, check=check_baseline)
     return EdgeRuns(model, pairs, graph, clean, off, base), grads.grads
 
 
