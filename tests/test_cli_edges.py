@@ -7,6 +7,7 @@ import json
 import re
 from html.parser import HTMLParser
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -144,3 +145,15 @@ def test_bad_inputs_exit_2_with_the_fix(args, message, tiny, scored, tmp_path):
 def test_edge_flags_at_node_level_ask_for_level_edge(tiny, tmp_path):
     result = run("circuit", "--model", tiny, "--percent", "5", "--out", str(tmp_path))
     assert result.exit_code == 2 and "--percent applies to edge circuits: add --level edge" in result.stderr
+
+
+def test_ci_puts_intervals_on_the_curve_and_on_cpr_and_cmd(tiny, tmp_path, scored):
+    result = edge_run(tiny, tmp_path, "--method", "eap", "--percent", PERCENT, "--ci", "0.9", "--n-boot", "200")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"CPR [0-9.]+ \[[0-9.]+, [0-9.]+\], CMD", result.output)
+    table = pd.read_csv(tmp_path / "faithfulness.csv")
+    assert {"faithfulness_lo", "faithfulness_hi"} <= set(table.columns)
+    assert (table["faithfulness_lo"] <= table["faithfulness"] + 1e-12).all()
+    assert (table["faithfulness"] <= table["faithfulness_hi"] + 1e-12).all()
+    plain = pd.read_csv(scored / "faithfulness.csv")  # the same run without --ci: the same values
+    np.testing.assert_allclose(table["faithfulness"], plain["faithfulness"], atol=1e-9)

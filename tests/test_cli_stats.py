@@ -149,11 +149,6 @@ def test_circuit_ci_bands_the_frontier_and_bounds_each_drop(tiny, tmp_path):
     assert "90 % interval" in page and "toself" in page  # the band's legend and its filled trace
 
 
-def test_circuit_ci_is_refused_at_edge_level(tiny, tmp_path):
-    result = run("circuit", "--level", "edge", "--model", tiny, "--task", "ioi", "--ci", "0.9", "--out", str(tmp_path))
-    assert result.exit_code == 2 and "apply to node circuits" in result.output
-
-
 def test_attribute_ci_bounds_the_estimates_and_the_rank_correlation(tiny, tmp_path):
     result = run("attribute", "--model", tiny, "--task", "ioi", "--prompts", "6", "--no-check-baseline", "--site", "head",
                  "--verify", "2", "--ci", "0.9", "--n-boot", "120", "--out", str(tmp_path))

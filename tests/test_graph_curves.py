@@ -168,3 +168,35 @@ def test_a_grown_circuit_is_at_least_as_faithful_as_the_top_edges_of_its_size(fa
 
 def mean_logit_diffs(runs, logits):
     return [metrics.logit_diff(l.double(), runs.pairs.answers, runs.pairs.wrong).mean() for l in logits]
+
+
+# --- intervals --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ablation", [None, "mean"])
+def test_curve_intervals_resample_prompts_without_a_forward_and_keep_the_values(scored, tmp_path, ablation):
+    from actpatch.graph import curve_intervals
+    from actpatch.results import load, save
+
+    model, pairs, scores = scored
+    curve = faithfulness_curve(model, pairs, scores, percents=[5, 20, 50, 100], ablation=ablation, check_baseline=False)
+    # no model is given, so no forward can run: the saved curve alone is resampled
+    banded = curve_intervals(load(save(curve, tmp_path / "curve.nc")), 0.9, n_boot=300, seed=1)
+    assert banded.dims == ("percent", "metric", "stat")
+    np.testing.assert_allclose(banded.sel(stat="value").values, curve.values, atol=1e-12)
+    lo, value, hi = (banded.sel(stat=s, metric="faithfulness").values for s in ("lo", "value", "hi"))
+    assert (lo <= value + 1e-12).all() and (value <= hi + 1e-12).all() and (hi - lo).max() > 1e-3
+    assert lo[-1] == pytest.approx(1.0) and hi[-1] == pytest.approx(1.0)  # every edge: f = 1 in every resample
+    assert banded.attrs["cpr_lo"] <= curve.attrs["cpr"] <= banded.attrs["cpr_hi"]
+    assert banded.attrs["cmd_lo"] <= curve.attrs["cmd"] <= banded.attrs["cmd_hi"]
+    again = curve_intervals(curve, 0.9, n_boot=300, seed=1)
+    np.testing.assert_array_equal(again.values, banded.values)  # seeded
+
+
+def test_curve_intervals_refuse_a_curve_without_per_prompt_numbers(scored):
+    from actpatch.graph import curve_intervals
+
+    model, pairs, scores = scored
+    curve = faithfulness_curve(model, pairs, scores, percents=[50, 100], check_baseline=False)
+    del curve.attrs["prompt_logit_diff"]
+    with pytest.raises(ValueError, match="compute it again with faithfulness_curve"):
+        curve_intervals(curve)

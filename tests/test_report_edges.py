@@ -86,3 +86,17 @@ def test_circuit_picture_draws_the_strongest_edges_and_hovers_their_scores():
     member = graph.nodes_in_circuit(GRAPH, circuit)
     assert [c == "#333" for c in nodes.marker.color] == [member[n] for n in GRAPH.nodes]
     assert "the 5 strongest of its 8 edges" in figure.layout.title.text
+
+
+def test_a_curve_with_intervals_is_drawn_with_its_band_and_the_bounds_in_the_hover():
+    curve = edge_curve()
+    lo, hi = curve - 0.05, curve + 0.05
+    banded = xr.concat([curve, lo, hi], dim="stat").assign_coords(stat=["value", "lo", "hi"]).transpose("percent", "metric", "stat")
+    banded.attrs = {**curve.attrs, "interval": {"ci": 0.95}, "cpr_lo": 0.8, "cpr_hi": 0.95, "cmd_lo": 0.05, "cmd_hi": 0.2}
+    figure = report.faithfulness_plot(banded)
+    line, band = figure.data
+    np.testing.assert_array_equal(line.y, [0.1, 0.4, 0.8, 1.0])
+    np.testing.assert_allclose(band.y, [0.15, 0.45, 0.85, 1.05, 0.95, 0.75, 0.35, 0.05])
+    assert band.fill == "toself" and "95 % interval" in band.name
+    assert "[%{customdata[1]:.4f}, %{customdata[2]:.4f}]" in line.hovertemplate
+    assert "CPR 0.900 [0.800, 0.950]" in figure.layout.title.text

@@ -140,12 +140,11 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
     exactly on the clean prompt, every missing edge at its corrupt (or --ablation) value. Writes
     graph.json (every score; in_graph marks the --percent circuit as evaluated), faithfulness.csv
     (percent, edges, faithfulness and every metric), the curve (.nc) and a report with CPR, CMD
-    and a picture of the circuit."""
+    and a picture of the circuit. --ci 0.95 adds intervals over resampled prompts to every size
+    of the curve and to CPR and CMD, from the curve's own per-prompt numbers."""
     if level == "edge":
         from actpatch.cli.edges import edge_circuit
 
-        if any(flags.get(flag) is not None for flag in ("ci", "n_boot", "boot_seed")):
-            raise BadInput("--ci, --n-boot and --boot-seed apply to node circuits (--level node)")
         return edge_circuit(flags, quiet=quiet, overwrite=overwrite, resume=resume, method=edge_method,
                             steps=edge_steps, percent=percent, graph_file=graph_file)
     if given := [flag for flag, value in (("--method", edge_method), ("--steps", edge_steps), ("--percent", percent),

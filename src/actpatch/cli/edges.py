@@ -78,6 +78,8 @@ def edge_circuit(flags: dict[str, Any], *, quiet: bool, overwrite: bool, resume:
     percents = sorted({*graph.MIB_PERCENTS, percent})
     curve = graph.faithfulness_curve(model, pairs, scores, percents=percents, ablation=ablation, chunk=spec.sweep.chunk,
                                      runs=runs)
+    if spec.sweep.ci is not None:  # from the per-prompt numbers the curve kept: no forward
+        curve = graph.curve_intervals(curve, spec.sweep.ci, n_boot=spec.sweep.n_boot, seed=spec.sweep.boot_seed)
     circuit = graph.top_edges(scores, percent=percent)  # the circuit the curve evaluated at --percent
     curve.attrs.update(provenance(model, spec), percent=percent, steps=scores.attrs.get("steps"),
                        source=str(graph_file) if graph_file is not None else scores.method)
@@ -89,9 +91,10 @@ def edge_circuit(flags: dict[str, Any], *, quiet: bool, overwrite: bool, resume:
         curve.attrs.update(file_circuit_edges=int(own.sum()),
                            file_circuit_faithfulness=(float(measured.sel(metric="logit_diff")) - empty) / (full - empty))
     table = curve_table(curve)
-    echo(f"faithfulness of the top edges by {curve.attrs['source']} (CPR {curve.attrs['cpr']:.3f}, "
-         f"CMD {curve.attrs['cmd']:.3f}):\n" + table[["percent", "edges", "faithfulness", "norm_logit_diff"]]
-         .round(4).to_string(index=False))
+    shown = ["percent", "edges", "faithfulness", *(["faithfulness_lo", "faithfulness_hi"] if "stat" in curve.dims else []),
+             "norm_logit_diff"]
+    echo(f"faithfulness of the top edges by {curve.attrs['source']} ({summary_of(curve)}):\n"
+         + table[shown].round(4).to_string(index=False))
     if "file_circuit_edges" in curve.attrs:
         click.echo(f"the file's own circuit: {curve.attrs['file_circuit_edges']} edges after pruning, faithfulness "
                    f"{curve.attrs['file_circuit_faithfulness']:.4f}")
@@ -107,17 +110,32 @@ def curve_table(curve: Any) -> Any:
 
     table = pd.DataFrame({"percent": curve["percent"].values, "edges": curve["n_edges"].values})
     for metric in curve["metric"].values.tolist():
-        table[metric] = curve.sel(metric=metric).values
+        if "stat" not in curve.dims:
+            table[metric] = curve.sel(metric=metric).values
+            continue
+        for stat in ("value", "lo", "hi"):  # an interval: each metric's bounds beside it
+            table[metric if stat == "value" else f"{metric}_{stat}"] = curve.sel(metric=metric, stat=stat).values
     return table
+
+
+def summary_of(curve: Any) -> str:
+    """CPR and CMD, with their intervals when the curve has them."""
+    a = curve.attrs
+    if "cpr_lo" not in a:
+        return f"CPR {a['cpr']:.4f}, CMD {a['cmd']:.4f}"
+    return f"CPR {a['cpr']:.4f} [{a['cpr_lo']:.4f}, {a['cpr_hi']:.4f}], CMD {a['cmd']:.4f} [{a['cmd_lo']:.4f}, {a['cmd_hi']:.4f}]"
 
 
 def _write_curve_and_report(spec: Any, name: str, curve: Any, scores: Any, circuit: Any) -> None:
     out = Path(spec.output.folder)
     click.echo(f"saved {ap.save(curve, out / f'{name}.nc')}")
     at = curve.sel(percent=curve.attrs["percent"])
-    summary = (f"CPR {curve.attrs['cpr']:.4f}, CMD {curve.attrs['cmd']:.4f} (trapezoids over the fraction of edges, as "
-               f"MIB computes them). At {curve.attrs['percent']:g} %: {int(at['n_edges'])} edges after pruning, "
-               f"faithfulness {float(at.sel(metric='faithfulness')):.4f}.")
+    f_at = at.sel(metric="faithfulness")
+    f_text = (f"{float(f_at):.4f}" if "stat" not in curve.dims else
+              f"{float(f_at.sel(stat='value')):.4f} [{float(f_at.sel(stat='lo')):.4f}, {float(f_at.sel(stat='hi')):.4f}]")
+    summary = (f"{summary_of(curve)} (trapezoids over the fraction of edges, as MIB computes them"
+               + (f"; intervals: {100 * curve.attrs['interval']['ci']:g} % over resampled prompts" if "stat" in curve.dims else "")
+               + f"). At {curve.attrs['percent']:g} %: {int(at['n_edges'])} edges after pruning, faithfulness {f_text}.")
     if "file_circuit_edges" in curve.attrs:
         summary += (f" The file's own circuit: {curve.attrs['file_circuit_edges']} edges, faithfulness "
                     f"{curve.attrs['file_circuit_faithfulness']:.4f}.")

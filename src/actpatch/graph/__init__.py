@@ -4,15 +4,15 @@
     evaluate.py  exact evaluation of edge circuits (the clean prompt, missing edges at off values)
     scores.py    edge scores: EAP, EAP-IG on inputs or activations, clean-corrupted, exact
     select.py    top-n edges (or a percent of them), pruned to paths from input to logits
-    faithfulness.py  faithfulness curves at MIB's sizes, CPR and CMD
+    faithfulness.py  faithfulness curves at MIB's sizes, CPR and CMD, and their bootstrap intervals
     files.py     scored graphs and circuits as EAP-IG / MIB JSON
     exact.py     one-edge removals, stacked and resumed at each receiver's layer (exact scores, verification)
     verify.py    verify_edges(): the top-k and a random sample of scored edges removed exactly
     grow.py      grow_circuit(): circuits grown greedily by the exact gain of each candidate edge
-Hooks live in `actpatch.hooks.edges`.
+Hooks live in `actpatch.hooks` (edges.py, edge_gradients.py, edge_removal.py).
 """
 from actpatch.graph.evaluate import EdgeRuns, evaluate
-from actpatch.graph.faithfulness import MIB_PERCENTS, cpr_cmd, faithfulness_curve
+from actpatch.graph.faithfulness import MIB_PERCENTS, cpr_cmd, curve_intervals, faithfulness_curve
 from actpatch.graph.files import GraphFileError, load_graph, save_graph
 from actpatch.graph.grow import Grown, grow_circuit
 from actpatch.graph.nodes import EdgeError, Graph
@@ -22,6 +22,6 @@ from actpatch.graph.verify import EdgeVerification, verify_edges
 
 __all__ = [
     "METHODS", "MIB_PERCENTS", "EdgeError", "EdgeRuns", "EdgeScores", "EdgeVerification", "Graph", "GraphFileError", "Grown", "cpr_cmd",
-    "edge_scores", "evaluate", "faithfulness_curve", "grow_circuit", "load_graph", "nodes_in_circuit", "prune_circuit",
+    "curve_intervals", "edge_scores", "evaluate", "faithfulness_curve", "grow_circuit", "load_graph", "nodes_in_circuit", "prune_circuit",
     "save_graph", "top_edges", "verify_edges",
 ]

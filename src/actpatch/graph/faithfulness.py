@@ -58,6 +58,7 @@ def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
     stack = torch.stack([runs.graph.empty(), runs.graph.full(), *circuits])
     logits = _logits(runs, stack, chunk, engine, known_empty=ablation is None)
     rows = [metrics.averaged(l, runs.base) for l in logits]
+    prompt_diffs = np.stack([metrics.per_prompt(l, runs.base)["logit_diff"].double().cpu().numpy() for l in logits])
     empty, full = rows[0]["logit_diff"], rows[1]["logit_diff"]
     faithful = [(row["logit_diff"] - empty) / (full - empty) for row in rows[2:]]
     cpr, cmd = cpr_cmd(percents, faithful)
@@ -69,9 +70,47 @@ def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
         cpr=cpr, cmd=cmd, method=scores.method, model=model.name, absolute=int(absolute), pruned=int(prune),
         ablation=ablation or "corrupt", n_edges_total=runs.graph.n_edges, n_prompts=len(pairs),
         empty_logit_diff=empty, full_logit_diff=full,
+        # per prompt, for intervals without another forward (`curve_intervals`): empty, full, then each size
+        prompt_logit_diff=prompt_diffs.ravel().tolist(),
+        clean_prompt_logit_diff=runs.base.clean_logit_diff.double().cpu().tolist(),
+        corrupt_prompt_logit_diff=runs.base.corrupt_logit_diff.double().cpu().tolist(),
         normalisation="f = (m(C) - m(empty)) / (m(full) - m(empty)) on the mean logit difference; "
                       "CPR, CMD: trapezoids over the fraction of edges, not divided by its length",
     )
+    return result
+
+
+def curve_intervals(curve: xr.DataArray, ci: float = 0.95, *, n_boot: int = 1000, seed: int = 0) -> xr.DataArray:
+    """`curve` with a `stat` dimension (value, lo, hi) on every metric, and CPR and CMD intervals in
+    `attrs` (`cpr_lo`, `cpr_hi`, `cmd_lo`, `cmd_hi`): prompts resampled with replacement, each
+    resample's f computed from its own empty and full circuits' means, as the curve computes it.
+
+    From the per-prompt logit differences the curve recorded: no forward, and it works on a saved curve."""
+    from actpatch.circuits.evaluate import with_intervals
+    from actpatch.stats import bootstrap
+
+    bootstrap.check_options(ci, n_boot)
+    if "stat" in curve.dims:
+        raise ValueError("this curve already has intervals (a `stat` dimension)")
+    if "prompt_logit_diff" not in curve.attrs:
+        raise ValueError("this curve has no per-prompt logit differences: compute it again with faithfulness_curve")
+    diffs = np.asarray(curve.attrs["prompt_logit_diff"], dtype=float).reshape(curve.sizes["percent"] + 2, -1)
+    empty, full, sizes = diffs[0], diffs[1], diffs[2:]
+    rows = [{"logit_diff": row} for row in sizes]
+    block = bootstrap.rows_block(rows, full, empty)  # normalised by the empty and full circuits: that is f
+    boot = bootstrap.replicates(block, n_boot=n_boot, seed=seed)  # (resample, metric, size)
+    f = boot[:, metrics.METRICS.index("norm_logit_diff")]  # (resample, size)
+    lo_hi = {}
+    resampled = np.array([cpr_cmd(curve["percent"].values, row) for row in f])  # (resample, 2)
+    for i, name in enumerate(("cpr", "cmd")):
+        lo_hi[f"{name}_lo"], lo_hi[f"{name}_hi"] = map(float, bootstrap.percentile(resampled[:, i], ci))
+    # every other metric, normalised by the clean and corrupt runs, from the same resamples
+    runs_block = bootstrap.rows_block(rows, curve.attrs["clean_prompt_logit_diff"], curve.attrs["corrupt_prompt_logit_diff"])
+    others = bootstrap.replicates(runs_block, n_boot=n_boot, seed=seed)
+    per_metric = {m: (f if m == "faithfulness" else others[:, metrics.METRICS.index(m)]) for m in CURVE_METRICS}
+    boot_all = np.stack([per_metric[m] for m in curve["metric"].values], axis=-1)  # (resample, percent, metric)
+    result = with_intervals(curve, boot_all, ci, n_boot, seed)
+    result.attrs.update(lo_hi)
     return result
 
 

@@ -37,6 +37,9 @@ def faithfulness_plot(edge_curve: xr.DataArray, node_frontier: xr.DataArray | No
     its nodes is the same intervention (docs/edges.md), and its normalised logit difference is the
     edge curve's faithfulness when both ablate to the corrupt run. The caption says so."""
     faithful = edge_curve.sel(metric="faithfulness") if "metric" in edge_curve.dims else edge_curve
+    band = None
+    if "stat" in faithful.dims:  # graph.curve_intervals: a band over each size's interval
+        band, faithful = faithful.sel(stat=["lo", "hi"]), faithful.sel(stat="value", drop=True)
     if faithful.dims != ("percent",):
         raise ValueError(f"an edge curve has a percent dimension (graph.faithfulness_curve), got {list(edge_curve.dims)}")
     edges = faithful["n_edges"].values if "n_edges" in faithful.coords else [None] * faithful.sizes["percent"]
@@ -48,6 +51,16 @@ def faithfulness_plot(edge_curve: xr.DataArray, node_frontier: xr.DataArray | No
     ))
     caption = ["edge circuit: the top edges by |score|, pruned; "
                "f = (m(C) − m(∅)) / (m(full) − m(∅)) on the mean logit difference"]
+    if band is not None:
+        x = faithful["percent"].values
+        lo, hi = band.sel(stat="lo").values, band.sel(stat="hi").values
+        figure.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
+                                    fillcolor="rgba(31, 119, 180, 0.18)", line={"width": 0}, hoverinfo="skip",
+                                    name=f"{100 * edge_curve.attrs['interval']['ci']:g} % interval (prompts resampled)"
+                                    if isinstance(edge_curve.attrs.get("interval"), dict) else "interval"))
+        figure.data[0].customdata = np.stack([np.array(edges, dtype=object), lo, hi], axis=1)
+        figure.data[0].hovertemplate = ("%{x:.4g}% of edges (%{customdata[0]} after pruning)<br>faithfulness %{y:.4f} "
+                                        "[%{customdata[1]:.4f}, %{customdata[2]:.4f}]<extra></extra>")
     if node_frontier is not None:
         if graph is None:
             raise ValueError("placing a node frontier on the axis of edges needs graph=Graph.of(model)")
@@ -67,6 +80,9 @@ def faithfulness_plot(edge_curve: xr.DataArray, node_frontier: xr.DataArray | No
         figure.add_hline(y=level, line_dash="dot", line_color="grey", annotation_text=label, annotation_position="bottom right")
     cpr, cmd = edge_curve.attrs.get("cpr"), edge_curve.attrs.get("cmd")
     summary = f"CPR {cpr:.3f}, CMD {cmd:.3f}" if isinstance(cpr, (int, float)) and isinstance(cmd, (int, float)) else ""
+    if summary and "cpr_lo" in edge_curve.attrs:
+        a = edge_curve.attrs
+        summary = f"CPR {cpr:.3f} [{a['cpr_lo']:.3f}, {a['cpr_hi']:.3f}], CMD {cmd:.3f} [{a['cmd_lo']:.3f}, {a['cmd_hi']:.3f}]"
     figure.update_layout(
         title=f"Faithfulness against circuit size{': ' + summary if summary else ''}",
         xaxis={"type": "log", "title": "percent of edges (log scale)"}, yaxis={"title": "faithfulness"},
