@@ -39,6 +39,19 @@ def per_prompt(tiny, tmp_path_factory):
     return paths
 
 
+def test_ci_in_the_experiment_file_reaches_the_sweep(tiny, tmp_path):
+    config = tmp_path / "ci.toml"
+    config.write_text("[sweep]\nsite = 'resid_pre'\nci = 0.8\nn_boot = 150\nboot_seed = 4\n")
+    result = sweep(tiny, tmp_path / "out", "--config", str(config), "-q")
+    assert result.exit_code == 0, result.output
+    saved = ap.load(tmp_path / "out" / "ioi_resid_pre_denoise.nc")
+    assert list(saved["stat"].values) == ["value", "lo", "hi"]
+    assert (saved.attrs["interval"]["ci"], saved.attrs["interval"]["n_boot"], saved.attrs["interval"]["seed"]) == (0.8, 150, 4)
+    flags_win = sweep(tiny, tmp_path / "flags", "--config", str(config), "--n-boot", "120", "-q")
+    assert flags_win.exit_code == 0, flags_win.output
+    assert ap.load(tmp_path / "flags" / "ioi_resid_pre_denoise.nc").attrs["interval"]["n_boot"] == 120
+
+
 def test_ci_reaches_the_sweep_and_the_saved_result(tiny, tmp_path):
     result = sweep(tiny, tmp_path, "--ci", "0.9", "--n-boot", "200", "--boot-seed", "3")
     assert result.exit_code == 0, result.output
@@ -77,7 +90,7 @@ def test_the_table_marks_cells_whose_interval_excludes_no_effect(tiny, tmp_path,
 
 def test_ci_refuses_per_prompt(tiny, tmp_path):
     result = sweep(tiny, tmp_path, "--ci", "0.95", "--per-prompt")
-    assert result.exit_code == 2 and "drop --per-prompt" in result.stderr
+    assert result.exit_code == 2 and "remove per_prompt" in result.stderr
 
 
 @pytest.mark.parametrize("value", ["1.5", "0"])

@@ -240,7 +240,7 @@ def experiment_options(*, analysis: bool = False, circuit: bool = False, interva
             click.option("--threshold", type=float, default=None,
                          help="Minimality: a member whose removal costs less is a passenger (default 0.02)."),
         ]
-    if intervals:  # `actpatch sweep` declares its own (sweeps.py)
+    if intervals:
         options += [
             click.option("--ci", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
                          help="Bootstrap intervals over prompts on every number, e.g. 0.95 (docs/uncertainty.md)."),

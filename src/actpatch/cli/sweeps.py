@@ -26,7 +26,7 @@ CHECKPOINT = "checkpoint"  # the sweep's checkpoint folder inside --out; removed
 
 
 @click.command()
-@experiment_options()
+@experiment_options(intervals=True)
 @click.option("--resume", is_flag=True,
               help="Continue the killed sweep whose checkpoint is in the output folder (same flags and --config).")
 @click.option("--shards", type=click.IntRange(min=1), default=None,
@@ -34,14 +34,8 @@ CHECKPOINT = "checkpoint"  # the sweep's checkpoint folder inside --out; removed
                    "pip install 'actpatch[ray]'; docs/scale.md).")
 @click.option("--ray-address", default=None,
               help="The Ray cluster for --shards: 'auto' on one of its nodes, or ray://HEAD:10001 (default: a local Ray).")
-@click.option("--ci", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="Put a bootstrap interval over prompts on every number, e.g. 0.95 (docs/uncertainty.md); "
-                   "the result gains a stat dimension (value, lo, hi).")
-@click.option("--n-boot", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Bootstrap resamples for --ci.")
-@click.option("--boot-seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resamples for --ci.")
-def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_address: str | None, ci: float | None,
-          n_boot: int, boot_seed: int, **flags: Any) -> None:
+def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_address: str | None,
+          **flags: Any) -> None:
     """Patch every site of one kind; write the labelled result (.nc) and its HTML report into --out.
 
     \b
@@ -61,9 +55,7 @@ def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_ad
     prompt's numbers and returns their bootstrap intervals instead (not with --per-prompt; see
     `actpatch compare` for two per-prompt results)."""
     spec = build_experiment(flags)
-    if ci is not None and spec.sweep.per_prompt:
-        raise BadInput("--ci returns intervals computed from every prompt's numbers, not the numbers: drop --per-prompt, "
-                       "or save with --per-prompt and compare or resample that result")
+    ci = spec.sweep.ci  # --ci, or [sweep] ci in the experiment file (which refuses it with per_prompt)
     if shards is not None and spec.sweep.engine == "reference":
         raise BadInput("--shards runs the batched engine on Ray workers; --engine reference does not shard")
     if shards is not None and importlib.util.find_spec("ray") is None:
@@ -77,7 +69,7 @@ def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_ad
     echo(describe(model, pairs, spec))
     options = sweep_options(model, pairs, spec)
     if ci is not None:
-        options.update(ci=ci, n_boot=n_boot, boot_seed=boot_seed)
+        options.update(ci=ci, n_boot=spec.sweep.n_boot, boot_seed=spec.sweep.boot_seed)
     result = ap.sweep(model, pairs, spec.sweep.site, **options, progress=progress(quiet),
                       checkpoint=checkpoint, shards=shards, ray_address=ray_address)
     result.attrs.update(provenance(model, spec))
