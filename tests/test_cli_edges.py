@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+import actpatch as ap
 from actpatch import cli, graph
 from actpatch.cli import common
 from tiny_checkpoint import save_tiny_checkpoint
@@ -157,3 +158,18 @@ def test_ci_puts_intervals_on_the_curve_and_on_cpr_and_cmd(tiny, tmp_path, score
     assert (table["faithfulness"] <= table["faithfulness_hi"] + 1e-12).all()
     plain = pd.read_csv(scored / "faithfulness.csv")  # the same run without --ci: the same values
     np.testing.assert_allclose(table["faithfulness"], plain["faithfulness"], atol=1e-9)
+
+
+def test_nodes_draws_a_node_frontier_on_the_edge_curve(tiny, tmp_path):
+    # Seed 2: prompts on which the random model's clean run is above its corrupt one (the frontier checks).
+    result = edge_run(tiny, tmp_path, "--method", "eap", "--nodes", "--seed", "2")
+    assert result.exit_code == 0, result.output
+    frontier = ap.load(next(tmp_path.glob("*_nodes.nc")))
+    assert list(frontier["size"].values) == [0, 1, 2, 3, 4]  # every size up to the 4 heads
+    page = next(tmp_path.glob("*.html")).read_text()
+    assert "nodes (Pareto frontier)" in page and "node circuit: x = its edges" in page
+
+
+def test_nodes_is_refused_at_node_level(tiny, tmp_path):
+    result = run("circuit", "--model", tiny, "--task", "ioi", "--nodes", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "--nodes applies to edge circuits" in result.output

@@ -114,8 +114,11 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
               help="--level edge: the circuit written to graph.json keeps this percent of all edges (default 5).")
 @click.option("--import", "graph_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="--level edge: evaluate this scored graph (EAP-IG / MIB JSON) instead of scoring the edges.")
+@click.option("--nodes", "with_nodes", is_flag=True,
+              help="--level edge: also sweep the heads, grow node circuits along that ranking and draw their "
+                   "frontier on the edge curve's axis.")
 def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method: str | None, edge_steps: int | None,
-            percent: float | None, graph_file: Path | None, **flags: Any) -> None:
+            percent: float | None, graph_file: Path | None, with_nodes: bool, **flags: Any) -> None:
     """Find a circuit: sweep the heads, grow circuits along the ranking, take the smallest that recovers enough.
     With --level edge: score every edge, judge the top edges at MIB's sizes, write graph.json.
 
@@ -146,9 +149,9 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
         from actpatch.cli.edges import edge_circuit
 
         return edge_circuit(flags, quiet=quiet, overwrite=overwrite, resume=resume, method=edge_method,
-                            steps=edge_steps, percent=percent, graph_file=graph_file)
+                            steps=edge_steps, percent=percent, graph_file=graph_file, with_nodes=with_nodes)
     if given := [flag for flag, value in (("--method", edge_method), ("--steps", edge_steps), ("--percent", percent),
-                                          ("--import", graph_file)) if value is not None]:
+                                          ("--import", graph_file), ("--nodes", with_nodes or None)) if value is not None]:
         raise BadInput(f"{given[0]} applies to edge circuits: add --level edge")
 
     spec = build_experiment(flags, defaults={"sweep": {"site": "head"}})

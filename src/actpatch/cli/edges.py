@@ -40,7 +40,7 @@ def check_edge_flags(method: str | None, percent: float | None, graph_file: Path
 
 
 def edge_circuit(flags: dict[str, Any], *, quiet: bool, overwrite: bool, resume: bool, method: str | None,
-                 steps: int | None, percent: float | None, graph_file: Path | None) -> None:
+                 steps: int | None, percent: float | None, graph_file: Path | None, with_nodes: bool = False) -> None:
     """The edge-level `circuit` command (see `analyses.circuit` for its flags)."""
     method, percent = check_edge_flags(method, percent, graph_file)
     if given := [flag for key, flag in _NODE_ONLY.items() if flags.get(key) is not None] + (["--resume"] if resume else []):
@@ -58,7 +58,8 @@ def edge_circuit(flags: dict[str, Any], *, quiet: bool, overwrite: bool, resume:
     log_into(out)
     echo = echo_unless(quiet)
     name = spec.output.name or f"{spec.task.label}_edge_{method or 'import'}"
-    refuse_overwrite(out, [GRAPH_FILE, TABLE_FILE, f"{name}.nc", f"{name}.html"], overwrite)
+    refuse_overwrite(out, [GRAPH_FILE, TABLE_FILE, f"{name}.nc", f"{name}.html", *([f"{name}_nodes.nc"] if with_nodes else [])],
+                     overwrite)
     ablation = spec.sweep.ablation
     if ablation is not None and method in ("eap-ig-inputs", "clean-corrupted"):
         raise BadInput(f"{method} interpolates towards the corrupt run and takes no --ablation: use eap, "
@@ -101,7 +102,22 @@ def edge_circuit(flags: dict[str, Any], *, quiet: bool, overwrite: bool, resume:
     for path in (graph.save_graph(out / GRAPH_FILE, scores, circuit),
                  atomic.write_text(out / TABLE_FILE, table.to_csv(index=False))):
         click.echo(f"saved {path}")
-    _write_curve_and_report(spec, name, curve, scores, circuit)
+    frontier = node_frontier(model, pairs, ablation, quiet) if with_nodes else None
+    if frontier is not None:
+        frontier.attrs.update(provenance(model, spec))
+        click.echo(f"saved {ap.save(frontier, out / f'{name}_nodes.nc')}")
+    _write_curve_and_report(spec, name, curve, scores, circuit, frontier)
+
+
+def node_frontier(model: Any, pairs: Any, ablation: str | None, quiet: bool) -> Any:
+    """Node circuits beside the edge curve: heads ranked by a denoising sweep over all positions,
+    the top-k kept at about a dozen sizes spread geometrically up to every head."""
+    import numpy as np
+
+    ranked_by = ap.sweep(model, pairs, "head", positions="all", progress=progress(quiet))
+    n = model.dims.n_layers * model.dims.n_heads
+    sizes = sorted({0, *(int(round(k)) for k in np.geomspace(1, n, 12))})
+    return ap.pareto_frontier(model, pairs, ranked_by, ablation=ablation, sizes=sizes, progress=progress(quiet))
 
 
 def curve_table(curve: Any) -> Any:
@@ -126,7 +142,7 @@ def summary_of(curve: Any) -> str:
     return f"CPR {a['cpr']:.4f} [{a['cpr_lo']:.4f}, {a['cpr_hi']:.4f}], CMD {a['cmd']:.4f} [{a['cmd_lo']:.4f}, {a['cmd_hi']:.4f}]"
 
 
-def _write_curve_and_report(spec: Any, name: str, curve: Any, scores: Any, circuit: Any) -> None:
+def _write_curve_and_report(spec: Any, name: str, curve: Any, scores: Any, circuit: Any, frontier: Any = None) -> None:
     out = Path(spec.output.folder)
     click.echo(f"saved {ap.save(curve, out / f'{name}.nc')}")
     at = curve.sel(percent=curve.attrs["percent"])
@@ -140,7 +156,8 @@ def _write_curve_and_report(spec: Any, name: str, curve: Any, scores: Any, circu
         summary += (f" The file's own circuit: {curve.attrs['file_circuit_edges']} edges, faithfulness "
                     f"{curve.attrs['file_circuit_faithfulness']:.4f}.")
     sections = [
-        ap.report.Section("Faithfulness curve", figures=[ap.report.faithfulness_plot(curve)], note=summary,
+        ap.report.Section("Faithfulness curve", note=summary, figures=[ap.report.faithfulness_plot(
+            curve, frontier, graph=None if frontier is None else scores.graph)],
                           html=curve_table(curve).to_html(index=False, float_format=lambda v: f"{v:.4f}")),
         ap.report.Section(f"The circuit at {curve.attrs['percent']:g} % of edges",
                           figures=[ap.report.circuit_plot(scores, circuit)],
