@@ -258,8 +258,8 @@ class Resumer:
         self.patch_tokens = 0
         self.floor_tokens = 0  # the part of patch_tokens no resume or prefix reuse could avoid
         # Where each decoder layer computes (several devices under a device_map), and the final norm.
-        self.devices = [_device_of(model.layer(i)) for i in range(model.dims.n_layers)]
-        self.head_device = _device_of(model.hf.get_submodule(model.arch.final_norm))
+        self.devices = [_device_of(model.layer(i), model.device) for i in range(model.dims.n_layers)]
+        self.head_device = _device_of(model.hf.get_submodule(model.arch.final_norm), model.device)
 
     @property
     def forward_equivalents(self) -> float:
@@ -345,13 +345,14 @@ class Resumer:
         return self.prefixes[start]
 
 
-def _device_of(module: torch.nn.Module) -> torch.device:
+def _device_of(module: torch.nn.Module, fallback: torch.device) -> torch.device:
     """Where `module` computes: accelerate's execution device when a device map put a hook on it,
     else the device of its first parameter."""
     hook_device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
     if hook_device is not None:
         return torch.device(hook_device)  # an int means that CUDA device
-    return next(module.parameters()).device
+    parameter = next(module.parameters(), None)
+    return fallback if parameter is None else parameter.device  # no parameters (an Identity norm): the model's
 
 
 def moved(value: Any, device: torch.device) -> Any:
