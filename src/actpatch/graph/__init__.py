@@ -9,6 +9,7 @@
     exact.py     one-edge removals, stacked and resumed at each receiver's layer (exact scores, verification)
     verify.py    verify_edges(): the top-k and a random sample of scored edges removed exactly
     grow.py      grow_circuit(): circuits grown greedily by the exact gain of each candidate edge
+    stability.py edge_stability(): the top edges found again on resampled prompts and other prompt sets
 Hooks live in `actpatch.hooks` (edges.py, edge_gradients.py, edge_removal.py).
 """
 from actpatch.graph.evaluate import EdgeRuns, evaluate
@@ -18,10 +19,11 @@ from actpatch.graph.grow import Grown, grow_circuit
 from actpatch.graph.nodes import EdgeError, Graph
 from actpatch.graph.scores import METHODS, EdgeScores, edge_scores
 from actpatch.graph.select import nodes_in_circuit, prune_circuit, top_edges
+from actpatch.graph.stability import edge_stability
 from actpatch.graph.verify import EdgeVerification, verify_edges
 
 __all__ = [
     "METHODS", "MIB_PERCENTS", "EdgeError", "EdgeRuns", "EdgeScores", "EdgeVerification", "Graph", "GraphFileError", "Grown", "cpr_cmd",
-    "curve_intervals", "edge_scores", "evaluate", "faithfulness_curve", "grow_circuit", "load_graph", "nodes_in_circuit", "prune_circuit",
+    "curve_intervals", "edge_scores", "edge_stability", "evaluate", "faithfulness_curve", "grow_circuit", "load_graph", "nodes_in_circuit", "prune_circuit",
     "save_graph", "top_edges", "verify_edges",
 ]

@@ -1,0 +1,61 @@
+"""Is an edge circuit the model's or the prompts'? The top edges found again on resampled prompts
+and on other prompt sets (other seeds of the task generator).
+
+Each re-finding scores the edges on the resampled (or other) prompts and takes the top `percent`
+of them, pruned, as `faithfulness_curve` does at that size: one scoring per resample. Not here: the
+node-level version (`actpatch.stats.circuit_stability`), which re-finds a frontier's circuit."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from actpatch.graph.scores import Method, edge_scores
+from actpatch.graph.select import top_edges
+from actpatch.models.model import Model
+from actpatch.pairs import PromptPairs
+
+
+def edge_stability(model: Model, pairs: PromptPairs, *, method: Method = "eap", percent: float = 5.0, n_boot: int = 20,
+                   seed: int = 0, others: Sequence[PromptPairs] = (), steps: int = 5, check_baseline: bool = True,
+                   progress: bool | None = None) -> pd.DataFrame:
+    """One row per edge ever chosen: how often it is in the circuit re-found on `n_boot` bootstrap
+    resamples of `pairs` (`inclusion`) and on each of `others` (`inclusion_others`, e.g.
+    `ap.tasks.ioi(model, n, seed=s)` for other seeds), and whether the full-data circuit holds it
+    (`in_circuit`); strongest first. `attrs`: the full-data circuit's size, the mean Jaccard
+    overlap of the resampled circuits with it (`mean_jaccard`) and of the others' (`mean_jaccard_others`).
+
+        table = ap.graph.edge_stability(model, pairs, method="eap", percent=2, n_boot=20,
+                                        others=[ap.tasks.ioi(model, 16, seed=s) for s in (1, 2)])"""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive number of resamples, got {n_boot!r}")
+
+    def circuit(prompts: PromptPairs) -> frozenset[str]:
+        scores = edge_scores(model, prompts, method, steps=steps, check_baseline=check_baseline, progress=False)
+        return frozenset(scores.graph.names(top_edges(scores, percent=percent)))
+
+    full = circuit(pairs)
+    rng = np.random.default_rng(seed)
+    draws = [sorted(rng.integers(0, len(pairs), len(pairs)).tolist()) for _ in range(n_boot)]
+    resampled = [circuit(pairs[d]) for d in tqdm(draws, desc="edge circuits on resamples", disable=progress is False)]
+    elsewhere = [circuit(p) for p in others]
+    inclusion, inclusion_others = Counter(e for c in resampled for e in c), Counter(e for c in elsewhere for e in c)
+    names = sorted(set(inclusion) | set(inclusion_others) | full, key=lambda e: (-inclusion[e], -inclusion_others[e], e))
+    table = pd.DataFrame({
+        "edge": names, "inclusion": [inclusion[e] / n_boot for e in names],
+        "inclusion_others": [inclusion_others[e] / len(elsewhere) if elsewhere else np.nan for e in names],
+        "in_circuit": [e in full for e in names],
+    })
+    table.attrs.update({
+        "method": method, "percent": percent, "n_edges": len(full), "n_boot": n_boot, "seed": seed, "n_others": len(elsewhere),
+        "mean_jaccard": float(np.mean([_jaccard(c, full) for c in resampled])),
+        "mean_jaccard_others": float(np.mean([_jaccard(c, full) for c in elsewhere])) if elsewhere else float("nan"),
+    })
+    return table
+
+
+def _jaccard(a: frozenset, b: frozenset) -> float:
+    return 1.0 if not a and not b else len(a & b) / len(a | b)
