@@ -102,19 +102,19 @@ def edge_circuit(flags: dict[str, Any], *, quiet: bool, overwrite: bool, resume:
     for path in (graph.save_graph(out / GRAPH_FILE, scores, circuit),
                  atomic.write_text(out / TABLE_FILE, table.to_csv(index=False))):
         click.echo(f"saved {path}")
-    frontier = node_frontier(model, pairs, ablation, quiet) if with_nodes else None
+    frontier = node_frontier(model, pairs, ablation, spec.sweep.check_baseline, quiet) if with_nodes else None
     if frontier is not None:
         frontier.attrs.update(provenance(model, spec))
         click.echo(f"saved {ap.save(frontier, out / f'{name}_nodes.nc')}")
     _write_curve_and_report(spec, name, curve, scores, circuit, frontier)
 
 
-def node_frontier(model: Any, pairs: Any, ablation: str | None, quiet: bool) -> Any:
+def node_frontier(model: Any, pairs: Any, ablation: str | None, check_baseline: bool, quiet: bool) -> Any:
     """Node circuits beside the edge curve: heads ranked by a denoising sweep over all positions,
     the top-k kept at about a dozen sizes spread geometrically up to every head."""
     import numpy as np
 
-    ranked_by = ap.sweep(model, pairs, "head", positions="all", progress=progress(quiet))
+    ranked_by = ap.sweep(model, pairs, "head", positions="all", check_baseline=check_baseline, progress=progress(quiet))
     n = model.dims.n_layers * model.dims.n_heads
     sizes = sorted({0, *(int(round(k)) for k in np.geomspace(1, n, 12))})
     return ap.pareto_frontier(model, pairs, ranked_by, ablation=ablation, sizes=sizes, progress=progress(quiet))
