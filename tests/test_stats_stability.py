@@ -33,3 +33,16 @@ def test_a_sweep_of_other_prompts_is_refused():
     rows = ap.sweep(model, random_pairs(model, 8), "head", per_prompt=True)
     with pytest.raises(ValueError, match="the sweep holds 8 prompts"):
         stats.circuit_stability(model, random_pairs(model, 6), rows)
+
+
+def test_other_prompt_sets_are_counted_beside_the_resamples():
+    model = tiny_model("llama")
+    pairs = random_pairs(model, 8)
+    rows = ap.sweep(model, pairs, "head", per_prompt=True)
+    other = random_pairs(model, 8, seed=5)
+    table = stats.circuit_stability(model, pairs, rows, n_boot=3,
+                                    others=[(pairs, ap.sweep(model, pairs, "head")), (other, ap.sweep(model, other, "head", per_prompt=True))])
+    assert table.attrs["n_others"] == 2 and 0 <= table.attrs["mean_jaccard_others"] <= 1
+    # the first other set is the full data itself: its circuit is the full-data circuit
+    assert (table.loc[table["in_circuit"], "inclusion_others"] >= 0.5).all()
+    assert table["inclusion_others"].between(0, 1).all()

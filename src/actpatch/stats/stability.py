@@ -34,6 +34,7 @@ def circuit_stability(
     direction: str | None = None,
     ablation: Ablation = None,
     sizes: Sequence[int] | None = None,
+    others: Sequence[tuple[PromptPairs, xr.DataArray]] = (),
 ) -> pd.DataFrame:
     """One row per component ever in a circuit: how often (`inclusion`, a share of `n_boot`
     resamples) the smallest circuit reaching `recovery` contains it, and whether the full-data
@@ -46,7 +47,9 @@ def circuit_stability(
     a ratio of means, on those prompts) and evaluates the frontier on those prompts, in `direction`
     (default: the sweep's), as `actpatch.circuits.pareto_frontier` and `smallest_circuit` do.
     A resample whose frontier never reaches `recovery` counts as an empty circuit. Length groups
-    are not supported: a frontier runs on one batch."""
+    are not supported: a frontier runs on one batch. `others`: other prompt sets with a sweep of each
+    (per prompt or not), e.g. other seeds of the task generator; each one's circuit is found as on
+    the full data, giving `inclusion_others` and `mean_jaccard_others`."""
     if not 0 < recovery <= 1:
         raise ValueError(f"recovery is the share of the behaviour the circuit must restore, in (0, 1]; got {recovery!r}")
     bootstrap.check_options(0.5, n_boot)
@@ -60,29 +63,48 @@ def circuit_stability(
                          "pass the one batch of pairs the sweep was run on")
     direction = direction or _direction(per_prompt_sweep)
 
+    def found_on(ranked_by: xr.DataArray, prompts: PromptPairs) -> frozenset[str]:
+        frontier = circuits.pareto_frontier(model, prompts, circuits.ranking(ranked_by), direction=direction, ablation=ablation,
+                                            sizes=sizes, progress=False)
+        return frozenset(str(s) for s in circuits.smallest_circuit(frontier, recovery) or [])
+
     def circuit(counts: np.ndarray, prompts: PromptPairs) -> frozenset[str]:
         averaged = layout.lay_out([bootstrap.statistic(block, counts[None])], "stat", ["value"]).sel(stat="value", drop=True)
         if "direction" in per_prompt_sweep.coords and "direction" not in averaged.coords:
             averaged = averaged.assign_coords(direction=per_prompt_sweep["direction"])
         averaged.attrs["direction"] = _direction(per_prompt_sweep)
-        frontier = circuits.pareto_frontier(model, prompts, circuits.ranking(averaged), direction=direction, ablation=ablation,
-                                   sizes=sizes, progress=False)
-        found = circuits.smallest_circuit(frontier, recovery)
-        return frozenset(str(s) for s in found or [])
+        return found_on(averaged, prompts)
 
     full = circuit(np.ones(block.n), pairs)
     counts = bootstrap.resample_counts(block, n_boot, bootstrap.rngs(seed, 1)[0])
     found = [circuit(row, pairs[np.repeat(np.arange(block.n), row.astype(int)).tolist()]) for row in counts]
-    inclusion = Counter(c for circuit_found in found for c in circuit_found)
-    names = sorted(set(inclusion) | full, key=lambda c: (-inclusion[c], c))
+    elsewhere = [found_on(_averaged(sweep), prompts) for prompts, sweep in others]
+    inclusion, inclusion_others = Counter(c for f in found for c in f), Counter(c for f in elsewhere for c in f)
+    names = sorted(set(inclusion) | set(inclusion_others) | full, key=lambda c: (-inclusion[c], -inclusion_others[c], c))
     table = pd.DataFrame({"component": names, "inclusion": [inclusion[c] / n_boot for c in names],
                           "in_circuit": [c in full for c in names]})
+    if elsewhere:
+        table.insert(2, "inclusion_others", [inclusion_others[c] / len(elsewhere) for c in names])
     table.attrs.update({
         "circuit": sorted(full), "recovery": recovery, "n_boot": n_boot, "seed": seed, "direction": direction,
         "mean_jaccard": float(np.mean([_jaccard(c, full) for c in found])),
-        "reached": float(np.mean([bool(c) for c in found])),
+        "reached": float(np.mean([bool(c) for c in found])), "n_others": len(elsewhere),
+        "mean_jaccard_others": float(np.mean([_jaccard(c, full) for c in elsewhere])) if elsewhere else float("nan"),
     })
     return table
+
+
+def _averaged(sweep: xr.DataArray) -> xr.DataArray:
+    """A sweep's numbers over its prompts (a per-prompt sweep reduced as the sweep would have)."""
+    if "batch" not in sweep.dims:
+        return sweep
+    blocks, layout = bootstrap.split(sweep)
+    averaged = layout.lay_out([bootstrap.statistic(blocks[0], np.ones((1, blocks[0].n)))], "stat", ["value"])
+    averaged = averaged.sel(stat="value", drop=True)
+    if "direction" in sweep.coords and "direction" not in averaged.coords:
+        averaged = averaged.assign_coords(direction=sweep["direction"])
+    averaged.attrs["direction"] = _direction(sweep)
+    return averaged
 
 
 def _direction(result: xr.DataArray) -> str:
