@@ -88,3 +88,19 @@ def test_unknown_metric_is_refused():
     a = synthetic(np.random.default_rng(0), 10)
     with pytest.raises(ValueError, match=", ".join(METRICS)):
         stats.compare(a, a, metric="logit")
+
+
+def test_sensitivity_report_with_ci_says_which_spreads_are_real():
+    model = tiny_model("llama")
+    by_corruption = {"late": random_pairs(model, 24, seed=3, changed=[3]), "early": random_pairs(model, 24, seed=3, changed=[1])}
+    result = ap.sweep_corruptions(model, by_corruption, "resid_pre", per_prompt=True)
+    plain = ap.sensitivity_report(result, threshold=0.5)
+    report = ap.sensitivity_report(result, threshold=0.5, ci=0.95)
+    assert report.index.tolist() == plain.index.tolist() and "resid_pre[layer=0, pos=3]" in report.index
+    np.testing.assert_allclose(report["spread"], plain["spread"])
+    row = report.loc["resid_pre[layer=0, pos=3]"]
+    # the token itself: under "late" it restores everything, under "early" nothing, on every resample
+    assert row["real"] and row["spread_lo"] == pytest.approx(1, abs=1e-6) and row["spread_hi"] == pytest.approx(1, abs=1e-6)
+    assert (report["spread_lo"] <= report["spread"] + 1e-9).all() and (report["spread"] <= report["spread_hi"] + 1e-9).all()
+    with pytest.raises(ValueError, match="per_prompt=True"):
+        ap.sensitivity_report(ap.sweep_corruptions(model, by_corruption, "resid_pre"), ci=0.95)

@@ -16,7 +16,8 @@ from actpatch import results
 
 
 
-def sensitivity_report(result: xr.DataArray, *, threshold: float = 0.1, metric: str = "norm_logit_diff") -> pd.DataFrame:
+def sensitivity_report(result: xr.DataArray, *, threshold: float = 0.1, metric: str = "norm_logit_diff",
+                       ci: float | None = None, n_boot: int = 1000, seed: int = 0, fdr: float = 0.05) -> pd.DataFrame:
     """Components whose effect differs by at least `threshold` between corruptions, most
     different first: one column per corruption, the `spread` (largest − smallest effect), and
     the corruptions under which the effect is `largest_under` and `smallest_under`.
@@ -24,13 +25,27 @@ def sensitivity_report(result: xr.DataArray, *, threshold: float = 0.1, metric: 
     `result` is a `sweep_corruptions` result of one direction, of any site kind. Effects are read as in
     `ranking()`: the normalised metric's distance from the target run (0 after denoising, 1 after
     noising), each corruption on its own clean−corrupt scale, so 0.1 is a tenth of the gap.
-    Other metrics are compared as raw values."""
+    Other metrics are compared as raw values.
+
+    With `ci` (a per-prompt `sweep_corruptions(..., per_prompt=True)` of the same clean prompts),
+    each listed component's spread gets its paired-bootstrap interval `spread_lo`, `spread_hi` and
+    `p` (`actpatch.stats.compare` of its two extreme corruptions, over every component), and `real`
+    marks the spreads that survive Benjamini–Hochberg at `fdr`: one corruption hides what another
+    shows only where `real` is true."""
     if "corruption" not in result.dims:
         raise ValueError("sensitivity_report reads a result with a 'corruption' dimension: use actpatch.sweep_corruptions")
     if "metric" not in result.dims or metric not in result.coords["metric"].values:
         raise ValueError(f"the result has no metric {metric!r}")
     if "direction" in result.dims:
         raise ValueError("this result has a 'direction' dimension: pick one first, e.g. result.sel(direction='denoise')")
+    if ci is not None:
+        if "batch" not in result.dims:
+            raise ValueError("sensitivity_report(ci=) resamples prompts: pass sweep_corruptions(..., per_prompt=True)")
+        averaged = _averaged(result)
+        return _with_intervals(sensitivity_report(averaged, threshold=threshold, metric=metric), result, metric,
+                               dict(ci=ci, n_boot=n_boot, seed=seed, fdr=fdr))
+    if "batch" in result.dims:
+        result = _averaged(result)
     names = [str(c) for c in result["corruption"].values]
     kind = result.attrs.get("site", "site")
     values = result.sel(metric=metric)
@@ -51,3 +66,40 @@ def sensitivity_report(result: xr.DataArray, *, threshold: float = 0.1, metric: 
     flagged = table[table["spread"] >= threshold].sort_values("spread", ascending=False, kind="stable")
     flagged.attrs.update({"threshold": threshold, "metric": metric, "corruptions": names, "direction": result.attrs.get("direction")})
     return flagged
+
+
+def _averaged(result: xr.DataArray) -> xr.DataArray:
+    """A per-prompt sweep_corruptions result as the sweeps' own numbers (each corruption pooled as its sweep does)."""
+    from actpatch.stats import bootstrap
+
+    blocks, layout = bootstrap.split(result)
+    values = [bootstrap.statistic(block, np.ones((1, block.n))) for block in blocks]
+    averaged = layout.lay_out(values, "stat", ["value"]).sel(stat="value", drop=True)
+    averaged.attrs = {k: v for k, v in result.attrs.items() if k not in ("per_prompt_baseline_logit_diff",)}
+    return averaged
+
+
+def _with_intervals(flagged: pd.DataFrame, result: xr.DataArray, metric: str, options: dict) -> pd.DataFrame:
+    """`flagged` with each spread's paired interval, from a comparison of its two extreme corruptions."""
+    from actpatch.stats import compare
+
+    sign = -1.0 if metric == "norm_logit_diff" and result.attrs.get("direction") == "noise" else 1.0  # effect = 1 − value
+    columns = {name: [] for name in ("spread_lo", "spread_hi", "p", "real")}
+    tables: dict[tuple[str, str], pd.DataFrame] = {}
+    for component, row in flagged.iterrows():
+        pair = (row["largest_under"], row["smallest_under"])
+        if pair not in tables:
+            table = compare(result.sel(corruption=pair[0]), result.sel(corruption=pair[1]), metric=metric, **options)
+            tables[pair] = table.set_index("site") if "site" in table else table
+        found = tables[pair].loc[component]
+        low, high = sorted((sign * found["lo"], sign * found["hi"]))
+        columns["spread_lo"].append(float(low))
+        columns["spread_hi"].append(float(high))
+        columns["p"].append(float(found["p"]))
+        columns["real"].append(bool(found["flagged"]))
+    out = flagged.copy()
+    for name, values in columns.items():
+        out[name] = values
+    out.attrs.update(flagged.attrs, ci=options["ci"], n_boot=options["n_boot"], fdr=options["fdr"],
+                     multiple_comparisons="Benjamini-Hochberg over every component of each pair of corruptions compared")
+    return out
