@@ -94,6 +94,9 @@ class EdgeRuns:
                              f"(EdgeRuns.prepare(model, pairs, ablation={ablation!r}))")
 
     def plan(self, copies: int, **changes) -> EdgePlan:
+        """The plan of a circuit or gradient run (only its final-position logits are read); the fast
+        path runs the last layer's MLP at the final position alone, the plain path everywhere."""
+        changes.setdefault("final_position_only", changes.get("fast", True))
         return EdgePlan(stages=self.graph.stages(), attn_in_norm=attn_in_norm(self.model), copies=copies,
                         batch=len(self.pairs), off=self.off, exists=self.graph.exists, **changes)
 

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from actpatch.hooks.edges import EdgePlan, EdgeRecord, registered
+from actpatch.hooks.edges import EdgePlan, EdgeRecord, final_position_only, registered
 from actpatch.hooks.layout import canonical
 from actpatch.hooks.linear import head_rows, linear_map
 from actpatch.models.model import Model
@@ -68,6 +68,8 @@ class _GradTaps:
                 module = (model.submodule(layer, model.arch.mlp_in_norm) if stage.kind == "mlp"
                           else model.hf.get_submodule(arch.final_norm))
                 found.append((module, self._single_input(stage_index), "pre"))
+                if stage.kind == "mlp" and self.plan.final_position_only and layer == self.dims.n_layers - 1:
+                    found += final_position_only(model.submodule(layer, arch.mlp))
         return found
 
     def _first_input(self, module, args, kwargs):

@@ -56,6 +56,9 @@ class EdgePlan:
     # o_proj's head columns; False: the oracle (attention on H copies, o_proj on a block input).
     fast: bool = True
     first_input: Tensor | None = None  # (copies·batch, pos, d_model): replaces the first layer's input
+    # The last layer's MLP only at the final position (the only one the logits read): its output
+    # elsewhere is left 0. For runs whose logits and gradients are all that is read, not recordings.
+    final_position_only: bool = False
 
 
 @dataclass
@@ -119,6 +122,8 @@ class _Taps:
                     found.append((model.submodule(layer, arch.attn), self._post_norm(stage), "out"))
             elif stage.kind == "mlp":
                 found.append((model.submodule(layer, arch.mlp_in_norm), self._single_input(stage_index, stage), "pre"))
+                if self.plan.final_position_only and layer == self.dims.n_layers - 1:
+                    found += final_position_only(model.submodule(layer, arch.mlp))
                 found.append((model.submodule(layer, arch.mlp), self._mlp_output(stage), "out"))
             else:
                 found.append((model.hf.get_submodule(arch.final_norm), self._single_input(stage_index, stage), "pre"))
@@ -435,6 +440,25 @@ def _fixed_scale(norm: nn.Module, normed_input: Tensor) -> Tensor:
     gain = norm.forward(ones).float() * math.sqrt(1.0 + eps)
     x = normed_input.float()
     return (torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain).to(normed_input.dtype)
+
+
+def final_position_only(mlp: nn.Module) -> list[tuple[nn.Module, Any, str]]:
+    """Hooks that run `mlp` (which acts on each position alone) at the final position only and
+    return its output there, zeros elsewhere: the last layer's MLP output at other positions
+    reaches nothing the final-position logits (or their gradients) depend on."""
+    shapes: list[torch.Size] = []
+
+    def first(module, args, kwargs):
+        shapes.append(args[0].shape)
+        return (args[0][:, -1:], *args[1:]), kwargs
+
+    def padded(module, args, output):
+        last = output[0] if isinstance(output, tuple) else output
+        full = last.new_zeros(*shapes.pop()[:2], last.shape[-1])
+        full[:, -1:] = last
+        return (full, *output[1:]) if isinstance(output, tuple) else full
+
+    return [(mlp, first, "pre"), (mlp, padded, "out")]
 
 
 @contextmanager
