@@ -435,3 +435,11 @@ def test_direction_labels_say_whether_other_prompts_would_agree(ten_prompts):
     clear = lambda n, t: (bounded[f"{n}_lo"] >= t) | (bounded[f"{n}_hi"] < t)
     assert (bounded["settled"] == (clear("sufficiency", 0.1) & clear("necessity", 0.1))).all()
     assert bounded.attrs["interval"]["n_boot"] == 300
+
+
+def test_a_circuit_on_unsolved_prompts_says_its_baseline_check_cannot_be_turned_off():
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    flipped = ap.PromptPairs(pairs.clean, pairs.corrupt, pairs.wrong, pairs.answers)  # answers the wrong way round
+    with pytest.raises(ap.BaselineError, match="always check it, whatever check_baseline says") as caught:
+        ap.evaluate_circuit(model, flipped, [ap.Site("head", 0, head=0)])
+    assert "pass check_baseline=False" not in str(caught.value)

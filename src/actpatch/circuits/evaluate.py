@@ -82,7 +82,15 @@ class Ablator:
         if at_positions := [s for s in self.universe if s.pos is not None]:
             raise SiteError(f"components are whole components (every position); got {at_positions[0]}")
         with torch.no_grad():
-            self.base = collect.baseline(model, pairs)
+            try:
+                self.base = collect.baseline(model, pairs)
+            except collect.BaselineError as error:  # circuits do not take check_baseline: say so, not "pass it"
+                reason = str(error).split(" Check that")[0]
+                raise collect.BaselineError(
+                    f"{reason} Circuit evaluations (frontier, minimality, backup) measure shares of the clean − "
+                    "corrupt gap and always check it, whatever check_baseline says: check that answers and wrong "
+                    "answers are the right way round and single tokens with their leading space, or use prompts the "
+                    "model solves.") from None
             clean = sources.captured(model, pairs.clean_run, self.universe)
             # The no-op patch through this evaluation's own path: every component at its clean value.
             self.self_checks = {"noop_patch_error": checks.same_run_error(model, self.run(clean), self.base, "noise")}
