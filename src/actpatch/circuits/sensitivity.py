@@ -41,11 +41,15 @@ def sensitivity_report(result: xr.DataArray, *, threshold: float = 0.1, metric: 
     if ci is not None:
         if "batch" not in result.dims:
             raise ValueError("sensitivity_report(ci=) resamples prompts: pass sweep_corruptions(..., per_prompt=True)")
-        averaged = _averaged(result)
+        from actpatch.stats import bootstrap
+
+        averaged = bootstrap.averaged(result)
         return _with_intervals(sensitivity_report(averaged, threshold=threshold, metric=metric), result, metric,
                                dict(ci=ci, n_boot=n_boot, seed=seed, fdr=fdr))
     if "batch" in result.dims:
-        result = _averaged(result)
+        from actpatch.stats import bootstrap
+
+        result = bootstrap.averaged(result)
     names = [str(c) for c in result["corruption"].values]
     kind = result.attrs.get("site", "site")
     values = result.sel(metric=metric)
@@ -66,17 +70,6 @@ def sensitivity_report(result: xr.DataArray, *, threshold: float = 0.1, metric: 
     flagged = table[table["spread"] >= threshold].sort_values("spread", ascending=False, kind="stable")
     flagged.attrs.update({"threshold": threshold, "metric": metric, "corruptions": names, "direction": result.attrs.get("direction")})
     return flagged
-
-
-def _averaged(result: xr.DataArray) -> xr.DataArray:
-    """A per-prompt sweep_corruptions result as the sweeps' own numbers (each corruption pooled as its sweep does)."""
-    from actpatch.stats import bootstrap
-
-    blocks, layout = bootstrap.split(result)
-    values = [bootstrap.statistic(block, np.ones((1, block.n))) for block in blocks]
-    averaged = layout.lay_out(values, "stat", ["value"]).sel(stat="value", drop=True)
-    averaged.attrs = {k: v for k, v in result.attrs.items() if k not in ("per_prompt_baseline_logit_diff",)}
-    return averaged
 
 
 def _with_intervals(flagged: pd.DataFrame, result: xr.DataArray, metric: str, options: dict) -> pd.DataFrame:

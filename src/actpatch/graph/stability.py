@@ -17,6 +17,7 @@ from actpatch.graph.scores import Method, edge_scores
 from actpatch.graph.select import top_edges
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
+from actpatch.stats.stability import jaccard
 
 
 def edge_stability(model: Model, pairs: PromptPairs, *, method: Method = "eap", percent: float = 5.0, n_boot: int = 20,
@@ -51,11 +52,8 @@ def edge_stability(model: Model, pairs: PromptPairs, *, method: Method = "eap", 
     })
     table.attrs.update({
         "method": method, "percent": percent, "n_edges": len(full), "n_boot": n_boot, "seed": seed, "n_others": len(elsewhere),
-        "mean_jaccard": float(np.mean([_jaccard(c, full) for c in resampled])),
-        "mean_jaccard_others": float(np.mean([_jaccard(c, full) for c in elsewhere])) if elsewhere else float("nan"),
+        "mean_jaccard": float(np.mean([jaccard(c, full) for c in resampled])),
+        "mean_jaccard_others": float(np.mean([jaccard(c, full) for c in elsewhere])) if elsewhere else float("nan"),
     })
     return table
 
-
-def _jaccard(a: frozenset, b: frozenset) -> float:
-    return 1.0 if not a and not b else len(a & b) / len(a | b)

@@ -132,6 +132,20 @@ def replicates(block: Block, *, n_boot: int = 1000, seed: int = 0) -> np.ndarray
     return statistic(block, resample_counts(block, n_boot, rngs(seed, 1)[0]))
 
 
+def averaged(result: xr.DataArray) -> xr.DataArray:
+    """A per-prompt result as the analysis's own numbers over all its prompts (each corruption
+    pooled as its sweep pools), its attributes kept; a result without `batch` as it is."""
+    if "batch" not in result.dims:
+        return result
+    blocks, layout = split(result)
+    values = [statistic(block, np.ones((1, block.n))) for block in blocks]
+    found = layout.lay_out(values, "stat", ["value"]).sel(stat="value", drop=True)
+    if "direction" in result.coords and "direction" not in found.coords:
+        found = found.assign_coords(direction=result["direction"])
+    found.attrs = {k: v for k, v in result.attrs.items() if k != "per_prompt_baseline_logit_diff"}
+    return found
+
+
 def check_options(ci: float, n_boot: int, method: str = "percentile") -> None:
     if not 0 < ci < 1:
         raise ValueError(f"ci is the interval's coverage, between 0 and 1 (0.95 for 95 %), got {ci!r}")

@@ -78,7 +78,7 @@ def circuit_stability(
     full = circuit(np.ones(block.n), pairs)
     counts = bootstrap.resample_counts(block, n_boot, bootstrap.rngs(seed, 1)[0])
     found = [circuit(row, pairs[np.repeat(np.arange(block.n), row.astype(int)).tolist()]) for row in counts]
-    elsewhere = [found_on(_averaged(sweep), prompts) for prompts, sweep in others]
+    elsewhere = [found_on(_with_direction(bootstrap.averaged(sweep), sweep), prompts) for prompts, sweep in others]
     inclusion, inclusion_others = Counter(c for f in found for c in f), Counter(c for f in elsewhere for c in f)
     names = sorted(set(inclusion) | set(inclusion_others) | full, key=lambda c: (-inclusion[c], -inclusion_others[c], c))
     table = pd.DataFrame({"component": names, "inclusion": [inclusion[c] / n_boot for c in names],
@@ -87,24 +87,11 @@ def circuit_stability(
         table.insert(2, "inclusion_others", [inclusion_others[c] / len(elsewhere) for c in names])
     table.attrs.update({
         "circuit": sorted(full), "recovery": recovery, "n_boot": n_boot, "seed": seed, "direction": direction,
-        "mean_jaccard": float(np.mean([_jaccard(c, full) for c in found])),
+        "mean_jaccard": float(np.mean([jaccard(c, full) for c in found])),
         "reached": float(np.mean([bool(c) for c in found])), "n_others": len(elsewhere),
-        "mean_jaccard_others": float(np.mean([_jaccard(c, full) for c in elsewhere])) if elsewhere else float("nan"),
+        "mean_jaccard_others": float(np.mean([jaccard(c, full) for c in elsewhere])) if elsewhere else float("nan"),
     })
     return table
-
-
-def _averaged(sweep: xr.DataArray) -> xr.DataArray:
-    """A sweep's numbers over its prompts (a per-prompt sweep reduced as the sweep would have)."""
-    if "batch" not in sweep.dims:
-        return sweep
-    blocks, layout = bootstrap.split(sweep)
-    averaged = layout.lay_out([bootstrap.statistic(blocks[0], np.ones((1, blocks[0].n)))], "stat", ["value"])
-    averaged = averaged.sel(stat="value", drop=True)
-    if "direction" in sweep.coords and "direction" not in averaged.coords:
-        averaged = averaged.assign_coords(direction=sweep["direction"])
-    averaged.attrs["direction"] = _direction(sweep)
-    return averaged
 
 
 def _direction(result: xr.DataArray) -> str:
@@ -116,5 +103,12 @@ def _direction(result: xr.DataArray) -> str:
     return direction
 
 
-def _jaccard(a: frozenset, b: frozenset) -> float:
+def _with_direction(averaged: xr.DataArray, sweep: xr.DataArray) -> xr.DataArray:
+    averaged = averaged.copy(deep=False)  # the caller's sweep keeps its attributes
+    averaged.attrs["direction"] = _direction(sweep)  # what circuits.ranking reads
+    return averaged
+
+
+def jaccard(a: frozenset, b: frozenset) -> float:
+    """The overlap of two circuits (1 for two empty ones)."""
     return 1.0 if not a and not b else len(a & b) / len(a | b)
