@@ -139,3 +139,30 @@ def test_a_sweep_refuses_pairs_the_model_does_not_solve():
             call()
     result = ap.sweep(model, swapped, "mlp_out", check_baseline=False)
     assert result.attrs["baseline_clean"]["logit_diff"] < result.attrs["baseline_corrupt"]["logit_diff"]
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_the_baseline_forwards_capture_what_the_sweep_reads(direction, monkeypatch):
+    """`sources.recorded` gives the baseline's logits and every patch and self-check value from its two
+    forwards, bit for bit what separate captures give, and a sweep then runs no capture of its own."""
+    from actpatch.engine import collect
+    from actpatch.engine.plan import plan
+    from actpatch.engine.spec import SweepSpec
+
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs(batch=3))
+    noisy = gaussian_noise(model, pairs, scale=2.0, positions=[1], seed=0)  # input noise must reach the captures too
+    the_plan = plan(model, noisy, SweepSpec(site="head", direction=direction, positions=["END"]))
+    filled, clean_logits, corrupt_logits = sources.recorded(model, the_plan)
+    base = collect.baseline(model, noisy, check=False)
+    assert torch.equal(clean_logits, base.clean_logits) and torch.equal(corrupt_logits, base.corrupt_logits)
+    for role, run, sites in (("source", the_plan.source, [*the_plan.sites, sources.WHOLE_INPUT]), ("target", the_plan.target, the_plan.sites)):
+        fresh = sources.captured(model, run, sites)
+        assert all(torch.equal(filled.captured[(role, site)], fresh[site]) for site in sites)
+    assert not the_plan.captured  # the plan given is left as it was
+
+    calls = []
+    real = sources.captured
+    monkeypatch.setattr(sources, "captured", lambda *args: calls.append(args) or real(*args))
+    for engine in ("batched", "reference"):
+        ap.sweep(model, noisy, "head", direction=direction, positions=["END"], engine=engine, check_baseline=False)
+    assert calls == []

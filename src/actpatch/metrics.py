@@ -5,6 +5,7 @@ accuracy is discrete, KL ignores which answer is right), so we compute them all 
 choose; `norm_logit_diff` is the default reading: corrupt = 0, clean = 1."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -44,6 +45,12 @@ class Baseline:
     def corrupt_logit_diff(self) -> Tensor:
         return logit_diff(self.corrupt_logits.double(), self.answers, self.wrong)
 
+    @functools.cached_property
+    def clean_logprobs(self) -> Tensor:
+        """float64 log-probabilities of the clean run, which every patched run's KL reads: computed
+        once, not once per patch."""
+        return self.clean_logits.double().log_softmax(-1)
+
 
 def logit_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
     """logit(answer) − logit(wrong) per prompt, (batch,)."""
@@ -65,7 +72,7 @@ def per_prompt(logits: Tensor, baseline: Baseline) -> dict[str, Tensor]:
     answers = baseline.answers.to(logits.device)
     rows = torch.arange(logits.shape[0], device=logits.device)
     logprobs = logits.log_softmax(-1)
-    clean_logprobs = baseline.clean_logits.double().to(logits.device).log_softmax(-1)
+    clean_logprobs = baseline.clean_logprobs.to(logits.device)
     diff = logit_diff(logits, answers, baseline.wrong)
     clean, corrupt = baseline.clean_logit_diff, baseline.corrupt_logit_diff
     return {

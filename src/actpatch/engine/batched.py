@@ -39,6 +39,10 @@ from actpatch.sites import Site
 
 log = logging.getLogger(__name__)
 
+# The source run (its activations are the patch values) and the target run (the baseline the
+# copies start from): every exact sweep runs both once, whatever its engine.
+UNPATCHED_RUNS = 2
+
 # Attention functions whose masks and caches the equality tests have covered (ours is eager's wrapper).
 PROVEN_ATTENTION = ("sdpa", "eager", hooks.PATTERN_ATTENTION)
 
@@ -100,7 +104,7 @@ class BatchedPatching:
         the_plan, runner = self.plan, self.resumer
         if self.cache is None:
             self.known(reduce)
-        runner.patch_tokens = runner.floor_tokens = 0  # count the sweep's own patches, not the self-checks'
+        runner.floor_tokens = 0  # the floor is the sweep's own patches' (the self-checks' count as work, not as floor)
         order = sorted((i for i in range(len(the_plan.sites)) if i not in self.noop), key=lambda i: runner.entry(the_plan.sites[i]))
         bar = tqdm(total=len(the_plan.sites), initial=len(self.noop | set(done)), desc=f"{the_plan.direction} {the_plan.kind}",
                    disable=None if the_plan.spec.progress is None else not the_plan.spec.progress)
@@ -120,12 +124,14 @@ class BatchedPatching:
             "patches": len(self.plan.sites),
             "noop_patches_skipped": len(self.noop),
             "chunk": self.backoff.size,  # after any halving for memory
-            # Recording the target at each split position (self-checks' included) plus the patched
-            # runs, in full target forwards; the reference engine's figure is `patches`.
-            "forward_equivalents": round(self.resumer.forward_equivalents, 3),
-            # What no exact engine of this kind can skip: each patched copy's layers from its own
-            # entry layer on, over the positions from its own first affected one (no recordings).
-            "work_floor": round(self.resumer.floor_equivalents, 3),
+            # The two unpatched runs (the baseline, which captures the patch values), recording the
+            # target at each split position, and the patched runs (the self-checks' included), in
+            # full target forwards; the reference engine's figure is `patches` + 2.
+            "forward_equivalents": round(UNPATCHED_RUNS + self.resumer.forward_equivalents, 3),
+            # What no exact engine of this kind can skip: the two unpatched runs, and each patched
+            # copy's layers from its own entry layer on, over the positions from its own first
+            # affected one, and its final position's unembedding (no recordings, no self-checks).
+            "work_floor": round(UNPATCHED_RUNS + self.resumer.floor_equivalents, 3),
         }
 
 
@@ -253,10 +259,12 @@ class Resumer:
     def __init__(self, model: Model, target: Run):
         self.model, self.target, self.positions, self.noise = model, target.tokens.to(model.device), target.positions, target.noise
         self.prefixes: dict[int, _Prefix] = {}
-        # Work done, in (decoder layer × prompt × token) calls: recording the target, and patched runs.
+        # Work done, in (decoder layer × prompt × token) calls: recording the target, and patched runs;
+        # unembedding one position counts as `unembedding` such calls (their parameters' ratio).
         self.recording_tokens = 0
         self.patch_tokens = 0
         self.floor_tokens = 0  # the part of patch_tokens no resume or prefix reuse could avoid
+        self.unembedding = _unembedding_in_layer_tokens(model)
         # Where each decoder layer computes (several devices under a device_map), and the final norm.
         self.devices = [_device_of(model.layer(i), model.device) for i in range(model.dims.n_layers)]
         self.head_device = _device_of(model.hf.get_submodule(model.arch.final_norm), model.device)
@@ -271,9 +279,10 @@ class Resumer:
         """The patched runs' unavoidable work so far, in the same units as `forward_equivalents`."""
         return self.floor_tokens / self._forward_tokens()
 
-    def _forward_tokens(self) -> int:
+    def _forward_tokens(self) -> float:
+        """One full forward of the target batch: every layer at every position, the last one unembedded."""
         batch, seq = self.target.shape
-        return self.model.dims.n_layers * batch * seq
+        return self.model.dims.n_layers * batch * seq + self.unembedding * batch
 
     def entry(self, site: Site) -> tuple[int, int]:
         """(first affected position, first affected layer): nothing before either can change.
@@ -305,6 +314,8 @@ class Resumer:
         positions = {name: where - start for name, where in self.positions.items()}
         batch, seq = self.target.shape
         self.floor_tokens += sum((n_layers - layer) * batch * (seq - position) for position, layer in entries)
+        self.floor_tokens += self.unembedding * batch * len(copies)
+        self.patch_tokens += self.unembedding * batch * len(copies)
         hidden = None
         with hooks.patch_copies(self.model, shifted, copies_at=[present[layer] for layer in joins], positions=positions):
             for index in range(joins[0], n_layers):
@@ -341,8 +352,16 @@ class Resumer:
             # Recorded before any device hook moved them: put each layer's call where it computes, once.
             calls = [moved(call, device) for call, device in zip(calls, self.devices)]
             self.prefixes[start] = _Prefix(cache, calls)
-            self.recording_tokens += self.model.dims.n_layers * self.target.numel()  # the two recording forwards
+            # The recording forwards: every layer at every position, and one position unembedded per forward.
+            self.recording_tokens += self.model.dims.n_layers * self.target.numel() + self.unembedding * len(self.target) * (1 + (start > 0))
         return self.prefixes[start]
+
+
+def _unembedding_in_layer_tokens(model: Model) -> float:
+    """The cost of unembedding one position in (decoder layer × token) calls: the unembedding's
+    parameters over a decoder layer's (each does one multiply-add per parameter per token)."""
+    layer = sum(p.numel() for p in model.layer(0).parameters())
+    return model.hf.get_output_embeddings().weight.numel() / layer
 
 
 def _device_of(module: torch.nn.Module, fallback: torch.device) -> torch.device:

@@ -60,8 +60,7 @@ def run(
 
     errors = {"noop_patch_error": error(noop, target_logits)}
     if plan.ablation is None:
-        whole_input = Site("resid_pre", 0)
-        errors["full_patch_error"] = error(patched_logits(sources.source_values(model, plan, [whole_input])), source_logits)
+        errors["full_patch_error"] = error(patched_logits(sources.source_values(model, plan, [sources.WHOLE_INPUT])), source_logits)
     if errors["noop_patch_error"] > bound:
         raise SelfCheckFailed(
             f"patching {site} with the target run's own activation moved the logit difference by "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from actpatch.engine.spec import (ABLATIONS, DIRECTIONS, Ablation, Direction, Positions, SweepSpec,  # noqa: F401 (re-exported)
                                   check_engine_options)
@@ -28,6 +28,9 @@ class SweepPlan:
     sites: list[Site]
     source: Run  # where patched values come from (an ablation replaces its values)
     target: Run  # the run they are written into
+    # Activations already captured in the baseline's forwards, keyed by ("source" | "target", site):
+    # `engine.sources` reads them instead of running the model again (`sources.recorded`).
+    captured: Mapping[tuple[str, Site], Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def direction(self) -> Direction:

@@ -50,4 +50,5 @@ class ReferencePatching:
                 yield {i: reduce(self.logits({s: cache[s]}))}
 
     def cost(self) -> dict[str, Any]:
-        return {"patches": len(self.plan.sites), "forward_equivalents": float(len(self.plan.sites))}
+        # One forward per patch, and the two unpatched runs of the baseline.
+        return {"patches": len(self.plan.sites), "forward_equivalents": float(len(self.plan.sites) + 2)}

@@ -21,7 +21,7 @@ import xarray as xr
 from torch import Tensor
 
 from actpatch import hooks, metrics, results
-from actpatch.engine import checks, collect
+from actpatch.engine import checks, collect, sources
 from actpatch.engine.checkpoint import Checkpoint, fingerprint
 from actpatch.engine.plan import SweepPlan, plan
 from actpatch.engine.spec import SweepSpec
@@ -52,7 +52,9 @@ def run(model: Model, pairs: PromptPairs, spec: SweepSpec, engine: Engine, *,
     # Pattern patches run under our eager attention, so the baselines they are measured against must
     # too: in bfloat16, eager and sdpa attention differ by more than the self-checks allow.
     with hooks.eager_attention(model) if the_plan.kind == "pattern" else contextlib.nullcontext():
-        base = collect.baseline(model, pairs, check=spec.check_baseline)
+        # The baseline's forwards also capture every value the patches and self-checks read.
+        the_plan, clean_logits, corrupt_logits = sources.recorded(model, the_plan)
+        base = collect.checked(model, pairs, clean_logits, corrupt_logits, check=spec.check_baseline)
         patching = engine.start(model, the_plan, base)
         self_checks = checks.run(model, the_plan, base, patching.logits)
         store = None

@@ -161,9 +161,10 @@ class Workers:
     def run_shards(self, the_plan: SweepPlan, pieces: list[list[int]]) -> Iterator[tuple[int, list[Any], dict[str, Any]]]:
         """(shard number, rows, cost) of each shard, in the order they finish.
 
-        Each free worker gets the next shard; the plan goes to the object store once."""
+        Each free worker gets the next shard; the plan goes to the object store once, without the
+        driver's captured values: a worker captures its own, on its own device."""
         ray = self.ray
-        plan_ref = ray.put(the_plan)
+        plan_ref = ray.put(dataclasses.replace(the_plan, captured={}))
         waiting = list(enumerate(pieces))
         idle = list(self.actors)
         running: dict[Any, tuple[Any, int]] = {}

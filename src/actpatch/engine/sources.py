@@ -4,6 +4,7 @@ Every engine, the self-checks and the circuits get their values here, so a noise
 input noise and the ablations (zero, mean, resample) mean the same thing in each of them."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import torch
@@ -20,15 +21,45 @@ from actpatch.sites import Site
 RESAMPLE_SEED = 0  # fixed, and recorded in the result's provenance
 
 
+# What the full-patch self-check writes: the whole source input (engine/checks.py).
+WHOLE_INPUT = Site("resid_pre", 0)
+
+
 def captured(model: Model, run: Run, sites: Sequence[Site]) -> dict[Site, Tensor]:
     """Each site's activation in `run` (its input noise included), from one forward."""
     with hooks.add_to_input(model, run.noise):
         return hooks.capture(model, run.tokens, sites, positions=run.positions)
 
 
+def recorded(model: Model, plan: SweepPlan) -> tuple[SweepPlan, Tensor, Tensor]:
+    """The baseline's two forwards, each capturing what the sweep will read from its run: `plan`
+    with those values in `plan.captured`, and the clean and corrupt final-position logits.
+
+    Without this, the patch values and both self-checks' values each took a forward of their own
+    (four more forwards per sweep direction); the values are the same, bit for bit."""
+    source_sites = [] if plan.ablation is not None else [*plan.sites, WHOLE_INPUT]
+    found: dict[tuple[str, Site], Tensor] = {}
+    logits: dict[str, Tensor] = {}
+    for role, run, sites in (("source", plan.source, source_sites), ("target", plan.target, plan.sites)):
+        with hooks.add_to_input(model, run.noise):
+            values, logits[role] = hooks.capture_with_logits(model, run.tokens, list(dict.fromkeys(sites)),
+                                                             positions=run.positions)
+        found.update({(role, site): value for site, value in values.items()})
+    clean, corrupt = (logits["source"], logits["target"]) if plan.direction == "denoise" else (logits["target"], logits["source"])
+    return dataclasses.replace(plan, captured=found), clean, corrupt
+
+
+def _run_values(model: Model, plan: SweepPlan, role: str, sites: Sequence[Site]) -> dict[Site, Tensor]:
+    """Each site's activation in the plan's `role` run ("source" or "target"): from the baseline's
+    forward where `recorded` captured it, else from a forward now."""
+    if all((role, site) in plan.captured for site in sites):
+        return {site: plan.captured[(role, site)] for site in sites}
+    return captured(model, plan.source if role == "source" else plan.target, sites)
+
+
 def target_values(model: Model, plan: SweepPlan, sites: Sequence[Site]) -> dict[Site, Tensor]:
     """Each site's activation in the unpatched target run."""
-    return captured(model, plan.target, sites)
+    return _run_values(model, plan, "target", sites)
 
 
 def source_values(model: Model, plan: SweepPlan, sites: Sequence[Site]) -> dict[Site, Tensor]:
@@ -36,7 +67,7 @@ def source_values(model: Model, plan: SweepPlan, sites: Sequence[Site]) -> dict[
     target's own that `plan.ablation` names. Refuses NaN or inf values (`NonFiniteError`), which
     would turn that site's row of the result into NaN."""
     if plan.ablation is None:
-        values = captured(model, plan.source, sites)
+        values = _run_values(model, plan, "source", sites)
     else:
         own = target_values(model, plan, sites)
         mean_over = None if plan.mean_over is None else captured(model, plan.mean_over.clean_run, sites)

@@ -33,7 +33,7 @@ from actpatch.sites import Site, SiteError, validate
 
 __all__ = [
     "PATTERN_ATTENTION", "GradientDrop", "PatchNotApplied", "PatchShapeError", "Watched", "add_to_input",
-    "attached_hooks", "attention_inputs", "capture", "drop_gradients", "eager_attention", "layer_inputs",
+    "attached_hooks", "attention_inputs", "capture", "capture_with_logits", "drop_gradients", "eager_attention", "layer_inputs",
     "patch", "patch_copies", "watch",
 ]
 
@@ -49,6 +49,14 @@ def capture(
     Shapes: `(batch, [pos,] [d])` where pos is present when `site.pos` is None and `d` is the
     site's width (d_model, d_head, or src_pos for a pattern; none for a neuron). `positions`
     overrides a Run's own named positions."""
+    return capture_with_logits(model, tokens, sites, positions=positions)[0]
+
+
+def capture_with_logits(
+    model: Model, tokens: Tensor | Run, sites: Sequence[SiteLike], *, positions: Positions | None = None
+) -> tuple[dict[Site, Tensor], Tensor]:
+    """`capture`, and the same forward's final-position logits (batch, vocab) in float32: a run
+    whose logits are needed anyway (a baseline) gives its activations for free."""
     run = tokens if isinstance(tokens, Run) else Run(tokens)
     check_token_tensor(run.tokens)
     wanted = _sites(sites)
@@ -58,10 +66,10 @@ def capture(
     readers = [(kind, layer, ReadTap(kind, model, group, named, store)) for (kind, layer), group in groups.items()]
     with add_to_input(model, run.noise), attach.attached(model, readers):
         with torch.no_grad():
-            model.hf(input_ids=run.tokens.to(model.device), use_cache=False, logits_to_keep=1)
+            logits = model.hf(input_ids=run.tokens.to(model.device), use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
     if missing := [s for s in wanted if s not in store]:
         raise PatchNotApplied(missing)
-    return store
+    return store, logits
 
 
 @contextmanager
