@@ -46,11 +46,12 @@ def oom(device: str) -> None:
         before = torch.cuda.memory_allocated()
     want = ap.sweep(model, pairs, "head", **options)  # default budget: the engine picks the chunk
     per_copy = batched._bytes_per_copy(model, pairs.corrupt_run)
-    chosen = want.attrs["cost"]["chunk"]
+    chosen, budget = want.attrs["cost"]["chunk"], want.attrs["cost"]["memory_budget"] / 2**20
     if device.startswith("cuda"):
         used = (torch.cuda.max_memory_allocated() - before) / 2**20
-        print(f"unforced sweep: chunk {chosen}, estimate {chosen * per_copy / 2**20:.0f} MiB for the chunk, "
-              f"peak GPU memory above the model {used:.0f} MiB (budget 1024 MiB)")
+        print(f"unforced sweep: chunk {chosen} of {want.attrs['cost']['patches']} patches, estimate {chosen * per_copy / 2**20:.0f} MiB for the chunk, "
+              f"peak GPU memory above the model {used:.0f} MiB, budget {budget:.0f} MiB (half the free memory)")
+        assert used <= budget, f"the sweep's peak ({used:.0f} MiB) is over the budget the engine chose ({budget:.0f} MiB)"
     with_logs = _Captured()
     logging.getLogger(batched.__name__).addHandler(with_logs)
     if device.startswith("cuda"):

@@ -17,8 +17,11 @@ Per point, each method in one process after a warm-up forward:
 Figures: wall time; forward equivalents (work in units of one full forward of the target batch, as
 `attrs["cost"]` counts it); `× naive`: wall / (patches × one forward's wall time), the one-patch-per-
 forward cost; `× floor`: wall / (the sweep's work floor × one forward's wall time), where the floor
-(`attrs["cost"]["work_floor"]`, engine/batched.py) is the layer × token work that layer resume and
-prefix reuse cannot avoid; peak memory: on CPU the kernel's peak RSS during the step minus the RSS
+(`attrs["cost"]["work_floor"]`, engine/batched.py) is the work that layer resume and prefix reuse
+cannot avoid: the two unpatched runs, and each patched copy's layers from its entry layer over its
+affected positions plus its final position's unembedding (counted as the unembedding's parameters
+over a decoder layer's). A batch of many copies uses the cores better than the one forward timed
+as the yardstick, so `× floor` can fall below 1 on a CPU; `work / floor` is counted and exact. Peak memory: on CPU the kernel's peak RSS during the step minus the RSS
 before it (VmHWM, benchmarks/_measure.py; not tracemalloc, which cannot see torch's allocations), on
 CUDA torch.cuda.max_memory_allocated minus the memory allocated before.
 

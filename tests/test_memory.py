@@ -111,3 +111,32 @@ def test_one_copy_that_does_not_fit_says_what_to_do(model_and_pairs, monkeypatch
     with pytest.raises(batched.SweepOutOfMemory, match=r"one patched copy.*3 prompts × 6 tokens.*bfloat16"):
         ap.sweep(model, pairs, "head", chunk=4)
     assert calls[2:] == [4, 2, 1] and ap.attached_hooks(model) == 0
+
+
+def test_the_default_budget_follows_free_cuda_memory(monkeypatch):
+    """1 GiB on CPU; on CUDA half the free memory of the fullest device (at least 256 MiB); a model
+    split over a GPU and the CPU keeps the CPU's 1 GiB. `torch.cuda.mem_get_info` is faked: no GPU here."""
+    from actpatch import memory
+
+    free = {0: 60 << 30, 1: 10 << 30, 2: 100 << 20}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free[torch.device(device).index], 80 << 30))
+    cuda = [torch.device("cuda", i) for i in range(3)]
+    assert memory.default_budget([torch.device("cpu")]) == 1 << 30
+    assert memory.default_budget(cuda[:1]) == 30 << 30
+    assert memory.default_budget(cuda[:2]) == 5 << 30
+    assert memory.default_budget(cuda) == 256 << 20
+    assert memory.default_budget([cuda[0], torch.device("cpu")]) == 1 << 30
+
+
+def test_a_sweep_sizes_its_chunks_from_the_default_budget(monkeypatch):
+    """The batched engine asks `memory.default_budget` for its layers' devices when no budget is given,
+    and records the budget it used."""
+    from actpatch import memory
+    from actpatch.engine import batched
+
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    asked = []
+    monkeypatch.setattr(memory, "default_budget", lambda devices: asked.append(list(devices)) or 3 * batched._bytes_per_copy(model, pairs.corrupt_run))
+    result = ap.sweep(model, pairs, "resid_pre", layers=[0, 1], positions="each")
+    assert asked and all(d.type == "cpu" for d in asked[0])
+    assert result.attrs["cost"]["chunk"] == 3 and result.attrs["cost"]["memory_budget"] == 3 * batched._bytes_per_copy(model, pairs.corrupt_run)

@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
-from actpatch import hooks
+from actpatch import hooks, memory
 from actpatch.engine import checks, sources
 from actpatch.engine.plan import SweepPlan
 from actpatch.metrics import Baseline
@@ -60,7 +61,8 @@ class Batched:
     """The batched engine, for `runner.run`: the reference sweep's rows from stacked, resumed copies.
 
     `spec.chunk` fixes how many patched copies share a forward; by default it is derived from
-    `spec.memory_budget` (bytes, default 1 GiB) and the prompts' size. A chunk that runs out of
+    `spec.memory_budget` (bytes; default 1 GiB on CPU, half the free memory on CUDA:
+    `memory.default_budget`) and the prompts' size. A chunk that runs out of
     memory (or, when both are given, is estimated over the budget) is halved and retried, keeping
     the chunks already done (docs/scale.md)."""
 
@@ -77,7 +79,8 @@ class BatchedPatching:
         self.model, self.plan, self.base = model, the_plan, base
         self.resumer = Resumer(model, the_plan.target)
         spec = the_plan.spec
-        self.size = spec.chunk if spec.chunk is not None else _chunk_size(model, the_plan.target, spec.budget)
+        self.budget = int(spec.memory_budget) if spec.memory_budget is not None else memory.default_budget(self.resumer.devices)
+        self.size = spec.chunk if spec.chunk is not None else _chunk_size(model, the_plan.target, self.budget)
         # An explicit budget also bounds an explicit chunk: pieces estimated over it are halved first.
         self.backoff = _BackOff(self.size, _bytes_per_copy(model, the_plan.target), spec.memory_budget)
         self.cache: dict[Site, Tensor] | None = None  # source values, from `known`
@@ -124,6 +127,7 @@ class BatchedPatching:
             "patches": len(self.plan.sites),
             "noop_patches_skipped": len(self.noop),
             "chunk": self.backoff.size,  # after any halving for memory
+            "memory_budget": self.budget,  # bytes the chunk was sized for (given, or memory.default_budget)
             # The two unpatched runs (the baseline, which captures the patch values), recording the
             # target at each split position, and the patched runs (the self-checks' included), in
             # full target forwards; the reference engine's figure is `patches` + 2.
@@ -259,6 +263,7 @@ class Resumer:
     def __init__(self, model: Model, target: Run):
         self.model, self.target, self.positions, self.noise = model, target.tokens.to(model.device), target.positions, target.noise
         self.prefixes: dict[int, _Prefix] = {}
+        self.whole_cache: DynamicCache | bool | None = None  # the whole target's cache (False: cannot be cut); `_cut_cache`
         # Work done, in (decoder layer × prompt × token) calls: recording the target, and patched runs;
         # unembedding one position counts as `unembedding` such calls (their parameters' ratio).
         self.recording_tokens = 0
@@ -336,25 +341,55 @@ class Resumer:
         return result
 
     def _prefix(self, start: int) -> _Prefix:
-        """Record (once per position) the target's cache up to `start` and its layers' calls after it."""
+        """Record (once per position) the target's cache up to `start` and its layers' calls after it.
+
+        The cache is the whole target's, recorded once, cut to its first `start` positions (keys and
+        values at a position do not depend on later ones), so each split position costs only the
+        forward over the positions after it. It does not depend on which splits ran first, so a
+        resumed sweep gives the uninterrupted one's numbers bit for bit. Where a cache layer is not a
+        plain growing one (sliding windows), each split runs its own prefix instead."""
         if start not in self.prefixes:
             hf = self.model.hf
             cache = None
             # A noise corruption's target run carries its input noise; copies resume from what is recorded here.
             noise = self.noise
-            if start > 0:
+            if start > 0 and (cache := self._cut_cache(start)) is None:
                 cache = DynamicCache(config=hf.config)
                 with hooks.add_to_input(self.model, None if noise is None else noise[:, :start]):
                     hf(input_ids=self.target[:, :start], **_cache_argument(hf, cache), use_cache=True, logits_to_keep=1)
+                self._count_recording(start)
             replay = copy.deepcopy(cache) if cache is not None else None
             with hooks.add_to_input(self.model, None if noise is None else noise[:, start:]), hooks.layer_inputs(self.model) as calls:
                 hf(input_ids=self.target[:, start:], **_cache_argument(hf, replay), use_cache=replay is not None, logits_to_keep=1)
+            self._count_recording(self.target.shape[1] - start)
             # Recorded before any device hook moved them: put each layer's call where it computes, once.
             calls = [moved(call, device) for call, device in zip(calls, self.devices)]
             self.prefixes[start] = _Prefix(cache, calls)
-            # The recording forwards: every layer at every position, and one position unembedded per forward.
-            self.recording_tokens += self.model.dims.n_layers * self.target.numel() + self.unembedding * len(self.target) * (1 + (start > 0))
         return self.prefixes[start]
+
+    def _cut_cache(self, start: int) -> DynamicCache | None:
+        """The whole target's key/value cache cut to its first `start` positions (one forward the first
+        time); None when its layers are not all plain `DynamicLayer`s, which cutting could corrupt."""
+        if self.whole_cache is None:
+            hf = self.model.hf
+            whole = DynamicCache(config=hf.config)  # its layers, one per decoder layer, come from the config
+            if whole.layers and all(type(layer) is DynamicLayer for layer in whole.layers):
+                with hooks.add_to_input(self.model, self.noise):
+                    hf(input_ids=self.target, **_cache_argument(hf, whole), use_cache=True, logits_to_keep=1)
+                self._count_recording(self.target.shape[1])
+                self.whole_cache = whole
+            else:
+                self.whole_cache = False
+        if self.whole_cache is False:
+            return None
+        cut = copy.deepcopy(self.whole_cache)
+        for layer in cut.layers:
+            layer.keys, layer.values = layer.keys[..., :start, :].clone(), layer.values[..., :start, :].clone()
+        return cut
+
+    def _count_recording(self, positions: int) -> None:
+        """A recording forward over `positions` of the target's positions, one of them unembedded."""
+        self.recording_tokens += self.model.dims.n_layers * len(self.target) * positions + self.unembedding * len(self.target)
 
 
 def _unembedding_in_layer_tokens(model: Model) -> float:

@@ -17,7 +17,6 @@ Positions = Literal["each", "all"] | Sequence[int | str] | int | str | None
 # prompts (or over `mean_over` prompts), or taken from another prompt of the batch (resampled).
 Ablation = Literal["zero", "mean", "resample"]
 ABLATIONS: tuple[str, ...] = get_args(Ablation)
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations one chunk may hold
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,15 +34,11 @@ class SweepSpec:
     mean_over: PromptPairs | None = None  # prompts whose clean runs ablation="mean" averages
     check_baseline: bool = True
     chunk: int | None = None  # patched copies per forward (batched engine); None: from memory_budget
-    memory_budget: int | None = None  # bytes; None: DEFAULT_MEMORY_BUDGET
+    memory_budget: int | None = None  # bytes; None: memory.default_budget (1 GiB on CPU, half the free memory on CUDA)
     progress: bool | None = None  # None: a bar on a terminal only
 
     def replace(self, **changes: Any) -> "SweepSpec":
         return dataclasses.replace(self, **changes)
-
-    @property
-    def budget(self) -> int:
-        return DEFAULT_MEMORY_BUDGET if self.memory_budget is None else int(self.memory_budget)
 
 
 def check_engine_options(spec: SweepSpec) -> None:

@@ -19,7 +19,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from actpatch import hooks, metrics
+from actpatch import hooks, memory, metrics
 from actpatch.engine import collect
 from actpatch.engine.sources import RESAMPLE_SEED, derangement
 from actpatch.graph.nodes import ATTN_IN_NORM, EdgeError, Graph
@@ -29,7 +29,6 @@ from actpatch.pairs import PromptPairs, Run
 
 Ablation = Literal["zero", "mean", "resample"]
 ABLATIONS = ("zero", "mean", "resample")
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations one stacked forward may hold
 
 
 def evaluate(model: Model, pairs: PromptPairs, circuit: Tensor | Sequence[str], *, ablation: Ablation | None = None,
@@ -112,7 +111,8 @@ class EdgeRuns:
         return torch.cat([self._forward(part, fast=engine == "fast") for part in self._chunks(circuits, chunk)])
 
     def copies_per_forward(self, chunk: int | None = None, *, grads: bool = False) -> int:
-        """How many circuits share a forward: `chunk`, or as many as DEFAULT_MEMORY_BUDGET allows.
+        """How many circuits share a forward: `chunk`, or as many as `memory.default_budget` allows
+        (1 GiB on CPU, half the free memory on CUDA).
 
         Per prompt and position a copy holds, at its widest stage, 3·H head inputs and the deltas of
         every sender (d_model each); a backward keeps every layer's, so gradients divide by n_layers."""
@@ -123,7 +123,7 @@ class EdgeRuns:
         dims, width = self.model.dims, self.clean.element_size()
         per_copy = len(self.pairs) * self.pairs.seq_len * dims.d_model * width * (3 * dims.n_heads + len(self.graph.senders))
         per_copy *= 2 * (dims.n_layers if grads else 1)  # transients of the attention on H-times expanded rows
-        return max(1, DEFAULT_MEMORY_BUDGET // per_copy)
+        return max(1, memory.default_budget({p.device for p in self.model.hf.parameters()}) // per_copy)
 
     def _chunks(self, circuits: Tensor, chunk: int | None) -> list[Tensor]:
         if circuits.ndim != 3 or circuits.shape[1:] != self.graph.exists.shape:

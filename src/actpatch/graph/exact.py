@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from actpatch import hooks, metrics
+from actpatch import hooks, memory, metrics
 from actpatch.engine.batched import Resumer
 from actpatch.graph.evaluate import EdgeRuns, attn_in_norm
 from actpatch.hooks.edge_removal import Removal, removed_edges
@@ -98,11 +98,11 @@ def _resumed(runs: EdgeRuns, resumer: Resumer, clean: dict, stage, senders: Tens
 
 
 def _copies_per_forward(runs: EdgeRuns) -> int:
-    """Copies that fit 1 GiB: one layer's transient activations per copy (no per-head expansion here)."""
+    """Copies that fit `memory.default_budget`: one layer's transient activations per copy (no per-head expansion here)."""
     dims, width = runs.model.dims, runs.clean.element_size()
     batch, seq = runs.pairs.clean.shape
     per_copy = batch * (width * seq * (6 * dims.d_model + 3 * dims.d_mlp + 3 * dims.n_heads * seq) + 4 * dims.vocab)
-    return max(1, (1 << 30) // per_copy)
+    return max(1, memory.default_budget({p.device for p in runs.model.hf.parameters()}) // per_copy)
 
 
 def _mean_logit_diff(runs: EdgeRuns, logits: Tensor) -> Tensor:

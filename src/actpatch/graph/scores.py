@@ -70,7 +70,7 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
 
     `steps`: interpolation points of the integrated-gradient methods. `ablation`: out-of-circuit
     values other than the corrupt run's (zero, mean, resample), for `eap`, `eap-ig-activations`
-    and `exact`. `chunk`: runs stacked per forward (default: what a 1 GiB activation budget holds).
+    and `exact`. `chunk`: runs stacked per forward (default: what `memory.default_budget` holds: 1 GiB on CPU, half the free memory on CUDA).
     `engine`: "fast" (the default) or "plain", the oracle every fast path is tested against (gradient
     runs expand every attention layer per head; exact scores run each removal's whole forward).
     `runs`: an `EdgeRuns.prepare(model, pairs, ablation=...)` to reuse (its baseline and recorded
