@@ -343,49 +343,59 @@ class Resumer:
     def _prefix(self, start: int) -> _Prefix:
         """Record (once per position) the target's cache up to `start` and its layers' calls after it.
 
-        The cache is the whole target's, recorded once, cut to its first `start` positions (keys and
-        values at a position do not depend on later ones), so each split position costs only the
-        forward over the positions after it. It does not depend on which splits ran first, so a
-        resumed sweep gives the uninterrupted one's numbers bit for bit. Where a cache layer is not a
-        plain growing one (sliding windows), each split runs its own prefix instead."""
-        if start not in self.prefixes:
-            hf = self.model.hf
-            cache = None
-            # A noise corruption's target run carries its input noise; copies resume from what is recorded here.
-            noise = self.noise
-            if start > 0 and (cache := self._cut_cache(start)) is None:
-                cache = DynamicCache(config=hf.config)
-                with hooks.add_to_input(self.model, None if noise is None else noise[:, :start]):
-                    hf(input_ids=self.target[:, :start], **_cache_argument(hf, cache), use_cache=True, logits_to_keep=1)
-                self._count_recording(start)
-            replay = copy.deepcopy(cache) if cache is not None else None
-            with hooks.add_to_input(self.model, None if noise is None else noise[:, start:]), hooks.layer_inputs(self.model) as calls:
-                hf(input_ids=self.target[:, start:], **_cache_argument(hf, replay), use_cache=replay is not None, logits_to_keep=1)
-            self._count_recording(self.target.shape[1] - start)
-            # Recorded before any device hook moved them: put each layer's call where it computes, once.
-            calls = [moved(call, device) for call, device in zip(calls, self.devices)]
-            self.prefixes[start] = _Prefix(cache, calls)
+        Where the cache's layers are plain growing ones, one forward of the whole target records
+        both the calls from position 0 and the whole cache; a later split cuts that cache to its
+        first `start` positions (keys and values at a position do not depend on later ones), so it
+        costs only the forward over the positions after it. The cache does not depend on which
+        splits ran first, so a resumed sweep gives the uninterrupted one's numbers bit for bit.
+        Otherwise (sliding windows) each split runs its own prefix."""
+        if start in self.prefixes or (self._recorded_whole() and start in self.prefixes):
+            return self.prefixes[start]
+        hf = self.model.hf
+        cache = None
+        # A noise corruption's target run carries its input noise; copies resume from what is recorded here.
+        noise = self.noise
+        if start > 0 and (cache := self._cut_cache(start)) is None:
+            cache = DynamicCache(config=hf.config)
+            with hooks.add_to_input(self.model, None if noise is None else noise[:, :start]):
+                hf(input_ids=self.target[:, :start], **_cache_argument(hf, cache), use_cache=True, logits_to_keep=1)
+            self._count_recording(start)
+        replay = copy.deepcopy(cache) if cache is not None else None
+        with hooks.add_to_input(self.model, None if noise is None else noise[:, start:]), hooks.layer_inputs(self.model) as calls:
+            hf(input_ids=self.target[:, start:], **_cache_argument(hf, replay), use_cache=replay is not None, logits_to_keep=1)
+        self._count_recording(self.target.shape[1] - start)
+        self.prefixes[start] = _Prefix(cache, self._placed(calls))
         return self.prefixes[start]
 
-    def _cut_cache(self, start: int) -> DynamicCache | None:
-        """The whole target's key/value cache cut to its first `start` positions (one forward the first
-        time); None when its layers are not all plain `DynamicLayer`s, which cutting could corrupt."""
+    def _recorded_whole(self) -> bool:
+        """Whether the target's cache can be cut (every layer a plain `DynamicLayer`). The first call
+        records the whole target once with a cache: the calls from position 0 (whose cache argument
+        a resumed copy replaces, as every recorded cache) and the cache later splits cut."""
         if self.whole_cache is None:
             hf = self.model.hf
             whole = DynamicCache(config=hf.config)  # its layers, one per decoder layer, come from the config
             if whole.layers and all(type(layer) is DynamicLayer for layer in whole.layers):
-                with hooks.add_to_input(self.model, self.noise):
+                with hooks.add_to_input(self.model, self.noise), hooks.layer_inputs(self.model) as calls:
                     hf(input_ids=self.target, **_cache_argument(hf, whole), use_cache=True, logits_to_keep=1)
                 self._count_recording(self.target.shape[1])
                 self.whole_cache = whole
+                self.prefixes.setdefault(0, _Prefix(None, self._placed(calls)))
             else:
                 self.whole_cache = False
-        if self.whole_cache is False:
+        return self.whole_cache is not False
+
+    def _cut_cache(self, start: int) -> DynamicCache | None:
+        """The whole target's key/value cache cut to its first `start` positions; None when it cannot be cut."""
+        if not self._recorded_whole():
             return None
         cut = copy.deepcopy(self.whole_cache)
         for layer in cut.layers:
             layer.keys, layer.values = layer.keys[..., :start, :].clone(), layer.values[..., :start, :].clone()
         return cut
+
+    def _placed(self, calls: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
+        """Recorded before any device hook moved them: each layer's call put where it computes, once."""
+        return [moved(call, device) for call, device in zip(calls, self.devices)]
 
     def _count_recording(self, positions: int) -> None:
         """A recording forward over `positions` of the target's positions, one of them unembedded."""
