@@ -41,9 +41,7 @@ def recorded(model: Model, plan: SweepPlan) -> tuple[SweepPlan, Tensor, Tensor]:
     found: dict[tuple[str, Site], Tensor] = {}
     logits: dict[str, Tensor] = {}
     for role, run, sites in (("source", plan.source, source_sites), ("target", plan.target, plan.sites)):
-        with hooks.add_to_input(model, run.noise):
-            values, logits[role] = hooks.capture_with_logits(model, run.tokens, list(dict.fromkeys(sites)),
-                                                             positions=run.positions)
+        values, logits[role] = hooks.capture_with_logits(model, run, list(dict.fromkeys(sites)))  # a Run: its noise and positions
         found.update({(role, site): value for site, value in values.items()})
     clean, corrupt = (logits["source"], logits["target"]) if plan.direction == "denoise" else (logits["target"], logits["source"])
     return dataclasses.replace(plan, captured=found), clean, corrupt
