@@ -89,17 +89,37 @@ def test_work_is_counted_in_forward_equivalents():
     whole (its key/value cache, and the calls the full-patch self-check resumes from), then over
     positions 4-5 for the split there (one position unembedded in each); that check's run (a whole forward);
     and two runs of one layer over the last 2 positions (the no-op check's and the patch's), each
-    unembedded once. The floor is the unpatched runs and the patch's own run."""
+    unembedded once. In patched runs the last layer's MLP (its parameters' share of the layer's)
+    runs at the final position only. The floor is the unpatched runs and the patch's own run."""
     model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
     result = ap.sweep(model, pairs, "resid_pre", layers=[1], positions=[4])
     batch, seq, layers = len(pairs), pairs.seq_len, model.dims.n_layers
-    unembedding = model.hf.get_output_embeddings().weight.numel() / sum(p.numel() for p in model.layer(0).parameters())
+    layer_params = sum(p.numel() for p in model.layer(0).parameters())
+    unembedding = model.hf.get_output_embeddings().weight.numel() / layer_params
+    mlp = sum(p.numel() for p in model.layer(1).mlp.parameters()) / layer_params
     forward = layers * batch * seq + unembedding * batch
-    patch = 1 * batch * 2 + unembedding * batch
+    patch = 1 * batch * 2 - mlp * batch * 1 + unembedding * batch
+    check = forward - mlp * batch * (seq - 1)
     recordings = layers * batch * seq + layers * batch * 2 + 2 * unembedding * batch
-    assert result.attrs["cost"]["forward_equivalents"] == pytest.approx(2 + (recordings + forward + 2 * patch) / forward, abs=1e-3)
+    assert result.attrs["cost"]["forward_equivalents"] == pytest.approx(2 + (recordings + check + 2 * patch) / forward, abs=1e-3)
     assert result.attrs["cost"]["work_floor"] == pytest.approx(2 + patch / forward, abs=1e-3)
     assert result.attrs["cost"]["patches"] == 1
+
+
+def test_patched_runs_compute_the_last_layers_mlp_at_the_final_position_only():
+    """What the last layer's MLP computes on in a sweep (its down_proj's input): one position in the patched
+    runs, every position in the recordings; mlp_out there keeps them all (its hook writes them)."""
+    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    widths: list[int] = []
+    handle = model.layer(1).mlp.down_proj.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+    try:
+        ap.sweep(model, pairs, "resid_pre", layers=[1], positions=[2], check_baseline=False)
+        assert 1 in widths and pairs.seq_len in widths
+        widths.clear()
+        ap.sweep(model, pairs, "mlp_out", layers=[1], positions=[2], check_baseline=False)
+        assert pairs.seq_len - 2 in widths
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Mapping
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 # The source run (its activations are the patch values) and the target run (the baseline the
 # copies start from): every exact sweep runs both once, whatever its engine.
 UNPATCHED_RUNS = 2
+MLP_SITE_KINDS = ("mlp_out", "neuron")  # sites inside a layer's MLP: the last one then runs at every position
 
 # Attention functions whose masks and caches the equality tests have covered (ours is eager's wrapper).
 PROVEN_ATTENTION = ("sdpa", "eager", hooks.PATTERN_ATTENTION)
@@ -270,6 +272,7 @@ class Resumer:
         self.patch_tokens = 0
         self.floor_tokens = 0  # the part of patch_tokens no resume or prefix reuse could avoid
         self.unembedding = _unembedding_in_layer_tokens(model)
+        self.mlp_share = _mlp_share_of_layer(model)  # of a decoder layer's work: what the last one skips off the final position
         # Where each decoder layer computes (several devices under a device_map), and the final norm.
         self.devices = [_device_of(model.layer(i), model.device) for i in range(model.dims.n_layers)]
         self.head_device = _device_of(model.hf.get_submodule(model.arch.final_norm), model.device)
@@ -318,11 +321,21 @@ class Resumer:
         shifted = [{_shifted(site, start): value for site, value in copies[i].items()} for i in order]
         positions = {name: where - start for name, where in self.positions.items()}
         batch, seq = self.target.shape
-        self.floor_tokens += sum((n_layers - layer) * batch * (seq - position) for position, layer in entries)
+        # The last layer's MLP acts on each position alone and the logits read the final one: it runs
+        # there only, unless a copy patches that MLP or its neurons (their hooks need every position).
+        trimmed = not any(site.layer % n_layers == n_layers - 1 and site.kind in MLP_SITE_KINDS
+                          for values in copies for site in values)
+        share = self.mlp_share if trimmed else 0.0  # per row and skipped position, in layer-token calls
+        self.floor_tokens += sum((n_layers - layer) * batch * (seq - position) - share * batch * (seq - position - 1)
+                                 for position, layer in entries)
         self.floor_tokens += self.unembedding * batch * len(copies)
-        self.patch_tokens += self.unembedding * batch * len(copies)
+        self.patch_tokens += (self.unembedding - share * (seq - start - 1)) * batch * len(copies)
         hidden = None
-        with hooks.patch_copies(self.model, shifted, copies_at=[present[layer] for layer in joins], positions=positions):
+        with ExitStack() as stack:
+            if trimmed:
+                stack.enter_context(hooks.last_mlp_at_final_position(self.model))
+            stack.enter_context(hooks.patch_copies(self.model, shifted, copies_at=[present[layer] for layer in joins],
+                                                   positions=positions))
             for index in range(joins[0], n_layers):
                 args, kwargs = prefix.calls[index]
                 if hidden is not None:
@@ -407,6 +420,12 @@ def _unembedding_in_layer_tokens(model: Model) -> float:
     parameters over a decoder layer's (each does one multiply-add per parameter per token)."""
     layer = sum(p.numel() for p in model.layer(0).parameters())
     return model.hf.get_output_embeddings().weight.numel() / layer
+
+
+def _mlp_share_of_layer(model: Model) -> float:
+    """The MLP's part of a decoder layer's work per token: its parameters over the layer's."""
+    layer = model.layer(0)
+    return sum(p.numel() for p in model.submodule(0, model.arch.mlp).parameters()) / sum(p.numel() for p in layer.parameters())
 
 
 def _device_of(module: torch.nn.Module, fallback: torch.device) -> torch.device:

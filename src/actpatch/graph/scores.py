@@ -74,8 +74,9 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
     `engine`: "fast" (the default) or "plain", the oracle every fast path is tested against (gradient
     runs expand every attention layer per head; exact scores run each removal's whole forward).
     `runs`: an `EdgeRuns.prepare(model, pairs, ablation=...)` to reuse (its baseline and recorded
-    outputs), e.g. for a faithfulness curve after the scores; without it, `eap` needs no clean
-    recording run of its own: its gradient forward on the clean prompt records the clean outputs.
+    outputs), e.g. for a faithfulness curve after the scores; without it, `eap`'s gradient forward
+    on the clean prompt is also the clean recording run, and `eap-ig-inputs`' first step (the
+    corrupt run) the corrupt one: one forward fewer each.
 
         scores = ap.graph.edge_scores(model, pairs, "eap-ig-inputs", steps=5)
         circuit = ap.graph.top_edges(scores, percent=5)
@@ -94,6 +95,11 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
     elif method == "eap" and engine == "fast" and ablation is None:
         runs, totals = _eap_clean_pass(model, pairs, check_baseline)
         return _finished(runs, _scores(runs, totals, 1), method, steps, engine)
+    elif method == "eap-ig-inputs" and engine == "fast":
+        runs, first = _ig_corrupt_pass(model, pairs, check_baseline)
+        later = _gradient_runs(runs, method, steps)[1:]
+        scores = _from_gradients(runs, later, runs.copies_per_forward(chunk, grads=True), progress, fast=True, totals=first)
+        return _finished(runs, scores, method, steps, engine)
     else:
         runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
     cost = None
@@ -152,14 +158,17 @@ def _sender_groups(graph: Graph) -> list[slice]:
     return groups
 
 
-def _from_gradients(runs: EdgeRuns, gradient_runs: list[_GradientRun], size: int, progress, *, fast: bool) -> Tensor:
-    """(clean − off) · the receivers' input gradients averaged over `gradient_runs`."""
-    totals: dict[int, Tensor] = {}
+def _from_gradients(runs: EdgeRuns, gradient_runs: list[_GradientRun], size: int, progress, *, fast: bool,
+                    totals: dict[int, Tensor] | None = None) -> Tensor:
+    """(clean − off) · the receivers' input gradients averaged over `gradient_runs` and the one run
+    whose summed gradients are `totals`, when given."""
+    n_runs = len(gradient_runs) + (totals is not None)
+    totals = dict(totals or {})
     chunks = [gradient_runs[i : i + size] for i in range(0, len(gradient_runs), size)]
     for part in tqdm(chunks, desc="edge gradients", disable=not progress if progress is not None else len(chunks) < 4):
         for stage_index, grad in _gradients(runs, part, fast=fast).items():
             totals[stage_index] = grad if stage_index not in totals else totals[stage_index] + grad
-    return _scores(runs, totals, len(gradient_runs))
+    return _scores(runs, totals, n_runs)
 
 
 def _scores(runs: EdgeRuns, totals: dict[int, Tensor], n_runs: int) -> Tensor:
@@ -180,8 +189,27 @@ def _eap_clean_pass(model: Model, pairs: PromptPairs, check_baseline: bool) -> t
     forwards and one backward in all, where `EdgeRuns.prepare` and a gradient run take three forwards."""
     graph = Graph.of(model)
     off, corrupt_logits = sender_outputs(model, graph, pairs.corrupt_run, logits=True)
-    run, copies = pairs.clean_run, 1
-    gradient_plan = EdgePlan(stages=graph.stages(), attn_in_norm=attn_in_norm(model), copies=copies, batch=len(pairs))
+    clean, clean_logits, grads = _recording_gradient_pass(model, graph, pairs, pairs.clean_run)
+    base = collect.checked(model, pairs, clean_logits, corrupt_logits, check=check_baseline)
+    return EdgeRuns(model, pairs, graph, clean, off, base), grads
+
+
+def _ig_corrupt_pass(model: Model, pairs: PromptPairs, check_baseline: bool) -> tuple[EdgeRuns, dict[int, Tensor]]:
+    """EAP-IG on the inputs starts its Riemann sum at the corrupt run (k = 0): that step's forward
+    and backward is also the corrupt recording run, one forward fewer than `EdgeRuns.prepare` and
+    `steps` gradient runs. (The step's first-layer input is the corrupt run's own, noise included,
+    and nothing else of the prompt reaches the layers: the same forward.)"""
+    graph = Graph.of(model)
+    clean, clean_logits = sender_outputs(model, graph, pairs.clean_run, logits=True)
+    off, corrupt_logits, grads = _recording_gradient_pass(model, graph, pairs, pairs.corrupt_run)
+    base = collect.checked(model, pairs, clean_logits, corrupt_logits, check=check_baseline)
+    return EdgeRuns(model, pairs, graph, clean, off, base), grads
+
+
+def _recording_gradient_pass(model: Model, graph: Graph, pairs: PromptPairs, run) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
+    """One forward of `run` that records every sender's output and its final-position logits, and
+    its backward from the mean logit difference to every receiver's input: (outputs, logits, grads)."""
+    gradient_plan = EdgePlan(stages=graph.stages(), attn_in_norm=attn_in_norm(model), copies=1, batch=len(pairs))
     recording_plan = EdgePlan(stages=graph.stages(), attn_in_norm=attn_in_norm(model), batch=len(pairs))
     # Order matters: the noise is added first, the gradients' leaf is made from the noisy input, the recorder reads it.
     with torch.enable_grad(), hooks.add_to_input(model, run.noise), receiver_gradients(model, gradient_plan) as grads, \
@@ -190,9 +218,8 @@ def _eap_clean_pass(model: Model, pairs: PromptPairs, check_baseline: bool) -> t
         diff = metrics.logit_diff(logits, pairs.answers, pairs.wrong)
         torch.autograd.grad(diff.mean(), grads.leaf)
     check_reached(graph, recorded)
-    clean = torch.stack([recorded.outputs[s].detach() for s in range(len(graph.senders))])
-    base = collect.checked(model, pairs, logits.detach(), corrupt_logits, check=check_baseline)
-    return EdgeRuns(model, pairs, graph, clean, off, base), grads.grads
+    outputs = torch.stack([recorded.outputs[s].detach() for s in range(len(graph.senders))])
+    return outputs, logits.detach(), grads.grads
 
 
 def _gradients(runs: EdgeRuns, part: list[_GradientRun], *, fast: bool) -> dict[int, Tensor]:

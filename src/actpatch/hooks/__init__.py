@@ -33,8 +33,8 @@ from actpatch.sites import Site, SiteError, validate
 
 __all__ = [
     "PATTERN_ATTENTION", "GradientDrop", "PatchNotApplied", "PatchShapeError", "Watched", "add_to_input",
-    "attached_hooks", "attention_inputs", "capture", "capture_with_logits", "drop_gradients", "eager_attention", "layer_inputs",
-    "patch", "patch_copies", "watch",
+    "attached_hooks", "attention_inputs", "capture", "capture_with_logits", "drop_gradients", "eager_attention", "last_mlp_at_final_position",
+    "layer_inputs", "patch", "patch_copies", "watch",
 ]
 
 SiteLike = Site | str  # a Site, or text Site.parse reads: `head[layer=9, head=6]`, `blocks.9.attn.hook_z`
@@ -136,6 +136,20 @@ def add_to_input(model: Model, offset: Tensor | None) -> Iterator[None]:
         return hidden + offset.to(device=hidden.device, dtype=hidden.dtype)
 
     with attach.pre_hook(model.layer(0), add, prepend=True):
+        yield
+
+
+@contextmanager
+def last_mlp_at_final_position(model: Model) -> Iterator[None]:
+    """Under the block the last decoder layer's MLP runs at the final position only (its output
+    elsewhere is 0): for forwards that read nothing but the final-position logits, where its
+    output at other positions reaches nothing. Not with sites in that MLP at other positions."""
+    from types import SimpleNamespace
+
+    from actpatch.hooks.edges import final_position_only, registered
+
+    found = final_position_only(model.submodule(model.dims.n_layers - 1, model.arch.mlp))
+    with registered(SimpleNamespace(registrations=lambda: found)):
         yield
 
 

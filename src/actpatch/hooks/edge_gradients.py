@@ -23,10 +23,12 @@ def receiver_gradients(model: Model, plan: EdgePlan) -> Iterator[EdgeRecord]:
 
     With every edge present each head's q, k and v inputs all equal the residual stream, so nothing
     needs computing per head in the forward; only the gradients must be split. Between the stream
-    and a head's q (k, v) stand the input norm and the projection's rows of that head: the gradient
-    at the projection's output, sliced by head, is taken back through those rows (a per-head product
-    with the projection's matrix) and then through the real norm as one batched vector-Jacobian
-    product for all 3·H receivers of the layer (one forward of the norm, its backward batched). Under grouped-query attention a KV head's k and v
+    and a head's q (k, v) stand the input norm and the projection's rows of that head: during the
+    backward, the gradient at the projection's output, sliced by head, is taken back through those
+    rows (a per-head product with the projection's matrix) and then through the real norm as one
+    batched vector-Jacobian product for the layer's H receivers of that kind (one forward of the
+    norm, its backward batched). The per-head products *are* the projection's backward: their sum
+    is what is passed on to the stream, so the split costs no product twice. Under grouped-query attention a KV head's k and v
     serve several query heads; to split their gradients the attention runs on `group` = H / KV
     copies of the batch (copy j carries query heads j, j + group, ... : at o_proj each head's z is
     taken from its own copy), the projections themselves run once, on the real rows, and are
@@ -45,7 +47,8 @@ class _GradTaps:
         self.group = self.dims.n_heads // self.dims.n_kv_heads
         self.rows: int | None = None
         self.norm_inputs: dict[int, Tensor] = {}  # layer -> what attention's input norm read (rows, pos, d_model)
-        self.output_grads: dict[tuple[int, int], Tensor] = {}  # (layer, q/k/v) -> gradient at the projection output
+        self.attached: dict[tuple[int, int], Tensor] = {}  # (layer, projection) -> its input, in the autograd graph
+        self.per_kind: dict[tuple[int, str], Tensor] = {}  # (layer, q/k/v) -> (head, batch, pos, d_model) gradients
 
     def registrations(self) -> list[tuple[nn.Module, Any, str]]:
         model, arch = self.model, self.model.arch
@@ -61,8 +64,7 @@ class _GradTaps:
                 paths = [arch.qkv] if isinstance(arch.qkv, str) else list(arch.qkv)
                 for which, path in enumerate(paths):
                     projection = model.submodule(layer, path)
-                    if self.group > 1:
-                        found.append((projection, self._real_rows, "pre"))
+                    found.append((projection, self._detached_input(layer, which), "pre"))
                     found.append((projection, self._projection_output(layer, which), "out"))
             else:
                 module = (model.submodule(layer, model.arch.mlp_in_norm) if stage.kind == "mlp"
@@ -115,19 +117,29 @@ class _GradTaps:
             return (args[0].repeat_interleave(group, dim=0), *(expand(a) for a in args[1:])), {k: expand(v) for k, v in kwargs.items()}
         return args, {k: (v.repeat_interleave(group, dim=0) if k == "hidden_states" else expand(v)) for k, v in kwargs.items()}
 
-    def _real_rows(self, projection, args, kwargs):
-        # The copies' inputs are equal: project the real rows once and repeat the output.
-        return (args[0][:: self.group], *args[1:]), kwargs
+    def _detached_input(self, layer: int, which: int):
+        def hook(projection, args, kwargs):
+            # The copies' inputs are equal: project the real rows once (the output is repeated).
+            real = args[0][:: self.group] if self.group > 1 else args[0]
+            self.attached[(layer, which)] = real
+            # Its own backward is not run: `_PerHeadBackward` computes the same product head by head.
+            return (real.detach(), *args[1:]), kwargs
+        return hook
 
     def _projection_output(self, layer: int, which: int):
+        kinds = ("q", "k", "v") if isinstance(self.model.arch.qkv, str) else (("q", "k", "v")[which],)
+
+        def split(grad: Tensor) -> Tensor:
+            total = None
+            for kind in kinds:
+                cotangent = self._cotangent(layer, kind, grad)  # (head, rows, pos, d_model) at the norm's output
+                self.per_kind[(layer, kind)] = self._through_norm(layer, cotangent)
+                total = cotangent.sum(0) if total is None else total + cotangent.sum(0)
+            return total
+
         def hook(projection, args, output):
-            repeated = output.repeat_interleave(self.group, dim=0) if self.group > 1 else output.view_as(output)
-
-            def keep(grad: Tensor) -> None:
-                self.output_grads[(layer, which)] = grad
-
-            repeated.register_hook(keep)
-            return repeated
+            repeated = output.repeat_interleave(self.group, dim=0) if self.group > 1 else output
+            return _PerHeadBackward.apply(repeated, self.attached.pop((layer, which)), split)
         return hook
 
     def _own_copy_z(self, o_proj, args, kwargs):
@@ -138,35 +150,55 @@ class _GradTaps:
         own = by_copy[:, h % group, :, h]  # (head, rows, pos, d_head): head h from copy h mod group
         return (own.permute(1, 2, 0, 3).reshape(by_copy.shape[0], z.shape[1], heads * d_head), *args[1:]), kwargs
 
+    # --- in the backward ---------------------------------------------------------------------
+
+    def _cotangent(self, layer: int, kind: str, grad: Tensor) -> Tensor:
+        """(head, rows, pos, d_model): each query head's share of the gradient at the projection's
+        input, from `grad` at its (repeated) output: head h's rows of the matrix times its slice."""
+        arch, group = self.model.arch, self.group
+        projection = self.model.submodule(layer, arch.qkv if isinstance(arch.qkv, str) else arch.qkv[("q", "k", "v").index(kind)])
+        per_head_map = head_rows(kind, self.model, linear_map(projection))  # (unit, d_head, d_model)
+        grad = canonical(kind, self.model, grad).unflatten(0, (-1, group))  # (rows, copy, pos, unit, d_head)
+        if kind == "q":  # head h's z is read from one copy only: in the others its gradient is 0
+            grad = grad.sum(1)
+        else:  # query head h = g·group + j reads KV head g in copy j
+            grad = grad.permute(0, 2, 3, 1, 4).flatten(2, 3)
+            per_head_map = per_head_map.repeat_interleave(group, dim=0)
+        return torch.einsum("rphe,hed->hrpd", grad, per_head_map.to(grad.dtype))
+
+    def _through_norm(self, layer: int, cotangent: Tensor) -> Tensor:
+        """(head, batch, pos, d_model): the cotangents taken back through the real input norm (one
+        forward of it, its vector-Jacobian product batched over heads), summed over copies."""
+        x = self.norm_inputs[layer]
+        norm = self.model.submodule(layer, self.plan.attn_in_norm)
+        with torch.enable_grad():  # a backward of its own, inside the model's (as reentrant checkpoints do)
+            leaf = x.clone().requires_grad_(True)
+            (grad_in,) = torch.autograd.grad(norm.forward(leaf), leaf, cotangent.to(x.dtype), is_grads_batched=True)
+        return grad_in.unflatten(1, (self.plan.copies, -1)).sum(1)
+
     # --- after the backward ------------------------------------------------------------------
 
     def finish(self) -> None:
-        """Each layer's 3·H receiver-input gradients, from the projection-output gradients."""
-        arch, group = self.model.arch, self.group
-        fused = isinstance(arch.qkv, str)
+        """Each layer's 3·H receiver-input gradients: q of every head, then k, then v."""
         for stage_index, stage in enumerate(self.plan.stages):
             if stage.kind != "attn" or stage_index not in self.record.fired:
                 continue
-            layer, x = stage.layer, self.norm_inputs[stage.layer]
-            cotangents = []
-            for which, kind in enumerate(("q", "k", "v")):
-                projection = self.model.submodule(layer, arch.qkv if fused else arch.qkv[which])
-                per_head_map = head_rows(kind, self.model, linear_map(projection))  # (unit, d_head, d_model)
-                grad = self.output_grads.get((layer, 0 if fused else which))
-                if grad is None:  # nothing downstream depends on this projection
-                    cotangents.append(torch.zeros(*x.shape[:2], self.dims.n_heads, x.shape[-1], dtype=x.dtype, device=x.device))
-                    continue
-                grad = canonical(kind, self.model, grad).unflatten(0, (-1, group))  # (rows, copy, pos, unit, d_head)
-                if kind == "q":  # head h's z is read from one copy only: in the others its gradient is 0
-                    grad = grad.sum(1)
-                else:  # query head h = g·group + j reads KV head g in copy j
-                    grad = grad.permute(0, 2, 3, 1, 4).flatten(2, 3)
-                    per_head_map = per_head_map.repeat_interleave(group, dim=0)
-                cotangents.append(torch.einsum("rphe,hed->hrpd", grad, per_head_map.to(grad.dtype)))
-            cotangent = torch.cat(cotangents)  # (3·H, rows, pos, d_model): q of every head, then k, then v
-            norm = self.model.submodule(layer, self.plan.attn_in_norm)
-            with torch.enable_grad():  # one forward of the norm, its vector-Jacobian product batched over receivers
-                leaf = x.clone().requires_grad_(True)
-                (grad_in,) = torch.autograd.grad(norm.forward(leaf), leaf, cotangent.to(x.dtype), is_grads_batched=True)
-            per_receiver = grad_in.unflatten(1, (self.plan.copies, -1)).sum(1)  # (3·H, batch, pos, d_model)
-            self.record.grads[stage_index] = per_receiver.permute(1, 2, 0, 3)
+            x = self.norm_inputs[stage.layer]
+            zeros = x.new_zeros(self.dims.n_heads, x.shape[0] // self.plan.copies, *x.shape[1:])
+            # a projection nothing downstream depends on got no gradient: zeros
+            found = [self.per_kind.get((stage.layer, kind), zeros) for kind in ("q", "k", "v")]
+            self.record.grads[stage_index] = torch.cat(found).permute(1, 2, 0, 3)
+
+
+class _PerHeadBackward(torch.autograd.Function):
+    """Identity on a projection's output, whose backward sends `split(grad)` to the projection's
+    input (`source`) instead of the projection's own backward (the input was detached from it)."""
+
+    @staticmethod
+    def forward(ctx, output: Tensor, source: Tensor, split) -> Tensor:
+        ctx.split = split
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return None, ctx.split(grad), None
