@@ -93,10 +93,10 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
     if runs is not None:
         runs.check_for(model, pairs, ablation)
     elif method == "eap" and engine == "fast" and ablation is None:
-        runs, totals = _eap_clean_pass(model, pairs, check_baseline)
+        runs, totals = _with_gradient_pass(model, pairs, check_baseline, gradients_on="clean")
         return _finished(runs, _scores(runs, totals, 1), method, steps, engine)
     elif method == "eap-ig-inputs" and engine == "fast":
-        runs, first = _ig_corrupt_pass(model, pairs, check_baseline)
+        runs, first = _with_gradient_pass(model, pairs, check_baseline, gradients_on="corrupt")
         later = _gradient_runs(runs, method, steps)[1:]
         scores = _from_gradients(runs, later, runs.copies_per_forward(chunk, grads=True), progress, fast=True, totals=first)
         return _finished(runs, scores, method, steps, engine)
@@ -183,27 +183,24 @@ def _scores(runs: EdgeRuns, totals: dict[int, Tensor], n_runs: int) -> Tensor:
     return scores
 
 
-def _eap_clean_pass(model: Model, pairs: PromptPairs, check_baseline: bool) -> tuple[EdgeRuns, dict[int, Tensor]]:
-    """EAP with the corrupt run recorded, then one forward and backward of the clean run
-    that is at once the clean recording run (outputs, baseline logits) and the gradient run: two
-    forwards and one backward in all, where `EdgeRuns.prepare` and a gradient run take three forwards."""
-    graph = Graph.of(model)
-    off, corrupt_logits = sender_outputs(model, graph, pairs.corrupt_run, logits=True)
-    clean, clean_logits, grads = _recording_gradient_pass(model, graph, pairs, pairs.clean_run)
-    base = collect.checked(model, pairs, clean_logits, corrupt_logits, check=check_baseline)
-    return EdgeRuns(model, pairs, graph, clean, off, base), grads
+def _with_gradient_pass(model: Model, pairs: PromptPairs, check_baseline: bool, *,
+                        gradients_on: Literal["clean", "corrupt"]) -> tuple[EdgeRuns, dict[int, Tensor]]:
+    """The two recording runs, one of which is also a gradient run: one forward fewer than
+    `EdgeRuns.prepare` and a gradient run.
 
-
-def _ig_corrupt_pass(model: Model, pairs: PromptPairs, check_baseline: bool) -> tuple[EdgeRuns, dict[int, Tensor]]:
-    """EAP-IG on the inputs starts its Riemann sum at the corrupt run (k = 0): that step's forward
-    and backward is also the corrupt recording run, one forward fewer than `EdgeRuns.prepare` and
-    `steps` gradient runs. (The step's first-layer input is the corrupt run's own, noise included,
-    and nothing else of the prompt reaches the layers: the same forward.)"""
+    `clean` for EAP (its one gradient run is the clean run); `corrupt` for EAP-IG on the inputs,
+    whose Riemann sum starts at the corrupt run (k = 0): that step's first-layer input is the
+    corrupt run's own, noise included, and nothing else of the prompt reaches the layers."""
     graph = Graph.of(model)
-    clean, clean_logits = sender_outputs(model, graph, pairs.clean_run, logits=True)
-    off, corrupt_logits, grads = _recording_gradient_pass(model, graph, pairs, pairs.corrupt_run)
-    base = collect.checked(model, pairs, clean_logits, corrupt_logits, check=check_baseline)
-    return EdgeRuns(model, pairs, graph, clean, off, base), grads
+    runs = {"clean": pairs.clean_run, "corrupt": pairs.corrupt_run}
+    recorded, logits = {}, {}
+    for name, run in runs.items():
+        if name == gradients_on:
+            recorded[name], logits[name], grads = _recording_gradient_pass(model, graph, pairs, run)
+        else:
+            recorded[name], logits[name] = sender_outputs(model, graph, run, logits=True)
+    base = collect.checked(model, pairs, logits["clean"], logits["corrupt"], check=check_baseline)
+    return EdgeRuns(model, pairs, graph, recorded["clean"], recorded["corrupt"], base), grads
 
 
 def _recording_gradient_pass(model: Model, graph: Graph, pairs: PromptPairs, run) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
