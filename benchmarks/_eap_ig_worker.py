@@ -11,7 +11,8 @@ own pipeline on its own scores:
   attribute(method="EAP"), attribute(method="EAP-IG-inputs", ig_steps=steps),
   evaluate_baseline (clean and corrupt), then apply_topn + evaluate_graph at each size.
 Untimed afterwards: our circuits (written by actpatch's save_graph), read with Graph.from_json and
-evaluated with evaluate_graph, so both tools' evaluations of the *same* circuits can be compared.
+evaluated with evaluate_graph, so both tools' evaluations of the *same* circuits can be compared;
+and each attribution's work, counted again under torch's FLOP counter (as the actpatch side does).
 
 Two things are adapted at run time, without touching EAP-IG's files:
   - its attribution functions allocate their score matrix with `torch.zeros(..., device='cuda')`;
@@ -156,10 +157,32 @@ def main() -> None:
             m = float(eap_evaluate.evaluate_graph(model, circuit, batch, logit_diffs, quiet=True).mean())
         imported.append({"file": path, "n_edges_in_file": before, "n_edges_after_prune": int(circuit.count_included_edges()),
                          "logit_diff": m, "same_as_own_circuit": bool(same)})
+    # Not timed either: the work of each attribution, counted as the actpatch side counts it.
+    record["flops"] = _counted_work(model, clean, lambda method: eap_attribute.attribute(
+        model, graph, batch, attribution_metric, method=method, ig_steps=spec["steps"] if method != "EAP" else None, quiet=True))
     record.update(timings=timings, edge_names=names, scores={k: v.tolist() for k, v in scores.items()},
                   clean_logit_diff=clean_m, corrupt_logit_diff=corrupt_m, own_curve=own, imported_curve=imported,
                   sizes=sizes)
     write_json(args.out, record)
+
+
+def _counted_work(model, clean, attribute) -> dict:
+    """Floating-point operations of every matrix product (torch.utils.flop_counter, forward and
+    backward) of one TransformerLens forward of the clean prompts (which computes the logits at
+    every position) and of each attribution: the same counter the actpatch side uses."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(step) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        return counter.get_total_flops()
+
+    with torch.no_grad():
+        found = {"forward_tl": count(lambda: model(clean))}
+    for method, label in (("EAP", "eap"), ("EAP-IG-inputs", "eap-ig-inputs")):
+        found[label] = count(lambda: attribute(method))
+    return found
 
 
 def _baselines(eap_evaluate, model, batch, metric) -> tuple[float, float]:

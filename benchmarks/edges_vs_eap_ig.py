@@ -151,6 +151,9 @@ def run_ours(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         curve = graph.faithfulness_curve(model, pairs, scores[spec["curve_method"]], runs=runs)
         timings["curve"] = time.perf_counter() - start
+    # Not timed: each step's work under torch's FLOP counter, in the unit edges_cost.py uses (one
+    # plain forward of the clean prompts, final-position logits), each score method also alone.
+    record["flops"] = _counted_work(model, pairs, spec["steps"], scores[spec["curve_method"]])
     # Not timed: the curve's circuits as EAP-IG / MIB files, for EAP-IG to evaluate.
     chosen = scores[spec["curve_method"]]
     for percent, path in zip(spec["percents"], spec["circuit_files"]):
@@ -167,6 +170,30 @@ def run_ours(args: argparse.Namespace) -> None:
         graph_cfg=g.cfg, n_edges_total=g.n_edges,
     )
     write_json(args.out, record)
+
+
+def _counted_work(model, pairs, steps: int, curve_scores) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from actpatch import graph
+
+    def count(step) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        return counter.get_total_flops()
+
+    tokens = pairs.clean.to(model.device)
+    with torch.no_grad():
+        found = {"forward": count(lambda: model.hf(input_ids=tokens, use_cache=False, logits_to_keep=1))}
+    runs = graph.EdgeRuns.prepare(model, pairs)
+    found["prepare"] = count(lambda: graph.EdgeRuns.prepare(model, pairs))
+    for method in METHODS:
+        found[method] = count(lambda: graph.edge_scores(model, pairs, method, steps=steps, progress=False, runs=runs))
+        found[f"{method} alone"] = count(lambda: graph.edge_scores(model, pairs, method, steps=steps, progress=False))
+    found["curve"] = count(lambda: graph.faithfulness_curve(model, pairs, curve_scores, runs=runs))
+    return found
 
 
 # ---- the comparison ---------------------------------------------------------------------------------
@@ -217,6 +244,11 @@ def compare(spec: dict, ours: dict, theirs: dict) -> dict:
                      "load_avg_1min_before": rec["load_avg_1min_before"], "versions": rec["versions"]}
               for tool, rec in (("actpatch", ours), ("eap-ig", theirs))}
     timing["speedup"] = theirs["wall_s"] / ours["wall_s"]
+    if "flops" in ours and "flops" in theirs:  # forward-equivalents: one plain HF forward, final-position logits
+        unit = ours["flops"]["forward"]
+        timing["forward_equivalents"] = {
+            "actpatch": {k: v / unit for k, v in ours["flops"].items() if k != "forward"},
+            "eap-ig": {k: v / unit for k, v in theirs["flops"].items()}}
     return {"n_prompts": len(spec["clean"]), "seq_len": len(spec["clean"][0]), "steps": spec["steps"],
             "graphs": graphs, "scores": scores, "curve": curve, "timing": timing,
             "tl_vs_hf_max_abs_logit_diff": theirs["tl_vs_hf_max_abs_logit_diff"], "targets": TARGETS}
@@ -268,6 +300,17 @@ def print_report(s: dict) -> None:
         print(f"| {label} | {'—' if prepare is None else f'{prepare:.1f}'} | {r['steps_s']['eap']:.1f} | {r['steps_s']['eap-ig-inputs']:.1f} | {r['steps_s']['curve']:.1f} "
               f"| {r['wall_s']:.1f} | {ratio:.2f} | {r['rss_before_mib']:.0f} | {r['peak_delta_mib']:.0f} "
               f"| {r['others_cores_during']:.2f} | {r['load_avg_1min_before']:.2f} |")
+    fe = t.get("forward_equivalents")
+    if fe:
+        ours, theirs = fe["actpatch"], fe["eap-ig"]
+        print("\nWork in forward-equivalents (FLOPs of every matrix product, forward and backward, under torch's FLOP "
+              "counter, ÷ one plain HF forward of the clean prompts with final-position logits; not timed):\n")
+        print("| side | EAP | EAP-IG-inputs | one forward of the tool's model |")
+        print("|---|---:|---:|---:|")
+        print(f"| actpatch, alone | {ours['eap alone']:.2f} | {ours['eap-ig-inputs alone']:.2f} | 1.00 |")
+        print(f"| actpatch, given the shared runs ({ours['prepare']:.2f}) | {ours['eap']:.2f} | {ours['eap-ig-inputs']:.2f} | |")
+        print(f"| EAP-IG 2.0 + TransformerLens 3.9 | {theirs['eap']:.2f} | {theirs['eap-ig-inputs']:.2f} | {theirs['forward_tl']:.2f} |")
+        print(f"\nactpatch's curve ({len(c['percents'])} sizes, given the shared runs): {ours['curve']:.2f} forward-equivalents.")
     print(f"\nSpeed-up, EAP-IG's total / ours: {t['speedup']:.2f}× {ok(t['speedup'] >= TARGETS['speedup'])} (target ≥ {TARGETS['speedup']:g}×)\n")
 
 

@@ -5,12 +5,15 @@ under which every forward has the given values written into their sites. Both at
 their own duration and remove exactly what they attached, on success and on error. Attention
 probabilities (`pattern`) are not a module's input or output, so for them the model's attention
 function is swapped for an eager one that exposes them, and swapped back afterwards.
-No other module in actpatch registers hooks (a test scans the tree).
+No module outside this package registers hooks (a test scans the tree).
 
-This file is the public surface. Below it: `taps.py` (what a hook does with what it sees: read,
-write, or read with the gradient), `layout.py` (where a site sits in that tensor), `attach.py`
-(where each site kind lives on the model, and the torch hooks), `attention.py` (the temporary
-eager attention for pattern sites and `attention_inputs`).
+This file is the public surface of node sites. Below it: `taps.py` (what a hook does with what it
+sees: read, write, or read with the gradient), `layout.py` (where a site sits in that tensor),
+`attach.py` (where each site kind lives on the model, and the torch hooks), `attention.py` (the
+temporary eager attention for pattern sites and `attention_inputs`), `linear.py` (a projection's
+matrix and its rows per head). Edge circuits have taps of their own: `edges.py` (receivers'
+inputs, senders' outputs), `edge_gradients.py` (receiver gradients from one ordinary backward)
+and `edge_removal.py` (one removed edge per copy, resumed at its receiver's layer).
 """
 from __future__ import annotations
 

@@ -22,8 +22,9 @@ v inputs swapped in at the k and v projections (or spliced into a fused projecti
 attention's other arguments are expanded alike, and at o_proj head h's z is taken from copy h.
 Under grouped-query attention each query head thus gets keys and values from its own input.
 
-Rows are copy-major: with `copies` circuits of `batch` prompts, row c·batch + b. The only other
-file that attaches hooks is `hooks/__init__.py`; every handle here is removed on exit, error or not.
+Rows are copy-major: with `copies` circuits of `batch` prompts, row c·batch + b. Hooks are
+attached only inside this package (see `hooks/__init__.py`); every handle here is removed on exit,
+error or not.
 """
 from __future__ import annotations
 
