@@ -85,9 +85,9 @@ def test_an_unproven_model_falls_back_to_the_reference_engine(monkeypatch, caplo
 
 def test_work_is_counted_in_forward_equivalents():
     """One patch at layer 1 of 2, position 4 of 6, in decoder-layer × token calls (unembedding one
-    position counts as its parameters over a layer's): the two unpatched runs; the target recorded
-    whole (its key/value cache, and the calls the full-patch self-check resumes from), then over
-    positions 4-5 for the split there (one position unembedded in each); that check's run (a whole forward);
+    position counts as its parameters over a layer's): the two unpatched runs, the target's of which
+    also records its key/value cache and the calls the full-patch self-check resumes from; the
+    target over positions 4-5 for the split there (one position unembedded); that check's run (a whole forward);
     and two runs of one layer over the last 2 positions (the no-op check's and the patch's), each
     unembedded once. In patched runs the last layer's MLP (its parameters' share of the layer's)
     runs at the final position only. The floor is the unpatched runs and the patch's own run."""
@@ -100,7 +100,7 @@ def test_work_is_counted_in_forward_equivalents():
     forward = layers * batch * seq + unembedding * batch
     patch = 1 * batch * 2 - mlp * batch * 1 + unembedding * batch
     check = forward - mlp * batch * (seq - 1)
-    recordings = layers * batch * seq + layers * batch * 2 + 2 * unembedding * batch
+    recordings = layers * batch * 2 + unembedding * batch
     assert result.attrs["cost"]["forward_equivalents"] == pytest.approx(2 + (recordings + check + 2 * patch) / forward, abs=1e-3)
     assert result.attrs["cost"]["work_floor"] == pytest.approx(2 + patch / forward, abs=1e-3)
     assert result.attrs["cost"]["patches"] == 1

@@ -19,7 +19,6 @@ no-op; only a real split (benchmarks/gpu_check.sh) proves the tensors land where
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -29,11 +28,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from actpatch import hooks, memory
-from actpatch.engine import checks, sources
+from actpatch.engine import checks, recording, sources
 from actpatch.engine.plan import SweepPlan
+from actpatch.engine.recording import TargetRecording
 from actpatch.metrics import Baseline
 from actpatch.models.model import Model
 from actpatch.pairs import Run
@@ -69,6 +68,7 @@ class Batched:
     the chunks already done (docs/scale.md)."""
 
     name = "batched"
+    records_target = True  # copies resume from the target's layer calls: the baseline's forward records them
 
     def start(self, model: Model, the_plan: SweepPlan, base: Baseline) -> "BatchedPatching":
         return BatchedPatching(model, the_plan, base)
@@ -79,7 +79,7 @@ class BatchedPatching:
 
     def __init__(self, model: Model, the_plan: SweepPlan, base: Baseline):
         self.model, self.plan, self.base = model, the_plan, base
-        self.resumer = Resumer(model, the_plan.target)
+        self.resumer = Resumer(model, the_plan.target, the_plan.recorded_target)
         spec = the_plan.spec
         self.budget = int(spec.memory_budget) if spec.memory_budget is not None else memory.default_budget(self.resumer.devices)
         self.size = spec.chunk if spec.chunk is not None else _chunk_size(model, the_plan.target, self.budget)
@@ -262,7 +262,9 @@ class Resumer:
     `run` is the one place a chunk's copies meet the model: tests wrap it to count or to fail
     chunks (out of memory, a kill mid-sweep)."""
 
-    def __init__(self, model: Model, target: Run):
+    def __init__(self, model: Model, target: Run, recorded: TargetRecording | None = None):
+        """`recorded`: the target's layer calls and cache from a forward that ran anyway (the
+        baseline's, `sources.recorded`); without it the first split records them itself."""
         self.model, self.target, self.positions, self.noise = model, target.tokens.to(model.device), target.positions, target.noise
         self.prefixes: dict[int, _Prefix] = {}
         self.whole_cache: DynamicCache | bool | None = None  # the whole target's cache (False: cannot be cut); `_cut_cache`
@@ -276,6 +278,9 @@ class Resumer:
         # Where each decoder layer computes (several devices under a device_map), and the final norm.
         self.devices = [_device_of(model.layer(i), model.device) for i in range(model.dims.n_layers)]
         self.head_device = _device_of(model.hf.get_submodule(model.arch.final_norm), model.device)
+        if recorded is not None:
+            self.whole_cache = recorded.cache if recorded.cache is not None else False
+            self.prefixes[0] = _Prefix(None, self._placed(recorded.calls))
 
     @property
     def forward_equivalents(self) -> float:
@@ -371,11 +376,11 @@ class Resumer:
         if start > 0 and (cache := self._cut_cache(start)) is None:
             cache = DynamicCache(config=hf.config)
             with hooks.add_to_input(self.model, None if noise is None else noise[:, :start]):
-                hf(input_ids=self.target[:, :start], **_cache_argument(hf, cache), use_cache=True, logits_to_keep=1)
+                hf(input_ids=self.target[:, :start], **recording.cache_argument(hf, cache), use_cache=True, logits_to_keep=1)
             self._count_recording(start)
         replay = copy.deepcopy(cache) if cache is not None else None
         with hooks.add_to_input(self.model, None if noise is None else noise[:, start:]), hooks.layer_inputs(self.model) as calls:
-            hf(input_ids=self.target[:, start:], **_cache_argument(hf, replay), use_cache=replay is not None, logits_to_keep=1)
+            hf(input_ids=self.target[:, start:], **recording.cache_argument(hf, replay), use_cache=replay is not None, logits_to_keep=1)
         self._count_recording(self.target.shape[1] - start)
         self.prefixes[start] = _Prefix(cache, self._placed(calls))
         return self.prefixes[start]
@@ -385,14 +390,12 @@ class Resumer:
         records the whole target once with a cache: the calls from position 0 (whose cache argument
         a resumed copy replaces, as every recorded cache) and the cache later splits cut."""
         if self.whole_cache is None:
-            hf = self.model.hf
-            whole = DynamicCache(config=hf.config)  # its layers, one per decoder layer, come from the config
-            if whole.layers and all(type(layer) is DynamicLayer for layer in whole.layers):
-                with hooks.add_to_input(self.model, self.noise), hooks.layer_inputs(self.model) as calls:
-                    hf(input_ids=self.target, **_cache_argument(hf, whole), use_cache=True, logits_to_keep=1)
+            if recording.cuttable_cache(self.model.hf) is not None:
+                with hooks.add_to_input(self.model, self.noise), recording.recording(self.model) as (recorded, keywords):
+                    self.model.hf(input_ids=self.target, **keywords, logits_to_keep=1)
                 self._count_recording(self.target.shape[1])
-                self.whole_cache = whole
-                self.prefixes.setdefault(0, _Prefix(None, self._placed(calls)))
+                self.whole_cache = recorded.cache
+                self.prefixes.setdefault(0, _Prefix(None, self._placed(recorded.calls)))
             else:
                 self.whole_cache = False
         return self.whole_cache is not False
@@ -448,14 +451,6 @@ def moved(value: Any, device: torch.device) -> Any:
     if isinstance(value, dict):
         return {key: moved(v, device) for key, v in value.items()}
     return value
-
-
-def _cache_argument(hf: Any, cache: DynamicCache | None) -> dict[str, Any]:
-    """The cache keyword the installed transformers takes: `cache` (5.2x on), `past_key_values` before.
-
-    Passing the old name to a release that renamed it floods every sweep with a FutureWarning."""
-    takes_cache = "cache" in inspect.signature(hf.forward).parameters
-    return {"cache" if takes_cache else "past_key_values": cache}
 
 
 def _shifted(site: Site, start: int) -> Site:

@@ -31,6 +31,9 @@ class SweepPlan:
     # Activations already captured in the baseline's forwards, keyed by ("source" | "target", site):
     # `engine.sources` reads them instead of running the model again (`sources.recorded`).
     captured: Mapping[tuple[str, Site], Any] = dataclasses.field(default_factory=dict, repr=False)
+    # The target's layer calls and cache, recorded by the baseline's target forward for an engine
+    # that resumes copies from them (`engine.recording`); None: the engine records its own.
+    recorded_target: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def direction(self) -> Direction:

@@ -21,6 +21,7 @@ class Reference:
     """The oracle engine, for `runner.run`."""
 
     name = "reference"
+    records_target = False  # every patch runs a whole forward: nothing to resume from
 
     def start(self, model: Model, the_plan: SweepPlan, base: Baseline) -> "ReferencePatching":
         return ReferencePatching(model, the_plan)

@@ -41,6 +41,7 @@ class Patching(Protocol):
 
 class Engine(Protocol):
     name: str
+    records_target: bool  # whether the baseline's target forward also records what copies resume from
 
     def start(self, model: Model, the_plan: SweepPlan, base: metrics.Baseline) -> Patching: ...
 
@@ -53,7 +54,7 @@ def run(model: Model, pairs: PromptPairs, spec: SweepSpec, engine: Engine, *,
     # too: in bfloat16, eager and sdpa attention differ by more than the self-checks allow.
     with hooks.eager_attention(model) if the_plan.kind == "pattern" else contextlib.nullcontext():
         # The baseline's forwards also capture every value the patches and self-checks read.
-        the_plan, clean_logits, corrupt_logits = sources.recorded(model, the_plan)
+        the_plan, clean_logits, corrupt_logits = sources.recorded(model, the_plan, record_target=engine.records_target)
         base = collect.checked(model, pairs, clean_logits, corrupt_logits, check=spec.check_baseline)
         patching = engine.start(model, the_plan, base)
         self_checks = checks.run(model, the_plan, base, patching.logits)

@@ -147,6 +147,7 @@ class Workers:
             )
 
     name = ENGINE
+    records_target = True  # for the self-checks on the driver, which run through the batched engine
 
     def start(self, model: Model, the_plan: SweepPlan, base: metrics.Baseline) -> "ShardPatching":
         """An `Engine` for `runner.run`: its rows are patched shard by shard on the workers.
@@ -162,9 +163,9 @@ class Workers:
         """(shard number, rows, cost) of each shard, in the order they finish.
 
         Each free worker gets the next shard; the plan goes to the object store once, without the
-        driver's captured values: a worker captures its own, on its own device."""
+        driver's captured values and recorded target: a worker records its own, on its own device."""
         ray = self.ray
-        plan_ref = ray.put(dataclasses.replace(the_plan, captured={}))
+        plan_ref = ray.put(dataclasses.replace(the_plan, captured={}, recorded_target=None))
         waiting = list(enumerate(pieces))
         idle = list(self.actors)
         running: dict[Any, tuple[Any, int]] = {}

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from actpatch import hooks
+from actpatch.engine import recording
 from actpatch.engine.plan import SweepPlan
 from actpatch.engine.spec import ABLATIONS, Ablation
 from actpatch.metrics import NonFiniteError
@@ -31,20 +32,29 @@ def captured(model: Model, run: Run, sites: Sequence[Site]) -> dict[Site, Tensor
         return hooks.capture(model, run.tokens, sites, positions=run.positions)
 
 
-def recorded(model: Model, plan: SweepPlan) -> tuple[SweepPlan, Tensor, Tensor]:
+def recorded(model: Model, plan: SweepPlan, *, record_target: bool = False) -> tuple[SweepPlan, Tensor, Tensor]:
     """The baseline's two forwards, each capturing what the sweep will read from its run: `plan`
     with those values in `plan.captured`, and the clean and corrupt final-position logits.
+    `record_target`: the target's forward also records its layer calls and key/value cache, in
+    `plan.recorded_target`, for an engine that resumes copies from them.
 
     Without this, the patch values and both self-checks' values each took a forward of their own
-    (four more forwards per sweep direction); the values are the same, bit for bit."""
+    (four more forwards per sweep direction), and the batched engine recorded the target again;
+    the values are the same, bit for bit."""
     source_sites = [] if plan.ablation is not None else [*plan.sites, WHOLE_INPUT]
     found: dict[tuple[str, Site], Tensor] = {}
     logits: dict[str, Tensor] = {}
+    target_recording = None
     for role, run, sites in (("source", plan.source, source_sites), ("target", plan.target, plan.sites)):
-        values, logits[role] = hooks.capture_with_logits(model, run, list(dict.fromkeys(sites)))  # a Run: its noise and positions
+        unique = list(dict.fromkeys(sites))
+        if role == "target" and record_target:
+            with recording.recording(model) as (target_recording, keywords):
+                values, logits[role] = hooks.capture_with_logits(model, run, unique, forward=keywords)
+        else:
+            values, logits[role] = hooks.capture_with_logits(model, run, unique)  # a Run: its noise and positions
         found.update({(role, site): value for site, value in values.items()})
     clean, corrupt = (logits["source"], logits["target"]) if plan.direction == "denoise" else (logits["target"], logits["source"])
-    return dataclasses.replace(plan, captured=found), clean, corrupt
+    return dataclasses.replace(plan, captured=found, recorded_target=target_recording), clean, corrupt
 
 
 def _run_values(model: Model, plan: SweepPlan, role: str, sites: Sequence[Site]) -> dict[Site, Tensor]:

@@ -56,10 +56,12 @@ def capture(
 
 
 def capture_with_logits(
-    model: Model, tokens: Tensor | Run, sites: Sequence[SiteLike], *, positions: Positions | None = None
+    model: Model, tokens: Tensor | Run, sites: Sequence[SiteLike], *, positions: Positions | None = None,
+    forward: Mapping[str, Any] | None = None,
 ) -> tuple[dict[Site, Tensor], Tensor]:
     """`capture`, and the same forward's final-position logits (batch, vocab) in float32: a run
-    whose logits are needed anyway (a baseline) gives its activations for free."""
+    whose logits are needed anyway (a baseline) gives its activations for free. `forward`: more
+    keyword arguments for the model's forward (a cache for it to fill; default no cache)."""
     run = tokens if isinstance(tokens, Run) else Run(tokens)
     check_token_tensor(run.tokens)
     wanted = _sites(sites)
@@ -69,7 +71,8 @@ def capture_with_logits(
     readers = [(kind, layer, ReadTap(kind, model, group, named, store)) for (kind, layer), group in groups.items()]
     with add_to_input(model, run.noise), attach.attached(model, readers):
         with torch.no_grad():
-            logits = model.hf(input_ids=run.tokens.to(model.device), use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
+            keywords = {"use_cache": False, **(forward or {})}
+            logits = model.hf(input_ids=run.tokens.to(model.device), **keywords, logits_to_keep=1).logits[:, -1, :].float()
     if missing := [s for s in wanted if s not in store]:
         raise PatchNotApplied(missing)
     return store, logits
