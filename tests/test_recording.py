@@ -38,7 +38,7 @@ def test_copies_resumed_from_the_baselines_recording_give_the_engines_own_number
         the_plan, clean, corrupt = sources.recorded(model, plan(model, pairs, spec), record_target=record_target)
         assert (the_plan.recorded_target is not None) == record_target
         base = collect.checked(model, pairs, clean, corrupt, check=False)
-        rows[record_target], _, cost = batched.patched_logits(model, the_plan, base, lambda logits: logits)
+        rows[record_target], _, _ = batched.patched_logits(model, the_plan, base, lambda logits: logits)
     assert all(torch.equal(a, b) for a, b in zip(rows[True], rows[False]))
 
 
