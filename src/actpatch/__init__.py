@@ -76,6 +76,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     # Subspaces: patch part of a site, learn that part, check it.
     "Subspace": ("actpatch.bases.subspace", "Subspace"),
     "patch_subspace": ("actpatch.subspace.patching", "patch_subspace"),
+    "das": ("actpatch.subspace.das", "das"),
+    "DASResult": ("actpatch.subspace.result", "DASResult"),
 }
 
 __all__ = sorted(_EXPORTS)
