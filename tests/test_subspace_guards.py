@@ -126,6 +126,7 @@ def test_das_is_seeded_and_runs_on_a_mid_residual():
     )
     torch.testing.assert_close(once.subspace.U, again.subspace.U)
     assert "mid-stream residual" in once.table.attrs["readout"]
+    assert once.table.attrs["seed"] == -1 and once.table.attrs["das_seed"] == 0
     assert np.isnan(float(once.table.sel(control="row_space", score="iia", stat="value")))
     assert np.isnan(float(once.table.sel(control="random_model", score="iia", stat="value")))
     assert "subspace" in repr(once)

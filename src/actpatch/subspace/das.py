@@ -133,7 +133,7 @@ def das(
         direction=direction,
         method=PARAMETRISATION,
         training=asdict(training),
-        seed=seed,
+        das_seed=seed,  # "seed" is the prompts' generator's, from provenance()
         steps_run=steps_run,
         test_share=test_share,
         n_train=len(train),
