@@ -43,6 +43,9 @@ def test_das_recovers_the_planted_direction_and_passes_every_guard(genuine, tmp_
         and float(table.sel(control="unpatched")) == 0
     )
     assert result.random_subspaces.shape == (10, 2)
+    # Neuron 0 is 3 after A and 1 after B: every held-out pair moves 2 along the learned direction.
+    moved = result.projection.sel(run="source") - result.projection.sel(run="target")
+    assert moved.shape == (len(result.test), 1) and float(abs(abs(moved) - 2).max()) < 0.1
     attrs = result.table.attrs
     assert attrs["analysis"] == "das" and attrs["rank"] == 1 and attrs["row_rank"] == 1
     assert attrs["n_train"] + attrs["n_test"] == len(genuine.pairs) and attrs["flags"] == []

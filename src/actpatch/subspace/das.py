@@ -147,7 +147,16 @@ def das(
         interval={"ci": ci, "n_boot": n_boot, "resampled": "held-out prompts, with replacement"},
     )
     draws = xr.DataArray(controls.random, dims=("draw", "score"), coords={"score": list(SCORES)})
-    return DASResult(subspace, table, draws, tuple(flags), tuple(losses), tuple(train), tuple(test))
+    return DASResult(
+        subspace,
+        table,
+        draws,
+        _projection(held_out, U, test),
+        tuple(flags),
+        tuple(losses),
+        tuple(train),
+        tuple(test),
+    )
 
 
 def learn(
@@ -250,6 +259,16 @@ def _table(groups: dict, controls: Controls, *, n_boot: int, ci: float, seed: in
         table,
         dims=("control", "score", "stat"),
         coords={"control": list(CONTROLS), "score": list(SCORES), "stat": ["value", "lo", "hi"]},
+    )
+
+
+def _projection(run: Interchange, U: Tensor, rows: Tensor) -> xr.DataArray:
+    """Each held-out prompt's coordinates in the learned subspace, in the source and target runs."""
+    with torch.no_grad():
+        found = torch.stack([run.source.float() @ U, run.target.float() @ U]).cpu().numpy()
+    dims = ("run", "batch", *(("pos",) if run.site.pos is None else ()), "latent")
+    return xr.DataArray(
+        found, dims=dims, coords={"run": ["source", "target"], "batch": rows.tolist()}
     )
 
 

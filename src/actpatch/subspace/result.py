@@ -35,6 +35,7 @@ class DASResult:
     subspace: Subspace
     table: xr.DataArray  # (control, score, stat): value, lo, hi; NaN where a control was not run
     random_subspaces: xr.DataArray  # (draw, score): each random subspace's held-out numbers
+    projection: xr.DataArray  # (run, batch, [pos,] latent): held-out prompts' coordinates x U
     flags: tuple[str, ...]
     losses: tuple[float, ...]  # the training pairs' loss at each check, for a learning curve
     train: tuple[int, ...]  # indices of the pairs it learned from
