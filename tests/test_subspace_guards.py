@@ -33,7 +33,7 @@ def test_das_recovers_the_planted_direction_and_passes_every_guard(genuine, tmp_
     result = das(genuine.model, genuine.pairs, genuine.site, rank=1, **FAST)
     assert abs(float(result.subspace.U[:, 0] @ genuine.direction)) >= 0.95
     assert result.passed, result.flags
-    table = result.table.sel(stat="value", score="iia")
+    table = result.table.sel(stat="value", metric="iia")
     assert result.iia == 1 and float(table.sel(control="full_component")) == 1
     assert (
         float(table.sel(control="row_space")) == 1 and float(table.sel(control="null_space")) == 0
@@ -59,7 +59,7 @@ def test_guards_flag_the_mlp_in_the_middle_illusion(illusion):
     names = {flag.split(":")[0] for flag in result.flags}
     assert {"exceeds_component", "dormant_pathway"} <= names
     assert result.iia == 1  # the illusion works: the search alone would report success
-    table = result.table.sel(stat="value", score="iia")
+    table = result.table.sel(stat="value", metric="iia")
     assert (
         float(table.sel(control="full_component")) == 0
         and float(table.sel(control="row_space")) == 0
@@ -130,8 +130,8 @@ def test_das_is_seeded_and_runs_on_a_mid_residual():
     torch.testing.assert_close(once.subspace.U, again.subspace.U)
     assert "mid-stream residual" in once.table.attrs["readout"]
     assert once.table.attrs["seed"] == -1 and once.table.attrs["das_seed"] == 0
-    assert np.isnan(float(once.table.sel(control="row_space", score="iia", stat="value")))
-    assert np.isnan(float(once.table.sel(control="random_model", score="iia", stat="value")))
+    assert np.isnan(float(once.table.sel(control="row_space", metric="iia", stat="value")))
+    assert np.isnan(float(once.table.sel(control="random_model", metric="iia", stat="value")))
     assert "subspace" in repr(once)
 
 

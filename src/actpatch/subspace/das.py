@@ -118,9 +118,9 @@ def das(
             )
     table = _table(groups, controls, n_boot=n_boot, ci=ci, seed=seed)
     scores = {
-        c: {s: float(table.sel(control=c, score=s, stat="value")) for s in SCORES}
+        c: {s: float(table.sel(control=c, metric=s, stat="value")) for s in SCORES}
         for c in CONTROLS
-        if not np.isnan(float(table.sel(control=c, score="iia", stat="value")))
+        if not np.isnan(float(table.sel(control=c, metric="iia", stat="value")))
     }
     flags = flags_of(scores, controls, margin=settings.margin) if settings else []
     subspace = Subspace(site, U.detach().cpu(), name=f"das.{site.kind}.{site.layer}")
@@ -146,7 +146,7 @@ def das(
         flags=list(flags),
         interval={"ci": ci, "n_boot": n_boot, "resampled": "held-out prompts, with replacement"},
     )
-    draws = xr.DataArray(controls.random, dims=("draw", "score"), coords={"score": list(SCORES)})
+    draws = xr.DataArray(controls.random, dims=("draw", "metric"), coords={"metric": list(SCORES)})
     return DASResult(
         subspace,
         table,
@@ -234,7 +234,7 @@ def _split(n: int, test_share: float, seed: int) -> tuple[Tensor, Tensor]:
 
 
 def _table(groups: dict, controls: Controls, *, n_boot: int, ci: float, seed: int) -> xr.DataArray:
-    """(control, score, stat): each group's rows resampled with its own baselines."""
+    """(control, metric, stat): each group's rows resampled with its own baselines."""
     table = np.full((len(CONTROLS), len(SCORES), 3), np.nan)
     for baseline, rows in groups.values():
         names = list(rows)
@@ -257,8 +257,8 @@ def _table(groups: dict, controls: Controls, *, n_boot: int, ci: float, seed: in
         )
     return xr.DataArray(
         table,
-        dims=("control", "score", "stat"),
-        coords={"control": list(CONTROLS), "score": list(SCORES), "stat": ["value", "lo", "hi"]},
+        dims=("control", "metric", "stat"),
+        coords={"control": list(CONTROLS), "metric": list(SCORES), "stat": ["value", "lo", "hi"]},
     )
 
 

@@ -26,7 +26,8 @@ from actpatch.models.model import Model
 from actpatch.subspace import readout
 from actpatch.subspace.patching import Interchange
 
-# The two numbers every control reports, and the metrics they are read from.
+# The two metrics every control reports, and the sweep metrics they are read from: IIA is top-1
+# accuracy on the counterfactual answers.
 SCORES = {"iia": "accuracy", "norm_logit_diff": "norm_logit_diff"}
 
 
@@ -48,7 +49,7 @@ class Controls:
     rows: dict[str, dict[str, np.ndarray]] = field(
         default_factory=dict
     )  # control -> metric -> (prompt,)
-    random: np.ndarray = field(default_factory=lambda: np.zeros((0, len(SCORES))))  # (draw, score)
+    random: np.ndarray = field(default_factory=lambda: np.zeros((0, len(SCORES))))  # (draw, metric)
     readout: str = ""
     row_rank: int = 0
     null_rank: int = 0

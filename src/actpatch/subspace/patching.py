@@ -16,6 +16,7 @@ import xarray as xr
 from torch import Tensor
 
 from actpatch import metrics, results
+from actpatch.bases.basis import move_latents
 from actpatch.bases.subspace import Subspace
 from actpatch.metrics import METRICS, Baseline
 from actpatch.models.model import Model
@@ -62,10 +63,10 @@ class Interchange:
             return vectors.final_logits(model, self.target_run)
 
     def subspace_value(self, U: Tensor) -> Tensor:
-        """x_t + U Uᵀ (x_s − x_t) for a (d, r) U; differentiable in U."""
+        """x_t + U Uᵀ (x_s − x_t) for a (d, r) U, by the bases' patch rule; differentiable in U."""
         U = U.to(device=self.target.device, dtype=torch.float32)
-        target = self.target.float()
-        return target + ((self.source.float() - target) @ U) @ U.T
+        source, target = self.source.float(), self.target.float()
+        return move_latents(target, source @ U, target @ U, U.T)
 
     def per_prompt(self, model: Model, value: Tensor) -> dict[str, Tensor]:
         """Every metric per prompt for the target run patched with `value` (no gradients)."""

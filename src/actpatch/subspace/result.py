@@ -1,6 +1,6 @@
 """What a DAS search returns: the learned subspace, its accuracy beside every control, the flags.
 
-`table` is one labelled array (control × score × stat): held-out interchange-intervention accuracy
+`table` is one labelled array (control × metric × stat): held-out interchange-intervention accuracy
 (IIA) and normalised logit difference, each with a bootstrap interval over the held-out prompts,
 for the learned subspace and each control. Its attributes are the provenance. The flags are the
 guards' verdicts in words; a result with none has passed every guard we run, not proved a variable.
@@ -33,8 +33,8 @@ class DASResult:
     """A learned subspace and the evidence for and against it."""
 
     subspace: Subspace
-    table: xr.DataArray  # (control, score, stat): value, lo, hi; NaN where a control was not run
-    random_subspaces: xr.DataArray  # (draw, score): each random subspace's held-out numbers
+    table: xr.DataArray  # (control, metric, stat): value, lo, hi; NaN where a control was not run
+    random_subspaces: xr.DataArray  # (draw, metric): each random subspace's held-out numbers
     projection: xr.DataArray  # (run, batch, [pos,] latent): held-out prompts' coordinates x U
     flags: tuple[str, ...]
     losses: tuple[float, ...]  # the training pairs' loss at each check, for a learning curve
@@ -49,7 +49,7 @@ class DASResult:
     @property
     def iia(self) -> float:
         """Held-out interchange-intervention accuracy of the learned subspace."""
-        return float(self.table.sel(control="subspace", score="iia", stat="value"))
+        return float(self.table.sel(control="subspace", metric="iia", stat="value"))
 
     def __repr__(self) -> str:
         lines = [
@@ -61,7 +61,7 @@ class DASResult:
         lines.append(f"  {'control':<18}{'IIA':>22}{'norm logit diff':>26}")
         for control in CONTROLS:
             cells = [
-                self.table.sel(control=control, score=s).values for s in ("iia", "norm_logit_diff")
+                self.table.sel(control=control, metric=s).values for s in ("iia", "norm_logit_diff")
             ]
             if np.isnan(cells[0][0]):
                 continue
