@@ -66,6 +66,7 @@ def test_das_writes_its_table_and_subspace(tiny, tmp_path):
         (["--site", "neuron", "--layers", "1", "--neurons", "3"], "whole neuron layer"),
         (["--site", "k", "--layers", "1", "--heads", "0"], "subspace sits at"),
         (["--site", "resid_pre", "--layers", "1", "--rank", "40"], "rank must be"),
+        (["--site", "resid_pre", "--layers", "1", "--direction", "noise"], "denoises"),
     ],
 )
 def test_das_bad_input_exits_2_with_one_line(tiny, tmp_path, args, reason):

@@ -156,6 +156,10 @@ def test_constructors():
         ),
         (lambda m, p: Subspace.from_direction("resid_pre[layer=1]", torch.zeros(32)), "non-zero"),
         (
+            lambda m, p: interchange(m, [p, p], "resid_pre[layer=1]"),
+            "one PromptPairs of one token length",
+        ),
+        (
             lambda m, p: interchange(m, p, "resid_pre[layer=1]", direction="noise"),
             "pass counterfactual=",
         ),
@@ -171,5 +175,5 @@ def test_constructors():
 )
 def test_bad_inputs(call, message):
     model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
-    with pytest.raises((BasisError, PairsError, ValueError), match=message):
+    with pytest.raises((BasisError, PairsError, ValueError, TypeError), match=message):
         call(model, pairs)

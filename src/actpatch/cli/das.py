@@ -119,6 +119,11 @@ def das(
     model, pairs = load(spec, quiet=quiet)
     pairs = single(pairs, "das")
     direction = one_direction(spec, "das")
+    if direction == "noise":
+        raise BadInput(
+            "das on the command line denoises: the tasks' pairs do not say which answer the "
+            "corrupt value should make the clean run give (ap.das(..., counterfactual=) does)"
+        )
     echo(describe(model, pairs, spec))
     guards = False if no_guards else Guards(n_random=n_random, random_model=random_model)
     result = ap.das(

@@ -46,12 +46,12 @@ class Interchange:
 
     def __getitem__(self, rows: Tensor) -> Interchange:
         """The same interchange on a subset of the prompts (rows: indices)."""
-        b = self.baseline
+        b, pairs = self.baseline, self.pairs[rows]
         return Interchange(
-            self.pairs[rows],
+            pairs,
             self.site,
             self.direction,
-            _target_run(self.pairs[rows], self.direction),
+            _target_run(pairs, self.direction),
             self.source[rows],
             self.target[rows],
             Baseline(b.clean_logits[rows], b.corrupt_logits[rows], b.answers[rows], b.wrong[rows]),
@@ -88,6 +88,11 @@ def interchange(
     `pairs.answers` (over `pairs.wrong`) unless `counterfactual` (batch,) says otherwise. Noising
     writes the corrupt value into the clean run: which answer that value should produce is a fact
     about the task, so `counterfactual` is required, compared with `pairs.answers`."""
+    if not isinstance(pairs, PromptPairs):
+        raise TypeError(
+            f"pairs is one PromptPairs of one token length, not {type(pairs).__name__} "
+            "(a task's *_groups gives several: use e.g. tasks.ioi)"
+        )
     site = vectors.as_site(site)
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
