@@ -14,6 +14,7 @@ The guards (`guards.py`) run by default and their flags travel with the result.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -35,6 +36,8 @@ from actpatch.subspace import vectors
 from actpatch.subspace.guards import SCORES, Controls, Guards, flags_of, measure, reinitialised
 from actpatch.subspace.patching import Interchange, interchange
 from actpatch.subspace.result import CONTROLS, DASResult
+
+log = logging.getLogger(__name__)
 
 PARAMETRISATION = "torch.nn.utils.parametrizations.orthogonal (Householder), Adam, cross-entropy"
 
@@ -180,6 +183,7 @@ def learn(
             with torch.no_grad():
                 U = rotation.weight.T
                 losses.append(float(_loss(model, run, U)))
+            log.debug("step %d: training loss %.4f", step, losses[-1])
             if losses[-1] < best - 1e-4:
                 best, best_U, waited = losses[-1], U.detach().clone(), 0
             elif (waited := waited + 1) >= training.patience:
@@ -192,6 +196,13 @@ def learn(
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+    log.info(
+        "learned a rank-%d subspace at %s in %d steps (training loss %.4f)",
+        rank,
+        run.site,
+        step,
+        best,
+    )
     return best_U, losses, step
 
 
