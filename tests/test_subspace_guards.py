@@ -193,3 +193,20 @@ def test_readouts():
 def test_bad_inputs(genuine, call, error, message):
     with pytest.raises(error, match=message):
         call(genuine)
+
+
+def test_das_noises_with_a_counterfactual(genuine):
+    """Noising: the corrupt value written into the clean run should give the corrupt answer."""
+    result = das(
+        genuine.model,
+        genuine.pairs,
+        genuine.site,
+        rank=1,
+        direction="noise",
+        counterfactual=genuine.pairs.wrong,
+        training=Training(steps=60, lr=0.1),
+        guards=False,
+        n_boot=100,
+    )
+    assert result.iia == 1 and abs(float(result.subspace.U[:, 0] @ genuine.direction)) >= 0.95
+    assert result.flags == () and result.table.attrs["direction"] == "noise"
