@@ -73,6 +73,11 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "pareto_frontier": ("actpatch.circuits", "pareto_frontier"),
     "sensitivity_report": ("actpatch.circuits", "sensitivity_report"),
     "smallest_circuit": ("actpatch.circuits", "smallest_circuit"),
+    # Subspaces: patch part of a site, learn that part, check it.
+    "Subspace": ("actpatch.bases.subspace", "Subspace"),
+    "patch_subspace": ("actpatch.subspace.patching", "patch_subspace"),
+    "das": ("actpatch.subspace.das", "das"),
+    "DASResult": ("actpatch.subspace.result", "DASResult"),
 }
 
 __all__ = sorted(_EXPORTS)

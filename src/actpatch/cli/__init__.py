@@ -6,6 +6,7 @@
     attribute  attribution patching (AtP, AtP*, integrated gradients), optionally verified exactly
     circuit    head sweep -> Pareto frontier -> smallest circuit -> minimality;
                --level edge: edge scores -> faithfulness curve -> graph.json
+    das        distributed alignment search: a subspace at one site, beside its guards
     compare    two per-prompt results of the same prompts, site by site (paired bootstrap, FDR)
     demo       the IOI residual-stream sweep on the embedded model
     report     draw a saved result again
@@ -24,7 +25,7 @@ import logging
 
 import click
 
-from actpatch.cli import analyses, compare, models, sweeps
+from actpatch.cli import analyses, compare, das, models, sweeps
 from actpatch.cli.common import Commands
 
 
@@ -40,6 +41,6 @@ def main(verbose: int) -> None:
     logging.getLogger("actpatch").setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG))
 
 
-for command in (models.models, models.check, sweeps.sweep, analyses.attribute, analyses.circuit, sweeps.demo, sweeps.report_command, compare.compare):
+for command in (models.models, models.check, sweeps.sweep, analyses.attribute, analyses.circuit, das.das, sweeps.demo, sweeps.report_command, compare.compare):
     main.add_command(command)
 

@@ -46,7 +46,7 @@ BAD_INPUT_ERRORS = (
     ("actpatch.pairs", "PairsError"), ("actpatch.sites", "SiteError"), ("actpatch.engine.collect", "BaselineError"),
     ("actpatch.models.load", "ModelNotFound"), ("actpatch.experiment", "ExperimentError"),
     ("actpatch.engine.checkpoint", "CheckpointMismatch"), ("actpatch.models.arch", "UnsupportedArchitecture"),
-    ("actpatch.models.cache", "DefaultModelNotInstalled"),
+    ("actpatch.models.cache", "DefaultModelNotInstalled"), ("actpatch.bases.subspace", "BasisError"),
 )
 
 
