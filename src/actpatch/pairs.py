@@ -181,7 +181,7 @@ def _checked_tokens(model: Model, clean, corrupt, answers, wrong) -> tuple[list[
     for name, texts in (("clean", clean), ("corrupt", corrupt)):
         if empty := [i for i, t in enumerate(texts) if not t.strip()]:
             raise PairsError(f"{name} prompt {empty[0]} is empty")
-    for name, words in (("answer", answers), ("wrong answer", wrong)):  # both are read after each prompt
+    for name, words in (("answer", answers), ("wrong answer", wrong)):  # both read after the prompt
         for i, (word, prompt) in enumerate(zip(words, clean)):
             if (spaced := unspaced_answer(model, prompt, word)) is not None:
                 raise PairsError(f"prompt {i}: {name} {word!r} {missing_space(prompt, spaced)}")
@@ -202,7 +202,7 @@ _SPACED_AFTER = ",.;:!?)"
 
 
 def unspaced_answer(model: Model, prompt: str, answer: str) -> str | None:
-    """`answer` with its leading space, when it was given without one and almost surely meant with it.
+    """`answer` with its leading space, when it was given without one and surely meant with it.
 
     A word after a prompt that ends in a word or punctuation is the word's space-prefixed token for
     byte-level tokenizers (" Mary"); the bare form ("Mary") is another token the model rarely
@@ -214,13 +214,15 @@ def unspaced_answer(model: Model, prompt: str, answer: str) -> str | None:
     if not (prompt[-1].isalnum() or prompt[-1] in _SPACED_AFTER):
         return None
     spaced = " " + answer
-    return spaced if len(model.tokenizer(spaced, add_special_tokens=False)["input_ids"]) == 1 else None
+    ids = model.tokenizer(spaced, add_special_tokens=False)["input_ids"]
+    return spaced if len(ids) == 1 else None
 
 
 def missing_space(prompt: str, spaced: str) -> str:
     """The reason and the fix, for an error about an answer given without its leading space."""
-    return (f"has no leading space, but after {prompt[-12:]!r} the next word is {spaced!r} (one token, its space "
-            f"included): write {spaced!r}")
+    tail = " ".join(prompt.split()[-3:])
+    return (f"has no leading space, but after {tail!r} the next word is {spaced!r} (one token, "
+            f"its space included): write {spaced!r}")
 
 
 def _tokens(model: Model, text: str) -> list[int]:
@@ -273,10 +275,15 @@ def _validate_ids(pairs: PromptPairs) -> None:
     for name, where in pairs.positions.items():
         prompts = f"{batch} prompt{'s' if batch != 1 else ''}"
         if where.shape != (batch,):
-            given = f"{where.numel()} ind{'ex' if where.numel() == 1 else 'ices'}" if where.ndim <= 1 else f"shape {tuple(where.shape)}"
-            raise PairsError(f"named position {name!r} has {given} for {prompts}: give one index in "
-                             f"0..{pairs.seq_len - 1} per prompt, e.g. {{{name!r}: [{', '.join(['3'] * min(batch, 3))}"
-                             f"{', ...' if batch > 3 else ''}]}}")
+            count = where.numel()
+            given = f"{count} ind{'ex' if count == 1 else 'ices'}"
+            if where.ndim > 1:
+                given = f"shape {tuple(where.shape)}"
+            example = ", ".join(["3"] * min(batch, 3)) + (", ..." if batch > 3 else "")
+            raise PairsError(f"named position {name!r} has {given} for {prompts}: give one index "
+                             f"in 0..{pairs.seq_len - 1} per prompt, e.g. "
+                             f"{{{name!r}: [{example}]}}")
         if bad := [(i, int(v)) for i, v in enumerate(where.tolist()) if not 0 <= v < pairs.seq_len]:
-            raise PairsError(f"named position {name!r} is {bad[0][1]} for prompt {bad[0][0]}, outside its "
-                             f"{pairs.seq_len} tokens: give one index in 0..{pairs.seq_len - 1} per prompt")
+            (prompt, index), last = bad[0], pairs.seq_len - 1
+            raise PairsError(f"named position {name!r} is {index} for prompt {prompt}, outside its "
+                             f"{pairs.seq_len} tokens: give one index in 0..{last} per prompt")

@@ -57,7 +57,8 @@ def evaluate(model: Model, pairs: PromptPairs, circuit: Tensor | Sequence[str], 
                         n_edges_total=runs.graph.n_edges, n_prompts=len(pairs))
     if ci is None:
         return result
-    boot = bootstrap.replicates(runs.prompt_block([logits]), n_boot=n_boot, seed=boot_seed)[..., 0]  # (resample, metric)
+    block = runs.prompt_block([logits])
+    boot = bootstrap.replicates(block, n_boot=n_boot, seed=boot_seed)[..., 0]  # (resample, metric)
     return with_intervals(result, boot, ci, n_boot, boot_seed)
 
 
@@ -99,7 +100,8 @@ class EdgeRuns:
 
     def provenance(self, analysis: str, **options) -> dict:
         """`results.provenance` of an edge analysis: model, prompts, versions, the out-of-circuit
-        values (`source`), the baselines, and `options`: the analysis's own arguments, only those it used."""
+        values (`source`), the baselines, and `options`: the analysis's own arguments, only
+        those it used."""
         return results.provenance(
             self.model, self.pairs, analysis=analysis, source=self.ablation or "corrupt",
             baseline_clean=metrics.averaged(self.base.clean_logits, self.base),
@@ -110,7 +112,8 @@ class EdgeRuns:
         """Every metric of each prompt of each circuit's run (`logits`: (batch, vocab) each), as the
         block a bootstrap over prompts resamples: normalised by the clean and corrupt runs, or by
         the `empty` and `full` circuits' per-prompt logit differences where given (that is f)."""
-        rows = [{name: v.double().cpu().numpy() for name, v in metrics.per_prompt(l, self.base).items()} for l in logits]
+        rows = [{name: v.double().cpu().numpy()
+                 for name, v in metrics.per_prompt(each, self.base).items()} for each in logits]
         low = self.base.corrupt_logit_diff if empty is None else empty
         high = self.base.clean_logit_diff if full is None else full
         return bootstrap.rows_block(rows, high.double().cpu().numpy(), low.double().cpu().numpy())

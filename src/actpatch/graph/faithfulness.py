@@ -37,8 +37,9 @@ CURVE_METRICS = ("faithfulness", *metrics.METRICS)
 def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
                        percents: Sequence[float] = MIB_PERCENTS, absolute: bool = True, prune: bool = True,
                        ablation: Ablation | None = None, chunk: int | None = None,
-                       check_baseline: bool = True, engine: str = "fast", runs: EdgeRuns | None = None,
-                       ci: float | None = None, n_boot: int = 1000, boot_seed: int = 0) -> xr.DataArray:
+                       check_baseline: bool = True, engine: str = "fast",
+                       runs: EdgeRuns | None = None, ci: float | None = None, n_boot: int = 1000,
+                       boot_seed: int = 0) -> xr.DataArray:
     """Every metric of the top `percents` % of edges by `scores`, dims (percent, metric), with the
     edges each circuit kept (`n_edges`, after pruning) as a coordinate and CPR and CMD in `attrs`.
 
@@ -74,8 +75,9 @@ def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
     result = xr.DataArray(values, dims=["percent", "metric"], name="faithfulness",
                           coords={"percent": percents, "metric": list(CURVE_METRICS),
                                   "n_edges": ("percent", [int(c.sum()) for c in circuits])})
-    result.attrs.update(runs.provenance("faithfulness_curve", method=scores.method, percents=percents, absolute=absolute,
-                                        prune=prune, engine=engine, check_baseline=check_baseline))
+    result.attrs.update(runs.provenance("faithfulness_curve", method=scores.method,
+                                        percents=percents, absolute=absolute, prune=prune,
+                                        engine=engine, check_baseline=check_baseline))
     result.attrs.update(
         cpr=cpr, cmd=cmd, method=scores.method, model=model.name, absolute=int(absolute), pruned=int(prune),
         ablation=ablation or "corrupt", n_edges_total=runs.graph.n_edges, n_prompts=len(pairs),
@@ -91,7 +93,8 @@ def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
         return result
     # Every metric of every prompt is at hand here: each metric's interval, not only f's.
     sized = logits[2:]
-    blocks = (runs.prompt_block(sized, empty=torch.as_tensor(prompt_diffs[0]), full=torch.as_tensor(prompt_diffs[1])),
+    empty_diffs, full_diffs = torch.as_tensor(prompt_diffs[0]), torch.as_tensor(prompt_diffs[1])
+    blocks = (runs.prompt_block(sized, empty=empty_diffs, full=full_diffs),
               runs.prompt_block(sized))
     return _with_curve_intervals(result, blocks, ci, n_boot, boot_seed)
 
@@ -112,12 +115,15 @@ def curve_intervals(curve: xr.DataArray, ci: float = 0.95, *, n_boot: int = 1000
     diffs = np.asarray(curve.attrs["prompt_logit_diff"], dtype=float).reshape(curve.sizes["percent"] + 2, -1)
     empty, full, sizes = diffs[0], diffs[1], diffs[2:]
     rows = [{"logit_diff": row} for row in sizes]
-    blocks = (bootstrap.rows_block(rows, full, empty),  # normalised by the empty and full circuits: that is f
-              bootstrap.rows_block(rows, curve.attrs["clean_prompt_logit_diff"], curve.attrs["corrupt_prompt_logit_diff"]))
+    clean = curve.attrs["clean_prompt_logit_diff"]
+    corrupt = curve.attrs["corrupt_prompt_logit_diff"]
+    blocks = (bootstrap.rows_block(rows, full, empty),  # normalised by the empty and full: f
+              bootstrap.rows_block(rows, clean, corrupt))
     return _with_curve_intervals(curve, blocks, ci, n_boot, seed)
 
 
-def _with_curve_intervals(curve: xr.DataArray, blocks: tuple, ci: float, n_boot: int, seed: int) -> xr.DataArray:
+def _with_curve_intervals(curve: xr.DataArray, blocks: tuple, ci: float, n_boot: int,
+                          seed: int) -> xr.DataArray:
     """`curve` with intervals from two blocks of the same per-prompt rows: one normalised by the
     empty and full circuits (its norm_logit_diff is f), one by the clean and corrupt runs."""
     by_circuits, by_runs = blocks

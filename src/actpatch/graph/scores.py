@@ -114,8 +114,8 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
 
 
 def _bar_off(progress: bool | None, steps: int) -> bool | None:
-    """tqdm's `disable`: as asked, else off for a few steps and on a terminal only (None: tqdm's own test),
-    so a redirected log holds no bar."""
+    """tqdm's `disable`: as asked, else off for a few steps and on a terminal only (None: tqdm's
+    own test), so a redirected log holds no bar."""
     if progress is not None:
         return not progress
     return True if steps < 4 else None
@@ -124,8 +124,9 @@ def _bar_off(progress: bool | None, steps: int) -> bool | None:
 def _finished(runs: EdgeRuns, scores: Tensor, method: str, steps: int, engine: str, cost=None) -> EdgeScores:
     options = {"method": method, **({"steps": steps} if "ig" in method else {}), "engine": engine}
     attrs = {**runs.provenance("edge_scores", **options),
-             "model": runs.model.name, "ablation": runs.ablation or "corrupt", "n_prompts": len(runs.pairs),
-             "metric": "mean logit difference", "steps": steps if "ig" in method else None, "engine": engine}
+             "model": runs.model.name, "ablation": runs.ablation or "corrupt",
+             "n_prompts": len(runs.pairs), "metric": "mean logit difference",
+             "steps": steps if "ig" in method else None, "engine": engine}
     if cost is not None:
         attrs["cost"] = {"forward_equivalents": round(cost.forward_equivalents, 3), "naive_forwards": cost.naive}
     return EdgeScores(runs.graph, scores * runs.graph.exists, method, attrs)

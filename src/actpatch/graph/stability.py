@@ -44,9 +44,10 @@ def edge_stability(model: Model, pairs: PromptPairs, *, method: Method = "eap", 
         return frozenset(scores.graph.names(top_edges(scores, percent=percent)))
 
     searches = 1 + n_boot + len(others)
-    log.info("edge_stability: %d edge scorings (1 on all prompts, %d resamples%s) by %s%s", searches, n_boot,
-             f", {len(others)} other prompt set{'s' if len(others) != 1 else ''}" if others else "", method,
-             f" at {steps} steps each" if "ig" in method else "")
+    other_sets = f", {len(others)} other prompt set{'s' * (len(others) != 1)}" if others else ""
+    per_scoring = f" at {steps} steps each" if "ig" in method else ""
+    log.info("edge_stability: %d edge scorings (1 on all prompts, %d resamples%s) by %s%s",
+             searches, n_boot, other_sets, method, per_scoring)
     rng = np.random.default_rng(seed)
     draws = [sorted(rng.integers(0, len(pairs), len(pairs)).tolist()) for _ in range(n_boot)]
     with tqdm(total=searches, desc="edge circuits (full, resamples, others)",

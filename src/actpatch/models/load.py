@@ -205,8 +205,8 @@ def _resolve_source(name_or_path: str | os.PathLike[str] | None) -> _Source:
     if path.is_file() and path.suffix == ".gguf":
         return _Source(str(path.parent), {"gguf_file": path.name}, _provenance(text, path))
     if path.is_file() and path.suffix.lower() == ".safetensors":
-        raise ModelNotFound(f"{text!r} is a weights file alone; a checkpoint is the folder that holds it with its "
-                            f"config.json: pass {str(path.parent)!r}")
+        raise ModelNotFound(f"{text!r} is a weights file alone; a checkpoint is the folder that "
+                            f"holds it with its config.json: pass {str(path.parent)!r}")
     if _looks_local(name_or_path, path):
         why = "it does not exist" if not path.exists() else "it is neither a folder nor .gguf"
         raise ModelNotFound(f"{text!r} looks like a local path, but {why}. A checkpoint is a "
@@ -230,8 +230,9 @@ def _check_weights_file(path: Path) -> None:
         if path.suffix.lower() == ".gguf":
             if head[:4] != _GGUF_MAGIC:
                 raise CorruptCheckpoint(
-                    f"{path} is named .gguf but is not a GGUF file (it starts with {head[:4]!r}, a GGUF file with "
-                    f"{_GGUF_MAGIC!r}): it is truncated, a saved web page, or another format. Download or convert it again.")
+                    f"{path} is named .gguf but is not a GGUF file (it starts with {head[:4]!r}, "
+                    f"a GGUF file with {_GGUF_MAGIC!r}): it is truncated, a saved web page, or "
+                    "another format. Download or convert it again.")
             return
         length = int.from_bytes(head, "little") if len(head) == 8 else -1
         header = file.read(length) if 2 <= length <= min(size - 8, _MAX_SAFETENSORS_HEADER) else b""
@@ -241,8 +242,9 @@ def _check_weights_file(path: Path) -> None:
         valid = False
     if not valid:
         raise CorruptCheckpoint(
-            f"{path} is named .safetensors but is not a safetensors file (no JSON header of a valid length at its start; "
-            f"{size} bytes): it is truncated, a saved web page, or another format. Save or download the checkpoint again.")
+            f"{path} is named .safetensors but is not a safetensors file (no JSON header of a "
+            f"valid length at its start; {size} bytes): it is truncated, a saved web page, or "
+            "another format. Save or download the checkpoint again.")
 
 
 def _looks_local(name_or_path: str | os.PathLike[str], path: Path) -> bool:

@@ -20,7 +20,7 @@ from actpatch.sites import Site
 from actpatch.stats import bootstrap
 
 
-MAX_MISFIT = 0.25  # past this relative gap between measured widths and k/√n, no count is read off the fit
+MAX_MISFIT = 0.25  # past this relative gap between widths and k/√n, no count is read off the fit
 
 
 class EnoughPrompts(NamedTuple):
@@ -39,8 +39,9 @@ class EnoughPrompts(NamedTuple):
     def __repr__(self) -> str:
         about = self.sites.attrs
         why = f", reason={self.reason[:120]!r}" if self.reason else ""
-        return (f"EnoughPrompts(needed={self.needed}{why}; width {about.get('width')} of {about.get('metric')} at "
-                f"{len(self.sites)} sites, measured on {about.get('n_prompts')} prompts)")
+        return (f"EnoughPrompts(needed={self.needed}{why}; width {about.get('width')} of "
+                f"{about.get('metric')} at {len(self.sites)} sites, measured on "
+                f"{about.get('n_prompts')} prompts)")
 
 
 def enough_prompts(
@@ -95,8 +96,8 @@ def enough_prompts(
     slope = np.array([np.polyfit(np.log(sizes), np.log(measured[:, j]), 1)[0] if (measured[:, j] > 0).all() else np.nan
                       for j in range(len(chosen))]) if len(sizes) > 1 else np.full(len(chosen), np.nan)
     fits = misfit <= MAX_MISFIT
-    needed_each = pd.array([max(2, math.ceil((k / width) ** 2)) if fit else None for k, fit in zip(scale, fits)],
-                           dtype="Int64")
+    needed_each = pd.array([max(2, math.ceil((k / width) ** 2)) if fit else None
+                            for k, fit in zip(scale, fits)], dtype="Int64")
     label = table["site"] if "site" in table else pd.Series([str(i) for i in range(len(table))])
     names = [label[i] + (f" ({table['direction'][i]})" if "direction" in table else "") for i in chosen]
     per_site = pd.DataFrame({"site": names, "value": value[chosen], "effect": effect[chosen], "width": measured[-1],
@@ -106,9 +107,11 @@ def enough_prompts(
                            "width": measured.T.ravel(), "fitted": fitted.T.ravel()})
     reason = ""
     if not fits.all():
-        off = ", ".join(f"{n} (misfit {m:.2g})" for n, m, fit in zip(names, misfit, fits) if not fit)
-        reason = (f"interval widths at {off} do not shrink like 1/√n over {sizes[0]}..{sizes[-1]} prompts, so no count "
-                  "can be read off the fit: sweep more prompts (outliers or too few prompts) and ask again")
+        off = ", ".join(f"{n} (misfit {m:.2g})"
+                        for n, m, fit in zip(names, misfit, fits) if not fit)
+        reason = (f"interval widths at {off} do not shrink like 1/√n over {sizes[0]}..{sizes[-1]} "
+                  "prompts, so no count can be read off the fit: sweep more prompts (outliers or "
+                  "too few prompts) and ask again")
         warnings.warn(reason, stacklevel=2)
     about = {"width": width, "metric": metric, "ci": ci, "n_boot": n_boot, "seed": seed, "n_prompts": block.n}
     widths.attrs.update(about)

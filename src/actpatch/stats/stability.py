@@ -84,20 +84,23 @@ def circuit_stability(
         averaged.attrs["direction"] = _direction(per_prompt_sweep)
         return found_on(averaged, prompts)
 
-    n_sizes = len(sizes) if sizes is not None else int(np.prod(layout.template.isel(metric=0).shape)) + 1
+    cells = int(np.prod(layout.template.isel(metric=0).shape))  # the ranking's length
+    n_sizes = len(sizes) if sizes is not None else cells + 1
     searches = 1 + n_boot + len(others)
-    log.info("circuit_stability: %d circuit searches (1 on all prompts, %d resamples%s), each a Pareto frontier of "
-             "up to %d sizes: about %d forwards", searches, n_boot,
-             f", {len(others)} other prompt set{'s' if len(others) != 1 else ''}" if others else "", n_sizes,
-             searches * n_sizes)
-    bar = tqdm(total=searches, desc="circuit searches", disable=None if progress is None else not progress)
+    other_sets = f", {len(others)} other prompt set{'s' * (len(others) != 1)}" if others else ""
+    log.info("circuit_stability: %d circuit searches (1 on all prompts, %d resamples%s), each a "
+             "Pareto frontier of up to %d sizes: about %d forwards", searches, n_boot, other_sets,
+             n_sizes, searches * n_sizes)
+    bar = tqdm(total=searches, desc="circuit searches",
+               disable=None if progress is None else not progress)
     with bar:
         full = circuit(np.ones(block.n), pairs)
         bar.update()
         counts = bootstrap.resample_counts(block, n_boot, bootstrap.rngs(seed, 1)[0])
         found = []
         for row in counts:
-            found.append(circuit(row, pairs[np.repeat(np.arange(block.n), row.astype(int)).tolist()]))
+            drawn = np.repeat(np.arange(block.n), row.astype(int)).tolist()
+            found.append(circuit(row, pairs[drawn]))
             bar.update()
         elsewhere = []
         for prompts, sweep in others:

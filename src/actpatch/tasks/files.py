@@ -123,7 +123,8 @@ def _check_row(model: Model, where: str, fields: dict) -> tuple[int, dict[str, i
                          "same token length")
     for key in ("answer", "wrong"):
         if (spaced := unspaced_answer(model, fields["clean"], fields[key])) is not None:
-            raise PairsError(f"{where}, field {key!r}: {fields[key]!r} {missing_space(fields['clean'], spaced)}")
+            reason = missing_space(fields["clean"], spaced)
+            raise PairsError(f"{where}, field {key!r}: {fields[key]!r} {reason}")
         ids = _ids(model, fields[key], special=False)
         if len(ids) != 1:
             pieces = [model.tokenizer.decode([i]) for i in ids]
