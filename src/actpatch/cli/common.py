@@ -283,11 +283,12 @@ def build_experiment(flags: dict[str, Any], *, defaults: dict[str, dict[str, Any
 
 
 def _given_flags(message: str, flags: dict[str, Any]) -> str:
-    """A key the reader set with a flag, named by that flag (`task.n` -> `--prompts`)."""
+    """A key the reader set with a flag, named by that flag where the message speaks of the key
+    (`task.n does not apply` -> `--prompts does not apply`); `key = value` quotes stay as written."""
     for flag, value in flags.items():
         if value is not None and flag in OVERRIDES:
             key = ".".join(OVERRIDES[flag])
-            message = re.sub(rf"(?<![\w.]){re.escape(key)}(?![\w.])", _FLAG_OF[key], message)
+            message = re.sub(rf"(?<![\w.]){re.escape(key)}(?![\w.]| =)", _FLAG_OF[key], message)
     return message
 
 
