@@ -58,7 +58,8 @@ def test_graph_of_a_model_reads_its_sizes_and_parallelism():
 
 
 @pytest.mark.parametrize("name, message", [
-    ("a0.h9->m1", "not a sender.*closest"),
+    ("a0.h9->m1", r"not a sender.*4 heads per layer \(h0–h3\)"),
+    ("a0.hx->m1", "not a sender.*closest"),
     ("a1.h0->a0.h1<q>", "no edge a1.h0->a0.h1<q>.*reads the residual stream before"),
     ("input-a0.h0<q>", "write SENDER->RECEIVER"),
     ("input->a0.h0", "not a receiver.*a0.h0<q>"),

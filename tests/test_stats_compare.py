@@ -26,7 +26,7 @@ def test_a_site_that_matters_under_one_corruption_only_is_flagged():
     assert at.loc[(0, 3), "lo"] == pytest.approx(1, abs=1e-6) and at.loc[(0, 3), "p"] == pytest.approx(2 / 1001)
     assert at.loc[(0, 1), "flagged"] and at.loc[(0, 1), "difference"] == pytest.approx(-1, abs=1e-6)
     for pos in (0, 2, 4, 5):  # the same token in every run: both are the corrupt run, exactly
-        assert at.loc[(0, pos)].tolist()[-6:] == [0.0, 0.0, 0.0, 0.0, 1.0, False]
+        assert at.loc[(0, pos), ["b", "difference", "lo", "hi", "p", "flagged"]].tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, False]
     assert table.attrs["multiple_comparisons"] == "Benjamini-Hochberg over 12 sites" and table.attrs["n_prompts"] == 24
 
 

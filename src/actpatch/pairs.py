@@ -181,6 +181,10 @@ def _checked_tokens(model: Model, clean, corrupt, answers, wrong) -> tuple[list[
     for name, texts in (("clean", clean), ("corrupt", corrupt)):
         if empty := [i for i, t in enumerate(texts) if not t.strip()]:
             raise PairsError(f"{name} prompt {empty[0]} is empty")
+    for name, words in (("answer", answers), ("wrong answer", wrong)):  # both read after the prompt
+        for i, (word, prompt) in enumerate(zip(words, clean)):
+            if (spaced := unspaced_answer(model, prompt, word)) is not None:
+                raise PairsError(f"prompt {i}: {name} {word!r} {missing_space(prompt, spaced)}")
     clean_ids = [_tokens(model, t) for t in clean]
     corrupt_ids = [_tokens(model, t) for t in corrupt]
     for i, (a, b) in enumerate(zip(clean_ids, corrupt_ids)):
@@ -191,6 +195,34 @@ def _checked_tokens(model: Model, clean, corrupt, answers, wrong) -> tuple[list[
                 "tokenizes to the same number of tokens (e.g. a name that is one token, like the original)."
             )
     return clean_ids, corrupt_ids
+
+
+# After these, a word follows a space: "...gave a drink to" is followed by " Mary", not "Mary".
+_SPACED_AFTER = ",.;:!?)"
+
+
+def unspaced_answer(model: Model, prompt: str, answer: str) -> str | None:
+    """`answer` with its leading space, when it was given without one and surely meant with it.
+
+    A word after a prompt that ends in a word or punctuation is the word's space-prefixed token for
+    byte-level tokenizers (" Mary"); the bare form ("Mary") is another token the model rarely
+    predicts there, so every normalised number would trace the wrong token. Digits after digits
+    ("17" → "32"), words after a newline, a quote or an opening bracket, and prompts ending in a
+    space are left alone: there the bare form can be meant."""
+    if not answer or not answer[0].isalpha() or not prompt or model.tokenizer is None:
+        return None
+    if not (prompt[-1].isalnum() or prompt[-1] in _SPACED_AFTER):
+        return None
+    spaced = " " + answer
+    ids = model.tokenizer(spaced, add_special_tokens=False)["input_ids"]
+    return spaced if len(ids) == 1 else None
+
+
+def missing_space(prompt: str, spaced: str) -> str:
+    """The reason and the fix, for an error about an answer given without its leading space."""
+    tail = " ".join(prompt.split()[-3:])
+    return (f"has no leading space, but after {tail!r} the next word is {spaced!r} (one token, "
+            f"its space included): write {spaced!r}")
 
 
 def _tokens(model: Model, text: str) -> list[int]:
@@ -241,5 +273,17 @@ def _validate_ids(pairs: PromptPairs) -> None:
         raise PairsError("corrupt_noise holds NaN or inf, which would make every corrupt run NaN; "
                          "make it with actpatch.noise.gaussian_noise, whose noise is finite")
     for name, where in pairs.positions.items():
-        if where.shape != (batch,) or bool(((where < 0) | (where >= pairs.seq_len)).any()):
-            raise PairsError(f"named position {name!r} needs one index in 0..{pairs.seq_len - 1} per prompt")
+        prompts = f"{batch} prompt{'s' if batch != 1 else ''}"
+        if where.shape != (batch,):
+            count = where.numel()
+            given = f"{count} ind{'ex' if count == 1 else 'ices'}"
+            if where.ndim > 1:
+                given = f"shape {tuple(where.shape)}"
+            example = ", ".join(["3"] * min(batch, 3)) + (", ..." if batch > 3 else "")
+            raise PairsError(f"named position {name!r} has {given} for {prompts}: give one index "
+                             f"in 0..{pairs.seq_len - 1} per prompt, e.g. "
+                             f"{{{name!r}: [{example}]}}")
+        if bad := [(i, int(v)) for i, v in enumerate(where.tolist()) if not 0 <= v < pairs.seq_len]:
+            (prompt, index), last = bad[0], pairs.seq_len - 1
+            raise PairsError(f"named position {name!r} is {index} for prompt {prompt}, outside its "
+                             f"{pairs.seq_len} tokens: give one index in 0..{last} per prompt")

@@ -279,7 +279,17 @@ def build_experiment(flags: dict[str, Any], *, defaults: dict[str, dict[str, Any
     try:
         return experiment.validate(data, source=str(config) if config is not None else "arguments")
     except experiment.ExperimentError as error:
-        raise BadInput(_with_flags(str(error))) from None
+        raise BadInput(_given_flags(_with_flags(str(error)), flags)) from None
+
+
+def _given_flags(message: str, flags: dict[str, Any]) -> str:
+    """A key the reader set with a flag, named by that flag where the message speaks of the key
+    (`task.n does not apply` -> `--prompts does not apply`); `key = value` quotes stay as written."""
+    for flag, value in flags.items():
+        if value is not None and flag in OVERRIDES:
+            key = ".".join(OVERRIDES[flag])
+            message = re.sub(rf"(?<![\w.]){re.escape(key)}(?![\w.]| =)", _FLAG_OF[key], message)
+    return message
 
 
 def _with_flags(message: str) -> str:
@@ -321,12 +331,26 @@ def describe(model: Model, pairs: PromptPairs | list[PromptPairs], spec: Experim
     return f"model: {model.name}  task: {spec.task.name} ({first.corruption or 'as given'})  prompts: {n}{lengths}{example}"
 
 
-def provenance(model: Model, spec: Experiment) -> dict[str, Any]:
-    """What a result made by the command line records beyond the library's own provenance."""
+def provenance(model: Model, spec: Experiment, *,
+               used: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """What a result made by the command line records beyond the library's own provenance.
+
+    `used`: for an analysis that reads only some keys of the analysis sections (sweep, attribute,
+    circuit), those keys per section; the others are left out, so that the record holds only what
+    made the result (an edge circuit runs no head sweep and no attribution)."""
     from actpatch.engine.checkpoint import weights_fingerprint
 
+    experiment = spec.model_dump(mode="json")
+    if used is not None:
+        for section in ("sweep", "attribute", "circuit"):
+            given = experiment.get(section) or {}
+            kept = {key: value for key, value in given.items() if key in used.get(section, ())}
+            if kept:
+                experiment[section] = kept
+            else:
+                experiment.pop(section, None)
     return {"task": spec.task.name, "seed": spec.task.seed, "weights_fingerprint": weights_fingerprint(model),
-            "experiment": spec.model_dump(mode="json")}
+            "experiment": experiment}
 
 
 def stem(spec: Experiment, *parts: str) -> str:

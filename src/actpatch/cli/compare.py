@@ -10,6 +10,8 @@ import actpatch as ap
 from actpatch import atomic
 from actpatch.cli.common import fail, first_line
 
+CLOSEST = 5  # sites shown when none is flagged
+
 
 @click.command("compare")
 @click.argument("a_path", metavar="A.nc", type=click.Path(path_type=Path))
@@ -36,7 +38,8 @@ def compare(a_path: Path, b_path: Path, metric: str, fdr: float, ci: float, n_bo
     in the same order (two corruptions, two directions, two models). Each bootstrap resample draws
     one set of prompts for both (a paired bootstrap); a site is flagged when its difference A − B
     survives Benjamini–Hochberg at --fdr over all sites (docs/uncertainty.md). Prints the flagged
-    sites with their difference and interval."""
+    sites with their difference, interval, raw and adjusted p; when none is flagged, the closest
+    calls (the smallest raw p) instead."""
     from actpatch import stats
     from actpatch.metrics import METRICS
 
@@ -62,12 +65,28 @@ def compare(a_path: Path, b_path: Path, metric: str, fdr: float, ci: float, n_bo
     if len(flagged):
         shown = flagged.reindex(flagged["difference"].abs().sort_values(ascending=False, kind="stable").index)
         for _, row in shown.iterrows():
-            where = row["site"] if "site" in row else ", ".join(f"{c}={row[c]}" for c in table.columns[:table.columns.get_loc("a")])
-            click.echo(f"  {where}: A {row['a']:+.3f}, B {row['b']:+.3f}, A − B {row['difference']:+.3f} "
-                       f"[{row['lo']:+.3f}, {row['hi']:+.3f}], p = {row['p']:.3g}")
+            click.echo(_site_line(table, row))
+    else:  # nothing survives: the closest calls, so a near miss is not read as "no difference"
+        closest = table.sort_values(["p", "difference"], kind="stable",
+                                    key=lambda c: c if c.name == "p" else -c.abs())
+        closest = closest[closest["p"] < 1].head(CLOSEST)
+        if len(closest):
+            click.echo(f"closest calls (smallest raw p; adjusted p would need to be ≤ {fdr:g} "
+                       "to flag):")
+            for _, row in closest.iterrows():
+                click.echo(_site_line(table, row))
     if out is not None:
         path = atomic.write_text(out, table.to_csv(index=False))
         click.echo(f"table {path}")
+
+
+def _site_line(table, row) -> str:
+    """One site's difference, interval and p-values, indented under the summary line."""
+    where = row["site"] if "site" in row else ", ".join(
+        f"{c}={row[c]}" for c in table.columns[:table.columns.get_loc("a")])
+    return (f"  {where}: A {row['a']:+.3f}, B {row['b']:+.3f}, A − B {row['difference']:+.3f} "
+            f"[{row['lo']:+.3f}, {row['hi']:+.3f}], p = {row['p']:.3g} "
+            f"(adjusted {row['p_adjusted']:.3g})")
 
 
 def _load(path: Path):

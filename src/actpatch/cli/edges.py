@@ -18,6 +18,9 @@ from actpatch.cli.common import (
     validating,
 )
 
+# The [sweep] keys an edge run reads; the rest of the experiment's analysis sections it never uses.
+_USED = {"sweep": ("ablation", "chunk", "check_baseline", "ci", "n_boot", "boot_seed")}
+TOP_EDGES_SHOWN = 15
 METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact")  # graph.METHODS, without torch
 DEFAULT_METHOD = "eap-ig-inputs"
 DEFAULT_PERCENT = 5.0
@@ -77,13 +80,14 @@ def edge_circuit(flags: dict[str, Any], *, quiet: bool, overwrite: bool, resume:
             scores = graph.edge_scores(model, pairs, method, steps=steps or 5, ablation=ablation, chunk=spec.sweep.chunk,
                                        progress=progress(quiet), runs=runs)
     percents = sorted({*graph.MIB_PERCENTS, percent})
+    # Intervals from the per-prompt rows of the curve's own forwards: every metric, no forward more.
     curve = graph.faithfulness_curve(model, pairs, scores, percents=percents, ablation=ablation, chunk=spec.sweep.chunk,
-                                     runs=runs)
-    if spec.sweep.ci is not None:  # from the per-prompt numbers the curve kept: no forward
-        curve = graph.curve_intervals(curve, spec.sweep.ci, n_boot=spec.sweep.n_boot, seed=spec.sweep.boot_seed)
+                                     runs=runs, ci=spec.sweep.ci, n_boot=spec.sweep.n_boot,
+                                     boot_seed=spec.sweep.boot_seed)
     circuit = graph.top_edges(scores, percent=percent)  # the circuit the curve evaluated at --percent
-    curve.attrs.update(provenance(model, spec), percent=percent, steps=scores.attrs.get("steps"),
-                       source=str(graph_file) if graph_file is not None else scores.method)
+    curve.attrs.update(provenance(model, spec, used=_USED), percent=percent,
+                       source=str(graph_file) if graph_file is not None else scores.method,
+                       **({} if (steps := scores.attrs.get("steps")) is None else {"steps": steps}))
     if file_circuit is not None and bool(file_circuit.any()):
         # The file's own circuit, judged as given (pruned, as every circuit here is).
         own = graph.prune_circuit(scores.graph, file_circuit)
@@ -96,6 +100,7 @@ def edge_circuit(flags: dict[str, Any], *, quiet: bool, overwrite: bool, resume:
              "norm_logit_diff"]
     echo(f"faithfulness of the top edges by {curve.attrs['source']} ({summary_of(curve)}):\n"
          + table[shown].round(4).to_string(index=False))
+    echo(top_edges_text(scores, circuit, percent))
     if "file_circuit_edges" in curve.attrs:
         click.echo(f"the file's own circuit: {curve.attrs['file_circuit_edges']} edges after pruning, faithfulness "
                    f"{curve.attrs['file_circuit_faithfulness']:.4f}")
@@ -121,7 +126,9 @@ def node_frontier(model: Any, pairs: Any, ablation: str | None, check_baseline: 
 
 
 def curve_table(curve: Any) -> Any:
-    """The curve as rows `percent, edges, faithfulness`, then every other metric."""
+    """The curve as rows `percent, edges, faithfulness`, then every other metric; under intervals
+    each metric's bounds beside it, left out for a metric that has none (a curve bounded from a
+    file's per-prompt logit differences bounds only f and the logit differences)."""
     import pandas as pd
 
     table = pd.DataFrame({"percent": curve["percent"].values, "edges": curve["n_edges"].values})
@@ -129,9 +136,29 @@ def curve_table(curve: Any) -> Any:
         if "stat" not in curve.dims:
             table[metric] = curve.sel(metric=metric).values
             continue
-        for stat in ("value", "lo", "hi"):  # an interval: each metric's bounds beside it
-            table[metric if stat == "value" else f"{metric}_{stat}"] = curve.sel(metric=metric, stat=stat).values
+        table[metric] = curve.sel(metric=metric, stat="value").values
+        bounds = {f"{metric}_{stat}": curve.sel(metric=metric, stat=stat).values
+                  for stat in ("lo", "hi")}
+        if not all(pd.isna(values).all() for values in bounds.values()):
+            table = table.assign(**bounds)
     return table
+
+
+def top_edges_text(scores: Any, circuit: Any, percent: float, *, top: int = TOP_EDGES_SHOWN) -> str:
+    """The circuit's strongest edges, one per line (sender → receiver, score), as a sweep prints its
+    strongest patches: what the picture and graph.json hold, readable without opening them."""
+    graph = scores.graph
+    kept = circuit.nonzero().tolist()
+    ranked = sorted(kept, key=lambda edge: -abs(float(scores.scores[edge[0], edge[1]])))
+    lines = [f"the circuit at {percent:g} %: {len(kept)} edges after pruning; the "
+             f"{min(top, len(kept))} strongest by |score| ({scores.method}):"]
+    for sender, receiver in ranked[:top]:
+        sender_name, receiver_name = graph.edge_name(sender, receiver).split("->")
+        score = float(scores.scores[sender, receiver])
+        lines.append(f"  {sender_name:>10} → {receiver_name:<14} {score:+.4g}")
+    if len(kept) > top:
+        lines.append(f"  … and {len(kept) - top} more in graph.json (in_graph)")
+    return "\n".join(lines)
 
 
 def summary_of(curve: Any) -> str:
@@ -162,7 +189,9 @@ def _write_curve_and_report(spec: Any, name: str, curve: Any, scores: Any, circu
         ap.report.Section(f"The circuit at {curve.attrs['percent']:g} % of edges",
                           figures=[ap.report.circuit_plot(scores, circuit)],
                           note="As written to graph.json (in_graph): the top edges by |score|, pruned to paths from "
-                               "input to logits. Hover a node or an edge's midpoint for its scores."),
+                               f"input to logits; the {ap.report.edges.DRAWN_EDGES} strongest are "
+                               "drawn (report.circuit_plot(scores, circuit, max_edges=None) draws "
+                               "them all). Hover a node or an edge's midpoint for its scores."),
         ap.report.Section("Provenance", html=ap.report.provenance_html(curve.attrs)),
     ]
     page = ap.report.render_report(sections, out / f"{name}.html", title=f"actpatch: {name}")

@@ -153,10 +153,13 @@ def interval_table(result: xr.DataArray, metric: str = "norm_logit_diff", *, top
     values = result.sel(metric=metric)
     centre = no_effect(result, metric, result.attrs.get("direction")).centre
     lo, hi, value = (values.sel(stat=s, drop=True) for s in ("lo", "hi", "value"))
-    excludes = (lo > centre) | (hi < centre)
+    # A mark says "this cell's effect is real": a tiny effect that prints as the unpatched value
+    # (0.00) is left unmarked, however narrow its interval, so the marks point at what to read.
+    excludes = ((lo > centre) | (hi < centre)) & (abs(value - centre) >= SHOWN_EFFECT)
     about = result.attrs.get("interval") or {}
     lines = [f"{metric} with its {100 * about.get('ci', 0):g} % interval over {about.get('n_prompts', '?')} prompts "
-             f"({about.get('n_boot', '?')} resamples); * : the interval excludes {centre:g}, the unpatched run"]
+             f"({about.get('n_boot', '?')} resamples); * : the interval excludes {centre:g}, "
+             f"the unpatched run, and the effect is at least {SHOWN_EFFECT:g}"]
     grid = value.squeeze([d for d in value.dims if d != "layer" and value.sizes[d] == 1])
     if grid.ndim == 2 and "layer" in grid.dims:
         table = layer_table(grid.expand_dims(metric=[metric]).assign_attrs(result.attrs), metric).splitlines()
@@ -173,6 +176,9 @@ def interval_table(result: xr.DataArray, metric: str = "norm_logit_diff", *, top
         where = row["site"] if "site" in row else ", ".join(f"{d}={row[d]}" for d in value.dims)
         lines.append(f"  {where}: {row['value']:+.3f} [{row['lo']:+.3f}, {row['hi']:+.3f}]{' *' if row['excludes'] else ''}")
     return "\n".join(lines)
+
+
+SHOWN_EFFECT = 0.005  # half the last digit the tables print: smaller effects print as no effect
 
 
 def _marked(row: str, excludes: Any, width: int = 6) -> str:

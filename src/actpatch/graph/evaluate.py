@@ -19,34 +19,47 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from actpatch import hooks, memory, metrics
+from actpatch import hooks, memory, metrics, results
+from actpatch.circuits.evaluate import with_intervals
 from actpatch.engine import collect
 from actpatch.engine.sources import RESAMPLE_SEED, derangement
 from actpatch.graph.nodes import ATTN_IN_NORM, EdgeError, Graph
 from actpatch.hooks.edges import EdgePlan, EdgeRecord, edge_hooks
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs, Run
+from actpatch.stats import bootstrap
 
 Ablation = Literal["zero", "mean", "resample"]
 ABLATIONS = ("zero", "mean", "resample")
 
 
 def evaluate(model: Model, pairs: PromptPairs, circuit: Tensor | Sequence[str], *, ablation: Ablation | None = None,
-             check_baseline: bool = True) -> xr.DataArray:
+             check_baseline: bool = True, ci: float | None = None, n_boot: int = 1000,
+             boot_seed: int = 0) -> xr.DataArray:
     """Every metric (averaged over prompts) with only `circuit`'s edges carrying current values.
 
     `circuit`: edge names (`["input->a0.h0<q>", "a0.h0->logits"]`) or a (sender, receiver) bool
     matrix from `Graph.circuit`, `Graph.node_circuit` or `select.top_edges`. `norm_logit_diff` is
     normalised by the clean and corrupt runs (with an ablation, see `faithfulness` for the
-    normalisation by the empty circuit)."""
+    normalisation by the empty circuit). `ci=0.95` adds a `stat` dimension (value, lo, hi) as
+    `actpatch.evaluate_circuit` does: every metric's interval over `n_boot` resamples of the
+    prompts, from the same forward's per-prompt rows (docs/uncertainty.md)."""
+    if ci is not None:
+        bootstrap.check_options(ci, n_boot)
     runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
     circuit = runs.graph.checked(circuit)
-    values = metrics.averaged(runs.logits(circuit[None])[0], runs.base)
+    logits = runs.logits(circuit[None])[0]
+    values = metrics.averaged(logits, runs.base)
     result = xr.DataArray([values[m] for m in metrics.METRICS], dims=["metric"],
                           coords={"metric": list(metrics.METRICS)}, name="circuit_performance")
+    result.attrs.update(runs.provenance("graph.evaluate", check_baseline=check_baseline))
     result.attrs.update(model=model.name, ablation=ablation or "corrupt", n_edges=int(circuit.sum()),
                         n_edges_total=runs.graph.n_edges, n_prompts=len(pairs))
-    return result
+    if ci is None:
+        return result
+    block = runs.prompt_block([logits])
+    boot = bootstrap.replicates(block, n_boot=n_boot, seed=boot_seed)[..., 0]  # (resample, metric)
+    return with_intervals(result, boot, ci, n_boot, boot_seed)
 
 
 @dataclass(eq=False)
@@ -84,6 +97,26 @@ class EdgeRuns:
         else:
             off = clean[:, derangement(len(pairs), RESAMPLE_SEED)]
         return cls(model, pairs, graph, clean, off, base, ablation)
+
+    def provenance(self, analysis: str, **options) -> dict:
+        """`results.provenance` of an edge analysis: model, prompts, versions, the out-of-circuit
+        values (`source`), the baselines, and `options`: the analysis's own arguments, only
+        those it used."""
+        return results.provenance(
+            self.model, self.pairs, analysis=analysis, source=self.ablation or "corrupt",
+            baseline_clean=metrics.averaged(self.base.clean_logits, self.base),
+            baseline_corrupt=metrics.averaged(self.base.corrupt_logits, self.base), **options)
+
+    def prompt_block(self, logits: Sequence[Tensor], empty: Tensor | None = None,
+                     full: Tensor | None = None) -> "bootstrap.Block":
+        """Every metric of each prompt of each circuit's run (`logits`: (batch, vocab) each), as the
+        block a bootstrap over prompts resamples: normalised by the clean and corrupt runs, or by
+        the `empty` and `full` circuits' per-prompt logit differences where given (that is f)."""
+        rows = [{name: v.double().cpu().numpy()
+                 for name, v in metrics.per_prompt(each, self.base).items()} for each in logits]
+        low = self.base.corrupt_logit_diff if empty is None else empty
+        high = self.base.clean_logit_diff if full is None else full
+        return bootstrap.rows_block(rows, high.double().cpu().numpy(), low.double().cpu().numpy())
 
     def check_for(self, model: Model, pairs: PromptPairs, ablation: Ablation | None) -> None:
         """Refuse to reuse these runs for another model, other prompts or another ablation."""

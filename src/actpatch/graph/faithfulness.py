@@ -21,12 +21,14 @@ import torch
 import xarray as xr
 
 from actpatch import metrics
+from actpatch.circuits.evaluate import with_intervals
 from actpatch.graph.evaluate import Ablation, EdgeRuns
 from actpatch.graph.nodes import EdgeError, Graph
 from actpatch.graph.scores import EdgeScores
 from actpatch.graph.select import top_edges
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
+from actpatch.stats import bootstrap
 
 MIB_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 CURVE_METRICS = ("faithfulness", *metrics.METRICS)
@@ -35,7 +37,9 @@ CURVE_METRICS = ("faithfulness", *metrics.METRICS)
 def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
                        percents: Sequence[float] = MIB_PERCENTS, absolute: bool = True, prune: bool = True,
                        ablation: Ablation | None = None, chunk: int | None = None,
-                       check_baseline: bool = True, engine: str = "fast", runs: EdgeRuns | None = None) -> xr.DataArray:
+                       check_baseline: bool = True, engine: str = "fast",
+                       runs: EdgeRuns | None = None, ci: float | None = None, n_boot: int = 1000,
+                       boot_seed: int = 0) -> xr.DataArray:
     """Every metric of the top `percents` % of edges by `scores`, dims (percent, metric), with the
     edges each circuit kept (`n_edges`, after pruning) as a coordinate and CPR and CMD in `attrs`.
 
@@ -44,7 +48,12 @@ def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
     one included, through the oracle path; the fast engine takes the full circuit (and, with the
     corrupt run's values, the empty one) from the baseline runs, which they equal by the rule.
     `runs`: the `EdgeRuns` the scores were computed with (same model, prompts and ablation), so the
-    curve reuses their baseline and recorded outputs instead of running them again."""
+    curve reuses their baseline and recorded outputs instead of running them again. `ci=0.95` adds
+    a `stat` dimension (value, lo, hi) on every metric and CPR and CMD intervals in `attrs`, as
+    `actpatch.evaluate_circuit` takes it: `n_boot` resamples of the prompts (seed `boot_seed`), from
+    the same forwards' per-prompt rows (see `curve_intervals`)."""
+    if ci is not None:
+        bootstrap.check_options(ci, n_boot)
     percents = [float(p) for p in percents]
     if not percents or sorted(percents) != percents or len(set(percents)) != len(percents):
         raise ValueError(f"percents must be increasing sizes in (0, 100], got {percents}")
@@ -66,6 +75,9 @@ def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
     result = xr.DataArray(values, dims=["percent", "metric"], name="faithfulness",
                           coords={"percent": percents, "metric": list(CURVE_METRICS),
                                   "n_edges": ("percent", [int(c.sum()) for c in circuits])})
+    result.attrs.update(runs.provenance("faithfulness_curve", method=scores.method,
+                                        percents=percents, absolute=absolute, prune=prune,
+                                        engine=engine, check_baseline=check_baseline))
     result.attrs.update(
         cpr=cpr, cmd=cmd, method=scores.method, model=model.name, absolute=int(absolute), pruned=int(prune),
         ablation=ablation or "corrupt", n_edges_total=runs.graph.n_edges, n_prompts=len(pairs),
@@ -77,18 +89,24 @@ def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
         normalisation="f = (m(C) - m(empty)) / (m(full) - m(empty)) on the mean logit difference; "
                       "CPR, CMD: trapezoids over the fraction of edges, not divided by its length",
     )
-    return result
+    if ci is None:
+        return result
+    # Every metric of every prompt is at hand here: each metric's interval, not only f's.
+    sized = logits[2:]
+    empty_diffs, full_diffs = torch.as_tensor(prompt_diffs[0]), torch.as_tensor(prompt_diffs[1])
+    blocks = (runs.prompt_block(sized, empty=empty_diffs, full=full_diffs),
+              runs.prompt_block(sized))
+    return _with_curve_intervals(result, blocks, ci, n_boot, boot_seed)
 
 
 def curve_intervals(curve: xr.DataArray, ci: float = 0.95, *, n_boot: int = 1000, seed: int = 0) -> xr.DataArray:
-    """`curve` with a `stat` dimension (value, lo, hi) on every metric, and CPR and CMD intervals in
-    `attrs` (`cpr_lo`, `cpr_hi`, `cmd_lo`, `cmd_hi`): prompts resampled with replacement, each
-    resample's f computed from its own empty and full circuits' means, as the curve computes it.
+    """`curve` with a `stat` dimension (value, lo, hi), and CPR and CMD intervals in `attrs`
+    (`cpr_lo`, `cpr_hi`, `cmd_lo`, `cmd_hi`): prompts resampled with replacement, each resample's f
+    computed from its own empty and full circuits' means, as the curve computes it.
 
-    From the per-prompt logit differences the curve recorded: no forward, and it works on a saved curve."""
-    from actpatch.circuits.evaluate import with_intervals
-    from actpatch.stats import bootstrap
-
+    From the per-prompt logit differences the curve recorded: no forward, and it works on a saved
+    curve. Those bound f, `logit_diff` and `norm_logit_diff`; the other metrics' bounds are NaN
+    (`faithfulness_curve(..., ci=)` bounds every metric, from the forwards it runs)."""
     bootstrap.check_options(ci, n_boot)
     if "stat" in curve.dims:
         raise ValueError("this curve already has intervals (a `stat` dimension)")
@@ -97,16 +115,26 @@ def curve_intervals(curve: xr.DataArray, ci: float = 0.95, *, n_boot: int = 1000
     diffs = np.asarray(curve.attrs["prompt_logit_diff"], dtype=float).reshape(curve.sizes["percent"] + 2, -1)
     empty, full, sizes = diffs[0], diffs[1], diffs[2:]
     rows = [{"logit_diff": row} for row in sizes]
-    block = bootstrap.rows_block(rows, full, empty)  # normalised by the empty and full circuits: that is f
-    boot = bootstrap.replicates(block, n_boot=n_boot, seed=seed)  # (resample, metric, size)
+    clean = curve.attrs["clean_prompt_logit_diff"]
+    corrupt = curve.attrs["corrupt_prompt_logit_diff"]
+    blocks = (bootstrap.rows_block(rows, full, empty),  # normalised by the empty and full: f
+              bootstrap.rows_block(rows, clean, corrupt))
+    return _with_curve_intervals(curve, blocks, ci, n_boot, seed)
+
+
+def _with_curve_intervals(curve: xr.DataArray, blocks: tuple, ci: float, n_boot: int,
+                          seed: int) -> xr.DataArray:
+    """`curve` with intervals from two blocks of the same per-prompt rows: one normalised by the
+    empty and full circuits (its norm_logit_diff is f), one by the clean and corrupt runs."""
+    by_circuits, by_runs = blocks
+    boot = bootstrap.replicates(by_circuits, n_boot=n_boot, seed=seed)  # (resample, metric, size)
     f = boot[:, metrics.METRICS.index("norm_logit_diff")]  # (resample, size)
     lo_hi = {}
     resampled = np.array([cpr_cmd(curve["percent"].values, row) for row in f])  # (resample, 2)
     for i, name in enumerate(("cpr", "cmd")):
         lo_hi[f"{name}_lo"], lo_hi[f"{name}_hi"] = map(float, bootstrap.percentile(resampled[:, i], ci))
     # every other metric, normalised by the clean and corrupt runs, from the same resamples
-    runs_block = bootstrap.rows_block(rows, curve.attrs["clean_prompt_logit_diff"], curve.attrs["corrupt_prompt_logit_diff"])
-    others = bootstrap.replicates(runs_block, n_boot=n_boot, seed=seed)
+    others = bootstrap.replicates(by_runs, n_boot=n_boot, seed=seed)
     per_metric = {m: (f if m == "faithfulness" else others[:, metrics.METRICS.index(m)]) for m in CURVE_METRICS}
     boot_all = np.stack([per_metric[m] for m in curve["metric"].values], axis=-1)  # (resample, percent, metric)
     result = with_intervals(curve, boot_all, ci, n_boot, seed)

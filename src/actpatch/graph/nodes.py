@@ -106,11 +106,40 @@ class Graph:
         found.append(Stage("logits", self.n_layers, slice(self.n_layers * (3 * h + 1), None), 1 + self.n_layers * (h + 1)))
         return found
 
+    def __repr__(self) -> str:
+        parallel = ", parallel attention and MLP" if self.parallel else ""
+        return (f"Graph({self.n_layers} layers × {self.n_heads} heads, d_model {self.d_model}"
+                f"{parallel}: {len(self.senders)} senders, {len(self.receivers)} receivers, "
+                f"{self.n_edges:,} edges)")
+
     def sender(self, name: str) -> int:
-        return _index(self.senders, name, "sender", "input, a0.h0, m0")
+        return _index(self.senders, name, "sender", "input, a0.h0, m0",
+                      self._why_not(name, "sender"))
 
     def receiver(self, name: str) -> int:
-        return _index(self.receivers, name, "receiver", "a0.h0<q>, m0, logits")
+        return _index(self.receivers, name, "receiver", "a0.h0<q>, m0, logits",
+                      self._why_not(name, "receiver"))
+
+    def _why_not(self, name: object, what: str) -> str | None:
+        """Why `name` is no sender (receiver) of this graph, and the name meant, where its shape
+        says it."""
+        match = re.fullmatch(r"(?:a(\d+)\.h(\d+)|m(\d+))(<[qkv]>)?", str(name))
+        if match is None:
+            return "the logits only receive" if name == "logits" and what == "sender" else None
+        layer = int(match[1] if match[1] is not None else match[3])
+        head, qkv = (int(match[2]) if match[2] is not None else None), match[4]
+        if layer >= self.n_layers:
+            return f"this model has {self.n_layers} layers (0–{self.n_layers - 1})"
+        if head is not None and head >= self.n_heads:
+            return f"this model has {self.n_heads} heads per layer (h0–h{self.n_heads - 1})"
+        if head is None and qkv:
+            return f"an MLP has no {qkv}: write m{layer}"
+        if what == "sender" and qkv:
+            return f"a head sends its output, not its {qkv}: write a{layer}.h{head}"
+        if what == "receiver" and head is not None and not qkv:
+            return (f"a head receives on its query, key or value: "
+                    f"write a{layer}.h{head}<q>, <k> or <v>")
+        return None
 
     def edge_names(self) -> list[str]:
         """Every edge's name, in matrix order (sender-major)."""
@@ -191,14 +220,18 @@ def _node_of(receiver: str) -> str:
     return re.sub(r"<[qkv]>$", "", receiver)
 
 
-def _index(names: tuple[str, ...], name: str, what: str, examples: str) -> int:
+def _index(names: tuple[str, ...], name: str, what: str, examples: str,
+           why: str | None = None) -> int:
     try:
         return names.index(name)
     except ValueError:
-        raise EdgeError(_unknown(name, names, what, examples)) from None
+        raise EdgeError(_unknown(name, names, what, examples, why)) from None
 
 
-def _unknown(name: object, names: Iterable[str], what: str, examples: str) -> str:
+def _unknown(name: object, names: Iterable[str], what: str, examples: str,
+             why: str | None = None) -> str:
+    if why is not None:  # the name's shape says what was meant: better than the closest spellings
+        return f"{name!r} is not a {what} of this model's graph: {why}"
     close = difflib.get_close_matches(str(name), list(names), n=3)
     hint = f" (closest: {', '.join(close)})" if close else ""
     return f"{name!r} is not a {what} of this model's graph{hint}; {what}s are named like {examples}"

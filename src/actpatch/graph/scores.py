@@ -113,9 +113,20 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
     return _finished(runs, scores, method, steps, engine, cost)
 
 
+def _bar_off(progress: bool | None, steps: int) -> bool | None:
+    """tqdm's `disable`: as asked, else off for a few steps and on a terminal only (None: tqdm's
+    own test), so a redirected log holds no bar."""
+    if progress is not None:
+        return not progress
+    return True if steps < 4 else None
+
+
 def _finished(runs: EdgeRuns, scores: Tensor, method: str, steps: int, engine: str, cost=None) -> EdgeScores:
-    attrs = {"model": runs.model.name, "ablation": runs.ablation or "corrupt", "n_prompts": len(runs.pairs),
-             "metric": "mean logit difference", "steps": steps if "ig" in method else None, "engine": engine}
+    options = {"method": method, **({"steps": steps} if "ig" in method else {}), "engine": engine}
+    attrs = {**runs.provenance("edge_scores", **options),
+             "model": runs.model.name, "ablation": runs.ablation or "corrupt",
+             "n_prompts": len(runs.pairs), "metric": "mean logit difference",
+             "steps": steps if "ig" in method else None, "engine": engine}
     if cost is not None:
         attrs["cost"] = {"forward_equivalents": round(cost.forward_equivalents, 3), "naive_forwards": cost.naive}
     return EdgeScores(runs.graph, scores * runs.graph.exists, method, attrs)
@@ -165,7 +176,7 @@ def _from_gradients(runs: EdgeRuns, gradient_runs: list[_GradientRun], size: int
     n_runs = len(gradient_runs) + (totals is not None)
     totals = dict(totals or {})
     chunks = [gradient_runs[i : i + size] for i in range(0, len(gradient_runs), size)]
-    for part in tqdm(chunks, desc="edge gradients", disable=not progress if progress is not None else len(chunks) < 4):
+    for part in tqdm(chunks, desc="edge gradients", disable=_bar_off(progress, len(chunks))):
         for stage_index, grad in _gradients(runs, part, fast=fast).items():
             totals[stage_index] = grad if stage_index not in totals else totals[stage_index] + grad
     return _scores(runs, totals, n_runs)
@@ -257,7 +268,7 @@ def _exact(runs: EdgeRuns, size: int, progress) -> Tensor:
     full = _mean_logit_diff(runs, runs.logits(graph.full()[None]))[0]
     scores = torch.zeros(graph.exists.shape, dtype=torch.float64)
     starts = range(0, len(edges), size)
-    for start in tqdm(starts, desc="exact edge scores", disable=not progress if progress is not None else len(starts) < 4):
+    for start in tqdm(starts, desc="exact edge scores", disable=_bar_off(progress, len(starts))):
         chunk = edges[start : start + size]
         circuits = graph.full()[None].repeat(len(chunk), 1, 1)
         circuits[torch.arange(len(chunk)), chunk[:, 0], chunk[:, 1]] = False

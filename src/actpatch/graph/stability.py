@@ -6,6 +6,7 @@ of them, pruned, as `faithfulness_curve` does at that size: one scoring per resa
 node-level version (`actpatch.stats.circuit_stability`), which re-finds a frontier's circuit."""
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Sequence
 
@@ -19,6 +20,8 @@ from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.stats.stability import jaccard
 
+log = logging.getLogger(__name__)
+
 
 def edge_stability(model: Model, pairs: PromptPairs, *, method: Method = "eap", percent: float = 5.0, n_boot: int = 20,
                    seed: int = 0, others: Sequence[PromptPairs] = (), steps: int = 5, check_baseline: bool = True,
@@ -28,6 +31,8 @@ def edge_stability(model: Model, pairs: PromptPairs, *, method: Method = "eap", 
     `ap.tasks.ioi(model, n, seed=s)` for other seeds), and whether the full-data circuit holds it
     (`in_circuit`); strongest first. `attrs`: the full-data circuit's size, the mean Jaccard
     overlap of the resampled circuits with it (`mean_jaccard`) and of the others' (`mean_jaccard_others`).
+    It scores the edges 1 + `n_boot` + len(`others`) times, logged before the first; `progress`
+    (default: on a terminal) shows a bar over them.
 
         table = ap.graph.edge_stability(model, pairs, method="eap", percent=2, n_boot=20,
                                         others=[ap.tasks.ioi(model, 16, seed=s) for s in (1, 2)])"""
@@ -38,11 +43,20 @@ def edge_stability(model: Model, pairs: PromptPairs, *, method: Method = "eap", 
         scores = edge_scores(model, prompts, method, steps=steps, check_baseline=check_baseline, progress=False)
         return frozenset(scores.graph.names(top_edges(scores, percent=percent)))
 
-    full = circuit(pairs)
+    searches = 1 + n_boot + len(others)
+    other_sets = f", {len(others)} other prompt set{'s' * (len(others) != 1)}" if others else ""
+    per_scoring = f" at {steps} steps each" if "ig" in method else ""
+    log.info("edge_stability: %d edge scorings (1 on all prompts, %d resamples%s) by %s%s",
+             searches, n_boot, other_sets, method, per_scoring)
     rng = np.random.default_rng(seed)
     draws = [sorted(rng.integers(0, len(pairs), len(pairs)).tolist()) for _ in range(n_boot)]
-    resampled = [circuit(pairs[d]) for d in tqdm(draws, desc="edge circuits on resamples", disable=progress is False)]
-    elsewhere = [circuit(p) for p in others]
+    with tqdm(total=searches, desc="edge circuits (full, resamples, others)",
+              disable=None if progress is None else not progress) as bar:
+        found = []
+        for prompts in [pairs, *(pairs[d] for d in draws), *others]:
+            found.append(circuit(prompts))
+            bar.update()
+    full, resampled, elsewhere = found[0], found[1:1 + n_boot], found[1 + n_boot:]
     inclusion, inclusion_others = Counter(e for c in resampled for e in c), Counter(e for c in elsewhere for e in c)
     names = sorted(set(inclusion) | set(inclusion_others) | full, key=lambda e: (-inclusion[e], -inclusion_others[e], e))
     table = pd.DataFrame({

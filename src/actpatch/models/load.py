@@ -10,6 +10,7 @@ or knowing where a family keeps its layers (`arch.py`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -196,14 +197,54 @@ def _resolve_source(name_or_path: str | os.PathLike[str] | None) -> _Source:
                 f"{path} does not match its manifest.json: {problem}. If it is the default model's cache, "
                 "delete the folder and call load_model() with no argument to rebuild it; otherwise save the checkpoint again."
             )
+        for weights in sorted(path.glob("*.safetensors")):
+            _check_weights_file(weights)
         return _Source(str(path), {}, _provenance(text, path))
+    if path.is_file() and path.suffix.lower() in (".gguf", ".safetensors"):
+        _check_weights_file(path)
     if path.is_file() and path.suffix == ".gguf":
         return _Source(str(path.parent), {"gguf_file": path.name}, _provenance(text, path))
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        raise ModelNotFound(f"{text!r} is a weights file alone; a checkpoint is the folder that "
+                            f"holds it with its config.json: pass {str(path.parent)!r}")
     if _looks_local(name_or_path, path):
         why = "it does not exist" if not path.exists() else "it is neither a folder nor .gguf"
         raise ModelNotFound(f"{text!r} looks like a local path, but {why}. A checkpoint is a "
                             "folder or a .gguf file; pass None to load the default model.")
     return _Source(text, {}, _provenance(text, text), from_hub=True)
+
+
+_GGUF_MAGIC = b"GGUF"
+_MAX_SAFETENSORS_HEADER = 100 << 20  # bytes; the safetensors reader's own limit
+
+
+def _check_weights_file(path: Path) -> None:
+    """Raise `CorruptCheckpoint` naming `path` when its bytes are not the format its name says:
+    a file saved from a download page, truncated, or renamed fails here, not deep inside a reader.
+
+    GGUF files start with the magic bytes "GGUF"; a safetensors file with an 8-byte little-endian
+    header length followed by that many bytes of JSON."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        head = file.read(8)
+        if path.suffix.lower() == ".gguf":
+            if head[:4] != _GGUF_MAGIC:
+                raise CorruptCheckpoint(
+                    f"{path} is named .gguf but is not a GGUF file (it starts with {head[:4]!r}, "
+                    f"a GGUF file with {_GGUF_MAGIC!r}): it is truncated, a saved web page, or "
+                    "another format. Download or convert it again.")
+            return
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = file.read(length) if 2 <= length <= min(size - 8, _MAX_SAFETENSORS_HEADER) else b""
+    try:
+        valid = isinstance(json.loads(header.decode("utf-8")), dict) if header else False
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        valid = False
+    if not valid:
+        raise CorruptCheckpoint(
+            f"{path} is named .safetensors but is not a safetensors file (no JSON header of a "
+            f"valid length at its start; {size} bytes): it is truncated, a saved web page, or "
+            "another format. Save or download the checkpoint again.")
 
 
 def _looks_local(name_or_path: str | os.PathLike[str], path: Path) -> bool:

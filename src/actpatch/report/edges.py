@@ -128,17 +128,29 @@ def _node(site) -> str:
     raise ValueError(f"{site} is not a component of the edge graph (heads, MLPs and the input are)")
 
 
-def circuit_plot(scores: EdgeScores, circuit: Tensor, *, max_edges: int = 300) -> go.Figure:
+DRAWN_EDGES = 40  # the default picture: the strongest edges up to this budget (all: max_edges=None)
+LABELLED_NODES = 12  # nodes named on the picture: those whose drawn edges carry the most |score|
+_MEMBER, _OUTSIDE = "#333", "white"  # filled: in the circuit; hollow: not in it
+_NODE_LINE = {"color": "#999", "width": 1}
+
+
+def circuit_plot(scores: EdgeScores, circuit: Tensor, *, max_edges: int | None = DRAWN_EDGES,
+                 labels: int = LABELLED_NODES) -> go.Figure:
     """The circuit's nodes by layer (x) and head (y; the MLP above the heads), its strongest
-    `max_edges` edges drawn, width by |score| and blue where the edge helps the clean behaviour,
-    red where it hurts; hovering a node or an edge's midpoint gives the scores."""
+    `max_edges` edges drawn (None: every edge), width by |score| and blue where the edge helps the
+    clean behaviour, red where it hurts; hovering a node or an edge's midpoint gives the scores.
+
+    Nodes in the circuit are filled, the others hollow, and those on a drawn edge larger and
+    darker; the `labels` nodes whose drawn edges carry the most |score| are named. A circuit of
+    thousands of edges drawn whole is a hairball: the default budget shows its backbone, which
+    the legend says."""
     graph = scores.graph
     circuit = graph.checked(circuit)
     values = scores.scores.double()
     place = _places(graph)
     magnitude = values.abs().nan_to_num(nan=0.0)  # unscored edges (NaN, from a file) drawn last
     inside = sorted(circuit.nonzero().tolist(), key=lambda sr: -float(magnitude[sr[0], sr[1]]))
-    drawn = inside[:max_edges]
+    drawn = inside if max_edges is None else inside[:max_edges]
     figure = go.Figure()
     strongest = max((float(magnitude[s, r]) for s, r in drawn), default=0.0) or 1.0
     for sign, colour in ((1, _HELPS), (-1, _HURTS)):
@@ -155,6 +167,8 @@ def circuit_plot(scores: EdgeScores, circuit: Tensor, *, max_edges: int = 300) -
             if xs:
                 figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
                                             line={"color": colour, "width": 0.6 + 1.6 * b}, opacity=0.35 + 0.15 * b))
+    for trace in _legend():
+        figure.add_trace(trace)
     if drawn:
         mids = [tuple((a + c) / 2 for a, c in zip(place[graph.senders[s]], place[graph.receiver_node(r)])) for s, r in drawn]
         figure.add_trace(go.Scatter(
@@ -167,18 +181,31 @@ def circuit_plot(scores: EdgeScores, circuit: Tensor, *, max_edges: int = 300) -
     receiving = {name: 0.0 for name in graph.nodes}
     for r, amount in enumerate(received):
         receiving[graph.receiver_node(r)] += amount
+    carried = {name: 0.0 for name in graph.nodes}  # |score| of the drawn edges at each node
+    for s, r in drawn:
+        carried[graph.senders[s]] += float(magnitude[s, r])
+        carried[graph.receiver_node(r)] += float(magnitude[s, r])
+    named = set(sorted((n for n in graph.nodes if carried[n] > 0 and n not in ("input", "logits")),
+                       key=lambda n: -carried[n])[:labels])
     from actpatch.graph import nodes_in_circuit
 
     member = nodes_in_circuit(graph, circuit)
     names = list(graph.nodes)
     sending = dict(zip(graph.senders, sent))
+    on_drawn = [carried[n] > 0 for n in names]
     figure.add_trace(go.Scatter(
-        x=[place[n][0] for n in names], y=[place[n][1] for n in names], mode="markers", showlegend=False,
-        marker={"size": 11, "symbol": ["square" if n.startswith("m") else "circle" for n in names],
-                "color": ["#333" if member[n] else "#e6e6e6" for n in names], "line": {"color": "#999", "width": 1}},
-        text=[f"{n} ({'in' if member[n] else 'not in'} the circuit)<br>Σ|score| of its circuit edges: out "
-              f"{sending.get(n, 0.0):.4g}, in {receiving[n]:.4g}" for n in names],
-        hovertemplate="%{text}<extra></extra>"))
+        x=[place[n][0] for n in names], y=[place[n][1] for n in names], mode="markers+text",
+        showlegend=False,
+        marker={"size": [13 if on else 8 for on in on_drawn],
+                "opacity": [1.0 if on else 0.35 for on in on_drawn],
+                "symbol": ["square" if n.startswith("m") else "circle" for n in names],
+                "color": [_MEMBER if member[n] else _OUTSIDE for n in names], "line": _NODE_LINE},
+        text=[n if n in named else "" for n in names], textposition="top center",
+        textfont={"size": 10},
+        hovertext=[f"{n} ({'in' if member[n] else 'not in'} the circuit)<br>Σ|score| of its "
+                   f"circuit edges: out {sending.get(n, 0.0):.4g}, in {receiving[n]:.4g}"
+                   for n in names],
+        hovertemplate="%{hovertext}<extra></extra>"))
     shown = f"the {len(drawn)} strongest of its {len(inside)} edges" if len(drawn) < len(inside) else f"its {len(inside)} edges"
     figure.update_layout(
         title=f"The circuit: {sum(member.values())} nodes, {shown} (blue helps, red hurts; width |score|)",
@@ -187,8 +214,26 @@ def circuit_plot(scores: EdgeScores, circuit: Tensor, *, max_edges: int = 300) -
         yaxis={"title": "head", "tickvals": list(range(graph.n_heads + 1)),
                "ticktext": [*map(str, range(graph.n_heads)), "MLP"], "zeroline": False},
         height=max(420, 40 * (graph.n_heads + 2)), plot_bgcolor="white", hovermode="closest",
+        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0, "xanchor": "left"},
     )
     return figure
+
+
+def _legend() -> list[go.Scatter]:
+    """Legend entries only (no points): what filled, hollow, large, blue and red mean."""
+    def entry(name: str, **style) -> go.Scatter:
+        return go.Scatter(x=[None], y=[None], name=name, showlegend=True, hoverinfo="skip", **style)
+
+    return [
+        entry("node in the circuit", mode="markers",
+              marker={"color": _MEMBER, "size": 10, "line": _NODE_LINE}),
+        entry("node not in the circuit", mode="markers",
+              marker={"color": _OUTSIDE, "size": 10, "line": _NODE_LINE}),
+        entry("larger, darker: on a drawn edge", mode="markers",
+              marker={"color": _MEMBER, "size": 14, "line": _NODE_LINE}),
+        entry("edge helps the clean behaviour", mode="lines", line={"color": _HELPS, "width": 3}),
+        entry("edge hurts it", mode="lines", line={"color": _HURTS, "width": 3}),
+    ]
 
 
 def _places(graph: Graph) -> dict[str, tuple[float, float]]:

@@ -70,8 +70,8 @@ def heatmaps(result: xr.DataArray, metric: str | None = None) -> go.Figure:
         )
         figure.update_yaxes(autorange="reversed", title_text="layer" if col == 0 else None,
                             dtick=1 if len(panel.layers) <= 32 else None, row=row + 1, col=col + 1)
-    # Faded cells are a second, translucent white layer over each panel: plotly heatmaps have no
-    # hatching, and a layer keeps the colours themselves those of the value.
+    # Faded cells are a second, translucent layer of the background over each panel: plotly heatmaps
+    # have no hatching, and a layer keeps the colours themselves those of the value.
     for i, panel in enumerate(shown.panels):
         if panel.faded is not None:
             row, col = divmod(i, shown.columns_per_row)
@@ -84,6 +84,7 @@ def heatmaps(result: xr.DataArray, metric: str | None = None) -> go.Figure:
            for i in range(len(shown.scales))},
         height=_height(shown),
         margin=dict(t=_MARGIN_TOP, b=_MARGIN_BOTTOM),
+        plot_bgcolor=BACKGROUND, paper_bgcolor=BACKGROUND,
     )
     if len(grids) > 1:
         # The menu sits 40 px above the panels: clear of the subplot titles below it and of the
@@ -161,7 +162,11 @@ def _x_values(result: xr.DataArray, grid: Grid, panel) -> list:
 
 
 FADED_NAME = "interval holds the no-effect value"
-_FADE = "rgba(255, 255, 255, 0.7)"
+BACKGROUND = "white"  # of every plot: faded cells are drawn towards it, so that they recede
+FADE_OPACITY = 0.7
+# An opaque colour at a trace opacity: plotly.js has interpolated rgba colour scales towards black
+# (a grey veil over near-white cells), while a heatmap's own opacity always composites.
+_FADE_SCALE = [[0, BACKGROUND], [1, BACKGROUND]]
 
 
 def _customdata(panel) -> np.ndarray:
@@ -186,8 +191,8 @@ def _fade_values(panel) -> np.ndarray:
 
 
 def _fade(panel, x: list) -> go.Heatmap:
-    return go.Heatmap(z=_fade_values(panel), x=x, y=panel.layers, colorscale=[[0, _FADE], [1, _FADE]], showscale=False,
-                      hoverinfo="skip", name=FADED_NAME)
+    return go.Heatmap(z=_fade_values(panel), x=x, y=panel.layers, colorscale=_FADE_SCALE,
+                      opacity=FADE_OPACITY, showscale=False, hoverinfo="skip", name=FADED_NAME)
 
 
 def _metric_menu(result: xr.DataArray, grids: dict[str | None, Grid], chosen: str | None, *, y: float) -> dict:

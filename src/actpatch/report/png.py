@@ -20,7 +20,9 @@ from actpatch import atomic
 from actpatch.report import layout
 
 COLORMAP = "RdBu"  # the same diverging scales as the interactive figures, white where a patch changes nothing
-FADE = (1.0, 1.0, 1.0, 0.7)  # over cells whose interval holds the no-effect value, as the interactive figures fade them
+BACKGROUND = (1.0, 1.0, 1.0)  # of every plot, as in the interactive figures
+# Over cells whose interval holds the no-effect value: towards the background, so they recede.
+FADE = (*BACKGROUND, 0.7)
 
 
 def render_pngs(
@@ -61,11 +63,13 @@ def _heatmaps(result: xr.DataArray, metric: str | None) -> Figure:
     tick_lines = max(len(t) for p in grid.panels for t in p.ticks)
     panel_width = min(max(3.5, 0.55 * n_columns + 1.5), 16) if grid.column_dim != "neuron" else 12
     panel_height = max(2.5, 0.22 * n_layers + 1.0 + 0.15 * tick_lines)
-    figure = Figure(figsize=(panel_width * grid.columns_per_row + 1.2, panel_height * grid.rows + 1.0), layout="constrained")
+    size = (panel_width * grid.columns_per_row + 1.2, panel_height * grid.rows + 1.0)
+    figure = Figure(figsize=size, layout="constrained", facecolor=BACKGROUND)
     axes = figure.subplots(grid.rows, grid.columns_per_row, squeeze=False)
     images: dict[int, tuple[object, list]] = {}  # per colour scale: an image drawn with it, and its axes
     for i, panel in enumerate(grid.panels):
         ax = axes.flat[i]
+        ax.set_facecolor(BACKGROUND)
         low, high = grid.limits(panel.scale)
         image = ax.imshow(panel.values, cmap=COLORMAP, vmin=low, vmax=high, aspect="auto", interpolation="nearest")
         if panel.faded is not None and panel.faded.any():

@@ -20,15 +20,28 @@ from actpatch.sites import Site
 from actpatch.stats import bootstrap
 
 
-class EnoughPrompts(NamedTuple):
-    """`needed`: prompts for an interval no wider than the asked width at every chosen site.
-    `widths`: one row per (site, n_prompts), the measured width and the 1/√n fit's.
-    `sites`: one row per chosen site: value, effect, width at all prompts, fitted `slope` of
-    log width against log n (−0.5 when the fit is right), worst `misfit`, and its own `needed`."""
+MAX_MISFIT = 0.25  # past this relative gap between widths and k/√n, no count is read off the fit
 
-    needed: int
+
+class EnoughPrompts(NamedTuple):
+    """`needed`: prompts for an interval no wider than the asked width at every chosen site, or
+    None when some chosen site's widths do not shrink like 1/√n (then `reason` says which: the fit
+    would extrapolate a number it cannot support). `widths`: one row per (site, n_prompts), the
+    measured width and the 1/√n fit's. `sites`: one row per chosen site: value, effect, width at
+    all prompts, fitted `slope` of log width against log n (−0.5 when the fit is right), worst
+    `misfit`, and its own `needed` (missing where its fit fails)."""
+
+    needed: int | None
     widths: pd.DataFrame
     sites: pd.DataFrame
+    reason: str = ""
+
+    def __repr__(self) -> str:
+        about = self.sites.attrs
+        why = f", reason={self.reason[:120]!r}" if self.reason else ""
+        return (f"EnoughPrompts(needed={self.needed}{why}; width {about.get('width')} of "
+                f"{about.get('metric')} at {len(self.sites)} sites, measured on "
+                f"{about.get('n_prompts')} prompts)")
 
 
 def enough_prompts(
@@ -51,7 +64,8 @@ def enough_prompts(
     an eighth, a quarter, a half and all of them), fitted as k/√n, and the fit is checked against
     them (`misfit`, the worst relative gap; a warning past 25 %). Length groups are pooled when
     sub-sampling. Read `needed` as the order of magnitude of the next sweep, not a guarantee: it
-    is the widest chosen site's (k / width)², rounded up."""
+    is the widest chosen site's (k / width)², rounded up; None, with the `reason`, when a chosen
+    site's misfit passes 25 %, since a number from a fit that does not hold would only look sure."""
     check_metric(metric)
     bootstrap.check_options(ci, n_boot)
     if not width > 0:
@@ -81,7 +95,9 @@ def enough_prompts(
     misfit = np.where(measured > 0, np.abs(measured - fitted) / np.where(measured > 0, measured, 1), 0).max(0)
     slope = np.array([np.polyfit(np.log(sizes), np.log(measured[:, j]), 1)[0] if (measured[:, j] > 0).all() else np.nan
                       for j in range(len(chosen))]) if len(sizes) > 1 else np.full(len(chosen), np.nan)
-    needed_each = np.array([max(2, math.ceil((k / width) ** 2)) for k in scale])
+    fits = misfit <= MAX_MISFIT
+    needed_each = pd.array([max(2, math.ceil((k / width) ** 2)) if fit else None
+                            for k, fit in zip(scale, fits)], dtype="Int64")
     label = table["site"] if "site" in table else pd.Series([str(i) for i in range(len(table))])
     names = [label[i] + (f" ({table['direction'][i]})" if "direction" in table else "") for i in chosen]
     per_site = pd.DataFrame({"site": names, "value": value[chosen], "effect": effect[chosen], "width": measured[-1],
@@ -89,14 +105,18 @@ def enough_prompts(
     widths = pd.DataFrame({"site": [name for name in names for _ in sizes],
                            "n_prompts": [size for _ in names for size in sizes],
                            "width": measured.T.ravel(), "fitted": fitted.T.ravel()})
-    if (misfit > 0.25).any():
-        warnings.warn(f"interval widths at {', '.join(n for n, m in zip(names, misfit) if m > 0.25)} do not shrink like "
-                      "1/√n over these sizes (see .sites['misfit']); sweep more prompts before trusting `needed`",
-                      stacklevel=2)
+    reason = ""
+    if not fits.all():
+        off = ", ".join(f"{n} (misfit {m:.2g})"
+                        for n, m, fit in zip(names, misfit, fits) if not fit)
+        reason = (f"interval widths at {off} do not shrink like 1/√n over {sizes[0]}..{sizes[-1]} "
+                  "prompts, so no count can be read off the fit: sweep more prompts (outliers or "
+                  "too few prompts) and ask again")
+        warnings.warn(reason, stacklevel=2)
     about = {"width": width, "metric": metric, "ci": ci, "n_boot": n_boot, "seed": seed, "n_prompts": block.n}
     widths.attrs.update(about)
     per_site.attrs.update(about)
-    return EnoughPrompts(int(needed_each.max()), widths, per_site)
+    return EnoughPrompts(int(needed_each.max()) if fits.all() else None, widths, per_site, reason)
 
 
 def _effects(result: xr.DataArray, table: pd.DataFrame, value: np.ndarray, metric: str) -> np.ndarray:

@@ -30,7 +30,8 @@ def compare(
     fdr: float = 0.05,
 ) -> pd.DataFrame:
     """One row per site: the `site` and its coordinates, `a`, `b`, their `difference` (a − b) with its
-    interval [`lo`, `hi`], a bootstrap p-value `p`, and `flagged`.
+    interval [`lo`, `hi`], a bootstrap p-value `p`, `flagged`, and the Benjamini–Hochberg
+    adjusted `p_adjusted` (flagged exactly where it is ≤ `fdr`).
 
     `result_a` and `result_b` are per-prompt sweeps (`per_prompt=True`) of the same prompts in the
     same order and over the same sites: two corruptions of the same clean prompts, two directions,
@@ -83,6 +84,7 @@ def compare(
     table["difference"] = value_a - value_b
     table["lo"], table["hi"], table["p"] = lo, hi, p
     table["flagged"] = benjamini_hochberg(p, fdr)
+    table["p_adjusted"] = adjusted_p(p)  # last: the columns before it keep their places
     table.attrs.update({
         "metric": metric, "ci": ci, "n_boot": n_boot, "seed": seed, "fdr": fdr, "method": "percentile, paired",
         "multiple_comparisons": f"Benjamini-Hochberg over {cells} sites",
@@ -101,6 +103,17 @@ def benjamini_hochberg(p: np.ndarray, fdr: float) -> np.ndarray:
     if below.any():
         flagged[order[: int(np.nonzero(below)[0].max()) + 1]] = True
     return flagged
+
+
+def adjusted_p(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values: the smallest false discovery rate at which each site
+    would be flagged (min over k ≥ rank of p_(k) × m / k, capped at 1), to read beside the raw p."""
+    p = np.asarray(p, dtype=float)
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * p.size / np.arange(1, p.size + 1)
+    adjusted = np.empty(p.size)
+    adjusted[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    return adjusted
 
 
 def _one_block(result: xr.DataArray, name: str) -> tuple[bootstrap.Block, bootstrap.Layout]:

@@ -7,12 +7,14 @@ says which components are in it for nearly any draw and which ride on a few prom
 frontier (one forward per size) per resample; the ranking is free (the sweep's rows)."""
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 import xarray as xr
+from tqdm.auto import tqdm
 
 from actpatch import circuits  # the module, not its names: circuits read actpatch.stats.bootstrap as they load
 from actpatch.models.model import Model
@@ -21,6 +23,8 @@ from actpatch.stats import bootstrap
 
 if TYPE_CHECKING:
     from actpatch.circuits.evaluate import Ablation
+
+log = logging.getLogger(__name__)
 
 
 def circuit_stability(
@@ -35,6 +39,7 @@ def circuit_stability(
     ablation: Ablation = None,
     sizes: Sequence[int] | None = None,
     others: Sequence[tuple[PromptPairs, xr.DataArray]] = (),
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """One row per component ever in a circuit: how often (`inclusion`, a share of `n_boot`
     resamples) the smallest circuit reaching `recovery` contains it, and whether the full-data
@@ -49,7 +54,11 @@ def circuit_stability(
     A resample whose frontier never reaches `recovery` counts as an empty circuit. Length groups
     are not supported: a frontier runs on one batch. `others`: other prompt sets with a sweep of each
     (per prompt or not), e.g. other seeds of the task generator; each one's circuit is found as on
-    the full data, giving `inclusion_others` and `mean_jaccard_others`."""
+    the full data, giving `inclusion_others` and `mean_jaccard_others`.
+
+    The cost is 1 + `n_boot` + len(`others`) circuit searches, each a frontier of one forward per
+    size (every size of the ranking by default: pass `sizes` to bound it); it is logged before the
+    first, and `progress` (default: on a terminal) shows a bar over the searches."""
     if not 0 < recovery <= 1:
         raise ValueError(f"recovery is the share of the behaviour the circuit must restore, in (0, 1]; got {recovery!r}")
     bootstrap.check_options(0.5, n_boot)
@@ -75,10 +84,28 @@ def circuit_stability(
         averaged.attrs["direction"] = _direction(per_prompt_sweep)
         return found_on(averaged, prompts)
 
-    full = circuit(np.ones(block.n), pairs)
-    counts = bootstrap.resample_counts(block, n_boot, bootstrap.rngs(seed, 1)[0])
-    found = [circuit(row, pairs[np.repeat(np.arange(block.n), row.astype(int)).tolist()]) for row in counts]
-    elsewhere = [found_on(_with_direction(bootstrap.averaged(sweep), sweep), prompts) for prompts, sweep in others]
+    cells = int(np.prod(layout.template.isel(metric=0).shape))  # the ranking's length
+    n_sizes = len(sizes) if sizes is not None else cells + 1
+    searches = 1 + n_boot + len(others)
+    other_sets = f", {len(others)} other prompt set{'s' * (len(others) != 1)}" if others else ""
+    log.info("circuit_stability: %d circuit searches (1 on all prompts, %d resamples%s), each a "
+             "Pareto frontier of up to %d sizes: about %d forwards", searches, n_boot, other_sets,
+             n_sizes, searches * n_sizes)
+    bar = tqdm(total=searches, desc="circuit searches",
+               disable=None if progress is None else not progress)
+    with bar:
+        full = circuit(np.ones(block.n), pairs)
+        bar.update()
+        counts = bootstrap.resample_counts(block, n_boot, bootstrap.rngs(seed, 1)[0])
+        found = []
+        for row in counts:
+            drawn = np.repeat(np.arange(block.n), row.astype(int)).tolist()
+            found.append(circuit(row, pairs[drawn]))
+            bar.update()
+        elsewhere = []
+        for prompts, sweep in others:
+            elsewhere.append(found_on(_with_direction(bootstrap.averaged(sweep), sweep), prompts))
+            bar.update()
     inclusion, inclusion_others = Counter(c for f in found for c in f), Counter(c for f in elsewhere for c in f)
     names = sorted(set(inclusion) | set(inclusion_others) | full, key=lambda c: (-inclusion[c], -inclusion_others[c], c))
     table = pd.DataFrame({"component": names, "inclusion": [inclusion[c] / n_boot for c in names],

@@ -27,7 +27,7 @@ from typing import Iterator
 from actpatch.corrupt import token_span
 from actpatch.engine.plan import check_model  # every task refuses a bare transformers model alike
 from actpatch.models.model import Model
-from actpatch.pairs import PairsError, PromptPairs
+from actpatch.pairs import PairsError, PromptPairs, missing_space, unspaced_answer
 
 REQUIRED = ("clean", "corrupt", "answer", "wrong")
 POSITION_PREFIX = "pos:"
@@ -122,6 +122,9 @@ def _check_row(model: Model, where: str, fields: dict) -> tuple[int, dict[str, i
                          "positions must mean the same thing in both runs: corrupt with a replacement of the "
                          "same token length")
     for key in ("answer", "wrong"):
+        if (spaced := unspaced_answer(model, fields["clean"], fields[key])) is not None:
+            reason = missing_space(fields["clean"], spaced)
+            raise PairsError(f"{where}, field {key!r}: {fields[key]!r} {reason}")
         ids = _ids(model, fields[key], special=False)
         if len(ids) != 1:
             pieces = [model.tokenizer.decode([i]) for i in ids]
