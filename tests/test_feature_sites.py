@@ -327,3 +327,50 @@ def test_a_dictionary_of_another_width_is_refused_by_the_sweep():
     assert wide.d_in == 48
     with pytest.raises(ap.DictionaryError, match=r"48-wide.*32 wide \(d_model\)"):
         ap.sweep(model, pairs, "feature", dictionary=wide, latents=[0])
+
+
+class Subspace:
+    """A basis that is not a dictionary: an orthonormal U (d_model × r), as the Basis contract
+    describes one: encode x U, decoder Uᵀ, reconstruct x U Uᵀ. It needs no code of its own."""
+
+    def __init__(self, model, kind: str, rank: int = 3, layer: int = 1):
+        generator = torch.Generator().manual_seed(5)
+        self.U = torch.linalg.qr(torch.randn(model.dims.d_model, rank, generator=generator))[0]
+        self.name, self.layer = f"subspace.{kind}.{layer}", layer
+        self.reads = self.writes = kind
+        self.d_in = self.d_out = model.dims.d_model
+        self.n_latents = rank
+
+    def encode(self, x):
+        return x @ self.U
+
+    def decoder(self):
+        return self.U.T
+
+    def reconstruct(self, x):
+        return x @ self.U @ self.U.T
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma3"])
+def test_a_subspace_basis_plugs_into_the_same_sites_and_sweeps(family):
+    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    subspace = Subspace(model, "resid_post")
+    assert isinstance(subspace, ap.bases.Basis)
+    sites = [ap.Site("feature", 1, latent=i, basis=subspace, pos=5) for i in range(3)]
+    sites.append(ap.Site("feature_error", 1, basis=subspace, pos=5))
+    with ap.patch(model, ap.capture(model, pairs.clean, sites)):
+        got = model.last_logits(pairs.corrupt)
+    site, value = plain_value(model, subspace, pairs, 5)
+    with ap.patch(model, {site: value}):
+        want = model.last_logits(pairs.corrupt)
+    assert (got - want).abs().max() <= ATOL
+    # Patching the subspace's coordinates alone is the patch of U Uᵀ (x_source − x_target).
+    target = ap.capture(model, pairs.corrupt, [site])[site]
+    with ap.patch(model, {site: target + (value - target) @ subspace.U @ subspace.U.T}):
+        projected = model.last_logits(pairs.corrupt)
+    with ap.patch(model, ap.capture(model, pairs.clean, sites[:3])):
+        assert (model.last_logits(pairs.corrupt) - projected).abs().max() <= ATOL
+    keywords = {"dictionary": subspace, "latents": [0, 1, 2], "progress": False}
+    reference = ap.sweep(model, pairs, "feature", engine="reference", **keywords)
+    batched = ap.sweep(model, pairs, "feature", chunk=4, **keywords)
+    assert float(abs(batched - reference).max()) <= ATOL
