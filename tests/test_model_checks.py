@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from actpatch.model_checks import check_model
+from actpatch.sites import SITE_KINDS
 from tiny import FAMILIES, tiny_model, tiny_pairs
 
 
@@ -16,7 +17,8 @@ def test_every_check_passes_on_every_family(family):
     checks = check_model(model, tiny_pairs(), progress=False)
     assert [c for c in checks if not c.passed] == []
     names = [c.name for c in checks]
-    assert sum(n.startswith("no-op patch") for n in names) == 2 * (10 if family == "pythia_parallel" else 11)  # both engines
+    kinds = len(SITE_KINDS) - (family == "pythia_parallel")  # no resid_mid on a parallel model
+    assert sum(n.startswith("no-op patch") for n in names) == 2 * kinds  # both engines
     assert sum(n.startswith("full patch") for n in names) == 2
     assert any(n.startswith("head sum") for n in names) and names[-1] == "hooks removed afterwards"
 

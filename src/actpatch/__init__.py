@@ -41,6 +41,10 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "CorruptCheckpoint": ("actpatch.models.load", "CorruptCheckpoint"),
     "ModelNotFound": ("actpatch.models.load", "ModelNotFound"),
     "UnsupportedArchitecture": ("actpatch.models.arch", "UnsupportedArchitecture"),
+    # Dictionaries (SAEs, transcoders): their latents and error nodes are sites.
+    "load_dictionary": ("actpatch.bases.load", "load_dictionary"),
+    "Dictionary": ("actpatch.bases.dictionary", "Dictionary"),
+    "DictionaryError": ("actpatch.bases.dictionary", "DictionaryError"),
     # Prompts, tasks and corruptions.
     "PromptPairs": ("actpatch.pairs", "PromptPairs"),
     "Run": ("actpatch.pairs", "Run"),

@@ -77,6 +77,10 @@ def sites(result: xr.DataArray) -> list[Site]:
     kind = result.attrs.get("site")
     if kind is None:
         raise ValueError("this result has no attrs['site']: sites() reads results made by actpatch (sweep, attribute)")
+    if "dictionary" in result.attrs:
+        raise ValueError("sites() cannot rebuild feature sites: a result holds its dictionary's "
+                         "name, not the dictionary; build them with "
+                         "actpatch.Site('feature', layer, latent=i, basis=dictionary)")
     unit = unit_dim(kind)
     layers = [int(l) for l in result["layer"].values]
     units = [int(u) for u in result[unit].values] if unit else [None]

@@ -5,5 +5,7 @@ back through decoder rows. Sparse dictionaries (SAEs, transcoders) and subspaces
 learned rank-r basis) are both bases; `basis.py` is their one contract and the one patch rule.
 """
 from actpatch.bases.basis import Basis, move_latents
+from actpatch.bases.dictionary import Dictionary, DictionaryError
+from actpatch.bases.load import load_dictionary
 
-__all__ = ["Basis", "move_latents"]
+__all__ = ["Basis", "Dictionary", "DictionaryError", "load_dictionary", "move_latents"]

@@ -209,7 +209,7 @@ def experiment_options(*, analysis: bool = False, circuit: bool = False, interva
         click.option("--prompts", type=int, default=None, help="Number of prompt pairs (default 8)."),
         click.option("--corruption", default=None, help="The task's corruption scheme, or 'noise' (Gaussian noise)."),
         click.option("--seed", type=int, default=None, help="Seed of the prompt generator (default 0)."),
-        click.option("--site", default=None, help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, head, q, k, v, pattern, neuron."),
+        click.option("--site", default=None, help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, mlp_in, head, q, k, v, pattern, neuron."),
         click.option("--direction", type=click.Choice(["denoise", "noise", "both"]), default=None, help="Default: denoise."),
         click.option("--positions", default=None, help="each, all, or a list like S2,END or 0,3,-1."),
         click.option("--layers", default=None, help="Layers to sweep, e.g. 0-5,10 (default all)."),

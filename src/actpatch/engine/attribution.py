@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import nullcontext
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,8 @@ def attribute(
     positions: Positions = None,
     heads: Sequence[int] | None = None,
     neurons: Sequence[int] | None = None,
+    dictionary: Any = None,
+    latents: Sequence[int] | str | None = None,
     graddrop: bool = False,
     ablation: Ablation | None = None,
     check_baseline: bool = True,
@@ -76,7 +78,12 @@ def attribute(
     free: the gradient of the mean logit difference is each prompt's own gradient over n, so the
     per-prompt estimates come from the same backward pass. Not with `graddrop` (its magnitude is
     not a mean over prompts). The interval covers prompt-to-prompt variation of the *estimate*, not
-    the estimate's error: only `verify` measures that."""
+    the estimate's error: only `verify` measures that.
+
+    `site="feature"` / `"feature_error"` with `dictionary=` (and `latents=`, a list or "active")
+    estimates every latent and error node (Sparse Feature Circuits, Marks et al. 2024): the
+    gradient at latent i is decoder row i · the gradient where the dictionary writes, so the same
+    one backward serves every latent; `verify(..., dictionary=)` patches them exactly."""
     if ci is not None:
         if per_prompt:
             raise ValueError("ci= returns intervals computed from the per-prompt estimates, not the estimates: drop "
@@ -91,8 +98,13 @@ def attribute(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if graddrop and method == "ig":
         raise ValueError("graddrop goes with method='atp' or 'atp*', not with integrated gradients")
+    if isinstance(latents, str) and latents == "active":
+        from actpatch.bases.select import active_latents  # two forwards: only for feature sites
+
+        latents = active_latents(model, pairs, dictionary, positions)
     the_plan = plan(model, pairs, SweepSpec(site, direction, layers=layers, positions=positions, heads=heads,
-                                            neurons=neurons, ablation=ablation, progress=progress))
+                                            neurons=neurons, latents=latents, dictionary=dictionary,
+                                            ablation=ablation, progress=progress))
     if ablation is not None and (method == "ig" or (method == "atp*" and the_plan.kind in ("q", "k"))):
         raise ValueError(f"method={method!r} needs a source run (to interpolate inputs, or to recompute softmaxes from its "
                          f"q and k); ablation={ablation!r} has none: use method='atp'")

@@ -19,6 +19,7 @@ no-op; only a real split (benchmarks/gpu_check.sh) proves the tensors land where
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ log = logging.getLogger(__name__)
 # The source run (its activations are the patch values) and the target run (the baseline the
 # copies start from): every exact sweep runs both once, whatever its engine.
 UNPATCHED_RUNS = 2
-MLP_SITE_KINDS = ("mlp_out", "neuron")  # sites inside a layer's MLP: the last one then runs at every position
+# Sites inside a layer's MLP: with one patched, the last layer's MLP runs at every position.
+MLP_SITE_KINDS = ("mlp_out", "mlp_in", "neuron")
 
 # Attention functions whose masks and caches the equality tests have covered (ours is eager's wrapper).
 PROVEN_ATTENTION = ("sdpa", "eager", hooks.PATTERN_ATTENTION)
@@ -328,7 +330,8 @@ class Resumer:
         batch, seq = self.target.shape
         # The last layer's MLP acts on each position alone and the logits read the final one: it runs
         # there only, unless a copy patches that MLP or its neurons (their hooks need every position).
-        trimmed = not any(site.layer % n_layers == n_layers - 1 and site.kind in MLP_SITE_KINDS
+        trimmed = not any(site.layer % n_layers == n_layers - 1
+                          and bool(_kinds_touched(site) & set(MLP_SITE_KINDS))
                           for values in copies for site in values)
         share = self.mlp_share if trimmed else 0.0  # per row and skipped position, in layer-token calls
         self.floor_tokens += sum((n_layers - layer) * batch * (seq - position) - share * batch * (seq - position - 1)
@@ -456,8 +459,13 @@ def moved(value: Any, device: torch.device) -> Any:
 def _shifted(site: Site, start: int) -> Site:
     """The same site in a run that begins at position `start` (named positions are shifted by the caller)."""
     if isinstance(site.pos, int):
-        return Site(site.kind, site.layer, site.head, site.neuron, site.pos - start if site.pos >= 0 else site.pos)
+        return dataclasses.replace(site, pos=site.pos - start if site.pos >= 0 else site.pos)
     return site
+
+
+def _kinds_touched(site: Site) -> set[str]:
+    """The site kinds a patch at `site` reads or writes: a feature site's are its basis's."""
+    return {site.basis.reads, site.basis.writes} if site.basis is not None else {site.kind}
 
 
 def _first(args: tuple, kwargs: dict) -> Tensor:

@@ -13,7 +13,8 @@ from actpatch.engine.spec import (ABLATIONS, DIRECTIONS, Ablation, Direction, Po
                                   check_engine_options)
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs, Run
-from actpatch.sites import KV_KINDS, Pos, Site, SiteError, SiteKind, default_positions, grid, parse_kind, unit_dim, validate
+from actpatch.sites import (FEATURE_KINDS, KV_KINDS, Pos, Site, SiteError, SiteKind,
+                            default_positions, grid, parse_kind, unit_dim, validate)
 
 @dataclass(frozen=True, eq=False)
 class SweepPlan:
@@ -75,10 +76,14 @@ def plan(model: Model, pairs: PromptPairs, spec: SweepSpec) -> SweepPlan:
             raise SiteError(f"{spec.site!r} names a layer and layers= was also given; use one of them")
         layers = [named_layer]
     n_layers = model.dims.n_layers
+    basis = _basis(kind, spec, model)
+    if basis is not None:
+        layers = _basis_layers(basis, layers, n_layers)
     layers = list(range(n_layers)) if layers is None else [_in_range(l, n_layers, "layer") for l in _selection(layers, "layers")]
-    units = _units(model, kind, spec.heads, spec.neurons, len(layers))
+    units = _units(model, kind, spec.heads, spec.neurons, len(layers), latents=spec.latents,
+                   basis=basis)
     chosen = _positions(kind, spec.positions, pairs)
-    sites = grid(kind, layers, units, chosen)
+    sites = grid(kind, layers, units, chosen, basis=basis)
     parallel = model.arch.is_parallel(model.hf.config)
     for s in sites[:1] + sites[-1:]:  # every site shares kind and ranges; the ends catch range errors
         validate(s, model.arch, model.dims, parallel=parallel)
@@ -187,9 +192,51 @@ def _in_range(index: int, size: int, what: str, owner: str = "this model has") -
     return number % size
 
 
+def _basis(kind: str, spec: SweepSpec, model: Model) -> Any:
+    """The dictionary a feature sweep patches in (None for other kinds), checked to fit `model`."""
+    from actpatch.bases import Basis  # bases build on sites and models, not on engines
+
+    if kind not in FEATURE_KINDS:
+        if spec.dictionary is not None or spec.latents is not None:
+            raise SiteError("dictionary= and latents= belong to feature sweeps ('feature', "
+                            f"'feature_error'), not {kind}")
+        return None
+    if not isinstance(spec.dictionary, Basis):
+        raise SiteError(f"a {kind} sweep needs dictionary= (load_dictionary(path, model)), "
+                        f"got {type(spec.dictionary).__name__}")
+    check = getattr(spec.dictionary, "check_fits", None)
+    if callable(check):
+        check(model)
+    return spec.dictionary
+
+
+def _basis_layers(basis: Any, layers: Any, n_layers: int) -> list[int]:
+    """A dictionary sits at one layer: layers= may name it, nothing else."""
+    chosen = (None if layers is None
+              else [_in_range(l, n_layers, "layer") for l in _selection(layers, "layers")])
+    if chosen is not None and chosen != [basis.layer]:
+        raise SiteError(f"{basis.name} sits at layer {basis.layer}; drop layers= "
+                        f"(or pass layers=[{basis.layer}])")
+    return [basis.layer]
+
+
 def _units(model: Model, kind: str, heads: Sequence[int] | None, neurons: Sequence[int] | None,
-           n_layers: int) -> list[int] | None:
+           n_layers: int, *, latents: Any = None, basis: Any = None) -> list[int] | None:
     unit = unit_dim(kind)
+    if unit == "latent":
+        if heads is not None or neurons is not None:
+            raise SiteError("a feature sweep selects latents=, not heads= or neurons=")
+        if latents is None or isinstance(latents, str):
+            raise SiteError(
+                "a feature sweep needs latents=[...] or latents='active' (the latents non-zero in "
+                f"either run); all {basis.n_latents} latents × every position is rarely wanted"
+                if latents is None else f"latents={latents!r}: pass 'active' or latent indices")
+        owner = f"{basis.name} has"
+        chosen = _selection(latents, "latents")
+        return [_in_range(i, basis.n_latents, "latent", owner) for i in chosen]
+    if kind == "feature_error" and latents is not None:
+        raise SiteError("latents= selects latents of a 'feature' sweep; the error node "
+                        "('feature_error') has none")
     if heads is not None and unit not in ("head", "kv_head"):
         raise SiteError(f"heads= was given, but {kind} is not split by attention head; drop heads= or use a head site")
     if neurons is not None and unit != "neuron":

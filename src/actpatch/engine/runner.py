@@ -106,8 +106,18 @@ def assemble(model: Model, pairs: PromptPairs, the_plan: SweepPlan, rows: list[d
             self_checks=self_checks,
             self_check_tolerance=checks.tolerance(next(model.hf.parameters()).dtype),
             **per_prompt_baselines,
+            **_basis_provenance(spec.dictionary),
         ),
     )
+
+
+def _basis_provenance(basis: Any) -> dict[str, Any]:
+    """Which dictionary a feature sweep patched in: name, where it reads and writes, its file."""
+    if basis is None:
+        return {}
+    return {"dictionary": {"name": basis.name, "layer": basis.layer, "reads": basis.reads,
+                           "writes": basis.writes,
+                           "n_latents": basis.n_latents, "source": getattr(basis, "source", "")}}
 
 
 def _positions_label(asked: Any, chosen: list) -> str:

@@ -29,6 +29,8 @@ class SweepSpec:
     positions: Positions = None  # "each", "all", or indices and named positions
     heads: Sequence[int] | int | None = None
     neurons: Sequence[int] | int | None = None
+    latents: Sequence[int] | int | None = None  # feature sweeps: which latents of `dictionary`
+    dictionary: Any = None  # feature sweeps: the basis (load_dictionary) whose latents are sites
     per_prompt: bool = False  # rows keep a `batch` dimension
     ablation: Ablation | None = None  # noising from the target's own values, knocked out
     mean_over: PromptPairs | None = None  # prompts whose clean runs ablation="mean" averages

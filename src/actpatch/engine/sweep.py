@@ -11,6 +11,7 @@ from typing import Literal, Sequence
 
 import xarray as xr
 
+from actpatch.bases.basis import Basis
 from actpatch.engine import batched, groups, runner
 from actpatch.engine import reference as reference_engine
 from actpatch.engine import shards as shard_engine
@@ -35,6 +36,8 @@ def sweep(
     positions: Positions = None,
     heads: Sequence[int] | None = None,
     neurons: Sequence[int] | None = None,
+    dictionary: Basis | None = None,
+    latents: Sequence[int] | Literal["active"] | None = None,
     per_prompt: bool = False,
     engine: Engine = "batched",
     chunk: int | None = None,
@@ -68,6 +71,12 @@ def sweep(
     the corrupt one on the logit difference, or every normalised number is noise: the sweep refuses
     (`BaselineError`) unless `check_baseline=False`. `progress=None` shows a bar only on a terminal.
 
+    `site="feature"` patches latents of `dictionary` (`actpatch.load_dictionary(path, model)`) one
+    at a time: patching latent i moves the activation the dictionary writes by (source latent −
+    target latent) × its decoder row i. `latents` is a list of indices or "active" (the latents
+    non-zero in either run at the swept positions). `site="feature_error"` patches the dictionary's
+    error node (what it fails to reconstruct) at each position (docs/features.md).
+
     `checkpoint` (a folder) makes a long sweep survive being killed: each finished chunk's rows are
     written there (by any engine), and a later call with the same folder and the same arguments
     loads them and patches only the rest, giving the same result. A folder written by a different
@@ -100,8 +109,17 @@ def sweep(
     directions = [direction] if isinstance(direction, str) else list(direction)
     if not directions or any(d not in DIRECTIONS for d in directions):
         raise ValueError(f"direction must be one of {DIRECTIONS} or a list of them, got {direction!r}")
+    if shards is not None and dictionary is not None:
+        raise ValueError("shards= does not ship a dictionary to its Ray workers yet: sweep feature "
+                         "sites without shards= (the batched engine stacks them in one process)")
+    if isinstance(latents, str) and latents == "active":
+        from actpatch.bases.select import active_latents  # two forwards: only for feature sweeps
+
+        latents = active_latents(model, pairs, dictionary, positions)
     spec = SweepSpec(site, directions[0], layers=layers, positions=positions, heads=heads, neurons=neurons,
-                     per_prompt=per_prompt or ci is not None, ablation=ablation, mean_over=mean_over, check_baseline=check_baseline,
+                     latents=latents, dictionary=dictionary,
+                     per_prompt=per_prompt or ci is not None,
+                     ablation=ablation, mean_over=mean_over, check_baseline=check_baseline,
                      chunk=chunk, memory_budget=memory_budget, progress=progress)
     chosen = _engine(model, engine, shards)
     with contextlib.ExitStack() as stack:

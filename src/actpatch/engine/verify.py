@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,6 +55,7 @@ def verify(
     ci: float | None = None,
     n_boot: int = 1000,
     boot_seed: int = 0,
+    dictionary: Any = None,
 ) -> Verification:
     """Patch the estimate's `top_k` strongest sites and `sample` random others exactly; compare.
 
@@ -65,7 +67,10 @@ def verify(
     correlation. It needs the per-prompt estimate (`attribute(..., per_prompt=True)`); the exact
     patches keep their per-prompt rows, so it costs no extra forward. The sites verified are the
     ones the full data chose: the interval says how the agreement on *those* sites varies with the
-    prompts, not how a re-chosen top-k would fare."""
+    prompts, not how a re-chosen top-k would fare.
+
+    An estimate over feature sites needs the `dictionary` it was made with (a result holds its
+    name, not its weights)."""
     for name, value in (("top_k", top_k), ("sample", sample)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise ValueError(f"{name} must be a whole number of sites, 0 or more, got {value!r}")
@@ -87,7 +92,9 @@ def verify(
     flat = values.stack(site=list(values.dims))
     kept = ~np.isnan(flat.values)
     flat = flat[kept]
-    sites = [_site(estimate.attrs["site"], dict(zip(flat.indexes["site"].names, key))) for key in flat.indexes["site"]]
+    basis = _checked_dictionary(estimate, dictionary)
+    sites = [_site(estimate.attrs["site"], dict(zip(flat.indexes["site"].names, key)), basis)
+             for key in flat.indexes["site"]]
     baseline = float(estimate.attrs["baseline_corrupt" if estimate.attrs["direction"] == "denoise" else "baseline_clean"][metric])
     strength = np.abs(flat.values - baseline)
     ranked = np.argsort(-strength, kind="stable")
@@ -154,6 +161,8 @@ def _exact(model: Model, pairs: PromptPairs, estimate: xr.DataArray, sites: list
     spec = SweepSpec(estimate.attrs["site"], direction=direction, layers=layers,
                      positions=[s.pos for s in sites[:1]] if sites[0].pos is not None else "all",
                      neurons=[s.neuron for s in sites[:1]] if sites[0].neuron is not None else None,
+                     latents=[s.latent for s in sites[:1]] if sites[0].latent is not None else None,
+                     dictionary=sites[0].basis,
                      ablation=estimate.attrs.get("source") if estimate.attrs.get("source") in ABLATIONS else None,
                      progress=progress)
     the_plan = plan(model, pairs, spec).narrowed(sites)
@@ -165,7 +174,22 @@ def _exact(model: Model, pairs: PromptPairs, estimate: xr.DataArray, sites: list
     return [v for v, _ in both], rows
 
 
-def _site(kind: str, coords: dict) -> Site:
+def _checked_dictionary(estimate: xr.DataArray, dictionary: Any) -> Any:
+    """The dictionary of a feature estimate (None for others), checked to be the one it names."""
+    made_with = estimate.attrs.get("dictionary")
+    if made_with is None:
+        if dictionary is not None:
+            raise ValueError("dictionary= goes with estimates over feature sites; this one is over "
+                             f"{estimate.attrs['site']} sites")
+        return None
+    if dictionary is None or getattr(dictionary, "name", None) != made_with["name"]:
+        source = made_with.get("source", "")
+        raise ValueError(f"this estimate is over latents of {made_with['name']} ({source}): "
+                         "pass that dictionary, verify(..., dictionary=it)")
+    return dictionary
+
+
+def _site(kind: str, coords: dict, basis: Any = None) -> Site:
     unit = unit_dim(kind)
     pos = coords.get("pos")
     if isinstance(pos, str) and pos.lstrip("-").isdigit():
@@ -175,6 +199,10 @@ def _site(kind: str, coords: dict) -> Site:
         fields["head"] = int(coords[unit])
     elif unit == "neuron":
         fields["neuron"] = int(coords[unit])
+    elif unit == "latent":
+        fields["latent"] = int(coords[unit])
+    if basis is not None:
+        fields["basis"] = basis
     return Site(kind, int(coords["layer"]), pos=None if pos is None else (pos if isinstance(pos, str) else int(pos)), **fields)
 
 

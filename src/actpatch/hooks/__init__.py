@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
 import torch
 from torch import Tensor
 
-from actpatch.hooks import attach, attention
+from actpatch.hooks import attach, attention, features
 from actpatch.hooks.attention import PATTERN_ATTENTION, eager_attention
 from actpatch.hooks.errors import PatchNotApplied, PatchShapeError
 from actpatch.hooks.layout import Positions, normalised
@@ -67,8 +67,11 @@ def capture_with_logits(
     wanted = _sites(sites)
     named = (run.positions if positions is None else positions) or {}
     store: dict[Site, Tensor] = {}
-    groups = _by_layer(model, ((site, site) for site in wanted))
+    plain = [site for site in wanted if not features.is_feature(site)]
+    groups = _by_layer(model, ((site, site) for site in plain))
     readers = [(kind, layer, ReadTap(kind, model, group, named, store)) for (kind, layer), group in groups.items()]
+    feature_sites = [site for site in wanted if features.is_feature(site)]
+    readers += features.readers(model, feature_sites, named, store)
     with add_to_input(model, run.noise), attach.attached(model, readers):
         with torch.no_grad():
             keywords = {"use_cache": False, **(forward or {})}
@@ -115,8 +118,11 @@ def patch_copies(
     fired: Counter[tuple[int, Site]] = Counter()
     writes = [Write(site, value, slice(i, None, strides[i]), i) for i, values in enumerate(copies)
               for site, value in _keyed(values).items()]
-    groups = _by_layer(model, ((write.site, write) for write in writes))
+    plain = [write for write in writes if not features.is_feature(write.site)]
+    groups = _by_layer(model, ((write.site, write) for write in plain))
     writers = [(kind, layer, WriteTap(kind, model, group, positions or {}, fired)) for (kind, layer), group in groups.items()]
+    feature_writes = [write for write in writes if features.is_feature(write.site)]
+    writers += features.writers(model, feature_writes, positions or {}, fired)
     with attach.attached(model, writers):
         yield
     if missing := [write.site for write in writes if not fired[(write.copy, write.site)]]:
@@ -188,9 +194,13 @@ def watch(model: Model, sites: Sequence[SiteLike], *, positions: Positions | Non
     grad); the gradient hooks sit on that forward's own tensors, so they go when its graph is freed."""
     wanted = _sites(sites)
     watched = Watched()
-    groups = _by_layer(model, ((site, site) for site in wanted))
+    plain = [site for site in wanted if not features.is_feature(site)]
+    groups = _by_layer(model, ((site, site) for site in plain))
     watchers = [(kind, layer, GradTap(kind, model, group, positions or {}, watched.values, watched.grads))
                 for (kind, layer), group in groups.items()]
+    feature_sites = [site for site in wanted if features.is_feature(site)]
+    watchers += features.watchers(model, feature_sites, positions or {}, watched.values,
+                                  watched.grads)
     with attach.attached(model, watchers):
         yield watched
     if missing := [s for s in wanted if s not in watched.values]:

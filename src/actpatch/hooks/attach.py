@@ -12,7 +12,6 @@ from typing import Callable, ContextManager, Iterator, Sequence
 from torch import Tensor, nn
 
 from actpatch.hooks import attention
-from actpatch.hooks.taps import WriteTap
 from actpatch.models.model import Model
 
 Tap = Callable[[Tensor], "Tensor | None"]
@@ -79,7 +78,8 @@ def _hooks(model: Model, kind: str, layer: int, tap: Tap) -> list[ContextManager
     arch = model.arch
     if kind == "pattern":
         return [attention.pattern_tap(model, layer, tap)]
-    if kind == "resid_mid" and isinstance(tap, WriteTap):
+    # A WriteTap, or a feature tap whose basis writes resid_mid.
+    if kind == "resid_mid" and hasattr(tap, "remember_resid_pre"):
         # Written through attn_out, which needs the layer's input seen earlier in the same forward.
         return [pre_hook(model.layer(layer), tap.remember_resid_pre), output_hook(model.submodule(layer, arch.attn), tap)]
     where: dict[str, tuple[str | None, Callable]] = {
@@ -88,6 +88,7 @@ def _hooks(model: Model, kind: str, layer: int, tap: Tap) -> list[ContextManager
         "resid_mid": (arch.mlp_in_norm, pre_hook),
         "attn_out": (arch.attn, output_hook),
         "mlp_out": (arch.mlp, output_hook),
+        "mlp_in": (arch.mlp_in_norm, output_hook),
         "head": (arch.o_proj, pre_hook),
         "neuron": (arch.mlp_down, pre_hook),
         "q": (_qkv_path(arch, 0), output_hook),

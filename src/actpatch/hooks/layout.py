@@ -8,6 +8,7 @@ module's job (see `attach.py`), nor is deciding what to do with the values (`tap
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 import torch
@@ -65,7 +66,7 @@ def index(site: Site, view: Tensor, positions: Positions) -> tuple:
 def normalised(site: Site, n_layers: int) -> Site:
     """`site` with a negative layer counted from the end, so that `layer=-1` and the last layer meet."""
     if site.layer < 0:
-        return Site(site.kind, site.layer + n_layers, site.head, site.neuron, site.pos)
+        return dataclasses.replace(site, layer=site.layer + n_layers)
     return site
 
 

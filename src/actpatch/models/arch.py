@@ -25,7 +25,8 @@ class Arch:
     attn: str  # output (first element if a tuple) is what attention adds to the residual stream: attn_out
     o_proj: str  # its *input* is z, every head's output side by side: the `head` site
     qkv: tuple[str, str, str] | str  # three projections (outputs = q, k, v), or one fused module
-    mlp_in_norm: str  # its input is resid_mid (on sequential-residual models)
+    # its input is resid_mid (on sequential-residual models); its output is mlp_in, the MLP's input
+    mlp_in_norm: str
     mlp: str  # output is what the MLP adds to the residual stream: mlp_out
     mlp_down: str  # its *input* is the MLP hidden units after the activation (and gate): the `neuron` site
     final_norm: str  # from the model root: the norm between the last resid_post and the unembedding
