@@ -17,7 +17,7 @@ from actpatch.graph.scores import Method, edge_scores
 from actpatch.graph.select import top_edges
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
-from actpatch.stats.stability import jaccard
+from actpatch.circuits.stability import jaccard
 
 
 def edge_stability(model: Model, pairs: PromptPairs, *, method: Method = "eap", percent: float = 5.0, n_boot: int = 20,
