@@ -36,9 +36,9 @@ def main() -> None:
     args = parser.parse_args()
     model = ap.load_model()
     pairs = ap.ioi_pairs(model, n=args.prompts)
-    model.last_logits(pairs.corrupt)  # warm-up
+    ap.hooks.last_logits(model, pairs.corrupt)  # warm-up
     start = time.perf_counter()
-    model.last_logits(pairs.corrupt)
+    ap.hooks.last_logits(model, pairs.corrupt)
     forward_seconds = time.perf_counter() - start
     print(f"SmolLM2-135M-Instruct, {len(pairs)} IOI prompts × {pairs.seq_len} tokens, denoising; one forward {forward_seconds:.2f} s\n")
     for title, sweep in SWEEPS.items():

@@ -33,7 +33,7 @@ def main() -> None:
 
     model = ap.load_model()
     pairs = ap.ioi_pairs(model, n=args.prompts)
-    model.last_logits(pairs.clean)  # warm-up
+    ap.hooks.last_logits(model, pairs.clean)  # warm-up
     times: dict[str, list[float]] = {"plain": [], "with ci": [], "bootstrap": []}
     costs = {}
     for _ in range(args.repeats):

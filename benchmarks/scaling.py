@@ -200,11 +200,11 @@ def measure_point(model: ap.Model, point: Point, device: str) -> list[dict[str, 
 
 def one_forward_s(model: ap.Model, pairs: ap.PromptPairs) -> float:
     """Median wall time of one forward of the target batch, as every sweep runs it (last position unembedded)."""
-    model.last_logits(pairs.corrupt_run)  # warm-up
+    ap.hooks.last_logits(model, pairs.corrupt_run)  # warm-up
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        model.last_logits(pairs.corrupt_run)
+        ap.hooks.last_logits(model, pairs.corrupt_run)
         _sync(model.device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)

@@ -146,7 +146,7 @@ BAD_INPUTS = {
     "chunk not a whole number": (lambda c: ap.sweep(c.m, c.p, "resid_pre", chunk=1.5), ValueError, r"chunk must be at least 1 \(a whole number.*got 1\.5"),
     "memory budget negative": (lambda c: ap.sweep(c.m, c.p, "resid_pre", memory_budget=-1), ValueError, r"memory_budget must be a positive number of bytes.*4 << 30"),
     "unknown ablation": (lambda c: ap.sweep(c.m, c.p, "resid_pre", direction="noise", ablation="gauss"), ValueError, r"ablation must be one of \('zero', 'mean', 'resample'\)"),
-    "ablation while denoising": (lambda c: ap.sweep(c.m, c.p, "resid_pre", ablation="zero"), ValueError, r"which is noising: pass direction='noise'"),
+    "ablation while denoising, resid_pre": (lambda c: ap.sweep(c.m, c.p, "resid_pre", ablation="zero"), ValueError, r"which is noising: pass direction='noise'"),
     "a transformers model, not a Model": (lambda c: ap.sweep(c.m.hf, c.p, "resid_pre"), TypeError, r"model must be an actpatch Model, got LlamaForCausalLM.*Model\.from_hf"),
     "pairs as a string": (lambda c: ap.sweep(c.m, "prompts", "resid_pre"), TypeError, r"pairs must be PromptPairs.*got str"),
     "one set of pairs for several corruptions": (lambda c: ap.sweep_corruptions(c.m, c.p, "resid_pre"), TypeError, r"takes a dict \{corruption name: PromptPairs\}.*call actpatch\.sweep"),

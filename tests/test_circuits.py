@@ -295,16 +295,16 @@ def test_components_that_depend_on_the_corruption_are_listed():
 def test_an_error_inside_a_circuit_run_leaves_no_hooks(monkeypatch):
     model, pairs = with_answers(tiny_model("mistral"), tiny_pairs())
     everything = components(model)
-    real = model.last_logits
+    real = hooks.last_logits
     calls = []
 
-    def fail_on_the_patched_run(tokens):
+    def fail_on_the_patched_run(model, run):
         calls.append(1)
         if ap.attached_hooks(model):
             raise RuntimeError("boom")
-        return real(tokens)
+        return real(model, run)
 
-    monkeypatch.setattr(model, "last_logits", fail_on_the_patched_run)
+    monkeypatch.setattr(hooks, "last_logits", fail_on_the_patched_run)
     with pytest.raises(RuntimeError, match="boom"):
         ap.evaluate_circuit(model, pairs, everything[:5], components=everything)
     assert calls and ap.attached_hooks(model) == 0

@@ -45,7 +45,7 @@ def test_mismatched_counts_are_named(smollm):
 def test_ioi_named_positions_point_at_the_names(smollm):
     pairs = ap.ioi_pairs(smollm, n=6, seed=3)
     for row in range(len(pairs)):
-        token = lambda name: smollm.tokenizer.decode(pairs.clean[row, pairs.positions[name][row]])
+        token = lambda name, row=row: smollm.tokenizer.decode(pairs.clean[row, pairs.positions[name][row]])
         assert token("IO") == smollm.tokenizer.decode(pairs.answers[row])
         assert token("S1") == token("S2") == smollm.tokenizer.decode(pairs.wrong[row])
         assert int(pairs.positions["END"][row]) == pairs.seq_len - 1

@@ -192,10 +192,10 @@ def test_bad_path_patches_are_named(call, message):
 def test_an_error_inside_a_path_patch_leaves_no_hooks(monkeypatch):
     model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
 
-    def explode(tokens):
+    def explode(model, run):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(model, "last_logits", explode)
+    monkeypatch.setattr(hooks, "last_logits", explode)
     with pytest.raises(RuntimeError, match="boom"):
         ap.patch_paths(model, pairs, ap.Site("head", 0, head=1), ap.all_receivers(model, ap.Site("head", 0, head=1)))
     assert ap.attached_hooks(model) == 0

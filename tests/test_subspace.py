@@ -9,7 +9,7 @@ from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
 from actpatch import PairsError, Site, capture, hooks, patch
 from actpatch.bases import Basis
 from actpatch.bases.subspace import BasisError, Subspace
-from actpatch.subspace import vectors
+from actpatch.bases import vectors
 from actpatch.subspace.patching import interchange, patch_subspace
 
 SITES = [

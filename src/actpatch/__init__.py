@@ -22,6 +22,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "sweep": ("actpatch.engine.sweep", "sweep"),
     "sweep_corruptions": ("actpatch.sensitivity", "sweep_corruptions"),
     "attribute": ("actpatch.engine.attribution", "attribute"),
+    "SweepOptions": ("actpatch.engine.spec", "SweepOptions"),
+    "AttributeOptions": ("actpatch.engine.spec", "AttributeOptions"),
     "verify": ("actpatch.engine.verify", "verify"),
     "Verification": ("actpatch.engine.verify", "Verification"),
     "BaselineError": ("actpatch.engine.collect", "BaselineError"),
@@ -47,7 +49,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "DictionaryError": ("actpatch.bases.dictionary", "DictionaryError"),
     # Prompts, tasks and corruptions.
     "PromptPairs": ("actpatch.pairs", "PromptPairs"),
-    "Run": ("actpatch.pairs", "Run"),
+    "Run": ("actpatch.run", "Run"),
     "PairsError": ("actpatch.pairs", "PairsError"),
     "tasks": ("actpatch.tasks", None),
     "ioi_pairs": ("actpatch.tasks.ioi", "ioi_pairs"),

@@ -6,9 +6,12 @@ catch, so a modest default is the safe one. On CUDA a fixed 1 GiB leaves a large
 of the fullest device the model computes on; a chunk that still runs out is halved and retried."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
+
+if TYPE_CHECKING:
+    from actpatch.models.arch import Dims
 
 CPU_BUDGET = 1 << 30  # bytes
 # The share of a CUDA device's free memory one chunk may take: the estimate per copy is rough, and
@@ -28,3 +31,12 @@ def default_budget(devices: Iterable[torch.device]) -> int:
         else:
             budgets.append(CPU_BUDGET)
     return min(budgets, default=CPU_BUDGET)
+
+
+def copy_bytes(dims: Dims, batch: int, seq: int, width: int, *, cache: bool = False) -> int:
+    """Estimated bytes one stacked copy of `batch` prompts of `seq` tokens holds while a forward
+    runs: one decoder layer's transient activations (`width` bytes each, the model's dtype), with
+    `cache` its share of the key/value cache, and its float32 final-position logits."""
+    per_token = 6 * dims.d_model + 3 * dims.d_mlp + 3 * dims.n_heads * seq
+    key_values = 2 * dims.n_layers * seq * dims.n_kv_heads * dims.d_head if cache else 0
+    return batch * (width * (seq * per_token + key_values) + 4 * dims.vocab)

@@ -12,25 +12,11 @@ import torch
 from torch import Tensor
 
 from actpatch.models.model import Model
+from actpatch.run import Run as Run  # re-exported: Run lived here before it moved to actpatch.run
 
 
 class PairsError(ValueError):
     """Prompt pairs that cannot be patched as given; the message says how to fix them."""
-
-
-@dataclass(frozen=True, eq=False)
-class Run:
-    """One side of a pair as the model sees it: token ids, plus the offset a noise corruption adds
-    to the first layer's input. Every forward takes a Run, so that the noise cannot be forgotten:
-    a noise corruption's corrupt tokens are its clean ones, and only `noise` tells them apart."""
-
-    tokens: Tensor  # (batch, pos)
-    noise: Tensor | None = None  # (batch, pos, d_model), added to the first decoder layer's input
-    positions: dict[str, Tensor] = field(default_factory=dict)  # named position -> (batch,) indices
-    name: str = "run"  # "clean" or "corrupt": for messages and provenance
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
 
 
 @dataclass(frozen=True)
@@ -96,7 +82,7 @@ class PromptPairs:
 
     @property
     def clean_run(self) -> Run:
-        """The clean prompts as a `Run` (what `capture`, `patch` and `Model.last_logits` take)."""
+        """The clean prompts as a `Run` (what `capture`, `patch` and `hooks.last_logits` take)."""
         return Run(self.clean, None, self.positions, "clean")
 
     @property
@@ -120,7 +106,7 @@ class PromptPairs:
         for length in sorted(set(lengths)):
             members = [i for i, n in enumerate(lengths) if n == length]
 
-            def pick(values: Sequence) -> list:
+            def pick(values: Sequence, members: list[int] = members) -> list:
                 return [values[i] for i in members]
 
             groups.append(cls.from_strings(

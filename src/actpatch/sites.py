@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Sequence, get_args
 
 if TYPE_CHECKING:  # annotations only: parsing a site must not import transformers (the CLI parses before loading)
-    from actpatch.bases.basis import Basis
+    from actpatch.basis import Basis
     from actpatch.models.arch import Arch, Dims
 
 SiteKind = Literal[
@@ -133,7 +133,7 @@ def validate(site: Site, arch: Arch, dims: Dims, *, parallel: bool) -> None:
 
 def _validate_feature(site: Site, arch: Arch, dims: Dims, *, parallel: bool) -> None:
     """A feature site: its basis, layer, latent and the sites the basis reads and writes."""
-    from actpatch.bases.basis import Basis  # bases import this module
+    from actpatch.basis import Basis
 
     basis = site.basis
     if not isinstance(basis, Basis):

@@ -10,10 +10,13 @@ whether it fits that model is `bases/load.py`'s job.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from actpatch.models.model import Model
 
 Activation = Literal["relu", "jumprelu", "topk"]
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
@@ -122,8 +125,6 @@ class Dictionary:
 
     def check_fits(self, model) -> None:
         """Raise `DictionaryError` naming the fix when this dictionary cannot sit on `model`."""
-        from actpatch.bases.load import check_fits  # load reads files into this class
-
         check_fits(self, model)
 
     def _on(self, device: torch.device) -> dict[str, Tensor]:
@@ -164,4 +165,42 @@ class Dictionary:
         if self.activation == "topk" and not (isinstance(self.k, int) and 0 < self.k <= n):
             raise DictionaryError(
                 f"{self.name}: TopK needs k in 1..{n}, got {self.k!r} ({self.source})"
+            )
+
+
+def check_fits(dictionary: Dictionary, model: Model) -> None:
+    """Raise `DictionaryError` naming the fix when `dictionary` cannot sit on `model`."""
+    from actpatch.sites import RESIDUAL_KINDS, Site, SiteError, validate
+
+    n_layers, d_model = model.dims.n_layers, model.dims.d_model
+    where = dictionary.source or dictionary.name
+    if not 0 <= dictionary.layer < n_layers:
+        raise DictionaryError(
+            f"{dictionary.name} sits at layer {dictionary.layer}, but {model.name} has layers "
+            f"0..{n_layers - 1}: it was made for a deeper model ({where})"
+        )
+    for role, kind, width in (
+        ("reads", dictionary.reads, dictionary.d_in),
+        ("writes", dictionary.writes, dictionary.d_out),
+    ):
+        if kind not in RESIDUAL_KINDS:
+            raise DictionaryError(
+                f"{dictionary.name} {role} {kind}; dictionaries sit on {', '.join(RESIDUAL_KINDS)}"
+            )
+        try:
+            validate(
+                Site(kind, dictionary.layer),
+                model.arch,
+                model.dims,
+                parallel=model.arch.is_parallel(model.hf.config),
+            )
+        except SiteError as error:
+            raise DictionaryError(
+                f"{dictionary.name} cannot sit on {model.name}: {error}"
+            ) from None
+        if width != d_model:
+            raise DictionaryError(
+                f"{dictionary.name} {role} {width}-wide activations, but {model.name}'s {kind} is "
+                f"{d_model} wide (d_model): it was trained for another model ({where}); load a "
+                "dictionary made for this one"
             )

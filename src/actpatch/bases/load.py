@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from actpatch.bases.dictionary import Dictionary, DictionaryError
+from actpatch.bases.dictionary import Dictionary, DictionaryError, check_fits
 from actpatch.bases.formats import circuit_tracer, gemma_scope, saelens, sparsify
 from actpatch.models.model import Model
-from actpatch.sites import RESIDUAL_KINDS
 
 # Read without running code, and never loaded: the same suffixes the model loader refuses.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -65,44 +64,6 @@ def load_dictionary(
     if model is not None:
         check_fits(dictionary, model)
     return dictionary
-
-
-def check_fits(dictionary: Dictionary, model: Model) -> None:
-    """Raise `DictionaryError` naming the fix when `dictionary` cannot sit on `model`."""
-    from actpatch.sites import Site, SiteError, validate
-
-    n_layers, d_model = model.dims.n_layers, model.dims.d_model
-    where = dictionary.source or dictionary.name
-    if not 0 <= dictionary.layer < n_layers:
-        raise DictionaryError(
-            f"{dictionary.name} sits at layer {dictionary.layer}, but {model.name} has layers "
-            f"0..{n_layers - 1}: it was made for a deeper model ({where})"
-        )
-    for role, kind, width in (
-        ("reads", dictionary.reads, dictionary.d_in),
-        ("writes", dictionary.writes, dictionary.d_out),
-    ):
-        if kind not in RESIDUAL_KINDS:
-            raise DictionaryError(
-                f"{dictionary.name} {role} {kind}; dictionaries sit on {', '.join(RESIDUAL_KINDS)}"
-            )
-        try:
-            validate(
-                Site(kind, dictionary.layer),
-                model.arch,
-                model.dims,
-                parallel=model.arch.is_parallel(model.hf.config),
-            )
-        except SiteError as error:
-            raise DictionaryError(
-                f"{dictionary.name} cannot sit on {model.name}: {error}"
-            ) from None
-        if width != d_model:
-            raise DictionaryError(
-                f"{dictionary.name} {role} {width}-wide activations, but {model.name}'s {kind} is "
-                f"{d_model} wide (d_model): it was trained for another model ({where}); load a "
-                "dictionary made for this one"
-            )
 
 
 def _read(folder: Path, layer: int | None) -> tuple[dict[str, Any], Any, Any, str]:

@@ -8,6 +8,7 @@
     sensitivity.py  components whose effect depends on the corruption
     plot.py         the frontier as a plotly figure (plotly imported only there)
     resume.py       patched runs resumed at their first patched layer (backup's fast path)
+    stability.py    the circuit re-found on resampled prompts (circuit_stability)
 Path patching, which these build on for direct effects, is `actpatch.engine.paths`."""
 from actpatch.circuits.backup import backup, backup_report
 from actpatch.circuits.components import EMBED, components
@@ -17,8 +18,9 @@ from actpatch.circuits.frontier import pareto_frontier, ranking, reached_surely,
 from actpatch.circuits.minimality import minimality
 from actpatch.circuits.plot import plot_frontier
 from actpatch.circuits.sensitivity import sensitivity_report
+from actpatch.circuits.stability import circuit_stability
 
 __all__ = [
-    "EMBED", "backup", "backup_report", "components", "evaluate", "label_directions", "minimality",
+    "EMBED", "backup", "backup_report", "circuit_stability", "components", "evaluate", "label_directions", "minimality",
     "pareto_frontier", "plot_frontier", "ranking", "reached_surely", "sensitivity_report", "smallest_circuit",
 ]

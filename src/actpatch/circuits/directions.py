@@ -62,7 +62,7 @@ def label_directions(
                           "label": labels}).set_index("component")
     if "lo" in sufficiency:
         # An effect is a signed distance from the unpatched run, so lo and hi may swap places.
-        for name, ends, threshold in (("sufficiency", sufficiency, sufficient), ("necessity", necessity, necessary)):
+        for name, ends in (("sufficiency", sufficiency), ("necessity", necessity)):
             table[f"{name}_lo"] = np.minimum(ends["lo"], ends["hi"])
             table[f"{name}_hi"] = np.maximum(ends["lo"], ends["hi"])
         table["settled"] = np.logical_and(*[(table[f"{n}_lo"] >= t) | (table[f"{n}_hi"] < t)

@@ -167,7 +167,7 @@ class Ablator:
     def run(self, patches: dict[Site, Tensor], names: dict | None = None) -> Tensor:
         """Final-position logits of the clean prompt with `patches` written in."""
         with hooks.patch(self.model, patches, positions=names or self.pairs.positions):
-            return self.model.last_logits(self.pairs.clean_run)
+            return hooks.last_logits(self.model, self.pairs.clean_run)
 
     def ablated(self, component: Site) -> dict[Site, Tensor]:
         """Patches that ablate one component (at its position, or everywhere)."""

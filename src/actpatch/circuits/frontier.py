@@ -78,7 +78,7 @@ def pareto_frontier(
     noising knocks the top-k out. One forward per size. `ci=0.95` adds a `stat` dimension (value,
     lo, hi): a band over `n_boot` resamples of the prompts, every size on the same resamples, from
     the same forwards' per-prompt rows. The ranking is not re-drawn per resample (that is
-    `stats.circuit_stability`): the band says how well *this* ranking's circuits do on other prompts.
+    `circuits.circuit_stability`): the band says how well *this* ranking's circuits do on other prompts.
 
         frontier = ap.pareto_frontier(model, pairs, ap.sweep(model, pairs, "head", positions=["END"]))
         ap.smallest_circuit(frontier, 0.8)

@@ -24,9 +24,9 @@ class Resumed:
     def __init__(self, model: Model, tokens: Tensor, patches: Mapping[Site, Tensor], positions):
         self.model, self.patches, self.positions = model, dict(patches), positions
         with torch.no_grad(), hooks.patch(model, self.patches, positions=positions), hooks.layer_inputs(model) as calls:
-            output = model.hf(input_ids=tokens.to(model.device), use_cache=False, logits_to_keep=1)
+            own_logits = hooks.final_logits(model, tokens)
         self.calls = list(calls)
-        self.own_logits = output.logits[:, -1, :].float()  # the recorded run's, as `Model.last_logits` gives them
+        self.own_logits = own_logits.float()  # the recorded run's, as `hooks.last_logits` gives them
 
     @torch.no_grad()
     def logits(self, extra: Mapping[Site, Tensor]) -> Tensor:

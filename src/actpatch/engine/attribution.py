@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 from actpatch import hooks, metrics
 from actpatch.engine import checks, collect, runner, sources
 from actpatch.engine.plan import SweepPlan, plan
-from actpatch.engine.spec import Ablation, Direction, Positions, SweepSpec
+from actpatch.engine.spec import (
+    Ablation,
+    AttributeOptions,
+    Direction,
+    Positions,
+    SweepSpec,
+    options_from,
+)
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site
@@ -45,23 +52,16 @@ def attribute(
     steps: int = 5,
     layers: Sequence[int] | None = None,
     positions: Positions = None,
-    heads: Sequence[int] | None = None,
-    neurons: Sequence[int] | None = None,
-    dictionary: Any = None,
-    latents: Sequence[int] | str | None = None,
-    graddrop: bool = False,
     ablation: Ablation | None = None,
-    check_baseline: bool = True,
-    progress: bool | None = None,
     per_prompt: bool = False,
     ci: float | None = None,
-    n_boot: int = 1000,
-    boot_seed: int = 0,
+    **options: Any,
 ) -> xr.DataArray:
     """Estimate every patch of a sweep at once; `verify(result, ...)` checks the strongest exactly.
 
-    `method="atp"`: one forward and one backward at the target run (about 3 forward-pass
-    equivalents with the source capture; the backward computes no weight gradients).
+    `method="atp"`: one forward and one backward at the target run (6 forward-pass equivalents
+    with the baseline's clean and corrupt runs, the source capture and the source's logits; the
+    backward computes no weight gradients; `attrs["cost"]` counts them).
     `method="atp*"` (Kramár et al. 2024): for q and k sites, recompute each affected attention
     softmax with the source query or key and linearise only from the pattern on, which AtP gets
     badly wrong where attention saturates; other sites as AtP.
@@ -83,7 +83,15 @@ def attribute(
     `site="feature"` / `"feature_error"` with `dictionary=` (and `latents=`, a list or "active")
     estimates every latent and error node (Sparse Feature Circuits, Marks et al. 2024): the
     gradient at latent i is decoder row i · the gradient where the dictionary writes, so the same
-    one backward serves every latent; `verify(..., dictionary=)` patches them exactly."""
+    one backward serves every latent; `verify(..., dictionary=)` patches them exactly.
+
+    The keywords not named in the signature (`heads`, `neurons`, `dictionary`, `latents`,
+    `graddrop`, `check_baseline`, `progress`, `n_boot`, `boot_seed`) are gathered in one `AttributeOptions`, which may also be
+    passed as `options=`."""
+    given = options_from(AttributeOptions, options, "attribute")
+    heads, neurons, graddrop, progress = given.heads, given.neurons, given.graddrop, given.progress
+    dictionary, latents = given.dictionary, given.latents
+    check_baseline, n_boot, boot_seed = given.check_baseline, given.n_boot, given.boot_seed
     if ci is not None:
         if per_prompt:
             raise ValueError("ci= returns intervals computed from the per-prompt estimates, not the estimates: drop "
@@ -119,7 +127,7 @@ def attribute(
             source = sources.source_values(model, the_plan, the_plan.sites)
         with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as target_qk:
             target_logits, target_values, grads, dropped = _mean_gradients(model, pairs, the_plan, alphas, patterns, graddrop, progress)
-        source_logits = model.last_logits(the_plan.source)
+        source_logits = hooks.last_logits(model, the_plan.source)
     clean_logits, corrupt_logits = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
     base = metrics.Baseline(clean_logits, corrupt_logits, pairs.answers, pairs.wrong)
     target_diff = float(metrics.logit_diff(target_logits.double(), pairs.answers, pairs.wrong).mean())
@@ -147,11 +155,18 @@ def attribute(
             rows[-1][GRADDROP_METRIC] = sum(magnitudes) / max(1, len(magnitudes) - 1)
     self_checks = {"target_run_error": checks.same_run_error(model, target_logits, checked, the_plan.direction)}
     used_steps = steps if method == "ig" else 1
-    result = _assemble(model, pairs, the_plan, rows, base, method, used_steps, self_checks)
+    # Every forward this call ran: the baseline's clean and corrupt runs, the values to patch (the
+    # source run's, or the target's to ablate), one per step, and the source run's logits; and the
+    # backwards (input gradients only, about a forward each).
+    forwards = 2 + 1 + len(alphas) + 1
+    backwards = len(alphas) * (1 + (model.dims.n_layers if graddrop else 0))
+    cost = {"patches": len(the_plan.sites), "forwards": forwards, "backwards": backwards,
+            "forward_equivalents": forwards + backwards}
+    result = _assemble(model, pairs, the_plan, rows, base, method, used_steps, self_checks, cost)
     if not per_prompt and ci is None:
         return result
     per_prompt_plan = dataclasses.replace(the_plan, spec=dataclasses.replace(the_plan.spec, per_prompt=True))
-    rows_result = _assemble(model, pairs, per_prompt_plan, prompt_rows, base, method, used_steps, self_checks)
+    rows_result = _assemble(model, pairs, per_prompt_plan, prompt_rows, base, method, used_steps, self_checks, cost)
     if per_prompt:
         return rows_result
     bounds = intervals_of(rows_result, ci=ci, n_boot=n_boot, seed=boot_seed)
@@ -187,7 +202,7 @@ def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alpha
         inputs = (target_embeds + alpha * (source_embeds - target_embeds)).detach().requires_grad_(True)
         with torch.enable_grad(), hooks.drop_gradients(model) if graddrop else nullcontext() as drop, \
                 hooks.watch(model, the_plan.sites + extra, positions=the_plan.target.positions) as watched:
-            logits = model.hf(inputs_embeds=inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
+            logits = hooks.final_logits(model, inputs_embeds=inputs)
             metric = metrics.logit_diff(logits.float(), pairs.answers, pairs.wrong).mean()
             metric.backward(retain_graph=graddrop)
             bar.update()
@@ -254,7 +269,7 @@ def _softmax_recomputed_change(model: Model, site: Site, source_qk: dict, target
     return total, shares
 
 
-def _assemble(model, pairs, the_plan, rows, base, method, steps, self_checks) -> xr.DataArray:
+def _assemble(model, pairs, the_plan, rows, base, method, steps, self_checks, cost) -> xr.DataArray:
     missing = np.full(len(pairs), np.nan) if the_plan.spec.per_prompt else np.nan
     full_rows = [{m: row.get(m, missing) for m in metrics.METRICS} for row in rows]
     graddrop = GRADDROP_METRIC in rows[0]
@@ -266,7 +281,5 @@ def _assemble(model, pairs, the_plan, rows, base, method, steps, self_checks) ->
         magnitudes.values[0] = np.array([row[GRADDROP_METRIC] for row in rows]).reshape(magnitudes.shape[1:])
         result = xr.concat([result, magnitudes], dim="metric", combine_attrs="override")
     result.attrs["estimate"] = {"method": method, "steps": steps}
-    backwards = steps + (model.dims.n_layers if graddrop else 0)
-    # source capture + a forward per step + backwards (input gradients only, about a forward each)
-    result.attrs["cost"] = {"patches": len(the_plan.sites), "forward_equivalents": 1 + steps + backwards}
+    result.attrs["cost"] = dict(cost)
     return result

@@ -36,7 +36,7 @@ from actpatch.engine.plan import SweepPlan
 from actpatch.engine.recording import TargetRecording
 from actpatch.metrics import Baseline
 from actpatch.models.model import Model
-from actpatch.pairs import Run
+from actpatch.run import Run
 from actpatch.sites import Site
 
 log = logging.getLogger(__name__)
@@ -178,12 +178,9 @@ def _chunk_size(model: Model, target: Run, budget: int) -> int:
 def _bytes_per_copy(model: Model, target: Run) -> int:
     """Estimated bytes one patched copy holds: one layer's transient activations, its share of the
     key/value cache (both in the model's dtype), and its float32 final logits."""
-    d = model.dims
     batch, seq = target.tokens.shape
     width = next(model.hf.parameters()).element_size()  # 2 in bfloat16/float16, 4 in float32
-    per_token = 6 * d.d_model + 3 * d.d_mlp + 3 * d.n_heads * seq
-    cache = 2 * d.n_layers * seq * d.n_kv_heads * d.d_head
-    return batch * (width * (seq * per_token + cache) + 4 * d.vocab)
+    return memory.copy_bytes(model.dims, batch, seq, width, cache=True)
 
 
 class SweepOutOfMemory(MemoryError):

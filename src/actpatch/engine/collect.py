@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from actpatch import metrics
+from actpatch import hooks, metrics
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 
@@ -27,7 +27,9 @@ def baseline(model: Model, pairs: PromptPairs, *, check: bool = True) -> metrics
 
     With `check`, refuse prompts on which the clean run does not beat the corrupt one: the
     normalised metric divides by that gap, so a sweep would only measure noise."""
-    return checked(model, pairs, model.last_logits(pairs.clean_run), model.last_logits(pairs.corrupt_run), check=check)
+    clean_logits = hooks.last_logits(model, pairs.clean_run)
+    corrupt_logits = hooks.last_logits(model, pairs.corrupt_run)
+    return checked(model, pairs, clean_logits, corrupt_logits, check=check)
 
 
 def checked(model: Model, pairs: PromptPairs, clean_logits: Tensor, corrupt_logits: Tensor, *,

@@ -37,7 +37,8 @@ from actpatch.engine import checks, collect, runner, sources
 from actpatch.engine.plan import check_model, plan, source_and_target
 from actpatch.engine.spec import DIRECTIONS, Direction, Positions, SweepSpec
 from actpatch.models.model import Model
-from actpatch.pairs import PromptPairs, Run
+from actpatch.pairs import PromptPairs
+from actpatch.run import Run
 from actpatch.sites import KV_KINDS, Site, SiteError, validate
 
 log = logging.getLogger(__name__)
@@ -304,14 +305,14 @@ class Target:
             patches = {s: v for s, v in patches.items() if s not in recording}  # recorded MLPs run live
             with forward_inputs(self.model, self.run) as tokens, hooks.patch(self.model, {**patches, **self.base}, positions=self.positions):
                 if stage == 2 * self.model.dims.n_layers:
-                    final = self.model.last_logits(tokens)
+                    final = hooks.last_logits(self.model, tokens)
                 else:
                     recorded.update(hooks.capture(self.model, tokens, recording, positions=self.positions))
         if final is not None:
             return final
         patches = {s: self._received(s, paths, recorded) for s in paths.inputs}
         with forward_inputs(self.model, self.run) as tokens, hooks.patch(self.model, {**patches, **self.base}, positions=self.positions):
-            return self.model.last_logits(tokens)
+            return hooks.last_logits(self.model, tokens)
 
     def _frozen(self, senders, earliest, receiving, paths: Paths, recorded, *, before: int) -> dict[Site, Tensor]:
         """Patches of a recording run: senders at source; receiving components that read before

@@ -11,8 +11,9 @@ from typing import Any, Mapping, Sequence
 
 from actpatch.engine.spec import (ABLATIONS, DIRECTIONS, Ablation, Direction, Positions, SweepSpec,  # noqa: F401 (re-exported)
                                   check_engine_options)
-from actpatch.models.model import Model
-from actpatch.pairs import PairsError, PromptPairs, Run
+from actpatch.models.model import Model, check_model  # check_model re-exported: it lived here
+from actpatch.pairs import PairsError, PromptPairs
+from actpatch.run import Run
 from actpatch.sites import (FEATURE_KINDS, KV_KINDS, Pos, Site, SiteError, SiteKind,
                             default_positions, grid, parse_kind, unit_dim, validate)
 
@@ -129,14 +130,6 @@ def _check_ablation(ablation, mean_over, direction: Direction, pairs: PromptPair
                              "position indices needs equal lengths; sweep named positions present in both, or use same-length prompts")
         if missing := [p for p in chosen if isinstance(p, str) and p not in mean_over.positions]:
             raise ValueError(f"mean_over prompts lack the named positions {missing}; name them there too")
-
-
-def check_model(model: Any) -> None:
-    """Raise `TypeError` unless `model` is an actpatch `Model` (a bare transformers model lacks the
-    architecture table entry and sizes every sweep needs)."""
-    if not isinstance(model, Model):
-        raise TypeError(f"model must be an actpatch Model, got {type(model).__name__}; load one with actpatch.load_model(...) "
-                        "or wrap a transformers model you loaded yourself: actpatch.Model.from_hf(hf_model, tokenizer)")
 
 
 def check_tokens(model: Model, pairs: PromptPairs) -> None:

@@ -35,7 +35,7 @@ class ReferencePatching:
         """The target run, with `values` written into their sites."""
         target = self.plan.target
         with hooks.add_to_input(self.model, target.noise), hooks.patch(self.model, values, positions=target.positions):
-            return self.model.last_logits(target.tokens)
+            return hooks.last_logits(self.model, target.tokens)
 
     def known(self, reduce: Callable[[Tensor], Any]) -> dict[int, Any]:
         return {}  # the oracle runs every patch, even those that cannot change anything

@@ -16,7 +16,7 @@ from actpatch.engine.plan import SweepPlan
 from actpatch.engine.spec import ABLATIONS, Ablation
 from actpatch.metrics import NonFiniteError
 from actpatch.models.model import Model
-from actpatch.pairs import Run
+from actpatch.run import Run
 from actpatch.sites import Site
 
 RESAMPLE_SEED = 0  # fixed, and recorded in the result's provenance

@@ -5,8 +5,9 @@ it passes this one object, so an argument is declared, defaulted and documented 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence, get_args
+from typing import Any, Literal, Sequence, TypeVar, get_args
 
 from actpatch.pairs import PromptPairs
 
@@ -50,3 +51,58 @@ def check_engine_options(spec: SweepSpec) -> None:
         raise ValueError(f"chunk must be at least 1 (a whole number of patched copies per forward), got {chunk!r}")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
         raise ValueError(f"memory_budget must be a positive number of bytes (e.g. 4 << 30 for 4 GiB), got {budget!r}")
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """The keywords `sweep()` takes beyond the common ones (site selection by heads or neurons, how
+    it runs, intervals' resamples). Pass them as keywords (`sweep(..., chunk=8)`) or as one value
+    (`sweep(..., options=SweepOptions(chunk=8))`); the keywords win where both are given."""
+
+    heads: Sequence[int] | int | None = None
+    neurons: Sequence[int] | int | None = None
+    dictionary: Any = None  # a Basis (actpatch.load_dictionary): with site="feature"/"feature_error"
+    latents: Sequence[int] | str | None = None  # its latents: a list, or "active"
+    mean_over: PromptPairs | None = None  # prompts whose clean runs ablation="mean" averages
+    reference: PromptPairs | None = None  # the old name of mean_over (deprecated)
+    check_baseline: bool = True
+    chunk: int | None = None
+    memory_budget: int | None = None
+    progress: bool | None = None
+    checkpoint: str | os.PathLike | None = None
+    shards: int | None = None
+    ray_address: str | None = None
+    n_boot: int = 1000  # bootstrap resamples, with ci=
+    boot_seed: int = 0
+
+
+@dataclass(frozen=True)
+class AttributeOptions:
+    """The keywords `attribute()` takes beyond the common ones, as `SweepOptions` are for sweeps."""
+
+    heads: Sequence[int] | int | None = None
+    neurons: Sequence[int] | int | None = None
+    dictionary: Any = None  # a Basis, with site="feature"/"feature_error"
+    latents: Sequence[int] | str | None = None
+    graddrop: bool = False
+    check_baseline: bool = True
+    progress: bool | None = None
+    n_boot: int = 1000
+    boot_seed: int = 0
+
+
+Options = TypeVar("Options", SweepOptions, AttributeOptions)
+
+
+def options_from(kind: type[Options], keywords: dict[str, Any], caller: str) -> Options:
+    """`keywords` (and an `options=` value among them) folded into one `kind`; an unknown keyword
+    is refused as Python refuses it, naming the caller and the keywords it takes."""
+    keywords = dict(keywords)
+    given = keywords.pop("options", None) or kind()
+    if not isinstance(given, kind):
+        raise TypeError(f"{caller}(options=) takes a {kind.__name__}, got {type(given).__name__}")
+    names = [f.name for f in dataclasses.fields(kind)]
+    if unknown := [k for k in keywords if k not in names]:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}; besides its named "
+                        f"parameters it takes {', '.join(names)}")
+    return dataclasses.replace(given, **keywords)

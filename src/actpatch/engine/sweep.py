@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import warnings
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import xarray as xr
 
-from actpatch.bases.basis import Basis
 from actpatch.engine import batched, groups, runner
 from actpatch.engine import reference as reference_engine
 from actpatch.engine import shards as shard_engine
-from actpatch.engine.plan import check_model
-from actpatch.engine.spec import DIRECTIONS, Ablation, Direction, Positions, SweepSpec
-from actpatch.models.model import Model
+from actpatch.engine.spec import (
+    DIRECTIONS,
+    Ablation,
+    Direction,
+    Positions,
+    SweepOptions,
+    SweepSpec,
+    options_from,
+)
+from actpatch.models.model import Model, check_model
 from actpatch.pairs import PromptPairs
 
 log = logging.getLogger(__name__)
@@ -34,25 +39,11 @@ def sweep(
     direction: Direction | Sequence[Direction] = "denoise",
     layers: Sequence[int] | None = None,
     positions: Positions = None,
-    heads: Sequence[int] | None = None,
-    neurons: Sequence[int] | None = None,
-    dictionary: Basis | None = None,
-    latents: Sequence[int] | Literal["active"] | None = None,
     per_prompt: bool = False,
-    engine: Engine = "batched",
-    chunk: int | None = None,
-    memory_budget: int | None = None,
-    progress: bool | None = None,
     ablation: Ablation | None = None,
-    mean_over: PromptPairs | None = None,
-    check_baseline: bool = True,
-    checkpoint: str | os.PathLike | None = None,
-    shards: int | None = None,
-    ray_address: str | None = None,
-    reference: PromptPairs | None = None,
+    engine: Engine = "batched",
     ci: float | None = None,
-    n_boot: int = 1000,
-    boot_seed: int = 0,
+    **options: Any,
 ) -> xr.DataArray:
     """Patch every site of one kind and measure every metric: a labelled `metric × layer × ...` result.
 
@@ -95,7 +86,17 @@ def sweep(
     returns `actpatch.stats.intervals(rows, ci=ci, n_boot=n_boot, seed=boot_seed)`, the result
     without `batch` and with a `stat` dimension ["value", "lo", "hi"] whose `value` is this sweep's
     number (docs/uncertainty.md). It refuses `per_prompt=True`: for the rows themselves, sweep with
-    per_prompt=True and call `actpatch.stats.intervals` on them."""
+    per_prompt=True and call `actpatch.stats.intervals` on them.
+
+    The keywords not named in the signature (`heads`, `neurons`, `dictionary`, `latents`, `mean_over`, `check_baseline`,
+    `chunk`, `memory_budget`, `progress`, `checkpoint`, `shards`, `ray_address`, `n_boot`,
+    `boot_seed`) are gathered in one `SweepOptions`, which may also be passed as `options=`."""
+    given = options_from(SweepOptions, options, "sweep")
+    heads, neurons, check_baseline = given.heads, given.neurons, given.check_baseline
+    dictionary, latents = given.dictionary, given.latents
+    chunk, memory_budget, progress = given.chunk, given.memory_budget, given.progress
+    checkpoint, shards, ray_address = given.checkpoint, given.shards, given.ray_address
+    n_boot, boot_seed = given.n_boot, given.boot_seed
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     check_model(model)
@@ -105,7 +106,7 @@ def sweep(
             raise ValueError("ci= returns intervals computed from the per-prompt rows, not the rows: drop per_prompt=True, "
                              "or sweep with per_prompt=True and call actpatch.stats.intervals(result, ci=...)")
         bootstrap.check_options(ci, n_boot)
-    mean_over = _mean_over(mean_over, reference)
+    mean_over = _mean_over(given.mean_over, given.reference)
     directions = [direction] if isinstance(direction, str) else list(direction)
     if not directions or any(d not in DIRECTIONS for d in directions):
         raise ValueError(f"direction must be one of {DIRECTIONS} or a list of them, got {direction!r}")

@@ -25,7 +25,8 @@ from actpatch.stats import bootstrap
 
 @dataclass
 class Verification:
-    """How well an estimate ranks and sizes effects, judged on the sites patched exactly."""
+    """How well an estimate ranks and sizes effects, judged on the sites patched (or the edges
+    removed) exactly: what `verify` and `graph.verify_edges` both return."""
 
     spearman: float  # rank correlation of estimated and exact effects over the verified sites
     top_k_recall: float  # share of the exact top-k (among verified sites) that the estimate's top-k holds
@@ -34,12 +35,14 @@ class Verification:
     # With ci=: the rank correlation's interval over resampled prompts, estimates and exact values
     # resampled together (the table then has each one's lo/hi too).
     spearman_interval: tuple[float, float] | None = None
+    cost: dict | None = None  # verify_edges: the exact removals' work, in forwards of the clean batch
+    checked: str = "sites patched exactly"  # what the table's rows are, for the summary line
 
     def __repr__(self) -> str:
         worst = self.table.head(5).to_string(float_format=lambda v: f"{v:.3f}")
         band = "" if self.spearman_interval is None else " [{:.3f}, {:.3f}]".format(*self.spearman_interval)
         return (f"Verification(spearman={self.spearman:.3f}{band}, top-{self.top_k} recall={self.top_k_recall:.2f}, "
-                f"{len(self.table)} sites patched exactly)\nworst misestimates:\n{worst}")
+                f"{len(self.table)} {self.checked})\nworst misestimates:\n{worst}")
 
 
 def verify(

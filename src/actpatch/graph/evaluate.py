@@ -21,12 +21,12 @@ from torch import Tensor
 
 from actpatch import hooks, memory, metrics, results
 from actpatch.circuits.evaluate import with_intervals
-from actpatch.engine import collect
-from actpatch.engine.sources import RESAMPLE_SEED, derangement
-from actpatch.graph.nodes import ATTN_IN_NORM, EdgeError, Graph
+from actpatch.engine import collect, sources
+from actpatch.graph.nodes import EdgeError, Graph
 from actpatch.hooks.edges import EdgePlan, EdgeRecord, edge_hooks
 from actpatch.models.model import Model
-from actpatch.pairs import PromptPairs, Run
+from actpatch.pairs import PromptPairs
+from actpatch.run import Run
 from actpatch.stats import bootstrap
 
 Ablation = Literal["zero", "mean", "resample"]
@@ -90,12 +90,8 @@ class EdgeRuns:
         base = collect.checked(model, pairs, clean_logits, corrupt_logits, check=check_baseline)
         if ablation is None:
             off = corrupt
-        elif ablation == "zero":
-            off = torch.zeros_like(clean)
-        elif ablation == "mean":  # position by position, over the prompts
-            off = clean.mean(1, keepdim=True).expand_as(clean).clone()
-        else:
-            off = clean[:, derangement(len(pairs), RESAMPLE_SEED)]
+        else:  # the sweeps' one definition of each ablation, over the prompts (dimension 1 here)
+            off = sources.ablate({None: clean.transpose(0, 1)}, ablation)[None].transpose(0, 1)
         return cls(model, pairs, graph, clean, off, base, ablation)
 
     def provenance(self, analysis: str, **options) -> dict:
@@ -143,6 +139,13 @@ class EdgeRuns:
             raise ValueError(f"engine must be one of ('fast', 'plain'), got {engine!r}")
         return torch.cat([self._forward(part, fast=engine == "fast") for part in self._chunks(circuits, chunk)])
 
+    def mean_logit_diff(self, logits: Tensor) -> Tensor:
+        """The mean logit difference over the prompts, in float64: a scalar from (batch, vocab)
+        logits, one per circuit from (circuit, batch, vocab). Every edge analysis reads a circuit by it."""
+        if logits.ndim == 3:
+            return torch.stack([self.mean_logit_diff(one) for one in logits])
+        return metrics.logit_diff(logits.double(), self.pairs.answers, self.pairs.wrong).mean()
+
     def copies_per_forward(self, chunk: int | None = None, *, grads: bool = False) -> int:
         """How many circuits share a forward: `chunk`, or as many as `memory.default_budget` allows
         (1 GiB on CPU, half the free memory on CUDA).
@@ -169,7 +172,7 @@ class EdgeRuns:
         absent = self.graph.exists.double() * (1 - circuits.double())  # float64: fractional weights stay exact
         tokens = self.pairs.clean.repeat(copies, 1).to(self.model.device)
         with edge_hooks(self.model, self.plan(copies, absent=absent.to(self.model.device), fast=fast)) as record:
-            logits = self.model.hf(input_ids=tokens, use_cache=False, logits_to_keep=1).logits[:, -1]
+            logits = hooks.final_logits(self.model, tokens)
         check_reached(self.graph, record)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 models stay float64
         return logits.view(copies, len(self.pairs), -1)
@@ -177,21 +180,17 @@ class EdgeRuns:
 
 def attn_in_norm(model: Model) -> str:
     """Path (in a decoder layer) of the norm attention reads the residual stream through."""
-    path = getattr(model.arch, "attn_in_norm", None) or ATTN_IN_NORM.get(model.arch.family)
-    if path is None:
-        raise EdgeError(f"edge circuits need the path of attention's input norm for the {model.arch.family!r} family: "
-                        "add it to ATTN_IN_NORM in src/actpatch/graph/nodes.py")
-    return path
+    return model.arch.attn_in_norm
 
 
 @torch.no_grad()
 def sender_outputs(model: Model, graph: Graph, run: Run, *, logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Each sender's output in `run` (its input noise included): (sender, batch, pos, d_model); with
-    `logits`, also the final-position logits (batch, vocab, float32), as `Model.last_logits` gives them."""
+    `logits`, also the final-position logits (batch, vocab, float32), as `hooks.last_logits` gives them."""
     plan = EdgePlan(stages=graph.stages(), attn_in_norm=attn_in_norm(model), batch=len(run))
     # Noise first: hooks run in the order they were attached, so `input` records the noisy input.
     with hooks.add_to_input(model, run.noise), edge_hooks(model, plan) as record:
-        final = model.hf(input_ids=run.tokens.to(model.device), use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
+        final = hooks.final_logits(model, run.tokens).float()
     check_reached(graph, record)
     outputs = torch.stack([record.outputs[s] for s in range(len(graph.senders))])
     return (outputs, final) if logits else outputs

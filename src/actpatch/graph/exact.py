@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from actpatch import hooks, memory, metrics
+from actpatch import hooks, memory
 from actpatch.engine.batched import Resumer
 from actpatch.graph.evaluate import EdgeRuns, attn_in_norm
 from actpatch.hooks.edge_removal import Removal, removed_edges
@@ -73,7 +73,7 @@ def removal_logit_diffs(runs: EdgeRuns, edges: Tensor, *, chunk: int | None = No
                 logits = model.unembed(resid.flatten(0, 1)).view(len(part), len(pairs), -1)
             else:
                 logits = _resumed(runs, resumer, clean, stage, senders, columns.tolist(), delta, start)
-            result[part] = torch.stack([_mean_logit_diff(runs, l) for l in logits])
+            result[part] = runs.mean_logit_diff(logits)
     batch, seq = pairs.clean.shape
     forward = n_layers * batch * seq
     # the resumer's recording of the clean run and its resumed copies, and the capture above (one forward)
@@ -99,12 +99,7 @@ def _resumed(runs: EdgeRuns, resumer: Resumer, clean: dict, stage, senders: Tens
 
 def _copies_per_forward(runs: EdgeRuns) -> int:
     """Copies that fit `memory.default_budget`: one layer's transient activations per copy (no per-head expansion here)."""
-    dims, width = runs.model.dims, runs.clean.element_size()
     batch, seq = runs.pairs.clean.shape
-    per_copy = batch * (width * seq * (6 * dims.d_model + 3 * dims.d_mlp + 3 * dims.n_heads * seq) + 4 * dims.vocab)
+    per_copy = memory.copy_bytes(runs.model.dims, batch, seq, runs.clean.element_size())
     return max(1, memory.default_budget({p.device for p in runs.model.hf.parameters()}) // per_copy)
 
-
-def _mean_logit_diff(runs: EdgeRuns, logits: Tensor) -> Tensor:
-    pairs = runs.pairs
-    return metrics.logit_diff(logits.double(), pairs.answers, pairs.wrong).mean()

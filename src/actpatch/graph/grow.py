@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from actpatch import metrics
 from actpatch.graph.evaluate import Ablation, EdgeRuns
 from actpatch.graph.nodes import EdgeError, Graph
 from actpatch.graph.scores import EdgeScores
@@ -56,7 +55,7 @@ def grow_circuit(model: Model, pairs: PromptPairs, scores: EdgeScores, n: int, *
     ranked = ranked.double().nan_to_num(nan=-math.inf).masked_fill(~graph.exists, -math.inf).flatten()
     order = torch.sort(ranked, descending=True, stable=True).indices[: graph.n_edges]
     ends = runs.logits(torch.stack([graph.empty(), graph.full()]), chunk=chunk)
-    empty, full = (_mean_logit_diff(runs, l) for l in ends)
+    empty, full = (float(runs.mean_logit_diff(l)) for l in ends)
     circuit = graph.empty().flatten()
     added: list[str] = []
     faithfulness: list[float] = []
@@ -65,17 +64,13 @@ def grow_circuit(model: Model, pairs: PromptPairs, scores: EdgeScores, n: int, *
         stack = circuit[None].repeat(len(tried), 1)
         stack[torch.arange(len(tried)), tried] = True
         logits = runs.logits(stack.view(len(tried), *graph.exists.shape), chunk=chunk)
-        gains = torch.tensor([_mean_logit_diff(runs, l) for l in logits], dtype=torch.float64)
+        gains = torch.tensor([float(runs.mean_logit_diff(l)) for l in logits], dtype=torch.float64)
         chosen = torch.sort(gains, descending=True, stable=True).indices[: min(step, n - len(added))]
         best = tried[chosen]
         circuit[best] = True
         added += [graph.edge_name(int(i) // graph.exists.shape[1], int(i) % graph.exists.shape[1]) for i in best]
         current = (float(gains[chosen[0]]) if len(best) == 1  # that very circuit was just evaluated
-                   else _mean_logit_diff(runs, runs.logits(circuit.view(1, *graph.exists.shape), chunk=chunk)[0]))
+                   else float(runs.mean_logit_diff(runs.logits(circuit.view(1, *graph.exists.shape), chunk=chunk)[0])))
         faithfulness.append((current - empty) / (full - empty))
     return Grown(circuit.view(graph.exists.shape).clone(), added, faithfulness)
 
-
-def _mean_logit_diff(runs: EdgeRuns, logits: Tensor) -> float:
-    pairs = runs.pairs
-    return float(metrics.logit_diff(logits.double(), pairs.answers, pairs.wrong).mean())

@@ -26,12 +26,6 @@ from actpatch.models.model import Model
 QKV = ("q", "k", "v")
 StageKind = Literal["attn", "mlp", "logits"]
 
-# The module that normalises the residual stream before attention (its input is resid_pre): the
-# architecture table does not name it yet, so it is kept here per family.
-ATTN_IN_NORM = {"gpt2": "ln_1", "gpt_neox": "input_layernorm", "llama": "input_layernorm",
-                "qwen2": "input_layernorm", "mistral": "input_layernorm", "gemma3": "input_layernorm"}
-
-
 class EdgeError(ValueError):
     """An edge, node or circuit that does not exist in this model's graph; the message names the fix."""
 

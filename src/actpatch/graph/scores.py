@@ -24,7 +24,7 @@ receiver is at its own input: the forward runs with every head's q, k and v inpu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -38,6 +38,9 @@ from actpatch.hooks.edge_gradients import receiver_gradients
 from actpatch.hooks.edges import EdgePlan, edge_hooks
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
+
+if TYPE_CHECKING:
+    from actpatch.graph.exact import RemovalCost
 
 Method = Literal["eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -222,7 +225,7 @@ def _recording_gradient_pass(model: Model, graph: Graph, pairs: PromptPairs, run
     # Order matters: the noise is added first, the gradients' leaf is made from the noisy input, the recorder reads it.
     with torch.enable_grad(), hooks.add_to_input(model, run.noise), receiver_gradients(model, gradient_plan) as grads, \
             edge_hooks(model, recording_plan) as recorded:
-        logits = model.hf(input_ids=run.tokens.to(model.device), use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        logits = hooks.final_logits(model, run.tokens).float()
         diff = metrics.logit_diff(logits, pairs.answers, pairs.wrong)
         torch.autograd.grad(diff.mean(), grads.leaf)
     check_reached(graph, recorded)
@@ -251,7 +254,7 @@ def _gradients(runs: EdgeRuns, part: list[_GradientRun], *, fast: bool) -> dict[
         hooked = edge_hooks(model, plan)
     tokens = pairs.clean.repeat(copies, 1).to(model.device)
     with torch.enable_grad(), hooked as record:
-        logits = model.hf(input_ids=tokens, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        logits = hooks.final_logits(model, tokens).float()
         diff = metrics.logit_diff(logits, pairs.answers.repeat(copies), pairs.wrong.repeat(copies))
         # Gradients with respect to the input only: no weight gradients are computed (a plain
         # backward would spend about one more forward on them), and the receivers' taps still fire.
@@ -265,14 +268,14 @@ def _gradients(runs: EdgeRuns, part: list[_GradientRun], *, fast: bool) -> dict[
 def _exact(runs: EdgeRuns, size: int, progress) -> Tensor:
     graph = runs.graph
     edges = graph.exists.nonzero()
-    full = _mean_logit_diff(runs, runs.logits(graph.full()[None]))[0]
+    full = runs.mean_logit_diff(runs.logits(graph.full()[None]))[0]
     scores = torch.zeros(graph.exists.shape, dtype=torch.float64)
     starts = range(0, len(edges), size)
     for start in tqdm(starts, desc="exact edge scores", disable=_bar_off(progress, len(starts))):
         chunk = edges[start : start + size]
         circuits = graph.full()[None].repeat(len(chunk), 1, 1)
         circuits[torch.arange(len(chunk)), chunk[:, 0], chunk[:, 1]] = False
-        removed = _mean_logit_diff(runs, runs.logits(circuits, chunk=size, engine="plain"))
+        removed = runs.mean_logit_diff(runs.logits(circuits, chunk=size, engine="plain"))
         scores[chunk[:, 0], chunk[:, 1]] = (full - removed).cpu()
     return scores
 
@@ -283,13 +286,7 @@ def _exact_resumed(runs: EdgeRuns, chunk: int | None) -> tuple[Tensor, "RemovalC
 
     edges = runs.graph.exists.nonzero()
     removed, cost = removal_logit_diffs(runs, edges, chunk=chunk)
-    full = _mean_logit_diff(runs, runs.base.clean_logits[None])[0]
+    full = runs.mean_logit_diff(runs.base.clean_logits[None])[0]
     scores = torch.zeros(runs.graph.exists.shape, dtype=torch.float64)
     scores[edges[:, 0], edges[:, 1]] = full.cpu() - removed
     return scores, cost
-
-
-def _mean_logit_diff(runs: EdgeRuns, logits: Tensor) -> Tensor:
-    """(circuit,) mean logit difference over the prompts, in float64, from (circuit, batch, vocab)."""
-    pairs = runs.pairs
-    return torch.stack([metrics.logit_diff(l.double(), pairs.answers, pairs.wrong).mean() for l in logits])

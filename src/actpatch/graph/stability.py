@@ -18,7 +18,7 @@ from actpatch.graph.scores import Method, edge_scores
 from actpatch.graph.select import top_edges
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
-from actpatch.stats.stability import jaccard
+from actpatch.circuits.stability import jaccard
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,12 @@ each receiver's layer), under the ablation the scores were computed with."""
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from actpatch import metrics
+from actpatch.engine.verify import Verification
 from actpatch.graph.evaluate import EdgeRuns
 from actpatch.graph.exact import removal_logit_diffs
 from actpatch.graph.nodes import EdgeError, Graph
@@ -22,24 +21,12 @@ from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 
 
-@dataclass
-class EdgeVerification:
-    """How well scores rank and size edges, judged on the edges removed exactly."""
-
-    spearman: float  # rank correlation of estimated and exact scores over the verified edges (ties: average ranks)
-    top_k_recall: float  # share of the exact top-k (by |exact|, among verified edges) that the estimate's top-k holds
-    top_k: int
-    table: pd.DataFrame  # one row per verified edge: edge, estimate, exact, error, in_top_k; worst misestimates first
-    cost: dict  # the exact removals' work, in forwards of the clean batch
-
-    def __repr__(self) -> str:
-        worst = self.table.head(5).to_string(float_format=lambda v: f"{v:.3f}")
-        return (f"EdgeVerification(spearman={self.spearman:.3f}, top-{self.top_k} recall={self.top_k_recall:.2f}, "
-                f"{len(self.table)} edges removed exactly)\nworst misestimates:\n{worst}")
+# One verification result for nodes and edges; the edge-level name stays for existing code.
+EdgeVerification = Verification
 
 
 def verify_edges(model: Model, pairs: PromptPairs, scores: EdgeScores, *, top_k: int = 20, sample: int = 20,
-                 seed: int = 0, chunk: int | None = None, check_baseline: bool = True) -> EdgeVerification:
+                 seed: int = 0, chunk: int | None = None, check_baseline: bool = True) -> Verification:
     """Remove exactly the `top_k` edges with the largest |score| and `sample` random others (seeded),
     and compare each exact score m(all) − m(all but the edge) with its estimate.
 
@@ -66,7 +53,7 @@ def verify_edges(model: Model, pairs: PromptPairs, scores: EdgeScores, *, top_k:
         chosen += list(np.random.default_rng(seed).choice(rest, size=min(sample, len(rest)), replace=False))
     chosen_edges = edges[torch.as_tensor(np.asarray(chosen, dtype=np.int64))]
     removed, cost = removal_logit_diffs(runs, chosen_edges, chunk=chunk)
-    full = _mean_logit_diff(runs)
+    full = float(runs.mean_logit_diff(runs.base.clean_logits))
     exact = (full - removed).numpy()
     estimated = estimate[torch.as_tensor(np.asarray(chosen, dtype=np.int64))].numpy()
     table = pd.DataFrame({
@@ -80,8 +67,8 @@ def verify_edges(model: Model, pairs: PromptPairs, scores: EdgeScores, *, top_k:
     exact_top = set(np.argsort(-np.abs(exact), kind="stable")[:shown].tolist())
     recall = len(exact_top & set(range(shown))) / max(1, shown)
     table = table.reindex(table["error"].abs().sort_values(ascending=False, kind="stable").index).reset_index(drop=True)
-    return EdgeVerification(spearman(estimated, exact), recall, top_k, table,
-                            {"forward_equivalents": round(cost.forward_equivalents, 3), "naive_forwards": cost.naive})
+    work = {"forward_equivalents": round(cost.forward_equivalents, 3), "naive_forwards": cost.naive}
+    return Verification(spearman(estimated, exact), recall, top_k, table, cost=work, checked="edges removed exactly")
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -95,7 +82,3 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
         return float("nan")
     return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
 
-
-def _mean_logit_diff(runs: EdgeRuns) -> float:
-    pairs = runs.pairs
-    return float(metrics.logit_diff(runs.base.clean_logits.double(), pairs.answers, pairs.wrong).mean())

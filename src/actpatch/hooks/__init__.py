@@ -27,17 +27,18 @@ from torch import Tensor
 from actpatch.hooks import attach, attention, features
 from actpatch.hooks.attention import PATTERN_ATTENTION, eager_attention
 from actpatch.hooks.errors import PatchNotApplied, PatchShapeError
+from actpatch.hooks.forward import add_to_input, final_logits, last_logits
 from actpatch.hooks.layout import Positions, normalised
 from actpatch.hooks.taps import GradTap, ReadTap, Write, WriteTap
 from actpatch.metrics import NonFiniteError
 from actpatch.models.model import Model, check_token_tensor
-from actpatch.pairs import Run
+from actpatch.run import Run
 from actpatch.sites import Site, SiteError, validate
 
 __all__ = [
     "PATTERN_ATTENTION", "GradientDrop", "PatchNotApplied", "PatchShapeError", "Watched", "add_to_input",
-    "attached_hooks", "attention_inputs", "capture", "capture_with_logits", "drop_gradients", "eager_attention", "last_mlp_at_final_position",
-    "layer_inputs", "patch", "patch_copies", "watch",
+    "attached_hooks", "attention_inputs", "capture", "capture_with_logits", "drop_gradients", "eager_attention", "final_logits", "last_mlp_at_final_position",
+    "last_logits", "layer_inputs", "patch", "patch_copies", "watch",
 ]
 
 SiteLike = Site | str  # a Site, or text Site.parse reads: `head[layer=9, head=6]`, `blocks.9.attn.hook_z`
@@ -74,8 +75,7 @@ def capture_with_logits(
     readers += features.readers(model, feature_sites, named, store)
     with add_to_input(model, run.noise), attach.attached(model, readers):
         with torch.no_grad():
-            keywords = {"use_cache": False, **(forward or {})}
-            logits = model.hf(input_ids=run.tokens.to(model.device), **keywords, logits_to_keep=1).logits[:, -1, :].float()
+            logits = final_logits(model, run.tokens, **(forward or {})).float()
     if missing := [s for s in wanted if s not in store]:
         raise PatchNotApplied(missing)
     return store, logits
@@ -127,28 +127,6 @@ def patch_copies(
         yield
     if missing := [write.site for write in writes if not fired[(write.copy, write.site)]]:
         raise PatchNotApplied(missing)
-
-
-@contextmanager
-def add_to_input(model: Model, offset: Tensor | None) -> Iterator[None]:
-    """Add `offset` (batch, pos, d_model) to the first decoder layer's input in every forward of
-    the block; nothing when `offset` is None.
-
-    This is how a Gaussian-noise corruption's corrupt run is made from its clean tokens. The
-    offset is added before every other hook on that input, whichever block was entered first:
-    a capture reads the noisy input, and a layer-0 `resid_pre` patch overrides it."""
-    if offset is None:
-        yield
-        return
-
-    def add(hidden: Tensor) -> Tensor:
-        if hidden.shape != offset.shape:
-            raise PatchShapeError(f"input noise of shape {tuple(offset.shape)} cannot be added to the first layer's "
-                                  f"input {tuple(hidden.shape)}: the noise was made for other prompts")
-        return hidden + offset.to(device=hidden.device, dtype=hidden.dtype)
-
-    with attach.pre_hook(model.layer(0), add, prepend=True):
-        yield
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Iterator
 
 import torch
@@ -328,28 +329,13 @@ class _Taps:
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
             if mode == "project":  # H/KV copies of every row, the hidden states included
-                rows, group = hidden.shape[0], self.group
-
-                def expand(value):
-                    if isinstance(value, Tensor) and value.ndim >= 2 and value.shape[0] == rows and rows > 1:
-                        return value.repeat_interleave(group, dim=0)
-                    if isinstance(value, tuple):
-                        return tuple(expand(v) for v in value)
-                    return value
-
+                group = self.group
+                expand = partial(_repeat_rows, rows=hidden.shape[0], times=group)
                 if args:
                     return (hidden.repeat_interleave(group, dim=0), *(expand(a) for a in args[1:])), {k: expand(v) for k, v in kwargs.items()}
                 return args, {k: (hidden.repeat_interleave(group, dim=0) if k == "hidden_states" else expand(v))
                               for k, v in kwargs.items()}
-            rows = hidden.shape[0] // heads
-
-            def expand(value):
-                if isinstance(value, Tensor) and value.ndim >= 2 and value.shape[0] == rows and rows > 1:
-                    return value.repeat_interleave(heads, dim=0)
-                if isinstance(value, tuple):
-                    return tuple(expand(v) for v in value)
-                return value
-
+            expand = partial(_repeat_rows, rows=hidden.shape[0] // heads, times=heads)
             new_kwargs = {k: (v if k == "hidden_states" else expand(v)) for k, v in kwargs.items()}
             return ((args[0], *(expand(a) for a in args[1:])) if args else args), new_kwargs
 
@@ -473,3 +459,13 @@ def registered(taps) -> Iterator[None]:
                 handle = module.register_forward_hook(hook)
             stack.callback(handle.remove)
         yield
+
+
+def _repeat_rows(value: Any, rows: int, times: int) -> Any:
+    """`value` with each of its `rows` batch rows repeated `times` times, row by row (tensors, and
+    tuples of them, whose first dimension is the batch); anything else as it is."""
+    if isinstance(value, Tensor) and value.ndim >= 2 and value.shape[0] == rows and rows > 1:
+        return value.repeat_interleave(times, dim=0)
+    if isinstance(value, tuple):
+        return tuple(_repeat_rows(v, rows, times) for v in value)
+    return value

@@ -22,6 +22,7 @@ class Arch:
 
     family: str
     layers: str  # from the model root to the ModuleList of decoder layers (input = resid_pre, output = resid_post)
+    attn_in_norm: str  # normalises the residual stream before attention: its input is resid_pre as attention reads it
     attn: str  # output (first element if a tuple) is what attention adds to the residual stream: attn_out
     o_proj: str  # its *input* is z, every head's output side by side: the `head` site
     qkv: tuple[str, str, str] | str  # three projections (outputs = q, k, v), or one fused module
@@ -56,6 +57,7 @@ class Dims:
 LLAMA = Arch(
     family="llama",
     layers="model.layers",
+    attn_in_norm="input_layernorm",
     attn="self_attn",
     o_proj="self_attn.o_proj",
     qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -77,6 +79,7 @@ GEMMA3 = replace(
 GPT2 = Arch(
     family="gpt2",
     layers="transformer.h",
+    attn_in_norm="ln_1",
     attn="attn",
     o_proj="attn.c_proj",
     qkv="attn.c_attn",
@@ -91,6 +94,7 @@ GPT2 = Arch(
 GPT_NEOX = Arch(
     family="gpt_neox",
     layers="gpt_neox.layers",
+    attn_in_norm="input_layernorm",
     attn="attention",
     o_proj="attention.dense",
     qkv="attention.query_key_value",
@@ -121,7 +125,7 @@ def arch_of(model: PreTrainedModel) -> Arch:
     name = type(model).__name__
     if name in ARCHS:
         return ARCHS[name]
-    fields = "layers, attn, o_proj, qkv, mlp_in_norm, mlp, mlp_down, final_norm (and qkv_layout, parallel if they differ)"
+    fields = "layers, attn, o_proj, qkv, mlp_in_norm, mlp, mlp_down, final_norm, attn_in_norm (and qkv_layout, parallel if they differ)"
     raise UnsupportedArchitecture(
         f"{name} is not in actpatch's architecture table. Add an entry for it to ARCHS in "
         f"src/actpatch/models/arch.py, giving the module paths {fields}; "

@@ -5,6 +5,7 @@ It adds no layers and wraps no modules; hooks are attached only for the duration
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from actpatch.models.arch import Arch, Dims, arch_of, dims_of
 
 if TYPE_CHECKING:
-    from actpatch.pairs import Run
+    from actpatch.run import Run
 
 
 @dataclass(eq=False)
@@ -65,20 +66,16 @@ class Model:
             return [f"<{int(i)}>" for i in ids]
         return [self.tokenizer.decode([int(i)]) for i in ids]
 
-    @torch.no_grad()
     def last_logits(self, run: "Run | torch.Tensor") -> torch.Tensor:
-        """Logits at the final position, (batch, vocab): the only position our metrics read.
+        """Deprecated: `actpatch.hooks.last_logits(model, run)`, the same logits.
 
-        Takes a `Run` (`pairs.clean_run`, `pairs.corrupt_run`: a noise corruption's input noise is
-        added) or token ids. `logits_to_keep=1` unembeds the final position alone, which is exact
-        and skips most of the unembedding's cost."""
-        from actpatch import hooks  # hooks build on this module
-        from actpatch.pairs import Run
+        Running the model is the job of `hooks/`, which builds on this module; this method stays
+        for one release and is the one import from models up into hooks (pyproject's contract)."""
+        warnings.warn("Model.last_logits(run) is deprecated and will be removed in the next release: use "
+                      "actpatch.hooks.last_logits(model, run)", DeprecationWarning, stacklevel=2)
+        from actpatch.hooks.forward import last_logits
 
-        tokens, noise = (run.tokens, run.noise) if isinstance(run, Run) else (run, None)
-        check_token_tensor(tokens)
-        with hooks.add_to_input(self, noise):
-            return self.hf(input_ids=tokens.to(self.device), use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
+        return last_logits(self, run)
 
     def __repr__(self) -> str:
         d = self.dims
@@ -123,3 +120,11 @@ def check_token_tensor(tokens: object) -> None:
         got = f"a {tokens.ndim}-d {tokens.dtype} tensor" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
         raise TypeError(f"tokens must be a (batch, pos) tensor of token ids, got {got}; pass e.g. pairs.clean, "
                         "or model.tokenizer(texts, return_tensors='pt').input_ids")
+
+
+def check_model(model: Any) -> None:
+    """Raise `TypeError` unless `model` is an actpatch `Model` (a bare transformers model lacks the
+    architecture table entry and sizes every sweep needs)."""
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be an actpatch Model, got {type(model).__name__}; load one with actpatch.load_model(...) "
+                        "or wrap a transformers model you loaded yourself: actpatch.Model.from_hf(hf_model, tokenizer)")

@@ -44,7 +44,7 @@ def render_pngs(
         shown = f"_{metric or layout.default_metric(result)}" if "metric" in result.dims else ""
         path = folder / f"{name}{shown}.png"
         figure = draw(result, metric)
-        atomic.write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=dpi, format="png"))
+        atomic.write_atomically(path, lambda temporary, figure=figure: figure.savefig(temporary, dpi=dpi, format="png"))
         paths.append(path)
     return paths
 

@@ -22,7 +22,7 @@ from actpatch.metrics import METRICS, Baseline
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs, Run
 from actpatch.sites import Site
-from actpatch.subspace import vectors
+from actpatch.bases import vectors
 
 Direction = Literal["denoise", "noise"]
 DIRECTIONS = ("denoise", "noise")

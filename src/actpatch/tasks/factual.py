@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from actpatch.corrupt import Replacement, WordSpan, replacements, token_span
-from actpatch.engine.plan import check_model  # every task refuses a bare transformers model alike
-from actpatch.models.model import Model
+from actpatch.models.model import Model, check_model
 from actpatch.pairs import PairsError, PromptPairs
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from actpatch.corrupt import token_span
-from actpatch.engine.plan import check_model  # every task refuses a bare transformers model alike
-from actpatch.models.model import Model
+from actpatch.models.model import Model, check_model
 from actpatch.pairs import PairsError, PromptPairs, missing_space, unspaced_answer
 
 REQUIRED = ("clean", "corrupt", "answer", "wrong")

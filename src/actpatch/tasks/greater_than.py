@@ -23,8 +23,7 @@ import logging
 import random
 from dataclasses import dataclass
 
-from actpatch.engine.plan import check_model  # every task refuses a bare transformers model alike
-from actpatch.models.model import Model
+from actpatch.models.model import Model, check_model
 from actpatch.pairs import PairsError, PromptPairs
 
 log = logging.getLogger(__name__)

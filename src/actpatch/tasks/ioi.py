@@ -15,8 +15,7 @@ from collections import Counter
 from typing import Literal, Sequence
 
 from actpatch.corrupt import IOI_CORRUPTIONS, IoiPrompt, ioi_corruption
-from actpatch.engine.plan import check_model  # every task refuses a bare transformers model alike
-from actpatch.models.model import Model
+from actpatch.models.model import Model, check_model
 from actpatch.pairs import PairsError, PromptPairs
 
 log = logging.getLogger(__name__)

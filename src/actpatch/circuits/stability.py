@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
-from actpatch import circuits  # the module, not its names: circuits read actpatch.stats.bootstrap as they load
+from actpatch.circuits.evaluate import Ablation
+from actpatch.circuits.frontier import pareto_frontier, ranking, smallest_circuit
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.stats import bootstrap
@@ -73,9 +74,9 @@ def circuit_stability(
     direction = direction or _direction(per_prompt_sweep)
 
     def found_on(ranked_by: xr.DataArray, prompts: PromptPairs) -> frozenset[str]:
-        frontier = circuits.pareto_frontier(model, prompts, circuits.ranking(ranked_by), direction=direction, ablation=ablation,
+        frontier = pareto_frontier(model, prompts, ranking(ranked_by), direction=direction, ablation=ablation,
                                             sizes=sizes, progress=False)
-        return frozenset(str(s) for s in circuits.smallest_circuit(frontier, recovery) or [])
+        return frozenset(str(s) for s in smallest_circuit(frontier, recovery) or [])
 
     def circuit(counts: np.ndarray, prompts: PromptPairs) -> frozenset[str]:
         averaged = layout.lay_out([bootstrap.statistic(block, counts[None])], "stat", ["value"]).sel(stat="value", drop=True)
