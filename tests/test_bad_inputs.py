@@ -23,8 +23,8 @@ from actpatch.corrupt import symmetric_token_replacement
 from actpatch.engine.collect import baseline
 from actpatch.models import cache
 from actpatch.tasks.ioi import CLASSIC, NAMES
-from test_task_generators import ROWS, write_csv, write_jsonl  # the file format's rows, read well there
-from tiny import tiny_model, tiny_pairs, with_answers
+from task_files import ROWS, write_csv, write_jsonl
+from tiny import tiny_model, tiny_task
 from word_tokenizer import gpt2_style_model
 
 NAN = float("nan")
@@ -32,7 +32,7 @@ NAN = float("nan")
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     return SimpleNamespace(m=model, p=pairs, w=gpt2_style_model(), tmp=tmp_path_factory.mktemp("bad-inputs"))
 
 

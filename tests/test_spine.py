@@ -1,9 +1,7 @@
 """The spine every analysis shares: runs, provenance, self-checks, and reading sites back from results."""
 import ast
-import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import xarray as xr
@@ -12,14 +10,14 @@ import actpatch as ap
 from actpatch import results
 from actpatch.engine import collect
 from actpatch.metrics import Baseline
-from tiny import tiny_model, tiny_pairs, with_answers
+from tiny import tiny_model, tiny_pairs, tiny_task, with_answers
 
 PROVENANCE = ("analysis", "model", "weights_fingerprint", "versions", "task", "seed", "corruption", "n_prompts")
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return with_answers(tiny_model("llama"), tiny_pairs(batch=3, seq=6))
+    return tiny_task("llama")
 
 
 @pytest.fixture(scope="module")
