@@ -132,10 +132,16 @@ def test_reference_prompts_keyword_still_works_with_a_warning(tiny):
 def test_an_answer_the_clean_run_does_not_predict_is_flagged(tiny):
     model, pairs = tiny
     base = collect.baseline(model, pairs, check=False)
-    assert collect.unlikely_answers(model, base) is None or "top" in collect.unlikely_answers(model, base)
-    unlikely = base.clean_logits.argmin(-1)  # the clean run's least likely token
-    doubt = collect.unlikely_answers(model, Baseline(base.clean_logits, base.corrupt_logits, unlikely, pairs.wrong))
-    assert doubt is not None and "not among the clean run's top 10" in doubt
+    ranked = base.clean_logits.argsort(-1, descending=True)  # (batch, vocab): each prompt's tokens, likeliest first
+
+    def doubt(ranks):  # the answers at these 1-based ranks of the clean run, prompt by prompt
+        answers = ranked[torch.arange(len(pairs)), torch.tensor(ranks) - 1]
+        return collect.unlikely_answers(model, Baseline(base.clean_logits, base.corrupt_logits, answers, pairs.wrong))
+
+    # Flagged when more than half of the prompts' answers rank below the clean run's top 10.
+    assert doubt([1, 1, 1]) is None and doubt([10, 10, 10]) is None and doubt([11, 1, 1]) is None
+    assert "on 2 of 3 prompts the answer is not among the clean run's top 10" in doubt([11, 1, 11])
+    assert "on 3 of 3 prompts" in doubt([11, 50, 101]) and "(prompt 2: rank 101," in doubt([11, 50, 101])
 
 
 def test_no_function_takes_more_than_twelve_parameters():
