@@ -1,4 +1,5 @@
-"""The spine every analysis shares: runs, provenance, self-checks, and reading sites back from results."""
+"""The spine every analysis shares: runs, provenance, self-checks, and reading sites back from results
+(every analysis's provenance and self-checks: tests/test_provenance.py)."""
 import ast
 from pathlib import Path
 
@@ -11,9 +12,6 @@ from actpatch import results
 from actpatch.engine import collect
 from actpatch.metrics import Baseline
 from tiny import tiny_model, tiny_pairs, tiny_task, with_answers
-
-PROVENANCE = ("analysis", "model", "weights_fingerprint", "versions", "task", "seed", "corruption", "n_prompts")
-
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -68,25 +66,6 @@ def test_reprs_say_what_a_researcher_needs():
                            clean_text=("a b", "c d", "e f"), corrupt_text=("x b", "y d", "z f"), corruption="abc")
     text = repr(pairs)
     assert "3 prompts × 6 tokens" in text and "'a b'" in text and "'x b'" in text and "tensor" not in text
-
-
-def test_every_analysis_records_the_same_provenance(tiny):
-    model, pairs = tiny
-    head = ap.Site("head", 1, head=0)
-    made = {
-        "sweep": ap.sweep(model, pairs, "head").attrs,
-        "attribute": ap.attribute(model, pairs, "head").attrs,
-        "patch_paths": ap.patch_paths(model, pairs, ap.Site("head", 0, head=1), ["logits"]).attrs,
-        "sweep_paths": ap.sweep_paths(model, pairs, ["logits"], layers=[0]).attrs,
-        "evaluate_circuit": ap.evaluate_circuit(model, pairs, [head]).attrs,
-        "pareto_frontier": ap.pareto_frontier(model, pairs, [head, ap.Site("head", 0, head=1)]).attrs,
-    }
-    for analysis, attrs in made.items():
-        missing = [key for key in PROVENANCE if key not in attrs]
-        assert not missing, (analysis, missing)
-        assert attrs["analysis"] == analysis
-        assert attrs["weights_fingerprint"] == made["sweep"]["weights_fingerprint"]
-        assert attrs["self_checks"] and max(attrs["self_checks"].values()) < 1e-3, analysis
 
 
 def test_circuits_record_an_ablation_they_accept(tiny):
@@ -157,12 +136,3 @@ def test_no_function_takes_more_than_twelve_parameters():
                     offenders.append(f"{path.name}:{node.name} ({count})")
     assert offenders == []
 
-
-def test_circuit_tables_carry_the_provenance_in_attrs(tiny):
-    model, pairs = tiny
-    heads = [ap.Site("head", 1, head=0), ap.Site("head", 0, head=1)]
-    tables = {"minimality": ap.minimality(model, pairs, heads),
-              "backup": ap.backup(model, pairs, heads[1], candidates=[heads[0]])}
-    for analysis, table in tables.items():
-        assert table.attrs["analysis"] == analysis
-        assert all(key in table.attrs for key in PROVENANCE), analysis
