@@ -27,6 +27,27 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def shared_tiny_models_untouched():
+    """After each test module: the tiny models and pairs every module shares (tests/tiny.py) still
+    hold their numbers and no hooks. Checked per module, not per test: comparing every weight
+    after each of the suite's tests would cost seconds."""
+    yield
+    tiny = sys.modules.get("tiny")  # never imported: nothing was built, nothing to check
+    if tiny is not None and (touched := tiny.touched()):
+        tiny.forget()
+        pytest.fail("a test in this module changed what later tests share: " + "; ".join(touched))
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A tiny GPT-2 saved as a checkpoint folder (tests/tiny_checkpoint.py), for the command line,
+    which loads models by path; written once per session (no command writes into it)."""
+    from tiny_checkpoint import save_tiny_checkpoint
+
+    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gpt2")))
+
+
 @pytest.fixture(scope="session")
 def smollm():
     """The real embedded SmolLM2-135M-Instruct, loaded once per test session."""

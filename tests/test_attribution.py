@@ -9,7 +9,7 @@ import transformers as tf
 import actpatch as ap
 from actpatch import hooks
 from actpatch.engine import verify as verify_module
-from tiny import CONFIGS, tiny_model, tiny_pairs, with_answers
+from tiny import CONFIGS, tiny_pairs, tiny_task, with_answers
 
 reference_sweep = functools.partial(ap.sweep, engine="reference")
 
@@ -40,7 +40,7 @@ def test_atp_is_exact_where_the_metric_is_linear(family, direction, kind):
 
 @pytest.mark.parametrize("kind", ap.SITE_KINDS)
 def test_integrated_gradients_with_one_step_is_atp(kind):
-    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
+    model, pairs = tiny_task("qwen2")
     extra = {"neurons": [0, 9]} if kind == "neuron" else {}
     atp = ap.attribute(model, pairs, kind, **extra)
     ig = ap.attribute(model, pairs, kind, method="ig", steps=1, **extra)
@@ -52,7 +52,7 @@ def test_integrated_gradients_with_one_step_is_atp(kind):
 def test_more_steps_move_integrated_gradients_toward_exact(family):
     """Patching all of resid_pre at layer 0 is patching the input itself, so the integrated gradient
     along the input path converges to the exact effect; the tiny models are far from linear there."""
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     exact = reference_sweep(model, pairs, "resid_pre", layers=[0], positions="all").sel(metric="logit_diff").item()
     error = {k: abs(ap.attribute(model, pairs, "resid_pre", layers=[0], positions="all", method="ig", steps=k)
                     .sel(metric="logit_diff").item() - exact) for k in (1, 32)}
@@ -61,7 +61,7 @@ def test_more_steps_move_integrated_gradients_toward_exact(family):
 
 
 def test_attribution_leaves_no_hooks_and_no_gradients():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     ap.attribute(model, pairs, "pattern", method="ig", steps=2)
     assert ap.attached_hooks(model) == 0
     assert model.hf.config._attn_implementation == "sdpa"
@@ -72,7 +72,7 @@ def test_attribution_leaves_no_hooks_and_no_gradients():
 
 
 def test_an_error_in_the_backward_leaves_the_model_clean():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     def arm(module, args, output):
         if output.requires_grad:
             output.register_hook(_explode)
@@ -91,7 +91,7 @@ def _explode(grad):
 
 
 def test_verify_patches_the_strongest_estimates_exactly():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     estimate = ap.attribute(model, pairs, "head", positions="each")
     report = ap.verify(model, pairs, estimate, top_k=4, sample=3)
     assert len(report.table) == 7 and report.table["in_top_k"].sum() == 4
@@ -160,7 +160,7 @@ def test_atp_star_linearises_from_the_exactly_recomputed_pattern(family, kind, p
 def test_graddrop_of_a_last_layer_site_is_its_atp_magnitude(method):
     """Dropping the gradient through an earlier layer cannot touch a last-layer site, and dropping
     its own layer zeroes it: (L − 1)·|ĉ| + 0, divided by L − 1."""
-    model, pairs = with_answers(tiny_model("mistral"), tiny_pairs())
+    model, pairs = tiny_task("mistral")
     result = ap.attribute(model, pairs, "k", method=method, positions="each", graddrop=True)
     last = result.sel(layer=model.dims.n_layers - 1)
     change = np.abs(last.sel(metric="logit_diff") - result.attrs["baseline_corrupt"]["logit_diff"])
@@ -174,7 +174,7 @@ def test_graddrop_of_a_last_layer_site_is_its_atp_magnitude(method):
 
 @pytest.mark.parametrize("method, kind", [("atp", "mlp_out"), ("atp*", "k"), ("ig", "resid_pre")])
 def test_per_prompt_estimates_average_to_the_estimate_and_ci_keeps_its_value(method, kind):
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     options = dict(method=method, steps=3, layers=[0, 1])
     plain = ap.attribute(model, pairs, kind, **options)
     rows = ap.attribute(model, pairs, kind, per_prompt=True, **options)
@@ -199,7 +199,7 @@ def test_per_prompt_atp_is_each_prompts_exact_effect_where_the_metric_is_linear(
 
 
 def test_verify_puts_an_interval_on_the_rank_correlation_without_changing_it():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     rows = ap.attribute(model, pairs, "head", per_prompt=True)
     plain = ap.verify(model, pairs, ap.attribute(model, pairs, "head"), top_k=4, sample=4)
     checked = ap.verify(model, pairs, rows, top_k=4, sample=4, ci=0.9, n_boot=300)
@@ -228,6 +228,6 @@ def test_verify_resamples_estimates_and_exact_values_together():
     (lambda m, p: ap.verify(m, p, ap.attribute(m, p, "head"), ci=0.9), "per_prompt=True"),
 ])
 def test_bad_interval_options_of_attribution_are_refused(call, message):
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     with pytest.raises(ValueError, match=message):
         call(model, pairs)

@@ -14,7 +14,7 @@ import xarray as xr
 import actpatch as ap
 from actpatch.engine import batched
 from actpatch.engine.checkpoint import CheckpointMismatch
-from tiny import tiny_model, tiny_pairs, with_answers
+from tiny import tiny_model, tiny_pairs, tiny_task, with_answers
 
 
 class Interrupted(Exception):
@@ -23,7 +23,7 @@ class Interrupted(Exception):
 
 @pytest.fixture
 def model_and_pairs():
-    return with_answers(tiny_model("llama"), tiny_pairs(batch=3, seq=6))
+    return tiny_task("llama")
 
 
 def interrupt_after(monkeypatch, runs: int) -> list[int]:
@@ -98,7 +98,7 @@ def test_checkpoint_of_another_sweep_is_refused(model_and_pairs, tmp_path, chang
 def test_other_prompts_or_weights_are_refused(model_and_pairs, tmp_path):
     model, pairs = model_and_pairs
     sweep(model, pairs, tmp_path)
-    other_model, other_pairs = with_answers(tiny_model("qwen2"), tiny_pairs(batch=3, seq=6, seed=1))
+    other_model, other_pairs = tiny_task("qwen2")
     with pytest.raises(CheckpointMismatch, match="differing: model"):
         sweep(other_model, other_pairs, tmp_path)
     _, shuffled = with_answers(model, tiny_pairs(batch=3, seq=6, seed=2))

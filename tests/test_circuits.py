@@ -10,7 +10,7 @@ import xarray as xr
 import actpatch as ap
 from actpatch import hooks
 from actpatch.circuits import EMBED, components
-from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+from tiny import FAMILIES, random_pairs, tiny_model, tiny_pairs, tiny_task, with_answers
 
 
 def score(result):
@@ -21,7 +21,7 @@ def score(result):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_whole_model_is_clean_and_the_empty_circuit_is_corrupt(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     everything = components(model)
     assert score(ap.evaluate_circuit(model, pairs, everything)) == pytest.approx(1.0, abs=1e-6)
     assert score(ap.evaluate_circuit(model, pairs, [], components=everything)) == pytest.approx(0.0, abs=1e-6)
@@ -41,7 +41,7 @@ def test_under_a_noise_corruption_the_empty_circuit_is_the_noisy_run():
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
 def test_a_circuit_is_the_clean_run_with_everything_else_patched_from_the_corrupt_run(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     everything = components(model)
     circuit = [EMBED, ap.Site("head", 0, head=1), ap.Site("mlp_out", 1), ap.Site("head", 1, head=3)]
     rest = [c for c in everything if c not in circuit]
@@ -66,7 +66,7 @@ ABLATED = {
 
 @pytest.mark.parametrize("ablation", ABLATED)
 def test_other_ablations_write_what_sweeps_write(ablation):
-    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
+    model, pairs = tiny_task("qwen2")
     heads = components(model, mlps=False, embed=False)
     circuit = heads[:3]
     clean = hooks.capture(model, pairs.clean, heads[3:])
@@ -81,7 +81,7 @@ def test_other_ablations_write_what_sweeps_write(ablation):
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
 def test_a_member_at_a_position_is_kept_there_and_ablated_elsewhere(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     # Only first-layer heads are ablated, so the second layer reads what the kept positions write.
     heads = [ap.Site("head", 0, head=h) for h in range(model.dims.n_heads)]
     head = ap.Site("head", 0, head=2)
@@ -108,7 +108,7 @@ def test_a_member_at_a_position_is_kept_there_and_ablated_elsewhere(family):
 # --- the frontier ----------------------------------------------------------------------------------
 
 def test_a_ranking_reads_a_sweep_helpful_first_in_either_direction():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     both = ap.sweep(model, pairs, "head", direction=["denoise", "noise"])
     for direction in ("denoise", "noise"):
         result = both.sel(direction=direction)
@@ -126,7 +126,7 @@ def test_a_ranking_reads_a_sweep_helpful_first_in_either_direction():
 
 
 def test_the_frontier_grows_the_circuit_one_component_at_a_time():
-    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
+    model, pairs = tiny_task("gpt2")
     sweep = ap.sweep(model, pairs, "head")
     ranked = ap.circuits.ranking(sweep)
     frontier = ap.pareto_frontier(model, pairs, sweep)
@@ -149,7 +149,7 @@ def test_the_frontier_grows_the_circuit_one_component_at_a_time():
 
 
 def test_a_frontier_can_rank_an_attribution_estimate():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     estimate = ap.attribute(model, pairs, "head")
     frontier = ap.pareto_frontier(model, pairs, estimate, sizes=[0, 8])
     assert frontier.attrs["ranking"] == [str(s) for s in ap.circuits.ranking(estimate)]
@@ -157,7 +157,7 @@ def test_a_frontier_can_rank_an_attribution_estimate():
 
 
 def test_a_noising_frontier_knocks_the_top_components_out():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     frontier = ap.pareto_frontier(model, pairs, ap.sweep(model, pairs, "head", direction="noise"), direction="noise")
     assert frontier.sel(metric="norm_logit_diff", size=0).item() == pytest.approx(1.0, abs=1e-6)
     knocked = ap.smallest_circuit(frontier, 0.5)
@@ -166,7 +166,7 @@ def test_a_noising_frontier_knocks_the_top_components_out():
 
 def test_the_frontier_plot_is_a_plotly_figure():
     plotly = pytest.importorskip("plotly")  # an optional dependency of the report; the core does not need it
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     figure = ap.circuits.plot_frontier(ap.pareto_frontier(model, pairs, ap.sweep(model, pairs, "head")))
     assert isinstance(figure, plotly.graph_objects.Figure) and len(figure.data[0].x) == 9
 
@@ -238,7 +238,7 @@ def test_backup_finds_the_head_that_takes_over(effect):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_resumed_backup_runs_match_full_forwards(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     cases = [(ap.Site("head", 0, head=1), None), (ap.Site("mlp_out", 0), None),
              (ap.Site("head", 1, head=0, pos="END"), [ap.Site("head", 0, head=2), ap.Site("mlp_out", 1), ap.Site("head", 1, head=3, pos=4)])]
     for component, candidates in cases:
@@ -293,7 +293,7 @@ def test_components_that_depend_on_the_corruption_are_listed():
 
 
 def test_an_error_inside_a_circuit_run_leaves_no_hooks(monkeypatch):
-    model, pairs = with_answers(tiny_model("mistral"), tiny_pairs())
+    model, pairs = tiny_task("mistral")
     everything = components(model)
     real = hooks.last_logits
     calls = []
@@ -333,7 +333,7 @@ def test_the_core_of_the_ioi_circuit_example_on_smollm(smollm):
 
 
 def test_sensitivity_report_reads_any_site_kind():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     _, other = with_answers(model, tiny_pairs(seed=5))
     other = ap.PromptPairs(pairs.clean, other.corrupt, pairs.answers, pairs.wrong, positions=pairs.positions)
     result = ap.sweep_corruptions(model, {"one": pairs, "other": other}, "resid_pre", positions=["X", "END"], check_baseline=False)
@@ -360,7 +360,6 @@ def _percentile(values, ci):
 
 @pytest.fixture(scope="module")
 def ten_prompts():
-    from test_stats import random_pairs
     model = tiny_model("llama")
     return model, random_pairs(model, 10)
 
@@ -438,7 +437,7 @@ def test_direction_labels_say_whether_other_prompts_would_agree(ten_prompts):
 
 
 def test_a_circuit_on_unsolved_prompts_says_its_baseline_check_cannot_be_turned_off():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     flipped = ap.PromptPairs(pairs.clean, pairs.corrupt, pairs.wrong, pairs.answers)  # answers the wrong way round
     with pytest.raises(ap.BaselineError, match="always check it, whatever check_baseline says") as caught:
         ap.evaluate_circuit(model, flipped, [ap.Site("head", 0, head=0)])

@@ -13,15 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from click.testing import CliRunner
 
 import actpatch as ap
-from actpatch import cli
-from test_report import tiny_results
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli.main, list(args))
+from command_line import run
+from sample_results import tiny_results
 
 
 @pytest.fixture(scope="module")

@@ -7,28 +7,18 @@ import logging
 import re
 
 import pytest
-from click.testing import CliRunner
 
 import actpatch as ap
-from actpatch import cli, model_checks
+from actpatch import model_checks
 from actpatch.cli import common
 from actpatch.model_checks import Check
 from actpatch.models.arch import ARCHS
-from tiny_checkpoint import save_tiny_checkpoint
+from command_line import run
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli.main, list(args))
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gpt2")))
-
-
-def sweep(tiny, out, *extra):
+def sweep(tiny_folder, out, *extra):
     # Random weights do no task: the baseline check is off (it has its own test below).
-    return run("sweep", "--model", tiny, "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--out", str(out), *extra)
+    return run("sweep", "--model", tiny_folder, "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--out", str(out), *extra)
 
 
 def test_every_command_has_help():
@@ -45,8 +35,8 @@ def test_models_lists_the_default_model_its_cache_and_the_families():
         assert name in result.output
 
 
-def test_check_passes_on_a_working_model(tiny):
-    result = run("check", "--model", tiny, "--prompts", "2")
+def test_check_passes_on_a_working_model(tiny_folder):
+    result = run("check", "--model", tiny_folder, "--prompts", "2")
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith(("pass", "FAIL"))]
     assert len(lines) == 26 and all(line.startswith("pass") for line in lines)
@@ -54,30 +44,30 @@ def test_check_passes_on_a_working_model(tiny):
     assert "all 26 checks passed" in result.output
 
 
-def test_check_exits_1_when_a_check_fails(tiny, monkeypatch):
+def test_check_exits_1_when_a_check_fails(tiny_folder, monkeypatch):
     bad = Check("head sum", "-", 0.5, 1e-4, "relative", False, "worst at layer 1")
     monkeypatch.setattr(model_checks, "check_model", lambda model, pairs, progress=None: [bad])
-    result = run("check", "--model", tiny, "--prompts", "2")
+    result = run("check", "--model", tiny_folder, "--prompts", "2")
     assert result.exit_code == 1
     assert "FAIL  head sum" in result.output and "1 of 1 checks failed" in result.stderr
 
 
-def test_sweep_writes_result_and_report_with_provenance(tiny, tmp_path):
-    result = sweep(tiny, tmp_path, "--site", "head", "--positions", "S2,END", "--direction", "both", "--seed", "3", "--pngs")
+def test_sweep_writes_result_and_report_with_provenance(tiny_folder, tmp_path):
+    result = sweep(tiny_folder, tmp_path, "--site", "head", "--positions", "S2,END", "--direction", "both", "--seed", "3", "--pngs")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ioi_head_both.html", "ioi_head_both.nc", "ioi_head_both_norm_logit_diff.png"]
     saved = ap.load(tmp_path / "ioi_head_both.nc")
     assert list(saved["direction"].values) == ["denoise", "noise"]
     attrs = saved.attrs
     assert attrs["task"] == "ioi" and attrs["seed"] == 3 and attrs["corruption"] == "abc" and attrs["engine"] == "batched"
-    assert attrs["model"] == tiny and re.fullmatch(r"[0-9a-f]{64}", attrs["weights_fingerprint"])
+    assert attrs["model"] == tiny_folder and re.fullmatch(r"[0-9a-f]{64}", attrs["weights_fingerprint"])
     assert {"actpatch", "torch", "transformers"} <= set(attrs["versions"])
     assert attrs["experiment"]["sweep"]["direction"] == "both" and attrs["experiment"]["task"]["seed"] == 3
     assert "strongest" in result.output  # head × pos per direction: no single layer grid, so the strongest patches
 
 
-def test_sweep_refuses_an_unsolved_task_unless_told(tiny, tmp_path):
-    result = run("sweep", "--model", tiny, "--task", "greater_than", "--prompts", "4", "--site", "resid_pre",
+def test_sweep_refuses_an_unsolved_task_unless_told(tiny_folder, tmp_path):
+    result = run("sweep", "--model", tiny_folder, "--task", "greater_than", "--prompts", "4", "--site", "resid_pre",
                  "--out", str(tmp_path))
     assert result.exit_code == 2 and "does not perform the task" in result.stderr and "--no-check-baseline" in result.stderr
 
@@ -93,8 +83,8 @@ def test_sweep_refuses_an_unsolved_task_unless_told(tiny, tmp_path):
     (["--site", "resid_pre", "--model", "/no/such/folder"], "does not exist. A checkpoint is a folder or a .gguf file; "
                                                             "leave out --model to use the embedded model"),
 ])
-def test_sweep_bad_input_exits_2_with_one_line(tiny, tmp_path, args, reason):
-    result = sweep(tiny, tmp_path, *args)
+def test_sweep_bad_input_exits_2_with_one_line(tiny_folder, tmp_path, args, reason):
+    result = sweep(tiny_folder, tmp_path, *args)
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and reason in result.stderr, result.stderr
     # The library's keyword hints (neurons=[...], pass None) are given as the flags that set them.
@@ -114,34 +104,34 @@ def test_keyword_hints_become_flags(message, flags):
     assert common.in_flags(message) == flags
 
 
-def test_sweep_failure_exits_1_with_the_traceback_in_the_output_folder(tiny, tmp_path, monkeypatch):
+def test_sweep_failure_exits_1_with_the_traceback_in_the_output_folder(tiny_folder, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("the GPU caught fire")
 
     monkeypatch.setattr(ap, "sweep", broken)
-    result = sweep(tiny, tmp_path, "--site", "resid_pre")
+    result = sweep(tiny_folder, tmp_path, "--site", "resid_pre")
     log = tmp_path / "actpatch-error.log"
     assert result.exit_code == 1
     assert result.stderr == f"error: RuntimeError: the GPU caught fire (traceback in {log})\n"
     assert "Traceback" in log.read_text() and "broken" in log.read_text()
 
 
-def test_a_leftover_checkpoint_needs_resume(tiny, tmp_path):
+def test_a_leftover_checkpoint_needs_resume(tiny_folder, tmp_path):
     (tmp_path / "checkpoint" / "denoise").mkdir(parents=True)
     (tmp_path / "checkpoint" / "denoise" / "plan.json").write_text("{}")
-    result = sweep(tiny, tmp_path, "--site", "resid_pre")
+    result = sweep(tiny_folder, tmp_path, "--site", "resid_pre")
     assert result.exit_code == 2 and "add --resume to continue it, or delete that folder" in result.stderr
-    mismatched = sweep(tiny, tmp_path, "--site", "resid_pre", "--resume")
+    mismatched = sweep(tiny_folder, tmp_path, "--site", "resid_pre", "--resume")
     assert mismatched.exit_code == 2 and "written by another sweep" in mismatched.stderr
 
 
-def test_resume_without_a_checkpoint_just_runs(tiny, tmp_path):
-    result = sweep(tiny, tmp_path, "--site", "mlp_out", "--resume")
+def test_resume_without_a_checkpoint_just_runs(tiny_folder, tmp_path):
+    result = sweep(tiny_folder, tmp_path, "--site", "mlp_out", "--resume")
     assert result.exit_code == 0 and "nothing to resume" in result.output
 
 
-def test_attribute_verifies_and_writes_estimate_table_and_report(tiny, tmp_path):
-    result = run("attribute", "--model", tiny, "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--site", "head",
+def test_attribute_verifies_and_writes_estimate_table_and_report(tiny_folder, tmp_path):
+    result = run("attribute", "--model", tiny_folder, "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--site", "head",
                  "--verify", "3", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert "Verification(spearman=" in result.output
@@ -151,18 +141,18 @@ def test_attribute_verifies_and_writes_estimate_table_and_report(tiny, tmp_path)
     assert "Verification against exact patching" in (tmp_path / "ioi_head_denoise_atp.html").read_text()
 
 
-def test_attribute_takes_one_direction_and_one_length(tiny, tmp_path):
-    both = run("attribute", "--model", tiny, "--task", "ioi", "--site", "head", "--direction", "both", "--out", str(tmp_path))
+def test_attribute_takes_one_direction_and_one_length(tiny_folder, tmp_path):
+    both = run("attribute", "--model", tiny_folder, "--task", "ioi", "--site", "head", "--direction", "both", "--out", str(tmp_path))
     assert both.exit_code == 2 and "attribute takes one direction" in both.stderr
-    ig = run("attribute", "--model", tiny, "--task", "ioi", "--site", "head", "--direction", "noise", "--ablation", "zero",
+    ig = run("attribute", "--model", tiny_folder, "--task", "ioi", "--site", "head", "--direction", "noise", "--ablation", "zero",
              "--method", "ig", "--out", str(tmp_path))
     assert ig.exit_code == 2 and "needs a source run" in ig.stderr
 
 
-def test_circuit_prints_frontier_and_minimality_and_reports_the_curve(tiny, tmp_path):
+def test_circuit_prints_frontier_and_minimality_and_reports_the_curve(tiny_folder, tmp_path):
     # Seed 2: prompts on which the random model's clean run is above its corrupt one (the frontier's
     # own baseline check does not follow --no-check-baseline yet).
-    result = run("circuit", "--model", tiny, "--task", "ioi", "--prompts", "4", "--seed", "2", "--no-check-baseline",
+    result = run("circuit", "--model", tiny_folder, "--task", "ioi", "--prompts", "4", "--seed", "2", "--no-check-baseline",
                  "--recovery", "0.5", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert "Pareto frontier" in result.output and "smallest circuit recovering 50%" in result.output
@@ -174,8 +164,8 @@ def test_circuit_prints_frontier_and_minimality_and_reports_the_curve(tiny, tmp_
     assert (tmp_path / "ioi_head_denoise_circuit_minimality.csv").exists()
 
 
-def test_circuit_refuses_a_site_it_cannot_rank(tiny, tmp_path):
-    result = run("circuit", "--model", tiny, "--task", "ioi", "--site", "resid_pre", "--no-check-baseline", "--out", str(tmp_path))
+def test_circuit_refuses_a_site_it_cannot_rank(tiny_folder, tmp_path):
+    result = run("circuit", "--model", tiny_folder, "--task", "ioi", "--site", "resid_pre", "--no-check-baseline", "--out", str(tmp_path))
     assert result.exit_code == 2 and "circuit ranks head or mlp_out components, not resid_pre" in result.stderr
 
 
@@ -189,19 +179,19 @@ def actpatch_log_level():
 
 
 @pytest.mark.parametrize("verbosity, chunks", [("-v", False), ("-vv", True)])
-def test_verbose_logs_loading_baselines_and_chunks(tiny, tmp_path, caplog, actpatch_log_level, verbosity, chunks):
-    result = run(verbosity, "sweep", "--model", tiny, "--task", "ioi", "--prompts", "4", "--no-check-baseline",
+def test_verbose_logs_loading_baselines_and_chunks(tiny_folder, tmp_path, caplog, actpatch_log_level, verbosity, chunks):
+    result = run(verbosity, "sweep", "--model", tiny_folder, "--task", "ioi", "--prompts", "4", "--no-check-baseline",
                  "--site", "mlp_out", "--chunk", "2", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("actpatch")]
-    assert any(m.startswith(f"loading {tiny} (float32 on cpu)") for m in messages), messages
+    assert any(m.startswith(f"loading {tiny_folder} (float32 on cpu)") for m in messages), messages
     assert any(m.startswith("loaded ") for m in messages) and any(m.startswith("baseline logit difference") for m in messages)
     assert any(m.startswith("chunk of ") for m in messages) == chunks
     assert not [r for r in caplog.records if not r.name.startswith("actpatch") and r.levelno < logging.WARNING]
 
 
-def test_quiet_by_default(tiny, tmp_path, caplog, actpatch_log_level):
-    result = sweep(tiny, tmp_path, "--site", "mlp_out")
+def test_quiet_by_default(tiny_folder, tmp_path, caplog, actpatch_log_level):
+    result = sweep(tiny_folder, tmp_path, "--site", "mlp_out")
     assert result.exit_code == 0, result.output
     assert not [r for r in caplog.records if r.name.startswith("actpatch") and r.levelno < logging.WARNING]
 
@@ -211,8 +201,8 @@ def test_quiet_by_default(tiny, tmp_path, caplog, actpatch_log_level):
     (["attribute", "--site", "head"], "ioi_head_denoise_atp.nc"),
     (["circuit", "--max-size", "1", "--seed", "2"], "ioi_head_denoise_circuit.nc"),  # seed 2: see the circuit test above
 ])
-def test_a_rerun_into_the_same_out_needs_overwrite(tiny, tmp_path, command, written):
-    flags = ["--model", tiny, "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--out", str(tmp_path), "--quiet"]
+def test_a_rerun_into_the_same_out_needs_overwrite(tiny_folder, tmp_path, command, written):
+    flags = ["--model", tiny_folder, "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--out", str(tmp_path), "--quiet"]
     first = run(*command, *flags)
     assert first.exit_code == 0, first.output
     before = (tmp_path / written).stat().st_mtime_ns

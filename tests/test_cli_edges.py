@@ -10,43 +10,33 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 import actpatch as ap
-from actpatch import cli, graph
+from actpatch import graph
 from actpatch.cli import common
-from tiny_checkpoint import save_tiny_checkpoint
+from command_line import run
 
 PERCENT = "20"  # of the tiny GPT-2's 46 edges: 9 ranked, 7 left after pruning
 NAME = "ioi_edge_eap.html"
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli.main, list(args))
-
-
-def edge_run(tiny, out, *extra):
+def edge_run(tiny_folder, out, *extra):
     # Random weights do no task: the baseline check is off.
-    return run("circuit", "--level", "edge", "--model", tiny, "--task", "ioi", "--prompts", "4", "--no-check-baseline",
+    return run("circuit", "--level", "edge", "--model", tiny_folder, "--task", "ioi", "--prompts", "4", "--no-check-baseline",
                "--out", str(out), *extra)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gpt2")))
-
-
-@pytest.fixture(scope="module")
-def scored(tiny, tmp_path_factory):
+def scored(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("edges")
-    result = edge_run(tiny, out, "--method", "eap", "--percent", PERCENT)
+    result = edge_run(tiny_folder, out, "--method", "eap", "--percent", PERCENT)
     assert result.exit_code == 0, result.output
     return out
 
 
 @pytest.fixture(scope="module")
-def model_and_pairs(tiny):
-    spec = common.build_experiment({"model_name": tiny, "task": "ioi", "prompts": 4, "check_baseline": False},
+def model_and_pairs(tiny_folder):
+    spec = common.build_experiment({"model_name": tiny_folder, "task": "ioi", "prompts": 4, "check_baseline": False},
                                    defaults={"sweep": {"site": "head"}})
     return common.load(spec)
 
@@ -88,8 +78,8 @@ def test_the_percent_row_is_graph_evaluate_of_that_circuit(scored, model_and_pai
     assert row["faithfulness"] == pytest.approx((m["circuit"] - m["empty"]) / (m["full"] - m["empty"]), abs=1e-5)
 
 
-def test_importing_the_exported_graph_reproduces_the_curve(scored, tiny, tmp_path):
-    result = edge_run(tiny, tmp_path, "--import", str(scored / "graph.json"), "--percent", PERCENT)
+def test_importing_the_exported_graph_reproduces_the_curve(scored, tiny_folder, tmp_path):
+    result = edge_run(tiny_folder, tmp_path, "--import", str(scored / "graph.json"), "--percent", PERCENT)
     assert result.exit_code == 0, result.output
     own = len(in_graph(json.loads((scored / "graph.json").read_text())))  # the exported circuit, pruned already
     assert own > 0 and f"the file's own circuit: {own} edges" in result.output
@@ -133,23 +123,23 @@ def test_the_page_needs_no_network_and_shows_curve_and_circuit(scored):
     (["--import", "OTHER"], r"is the graph of a model with \{'n_layers': 3.* score the edges on this model"),
     (["--method", "eap", "--out", "SCORED"], r"graph.json exists \(an earlier run's output\): add --overwrite"),
 ])
-def test_bad_inputs_exit_2_with_the_fix(args, message, tiny, scored, tmp_path):
+def test_bad_inputs_exit_2_with_the_fix(args, message, tiny_folder, scored, tmp_path):
     other = json.loads((scored / "graph.json").read_text())
     other["cfg"]["n_layers"] = 3
     (tmp_path / "other.json").write_text(json.dumps(other))
     swap = {"GRAPH": str(scored / "graph.json"), "OTHER": str(tmp_path / "other.json"), "SCORED": str(scored)}
-    result = edge_run(tiny, tmp_path / "out", *[swap.get(a, a) for a in args])
+    result = edge_run(tiny_folder, tmp_path / "out", *[swap.get(a, a) for a in args])
     assert result.exit_code == 2, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and re.search(message, result.stderr), result.stderr
 
 
-def test_edge_flags_at_node_level_ask_for_level_edge(tiny, tmp_path):
-    result = run("circuit", "--model", tiny, "--percent", "5", "--out", str(tmp_path))
+def test_edge_flags_at_node_level_ask_for_level_edge(tiny_folder, tmp_path):
+    result = run("circuit", "--model", tiny_folder, "--percent", "5", "--out", str(tmp_path))
     assert result.exit_code == 2 and "--percent applies to edge circuits: add --level edge" in result.stderr
 
 
-def test_ci_puts_intervals_on_the_curve_and_on_cpr_and_cmd(tiny, tmp_path, scored):
-    result = edge_run(tiny, tmp_path, "--method", "eap", "--percent", PERCENT, "--ci", "0.9", "--n-boot", "200")
+def test_ci_puts_intervals_on_the_curve_and_on_cpr_and_cmd(tiny_folder, tmp_path, scored):
+    result = edge_run(tiny_folder, tmp_path, "--method", "eap", "--percent", PERCENT, "--ci", "0.9", "--n-boot", "200")
     assert result.exit_code == 0, result.output
     assert re.search(r"CPR [0-9.]+ \[[0-9.]+, [0-9.]+\], CMD", result.output)
     table = pd.read_csv(tmp_path / "faithfulness.csv")
@@ -160,9 +150,9 @@ def test_ci_puts_intervals_on_the_curve_and_on_cpr_and_cmd(tiny, tmp_path, score
     np.testing.assert_allclose(table["faithfulness"], plain["faithfulness"], atol=1e-9)
 
 
-def test_nodes_draws_a_node_frontier_on_the_edge_curve(tiny, tmp_path):
+def test_nodes_draws_a_node_frontier_on_the_edge_curve(tiny_folder, tmp_path):
     # Seed 2: prompts on which the random model's clean run is above its corrupt one (the frontier checks).
-    result = edge_run(tiny, tmp_path, "--method", "eap", "--nodes", "--seed", "2")
+    result = edge_run(tiny_folder, tmp_path, "--method", "eap", "--nodes", "--seed", "2")
     assert result.exit_code == 0, result.output
     frontier = ap.load(next(tmp_path.glob("*_nodes.nc")))
     assert list(frontier["size"].values) == [0, 1, 2, 3, 4]  # every size up to the 4 heads
@@ -170,6 +160,6 @@ def test_nodes_draws_a_node_frontier_on_the_edge_curve(tiny, tmp_path):
     assert "nodes (Pareto frontier)" in page and "node circuit: x = its edges" in page
 
 
-def test_nodes_is_refused_at_node_level(tiny, tmp_path):
-    result = run("circuit", "--model", tiny, "--task", "ioi", "--nodes", "--out", str(tmp_path))
+def test_nodes_is_refused_at_node_level(tiny_folder, tmp_path):
+    result = run("circuit", "--model", tiny_folder, "--task", "ioi", "--nodes", "--out", str(tmp_path))
     assert result.exit_code == 2 and "--nodes applies to edge circuits" in result.output

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import actpatch as ap
-from actpatch import cli
 from actpatch.engine import batched
+from command_line import run
 from tiny_checkpoint import save_tiny_checkpoint
 
 SLOW_SWEEP = """
@@ -75,7 +74,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
         return original(self, copies)
 
     monkeypatch.setattr(batched.Resumer, "run", counted)
-    resumed = CliRunner().invoke(cli.main, [*args(tiny, out), "--resume"])
+    resumed = run(*args(tiny, out), "--resume")
     assert resumed.exit_code == 0, resumed.output
     got = ap.load(out / "ioi_resid_pre_denoise.nc")
     assert not (out / "checkpoint").exists()
@@ -86,7 +85,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
     assert sum(copies_run) == 2 + to_patch - finished  # the two self-checks, then only what was left
 
     monkeypatch.undo()
-    uninterrupted = CliRunner().invoke(cli.main, args(tiny, whole))
+    uninterrupted = run(*args(tiny, whole))
     assert uninterrupted.exit_code == 0, uninterrupted.output
     want = ap.load(whole / "ioi_resid_pre_denoise.nc")
     assert np.array_equal(got.values, want.values)  # bit for bit

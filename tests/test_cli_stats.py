@@ -5,55 +5,45 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 import actpatch as ap
-from actpatch import cli, stats
-from tiny_checkpoint import save_tiny_checkpoint
+from actpatch import stats
+from command_line import run
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli.main, list(args))
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gpt2")))
-
-
-def sweep(tiny, out, *extra):
+def sweep(tiny_folder, out, *extra):
     # Random weights do no task: the baseline check is off.
-    return run("sweep", "--model", tiny, "--task", "ioi", "--prompts", "6", "--no-check-baseline", "--site", "resid_pre",
+    return run("sweep", "--model", tiny_folder, "--task", "ioi", "--prompts", "6", "--no-check-baseline", "--site", "resid_pre",
                "--out", str(out), *extra)
 
 
 @pytest.fixture(scope="module")
-def per_prompt(tiny, tmp_path_factory):
+def per_prompt(tiny_folder, tmp_path_factory):
     """Per-prompt results of the same prompts: denoising and noising, and denoising with other prompts."""
     folder = tmp_path_factory.mktemp("per-prompt")
     paths = {}
     for name, extra in (("denoise", []), ("noise", ["--direction", "noise"]), ("other", ["--seed", "5"])):
-        result = sweep(tiny, folder / name, "--per-prompt", "-q", *extra)
+        result = sweep(tiny_folder, folder / name, "--per-prompt", "-q", *extra)
         assert result.exit_code == 0, result.output
         paths[name] = next((folder / name).glob("*.nc"))
     return paths
 
 
-def test_ci_in_the_experiment_file_reaches_the_sweep(tiny, tmp_path):
+def test_ci_in_the_experiment_file_reaches_the_sweep(tiny_folder, tmp_path):
     config = tmp_path / "ci.toml"
     config.write_text("[sweep]\nsite = 'resid_pre'\nci = 0.8\nn_boot = 150\nboot_seed = 4\n")
-    result = sweep(tiny, tmp_path / "out", "--config", str(config), "-q")
+    result = sweep(tiny_folder, tmp_path / "out", "--config", str(config), "-q")
     assert result.exit_code == 0, result.output
     saved = ap.load(tmp_path / "out" / "ioi_resid_pre_denoise.nc")
     assert list(saved["stat"].values) == ["value", "lo", "hi"]
     assert (saved.attrs["interval"]["ci"], saved.attrs["interval"]["n_boot"], saved.attrs["interval"]["seed"]) == (0.8, 150, 4)
-    flags_win = sweep(tiny, tmp_path / "flags", "--config", str(config), "--n-boot", "120", "-q")
+    flags_win = sweep(tiny_folder, tmp_path / "flags", "--config", str(config), "--n-boot", "120", "-q")
     assert flags_win.exit_code == 0, flags_win.output
     assert ap.load(tmp_path / "flags" / "ioi_resid_pre_denoise.nc").attrs["interval"]["n_boot"] == 120
 
 
-def test_ci_reaches_the_sweep_and_the_saved_result(tiny, tmp_path):
-    result = sweep(tiny, tmp_path, "--ci", "0.9", "--n-boot", "200", "--boot-seed", "3")
+def test_ci_reaches_the_sweep_and_the_saved_result(tiny_folder, tmp_path):
+    result = sweep(tiny_folder, tmp_path, "--ci", "0.9", "--n-boot", "200", "--boot-seed", "3")
     assert result.exit_code == 0, result.output
     saved = ap.load(tmp_path / "ioi_resid_pre_denoise.nc")
     assert list(saved["stat"].values) == ["value", "lo", "hi"] and "batch" not in saved.dims
@@ -69,7 +59,7 @@ def test_ci_reaches_the_sweep_and_the_saved_result(tiny, tmp_path):
             f"{float(cell.sel(stat='hi')):+.3f}]") in result.output
 
 
-def test_the_table_marks_cells_whose_interval_excludes_no_effect(tiny, tmp_path, monkeypatch):
+def test_the_table_marks_cells_whose_interval_excludes_no_effect(tiny_folder, tmp_path, monkeypatch):
     real = ap.sweep
 
     def narrowed(*args, **kwargs):
@@ -81,21 +71,21 @@ def test_the_table_marks_cells_whose_interval_excludes_no_effect(tiny, tmp_path,
         return result
 
     monkeypatch.setattr(ap, "sweep", narrowed)
-    result = sweep(tiny, tmp_path, "--ci", "0.95", "--n-boot", "50")
+    result = sweep(tiny_folder, tmp_path, "--ci", "0.95", "--n-boot", "50")
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line for line in result.output.splitlines() if line[:5].strip() in ("0", "1")}
     assert rows["1"].rstrip().endswith("*") and rows["1"].count("*") == 1, rows
     assert "*" not in rows["0"]
 
 
-def test_ci_refuses_per_prompt(tiny, tmp_path):
-    result = sweep(tiny, tmp_path, "--ci", "0.95", "--per-prompt")
+def test_ci_refuses_per_prompt(tiny_folder, tmp_path):
+    result = sweep(tiny_folder, tmp_path, "--ci", "0.95", "--per-prompt")
     assert result.exit_code == 2 and "remove per_prompt" in result.stderr
 
 
 @pytest.mark.parametrize("value", ["1.5", "0"])
-def test_ci_outside_0_1_is_a_usage_error(tiny, tmp_path, value):
-    result = sweep(tiny, tmp_path, "--ci", value)
+def test_ci_outside_0_1_is_a_usage_error(tiny_folder, tmp_path, value):
+    result = sweep(tiny_folder, tmp_path, "--ci", value)
     assert result.exit_code == 2 and "--ci" in result.stderr
 
 
@@ -121,9 +111,9 @@ def test_compare_prints_the_flagged_sites_and_writes_the_table(per_prompt, tmp_p
     ("other", "do not share prompts: clean prompt 0 is"),
     ("missing", "no such file"),
 ])
-def test_compare_refuses_what_it_cannot_pair(per_prompt, tiny, tmp_path, which, reason):
+def test_compare_refuses_what_it_cannot_pair(per_prompt, tiny_folder, tmp_path, which, reason):
     if which == "averaged":
-        assert sweep(tiny, tmp_path, "-q").exit_code == 0
+        assert sweep(tiny_folder, tmp_path, "-q").exit_code == 0
         other = tmp_path / "ioi_resid_pre_denoise.nc"
     else:
         other = per_prompt["other"] if which == "other" else tmp_path / "nope.nc"
@@ -137,13 +127,13 @@ def test_compare_refuses_a_metric_it_does_not_know(per_prompt):
     assert result.exit_code == 2 and "--metric must be one of" in result.stderr
 
 
-def test_circuit_ci_bands_the_frontier_and_bounds_each_drop(tiny, tmp_path):
+def test_circuit_ci_bands_the_frontier_and_bounds_each_drop(tiny_folder, tmp_path):
     # Random weights barely do the task; seed 2's prompts put clean above corrupt, as the circuit's
     # own baseline check (which --no-check-baseline does not reach) requires.
     config = tmp_path / "circuit.toml"
     config.write_text('[task]\nname = "ioi"\nn = 4\nseed = 2\n[sweep]\nsite = "head"\ncheck_baseline = false\nn_boot = 150\n'
                       '[circuit]\nrecovery = 0.05\nmax_size = 6\n')
-    result = run("circuit", "--config", str(config), "--model", tiny, "--ci", "0.9", "--boot-seed", "2", "--out", str(tmp_path / "out"))
+    result = run("circuit", "--config", str(config), "--model", tiny_folder, "--ci", "0.9", "--boot-seed", "2", "--out", str(tmp_path / "out"))
     assert result.exit_code == 0, result.output
     out = tmp_path / "out"
     swept, frontier = ap.load(out / "ioi_head_denoise_circuit.nc"), ap.load(out / "ioi_head_denoise_circuit_frontier.nc")
@@ -162,8 +152,8 @@ def test_circuit_ci_bands_the_frontier_and_bounds_each_drop(tiny, tmp_path):
     assert "90 % interval" in page and "toself" in page  # the band's legend and its filled trace
 
 
-def test_attribute_ci_bounds_the_estimates_and_the_rank_correlation(tiny, tmp_path):
-    result = run("attribute", "--model", tiny, "--task", "ioi", "--prompts", "6", "--no-check-baseline", "--site", "head",
+def test_attribute_ci_bounds_the_estimates_and_the_rank_correlation(tiny_folder, tmp_path):
+    result = run("attribute", "--model", tiny_folder, "--task", "ioi", "--prompts", "6", "--no-check-baseline", "--site", "head",
                  "--verify", "2", "--ci", "0.9", "--n-boot", "120", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     saved = ap.load(tmp_path / "ioi_head_denoise_atp.nc")
@@ -173,6 +163,6 @@ def test_attribute_ci_bounds_the_estimates_and_the_rank_correlation(tiny, tmp_pa
     assert f"spearman={saved.attrs['verification']['spearman']:.3f} [{lo:.3f}, {hi:.3f}]" in result.output
     table = pd.read_csv(tmp_path / "ioi_head_denoise_atp_verify.csv")
     assert {"estimate_lo", "estimate_hi", "exact_lo", "exact_hi"} <= set(table.columns)
-    refused = run("attribute", "--model", tiny, "--task", "ioi", "--no-check-baseline", "--site", "head", "--graddrop",
+    refused = run("attribute", "--model", tiny_folder, "--task", "ioi", "--no-check-baseline", "--site", "head", "--graddrop",
                   "--ci", "0.9", "--out", str(tmp_path / "refused"))
     assert refused.exit_code == 2 and "--graddrop" in refused.output

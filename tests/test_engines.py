@@ -8,7 +8,7 @@ import xarray as xr
 import actpatch as ap
 from actpatch.engine import batched
 from conftest import DEVICES
-from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+from tiny import FAMILIES, tiny_model, tiny_task
 
 ENGINES = {
     "batched, chunk 3": functools.partial(ap.sweep, engine="batched", chunk=3),  # ragged last chunk
@@ -31,7 +31,7 @@ MATRIX = [(f, k, "batched, chunk 3") for f, k in CASES] + [
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family, kind, engine", MATRIX)
 def test_engine_matches_reference(family, kind, engine, device, on_device):
-    _, pairs = with_answers(tiny_model(family), tiny_pairs(batch=3, seq=6))
+    _, pairs = tiny_task(family)
     model = on_device(tiny_model(family), device)
     for positions in ("each", "all", ["X", 4]):
         options = dict(direction=["denoise", "noise"], positions=positions, **extra_for(kind))
@@ -60,12 +60,12 @@ def test_engine_matches_reference_on_smollm_ioi(smollm, kind, options):
 
 def test_a_bad_chunk_is_an_error():
     with pytest.raises(ValueError, match="chunk must be at least 1"):
-        ap.sweep(*with_answers(tiny_model("llama"), tiny_pairs()), "resid_pre", chunk=0)
+        ap.sweep(*tiny_task("llama"), "resid_pre", chunk=0)
 
 
 def test_an_unknown_engine_is_an_error():
     with pytest.raises(ValueError, match=r"engine must be one of \('batched', 'reference'\)"):
-        ap.sweep(*with_answers(tiny_model("llama"), tiny_pairs()), "resid_pre", engine="fast")
+        ap.sweep(*tiny_task("llama"), "resid_pre", engine="fast")
 
 
 def test_unproven_attention_is_named(monkeypatch):
@@ -76,7 +76,7 @@ def test_unproven_attention_is_named(monkeypatch):
 
 
 def test_an_unproven_model_falls_back_to_the_reference_engine(monkeypatch, caplog):
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     monkeypatch.setattr(batched, "unsupported", lambda m: "a reason")
     with caplog.at_level("WARNING"):
         result = ap.sweep(model, pairs, "attn_out", layers=[1], positions=[2], chunk=4)
@@ -91,7 +91,7 @@ def test_work_is_counted_in_forward_equivalents():
     and two runs of one layer over the last 2 positions (the no-op check's and the patch's), each
     unembedded once. In patched runs the last layer's MLP (its parameters' share of the layer's)
     runs at the final position only. The floor is the unpatched runs and the patch's own run."""
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     result = ap.sweep(model, pairs, "resid_pre", layers=[1], positions=[4])
     batch, seq, layers = len(pairs), pairs.seq_len, model.dims.n_layers
     layer_params = sum(p.numel() for p in model.layer(0).parameters())
@@ -109,7 +109,7 @@ def test_work_is_counted_in_forward_equivalents():
 def test_patched_runs_compute_the_last_layers_mlp_at_the_final_position_only():
     """What the last layer's MLP computes on in a sweep (its down_proj's input): one position in the patched
     runs, every position in the recordings; mlp_out there keeps them all (its hook writes them)."""
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     widths: list[int] = []
     handle = model.layer(1).mlp.down_proj.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
     try:
@@ -130,7 +130,7 @@ def test_engines_agree_on_one_prompt_through_the_spec(family, kind, device, on_d
     from actpatch.engine import reference, runner
     from actpatch.engine.spec import SweepSpec
 
-    _, pairs = with_answers(tiny_model(family), tiny_pairs(batch=3, seq=6))
+    _, pairs = tiny_task(family)
     model = on_device(tiny_model(family), device)
     one = pairs[1]
     for direction in ("denoise", "noise"):

@@ -6,11 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import actpatch as ap
 from actpatch import cli, experiment
-from tiny_checkpoint import save_tiny_checkpoint
+from command_line import run
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.toml"))
 GOOD = """
@@ -20,10 +19,6 @@ n = 4
 [sweep]
 site = "resid_pre"
 """
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli.main, list(args))
 
 
 def with_change(old: str, new: str) -> str:
@@ -130,11 +125,6 @@ def test_the_corruption_table_names_every_task_scheme():
 def test_there_is_an_example_per_analysis():
     names = {p.stem for p in EXAMPLES}
     assert {"sweep_ioi_resid_pre", "attribute_ioi_heads", "circuit_ioi", "noise_factual", "ablation_ioi_heads"} <= names
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gpt2"))
 
 
 def command_of(path: Path) -> str:

@@ -10,7 +10,7 @@ from actpatch import hooks, metrics
 from actpatch.graph import (EdgeError, EdgeRuns, EdgeScores, Graph, GraphFileError, cpr_cmd, edge_scores,
                             faithfulness_curve, grow_circuit, load_graph, nodes_in_circuit, prune_circuit, save_graph,
                             top_edges)
-from tiny import tiny_model, tiny_pairs, with_answers
+from tiny import tiny_model, tiny_task
 
 
 def hand_scores(graph, values):
@@ -22,7 +22,7 @@ def hand_scores(graph, values):
 
 @pytest.fixture(scope="module")
 def scored():
-    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
+    model, pairs = tiny_task("gpt2")
     return model, pairs, edge_scores(model, pairs, "eap-ig-inputs", steps=3)
 
 
@@ -49,7 +49,7 @@ def test_pruning_keeps_only_paths_from_input_to_logits():
 
 @pytest.mark.parametrize("family", ["gpt2", "pythia_parallel", "mistral"])
 def test_pruned_edges_change_nothing_with_corrupt_values(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     runs = EdgeRuns.prepare(model, pairs)
     torch.manual_seed(1)
     circuit = runs.graph.exists & (torch.rand(runs.graph.exists.shape) < 0.15)
@@ -140,7 +140,7 @@ def test_malformed_files_are_refused_with_the_reason(tmp_path, text, message):
 
 @pytest.mark.parametrize("family, ablation", [("gpt2", None), ("llama", None), ("gemma3", "mean")])
 def test_the_fast_curve_is_the_plain_curve(family, ablation):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     scores = edge_scores(model, pairs, "eap")
     fast = faithfulness_curve(model, pairs, scores, ablation=ablation, check_baseline=False)
     plain = faithfulness_curve(model, pairs, scores, ablation=ablation, check_baseline=False, engine="plain")
@@ -152,7 +152,7 @@ def test_the_fast_curve_is_the_plain_curve(family, ablation):
 
 @pytest.mark.parametrize("family, step", [("gpt2", 1), ("llama", 2)])
 def test_a_grown_circuit_is_at_least_as_faithful_as_the_top_edges_of_its_size(family, step):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     scores = edge_scores(model, pairs, "eap")
     grown = grow_circuit(model, pairs, scores, 6, candidates=30, step=step, check_baseline=False)
     assert int(grown.circuit.sum()) == 6 == len(grown.order) and len(grown.faithfulness) == 6 // step

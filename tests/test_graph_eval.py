@@ -8,15 +8,15 @@ from actpatch import hooks
 from actpatch.circuits import components
 from actpatch.circuits.evaluate import Ablator
 from actpatch.graph import EdgeError, EdgeRuns, Graph, evaluate
-from actpatch.hooks.edges import EdgePlan, edge_hooks
+from actpatch.hooks.edges import edge_hooks
 from actpatch.sites import Site
-from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+from tiny import FAMILIES, tiny_model, tiny_pairs, tiny_task, with_answers
 
 ATOL = 1e-5  # float32 logits of O(1-10): the rule reorders sums, so only rounding differs
 
 
 def setup(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     return model, pairs, EdgeRuns.prepare(model, pairs)
 
 
@@ -184,7 +184,7 @@ def test_gemma_node_circuits_of_whole_layers_match_component_ablation():
 def test_no_edges_under_an_ablation_is_every_sender_ablated(ablation):
     """With no edges every receiver reads Σ of ablated sender outputs (plus constants): for the
     logits that is the final norm of the ablated residual stream, computed here by hand."""
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     runs = EdgeRuns.prepare(model, pairs, ablation=ablation)
     got = runs.logits(runs.graph.empty()[None])[0]
     want = model.unembed(runs.off.sum(0)[:, -1])
@@ -193,7 +193,7 @@ def test_no_edges_under_an_ablation_is_every_sender_ablated(ablation):
 
 
 def test_evaluate_takes_names_and_reports_every_metric():
-    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
+    model, pairs = tiny_task("gpt2")
     graph = Graph.of(model)
     full = evaluate(model, pairs, graph.full())
     assert full.sel(metric="norm_logit_diff").item() == pytest.approx(1.0, abs=1e-5)

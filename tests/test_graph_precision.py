@@ -9,14 +9,14 @@ import torch
 from actpatch import hooks, metrics
 from actpatch.graph import EdgeRuns, edge_scores, faithfulness_curve
 from actpatch.graph.verify import spearman
-from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+from tiny import FAMILIES, tiny_model, tiny_task
 
 BOUND = 3e-2  # bfloat16, as for sweeps
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_edge_circuits_in_bfloat16_stay_within_the_bound_of_float32(family):
-    exact, pairs = with_answers(tiny_model(family), tiny_pairs())
+    exact, pairs = tiny_task(family)
     half = tiny_model(family, torch.bfloat16)
     runs = EdgeRuns.prepare(half, pairs, check_baseline=False)
     g = runs.graph

@@ -8,7 +8,7 @@ import torch
 from actpatch import hooks, metrics
 from actpatch.graph import EdgeRuns, edge_scores, verify_edges
 from actpatch.graph.verify import spearman
-from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+from tiny import FAMILIES, tiny_task
 
 EDGES = ["input->a0.h1<q>", "input->a0.h2<k>", "a0.h3->a1.h0<v>", "a0.h0->a1.h3<k>", "m0->a1.h1<q>",
          "a0.h2->m0", "input->m1", "a1.h2->logits", "m1->logits"]
@@ -20,7 +20,7 @@ def mean_logit_diff(runs, logits):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_exact_scores_are_each_edge_removed_alone(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     scores = edge_scores(model, pairs, "exact", chunk=7)  # ragged last chunk
     runs = EdgeRuns.prepare(model, pairs)
     full = mean_logit_diff(runs, runs.logits(runs.graph.full()[None]))[0]
@@ -38,7 +38,7 @@ def test_the_fast_gradient_path_gives_the_plain_paths_scores(family, method, ste
     """Gradients split per receiver after one ordinary forward (grouped-query attention on H/KV
     copies, projections run once) equal those of the forward that expands every layer per head;
     `chunk` stacks interpolation steps (ragged) as copies."""
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     plain = edge_scores(model, pairs, method, steps=steps, chunk=chunk, engine="plain", check_baseline=False).scores
     fast = edge_scores(model, pairs, method, steps=steps, chunk=chunk, check_baseline=False).scores
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
@@ -46,7 +46,7 @@ def test_the_fast_gradient_path_gives_the_plain_paths_scores(family, method, ste
 
 
 def test_the_fast_gradient_path_on_one_prompt_under_grouped_query_attention():
-    model, pairs = with_answers(tiny_model("mistral"), tiny_pairs(batch=1))
+    model, pairs = tiny_task("mistral", batch=1)
     plain = edge_scores(model, pairs, "eap", engine="plain", check_baseline=False).scores
     torch.testing.assert_close(edge_scores(model, pairs, "eap", check_baseline=False).scores, plain, atol=1e-5, rtol=1e-5)
 
@@ -56,7 +56,7 @@ def test_resumed_exact_scores_are_the_plain_removals_at_under_half_the_work(fami
     """Each removal resumed at its receiver's layer (and after the prompts' common first token)
     gives what its whole forward gives; counted in decoder-layer × token calls, the whole graph
     costs under half of one forward per edge (recordings included)."""
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     plain = edge_scores(model, pairs, "exact", engine="plain", check_baseline=False).scores
     fast = edge_scores(model, pairs, "exact", chunk=7, check_baseline=False)
     torch.testing.assert_close(fast.scores, plain, atol=1e-5, rtol=0)
@@ -76,7 +76,7 @@ def test_eap_is_the_derivative_of_the_exact_evaluation(family):
     """Weighing one edge 1 ± ε (its sender's delta ∓ε-removed at that receiver only) moves m by
     ±ε·score to first order: a central difference in float64 checks every receiver kind's gradient
     (q, k, v per query head under grouped-query attention, fused projections, MLP, logits)."""
-    model, pairs = with_answers(tiny_model(family, torch.float64), tiny_pairs())
+    model, pairs = tiny_task(family, torch.float64)
     scores = edge_scores(model, pairs, "eap", check_baseline=False)
     runs = EdgeRuns.prepare(model, pairs, check_baseline=False)
     eps, atol = STEPS[family]
@@ -90,7 +90,7 @@ def test_eap_is_the_derivative_of_the_exact_evaluation(family):
 def test_the_gradient_methods_agree_where_they_must():
     """One IG step on the inputs is the gradient at the corrupt run, so eap + ig(1) = 2·clean-corrupted;
     one step on the activations interpolates nothing (α = 1), so it is eap."""
-    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
+    model, pairs = tiny_task("qwen2")
     eap = edge_scores(model, pairs, "eap").scores
     ig_one = edge_scores(model, pairs, "eap-ig-inputs", steps=1).scores
     both = edge_scores(model, pairs, "clean-corrupted").scores
@@ -102,7 +102,7 @@ def test_integrated_gradients_on_the_inputs_are_complete():
     """The input's edges reach every receiver, so their scores sum to Δinput · ∂m/∂input averaged
     along the path from corrupt to clean input: IG's completeness makes that m(clean) − m(corrupt),
     up to the Riemann sum's O(1/steps)."""
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     runs = EdgeRuns.prepare(model, pairs)
     gap = float(runs.base.clean_logit_diff.mean() - runs.base.corrupt_logit_diff.mean())
     scores = edge_scores(model, pairs, "eap-ig-inputs", steps=16)
@@ -110,7 +110,7 @@ def test_integrated_gradients_on_the_inputs_are_complete():
 
 
 def test_integrated_gradients_beat_eap_at_estimating_exact_scores():
-    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
+    model, pairs = tiny_task("gpt2")
     exact = edge_scores(model, pairs, "exact").scores
     error = {m: float((edge_scores(model, pairs, m, steps=8).scores - exact).abs().sum())
              for m in ("eap", "eap-ig-inputs")}
@@ -118,7 +118,7 @@ def test_integrated_gradients_beat_eap_at_estimating_exact_scores():
 
 
 def test_scores_are_zero_off_the_graph_and_keyed_by_edge_name():
-    model, pairs = with_answers(tiny_model("pythia_parallel"), tiny_pairs())
+    model, pairs = tiny_task("pythia_parallel")
     scores = edge_scores(model, pairs, "eap")
     assert float(scores.scores[~scores.graph.exists].abs().sum()) == 0
     assert len(scores.as_dict()) == scores.graph.n_edges and "a0.h0->m0" not in scores.as_dict()
@@ -126,7 +126,7 @@ def test_scores_are_zero_off_the_graph_and_keyed_by_edge_name():
 
 @pytest.mark.parametrize("ablation", ["zero", "mean", "resample"])
 def test_exact_scores_under_an_ablation_remove_the_edge_towards_ablated_values(ablation):
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     scores = edge_scores(model, pairs, "exact", ablation=ablation, check_baseline=False)
     runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=False)
     circuit = runs.graph.full()
@@ -143,7 +143,7 @@ def test_exact_scores_under_an_ablation_remove_the_edge_towards_ablated_values(a
     (dict(method="eap", engine="turbo"), "engine must be one of"),
 ])
 def test_bad_arguments_are_refused_with_the_fix(call, message):
-    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
+    model, pairs = tiny_task("gpt2")
     with pytest.raises(ValueError, match=message):
         edge_scores(model, pairs, **call)
     assert hooks.attached_hooks(model) == 0
@@ -152,7 +152,7 @@ def test_bad_arguments_are_refused_with_the_fix(call, message):
 # --- verification -------------------------------------------------------------------------------
 
 def test_verify_edges_removes_the_top_and_a_sample_exactly():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     scores = edge_scores(model, pairs, "eap")
     exact = edge_scores(model, pairs, "exact")
     check = verify_edges(model, pairs, scores, top_k=6, sample=8, seed=3)
@@ -180,7 +180,7 @@ def test_edge_spearman_gives_ties_their_average_rank():
 @pytest.mark.parametrize("call, message", [(dict(top_k=-1), "top_k must be a whole number"),
                                            (dict(sample=1.5), "sample must be a whole number")])
 def test_verify_edges_refuses_bad_sizes(call, message):
-    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
+    model, pairs = tiny_task("gpt2")
     scores = edge_scores(model, pairs, "eap")
     with pytest.raises(ValueError, match=message):
         verify_edges(model, pairs, scores, **call)
@@ -189,7 +189,7 @@ def test_verify_edges_refuses_bad_sizes(call, message):
 def test_scores_reuse_prepared_runs_and_refuse_runs_of_other_prompts():
     """EAP's own clean pass (clean outputs recorded in its gradient forward) gives the scores of the
     prepared runs' path; runs prepared for other prompts or another ablation are refused."""
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     runs = EdgeRuns.prepare(model, pairs)
     own = edge_scores(model, pairs, "eap")
     reused = edge_scores(model, pairs, "eap", runs=runs)
@@ -206,7 +206,7 @@ def test_scores_reuse_prepared_runs_and_refuse_runs_of_other_prompts():
 def test_gradient_scores_under_no_grad_are_the_scores(method):
     """Notebooks often run under torch.no_grad() (or with grad disabled globally): the scores switch
     gradients on for their own passes."""
-    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
+    model, pairs = tiny_task("qwen2")
     wanted = edge_scores(model, pairs, method, steps=2).scores
     with torch.no_grad():
         torch.testing.assert_close(edge_scores(model, pairs, method, steps=2).scores, wanted, atol=1e-6, rtol=1e-6)

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 
 from actpatch.graph import edge_scores, edge_stability, top_edges
-from tiny import tiny_model, tiny_pairs, with_answers
+from tiny import tiny_pairs, tiny_task, with_answers
 
 
 def test_edge_stability_counts_the_resampled_and_the_other_circuits():
-    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs(batch=4))
+    model, pairs = tiny_task("qwen2", batch=4)
     _, others = with_answers(model, tiny_pairs(batch=4, seed=7))
     table = edge_stability(model, pairs, method="eap", percent=20, n_boot=4, seed=1, others=[others, pairs],
                            check_baseline=False, progress=False)
@@ -21,7 +21,7 @@ def test_edge_stability_counts_the_resampled_and_the_other_circuits():
 
 
 def test_one_prompt_repeated_gives_the_same_circuit_on_every_resample():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs(batch=3))
+    model, pairs = tiny_task("llama")
     same = pairs[[0, 0, 0]]
     table = edge_stability(model, same, percent=10, n_boot=3, check_baseline=False, progress=False)
     assert table.attrs["mean_jaccard"] == 1.0
@@ -30,6 +30,6 @@ def test_one_prompt_repeated_gives_the_same_circuit_on_every_resample():
 
 
 def test_edge_stability_refuses_a_bad_number_of_resamples():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     with pytest.raises(ValueError, match="n_boot must be a positive number"):
         edge_stability(model, pairs, n_boot=0)

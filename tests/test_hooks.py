@@ -7,7 +7,7 @@ import torch
 
 from actpatch import hooks
 from actpatch import PatchNotApplied, PatchShapeError, Site, SITE_KINDS, attached_hooks, capture, patch
-from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+from tiny import FAMILIES, tiny_model, tiny_pairs, tiny_task
 
 SEQUENTIAL = [f for f in FAMILIES if f != "pythia_parallel"]
 
@@ -23,7 +23,7 @@ def kinds_for(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_noop_patch_changes_no_logit(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     before = model.last_logits(pairs.corrupt)
     for kind in kinds_for(family):
         for pos in (None, 2, "X"):
@@ -36,7 +36,7 @@ def test_noop_patch_changes_no_logit(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_site_kind_moves_the_logits(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     before = model.last_logits(pairs.corrupt)
     for kind in kinds_for(family):
         site = one_site(kind, layer=0)
@@ -48,7 +48,7 @@ def test_every_site_kind_moves_the_logits(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_full_resid_pre_patch_at_layer_0_is_the_clean_run(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     source = capture(model, pairs.clean, [Site("resid_pre", 0)])
     with patch(model, source):
         patched = model.last_logits(pairs.corrupt)
@@ -58,7 +58,7 @@ def test_full_resid_pre_patch_at_layer_0_is_the_clean_run(family):
 @pytest.mark.parametrize("family", SEQUENTIAL)
 def test_resid_mid_patch_sets_the_residual_stream_itself(family):
     """Written through attn_out, the patched resid_mid must be what the rest of the layer sees."""
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     site = Site("resid_mid", 1, pos=3)
     source = capture(model, pairs.clean, [site])
     after = Site("resid_post", 1)
@@ -71,7 +71,7 @@ def test_resid_mid_patch_sets_the_residual_stream_itself(family):
 
 
 def test_named_position_patches_each_prompt_at_its_own_index():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     named = Site("resid_pre", 1, pos="X")
     source = capture(model, pairs.clean, [named], positions=pairs.positions)
     with patch(model, source, positions=pairs.positions):
@@ -86,7 +86,7 @@ def test_named_position_patches_each_prompt_at_its_own_index():
 
 @pytest.mark.parametrize("kind", ["resid_pre", "head", "k", "pattern"])
 def test_hooks_are_removed_after_an_error_inside_a_patched_forward(kind):
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     site = one_site(kind, layer=1)
     values = capture(model, pairs.clean, [site])
     bomb = model.submodule(1, model.arch.mlp).register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
@@ -101,7 +101,7 @@ def test_hooks_are_removed_after_an_error_inside_a_patched_forward(kind):
 
 
 def test_a_patch_that_never_ran_is_an_error():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     values = capture(model, pairs.clean, [Site("resid_pre", 1)])
     with pytest.raises(PatchNotApplied, match=r"resid_pre\[layer=1\]"):
         with patch(model, values):
@@ -109,7 +109,7 @@ def test_a_patch_that_never_ran_is_an_error():
 
 
 def test_a_value_of_the_wrong_shape_is_an_error():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     values = capture(model, pairs.clean[:2], [Site("resid_pre", 1)])
     with pytest.raises(PatchShapeError, match=r"shape \(2, 6, 32\).*\(3, 6, 32\)"):
         with patch(model, values):
@@ -127,7 +127,7 @@ def test_no_other_module_registers_hooks():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_q_k_v_are_what_attention_uses_them_for(family):
     """v never moves the pattern; k moves it for exactly the query heads of its group; q for its head only."""
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     dims = model.dims
     patterns = [Site("pattern", 0, head=h) for h in range(dims.n_heads)]
     before = capture(model, pairs.corrupt, patterns)
@@ -156,7 +156,7 @@ def _registries() -> tuple[dict, dict]:
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ["resid_pre", "head", "k", "pattern"])
 def test_an_error_inside_a_patched_forward_leaves_no_hook_and_the_registries_as_they_were(family, kind):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     values = capture(model, pairs.clean, [one_site(kind, layer=1)])
     registries = _registries()
     bomb = model.submodule(1, model.arch.mlp).register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
@@ -237,7 +237,7 @@ def test_eager_attention_of_two_models_at_once_serves_each_its_own_taps():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sites_written_as_transformerlens_names_or_our_text_are_the_same_sites(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     names = {"blocks.0.hook_resid_pre": Site("resid_pre", 0), "blocks.1.hook_resid_post": Site("resid_post", 1),
              "blocks.1.hook_attn_out": Site("attn_out", 1), "blocks.0.hook_mlp_out": Site("mlp_out", 0),
              "head[layer=1, head=2, pos=END]": Site("head", 1, head=2, pos="END"),

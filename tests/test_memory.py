@@ -8,7 +8,7 @@ import xarray as xr
 
 import actpatch as ap
 from actpatch.engine import batched
-from tiny import tiny_model, tiny_pairs, with_answers
+from tiny import tiny_task
 
 # Head sites at all positions share one prefix (position 0), so chunks fill up: 2 layers × 4 heads.
 SWEEP = dict(direction=["denoise", "noise"], positions="all")
@@ -16,7 +16,7 @@ SWEEP = dict(direction=["denoise", "noise"], positions="all")
 
 @pytest.fixture
 def model_and_pairs():
-    return with_answers(tiny_model("llama"), tiny_pairs(batch=3, seq=6))
+    return tiny_task("llama")
 
 
 def _copies_run(monkeypatch, fail):
@@ -134,7 +134,7 @@ def test_a_sweep_sizes_its_chunks_from_the_default_budget(monkeypatch):
     from actpatch import memory
     from actpatch.engine import batched
 
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     asked = []
     monkeypatch.setattr(memory, "default_budget", lambda devices: asked.append(list(devices)) or 3 * batched._bytes_per_copy(model, pairs.corrupt_run))
     result = ap.sweep(model, pairs, "resid_pre", layers=[0, 1], positions="each")

@@ -15,7 +15,7 @@ from accelerate import dispatch_model
 
 import actpatch as ap
 from actpatch.engine import batched
-from tiny import tiny_model, tiny_pairs, with_answers
+from tiny import tiny_model, tiny_pairs, tiny_task
 
 
 def _dispatched(family: str) -> ap.Model:
@@ -39,7 +39,7 @@ def _dispatched(family: str) -> ap.Model:
 def test_a_dispatched_model_runs_the_batched_engine_and_matches_the_reference(family, kind, positions, caplog):
     model = _dispatched(family)
     assert hasattr(model.layer(1), "_hf_hook") and len(model.hf.hf_device_map) > 3
-    _, pairs = with_answers(tiny_model(family), tiny_pairs())
+    _, pairs = tiny_task(family)
     options = dict(direction=["denoise", "noise"], positions=positions)
     with caplog.at_level(logging.WARNING):
         got = ap.sweep(model, pairs, kind, chunk=3, **options)
@@ -65,7 +65,7 @@ def test_each_layer_device_comes_from_its_hook():
 
 def test_a_recorded_call_moves_to_a_layer_device_and_its_cache_stays():
     """What the engine does once per recorded prefix on a split model, checked with the meta device."""
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     resumer = batched.Resumer(model, pairs.corrupt_run)
     prefix = resumer._prefix(2)
     args, kwargs = batched.moved(prefix.calls[1], torch.device("meta"))

@@ -9,7 +9,7 @@ import actpatch as ap
 from actpatch import hooks
 from actpatch.engine import paths
 from actpatch.sites import SiteError
-from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+from tiny import FAMILIES, tiny_model, tiny_pairs, tiny_task, with_answers
 
 # Senders that reach the final position: a first-layer head and MLP, a head at the last position
 # only, and a last-layer head (whose only receivers are its own layer's MLP and the logits).
@@ -30,7 +30,7 @@ def direct_patch(model, pairs, sender, direction):
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_paths_to_every_receiver_are_the_sender_patched_outright(family, direction):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     for sender in SENDERS:
         want = direct_patch(model, pairs, sender, direction)
         got = ap.patch_paths(model, pairs, sender, ap.all_receivers(model, sender), direction=direction)
@@ -92,7 +92,7 @@ def by_hand_direct_effect(model, pairs, sender):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_path_to_the_logits_is_the_direct_effect_by_hand(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     senders = [s for s in SENDERS if s.kind == "mlp_out" or family in ADDITIVE_HEADS]
     base = ap.Baseline(model.last_logits(pairs.clean), model.last_logits(pairs.corrupt), pairs.answers, pairs.wrong)
     for sender in senders:
@@ -121,7 +121,7 @@ def two_run_algorithm(model, pairs, sender, receivers):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_receivers_in_one_layer_follow_the_two_run_algorithm(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     sender = ap.Site("head", 0, head=2)
     dims = model.dims
     for receivers in ([ap.Site("q", 1, head=h) for h in (0, 3)], [ap.Site("k", 1, head=dims.n_kv_heads - 1)],
@@ -134,7 +134,7 @@ def test_receivers_in_one_layer_follow_the_two_run_algorithm(family):
 
 
 def test_receivers_at_a_position_patch_only_there():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     sender = ap.Site("head", 0, head=2)
     everywhere = ap.patch_paths(model, pairs, sender, [ap.Site("q", 1, head=h) for h in range(4)])
     at_end = ap.patch_paths(model, pairs, sender, [ap.Site("q", 1, head=h, pos="END") for h in range(4)])
@@ -147,7 +147,7 @@ def test_receivers_at_a_position_patch_only_there():
 
 @pytest.mark.parametrize("family", ["llama", "pythia_parallel"])
 def test_a_path_sweep_matches_one_path_patch_at_a_time(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     for receivers in (["logits"], [ap.Site("q", 1, head=0), ap.Site("mlp_out", 1)]):
         for site, positions in (("head", "all"), ("head", ["END", 2]), ("mlp_out", "all")):
             swept = ap.sweep_paths(model, pairs, receivers, site=site, positions=positions, direction="noise")
@@ -183,14 +183,14 @@ BAD = [
 
 @pytest.mark.parametrize("call, message", BAD)
 def test_bad_path_patches_are_named(call, message):
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     with pytest.raises((SiteError, ValueError), match=message):
         call(model, pairs)
     assert ap.attached_hooks(model) == 0
 
 
 def test_an_error_inside_a_path_patch_leaves_no_hooks(monkeypatch):
-    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
+    model, pairs = tiny_task("qwen2")
 
     def explode(model, run):
         raise RuntimeError("boom")

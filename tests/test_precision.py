@@ -16,7 +16,7 @@ import xarray as xr
 import actpatch as ap
 from actpatch.engine import batched, checks
 from conftest import DEVICES
-from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+from tiny import FAMILIES, tiny_model, tiny_pairs, tiny_task
 
 # bfloat16 keeps 8 significant bits, so every matmul, norm and softmax output is rounded by up to
 # 2^-8 ≈ 4e-3 relative; float16 keeps 11 (2^-11 ≈ 5e-4). Measured on these models (both directions,
@@ -47,7 +47,7 @@ def _normalised(model, pairs, kind, engine, **options):
 def test_low_precision_engines_agree_and_stay_near_float32(dtype, family, kind, device, on_device):
     # Answers are chosen on the float32 model, so every dtype measures the same prompts and answers;
     # on CUDA the low-precision sweeps are held to the float32 CPU reference.
-    full, pairs = with_answers(tiny_model(family), tiny_pairs())
+    full, pairs = tiny_task(family)
     low = on_device(tiny_model(family, dtype), device)
     assert {p.dtype for p in low.hf.parameters()} == {dtype}
     want = _normalised(full, pairs, kind, "reference")
@@ -65,7 +65,7 @@ def test_self_checks_hold_in_low_precision(dtype, device, on_device):
     """The sweeps' own no-op and full-patch checks pass, within the dtype's bound (engine/checks.py),
     for a pattern sweep too: its baselines run under the same eager attention as its patches."""
     model = on_device(tiny_model("llama", dtype), device)
-    _, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    _, pairs = tiny_task("llama")
     for engine in ("reference", "batched"):
         result = ap.sweep(model, pairs, "pattern", engine=engine, layers=[1], heads=[0, 3])
         errors = result.attrs["self_checks"]
@@ -75,7 +75,7 @@ def test_self_checks_hold_in_low_precision(dtype, device, on_device):
 
 def test_equal_tokens_at_layer_0_are_exactly_zero_in_bfloat16():
     """Metrics come from float64 copies of the logits: a patch that changes nothing reads 0, not rounding."""
-    _, pairs = with_answers(tiny_model("mistral"), tiny_pairs())
+    _, pairs = tiny_task("mistral")
     model = tiny_model("mistral", torch.bfloat16)
     result = ap.sweep(model, pairs, "resid_pre", layers=[0]).sel(metric="norm_logit_diff", layer=0)
     assert result.sel(pos=0).item() == 0.0 and result.sel(pos=2).item() == 0.0  # tiny_pairs shares these tokens
@@ -111,7 +111,7 @@ def test_device_map_and_dtype_pass_through(checkpoint, placement):
     assert set(model.provenance["device_map"].values()) == {"cpu"}
     assert model.tokenizer is None  # the folder ships none; prompts are token ids
     # The same weights cast the same way as tiny_model's: the same sweep, bit for bit, on the fast engine.
-    _, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    _, pairs = tiny_task("llama")
     got = ap.sweep(model, pairs, "head", positions=["X"])
     want = ap.sweep(tiny_model("llama", torch.bfloat16), pairs, "head", positions=["X"])
     assert got.attrs["engine"] == "batched"

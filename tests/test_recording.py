@@ -7,14 +7,14 @@ from actpatch import hooks
 from actpatch.engine import batched, collect, recording, sources
 from actpatch.engine.plan import plan
 from actpatch.engine.spec import SweepSpec
-from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+from tiny import FAMILIES, tiny_task
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_recording_forward_gives_the_baselines_logits_and_values_bit_for_bit(family):
     """A forward that fills a cache (where it can be cut) and records the layers' calls computes
     what the plain baseline forward does: the claim that lets one forward do both."""
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     sites = [ap.Site("resid_pre", 1), ap.Site("head", 0, head=1), ap.Site("v", 1, head=0)]
     plain_values, plain_logits = hooks.capture_with_logits(model, pairs.corrupt_run, sites)
     with recording.recording(model) as (recorded, keywords):
@@ -31,7 +31,7 @@ def test_the_recording_forward_gives_the_baselines_logits_and_values_bit_for_bit
 def test_copies_resumed_from_the_baselines_recording_give_the_engines_own_numbers_bit_for_bit(family, kind):
     """The same plan's rows, once resuming from the baseline's recording and once from the
     engine's own: cuttable caches (llama, gpt2) and per-split prefixes (mistral, gemma3)."""
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     spec = SweepSpec(kind, "denoise", positions="each" if kind == "resid_pre" else "all", chunk=4, check_baseline=False)
     rows = {}
     for record_target in (True, False):
@@ -46,7 +46,7 @@ def test_copies_resumed_from_the_baselines_recording_give_the_engines_own_number
 def test_a_sweep_runs_the_whole_target_only_in_its_baseline(family):
     """Whole forwards of the model in a sweep: the source's and the target's baseline runs, no
     third one to record the target (the full-patch check resumes from the recorded calls)."""
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     lengths: list[int] = []
     handle = model.hf.register_forward_pre_hook(
         lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)

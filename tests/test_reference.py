@@ -8,7 +8,7 @@ import xarray as xr
 
 import actpatch as ap
 from actpatch.metrics import METRICS
-from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+from tiny import FAMILIES, tiny_task
 
 reference_sweep = functools.partial(ap.sweep, engine="reference")
 
@@ -29,7 +29,7 @@ def raw_logit_diff(model, tokens, answers, wrong, hook_module=None, hook=None, p
 
 
 def test_resid_pre_sweep_equals_raw_hooks():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     result = reference_sweep(model, pairs, "resid_pre", layers=[1], positions=[3])
     layer = model.layer(1)
     clean_in = {}
@@ -50,7 +50,7 @@ def test_resid_pre_sweep_equals_raw_hooks():
 
 
 def test_head_sweep_equals_raw_hooks_in_the_noising_direction():
-    model, pairs = with_answers(tiny_model("gpt2", ), tiny_pairs())
+    model, pairs = tiny_task("gpt2")
     result = reference_sweep(model, pairs, "head", direction="noise", layers=[0], heads=[2])
     o_proj, d_head = model.submodule(0, model.arch.o_proj), model.dims.d_head
     corrupt_z = {}
@@ -69,7 +69,7 @@ def test_head_sweep_equals_raw_hooks_in_the_noising_direction():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_denoising_layer_0_everywhere_is_clean_and_noising_is_corrupt(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     both = reference_sweep(model, pairs, "resid_pre", direction=["denoise", "noise"], layers=[0], positions="all")
     values = both.sel(metric="norm_logit_diff", layer=0)
     assert values.sel(direction="denoise").item() == pytest.approx(1.0, abs=1e-4)
@@ -77,7 +77,7 @@ def test_denoising_layer_0_everywhere_is_clean_and_noising_is_corrupt(family):
 
 
 def test_denoise_and_noise_are_different_computations():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     both = reference_sweep(model, pairs, "attn_out", direction=["denoise", "noise"])
     denoise, noise = both.sel(direction="denoise"), both.sel(direction="noise")
     assert not np.allclose(denoise.sel(metric="logit_diff"), noise.sel(metric="logit_diff"))
@@ -85,14 +85,14 @@ def test_denoise_and_noise_are_different_computations():
 
 
 def test_positions_with_equal_tokens_give_exactly_zero_at_layer_0():
-    model, pairs = with_answers(tiny_model("mistral"), tiny_pairs())
+    model, pairs = tiny_task("mistral")
     result = reference_sweep(model, pairs, "resid_pre", layers=[0]).sel(metric="norm_logit_diff", layer=0)
     assert result.sel(pos=0).item() == 0.0 and result.sel(pos=2).item() == 0.0  # tiny_pairs shares these tokens
     assert abs(result.sel(pos=5).item()) > 1e-3
 
 
 def test_result_layout_and_labels():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     res = reference_sweep(model, pairs, "k", positions=["X", -1])
     assert res.dims == ("metric", "layer", "kv_head", "pos")
     assert list(res.metric.values) == list(METRICS)
@@ -104,7 +104,7 @@ def test_result_layout_and_labels():
 
 
 def test_save_and_load_are_lossless(tmp_path):
-    model, pairs = with_answers(tiny_model("gemma3"), tiny_pairs())
+    model, pairs = tiny_task("gemma3")
     res = reference_sweep(model, pairs, "head", direction=["denoise", "noise"], positions=[1, "END"])
     path = ap.save(res, tmp_path / "sub" / "r.nc")
     back = ap.load(path)
@@ -115,7 +115,7 @@ def test_save_and_load_are_lossless(tmp_path):
 def test_saved_files_get_the_users_usual_mode_not_a_temporary_files(tmp_path):
     import os
     from actpatch.atomic import write_text
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     res = reference_sweep(model, pairs, "mlp_out", positions="all")
     previous = os.umask(0o022)
     try:
@@ -129,7 +129,7 @@ def test_saved_files_get_the_users_usual_mode_not_a_temporary_files(tmp_path):
 
 
 def test_per_prompt_normalisation_is_per_prompt():
-    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
+    model, pairs = tiny_task("qwen2")
     both = reference_sweep(model, pairs, "resid_pre", direction=["denoise", "noise"], layers=[0], positions="all", per_prompt=True)
     norm = both.sel(metric="norm_logit_diff", layer=0)
     np.testing.assert_allclose(norm.sel(direction="denoise"), 1.0, atol=1e-6)

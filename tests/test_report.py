@@ -3,8 +3,6 @@
 Whether a browser draws the page is tests/test_report_browser.py's job."""
 from __future__ import annotations
 
-import dataclasses
-import functools
 import re
 
 import numpy as np
@@ -15,28 +13,7 @@ import xarray as xr
 import actpatch as ap
 from actpatch import report
 from actpatch.report import layout
-from tiny import tiny_model, tiny_pairs, with_answers
-
-
-@functools.cache
-def tiny_results() -> dict[str, xr.DataArray]:
-    """Real sweeps on the tiny LLaMA: both directions, per-head, per-head at named positions, corruptions."""
-    model = tiny_model("llama")
-    _, pairs = with_answers(model, tiny_pairs())
-    shifted = dataclasses.replace(pairs, corrupt=pairs.corrupt.roll(1, dims=0))  # a second corruption of the same prompts
-    return {
-        "resid_pre": ap.sweep(model, pairs, "resid_pre", direction=["denoise", "noise"]),
-        "head": ap.sweep(model, pairs, "head"),
-        "head_named": ap.sweep(model, pairs, "head", positions=["X", "END"]),
-        "corruptions": ap.sweep_corruptions(model, {"random": pairs, "rolled": with_answers(model, shifted)[1]}, "resid_pre",
-                                            positions=["X", "END"], direction=["denoise", "noise"]),
-    }
-
-
-def pareto_curve() -> xr.DataArray:
-    sizes = np.arange(0, 6)
-    return xr.DataArray(1 - 0.5 ** sizes, dims=["size"], coords={"size": sizes}, name="norm_logit_diff",
-                        attrs={"title": "recovered performance against circuit size"})
+from sample_results import pareto_curve, tiny_results
 
 
 def test_directions_sit_side_by_side_on_one_scale():

@@ -13,7 +13,7 @@ import pytest
 
 import actpatch as ap
 from actpatch import report
-from test_report import pareto_curve, tiny_results
+from sample_results import pareto_curve, tiny_results
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 DRIVERS = ("chromedriver",)

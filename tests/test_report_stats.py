@@ -12,8 +12,7 @@ import xarray as xr
 import actpatch as ap
 from actpatch import report
 from actpatch.report import figures, layout, png
-from test_stats import random_pairs
-from tiny import tiny_model
+from tiny import random_pairs, tiny_model
 
 
 @functools.cache

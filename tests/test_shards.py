@@ -11,14 +11,13 @@ import pytest
 import ray
 import torch
 import xarray as xr
-from click.testing import CliRunner
 
 import actpatch as ap
-from actpatch import cli
 from actpatch.engine import shards
 from actpatch.engine.plan import plan
 from actpatch.engine.spec import SweepSpec
-from tiny import tiny_model, tiny_pairs, with_answers
+from command_line import run
+from tiny import tiny_model, tiny_pairs, tiny_task, with_answers
 
 
 FAULTS_FOLDER = "ACTPATCH_TEST_SHARD_FAULTS"
@@ -146,7 +145,7 @@ def test_a_worker_that_keeps_dying_fails_the_sweep_naming_its_shard(faults, save
 
 
 def test_split_cuts_by_position_then_layer():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs(batch=3, seq=6))
+    model, pairs = tiny_task("llama")
     the_plan = plan(model, pairs, SweepSpec("resid_pre", positions="each"))
     pieces = shards.split(list(range(12)), the_plan, 4)
     assert [len(p) for p in pieces] == [3, 3, 3, 3]
@@ -158,7 +157,7 @@ def test_split_cuts_by_position_then_layer():
 
 
 def test_a_model_built_in_memory_is_refused_with_the_fix():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     with pytest.raises(ap.UnshippableModel, match=r"built in memory.*save_pretrained\(folder\).*ap\.load_model\(folder\)"):
         ap.sweep(model, pairs, "resid_pre", shards=2)
 
@@ -206,20 +205,20 @@ def test_sharded_sweep_equals_single_process_on_smollm_ioi(faults, smollm):
     (["--shards", "2", "--engine", "reference"], r"--shards runs the batched engine on Ray workers; --engine reference does not shard"),
 ], ids=["zero shards", "reference engine"])
 def test_cli_refuses_bad_shard_flags_before_loading_anything(flags, message, tmp_path):
-    result = CliRunner().invoke(cli.main, ["sweep", "--task", "ioi", "--site", "resid_pre", "--out", str(tmp_path), *flags])
+    result = run("sweep", "--task", "ioi", "--site", "resid_pre", "--out", tmp_path, *flags)
     assert result.exit_code == 2 and re.search(message, result.output), result.output
 
 
 def test_cli_without_ray_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)
-    result = CliRunner().invoke(cli.main, ["sweep", "--task", "ioi", "--site", "resid_pre", "--shards", "2", "--out", str(tmp_path)])
+    result = run("sweep", "--task", "ioi", "--site", "resid_pre", "--shards", "2", "--out", tmp_path)
     assert result.exit_code == 2 and "pip install 'actpatch[ray]'" in result.output, result.output
 
 
 @pytest.mark.smollm
 def test_cli_sweep_with_shards(faults, tmp_path):
-    result = CliRunner().invoke(cli.main, ["sweep", "--task", "ioi", "--prompts", "2", "--site", "resid_pre", "--layers", "0,29",
-                                           "--positions", "END", "--shards", "2", "-q", "--out", str(tmp_path)])
+    result = run("sweep", "--task", "ioi", "--prompts", "2", "--site", "resid_pre", "--layers", "0,29", "--positions", "END",
+                 "--shards", "2", "-q", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     saved = ap.load(tmp_path / "ioi_resid_pre_denoise.nc")
     assert saved.attrs["engine"] == shards.ENGINE and saved.attrs["cost"]["shards"] == 2

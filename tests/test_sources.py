@@ -11,7 +11,7 @@ import actpatch as ap
 from actpatch.engine import sources
 from actpatch.engine.collect import BaselineError
 from actpatch.noise import gaussian_noise
-from tiny import tiny_model, tiny_pairs, with_answers
+from tiny import tiny_model, tiny_pairs, tiny_task, with_answers
 
 FAMILIES_FOR_SOURCES = ("llama", "gpt2", "gemma3")
 
@@ -27,7 +27,7 @@ def by_hand(model, pairs, values):
 @pytest.mark.parametrize("family", FAMILIES_FOR_SOURCES)
 @pytest.mark.parametrize("ablation", ["zero", "mean", "resample"])
 def test_ablations_match_the_reference_engine(family, ablation):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs(batch=4))
+    model, pairs = tiny_task(family, batch=4)
     for kind, options in (("mlp_out", {}), ("head", dict(positions=["X", "END"])), ("resid_pre", dict(layers=[1]))):
         want = ap.sweep(model, pairs, kind, direction="noise", ablation=ablation, engine="reference", **options)
         got = ap.sweep(model, pairs, kind, direction="noise", ablation=ablation, chunk=2, **options)
@@ -36,7 +36,7 @@ def test_ablations_match_the_reference_engine(family, ablation):
 
 
 def test_zero_and_mean_ablation_equal_hand_written_values():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs(batch=4))
+    model, pairs = tiny_task("llama", batch=4)
     site = ap.Site("mlp_out", 0)
     own = ap.capture(model, pairs.clean, [site])[site]  # (batch, pos, d_model)
     result = ap.sweep(model, pairs, "mlp_out", layers=[0], positions="all", direction="noise", ablation="zero")
@@ -47,7 +47,7 @@ def test_zero_and_mean_ablation_equal_hand_written_values():
 
 
 def test_mean_over_a_reference_set_uses_those_prompts():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs(batch=3, seed=1))
+    model, pairs = tiny_task("llama")
     mean_over = tiny_pairs(batch=5, seed=7)
     site = ap.Site("mlp_out", 1)
     mean = ap.capture(model, mean_over.clean, [site])[site].mean(0, keepdim=True).expand(len(pairs), -1, -1)
@@ -61,7 +61,7 @@ def test_resample_gives_each_prompt_another_prompts_value():
     for n in range(2, 9):
         order = sources.derangement(n, seed=0)
         assert sorted(order.tolist()) == list(range(n)) and not bool((order == torch.arange(n)).any())
-    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs(batch=4))
+    model, pairs = tiny_task("qwen2", batch=4)
     site = ap.Site("resid_pre", 1)
     own = ap.capture(model, pairs.clean, [site])[site]
     want = by_hand(model, pairs, {site: own[sources.derangement(4, sources.RESAMPLE_SEED)]})
@@ -70,14 +70,14 @@ def test_resample_gives_each_prompt_another_prompts_value():
 
 
 def test_resample_needs_two_prompts():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs(batch=1))
+    model, pairs = tiny_task("llama", batch=1)
     with pytest.raises(ValueError, match="at least 2 prompts"):
         ap.sweep(model, pairs, "mlp_out", direction="noise", ablation="resample")
 
 
 @pytest.mark.parametrize("family", FAMILIES_FOR_SOURCES + ("gpt_neox",))
 def test_noise_corruption_matches_the_reference_engine_in_both_directions(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs(batch=3))
+    model, pairs = tiny_task(family)
     noisy = gaussian_noise(model, pairs, ["X", 1])
     _, noisy = with_answers(model, noisy)  # noise changes the corrupt run, so its best answers too
     assert torch.equal(noisy.corrupt, noisy.clean) and noisy.corruption.startswith("gaussian_noise")
@@ -91,7 +91,7 @@ def test_noise_corruption_matches_the_reference_engine_in_both_directions(family
 
 
 def test_noise_lands_only_at_the_chosen_positions_and_scales_with_the_input():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs(batch=3))
+    model, pairs = tiny_task("llama")
     noisy = gaussian_noise(model, pairs, ["X"], scale=3.0, seed=5)
     noise = noisy.corrupt_noise
     where = noise.abs().sum(-1) > 0
@@ -109,7 +109,7 @@ def test_noise_lands_only_at_the_chosen_positions_and_scales_with_the_input():
 
 
 def test_noise_attribution_reads_the_noisy_run():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs(batch=3))
+    model, pairs = tiny_task("llama")
     _, noisy = with_answers(model, gaussian_noise(model, pairs, "all"))
     exact = ap.sweep(model, noisy, "resid_pre", layers=[0], positions="all")
     estimate = ap.attribute(model, noisy, "resid_pre", layers=[0], positions="all", method="ig", steps=16)
@@ -131,7 +131,7 @@ def test_bad_noise_arguments(bad, message):
 
 
 def test_a_sweep_refuses_pairs_the_model_does_not_solve():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     swapped = type(pairs)(pairs.clean, pairs.corrupt, pairs.wrong, pairs.answers, positions=pairs.positions)
     for call in (lambda: ap.sweep(model, swapped, "mlp_out"), lambda: ap.attribute(model, swapped, "mlp_out"),
                  lambda: ap.sweep(model, swapped, "mlp_out", engine="reference")):
@@ -149,7 +149,7 @@ def test_the_baseline_forwards_capture_what_the_sweep_reads(direction, monkeypat
     from actpatch.engine.plan import plan
     from actpatch.engine.spec import SweepSpec
 
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs(batch=3))
+    model, pairs = tiny_task("llama")
     noisy = gaussian_noise(model, pairs, scale=2.0, positions=[1], seed=0)  # input noise must reach the captures too
     the_plan = plan(model, noisy, SweepSpec(site="head", direction=direction, positions=["END"]))
     filled, clean_logits, corrupt_logits = sources.recorded(model, the_plan)

@@ -2,28 +2,13 @@
 sweep pools them, and 95 % intervals cover a known value about 95 % of the time."""
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 import actpatch as ap
 from actpatch import stats
-from actpatch.metrics import METRICS
 from actpatch.stats import bootstrap
-from tiny import VOCAB, tiny_model, tiny_pairs, with_answers
-
-
-def random_pairs(model, batch, *, seq=6, seed=1, changed=None):
-    """`batch` random pairs (any size, unlike tiny_pairs), answers chosen as in tiny.with_answers.
-
-    The corrupt run differs from the clean one at `changed` positions only (default: all but 0 and 2)."""
-    generator = torch.Generator().manual_seed(seed)
-    clean = torch.randint(0, VOCAB, (batch, seq), generator=generator)
-    corrupt = clean.clone()
-    for pos in [p for p in range(seq) if p not in (0, 2)] if changed is None else changed:
-        corrupt[:, pos] = (clean[:, pos] + 1 + torch.randint(0, VOCAB - 1, (batch,), generator=generator)) % VOCAB
-    zeros = torch.zeros(batch, dtype=torch.long)
-    pairs = ap.PromptPairs(clean, corrupt, zeros, zeros + 1, positions={"END": torch.full((batch,), seq - 1)})
-    return with_answers(model, pairs)[1]
+from sample_results import synthetic
+from tiny import random_pairs, tiny_model, tiny_pairs, with_answers
 
 
 @pytest.fixture(scope="module")
@@ -92,22 +77,6 @@ def test_each_corruption_is_resampled_on_its_own_prompts():
         block = [b for b in bootstrap.split(per_prompt)[0] if b.label == name][0]
         np.testing.assert_allclose(block.clean, alone.attrs["per_prompt_baseline_logit_diff"]["clean"], atol=1e-9)
         np.testing.assert_allclose(block.corrupt, alone.attrs["per_prompt_baseline_logit_diff"]["corrupt"], atol=1e-9)
-
-
-def synthetic(rng, n, *, clean=4.0, corrupt=1.0, share=0.5, layers=1):
-    """A per-prompt result of `n` prompts whose ratio of means is `share` and whose mean logit
-    difference is corrupt + share × (clean − corrupt), in the population they are drawn from."""
-    clean_diff = rng.normal(clean, 1.5, n)
-    corrupt_diff = rng.normal(corrupt, 1.5, n)
-    diff = corrupt_diff + share * (clean_diff - corrupt_diff) + rng.gamma(2.0, 0.7, (layers, n)) - 1.4  # skewed, mean 0
-    values = np.zeros((len(METRICS), layers, n))
-    values[METRICS.index("logit_diff")] = diff
-    values[METRICS.index("norm_logit_diff")] = (diff - corrupt_diff) / (clean_diff - corrupt_diff)
-    return xr.DataArray(values, dims=("metric", "layer", "batch"),
-                        coords={"metric": list(METRICS), "layer": list(range(layers)), "batch": list(range(n))},
-                        attrs={"per_prompt_baseline_logit_diff": {"clean": clean_diff.tolist(), "corrupt": corrupt_diff.tolist()},
-                               "direction": "denoise", "baseline_clean": {"logit_diff": clean_diff.mean()},
-                               "baseline_corrupt": {"logit_diff": corrupt_diff.mean()}})
 
 
 def test_95_percent_intervals_cover_a_known_ratio_of_means_about_95_percent_of_the_time():

@@ -4,8 +4,8 @@ import pytest
 
 import actpatch as ap
 from actpatch import stats
-from test_stats import random_pairs, synthetic
-from tiny import tiny_model
+from sample_results import synthetic
+from tiny import random_pairs, tiny_model
 
 
 def test_the_count_for_a_width_is_the_textbook_one_for_a_mean():

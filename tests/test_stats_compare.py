@@ -8,8 +8,8 @@ import pytest
 import actpatch as ap
 from actpatch import stats
 from actpatch.metrics import METRICS
-from test_stats import random_pairs, synthetic
-from tiny import tiny_model
+from sample_results import synthetic
+from tiny import random_pairs, tiny_model
 
 
 def test_a_site_that_matters_under_one_corruption_only_is_flagged():

@@ -4,8 +4,7 @@ import pytest
 
 import actpatch as ap
 from actpatch import stats
-from test_stats import random_pairs
-from tiny import tiny_model
+from tiny import random_pairs, tiny_model
 
 
 def test_the_full_data_circuit_is_the_circuits_own_and_inclusions_are_shares():

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 import actpatch as ap
-from test_stats import random_pairs
-from tiny import tiny_model
+from tiny import random_pairs, tiny_model
 
 
 @pytest.fixture(scope="module")

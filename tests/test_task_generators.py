@@ -2,7 +2,6 @@
 generator's named positions point at the tokens they name (checked by decoding them), and each
 corruption changes exactly the tokens it says, under SmolLM2's tokenizer (digits one by one) and a
 GPT-2-style byte-level one (two-digit number tokens), with and without a BOS token."""
-import json
 import re
 
 import pytest
@@ -12,6 +11,7 @@ import actpatch as ap
 from actpatch.corrupt import replacements, symmetric_token_replacement, token_span
 from actpatch.tasks.factual import RELATIONS
 from actpatch.tasks.ioi import CLASSIC, NAMES
+from task_files import ROWS, write_csv, write_jsonl
 from word_tokenizer import gpt2_style_model
 
 ATTRIBUTE = {(r.name, subject): attribute for r in RELATIONS.values() for subject, attribute in r.facts}
@@ -208,30 +208,6 @@ def test_token_span_finds_whole_words_with_their_space(words):
 
 
 # --- pairs from files ---------------------------------------------------------------------------
-
-ROWS = [
-    {"clean": "When Mary and John went to the store, John gave a drink to",
-     "corrupt": "When Anna and Tom went to the store, Paul gave a drink to",
-     "answer": " Mary", "wrong": " John", "pos:IO": "Mary", "pos:S2": -5, "pos:END": -1},
-    {"clean": "When Lucy and Mark went to the store, Mark gave a drink to",
-     "corrupt": "When Kate and Adam went to the store, Sam gave a drink to",
-     "answer": " Lucy", "wrong": " Mark", "pos:IO": "Lucy", "pos:S2": -5, "pos:END": -1},
-]
-
-
-def write_jsonl(path, rows, raw_lines=()):
-    path.write_text("\n".join([json.dumps(r) for r in rows] + list(raw_lines)) + "\n")
-    return path
-
-
-def write_csv(path, rows):
-    import csv
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
 
 @pytest.mark.parametrize("kind", ["jsonl", "csv"])
 def test_from_file_reads_pairs_and_named_positions(model, tmp_path, kind):
