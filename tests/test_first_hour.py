@@ -132,8 +132,8 @@ def test_enough_prompts_gives_its_number_when_the_fit_holds():
 def test_circuit_stability_says_its_cost_up_front_and_shows_progress(tiny, caplog, capsys):
     model, pairs = tiny
     sweep = ap.sweep(model, pairs, "head", positions="all", per_prompt=True, check_baseline=False)
-    with caplog.at_level(logging.INFO, logger="actpatch.stats.stability"):
-        stats.circuit_stability(model, pairs, sweep, n_boot=2, sizes=[0, 1, 2], progress=True)
+    with caplog.at_level(logging.INFO, logger="actpatch.circuits.stability"):
+        ap.circuits.circuit_stability(model, pairs, sweep, n_boot=2, sizes=[0, 1, 2], progress=True)
     assert (
         "3 circuit searches (1 on all prompts, 2 resamples)" in caplog.text
         and "3 sizes" in caplog.text

@@ -109,11 +109,6 @@ def test_verification_patches_are_the_reference_engines(family):
     assert len(want) == 6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="attribute's cost count (every forward and backward) lands with the source change",
-)
 @pytest.mark.parametrize("method, kind", [("atp", "head"), ("ig", "head"), ("atp*", "q")])
 def test_attributions_cost_counts_every_pass_it_runs(method, kind, monkeypatch):
     model, pairs = tiny_task("llama")

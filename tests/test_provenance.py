@@ -2,8 +2,8 @@
 weights, the prompts (task, seed, corruption, text, count), the package versions and the
 analysis's name, as `results.provenance` writes them, and the self-checks it ran.
 
-Results without provenance yet are marked xfail(strict=True): the day they gain it the mark
-fails, and comes off."""
+Edge circuits' self-checks are the edge path's own no-op patches (every edge kept is the clean
+run; none kept, the corrupt run); verify's are the sweeps' checks on the sites it patched."""
 
 from __future__ import annotations
 
@@ -29,18 +29,6 @@ PROVENANCE = (
     "clean_prompts",
     "corrupt_prompts",
     "versions",
-)
-# raises=AssertionError: a result that cannot be made at all fails, marked or not.
-EDGES = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="edge-circuit provenance lands with the edge-provenance change",
-)
-VERIFICATION = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="verify returns a Verification with no attrs: its provenance lands "
-    "with the one verification result type",
 )
 
 HEADS = [ap.Site("head", 1, head=0), ap.Site("head", 0, head=1)]
@@ -70,19 +58,8 @@ ANALYSES = {  # the analysis: how to make its result
         model, pairs, _edge_scores(model, pairs)
     ),
 }
-MARKS = {
-    "verify": VERIFICATION,
-    "edge_scores": EDGES,
-    "edge_evaluate": EDGES,
-    "faithfulness_curve": EDGES,
-}
-# The name each result records; None: not named yet, so any name it records (edge circuits).
-NAMES = {
-    **{a: a for a in ANALYSES},
-    "edge_scores": None,
-    "edge_evaluate": None,
-    "faithfulness_curve": None,
-}
+# The name each result records: its function's, where that is not the key.
+NAMES = {**{a: a for a in ANALYSES}, "edge_evaluate": "graph.evaluate"}
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +78,12 @@ def made():
     return model, labelled
 
 
-@pytest.mark.parametrize("analysis", [pytest.param(a, marks=MARKS.get(a, ())) for a in ANALYSES])
+@pytest.mark.parametrize("analysis", ANALYSES)
 def test_every_analysis_records_the_same_provenance_and_its_self_checks(made, analysis):
     model, pairs = made
     attrs = getattr(ANALYSES[analysis](model, pairs), "attrs", {})
     want = results.provenance(model, pairs, analysis=attrs.get("analysis"))
-    assert attrs.get("analysis") == (NAMES[analysis] or attrs.get("analysis") or "a name")
+    assert attrs.get("analysis") == NAMES[analysis]
     assert {key: attrs.get(key) for key in PROVENANCE} == {key: want[key] for key in PROVENANCE}
     checks, tolerance = attrs.get("self_checks"), attrs.get("self_check_tolerance")
     assert checks and tolerance, "no self-checks recorded"

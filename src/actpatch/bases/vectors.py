@@ -83,5 +83,4 @@ def final_logits(model: Model, run: Run) -> Tensor:
     """Final-position logits (batch, vocab) in float32, with gradients where the caller enables them
     (`Model.last_logits` runs without: DAS needs the gradient of a patched run)."""
     with hooks.add_to_input(model, run.noise):
-        output = model.hf(input_ids=run.tokens.to(model.device), use_cache=False, logits_to_keep=1)
-    return output.logits[:, -1, :].float()
+        return hooks.final_logits(model, run.tokens).float()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,9 +21,6 @@ from actpatch.circuits.frontier import pareto_frontier, ranking, smallest_circui
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.stats import bootstrap
-
-if TYPE_CHECKING:
-    from actpatch.circuits.evaluate import Ablation
 
 log = logging.getLogger(__name__)
 

@@ -91,7 +91,7 @@ class AttributeOptions:
     boot_seed: int = 0
 
 
-Options = TypeVar("Options", SweepOptions, AttributeOptions)
+Options = TypeVar("Options")
 
 
 def options_from(kind: type[Options], keywords: dict[str, Any], caller: str) -> Options:

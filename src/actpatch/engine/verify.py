@@ -5,7 +5,7 @@ estimate should never be read without this check beside it."""
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -13,8 +13,10 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from actpatch.engine import batched, collect
+from actpatch import results
+from actpatch.engine import batched, checks, collect
 from actpatch.engine.plan import ABLATIONS, plan
+from actpatch.engine.reference import ReferencePatching
 from actpatch.engine.spec import SweepSpec
 from actpatch.metrics import METRICS, check_metric
 from actpatch.models.model import Model
@@ -37,6 +39,7 @@ class Verification:
     spearman_interval: tuple[float, float] | None = None
     cost: dict | None = None  # verify_edges: the exact removals' work, in forwards of the clean batch
     checked: str = "sites patched exactly"  # what the table's rows are, for the summary line
+    attrs: dict = field(default_factory=dict, repr=False)  # provenance and self-checks, as results'
 
     def __repr__(self) -> str:
         worst = self.table.head(5).to_string(float_format=lambda v: f"{v:.3f}")
@@ -105,7 +108,8 @@ def verify(
     rest = ranked[top_k:]
     if len(rest) and sample:
         chosen += list(np.random.default_rng(seed).choice(rest, size=min(sample, len(rest)), replace=False))
-    exact, exact_rows = _exact(model, pairs, estimate, [sites[i] for i in chosen], metric, progress)
+    exact, exact_rows, self_checks = _exact(model, pairs, estimate, [sites[i] for i in chosen], metric,
+                                            progress)
     table = pd.DataFrame({
         "site": [str(sites[i]) for i in chosen],
         "estimate": flat.values[chosen],
@@ -120,7 +124,13 @@ def verify(
         cells = np.flatnonzero(kept)[chosen]  # the verified sites among the estimate's flattened cells
         interval = _resampled_agreement(table, estimate_rows, cells, exact_rows, metric, ci, n_boot, boot_seed)
     table = table.reindex(table["error"].abs().sort_values(ascending=False).index).reset_index(drop=True)
-    return Verification(_spearman(flat.values[chosen], np.asarray(exact)), recall, top_k, table, interval)
+    attrs = results.provenance(
+        model, pairs, analysis="verify", direction=estimate.attrs["direction"],
+        site=estimate.attrs["site"], top_k=top_k, sample=sample, sample_seed=seed, metric=metric,
+        self_checks=self_checks,
+        self_check_tolerance=checks.tolerance(next(model.hf.parameters()).dtype))
+    return Verification(_spearman(flat.values[chosen], np.asarray(exact)), recall, top_k, table,
+                        interval, attrs=attrs)
 
 
 def _per_prompt_estimate(estimate: xr.DataArray) -> tuple[bootstrap.Block, xr.DataArray]:
@@ -156,9 +166,10 @@ def _resampled_agreement(table: pd.DataFrame, estimate_rows: bootstrap.Block, ce
 
 
 def _exact(model: Model, pairs: PromptPairs, estimate: xr.DataArray, sites: list[Site], metric: str,
-           progress: bool | None = None) -> tuple[list[float], bootstrap.Block]:
-    """Exact effects of exactly these sites, through the batched engine, and each patch's per-prompt
-    rows (what a bootstrap of the agreement resamples; the same forwards)."""
+           progress: bool | None = None) -> tuple[list[float], bootstrap.Block, dict[str, float]]:
+    """Exact effects of exactly these sites, through the batched engine, each patch's per-prompt
+    rows (what a bootstrap of the agreement resamples; the same forwards), and the sweeps'
+    self-checks through the plain patch path."""
     direction = estimate.attrs["direction"]
     layers = sorted({s.layer for s in sites})
     spec = SweepSpec(estimate.attrs["site"], direction=direction, layers=layers,
@@ -174,7 +185,8 @@ def _exact(model: Model, pairs: PromptPairs, estimate: xr.DataArray, sites: list
         both, _, _ = batched.patched_logits(model, the_plan, base, lambda logits: (
             collect.row(logits, base, per_prompt=False)[metric], collect.row(logits, base, per_prompt=True)))
     rows = bootstrap.rows_block([r for _, r in both], base.clean_logit_diff.cpu().numpy(), base.corrupt_logit_diff.cpu().numpy())
-    return [v for v, _ in both], rows
+    self_checks = checks.run(model, the_plan, base, ReferencePatching(model, the_plan).logits)
+    return [v for v, _ in both], rows, self_checks
 
 
 def _checked_dictionary(estimate: xr.DataArray, dictionary: Any) -> Any:

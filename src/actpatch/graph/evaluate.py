@@ -12,7 +12,7 @@ Several circuits are run at once as copies stacked along the batch. Not here: sc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import torch
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from actpatch import hooks, memory, metrics, results
 from actpatch.circuits.evaluate import with_intervals
-from actpatch.engine import collect, sources
+from actpatch.engine import checks, collect, sources
 from actpatch.graph.nodes import EdgeError, Graph
 from actpatch.hooks.edges import EdgePlan, EdgeRecord, edge_hooks
 from actpatch.models.model import Model
@@ -74,6 +74,7 @@ class EdgeRuns:
     off: Tensor
     base: metrics.Baseline
     ablation: Ablation | None = None
+    _checks: dict[str, float] | None = field(default=None, repr=False)
 
     @classmethod
     @torch.no_grad()
@@ -101,7 +102,24 @@ class EdgeRuns:
         return results.provenance(
             self.model, self.pairs, analysis=analysis, source=self.ablation or "corrupt",
             baseline_clean=metrics.averaged(self.base.clean_logits, self.base),
-            baseline_corrupt=metrics.averaged(self.base.corrupt_logits, self.base), **options)
+            baseline_corrupt=metrics.averaged(self.base.corrupt_logits, self.base),
+            self_checks=self.self_checks(),
+            self_check_tolerance=checks.tolerance(next(self.model.hf.parameters()).dtype),
+            **options)
+
+    def self_checks(self) -> dict[str, float]:
+        """The edge path's no-op patches, run once per `EdgeRuns` (one forward of two copies):
+        every edge kept gives the clean run and, with the corrupt run's values outside the
+        circuit, no edge kept gives the corrupt run. Raises `SelfCheckFailed` past the tolerance,
+        so a circuit's numbers never come from an edge path that cannot reproduce the model."""
+        if self._checks is None:
+            empty, full = self.logits(torch.stack([self.graph.empty(), self.graph.full()]))
+            found = {"full_circuit_error": checks.same_run_error(self.model, full, self.base, "noise")}
+            if self.ablation is None:
+                found["empty_circuit_error"] = checks.same_run_error(
+                    self.model, empty, self.base, "denoise")
+            self._checks = found
+        return self._checks
 
     def prompt_block(self, logits: Sequence[Tensor], empty: Tensor | None = None,
                      full: Tensor | None = None) -> "bootstrap.Block":

@@ -14,7 +14,8 @@ score is 0.999):
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ import xarray as xr
 
 from actpatch import metrics
 from actpatch.circuits.evaluate import with_intervals
+from actpatch.engine.spec import options_from
 from actpatch.graph.evaluate import Ablation, EdgeRuns
 from actpatch.graph.nodes import EdgeError, Graph
 from actpatch.graph.scores import EdgeScores
@@ -34,12 +36,23 @@ MIB_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 CURVE_METRICS = ("faithfulness", *metrics.METRICS)
 
 
+@dataclass(frozen=True)
+class CurveOptions:
+    """The keywords `faithfulness_curve()` takes beyond the common ones: how it runs, and the
+    intervals' resamples. Pass them as keywords, or whole as `options=CurveOptions(...)`."""
+
+    chunk: int | None = None
+    check_baseline: bool = True
+    engine: str = "fast"
+    n_boot: int = 1000  # bootstrap resamples, with ci=
+    boot_seed: int = 0
+
+
 def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
-                       percents: Sequence[float] = MIB_PERCENTS, absolute: bool = True, prune: bool = True,
-                       ablation: Ablation | None = None, chunk: int | None = None,
-                       check_baseline: bool = True, engine: str = "fast",
-                       runs: EdgeRuns | None = None, ci: float | None = None, n_boot: int = 1000,
-                       boot_seed: int = 0) -> xr.DataArray:
+                       percents: Sequence[float] = MIB_PERCENTS, absolute: bool = True,
+                       prune: bool = True, ablation: Ablation | None = None,
+                       runs: EdgeRuns | None = None, ci: float | None = None,
+                       **options: Any) -> xr.DataArray:
     """Every metric of the top `percents` % of edges by `scores`, dims (percent, metric), with the
     edges each circuit kept (`n_edges`, after pruning) as a coordinate and CPR and CMD in `attrs`.
 
@@ -51,7 +64,11 @@ def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
     curve reuses their baseline and recorded outputs instead of running them again. `ci=0.95` adds
     a `stat` dimension (value, lo, hi) on every metric and CPR and CMD intervals in `attrs`, as
     `actpatch.evaluate_circuit` takes it: `n_boot` resamples of the prompts (seed `boot_seed`), from
-    the same forwards' per-prompt rows (see `curve_intervals`)."""
+    the same forwards' per-prompt rows (see `curve_intervals`). `chunk`, `check_baseline`, `engine`,
+    `n_boot` and `boot_seed` are `CurveOptions`."""
+    given = options_from(CurveOptions, options, "faithfulness_curve")
+    chunk, check_baseline, engine = given.chunk, given.check_baseline, given.engine
+    n_boot, boot_seed = given.n_boot, given.boot_seed
     if ci is not None:
         bootstrap.check_options(ci, n_boot)
     percents = [float(p) for p in percents]
