@@ -66,6 +66,8 @@ def test_first_use_trains_and_saves_a_saelens_folder_that_loads_as_trained(cache
     folder = embedded.dictionary_folder(model, RECIPE)
     assert sorted(p.name for p in folder.iterdir()) == ["cfg.json", "manifest.json", "sae_weights.safetensors"]
     cfg = json.loads((folder / "cfg.json").read_text())
+    training = json.loads((folder / "manifest.json").read_text())["training"]
+    assert training["activations"] == 16 * 15 and training["dead_latents"] == fits[0].dead
     assert (cfg["architecture"], cfg["d_in"], cfg["d_sae"], cfg["k"]) == ("topk", 32, 64, 4)
     assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
     loaded = ap.load_dictionary(folder, model)
@@ -100,3 +102,19 @@ def test_second_use_loads_and_a_changed_manifest_or_file_retrains(cached, caplog
     assert len(fits) == 4
     ap.embedded_dictionary(model, recipe=RECIPE, tokens=other, progress=False)
     assert len(fits) == 4
+
+
+@pytest.fixture(scope="module")
+def embedded_sae(smollm):
+    """The real SmolLM2 dictionary from the user's cache (trained there first if it is not yet)."""
+    return ap.embedded_dictionary(smollm, progress=False)
+
+
+def test_the_embedded_model_s_dictionary_reconstructs_held_out_text(smollm, embedded_sae):
+    recipe = embedded.Recipe()
+    folder = embedded.dictionary_folder(smollm, recipe)
+    loaded = ap.load_dictionary(folder, smollm)
+    assert (loaded.reads, loaded.layer, loaded.n_latents, loaded.k) == ("resid_post", 14, 2048, 32)
+    torch.testing.assert_close(loaded.W_enc, embedded_sae.W_enc, rtol=0, atol=0)
+    acts = embedded.collect(smollm, embedded.held_out_tokens(smollm, recipe, 2), recipe.layer)
+    assert normalised_error(loaded, acts) < 0.5  # docs/features.md quotes the measured value

@@ -234,6 +234,7 @@ def _build(
             "collect_s": round(collected - started, 1),
             "train_s": round(time.perf_counter() - collected, 1),
             "losses": [round(x, 4) for x in fit.losses],
+            "dead_latents": fit.dead,
         }
         text = json.dumps({**manifest, "files": files, "training": training}, indent=2)
         (building / MANIFEST).write_text(text + "\n", encoding="utf-8")

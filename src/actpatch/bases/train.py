@@ -35,6 +35,7 @@ class TopKFit:
     b_dec: Tensor  # (d,)
     k: int
     losses: list[float] = field(default_factory=list)
+    dead: int = 0  # latents that fired on no activation in the last epoch
 
 
 def train_topk(
@@ -79,6 +80,7 @@ def train_topk(
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         total, count = 0.0, 0
+        fired_in_epoch = torch.zeros(n_latents, dtype=torch.bool)
         for start in range(0, n, batch):
             x = x_all[order[start : start + batch]]
             pre = torch.relu((x - params["b_dec"]) @ params["W_enc"] + params["b_enc"])
@@ -89,6 +91,7 @@ def train_topk(
             loss = residual.pow(2).sum(-1).mean() / variance
             fired = torch.zeros(n_latents, dtype=torch.bool)
             fired[indices[values > 0]] = True
+            fired_in_epoch |= fired
             since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + len(x))
             dead = since_fired >= dead_after
             if dead.any():
@@ -103,6 +106,7 @@ def train_topk(
             count += len(x)
             bar.update()
         fit.losses.append(total / count)
+        fit.dead = int((~fired_in_epoch).sum())
         bar.set_postfix(loss=f"{fit.losses[-1]:.3f}")
     bar.close()
     # Fold the input scale back: the same latents on raw activations, decoded to raw activations.
