@@ -49,9 +49,13 @@ class Recipe:
     """What a dictionary is trained on and how; every field is recorded in the manifest."""
 
     layer: int = 14  # resid_post of this layer (SmolLM2 has 30)
-    n_latents: int = 2048  # 3.6 × d_model: small, so that first use trains in minutes on a CPU
+    n_latents: int = (
+        2048  # 3.6 × d_model: small, so that first use trains in minutes on a CPU
+    )
     k: int = 32
-    tokens: int = 16_384  # of text run through the model (each row's first position is dropped)
+    tokens: int = (
+        16_384  # of text run through the model (each row's first position is dropped)
+    )
     context: int = 128  # tokens per row of text
     epochs: int = 4
     batch: int = 128
@@ -116,7 +120,9 @@ def held_out_tokens(model: Model, recipe: Recipe, n_rows: int) -> Tensor:
     need = max(0, -(-recipe.tokens // recipe.context) - len(rows))
     reference = _reference_rows(model, recipe.context, recipe.seed)
     if need + n_rows > len(reference):
-        raise ValueError(f"only {len(reference) - need} held-out rows exist, asked for {n_rows}")
+        raise ValueError(
+            f"only {len(reference) - need} held-out rows exist, asked for {n_rows}"
+        )
     return reference[len(reference) - n_rows :]
 
 
@@ -131,7 +137,9 @@ def collect(model: Model, tokens: Tensor, layer: int, *, batch: int = 16) -> Ten
 
     def grab(module, inputs, output):
         hidden = output[0] if isinstance(output, tuple) else output
-        found.append(hidden[:, 1:].detach().to(torch.float32).reshape(-1, hidden.shape[-1]))
+        found.append(
+            hidden[:, 1:].detach().to(torch.float32).reshape(-1, hidden.shape[-1])
+        )
         raise _Stop  # nothing after this layer is needed
 
     handle = model.layer(layer).register_forward_hook(grab)
@@ -139,7 +147,9 @@ def collect(model: Model, tokens: Tensor, layer: int, *, batch: int = 16) -> Ten
         with torch.no_grad():
             for start in range(0, len(tokens), batch):
                 try:
-                    model.hf(tokens[start : start + batch].to(model.device), use_cache=False)
+                    model.hf(
+                        tokens[start : start + batch].to(model.device), use_cache=False
+                    )
                 except _Stop:
                     pass
     finally:
@@ -155,8 +165,11 @@ def _task_rows(model: Model, context: int) -> Tensor:
 
     ids: list[int] = []
     # Seeds other than the defaults, so that the default IOI pairs stay held out.
-    for pairs in (ioi(model, 64, seed=101), greater_than(model, 32, seed=101),
-                  factual_recall(model, 32, seed=101)):
+    for pairs in (
+        ioi(model, 64, seed=101),
+        greater_than(model, 32, seed=101),
+        factual_recall(model, 32, seed=101),
+    ):
         for text in (*(pairs.clean_text or ()), *(pairs.corrupt_text or ())):
             ids += model.tokenizer(text + "\n", add_special_tokens=False)["input_ids"]
     usable = len(ids) // context * context
@@ -171,7 +184,9 @@ def _reference_rows(model: Model, context: int, seed: int) -> Tensor:
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
     usable = len(ids) // context * context
     rows = torch.tensor(ids[:usable], dtype=torch.long).view(-1, context)
-    return rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
+    return rows[
+        torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+    ]
 
 
 def _expected_manifest(model: Model, recipe: Recipe, tokens: Tensor) -> dict[str, Any]:
@@ -213,7 +228,12 @@ def _why_invalid(folder: Path, expected: dict[str, Any]) -> str | None:
 
 
 def _build(
-    folder: Path, model: Model, recipe: Recipe, tokens: Tensor, manifest: dict, progress: bool
+    folder: Path,
+    model: Model,
+    recipe: Recipe,
+    tokens: Tensor,
+    manifest: dict,
+    progress: bool,
 ) -> None:
     """Train into a temp folder beside `folder`, then swap it into place (a crash never leaves a
     folder that looks complete)."""
@@ -221,11 +241,19 @@ def _build(
     acts = collect(model, tokens, recipe.layer)
     collected = time.perf_counter()
     fit = train_topk(
-        acts, recipe.n_latents, min(recipe.k, recipe.n_latents), epochs=recipe.epochs,
-        batch=recipe.batch, lr=recipe.lr, seed=recipe.seed, progress=progress,
+        acts,
+        recipe.n_latents,
+        min(recipe.k, recipe.n_latents),
+        epochs=recipe.epochs,
+        batch=recipe.batch,
+        lr=recipe.lr,
+        seed=recipe.seed,
+        progress=progress,
     )
     folder.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
+    building = Path(
+        tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent)
+    )
     try:
         write_saelens(building, fit, model.name, recipe.layer, context=recipe.context)
         files = {p.name: _sha256(p) for p in sorted(building.iterdir())}
@@ -245,7 +273,9 @@ def _build(
         shutil.rmtree(building, ignore_errors=True)
 
 
-def write_saelens(folder: Path, fit: TopKFit, model_name: str, layer: int, *, context: int) -> None:
+def write_saelens(
+    folder: Path, fit: TopKFit, model_name: str, layer: int, *, context: int
+) -> None:
     """Save `fit` as SAELens 6 saves a TopK SAE: its config's fields and its four tensors."""
     from safetensors.torch import save_file
 
@@ -273,9 +303,16 @@ def write_saelens(folder: Path, fit: TopKFit, model_name: str, layer: int, *, co
         },
     }
     (folder / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-    weights = {"W_enc": fit.W_enc, "b_enc": fit.b_enc, "W_dec": fit.W_dec, "b_dec": fit.b_dec}
-    save_file({n: t.detach().contiguous().to(torch.float32) for n, t in weights.items()},
-              str(folder / WEIGHTS))
+    weights = {
+        "W_enc": fit.W_enc,
+        "b_enc": fit.b_enc,
+        "W_dec": fit.W_dec,
+        "b_dec": fit.b_dec,
+    }
+    save_file(
+        {n: t.detach().contiguous().to(torch.float32) for n, t in weights.items()},
+        str(folder / WEIGHTS),
+    )
 
 
 def _sha256(path: Path) -> str:
