@@ -117,4 +117,4 @@ def test_the_embedded_model_s_dictionary_reconstructs_held_out_text(smollm, embe
     assert (loaded.reads, loaded.layer, loaded.n_latents, loaded.k) == ("resid_post", 14, 2048, 32)
     torch.testing.assert_close(loaded.W_enc, embedded_sae.W_enc, rtol=0, atol=0)
     acts = embedded.collect(smollm, embedded.held_out_tokens(smollm, recipe, 2), recipe.layer)
-    assert normalised_error(loaded, acts) < 0.5  # docs/features.md quotes the measured value
+    assert normalised_error(loaded, acts) < 0.6  # measured 0.41 on 16 rows (docs/features.md)
