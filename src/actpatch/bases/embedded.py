@@ -72,9 +72,9 @@ def embedded_dictionary(
 ) -> Dictionary:
     """The embedded model's TopK SAE at resid_post of `recipe.layer`, trained on first use.
 
-    The first call collects activations and trains (a few minutes on two CPU cores, with a
+    The first call collects activations and trains (minutes on two CPU cores, with a
     progress bar) into `cache_root()`, beside the converted weights; later calls load the folder
-    (well under a second). `tokens` (rows, context) replaces the built-in text (for other models,
+    (a second or two, most of it re-deriving the training tokens to check the cache against). `tokens` (rows, context) replaces the built-in text (for other models,
     e.g. the tests' tiny ones); `model` defaults to `load_model()`."""
     if model is None:
         from actpatch.models.load import load_model
@@ -126,9 +126,12 @@ def held_out_tokens(model: Model, recipe: Recipe, n_rows: int) -> Tensor:
     return reference[len(reference) - n_rows :]
 
 
-def collect(model: Model, tokens: Tensor, layer: int, *, batch: int = 16) -> Tensor:
+def collect(
+    model: Model, tokens: Tensor, layer: int, *, batch: int = 16, progress: bool = False
+) -> Tensor:
     """(rows · (context − 1), d_model) float32: resid_post of `layer`, the first position of each
-    row left out (the attention sink, whose norm is tens of times the others')."""
+    row left out (the attention sink, whose norm is ~150 times the others' in SmolLM2)."""
+    from tqdm.auto import tqdm
 
     class _Stop(Exception):
         pass
@@ -145,7 +148,8 @@ def collect(model: Model, tokens: Tensor, layer: int, *, batch: int = 16) -> Ten
     handle = model.layer(layer).register_forward_hook(grab)
     try:
         with torch.no_grad():
-            for start in range(0, len(tokens), batch):
+            starts = range(0, len(tokens), batch)
+            for start in tqdm(starts, desc="reading the text", disable=not progress):
                 try:
                     model.hf(
                         tokens[start : start + batch].to(model.device), use_cache=False
@@ -238,7 +242,7 @@ def _build(
     """Train into a temp folder beside `folder`, then swap it into place (a crash never leaves a
     folder that looks complete)."""
     started = time.perf_counter()
-    acts = collect(model, tokens, recipe.layer)
+    acts = collect(model, tokens, recipe.layer, progress=progress)
     collected = time.perf_counter()
     fit = train_topk(
         acts,
