@@ -15,6 +15,7 @@ SLOW_FIXTURES = {
     "faults": "starts a local Ray cluster of 2 workers (tests/test_shards.py)",
     "browser": "drives headless Chromium (tests/test_report_browser.py)",
     "first_build": "converts the embedded model's GGUF file for real (tests/test_load.py)",
+    "embedded_sae": "trains the embedded model's dictionary on first use, minutes (test_embedded_dictionary.py)",
 }
 SLOW_MODULES = {
     "test_cli_resume.py": "kills sweeps running in subprocesses, then resumes them",

@@ -47,6 +47,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "load_dictionary": ("actpatch.bases.load", "load_dictionary"),
     "Dictionary": ("actpatch.bases.dictionary", "Dictionary"),
     "DictionaryError": ("actpatch.bases.dictionary", "DictionaryError"),
+    "embedded_dictionary": ("actpatch.embedded", "embedded_dictionary"),
     # Prompts, tasks and corruptions.
     "PromptPairs": ("actpatch.pairs", "PromptPairs"),
     "Run": ("actpatch.run", "Run"),
