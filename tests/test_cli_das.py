@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
+from command_line import run
 from safetensors.torch import load_file
-from tiny_checkpoint import save_tiny_checkpoint
 
 import actpatch as ap
-from actpatch import cli
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli.main, list(args))
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gpt2")))
-
-
-def das(tiny, out, *extra):
+def das(tiny_folder, out, *extra):
     return run(
         "das",
         "--model",
-        tiny,
+        tiny_folder,
         "--task",
         "ioi",
         "--prompts",
@@ -40,10 +29,19 @@ def das(tiny, out, *extra):
     )
 
 
-def test_das_writes_its_table_and_subspace(tiny, tmp_path):
+def test_das_writes_its_table_and_subspace(tiny_folder, tmp_path):
     assert run("das", "--help").exit_code == 0
     result = das(
-        tiny, tmp_path, "--site", "resid_pre", "--layers", "1", "--positions", "END", "--rank", "2"
+        tiny_folder,
+        tmp_path,
+        "--site",
+        "resid_pre",
+        "--layers",
+        "1",
+        "--positions",
+        "END",
+        "--rank",
+        "2",
     )
     assert result.exit_code == 0, result.output
     assert "full_component" in result.output and "random_subspaces" in result.output
@@ -52,7 +50,7 @@ def test_das_writes_its_table_and_subspace(tiny, tmp_path):
     assert table.attrs["rank"] == 2 and table.attrs["experiment"]["task"]["name"] == "ioi"
     U = load_file(tmp_path / "ioi_resid_pre_denoise_das_subspace.safetensors")["U"]
     assert U.shape == (16, 2)
-    rerun = das(tiny, tmp_path, "--site", "resid_pre", "--layers", "1", "--positions", "END")
+    rerun = das(tiny_folder, tmp_path, "--site", "resid_pre", "--layers", "1", "--positions", "END")
     assert rerun.exit_code == 2 and "--overwrite" in rerun.stderr
 
 
@@ -69,7 +67,7 @@ def test_das_writes_its_table_and_subspace(tiny, tmp_path):
         (["--site", "resid_pre", "--layers", "1", "--direction", "noise"], "denoises"),
     ],
 )
-def test_das_bad_input_exits_2_with_one_line(tiny, tmp_path, args, reason):
-    result = das(tiny, tmp_path, *args)
+def test_das_bad_input_exits_2_with_one_line(tiny_folder, tmp_path, args, reason):
+    result = das(tiny_folder, tmp_path, *args)
     assert result.exit_code == 2, result.output
     assert reason in result.stderr and len(result.stderr.strip().splitlines()) == 1

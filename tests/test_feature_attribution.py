@@ -8,9 +8,8 @@ site there; where the metric is linear in that site, the estimates are the exact
 from __future__ import annotations
 
 import pytest
-from test_attribution import linear_head_model
-from test_feature_sites import kinds_for, random_dictionary
-from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+from random_dictionaries import kinds_for, random_dictionary
+from tiny import FAMILIES, linear_head_model, tiny_pairs, tiny_task, with_answers
 
 import actpatch as ap
 
@@ -26,7 +25,7 @@ def changes(result, metric="logit_diff"):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 def test_latent_and_error_estimates_add_up_to_the_estimate_of_the_plain_site(family, direction):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     reads, writes = kinds_for(family)[-1]  # a transcoder: latents read one site and write another
     basis = random_dictionary(model, reads, writes, "jumprelu")
     keywords = {"direction": direction, "positions": "each", "progress": False}
@@ -65,7 +64,7 @@ def test_feature_atp_is_exact_where_the_metric_is_linear(family):
 
 
 def test_integrated_gradients_of_one_step_is_atp_on_features():
-    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
+    model, pairs = tiny_task("qwen2")
     basis = random_dictionary(model, "resid_mid", "resid_mid")
     keywords = {"dictionary": basis, "latents": [0, 4, 9], "positions": [3, 5], "progress": False}
     atp = ap.attribute(model, pairs, "feature", **keywords)
@@ -74,7 +73,7 @@ def test_integrated_gradients_of_one_step_is_atp_on_features():
 
 
 def test_verify_needs_the_dictionary_the_estimate_was_made_with():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     basis = random_dictionary(model, "resid_post", "resid_post")
     estimate = ap.attribute(
         model, pairs, "feature", dictionary=basis, latents=[1, 2], positions=[5], progress=False

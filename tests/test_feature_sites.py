@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+from random_dictionaries import kinds_for, random_dictionary
+from tiny import FAMILIES, tiny_model, tiny_task
 
 import actpatch as ap
 from actpatch.bases.dictionary import Dictionary
@@ -19,54 +20,6 @@ from actpatch.engine.sources import ablate
 from actpatch.models.model import weights_fingerprint
 
 ATOL = 1e-5  # float32 logits of O(1-10): a few ulps of the forward, far below any effect
-
-
-def random_dictionary(
-    model,
-    reads: str,
-    writes: str,
-    activation: str = "relu",
-    *,
-    skip: bool = False,
-    n_latents: int = 24,
-    layer: int = 1,
-    seed: int = 0,
-) -> Dictionary:
-    """A dictionary of random weights scaled so that about half its latents fire on tiny models."""
-    generator = torch.Generator().manual_seed(seed)
-    d = model.dims.d_model
-
-    def draw(*shape, scale=1.0):
-        return torch.randn(*shape, generator=generator) * scale
-
-    return Dictionary(
-        f"test.{reads}.{layer}",
-        layer,
-        reads,
-        writes,
-        W_enc=draw(d, n_latents, scale=0.5),
-        b_enc=draw(n_latents, scale=0.1),
-        W_dec=draw(n_latents, d, scale=0.3),
-        b_dec=draw(d, scale=0.1),
-        activation=activation,
-        threshold=draw(n_latents, scale=0.1).abs() if activation == "jumprelu" else None,
-        k=5 if activation == "topk" else None,
-        input_bias=draw(d, scale=0.1) if reads == writes else None,
-        W_skip=draw(d, d, scale=0.1) if skip else None,
-    )
-
-
-def kinds_for(family: str) -> list[tuple[str, str]]:
-    """(reads, writes) of an SAE at every d_model-wide kind, and of a transcoder, on `family`."""
-    saes = [
-        (k, k)
-        for k in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in")
-        if not (family == "pythia_parallel" and k == "resid_mid")
-    ]
-    transcoders = [("mlp_in", "mlp_out")] + (
-        [] if family == "pythia_parallel" else [("resid_mid", "mlp_out")]
-    )
-    return saes + transcoders
 
 
 def plain_value(model, basis, pairs, pos):
@@ -78,8 +31,7 @@ def plain_value(model, basis, pairs, pos):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk"])
 def test_every_latent_and_the_error_patched_together_is_the_plain_patch(family, activation):
-    model = tiny_model(family)
-    pairs = tiny_pairs()
+    model, pairs = tiny_task(family)
     before = weights_fingerprint(model)
     for reads, writes in kinds_for(family):
         basis = random_dictionary(model, reads, writes, activation)
@@ -105,8 +57,7 @@ def test_every_latent_and_the_error_patched_together_is_the_plain_patch(family, 
 def test_a_skip_transcoders_latents_and_error_leave_its_skip_path_at_the_target(family):
     # The skip path W_skip x is neither a latent nor the error: patching both moves the MLP output
     # by the plain patch's change less the skip path's.
-    model = tiny_model(family)
-    pairs = tiny_pairs()
+    model, pairs = tiny_task(family)
     basis = random_dictionary(model, "mlp_in", "mlp_out", skip=True)
     pos = 5
     sites = [ap.Site("feature", 1, latent=i, basis=basis, pos=pos) for i in range(basis.n_latents)]
@@ -125,8 +76,7 @@ def test_a_skip_transcoders_latents_and_error_leave_its_skip_path_at_the_target(
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_latent_equal_in_both_runs_changes_nothing(family):
-    model = tiny_model(family)
-    pairs = tiny_pairs()
+    model, pairs = tiny_task(family)
     basis = random_dictionary(model, "resid_post", "resid_post")
     target = model.last_logits(pairs.corrupt)
     # Position 0 has the same token in both runs, so every latent there is equal in both.
@@ -171,7 +121,7 @@ def hand_feature_sweep(model, pairs, basis, latents, positions):
 def test_a_feature_sweep_is_a_loop_that_encodes_edits_one_latent_decodes_and_adds_the_error(
     family, engine
 ):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     reads, writes = ("mlp_in", "mlp_out") if family != "gpt2" else ("resid_post", "resid_post")
     basis = random_dictionary(model, reads, writes, "topk" if family == "llama" else "jumprelu")
     latents, positions = [0, 3, 7, 11], [1, 5]
@@ -197,7 +147,7 @@ def test_a_feature_sweep_is_a_loop_that_encodes_edits_one_latent_decodes_and_add
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("site", ["feature", "feature_error"])
 def test_batched_engine_equals_reference_on_feature_sites(family, site):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     before = weights_fingerprint(model)
     reads, writes = kinds_for(family)[-1]  # a transcoder
     basis = random_dictionary(model, reads, writes, "relu", skip=family == "gemma3")
@@ -214,7 +164,7 @@ def test_batched_engine_equals_reference_on_feature_sites(family, site):
 
 @pytest.mark.parametrize("ablation", ["zero", "mean", "resample"])
 def test_feature_ablations_match_the_reference_engine(ablation):
-    model, pairs = with_answers(tiny_model("qwen2"), tiny_pairs())
+    model, pairs = tiny_task("qwen2")
     basis = random_dictionary(model, "resid_mid", "resid_mid")
     keywords = {
         "dictionary": basis,
@@ -231,7 +181,7 @@ def test_feature_ablations_match_the_reference_engine(ablation):
 def test_mean_ablating_every_latent_and_the_error_is_mean_ablating_the_site():
     # The patch rule is linear in the coordinates, so averaging each latent and the error over the
     # prompts averages what they sum to: the activation itself.
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     basis = random_dictionary(model, "resid_post", "resid_post", "jumprelu")
     sites = [ap.Site("feature", 1, latent=i, basis=basis) for i in range(basis.n_latents)]
     sites.append(ap.Site("feature_error", 1, basis=basis))
@@ -245,7 +195,7 @@ def test_mean_ablating_every_latent_and_the_error_is_mean_ablating_the_site():
 
 
 def test_active_latents_are_those_nonzero_in_either_run():
-    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
+    model, pairs = tiny_task("gpt2")
     basis = random_dictionary(model, "resid_post", "resid_post", "topk")
     result = ap.sweep(model, pairs, "feature", dictionary=basis, latents="active", progress=False)
     site = ap.Site("resid_post", 1)
@@ -305,7 +255,7 @@ BAD = [
 
 @pytest.mark.parametrize("call, message", BAD)
 def test_bad_feature_inputs_raise_clear_errors(call, message):
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     basis = random_dictionary(model, "resid_post", "resid_post")
     with pytest.raises((ap.SiteError, ValueError, TypeError), match=message):
         call(model, pairs, basis)
@@ -313,7 +263,7 @@ def test_bad_feature_inputs_raise_clear_errors(call, message):
 
 
 def test_a_dictionary_of_another_width_is_refused_by_the_sweep():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     wide = Dictionary(
         "wide",
         1,
@@ -353,7 +303,7 @@ class Subspace:
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma3"])
 def test_a_subspace_basis_plugs_into_the_same_sites_and_sweeps(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     subspace = Subspace(model, "resid_post")
     assert isinstance(subspace, ap.bases.Basis)
     sites = [ap.Site("feature", 1, latent=i, basis=subspace, pos=5) for i in range(3)]

@@ -11,34 +11,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from click.testing import CliRunner
+from command_line import run
 
 import actpatch as ap
-from actpatch import cli
 from actpatch.metrics import METRICS
-from tiny_checkpoint import save_tiny_checkpoint
 
 PROMPT = "When John and Mary went to the store, John gave a drink to"
 CORRUPT = "When Alice and Bob went to the store, Carol gave a drink to"
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli.main, list(args))
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gpt2")))
-
-
-def edge_run(tiny, out, *extra):
+def edge_run(tiny_folder, out, *extra):
     # Random weights do no task: the baseline check is off.
     return run(
         "circuit",
         "--level",
         "edge",
         "--model",
-        tiny,
+        tiny_folder,
         "--task",
         "ioi",
         "--prompts",
@@ -51,10 +40,10 @@ def edge_run(tiny, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def edges(tiny, tmp_path_factory):
+def edges(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("edges")
     result = edge_run(
-        tiny, out, "--method", "eap", "--percent", "20", "--ci", "0.9", "--n-boot", "100"
+        tiny_folder, out, "--method", "eap", "--percent", "20", "--ci", "0.9", "--n-boot", "100"
     )
     assert result.exit_code == 0, result.output
     return out, result
@@ -63,7 +52,9 @@ def edges(tiny, tmp_path_factory):
 # --- 1. answers without their leading space -------------------------------------------------------
 
 
-def test_a_file_task_with_an_answer_missing_its_space_stops_with_row_line_and_fix(tiny, tmp_path):
+def test_a_file_task_with_an_answer_missing_its_space_stops_with_row_line_and_fix(
+    tiny_folder, tmp_path
+):
     path = tmp_path / "pairs.jsonl"
     rows = [
         {"clean": PROMPT, "corrupt": CORRUPT, "answer": " Mary", "wrong": " John"},
@@ -73,7 +64,7 @@ def test_a_file_task_with_an_answer_missing_its_space_stops_with_row_line_and_fi
     result = run(
         "sweep",
         "--model",
-        tiny,
+        tiny_folder,
         "--task",
         f"file:{path}",
         "--site",
@@ -137,8 +128,10 @@ def test_an_edge_run_records_only_what_it_ran(edges):
     assert "batched" not in page and "atp" not in page
 
 
-def test_edge_gradient_bars_stay_out_of_a_redirected_log(tiny, tmp_path):
-    result = edge_run(tiny, tmp_path, "--method", "eap-ig-inputs", "--steps", "5", "--chunk", "1")
+def test_edge_gradient_bars_stay_out_of_a_redirected_log(tiny_folder, tmp_path):
+    result = edge_run(
+        tiny_folder, tmp_path, "--method", "eap-ig-inputs", "--steps", "5", "--chunk", "1"
+    )
     assert result.exit_code == 0, result.output
     assert "edge gradients" not in result.output + result.stderr
 
@@ -177,7 +170,7 @@ def test_compare_prints_the_closest_calls_when_nothing_survives(tmp_path):
     )
 
 
-def test_the_interval_table_marks_only_effects_it_prints(tiny, tmp_path, monkeypatch):
+def test_the_interval_table_marks_only_effects_it_prints(tiny_folder, tmp_path, monkeypatch):
     real = ap.sweep
 
     def pinned(*args, **kwargs):
@@ -201,7 +194,7 @@ def test_the_interval_table_marks_only_effects_it_prints(tiny, tmp_path, monkeyp
     result = run(
         "sweep",
         "--model",
-        tiny,
+        tiny_folder,
         "--task",
         "ioi",
         "--prompts",
@@ -231,14 +224,22 @@ def test_the_interval_table_marks_only_effects_it_prints(tiny, tmp_path, monkeyp
 # --- 5. errors that name the flag or the file -----------------------------------------------------
 
 
-def test_prompts_with_a_file_task_names_the_flag(tiny, tmp_path):
+def test_prompts_with_a_file_task_names_the_flag(tiny_folder, tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text(
         json.dumps({"clean": PROMPT, "corrupt": CORRUPT, "answer": " Mary", "wrong": " John"})
         + "\n"
     )
     result = run(
-        "sweep", "--model", tiny, "--task", f"file:{path}", "--prompts", "4", "--site", "resid_pre"
+        "sweep",
+        "--model",
+        tiny_folder,
+        "--task",
+        f"file:{path}",
+        "--prompts",
+        "4",
+        "--site",
+        "resid_pre",
     )
     assert result.exit_code == 2 and "--prompts does not apply to file: tasks" in result.stderr
     assert "task.n" not in result.stderr

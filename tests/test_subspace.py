@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 import torch
-from tiny import FAMILIES, tiny_model, tiny_pairs, with_answers
+from tiny import FAMILIES, tiny_task
 
 from actpatch import PairsError, Site, capture, hooks, patch
 from actpatch.bases import Basis
@@ -58,7 +58,7 @@ def subspace_logits(model, pairs, basis):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_subspace_patch_is_the_plain_patch_of_its_formula(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     for text in SITES:
         site = Site.parse(text)
         U = random_basis(vectors.width(model, site), 3)
@@ -69,7 +69,7 @@ def test_subspace_patch_is_the_plain_patch_of_its_formula(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_full_rank_is_the_whole_site_and_rank_zero_is_nothing(family):
-    model, pairs = with_answers(tiny_model(family), tiny_pairs())
+    model, pairs = tiny_task(family)
     corrupt_logits = model.last_logits(pairs.corrupt)
     for text in SITES:
         site = Site.parse(text)
@@ -84,7 +84,7 @@ def test_full_rank_is_the_whole_site_and_rank_zero_is_nothing(family):
 
 
 def test_patch_subspace_labels_both_directions_and_is_a_basis():
-    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
+    model, pairs = tiny_task("gpt2")
     site = Site.parse("resid_post[layer=1, pos=END]")
     basis = Subspace(site, random_basis(32, 32))
     assert isinstance(basis, Basis)
@@ -99,7 +99,7 @@ def test_patch_subspace_labels_both_directions_and_is_a_basis():
 
 
 def test_constructors():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     site = "resid_pre[layer=1, pos=END]"
     line = Subspace.from_direction(site, torch.arange(32.0))
     assert line.rank == 1 and float(line.U.norm()) == pytest.approx(1)
@@ -174,6 +174,6 @@ def test_constructors():
     ],
 )
 def test_bad_inputs(call, message):
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     with pytest.raises((BasisError, PairsError, ValueError, TypeError), match=message):
         call(model, pairs)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_model, tiny_pairs, with_answers
+from tiny import tiny_model, tiny_task
 
 import actpatch as ap
 from actpatch import PairsError
@@ -89,7 +89,7 @@ def test_guards_judge_a_fixed_direction(kind, flagged):
 
 def test_subspace_gradient_flows_through_the_patch():
     """DAS trains through hooks.patch: the gradient in U matches a finite difference."""
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     run = interchange(model, pairs, "resid_pre[layer=1, pos=END]")
     U = torch.linalg.qr(torch.randn(32, 2, generator=torch.Generator().manual_seed(0)))[0].double()
     U.requires_grad_(True)
@@ -107,7 +107,7 @@ def test_subspace_gradient_flows_through_the_patch():
 
 
 def test_das_is_seeded_and_runs_on_a_mid_residual():
-    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs(batch=6))
+    model, pairs = tiny_task("gpt2", batch=6)
     pairs = pairs[[0, 1, 2, 0, 1, 2]]  # tiny_pairs makes at most 6 named positions; repeat them
     once = das(
         model,

@@ -141,3 +141,14 @@ def with_answers(model: Model, pairs: PromptPairs) -> tuple[Model, PromptPairs]:
     base = baseline(model, pairs, check=False)  # the corrupt run with its input noise, if any
     shift = base.clean_logits - base.corrupt_logits
     return model, dataclasses.replace(pairs, answers=shift.argmax(-1), wrong=shift.argmin(-1))
+
+
+def linear_head_model(family: str) -> Model:
+    """A tiny float64 model of its own (not shared) whose final norm is removed, so the logit
+    difference is linear in the last resid_post and in the last mlp_out: there, AtP is exact."""
+    torch.manual_seed(0)
+    hf = tf.AutoModelForCausalLM.from_config(CONFIGS[family]()).double().eval().requires_grad_(False)
+    model = Model.from_hf(hf, name=f"tiny-linear-{family}")
+    parent, _, name = model.arch.final_norm.rpartition(".")
+    setattr(hf.get_submodule(parent), name, torch.nn.Identity())
+    return model
