@@ -15,7 +15,7 @@ import xarray as xr
 import actpatch as ap
 from actpatch import graph, stats
 from actpatch.graph import EdgeError, Graph
-from tiny import tiny_model, tiny_pairs, with_answers
+from tiny import tiny_pairs, tiny_task
 from word_tokenizer import gpt2_style_model
 
 PROMPT = "When John and Mary went to the store, John gave a drink to"
@@ -29,7 +29,7 @@ def words():
 
 @pytest.fixture(scope="module")
 def tiny():
-    return with_answers(tiny_model("gpt2"), tiny_pairs(batch=6))
+    return tiny_task("gpt2", batch=6)
 
 
 # --- 1. answers without their leading space -----------------------------------------------------
@@ -345,7 +345,7 @@ def test_a_folder_with_a_damaged_safetensors_file_is_refused_before_transformers
 def test_faded_cells_are_drawn_towards_the_background():
     from actpatch.report import figures, png
 
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs(batch=6))
+    model, pairs = tiny_task("llama", batch=6)
     bounded = ap.sweep(model, pairs, "resid_pre", ci=0.9, n_boot=50, check_baseline=False)
     figure = ap.report.show(bounded)
     fades = [t for t in figure.data if t.name == figures.FADED_NAME]

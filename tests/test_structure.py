@@ -10,7 +10,7 @@ import torch
 
 import actpatch as ap
 from actpatch import hooks
-from tiny import tiny_model, tiny_pairs, with_answers
+from tiny import tiny_task
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "actpatch"
 MAX_PARAMETERS = 12
@@ -118,7 +118,7 @@ def _counting_backwards(monkeypatch) -> list[int]:
     ids=["atp", "atp*", "ig", "graddrop", "mean ablation"],
 )
 def test_attribution_counts_every_forward_and_backward_it_runs(keywords, monkeypatch):
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     forwards, backwards = _counting_forwards(model, monkeypatch), _counting_backwards(monkeypatch)
     site = keywords.pop("site")
     cost = ap.attribute(model, pairs, site, **keywords).attrs["cost"]
@@ -127,7 +127,7 @@ def test_attribution_counts_every_forward_and_backward_it_runs(keywords, monkeyp
 
 
 def test_sweep_and_attribute_take_their_options_as_keywords_or_as_one_value():
-    model, pairs = with_answers(tiny_model("llama"), tiny_pairs())
+    model, pairs = tiny_task("llama")
     by_keyword = ap.sweep(model, pairs, "head", heads=[1], chunk=2, progress=False)
     by_value = ap.sweep(
         model, pairs, "head", options=ap.SweepOptions(heads=[1], chunk=2, progress=False)
@@ -148,7 +148,7 @@ def test_sweep_and_attribute_take_their_options_as_keywords_or_as_one_value():
 
 
 def test_the_old_spellings_warn_and_give_the_same_answer():
-    model, pairs = with_answers(tiny_model("gpt2"), tiny_pairs())
+    model, pairs = tiny_task("gpt2")
     with pytest.warns(DeprecationWarning, match=r"hooks\.last_logits"):
         old = model.last_logits(pairs.corrupt_run)
     torch.testing.assert_close(old, hooks.last_logits(model, pairs.corrupt_run), rtol=0, atol=0)
