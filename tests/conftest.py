@@ -24,7 +24,9 @@ SLOW_MODULES = {
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if item.path.name in SLOW_MODULES or SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+        if item.path.name in SLOW_MODULES or SLOW_FIXTURES.keys() & set(
+            getattr(item, "fixturenames", ())
+        ):
             item.add_marker(pytest.mark.slow)
 
 
@@ -60,7 +62,12 @@ def smollm():
 # The devices the engine-equality and precision tests run on: "cpu" always, "cuda" where there is
 # one (benchmarks/gpu_check.sh runs them with -k cuda). On a machine without CUDA the cuda cases are
 # collected and skipped with their reason, so the suite takes no longer.
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
 
 
 @pytest.fixture(scope="session")
@@ -76,8 +83,9 @@ def on_device():
         if device == "cpu":
             return model
         if (id(model), device) not in moved:
-            moved[id(model), device] = Model.from_hf(copy.deepcopy(model.hf).to(device), name=model.name,
-                                                     provenance=model.provenance)
+            moved[id(model), device] = Model.from_hf(
+                copy.deepcopy(model.hf).to(device), name=model.name, provenance=model.provenance
+            )
         return moved[id(model), device]
 
     return to

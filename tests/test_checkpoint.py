@@ -3,6 +3,7 @@ without recomputing finished chunks; a checkpoint of another sweep is refused.
 
 Interruptions here are an exception raised from inside the chunk loop; tests/test_cli_resume.py
 kills a real process with SIGKILL."""
+
 from __future__ import annotations
 
 import json
@@ -43,10 +44,14 @@ def interrupt_after(monkeypatch, runs: int) -> list[int]:
 
 
 def sweep(model, pairs, folder=None, **options):
-    return ap.sweep(model, pairs, "resid_pre", chunk=2, checkpoint=folder, progress=False, **options)
+    return ap.sweep(
+        model, pairs, "resid_pre", chunk=2, checkpoint=folder, progress=False, **options
+    )
 
 
-def test_resumed_sweep_equals_uninterrupted_and_skips_finished_chunks(model_and_pairs, tmp_path, monkeypatch):
+def test_resumed_sweep_equals_uninterrupted_and_skips_finished_chunks(
+    model_and_pairs, tmp_path, monkeypatch
+):
     model, pairs = model_and_pairs
     want = sweep(model, pairs)
     patched = want.attrs["cost"]["patches"] - want.attrs["cost"]["noop_patches_skipped"]
@@ -66,7 +71,9 @@ def test_resumed_sweep_equals_uninterrupted_and_skips_finished_chunks(model_and_
     xr.testing.assert_identical(got.drop_attrs(), want.drop_attrs())
     assert np.array_equal(got.values, want.values)  # bit for bit, not within a tolerance
     assert got.attrs["cost"]["patches_from_checkpoint"] == saved
-    assert sum(log) - 2 == patched - saved  # only the unfinished patches ran (besides 2 self-check runs)
+    assert (
+        sum(log) - 2 == patched - saved
+    )  # only the unfinished patches ran (besides 2 self-check runs)
     assert not list(folder.glob("*.part"))
 
 
@@ -76,22 +83,33 @@ def test_a_finished_checkpoint_runs_no_patch(model_and_pairs, tmp_path, monkeypa
     log = interrupt_after(monkeypatch, runs=None)
     again = sweep(model, pairs, tmp_path, per_prompt=True)
     assert log == [1, 1]  # the self-checks only
-    assert np.array_equal(first.values, again.values)  # per-prompt arrays survive the JSON round trip exactly
+    assert np.array_equal(
+        first.values, again.values
+    )  # per-prompt arrays survive the JSON round trip exactly
 
 
-@pytest.mark.parametrize("change, differing", [
-    (dict(layers=[1]), "sites"),
-    (dict(direction="noise", ablation="zero"), None),  # another direction: its own subfolder, no clash
-    (dict(per_prompt=True), "rows"),
-    (dict(positions=[1, 3]), "sites"),
-])
+@pytest.mark.parametrize(
+    "change, differing",
+    [
+        (dict(layers=[1]), "sites"),
+        (
+            dict(direction="noise", ablation="zero"),
+            None,
+        ),  # another direction: its own subfolder, no clash
+        (dict(per_prompt=True), "rows"),
+        (dict(positions=[1, 3]), "sites"),
+    ],
+)
 def test_checkpoint_of_another_sweep_is_refused(model_and_pairs, tmp_path, change, differing):
     model, pairs = model_and_pairs
     sweep(model, pairs, tmp_path)
     if differing is None:
         sweep(model, pairs, tmp_path, **change)
         return
-    with pytest.raises(CheckpointMismatch, match=rf"written by another sweep \(differing: {differing}\).*delete the folder"):
+    with pytest.raises(
+        CheckpointMismatch,
+        match=rf"written by another sweep \(differing: {differing}\).*delete the folder",
+    ):
         sweep(model, pairs, tmp_path, **change)
 
 
@@ -129,8 +147,12 @@ def test_both_directions_and_length_groups_checkpoint_separately(tmp_path):
 def test_the_reference_engine_checkpoints_too(model_and_pairs, tmp_path):
     """Checkpointing wraps any engine: a reference sweep resumed from its checkpoint patches nothing again."""
     model, pairs = model_and_pairs
-    want = ap.sweep(model, pairs, "resid_pre", engine="reference", checkpoint=tmp_path, progress=False)
+    want = ap.sweep(
+        model, pairs, "resid_pre", engine="reference", checkpoint=tmp_path, progress=False
+    )
     assert list((tmp_path / "denoise").glob("chunk-*.json"))
-    again = ap.sweep(model, pairs, "resid_pre", engine="reference", checkpoint=tmp_path, progress=False)
+    again = ap.sweep(
+        model, pairs, "resid_pre", engine="reference", checkpoint=tmp_path, progress=False
+    )
     assert again.attrs["cost"]["patches_from_checkpoint"] == want.attrs["cost"]["patches"]
     xr.testing.assert_identical(again.drop_attrs(), want.drop_attrs())

@@ -19,14 +19,21 @@ def score(result):
 
 # --- evaluation ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_whole_model_is_clean_and_the_empty_circuit_is_corrupt(family):
     model, pairs = tiny_task(family)
     everything = components(model)
     assert score(ap.evaluate_circuit(model, pairs, everything)) == pytest.approx(1.0, abs=1e-6)
-    assert score(ap.evaluate_circuit(model, pairs, [], components=everything)) == pytest.approx(0.0, abs=1e-6)
-    assert score(ap.evaluate_circuit(model, pairs, everything, direction="noise")) == pytest.approx(0.0, abs=1e-6)
-    assert score(ap.evaluate_circuit(model, pairs, [], direction="noise", components=everything)) == pytest.approx(1.0, abs=1e-6)
+    assert score(ap.evaluate_circuit(model, pairs, [], components=everything)) == pytest.approx(
+        0.0, abs=1e-6
+    )
+    assert score(ap.evaluate_circuit(model, pairs, everything, direction="noise")) == pytest.approx(
+        0.0, abs=1e-6
+    )
+    assert score(
+        ap.evaluate_circuit(model, pairs, [], direction="noise", components=everything)
+    ) == pytest.approx(1.0, abs=1e-6)
     assert ap.attached_hooks(model) == 0
 
 
@@ -35,7 +42,9 @@ def test_under_a_noise_corruption_the_empty_circuit_is_the_noisy_run():
     pairs = ap.gaussian_noise(model, tiny_pairs(), "all")
     _, pairs = with_answers(model, pairs)
     everything = components(model)
-    assert score(ap.evaluate_circuit(model, pairs, [], components=everything)) == pytest.approx(0.0, abs=1e-6)
+    assert score(ap.evaluate_circuit(model, pairs, [], components=everything)) == pytest.approx(
+        0.0, abs=1e-6
+    )
     assert score(ap.evaluate_circuit(model, pairs, everything)) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -48,10 +57,14 @@ def test_a_circuit_is_the_clean_run_with_everything_else_patched_from_the_corrup
     corrupt = hooks.capture(model, pairs.corrupt, rest)
     with hooks.patch(model, corrupt):
         logits = model.last_logits(pairs.clean)
-    base = ap.Baseline(model.last_logits(pairs.clean), model.last_logits(pairs.corrupt), pairs.answers, pairs.wrong)
+    base = ap.Baseline(
+        model.last_logits(pairs.clean), model.last_logits(pairs.corrupt), pairs.answers, pairs.wrong
+    )
     want = ap.metrics.averaged(logits, base)
     got = ap.evaluate_circuit(model, pairs, circuit, components=everything)
-    np.testing.assert_allclose([got.sel(metric=m).item() for m in ap.METRICS], [want[m] for m in ap.METRICS], atol=1e-6)
+    np.testing.assert_allclose(
+        [got.sel(metric=m).item() for m in ap.METRICS], [want[m] for m in ap.METRICS], atol=1e-6
+    )
     # Noising a circuit is denoising its complement.
     noised = ap.evaluate_circuit(model, pairs, rest, direction="noise", components=everything)
     xr.testing.assert_allclose(noised.drop_attrs(), got.drop_attrs(), atol=1e-9)
@@ -60,7 +73,9 @@ def test_a_circuit_is_the_clean_run_with_everything_else_patched_from_the_corrup
 ABLATED = {
     "mean": lambda v: v.mean(0, keepdim=True).expand_as(v),
     "zero": torch.zeros_like,
-    "resample": lambda v: v[torch.tensor([2, 0, 1])],  # what engine/sources.py's seeded derangement gives for 3 prompts
+    "resample": lambda v: v[
+        torch.tensor([2, 0, 1])
+    ],  # what engine/sources.py's seeded derangement gives for 3 prompts
 }
 
 
@@ -72,9 +87,13 @@ def test_other_ablations_write_what_sweeps_write(ablation):
     clean = hooks.capture(model, pairs.clean, heads[3:])
     with hooks.patch(model, {s: ABLATED[ablation](v) for s, v in clean.items()}):
         logits = model.last_logits(pairs.clean)
-    base = ap.Baseline(model.last_logits(pairs.clean), model.last_logits(pairs.corrupt), pairs.answers, pairs.wrong)
+    base = ap.Baseline(
+        model.last_logits(pairs.clean), model.last_logits(pairs.corrupt), pairs.answers, pairs.wrong
+    )
     got = ap.evaluate_circuit(model, pairs, circuit, ablation=ablation)
-    assert score(got) == pytest.approx(ap.metrics.averaged(logits, base)["norm_logit_diff"], abs=1e-6)
+    assert score(got) == pytest.approx(
+        ap.metrics.averaged(logits, base)["norm_logit_diff"], abs=1e-6
+    )
     assert got.attrs["ablation"] == ablation
     assert abs(score(got) - score(ap.evaluate_circuit(model, pairs, circuit))) > 1e-3
 
@@ -92,20 +111,36 @@ def test_a_member_at_a_position_is_kept_there_and_ablated_elsewhere(family):
     for b in range(len(pairs)):
         kept = {4, int(pairs.positions["X"][b])}
         patches = {s: v[b : b + 1] for s, v in rest.items()}
-        patches.update({ap.Site("head", 0, head=2, pos=p): corrupt[head][b : b + 1, p] for p in range(pairs.seq_len) if p not in kept})
+        patches.update(
+            {
+                ap.Site("head", 0, head=2, pos=p): corrupt[head][b : b + 1, p]
+                for p in range(pairs.seq_len)
+                if p not in kept
+            }
+        )
         with hooks.patch(model, patches):
             per_prompt.append(model.last_logits(pairs.clean[b : b + 1]))
-    base = ap.Baseline(model.last_logits(pairs.clean), model.last_logits(pairs.corrupt), pairs.answers, pairs.wrong)
+    base = ap.Baseline(
+        model.last_logits(pairs.clean), model.last_logits(pairs.corrupt), pairs.answers, pairs.wrong
+    )
     want = ap.metrics.averaged(torch.cat(per_prompt), base)["logit_diff"]
     circuit = [ap.Site("head", 0, head=2, pos="X"), ap.Site("head", 0, head=2, pos=4)]
     got = ap.evaluate_circuit(model, pairs, circuit, components=heads)
     assert got.sel(metric="logit_diff").item() == pytest.approx(want, abs=1e-5)
     for other in ([head], []):  # neither the whole head nor none of it
-        assert abs(got.sel(metric="logit_diff").item() - ap.evaluate_circuit(model, pairs, other, components=heads)
-                   .sel(metric="logit_diff").item()) > 1e-4
+        assert (
+            abs(
+                got.sel(metric="logit_diff").item()
+                - ap.evaluate_circuit(model, pairs, other, components=heads)
+                .sel(metric="logit_diff")
+                .item()
+            )
+            > 1e-4
+        )
 
 
 # --- the frontier ----------------------------------------------------------------------------------
+
 
 def test_a_ranking_reads_a_sweep_helpful_first_in_either_direction():
     model, pairs = tiny_task("llama")
@@ -114,12 +149,21 @@ def test_a_ranking_reads_a_sweep_helpful_first_in_either_direction():
         result = both.sel(direction=direction)
         result.attrs["direction"] = direction
         ranked = ap.circuits.ranking(result)
-        values = [result.sel(metric="norm_logit_diff", layer=s.layer, head=s.head).item() for s in ranked]
+        values = [
+            result.sel(metric="norm_logit_diff", layer=s.layer, head=s.head).item() for s in ranked
+        ]
         effects = values if direction == "denoise" else [1 - v for v in values]
         assert effects == sorted(effects, reverse=True) and len(ranked) == 8
         by_size = ap.circuits.ranking(result, order="abs")
-        sizes = [abs(e) for e in (
-            [result.sel(metric="norm_logit_diff", layer=s.layer, head=s.head).item() for s in by_size])]
+        sizes = [
+            abs(e)
+            for e in (
+                [
+                    result.sel(metric="norm_logit_diff", layer=s.layer, head=s.head).item()
+                    for s in by_size
+                ]
+            )
+        ]
         assert len(by_size) == 8 and (direction == "noise" or sizes == sorted(sizes, reverse=True))
     at_positions = ap.circuits.ranking(ap.sweep(model, pairs, "head", positions=["END", 2]))
     assert {s.pos for s in at_positions} == {"END", 2} and len(at_positions) == 16
@@ -130,10 +174,14 @@ def test_the_frontier_grows_the_circuit_one_component_at_a_time():
     sweep = ap.sweep(model, pairs, "head")
     ranked = ap.circuits.ranking(sweep)
     frontier = ap.pareto_frontier(model, pairs, sweep)
-    assert frontier.dims == ("metric", "size") and frontier["size"].values.tolist() == list(range(9))
+    assert frontier.dims == ("metric", "size") and frontier["size"].values.tolist() == list(
+        range(9)
+    )
     assert frontier["component"].values.tolist() == [""] + [str(s) for s in ranked]
     for k in (0, 3, 8):
-        want = ap.evaluate_circuit(model, pairs, ranked[:k], components=components(model, mlps=False, embed=False))
+        want = ap.evaluate_circuit(
+            model, pairs, ranked[:k], components=components(model, mlps=False, embed=False)
+        )
         np.testing.assert_allclose(frontier.sel(size=k).values, want.values, atol=1e-9)
     # Every head intact, MLPs and embeddings untouched: the clean run.
     assert frontier.sel(metric="norm_logit_diff", size=8).item() == pytest.approx(1.0, abs=1e-6)
@@ -141,10 +189,16 @@ def test_the_frontier_grows_the_circuit_one_component_at_a_time():
     for recovery in (0.5, 0.8, 0.9):
         smallest = ap.smallest_circuit(frontier, recovery)
         first = int(np.argmax(values >= recovery))
-        assert smallest == ranked[:first] and values[first] >= recovery and (values[:first] < recovery).all()
+        assert (
+            smallest == ranked[:first]
+            and values[first] >= recovery
+            and (values[:first] < recovery).all()
+        )
     assert ap.smallest_circuit(frontier, 1.5) is None
     some = ap.pareto_frontier(model, pairs, ranked, sizes=[0, 2, 5])
-    np.testing.assert_allclose(some.sel(size=[0, 2, 5]).values, frontier.sel(size=[0, 2, 5]).values, atol=1e-9)
+    np.testing.assert_allclose(
+        some.sel(size=[0, 2, 5]).values, frontier.sel(size=[0, 2, 5]).values, atol=1e-9
+    )
     assert some["component"].values.tolist() == ["", str(ranked[1]), str(ranked[4])]
 
 
@@ -158,16 +212,25 @@ def test_a_frontier_can_rank_an_attribution_estimate():
 
 def test_a_noising_frontier_knocks_the_top_components_out():
     model, pairs = tiny_task("llama")
-    frontier = ap.pareto_frontier(model, pairs, ap.sweep(model, pairs, "head", direction="noise"), direction="noise")
+    frontier = ap.pareto_frontier(
+        model, pairs, ap.sweep(model, pairs, "head", direction="noise"), direction="noise"
+    )
     assert frontier.sel(metric="norm_logit_diff", size=0).item() == pytest.approx(1.0, abs=1e-6)
     knocked = ap.smallest_circuit(frontier, 0.5)
-    assert knocked is not None and frontier.sel(metric="norm_logit_diff", size=len(knocked)).item() <= 0.5
+    assert (
+        knocked is not None
+        and frontier.sel(metric="norm_logit_diff", size=len(knocked)).item() <= 0.5
+    )
 
 
 def test_the_frontier_plot_is_a_plotly_figure():
-    plotly = pytest.importorskip("plotly")  # an optional dependency of the report; the core does not need it
+    plotly = pytest.importorskip(
+        "plotly"
+    )  # an optional dependency of the report; the core does not need it
     model, pairs = tiny_task("llama")
-    figure = ap.circuits.plot_frontier(ap.pareto_frontier(model, pairs, ap.sweep(model, pairs, "head")))
+    figure = ap.circuits.plot_frontier(
+        ap.pareto_frontier(model, pairs, ap.sweep(model, pairs, "head"))
+    )
     assert isinstance(figure, plotly.graph_objects.Figure) and len(figure.data[0].x) == 9
 
 
@@ -177,15 +240,29 @@ def test_the_frontier_plot_is_a_plotly_figure():
 # (offset + what the heads write): with offset −0.5 either head alone flips it (OR); with
 # offset −1.5 both are needed (AND). Every other weight is zero.
 
-W, F, U, N = 0, 1, 2, 3  # residual directions: an anchor at the last position, the feature, the answer, an anchor elsewhere
+W, F, U, N = (
+    0,
+    1,
+    2,
+    3,
+)  # residual directions: an anchor at the last position, the feature, the answer, an anchor elsewhere
 BOS, X, Y, END, ANSWER, WRONG = range(6)
 OR, AND = -0.5, -1.5
 A, B = ap.Site("head", 0, head=0), ap.Site("head", 1, head=0)
 
 
 def gate_model(offset, second_head=1.0, write=20.0):
-    config = tf.LlamaConfig(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, hidden_size=16, head_dim=8,
-                            intermediate_size=4, vocab_size=8, max_position_embeddings=16, tie_word_embeddings=False)
+    config = tf.LlamaConfig(
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        hidden_size=16,
+        head_dim=8,
+        intermediate_size=4,
+        vocab_size=8,
+        max_position_embeddings=16,
+        tie_word_embeddings=False,
+    )
     hf = tf.AutoModelForCausalLM.from_config(config).eval().requires_grad_(False)
     for name, parameter in hf.named_parameters():
         parameter.fill_(1.0 if "norm" in name else 0.0)
@@ -210,18 +287,25 @@ def gate_pairs(n=2):
     return ap.PromptPairs(clean, corrupt, torch.full((n,), ANSWER), torch.full((n,), WRONG))
 
 
-@pytest.mark.parametrize("offset, second_head, want", [
-    (OR, 1.0, {A: "sufficient only (OR-like)", B: "sufficient only (OR-like)"}),
-    (AND, 1.0, {A: "necessary only (AND-like)", B: "necessary only (AND-like)"}),
-    (OR, 0.0, {A: "necessary and sufficient", B: "neither"}),
-])
+@pytest.mark.parametrize(
+    "offset, second_head, want",
+    [
+        (OR, 1.0, {A: "sufficient only (OR-like)", B: "sufficient only (OR-like)"}),
+        (AND, 1.0, {A: "necessary only (AND-like)", B: "necessary only (AND-like)"}),
+        (OR, 0.0, {A: "necessary and sufficient", B: "neither"}),
+    ],
+)
 def test_denoising_and_noising_read_or_and_and(offset, second_head, want):
     model, pairs = gate_model(offset, second_head), gate_pairs()
     table = ap.label_directions(ap.sweep(model, pairs, "head", direction=["denoise", "noise"]))
     assert {s: table.loc[str(s), "label"] for s in want} == want
     assert (table.drop(index=[str(A), str(B)])["label"] == "neither").all()
     assert table.attrs["sufficient"] == 0.1 and table.attrs["necessary"] == 0.1
-    strict = ap.label_directions(ap.sweep(model, pairs, "head", direction=["denoise", "noise"]), sufficient=1.01, necessary=1.01)
+    strict = ap.label_directions(
+        ap.sweep(model, pairs, "head", direction=["denoise", "noise"]),
+        sufficient=1.01,
+        necessary=1.01,
+    )
     assert (strict["label"] == "neither").all()
 
 
@@ -230,8 +314,13 @@ def test_backup_finds_the_head_that_takes_over(effect):
     model, pairs = gate_model(OR), gate_pairs()
     table = ap.backup(model, pairs, A, effect=effect)
     assert table.index[0] == str(B) and table["compensates"].tolist() == [True, False, False, False]
-    assert table.loc[str(B), "before"] == pytest.approx(0.0, abs=0.01) and table.loc[str(B), "after"] > 0.95
-    assert table.attrs["ablated_effect"] == pytest.approx(0.0, abs=0.01)  # noising A alone hides its role
+    assert (
+        table.loc[str(B), "before"] == pytest.approx(0.0, abs=0.01)
+        and table.loc[str(B), "after"] > 0.95
+    )
+    assert table.attrs["ablated_effect"] == pytest.approx(
+        0.0, abs=0.01
+    )  # noising A alone hides its role
     anded = ap.backup(gate_model(AND), pairs, A, effect=effect)
     assert not anded["compensates"].any() and anded.loc[str(B), "growth"] < -0.9
 
@@ -239,13 +328,21 @@ def test_backup_finds_the_head_that_takes_over(effect):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_resumed_backup_runs_match_full_forwards(family):
     model, pairs = tiny_task(family)
-    cases = [(ap.Site("head", 0, head=1), None), (ap.Site("mlp_out", 0), None),
-             (ap.Site("head", 1, head=0, pos="END"), [ap.Site("head", 0, head=2), ap.Site("mlp_out", 1), ap.Site("head", 1, head=3, pos=4)])]
+    cases = [
+        (ap.Site("head", 0, head=1), None),
+        (ap.Site("mlp_out", 0), None),
+        (
+            ap.Site("head", 1, head=0, pos="END"),
+            [ap.Site("head", 0, head=2), ap.Site("mlp_out", 1), ap.Site("head", 1, head=3, pos=4)],
+        ),
+    ]
     for component, candidates in cases:
         fast = ap.backup(model, pairs, component, candidates=candidates)
         plain = ap.backup(model, pairs, component, candidates=candidates, resume=False)
         pd.testing.assert_frame_equal(fast, plain, atol=1e-5, rtol=1e-5)
-        assert (fast[["before", "after"]].abs() > 1e-3).any().all(), "no candidate moved: a vacuous comparison"
+        assert (fast[["before", "after"]].abs() > 1e-3).any().all(), (
+            "no candidate moved: a vacuous comparison"
+        )
     assert ap.attached_hooks(model) == 0
 
 
@@ -253,7 +350,9 @@ def test_the_backup_report_covers_the_top_components():
     model, pairs = gate_model(OR), gate_pairs()
     report = ap.backup_report(model, pairs, ap.sweep(model, pairs, "head"), top=2)
     assert report.attrs["ablated"] == [str(A), str(B)]  # A before B: ties keep layer order
-    assert report[["ablated", "component"]].values.tolist() == [[str(A), str(B)]]  # nothing comes after B
+    assert report[["ablated", "component"]].values.tolist() == [
+        [str(A), str(B)]
+    ]  # nothing comes after B
     direct = ap.backup(model, pairs, A, candidates=[B, ap.Site("head", 1, head=1)], effect="direct")
     assert direct.index.tolist() == [str(B), "head[layer=1, head=1]"]
 
@@ -263,11 +362,18 @@ def test_minimality_flags_the_passengers():
     circuit = [A, B, ap.Site("head", 1, head=1)]
     table = ap.minimality(model, pairs, circuit)
     assert table["passenger"].tolist() == [False, True, True]
-    assert table.loc[str(A), "drop"] > 0.95 and table.attrs["circuit_score"] == pytest.approx(1.0, abs=1e-6)
+    assert table.loc[str(A), "drop"] > 0.95 and table.attrs["circuit_score"] == pytest.approx(
+        1.0, abs=1e-6
+    )
     for member in circuit:
         rest = [m for m in circuit if m != member]
-        assert table.loc[str(member), "without"] == pytest.approx(score(ap.evaluate_circuit(model, pairs, rest,
-                                                                                              components=components(model, mlps=False, embed=False))))
+        assert table.loc[str(member), "without"] == pytest.approx(
+            score(
+                ap.evaluate_circuit(
+                    model, pairs, rest, components=components(model, mlps=False, embed=False)
+                )
+            )
+        )
     # Redundant members are each a passenger alone: removing one at a time cannot see an OR.
     redundant = ap.minimality(gate_model(OR), pairs, [A, B])
     assert redundant["passenger"].all()
@@ -276,14 +382,20 @@ def test_minimality_flags_the_passengers():
 
 # --- sensitivity to the corruption --------------------------------------------------------------
 
+
 def test_components_that_depend_on_the_corruption_are_listed():
     model = gate_model(OR, second_head=0.0)
     feature = gate_pairs()
     # A corruption that leaves the feature in place and moves the answer another way (a final
     # token whose offset no head can overcome): head A cannot matter under it.
     other_end = 7
-    model.hf.model.embed_tokens.weight[other_end, W], model.hf.model.embed_tokens.weight[other_end, U] = 1.0, 3 * OR * 20.0
-    elsewhere = ap.PromptPairs(feature.clean, torch.tensor([[BOS, X, BOS, other_end]] * 2), feature.answers, feature.wrong)
+    (
+        model.hf.model.embed_tokens.weight[other_end, W],
+        model.hf.model.embed_tokens.weight[other_end, U],
+    ) = 1.0, 3 * OR * 20.0
+    elsewhere = ap.PromptPairs(
+        feature.clean, torch.tensor([[BOS, X, BOS, other_end]] * 2), feature.answers, feature.wrong
+    )
     result = ap.sweep_corruptions(model, {"feature": feature, "elsewhere": elsewhere}, "head")
     report = ap.sensitivity_report(result)
     assert report.index.tolist() == [str(A)]
@@ -312,6 +424,7 @@ def test_an_error_inside_a_circuit_run_leaves_no_hooks(monkeypatch):
 
 # --- the real model ---------------------------------------------------------------------------------
 
+
 @pytest.mark.smollm
 def test_the_core_of_the_ioi_circuit_example_on_smollm(smollm):
     """The example's steps on a short list of heads (the strongest of its head sweep)."""
@@ -327,7 +440,12 @@ def test_the_core_of_the_ioi_circuit_example_on_smollm(smollm):
     assert score(ap.evaluate_circuit(smollm, pairs, heads)) == pytest.approx(1.0, abs=1e-6)
     table = ap.minimality(smollm, pairs, top, components=heads)
     assert table.loc[str(top[0]), "drop"] > 0.3 and not table.loc[str(top[0]), "passenger"]
-    report = ap.backup(smollm, pairs, top[0], candidates=[ap.Site("head", 29, head=h) for h in (0, 1)] + [ap.Site("mlp_out", 29)])
+    report = ap.backup(
+        smollm,
+        pairs,
+        top[0],
+        candidates=[ap.Site("head", 29, head=h) for h in (0, 1)] + [ap.Site("mlp_out", 29)],
+    )
     assert report.attrs["ablated_effect"] > 0.3 and len(report) == 3
     assert ap.attached_hooks(smollm) == 0
 
@@ -335,19 +453,33 @@ def test_the_core_of_the_ioi_circuit_example_on_smollm(smollm):
 def test_sensitivity_report_reads_any_site_kind():
     model, pairs = tiny_task("llama")
     _, other = with_answers(model, tiny_pairs(seed=5))
-    other = ap.PromptPairs(pairs.clean, other.corrupt, pairs.answers, pairs.wrong, positions=pairs.positions)
-    result = ap.sweep_corruptions(model, {"one": pairs, "other": other}, "resid_pre", positions=["X", "END"], check_baseline=False)
+    other = ap.PromptPairs(
+        pairs.clean, other.corrupt, pairs.answers, pairs.wrong, positions=pairs.positions
+    )
+    result = ap.sweep_corruptions(
+        model,
+        {"one": pairs, "other": other},
+        "resid_pre",
+        positions=["X", "END"],
+        check_baseline=False,
+    )
     report = ap.sensitivity_report(result, threshold=0.0)
-    assert len(report) == 2 * 2 and set(report.index) == {f"resid_pre[layer={l}, pos={p}]" for l in (0, 1) for p in ("X", "END")}
+    assert len(report) == 2 * 2 and set(report.index) == {
+        f"resid_pre[layer={l}, pos={p}]" for l in (0, 1) for p in ("X", "END")
+    }
     flat = result.sel(metric="norm_logit_diff", layer=1, pos="X")
-    assert report.loc["resid_pre[layer=1, pos=X]", "spread"] == pytest.approx(float(abs(flat.sel(corruption="one") - flat.sel(corruption="other"))))
+    assert report.loc["resid_pre[layer=1, pos=X]", "spread"] == pytest.approx(
+        float(abs(flat.sel(corruption="one") - flat.sel(corruption="other")))
+    )
 
 
 # --- intervals over prompts ---------------------------------------------------------------------
 
+
 def _resampled_pairs(pairs, n_boot, seed=0):
     """The prompt sets a bootstrap of `pairs` draws (the resamples `bootstrap.replicates` uses)."""
     from actpatch.stats import bootstrap
+
     n = len(pairs)
     block = bootstrap.Block(None, np.zeros((n, 1, 1)), np.zeros(n), np.zeros(n), (n,))
     counts = bootstrap.resample_counts(block, n_boot, bootstrap.rngs(seed, 1)[0])
@@ -376,16 +508,33 @@ def test_circuit_intervals_are_the_same_analysis_on_resampled_prompts(ten_prompt
     bounds = ap.evaluate_circuit(model, pairs, heads[:2], ci=ci, n_boot=n_boot, boot_seed=3)
     np.testing.assert_array_equal(bounds.sel(stat="value").values, plain.values)
     want = _percentile([ap.evaluate_circuit(model, p, heads[:2]).values for p in resampled], ci)
-    np.testing.assert_allclose(bounds.sel(stat=["lo", "hi"]).transpose("stat", "metric").values, want, atol=1e-9)
+    np.testing.assert_allclose(
+        bounds.sel(stat=["lo", "hi"]).transpose("stat", "metric").values, want, atol=1e-9
+    )
 
     frontier = ap.pareto_frontier(model, pairs, heads, ci=ci, n_boot=n_boot, boot_seed=3)
-    xr.testing.assert_equal(frontier.sel(stat="value", drop=True).drop_attrs(), ap.pareto_frontier(model, pairs, heads).drop_attrs())
-    want = _percentile([ap.pareto_frontier(model, p, heads).sel(metric="norm_logit_diff").values for p in resampled], ci)
-    np.testing.assert_allclose(frontier.sel(metric="norm_logit_diff", stat=["lo", "hi"]).transpose("stat", "size"), want, atol=1e-9)
+    xr.testing.assert_equal(
+        frontier.sel(stat="value", drop=True).drop_attrs(),
+        ap.pareto_frontier(model, pairs, heads).drop_attrs(),
+    )
+    want = _percentile(
+        [
+            ap.pareto_frontier(model, p, heads).sel(metric="norm_logit_diff").values
+            for p in resampled
+        ],
+        ci,
+    )
+    np.testing.assert_allclose(
+        frontier.sel(metric="norm_logit_diff", stat=["lo", "hi"]).transpose("stat", "size"),
+        want,
+        atol=1e-9,
+    )
     assert frontier.attrs["interval"]["n_boot"] == n_boot
 
     table = ap.minimality(model, pairs, heads[:3], ci=ci, n_boot=n_boot, boot_seed=3)
-    pd.testing.assert_frame_equal(table[["without", "drop", "passenger"]], ap.minimality(model, pairs, heads[:3]))
+    pd.testing.assert_frame_equal(
+        table[["without", "drop", "passenger"]], ap.minimality(model, pairs, heads[:3])
+    )
     want = _percentile([ap.minimality(model, p, heads[:3])["drop"].values for p in resampled], ci)
     np.testing.assert_allclose(table[["drop_lo", "drop_hi"]].values.T, want, atol=1e-9)
     assert (table["drop_excludes_0"] == ((table["drop_lo"] > 0) | (table["drop_hi"] < 0))).all()
@@ -393,14 +542,21 @@ def test_circuit_intervals_are_the_same_analysis_on_resampled_prompts(ten_prompt
 
 def test_backup_growth_intervals_are_the_same_analysis_on_resampled_prompts(ten_prompts):
     model, pairs = ten_prompts
-    component, candidates = ap.Site("head", 0, head=1), [ap.Site("head", 1, head=h) for h in range(4)] + [ap.Site("mlp_out", 1)]
+    component, candidates = (
+        ap.Site("head", 0, head=1),
+        [ap.Site("head", 1, head=h) for h in range(4)] + [ap.Site("mlp_out", 1)],
+    )
     n_boot, ci = 6, 0.8
     table = ap.backup(model, pairs, component, candidates=candidates, ci=ci, n_boot=n_boot)
     plain = ap.backup(model, pairs, component, candidates=candidates)
     pd.testing.assert_frame_equal(table[plain.columns], plain)
-    growths = [ap.backup(model, p, component, candidates=candidates)["growth"].reindex(table.index).values
-               for p in _resampled_pairs(pairs, n_boot, seed=0)]
-    np.testing.assert_allclose(table[["growth_lo", "growth_hi"]].values.T, _percentile(growths, ci), atol=1e-6)
+    growths = [
+        ap.backup(model, p, component, candidates=candidates)["growth"].reindex(table.index).values
+        for p in _resampled_pairs(pairs, n_boot, seed=0)
+    ]
+    np.testing.assert_allclose(
+        table[["growth_lo", "growth_hi"]].values.T, _percentile(growths, ci), atol=1e-6
+    )
     assert (table["growth_hi"] > table["growth_lo"]).any()
 
 
@@ -416,8 +572,10 @@ def test_a_frontier_band_is_drawn_and_read_at_its_value(ten_prompts):
     assert (surely.values == (lo.values >= 0.5)).all()
     figure = ap.circuits.plot_frontier(frontier)
     assert [trace.fill for trace in figure.data] == ["toself", None]  # the band, then the line
-    assert list(figure.data[1].y) == pytest.approx(frontier.sel(metric="norm_logit_diff", stat="value").values.tolist())
-    with pytest.raises(ValueError, match="ci=0.95"):
+    assert list(figure.data[1].y) == pytest.approx(
+        frontier.sel(metric="norm_logit_diff", stat="value").values.tolist()
+    )
+    with pytest.raises(ValueError, match=r"ci=0.95"):
         ap.circuits.reached_surely(plain)
 
 
@@ -430,7 +588,9 @@ def test_direction_labels_say_whether_other_prompts_would_agree(ten_prompts):
     pd.testing.assert_frame_equal(bounded[plain.columns], plain, atol=1e-12)
     pd.testing.assert_frame_equal(from_rows[plain.columns], plain, atol=1e-12)
     for name in ("sufficiency", "necessity"):
-        assert (bounded[f"{name}_lo"] <= bounded[name] + 1e-12).all() and (bounded[name] <= bounded[f"{name}_hi"] + 1e-12).all()
+        assert (bounded[f"{name}_lo"] <= bounded[name] + 1e-12).all() and (
+            bounded[name] <= bounded[f"{name}_hi"] + 1e-12
+        ).all()
     clear = lambda n, t: (bounded[f"{n}_lo"] >= t) | (bounded[f"{n}_hi"] < t)
     assert (bounded["settled"] == (clear("sufficiency", 0.1) & clear("necessity", 0.1))).all()
     assert bounded.attrs["interval"]["n_boot"] == 300
@@ -438,7 +598,11 @@ def test_direction_labels_say_whether_other_prompts_would_agree(ten_prompts):
 
 def test_a_circuit_on_unsolved_prompts_says_its_baseline_check_cannot_be_turned_off():
     model, pairs = tiny_task("llama")
-    flipped = ap.PromptPairs(pairs.clean, pairs.corrupt, pairs.wrong, pairs.answers)  # answers the wrong way round
-    with pytest.raises(ap.BaselineError, match="always check it, whatever check_baseline says") as caught:
+    flipped = ap.PromptPairs(
+        pairs.clean, pairs.corrupt, pairs.wrong, pairs.answers
+    )  # answers the wrong way round
+    with pytest.raises(
+        ap.BaselineError, match="always check it, whatever check_baseline says"
+    ) as caught:
         ap.evaluate_circuit(model, flipped, [ap.Site("head", 0, head=0)])
     assert "pass check_baseline=False" not in str(caught.value)

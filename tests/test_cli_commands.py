@@ -1,5 +1,6 @@
 """`actpatch models`, `check`, `sweep`, `attribute` and `circuit` on a tiny GPT-2 saved as a
 checkpoint folder (the command line loads models by path), with their outputs and exit codes."""
+
 from __future__ import annotations
 
 import importlib
@@ -18,7 +19,19 @@ from command_line import run
 
 def sweep(tiny_folder, out, *extra):
     # Random weights do no task: the baseline check is off (it has its own test below).
-    return run("sweep", "--model", tiny_folder, "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--out", str(out), *extra)
+    return run(
+        "sweep",
+        "--model",
+        tiny_folder,
+        "--task",
+        "ioi",
+        "--prompts",
+        "4",
+        "--no-check-baseline",
+        "--out",
+        str(out),
+        *extra,
+    )
 
 
 def test_every_command_has_help():
@@ -53,58 +66,139 @@ def test_check_exits_1_when_a_check_fails(tiny_folder, monkeypatch):
 
 
 def test_sweep_writes_result_and_report_with_provenance(tiny_folder, tmp_path):
-    result = sweep(tiny_folder, tmp_path, "--site", "head", "--positions", "S2,END", "--direction", "both", "--seed", "3", "--pngs")
+    result = sweep(
+        tiny_folder,
+        tmp_path,
+        "--site",
+        "head",
+        "--positions",
+        "S2,END",
+        "--direction",
+        "both",
+        "--seed",
+        "3",
+        "--pngs",
+    )
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ioi_head_both.html", "ioi_head_both.nc", "ioi_head_both_norm_logit_diff.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ioi_head_both.html",
+        "ioi_head_both.nc",
+        "ioi_head_both_norm_logit_diff.png",
+    ]
     saved = ap.load(tmp_path / "ioi_head_both.nc")
     assert list(saved["direction"].values) == ["denoise", "noise"]
     attrs = saved.attrs
-    assert attrs["task"] == "ioi" and attrs["seed"] == 3 and attrs["corruption"] == "abc" and attrs["engine"] == "batched"
-    assert attrs["model"] == tiny_folder and re.fullmatch(r"[0-9a-f]{64}", attrs["weights_fingerprint"])
+    assert (
+        attrs["task"] == "ioi"
+        and attrs["seed"] == 3
+        and attrs["corruption"] == "abc"
+        and attrs["engine"] == "batched"
+    )
+    assert attrs["model"] == tiny_folder and re.fullmatch(
+        r"[0-9a-f]{64}", attrs["weights_fingerprint"]
+    )
     assert {"actpatch", "torch", "transformers"} <= set(attrs["versions"])
-    assert attrs["experiment"]["sweep"]["direction"] == "both" and attrs["experiment"]["task"]["seed"] == 3
-    assert "strongest" in result.output  # head × pos per direction: no single layer grid, so the strongest patches
+    assert (
+        attrs["experiment"]["sweep"]["direction"] == "both"
+        and attrs["experiment"]["task"]["seed"] == 3
+    )
+    assert (
+        "strongest" in result.output
+    )  # head × pos per direction: no single layer grid, so the strongest patches
 
 
 def test_sweep_refuses_an_unsolved_task_unless_told(tiny_folder, tmp_path):
-    result = run("sweep", "--model", tiny_folder, "--task", "greater_than", "--prompts", "4", "--site", "resid_pre",
-                 "--out", str(tmp_path))
-    assert result.exit_code == 2 and "does not perform the task" in result.stderr and "--no-check-baseline" in result.stderr
+    result = run(
+        "sweep",
+        "--model",
+        tiny_folder,
+        "--task",
+        "greater_than",
+        "--prompts",
+        "4",
+        "--site",
+        "resid_pre",
+        "--out",
+        str(tmp_path),
+    )
+    assert (
+        result.exit_code == 2
+        and "does not perform the task" in result.stderr
+        and "--no-check-baseline" in result.stderr
+    )
 
 
-@pytest.mark.parametrize("args, reason", [
-    (["--site", "resid_pre", "--layers", "7"], "layer 7 is out of range: this model has layers 0..1"),
-    (["--site", "head", "--positions", "NOPE"], "no named position 'NOPE'"),
-    (["--site", "neuron"], "a neuron sweep needs --neurons:"),
-    (["--site", "resid-pre"], "Did you mean 'resid_pre'?"),
-    (["--site", "resid_pre", "--layers", "x"], "--layers: 'x' is not a whole number"),
-    (["--site", "resid_pre", "--chunk", "many"], "Invalid value for '--chunk'"),
-    (["--site", "resid_pre", "--corruption", "s9"], "task.corruption = 's9' is not a corruption of ioi"),
-    (["--site", "resid_pre", "--model", "/no/such/folder"], "does not exist. A checkpoint is a folder or a .gguf file; "
-                                                            "leave out --model to use the embedded model"),
-])
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (
+            ["--site", "resid_pre", "--layers", "7"],
+            "layer 7 is out of range: this model has layers 0..1",
+        ),
+        (["--site", "head", "--positions", "NOPE"], "no named position 'NOPE'"),
+        (["--site", "neuron"], "a neuron sweep needs --neurons:"),
+        (["--site", "resid-pre"], "Did you mean 'resid_pre'?"),
+        (["--site", "resid_pre", "--layers", "x"], "--layers: 'x' is not a whole number"),
+        (["--site", "resid_pre", "--chunk", "many"], "Invalid value for '--chunk'"),
+        (
+            ["--site", "resid_pre", "--corruption", "s9"],
+            "task.corruption = 's9' is not a corruption of ioi",
+        ),
+        (
+            ["--site", "resid_pre", "--model", "/no/such/folder"],
+            "does not exist. A checkpoint is a folder or a .gguf file; "
+            "leave out --model to use the embedded model",
+        ),
+    ],
+)
 def test_sweep_bad_input_exits_2_with_one_line(tiny_folder, tmp_path, args, reason):
     result = sweep(tiny_folder, tmp_path, *args)
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and reason in result.stderr, result.stderr
+    assert (
+        result.stderr.startswith("error: ")
+        and result.stderr.count("\n") == 1
+        and reason in result.stderr
+    ), result.stderr
     # The library's keyword hints (neurons=[...], pass None) are given as the flags that set them.
-    assert not re.search(r"\b(neurons|layers|heads|positions|check_baseline)=|pass None", result.stderr), result.stderr
+    assert not re.search(
+        r"\b(neurons|layers|heads|positions|check_baseline)=|pass None", result.stderr
+    ), result.stderr
 
 
-@pytest.mark.parametrize("message, flags", [
-    ("a neuron sweep needs neurons=[...]: all 64 neurons", "a neuron sweep needs --neurons: all 64 neurons"),
-    ("or pass check_baseline=False to sweep anyway", "or pass --no-check-baseline to sweep anyway"),
-    ("drop heads= or use a head site", "drop --heads or use a head site"),
-    ("which is noising: pass direction='noise'", "which is noising: pass --direction noise"),
-    ("pass its kind and layers=/heads=/positions=", "pass its kind and --layers/--heads/--positions"),
-    ("head[layer=9, head=6, pos=END]", "head[layer=9, head=6, pos=END]"),  # a site's own fields stay as written
-    ("sweep.direction = 'sideways'", "sweep.direction = 'sideways'"),  # an experiment file's key stays a key
-])
+@pytest.mark.parametrize(
+    "message, flags",
+    [
+        (
+            "a neuron sweep needs neurons=[...]: all 64 neurons",
+            "a neuron sweep needs --neurons: all 64 neurons",
+        ),
+        (
+            "or pass check_baseline=False to sweep anyway",
+            "or pass --no-check-baseline to sweep anyway",
+        ),
+        ("drop heads= or use a head site", "drop --heads or use a head site"),
+        ("which is noising: pass direction='noise'", "which is noising: pass --direction noise"),
+        (
+            "pass its kind and layers=/heads=/positions=",
+            "pass its kind and --layers/--heads/--positions",
+        ),
+        (
+            "head[layer=9, head=6, pos=END]",
+            "head[layer=9, head=6, pos=END]",
+        ),  # a site's own fields stay as written
+        (
+            "sweep.direction = 'sideways'",
+            "sweep.direction = 'sideways'",
+        ),  # an experiment file's key stays a key
+    ],
+)
 def test_keyword_hints_become_flags(message, flags):
     assert common.in_flags(message) == flags
 
 
-def test_sweep_failure_exits_1_with_the_traceback_in_the_output_folder(tiny_folder, tmp_path, monkeypatch):
+def test_sweep_failure_exits_1_with_the_traceback_in_the_output_folder(
+    tiny_folder, tmp_path, monkeypatch
+):
     def broken(*args, **kwargs):
         raise RuntimeError("the GPU caught fire")
 
@@ -120,7 +214,10 @@ def test_a_leftover_checkpoint_needs_resume(tiny_folder, tmp_path):
     (tmp_path / "checkpoint" / "denoise").mkdir(parents=True)
     (tmp_path / "checkpoint" / "denoise" / "plan.json").write_text("{}")
     result = sweep(tiny_folder, tmp_path, "--site", "resid_pre")
-    assert result.exit_code == 2 and "add --resume to continue it, or delete that folder" in result.stderr
+    assert (
+        result.exit_code == 2
+        and "add --resume to continue it, or delete that folder" in result.stderr
+    )
     mismatched = sweep(tiny_folder, tmp_path, "--site", "resid_pre", "--resume")
     assert mismatched.exit_code == 2 and "written by another sweep" in mismatched.stderr
 
@@ -131,42 +228,124 @@ def test_resume_without_a_checkpoint_just_runs(tiny_folder, tmp_path):
 
 
 def test_attribute_verifies_and_writes_estimate_table_and_report(tiny_folder, tmp_path):
-    result = run("attribute", "--model", tiny_folder, "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--site", "head",
-                 "--verify", "3", "--out", str(tmp_path))
+    result = run(
+        "attribute",
+        "--model",
+        tiny_folder,
+        "--task",
+        "ioi",
+        "--prompts",
+        "4",
+        "--no-check-baseline",
+        "--site",
+        "head",
+        "--verify",
+        "3",
+        "--out",
+        str(tmp_path),
+    )
     assert result.exit_code == 0, result.output
     assert "Verification(spearman=" in result.output
     estimate = ap.load(tmp_path / "ioi_head_denoise_atp.nc")
-    assert estimate.attrs["estimate"]["method"] == "atp" and estimate.attrs["verification"]["top_k"] == 3
-    assert (tmp_path / "ioi_head_denoise_atp_verify.csv").read_text().startswith("site,estimate,exact")
-    assert "Verification against exact patching" in (tmp_path / "ioi_head_denoise_atp.html").read_text()
+    assert (
+        estimate.attrs["estimate"]["method"] == "atp"
+        and estimate.attrs["verification"]["top_k"] == 3
+    )
+    assert (
+        (tmp_path / "ioi_head_denoise_atp_verify.csv").read_text().startswith("site,estimate,exact")
+    )
+    assert (
+        "Verification against exact patching"
+        in (tmp_path / "ioi_head_denoise_atp.html").read_text()
+    )
 
 
 def test_attribute_takes_one_direction_and_one_length(tiny_folder, tmp_path):
-    both = run("attribute", "--model", tiny_folder, "--task", "ioi", "--site", "head", "--direction", "both", "--out", str(tmp_path))
+    both = run(
+        "attribute",
+        "--model",
+        tiny_folder,
+        "--task",
+        "ioi",
+        "--site",
+        "head",
+        "--direction",
+        "both",
+        "--out",
+        str(tmp_path),
+    )
     assert both.exit_code == 2 and "attribute takes one direction" in both.stderr
-    ig = run("attribute", "--model", tiny_folder, "--task", "ioi", "--site", "head", "--direction", "noise", "--ablation", "zero",
-             "--method", "ig", "--out", str(tmp_path))
+    ig = run(
+        "attribute",
+        "--model",
+        tiny_folder,
+        "--task",
+        "ioi",
+        "--site",
+        "head",
+        "--direction",
+        "noise",
+        "--ablation",
+        "zero",
+        "--method",
+        "ig",
+        "--out",
+        str(tmp_path),
+    )
     assert ig.exit_code == 2 and "needs a source run" in ig.stderr
 
 
 def test_circuit_prints_frontier_and_minimality_and_reports_the_curve(tiny_folder, tmp_path):
     # Seed 2: prompts on which the random model's clean run is above its corrupt one (the frontier's
     # own baseline check does not follow --no-check-baseline yet).
-    result = run("circuit", "--model", tiny_folder, "--task", "ioi", "--prompts", "4", "--seed", "2", "--no-check-baseline",
-                 "--recovery", "0.5", "--out", str(tmp_path))
+    result = run(
+        "circuit",
+        "--model",
+        tiny_folder,
+        "--task",
+        "ioi",
+        "--prompts",
+        "4",
+        "--seed",
+        "2",
+        "--no-check-baseline",
+        "--recovery",
+        "0.5",
+        "--out",
+        str(tmp_path),
+    )
     assert result.exit_code == 0, result.output
     assert "Pareto frontier" in result.output and "smallest circuit recovering 50%" in result.output
     assert "minimality" in result.output
     frontier = ap.load(tmp_path / "ioi_head_denoise_circuit_frontier.nc")
-    assert list(frontier["size"].values) == list(range(5))  # 2 layers × 2 heads, plus the empty circuit
+    assert list(frontier["size"].values) == list(
+        range(5)
+    )  # 2 layers × 2 heads, plus the empty circuit
     page = (tmp_path / "ioi_head_denoise_circuit.html").read_text()
-    assert "Pareto frontier: circuit performance against circuit size" in page and "Minimality of the" in page
+    assert (
+        "Pareto frontier: circuit performance against circuit size" in page
+        and "Minimality of the" in page
+    )
     assert (tmp_path / "ioi_head_denoise_circuit_minimality.csv").exists()
 
 
 def test_circuit_refuses_a_site_it_cannot_rank(tiny_folder, tmp_path):
-    result = run("circuit", "--model", tiny_folder, "--task", "ioi", "--site", "resid_pre", "--no-check-baseline", "--out", str(tmp_path))
-    assert result.exit_code == 2 and "circuit ranks head or mlp_out components, not resid_pre" in result.stderr
+    result = run(
+        "circuit",
+        "--model",
+        tiny_folder,
+        "--task",
+        "ioi",
+        "--site",
+        "resid_pre",
+        "--no-check-baseline",
+        "--out",
+        str(tmp_path),
+    )
+    assert (
+        result.exit_code == 2
+        and "circuit ranks head or mlp_out components, not resid_pre" in result.stderr
+    )
 
 
 @pytest.fixture
@@ -179,30 +358,72 @@ def actpatch_log_level():
 
 
 @pytest.mark.parametrize("verbosity, chunks", [("-v", False), ("-vv", True)])
-def test_verbose_logs_loading_baselines_and_chunks(tiny_folder, tmp_path, caplog, actpatch_log_level, verbosity, chunks):
-    result = run(verbosity, "sweep", "--model", tiny_folder, "--task", "ioi", "--prompts", "4", "--no-check-baseline",
-                 "--site", "mlp_out", "--chunk", "2", "--out", str(tmp_path))
+def test_verbose_logs_loading_baselines_and_chunks(
+    tiny_folder, tmp_path, caplog, actpatch_log_level, verbosity, chunks
+):
+    result = run(
+        verbosity,
+        "sweep",
+        "--model",
+        tiny_folder,
+        "--task",
+        "ioi",
+        "--prompts",
+        "4",
+        "--no-check-baseline",
+        "--site",
+        "mlp_out",
+        "--chunk",
+        "2",
+        "--out",
+        str(tmp_path),
+    )
     assert result.exit_code == 0, result.output
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("actpatch")]
     assert any(m.startswith(f"loading {tiny_folder} (float32 on cpu)") for m in messages), messages
-    assert any(m.startswith("loaded ") for m in messages) and any(m.startswith("baseline logit difference") for m in messages)
+    assert any(m.startswith("loaded ") for m in messages) and any(
+        m.startswith("baseline logit difference") for m in messages
+    )
     assert any(m.startswith("chunk of ") for m in messages) == chunks
-    assert not [r for r in caplog.records if not r.name.startswith("actpatch") and r.levelno < logging.WARNING]
+    assert not [
+        r
+        for r in caplog.records
+        if not r.name.startswith("actpatch") and r.levelno < logging.WARNING
+    ]
 
 
 def test_quiet_by_default(tiny_folder, tmp_path, caplog, actpatch_log_level):
     result = sweep(tiny_folder, tmp_path, "--site", "mlp_out")
     assert result.exit_code == 0, result.output
-    assert not [r for r in caplog.records if r.name.startswith("actpatch") and r.levelno < logging.WARNING]
+    assert not [
+        r for r in caplog.records if r.name.startswith("actpatch") and r.levelno < logging.WARNING
+    ]
 
 
-@pytest.mark.parametrize("command, written", [
-    (["sweep", "--site", "mlp_out"], "ioi_mlp_out_denoise.nc"),
-    (["attribute", "--site", "head"], "ioi_head_denoise_atp.nc"),
-    (["circuit", "--max-size", "1", "--seed", "2"], "ioi_head_denoise_circuit.nc"),  # seed 2: see the circuit test above
-])
+@pytest.mark.parametrize(
+    "command, written",
+    [
+        (["sweep", "--site", "mlp_out"], "ioi_mlp_out_denoise.nc"),
+        (["attribute", "--site", "head"], "ioi_head_denoise_atp.nc"),
+        (
+            ["circuit", "--max-size", "1", "--seed", "2"],
+            "ioi_head_denoise_circuit.nc",
+        ),  # seed 2: see the circuit test above
+    ],
+)
 def test_a_rerun_into_the_same_out_needs_overwrite(tiny_folder, tmp_path, command, written):
-    flags = ["--model", tiny_folder, "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--out", str(tmp_path), "--quiet"]
+    flags = [
+        "--model",
+        tiny_folder,
+        "--task",
+        "ioi",
+        "--prompts",
+        "4",
+        "--no-check-baseline",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
     first = run(*command, *flags)
     assert first.exit_code == 0, first.output
     before = (tmp_path / written).stat().st_mtime_ns

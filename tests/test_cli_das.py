@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from command_line import run
 from safetensors.torch import load_file
 
 import actpatch as ap
+from command_line import run
 
 
 def das(tiny_folder, out, *extra):

@@ -3,6 +3,7 @@ without patching again what the checkpoint holds.
 
 The sweep runs in a child process on a tiny model whose patched runs are slowed down (a sleep
 per chunk), so that it can be killed after some chunks and before the last."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,23 @@ main(sys.argv[1:])
 
 
 def args(tiny: Path, out: Path) -> list[str]:
-    return ["sweep", "--model", str(tiny), "--task", "ioi", "--prompts", "4", "--no-check-baseline", "--site", "resid_pre",
-            "--chunk", "1", "--out", str(out), "--quiet"]
+    return [
+        "sweep",
+        "--model",
+        str(tiny),
+        "--task",
+        "ioi",
+        "--prompts",
+        "4",
+        "--no-check-baseline",
+        "--site",
+        "resid_pre",
+        "--chunk",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
 
 
 def rows_in(folder: Path) -> int:
@@ -50,9 +66,13 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
     env = {**os.environ, "TQDM_DISABLE": "1"}
     # A shell starting jobs in the background has the children ignore SIGINT, and an ignored signal
     # stays ignored across exec: give the child the default disposition, as a terminal's process has.
-    child = subprocess.Popen([sys.executable, "-c", SLOW_SWEEP, *args(tiny, out)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SWEEP, *args(tiny, out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     chunks = out / "checkpoint" / "denoise"
     deadline = time.monotonic() + 180
     while len(list(chunks.glob("chunk-*.json"))) < 3:
@@ -62,7 +82,9 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
     child.send_signal(stop)
     child.wait(timeout=60)
     # Ctrl-C reaches Python as KeyboardInterrupt: the command stops (click reports "Aborted!", exit 1).
-    assert child.returncode == (-signal.SIGKILL if stop == signal.SIGKILL else 1), child.communicate()
+    assert child.returncode == (-signal.SIGKILL if stop == signal.SIGKILL else 1), (
+        child.communicate()
+    )
     assert not (out / "ioi_resid_pre_denoise.nc").exists()  # killed before the end
     finished = rows_in(chunks)
 
@@ -79,10 +101,14 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
     got = ap.load(out / "ioi_resid_pre_denoise.nc")
     assert not (out / "checkpoint").exists()
     cost = got.attrs["cost"]
-    to_patch = cost["patches"] - cost["noop_patches_skipped"]  # no-op patches run nothing and are not checkpointed
+    to_patch = (
+        cost["patches"] - cost["noop_patches_skipped"]
+    )  # no-op patches run nothing and are not checkpointed
     assert 3 <= finished < to_patch
     assert cost["patches_from_checkpoint"] == finished
-    assert sum(copies_run) == 2 + to_patch - finished  # the two self-checks, then only what was left
+    assert (
+        sum(copies_run) == 2 + to_patch - finished
+    )  # the two self-checks, then only what was left
 
     monkeypatch.undo()
     uninterrupted = run(*args(tiny, whole))
@@ -90,6 +116,11 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
     want = ap.load(whole / "ioi_resid_pre_denoise.nc")
     assert np.array_equal(got.values, want.values)  # bit for bit
     assert got.attrs["self_checks"] == want.attrs["self_checks"]
-    differing = [k for k in set(got.attrs) | set(want.attrs) if got.attrs.get(k) != want.attrs.get(k)]
+    differing = [
+        k for k in set(got.attrs) | set(want.attrs) if got.attrs.get(k) != want.attrs.get(k)
+    ]
     assert sorted(differing) == ["cost", "experiment"]  # work done, and the output folder
-    assert {**got.attrs["experiment"], "output": None} == {**want.attrs["experiment"], "output": None}
+    assert {**got.attrs["experiment"], "output": None} == {
+        **want.attrs["experiment"],
+        "output": None,
+    }

@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import save_file
-from tiny import tiny_model, tiny_pairs
 
 import actpatch as ap
+from tiny import tiny_model, tiny_pairs
 
 N = 16  # latents
 

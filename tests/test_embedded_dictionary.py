@@ -2,28 +2,41 @@
 
 Mechanics on a tiny random llama with random token rows (one small trained dictionary, a few
 hundred activations); the real SmolLM2 training is the slow test at the end."""
+
 import json
 import logging
 
 import pytest
 import torch
-from tiny import VOCAB, tiny_model
 
 import actpatch as ap
 from actpatch import embedded
 from actpatch.bases.train import train_topk
+from tiny import VOCAB, tiny_model
 
 RECIPE = embedded.Recipe(layer=1, n_latents=64, k=4, tokens=256, context=16, epochs=3, batch=32)
 
 
 def normalised_error(dictionary, acts):
-    return float((acts - dictionary.reconstruct(acts)).pow(2).sum() / (acts - acts.mean(0)).pow(2).sum())
+    return float(
+        (acts - dictionary.reconstruct(acts)).pow(2).sum() / (acts - acts.mean(0)).pow(2).sum()
+    )
 
 
 def as_dictionary(fit):
-    return ap.Dictionary(name="fit", layer=0, reads="resid_post", writes="resid_post", W_enc=fit.W_enc,
-                         b_enc=fit.b_enc, W_dec=fit.W_dec, b_dec=fit.b_dec, activation="topk", k=fit.k,
-                         input_bias=fit.b_dec)
+    return ap.Dictionary(
+        name="fit",
+        layer=0,
+        reads="resid_post",
+        writes="resid_post",
+        W_enc=fit.W_enc,
+        b_enc=fit.b_enc,
+        W_dec=fit.W_dec,
+        b_dec=fit.b_dec,
+        activation="topk",
+        k=fit.k,
+        input_bias=fit.b_dec,
+    )
 
 
 def test_training_reduces_the_reconstruction_error_on_raw_activations():
@@ -64,14 +77,23 @@ def test_first_use_trains_and_saves_a_saelens_folder_that_loads_as_trained(cache
     dictionary = ap.embedded_dictionary(model, recipe=RECIPE, tokens=tokens, progress=False)
     assert len(fits) == 1
     folder = embedded.dictionary_folder(model, RECIPE)
-    assert sorted(p.name for p in folder.iterdir()) == ["cfg.json", "manifest.json", "sae_weights.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "cfg.json",
+        "manifest.json",
+        "sae_weights.safetensors",
+    ]
     cfg = json.loads((folder / "cfg.json").read_text())
     training = json.loads((folder / "manifest.json").read_text())["training"]
     assert training["activations"] == 16 * 15 and training["dead_latents"] == fits[0].dead
     assert (cfg["architecture"], cfg["d_in"], cfg["d_sae"], cfg["k"]) == ("topk", 32, 64, 4)
     assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
     loaded = ap.load_dictionary(folder, model)
-    assert (loaded.reads, loaded.writes, loaded.layer, loaded.activation) == ("resid_post", "resid_post", 1, "topk")
+    assert (loaded.reads, loaded.writes, loaded.layer, loaded.activation) == (
+        "resid_post",
+        "resid_post",
+        1,
+        "topk",
+    )
     for got in (dictionary, loaded):
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             torch.testing.assert_close(getattr(got, name), getattr(fits[0], name), rtol=0, atol=0)

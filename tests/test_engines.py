@@ -1,4 +1,5 @@
 """Every fast path walks beside its oracle: the batched engine against the reference engine."""
+
 import functools
 
 import numpy as np
@@ -15,7 +16,12 @@ ENGINES = {
     "batched, one per chunk": functools.partial(ap.sweep, engine="batched", chunk=1),
     "batched, memory budget": functools.partial(ap.sweep, engine="batched", memory_budget=1 << 20),
 }
-CASES = [(f, k) for f in FAMILIES for k in ap.SITE_KINDS if not (f == "pythia_parallel" and k == "resid_mid")]
+CASES = [
+    (f, k)
+    for f in FAMILIES
+    for k in ap.SITE_KINDS
+    if not (f == "pythia_parallel" and k == "resid_mid")
+]
 
 
 def extra_for(kind):
@@ -24,7 +30,11 @@ def extra_for(kind):
 
 # Every family and kind with a ragged chunking; the other chunkings on two families.
 MATRIX = [(f, k, "batched, chunk 3") for f, k in CASES] + [
-    (f, k, e) for f, k in CASES if f in ("llama", "gemma3") for e in ENGINES if e != "batched, chunk 3"
+    (f, k, e)
+    for f, k in CASES
+    if f in ("llama", "gemma3")
+    for e in ENGINES
+    if e != "batched, chunk 3"
 ]
 
 
@@ -43,18 +53,27 @@ def test_engine_matches_reference(family, kind, engine, device, on_device):
 
 
 @pytest.mark.smollm
-@pytest.mark.parametrize("kind, options", [
-    ("resid_pre", dict(layers=[0, 5, 17, 29])),
-    ("head", dict(positions=["END", "S2"], layers=[0, 8, 20, 29])),
-    ("v", dict(positions=["IO"], layers=[3, 9])),
-    ("pattern", dict(positions=["END"], layers=[10, 25], heads=[0, 4])),
-    ("resid_mid", dict(layers=[12])),
-])
+@pytest.mark.parametrize(
+    "kind, options",
+    [
+        ("resid_pre", dict(layers=[0, 5, 17, 29])),
+        ("head", dict(positions=["END", "S2"], layers=[0, 8, 20, 29])),
+        ("v", dict(positions=["IO"], layers=[3, 9])),
+        ("pattern", dict(positions=["END"], layers=[10, 25], heads=[0, 4])),
+        ("resid_mid", dict(layers=[12])),
+    ],
+)
 def test_engine_matches_reference_on_smollm_ioi(smollm, kind, options):
     pairs = ap.ioi_pairs(smollm, n=4, seed=1)
-    want = ap.sweep(smollm, pairs, kind, engine="reference", direction=["denoise", "noise"], **options)
-    got = ap.sweep(smollm, pairs, kind, engine="batched", direction=["denoise", "noise"], chunk=5, **options)
-    delta = np.abs(got.sel(metric="norm_logit_diff") - want.sel(metric="norm_logit_diff")).max().item()
+    want = ap.sweep(
+        smollm, pairs, kind, engine="reference", direction=["denoise", "noise"], **options
+    )
+    got = ap.sweep(
+        smollm, pairs, kind, engine="batched", direction=["denoise", "noise"], chunk=5, **options
+    )
+    delta = (
+        np.abs(got.sel(metric="norm_logit_diff") - want.sel(metric="norm_logit_diff")).max().item()
+    )
     assert delta <= 1e-4
 
 
@@ -80,7 +99,10 @@ def test_an_unproven_model_falls_back_to_the_reference_engine(monkeypatch, caplo
     monkeypatch.setattr(batched, "unsupported", lambda m: "a reason")
     with caplog.at_level("WARNING"):
         result = ap.sweep(model, pairs, "attn_out", layers=[1], positions=[2], chunk=4)
-    assert result.attrs["engine"] == "reference" and "not proven for this model (a reason)" in caplog.text
+    assert (
+        result.attrs["engine"] == "reference"
+        and "not proven for this model (a reason)" in caplog.text
+    )
 
 
 def test_work_is_counted_in_forward_equivalents():
@@ -101,7 +123,9 @@ def test_work_is_counted_in_forward_equivalents():
     patch = 1 * batch * 2 - mlp * batch * 1 + unembedding * batch
     check = forward - mlp * batch * (seq - 1)
     recordings = layers * batch * 2 + unembedding * batch
-    assert result.attrs["cost"]["forward_equivalents"] == pytest.approx(2 + (recordings + check + 2 * patch) / forward, abs=1e-3)
+    assert result.attrs["cost"]["forward_equivalents"] == pytest.approx(
+        2 + (recordings + check + 2 * patch) / forward, abs=1e-3
+    )
     assert result.attrs["cost"]["work_floor"] == pytest.approx(2 + patch / forward, abs=1e-3)
     assert result.attrs["cost"]["patches"] == 1
 
@@ -111,7 +135,9 @@ def test_patched_runs_compute_the_last_layers_mlp_at_the_final_position_only():
     runs, every position in the recordings; mlp_out there keeps them all (its hook writes them)."""
     model, pairs = tiny_task("llama")
     widths: list[int] = []
-    handle = model.layer(1).mlp.down_proj.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+    handle = model.layer(1).mlp.down_proj.register_forward_pre_hook(
+        lambda module, args: widths.append(args[0].shape[1])
+    )
     try:
         ap.sweep(model, pairs, "resid_pre", layers=[1], positions=[2], check_baseline=False)
         assert 1 in widths and pairs.seq_len in widths
@@ -134,8 +160,13 @@ def test_engines_agree_on_one_prompt_through_the_spec(family, kind, device, on_d
     model = on_device(tiny_model(family), device)
     one = pairs[1]
     for direction in ("denoise", "noise"):
-        spec = SweepSpec(kind, direction, positions="each" if kind in ("resid_pre", "mlp_out") else "all", chunk=2,
-                         check_baseline=False)
+        spec = SweepSpec(
+            kind,
+            direction,
+            positions="each" if kind in ("resid_pre", "mlp_out") else "all",
+            chunk=2,
+            check_baseline=False,
+        )
         want = runner.run(model, one, spec, reference.Reference())
         got = runner.run(model, one, spec, batched.Batched())
         xr.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

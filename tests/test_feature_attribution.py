@@ -8,10 +8,10 @@ site there; where the metric is linear in that site, the estimates are the exact
 from __future__ import annotations
 
 import pytest
-from random_dictionaries import kinds_for, random_dictionary
-from tiny import FAMILIES, linear_head_model, tiny_pairs, tiny_task, with_answers
 
 import actpatch as ap
+from random_dictionaries import kinds_for, random_dictionary
+from tiny import FAMILIES, linear_head_model, tiny_pairs, tiny_task, with_answers
 
 
 def changes(result, metric="logit_diff"):
@@ -81,7 +81,7 @@ def test_verify_needs_the_dictionary_the_estimate_was_made_with():
     with pytest.raises(ValueError, match="pass that dictionary"):
         ap.verify(model, pairs, estimate)
     other = random_dictionary(model, "mlp_out", "mlp_out")
-    with pytest.raises(ValueError, match="test.resid_post.1"):
+    with pytest.raises(ValueError, match=r"test.resid_post.1"):
         ap.verify(model, pairs, estimate, dictionary=other)
     plain = ap.attribute(model, pairs, "resid_post", layers=[1], positions=[5], progress=False)
     with pytest.raises(ValueError, match="goes with estimates over feature sites"):

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from random_dictionaries import kinds_for, random_dictionary
-from tiny import FAMILIES, tiny_model, tiny_task
 
 import actpatch as ap
 from actpatch.bases.dictionary import Dictionary
 from actpatch.engine.sources import ablate
 from actpatch.models.model import weights_fingerprint
+from random_dictionaries import kinds_for, random_dictionary
+from tiny import FAMILIES, tiny_model, tiny_task
 
 ATOL = 1e-5  # float32 logits of O(1-10): a few ulps of the forward, far below any effect
 

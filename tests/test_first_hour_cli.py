@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from command_line import run
 
 import actpatch as ap
 from actpatch.metrics import METRICS
+from command_line import run
 
 PROMPT = "When John and Mary went to the store, John gave a drink to"
 CORRUPT = "When Alice and Bob went to the store, Carol gave a drink to"

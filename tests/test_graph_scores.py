@@ -1,5 +1,6 @@
 """Edge scores: exact scores against one-edge-at-a-time evaluation, gradients against finite
 differences of the exact evaluation (in float64), and the identities between the methods."""
+
 import math
 
 import pytest
@@ -10,12 +11,26 @@ from actpatch.graph import EdgeRuns, edge_scores, verify_edges
 from actpatch.graph.verify import spearman
 from tiny import FAMILIES, tiny_task
 
-EDGES = ["input->a0.h1<q>", "input->a0.h2<k>", "a0.h3->a1.h0<v>", "a0.h0->a1.h3<k>", "m0->a1.h1<q>",
-         "a0.h2->m0", "input->m1", "a1.h2->logits", "m1->logits"]
+EDGES = [
+    "input->a0.h1<q>",
+    "input->a0.h2<k>",
+    "a0.h3->a1.h0<v>",
+    "a0.h0->a1.h3<k>",
+    "m0->a1.h1<q>",
+    "a0.h2->m0",
+    "input->m1",
+    "a1.h2->logits",
+    "m1->logits",
+]
 
 
 def mean_logit_diff(runs, logits):
-    return torch.stack([metrics.logit_diff(l.double(), runs.pairs.answers, runs.pairs.wrong).mean() for l in logits])
+    return torch.stack(
+        [
+            metrics.logit_diff(l.double(), runs.pairs.answers, runs.pairs.wrong).mean()
+            for l in logits
+        ]
+    )
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -33,13 +48,17 @@ def test_exact_scores_are_each_edge_removed_alone(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method, steps, chunk", [("eap", 1, None), ("eap-ig-inputs", 3, 2), ("clean-corrupted", 1, 1)])
+@pytest.mark.parametrize(
+    "method, steps, chunk", [("eap", 1, None), ("eap-ig-inputs", 3, 2), ("clean-corrupted", 1, 1)]
+)
 def test_the_fast_gradient_path_gives_the_plain_paths_scores(family, method, steps, chunk):
     """Gradients split per receiver after one ordinary forward (grouped-query attention on H/KV
     copies, projections run once) equal those of the forward that expands every layer per head;
     `chunk` stacks interpolation steps (ragged) as copies."""
     model, pairs = tiny_task(family)
-    plain = edge_scores(model, pairs, method, steps=steps, chunk=chunk, engine="plain", check_baseline=False).scores
+    plain = edge_scores(
+        model, pairs, method, steps=steps, chunk=chunk, engine="plain", check_baseline=False
+    ).scores
     fast = edge_scores(model, pairs, method, steps=steps, chunk=chunk, check_baseline=False).scores
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
     assert hooks.attached_hooks(model) == 0
@@ -48,7 +67,9 @@ def test_the_fast_gradient_path_gives_the_plain_paths_scores(family, method, ste
 def test_the_fast_gradient_path_on_one_prompt_under_grouped_query_attention():
     model, pairs = tiny_task("mistral", batch=1)
     plain = edge_scores(model, pairs, "eap", engine="plain", check_baseline=False).scores
-    torch.testing.assert_close(edge_scores(model, pairs, "eap", check_baseline=False).scores, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        edge_scores(model, pairs, "eap", check_baseline=False).scores, plain, atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -68,7 +89,12 @@ def test_resumed_exact_scores_are_the_plain_removals_at_under_half_the_work(fami
 
 # LayerNorm families run wholly in float64; RMSNorm families (LLaMA, Gemma) normalise in float32
 # whatever the weights' dtype, so their differences need a wider step (truncation ~ε², rounding ~1e-7/ε).
-STEPS = {"gpt2": (1e-4, 1e-6), "gpt_neox": (1e-4, 1e-6), "llama": (3e-3, 1e-4), "gemma3": (3e-3, 1e-4)}
+STEPS = {
+    "gpt2": (1e-4, 1e-6),
+    "gpt_neox": (1e-4, 1e-6),
+    "llama": (3e-3, 1e-4),
+    "gemma3": (3e-3, 1e-4),
+}
 
 
 @pytest.mark.parametrize("family", STEPS)
@@ -84,7 +110,9 @@ def test_eap_is_the_derivative_of_the_exact_evaluation(family):
         up, down = runs.graph.full().double(), runs.graph.full().double()
         up[runs.graph.edge(name)], down[runs.graph.edge(name)] = 1 + eps, 1 - eps
         m_up, m_down = mean_logit_diff(runs, runs.logits(torch.stack([up, down])))
-        assert scores[name] == pytest.approx(float(m_up - m_down) / (2 * eps), abs=atol, rel=1e-5), name
+        assert scores[name] == pytest.approx(
+            float(m_up - m_down) / (2 * eps), abs=atol, rel=1e-5
+        ), name
 
 
 def test_the_gradient_methods_agree_where_they_must():
@@ -95,7 +123,9 @@ def test_the_gradient_methods_agree_where_they_must():
     ig_one = edge_scores(model, pairs, "eap-ig-inputs", steps=1).scores
     both = edge_scores(model, pairs, "clean-corrupted").scores
     torch.testing.assert_close(eap + ig_one, 2 * both, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(edge_scores(model, pairs, "eap-ig-activations", steps=1).scores, eap, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        edge_scores(model, pairs, "eap-ig-activations", steps=1).scores, eap, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_integrated_gradients_on_the_inputs_are_complete():
@@ -112,8 +142,10 @@ def test_integrated_gradients_on_the_inputs_are_complete():
 def test_integrated_gradients_beat_eap_at_estimating_exact_scores():
     model, pairs = tiny_task("gpt2")
     exact = edge_scores(model, pairs, "exact").scores
-    error = {m: float((edge_scores(model, pairs, m, steps=8).scores - exact).abs().sum())
-             for m in ("eap", "eap-ig-inputs")}
+    error = {
+        m: float((edge_scores(model, pairs, m, steps=8).scores - exact).abs().sum())
+        for m in ("eap", "eap-ig-inputs")
+    }
     assert error["eap-ig-inputs"] < error["eap"]
 
 
@@ -135,13 +167,19 @@ def test_exact_scores_under_an_ablation_remove_the_edge_towards_ablated_values(a
     assert scores["m0->logits"] == pytest.approx(float(full - without), abs=1e-5)
 
 
-@pytest.mark.parametrize("call, message", [
-    (dict(method="atp"), "unknown edge-scoring method 'atp'; choose one of: eap, eap-ig-inputs"),
-    (dict(method="eap-ig-inputs", steps=0), "steps must be a positive integer"),
-    (dict(method="clean-corrupted", ablation="zero"), "takes no ablation"),
-    (dict(method="eap", ablation="gaussian"), "ablation must be one of"),
-    (dict(method="eap", engine="turbo"), "engine must be one of"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            dict(method="atp"),
+            "unknown edge-scoring method 'atp'; choose one of: eap, eap-ig-inputs",
+        ),
+        (dict(method="eap-ig-inputs", steps=0), "steps must be a positive integer"),
+        (dict(method="clean-corrupted", ablation="zero"), "takes no ablation"),
+        (dict(method="eap", ablation="gaussian"), "ablation must be one of"),
+        (dict(method="eap", engine="turbo"), "engine must be one of"),
+    ],
+)
 def test_bad_arguments_are_refused_with_the_fix(call, message):
     model, pairs = tiny_task("gpt2")
     with pytest.raises(ValueError, match=message):
@@ -150,6 +188,7 @@ def test_bad_arguments_are_refused_with_the_fix(call, message):
 
 
 # --- verification -------------------------------------------------------------------------------
+
 
 def test_verify_edges_removes_the_top_and_a_sample_exactly():
     model, pairs = tiny_task("llama")
@@ -177,8 +216,13 @@ def test_edge_spearman_gives_ties_their_average_rank():
     assert math.isnan(spearman([1.0, 1.0], [0.0, 2.0]))
 
 
-@pytest.mark.parametrize("call, message", [(dict(top_k=-1), "top_k must be a whole number"),
-                                           (dict(sample=1.5), "sample must be a whole number")])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (dict(top_k=-1), "top_k must be a whole number"),
+        (dict(sample=1.5), "sample must be a whole number"),
+    ],
+)
 def test_verify_edges_refuses_bad_sizes(call, message):
     model, pairs = tiny_task("gpt2")
     scores = edge_scores(model, pairs, "eap")
@@ -209,6 +253,13 @@ def test_gradient_scores_under_no_grad_are_the_scores(method):
     model, pairs = tiny_task("qwen2")
     wanted = edge_scores(model, pairs, method, steps=2).scores
     with torch.no_grad():
-        torch.testing.assert_close(edge_scores(model, pairs, method, steps=2).scores, wanted, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            edge_scores(model, pairs, method, steps=2).scores, wanted, atol=1e-6, rtol=1e-6
+        )
         runs = EdgeRuns.prepare(model, pairs)
-        torch.testing.assert_close(edge_scores(model, pairs, method, steps=2, runs=runs).scores, wanted, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            edge_scores(model, pairs, method, steps=2, runs=runs).scores,
+            wanted,
+            atol=1e-6,
+            rtol=1e-6,
+        )

@@ -1,4 +1,5 @@
 """Edge-circuit stability: re-found on resampled prompts and on other prompt sets."""
+
 import numpy as np
 import pytest
 
@@ -9,11 +10,24 @@ from tiny import tiny_pairs, tiny_task, with_answers
 def test_edge_stability_counts_the_resampled_and_the_other_circuits():
     model, pairs = tiny_task("qwen2", batch=4)
     _, others = with_answers(model, tiny_pairs(batch=4, seed=7))
-    table = edge_stability(model, pairs, method="eap", percent=20, n_boot=4, seed=1, others=[others, pairs],
-                           check_baseline=False, progress=False)
+    table = edge_stability(
+        model,
+        pairs,
+        method="eap",
+        percent=20,
+        n_boot=4,
+        seed=1,
+        others=[others, pairs],
+        check_baseline=False,
+        progress=False,
+    )
     scores = edge_scores(model, pairs, "eap", check_baseline=False)
     full = set(scores.graph.names(top_edges(scores, percent=20)))
-    assert full and set(table.loc[table.in_circuit, "edge"]) == full and table.attrs["n_edges"] == len(full)
+    assert (
+        full
+        and set(table.loc[table.in_circuit, "edge"]) == full
+        and table.attrs["n_edges"] == len(full)
+    )
     assert table["inclusion"].between(0, 1).all() and 0 <= table.attrs["mean_jaccard"] <= 1
     # the second other prompt set is `pairs` itself: every full-data edge is in at least half the others
     assert (table.loc[table.in_circuit, "inclusion_others"] >= 0.5).all()

@@ -1,19 +1,34 @@
 """Hooks read and write exactly their site, on every family, and never outlive their call."""
+
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from actpatch import hooks
-from actpatch import PatchNotApplied, PatchShapeError, Site, SITE_KINDS, attached_hooks, capture, patch
+from actpatch import (
+    SITE_KINDS,
+    PatchNotApplied,
+    PatchShapeError,
+    Site,
+    attached_hooks,
+    capture,
+    hooks,
+    patch,
+)
 from tiny import FAMILIES, tiny_model, tiny_pairs, tiny_task
 
 SEQUENTIAL = [f for f in FAMILIES if f != "pythia_parallel"]
 
 
 def one_site(kind: str, layer: int = 1, pos=None) -> Site:
-    extra = {"head": 0} if kind in ("head", "q", "k", "v", "pattern") else {"neuron": 3} if kind == "neuron" else {}
+    extra = (
+        {"head": 0}
+        if kind in ("head", "q", "k", "v", "pattern")
+        else {"neuron": 3}
+        if kind == "neuron"
+        else {}
+    )
     return Site(kind, layer, pos=pos, **extra)
 
 
@@ -67,7 +82,9 @@ def test_resid_mid_patch_sets_the_residual_stream_itself(family):
     torch.testing.assert_close(seen[site], source[site], atol=1e-5, rtol=1e-5)
     reference = capture(model, pairs.corrupt, [after])[after]
     assert not torch.allclose(seen[after][:, 3], reference[:, 3])  # the MLP read the patched stream
-    torch.testing.assert_close(seen[after][:, :3], reference[:, :3])  # and earlier positions are untouched
+    torch.testing.assert_close(
+        seen[after][:, :3], reference[:, :3]
+    )  # and earlier positions are untouched
 
 
 def test_named_position_patches_each_prompt_at_its_own_index():
@@ -89,11 +106,12 @@ def test_hooks_are_removed_after_an_error_inside_a_patched_forward(kind):
     model, pairs = tiny_task("llama")
     site = one_site(kind, layer=1)
     values = capture(model, pairs.clean, [site])
-    bomb = model.submodule(1, model.arch.mlp).register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    bomb = model.submodule(1, model.arch.mlp).register_forward_hook(
+        lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
+    )
     try:
-        with pytest.raises(RuntimeError, match="boom"):
-            with patch(model, values):
-                model.last_logits(pairs.corrupt)
+        with pytest.raises(RuntimeError, match="boom"), patch(model, values):
+            model.last_logits(pairs.corrupt)
     finally:
         bomb.remove()
     assert attached_hooks(model) == 0
@@ -103,24 +121,31 @@ def test_hooks_are_removed_after_an_error_inside_a_patched_forward(kind):
 def test_a_patch_that_never_ran_is_an_error():
     model, pairs = tiny_task("llama")
     values = capture(model, pairs.clean, [Site("resid_pre", 1)])
-    with pytest.raises(PatchNotApplied, match=r"resid_pre\[layer=1\]"):
-        with patch(model, values):
-            pass
+    with pytest.raises(PatchNotApplied, match=r"resid_pre\[layer=1\]"), patch(model, values):
+        pass
 
 
 def test_a_value_of_the_wrong_shape_is_an_error():
     model, pairs = tiny_task("llama")
     values = capture(model, pairs.clean[:2], [Site("resid_pre", 1)])
-    with pytest.raises(PatchShapeError, match=r"shape \(2, 6, 32\).*\(3, 6, 32\)"):
-        with patch(model, values):
-            model.last_logits(pairs.corrupt)
+    with (
+        pytest.raises(PatchShapeError, match=r"shape \(2, 6, 32\).*\(3, 6, 32\)"),
+        patch(model, values),
+    ):
+        model.last_logits(pairs.corrupt)
     assert attached_hooks(model) == 0
 
 
 def test_no_other_module_registers_hooks():
     source = Path(__file__).parents[1] / "src" / "actpatch"
-    pattern = re.compile(r"register_(forward|forward_pre|full_backward|full_backward_pre)_hook|AttentionInterface")
-    offenders = [p.name for p in source.rglob("*.py") if "hooks" not in p.relative_to(source).parts and pattern.search(p.read_text())]
+    pattern = re.compile(
+        r"register_(forward|forward_pre|full_backward|full_backward_pre)_hook|AttentionInterface"
+    )
+    offenders = [
+        p.name
+        for p in source.rglob("*.py")
+        if "hooks" not in p.relative_to(source).parts and pattern.search(p.read_text())
+    ]
     assert offenders == []
 
 
@@ -150,20 +175,25 @@ def _registries() -> tuple[dict, dict]:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-    return dict(AttentionInterface._global_mapping), dict(type(ALL_MASK_ATTENTION_FUNCTIONS)._global_mapping)
+    return dict(AttentionInterface._global_mapping), dict(
+        type(ALL_MASK_ATTENTION_FUNCTIONS)._global_mapping
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ["resid_pre", "head", "k", "pattern"])
-def test_an_error_inside_a_patched_forward_leaves_no_hook_and_the_registries_as_they_were(family, kind):
+def test_an_error_inside_a_patched_forward_leaves_no_hook_and_the_registries_as_they_were(
+    family, kind
+):
     model, pairs = tiny_task(family)
     values = capture(model, pairs.clean, [one_site(kind, layer=1)])
     registries = _registries()
-    bomb = model.submodule(1, model.arch.mlp).register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    bomb = model.submodule(1, model.arch.mlp).register_forward_hook(
+        lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
+    )
     try:
-        with pytest.raises(RuntimeError, match="boom"):
-            with patch(model, values):
-                model.last_logits(pairs.corrupt)
+        with pytest.raises(RuntimeError, match="boom"), patch(model, values):
+            model.last_logits(pairs.corrupt)
     finally:
         bomb.remove()
     assert attached_hooks(model) == 0
@@ -211,9 +241,13 @@ def test_nested_eager_attention_is_one_call_until_the_outer_block_ends(family):
         with hooks.eager_attention(model) as inner:
             assert inner is outer
             with hooks.attention_inputs(model, [0]) as records:
-                torch.testing.assert_close(capture(model, pairs.clean, [site])[site], alone, atol=0, rtol=0)
+                torch.testing.assert_close(
+                    capture(model, pairs.clean, [site])[site], alone, atol=0, rtol=0
+                )
             assert records[0]["query"].shape[-2] == pairs.clean.shape[1]
-        assert model.hf.config._attn_implementation == hooks.PATTERN_ATTENTION  # the inner exit left it on
+        assert (
+            model.hf.config._attn_implementation == hooks.PATTERN_ATTENTION
+        )  # the inner exit left it on
         torch.testing.assert_close(capture(model, pairs.clean, [site])[site], alone, atol=0, rtol=0)
         assert attached_hooks(model) == 0
     assert _registries() == registries
@@ -228,20 +262,28 @@ def test_eager_attention_of_two_models_at_once_serves_each_its_own_taps():
     with hooks.eager_attention(llama):
         with hooks.eager_attention(gemma):
             for m in (llama, gemma):
-                torch.testing.assert_close(capture(m, pairs.clean, [site])[site], alone[m.name], atol=0, rtol=0)
+                torch.testing.assert_close(
+                    capture(m, pairs.clean, [site])[site], alone[m.name], atol=0, rtol=0
+                )
         assert llama.hf.config._attn_implementation == hooks.PATTERN_ATTENTION
         assert gemma.hf.config._attn_implementation == "sdpa"
-        torch.testing.assert_close(capture(llama, pairs.clean, [site])[site], alone[llama.name], atol=0, rtol=0)
+        torch.testing.assert_close(
+            capture(llama, pairs.clean, [site])[site], alone[llama.name], atol=0, rtol=0
+        )
     assert _registries() == registries
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sites_written_as_transformerlens_names_or_our_text_are_the_same_sites(family):
     model, pairs = tiny_task(family)
-    names = {"blocks.0.hook_resid_pre": Site("resid_pre", 0), "blocks.1.hook_resid_post": Site("resid_post", 1),
-             "blocks.1.hook_attn_out": Site("attn_out", 1), "blocks.0.hook_mlp_out": Site("mlp_out", 0),
-             "head[layer=1, head=2, pos=END]": Site("head", 1, head=2, pos="END"),
-             "pattern[layer=0, head=1]": Site("pattern", 0, head=1)}
+    names = {
+        "blocks.0.hook_resid_pre": Site("resid_pre", 0),
+        "blocks.1.hook_resid_post": Site("resid_post", 1),
+        "blocks.1.hook_attn_out": Site("attn_out", 1),
+        "blocks.0.hook_mlp_out": Site("mlp_out", 0),
+        "head[layer=1, head=2, pos=END]": Site("head", 1, head=2, pos="END"),
+        "pattern[layer=0, head=1]": Site("pattern", 0, head=1),
+    }
     by_name = capture(model, pairs.clean, list(names), positions=pairs.positions)
     by_site = capture(model, pairs.clean, list(names.values()), positions=pairs.positions)
     assert set(by_name) == set(by_site) == set(names.values())
@@ -251,8 +293,12 @@ def test_sites_written_as_transformerlens_names_or_our_text_are_the_same_sites(f
         with patch(model, {name: by_site[site]}, positions=pairs.positions):
             named = model.last_logits(pairs.corrupt)
         with patch(model, {site: by_site[site]}, positions=pairs.positions):
-            torch.testing.assert_close(named, model.last_logits(pairs.corrupt), atol=0, rtol=0, msg=name)
-        assert not torch.allclose(named, model.last_logits(pairs.corrupt), atol=1e-6), f"{name} patched nothing"
+            torch.testing.assert_close(
+                named, model.last_logits(pairs.corrupt), atol=0, rtol=0, msg=name
+            )
+        assert not torch.allclose(named, model.last_logits(pairs.corrupt), atol=1e-6), (
+            f"{name} patched nothing"
+        )
 
 
 @pytest.mark.parametrize("text", ["blocks.1.hook_nonsense", "head[layer=1, head=", "resid_pre"])
@@ -264,9 +310,11 @@ def test_a_site_string_that_does_not_parse_raises_the_parsers_error(text):
         Site.parse(text)
     with pytest.raises(SiteError, match=re.escape(str(raised.value))):
         capture(model, pairs.clean, [text])
-    with pytest.raises(SiteError, match=re.escape(str(raised.value))):
-        with patch(model, {text: torch.zeros(3, 6, 32)}):
-            pass
+    with (
+        pytest.raises(SiteError, match=re.escape(str(raised.value))),
+        patch(model, {text: torch.zeros(3, 6, 32)}),
+    ):
+        pass
     assert attached_hooks(model) == 0
 
 
@@ -289,10 +337,18 @@ def test_capture_of_a_run_with_noise_is_capture_under_add_to_input(family):
     for site in sites:
         torch.testing.assert_close(got[site], want[site], atol=0, rtol=0)
         assert not torch.allclose(got[site], plain[site]), f"{site}: the run's noise was not added"
-    moved = capture(model, Run(pairs.clean, None, {"X": torch.tensor([0, 0, 0])}), [Site("resid_pre", 1, pos="X")],
-                    positions=pairs.positions)  # positions= wins over the run's own
-    torch.testing.assert_close(moved[Site("resid_pre", 1, pos="X")], capture(
-        model, pairs.clean, [Site("resid_pre", 1, pos="X")], positions=pairs.positions)[Site("resid_pre", 1, pos="X")])
+    moved = capture(
+        model,
+        Run(pairs.clean, None, {"X": torch.tensor([0, 0, 0])}),
+        [Site("resid_pre", 1, pos="X")],
+        positions=pairs.positions,
+    )  # positions= wins over the run's own
+    torch.testing.assert_close(
+        moved[Site("resid_pre", 1, pos="X")],
+        capture(model, pairs.clean, [Site("resid_pre", 1, pos="X")], positions=pairs.positions)[
+            Site("resid_pre", 1, pos="X")
+        ],
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -308,5 +364,7 @@ def test_a_layer_0_resid_pre_patch_beats_input_noise_whichever_block_is_entered_
     torch.testing.assert_close(noise_outside, want, atol=1e-5, rtol=0)
     torch.testing.assert_close(noise_inside, want, atol=1e-5, rtol=0)
     with hooks.add_to_input(model, noise):
-        assert not torch.allclose(model.last_logits(pairs.clean), want, atol=1e-4)  # the noise does move the run
+        assert not torch.allclose(
+            model.last_logits(pairs.clean), want, atol=1e-4
+        )  # the noise does move the run
     assert attached_hooks(model) == 0

@@ -5,6 +5,7 @@ a rebuild swap the converter for a copy of that first result, so they check the 
 decisions (what is stale, what gets replaced, what is logged) without converting again; the
 end-to-end test compares the cached model's logits with the GGUF-loaded model's.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,9 @@ def first_build(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     calls = []
     real_convert = cache._convert
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cache, "_convert",
-                   lambda gguf, into: (calls.append(into), real_convert(gguf, into)))
+        mp.setattr(
+            cache, "_convert", lambda gguf, into: (calls.append(into), real_convert(gguf, into))
+        )
         checkpoint = cache.cached_default_checkpoint()
     pristine = tmp_path_factory.mktemp("pristine") / "checkpoint"
     shutil.copytree(checkpoint, pristine)
@@ -138,8 +140,9 @@ def test_other_library_version_is_rebuilt(first_build: dict, conversions: list, 
     _assert_rebuilt(first_build["checkpoint"], conversions, caplog, "transformers 4.0.0")
 
 
-def test_concurrent_conversion_keeps_the_winner(first_build: dict, conversions: list, caplog,
-                                                monkeypatch: pytest.MonkeyPatch):
+def test_concurrent_conversion_keeps_the_winner(
+    first_build: dict, conversions: list, caplog, monkeypatch: pytest.MonkeyPatch
+):
     # Another process renames its finished copy into place while this one is converting.
     checkpoint = first_build["checkpoint"]
     (checkpoint / "manifest.json").unlink()
@@ -180,7 +183,10 @@ def test_cached_model_matches_gguf_and_prefers_indirect_object(first_build: dict
     assert provenance["model"] == "SmolLM2-135M-Instruct"
     assert provenance["source_sha256"] == _sha256(cache.default_gguf())
     assert (provenance["dtype"], provenance["device"], provenance["class"]) == (
-        "float32", "cpu", "LlamaForCausalLM")
+        "float32",
+        "cpu",
+        "LlamaForCausalLM",
+    )
     assert gguf_provenance["source_sha256"] is None
     ids = tokenizer(IOI_PROMPT, return_tensors="pt").input_ids
     assert ids.tolist() == gguf_tokenizer(IOI_PROMPT, return_tensors="pt").input_ids.tolist()
@@ -198,12 +204,15 @@ def test_dtype_is_applied(first_build: dict):
     assert provenance["dtype"] == "bfloat16"
 
 
-@pytest.mark.parametrize(("call", "error", "message"), [
-    (lambda: load_hf(dtype="float8"), ValueError, "'float8'.*float32, bfloat16, float16"),
-    (lambda: load_hf(dtype=torch.int64), ValueError, "torch.int64.*float32"),
-    (lambda: load_hf("/nonexistent/folder"), ModelNotFound, "'/nonexistent/folder'.*not exist"),
-    (lambda: load_hf(Path("missing.gguf")), ModelNotFound, "'missing.gguf'.*does not exist"),
-])
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: load_hf(dtype="float8"), ValueError, "'float8'.*float32, bfloat16, float16"),
+        (lambda: load_hf(dtype=torch.int64), ValueError, "torch.int64.*float32"),
+        (lambda: load_hf("/nonexistent/folder"), ModelNotFound, "'/nonexistent/folder'.*not exist"),
+        (lambda: load_hf(Path("missing.gguf")), ModelNotFound, "'missing.gguf'.*does not exist"),
+    ],
+)
 def test_bad_arguments_say_what_is_wrong(call, error, message):
     with pytest.raises(error, match=message):
         call()
@@ -214,5 +223,5 @@ def test_unreachable_hub_id_says_the_default_needs_no_argument(monkeypatch: pyte
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ModelNotFound, match="neither a local folder nor reachable.*load_hf()"):
+    with pytest.raises(ModelNotFound, match=r"neither a local folder nor reachable.*load_hf()"):
         load_hf("someone/no-such-model")

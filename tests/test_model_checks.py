@@ -1,5 +1,6 @@
 """`check_model` (what `actpatch check` runs): every check passes on every family of the table,
 and each check fails when what it guards is broken."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,12 @@ def test_every_check_passes_on_every_family(family):
 def test_head_sum_fails_when_the_table_names_the_wrong_projection():
     model = tiny_model("llama")
     # q_proj has o_proj's shapes here (d_model = heads × d_head), so only the sum can tell them apart.
-    wrong = dataclasses.replace(model, arch=dataclasses.replace(model.arch, o_proj="self_attn.q_proj"))
-    head_sum = next(c for c in check_model(wrong, tiny_pairs(), progress=False) if c.name.startswith("head sum"))
+    wrong = dataclasses.replace(
+        model, arch=dataclasses.replace(model.arch, o_proj="self_attn.q_proj")
+    )
+    head_sum = next(
+        c for c in check_model(wrong, tiny_pairs(), progress=False) if c.name.startswith("head sum")
+    )
     assert not head_sum.passed and head_sum.error > 1e-2 and "self_attn.q_proj" in head_sum.name
 
 

@@ -6,6 +6,7 @@ Metrics are computed in float64 from float32 copies of the logits whatever the w
 the only differences are the forward passes' own rounding. The bounds are on the normalised logit
 difference (corrupt = 0, clean = 1), the result a reader looks at first.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,17 +34,31 @@ POSITIONS = {"resid_pre": [1, "X", 5], "head": "all", "pattern": "all"}
 CASES = (
     [(torch.bfloat16, family, kind) for family in FAMILIES for kind in ("resid_pre", "head")]
     + [(torch.bfloat16, family, "pattern") for family in ("gpt2", "llama", "gemma3")]
-    + [(torch.float16, family, kind) for family in ("gpt2", "llama", "gemma3") for kind in ("resid_pre", "head")]
+    + [
+        (torch.float16, family, kind)
+        for family in ("gpt2", "llama", "gemma3")
+        for kind in ("resid_pre", "head")
+    ]
 )
 
 
 def _normalised(model, pairs, kind, engine, **options):
-    result = ap.sweep(model, pairs, kind, engine=engine, direction=["denoise", "noise"], positions=POSITIONS[kind], **options)
+    result = ap.sweep(
+        model,
+        pairs,
+        kind,
+        engine=engine,
+        direction=["denoise", "noise"],
+        positions=POSITIONS[kind],
+        **options,
+    )
     return result.sel(metric="norm_logit_diff")
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype, family, kind", CASES, ids=[f"{str(d)[6:]}-{f}-{k}" for d, f, k in CASES])
+@pytest.mark.parametrize(
+    "dtype, family, kind", CASES, ids=[f"{str(d)[6:]}-{f}-{k}" for d, f, k in CASES]
+)
 def test_low_precision_engines_agree_and_stay_near_float32(dtype, family, kind, device, on_device):
     # Answers are chosen on the float32 model, so every dtype measures the same prompts and answers;
     # on CUDA the low-precision sweeps are held to the float32 CPU reference.
@@ -54,7 +69,9 @@ def test_low_precision_engines_agree_and_stay_near_float32(dtype, family, kind, 
     reference = _normalised(low, pairs, kind, "reference")
     fast = _normalised(low, pairs, kind, "batched", chunk=3)
     bound = BOUND[dtype]
-    assert float(want.max() - want.min()) >= 10 * bound, "the sweep must spread wider than the bound to test anything"
+    assert float(want.max() - want.min()) >= 10 * bound, (
+        "the sweep must spread wider than the bound to test anything"
+    )
     np.testing.assert_allclose(fast, reference, rtol=0, atol=bound)
     np.testing.assert_allclose(reference, want, rtol=0, atol=bound)
 
@@ -78,7 +95,9 @@ def test_equal_tokens_at_layer_0_are_exactly_zero_in_bfloat16():
     _, pairs = tiny_task("mistral")
     model = tiny_model("mistral", torch.bfloat16)
     result = ap.sweep(model, pairs, "resid_pre", layers=[0]).sel(metric="norm_logit_diff", layer=0)
-    assert result.sel(pos=0).item() == 0.0 and result.sel(pos=2).item() == 0.0  # tiny_pairs shares these tokens
+    assert (
+        result.sel(pos=0).item() == 0.0 and result.sel(pos=2).item() == 0.0
+    )  # tiny_pairs shares these tokens
     assert abs(result.sel(pos=5).item()) > 10 * BOUND[torch.bfloat16]
 
 
@@ -98,11 +117,14 @@ def checkpoint(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("placement", [
-    dict(device_map="cpu"),
-    dict(device_map="auto"),
-    dict(device_map="auto", max_memory={"cpu": "4GiB"}),
-])
+@pytest.mark.parametrize(
+    "placement",
+    [
+        dict(device_map="cpu"),
+        dict(device_map="auto"),
+        dict(device_map="auto", max_memory={"cpu": "4GiB"}),
+    ],
+)
 def test_device_map_and_dtype_pass_through(checkpoint, placement):
     model = ap.load_model(checkpoint, dtype="bfloat16", **placement)
     assert {p.dtype for p in model.hf.parameters()} == {torch.bfloat16}

@@ -1,4 +1,5 @@
 """The baseline's target forward also records what the batched engine resumes from."""
+
 import pytest
 import torch
 
@@ -18,27 +19,43 @@ def test_the_recording_forward_gives_the_baselines_logits_and_values_bit_for_bit
     sites = [ap.Site("resid_pre", 1), ap.Site("head", 0, head=1), ap.Site("v", 1, head=0)]
     plain_values, plain_logits = hooks.capture_with_logits(model, pairs.corrupt_run, sites)
     with recording.recording(model) as (recorded, keywords):
-        values, logits = hooks.capture_with_logits(model, pairs.corrupt_run, sites, forward=keywords)
+        values, logits = hooks.capture_with_logits(
+            model, pairs.corrupt_run, sites, forward=keywords
+        )
     assert torch.equal(logits, plain_logits)
     assert all(torch.equal(values[s], plain_values[s]) for s in sites)
     assert len(recorded.calls) == model.dims.n_layers
-    assert (recorded.cache is None) == (family in ("mistral", "gemma3"))  # sliding windows cannot be cut
+    assert (recorded.cache is None) == (
+        family in ("mistral", "gemma3")
+    )  # sliding windows cannot be cut
     assert ap.attached_hooks(model) == 0
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "mistral", "gemma3"])
 @pytest.mark.parametrize("kind", ["resid_pre", "head", "k"])
-def test_copies_resumed_from_the_baselines_recording_give_the_engines_own_numbers_bit_for_bit(family, kind):
+def test_copies_resumed_from_the_baselines_recording_give_the_engines_own_numbers_bit_for_bit(
+    family, kind
+):
     """The same plan's rows, once resuming from the baseline's recording and once from the
     engine's own: cuttable caches (llama, gpt2) and per-split prefixes (mistral, gemma3)."""
     model, pairs = tiny_task(family)
-    spec = SweepSpec(kind, "denoise", positions="each" if kind == "resid_pre" else "all", chunk=4, check_baseline=False)
+    spec = SweepSpec(
+        kind,
+        "denoise",
+        positions="each" if kind == "resid_pre" else "all",
+        chunk=4,
+        check_baseline=False,
+    )
     rows = {}
     for record_target in (True, False):
-        the_plan, clean, corrupt = sources.recorded(model, plan(model, pairs, spec), record_target=record_target)
+        the_plan, clean, corrupt = sources.recorded(
+            model, plan(model, pairs, spec), record_target=record_target
+        )
         assert (the_plan.recorded_target is not None) == record_target
         base = collect.checked(model, pairs, clean, corrupt, check=False)
-        rows[record_target], _, _ = batched.patched_logits(model, the_plan, base, lambda logits: logits)
+        rows[record_target], _, _ = batched.patched_logits(
+            model, the_plan, base, lambda logits: logits
+        )
     assert all(torch.equal(a, b) for a, b in zip(rows[True], rows[False]))
 
 
@@ -49,7 +66,8 @@ def test_a_sweep_runs_the_whole_target_only_in_its_baseline(family):
     model, pairs = tiny_task(family)
     lengths: list[int] = []
     handle = model.hf.register_forward_pre_hook(
-        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
     try:
         ap.sweep(model, pairs, "resid_pre", layers=[1], positions=[4], check_baseline=False)
     finally:

@@ -1,5 +1,6 @@
 """Figures of edge circuits, checked as data: the faithfulness curve and a node frontier on one axis
 of edges, and the circuit picture's nodes, edges and hover text."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,10 +16,17 @@ GRAPH = graph.Graph(n_layers=2, n_heads=2, d_model=16, parallel=False)  # 46 edg
 def edge_curve() -> xr.DataArray:
     percents = [0.1, 1.0, 10.0, 100.0]
     values = np.array([[0.1, 0.05], [0.4, 0.3], [0.8, 0.7], [1.0, 1.0]])
-    return xr.DataArray(values, dims=["percent", "metric"], name="faithfulness",
-                        coords={"percent": percents, "metric": ["faithfulness", "norm_logit_diff"],
-                                "n_edges": ("percent", [0, 0, 4, 46])},
-                        attrs={"cpr": 0.9, "cmd": 0.1, "method": "eap"})
+    return xr.DataArray(
+        values,
+        dims=["percent", "metric"],
+        name="faithfulness",
+        coords={
+            "percent": percents,
+            "metric": ["faithfulness", "norm_logit_diff"],
+            "n_edges": ("percent", [0, 0, 4, 46]),
+        },
+        attrs={"cpr": 0.9, "cmd": 0.1, "method": "eap"},
+    )
 
 
 def test_the_curve_png_has_a_log_axis_of_percent_of_edges():
@@ -33,9 +41,17 @@ def test_the_curve_png_has_a_log_axis_of_percent_of_edges():
 def head_frontier(direction: str = "denoise") -> xr.DataArray:
     ranking = ["head[layer=0, head=0]", "head[layer=1, head=1]"]
     heads = [f"head[layer={layer}, head={head}]" for layer in range(2) for head in range(2)]
-    return xr.DataArray([[0.0, 0.6, 0.9]], dims=["metric", "size"], name="circuit_performance",
-                        coords={"metric": ["norm_logit_diff"], "size": [0, 1, 2], "component": ("size", ["", *ranking])},
-                        attrs={"ranking": ranking, "components": heads, "direction": direction})
+    return xr.DataArray(
+        [[0.0, 0.6, 0.9]],
+        dims=["metric", "size"],
+        name="circuit_performance",
+        coords={
+            "metric": ["norm_logit_diff"],
+            "size": [0, 1, 2],
+            "component": ("size", ["", *ranking]),
+        },
+        attrs={"ranking": ranking, "components": heads, "direction": direction},
+    )
 
 
 def test_edge_curve_is_drawn_against_the_percent_of_edges_on_a_log_axis():
@@ -43,7 +59,9 @@ def test_edge_curve_is_drawn_against_the_percent_of_edges_on_a_log_axis():
     (line,) = figure.data
     np.testing.assert_array_equal(line.x, [0.1, 1.0, 10.0, 100.0])
     np.testing.assert_array_equal(line.y, [0.1, 0.4, 0.8, 1.0])  # faithfulness, not another metric
-    assert figure.layout.xaxis.type == "log" and "percent of edges" in figure.layout.xaxis.title.text
+    assert (
+        figure.layout.xaxis.type == "log" and "percent of edges" in figure.layout.xaxis.title.text
+    )
     assert "CPR 0.900, CMD 0.100" in figure.layout.title.text
 
 
@@ -66,7 +84,7 @@ def test_a_noising_frontier_keeps_the_components_it_did_not_knock_out():
 
 
 def test_bad_frontiers_are_refused():
-    with pytest.raises(ValueError, match="needs graph=Graph.of"):
+    with pytest.raises(ValueError, match=r"needs graph=Graph.of"):
         report.faithfulness_plot(edge_curve(), head_frontier())
     positioned = head_frontier()
     positioned.attrs["ranking"] = ["head[layer=0, head=0, pos=END]"]
@@ -75,14 +93,19 @@ def test_bad_frontiers_are_refused():
 
 
 def test_circuit_picture_draws_the_strongest_edges_and_hovers_their_scores():
-    values = torch.arange(GRAPH.exists.numel(), dtype=torch.float64).view(GRAPH.exists.shape) * GRAPH.exists
+    values = (
+        torch.arange(GRAPH.exists.numel(), dtype=torch.float64).view(GRAPH.exists.shape)
+        * GRAPH.exists
+    )
     values[0, 0] = -200.0  # input->a0.h0<q> hurts the clean behaviour, and most strongly
     scores = graph.EdgeScores(GRAPH, values, "hand")
     circuit = GRAPH.node_circuit(["input", "a0.h0", "m1", "logits"])  # 8 edges
     figure = report.circuit_plot(scores, circuit, max_edges=5)
     midpoints, nodes = figure.data[-2], figure.data[-1]
     assert len(midpoints.x) == 5 and "input->a0.h0<q><br>score -200" in midpoints.text[0]
-    assert "#b2182b" in [trace.line.color for trace in figure.data[:-2]]  # the hurting edge is drawn red
+    assert "#b2182b" in [
+        trace.line.color for trace in figure.data[:-2]
+    ]  # the hurting edge is drawn red
     member = graph.nodes_in_circuit(GRAPH, circuit)
     assert [c == "#333" for c in nodes.marker.color] == [member[n] for n in GRAPH.nodes]
     assert "the 5 strongest of its 8 edges" in figure.layout.title.text
@@ -91,8 +114,19 @@ def test_circuit_picture_draws_the_strongest_edges_and_hovers_their_scores():
 def test_a_curve_with_intervals_is_drawn_with_its_band_and_the_bounds_in_the_hover():
     curve = edge_curve()
     lo, hi = curve - 0.05, curve + 0.05
-    banded = xr.concat([curve, lo, hi], dim="stat").assign_coords(stat=["value", "lo", "hi"]).transpose("percent", "metric", "stat")
-    banded.attrs = {**curve.attrs, "interval": {"ci": 0.95}, "cpr_lo": 0.8, "cpr_hi": 0.95, "cmd_lo": 0.05, "cmd_hi": 0.2}
+    banded = (
+        xr.concat([curve, lo, hi], dim="stat")
+        .assign_coords(stat=["value", "lo", "hi"])
+        .transpose("percent", "metric", "stat")
+    )
+    banded.attrs = {
+        **curve.attrs,
+        "interval": {"ci": 0.95},
+        "cpr_lo": 0.8,
+        "cpr_hi": 0.95,
+        "cmd_lo": 0.05,
+        "cmd_hi": 0.2,
+    }
     figure = report.faithfulness_plot(banded)
     line, band = figure.data
     np.testing.assert_array_equal(line.y, [0.1, 0.4, 0.8, 1.0])

@@ -1,5 +1,6 @@
 """Figures of results with intervals (a `stat` dimension): value drawn, `value [lo, hi]` on hover,
 cells whose interval holds the no-effect value faded; `stat` makes no panels; line plots get a band."""
+
 from __future__ import annotations
 
 import functools
@@ -20,7 +21,14 @@ def bounded() -> xr.DataArray:
     """resid_pre on the tiny LLaMA, both directions, with 95 % intervals; positions 0 and 2 carry
     the same token in both runs, so there every interval is exactly the no-effect value."""
     model = tiny_model("llama")
-    return ap.sweep(model, random_pairs(model, 16), "resid_pre", direction=["denoise", "noise"], ci=0.95, n_boot=200)
+    return ap.sweep(
+        model,
+        random_pairs(model, 16),
+        "resid_pre",
+        direction=["denoise", "noise"],
+        ci=0.95,
+        n_boot=200,
+    )
 
 
 def test_stat_is_no_panel_and_the_value_is_drawn():
@@ -43,7 +51,9 @@ def test_cells_whose_interval_holds_the_no_effect_value_are_faded(direction, cen
     want = (cells.sel(stat="lo") <= centre) & (centre <= cells.sel(stat="hi"))
     np.testing.assert_array_equal(panel.faded, want.values)
     assert panel.faded[0, [0, 2]].all()  # the same token in both runs: exactly the target run
-    assert not panel.faded.all()  # the last position at the last layer restores (or breaks) the answer
+    assert (
+        not panel.faded.all()
+    )  # the last position at the last layer restores (or breaks) the answer
 
 
 def test_the_centre_of_another_metric_is_its_baseline():
@@ -66,7 +76,10 @@ def test_the_figure_fades_cells_and_hovers_value_with_interval():
         np.testing.assert_array_equal(~np.isnan(np.asarray(fade.z, dtype=float)), panel.faded)
         assert fade.hoverinfo == "skip" and fade.showscale is False
     cells = result.sel(direction="denoise", metric="norm_logit_diff").isel(layer=1, pos=5)
-    assert panels[0].customdata[1][5][1] == f"[{float(cells.sel(stat='lo')):.8g}, {float(cells.sel(stat='hi')):.8g}]"
+    assert (
+        panels[0].customdata[1][5][1]
+        == f"[{float(cells.sel(stat='lo')):.8g}, {float(cells.sel(stat='hi')):.8g}]"
+    )
     assert panels[0].customdata[1][5][0].startswith("pos 5 · clean ")
     assert "%{z:.8g} %{customdata[1]}" in panels[0].hovertemplate
     # The metric menu replaces every trace's data, the faded layers included.
@@ -79,7 +92,11 @@ def test_results_without_intervals_are_drawn_as_before():
     model = tiny_model("llama")
     plain = ap.sweep(model, random_pairs(model, 4), "resid_pre")
     grid = layout.grid(plain)
-    assert grid.panels[0].faded is None and grid.panels[0].intervals is None and "faded" not in grid.note
+    assert (
+        grid.panels[0].faded is None
+        and grid.panels[0].intervals is None
+        and "faded" not in grid.note
+    )
     assert [t.name for t in report.show(plain).data].count(figures.FADED_NAME) == 0
 
 
@@ -92,13 +109,19 @@ def test_pngs_fade_the_same_cells(tmp_path, monkeypatch):
     grid = layout.grid(bounded())
     assert len(drawn) == 2 and all(np.array_equal(d, p.faded) for d, p in zip(drawn, grid.panels))
     layer = original(grid.panels[0].faded)
-    assert (layer[grid.panels[0].faded, 3] == png.FADE[3]).all() and (layer[~grid.panels[0].faded, 3] == 0).all()
+    assert (layer[grid.panels[0].faded, 3] == png.FADE[3]).all() and (
+        layer[~grid.panels[0].faded, 3] == 0
+    ).all()
 
 
 def _curve() -> xr.DataArray:
     values = np.array([[0.1, 0.0, 0.2], [0.5, 0.3, 0.6], [0.9, 0.8, 1.0]])
-    return xr.DataArray(values, dims=["size", "stat"], coords={"size": [1, 2, 3], "stat": ["value", "lo", "hi"]},
-                        name="norm_logit_diff")
+    return xr.DataArray(
+        values,
+        dims=["size", "stat"],
+        coords={"size": [1, 2, 3], "stat": ["value", "lo", "hi"]},
+        name="norm_logit_diff",
+    )
 
 
 def test_a_line_with_intervals_draws_a_band():
@@ -106,7 +129,9 @@ def test_a_line_with_intervals_draws_a_band():
     band, line = figure.data
     np.testing.assert_array_equal(line.y, [0.1, 0.5, 0.9])
     np.testing.assert_array_equal(band.x, [1, 2, 3, 3, 2, 1])
-    np.testing.assert_array_equal(band.y, [0.2, 0.6, 1.0, 0.8, 0.3, 0.0])  # up along hi, back along lo
+    np.testing.assert_array_equal(
+        band.y, [0.2, 0.6, 1.0, 0.8, 0.3, 0.0]
+    )  # up along hi, back along lo
     assert band.fill == "toself" and band.hoverinfo == "skip"
     assert "%{customdata[0]:.8g}, %{customdata[1]:.8g}]" in line.hovertemplate
     two = xr.concat([_curve(), _curve() / 2], dim="method").assign_coords(method=["exact", "atp"])

@@ -5,6 +5,7 @@ Unpickling a checkpoint can run arbitrary code, so no module of ours may call a 
 `load_hf` asks transformers for safetensors only. The default model's cache is exercised here with
 a stand-in conversion (a tiny LLaMA saved as the "converted" model), so the rebuild decisions are
 checked in seconds; test_load.py runs the real SmolLM2 conversion."""
+
 from __future__ import annotations
 
 import io
@@ -51,24 +52,33 @@ def _unsafe_uses(text: str) -> list[str]:
 def test_no_module_of_ours_reads_pickles():
     files = sorted(SOURCE.rglob("*.py"))
     assert len(files) > 20  # the scan really walks the package
-    found = {str(path.relative_to(SOURCE)): uses for path in files if (uses := _unsafe_uses(path.read_text(encoding="utf-8")))}
+    found = {
+        str(path.relative_to(SOURCE)): uses
+        for path in files
+        if (uses := _unsafe_uses(path.read_text(encoding="utf-8")))
+    }
     assert found == {}
 
 
-@pytest.mark.parametrize("code", [
-    "state = torch.load(path)",
-    "state = torch.load(path, weights_only=False)",
-    "from torch import load as read",
-    "import pickle",
-    "import cloudpickle as cp",
-    "values = np.load(path, allow_pickle=True)",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "state = torch.load(path)",
+        "state = torch.load(path, weights_only=False)",
+        "from torch import load as read",
+        "import pickle",
+        "import cloudpickle as cp",
+        "values = np.load(path, allow_pickle=True)",
+    ],
+)
 def test_the_scan_finds_each_unsafe_reader(code):
     assert _unsafe_uses(code + "\n")
 
 
 def test_the_scan_ignores_words_in_strings_and_comments():
-    assert _unsafe_uses('message = "pickle files (torch.load) can run code"  # never pickle\n') == []
+    assert (
+        _unsafe_uses('message = "pickle files (torch.load) can run code"  # never pickle\n') == []
+    )
 
 
 def test_a_pickled_checkpoint_is_refused_without_being_read(tmp_path, monkeypatch):
@@ -79,12 +89,15 @@ def test_a_pickled_checkpoint_is_refused_without_being_read(tmp_path, monkeypatc
     monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append("torch.load"))
     monkeypatch.setattr(pickle, "load", lambda *a, **k: reads.append("pickle.load"))
     monkeypatch.setattr(pickle, "Unpickler", lambda *a, **k: reads.append("Unpickler"))
-    with pytest.raises(ap.CorruptCheckpoint, match=r"pickle files \(pytorch_model\.bin\), which can run code"):
+    with pytest.raises(
+        ap.CorruptCheckpoint, match=r"pickle files \(pytorch_model\.bin\), which can run code"
+    ):
         ap.load_model(folder)
     assert reads == []
 
 
 # --- the default model's cache, with a stand-in conversion ----------------------------------
+
 
 @pytest.fixture
 def fake_default(tmp_path, monkeypatch):
@@ -122,7 +135,10 @@ def test_a_tampered_cache_is_detected_and_rebuilt(fake_default, caplog):
     with caplog.at_level(logging.WARNING, logger=cache.__name__):
         again = ap.load_model()
     assert len(fake_default) == 2
-    assert "Rebuilding the cached default model" in caplog.text and "does not match its sha256" in caplog.text
+    assert (
+        "Rebuilding the cached default model" in caplog.text
+        and "does not match its sha256" in caplog.text
+    )
     assert cache.files_problem(checkpoint) is None
     # Compared with the model that was saved, not with `first`: safetensors are memory-mapped, so
     # the flipped bytes reach the tensors of a model loaded before the tampering too.
@@ -137,7 +153,10 @@ def test_a_truncated_cache_is_detected_and_rebuilt(fake_default, caplog):
         file.truncate(weights.stat().st_size // 3)
     with caplog.at_level(logging.WARNING, logger=cache.__name__):
         ap.load_model()
-    assert len(fake_default) == 2 and "model.safetensors has the wrong size (truncated or replaced)" in caplog.text
+    assert (
+        len(fake_default) == 2
+        and "model.safetensors has the wrong size (truncated or replaced)" in caplog.text
+    )
 
 
 def test_the_cache_passed_by_path_is_refused_when_tampered(fake_default):
@@ -146,7 +165,10 @@ def test_the_cache_passed_by_path_is_refused_when_tampered(fake_default):
     checkpoint = cache.cache_root() / "smollm2-135m-instruct"
     assert ap.load_model(checkpoint).provenance["source"] == str(checkpoint)
     _flip_bytes(checkpoint / "model.safetensors")
-    with pytest.raises(ap.CorruptCheckpoint, match=r"does not match its manifest\.json: model\.safetensors does not match its sha256"):
+    with pytest.raises(
+        ap.CorruptCheckpoint,
+        match=r"does not match its manifest\.json: model\.safetensors does not match its sha256",
+    ):
         ap.load_model(checkpoint)
     assert len(fake_default) == 1
 
@@ -157,6 +179,10 @@ def test_weights_are_asked_for_as_safetensors(tmp_path, monkeypatch):
     tiny_model("llama").hf.save_pretrained(folder)
     calls = []
     real = load.AutoModelForCausalLM.from_pretrained
-    monkeypatch.setattr(load.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: (calls.append(k), real(*a, **k))[1])
+    monkeypatch.setattr(
+        load.AutoModelForCausalLM,
+        "from_pretrained",
+        lambda *a, **k: (calls.append(k), real(*a, **k))[1],
+    )
     ap.load_model(folder)
     assert calls and all(call.get("use_safetensors") is True for call in calls)

@@ -2,6 +2,7 @@
 
 One local Ray of 2 workers serves the whole module (starting Ray takes seconds); the tiny model is
 saved to a folder so that the workers can load it, as they would on a cluster."""
+
 import os
 import re
 import sys
@@ -19,28 +20,27 @@ from actpatch.engine.spec import SweepSpec
 from command_line import run
 from tiny import tiny_model, tiny_pairs, tiny_task, with_answers
 
-
 FAULTS_FOLDER = "ACTPATCH_TEST_SHARD_FAULTS"
 # Started in every Ray worker (sitecustomize.py on the workers' PYTHONPATH): each shard run leaves a
 # file `ran-<direction>-<shard>-<pid>-<ns>` in the faults folder, and a file `kill-<shard>` makes the
 # worker that picks up that shard delete it and SIGKILL itself (so the shard dies once, then runs on
 # the restarted worker). The library itself holds no such code.
-WORKER_FAULTS = """
+WORKER_FAULTS = f"""
 import os, signal, sys, time
 from pathlib import Path
-folder = os.environ.get("%s")
+folder = os.environ.get("{FAULTS_FOLDER}")
 if folder and "default_worker" in (sys.argv[0] if sys.argv else ""):
     from actpatch.engine import shards
     original = shards._ShardWorker.run
     def run(self, number, the_plan, indices):
-        (Path(folder) / f"ran-{the_plan.direction}-{number}-{os.getpid()}-{time.time_ns()}").touch()
+        (Path(folder) / f"ran-{{the_plan.direction}}-{{number}}-{{os.getpid()}}-{{time.time_ns()}}").touch()
         try:
-            (Path(folder) / f"kill-{number}").unlink()
+            (Path(folder) / f"kill-{{number}}").unlink()
         except FileNotFoundError:
             return original(self, number, the_plan, indices)
         os.kill(os.getpid(), signal.SIGKILL)
     shards._ShardWorker.run = run
-""" % FAULTS_FOLDER
+"""
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,9 @@ def faults(tmp_path_factory):
     (startup / "sitecustomize.py").write_text(WORKER_FAULTS)
     saved_env = {key: os.environ.get(key) for key in (FAULTS_FOLDER, "PYTHONPATH")}
     os.environ[FAULTS_FOLDER] = str(folder)  # before ray.init: the workers inherit both
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(startup), saved_env["PYTHONPATH"]) if p)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(startup), saved_env["PYTHONPATH"]) if p
+    )
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield folder
     ray.shutdown()
@@ -82,7 +84,9 @@ def same_result(got: xr.DataArray, want: xr.DataArray) -> None:
     assert got.dims == want.dims
     xr.testing.assert_identical(got.coords.to_dataset(), want.coords.to_dataset())
     ignore = ("engine", "cost", "self_checks")
-    assert {k: v for k, v in got.attrs.items() if k not in ignore} == {k: v for k, v in want.attrs.items() if k not in ignore}
+    assert {k: v for k, v in got.attrs.items() if k not in ignore} == {
+        k: v for k, v in want.attrs.items() if k not in ignore
+    }
     assert got.attrs["engine"] == shards.ENGINE
 
 
@@ -100,11 +104,18 @@ def clear_runs(folder) -> None:
         path.unlink()
 
 
-@pytest.mark.parametrize("kind, options, count", [
-    ("resid_pre", dict(), 5),  # 2 layers × 6 positions in 5 shards: ragged
-    ("head", dict(positions=["X", 4], per_prompt=True), 3),  # named positions, per-prompt rows
-    ("pattern", dict(positions=["END"]), 2),  # runs under our eager attention, on the workers too
-])
+@pytest.mark.parametrize(
+    "kind, options, count",
+    [
+        ("resid_pre", dict(), 5),  # 2 layers × 6 positions in 5 shards: ragged
+        ("head", dict(positions=["X", 4], per_prompt=True), 3),  # named positions, per-prompt rows
+        (
+            "pattern",
+            dict(positions=["END"]),
+            2,
+        ),  # runs under our eager attention, on the workers too
+    ],
+)
 def test_sharded_sweep_equals_single_process(faults, saved, kind, options, count):
     model, pairs = saved
     want = ap.sweep(model, pairs, kind, direction=["denoise", "noise"], **options)
@@ -127,18 +138,28 @@ def test_a_killed_worker_is_restarted_and_only_its_shard_runs_again(faults, save
     got = ap.sweep(model, pairs, "resid_pre", shards=4, checkpoint=tmp_path)
     assert not (faults / "kill-3").exists()  # the worker did pick it up and die
     same_result(got, want)
-    assert runs(faults) == {("denoise", 0): 1, ("denoise", 1): 1, ("denoise", 2): 1, ("denoise", 3): 2}
+    assert runs(faults) == {
+        ("denoise", 0): 1,
+        ("denoise", 1): 1,
+        ("denoise", 2): 1,
+        ("denoise", 3): 2,
+    }
     # A second run of the same sweep finds every row in the checkpoint.
     again = ap.sweep(model, pairs, "resid_pre", shards=4, checkpoint=tmp_path)
     assert again.attrs["cost"]["patches_from_checkpoint"] == again.attrs["cost"]["patches"] == 12
     same_result(again, want)
 
 
-def test_a_worker_that_keeps_dying_fails_the_sweep_naming_its_shard(faults, saved, tmp_path, monkeypatch):
+def test_a_worker_that_keeps_dying_fails_the_sweep_naming_its_shard(
+    faults, saved, tmp_path, monkeypatch
+):
     monkeypatch.setattr(shards, "RETRIES", 0)  # no restart: the first death is final
     clear_runs(faults)
     (faults / "kill-3").touch()
-    with pytest.raises(ap.ShardFailed, match=r"shard 3 of 4 \(3 denoise patches from resid_pre\[.*restarted it 0 times"):
+    with pytest.raises(
+        ap.ShardFailed,
+        match=r"shard 3 of 4 \(3 denoise patches from resid_pre\[.*restarted it 0 times",
+    ):
         ap.sweep(*saved, "resid_pre", shards=4, checkpoint=tmp_path)
     # Shard 3 went out only once two shards had come back, and their rows were kept.
     assert len(list((tmp_path / "denoise").glob("chunk-*.json"))) >= 2
@@ -158,7 +179,10 @@ def test_split_cuts_by_position_then_layer():
 
 def test_a_model_built_in_memory_is_refused_with_the_fix():
     model, pairs = tiny_task("llama")
-    with pytest.raises(ap.UnshippableModel, match=r"built in memory.*save_pretrained\(folder\).*ap\.load_model\(folder\)"):
+    with pytest.raises(
+        ap.UnshippableModel,
+        match=r"built in memory.*save_pretrained\(folder\).*ap\.load_model\(folder\)",
+    ):
         ap.sweep(model, pairs, "resid_pre", shards=2)
 
 
@@ -166,7 +190,9 @@ def test_a_model_changed_after_loading_is_refused(faults, saved, tmp_path):
     model, pairs = saved
     changed = ap.load_model(model.provenance["source"])
     changed.hf.lm_head.weight.data[0, 0] += 1.0
-    with pytest.raises(shards.UnshippableModel, match="other weights than the model passed to sweep"):
+    with pytest.raises(
+        shards.UnshippableModel, match="other weights than the model passed to sweep"
+    ):
         ap.sweep(changed, pairs, "resid_pre", shards=2, check_baseline=False)
     assert ray.is_initialized()
 
@@ -184,7 +210,7 @@ def test_shards_must_be_a_whole_number_of_at_least_one(saved, count):
 
 
 def test_the_reference_engine_does_not_shard(saved):
-    with pytest.raises(ValueError, match="engine='reference'.*does not shard"):
+    with pytest.raises(ValueError, match=r"engine='reference'.*does not shard"):
         ap.sweep(*saved, "resid_pre", shards=2, engine="reference")
 
 
@@ -196,14 +222,23 @@ def test_sharded_sweep_equals_single_process_on_smollm_ioi(faults, smollm):
     options = dict(direction=["denoise", "noise"], layers=[0, 14, 29], positions=["END"])
     want = ap.sweep(smollm, pairs, "head", **options)
     got = ap.sweep(smollm, pairs, "head", shards=3, **options)  # 3 shards on 2 workers
-    assert np.abs(got - want).max().item() <= 1e-4  # 30 float32 layers: the engines' bound on SmolLM2
+    assert (
+        np.abs(got - want).max().item() <= 1e-4
+    )  # 30 float32 layers: the engines' bound on SmolLM2
     xr.testing.assert_identical(got.coords.to_dataset(), want.coords.to_dataset())
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--shards", "0"], r"Invalid value for '--shards': 0 is not in the range x>=1"),
-    (["--shards", "2", "--engine", "reference"], r"--shards runs the batched engine on Ray workers; --engine reference does not shard"),
-], ids=["zero shards", "reference engine"])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--shards", "0"], r"Invalid value for '--shards': 0 is not in the range x>=1"),
+        (
+            ["--shards", "2", "--engine", "reference"],
+            r"--shards runs the batched engine on Ray workers; --engine reference does not shard",
+        ),
+    ],
+    ids=["zero shards", "reference engine"],
+)
 def test_cli_refuses_bad_shard_flags_before_loading_anything(flags, message, tmp_path):
     result = run("sweep", "--task", "ioi", "--site", "resid_pre", "--out", tmp_path, *flags)
     assert result.exit_code == 2 and re.search(message, result.output), result.output
@@ -211,14 +246,32 @@ def test_cli_refuses_bad_shard_flags_before_loading_anything(flags, message, tmp
 
 def test_cli_without_ray_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)
-    result = run("sweep", "--task", "ioi", "--site", "resid_pre", "--shards", "2", "--out", tmp_path)
+    result = run(
+        "sweep", "--task", "ioi", "--site", "resid_pre", "--shards", "2", "--out", tmp_path
+    )
     assert result.exit_code == 2 and "pip install 'actpatch[ray]'" in result.output, result.output
 
 
 @pytest.mark.smollm
 def test_cli_sweep_with_shards(faults, tmp_path):
-    result = run("sweep", "--task", "ioi", "--prompts", "2", "--site", "resid_pre", "--layers", "0,29", "--positions", "END",
-                 "--shards", "2", "-q", "--out", tmp_path)
+    result = run(
+        "sweep",
+        "--task",
+        "ioi",
+        "--prompts",
+        "2",
+        "--site",
+        "resid_pre",
+        "--layers",
+        "0,29",
+        "--positions",
+        "END",
+        "--shards",
+        "2",
+        "-q",
+        "--out",
+        tmp_path,
+    )
     assert result.exit_code == 0, result.output
     saved = ap.load(tmp_path / "ioi_resid_pre_denoise.nc")
     assert saved.attrs["engine"] == shards.ENGINE and saved.attrs["cost"]["shards"] == 2

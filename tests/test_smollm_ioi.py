@@ -2,6 +2,7 @@
 
 The clean−corrupt story (Wang et al. 2022): name information sits at the name positions in early
 layers and is moved to the final position in late layers."""
+
 import numpy as np
 import pytest
 
@@ -55,8 +56,13 @@ def test_last_resid_post_at_the_end_is_exactly_the_clean_run(smollm, ioi):
 def test_the_corruption_decides_what_is_traced(smollm):
     """All names replaced: early layers carry the answer at IO (and S1). Only S2 replaced: at S2, not at IO."""
     by_corruption = {c: ap.tasks.ioi(smollm, n=8, corruption=c, seed=5) for c in ("abc", "s2")}
-    result = ap.sweep_corruptions(smollm, by_corruption, "resid_pre", layers=EARLY, positions=["S1", "IO", "S2", "END"])
-    assert result.dims[:2] == ("corruption", "metric") and list(result.corruption.values) == ["abc", "s2"]
+    result = ap.sweep_corruptions(
+        smollm, by_corruption, "resid_pre", layers=EARLY, positions=["S1", "IO", "S2", "END"]
+    )
+    assert result.dims[:2] == ("corruption", "metric") and list(result.corruption.values) == [
+        "abc",
+        "s2",
+    ]
     early = np.abs(result.sel(metric="norm_logit_diff")).mean("layer")
     assert early.sel(corruption="abc", pos="IO") > 0.3
     assert early.sel(corruption="s2", pos="S2") > 0.3

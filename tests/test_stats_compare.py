@@ -1,5 +1,6 @@
 """Paired comparisons of two sweeps: a planted difference is flagged, noise is not (beyond the
 false discovery rate), and bad pairs are refused."""
+
 import warnings
 
 import numpy as np
@@ -15,19 +16,35 @@ from tiny import random_pairs, tiny_model
 def test_a_site_that_matters_under_one_corruption_only_is_flagged():
     model = tiny_model("llama")
     # The same clean prompts; one corruption changes only position 3, the other only position 1.
-    late = ap.sweep(model, random_pairs(model, 24, seed=3, changed=[3]), "resid_pre", per_prompt=True)
-    early = ap.sweep(model, random_pairs(model, 24, seed=3, changed=[1]), "resid_pre", per_prompt=True)
+    late = ap.sweep(
+        model, random_pairs(model, 24, seed=3, changed=[3]), "resid_pre", per_prompt=True
+    )
+    early = ap.sweep(
+        model, random_pairs(model, 24, seed=3, changed=[1]), "resid_pre", per_prompt=True
+    )
     table = stats.compare(late, early)
     assert list(table.columns[:3]) == ["site", "layer", "pos"] and len(table) == 12
     assert table["site"][3] == "resid_pre[layer=0, pos=3]"
     at = table.set_index(["layer", "pos"])
     # resid_pre at layer 0 is the token: position 3 restores everything under one, nothing under the other.
     assert at.loc[(0, 3), "flagged"] and at.loc[(0, 3), "difference"] == pytest.approx(1, abs=1e-6)
-    assert at.loc[(0, 3), "lo"] == pytest.approx(1, abs=1e-6) and at.loc[(0, 3), "p"] == pytest.approx(2 / 1001)
+    assert at.loc[(0, 3), "lo"] == pytest.approx(1, abs=1e-6) and at.loc[
+        (0, 3), "p"
+    ] == pytest.approx(2 / 1001)
     assert at.loc[(0, 1), "flagged"] and at.loc[(0, 1), "difference"] == pytest.approx(-1, abs=1e-6)
     for pos in (0, 2, 4, 5):  # the same token in every run: both are the corrupt run, exactly
-        assert at.loc[(0, pos), ["b", "difference", "lo", "hi", "p", "flagged"]].tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, False]
-    assert table.attrs["multiple_comparisons"] == "Benjamini-Hochberg over 12 sites" and table.attrs["n_prompts"] == 24
+        assert at.loc[(0, pos), ["b", "difference", "lo", "hi", "p", "flagged"]].tolist() == [
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            1.0,
+            False,
+        ]
+    assert (
+        table.attrs["multiple_comparisons"] == "Benjamini-Hochberg over 12 sites"
+        and table.attrs["n_prompts"] == 24
+    )
 
 
 def test_sweeps_of_prompts_from_different_seeds_flag_no_more_than_chance():
@@ -51,9 +68,13 @@ def test_p_values_of_equal_populations_are_uniform_enough():
     a, b = synthetic(rng, 60, layers=300), synthetic(rng, 60, layers=300)
     for result in (a, b):
         result.loc[{"metric": "logit_diff"}] = rng.gamma(2.0, 0.7, (300, 60))
-    with pytest.warns(UserWarning, match="lone difference"):  # 300 sites need more resamples to flag one alone
+    with pytest.warns(
+        UserWarning, match="lone difference"
+    ):  # 300 sites need more resamples to flag one alone
         table = stats.compare(a, b, metric="logit_diff", n_boot=1000, fdr=0.05)
-    assert 0.03 <= float((table["p"] < 0.05).mean()) <= 0.09  # 6.5 % over seeds: a little liberal at 60 prompts
+    assert (
+        0.03 <= float((table["p"] < 0.05).mean()) <= 0.09
+    )  # 6.5 % over seeds: a little liberal at 60 prompts
     assert int(table["flagged"].sum()) <= 1
 
 
@@ -70,12 +91,15 @@ def test_too_few_resamples_for_the_number_of_sites_warns():
         stats.compare(synthetic(rng, 10, layers=100), synthetic(rng, 10, layers=100), n_boot=100)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda a: (a, a.isel(batch=slice(0, 9))), "10 prompts and result_b 9"),
-    (lambda a: (a, a.mean("batch")), "per_prompt=True"),
-    (lambda a: (a.expand_dims(corruption=["x"]), a), "corruption"),
-    (lambda a: (a, a.isel(layer=[0])), "same sites"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda a: (a, a.isel(batch=slice(0, 9))), "10 prompts and result_b 9"),
+        (lambda a: (a, a.mean("batch")), "per_prompt=True"),
+        (lambda a: (a.expand_dims(corruption=["x"]), a), "corruption"),
+        (lambda a: (a, a.isel(layer=[0])), "same sites"),
+    ],
+)
 def test_bad_pairs_are_refused(make, message):
     a, b = make(synthetic(np.random.default_rng(0), 10, layers=2))
     with warnings.catch_warnings():
@@ -92,15 +116,27 @@ def test_unknown_metric_is_refused():
 
 def test_sensitivity_report_with_ci_says_which_spreads_are_real():
     model = tiny_model("llama")
-    by_corruption = {"late": random_pairs(model, 24, seed=3, changed=[3]), "early": random_pairs(model, 24, seed=3, changed=[1])}
+    by_corruption = {
+        "late": random_pairs(model, 24, seed=3, changed=[3]),
+        "early": random_pairs(model, 24, seed=3, changed=[1]),
+    }
     result = ap.sweep_corruptions(model, by_corruption, "resid_pre", per_prompt=True)
     plain = ap.sensitivity_report(result, threshold=0.5)
     report = ap.sensitivity_report(result, threshold=0.5, ci=0.95)
-    assert report.index.tolist() == plain.index.tolist() and "resid_pre[layer=0, pos=3]" in report.index
+    assert (
+        report.index.tolist() == plain.index.tolist()
+        and "resid_pre[layer=0, pos=3]" in report.index
+    )
     np.testing.assert_allclose(report["spread"], plain["spread"])
     row = report.loc["resid_pre[layer=0, pos=3]"]
     # the token itself: under "late" it restores everything, under "early" nothing, on every resample
-    assert row["real"] and row["spread_lo"] == pytest.approx(1, abs=1e-6) and row["spread_hi"] == pytest.approx(1, abs=1e-6)
-    assert (report["spread_lo"] <= report["spread"] + 1e-9).all() and (report["spread"] <= report["spread_hi"] + 1e-9).all()
+    assert (
+        row["real"]
+        and row["spread_lo"] == pytest.approx(1, abs=1e-6)
+        and row["spread_hi"] == pytest.approx(1, abs=1e-6)
+    )
+    assert (report["spread_lo"] <= report["spread"] + 1e-9).all() and (
+        report["spread"] <= report["spread_hi"] + 1e-9
+    ).all()
     with pytest.raises(ValueError, match="per_prompt=True"):
         ap.sensitivity_report(ap.sweep_corruptions(model, by_corruption, "resid_pre"), ci=0.95)

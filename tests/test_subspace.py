@@ -4,13 +4,12 @@ import warnings
 
 import pytest
 import torch
-from tiny import FAMILIES, tiny_task
 
 from actpatch import PairsError, Site, capture, hooks, patch
-from actpatch.bases import Basis
+from actpatch.bases import Basis, vectors
 from actpatch.bases.subspace import BasisError, Subspace
-from actpatch.bases import vectors
 from actpatch.subspace.patching import interchange, patch_subspace
+from tiny import FAMILIES, tiny_task
 
 SITES = [
     "resid_pre[layer=1, pos=END]",

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_model, tiny_task
 
 import actpatch as ap
 from actpatch import PairsError
@@ -15,6 +14,7 @@ from actpatch.subspace.das import Training, das
 from actpatch.subspace.guards import Guards, flags_of, measure
 from actpatch.subspace.patching import interchange
 from actpatch.subspace.planted import planted
+from tiny import tiny_model, tiny_task
 
 FAST = {"training": Training(steps=60, lr=0.1), "guards": Guards(n_random=10), "n_boot": 200}
 

@@ -1,5 +1,6 @@
 """IOI prompts and corruptions: each changes exactly the tokens it says, with the real tokenizer
 and with a GPT-2-style byte-level tokenizer built from a small word vocabulary (word_tokenizer.py)."""
+
 import pytest
 import torch
 
@@ -7,10 +8,18 @@ import actpatch as ap
 from actpatch.corrupt import IOI_CORRUPTIONS
 from word_tokenizer import gpt2_style_model
 
-CHANGED = {"abc": {"S1", "IO", "S2"}, "s2": {"S2"}, "s1": {"S1"}, "io_s_swap": {"S1", "IO", "S2"}, "random": {"S1", "IO", "S2"}}
+CHANGED = {
+    "abc": {"S1", "IO", "S2"},
+    "s2": {"S2"},
+    "s1": {"S1"},
+    "io_s_swap": {"S1", "IO", "S2"},
+    "random": {"S1", "IO", "S2"},
+}
 
 
-@pytest.fixture(scope="module", params=[pytest.param("smollm2", marks=pytest.mark.smollm), "gpt2-style"])
+@pytest.fixture(
+    scope="module", params=[pytest.param("smollm2", marks=pytest.mark.smollm), "gpt2-style"]
+)
 def model(request):
     if request.param == "gpt2-style":
         return gpt2_style_model()
@@ -24,7 +33,9 @@ def test_each_corruption_changes_exactly_its_tokens(model, corruption):
     for row in range(len(pairs)):
         changed = set(torch.nonzero(pairs.clean[row] != pairs.corrupt[row]).flatten().tolist())
         named = {int(pairs.positions[name][row]): name for name in ("S1", "IO", "S2")}
-        assert {named.get(i, f"pos {i}") for i in changed} == CHANGED[corruption], pairs.corrupt_text[row]
+        assert {named.get(i, f"pos {i}") for i in changed} == CHANGED[corruption], (
+            pairs.corrupt_text[row]
+        )
 
 
 def test_named_positions_point_at_the_names_in_both_orders(model):
@@ -34,9 +45,19 @@ def test_named_positions_point_at_the_names_in_both_orders(model):
     for row in range(len(pairs)):
         at = {name: int(pairs.positions[name][row]) for name in ("S1", "IO", "S2", "END")}
         assert decode(pairs.clean[row, at["IO"]]) == decode(pairs.answers[row])
-        assert decode(pairs.clean[row, at["S1"]]) == decode(pairs.clean[row, at["S2"]]) == decode(pairs.wrong[row])
+        assert (
+            decode(pairs.clean[row, at["S1"]])
+            == decode(pairs.clean[row, at["S2"]])
+            == decode(pairs.wrong[row])
+        )
         assert at["END"] == pairs.seq_len - 1
-        assert decode(pairs.clean[row, pairs.positions["VERB"][row]]) in {"gave", "decided", "wanted", "handed", "passed"}
+        assert decode(pairs.clean[row, pairs.positions["VERB"][row]]) in {
+            "gave",
+            "decided",
+            "wanted",
+            "handed",
+            "passed",
+        }
         orders.add(at["S1"] < at["IO"])
     assert orders == {True, False}  # ABBA and BABA both present
 
@@ -45,7 +66,10 @@ def test_io_s_swap_swaps_roles(model):
     pairs = ap.tasks.ioi(model, n=4, corruption="io_s_swap", seed=1)
     for row in range(len(pairs)):
         io, s1 = int(pairs.positions["IO"][row]), int(pairs.positions["S1"][row])
-        assert pairs.corrupt[row, io] == pairs.clean[row, s1] and pairs.corrupt[row, s1] == pairs.clean[row, io]
+        assert (
+            pairs.corrupt[row, io] == pairs.clean[row, s1]
+            and pairs.corrupt[row, s1] == pairs.clean[row, io]
+        )
 
 
 def test_unknown_corruption_lists_the_choices(model):

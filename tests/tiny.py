@@ -6,6 +6,7 @@ second. Weights are drawn wider than the families' defaults so that patches move
 Models and solved pairs (`tiny_task`) are built once per session and shared by every test, so no
 analysis may change them: `touched()` compares each with what it was when built, and conftest
 runs it after every test module. A test that changes weights on purpose builds its own model."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,21 +22,66 @@ from actpatch.engine.collect import baseline
 VOCAB = 101
 _COMMON = dict(vocab_size=VOCAB, max_position_embeddings=64, initializer_range=0.2)
 CONFIGS = {
-    "gpt2": lambda: tf.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=VOCAB,
-                                  bos_token_id=0, eos_token_id=0, initializer_range=0.2),
-    "gpt_neox": lambda: tf.GPTNeoXConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=32,
-                                         intermediate_size=64, use_parallel_residual=False, **_COMMON),
-    "pythia_parallel": lambda: tf.GPTNeoXConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=32,
-                                                intermediate_size=64, use_parallel_residual=True, **_COMMON),
-    "llama": lambda: tf.LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                    hidden_size=32, intermediate_size=64, **_COMMON),
-    "qwen2": lambda: tf.Qwen2Config(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                    hidden_size=32, intermediate_size=64, **_COMMON),
-    "mistral": lambda: tf.MistralConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
-                                        hidden_size=32, intermediate_size=64, **_COMMON),
-    "gemma3": lambda: tf.Gemma3TextConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                          hidden_size=32, head_dim=8, intermediate_size=64, sliding_window=4,
-                                          **_COMMON),
+    "gpt2": lambda: tf.GPT2Config(
+        n_layer=2,
+        n_head=4,
+        n_embd=32,
+        n_positions=64,
+        vocab_size=VOCAB,
+        bos_token_id=0,
+        eos_token_id=0,
+        initializer_range=0.2,
+    ),
+    "gpt_neox": lambda: tf.GPTNeoXConfig(
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        hidden_size=32,
+        intermediate_size=64,
+        use_parallel_residual=False,
+        **_COMMON,
+    ),
+    "pythia_parallel": lambda: tf.GPTNeoXConfig(
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        hidden_size=32,
+        intermediate_size=64,
+        use_parallel_residual=True,
+        **_COMMON,
+    ),
+    "llama": lambda: tf.LlamaConfig(
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_size=32,
+        intermediate_size=64,
+        **_COMMON,
+    ),
+    "qwen2": lambda: tf.Qwen2Config(
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_size=32,
+        intermediate_size=64,
+        **_COMMON,
+    ),
+    "mistral": lambda: tf.MistralConfig(
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        hidden_size=32,
+        intermediate_size=64,
+        **_COMMON,
+    ),
+    "gemma3": lambda: tf.Gemma3TextConfig(
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_size=32,
+        head_dim=8,
+        intermediate_size=64,
+        sliding_window=4,
+        **_COMMON,
+    ),
 }
 FAMILIES = tuple(CONFIGS)
 
@@ -61,8 +107,14 @@ def tiny_model(family: str, dtype: torch.dtype = torch.float32) -> Model:
 
 
 @functools.cache
-def tiny_task(family: str = "llama", dtype: torch.dtype = torch.float32, *, batch: int = 3,
-              seq: int = 6, seed: int = 1) -> tuple[Model, PromptPairs]:
+def tiny_task(
+    family: str = "llama",
+    dtype: torch.dtype = torch.float32,
+    *,
+    batch: int = 3,
+    seq: int = 6,
+    seed: int = 1,
+) -> tuple[Model, PromptPairs]:
     """`with_answers(tiny_model(family, dtype), tiny_pairs(batch, seq, seed))`, built once per
     session and shared: the model and the pairs every mechanics test starts from."""
     model, pairs = with_answers(tiny_model(family, dtype), tiny_pairs(batch, seq, seed))
@@ -116,8 +168,9 @@ def tiny_pairs(batch: int = 3, seq: int = 6, seed: int = 1) -> PromptPairs:
     return PromptPairs(clean, corrupt, answers, wrong, positions=named)
 
 
-def random_pairs(model: Model, batch: int, *, seq: int = 6, seed: int = 1,
-                 changed: list[int] | None = None) -> PromptPairs:
+def random_pairs(
+    model: Model, batch: int, *, seq: int = 6, seed: int = 1, changed: list[int] | None = None
+) -> PromptPairs:
     """`batch` random pairs (any size, unlike tiny_pairs), answers chosen as in `with_answers`.
 
     The corrupt run differs from the clean one at `changed` positions only (default: all but 0
@@ -147,7 +200,9 @@ def linear_head_model(family: str) -> Model:
     """A tiny float64 model of its own (not shared) whose final norm is removed, so the logit
     difference is linear in the last resid_post and in the last mlp_out: there, AtP is exact."""
     torch.manual_seed(0)
-    hf = tf.AutoModelForCausalLM.from_config(CONFIGS[family]()).double().eval().requires_grad_(False)
+    hf = (
+        tf.AutoModelForCausalLM.from_config(CONFIGS[family]()).double().eval().requires_grad_(False)
+    )
     model = Model.from_hf(hf, name=f"tiny-linear-{family}")
     parent, _, name = model.arch.final_norm.rpartition(".")
     setattr(hf.get_submodule(parent), name, torch.nn.Identity())

@@ -3,6 +3,7 @@
 The command line loads models by path or name only; this writes tests/word_tokenizer.py's
 two-layer GPT-2 (its word-level tokenizer knows every word of the bundled tasks) with
 `save_pretrained`, as any Hugging Face checkpoint folder is written."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ Words are single tokens with GPT-2's leading-space form ('Ġname'), and numbers 
 two-digit tokens ('Ġ17', '32'), as GPT-2's own vocabulary does for the years 1700-1799 that
 greater-than uses; SmolLM2, by contrast, splits digits one by one. The vocabulary holds every
 word of the bundled tasks plus any `extra` text."""
+
 from __future__ import annotations
 
 import re
@@ -41,16 +42,31 @@ def gpt2_style_model(extra: tuple[str, ...] = (), *, bos: bool = False) -> ap.Mo
         for form in (word, "Ġ" + word):
             vocab.setdefault(form, len(vocab))
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        pre_tokenizers.Split(Regex("Ġ?[0-9]{2}"), behavior="isolated"),  # 'Ġ1732' -> 'Ġ17', '32'
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            pre_tokenizers.Split(
+                Regex("Ġ?[0-9]{2}"), behavior="isolated"
+            ),  # 'Ġ1732' -> 'Ġ17', '32'
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     if bos:
-        tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<bos>")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", 1)]
+        )
+    fast = tf.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<bos>"
+    )
     torch.manual_seed(0)
-    config = tf.GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=len(vocab), n_positions=64,
-                           bos_token_id=1, eos_token_id=0)
+    config = tf.GPT2Config(
+        n_layer=2,
+        n_head=2,
+        n_embd=16,
+        vocab_size=len(vocab),
+        n_positions=64,
+        bos_token_id=1,
+        eos_token_id=0,
+    )
     name = "tiny-gpt2-words-bos" if bos else "tiny-gpt2-words"
     return ap.Model.from_hf(tf.AutoModelForCausalLM.from_config(config).eval(), fast, name=name)

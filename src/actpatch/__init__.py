@@ -10,6 +10,7 @@
 Names are imported on first use (PEP 562), not by `import actpatch`: torch and transformers take
 seconds to import, and the command line must answer `--help` or a mistyped flag without them.
 `from actpatch import sweep` and `ap.sweep` work as if everything had been imported up front."""
+
 from __future__ import annotations
 
 import importlib

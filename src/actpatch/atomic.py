@@ -3,17 +3,20 @@
 A run killed while writing must not leave a half-written file under the name a later run (or a
 reader) trusts. Every writer here writes to a temporary name in the destination's folder, then
 renames it into place with `os.replace`, which is atomic within one file system."""
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 TEMPORARY_SUFFIX = ".part"  # what a write in progress is called; a reader skips such files
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], *, durable: bool = False) -> Path:
+def write_atomically(
+    path: str | os.PathLike, write: Callable[[Path], None], *, durable: bool = False
+) -> Path:
     """Call `write(temporary_path)`, then move the file to `path`; return `path`.
 
     `durable=True` also flushes the file to disk before the rename, so that a power cut (not only a
@@ -21,7 +24,9 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], *, 
     survive failures."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, delete=False) as handle:
+    with tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, delete=False
+    ) as handle:
         temporary = Path(handle.name)
     try:
         write(temporary)
@@ -45,4 +50,6 @@ def _umask() -> int:
 
 def write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> Path:
     """`Path.write_text` (UTF-8), atomically."""
-    return write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), durable=durable)
+    return write_atomically(
+        path, lambda temporary: temporary.write_text(text, encoding="utf-8"), durable=durable
+    )

@@ -8,6 +8,7 @@ moves the written activation by (f_source,i − f_target,i) · decoder[i], a ran
 the basis does not reconstruct is its *error* (written activation − reconstruction), one more
 node per position. Patching every latent and the error is the plain patch of `writes`.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -20,10 +21,10 @@ from torch import Tensor
 class Basis(Protocol):
     """A basis at a hook point. Shapes use the site's width `d_in` (read) and `d_out` (written)."""
 
-    name: str        # how results label it, e.g. "sae.resid_post.6" or "das.resid_pre.3"
+    name: str  # how results label it, e.g. "sae.resid_post.6" or "das.resid_pre.3"
     layer: int
-    reads: str       # the site kind encoded (a sites.SiteKind, or "mlp_in" for transcoders)
-    writes: str      # the site kind the decoder rows move
+    reads: str  # the site kind encoded (a sites.SiteKind, or "mlp_in" for transcoders)
+    writes: str  # the site kind the decoder rows move
     d_in: int
     d_out: int
     n_latents: int
@@ -38,8 +39,13 @@ class Basis(Protocol):
         """(..., d_in) → (..., d_out): the basis's estimate of the written activation from `x`."""
 
 
-def move_latents(written: Tensor, source_latents: Tensor, target_latents: Tensor, decoder: Tensor,
-                 latents: Tensor | None = None) -> Tensor:
+def move_latents(
+    written: Tensor,
+    source_latents: Tensor,
+    target_latents: Tensor,
+    decoder: Tensor,
+    latents: Tensor | None = None,
+) -> Tensor:
     """The written activation with the chosen latents set to the source's values.
 
     `written` (..., d_out) is the target run's activation; the latents are (..., n_latents);

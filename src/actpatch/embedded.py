@@ -17,6 +17,7 @@ the names to the last position (docs/features.md gives the measured quality).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -49,13 +50,9 @@ class Recipe:
     """What a dictionary is trained on and how; every field is recorded in the manifest."""
 
     layer: int = 14  # resid_post of this layer (SmolLM2 has 30)
-    n_latents: int = (
-        2048  # 3.6 × d_model: small, so that first use trains in minutes on a CPU
-    )
+    n_latents: int = 2048  # 3.6 × d_model: small, so that first use trains in minutes on a CPU
     k: int = 32
-    tokens: int = (
-        16_384  # of text run through the model (each row's first position is dropped)
-    )
+    tokens: int = 16_384  # of text run through the model (each row's first position is dropped)
     context: int = 128  # tokens per row of text
     epochs: int = 4
     batch: int = 128
@@ -120,9 +117,7 @@ def held_out_tokens(model: Model, recipe: Recipe, n_rows: int) -> Tensor:
     need = max(0, -(-recipe.tokens // recipe.context) - len(rows))
     reference = _reference_rows(model, recipe.context, recipe.seed)
     if need + n_rows > len(reference):
-        raise ValueError(
-            f"only {len(reference) - need} held-out rows exist, asked for {n_rows}"
-        )
+        raise ValueError(f"only {len(reference) - need} held-out rows exist, asked for {n_rows}")
     return reference[len(reference) - n_rows :]
 
 
@@ -140,9 +135,7 @@ def collect(
 
     def grab(module, inputs, output):
         hidden = output[0] if isinstance(output, tuple) else output
-        found.append(
-            hidden[:, 1:].detach().to(torch.float32).reshape(-1, hidden.shape[-1])
-        )
+        found.append(hidden[:, 1:].detach().to(torch.float32).reshape(-1, hidden.shape[-1]))
         raise _Stop  # nothing after this layer is needed
 
     handle = model.layer(layer).register_forward_hook(grab)
@@ -150,12 +143,8 @@ def collect(
         with torch.no_grad():
             starts = range(0, len(tokens), batch)
             for start in tqdm(starts, desc="reading the text", disable=not progress):
-                try:
-                    model.hf(
-                        tokens[start : start + batch].to(model.device), use_cache=False
-                    )
-                except _Stop:
-                    pass
+                with contextlib.suppress(_Stop):
+                    model.hf(tokens[start : start + batch].to(model.device), use_cache=False)
     finally:
         handle.remove()
     return torch.cat(found).cpu()
@@ -188,9 +177,7 @@ def _reference_rows(model: Model, context: int, seed: int) -> Tensor:
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
     usable = len(ids) // context * context
     rows = torch.tensor(ids[:usable], dtype=torch.long).view(-1, context)
-    return rows[
-        torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
-    ]
+    return rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
 
 
 def _expected_manifest(model: Model, recipe: Recipe, tokens: Tensor) -> dict[str, Any]:
@@ -255,9 +242,7 @@ def _build(
         progress=progress,
     )
     folder.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(
-        tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent)
-    )
+    building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
     try:
         write_saelens(building, fit, model.name, recipe.layer, context=recipe.context)
         files = {p.name: _sha256(p) for p in sorted(building.iterdir())}
@@ -277,9 +262,7 @@ def _build(
         shutil.rmtree(building, ignore_errors=True)
 
 
-def write_saelens(
-    folder: Path, fit: TopKFit, model_name: str, layer: int, *, context: int
-) -> None:
+def write_saelens(folder: Path, fit: TopKFit, model_name: str, layer: int, *, context: int) -> None:
     """Save `fit` as SAELens 6 saves a TopK SAE: its config's fields and its four tensors."""
     from safetensors.torch import save_file
 

@@ -21,17 +21,29 @@ file; `[output] folder` relative to the working directory.
 `read(path)` gives a file's raw table (the command line merges its flags into it), `validate(data)`
 the checked `Experiment`, `load(path)` both; `make_pairs(model, task)` builds a task's prompt pairs.
 Running the analyses is the command line's job (`actpatch.cli`)."""
+
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator, model_validator
+import tomllib
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from actpatch.sites import parse_kind
 
-if TYPE_CHECKING:  # checking a file must not wait for torch: the tasks are imported when pairs are made
+if (
+    TYPE_CHECKING
+):  # checking a file must not wait for torch: the tasks are imported when pairs are made
     from actpatch.models.model import Model
     from actpatch.pairs import PromptPairs
 
@@ -79,18 +91,26 @@ class TaskSection(_Section):
     seed: int = 0
     corruption: str | None = None  # default: the task's own first scheme
     order: Literal["mixed", "abba", "baba"] | None = None  # ioi: abba; ioi_groups: mixed
-    templates: Literal["classic", "all"] | None = None  # ioi: classic (one template); ioi_groups: all
+    templates: Literal["classic", "all"] | None = (
+        None  # ioi: classic (one template); ioi_groups: all
+    )
     relations: list[str] | None = None  # factual
     length: PositiveInt | None = None  # induction
     repeat: PositiveInt | None = None  # induction
-    noise_positions: Any = None  # corruption = "noise": "all" or a list of indices and named positions
-    noise_scale: float | None = Field(default=None, gt=0)  # corruption = "noise": × the input's standard deviation
+    noise_positions: Any = (
+        None  # corruption = "noise": "all" or a list of indices and named positions
+    )
+    noise_scale: float | None = Field(
+        default=None, gt=0
+    )  # corruption = "noise": × the input's standard deviation
 
     @field_validator("name")
     @classmethod
     def _known_task(cls, name: str) -> str:
         if name not in TASKS and not (name.startswith(FILE_TASK) and len(name) > len(FILE_TASK)):
-            raise ValueError(f"unknown task {name!r}; allowed: {', '.join(TASKS)}, or file:PATH (a .jsonl or .csv file)")
+            raise ValueError(
+                f"unknown task {name!r}; allowed: {', '.join(TASKS)}, or file:PATH (a .jsonl or .csv file)"
+            )
         return name
 
     @field_validator("noise_positions")
@@ -98,23 +118,36 @@ class TaskSection(_Section):
     def _noise_positions(cls, value: Any) -> Any:
         if value is None or value == "all" or _positions_list(value):
             return value
-        raise ValueError(f"must be \"all\" or a non-empty list of token indices and named positions, got {value!r}")
+        raise ValueError(
+            f'must be "all" or a non-empty list of token indices and named positions, got {value!r}'
+        )
 
     @model_validator(mode="after")
-    def _fits_the_task(self) -> "TaskSection":
+    def _fits_the_task(self) -> TaskSection:
         task = "file" if self.is_file else self.name
         allowed = CORRUPTIONS.get(self.name)
-        if self.corruption is not None and allowed is not None and self.corruption not in (*allowed, NOISE):
-            raise ValueError(f"task.corruption = {self.corruption!r} is not a corruption of {task}; allowed: "
-                             f"{', '.join((*allowed, NOISE))}")
-        only_for = {"order": ("ioi", "ioi_groups"), "templates": ("ioi", "ioi_groups"), "relations": ("factual",),
-                    "length": ("induction",), "repeat": ("induction",)}
+        if (
+            self.corruption is not None
+            and allowed is not None
+            and self.corruption not in (*allowed, NOISE)
+        ):
+            raise ValueError(
+                f"task.corruption = {self.corruption!r} is not a corruption of {task}; allowed: "
+                f"{', '.join((*allowed, NOISE))}"
+            )
+        only_for = {
+            "order": ("ioi", "ioi_groups"),
+            "templates": ("ioi", "ioi_groups"),
+            "relations": ("factual",),
+            "length": ("induction",),
+            "repeat": ("induction",),
+        }
         for key, names in only_for.items():
             if getattr(self, key) is not None and self.name not in names:
                 raise ValueError(f"task.{key} applies to {' and '.join(names)} only, not to {task}")
         for key in ("noise_positions", "noise_scale"):
             if getattr(self, key) is not None and self.corruption != NOISE:
-                raise ValueError(f"task.{key} applies to corruption = \"noise\" only")
+                raise ValueError(f'task.{key} applies to corruption = "noise" only')
         if self.is_file and self.n is not None:
             raise ValueError("task.n does not apply to file: tasks (every row of the file is used)")
         return self
@@ -134,7 +167,9 @@ class SweepSection(_Section):
 
     site: str
     direction: Literal["denoise", "noise", "both"] = "denoise"
-    positions: Any = None  # "each", "all", or a list of indices and named positions; default per site kind
+    positions: Any = (
+        None  # "each", "all", or a list of indices and named positions; default per site kind
+    )
     layers: list[int] | None = None
     heads: list[int] | None = None
     neurons: list[int] | None = None
@@ -144,7 +179,9 @@ class SweepSection(_Section):
     memory_budget: PositiveInt | None = None  # bytes
     per_prompt: bool = False
     check_baseline: bool = True
-    ci: float | None = Field(default=None, gt=0, lt=1)  # bootstrap intervals over prompts (docs/uncertainty.md)
+    ci: float | None = Field(
+        default=None, gt=0, lt=1
+    )  # bootstrap intervals over prompts (docs/uncertainty.md)
     n_boot: PositiveInt = 1000  # resamples for ci
     boot_seed: int = 0
 
@@ -159,20 +196,26 @@ class SweepSection(_Section):
     def _positions(cls, value: Any) -> Any:
         if value is None or value in ("each", "all") or _positions_list(value):
             return value
-        raise ValueError(f"must be \"each\", \"all\", or a non-empty list of token indices and named positions, got {value!r}")
+        raise ValueError(
+            f'must be "each", "all", or a non-empty list of token indices and named positions, got {value!r}'
+        )
 
     @model_validator(mode="after")
-    def _ablation_is_noising(self) -> "SweepSection":
+    def _ablation_is_noising(self) -> SweepSection:
         if self.ablation is not None and self.direction != "noise":
-            raise ValueError(f"sweep.ablation = {self.ablation!r} knocks sites out of the clean run, which is noising: "
-                             f"set direction = \"noise\" (it is {self.direction!r})")
+            raise ValueError(
+                f"sweep.ablation = {self.ablation!r} knocks sites out of the clean run, which is noising: "
+                f'set direction = "noise" (it is {self.direction!r})'
+            )
         return self
 
     @model_validator(mode="after")
-    def _ci_is_not_per_prompt(self) -> "SweepSection":
+    def _ci_is_not_per_prompt(self) -> SweepSection:
         if self.ci is not None and self.per_prompt:
-            raise ValueError("sweep.ci returns intervals computed from every prompt's numbers, not the numbers: "
-                             "remove per_prompt, or keep per_prompt and resample the saved result")
+            raise ValueError(
+                "sweep.ci returns intervals computed from every prompt's numbers, not the numbers: "
+                "remove per_prompt, or keep per_prompt and resample the saved result"
+            )
         return self
 
     @property
@@ -191,9 +234,9 @@ class AttributeSection(_Section):
     sample: NonNegativeInt = 10  # ... and this many random others
 
     @model_validator(mode="after")
-    def _graddrop_needs_atp(self) -> "AttributeSection":
+    def _graddrop_needs_atp(self) -> AttributeSection:
         if self.graddrop and self.method == "ig":
-            raise ValueError("attribute.graddrop goes with method = \"atp\" or \"atp*\", not with \"ig\"")
+            raise ValueError('attribute.graddrop goes with method = "atp" or "atp*", not with "ig"')
         return self
 
 
@@ -201,10 +244,14 @@ class CircuitSection(_Section):
     """[circuit]: the Pareto frontier of a sweep's ranking, the smallest circuit, its minimality."""
 
     recovery: float = Field(default=0.8, gt=0, le=1)
-    threshold: float = Field(default=0.02, ge=0)  # minimality: a member whose removal costs less is a passenger
+    threshold: float = Field(
+        default=0.02, ge=0
+    )  # minimality: a member whose removal costs less is a passenger
     order: Literal["effect", "abs"] = "effect"
     max_size: PositiveInt | None = None  # largest circuit evaluated (default: the whole ranking)
-    ablation: Ablation | None = None  # what components outside the circuit take (default: corrupt-run values)
+    ablation: Ablation | None = (
+        None  # what components outside the circuit take (default: corrupt-run values)
+    )
 
 
 class OutputSection(_Section):
@@ -243,7 +290,11 @@ def read(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as error:
         raise ExperimentError(f"{path}: not valid TOML ({error})") from None
     task = data.get("task")
-    if isinstance(task, dict) and isinstance(task.get("name"), str) and task["name"].startswith(FILE_TASK):
+    if (
+        isinstance(task, dict)
+        and isinstance(task.get("name"), str)
+        and task["name"].startswith(FILE_TASK)
+    ):
         where = Path(task["name"].removeprefix(FILE_TASK)).expanduser()
         task["name"] = FILE_TASK + str(where if where.is_absolute() else (path.parent / where))
     return data
@@ -270,34 +321,59 @@ def make_pairs(model: Model, task: TaskSection) -> PromptPairs | list[PromptPair
         grouped = task.name == "ioi_groups"
         classic = (task.templates or ("all" if grouped else "classic")) == "classic"
         build = tasks.ioi_groups if grouped else tasks.ioi
-        pairs = build(model, n, corruption=native or "abc", seed=task.seed, order=task.order or ("mixed" if grouped else "abba"),
-                      templates=CLASSIC if classic else None)
+        pairs = build(
+            model,
+            n,
+            corruption=native or "abc",
+            seed=task.seed,
+            order=task.order or ("mixed" if grouped else "abba"),
+            templates=CLASSIC if classic else None,
+        )
     elif task.name == "factual":
         pairs = tasks.factual_recall(model, n, seed=task.seed, relations=task.relations)
     elif task.name == "greater_than":
         pairs = tasks.greater_than(model, n, seed=task.seed)
     elif task.name == "induction":
-        pairs = tasks.induction(model, n, length=task.length or 20, repeat=task.repeat or 10, seed=task.seed)
+        pairs = tasks.induction(
+            model, n, length=task.length or 20, repeat=task.repeat or 10, seed=task.seed
+        )
     else:
         pairs = tasks.from_file(model, task.name.removeprefix(FILE_TASK), corruption=native)
     if task.corruption != NOISE:
         return pairs
 
     def noised(group: PromptPairs) -> PromptPairs:
-        return gaussian_noise(model, group, task.noise_positions or "all", scale=task.noise_scale or DEFAULT_SCALE, seed=task.seed)
+        return gaussian_noise(
+            model,
+            group,
+            task.noise_positions or "all",
+            scale=task.noise_scale or DEFAULT_SCALE,
+            seed=task.seed,
+        )
 
     return [noised(g) for g in pairs] if isinstance(pairs, list) else noised(pairs)
 
 
 def _positions_list(value: Any) -> bool:
-    return (isinstance(value, list) and bool(value)
-            and all(isinstance(p, str) or (isinstance(p, int) and not isinstance(p, bool)) for p in value))
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(p, str) or (isinstance(p, int) and not isinstance(p, bool)) for p in value
+        )
+    )
 
 
 def _describe(error: dict[str, Any]) -> str:
     """One validation error as a reader wants it: the dotted key, what is wrong, what is allowed."""
-    loc = [str(part) for part in error["loc"] if not str(part).startswith(("literal[", "list[", "function-"))]
-    key = ".".join(p for p in loc if not p.isdigit()) + "".join(f"[{p}]" for p in loc if p.isdigit())
+    loc = [
+        str(part)
+        for part in error["loc"]
+        if not str(part).startswith(("literal[", "list[", "function-"))
+    ]
+    key = ".".join(p for p in loc if not p.isdigit()) + "".join(
+        f"[{p}]" for p in loc if p.isdigit()
+    )
     kind, message = error["type"], error["msg"]
     if kind == "extra_forbidden":
         owner = _section_model(loc[:-1])
@@ -316,7 +392,11 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key} = {error['input']!r}: must be one of {error['ctx']['expected']}"
     if kind == "value_error":
         text = message.removeprefix("Value error, ")
-        return text if text.startswith(f"{key}.") or text.startswith(f"{loc[0]}.") else f"{key}: {text}"
+        return (
+            text
+            if text.startswith(f"{key}.") or text.startswith(f"{loc[0]}.")
+            else f"{key}: {text}"
+        )
     return f"{key} = {error['input']!r}: {message[0].lower()}{message[1:]}"
 
 
@@ -332,4 +412,13 @@ def _section_model(loc: list[str]) -> type[BaseModel] | None:
     return model
 
 
-__all__ = ["CORRUPTIONS", "TASKS", "Experiment", "ExperimentError", "load", "make_pairs", "read", "validate"]
+__all__ = [
+    "CORRUPTIONS",
+    "TASKS",
+    "Experiment",
+    "ExperimentError",
+    "load",
+    "make_pairs",
+    "read",
+    "validate",
+]

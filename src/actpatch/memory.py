@@ -4,9 +4,11 @@ On a CPU a fixed 1 GiB: running out there usually means swapping, not an error t
 catch, so a modest default is the safe one. On CUDA a fixed 1 GiB leaves a large GPU mostly idle
 (an 80 GiB card would run chunks of a few dozen copies), so the default follows the free memory
 of the fullest device the model computes on; a chunk that still runs out is halved and retried."""
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 

@@ -3,6 +3,7 @@
 They disagree in instructive ways (probability overstates late effects, log-prob saturates,
 accuracy is discrete, KL ignores which answer is right), so we compute them all and let the user
 choose; `norm_logit_diff` is the default reading: corrupt = 0, clean = 1."""
+
 from __future__ import annotations
 
 import functools

@@ -6,10 +6,11 @@ standard deviations wide takes the model off the distribution it was trained on,
 can look important only because it reacts to the noise (Zhang & Nanda 2024; Heimersheim & Nanda
 2024, section 3). Prefer a corruption that changes tokens (e.g. symmetric token replacement)
 where one exists, and use this one as a second opinion."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -36,9 +37,13 @@ def gaussian_noise(
     every prompt, position and dimension), so it is comparable across models whatever their
     embedding scale (GPT-2 adds position embeddings there, Gemma multiplies by √d_model)."""
     if not isinstance(pairs, PromptPairs):
-        raise TypeError(f"pairs must be PromptPairs (their clean prompts get the noise), got {type(pairs).__name__}")
+        raise TypeError(
+            f"pairs must be PromptPairs (their clean prompts get the noise), got {type(pairs).__name__}"
+        )
     if not scale > 0:
-        raise PairsError(f"scale must be positive (a multiple of the input's standard deviation), got {scale!r}")
+        raise PairsError(
+            f"scale must be positive (a multiple of the input's standard deviation), got {scale!r}"
+        )
     where = _mask(pairs, positions)
     inputs = hooks.capture(model, pairs.clean, [Site("resid_pre", 0)])[Site("resid_pre", 0)]
     std = float(inputs.double().std())
@@ -65,14 +70,20 @@ def _mask(pairs: PromptPairs, positions: Sequence[int | str] | str) -> torch.Ten
     if isinstance(positions, (str, int)):
         positions = [positions]
     if not positions:
-        raise PairsError("positions is empty: name the positions to add noise at (e.g. ['S1'] or 'all')")
+        raise PairsError(
+            "positions is empty: name the positions to add noise at (e.g. ['S1'] or 'all')"
+        )
     for p in positions:
         if isinstance(p, str):
             if p not in pairs.positions:
-                raise PairsError(f"no named position {p!r} in these prompts (named: {', '.join(pairs.positions) or 'none'})")
+                raise PairsError(
+                    f"no named position {p!r} in these prompts (named: {', '.join(pairs.positions) or 'none'})"
+                )
             where[torch.arange(batch), pairs.positions[p]] = True
         elif isinstance(p, int) and -seq <= p < seq:
             where[:, p] = True
         else:
-            raise PairsError(f"position {p!r} is out of range: these prompts have positions 0..{seq - 1}")
+            raise PairsError(
+                f"position {p!r} is out of range: these prompts have positions 0..{seq - 1}"
+            )
     return where

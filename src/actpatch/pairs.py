@@ -2,11 +2,12 @@
 
 Validation lives here so that every engine can trust its input: equal token lengths (a position
 must mean the same thing in both runs), single-token answers, nothing empty."""
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -46,7 +47,7 @@ class PromptPairs:
     def __len__(self) -> int:
         return self.clean.shape[0]
 
-    def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> "PromptPairs":
+    def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> PromptPairs:
         """The pairs at `index` (`pairs[:4]`, `pairs[[0, 2]]`, `pairs[3]`), named positions, text and
         input noise included; always a batch, so `pairs[3]` is one pair."""
         rows = torch.arange(len(self))[index].reshape(-1)
@@ -58,22 +59,34 @@ class PromptPairs:
             return None if values is None else tuple(values[i] for i in picked)
 
         return dataclasses.replace(
-            self, clean=self.clean[rows], corrupt=self.corrupt[rows], answers=self.answers[rows], wrong=self.wrong[rows],
-            clean_text=texts(self.clean_text), corrupt_text=texts(self.corrupt_text),
+            self,
+            clean=self.clean[rows],
+            corrupt=self.corrupt[rows],
+            answers=self.answers[rows],
+            wrong=self.wrong[rows],
+            clean_text=texts(self.clean_text),
+            corrupt_text=texts(self.corrupt_text),
             positions={name: where[rows] for name, where in self.positions.items()},
             corrupt_noise=None if self.corrupt_noise is None else self.corrupt_noise[rows],
         )
 
     def __repr__(self) -> str:
         about = [f"{len(self)} prompts × {self.seq_len} tokens"]
-        about += [f"{name}={value!r}" for name, value in (("task", self.task), ("corruption", self.corruption)) if value]
+        about += [
+            f"{name}={value!r}"
+            for name, value in (("task", self.task), ("corruption", self.corruption))
+            if value
+        ]
         if self.positions:
             about.append(f"positions=[{', '.join(self.positions)}]")
         if self.corrupt_noise is not None:
             about.append("input noise on the corrupt run")
         lines = [f"PromptPairs({', '.join(about)})"]
         if self.clean_text:
-            lines += [f"  clean[0]:   {self.clean_text[0]!r}", f"  corrupt[0]: {self.corrupt_text[0]!r}"]
+            lines += [
+                f"  clean[0]:   {self.clean_text[0]!r}",
+                f"  corrupt[0]: {self.corrupt_text[0]!r}",
+            ]
         return "\n".join(lines)
 
     @property
@@ -91,15 +104,25 @@ class PromptPairs:
         return Run(self.corrupt, self.corrupt_noise, self.positions, "corrupt")
 
     @classmethod
-    def groups_from_strings(cls, model: Model, clean: Sequence[str], corrupt: Sequence[str], answers: Sequence[str],
-                            wrong: Sequence[str], *, positions: dict[str, Sequence[int]] | None = None,
-                            **labels: str | int | None) -> list["PromptPairs"]:
+    def groups_from_strings(
+        cls,
+        model: Model,
+        clean: Sequence[str],
+        corrupt: Sequence[str],
+        answers: Sequence[str],
+        wrong: Sequence[str],
+        *,
+        positions: dict[str, Sequence[int]] | None = None,
+        **labels: str | int | None,
+    ) -> list[PromptPairs]:
         """Prompts of different token lengths as one PromptPairs per length (shortest first, order
         kept within each), for `sweep`, which pools the groups exactly at named positions.
         `labels` (`corruption`, `task`, `seed`) are `from_strings`'s, given to every group."""
         clean_ids, _ = _checked_tokens(model, clean, corrupt, answers, wrong)
         for what, words in (("answer", answers), ("wrong answer", wrong)):
-            for i, word in enumerate(words):  # here, so that errors name the prompt's index in the input
+            for i, word in enumerate(
+                words
+            ):  # here, so that errors name the prompt's index in the input
                 _single_token(model, word, what, i)
         lengths = [len(ids) for ids in clean_ids]
         groups = []
@@ -109,10 +132,19 @@ class PromptPairs:
             def pick(values: Sequence, members: list[int] = members) -> list:
                 return [values[i] for i in members]
 
-            groups.append(cls.from_strings(
-                model, pick(clean), pick(corrupt), pick(answers), pick(wrong),
-                positions={name: pick(list(where)) for name, where in (positions or {}).items()}, **labels,
-            ))
+            groups.append(
+                cls.from_strings(
+                    model,
+                    pick(clean),
+                    pick(corrupt),
+                    pick(answers),
+                    pick(wrong),
+                    positions={
+                        name: pick(list(where)) for name, where in (positions or {}).items()
+                    },
+                    **labels,
+                )
+            )
         return groups
 
     @classmethod
@@ -128,7 +160,7 @@ class PromptPairs:
         corruption: str | None = None,
         task: str | None = None,
         seed: int | None = None,
-    ) -> "PromptPairs":
+    ) -> PromptPairs:
         """Tokenize with the model's tokenizer defaults; answers must be single tokens (mind the leading space)."""
         clean_ids, corrupt_ids = _checked_tokens(model, clean, corrupt, answers, wrong)
         if len({len(a) for a in clean_ids}) != 1:
@@ -140,30 +172,54 @@ class PromptPairs:
         return cls(
             clean=torch.tensor(clean_ids),
             corrupt=torch.tensor(corrupt_ids),
-            answers=torch.tensor([_single_token(model, a, "answer", i) for i, a in enumerate(answers)]),
-            wrong=torch.tensor([_single_token(model, w, "wrong answer", i) for i, w in enumerate(wrong)]),
+            answers=torch.tensor(
+                [_single_token(model, a, "answer", i) for i, a in enumerate(answers)]
+            ),
+            wrong=torch.tensor(
+                [_single_token(model, w, "wrong answer", i) for i, w in enumerate(wrong)]
+            ),
             clean_text=tuple(clean),
             corrupt_text=tuple(corrupt),
-            positions={k: torch.as_tensor(v, dtype=torch.long) for k, v in (positions or {}).items()},
+            positions={
+                k: torch.as_tensor(v, dtype=torch.long) for k, v in (positions or {}).items()
+            },
             corruption=corruption,
             task=task,
             seed=seed,
         )
 
 
-def _checked_tokens(model: Model, clean, corrupt, answers, wrong) -> tuple[list[list[int]], list[list[int]]]:
+def _checked_tokens(
+    model: Model, clean, corrupt, answers, wrong
+) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of every prompt, after checking the lists line up and each pair has one length."""
     if isinstance(clean, str) or isinstance(corrupt, str):
-        raise PairsError("clean and corrupt must be lists of prompts, not a single string: wrap it in [...]")
-    counts = {"clean": len(clean), "corrupt": len(corrupt), "answers": len(answers), "wrong": len(wrong)}
+        raise PairsError(
+            "clean and corrupt must be lists of prompts, not a single string: wrap it in [...]"
+        )
+    counts = {
+        "clean": len(clean),
+        "corrupt": len(corrupt),
+        "answers": len(answers),
+        "wrong": len(wrong),
+    }
     if len(set(counts.values())) != 1:
-        raise PairsError(f"need one clean, corrupt, answer and wrong answer per prompt; got {counts}")
+        raise PairsError(
+            f"need one clean, corrupt, answer and wrong answer per prompt; got {counts}"
+        )
     if not clean:
         raise PairsError("no prompts given: pass at least one clean/corrupt pair")
-    for name, texts in (("clean", clean), ("corrupt", corrupt), ("answer", answers), ("wrong answer", wrong)):
+    for name, texts in (
+        ("clean", clean),
+        ("corrupt", corrupt),
+        ("answer", answers),
+        ("wrong answer", wrong),
+    ):
         if odd := [i for i, t in enumerate(texts) if not isinstance(t, str)]:
-            raise PairsError(f"{name} {odd[0]} is {type(texts[odd[0]]).__name__} {texts[odd[0]]!r}, not a string; "
-                             "pass text here (PromptPairs(...) takes token ids)")
+            raise PairsError(
+                f"{name} {odd[0]} is {type(texts[odd[0]]).__name__} {texts[odd[0]]!r}, not a string; "
+                "pass text here (PromptPairs(...) takes token ids)"
+            )
     for name, texts in (("clean", clean), ("corrupt", corrupt)):
         if empty := [i for i, t in enumerate(texts) if not t.strip()]:
             raise PairsError(f"{name} prompt {empty[0]} is empty")
@@ -207,13 +263,17 @@ def unspaced_answer(model: Model, prompt: str, answer: str) -> str | None:
 def missing_space(prompt: str, spaced: str) -> str:
     """The reason and the fix, for an error about an answer given without its leading space."""
     tail = " ".join(prompt.split()[-3:])
-    return (f"has no leading space, but after {tail!r} the next word is {spaced!r} (one token, "
-            f"its space included): write {spaced!r}")
+    return (
+        f"has no leading space, but after {tail!r} the next word is {spaced!r} (one token, "
+        f"its space included): write {spaced!r}"
+    )
 
 
 def _tokens(model: Model, text: str) -> list[int]:
     if model.tokenizer is None:
-        raise PairsError(f"{model.name} has no tokenizer: build PromptPairs from token ids instead of strings")
+        raise PairsError(
+            f"{model.name} has no tokenizer: build PromptPairs from token ids instead of strings"
+        )
     return list(model.tokenizer(text)["input_ids"])
 
 
@@ -221,7 +281,11 @@ def _single_token(model: Model, text: str, what: str, index: int) -> int:
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         pieces = [model.tokenizer.decode([i]) for i in ids]
-        hint = " (answers usually need their leading space, e.g. ' Mary')" if not text.startswith(" ") else ""
+        hint = (
+            " (answers usually need their leading space, e.g. ' Mary')"
+            if not text.startswith(" ")
+            else ""
+        )
         raise PairsError(
             f"prompt {index}: {what} {text!r} is {len(ids)} tokens {pieces}, not one{hint}; "
             "choose an answer that is a single token of this tokenizer."
@@ -233,9 +297,15 @@ def _validate_ids(pairs: PromptPairs) -> None:
     for name in ("clean", "corrupt"):
         ids = getattr(pairs, name)
         if not isinstance(ids, Tensor) or ids.dtype != torch.long or ids.ndim != 2:
-            got = f"a {ids.ndim}-d {ids.dtype} tensor" if isinstance(ids, Tensor) else type(ids).__name__
-            raise PairsError(f"{name} must be a (batch, pos) tensor of token ids (torch.long), got {got}; "
-                             "e.g. torch.tensor(ids, dtype=torch.long), or PromptPairs.from_strings for text")
+            got = (
+                f"a {ids.ndim}-d {ids.dtype} tensor"
+                if isinstance(ids, Tensor)
+                else type(ids).__name__
+            )
+            raise PairsError(
+                f"{name} must be a (batch, pos) tensor of token ids (torch.long), got {got}; "
+                "e.g. torch.tensor(ids, dtype=torch.long), or PromptPairs.from_strings for text"
+            )
         if ids.numel() == 0:
             raise PairsError(f"{name} is empty: pass at least one prompt of at least one token")
     if pairs.clean.shape != pairs.corrupt.shape:
@@ -249,15 +319,25 @@ def _validate_ids(pairs: PromptPairs) -> None:
         if not isinstance(ids, Tensor) or ids.shape != (batch,):
             raise PairsError(f"{name} must hold one token id per prompt, shape ({batch},)")
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise PairsError(f"{name} must be integer token ids (torch.long), not {ids.dtype}: a float id is not a token")
+            raise PairsError(
+                f"{name} must be integer token ids (torch.long), not {ids.dtype}: a float id is not a token"
+            )
     noise = pairs.corrupt_noise
-    if noise is not None and (not isinstance(noise, Tensor) or not noise.is_floating_point()
-                              or noise.ndim != 3 or noise.shape[:2] != pairs.clean.shape):
-        raise PairsError(f"corrupt_noise must be a float tensor (batch, pos, d_model) matching the prompts' "
-                         f"{tuple(pairs.clean.shape)}; make it with actpatch.noise.gaussian_noise")
+    if noise is not None and (
+        not isinstance(noise, Tensor)
+        or not noise.is_floating_point()
+        or noise.ndim != 3
+        or noise.shape[:2] != pairs.clean.shape
+    ):
+        raise PairsError(
+            f"corrupt_noise must be a float tensor (batch, pos, d_model) matching the prompts' "
+            f"{tuple(pairs.clean.shape)}; make it with actpatch.noise.gaussian_noise"
+        )
     if noise is not None and not bool(torch.isfinite(noise).all()):
-        raise PairsError("corrupt_noise holds NaN or inf, which would make every corrupt run NaN; "
-                         "make it with actpatch.noise.gaussian_noise, whose noise is finite")
+        raise PairsError(
+            "corrupt_noise holds NaN or inf, which would make every corrupt run NaN; "
+            "make it with actpatch.noise.gaussian_noise, whose noise is finite"
+        )
     for name, where in pairs.positions.items():
         prompts = f"{batch} prompt{'s' if batch != 1 else ''}"
         if where.shape != (batch,):
@@ -266,10 +346,14 @@ def _validate_ids(pairs: PromptPairs) -> None:
             if where.ndim > 1:
                 given = f"shape {tuple(where.shape)}"
             example = ", ".join(["3"] * min(batch, 3)) + (", ..." if batch > 3 else "")
-            raise PairsError(f"named position {name!r} has {given} for {prompts}: give one index "
-                             f"in 0..{pairs.seq_len - 1} per prompt, e.g. "
-                             f"{{{name!r}: [{example}]}}")
+            raise PairsError(
+                f"named position {name!r} has {given} for {prompts}: give one index "
+                f"in 0..{pairs.seq_len - 1} per prompt, e.g. "
+                f"{{{name!r}: [{example}]}}"
+            )
         if bad := [(i, int(v)) for i, v in enumerate(where.tolist()) if not 0 <= v < pairs.seq_len]:
             (prompt, index), last = bad[0], pairs.seq_len - 1
-            raise PairsError(f"named position {name!r} is {index} for prompt {prompt}, outside its "
-                             f"{pairs.seq_len} tokens: give one index in 0..{last} per prompt")
+            raise PairsError(
+                f"named position {name!r} is {index} for prompt {prompt}, outside its "
+                f"{pairs.seq_len} tokens: give one index in 0..{last} per prompt"
+            )

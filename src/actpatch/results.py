@@ -4,13 +4,15 @@ A result is an `xr.DataArray` with dimensions named as everywhere else (`metric`
 `head`/`kv_head`/`neuron`, `pos`, optionally `batch` and `direction`), the clean and corrupt token
 strings as coordinates on `pos`, and its provenance (model, site, direction, baselines,
 self-checks, versions) in `attrs`."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -49,7 +51,9 @@ def assemble(
         dims.append("pos")
         coords["pos"] = _pos_labels(positions)
     shape = [len(coords[d]) for d in dims]
-    values = np.array([[row[m] for m in METRICS] for row in rows], dtype=np.float64)  # (site, metric[, batch])
+    values = np.array(
+        [[row[m] for m in METRICS] for row in rows], dtype=np.float64
+    )  # (site, metric[, batch])
     values = values.reshape(*shape, len(METRICS), *values.shape[2:])
     values = np.moveaxis(values, len(shape), 0)  # metric first
     dims = ["metric", *dims] + (["batch"] if n_prompts is not None else [])
@@ -76,19 +80,30 @@ def sites(result: xr.DataArray) -> list[Site]:
     positions as indices, from the coordinates `assemble` wrote; nothing is parsed from strings."""
     kind = result.attrs.get("site")
     if kind is None:
-        raise ValueError("this result has no attrs['site']: sites() reads results made by actpatch (sweep, attribute)")
+        raise ValueError(
+            "this result has no attrs['site']: sites() reads results made by actpatch (sweep, attribute)"
+        )
     if "dictionary" in result.attrs:
-        raise ValueError("sites() cannot rebuild feature sites: a result holds its dictionary's "
-                         "name, not the dictionary; build them with "
-                         "actpatch.Site('feature', layer, latent=i, basis=dictionary)")
+        raise ValueError(
+            "sites() cannot rebuild feature sites: a result holds its dictionary's "
+            "name, not the dictionary; build them with "
+            "actpatch.Site('feature', layer, latent=i, basis=dictionary)"
+        )
     unit = unit_dim(kind)
     layers = [int(l) for l in result["layer"].values]
     units = [int(u) for u in result[unit].values] if unit else [None]
     if "pos" in result.dims:
         labels = result["pos"].values
-        named = result["pos_named"].values if "pos_named" in result.coords else [isinstance(p, str) for p in labels]
+        named = (
+            result["pos_named"].values
+            if "pos_named" in result.coords
+            else [isinstance(p, str) for p in labels]
+        )
         indices = result["pos_index"].values if "pos_index" in result.coords else labels
-        positions = [str(label) if is_named else int(index) for label, is_named, index in zip(labels, named, indices)]
+        positions = [
+            str(label) if is_named else int(index)
+            for label, is_named, index in zip(labels, named, indices)
+        ]
     else:
         positions = [None]
     found = []
@@ -107,10 +122,14 @@ def baselines(attrs: dict[str, Any], metric: str) -> tuple[float, float]:
         return float(attrs["baseline_clean"][metric]), float(attrs["baseline_corrupt"][metric])
     if metric == "norm_logit_diff":
         return 1.0, 0.0
-    raise ValueError(f"the result carries no baselines to measure {metric!r} from; use norm_logit_diff")
+    raise ValueError(
+        f"the result carries no baselines to measure {metric!r} from; use norm_logit_diff"
+    )
 
 
-def effects(attrs: dict[str, Any], values: Any, metric: str, direction: str | None = None) -> np.ndarray:
+def effects(
+    attrs: dict[str, Any], values: Any, metric: str, direction: str | None = None
+) -> np.ndarray:
     """Each patch's effect: how far it moved `metric` from the unpatched target run, counted towards
     the source run (denoising: up from the corrupt baseline; noising: down from the clean one).
 
@@ -118,7 +137,9 @@ def effects(attrs: dict[str, Any], values: Any, metric: str, direction: str | No
     "changed nothing" in either direction, and positive helps the source run's answer."""
     direction = direction or attrs.get("direction")
     if direction not in ("denoise", "noise"):
-        raise ValueError("the result does not say its direction (attrs['direction']); select one direction first")
+        raise ValueError(
+            "the result does not say its direction (attrs['direction']); select one direction first"
+        )
     clean, corrupt = baselines(attrs, metric)
     values = np.asarray(values, dtype=float)
     return values - corrupt if direction == "denoise" else clean - values
@@ -159,7 +180,9 @@ def versions() -> dict[str, str]:
 def save(result: xr.DataArray, path: str | os.PathLike) -> Path:
     """Write `result` (values, coordinates, provenance) to a netCDF file, atomically."""
     if not isinstance(result, xr.DataArray):
-        raise TypeError(f"save() writes the xarray.DataArray a sweep returns, not {type(result).__name__}")
+        raise TypeError(
+            f"save() writes the xarray.DataArray a sweep returns, not {type(result).__name__}"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     on_disk = result.copy()
@@ -170,13 +193,17 @@ def save(result: xr.DataArray, path: str | os.PathLike) -> Path:
 def load(path: str | os.PathLike) -> xr.DataArray:
     """Read a result written by `save`, provenance included."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such result file; results are written by actpatch.save(result, path)")
+        raise FileNotFoundError(
+            f"{path}: no such result file; results are written by actpatch.save(result, path)"
+        )
     try:
         with xr.open_dataarray(path, engine="h5netcdf") as stored:
             result = stored.load()
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path} is not a result written by actpatch.save ({' '.join(str(error).split())[:200]}); "
-                         "pass the .nc file that save() wrote") from None
+        raise ValueError(
+            f"{path} is not a result written by actpatch.save ({' '.join(str(error).split())[:200]}); "
+            "pass the .nc file that save() wrote"
+        ) from None
     result.attrs = json.loads(result.attrs.get(_ATTRS_KEY, "{}"))
     return result
 

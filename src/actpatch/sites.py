@@ -5,20 +5,34 @@ This module parses the ways users write them (our own `head[layer=9, head=6, pos
 TransformerLens names such as `blocks.9.attn.hook_z`), validates them against a model, and
 expands a sweep's selection into the grid of sites. Where a site lives in a module is `hooks`'s job.
 """
+
 from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Sequence, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-if TYPE_CHECKING:  # annotations only: parsing a site must not import transformers (the CLI parses before loading)
+if (
+    TYPE_CHECKING
+):  # annotations only: parsing a site must not import transformers (the CLI parses before loading)
     from actpatch.basis import Basis
     from actpatch.models.arch import Arch, Dims
 
 SiteKind = Literal[
-    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in", "head", "q", "k", "v",
-    "pattern", "neuron",
+    "resid_pre",
+    "resid_mid",
+    "resid_post",
+    "attn_out",
+    "mlp_out",
+    "mlp_in",
+    "head",
+    "q",
+    "k",
+    "v",
+    "pattern",
+    "neuron",
 ]
 SITE_KINDS: tuple[str, ...] = get_args(SiteKind)
 # Kinds whose patch unit is one d_model-wide vector per position. `mlp_in` is what the MLP reads:
@@ -52,7 +66,7 @@ class Site:
     neuron: int | None = None
     pos: Pos = None  # None: every position at once
     latent: int | None = None
-    basis: "Basis | None" = None  # compared by identity: two loads of one file are two bases
+    basis: Basis | None = None  # compared by identity: two loads of one file are two bases
 
     def __str__(self) -> str:
         parts = [f"layer={self.layer}"]
@@ -69,11 +83,13 @@ class Site:
         return f"{self.kind}[{', '.join(parts)}]"
 
     @classmethod
-    def parse(cls, text: str, *, bases: "Sequence[Basis]" = ()) -> "Site":
+    def parse(cls, text: str, *, bases: Sequence[Basis] = ()) -> Site:
         """Read `head[layer=9, head=6, pos=END]` or a TransformerLens name (`blocks.9.attn.hook_z`);
         a feature site (`feature[layer=3, basis=NAME, latent=12]`) names one of `bases`."""
         if not isinstance(text, str):
-            raise TypeError(f"Site.parse reads a string such as 'head[layer=9, head=6]', not {type(text).__name__} {text!r}")
+            raise TypeError(
+                f"Site.parse reads a string such as 'head[layer=9, head=6]', not {type(text).__name__} {text!r}"
+            )
         kind, layer, fields = _parse(text)
         if layer is None:
             raise SiteError(f"site {text!r} names no layer: write e.g. {kind}[layer=0]")
@@ -85,13 +101,21 @@ class Site:
 def parse_kind(text: str) -> tuple[SiteKind | FeatureKind, int | None]:
     """The kind (and layer, if one is named) in a sweep's site argument: `resid_pre`, `blocks.3.hook_z`..."""
     if not isinstance(text, str):
-        one = " To patch one Site, pass its kind and layers=/heads=/positions=, or use actpatch.patch." if isinstance(text, Site) else ""
+        one = (
+            " To patch one Site, pass its kind and layers=/heads=/positions=, or use actpatch.patch."
+            if isinstance(text, Site)
+            else ""
+        )
         kinds = ", ".join(SITE_KINDS + FEATURE_KINDS)
-        raise TypeError(f"a sweep's site is a kind name such as 'resid_pre' (one of {kinds}), "
-                        f"not {type(text).__name__} {text!r}.{one}")
+        raise TypeError(
+            f"a sweep's site is a kind name such as 'resid_pre' (one of {kinds}), "
+            f"not {type(text).__name__} {text!r}.{one}"
+        )
     kind, layer, fields = _parse(text)
     if fields:
-        raise SiteError(f"a sweep takes a site kind, not one site: use heads=/positions= instead of {text!r}")
+        raise SiteError(
+            f"a sweep takes a site kind, not one site: use heads=/positions= instead of {text!r}"
+        )
     return kind, layer
 
 
@@ -102,24 +126,33 @@ def validate(site: Site, arch: Arch, dims: Dims, *, parallel: bool) -> None:
     if site.kind not in SITE_KINDS:
         raise SiteError(_unknown_kind(site.kind))
     if site.basis is not None or site.latent is not None:
-        raise SiteError(f"{site}: only feature sites take basis= and latent=; use kind "
-                        "'feature' or "
-                        "'feature_error'")
+        raise SiteError(
+            f"{site}: only feature sites take basis= and latent=; use kind "
+            "'feature' or "
+            "'feature_error'"
+        )
     if not -dims.n_layers <= site.layer < dims.n_layers:
-        raise SiteError(f"{site}: layer {site.layer} is out of range; this model has layers 0..{dims.n_layers - 1}")
+        raise SiteError(
+            f"{site}: layer {site.layer} is out of range; this model has layers 0..{dims.n_layers - 1}"
+        )
     if site.kind == "resid_mid" and parallel:
         raise SiteError(
             f"{site}: this {arch.family} model runs attention and MLP in parallel on resid_pre, so there "
             "is no residual stream between them; patch attn_out or mlp_out, or resid_pre of the next layer."
         )
-    n_units = {**dict.fromkeys(HEAD_KINDS, dims.n_heads), **dict.fromkeys(KV_KINDS, dims.n_kv_heads)}
+    n_units = {
+        **dict.fromkeys(HEAD_KINDS, dims.n_heads),
+        **dict.fromkeys(KV_KINDS, dims.n_kv_heads),
+    }
     if site.kind in n_units:
         n = n_units[site.kind]
         if site.head is None:
             raise SiteError(f"{site}: a {site.kind} site needs head= (0..{n - 1})")
         if not 0 <= site.head < n:
             kv = " KV" if site.kind in KV_KINDS else ""
-            raise SiteError(f"{site}: head {site.head} is out of range; this model has{kv} heads 0..{n - 1}")
+            raise SiteError(
+                f"{site}: head {site.head} is out of range; this model has{kv} heads 0..{n - 1}"
+            )
     elif site.head is not None:
         raise SiteError(
             f"{site}: {site.kind} is not split by attention head; drop head=, or use one of {HEAD_KINDS + KV_KINDS}"
@@ -137,18 +170,23 @@ def _validate_feature(site: Site, arch: Arch, dims: Dims, *, parallel: bool) -> 
 
     basis = site.basis
     if not isinstance(basis, Basis):
-        raise SiteError(f"{site}: a {site.kind} site needs basis= (from actpatch.load_dictionary), "
-                        f"got {type(basis).__name__}")
+        raise SiteError(
+            f"{site}: a {site.kind} site needs basis= (from actpatch.load_dictionary), "
+            f"got {type(basis).__name__}"
+        )
     if site.layer % dims.n_layers != basis.layer:
-        raise SiteError(f"{site}: the basis {basis.name} sits at layer {basis.layer}, "
-                        f"not {site.layer}")
+        raise SiteError(
+            f"{site}: the basis {basis.name} sits at layer {basis.layer}, not {site.layer}"
+        )
     if site.head is not None or site.neuron is not None:
         raise SiteError(f"{site}: feature sites take latent=, not head= or neuron=")
     if site.kind == "feature":
         if site.latent is None or not 0 <= site.latent < basis.n_latents:
-            raise SiteError(f"{site}: latent {site.latent} is out of range; {basis.name} has "
-                            "latents "
-                            f"0..{basis.n_latents - 1}")
+            raise SiteError(
+                f"{site}: latent {site.latent} is out of range; {basis.name} has "
+                "latents "
+                f"0..{basis.n_latents - 1}"
+            )
     elif site.latent is not None:
         raise SiteError(f"{site}: the error node is one per position; drop latent=")
     for kind in (basis.reads, basis.writes):
@@ -184,7 +222,7 @@ def grid(
     units: Sequence[int] | None,
     positions: Sequence[Pos],
     *,
-    basis: "Basis | None" = None,
+    basis: Basis | None = None,
 ) -> list[Site]:
     """Every site of a sweep, layer-major, in the order results are laid out."""
     fields = {"head": "head", "kv_head": "head", "neuron": "neuron", "latent": "latent"}
@@ -232,7 +270,9 @@ def _parse(text: str) -> tuple[SiteKind, int | None, dict]:
         return kind, layer, {}
     match = _OURS.match(text)
     if not match:
-        raise SiteError(f"cannot read site {text!r}; write e.g. head[layer=9, head=6, pos=-1] or blocks.9.attn.hook_z")
+        raise SiteError(
+            f"cannot read site {text!r}; write e.g. head[layer=9, head=6, pos=-1] or blocks.9.attn.hook_z"
+        )
     kind = match[1]
     if kind not in SITE_KINDS + FEATURE_KINDS:
         raise SiteError(_unknown_kind(kind))
@@ -240,8 +280,9 @@ def _parse(text: str) -> tuple[SiteKind, int | None, dict]:
     for item in filter(None, (part.strip() for part in (match[2] or "").split(","))):
         key, _, value = (s.strip() for s in item.partition("="))
         if key not in ("layer", "head", "neuron", "pos", "latent", "basis") or not value:
-            raise SiteError(f"in {text!r}: {item!r} is not one of layer=, head=, neuron=, latent=, "
-                            "basis=, pos=")
+            raise SiteError(
+                f"in {text!r}: {item!r} is not one of layer=, head=, neuron=, latent=, basis=, pos="
+            )
         if key == "basis":
             fields[key] = value
         else:
@@ -250,16 +291,18 @@ def _parse(text: str) -> tuple[SiteKind, int | None, dict]:
     return kind, layer, fields
 
 
-def _named_basis(text: str, name: str | None, bases: "Sequence[Basis]") -> "Basis":
+def _named_basis(text: str, name: str | None, bases: Sequence[Basis]) -> Basis:
     """The basis among `bases` whose name a parsed feature site gives."""
     if name is None:
         raise SiteError(f"{text!r}: a feature site names its dictionary: basis=NAME")
     found = [basis for basis in bases if basis.name == name]
     if len(found) != 1:
         known = ", ".join(basis.name for basis in bases) or "none given"
-        raise SiteError(f"{text!r}: no single basis named {name!r} among bases= ({known}); "
-                        "pass the loaded "
-                        "dictionary: Site.parse(text, bases=[dictionary])")
+        raise SiteError(
+            f"{text!r}: no single basis named {name!r} among bases= ({known}); "
+            "pass the loaded "
+            "dictionary: Site.parse(text, bases=[dictionary])"
+        )
     return found[0]
 
 
@@ -277,7 +320,8 @@ def _unknown_kind(kind: str) -> str:
     # "resid-pre" and "RESID_PRE" are the commonest slips; difflib alone would rank them poorly.
     normalised = kind.strip().lower().replace("-", "_").replace(" ", "_")
     known = SITE_KINDS + FEATURE_KINDS
-    close = ([normalised] if normalised in known
-             else difflib.get_close_matches(normalised, known, n=3))
+    close = (
+        [normalised] if normalised in known else difflib.get_close_matches(normalised, known, n=3)
+    )
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     return f"unknown site kind {kind!r}.{hint} Site kinds: {', '.join(known)}."

@@ -4,6 +4,7 @@ A basis at a hook point encodes the activation it reads into coordinates (latent
 back through decoder rows. Sparse dictionaries (SAEs, transcoders) and subspaces (a direction, a
 learned rank-r basis) are both bases; `basis.py` is their one contract and the one patch rule.
 """
+
 from actpatch.bases.basis import Basis, move_latents
 from actpatch.bases.dictionary import Dictionary, DictionaryError
 from actpatch.bases.load import load_dictionary

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from actpatch.bases import vectors
 from actpatch.bases.basis import move_latents
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site
-from actpatch.bases import vectors
 
 # How far UᵀU may stray from the identity and still count as orthonormal (float32 rounding of a
 # QR factor is ~1e-6; a hand-typed basis that is merely close is not).

@@ -76,9 +76,7 @@ def train_topk(
     dead_after = min(n, 10_000)  # tokens without firing before a latent counts as dead
     since_fired = torch.zeros(n_latents)
     fit = TopKFit(k=k, **{name: p for name, p in params.items()})
-    bar = tqdm(
-        total=steps, desc="training the dictionary", disable=not progress, unit="step"
-    )
+    bar = tqdm(total=steps, desc="training the dictionary", disable=not progress, unit="step")
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         total, count = 0.0, 0
@@ -88,30 +86,22 @@ def train_topk(
             pre = torch.relu((x - params["b_dec"]) @ params["W_enc"] + params["b_enc"])
             values, indices = pre.topk(k, dim=-1)
             # Decode the k rows each token uses, not all n_latents: most of a step's cost.
-            recon = embedding_bag(
-                indices, params["W_dec"], per_sample_weights=values, mode="sum"
-            )
+            recon = embedding_bag(indices, params["W_dec"], per_sample_weights=values, mode="sum")
             residual = x - recon - params["b_dec"]
             loss = residual.pow(2).sum(-1).mean() / variance
             fired = torch.zeros(n_latents, dtype=torch.bool)
             fired[indices[values > 0]] = True
             fired_in_epoch |= fired
-            since_fired = torch.where(
-                fired, torch.zeros_like(since_fired), since_fired + len(x)
-            )
+            since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + len(x))
             dead = since_fired >= dead_after
             if dead.any():
-                loss = (
-                    loss + _aux_loss(pre, dead, residual.detach(), params, k_aux) / 32
-                )
+                loss = loss + _aux_loss(pre, dead, residual.detach(), params, k_aux) / 32
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             schedule.step()
             with torch.no_grad():
-                params["W_dec"] /= (
-                    params["W_dec"].norm(dim=-1, keepdim=True).clamp_min(1e-8)
-                )
+                params["W_dec"] /= params["W_dec"].norm(dim=-1, keepdim=True).clamp_min(1e-8)
             total += float(residual.detach().pow(2).sum()) / float(variance)
             count += len(x)
             bar.update()

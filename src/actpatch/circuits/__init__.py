@@ -10,6 +10,7 @@
     resume.py       patched runs resumed at their first patched layer (backup's fast path)
     stability.py    the circuit re-found on resampled prompts (circuit_stability)
 Path patching, which these build on for direct effects, is `actpatch.engine.paths`."""
+
 from actpatch.circuits.backup import backup, backup_report
 from actpatch.circuits.components import EMBED, components
 from actpatch.circuits.directions import label_directions
@@ -21,6 +22,18 @@ from actpatch.circuits.sensitivity import sensitivity_report
 from actpatch.circuits.stability import circuit_stability
 
 __all__ = [
-    "EMBED", "backup", "backup_report", "circuit_stability", "components", "evaluate", "label_directions", "minimality",
-    "pareto_frontier", "plot_frontier", "ranking", "reached_surely", "sensitivity_report", "smallest_circuit",
+    "EMBED",
+    "backup",
+    "backup_report",
+    "circuit_stability",
+    "components",
+    "evaluate",
+    "label_directions",
+    "minimality",
+    "pareto_frontier",
+    "plot_frontier",
+    "ranking",
+    "reached_surely",
+    "sensitivity_report",
+    "smallest_circuit",
 ]

@@ -4,11 +4,13 @@ Knock out a head and a later head may compensate (IOI's backup name movers, Wang
 the first head's noising effect understates its role, and the second's overstates how idle it
 is. Here a component is ablated in the clean run, the effects of later components are measured
 again, and those whose effect grows are reported. Not here: deciding what the growth means."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -110,8 +112,16 @@ def backup_report(
         parts.append(flagged)
     columns = ["ablated", "ablated_effect", "component", "before", "after", "growth"]
     report = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-    report.attrs.update(study.ablator.provenance("noise", analysis="backup_report", ablated=[str(c) for c in tried],
-                                                 effect=effect, threshold=threshold, metric=metric))
+    report.attrs.update(
+        study.ablator.provenance(
+            "noise",
+            analysis="backup_report",
+            ablated=[str(c) for c in tried],
+            effect=effect,
+            threshold=threshold,
+            metric=metric,
+        )
+    )
     return report
 
 
@@ -133,17 +143,35 @@ class _Run:
 class _Backup:
     """Effects of candidates in the clean run and in the clean run with one component ablated."""
 
-    def __init__(self, model: Model, pairs: PromptPairs, effect: Effect, ablation: Ablation, metric: str, resume: bool,
-                 keep_rows: bool = False):
+    def __init__(
+        self,
+        model: Model,
+        pairs: PromptPairs,
+        effect: Effect,
+        ablation: Ablation,
+        metric: str,
+        resume: bool,
+        keep_rows: bool = False,
+    ):
         if effect not in EFFECTS:
             raise ValueError(f"effect must be one of {EFFECTS}, got {effect!r}")
         if metric not in metrics.METRICS:
             raise ValueError(f"metric must be one of {metrics.METRICS}, got {metric!r}")
-        self.model, self.pairs, self.effect, self.metric, self.resume = model, pairs, effect, metric, resume
+        self.model, self.pairs, self.effect, self.metric, self.resume = (
+            model,
+            pairs,
+            effect,
+            metric,
+            resume,
+        )
         self.keep_rows = keep_rows
         everything = _all_components(model)
         self.ablator = Ablator(model, pairs, everything, ablation)
-        self.clean = hooks.capture(model, pairs.clean, everything, positions=pairs.positions) if effect == "direct" else {}
+        self.clean = (
+            hooks.capture(model, pairs.clean, everything, positions=pairs.positions)
+            if effect == "direct"
+            else {}
+        )
         # Per candidate: the run it is ablated from and the run with it ablated, before and after.
         self.before: dict[Site, tuple[_Run, _Run]] = {}
         self.after: dict[Site, tuple[_Run, _Run]] = {}
@@ -151,57 +179,111 @@ class _Backup:
 
     def table(self, component: Site, candidates, threshold: float, progress) -> pd.DataFrame:
         if candidates is None:
-            chosen = [c for c in _all_components(self.model) if paths.read_stage(self.model, c) > paths.write_stage(self.model, component)]
+            chosen = [
+                c
+                for c in _all_components(self.model)
+                if paths.read_stage(self.model, c) > paths.write_stage(self.model, component)
+            ]
         else:
-            chosen = [c for c in checked(self.model, candidates, "candidates") if whole(c) != whole(component)]
+            chosen = [
+                c
+                for c in checked(self.model, candidates, "candidates")
+                if whole(c) != whole(component)
+            ]
         if bad := [c for c in chosen if c.kind not in paths.SENDER_KINDS]:
             raise SiteError(f"candidates are heads and MLPs; got {bad[0]}")
         world = self.ablator.ablated(component)
         self.after = self._effects(chosen, world, progress, f"after ablating {component}")
-        self.before.update(self._effects([c for c in chosen if c not in self.before], {}, progress, "before"))
+        self.before.update(
+            self._effects([c for c in chosen if c not in self.before], {}, progress, "before")
+        )
         effect = {c: (_effect(self.before[c]), _effect(self.after[c])) for c in chosen}
-        rows = [{"component": str(c), "before": effect[c][0], "after": effect[c][1], "growth": effect[c][1] - effect[c][0]}
-                for c in chosen]
-        table = pd.DataFrame(rows, columns=["component", "before", "after", "growth"]).set_index("component")
+        rows = [
+            {
+                "component": str(c),
+                "before": effect[c][0],
+                "after": effect[c][1],
+                "growth": effect[c][1] - effect[c][0],
+            }
+            for c in chosen
+        ]
+        table = pd.DataFrame(rows, columns=["component", "before", "after", "growth"]).set_index(
+            "component"
+        )
         table["compensates"] = table["growth"] >= threshold
         table = table.sort_values("growth", ascending=False, kind="stable")
-        table.attrs.update(self.ablator.provenance(
-            "noise", analysis="backup", ablated=str(component),
-            ablated_effect=self.clean_score - self._score(self.ablator.run(world)).score,
-            effect=self.effect, threshold=threshold, metric=self.metric))
+        table.attrs.update(
+            self.ablator.provenance(
+                "noise",
+                analysis="backup",
+                ablated=str(component),
+                ablated_effect=self.clean_score - self._score(self.ablator.run(world)).score,
+                effect=self.effect,
+                threshold=threshold,
+                metric=self.metric,
+            )
+        )
         return table
 
-    def growth_interval(self, chosen: list[Site], ci: float, n_boot: int) -> tuple[np.ndarray, np.ndarray]:
+    def growth_interval(
+        self, chosen: list[Site], ci: float, n_boot: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Each candidate's growth on the same resamples of the prompts as its four runs (the last table's)."""
         runs = [run for c in chosen for run in (*self.after[c], *self.before[c])]
-        boot = self.ablator.replicates([run.rows for run in runs], n_boot, 0)[:, metrics.METRICS.index(self.metric)]
+        boot = self.ablator.replicates([run.rows for run in runs], n_boot, 0)[
+            :, metrics.METRICS.index(self.metric)
+        ]
         own_after, ablated_after, own_before, ablated_before = (boot[:, i::4] for i in range(4))
         return bootstrap.percentile((own_after - ablated_after) - (own_before - ablated_before), ci)
 
     @torch.no_grad()
-    def _effects(self, chosen: list[Site], world: dict, progress, desc: str) -> dict[Site, tuple[_Run, _Run]]:
+    def _effects(
+        self, chosen: list[Site], world: dict, progress, desc: str
+    ) -> dict[Site, tuple[_Run, _Run]]:
         """Per candidate, the run it is ablated from (clean with `world` patched in) and the run with
         it ablated too: their difference of `metric` is what ablating it costs."""
         if not chosen:
             return {}
         bar = dict(desc=desc, disable=None if progress is None else not progress)
         if self.effect == "direct":
-            base = {whole(s): paths.compose(self.clean[whole(s)], v, s.pos, self.pairs.positions) for s, v in world.items()}
+            base = {
+                whole(s): paths.compose(self.clean[whole(s)], v, s.pos, self.pairs.positions)
+                for s, v in world.items()
+            }
             frozen = paths.Paths(self.model, [chosen[0]], ["logits"]).needed_target_sites()
-            target = paths.Target(self.model, self.pairs.clean_run, self.pairs.positions, frozen, base=base)
+            target = paths.Target(
+                self.model, self.pairs.clean_run, self.pairs.positions, frozen, base=base
+            )
             own = self._score(self.ablator.run(world))
-            return {c: (own, self._score(target.logits({c: self.ablator.off[whole(c)]}, paths.Paths(self.model, [c], ["logits"]))))
-                    for c in tqdm(chosen, **bar)}
+            return {
+                c: (
+                    own,
+                    self._score(
+                        target.logits(
+                            {c: self.ablator.off[whole(c)]},
+                            paths.Paths(self.model, [c], ["logits"]),
+                        )
+                    ),
+                )
+                for c in tqdm(chosen, **bar)
+            }
         if not self.resume:
             own = self._score(self.ablator.run(world))
-            return {c: (own, self._score(self.ablator.run({**world, **self.ablator.ablated(c)}))) for c in tqdm(chosen, **bar)}
+            return {
+                c: (own, self._score(self.ablator.run({**world, **self.ablator.ablated(c)})))
+                for c in tqdm(chosen, **bar)
+            }
         run = Resumed(self.model, self.pairs.clean, world, self.pairs.positions)
         own = self._score(run.own_logits)
-        return {c: (own, self._score(run.logits(self.ablator.ablated(c)))) for c in tqdm(chosen, **bar)}
+        return {
+            c: (own, self._score(run.logits(self.ablator.ablated(c)))) for c in tqdm(chosen, **bar)
+        }
 
     def _score(self, logits) -> _Run:
-        return _Run(metrics.averaged(logits, self.ablator.base)[self.metric],
-                    self.ablator.prompt_rows(logits) if self.keep_rows else None)
+        return _Run(
+            metrics.averaged(logits, self.ablator.base)[self.metric],
+            self.ablator.prompt_rows(logits) if self.keep_rows else None,
+        )
 
 
 def _effect(runs: tuple[_Run, _Run]) -> float:

@@ -4,9 +4,10 @@ A component is a head (`Site("head", l, h)`: its z), an MLP (`Site("mlp_out", l)
 embeddings (`EMBED`, the input of the first layer), each at every position or at one
 (`Site("head", 9, 6, pos="END")`). They are ordinary sites, so a component prints the way it
 parses and a circuit can be written down, saved and read back as a list of strings."""
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import xarray as xr
@@ -23,7 +24,9 @@ KINDS = ("head", "mlp_out", "resid_pre")
 ONE_OF = ("direction", "corruption", "batch")
 
 
-def components(model: Model, *, heads: bool = True, mlps: bool = True, embed: bool = True) -> list[Site]:
+def components(
+    model: Model, *, heads: bool = True, mlps: bool = True, embed: bool = True
+) -> list[Site]:
     """Every head, every MLP and the token embeddings (each at every position), layer by layer."""
     dims = model.dims
     found = [EMBED] if embed else []
@@ -45,7 +48,11 @@ def checked(model: Model, sites: Iterable[Site], what: str = "circuit") -> list[
     for s in sites:
         if isinstance(s, str):
             s = Site.parse(s)
-        if not isinstance(s, Site) or s.kind not in KINDS or (s.kind == "resid_pre" and s.layer != 0):
+        if (
+            not isinstance(s, Site)
+            or s.kind not in KINDS
+            or (s.kind == "resid_pre" and s.layer != 0)
+        ):
             raise SiteError(
                 f"{what} member {s!r} is not a component: use heads (Site('head', layer, head=h)), MLPs "
                 "(Site('mlp_out', layer)) or the token embeddings (actpatch.circuits.EMBED)"
@@ -62,9 +69,13 @@ def default_universe(model: Model, sites: Sequence[Site]) -> list[Site]:
     while MLPs and embeddings, which it does not mention, run untouched."""
     kinds = {s.kind for s in sites}
     if not kinds:
-        raise SiteError("an empty circuit needs components= to say what is ablated around it, e.g. "
-                        "actpatch.circuits.components(model)")
-    return components(model, heads="head" in kinds, mlps="mlp_out" in kinds, embed="resid_pre" in kinds)
+        raise SiteError(
+            "an empty circuit needs components= to say what is ablated around it, e.g. "
+            "actpatch.circuits.components(model)"
+        )
+    return components(
+        model, heads="head" in kinds, mlps="mlp_out" in kinds, embed="resid_pre" in kinds
+    )
 
 
 def sites_of(result: xr.DataArray, metric: str) -> tuple[list[Site], np.ndarray]:
@@ -73,9 +84,13 @@ def sites_of(result: xr.DataArray, metric: str) -> tuple[list[Site], np.ndarray]
     The result must be of one direction and one corruption."""
     kind = result.attrs.get("site")
     if kind not in ("head", "mlp_out"):
-        raise SiteError(f"a ranking is read from a 'head' or 'mlp_out' result; this one is of {kind!r}")
+        raise SiteError(
+            f"a ranking is read from a 'head' or 'mlp_out' result; this one is of {kind!r}"
+        )
     if extra := [d for d in ONE_OF if d in result.dims]:
-        raise ValueError(f"this result has a {extra[0]!r} dimension: pick one first, e.g. result.sel({extra[0]}=...)")
+        raise ValueError(
+            f"this result has a {extra[0]!r} dimension: pick one first, e.g. result.sel({extra[0]}=...)"
+        )
     if "metric" not in result.dims or metric not in result.coords["metric"].values:
         raise ValueError(f"the result has no metric {metric!r}")
     values = result.sel(metric=metric)
@@ -83,4 +98,6 @@ def sites_of(result: xr.DataArray, metric: str) -> tuple[list[Site], np.ndarray]
     if unknown := [d for d in values.dims if d not in dims]:
         raise ValueError(f"cannot read components across the dimension(s) {unknown}")
     # results.sites lists cells in (layer, head, pos) order, as this transpose flattens them.
-    return results.sites(values), np.asarray(values.transpose(*dims).values, dtype=float).reshape(-1)
+    return results.sites(values), np.asarray(values.transpose(*dims).values, dtype=float).reshape(
+        -1
+    )

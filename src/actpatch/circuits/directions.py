@@ -5,8 +5,8 @@ bring the answer back; noising it (corrupt value into the clean run) whether it 
 They differ exactly where the mechanism has logic in it: either of two redundant components
 restores the answer (OR) but neither is missed alone, while two components needed together (AND)
 are each missed but neither restores it alone (Heimersheim & Nanda 2024)."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 import pandas as pd
@@ -44,8 +44,12 @@ def label_directions(
     resamples here), adds `sufficiency_lo/hi`, `necessity_lo/hi` and `settled`: both intervals lie
     on one side of their thresholds, so other prompts from the generator would very likely give the
     same label. An unsettled label is the prompts' as much as the component's."""
-    if "direction" not in result.dims or not {"denoise", "noise"} <= set(result["direction"].values.tolist()):
-        raise ValueError("label_directions needs both directions: sweep with direction=['denoise', 'noise']")
+    if "direction" not in result.dims or not {"denoise", "noise"} <= set(
+        result["direction"].values.tolist()
+    ):
+        raise ValueError(
+            "label_directions needs both directions: sweep with direction=['denoise', 'noise']"
+        )
     if "batch" in result.dims:
         result = bootstrap.intervals(result)
     sufficiency, necessity, sites = {}, {}, []
@@ -56,17 +60,30 @@ def label_directions(
         sufficiency[stat] = results.effects(result.attrs, denoised, metric, "denoise")
         necessity[stat] = results.effects(result.attrs, noised, metric, "noise")
     suff, need = sufficiency["value"], necessity["value"]
-    labels = np.where(suff >= sufficient, np.where(need >= necessary, BOTH, OR_LIKE),
-                      np.where(need >= necessary, AND_LIKE, NEITHER))
-    table = pd.DataFrame({"component": [str(s) for s in sites], "sufficiency": suff, "necessity": need,
-                          "label": labels}).set_index("component")
+    labels = np.where(
+        suff >= sufficient,
+        np.where(need >= necessary, BOTH, OR_LIKE),
+        np.where(need >= necessary, AND_LIKE, NEITHER),
+    )
+    table = pd.DataFrame(
+        {
+            "component": [str(s) for s in sites],
+            "sufficiency": suff,
+            "necessity": need,
+            "label": labels,
+        }
+    ).set_index("component")
     if "lo" in sufficiency:
         # An effect is a signed distance from the unpatched run, so lo and hi may swap places.
         for name, ends in (("sufficiency", sufficiency), ("necessity", necessity)):
             table[f"{name}_lo"] = np.minimum(ends["lo"], ends["hi"])
             table[f"{name}_hi"] = np.maximum(ends["lo"], ends["hi"])
-        table["settled"] = np.logical_and(*[(table[f"{n}_lo"] >= t) | (table[f"{n}_hi"] < t)
-                                            for n, t in (("sufficiency", sufficient), ("necessity", necessary))])
+        table["settled"] = np.logical_and(
+            *[
+                (table[f"{n}_lo"] >= t) | (table[f"{n}_hi"] < t)
+                for n, t in (("sufficiency", sufficient), ("necessity", necessary))
+            ]
+        )
     strength = np.maximum(suff, need)
     table = table.iloc[np.argsort(-strength, kind="stable")]
     table.attrs.update({"sufficient": sufficient, "necessary": necessary, "metric": metric})

@@ -13,9 +13,11 @@ Noising is the converse: the clean prompt with the circuit's components at their
 and everything else running on — what is left without the circuit. So noising a circuit equals
 denoising its complement. Components outside `components` are never touched in either direction.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,49 +67,86 @@ def evaluate(
     if ci is not None:
         bootstrap.check_options(ci, n_boot)
     circuit = checked(model, circuit)
-    ablator = Ablator(model, pairs, components if components is not None else default_universe(model, circuit), ablation)
+    ablator = Ablator(
+        model,
+        pairs,
+        components if components is not None else default_universe(model, circuit),
+        ablation,
+    )
     return ablator.result(circuit, direction, ci=ci, n_boot=n_boot, seed=boot_seed)
 
 
 class Ablator:
     """Runs the clean prompt with chosen components ablated; the ablation values are captured once."""
 
-    def __init__(self, model: Model, pairs: PromptPairs, universe: Sequence[Site], ablation: Ablation = None):
+    def __init__(
+        self, model: Model, pairs: PromptPairs, universe: Sequence[Site], ablation: Ablation = None
+    ):
         if ablation is not None and ablation not in ABLATIONS:
-            raise ValueError(f"ablation must be one of {ABLATIONS} or None (the corrupt run's values), got {ablation!r}")
+            raise ValueError(
+                f"ablation must be one of {ABLATIONS} or None (the corrupt run's values), got {ablation!r}"
+            )
         if ablation == "resample" and len(pairs) < 2:
-            raise ValueError("ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts")
+            raise ValueError(
+                "ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts"
+            )
         self.model, self.pairs, self.ablation = model, pairs, ablation
         self.universe = checked(model, universe, "components")
         if at_positions := [s for s in self.universe if s.pos is not None]:
-            raise SiteError(f"components are whole components (every position); got {at_positions[0]}")
+            raise SiteError(
+                f"components are whole components (every position); got {at_positions[0]}"
+            )
         with torch.no_grad():
             try:
                 self.base = collect.baseline(model, pairs)
-            except collect.BaselineError as error:  # circuits do not take check_baseline: say so, not "pass it"
+            except (
+                collect.BaselineError
+            ) as error:  # circuits do not take check_baseline: say so, not "pass it"
                 reason = str(error).split(" Check that")[0]
                 raise collect.BaselineError(
                     f"{reason} Circuit evaluations (frontier, minimality, backup) measure shares of the clean − "
                     "corrupt gap and always check it, whatever check_baseline says: check that answers and wrong "
                     "answers are the right way round and single tokens with their leading space, or use prompts the "
-                    "model solves.") from None
+                    "model solves."
+                ) from None
             clean = sources.captured(model, pairs.clean_run, self.universe)
             # The no-op patch through this evaluation's own path: every component at its clean value.
-            self.self_checks = {"noop_patch_error": checks.same_run_error(model, self.run(clean), self.base, "noise")}
+            self.self_checks = {
+                "noop_patch_error": checks.same_run_error(
+                    model, self.run(clean), self.base, "noise"
+                )
+            }
             if ablation is None:
                 self.off = sources.captured(model, pairs.corrupt_run, self.universe)
             else:
                 self.off = sources.ablate(clean, ablation)
             del clean
 
-    def result(self, circuit: Sequence[Site], direction: Direction, *, ci: float | None = None, n_boot: int = 1000,
-               seed: int = 0) -> xr.DataArray:
+    def result(
+        self,
+        circuit: Sequence[Site],
+        direction: Direction,
+        *,
+        ci: float | None = None,
+        n_boot: int = 1000,
+        seed: int = 0,
+    ) -> xr.DataArray:
         logits = self.logits(circuit, direction)
         values = metrics.averaged(logits, self.base)
-        result = xr.DataArray([values[m] for m in metrics.METRICS], dims=["metric"],
-                              coords={"metric": list(metrics.METRICS)}, name="circuit_performance")
+        result = xr.DataArray(
+            [values[m] for m in metrics.METRICS],
+            dims=["metric"],
+            coords={"metric": list(metrics.METRICS)},
+            name="circuit_performance",
+        )
         if ci is not None:
-            result = with_intervals(result, self.replicates([self.prompt_rows(logits)], n_boot, seed)[..., 0], ci, n_boot, seed)
+            result = with_intervals(
+                result,
+                self.replicates([self.prompt_rows(logits)], n_boot, seed)[..., 0],
+                ci,
+                n_boot,
+                seed,
+            )
         result.attrs.update(self.provenance(direction, circuit=[str(s) for s in circuit]))
         return result
 
@@ -115,17 +154,27 @@ class Ablator:
         """Every metric of each prompt of one run: what a bootstrap over prompts resamples."""
         return {name: v.cpu().numpy() for name, v in metrics.per_prompt(logits, self.base).items()}
 
-    def replicates(self, rows: Sequence[dict[str, np.ndarray]], n_boot: int, seed: int) -> np.ndarray:
+    def replicates(
+        self, rows: Sequence[dict[str, np.ndarray]], n_boot: int, seed: int
+    ) -> np.ndarray:
         """(n_boot, metric, run): every metric of each run on the same resamples of the prompts,
         the normalised logit difference a ratio of means with the resample's own baselines."""
-        block = bootstrap.rows_block(rows, self.base.clean_logit_diff.cpu().numpy(), self.base.corrupt_logit_diff.cpu().numpy())
+        block = bootstrap.rows_block(
+            rows,
+            self.base.clean_logit_diff.cpu().numpy(),
+            self.base.corrupt_logit_diff.cpu().numpy(),
+        )
         return bootstrap.replicates(block, n_boot=n_boot, seed=seed)
 
-    def provenance(self, direction: Direction, *, analysis: str = "evaluate_circuit", **extra) -> dict:
+    def provenance(
+        self, direction: Direction, *, analysis: str = "evaluate_circuit", **extra
+    ) -> dict:
         """The provenance every circuit result carries: `ablation` is the argument that reproduces it
         (None: the corrupt run's values), `source` names the values as sweeps do."""
         return results.provenance(
-            self.model, self.pairs, analysis=analysis,
+            self.model,
+            self.pairs,
+            analysis=analysis,
             direction=direction,
             ablation=self.ablation,
             source=self.ablation or "corrupt",
@@ -144,7 +193,9 @@ class Ablator:
         return metrics.averaged(logits, self.base)[metric]
 
     @torch.no_grad()
-    def logits(self, circuit: Sequence[Site], direction: Direction, extra: dict[Site, Tensor] | None = None) -> Tensor:
+    def logits(
+        self, circuit: Sequence[Site], direction: Direction, extra: dict[Site, Tensor] | None = None
+    ) -> Tensor:
         """Final-position logits of the clean prompt with the components ablated that `direction`
         says: outside the circuit (denoise) or inside it (noise). `extra`: more patches, applied too."""
         if direction not in DIRECTIONS:
@@ -152,7 +203,9 @@ class Ablator:
         kept: dict[Site, list] = {}
         for s in circuit:
             if whole(s) not in self.off:
-                raise SiteError(f"circuit member {s} is not among the components ablated around it; add {whole(s)} to components=")
+                raise SiteError(
+                    f"circuit member {s} is not among the components ablated around it; add {whole(s)} to components="
+                )
             kept.setdefault(whole(s), []).append(s.pos)
         patches, names = dict(extra or {}), dict(self.pairs.positions)
         for component, value in self.off.items():
@@ -171,23 +224,38 @@ class Ablator:
 
     def ablated(self, component: Site) -> dict[Site, Tensor]:
         """Patches that ablate one component (at its position, or everywhere)."""
-        return at_positions(whole(component), self.off[whole(component)], [component.pos], self.pairs.positions)
+        return at_positions(
+            whole(component), self.off[whole(component)], [component.pos], self.pairs.positions
+        )
 
 
-def with_intervals(result: xr.DataArray, boot: np.ndarray, ci: float, n_boot: int, seed: int) -> xr.DataArray:
+def with_intervals(
+    result: xr.DataArray, boot: np.ndarray, ci: float, n_boot: int, seed: int
+) -> xr.DataArray:
     """`result` (its own numbers kept as `value`) with a last `stat` dimension value/lo/hi, the
     bounds from `boot`, resamples of it shaped (n_boot, *result.shape)."""
     lo, hi = bootstrap.percentile(boot, ci)
-    stacked = xr.concat([result, result.copy(data=lo), result.copy(data=hi)], dim="stat").assign_coords(stat=list(bootstrap.STATS))
+    stacked = xr.concat(
+        [result, result.copy(data=lo), result.copy(data=hi)], dim="stat"
+    ).assign_coords(stat=list(bootstrap.STATS))
     stacked = stacked.transpose(*result.dims, "stat")
-    stacked.attrs = {**result.attrs, "interval": interval_note(ci, n_boot, seed, result.attrs.get("n_prompts"))}
+    stacked.attrs = {
+        **result.attrs,
+        "interval": interval_note(ci, n_boot, seed, result.attrs.get("n_prompts")),
+    }
     return stacked
 
 
 def interval_note(ci: float, n_boot: int, seed: int, n_prompts: Any = None) -> dict:
     """What a circuit result's intervals are, as `stats.intervals` records a sweep's."""
-    return {"ci": ci, "n_boot": n_boot, "seed": seed, "method": "percentile", "resampled": "prompts, with replacement",
-            "n_prompts": n_prompts}
+    return {
+        "ci": ci,
+        "n_boot": n_boot,
+        "seed": seed,
+        "method": "percentile",
+        "resampled": "prompts, with replacement",
+        "n_prompts": n_prompts,
+    }
 
 
 def at_positions(component: Site, value: Tensor, where: list, positions) -> dict[Site, Tensor]:
@@ -195,10 +263,15 @@ def at_positions(component: Site, value: Tensor, where: list, positions) -> dict
     (None: all)."""
     if None in where:
         return {component: value}
-    return {Site(component.kind, component.layer, component.head, None, p): _gather(value, p, positions) for p in where}
+    return {
+        Site(component.kind, component.layer, component.head, None, p): _gather(value, p, positions)
+        for p in where
+    }
 
 
-def except_positions(component: Site, value: Tensor, kept: list, names: dict, seq_len: int) -> dict[Site, Tensor]:
+def except_positions(
+    component: Site, value: Tensor, kept: list, names: dict, seq_len: int
+) -> dict[Site, Tensor]:
     """Patches writing `value` into `component` everywhere except at the `kept` positions.
 
     Hooks write a site at one index per prompt, and a kept named position (IO, say) sits at a
@@ -215,7 +288,9 @@ def except_positions(component: Site, value: Tensor, kept: list, names: dict, se
     if any(not a for a in ablated):
         if all(not a for a in ablated):
             return {}
-        raise SiteError(f"{component} is kept at every position in some prompts but not in others; list it whole instead")
+        raise SiteError(
+            f"{component} is kept at every position in some prompts but not in others; list it whole instead"
+        )
     patches = {}
     for slot in range(max(map(len, ablated))):
         # A prompt with fewer ablated positions writes its last one again: the same value, twice.

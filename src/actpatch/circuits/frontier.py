@@ -3,11 +3,12 @@
 Circuits are not judged yes or no: sort components by effect, grow the circuit one component at a
 time, and read how much of the behaviour each size recovers. The smallest circuit reaching a
 chosen recovery (0.8, 0.9) is then one reading of that curve, and the curve shows what it costs."""
+
 from __future__ import annotations
 
-
 import logging
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import xarray as xr
@@ -89,24 +90,41 @@ def pareto_frontier(
     sizes = list(range(len(ranked) + 1)) if sizes is None else sorted({int(k) for k in sizes})
     if not sizes or sizes[0] < 0 or sizes[-1] > len(ranked):
         raise ValueError(f"sizes must lie in 0..{len(ranked)} (the ranking's length), got {sizes}")
-    ablator = Ablator(model, pairs, components if components is not None else default_universe(model, ranked), ablation)
+    ablator = Ablator(
+        model,
+        pairs,
+        components if components is not None else default_universe(model, ranked),
+        ablation,
+    )
     rows, prompt_rows = [], []
-    for k in tqdm(sizes, desc="pareto frontier", disable=None if progress is None else not progress):
+    for k in tqdm(
+        sizes, desc="pareto frontier", disable=None if progress is None else not progress
+    ):
         logits = ablator.logits(ranked[:k], direction)
         rows.append(metrics.averaged(logits, ablator.base))
         if ci is not None:
             prompt_rows.append(ablator.prompt_rows(logits))
     values = np.array([[row[m] for row in rows] for m in metrics.METRICS])
     labels = [str(ranked[k - 1]) if k else "" for k in sizes]
-    result = xr.DataArray(values, dims=["metric", "size"], name="circuit_performance",
-                          coords={"metric": list(metrics.METRICS), "size": sizes, "component": ("size", labels)})
-    result.attrs.update(ablator.provenance(direction, analysis="pareto_frontier", ranking=[str(s) for s in ranked]))
+    result = xr.DataArray(
+        values,
+        dims=["metric", "size"],
+        name="circuit_performance",
+        coords={"metric": list(metrics.METRICS), "size": sizes, "component": ("size", labels)},
+    )
+    result.attrs.update(
+        ablator.provenance(direction, analysis="pareto_frontier", ranking=[str(s) for s in ranked])
+    )
     if ci is not None:
-        result = with_intervals(result, ablator.replicates(prompt_rows, n_boot, boot_seed), ci, n_boot, boot_seed)
+        result = with_intervals(
+            result, ablator.replicates(prompt_rows, n_boot, boot_seed), ci, n_boot, boot_seed
+        )
     return result
 
 
-def smallest_circuit(frontier: xr.DataArray, recovery: float = 0.8, *, metric: str = "norm_logit_diff") -> list[Site] | None:
+def smallest_circuit(
+    frontier: xr.DataArray, recovery: float = 0.8, *, metric: str = "norm_logit_diff"
+) -> list[Site] | None:
     """The top-k components of the smallest evaluated size whose circuit reaches `recovery`; None if none does.
 
     For a denoising frontier, reaching means the normalised metric is at least `recovery` (that
@@ -114,19 +132,25 @@ def smallest_circuit(frontier: xr.DataArray, recovery: float = 0.8, *, metric: s
     circuit out loses at least that share (the metric is at most 1 − `recovery`). A frontier with
     intervals is read at its `value`; `reached_surely` asks whether the whole band clears it."""
     values = _at_value(frontier).sel(metric=metric).values
-    reached = values >= recovery if frontier.attrs["direction"] == "denoise" else values <= 1 - recovery
+    reached = (
+        values >= recovery if frontier.attrs["direction"] == "denoise" else values <= 1 - recovery
+    )
     if not reached.any():
         return None
     size = int(frontier["size"].values[int(np.argmax(reached))])
     return [Site.parse(s) for s in frontier.attrs["ranking"][:size]]
 
 
-def reached_surely(frontier: xr.DataArray, recovery: float = 0.8, *, metric: str = "norm_logit_diff") -> xr.DataArray:
+def reached_surely(
+    frontier: xr.DataArray, recovery: float = 0.8, *, metric: str = "norm_logit_diff"
+) -> xr.DataArray:
     """Per size of a frontier with intervals (`ci=`): whether the whole band reaches `recovery`
     (lo ≥ recovery when denoising, hi ≤ 1 − recovery when noising). A circuit whose value reaches
     it but whose band does not recovers that share on these prompts, not reliably on others."""
     if "stat" not in frontier.dims:
-        raise ValueError("reached_surely reads a frontier's band: make it with pareto_frontier(..., ci=0.95)")
+        raise ValueError(
+            "reached_surely reads a frontier's band: make it with pareto_frontier(..., ci=0.95)"
+        )
     curve = frontier.sel(metric=metric)
     if frontier.attrs["direction"] == "denoise":
         return curve.sel(stat="lo", drop=True) >= recovery

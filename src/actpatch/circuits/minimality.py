@@ -2,16 +2,17 @@
 
 A circuit that recovers the behaviour can still carry passengers, members whose removal costs
 nothing (Heimersheim & Nanda 2024). Remove each member alone and measure what is lost."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 
 from actpatch.circuits.components import checked, default_universe
 from actpatch.circuits.evaluate import Ablation, Ablator, interval_note
-from actpatch.metrics import METRICS, check_metric
 from actpatch.engine.plan import Direction
+from actpatch.metrics import METRICS, check_metric
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.sites import Site
@@ -52,7 +53,12 @@ def minimality(
         bootstrap.check_options(ci, n_boot)
     check_metric(metric)
     members = checked(model, [Site.parse(s) if isinstance(s, str) else s for s in circuit])
-    ablator = Ablator(model, pairs, components if components is not None else default_universe(model, members), ablation)
+    ablator = Ablator(
+        model,
+        pairs,
+        components if components is not None else default_universe(model, members),
+        ablation,
+    )
     sign = 1.0 if direction == "denoise" else -1.0
     full_logits = ablator.logits(members, direction)
     full = ablator.score_of(full_logits, metric)
@@ -61,15 +67,36 @@ def minimality(
         logits = ablator.logits([m for m in members if m != member], direction)
         without = ablator.score_of(logits, metric)
         drop = sign * (full - without)
-        rows.append({"component": str(member), "without": without, "drop": drop, "passenger": drop < threshold})
+        rows.append(
+            {
+                "component": str(member),
+                "without": without,
+                "drop": drop,
+                "passenger": drop < threshold,
+            }
+        )
         if ci is not None:
             prompt_rows.append(ablator.prompt_rows(logits))
-    table = pd.DataFrame(rows, columns=["component", "without", "drop", "passenger"]).set_index("component")
-    table.attrs.update(ablator.provenance(direction, analysis="minimality", circuit=[str(m) for m in members],
-                                          circuit_score=full, threshold=threshold, metric=metric))
+    table = pd.DataFrame(rows, columns=["component", "without", "drop", "passenger"]).set_index(
+        "component"
+    )
+    table.attrs.update(
+        ablator.provenance(
+            direction,
+            analysis="minimality",
+            circuit=[str(m) for m in members],
+            circuit_score=full,
+            threshold=threshold,
+            metric=metric,
+        )
+    )
     if ci is not None:
-        boot = ablator.replicates(prompt_rows, n_boot, boot_seed)[:, METRICS.index(metric)]  # (resample, 1 + member)
-        table["drop_lo"], table["drop_hi"] = bootstrap.percentile(sign * (boot[:, :1] - boot[:, 1:]), ci)
+        boot = ablator.replicates(prompt_rows, n_boot, boot_seed)[
+            :, METRICS.index(metric)
+        ]  # (resample, 1 + member)
+        table["drop_lo"], table["drop_hi"] = bootstrap.percentile(
+            sign * (boot[:, :1] - boot[:, 1:]), ci
+        )
         table["drop_excludes_0"] = (table["drop_lo"] > 0) | (table["drop_hi"] < 0)
         table.attrs["interval"] = interval_note(ci, n_boot, boot_seed, len(pairs))
     return table

@@ -6,9 +6,10 @@ run then calls the real layers from its earliest patched layer on, starting from
 hidden states there, and unembeds the final position. For a component in layer 23 of 30 that is
 a quarter of a forward. Exact: `backup(..., resume=False)` runs every forward in full and the
 tests compare the two."""
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -23,10 +24,16 @@ class Resumed:
 
     def __init__(self, model: Model, tokens: Tensor, patches: Mapping[Site, Tensor], positions):
         self.model, self.patches, self.positions = model, dict(patches), positions
-        with torch.no_grad(), hooks.patch(model, self.patches, positions=positions), hooks.layer_inputs(model) as calls:
+        with (
+            torch.no_grad(),
+            hooks.patch(model, self.patches, positions=positions),
+            hooks.layer_inputs(model) as calls,
+        ):
             own_logits = hooks.final_logits(model, tokens)
         self.calls = list(calls)
-        self.own_logits = own_logits.float()  # the recorded run's, as `hooks.last_logits` gives them
+        self.own_logits = (
+            own_logits.float()
+        )  # the recorded run's, as `hooks.last_logits` gives them
 
     @torch.no_grad()
     def logits(self, extra: Mapping[Site, Tensor]) -> Tensor:

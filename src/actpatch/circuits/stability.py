@@ -5,11 +5,12 @@ prompts): both depend on which prompts were drawn. Re-finding it on bootstrap re
 prompts — the ranking from the resampled rows, the frontier evaluated on the resampled prompts —
 says which components are in it for nearly any draw and which ride on a few prompts. It costs one
 frontier (one forward per size) per resample; the ranking is free (the sweep's rows)."""
+
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,25 +59,40 @@ def circuit_stability(
     size (every size of the ranking by default: pass `sizes` to bound it); it is logged before the
     first, and `progress` (default: on a terminal) shows a bar over the searches."""
     if not 0 < recovery <= 1:
-        raise ValueError(f"recovery is the share of the behaviour the circuit must restore, in (0, 1]; got {recovery!r}")
+        raise ValueError(
+            f"recovery is the share of the behaviour the circuit must restore, in (0, 1]; got {recovery!r}"
+        )
     bootstrap.check_options(0.5, n_boot)
     blocks, layout = bootstrap.split(per_prompt_sweep)
     if layout.labels is not None or "direction" in layout.cell_dims:
-        raise ValueError("circuit_stability reads one sweep of one direction and one corruption: select one first, "
-                         "e.g. result.sel(direction='denoise')")
+        raise ValueError(
+            "circuit_stability reads one sweep of one direction and one corruption: select one first, "
+            "e.g. result.sel(direction='denoise')"
+        )
     block = blocks[0]
     if block.n != len(pairs) or len(block.groups) > 1:
-        raise ValueError(f"the sweep holds {block.n} prompts in {len(block.groups)} length group(s) and pairs {len(pairs)}: "
-                         "pass the one batch of pairs the sweep was run on")
+        raise ValueError(
+            f"the sweep holds {block.n} prompts in {len(block.groups)} length group(s) and pairs {len(pairs)}: "
+            "pass the one batch of pairs the sweep was run on"
+        )
     direction = direction or _direction(per_prompt_sweep)
 
     def found_on(ranked_by: xr.DataArray, prompts: PromptPairs) -> frozenset[str]:
-        frontier = pareto_frontier(model, prompts, ranking(ranked_by), direction=direction, ablation=ablation,
-                                            sizes=sizes, progress=False)
+        frontier = pareto_frontier(
+            model,
+            prompts,
+            ranking(ranked_by),
+            direction=direction,
+            ablation=ablation,
+            sizes=sizes,
+            progress=False,
+        )
         return frozenset(str(s) for s in smallest_circuit(frontier, recovery) or [])
 
     def circuit(counts: np.ndarray, prompts: PromptPairs) -> frozenset[str]:
-        averaged = layout.lay_out([bootstrap.statistic(block, counts[None])], "stat", ["value"]).sel(stat="value", drop=True)
+        averaged = layout.lay_out(
+            [bootstrap.statistic(block, counts[None])], "stat", ["value"]
+        ).sel(stat="value", drop=True)
         if "direction" in per_prompt_sweep.coords and "direction" not in averaged.coords:
             averaged = averaged.assign_coords(direction=per_prompt_sweep["direction"])
         averaged.attrs["direction"] = _direction(per_prompt_sweep)
@@ -86,11 +102,18 @@ def circuit_stability(
     n_sizes = len(sizes) if sizes is not None else cells + 1
     searches = 1 + n_boot + len(others)
     other_sets = f", {len(others)} other prompt set{'s' * (len(others) != 1)}" if others else ""
-    log.info("circuit_stability: %d circuit searches (1 on all prompts, %d resamples%s), each a "
-             "Pareto frontier of up to %d sizes: about %d forwards", searches, n_boot, other_sets,
-             n_sizes, searches * n_sizes)
-    bar = tqdm(total=searches, desc="circuit searches",
-               disable=None if progress is None else not progress)
+    log.info(
+        "circuit_stability: %d circuit searches (1 on all prompts, %d resamples%s), each a "
+        "Pareto frontier of up to %d sizes: about %d forwards",
+        searches,
+        n_boot,
+        other_sets,
+        n_sizes,
+        searches * n_sizes,
+    )
+    bar = tqdm(
+        total=searches, desc="circuit searches", disable=None if progress is None else not progress
+    )
     with bar:
         full = circuit(np.ones(block.n), pairs)
         bar.update()
@@ -104,18 +127,38 @@ def circuit_stability(
         for prompts, sweep in others:
             elsewhere.append(found_on(_with_direction(bootstrap.averaged(sweep), sweep), prompts))
             bar.update()
-    inclusion, inclusion_others = Counter(c for f in found for c in f), Counter(c for f in elsewhere for c in f)
-    names = sorted(set(inclusion) | set(inclusion_others) | full, key=lambda c: (-inclusion[c], -inclusion_others[c], c))
-    table = pd.DataFrame({"component": names, "inclusion": [inclusion[c] / n_boot for c in names],
-                          "in_circuit": [c in full for c in names]})
+    inclusion, inclusion_others = (
+        Counter(c for f in found for c in f),
+        Counter(c for f in elsewhere for c in f),
+    )
+    names = sorted(
+        set(inclusion) | set(inclusion_others) | full,
+        key=lambda c: (-inclusion[c], -inclusion_others[c], c),
+    )
+    table = pd.DataFrame(
+        {
+            "component": names,
+            "inclusion": [inclusion[c] / n_boot for c in names],
+            "in_circuit": [c in full for c in names],
+        }
+    )
     if elsewhere:
         table.insert(2, "inclusion_others", [inclusion_others[c] / len(elsewhere) for c in names])
-    table.attrs.update({
-        "circuit": sorted(full), "recovery": recovery, "n_boot": n_boot, "seed": seed, "direction": direction,
-        "mean_jaccard": float(np.mean([jaccard(c, full) for c in found])),
-        "reached": float(np.mean([bool(c) for c in found])), "n_others": len(elsewhere),
-        "mean_jaccard_others": float(np.mean([jaccard(c, full) for c in elsewhere])) if elsewhere else float("nan"),
-    })
+    table.attrs.update(
+        {
+            "circuit": sorted(full),
+            "recovery": recovery,
+            "n_boot": n_boot,
+            "seed": seed,
+            "direction": direction,
+            "mean_jaccard": float(np.mean([jaccard(c, full) for c in found])),
+            "reached": float(np.mean([bool(c) for c in found])),
+            "n_others": len(elsewhere),
+            "mean_jaccard_others": float(np.mean([jaccard(c, full) for c in elsewhere]))
+            if elsewhere
+            else float("nan"),
+        }
+    )
     return table
 
 
@@ -124,7 +167,9 @@ def _direction(result: xr.DataArray) -> str:
         return str(result["direction"].values)
     direction = result.attrs.get("direction")
     if direction not in ("denoise", "noise"):
-        raise ValueError("the sweep does not say its direction (attrs['direction']); select one direction first")
+        raise ValueError(
+            "the sweep does not say its direction (attrs['direction']); select one direction first"
+        )
     return direction
 
 

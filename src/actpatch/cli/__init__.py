@@ -19,6 +19,7 @@ Only this package and `actpatch.report` print; the library logs.
 Parsing flags imports only click (and pydantic to check an experiment): torch, transformers,
 xarray, plotly and ray are imported inside the commands that use them, so `--help` and a mistyped
 flag answer at once. tests/test_cli.py holds that line."""
+
 from __future__ import annotations
 
 import logging
@@ -30,17 +31,32 @@ from actpatch.cli.common import Commands
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True,
-              help="Log what actpatch does: -v loading, prompts, baselines, checkpoints, workers; -vv every chunk too.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log what actpatch does: -v loading, prompts, baselines, checkpoints, workers; -vv every chunk too.",
+)
 def main(verbose: int) -> None:
     """Activation patching for Hugging Face causal language models.
 
     Run `actpatch COMMAND --help` for a command's flags; `docs/cli.md` has examples."""
     # Only actpatch's own loggers get louder: -v must not turn on every library's INFO chatter.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("actpatch").setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG))
+    logging.getLogger("actpatch").setLevel(
+        {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    )
 
 
-for command in (models.models, models.check, sweeps.sweep, analyses.attribute, analyses.circuit, das.das, sweeps.demo, sweeps.report_command, compare.compare):
+for command in (
+    models.models,
+    models.check,
+    sweeps.sweep,
+    analyses.attribute,
+    analyses.circuit,
+    das.das,
+    sweeps.demo,
+    sweeps.report_command,
+    compare.compare,
+):
     main.add_command(command)
-

@@ -1,4 +1,5 @@
 """`python -m actpatch.cli ...` runs the same command line as `actpatch ...`."""
+
 from actpatch.cli import main
 
 main()

@@ -1,4 +1,5 @@
 """`actpatch attribute` and `actpatch circuit`: estimates checked exactly, and circuits judged whole."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,8 +11,20 @@ import click
 import actpatch as ap
 from actpatch import atomic
 from actpatch.cli.common import (
-    BadInput, build_experiment, describe, echo_unless, experiment_options, load, log_into, one_direction, progress,
-    provenance, refuse_overwrite, single, stem, validating,
+    BadInput,
+    build_experiment,
+    describe,
+    echo_unless,
+    experiment_options,
+    load,
+    log_into,
+    one_direction,
+    progress,
+    provenance,
+    refuse_overwrite,
+    single,
+    stem,
+    validating,
 )
 from actpatch.cli.sweeps import checkpoint_folder, sweep_options, tables, title, write_outputs
 from actpatch.sites import parse_kind
@@ -23,12 +36,25 @@ if TYPE_CHECKING:  # --help must not wait for pandas and xarray
 
 @click.command()
 @experiment_options(analysis=True, intervals=True)
-@click.option("--method", type=click.Choice(["atp", "atp*", "ig"]), default=None,
-              help="atp (default), atp* (softmax recomputed for q/k sites), or ig (integrated gradients).")
+@click.option(
+    "--method",
+    type=click.Choice(["atp", "atp*", "ig"]),
+    default=None,
+    help="atp (default), atp* (softmax recomputed for q/k sites), or ig (integrated gradients).",
+)
 @click.option("--steps", type=int, default=None, help="Integrated-gradient steps (default 5).")
-@click.option("--graddrop/--no-graddrop", default=None, help="Add GradDrop's magnitude (atp, atp*): one backward per layer.")
-@click.option("--verify", type=int, default=None, metavar="K",
-              help="Patch the K strongest estimates (and 10 random others) exactly and report the agreement.")
+@click.option(
+    "--graddrop/--no-graddrop",
+    default=None,
+    help="Add GradDrop's magnitude (atp, atp*): one backward per layer.",
+)
+@click.option(
+    "--verify",
+    type=int,
+    default=None,
+    metavar="K",
+    help="Patch the K strongest estimates (and 10 random others) exactly and report the agreement.",
+)
 def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     """Estimate every patch of a sweep from one forward and one backward pass; optionally verify.
 
@@ -54,7 +80,9 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     echo = echo_unless(quiet)
     a, s = spec.attribute, spec.sweep
     if s.engine != "batched" or s.chunk is not None or s.per_prompt:
-        raise BadInput("[sweep] engine, chunk and per_prompt do not apply to attribute; remove them")
+        raise BadInput(
+            "[sweep] engine, chunk and per_prompt do not apply to attribute; remove them"
+        )
     name = stem(spec, a.method.replace("*", "star"))
     refuse_overwrite(out, [f"{name}.nc", f"{name}_verify.csv", f"{name}.html"], overwrite)
     model, pairs = load(spec, quiet=quiet)
@@ -62,20 +90,53 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     direction = one_direction(spec, "attribute")
     echo(describe(model, pairs, spec))
     with validating():
-        the_plan = plan(model, pairs, SweepSpec(s.site, direction=direction, layers=s.layers, positions=s.positions,
-                                                heads=s.heads, neurons=s.neurons, ablation=s.ablation))
-    if s.ablation is not None and (a.method == "ig" or (a.method == "atp*" and the_plan.kind in ("q", "k"))):
-        raise BadInput(f"method {a.method} needs a source run (to interpolate inputs, or to recompute softmaxes from its "
-                       f"q and k), and ablation {s.ablation} has none: use method atp")
+        the_plan = plan(
+            model,
+            pairs,
+            SweepSpec(
+                s.site,
+                direction=direction,
+                layers=s.layers,
+                positions=s.positions,
+                heads=s.heads,
+                neurons=s.neurons,
+                ablation=s.ablation,
+            ),
+        )
+    if s.ablation is not None and (
+        a.method == "ig" or (a.method == "atp*" and the_plan.kind in ("q", "k"))
+    ):
+        raise BadInput(
+            f"method {a.method} needs a source run (to interpolate inputs, or to recompute softmaxes from its "
+            f"q and k), and ablation {s.ablation} has none: use method atp"
+        )
     if s.ci is not None and a.graddrop:
-        raise BadInput("--ci and --graddrop: GradDrop's magnitude is not a mean over prompts and has no interval; drop one")
-    estimate = ap.attribute(model, pairs, s.site, direction=direction, method=a.method, steps=a.steps, layers=s.layers,
-                            positions=s.positions, heads=s.heads, neurons=s.neurons, graddrop=a.graddrop,
-                            ablation=s.ablation, check_baseline=s.check_baseline, progress=progress(quiet),
-                            per_prompt=s.ci is not None)
+        raise BadInput(
+            "--ci and --graddrop: GradDrop's magnitude is not a mean over prompts and has no interval; drop one"
+        )
+    estimate = ap.attribute(
+        model,
+        pairs,
+        s.site,
+        direction=direction,
+        method=a.method,
+        steps=a.steps,
+        layers=s.layers,
+        positions=s.positions,
+        heads=s.heads,
+        neurons=s.neurons,
+        graddrop=a.graddrop,
+        ablation=s.ablation,
+        check_baseline=s.check_baseline,
+        progress=progress(quiet),
+        per_prompt=s.ci is not None,
+    )
     rows = estimate
-    if s.ci is not None:  # the rows for verify's interval, the intervals for the saved estimate: one backward
+    if (
+        s.ci is not None
+    ):  # the rows for verify's interval, the intervals for the saved estimate: one backward
         from actpatch.engine.attribution import intervals_of
+
         estimate = intervals_of(rows, ci=s.ci, n_boot=s.n_boot, seed=s.boot_seed)
     estimate.attrs.update(provenance(model, spec))
     sections: dict[str, Any] = {f"{title(spec, estimate)}: {a.method} estimate": estimate}
@@ -84,9 +145,21 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
             click.echo(text)
     if a.verify:
         bootstrapped = {} if s.ci is None else dict(ci=s.ci, n_boot=s.n_boot, boot_seed=s.boot_seed)
-        checked = ap.verify(model, pairs, rows, top_k=a.verify, sample=a.sample, seed=spec.task.seed, progress=progress(quiet),
-                            **bootstrapped)
-        estimate.attrs["verification"] = {"spearman": checked.spearman, "top_k_recall": checked.top_k_recall, "top_k": checked.top_k}
+        checked = ap.verify(
+            model,
+            pairs,
+            rows,
+            top_k=a.verify,
+            sample=a.sample,
+            seed=spec.task.seed,
+            progress=progress(quiet),
+            **bootstrapped,
+        )
+        estimate.attrs["verification"] = {
+            "spearman": checked.spearman,
+            "top_k_recall": checked.top_k_recall,
+            "top_k": checked.top_k,
+        }
         if checked.spearman_interval is not None:
             estimate.attrs["verification"]["spearman_interval"] = list(checked.spearman_interval)
         echo(repr(checked))
@@ -94,31 +167,80 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
         atomic.write_text(table, checked.table.to_csv(index=False))
         click.echo(f"saved {table}")
         sections["Verification against exact patching"] = ap.report.Section(
-            "Verification against exact patching", html=checked.table.to_html(index=False, float_format=lambda v: f"{v:.4f}"),
+            "Verification against exact patching",
+            html=checked.table.to_html(index=False, float_format=lambda v: f"{v:.4f}"),
             note=f"Spearman {checked.spearman:.3f}"
-                 + ("" if checked.spearman_interval is None else " [{:.3f}, {:.3f}]".format(*checked.spearman_interval))
-                 + f", top-{checked.top_k} recall {checked.top_k_recall:.2f} over "
-                 f"{len(checked.table)} sites patched exactly (the top {checked.top_k} estimates and a random sample).")
+            + (
+                ""
+                if checked.spearman_interval is None
+                else " [{:.3f}, {:.3f}]".format(*checked.spearman_interval)
+            )
+            + f", top-{checked.top_k} recall {checked.top_k_recall:.2f} over "
+            f"{len(checked.table)} sites patched exactly (the top {checked.top_k} estimates and a random sample).",
+        )
     write_outputs(spec, sections, name, estimate)
 
 
 @click.command()
 @experiment_options(circuit=True, intervals=True)
-@click.option("--resume", is_flag=True, help="Continue a killed run's sweep from the checkpoint in the output folder.")
-@click.option("--level", type=click.Choice(["node", "edge"]), default="node", show_default=True,
-              help="node: components (heads or MLPs); edge: edges between them (EAP, EAP-IG, MIB).")
-@click.option("--method", "edge_method", default=None, metavar="METHOD",
-              help="Edge scores (--level edge): eap, eap-ig-inputs (default), eap-ig-activations, clean-corrupted, exact.")
-@click.option("--steps", "edge_steps", type=int, default=None, help="Interpolation points of the eap-ig methods (default 5).")
-@click.option("--percent", type=float, default=None,
-              help="--level edge: the circuit written to graph.json keeps this percent of all edges (default 5).")
-@click.option("--import", "graph_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help="--level edge: evaluate this scored graph (EAP-IG / MIB JSON) instead of scoring the edges.")
-@click.option("--nodes", "with_nodes", is_flag=True,
-              help="--level edge: also sweep the heads, grow node circuits along that ranking and draw their "
-                   "frontier on the edge curve's axis.")
-def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method: str | None, edge_steps: int | None,
-            percent: float | None, graph_file: Path | None, with_nodes: bool, **flags: Any) -> None:
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a killed run's sweep from the checkpoint in the output folder.",
+)
+@click.option(
+    "--level",
+    type=click.Choice(["node", "edge"]),
+    default="node",
+    show_default=True,
+    help="node: components (heads or MLPs); edge: edges between them (EAP, EAP-IG, MIB).",
+)
+@click.option(
+    "--method",
+    "edge_method",
+    default=None,
+    metavar="METHOD",
+    help="Edge scores (--level edge): eap, eap-ig-inputs (default), eap-ig-activations, clean-corrupted, exact.",
+)
+@click.option(
+    "--steps",
+    "edge_steps",
+    type=int,
+    default=None,
+    help="Interpolation points of the eap-ig methods (default 5).",
+)
+@click.option(
+    "--percent",
+    type=float,
+    default=None,
+    help="--level edge: the circuit written to graph.json keeps this percent of all edges (default 5).",
+)
+@click.option(
+    "--import",
+    "graph_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="--level edge: evaluate this scored graph (EAP-IG / MIB JSON) instead of scoring the edges.",
+)
+@click.option(
+    "--nodes",
+    "with_nodes",
+    is_flag=True,
+    help="--level edge: also sweep the heads, grow node circuits along that ranking and draw their "
+    "frontier on the edge curve's axis.",
+)
+def circuit(
+    quiet: bool,
+    resume: bool,
+    overwrite: bool,
+    level: str,
+    edge_method: str | None,
+    edge_steps: int | None,
+    percent: float | None,
+    graph_file: Path | None,
+    with_nodes: bool,
+    **flags: Any,
+) -> None:
     """Find a circuit: sweep the heads, grow circuits along the ranking, take the smallest that recovers enough.
     With --level edge: score every edge, judge the top edges at MIB's sizes, write graph.json.
 
@@ -148,10 +270,28 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
     if level == "edge":
         from actpatch.cli.edges import edge_circuit
 
-        return edge_circuit(flags, quiet=quiet, overwrite=overwrite, resume=resume, method=edge_method,
-                            steps=edge_steps, percent=percent, graph_file=graph_file, with_nodes=with_nodes)
-    if given := [flag for flag, value in (("--method", edge_method), ("--steps", edge_steps), ("--percent", percent),
-                                          ("--import", graph_file), ("--nodes", with_nodes or None)) if value is not None]:
+        return edge_circuit(
+            flags,
+            quiet=quiet,
+            overwrite=overwrite,
+            resume=resume,
+            method=edge_method,
+            steps=edge_steps,
+            percent=percent,
+            graph_file=graph_file,
+            with_nodes=with_nodes,
+        )
+    if given := [
+        flag
+        for flag, value in (
+            ("--method", edge_method),
+            ("--steps", edge_steps),
+            ("--percent", percent),
+            ("--import", graph_file),
+            ("--nodes", with_nodes or None),
+        )
+        if value is not None
+    ]:
         raise BadInput(f"{given[0]} applies to edge circuits: add --level edge")
 
     spec = build_experiment(flags, defaults={"sweep": {"site": "head"}})
@@ -160,8 +300,11 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
     echo = echo_unless(quiet)
     checkpoint = checkpoint_folder(out, resume, echo)
     name = stem(spec, "circuit")
-    refuse_overwrite(out, [f"{name}{suffix}" for suffix in (".nc", "_frontier.nc", "_minimality.csv", ".html")],
-                     overwrite or resume)
+    refuse_overwrite(
+        out,
+        [f"{name}{suffix}" for suffix in (".nc", "_frontier.nc", "_minimality.csv", ".html")],
+        overwrite or resume,
+    )
     c = spec.circuit
     model, pairs = load(spec, quiet=quiet)
     pairs = single(pairs, "circuit")
@@ -169,13 +312,24 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
     if spec.sweep.per_prompt:
         raise BadInput("circuit ranks components by their mean effect: remove per_prompt")
     if (kind := parse_kind(spec.sweep.site)[0]) not in ("head", "mlp_out"):
-        raise BadInput(f"circuit ranks head or mlp_out components, not {kind}: set the site to head or mlp_out")
+        raise BadInput(
+            f"circuit ranks head or mlp_out components, not {kind}: set the site to head or mlp_out"
+        )
     echo(describe(model, pairs, spec))
     options = sweep_options(model, pairs, spec)
     ci = spec.sweep.ci
-    intervals = {} if ci is None else dict(ci=ci, n_boot=spec.sweep.n_boot, boot_seed=spec.sweep.boot_seed)
-    ranked_by = ap.sweep(model, pairs, spec.sweep.site, **options, **intervals, progress=progress(quiet),
-                         checkpoint=checkpoint if spec.sweep.engine == "batched" else None)
+    intervals = (
+        {} if ci is None else dict(ci=ci, n_boot=spec.sweep.n_boot, boot_seed=spec.sweep.boot_seed)
+    )
+    ranked_by = ap.sweep(
+        model,
+        pairs,
+        spec.sweep.site,
+        **options,
+        **intervals,
+        progress=progress(quiet),
+        checkpoint=checkpoint if spec.sweep.engine == "batched" else None,
+    )
     ranked_by.attrs.update(provenance(model, spec))
     with validating():
         ranking = ap.circuits.ranking(ranked_by, order=c.order)
@@ -183,27 +337,57 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
         for text in tables(ranked_by):
             click.echo(text)
     sizes = range(min(c.max_size or len(ranking), len(ranking)) + 1)
-    frontier = ap.pareto_frontier(model, pairs, ranked_by, direction=direction, ablation=c.ablation, sizes=sizes,
-                                  order=c.order, progress=progress(quiet), **intervals)
+    frontier = ap.pareto_frontier(
+        model,
+        pairs,
+        ranked_by,
+        direction=direction,
+        ablation=c.ablation,
+        sizes=sizes,
+        order=c.order,
+        progress=progress(quiet),
+        **intervals,
+    )
     frontier.attrs.update(provenance(model, spec))
-    echo("Pareto frontier (the top-k components kept, the rest ablated):\n" + frontier_table(frontier).to_string())
+    echo(
+        "Pareto frontier (the top-k components kept, the rest ablated):\n"
+        + frontier_table(frontier).to_string()
+    )
     chosen = ap.smallest_circuit(frontier, c.recovery)
     sections: dict[str, Any] = {title(spec, ranked_by): ranked_by}
     sections["Pareto frontier"] = ap.report.Section(
         "Pareto frontier: circuit performance against circuit size",
         figures=[ap.circuits.plot_frontier(frontier, recoveries=sorted({c.recovery, 0.9}))],
         note="The top-k components of the ranking kept, every other component of their kind ablated "
-             f"({frontier.attrs.get('ablation', 'corrupt')}); one forward per size."
-             + (f" The band is the {100 * ci:g} % interval over resampled prompts ({spec.sweep.n_boot} resamples): how "
-                "this ranking's circuits would do on other prompts from the task." if ci is not None else ""))
+        f"({frontier.attrs.get('ablation', 'corrupt')}); one forward per size."
+        + (
+            f" The band is the {100 * ci:g} % interval over resampled prompts ({spec.sweep.n_boot} resamples): how "
+            "this ranking's circuits would do on other prompts from the task."
+            if ci is not None
+            else ""
+        ),
+    )
     if chosen is None:
-        click.echo(f"no circuit of up to {sizes[-1]} components recovers {c.recovery:.0%}: raise --max-size or lower --recovery")
+        click.echo(
+            f"no circuit of up to {sizes[-1]} components recovers {c.recovery:.0%}: raise --max-size or lower --recovery"
+        )
     else:
-        click.echo(f"smallest circuit recovering {c.recovery:.0%}: {len(chosen)} components: {', '.join(map(str, chosen))}")
-        table = ap.minimality(model, pairs, chosen, threshold=c.threshold, direction=direction, ablation=c.ablation,
-                              **intervals)
-        echo(f"minimality (circuit scores {table.attrs['circuit_score']:.3f}; a passenger's removal costs < {c.threshold}):\n"
-             + table.round(3).to_string())
+        click.echo(
+            f"smallest circuit recovering {c.recovery:.0%}: {len(chosen)} components: {', '.join(map(str, chosen))}"
+        )
+        table = ap.minimality(
+            model,
+            pairs,
+            chosen,
+            threshold=c.threshold,
+            direction=direction,
+            ablation=c.ablation,
+            **intervals,
+        )
+        echo(
+            f"minimality (circuit scores {table.attrs['circuit_score']:.3f}; a passenger's removal costs < {c.threshold}):\n"
+            + table.round(3).to_string()
+        )
         path = out / f"{name}_minimality.csv"
         atomic.write_text(path, table.to_csv())
         click.echo(f"saved {path}")
@@ -211,8 +395,13 @@ def circuit(quiet: bool, resume: bool, overwrite: bool, level: str, edge_method:
             f"Minimality of the {len(chosen)}-component circuit",
             html=table.to_html(float_format=lambda v: f"{v:.4f}"),
             note=f"Each member removed alone; the circuit scores {table.attrs['circuit_score']:.4f}. A passenger's "
-                 f"removal costs less than {c.threshold}."
-                 + (" drop_excludes_0: the drop's interval over resampled prompts does not hold 0." if ci is not None else ""))
+            f"removal costs less than {c.threshold}."
+            + (
+                " drop_excludes_0: the drop's interval over resampled prompts does not hold 0."
+                if ci is not None
+                else ""
+            ),
+        )
     write_outputs(spec, sections, name, ranked_by, extra={f"{name}_frontier": frontier})
     shutil.rmtree(checkpoint, ignore_errors=True)
 
@@ -224,8 +413,12 @@ def frontier_table(frontier: xr.DataArray) -> pd.DataFrame:
     curve = frontier.sel(metric="norm_logit_diff")
     columns = {"added": curve["component"].values}
     if "stat" in curve.dims:
-        columns.update({name: curve.sel(stat=stat).values.round(3) for name, stat in
-                        (("norm_logit_diff", "value"), ("lo", "lo"), ("hi", "hi"))})
+        columns.update(
+            {
+                name: curve.sel(stat=stat).values.round(3)
+                for name, stat in (("norm_logit_diff", "value"), ("lo", "lo"), ("hi", "hi"))
+            }
+        )
     else:
         columns["norm_logit_diff"] = curve.values.round(3)
     return pd.DataFrame(columns, index=pd.Index(curve["size"].values, name="size"))

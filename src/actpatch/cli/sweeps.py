@@ -1,41 +1,75 @@
 """`actpatch sweep`, `actpatch demo` and `actpatch report`: exact sweeps, and drawing saved results."""
+
 from __future__ import annotations
 
 import importlib.util
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 import actpatch as ap
 from actpatch.cli.common import (
-    BadInput, build_experiment, describe, echo_unless, experiment_options, fail, first_line, load, log_into, progress,
-    provenance, refuse_overwrite, stem, validating,
+    BadInput,
+    build_experiment,
+    describe,
+    echo_unless,
+    experiment_options,
+    fail,
+    first_line,
+    load,
+    log_into,
+    progress,
+    provenance,
+    refuse_overwrite,
+    stem,
+    validating,
 )
 from actpatch.experiment import Experiment
 
-if TYPE_CHECKING:  # xarray, torch and plotly are imported when a command runs, not to parse its flags
+if (
+    TYPE_CHECKING
+):  # xarray, torch and plotly are imported when a command runs, not to parse its flags
     import xarray as xr
 
     from actpatch.models.model import Model
     from actpatch.pairs import PromptPairs
 
-CHECKPOINT = "checkpoint"  # the sweep's checkpoint folder inside --out; removed once the result is saved
+CHECKPOINT = (
+    "checkpoint"  # the sweep's checkpoint folder inside --out; removed once the result is saved
+)
 
 
 @click.command()
 @experiment_options(intervals=True)
-@click.option("--resume", is_flag=True,
-              help="Continue the killed sweep whose checkpoint is in the output folder (same flags and --config).")
-@click.option("--shards", type=click.IntRange(min=1), default=None,
-              help="Cut the sites into N shards patched on Ray workers, each holding a copy of the model (needs "
-                   "pip install 'actpatch[ray]'; docs/scale.md).")
-@click.option("--ray-address", default=None,
-              help="The Ray cluster for --shards: 'auto' on one of its nodes, or ray://HEAD:10001 (default: a local Ray).")
-def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_address: str | None,
-          **flags: Any) -> None:
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the killed sweep whose checkpoint is in the output folder (same flags and --config).",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cut the sites into N shards patched on Ray workers, each holding a copy of the model (needs "
+    "pip install 'actpatch[ray]'; docs/scale.md).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="The Ray cluster for --shards: 'auto' on one of its nodes, or ray://HEAD:10001 (default: a local Ray).",
+)
+def sweep(
+    resume: bool,
+    quiet: bool,
+    overwrite: bool,
+    shards: int | None,
+    ray_address: str | None,
+    **flags: Any,
+) -> None:
     """Patch every site of one kind; write the labelled result (.nc) and its HTML report into --out.
 
     \b
@@ -55,9 +89,13 @@ def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_ad
     prompt's numbers and returns their bootstrap intervals instead (not with --per-prompt; see
     `actpatch compare` for two per-prompt results)."""
     spec = build_experiment(flags)
-    ci = spec.sweep.ci  # --ci, or [sweep] ci in the experiment file (which refuses it with per_prompt)
+    ci = (
+        spec.sweep.ci
+    )  # --ci, or [sweep] ci in the experiment file (which refuses it with per_prompt)
     if shards is not None and spec.sweep.engine == "reference":
-        raise BadInput("--shards runs the batched engine on Ray workers; --engine reference does not shard")
+        raise BadInput(
+            "--shards runs the batched engine on Ray workers; --engine reference does not shard"
+        )
     if shards is not None and importlib.util.find_spec("ray") is None:
         raise BadInput("--shards runs on Ray, which is not installed: pip install 'actpatch[ray]'")
     out = Path(spec.output.folder)
@@ -70,8 +108,16 @@ def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_ad
     options = sweep_options(model, pairs, spec)
     if ci is not None:
         options.update(ci=ci, n_boot=spec.sweep.n_boot, boot_seed=spec.sweep.boot_seed)
-    result = ap.sweep(model, pairs, spec.sweep.site, **options, progress=progress(quiet),
-                      checkpoint=checkpoint, shards=shards, ray_address=ray_address)
+    result = ap.sweep(
+        model,
+        pairs,
+        spec.sweep.site,
+        **options,
+        progress=progress(quiet),
+        checkpoint=checkpoint,
+        shards=shards,
+        ray_address=ray_address,
+    )
     result.attrs.update(provenance(model, spec))
     if not quiet:
         for text in tables(result):
@@ -80,31 +126,61 @@ def sweep(resume: bool, quiet: bool, overwrite: bool, shards: int | None, ray_ad
     shutil.rmtree(checkpoint, ignore_errors=True)
 
 
-def sweep_options(model: Model, pairs: PromptPairs | list[PromptPairs], spec: Experiment) -> dict[str, Any]:
+def sweep_options(
+    model: Model, pairs: PromptPairs | list[PromptPairs], spec: Experiment
+) -> dict[str, Any]:
     """`ap.sweep`'s keyword arguments from [sweep], each checked against the model and prompts now,
     before anything long runs (a wrong layer is bad input, not a failure an hour in)."""
     from actpatch.engine.plan import plan
     from actpatch.engine.spec import SweepSpec
 
     s = spec.sweep
-    options = dict(direction=s.directions, layers=s.layers, positions=s.positions, heads=s.heads, neurons=s.neurons,
-                   per_prompt=s.per_prompt, engine=s.engine, chunk=s.chunk, memory_budget=s.memory_budget,
-                   ablation=s.ablation, check_baseline=s.check_baseline)
+    options = dict(
+        direction=s.directions,
+        layers=s.layers,
+        positions=s.positions,
+        heads=s.heads,
+        neurons=s.neurons,
+        per_prompt=s.per_prompt,
+        engine=s.engine,
+        chunk=s.chunk,
+        memory_budget=s.memory_budget,
+        ablation=s.ablation,
+        check_baseline=s.check_baseline,
+    )
     directions = [s.directions] if isinstance(s.directions, str) else s.directions
     with validating():
         for group in pairs if isinstance(pairs, list) else [pairs]:
             for direction in directions:
-                plan(model, group, SweepSpec(s.site, direction=direction, layers=s.layers, positions=s.positions,
-                                             heads=s.heads, neurons=s.neurons, ablation=s.ablation))
+                plan(
+                    model,
+                    group,
+                    SweepSpec(
+                        s.site,
+                        direction=direction,
+                        layers=s.layers,
+                        positions=s.positions,
+                        heads=s.heads,
+                        neurons=s.neurons,
+                        ablation=s.ablation,
+                    ),
+                )
     return options
 
 
-def write_outputs(spec: Experiment, sections: dict[str, Any], name: str, result: xr.DataArray,
-                  extra: dict[str, xr.DataArray] | None = None) -> None:
+def write_outputs(
+    spec: Experiment,
+    sections: dict[str, Any],
+    name: str,
+    result: xr.DataArray,
+    extra: dict[str, xr.DataArray] | None = None,
+) -> None:
     """Save `result` (and `extra` results, by file stem) and the report of `sections`; print the paths."""
     out = Path(spec.output.folder)
     saved = [ap.save(result, out / f"{name}.nc")]
-    saved += [ap.save(other, out / f"{other_name}.nc") for other_name, other in (extra or {}).items()]
+    saved += [
+        ap.save(other, out / f"{other_name}.nc") for other_name, other in (extra or {}).items()
+    ]
     for path in saved:
         click.echo(f"saved {path}")
     page = ap.report.render_report(sections, out / f"{name}.html", title=f"actpatch: {name}")
@@ -124,8 +200,11 @@ def tables(result: xr.DataArray) -> list[str]:
     """Terminal tables: a layer grid where the result is one, else its strongest patches; per direction."""
     from actpatch.report.table import layer_table, strongest_table
 
-    parts = ([result.sel(direction=d).assign_attrs(direction=str(d)) for d in result["direction"].values]
-             if "direction" in result.dims else [result])
+    parts = (
+        [result.sel(direction=d).assign_attrs(direction=str(d)) for d in result["direction"].values]
+        if "direction" in result.dims
+        else [result]
+    )
     texts = []
     for part in parts:
         if "stat" in part.dims:
@@ -134,7 +213,9 @@ def tables(result: xr.DataArray) -> list[str]:
         if "batch" in part.dims:
             part = part.mean("batch", keep_attrs=True)
         # One position (or head) swept: drop that dimension so the rest fits a layer grid.
-        part = part.squeeze([d for d in part.dims if d not in ("metric", "layer") and part.sizes[d] == 1])
+        part = part.squeeze(
+            [d for d in part.dims if d not in ("metric", "layer") and part.sizes[d] == 1]
+        )
         try:
             texts.append(layer_table(part))
         except ValueError:  # not a layer × one-dimension grid
@@ -157,24 +238,34 @@ def interval_table(result: xr.DataArray, metric: str = "norm_logit_diff", *, top
     # (0.00) is left unmarked, however narrow its interval, so the marks point at what to read.
     excludes = ((lo > centre) | (hi < centre)) & (abs(value - centre) >= SHOWN_EFFECT)
     about = result.attrs.get("interval") or {}
-    lines = [f"{metric} with its {100 * about.get('ci', 0):g} % interval over {about.get('n_prompts', '?')} prompts "
-             f"({about.get('n_boot', '?')} resamples); * : the interval excludes {centre:g}, "
-             f"the unpatched run, and the effect is at least {SHOWN_EFFECT:g}"]
+    lines = [
+        f"{metric} with its {100 * about.get('ci', 0):g} % interval over {about.get('n_prompts', '?')} prompts "
+        f"({about.get('n_boot', '?')} resamples); * : the interval excludes {centre:g}, "
+        f"the unpatched run, and the effect is at least {SHOWN_EFFECT:g}"
+    ]
     grid = value.squeeze([d for d in value.dims if d != "layer" and value.sizes[d] == 1])
     if grid.ndim == 2 and "layer" in grid.dims:
-        table = layer_table(grid.expand_dims(metric=[metric]).assign_attrs(result.attrs), metric).splitlines()
-        marks = excludes.squeeze([d for d in excludes.dims if d != "layer" and excludes.sizes[d] == 1])
+        table = layer_table(
+            grid.expand_dims(metric=[metric]).assign_attrs(result.attrs), metric
+        ).splitlines()
+        marks = excludes.squeeze(
+            [d for d in excludes.dims if d != "layer" and excludes.sizes[d] == 1]
+        )
         marks = marks.transpose("layer", *[d for d in grid.dims if d != "layer"]).values
         lines.append(_marked(table[1], [False] * marks.shape[1]))
         lines += [_marked(row, marks[i]) for i, row in enumerate(table[2:])]
     flat = cell_table(Layout(value, tuple(value.dims), None))
-    flat["value"], flat["lo"], flat["hi"] = (a.transpose(*value.dims).values.ravel() for a in (value, lo, hi))
+    flat["value"], flat["lo"], flat["hi"] = (
+        a.transpose(*value.dims).values.ravel() for a in (value, lo, hi)
+    )
     flat["excludes"] = excludes.transpose(*value.dims).values.ravel()
     strongest = flat.iloc[(flat["value"] - centre).abs().to_numpy().argsort()[::-1][:top]]
     lines.append(f"strongest {len(strongest)} of {len(flat)}:")
     for _, row in strongest.iterrows():
         where = row["site"] if "site" in row else ", ".join(f"{d}={row[d]}" for d in value.dims)
-        lines.append(f"  {where}: {row['value']:+.3f} [{row['lo']:+.3f}, {row['hi']:+.3f}]{' *' if row['excludes'] else ''}")
+        lines.append(
+            f"  {where}: {row['value']:+.3f} [{row['lo']:+.3f}, {row['hi']:+.3f}]{' *' if row['excludes'] else ''}"
+        )
     return "\n".join(lines)
 
 
@@ -184,8 +275,11 @@ SHOWN_EFFECT = 0.005  # half the last digit the tables print: smaller effects pr
 def _marked(row: str, excludes: Any, width: int = 6) -> str:
     # layer_table's lines are a 6-character layer column, then cells `width` wide, one space apart:
     # each cell gets its mark (or a space) after it, so headers and rows stay aligned.
-    cells = [row[6 + (width + 1) * i: 6 + (width + 1) * i + width] for i in range(len(excludes))]
-    return row[:6] + " ".join(cell + ("*" if mark else " ") for cell, mark in zip(cells, excludes)).rstrip()
+    cells = [row[6 + (width + 1) * i : 6 + (width + 1) * i + width] for i in range(len(excludes))]
+    return (
+        row[:6]
+        + " ".join(cell + ("*" if mark else " ") for cell, mark in zip(cells, excludes)).rstrip()
+    )
 
 
 def checkpoint_folder(out: Path, resume: bool, echo: Callable[[str], None]) -> Path:
@@ -194,8 +288,10 @@ def checkpoint_folder(out: Path, resume: bool, echo: Callable[[str], None]) -> P
     checkpoint = out / CHECKPOINT
     if checkpoint.is_dir() and any(checkpoint.iterdir()):
         if not resume:
-            raise BadInput(f"{checkpoint} holds the checkpoint of an unfinished sweep: add --resume to continue it, "
-                           "or delete that folder to start over")
+            raise BadInput(
+                f"{checkpoint} holds the checkpoint of an unfinished sweep: add --resume to continue it, "
+                "or delete that folder to start over"
+            )
         echo(f"resuming: {_finished_rows(checkpoint)} finished patches in {checkpoint}")
     elif resume:
         echo(f"nothing to resume in {checkpoint}; starting the sweep")
@@ -203,14 +299,26 @@ def checkpoint_folder(out: Path, resume: bool, echo: Callable[[str], None]) -> P
 
 
 def _finished_rows(folder: Path) -> int:
-    return sum(len(json.loads(p.read_text(encoding="utf-8"))["rows"]) for p in folder.rglob("chunk-*.json"))
+    return sum(
+        len(json.loads(p.read_text(encoding="utf-8"))["rows"]) for p in folder.rglob("chunk-*.json")
+    )
 
 
 @click.command()
 @click.option("--prompts", default=8, show_default=True, help="Number of IOI prompt pairs.")
-@click.option("--out", default="actpatch-out", show_default=True, type=click.Path(path_type=Path),
-              help="Folder for the saved result, its HTML report and PNG image.")
-@click.option("--model", "model_name", default=None, help="A local checkpoint folder or hub id (default: embedded SmolLM2).")
+@click.option(
+    "--out",
+    default="actpatch-out",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the saved result, its HTML report and PNG image.",
+)
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="A local checkpoint folder or hub id (default: embedded SmolLM2).",
+)
 def demo(prompts: int, out: Path, model_name: str | None) -> None:
     """Denoise the residual stream on IOI (all names swapped) and print where the answer lives."""
     from actpatch.report.table import layer_table
@@ -219,28 +327,48 @@ def demo(prompts: int, out: Path, model_name: str | None) -> None:
     with validating():
         model = ap.load_model(model_name)
         pairs = ap.ioi_pairs(model, n=prompts)
-    click.echo(f"model: {model.name}  prompts: {len(pairs)}  e.g. {pairs.clean_text[0]!r} -> {model.token_strings(pairs.answers[:1])[0]!r}")
+    click.echo(
+        f"model: {model.name}  prompts: {len(pairs)}  e.g. {pairs.clean_text[0]!r} -> {model.token_strings(pairs.answers[:1])[0]!r}"
+    )
     click.echo(f"corrupt (all three names replaced): {pairs.corrupt_text[0]!r}")
     result = ap.sweep(model, pairs, "resid_pre", direction="denoise")
     clean, corrupt = result.attrs["baseline_clean"], result.attrs["baseline_corrupt"]
-    click.echo(f"logit diff: clean {clean['logit_diff']:.2f}, corrupt {corrupt['logit_diff']:.2f}; "
-               f"self-checks {result.attrs['self_checks']}")
+    click.echo(
+        f"logit diff: clean {clean['logit_diff']:.2f}, corrupt {corrupt['logit_diff']:.2f}; "
+        f"self-checks {result.attrs['self_checks']}"
+    )
     click.echo(layer_table(result))
     path = ap.save(result, out / "ioi_resid_pre_denoise.nc")
     click.echo(f"saved {path} (load it with actpatch.load)")
-    page = ap.report.render_report({"IOI (all three names replaced): resid_pre, denoise": result},
-                                out / "ioi_resid_pre_denoise.html", title="actpatch demo")
+    page = ap.report.render_report(
+        {"IOI (all three names replaced): resid_pre, denoise": result},
+        out / "ioi_resid_pre_denoise.html",
+        title="actpatch demo",
+    )
     images = ap.report.render_pngs({"ioi_resid_pre_denoise": result}, out)
     click.echo(f"report {page} (open it in a browser); images {', '.join(str(p) for p in images)}")
 
 
 @click.command("report")
 @click.argument("result_path", metavar="RESULT.nc", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="The HTML file to write (default: RESULT.html beside the result).")
-@click.option("--pngs", type=click.Path(path_type=Path), default=None, help="Also write PNG images into this folder.")
-@click.option("--metric", default=None, help="The metric each figure shows first (default: norm_logit_diff).")
-def report_command(result_path: Path, out: Path | None, pngs: Path | None, metric: str | None) -> None:
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The HTML file to write (default: RESULT.html beside the result).",
+)
+@click.option(
+    "--pngs",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write PNG images into this folder.",
+)
+@click.option(
+    "--metric", default=None, help="The metric each figure shows first (default: norm_logit_diff)."
+)
+def report_command(
+    result_path: Path, out: Path | None, pngs: Path | None, metric: str | None
+) -> None:
     """Draw a result saved with actpatch.save (or by any command) as an HTML report."""
     if not result_path.is_file():
         fail(f"{result_path}: {'not a file' if result_path.exists() else 'no such file'}")
@@ -249,7 +377,9 @@ def report_command(result_path: Path, out: Path | None, pngs: Path | None, metri
     except (OSError, ValueError) as error:
         fail(f"{result_path} is not a saved actpatch result ({first_line(error)})")
     try:
-        page = ap.report.render_report(result, out or result_path.with_suffix(".html"), metric=metric)
+        page = ap.report.render_report(
+            result, out or result_path.with_suffix(".html"), metric=metric
+        )
         images = ap.report.render_pngs(result, pngs, metric=metric) if pngs else []
     except (KeyError, ValueError) as error:  # a metric it lacks, or dimensions no figure can show
         fail(f"cannot draw {result_path}: {first_line(error)}")

@@ -8,11 +8,13 @@ saturating nonlinearities better at k times the cost. Estimates come back in the
 labelled layout (metrics `norm_logit_diff` and `logit_diff` only: the others are not linear in
 the logit difference), so `verify` can patch the strongest ones exactly in one call.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -94,12 +96,16 @@ def attribute(
     check_baseline, n_boot, boot_seed = given.check_baseline, given.n_boot, given.boot_seed
     if ci is not None:
         if per_prompt:
-            raise ValueError("ci= returns intervals computed from the per-prompt estimates, not the estimates: drop "
-                             "per_prompt=True (verify(..., ci=) takes the per-prompt estimates)")
+            raise ValueError(
+                "ci= returns intervals computed from the per-prompt estimates, not the estimates: drop "
+                "per_prompt=True (verify(..., ci=) takes the per-prompt estimates)"
+            )
         bootstrap.check_options(ci, n_boot)
     if graddrop and (per_prompt or ci is not None):
-        raise ValueError("graddrop's magnitude (a mean over layers of |change|) is not a mean over prompts: "
-                         "it has no per-prompt values or interval; drop graddrop, or per_prompt / ci")
+        raise ValueError(
+            "graddrop's magnitude (a mean over layers of |change|) is not a mean over prompts: "
+            "it has no per-prompt values or interval; drop graddrop, or per_prompt / ci"
+        )
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(steps, int) or steps < 1:
@@ -110,98 +116,183 @@ def attribute(
         from actpatch.bases.select import active_latents  # two forwards: only for feature sites
 
         latents = active_latents(model, pairs, dictionary, positions)
-    the_plan = plan(model, pairs, SweepSpec(site, direction, layers=layers, positions=positions, heads=heads,
-                                            neurons=neurons, latents=latents, dictionary=dictionary,
-                                            ablation=ablation, progress=progress))
-    if ablation is not None and (method == "ig" or (method == "atp*" and the_plan.kind in ("q", "k"))):
-        raise ValueError(f"method={method!r} needs a source run (to interpolate inputs, or to recompute softmaxes from its "
-                         f"q and k); ablation={ablation!r} has none: use method='atp'")
+    the_plan = plan(
+        model,
+        pairs,
+        SweepSpec(
+            site,
+            direction,
+            layers=layers,
+            positions=positions,
+            heads=heads,
+            neurons=neurons,
+            latents=latents,
+            dictionary=dictionary,
+            ablation=ablation,
+            progress=progress,
+        ),
+    )
+    if ablation is not None and (
+        method == "ig" or (method == "atp*" and the_plan.kind in ("q", "k"))
+    ):
+        raise ValueError(
+            f"method={method!r} needs a source run (to interpolate inputs, or to recompute softmaxes from its "
+            f"q and k); ablation={ablation!r} has none: use method='atp'"
+        )
     checked = collect.baseline(model, pairs, check=check_baseline)
     alphas = [0.0] if method != "ig" else [i / steps for i in range(steps)]
     qk_fix = method == "atp*" and the_plan.kind in ("q", "k")
     # The softmax fix needs each affected pattern and its gradient, at every head of the layers.
-    patterns = [Site("pattern", l, head=h) for l in the_plan.layers for h in range(model.dims.n_heads)] if qk_fix else []
+    patterns = (
+        [Site("pattern", l, head=h) for l in the_plan.layers for h in range(model.dims.n_heads)]
+        if qk_fix
+        else []
+    )
     eager = the_plan.kind == "pattern" or qk_fix
     with hooks.eager_attention(model) if eager else nullcontext():
         with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as source_qk:
             source = sources.source_values(model, the_plan, the_plan.sites)
         with hooks.attention_inputs(model, the_plan.layers if qk_fix else []) as target_qk:
-            target_logits, target_values, grads, dropped = _mean_gradients(model, pairs, the_plan, alphas, patterns, graddrop, progress)
+            target_logits, target_values, grads, dropped = _mean_gradients(
+                model, pairs, the_plan, alphas, patterns, graddrop, progress
+            )
         source_logits = hooks.last_logits(model, the_plan.source)
-    clean_logits, corrupt_logits = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
+    clean_logits, corrupt_logits = (
+        (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
+    )
     base = metrics.Baseline(clean_logits, corrupt_logits, pairs.answers, pairs.wrong)
-    target_diff = float(metrics.logit_diff(target_logits.double(), pairs.answers, pairs.wrong).mean())
+    target_diff = float(
+        metrics.logit_diff(target_logits.double(), pairs.answers, pairs.wrong).mean()
+    )
     clean, corrupt = float(base.clean_logit_diff.mean()), float(base.corrupt_logit_diff.mean())
 
     def change(s: Site, gradients: dict[Site, Tensor]) -> tuple[float, np.ndarray]:
         """The estimated change of the mean logit difference, and each prompt's share of it."""
         if qk_fix:
-            return _softmax_recomputed_change(model, s, source_qk[s.layer], target_qk[s.layer], target_values, gradients, pairs.positions)
+            return _softmax_recomputed_change(
+                model,
+                s,
+                source_qk[s.layer],
+                target_qk[s.layer],
+                target_values,
+                gradients,
+                pairs.positions,
+            )
         return _summed((source[s].double() - target_values[s].double()) * gradients[s].double())
 
     # The metric is the mean over prompts, so each prompt's own estimate is n × its share.
-    target_per_prompt = metrics.logit_diff(target_logits.double(), pairs.answers, pairs.wrong).cpu().numpy()
-    clean_per_prompt, corrupt_per_prompt = base.clean_logit_diff.cpu().numpy(), base.corrupt_logit_diff.cpu().numpy()
+    target_per_prompt = (
+        metrics.logit_diff(target_logits.double(), pairs.answers, pairs.wrong).cpu().numpy()
+    )
+    clean_per_prompt, corrupt_per_prompt = (
+        base.clean_logit_diff.cpu().numpy(),
+        base.corrupt_logit_diff.cpu().numpy(),
+    )
     rows, prompt_rows = [], []
     for s in the_plan.sites:
         total, shares = change(s, grads)
         estimate = target_diff + total
-        rows.append({"logit_diff": estimate, "norm_logit_diff": (estimate - corrupt) / (clean - corrupt)})
+        rows.append(
+            {"logit_diff": estimate, "norm_logit_diff": (estimate - corrupt) / (clean - corrupt)}
+        )
         own = target_per_prompt + len(pairs) * shares
-        prompt_rows.append({"logit_diff": own, "norm_logit_diff": (own - corrupt_per_prompt) / (clean_per_prompt - corrupt_per_prompt)})
+        prompt_rows.append(
+            {
+                "logit_diff": own,
+                "norm_logit_diff": (own - corrupt_per_prompt)
+                / (clean_per_prompt - corrupt_per_prompt),
+            }
+        )
         if graddrop:
             # Kramár et al. average |ĉ_l| over the L layers and divide by L − 1.
             magnitudes = [abs(change(s, layer_grads)[0]) for layer_grads in dropped]
             rows[-1][GRADDROP_METRIC] = sum(magnitudes) / max(1, len(magnitudes) - 1)
-    self_checks = {"target_run_error": checks.same_run_error(model, target_logits, checked, the_plan.direction)}
+    self_checks = {
+        "target_run_error": checks.same_run_error(model, target_logits, checked, the_plan.direction)
+    }
     used_steps = steps if method == "ig" else 1
     # Every forward this call ran: the baseline's clean and corrupt runs, the values to patch (the
     # source run's, or the target's to ablate), one per step, and the source run's logits; and the
     # backwards (input gradients only, about a forward each).
     forwards = 2 + 1 + len(alphas) + 1
     backwards = len(alphas) * (1 + (model.dims.n_layers if graddrop else 0))
-    cost = {"patches": len(the_plan.sites), "forwards": forwards, "backwards": backwards,
-            "forward_equivalents": forwards + backwards}
+    cost = {
+        "patches": len(the_plan.sites),
+        "forwards": forwards,
+        "backwards": backwards,
+        "forward_equivalents": forwards + backwards,
+    }
     result = _assemble(model, pairs, the_plan, rows, base, method, used_steps, self_checks, cost)
     if not per_prompt and ci is None:
         return result
-    per_prompt_plan = dataclasses.replace(the_plan, spec=dataclasses.replace(the_plan.spec, per_prompt=True))
-    rows_result = _assemble(model, pairs, per_prompt_plan, prompt_rows, base, method, used_steps, self_checks, cost)
+    per_prompt_plan = dataclasses.replace(
+        the_plan, spec=dataclasses.replace(the_plan.spec, per_prompt=True)
+    )
+    rows_result = _assemble(
+        model, pairs, per_prompt_plan, prompt_rows, base, method, used_steps, self_checks, cost
+    )
     if per_prompt:
         return rows_result
     bounds = intervals_of(rows_result, ci=ci, n_boot=n_boot, seed=boot_seed)
-    bounds.loc[{"stat": "value"}] = result.transpose(*bounds.sel(stat="value").dims).values  # the estimate itself, unrounded
+    bounds.loc[{"stat": "value"}] = result.transpose(
+        *bounds.sel(stat="value").dims
+    ).values  # the estimate itself, unrounded
     return bounds
 
 
-def intervals_of(per_prompt_estimate: xr.DataArray, *, ci: float = 0.95, n_boot: int = 1000, seed: int = 0) -> xr.DataArray:
+def intervals_of(
+    per_prompt_estimate: xr.DataArray, *, ci: float = 0.95, n_boot: int = 1000, seed: int = 0
+) -> xr.DataArray:
     """An estimate with its bootstrap intervals (a `stat` dimension), from `attribute(...,
     per_prompt=True)`: for keeping both the rows (for `verify(..., ci=)`) and the intervals from one
     backward pass. `value` is the ratio of means of the rows, the estimate to rounding."""
     estimated = list(per_prompt_estimate["metric"].values)
-    complete = per_prompt_estimate.reindex(metric=list(metrics.METRICS))  # the bootstrap lays out every metric
+    complete = per_prompt_estimate.reindex(
+        metric=list(metrics.METRICS)
+    )  # the bootstrap lays out every metric
     return bootstrap.intervals(complete, ci=ci, n_boot=n_boot, seed=seed).sel(metric=estimated)
 
 
-def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alphas: list[float], extra: list[Site],
-                    graddrop: bool, progress: bool | None = None):
+def _mean_gradients(
+    model: Model,
+    pairs: PromptPairs,
+    the_plan: SweepPlan,
+    alphas: list[float],
+    extra: list[Site],
+    graddrop: bool,
+    progress: bool | None = None,
+):
     """Target logits and activations, ∂(mean logit diff)/∂activation averaged over the interpolation
     points, and (for GradDrop) the gradients at the target with each layer's sublayers dropped."""
     embed = model.hf.get_input_embeddings()
     with torch.no_grad():
         # The first layer's input is these embeddings (plus position embeddings in GPT-2-style
         # models, added after), so a noise corruption's input noise can be added here.
-        target_embeds = _noised(embed(the_plan.target.tokens.to(model.device)), the_plan.target.noise)
-        source_embeds = _noised(embed(the_plan.source.tokens.to(model.device)), the_plan.source.noise)
+        target_embeds = _noised(
+            embed(the_plan.target.tokens.to(model.device)), the_plan.target.noise
+        )
+        source_embeds = _noised(
+            embed(the_plan.source.tokens.to(model.device)), the_plan.source.noise
+        )
     total: dict[Site, Tensor] = {}
     dropped: list[dict[Site, Tensor]] = []
     target_logits = target_values = None
-    bar = tqdm(total=len(alphas) * (1 + (model.dims.n_layers if graddrop else 0)), desc=f"backward passes ({the_plan.kind})",
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        total=len(alphas) * (1 + (model.dims.n_layers if graddrop else 0)),
+        desc=f"backward passes ({the_plan.kind})",
+        disable=None if progress is None else not progress,
+    )
     for alpha in alphas:
-        inputs = (target_embeds + alpha * (source_embeds - target_embeds)).detach().requires_grad_(True)
-        with torch.enable_grad(), hooks.drop_gradients(model) if graddrop else nullcontext() as drop, \
-                hooks.watch(model, the_plan.sites + extra, positions=the_plan.target.positions) as watched:
+        inputs = (
+            (target_embeds + alpha * (source_embeds - target_embeds)).detach().requires_grad_(True)
+        )
+        with (
+            torch.enable_grad(),
+            hooks.drop_gradients(model) if graddrop else nullcontext() as drop,
+            hooks.watch(
+                model, the_plan.sites + extra, positions=the_plan.target.positions
+            ) as watched,
+        ):
             logits = hooks.final_logits(model, inputs_embeds=inputs)
             metric = metrics.logit_diff(logits.float(), pairs.answers, pairs.wrong).mean()
             metric.backward(retain_graph=graddrop)
@@ -219,7 +310,9 @@ def _mean_gradients(model: Model, pairs: PromptPairs, the_plan: SweepPlan, alpha
     bar.close()
     mean = {s: g / len(alphas) for s, g in total.items()}
     if missing := [s for s in the_plan.sites if s not in mean]:
-        raise RuntimeError(f"no gradient reached {missing[0]}: the metric does not depend on it through this forward")
+        raise RuntimeError(
+            f"no gradient reached {missing[0]}: the metric does not depend on it through this forward"
+        )
     return target_logits, target_values, mean, dropped
 
 
@@ -232,17 +325,32 @@ def _noised(embeds: Tensor, noise: Tensor | None) -> Tensor:
     return embeds if noise is None else embeds + noise.to(embeds)
 
 
-def _softmax_recomputed_change(model: Model, site: Site, source_qk: dict, target_qk: dict,
-                                patterns: dict[Site, Tensor], grads: dict[Site, Tensor], positions) -> tuple[float, np.ndarray]:
+def _softmax_recomputed_change(
+    model: Model,
+    site: Site,
+    source_qk: dict,
+    target_qk: dict,
+    patterns: dict[Site, Tensor],
+    grads: dict[Site, Tensor],
+    positions,
+) -> tuple[float, np.ndarray]:
     """Σ (pattern_new − pattern) · ∂metric/∂pattern over the heads a q or k patch touches.
 
     Replacing scores s by s + Δ turns a pattern p into softmax(log p + Δ): no mask or scaling is
     rebuilt, and positions the mask hides (p = 0) stay hidden."""
     if source_qk.get("softcap") is not None:
-        raise NotImplementedError("atp* does not handle attention-logit soft-capping yet; use method='atp' or 'ig'")
-    query, key, scaling = target_qk["query"].double(), target_qk["key"].double(), target_qk["scaling"]
+        raise NotImplementedError(
+            "atp* does not handle attention-logit soft-capping yet; use method='atp' or 'ig'"
+        )
+    query, key, scaling = (
+        target_qk["query"].double(),
+        target_qk["key"].double(),
+        target_qk["scaling"],
+    )
     batch, seq = query.shape[0], query.shape[2]
-    chosen = torch.zeros(batch, seq, dtype=torch.bool)  # the positions the patch replaces, per prompt
+    chosen = torch.zeros(
+        batch, seq, dtype=torch.bool
+    )  # the positions the patch replaces, per prompt
     if site.pos is None:
         chosen[:] = True
     elif isinstance(site.pos, str):
@@ -257,7 +365,9 @@ def _softmax_recomputed_change(model: Model, site: Site, source_qk: dict, target
         kv = h // group
         if site.kind == "k":
             delta_key = torch.where(chosen, source_qk["key"].double()[:, kv] - key[:, kv], 0.0)
-            delta = query[:, h] @ delta_key.transpose(-1, -2) * scaling  # (batch, dest_pos, src_pos)
+            delta = (
+                query[:, h] @ delta_key.transpose(-1, -2) * scaling
+            )  # (batch, dest_pos, src_pos)
         else:
             delta_query = torch.where(chosen, source_qk["query"].double()[:, h] - query[:, h], 0.0)
             delta = delta_query @ key[:, kv].transpose(-1, -2) * scaling
@@ -278,7 +388,9 @@ def _assemble(model, pairs, the_plan, rows, base, method, steps, self_checks, co
     result = result.sel(metric=list(ESTIMATED_METRICS))
     if graddrop:
         magnitudes = xr.zeros_like(result.isel(metric=[0])).assign_coords(metric=[GRADDROP_METRIC])
-        magnitudes.values[0] = np.array([row[GRADDROP_METRIC] for row in rows]).reshape(magnitudes.shape[1:])
+        magnitudes.values[0] = np.array([row[GRADDROP_METRIC] for row in rows]).reshape(
+            magnitudes.shape[1:]
+        )
         result = xr.concat([result, magnitudes], dim="metric", combine_attrs="override")
     result.attrs["estimate"] = {"method": method, "steps": steps}
     result.attrs["cost"] = dict(cost)

@@ -16,14 +16,16 @@ once to that layer's device, and the stacked hidden states follow the layers fro
 (the prefix cache's layers already live where they were computed). On one device every move is a
 no-op; only a real split (benchmarks/gpu_check.sh) proves the tensors land where each layer computes.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import logging
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -70,9 +72,11 @@ class Batched:
     the chunks already done (docs/scale.md)."""
 
     name = "batched"
-    records_target = True  # copies resume from the target's layer calls: the baseline's forward records them
+    records_target = (
+        True  # copies resume from the target's layer calls: the baseline's forward records them
+    )
 
-    def start(self, model: Model, the_plan: SweepPlan, base: Baseline) -> "BatchedPatching":
+    def start(self, model: Model, the_plan: SweepPlan, base: Baseline) -> BatchedPatching:
         return BatchedPatching(model, the_plan, base)
 
 
@@ -83,10 +87,20 @@ class BatchedPatching:
         self.model, self.plan, self.base = model, the_plan, base
         self.resumer = Resumer(model, the_plan.target, the_plan.recorded_target)
         spec = the_plan.spec
-        self.budget = int(spec.memory_budget) if spec.memory_budget is not None else memory.default_budget(self.resumer.devices)
-        self.size = spec.chunk if spec.chunk is not None else _chunk_size(model, the_plan.target, self.budget)
+        self.budget = (
+            int(spec.memory_budget)
+            if spec.memory_budget is not None
+            else memory.default_budget(self.resumer.devices)
+        )
+        self.size = (
+            spec.chunk
+            if spec.chunk is not None
+            else _chunk_size(model, the_plan.target, self.budget)
+        )
         # An explicit budget also bounds an explicit chunk: pieces estimated over it are halved first.
-        self.backoff = _BackOff(self.size, _bytes_per_copy(model, the_plan.target), spec.memory_budget)
+        self.backoff = _BackOff(
+            self.size, _bytes_per_copy(model, the_plan.target), spec.memory_budget
+        )
         self.cache: dict[Site, Tensor] | None = None  # source values, from `known`
         self.noop: set[int] = set()
 
@@ -100,11 +114,15 @@ class BatchedPatching:
         the_plan = self.plan
         self.cache = sources.source_values(self.model, the_plan, the_plan.sites)
         own = sources.target_values(self.model, the_plan, the_plan.sites)
-        target_logits = self.base.corrupt_logits if the_plan.direction == "denoise" else self.base.clean_logits
+        target_logits = (
+            self.base.corrupt_logits if the_plan.direction == "denoise" else self.base.clean_logits
+        )
         self.noop = {i for i, s in enumerate(the_plan.sites) if torch.equal(self.cache[s], own[s])}
         return {i: reduce(target_logits) for i in sorted(self.noop)}
 
-    def rows(self, reduce: Callable[[Tensor], Any], done: Collection[int]) -> Iterator[dict[int, Any]]:
+    def rows(
+        self, reduce: Callable[[Tensor], Any], done: Collection[int]
+    ) -> Iterator[dict[int, Any]]:
         """`reduce(final-position logits)` for each site not in `done`, a chunk at a time. Each
         chunk's logits are reduced as soon as they are computed, so memory does not grow with the
         number of patches."""
@@ -112,15 +130,24 @@ class BatchedPatching:
         if self.cache is None:
             self.known(reduce)
         runner.floor_tokens = 0  # the floor is the sweep's own patches' (the self-checks' count as work, not as floor)
-        order = sorted((i for i in range(len(the_plan.sites)) if i not in self.noop), key=lambda i: runner.entry(the_plan.sites[i]))
-        bar = tqdm(total=len(the_plan.sites), initial=len(self.noop | set(done)), desc=f"{the_plan.direction} {the_plan.kind}",
-                   disable=None if the_plan.spec.progress is None else not the_plan.spec.progress)
+        order = sorted(
+            (i for i in range(len(the_plan.sites)) if i not in self.noop),
+            key=lambda i: runner.entry(the_plan.sites[i]),
+        )
+        bar = tqdm(
+            total=len(the_plan.sites),
+            initial=len(self.noop | set(done)),
+            desc=f"{the_plan.direction} {the_plan.kind}",
+            disable=None if the_plan.spec.progress is None else not the_plan.spec.progress,
+        )
         # Chunks are cut from the whole order, resumed or not, so a chunk left to run holds the same
         # copies as in an uninterrupted run and gives the same numbers bit for bit.
         for group in _chunks(order, the_plan.sites, runner, self.size):
             if not (group := [i for i in group if i not in done]):
                 continue
-            outputs = self.backoff.run(runner, [{the_plan.sites[i]: self.cache[the_plan.sites[i]]} for i in group])
+            outputs = self.backoff.run(
+                runner, [{the_plan.sites[i]: self.cache[the_plan.sites[i]]} for i in group]
+            )
             log.debug("chunk of %d patches from %s done", len(group), the_plan.sites[group[0]])
             yield {i: reduce(logits) for i, logits in zip(group, outputs)}
             bar.update(len(group))
@@ -143,8 +170,9 @@ class BatchedPatching:
         }
 
 
-def patched_logits(model: Model, the_plan: SweepPlan, base: Baseline,
-                   reduce: Callable[[Tensor], Any]) -> tuple[list[Any], dict[str, float], dict[str, Any]]:
+def patched_logits(
+    model: Model, the_plan: SweepPlan, base: Baseline, reduce: Callable[[Tensor], Any]
+) -> tuple[list[Any], dict[str, float], dict[str, Any]]:
     """`reduce(final-position logits)` for each of `the_plan.sites` (any list of one kind's sites),
     the self-check errors, and the work done: the batched engine outside a sweep (verify, shards)."""
     patching = BatchedPatching(model, the_plan, base)
@@ -155,7 +183,7 @@ def patched_logits(model: Model, the_plan: SweepPlan, base: Baseline,
     return [rows[i] for i in range(len(the_plan.sites))], self_checks, patching.cost()
 
 
-def _chunks(order: list[int], sites: list[Site], runner: "Resumer", size: int) -> list[list[int]]:
+def _chunks(order: list[int], sites: list[Site], runner: Resumer, size: int) -> list[list[int]]:
     """Consecutive runs of patches that share a prefix length, at most `size` long.
 
     Sorted by (prefix, layer), a chunk's copies enter at nearby layers, so little is recomputed
@@ -203,13 +231,17 @@ class _BackOff:
         self.size, self.bytes_per_copy, self.budget = size, bytes_per_copy, budget
         self.halvings = 0
 
-    def run(self, runner: "Resumer", copies: list[dict[Site, Tensor]]) -> list[Tensor]:
+    def run(self, runner: Resumer, copies: list[dict[Site, Tensor]]) -> list[Tensor]:
         outputs: list[Tensor] = []
         while len(outputs) < len(copies):
             piece = copies[len(outputs) : len(outputs) + self.size]
             reason = None
             try:
-                if self.budget is not None and len(piece) > 1 and len(piece) * self.bytes_per_copy > self.budget:
+                if (
+                    self.budget is not None
+                    and len(piece) > 1
+                    and len(piece) * self.bytes_per_copy > self.budget
+                ):
                     raise _OverBudget()
                 outputs.extend(runner.run(piece))
             except _OverBudget:
@@ -234,8 +266,13 @@ class _BackOff:
             torch.cuda.empty_cache()
         self.size = failed // 2
         self.halvings += 1
-        log.log(logging.WARNING if self.halvings == 1 else logging.INFO,
-                "a chunk of %d patched copies ran out of memory (%s); continuing with chunks of %d", failed, reason, self.size)
+        log.log(
+            logging.WARNING if self.halvings == 1 else logging.INFO,
+            "a chunk of %d patched copies ran out of memory (%s); continuing with chunks of %d",
+            failed,
+            reason,
+            self.size,
+        )
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -264,18 +301,29 @@ class Resumer:
     def __init__(self, model: Model, target: Run, recorded: TargetRecording | None = None):
         """`recorded`: the target's layer calls and cache from a forward that ran anyway (the
         baseline's, `sources.recorded`); without it the first split records them itself."""
-        self.model, self.target, self.positions, self.noise = model, target.tokens.to(model.device), target.positions, target.noise
+        self.model, self.target, self.positions, self.noise = (
+            model,
+            target.tokens.to(model.device),
+            target.positions,
+            target.noise,
+        )
         self.prefixes: dict[int, _Prefix] = {}
-        self.whole_cache: DynamicCache | bool | None = None  # the whole target's cache (False: cannot be cut); `_cut_cache`
+        self.whole_cache: DynamicCache | bool | None = (
+            None  # the whole target's cache (False: cannot be cut); `_cut_cache`
+        )
         # Work done, in (decoder layer × prompt × token) calls: recording the target, and patched runs;
         # unembedding one position counts as `unembedding` such calls (their parameters' ratio).
         self.recording_tokens = 0
         self.patch_tokens = 0
         self.floor_tokens = 0  # the part of patch_tokens no resume or prefix reuse could avoid
         self.unembedding = _unembedding_in_layer_tokens(model)
-        self.mlp_share = _mlp_share_of_layer(model)  # of a decoder layer's work: what the last one skips off the final position
+        self.mlp_share = _mlp_share_of_layer(
+            model
+        )  # of a decoder layer's work: what the last one skips off the final position
         # Where each decoder layer computes (several devices under a device_map), and the final norm.
-        self.devices = [_device_of(model.layer(i), model.device) for i in range(model.dims.n_layers)]
+        self.devices = [
+            _device_of(model.layer(i), model.device) for i in range(model.dims.n_layers)
+        ]
         self.head_device = _device_of(model.hf.get_submodule(model.arch.final_norm), model.device)
         if recorded is not None:
             self.whole_cache = recorded.cache if recorded.cache is not None else False
@@ -319,34 +367,59 @@ class Resumer:
         order = sorted(range(len(copies)), key=lambda i: entries[i][1])  # by entry layer
         joins = [entries[i][1] for i in order]
         n_layers = self.model.dims.n_layers
-        present = [sum(1 for layer in joins if layer <= j) for j in range(n_layers)]  # copies present at layer j
+        present = [
+            sum(1 for layer in joins if layer <= j) for j in range(n_layers)
+        ]  # copies present at layer j
         prefix = self._prefix(start)
         cache = _repeated_cache(prefix.cache, present)
-        shifted = [{_shifted(site, start): value for site, value in copies[i].items()} for i in order]
+        shifted = [
+            {_shifted(site, start): value for site, value in copies[i].items()} for i in order
+        ]
         positions = {name: where - start for name, where in self.positions.items()}
         batch, seq = self.target.shape
         # The last layer's MLP acts on each position alone and the logits read the final one: it runs
         # there only, unless a copy patches that MLP or its neurons (their hooks need every position).
-        trimmed = not any(site.layer % n_layers == n_layers - 1
-                          and bool(_kinds_touched(site) & set(MLP_SITE_KINDS))
-                          for values in copies for site in values)
-        share = self.mlp_share if trimmed else 0.0  # per row and skipped position, in layer-token calls
-        self.floor_tokens += sum((n_layers - layer) * batch * (seq - position) - share * batch * (seq - position - 1)
-                                 for position, layer in entries)
+        trimmed = not any(
+            site.layer % n_layers == n_layers - 1
+            and bool(_kinds_touched(site) & set(MLP_SITE_KINDS))
+            for values in copies
+            for site in values
+        )
+        share = (
+            self.mlp_share if trimmed else 0.0
+        )  # per row and skipped position, in layer-token calls
+        self.floor_tokens += sum(
+            (n_layers - layer) * batch * (seq - position) - share * batch * (seq - position - 1)
+            for position, layer in entries
+        )
         self.floor_tokens += self.unembedding * batch * len(copies)
         self.patch_tokens += (self.unembedding - share * (seq - start - 1)) * batch * len(copies)
         hidden = None
         with ExitStack() as stack:
             if trimmed:
                 stack.enter_context(hooks.last_mlp_at_final_position(self.model))
-            stack.enter_context(hooks.patch_copies(self.model, shifted, copies_at=[present[layer] for layer in joins],
-                                                   positions=positions))
+            stack.enter_context(
+                hooks.patch_copies(
+                    self.model,
+                    shifted,
+                    copies_at=[present[layer] for layer in joins],
+                    positions=positions,
+                )
+            )
             for index in range(joins[0], n_layers):
                 args, kwargs = prefix.calls[index]
                 if hidden is not None:
-                    hidden = hidden.to(self.devices[index])  # the previous layer's output, to this layer's device
-                hidden = _joined(hidden, _first(args, kwargs), present[index] - (present[index - 1] if index > joins[0] else 0))
-                call_args, call_kwargs = _expanded(args, kwargs, hidden, batch, present[index], cache)
+                    hidden = hidden.to(
+                        self.devices[index]
+                    )  # the previous layer's output, to this layer's device
+                hidden = _joined(
+                    hidden,
+                    _first(args, kwargs),
+                    present[index] - (present[index - 1] if index > joins[0] else 0),
+                )
+                call_args, call_kwargs = _expanded(
+                    args, kwargs, hidden, batch, present[index], cache
+                )
                 self.patch_tokens += hidden.shape[0] * hidden.shape[1]
                 output = self.model.layer(index)(*call_args, **call_kwargs)
                 hidden = output[0] if isinstance(output, tuple) else output
@@ -376,11 +449,24 @@ class Resumer:
         if start > 0 and (cache := self._cut_cache(start)) is None:
             cache = DynamicCache(config=hf.config)
             with hooks.add_to_input(self.model, None if noise is None else noise[:, :start]):
-                hf(input_ids=self.target[:, :start], **recording.cache_argument(hf, cache), use_cache=True, logits_to_keep=1)
+                hf(
+                    input_ids=self.target[:, :start],
+                    **recording.cache_argument(hf, cache),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
             self._count_recording(start)
         replay = copy.deepcopy(cache) if cache is not None else None
-        with hooks.add_to_input(self.model, None if noise is None else noise[:, start:]), hooks.layer_inputs(self.model) as calls:
-            hf(input_ids=self.target[:, start:], **recording.cache_argument(hf, replay), use_cache=replay is not None, logits_to_keep=1)
+        with (
+            hooks.add_to_input(self.model, None if noise is None else noise[:, start:]),
+            hooks.layer_inputs(self.model) as calls,
+        ):
+            hf(
+                input_ids=self.target[:, start:],
+                **recording.cache_argument(hf, replay),
+                use_cache=replay is not None,
+                logits_to_keep=1,
+            )
         self._count_recording(self.target.shape[1] - start)
         self.prefixes[start] = _Prefix(cache, self._placed(calls))
         return self.prefixes[start]
@@ -391,7 +477,10 @@ class Resumer:
         a resumed copy replaces, as every recorded cache) and the cache later splits cut."""
         if self.whole_cache is None:
             if recording.cuttable_cache(self.model.hf) is not None:
-                with hooks.add_to_input(self.model, self.noise), recording.recording(self.model) as (recorded, keywords):
+                with (
+                    hooks.add_to_input(self.model, self.noise),
+                    recording.recording(self.model) as (recorded, keywords),
+                ):
                     self.model.hf(input_ids=self.target, **keywords, logits_to_keep=1)
                 self._count_recording(self.target.shape[1])
                 self.whole_cache = recorded.cache
@@ -406,7 +495,10 @@ class Resumer:
             return None
         cut = copy.deepcopy(self.whole_cache)
         for layer in cut.layers:
-            layer.keys, layer.values = layer.keys[..., :start, :].clone(), layer.values[..., :start, :].clone()
+            layer.keys, layer.values = (
+                layer.keys[..., :start, :].clone(),
+                layer.values[..., :start, :].clone(),
+            )
         return cut
 
     def _placed(self, calls: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
@@ -415,7 +507,9 @@ class Resumer:
 
     def _count_recording(self, positions: int) -> None:
         """A recording forward over `positions` of the target's positions, one of them unembedded."""
-        self.recording_tokens += self.model.dims.n_layers * len(self.target) * positions + self.unembedding * len(self.target)
+        self.recording_tokens += self.model.dims.n_layers * len(
+            self.target
+        ) * positions + self.unembedding * len(self.target)
 
 
 def _unembedding_in_layer_tokens(model: Model) -> float:
@@ -428,7 +522,9 @@ def _unembedding_in_layer_tokens(model: Model) -> float:
 def _mlp_share_of_layer(model: Model) -> float:
     """The MLP's part of a decoder layer's work per token: its parameters over the layer's."""
     layer = model.layer(0)
-    return sum(p.numel() for p in model.submodule(0, model.arch.mlp).parameters()) / sum(p.numel() for p in layer.parameters())
+    return sum(p.numel() for p in model.submodule(0, model.arch.mlp).parameters()) / sum(
+        p.numel() for p in layer.parameters()
+    )
 
 
 def _device_of(module: torch.nn.Module, fallback: torch.device) -> torch.device:
@@ -438,7 +534,9 @@ def _device_of(module: torch.nn.Module, fallback: torch.device) -> torch.device:
     if hook_device is not None:
         return torch.device(hook_device)  # an int means that CUDA device
     parameter = next(module.parameters(), None)
-    return fallback if parameter is None else parameter.device  # no parameters (an Identity norm): the model's
+    return (
+        fallback if parameter is None else parameter.device
+    )  # no parameters (an Identity norm): the model's
 
 
 def moved(value: Any, device: torch.device) -> Any:
@@ -473,7 +571,9 @@ def _joined(hidden: Tensor | None, target_hidden: Tensor, new: int) -> Tensor:
     """Add `new` copies of the target's hidden states to the prompt-major stack."""
     if new == 0:
         return hidden
-    joining = target_hidden.unsqueeze(1).expand(-1, new, *target_hidden.shape[1:])  # (batch, new, pos, d_model)
+    joining = target_hidden.unsqueeze(1).expand(
+        -1, new, *target_hidden.shape[1:]
+    )  # (batch, new, pos, d_model)
     if hidden is None:
         return joining.flatten(0, 1)
     stacked = hidden.unflatten(0, (target_hidden.shape[0], -1))
@@ -492,18 +592,28 @@ def _repeated_cache(cache: DynamicCache | None, present: list[int]) -> DynamicCa
     return fresh
 
 
-def _expanded(args: tuple, kwargs: dict, hidden: Tensor, batch: int, k: int, cache: Any) -> tuple[tuple, dict]:
+def _expanded(
+    args: tuple, kwargs: dict, hidden: Tensor, batch: int, k: int, cache: Any
+) -> tuple[tuple, dict]:
     """A layer's recorded call, with our hidden states, per-prompt tensors repeated for k copies, and our cache."""
 
     def expand(value: Any) -> Any:
         if isinstance(value, DynamicCache) or (cache is None and value is None):
             return cache if isinstance(value, DynamicCache) else value
-        if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch and batch > 1 and k > 1:
+        if (
+            isinstance(value, Tensor)
+            and value.ndim > 0
+            and value.shape[0] == batch
+            and batch > 1
+            and k > 1
+        ):
             return value.repeat_interleave(k, dim=0)
         if isinstance(value, tuple):
             return tuple(expand(v) for v in value)
         return value
 
     if args:
-        return (hidden, *(expand(a) for a in args[1:])), {key: expand(v) for key, v in kwargs.items()}
+        return (hidden, *(expand(a) for a in args[1:])), {
+            key: expand(v) for key, v in kwargs.items()
+        }
     return args, {**{key: expand(v) for key, v in kwargs.items()}, "hidden_states": hidden}

@@ -19,21 +19,23 @@ Layout of a checkpoint folder:
 
 Not this module's job: deciding chunks, or which engines checkpoint (the reference engine does not:
 each of its patches is a full forward, and it exists to be plain)."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from actpatch import atomic, results
 from actpatch.engine.plan import SweepPlan
-from actpatch.models.model import Model, weights_fingerprint  # noqa: F401 (re-exported)
+from actpatch.models.model import Model, weights_fingerprint
 from actpatch.pairs import PromptPairs
 
 log = logging.getLogger(__name__)
@@ -55,24 +57,32 @@ class Checkpoint:
         self._next = 1 + max((_chunk_number(p) for p in self._chunk_files()), default=0)
 
     @classmethod
-    def open(cls, folder: str | os.PathLike, fingerprint: Mapping[str, str]) -> "Checkpoint":
+    def open(cls, folder: str | os.PathLike, fingerprint: Mapping[str, str]) -> Checkpoint:
         """The checkpoint in `folder`, created if absent; raises `CheckpointMismatch` if the folder
         belongs to a sweep with another fingerprint."""
         folder = Path(folder)
         plan_file = folder / PLAN_FILE
         if plan_file.is_file():
             stored = json.loads(plan_file.read_text(encoding="utf-8"))
-            if differing := [k for k in sorted(set(stored) | set(fingerprint)) if stored.get(k) != fingerprint.get(k)]:
+            if differing := [
+                k
+                for k in sorted(set(stored) | set(fingerprint))
+                if stored.get(k) != fingerprint.get(k)
+            ]:
                 raise CheckpointMismatch(
                     f"the checkpoint in {folder} was written by another sweep (differing: {', '.join(differing)}); "
                     "resume it with the same model, prompts and sweep arguments, or delete the folder (or pass "
                     "another one) to start over"
                 )
         elif folder.exists() and any(folder.iterdir()):
-            raise CheckpointMismatch(f"{folder} is not empty and holds no {PLAN_FILE}: it is not an actpatch checkpoint; "
-                                     "pass an empty or new folder")
+            raise CheckpointMismatch(
+                f"{folder} is not empty and holds no {PLAN_FILE}: it is not an actpatch checkpoint; "
+                "pass an empty or new folder"
+            )
         else:
-            atomic.write_text(plan_file, json.dumps(dict(fingerprint), indent=1, sort_keys=True), durable=True)
+            atomic.write_text(
+                plan_file, json.dumps(dict(fingerprint), indent=1, sort_keys=True), durable=True
+            )
         return cls(folder, fingerprint)
 
     def load(self) -> dict[int, Any]:
@@ -84,7 +94,12 @@ class Checkpoint:
             stored = json.loads(path.read_text(encoding="utf-8"))
             rows.update((int(index), _decoded(row)) for index, row in stored["rows"].items())
         if rows:
-            log.info("checkpoint %s: %d finished patches loaded from %d chunk files", self.folder, len(rows), self._next - 1)
+            log.info(
+                "checkpoint %s: %d finished patches loaded from %d chunk files",
+                self.folder,
+                len(rows),
+                self._next - 1,
+            )
         return rows
 
     def append(self, rows: Mapping[int, Any]) -> Path:
@@ -98,17 +113,31 @@ class Checkpoint:
         return sorted(self.folder.glob(f"{CHUNK_PREFIX}*.json"), key=_chunk_number)
 
 
-def fingerprint(model: Model, pairs: PromptPairs, the_plan: SweepPlan, *, rows: str) -> dict[str, str]:
+def fingerprint(
+    model: Model, pairs: PromptPairs, the_plan: SweepPlan, *, rows: str
+) -> dict[str, str]:
     """What a sweep's rows depend on, part by part (hashes for the bulky parts, so a mismatch can name
     the part that differs). `rows` says what a row holds, e.g. "metrics" or "metrics per prompt"."""
     return {
-        "model": _digest(json.dumps({"name": model.name, "provenance": model.provenance, "class": type(model.hf).__name__},
-                                    sort_keys=True, default=str), weights_fingerprint(model)),
+        "model": _digest(
+            json.dumps(
+                {
+                    "name": model.name,
+                    "provenance": model.provenance,
+                    "class": type(model.hf).__name__,
+                },
+                sort_keys=True,
+                default=str,
+            ),
+            weights_fingerprint(model),
+        ),
         "prompts": _pairs_digest(pairs),
         "sites": _digest("\n".join(str(s) for s in the_plan.sites)),
         "direction": the_plan.direction,
         "ablation": the_plan.ablation or "none",
-        "reference prompts": _pairs_digest(the_plan.mean_over) if the_plan.mean_over is not None else "none",
+        "reference prompts": _pairs_digest(the_plan.mean_over)
+        if the_plan.mean_over is not None
+        else "none",
         "rows": rows,
         "versions": json.dumps(results.versions(), sort_keys=True),
     }
@@ -127,7 +156,12 @@ def _digest(*parts: Any) -> str:
     for part in parts:
         if isinstance(part, torch.Tensor):
             digest.update(f"{tuple(part.shape)}:{part.dtype}".encode())
-            digest.update(part.detach().to("cpu", torch.float64 if part.is_floating_point() else torch.int64).numpy().tobytes())
+            digest.update(
+                part.detach()
+                .to("cpu", torch.float64 if part.is_floating_point() else torch.int64)
+                .numpy()
+                .tobytes()
+            )
         else:
             digest.update(str(part).encode())
         digest.update(b"\0")

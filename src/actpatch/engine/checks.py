@@ -3,9 +3,10 @@
 A no-op patch (the target's own activation) must leave the target metric unchanged, and a full
 patch (resid_pre of layer 0 at every position, i.e. the whole source input) must reproduce the
 source metric. Either failing means the hooks patch the wrong thing, and every number is suspect."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -56,11 +57,18 @@ def run(
     noop = patched_logits(sources.target_values(model, plan, [site]))
 
     def error(logits: Tensor, want: Tensor) -> float:
-        return float((logit_diff(logits, answers, wrong) - logit_diff(want, answers, wrong)).abs().max()) / scale
+        return (
+            float(
+                (logit_diff(logits, answers, wrong) - logit_diff(want, answers, wrong)).abs().max()
+            )
+            / scale
+        )
 
     errors = {"noop_patch_error": error(noop, target_logits)}
     if plan.ablation is None:
-        errors["full_patch_error"] = error(patched_logits(sources.source_values(model, plan, [sources.WHOLE_INPUT])), source_logits)
+        errors["full_patch_error"] = error(
+            patched_logits(sources.source_values(model, plan, [sources.WHOLE_INPUT])), source_logits
+        )
     if errors["noop_patch_error"] > bound:
         raise SelfCheckFailed(
             f"patching {site} with the target run's own activation moved the logit difference by "
@@ -85,9 +93,15 @@ def same_run_error(model: Model, logits: Tensor, baseline: Baseline, direction: 
     answers, wrong = baseline.answers, baseline.wrong
     want = baseline.corrupt_logits if direction == "denoise" else baseline.clean_logits
     gap = float((baseline.clean_logit_diff - baseline.corrupt_logit_diff).abs().mean())
-    error = float((logit_diff(logits.double(), answers, wrong) - logit_diff(want.double(), answers, wrong)).abs().max())
+    error = float(
+        (logit_diff(logits.double(), answers, wrong) - logit_diff(want.double(), answers, wrong))
+        .abs()
+        .max()
+    )
     error /= gap if gap > 0 else 1.0
     if error > tolerance(next(model.hf.parameters()).dtype):
-        raise SelfCheckFailed(f"the unpatched {direction} target run, as this analysis runs it, is {error:.2e} of the "
-                              "clean−corrupt gap away from the model's own run: its inputs differ (e.g. input noise lost)")
+        raise SelfCheckFailed(
+            f"the unpatched {direction} target run, as this analysis runs it, is {error:.2e} of the "
+            "clean−corrupt gap away from the model's own run: its inputs differ (e.g. input noise lost)"
+        )
     return error

@@ -3,6 +3,7 @@
 The runner (`engine/runner.py`) and every analysis that measures against the unpatched runs
 (attribution, paths, circuits) take their baselines here, so "the task is not solved" and
 "the model gives NaN" are refused the same way everywhere."""
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,14 @@ def baseline(model: Model, pairs: PromptPairs, *, check: bool = True) -> metrics
     return checked(model, pairs, clean_logits, corrupt_logits, check=check)
 
 
-def checked(model: Model, pairs: PromptPairs, clean_logits: Tensor, corrupt_logits: Tensor, *,
-            check: bool = True) -> metrics.Baseline:
+def checked(
+    model: Model,
+    pairs: PromptPairs,
+    clean_logits: Tensor,
+    corrupt_logits: Tensor,
+    *,
+    check: bool = True,
+) -> metrics.Baseline:
     """`baseline`'s checks on final-position logits an analysis has already computed (edge circuits
     take them from their recording forwards)."""
     base = metrics.Baseline(clean_logits, corrupt_logits, pairs.answers, pairs.wrong)
@@ -42,8 +49,16 @@ def checked(model: Model, pairs: PromptPairs, clean_logits: Tensor, corrupt_logi
     log.info("baseline logit difference: clean %.3f, corrupt %.3f", clean, corrupt)
     if check:
         refuse_unsolved(model.name, clean, corrupt)
-    if check and (failing := int((base.clean_logit_diff <= base.corrupt_logit_diff).sum())) > len(pairs) // 4:
-        log.warning("on %d of %d prompts the clean logit difference is not above the corrupt one", failing, len(pairs))
+    if (
+        check
+        and (failing := int((base.clean_logit_diff <= base.corrupt_logit_diff).sum()))
+        > len(pairs) // 4
+    ):
+        log.warning(
+            "on %d of %d prompts the clean logit difference is not above the corrupt one",
+            failing,
+            len(pairs),
+        )
     if check and (doubt := unlikely_answers(model, base)):
         log.warning(doubt)
     return base
@@ -62,9 +77,11 @@ def unlikely_answers(model: Model, base: metrics.Baseline) -> str | None:
         return None
     worst = int(torch.argmax(ranks))
     probability = float(base.clean_logits[worst].double().softmax(-1)[base.answers[worst]])
-    message = (f"on {outside} of {len(ranks)} prompts the answer is not among the clean run's top {TOP_K} predictions "
-               f"(prompt {worst}: rank {int(ranks[worst])}, probability {probability:.2g}), so the logit difference "
-               "traces a token the model does not predict")
+    message = (
+        f"on {outside} of {len(ranks)} prompts the answer is not among the clean run's top {TOP_K} predictions "
+        f"(prompt {worst}: rank {int(ranks[worst])}, probability {probability:.2g}), so the logit difference "
+        "traces a token the model does not predict"
+    )
     tokenizer = model.tokenizer
     if tokenizer is not None:
         text = tokenizer.decode([int(base.answers[worst])])
@@ -72,19 +89,28 @@ def unlikely_answers(model: Model, base: metrics.Baseline) -> str | None:
         if not text.startswith(" ") and len(spaced) == 1:
             spaced_probability = float(base.clean_logits[worst].double().softmax(-1)[spaced[0]])
             if spaced_probability > 10 * probability:
-                message += (f"; {' ' + text.strip()!r} with its leading space has probability {spaced_probability:.2g}: "
-                            "answers are single tokens with their leading space")
+                message += (
+                    f"; {' ' + text.strip()!r} with its leading space has probability {spaced_probability:.2g}: "
+                    "answers are single tokens with their leading space"
+                )
     return message + ". Check the answers (the baseline table shows the clean run's answer rank)."
 
 
 def refuse_non_finite(model: Model, base: metrics.Baseline) -> None:
     """Raise `NonFiniteError` naming the cause when an unpatched run's logits hold NaN or inf."""
-    broken = [run for run, logits in (("clean", base.clean_logits), ("corrupt", base.corrupt_logits))
-              if not bool(torch.isfinite(logits).all())]
+    broken = [
+        run
+        for run, logits in (("clean", base.clean_logits), ("corrupt", base.corrupt_logits))
+        if not bool(torch.isfinite(logits).all())
+    ]
     if not broken:
         return
     runs = " and ".join(broken)
-    bad = [name for name, weights in model.hf.named_parameters() if not bool(torch.isfinite(weights).all())]
+    bad = [
+        name
+        for name, weights in model.hf.named_parameters()
+        if not bool(torch.isfinite(weights).all())
+    ]
     if bad:
         raise metrics.NonFiniteError(
             f"{model.name} gives NaN or inf logits on the {runs} prompts because {len(bad)} of its weight tensors hold "

@@ -5,9 +5,11 @@ then respect), so prompts are grouped by length instead and the groups are swept
 positions (`S2`, `END`), which mean the same role in every group. Combining is exact: every
 metric is a mean over prompts, and the normalised logit difference is recomputed from the pooled
 means, as one batch of all prompts would give."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import xarray as xr
 
@@ -29,8 +31,12 @@ def sweep_groups(
     groups = list(groups) if isinstance(groups, (list, tuple)) else [groups]
     if not groups or not all(isinstance(g, PromptPairs) for g in groups):
         got = type(groups[0]).__name__ if groups else "an empty list"
-        raise TypeError(f"pairs must be PromptPairs, or a non-empty list of them (one per token length); got {got}")
-    positions = default_positions(parse_kind(spec.site)[0]) if spec.positions is None else spec.positions
+        raise TypeError(
+            f"pairs must be PromptPairs, or a non-empty list of them (one per token length); got {got}"
+        )
+    positions = (
+        default_positions(parse_kind(spec.site)[0]) if spec.positions is None else spec.positions
+    )
     if len(groups) > 1:
         _check_named(positions)
     bases = [collect.baseline(model, g, check=False) for g in groups]
@@ -42,9 +48,13 @@ def sweep_groups(
     each = spec.replace(positions=positions, per_prompt=True, check_baseline=False)
     parts = [run(g, each) for g in groups]
     # Token labels on `pos` are the first group's; each group's own prompts are in the provenance.
-    pooled = xr.concat(parts, dim="batch", coords="minimal", compat="override", combine_attrs="override")
+    pooled = xr.concat(
+        parts, dim="batch", coords="minimal", compat="override", combine_attrs="override"
+    )
     pooled = pooled.assign_coords(batch=list(range(total)))
-    if "pos_index" in pooled.coords:  # a named position's index is one number only if every group agrees
+    if (
+        "pos_index" in pooled.coords
+    ):  # a named position's index is one number only if every group agrees
         indices = [part["pos_index"].values for part in parts]
         agreed = [int(column[0]) if len(set(column)) == 1 else -1 for column in zip(*indices)]
         pooled = pooled.assign_coords(pos_index=("pos", agreed))
@@ -53,7 +63,9 @@ def sweep_groups(
         return pooled
     averaged = pooled.mean("batch", keep_attrs=True)
     averaged.attrs.pop("per_prompt_baseline_logit_diff", None)
-    averaged.loc[{"metric": "norm_logit_diff"}] = (averaged.sel(metric="logit_diff") - corrupt) / (clean - corrupt)
+    averaged.loc[{"metric": "norm_logit_diff"}] = (averaged.sel(metric="logit_diff") - corrupt) / (
+        clean - corrupt
+    )
     return averaged.transpose("metric", ...)
 
 
@@ -81,9 +93,14 @@ def _pooled_attrs(parts: list[xr.DataArray], sizes: list[int]) -> dict[str, Any]
         "baseline_clean": weighted("baseline_clean"),
         "baseline_corrupt": weighted("baseline_corrupt"),
         "self_checks": {k: max(c[k] for c in checks) for k in checks[0]},
-        "per_prompt_baseline_logit_diff": {run: [v for p in parts for v in p.attrs["per_prompt_baseline_logit_diff"][run]]
-                                           for run in ("clean", "corrupt")},
+        "per_prompt_baseline_logit_diff": {
+            run: [v for p in parts for v in p.attrs["per_prompt_baseline_logit_diff"][run]]
+            for run in ("clean", "corrupt")
+        },
         "clean_prompts": [t for p in parts for t in p.attrs["clean_prompts"]],
         "corrupt_prompts": [t for p in parts for t in p.attrs["corrupt_prompts"]],
-        "cost": {k: sum(c.get(k, 0) for c in cost) for k in ("patches", "forward_equivalents", "patches_from_checkpoint")},
+        "cost": {
+            k: sum(c.get(k, 0) for c in cost)
+            for k in ("patches", "forward_equivalents", "patches_from_checkpoint")
+        },
     }

@@ -20,12 +20,14 @@ this is the two-run algorithm above, and with every receiver downstream it is th
 the sender's output. Components upstream of every sender are never touched: they run as in the
 target. Not here: choosing senders and receivers (see `circuits`), and approximations (AtP).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Mapping, Sequence
+from typing import Literal
 
 import torch
 import xarray as xr
@@ -85,13 +87,28 @@ def patch_paths(
         logits = target.logits(sender_values, paths)
         self_checks = _noop_check(model, target, senders[0], paths, base, direction)
     values = metrics.averaged(logits, base)
-    result = xr.DataArray([values[m] for m in metrics.METRICS], dims=["metric"], coords={"metric": list(metrics.METRICS)},
-                          name="path_patching_effect")
-    result.attrs.update(results.provenance(
-        model, pairs, analysis="patch_paths", direction=direction, engine="paths", source=source_run.name,
-        senders=[str(s) for s in senders], receivers=[str(r) for r in paths.receivers],
-        baseline_clean=metrics.averaged(base.clean_logits, base), baseline_corrupt=metrics.averaged(base.corrupt_logits, base),
-        self_checks=self_checks, self_check_tolerance=checks.tolerance(next(model.hf.parameters()).dtype)))
+    result = xr.DataArray(
+        [values[m] for m in metrics.METRICS],
+        dims=["metric"],
+        coords={"metric": list(metrics.METRICS)},
+        name="path_patching_effect",
+    )
+    result.attrs.update(
+        results.provenance(
+            model,
+            pairs,
+            analysis="patch_paths",
+            direction=direction,
+            engine="paths",
+            source=source_run.name,
+            senders=[str(s) for s in senders],
+            receivers=[str(r) for r in paths.receivers],
+            baseline_clean=metrics.averaged(base.clean_logits, base),
+            baseline_corrupt=metrics.averaged(base.corrupt_logits, base),
+            self_checks=self_checks,
+            self_check_tolerance=checks.tolerance(next(model.hf.parameters()).dtype),
+        )
+    )
     return result
 
 
@@ -115,16 +132,33 @@ def sweep_paths(
     frozen values are captured once for the whole grid."""
     if site not in SENDER_KINDS:
         raise SiteError(f"path patching sends from {SENDER_KINDS}, got {site!r}")
-    the_plan = plan(model, pairs, SweepSpec(site, direction, layers=layers, positions=positions, heads=heads, progress=progress))
+    the_plan = plan(
+        model,
+        pairs,
+        SweepSpec(
+            site, direction, layers=layers, positions=positions, heads=heads, progress=progress
+        ),
+    )
     every = Paths(model, [], receivers, require_receivers=False)
-    source = sources.captured(model, the_plan.source, sorted({_whole(s) for s in the_plan.sites}, key=_order))
+    source = sources.captured(
+        model, the_plan.source, sorted({_whole(s) for s in the_plan.sites}, key=_order)
+    )
     base = collect.baseline(model, pairs)
     rows = []
     self_checks: dict[str, float] = {}
     with torch.no_grad():
         target = Target(model, the_plan.target, pairs.positions, every.needed_target_sites())
-        for s in tqdm(the_plan.sites, desc=f"paths from {site}", disable=None if progress is None else not progress):
-            paths = Paths(model, [s], [r for r in every.receivers if _reads_after(model, r, s)], require_receivers=False)
+        for s in tqdm(
+            the_plan.sites,
+            desc=f"paths from {site}",
+            disable=None if progress is None else not progress,
+        ):
+            paths = Paths(
+                model,
+                [s],
+                [r for r in every.receivers if _reads_after(model, r, s)],
+                require_receivers=False,
+            )
             if not paths.receivers:
                 rows.append(dict.fromkeys(metrics.METRICS, float("nan")))
                 continue
@@ -147,13 +181,16 @@ def all_receivers(model: Model, sender: Site | Sequence[Site]) -> list[Receiver]
     candidates: list[Receiver] = []
     for layer in range(dims.n_layers):
         candidates += [Site("q", layer, head=h) for h in range(dims.n_heads)]
-        candidates += [Site(kind, layer, head=g) for kind in KV_KINDS for g in range(dims.n_kv_heads)]
+        candidates += [
+            Site(kind, layer, head=g) for kind in KV_KINDS for g in range(dims.n_kv_heads)
+        ]
         candidates.append(Site("mlp_out", layer))
     candidates.append("logits")
     return [r for r in candidates if any(_reads_after(model, r, s) for s in senders)]
 
 
 # --- runs ---------------------------------------------------------------------------------------
+
 
 @contextmanager
 def forward_inputs(model: Model, run: Run) -> Iterator[Tensor]:
@@ -162,13 +199,20 @@ def forward_inputs(model: Model, run: Run) -> Iterator[Tensor]:
         yield run.tokens
 
 
-def _noop_check(model: Model, target: "Target", sender: Site, paths: "Paths", base: metrics.Baseline, direction: str) -> dict:
+def _noop_check(
+    model: Model, target: Target, sender: Site, paths: Paths, base: metrics.Baseline, direction: str
+) -> dict:
     """The no-op path patch: the sender at its own target value, sent along the paths, must give the target run."""
     own = sources.captured(model, target.run, [_whole(sender)])[_whole(sender)]
-    return {"noop_patch_error": checks.same_run_error(model, target.logits({sender: own}, paths), base, direction)}
+    return {
+        "noop_patch_error": checks.same_run_error(
+            model, target.logits({sender: own}, paths), base, direction
+        )
+    }
 
 
 # --- the plan of one path patch ------------------------------------------------------------------
+
 
 def _whole(site: Site) -> Site:
     """The same site at every position."""
@@ -219,7 +263,9 @@ class Paths:
         parallel = model.arch.is_parallel(model.hf.config)
         for s in self.senders:
             if not isinstance(s, Site) or s.kind not in SENDER_KINDS:
-                raise SiteError(f"a sender is a head (Site('head', layer, head=h)) or an MLP (Site('mlp_out', layer)); got {s!r}")
+                raise SiteError(
+                    f"a sender is a head (Site('head', layer, head=h)) or an MLP (Site('mlp_out', layer)); got {s!r}"
+                )
             validate(s, model.arch, model.dims, parallel=parallel)
         checked: list[Receiver] = []
         for r in self.receivers:
@@ -235,8 +281,12 @@ class Paths:
                 checked.append(r)
         self.receivers = checked
         if not self.receivers and self.require_receivers:
-            raise SiteError("no receivers given: pass e.g. ['logits'] or ap.all_receivers(model, sender)")
-        self.senders = [Site(s.kind, s.layer % model.dims.n_layers, s.head, None, s.pos) for s in self.senders]
+            raise SiteError(
+                "no receivers given: pass e.g. ['logits'] or ap.all_receivers(model, sender)"
+            )
+        self.senders = [
+            Site(s.kind, s.layer % model.dims.n_layers, s.head, None, s.pos) for s in self.senders
+        ]
         self.inputs = {}
         for r in self.receivers:
             if r != "logits":
@@ -244,7 +294,9 @@ class Paths:
         self.stages = sorted({read_stage(model, r) for r in self.receivers})
         clash = {_whole(s) for s in self.senders} & self.receiving_components()
         if clash:
-            raise SiteError(f"{', '.join(map(str, clash))} would be both a sender and a receiver: a sender's value is fixed")
+            raise SiteError(
+                f"{', '.join(map(str, clash))} would be both a sender and a receiver: a sender's value is fixed"
+            )
 
     def reached(self, receiver: Receiver) -> bool:
         return any(_reads_after(self.model, receiver, s) for s in self.senders)
@@ -259,7 +311,10 @@ class Paths:
             elif r.kind == "q":
                 found.add(Site("head", r.layer, head=r.head))
             else:
-                found.update(Site("head", r.layer, head=h) for h in range(r.head * group, (r.head + 1) * group))
+                found.update(
+                    Site("head", r.layer, head=h)
+                    for h in range(r.head * group, (r.head + 1) * group)
+                )
         return found
 
     def needed_target_sites(self) -> list[Site]:
@@ -268,24 +323,39 @@ class Paths:
         dims = self.model.dims
         sites = [Site("head", l, head=h) for l in range(dims.n_layers) for h in range(dims.n_heads)]
         sites += [Site("mlp_out", l) for l in range(dims.n_layers)]
-        sites += [s for c in self.receiving_components() if c.kind == "head" for s in self._head_inputs(c)]
+        sites += [
+            s for c in self.receiving_components() if c.kind == "head" for s in self._head_inputs(c)
+        ]
         return list(dict.fromkeys(sites))
 
     def _head_inputs(self, head: Site) -> list[Site]:
         group = self.model.dims.n_heads // self.model.dims.n_kv_heads
-        return [Site("q", head.layer, head=head.head), Site("k", head.layer, head=head.head // group),
-                Site("v", head.layer, head=head.head // group)]
+        return [
+            Site("q", head.layer, head=head.head),
+            Site("k", head.layer, head=head.head // group),
+            Site("v", head.layer, head=head.head // group),
+        ]
 
 
 class Target:
     """The target run's frozen values, captured once, and the runs of path patches on it."""
 
-    def __init__(self, model: Model, run: Run, positions, sites: Sequence[Site], base: Mapping[Site, Tensor] | None = None):
+    def __init__(
+        self,
+        model: Model,
+        run: Run,
+        positions,
+        sites: Sequence[Site],
+        base: Mapping[Site, Tensor] | None = None,
+    ):
         """`base`: whole-position patches that define the target run itself (e.g. a component
         knocked out); they apply in every run, its captured values included."""
         self.model, self.run, self.positions = model, run, positions
         self.base = dict(base or {})
-        with forward_inputs(model, run) as tokens, hooks.patch(model, self.base, positions=positions):
+        with (
+            forward_inputs(model, run) as tokens,
+            hooks.patch(model, self.base, positions=positions),
+        ):
             self.values = hooks.capture(model, tokens, list(sites), positions=positions)
 
     def logits(self, sender_values: Mapping[Site, Tensor], paths: Paths) -> Tensor:
@@ -294,7 +364,9 @@ class Target:
         senders = {}
         for s, value in sender_values.items():
             whole = _whole(s)
-            senders[whole] = compose(senders.get(whole, self.values[whole]), value, s.pos, self.positions)
+            senders[whole] = compose(
+                senders.get(whole, self.values[whole]), value, s.pos, self.positions
+            )
         earliest = min(write_stage(self.model, s) for s in senders)
         receiving = paths.receiving_components()
         recorded: dict[Site, Tensor] = {}
@@ -302,26 +374,40 @@ class Target:
         for stage in paths.stages:
             patches = self._frozen(senders, earliest, receiving, paths, recorded, before=stage)
             recording = [r for r in paths.inputs if read_stage(self.model, r) == stage]
-            patches = {s: v for s, v in patches.items() if s not in recording}  # recorded MLPs run live
-            with forward_inputs(self.model, self.run) as tokens, hooks.patch(self.model, {**patches, **self.base}, positions=self.positions):
+            patches = {
+                s: v for s, v in patches.items() if s not in recording
+            }  # recorded MLPs run live
+            with (
+                forward_inputs(self.model, self.run) as tokens,
+                hooks.patch(self.model, {**patches, **self.base}, positions=self.positions),
+            ):
                 if stage == 2 * self.model.dims.n_layers:
                     final = hooks.last_logits(self.model, tokens)
                 else:
-                    recorded.update(hooks.capture(self.model, tokens, recording, positions=self.positions))
+                    recorded.update(
+                        hooks.capture(self.model, tokens, recording, positions=self.positions)
+                    )
         if final is not None:
             return final
         patches = {s: self._received(s, paths, recorded) for s in paths.inputs}
-        with forward_inputs(self.model, self.run) as tokens, hooks.patch(self.model, {**patches, **self.base}, positions=self.positions):
+        with (
+            forward_inputs(self.model, self.run) as tokens,
+            hooks.patch(self.model, {**patches, **self.base}, positions=self.positions),
+        ):
             return hooks.last_logits(self.model, tokens)
 
-    def _frozen(self, senders, earliest, receiving, paths: Paths, recorded, *, before: int) -> dict[Site, Tensor]:
+    def _frozen(
+        self, senders, earliest, receiving, paths: Paths, recorded, *, before: int
+    ) -> dict[Site, Tensor]:
         """Patches of a recording run: senders at source; receiving components that read before
         stage `before` on their recorded inputs (other inputs at target); every other component
         downstream of the earliest sender frozen at its target value."""
         model = self.model
         patches: dict[Site, Tensor] = {}
         for layer in range(model.dims.n_layers):
-            for component in [Site("head", layer, head=h) for h in range(model.dims.n_heads)] + [Site("mlp_out", layer)]:
+            for component in [Site("head", layer, head=h) for h in range(model.dims.n_heads)] + [
+                Site("mlp_out", layer)
+            ]:
                 if component in senders:
                     patches[component] = senders[component]
                     continue
@@ -332,14 +418,18 @@ class Target:
                         patches[component] = self._received(component, paths, recorded)
                     else:
                         for s in paths._head_inputs(component):
-                            patches[s] = self._received(s, paths, recorded) if s in paths.inputs else self.values[s]
+                            patches[s] = (
+                                self._received(s, paths, recorded)
+                                if s in paths.inputs
+                                else self.values[s]
+                            )
                     continue
                 patches[component] = self.values[component]
         return patches
 
     def _received(self, site: Site, paths: Paths, recorded: dict[Site, Tensor]) -> Tensor:
         """A receiver input's patched value: recorded at its receiving positions, target elsewhere."""
-        value = self.values[site] if site in self.values else None
+        value = self.values.get(site, None)
         for pos in paths.inputs[site]:
             value = compose(value, recorded[site], pos, self.positions)
         return value

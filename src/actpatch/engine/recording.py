@@ -4,12 +4,14 @@ The batched engine resumes patched copies from the target run's recorded layer c
 the target's key/value cache at each split position (`batched.Resumer`). The baseline's own target
 forward can record both: run with a growing cache, it gives the same logits bit for bit (tested on
 every family), so a sweep direction saves one forward of the whole target."""
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -30,8 +32,14 @@ class TargetRecording:
 def cuttable_cache(hf: Any) -> DynamicCache | None:
     """An empty cache for `hf` whose layers can later be cut to a prefix (every layer a plain
     growing `DynamicLayer`), or None (a sliding window keeps only the window's keys)."""
-    cache = DynamicCache(config=hf.config)  # its layers, one per decoder layer, come from the config
-    return cache if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers) else None
+    cache = DynamicCache(
+        config=hf.config
+    )  # its layers, one per decoder layer, come from the config
+    return (
+        cache
+        if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers)
+        else None
+    )
 
 
 def cache_argument(hf: Any, cache: DynamicCache | None) -> dict[str, Any]:
@@ -47,6 +55,10 @@ def recording(model: Model) -> Iterator[tuple[TargetRecording, dict[str, Any]]]:
     """Record the one forward of the whole target run inside the block: yields the recording (its
     calls fill in as the forward runs) and the keyword arguments that forward must be called with."""
     cache = cuttable_cache(model.hf)
-    keywords = {**cache_argument(model.hf, cache), "use_cache": True} if cache is not None else {"use_cache": False}
+    keywords = (
+        {**cache_argument(model.hf, cache), "use_cache": True}
+        if cache is not None
+        else {"use_cache": False}
+    )
     with hooks.layer_inputs(model) as calls:
         yield TargetRecording(calls, cache), keywords

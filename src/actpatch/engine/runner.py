@@ -9,13 +9,15 @@ A new analysis is written as an engine: `start(model, plan, baseline)` returns a
 `logits(values)` (one patched target run: the self-checks go through it), `known(reduce)` (rows it
 knows without running, e.g. patches that change nothing; `{}` will do), `rows(reduce, done)` (yield
 `{site index: reduce(final-position logits)}` for every site not in `done`) and `cost()`."""
+
 from __future__ import annotations
 
 import contextlib
 import functools
 import logging
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 
 import xarray as xr
 from torch import Tensor
@@ -35,27 +37,41 @@ log = logging.getLogger(__name__)
 class Patching(Protocol):
     def logits(self, values: Mapping[Site, Tensor]) -> Tensor: ...
     def known(self, reduce: Callable[[Tensor], Any]) -> dict[int, Any]: ...
-    def rows(self, reduce: Callable[[Tensor], Any], done: Collection[int]) -> Iterator[dict[int, Any]]: ...
+    def rows(
+        self, reduce: Callable[[Tensor], Any], done: Collection[int]
+    ) -> Iterator[dict[int, Any]]: ...
     def cost(self) -> dict[str, Any]: ...
 
 
 class Engine(Protocol):
     name: str
-    records_target: bool  # whether the baseline's target forward also records what copies resume from
+    records_target: (
+        bool  # whether the baseline's target forward also records what copies resume from
+    )
 
     def start(self, model: Model, the_plan: SweepPlan, base: metrics.Baseline) -> Patching: ...
 
 
-def run(model: Model, pairs: PromptPairs, spec: SweepSpec, engine: Engine, *,
-        checkpoint: Path | None = None) -> xr.DataArray:
+def run(
+    model: Model,
+    pairs: PromptPairs,
+    spec: SweepSpec,
+    engine: Engine,
+    *,
+    checkpoint: Path | None = None,
+) -> xr.DataArray:
     """One direction of one sweep on one batch of prompts, by `engine`: a labelled result."""
     the_plan = plan(model, pairs, spec)
     # Pattern patches run under our eager attention, so the baselines they are measured against must
     # too: in bfloat16, eager and sdpa attention differ by more than the self-checks allow.
     with hooks.eager_attention(model) if the_plan.kind == "pattern" else contextlib.nullcontext():
         # The baseline's forwards also capture every value the patches and self-checks read.
-        the_plan, clean_logits, corrupt_logits = sources.recorded(model, the_plan, record_target=engine.records_target)
-        base = collect.checked(model, pairs, clean_logits, corrupt_logits, check=spec.check_baseline)
+        the_plan, clean_logits, corrupt_logits = sources.recorded(
+            model, the_plan, record_target=engine.records_target
+        )
+        base = collect.checked(
+            model, pairs, clean_logits, corrupt_logits, check=spec.check_baseline
+        )
         patching = engine.start(model, the_plan, base)
         self_checks = checks.run(model, the_plan, base, patching.logits)
         store = None
@@ -64,26 +80,53 @@ def run(model: Model, pairs: PromptPairs, spec: SweepSpec, engine: Engine, *,
             store = Checkpoint.open(checkpoint, fingerprint(model, pairs, the_plan, rows=holds))
         reduce = functools.partial(collect.row, base=base, per_prompt=spec.per_prompt)
         rows = patching.known(reduce)  # patches that cannot change anything: not worth a file
-        restored = {i: row for i, row in (store.load() if store else {}).items() if 0 <= i < len(the_plan.sites) and i not in rows}
+        restored = {
+            i: row
+            for i, row in (store.load() if store else {}).items()
+            if 0 <= i < len(the_plan.sites) and i not in rows
+        }
         rows.update(restored)
         for chunk in patching.rows(reduce, set(rows)):
             rows.update(chunk)
             if store is not None:
                 store.append(chunk)
-        result = assemble(model, pairs, the_plan, [rows[i] for i in range(len(the_plan.sites))], base, self_checks,
-                          engine=engine.name)
+        result = assemble(
+            model,
+            pairs,
+            the_plan,
+            [rows[i] for i in range(len(the_plan.sites))],
+            base,
+            self_checks,
+            engine=engine.name,
+        )
     result.attrs["cost"] = {**patching.cost(), "patches_from_checkpoint": len(restored)}
     return result
 
 
-def assemble(model: Model, pairs: PromptPairs, the_plan: SweepPlan, rows: list[dict[str, Any]],
-             base: metrics.Baseline, self_checks: dict[str, float], *, engine: str) -> xr.DataArray:
+def assemble(
+    model: Model,
+    pairs: PromptPairs,
+    the_plan: SweepPlan,
+    rows: list[dict[str, Any]],
+    base: metrics.Baseline,
+    self_checks: dict[str, float],
+    *,
+    engine: str,
+) -> xr.DataArray:
     """Lay `rows` (in `the_plan.sites` order) out as a labelled result with its provenance."""
     spec = the_plan.spec
     # Per-prompt rows carry per-prompt baselines too: a resampled set of prompts (a bootstrap) needs
     # its own clean and corrupt means to normalise the logit difference as the sweep does.
-    per_prompt_baselines = {"per_prompt_baseline_logit_diff": {
-        "clean": base.clean_logit_diff.tolist(), "corrupt": base.corrupt_logit_diff.tolist()}} if spec.per_prompt else {}
+    per_prompt_baselines = (
+        {
+            "per_prompt_baseline_logit_diff": {
+                "clean": base.clean_logit_diff.tolist(),
+                "corrupt": base.corrupt_logit_diff.tolist(),
+            }
+        }
+        if spec.per_prompt
+        else {}
+    )
     return results.assemble(
         rows,
         the_plan.sites,
@@ -93,15 +136,21 @@ def assemble(model: Model, pairs: PromptPairs, the_plan: SweepPlan, rows: list[d
         pos_tokens=_pos_tokens(model, pairs, the_plan.positions),
         n_prompts=len(pairs) if spec.per_prompt else None,
         provenance=results.provenance(
-            model, pairs, analysis="sweep",
+            model,
+            pairs,
+            analysis="sweep",
             site=the_plan.kind,
             direction=the_plan.direction,
             positions=_positions_label(spec.positions, the_plan.positions),
             engine=engine,
             attention=model.hf.config._attn_implementation,  # "actpatch_eager" for pattern sweeps
             source=the_plan.source_name,
-            baseline_clean={**metrics.averaged(base.clean_logits, base),
-                            "answer_rank": float(metrics.answer_rank(base.clean_logits, base.answers).double().median())},
+            baseline_clean={
+                **metrics.averaged(base.clean_logits, base),
+                "answer_rank": float(
+                    metrics.answer_rank(base.clean_logits, base.answers).double().median()
+                ),
+            },
             baseline_corrupt=metrics.averaged(base.corrupt_logits, base),
             self_checks=self_checks,
             self_check_tolerance=checks.tolerance(next(model.hf.parameters()).dtype),
@@ -115,9 +164,16 @@ def _basis_provenance(basis: Any) -> dict[str, Any]:
     """Which dictionary a feature sweep patched in: name, where it reads and writes, its file."""
     if basis is None:
         return {}
-    return {"dictionary": {"name": basis.name, "layer": basis.layer, "reads": basis.reads,
-                           "writes": basis.writes,
-                           "n_latents": basis.n_latents, "source": getattr(basis, "source", "")}}
+    return {
+        "dictionary": {
+            "name": basis.name,
+            "layer": basis.layer,
+            "reads": basis.reads,
+            "writes": basis.writes,
+            "n_latents": basis.n_latents,
+            "source": getattr(basis, "source", ""),
+        }
+    }
 
 
 def _positions_label(asked: Any, chosen: list) -> str:

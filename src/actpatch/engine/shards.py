@@ -15,14 +15,16 @@ dtype), and must end up with the same weights, which is checked before any shard
 
 Not this module's job: computing patches (`engine/batched.py`), or starting a cluster (`ray start`,
 docs/scale.md)."""
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import logging
 import os
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -54,14 +56,19 @@ class ShardFailed(RuntimeError):
 class ModelSpec:
     """What a worker needs to load its own copy of a model; picklable, unlike the model."""
 
-    source: str | None  # a folder, .gguf file or hub id that `load_model` reads; None for the embedded default
+    source: (
+        str | None
+    )  # a folder, .gguf file or hub id that `load_model` reads; None for the embedded default
     dtype: str  # "float32", "bfloat16", ...
 
     @classmethod
-    def of(cls, model: Model) -> "ModelSpec":
+    def of(cls, model: Model) -> ModelSpec:
         """Where `model` was loaded from, read from its provenance; `UnshippableModel` when it has none."""
         provenance = model.provenance
-        if "device_map" in provenance or len(set(getattr(model.hf, "hf_device_map", {}).values())) > 1:
+        if (
+            "device_map" in provenance
+            or len(set(getattr(model.hf, "hf_device_map", {}).values())) > 1
+        ):
             raise UnshippableModel(
                 f"{model.name} is split over several devices (device_map), and each Ray worker holds a whole copy of "
                 "the model: load it on one device per worker (ap.load_model(..., device=...)), or sweep without shards="
@@ -87,8 +94,10 @@ class ModelSpec:
 def check_shards(shards: Any) -> int:
     """`shards` as a positive int, or `ValueError` saying what it means."""
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
-        raise ValueError(f"shards must be a whole number of at least 1 (how many pieces the sites are cut into, "
-                         f"each patched on a Ray worker), got {shards!r}")
+        raise ValueError(
+            f"shards must be a whole number of at least 1 (how many pieces the sites are cut into, "
+            f"each patched on a Ray worker), got {shards!r}"
+        )
     return shards
 
 
@@ -112,7 +121,7 @@ class Workers:
         self._started_ray = False
         self._weights = weights_fingerprint(model)
 
-    def __enter__(self) -> "Workers":
+    def __enter__(self) -> Workers:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -130,10 +139,19 @@ class Workers:
             resources = ray.cluster_resources()
             gpus = int(resources.get("GPU", 0))
             count = max(1, min(self.shards, gpus or int(resources.get("CPU", 1))))
-            actor = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0,
-                               max_restarts=RETRIES, max_task_retries=RETRIES)(_ShardWorker)
+            actor = ray.remote(
+                num_cpus=1,
+                num_gpus=1 if gpus else 0,
+                max_restarts=RETRIES,
+                max_task_retries=RETRIES,
+            )(_ShardWorker)
             self.actors = [actor.remote(self.spec) for _ in range(count)]
-            log.info("%d Ray workers (%s each) load %s", count, "one GPU" if gpus else "one CPU", self.spec.source or "the default model")
+            log.info(
+                "%d Ray workers (%s each) load %s",
+                count,
+                "one GPU" if gpus else "one CPU",
+                self.spec.source or "the default model",
+            )
             loaded = ray.get([a.weights.remote() for a in self.actors])
         except BaseException:
             self.__exit__(None, None, None)
@@ -149,7 +167,7 @@ class Workers:
     name = ENGINE
     records_target = True  # for the self-checks on the driver, which run through the batched engine
 
-    def start(self, model: Model, the_plan: SweepPlan, base: metrics.Baseline) -> "ShardPatching":
+    def start(self, model: Model, the_plan: SweepPlan, base: metrics.Baseline) -> ShardPatching:
         """An `Engine` for `runner.run`: its rows are patched shard by shard on the workers.
 
         The runner has checked the plan and the baseline by now, so a bad argument or an unsolved
@@ -159,7 +177,9 @@ class Workers:
             self._start()
         return ShardPatching(self, model, the_plan, base)
 
-    def run_shards(self, the_plan: SweepPlan, pieces: list[list[int]]) -> Iterator[tuple[int, list[Any], dict[str, Any]]]:
+    def run_shards(
+        self, the_plan: SweepPlan, pieces: list[list[int]]
+    ) -> Iterator[tuple[int, list[Any], dict[str, Any]]]:
         """(shard number, rows, cost) of each shard, in the order they finish.
 
         Each free worker gets the next shard; the plan goes to the object store once, without the
@@ -204,16 +224,21 @@ class ShardPatching:
     def known(self, reduce: Callable[[Tensor], Any]) -> dict[int, Any]:
         return {}  # each worker skips its own no-op patches
 
-    def rows(self, reduce: Callable[[Tensor], Any], done: Collection[int]) -> Iterator[dict[int, Any]]:
+    def rows(
+        self, reduce: Callable[[Tensor], Any], done: Collection[int]
+    ) -> Iterator[dict[int, Any]]:
         """Rows of every site not in `done`, a shard at a time as shards finish. Workers reduce
         logits against their own baseline, so that their no-op patches stay exact."""
         if not (pending := [i for i in range(len(self.plan.sites)) if i not in done]):
             return
         self.pieces = split(pending, self.plan, self.workers.shards)
         progress = self.plan.spec.progress
-        bar = tqdm(total=len(self.plan.sites), initial=len(self.plan.sites) - len(pending),
-                   desc=f"{self.plan.direction} {self.plan.kind}, {len(self.pieces)} shards",
-                   disable=None if progress is None else not progress)
+        bar = tqdm(
+            total=len(self.plan.sites),
+            initial=len(self.plan.sites) - len(pending),
+            desc=f"{self.plan.direction} {self.plan.kind}, {len(self.pieces)} shards",
+            disable=None if progress is None else not progress,
+        )
         for number, shard_rows, shard_cost in self.workers.run_shards(self.plan, self.pieces):
             self.costs.append(shard_cost)
             yield dict(zip(self.pieces[number], shard_rows))
@@ -227,7 +252,9 @@ class ShardPatching:
             "noop_patches_skipped": sum(c["noop_patches_skipped"] for c in self.costs),
             "chunk": min((c["chunk"] for c in self.costs), default=local["chunk"]),
             # Every shard records the target itself, and the driver ran the self-checks: this is the whole work.
-            "forward_equivalents": round(local["forward_equivalents"] + sum(c["forward_equivalents"] for c in self.costs), 3),
+            "forward_equivalents": round(
+                local["forward_equivalents"] + sum(c["forward_equivalents"] for c in self.costs), 3
+            ),
             "work_floor": round(sum(c.get("work_floor", 0) for c in self.costs), 3),
             "shards": len(self.pieces),
             "workers": len(self.workers.actors),
@@ -243,7 +270,9 @@ def split(indices: list[int], the_plan: SweepPlan, shards: int) -> list[list[int
     layer: each worker records the target run once per such position it meets, so a shard that
     holds few positions records little."""
 
-    def entry(index: int) -> tuple[int, int]:  # the plan's positions and layers are already non-negative
+    def entry(
+        index: int,
+    ) -> tuple[int, int]:  # the plan's positions and layers are already non-negative
         s = the_plan.sites[index]
         if s.pos is None or s.kind == "pattern":
             return 0, s.layer
@@ -272,20 +301,33 @@ class _ShardWorker:
     def weights(self) -> str:
         return weights_fingerprint(self._model())
 
-    def run(self, number: int, the_plan: SweepPlan, indices: list[int]) -> tuple[int, list[Any], dict[str, Any]]:
+    def run(
+        self, number: int, the_plan: SweepPlan, indices: list[int]
+    ) -> tuple[int, list[Any], dict[str, Any]]:
         model = self._model()
         shard_plan = the_plan.narrowed([the_plan.sites[i] for i in indices])
         shard_plan = dataclasses.replace(shard_plan, spec=shard_plan.spec.replace(progress=False))
         per_prompt = shard_plan.spec.per_prompt
-        with torch.no_grad(), (hooks.eager_attention(model) if shard_plan.kind == "pattern" else contextlib.nullcontext()):
+        with (
+            torch.no_grad(),
+            (
+                hooks.eager_attention(model)
+                if shard_plan.kind == "pattern"
+                else contextlib.nullcontext()
+            ),
+        ):
             # This worker's own baseline: a no-op patch must give its own target logits exactly.
             base = collect.baseline(model, shard_plan.pairs, check=False)
             patching = batched.BatchedPatching(model, shard_plan, base)
-            reduce = lambda logits: collect.row(logits, base, per_prompt=per_prompt)  # noqa: E731
+            reduce = lambda logits: collect.row(logits, base, per_prompt=per_prompt)
             rows = patching.known(reduce)
             for chunk in patching.rows(reduce, set(rows)):
                 rows.update(chunk)
-        return number, [rows[i] for i in range(len(indices))], {**patching.cost(), "device": str(model.device)}
+        return (
+            number,
+            [rows[i] for i in range(len(indices))],
+            {**patching.cost(), "device": str(model.device)},
+        )
 
     def _model(self) -> Model:
         if self.model is None:
@@ -299,8 +341,10 @@ def _import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ImportError("sharded sweeps (shards=) run on Ray, which is not installed: pip install 'actpatch[ray]' "
-                          "(or pip install 'ray>=2.9') on every machine that runs a worker") from None
+        raise ImportError(
+            "sharded sweeps (shards=) run on Ray, which is not installed: pip install 'actpatch[ray]' "
+            "(or pip install 'ray>=2.9') on every machine that runs a worker"
+        ) from None
     return ray
 
 
@@ -308,7 +352,9 @@ def _connect(ray: Any, address: str | None, shards: int) -> bool:
     """Connect to Ray; whether a Ray was started here (and so is shut down after the sweep)."""
     if ray.is_initialized():
         if address is not None:
-            log.warning("Ray is already running in this process; sweeping on it, not on %s", address)
+            log.warning(
+                "Ray is already running in this process; sweeping on it, not on %s", address
+            )
         return False
     if address is None and not os.environ.get("RAY_ADDRESS"):
         cpus = min(shards, os.cpu_count() or 1)

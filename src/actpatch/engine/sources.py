@@ -2,10 +2,11 @@
 
 Every engine, the self-checks and the circuits get their values here, so a noise corruption's
 input noise and the ablations (zero, mean, resample) mean the same thing in each of them."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -32,7 +33,9 @@ def captured(model: Model, run: Run, sites: Sequence[Site]) -> dict[Site, Tensor
         return hooks.capture(model, run.tokens, sites, positions=run.positions)
 
 
-def recorded(model: Model, plan: SweepPlan, *, record_target: bool = False) -> tuple[SweepPlan, Tensor, Tensor]:
+def recorded(
+    model: Model, plan: SweepPlan, *, record_target: bool = False
+) -> tuple[SweepPlan, Tensor, Tensor]:
     """The baseline's two forwards, each capturing what the sweep will read from its run: `plan`
     with those values in `plan.captured`, and the clean and corrupt final-position logits.
     `record_target`: the target's forward also records its layer calls and key/value cache, in
@@ -45,19 +48,36 @@ def recorded(model: Model, plan: SweepPlan, *, record_target: bool = False) -> t
     found: dict[tuple[str, Site], Tensor] = {}
     logits: dict[str, Tensor] = {}
     target_recording = None
-    for role, run, sites in (("source", plan.source, source_sites), ("target", plan.target, plan.sites)):
+    for role, run, sites in (
+        ("source", plan.source, source_sites),
+        ("target", plan.target, plan.sites),
+    ):
         unique = list(dict.fromkeys(sites))
         if role == "target" and record_target:
             with recording.recording(model) as (target_recording, keywords):
-                values, logits[role] = hooks.capture_with_logits(model, run, unique, forward=keywords)
+                values, logits[role] = hooks.capture_with_logits(
+                    model, run, unique, forward=keywords
+                )
         else:
-            values, logits[role] = hooks.capture_with_logits(model, run, unique)  # a Run: its noise and positions
+            values, logits[role] = hooks.capture_with_logits(
+                model, run, unique
+            )  # a Run: its noise and positions
         found.update({(role, site): value for site, value in values.items()})
-    clean, corrupt = (logits["source"], logits["target"]) if plan.direction == "denoise" else (logits["target"], logits["source"])
-    return dataclasses.replace(plan, captured=found, recorded_target=target_recording), clean, corrupt
+    clean, corrupt = (
+        (logits["source"], logits["target"])
+        if plan.direction == "denoise"
+        else (logits["target"], logits["source"])
+    )
+    return (
+        dataclasses.replace(plan, captured=found, recorded_target=target_recording),
+        clean,
+        corrupt,
+    )
 
 
-def _run_values(model: Model, plan: SweepPlan, role: str, sites: Sequence[Site]) -> dict[Site, Tensor]:
+def _run_values(
+    model: Model, plan: SweepPlan, role: str, sites: Sequence[Site]
+) -> dict[Site, Tensor]:
     """Each site's activation in the plan's `role` run ("source" or "target"): from the baseline's
     forward where `recorded` captured it, else from a forward now."""
     if all((role, site) in plan.captured for site in sites):
@@ -78,7 +98,9 @@ def source_values(model: Model, plan: SweepPlan, sites: Sequence[Site]) -> dict[
         values = _run_values(model, plan, "source", sites)
     else:
         own = target_values(model, plan, sites)
-        mean_over = None if plan.mean_over is None else captured(model, plan.mean_over.clean_run, sites)
+        mean_over = (
+            None if plan.mean_over is None else captured(model, plan.mean_over.clean_run, sites)
+        )
         values = ablate(own, plan.ablation, mean_over=mean_over)
     if bad := [s for s, v in values.items() if not bool(torch.isfinite(v).all())]:
         raise NonFiniteError(
@@ -89,8 +111,12 @@ def source_values(model: Model, plan: SweepPlan, sites: Sequence[Site]) -> dict[
     return values
 
 
-def ablate(values: Mapping[Site, Tensor], ablation: Ablation, *,
-           mean_over: Mapping[Site, Tensor] | None = None) -> dict[Site, Tensor]:
+def ablate(
+    values: Mapping[Site, Tensor],
+    ablation: Ablation,
+    *,
+    mean_over: Mapping[Site, Tensor] | None = None,
+) -> dict[Site, Tensor]:
     """`values` (batch first) knocked out: zeroed, replaced by their mean over the prompts (or over
     `mean_over`'s values), or resampled (each prompt takes another prompt's value).
 
@@ -114,4 +140,3 @@ def derangement(n: int, seed: int) -> Tensor:
         order = torch.randperm(n, generator=generator)
         if not bool((order == torch.arange(n)).any()):
             return order
-

@@ -2,12 +2,14 @@
 
 The public `sweep()` takes them as keywords (that is how researchers call it); everything below
 it passes this one object, so an argument is declared, defaulted and documented in one place."""
+
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from actpatch.pairs import PromptPairs
 
@@ -36,11 +38,15 @@ class SweepSpec:
     ablation: Ablation | None = None  # noising from the target's own values, knocked out
     mean_over: PromptPairs | None = None  # prompts whose clean runs ablation="mean" averages
     check_baseline: bool = True
-    chunk: int | None = None  # patched copies per forward (batched engine); None: from memory_budget
-    memory_budget: int | None = None  # bytes; None: memory.default_budget (1 GiB on CPU, half the free memory on CUDA)
+    chunk: int | None = (
+        None  # patched copies per forward (batched engine); None: from memory_budget
+    )
+    memory_budget: int | None = (
+        None  # bytes; None: memory.default_budget (1 GiB on CPU, half the free memory on CUDA)
+    )
     progress: bool | None = None  # None: a bar on a terminal only
 
-    def replace(self, **changes: Any) -> "SweepSpec":
+    def replace(self, **changes: Any) -> SweepSpec:
         return dataclasses.replace(self, **changes)
 
 
@@ -48,9 +54,15 @@ def check_engine_options(spec: SweepSpec) -> None:
     """Raise `ValueError` for a chunk or memory budget that is not a positive number."""
     chunk, budget = spec.chunk, spec.memory_budget
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise ValueError(f"chunk must be at least 1 (a whole number of patched copies per forward), got {chunk!r}")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
-        raise ValueError(f"memory_budget must be a positive number of bytes (e.g. 4 << 30 for 4 GiB), got {budget!r}")
+        raise ValueError(
+            f"chunk must be at least 1 (a whole number of patched copies per forward), got {chunk!r}"
+        )
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0
+    ):
+        raise ValueError(
+            f"memory_budget must be a positive number of bytes (e.g. 4 << 30 for 4 GiB), got {budget!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,9 @@ class SweepOptions:
 
     heads: Sequence[int] | int | None = None
     neurons: Sequence[int] | int | None = None
-    dictionary: Any = None  # a Basis (actpatch.load_dictionary): with site="feature"/"feature_error"
+    dictionary: Any = (
+        None  # a Basis (actpatch.load_dictionary): with site="feature"/"feature_error"
+    )
     latents: Sequence[int] | str | None = None  # its latents: a list, or "active"
     mean_over: PromptPairs | None = None  # prompts whose clean runs ablation="mean" averages
     reference: PromptPairs | None = None  # the old name of mean_over (deprecated)
@@ -103,6 +117,8 @@ def options_from(kind: type[Options], keywords: dict[str, Any], caller: str) -> 
         raise TypeError(f"{caller}(options=) takes a {kind.__name__}, got {type(given).__name__}")
     names = [f.name for f in dataclasses.fields(kind)]
     if unknown := [k for k in keywords if k not in names]:
-        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}; besides its named "
-                        f"parameters it takes {', '.join(names)}")
+        raise TypeError(
+            f"{caller}() got an unexpected keyword argument {unknown[0]!r}; besides its named "
+            f"parameters it takes {', '.join(names)}"
+        )
     return dataclasses.replace(given, **keywords)

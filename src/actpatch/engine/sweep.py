@@ -1,12 +1,14 @@
 """`sweep`: the one entry point for exact patching sweeps. It turns the keywords into a `SweepSpec`,
 picks the engine, and runs each direction (and length group) through `runner.run`."""
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import xarray as xr
 
@@ -101,47 +103,93 @@ def sweep(
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     check_model(model)
     if ci is not None:
-        from actpatch.stats import bootstrap  # stats reads results; imported here, it cannot loop back into engines
+        from actpatch.stats import (
+            bootstrap,  # stats reads results; imported here, it cannot loop back into engines
+        )
+
         if per_prompt:
-            raise ValueError("ci= returns intervals computed from the per-prompt rows, not the rows: drop per_prompt=True, "
-                             "or sweep with per_prompt=True and call actpatch.stats.intervals(result, ci=...)")
+            raise ValueError(
+                "ci= returns intervals computed from the per-prompt rows, not the rows: drop per_prompt=True, "
+                "or sweep with per_prompt=True and call actpatch.stats.intervals(result, ci=...)"
+            )
         bootstrap.check_options(ci, n_boot)
     mean_over = _mean_over(given.mean_over, given.reference)
     directions = [direction] if isinstance(direction, str) else list(direction)
     if not directions or any(d not in DIRECTIONS for d in directions):
-        raise ValueError(f"direction must be one of {DIRECTIONS} or a list of them, got {direction!r}")
+        raise ValueError(
+            f"direction must be one of {DIRECTIONS} or a list of them, got {direction!r}"
+        )
     if shards is not None and dictionary is not None:
-        raise ValueError("shards= does not ship a dictionary to its Ray workers yet: sweep feature "
-                         "sites without shards= (the batched engine stacks them in one process)")
+        raise ValueError(
+            "shards= does not ship a dictionary to its Ray workers yet: sweep feature "
+            "sites without shards= (the batched engine stacks them in one process)"
+        )
     if isinstance(latents, str) and latents == "active":
         from actpatch.bases.select import active_latents  # two forwards: only for feature sweeps
 
         latents = active_latents(model, pairs, dictionary, positions)
-    spec = SweepSpec(site, directions[0], layers=layers, positions=positions, heads=heads, neurons=neurons,
-                     latents=latents, dictionary=dictionary,
-                     per_prompt=per_prompt or ci is not None,
-                     ablation=ablation, mean_over=mean_over, check_baseline=check_baseline,
-                     chunk=chunk, memory_budget=memory_budget, progress=progress)
+    spec = SweepSpec(
+        site,
+        directions[0],
+        layers=layers,
+        positions=positions,
+        heads=heads,
+        neurons=neurons,
+        latents=latents,
+        dictionary=dictionary,
+        per_prompt=per_prompt or ci is not None,
+        ablation=ablation,
+        mean_over=mean_over,
+        check_baseline=check_baseline,
+        chunk=chunk,
+        memory_budget=memory_budget,
+        progress=progress,
+    )
     chosen = _engine(model, engine, shards)
     with contextlib.ExitStack() as stack:
-        if shards is not None:  # one set of workers for every direction and length group of this call
-            chosen = stack.enter_context(shard_engine.Workers(model, shards=shards, ray_address=ray_address))
+        if (
+            shards is not None
+        ):  # one set of workers for every direction and length group of this call
+            chosen = stack.enter_context(
+                shard_engine.Workers(model, shards=shards, ray_address=ray_address)
+            )
         folder = None if checkpoint is None else Path(checkpoint)
-        parts = [_one_direction(model, pairs, spec.replace(direction=d), chosen, folder) for d in directions]
+        parts = [
+            _one_direction(model, pairs, spec.replace(direction=d), chosen, folder)
+            for d in directions
+        ]
     result = parts[0] if isinstance(direction, str) else stacked(parts, "direction", directions)
-    return result if ci is None else bootstrap.intervals(result, ci=ci, n_boot=n_boot, seed=boot_seed)
+    return (
+        result if ci is None else bootstrap.intervals(result, ci=ci, n_boot=n_boot, seed=boot_seed)
+    )
 
 
 def stacked(parts: list[xr.DataArray], dim: str, labels: list[str]) -> xr.DataArray:
     """`parts` stacked on a new dimension `dim`; the provenance they share is kept, and what each part
     measured of itself (self-checks, cost, source) is kept per part, e.g. `self_checks["noise: noop_patch_error"]`."""
-    result = xr.concat(parts, dim=dim, join="outer", combine_attrs="drop_conflicts").assign_coords({dim: labels})
-    result.attrs["self_checks"] = {f"{label}: {name}": value for label, part in zip(labels, parts)
-                                   for name, value in part.attrs["self_checks"].items()}
-    result.attrs["self_check_tolerance"] = max(part.attrs.get("self_check_tolerance", 0.0) for part in parts)
+    result = xr.concat(parts, dim=dim, join="outer", combine_attrs="drop_conflicts").assign_coords(
+        {dim: labels}
+    )
+    result.attrs["self_checks"] = {
+        f"{label}: {name}": value
+        for label, part in zip(labels, parts)
+        for name, value in part.attrs["self_checks"].items()
+    }
+    result.attrs["self_check_tolerance"] = max(
+        part.attrs.get("self_check_tolerance", 0.0) for part in parts
+    )
     # Kept per part where parts differ (by label): what the bootstrap needs to resample each part alone.
-    for key in ("cost", "source", dim, "n_prompts", "group_sizes", "per_prompt_baseline_logit_diff"):
-        if key in parts[0].attrs and any(part.attrs.get(key) != parts[0].attrs[key] for part in parts):
+    for key in (
+        "cost",
+        "source",
+        dim,
+        "n_prompts",
+        "group_sizes",
+        "per_prompt_baseline_logit_diff",
+    ):
+        if key in parts[0].attrs and any(
+            part.attrs.get(key) != parts[0].attrs[key] for part in parts
+        ):
             result.attrs[key] = {label: part.attrs.get(key) for label, part in zip(labels, parts)}
     return result
 
@@ -152,8 +200,12 @@ def _mean_over(mean_over: PromptPairs | None, reference: PromptPairs | None) -> 
         return mean_over
     if mean_over is not None:
         raise ValueError("reference= is the old name of mean_over=; pass only mean_over=")
-    warnings.warn("sweep(reference=...) is now sweep(mean_over=...): the prompts whose clean runs ablation='mean' "
-                  "averages; reference= will be removed", DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        "sweep(reference=...) is now sweep(mean_over=...): the prompts whose clean runs ablation='mean' "
+        "averages; reference= will be removed",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     return reference
 
 
@@ -162,20 +214,32 @@ def _engine(model: Model, engine: str, shards: int | None) -> runner.Engine:
     if shards is not None:
         shard_engine.check_shards(shards)
         if engine != "batched":
-            raise ValueError("shards= runs the batched engine on every worker; engine='reference' (the one-patch-per-forward "
-                             "oracle) does not shard: drop one of them")
+            raise ValueError(
+                "shards= runs the batched engine on every worker; engine='reference' (the one-patch-per-forward "
+                "oracle) does not shard: drop one of them"
+            )
         if reason := batched.unsupported(model):
-            raise ValueError(f"shards= runs the batched engine on every worker, whose shortcuts are not proven for this model "
-                             f"({reason}): sweep it without shards= (it falls back to the reference engine)")
+            raise ValueError(
+                f"shards= runs the batched engine on every worker, whose shortcuts are not proven for this model "
+                f"({reason}): sweep it without shards= (it falls back to the reference engine)"
+            )
         return batched.Batched()  # replaced by the workers once they are started
     if engine == "batched" and (reason := batched.unsupported(model)):
-        log.warning("the batched engine's shortcuts are not proven for this model (%s); using the reference engine", reason)
+        log.warning(
+            "the batched engine's shortcuts are not proven for this model (%s); using the reference engine",
+            reason,
+        )
         engine = "reference"
     return batched.Batched() if engine == "batched" else reference_engine.Reference()
 
 
-def _one_direction(model: Model, pairs: PromptPairs | Sequence[PromptPairs], spec: SweepSpec, engine: runner.Engine,
-                   folder: Path | None) -> xr.DataArray:
+def _one_direction(
+    model: Model,
+    pairs: PromptPairs | Sequence[PromptPairs],
+    spec: SweepSpec,
+    engine: runner.Engine,
+    folder: Path | None,
+) -> xr.DataArray:
     """One direction's sweep; prompts in length groups are swept group by group and pooled. Each
     direction (and length group) keeps its own checkpoint subfolder."""
     where = None if folder is None else folder / spec.direction
@@ -183,6 +247,12 @@ def _one_direction(model: Model, pairs: PromptPairs | Sequence[PromptPairs], spe
         return runner.run(model, pairs, spec, engine, checkpoint=where)
 
     def run_group(group: PromptPairs, group_spec: SweepSpec) -> xr.DataArray:
-        return runner.run(model, group, group_spec, engine, checkpoint=None if where is None else where / f"length-{group.seq_len}")
+        return runner.run(
+            model,
+            group,
+            group_spec,
+            engine,
+            checkpoint=None if where is None else where / f"length-{group.seq_len}",
+        )
 
     return groups.sweep_groups(run_group, model, pairs, spec)

@@ -2,6 +2,7 @@
 
 Attribution patching is cheap and wrong in known ways (saturated attention, cancellation), so an
 estimate should never be read without this check beside it."""
+
 from __future__ import annotations
 
 import numbers
@@ -31,21 +32,33 @@ class Verification:
     removed) exactly: what `verify` and `graph.verify_edges` both return."""
 
     spearman: float  # rank correlation of estimated and exact effects over the verified sites
-    top_k_recall: float  # share of the exact top-k (among verified sites) that the estimate's top-k holds
+    top_k_recall: (
+        float  # share of the exact top-k (among verified sites) that the estimate's top-k holds
+    )
     top_k: int
-    table: pd.DataFrame  # one row per verified site: estimate, exact, error; worst misestimates first
+    table: (
+        pd.DataFrame
+    )  # one row per verified site: estimate, exact, error; worst misestimates first
     # With ci=: the rank correlation's interval over resampled prompts, estimates and exact values
     # resampled together (the table then has each one's lo/hi too).
     spearman_interval: tuple[float, float] | None = None
-    cost: dict | None = None  # verify_edges: the exact removals' work, in forwards of the clean batch
+    cost: dict | None = (
+        None  # verify_edges: the exact removals' work, in forwards of the clean batch
+    )
     checked: str = "sites patched exactly"  # what the table's rows are, for the summary line
     attrs: dict = field(default_factory=dict, repr=False)  # provenance and self-checks, as results'
 
     def __repr__(self) -> str:
         worst = self.table.head(5).to_string(float_format=lambda v: f"{v:.3f}")
-        band = "" if self.spearman_interval is None else " [{:.3f}, {:.3f}]".format(*self.spearman_interval)
-        return (f"Verification(spearman={self.spearman:.3f}{band}, top-{self.top_k} recall={self.top_k_recall:.2f}, "
-                f"{len(self.table)} {self.checked})\nworst misestimates:\n{worst}")
+        band = (
+            ""
+            if self.spearman_interval is None
+            else " [{:.3f}, {:.3f}]".format(*self.spearman_interval)
+        )
+        return (
+            f"Verification(spearman={self.spearman:.3f}{band}, top-{self.top_k} recall={self.top_k_recall:.2f}, "
+            f"{len(self.table)} {self.checked})\nworst misestimates:\n{worst}"
+        )
 
 
 def verify(
@@ -81,15 +94,21 @@ def verify(
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise ValueError(f"{name} must be a whole number of sites, 0 or more, got {value!r}")
     if "estimate" not in estimate.attrs:
-        raise ValueError("verify() takes the result of actpatch.attribute(); exact sweeps need no verification")
+        raise ValueError(
+            "verify() takes the result of actpatch.attribute(); exact sweeps need no verification"
+        )
     if check_metric(metric) not in estimate.metric.values:
-        raise ValueError(f"this estimate has no metric {metric!r}: attribution estimates only "
-                         f"{', '.join(map(str, estimate.metric.values))}; pass one of those")
+        raise ValueError(
+            f"this estimate has no metric {metric!r}: attribution estimates only "
+            f"{', '.join(map(str, estimate.metric.values))}; pass one of those"
+        )
     estimate_rows = None
     if "batch" in estimate.dims:
         estimate_rows, estimate = _per_prompt_estimate(estimate)
     elif ci is not None:
-        raise ValueError("verify(ci=) resamples the prompts of the estimate: pass attribute(..., per_prompt=True)")
+        raise ValueError(
+            "verify(ci=) resamples the prompts of the estimate: pass attribute(..., per_prompt=True)"
+        )
     if "stat" in estimate.dims:
         estimate = estimate.sel(stat="value", drop=True)
     if ci is not None:
@@ -99,92 +118,166 @@ def verify(
     kept = ~np.isnan(flat.values)
     flat = flat[kept]
     basis = _checked_dictionary(estimate, dictionary)
-    sites = [_site(estimate.attrs["site"], dict(zip(flat.indexes["site"].names, key)), basis)
-             for key in flat.indexes["site"]]
-    baseline = float(estimate.attrs["baseline_corrupt" if estimate.attrs["direction"] == "denoise" else "baseline_clean"][metric])
+    sites = [
+        _site(estimate.attrs["site"], dict(zip(flat.indexes["site"].names, key)), basis)
+        for key in flat.indexes["site"]
+    ]
+    baseline = float(
+        estimate.attrs[
+            "baseline_corrupt" if estimate.attrs["direction"] == "denoise" else "baseline_clean"
+        ][metric]
+    )
     strength = np.abs(flat.values - baseline)
     ranked = np.argsort(-strength, kind="stable")
     chosen = list(ranked[:top_k])
     rest = ranked[top_k:]
     if len(rest) and sample:
-        chosen += list(np.random.default_rng(seed).choice(rest, size=min(sample, len(rest)), replace=False))
-    exact, exact_rows, self_checks = _exact(model, pairs, estimate, [sites[i] for i in chosen], metric,
-                                            progress)
-    table = pd.DataFrame({
-        "site": [str(sites[i]) for i in chosen],
-        "estimate": flat.values[chosen],
-        "exact": exact,
-        "in_top_k": [rank < top_k for rank in range(len(chosen))],
-    })
+        chosen += list(
+            np.random.default_rng(seed).choice(rest, size=min(sample, len(rest)), replace=False)
+        )
+    exact, exact_rows, self_checks = _exact(
+        model, pairs, estimate, [sites[i] for i in chosen], metric, progress
+    )
+    table = pd.DataFrame(
+        {
+            "site": [str(sites[i]) for i in chosen],
+            "estimate": flat.values[chosen],
+            "exact": exact,
+            "in_top_k": [rank < top_k for rank in range(len(chosen))],
+        }
+    )
     table["error"] = table["estimate"] - table["exact"]
     exact_top = set(np.argsort(-np.abs(np.asarray(exact) - baseline), kind="stable")[:top_k])
     recall = len(exact_top & set(range(min(top_k, len(chosen))))) / max(1, min(top_k, len(chosen)))
     interval = None
     if ci is not None:
-        cells = np.flatnonzero(kept)[chosen]  # the verified sites among the estimate's flattened cells
-        interval = _resampled_agreement(table, estimate_rows, cells, exact_rows, metric, ci, n_boot, boot_seed)
-    table = table.reindex(table["error"].abs().sort_values(ascending=False).index).reset_index(drop=True)
+        cells = np.flatnonzero(kept)[
+            chosen
+        ]  # the verified sites among the estimate's flattened cells
+        interval = _resampled_agreement(
+            table, estimate_rows, cells, exact_rows, metric, ci, n_boot, boot_seed
+        )
+    table = table.reindex(table["error"].abs().sort_values(ascending=False).index).reset_index(
+        drop=True
+    )
     attrs = results.provenance(
-        model, pairs, analysis="verify", direction=estimate.attrs["direction"],
-        site=estimate.attrs["site"], top_k=top_k, sample=sample, sample_seed=seed, metric=metric,
+        model,
+        pairs,
+        analysis="verify",
+        direction=estimate.attrs["direction"],
+        site=estimate.attrs["site"],
+        top_k=top_k,
+        sample=sample,
+        sample_seed=seed,
+        metric=metric,
         self_checks=self_checks,
-        self_check_tolerance=checks.tolerance(next(model.hf.parameters()).dtype))
-    return Verification(_spearman(flat.values[chosen], np.asarray(exact)), recall, top_k, table,
-                        interval, attrs=attrs)
+        self_check_tolerance=checks.tolerance(next(model.hf.parameters()).dtype),
+    )
+    return Verification(
+        _spearman(flat.values[chosen], np.asarray(exact)),
+        recall,
+        top_k,
+        table,
+        interval,
+        attrs=attrs,
+    )
 
 
 def _per_prompt_estimate(estimate: xr.DataArray) -> tuple[bootstrap.Block, xr.DataArray]:
     """A per-prompt estimate as a Block of every cell, and its averaged estimate (the same ratio of
     means the averaged `attribute` returns, to rounding)."""
-    complete = estimate.reindex(metric=list(METRICS))  # the bootstrap lays out every metric; the others are NaN
+    complete = estimate.reindex(
+        metric=list(METRICS)
+    )  # the bootstrap lays out every metric; the others are NaN
     blocks, layout = bootstrap.split(complete)
     if len(blocks) > 1 or len(blocks[0].groups) > 1:
-        raise ValueError("verify takes an estimate of one batch of prompts (no corruption dimension, one length group)")
-    averaged = layout.lay_out([bootstrap.statistic(blocks[0], np.ones((1, blocks[0].n)))], "stat", ["value"])
+        raise ValueError(
+            "verify takes an estimate of one batch of prompts (no corruption dimension, one length group)"
+        )
+    averaged = layout.lay_out(
+        [bootstrap.statistic(blocks[0], np.ones((1, blocks[0].n)))], "stat", ["value"]
+    )
     averaged = averaged.sel(stat="value", drop=True).sel(metric=list(estimate["metric"].values))
     averaged = averaged.transpose(*[d for d in estimate.dims if d != "batch"])
     return blocks[0], averaged
 
 
-def _resampled_agreement(table: pd.DataFrame, estimate_rows: bootstrap.Block, cells: np.ndarray,
-                         exact_rows: bootstrap.Block, metric: str, ci: float, n_boot: int, seed: int) -> tuple[float, float]:
+def _resampled_agreement(
+    table: pd.DataFrame,
+    estimate_rows: bootstrap.Block,
+    cells: np.ndarray,
+    exact_rows: bootstrap.Block,
+    metric: str,
+    ci: float,
+    n_boot: int,
+    seed: int,
+) -> tuple[float, float]:
     """The rank correlation's percentile interval, estimates and exact values recomputed on the same
     resamples of the prompts; each site's estimate and exact interval go into `table`."""
     if estimate_rows.n != exact_rows.n:
-        raise ValueError(f"the estimate holds {estimate_rows.n} prompts and pairs {exact_rows.n}: verify it on its own prompts")
+        raise ValueError(
+            f"the estimate holds {estimate_rows.n} prompts and pairs {exact_rows.n}: verify it on its own prompts"
+        )
     counts = bootstrap.resample_counts(exact_rows, n_boot, bootstrap.rngs(seed, 1)[0])
     which = METRICS.index(metric)
-    estimated = bootstrap.statistic(estimate_rows, counts, cells)[:, which]  # (resample, verified site)
+    estimated = bootstrap.statistic(estimate_rows, counts, cells)[
+        :, which
+    ]  # (resample, verified site)
     exact = bootstrap.statistic(exact_rows, counts)[:, which]
     for name, boot in (("estimate", estimated), ("exact", exact)):
         table[f"{name}_lo"], table[f"{name}_hi"] = bootstrap.percentile(boot, ci)
     correlations = np.array([_spearman(a, b) for a, b in zip(estimated, exact)])
-    if np.isnan(correlations).any():  # a resample on which one side is constant has no order to correlate
+    if np.isnan(
+        correlations
+    ).any():  # a resample on which one side is constant has no order to correlate
         return (float("nan"), float("nan"))
     lo, hi = bootstrap.percentile(correlations, ci)
     return float(lo), float(hi)
 
 
-def _exact(model: Model, pairs: PromptPairs, estimate: xr.DataArray, sites: list[Site], metric: str,
-           progress: bool | None = None) -> tuple[list[float], bootstrap.Block, dict[str, float]]:
+def _exact(
+    model: Model,
+    pairs: PromptPairs,
+    estimate: xr.DataArray,
+    sites: list[Site],
+    metric: str,
+    progress: bool | None = None,
+) -> tuple[list[float], bootstrap.Block, dict[str, float]]:
     """Exact effects of exactly these sites, through the batched engine, each patch's per-prompt
     rows (what a bootstrap of the agreement resamples; the same forwards), and the sweeps'
     self-checks through the plain patch path."""
     direction = estimate.attrs["direction"]
     layers = sorted({s.layer for s in sites})
-    spec = SweepSpec(estimate.attrs["site"], direction=direction, layers=layers,
-                     positions=[s.pos for s in sites[:1]] if sites[0].pos is not None else "all",
-                     neurons=[s.neuron for s in sites[:1]] if sites[0].neuron is not None else None,
-                     latents=[s.latent for s in sites[:1]] if sites[0].latent is not None else None,
-                     dictionary=sites[0].basis,
-                     ablation=estimate.attrs.get("source") if estimate.attrs.get("source") in ABLATIONS else None,
-                     progress=progress)
+    spec = SweepSpec(
+        estimate.attrs["site"],
+        direction=direction,
+        layers=layers,
+        positions=[s.pos for s in sites[:1]] if sites[0].pos is not None else "all",
+        neurons=[s.neuron for s in sites[:1]] if sites[0].neuron is not None else None,
+        latents=[s.latent for s in sites[:1]] if sites[0].latent is not None else None,
+        dictionary=sites[0].basis,
+        ablation=estimate.attrs.get("source")
+        if estimate.attrs.get("source") in ABLATIONS
+        else None,
+        progress=progress,
+    )
     the_plan = plan(model, pairs, spec).narrowed(sites)
     base = collect.baseline(model, pairs, check=False)  # the estimate's own call already checked it
     with torch.no_grad():
-        both, _, _ = batched.patched_logits(model, the_plan, base, lambda logits: (
-            collect.row(logits, base, per_prompt=False)[metric], collect.row(logits, base, per_prompt=True)))
-    rows = bootstrap.rows_block([r for _, r in both], base.clean_logit_diff.cpu().numpy(), base.corrupt_logit_diff.cpu().numpy())
+        both, _, _ = batched.patched_logits(
+            model,
+            the_plan,
+            base,
+            lambda logits: (
+                collect.row(logits, base, per_prompt=False)[metric],
+                collect.row(logits, base, per_prompt=True),
+            ),
+        )
+    rows = bootstrap.rows_block(
+        [r for _, r in both],
+        base.clean_logit_diff.cpu().numpy(),
+        base.corrupt_logit_diff.cpu().numpy(),
+    )
     self_checks = checks.run(model, the_plan, base, ReferencePatching(model, the_plan).logits)
     return [v for v, _ in both], rows, self_checks
 
@@ -194,13 +287,17 @@ def _checked_dictionary(estimate: xr.DataArray, dictionary: Any) -> Any:
     made_with = estimate.attrs.get("dictionary")
     if made_with is None:
         if dictionary is not None:
-            raise ValueError("dictionary= goes with estimates over feature sites; this one is over "
-                             f"{estimate.attrs['site']} sites")
+            raise ValueError(
+                "dictionary= goes with estimates over feature sites; this one is over "
+                f"{estimate.attrs['site']} sites"
+            )
         return None
     if dictionary is None or getattr(dictionary, "name", None) != made_with["name"]:
         source = made_with.get("source", "")
-        raise ValueError(f"this estimate is over latents of {made_with['name']} ({source}): "
-                         "pass that dictionary, verify(..., dictionary=it)")
+        raise ValueError(
+            f"this estimate is over latents of {made_with['name']} ({source}): "
+            "pass that dictionary, verify(..., dictionary=it)"
+        )
     return dictionary
 
 
@@ -218,7 +315,12 @@ def _site(kind: str, coords: dict, basis: Any = None) -> Site:
         fields["latent"] = int(coords[unit])
     if basis is not None:
         fields["basis"] = basis
-    return Site(kind, int(coords["layer"]), pos=None if pos is None else (pos if isinstance(pos, str) else int(pos)), **fields)
+    return Site(
+        kind,
+        int(coords["layer"]),
+        pos=None if pos is None else (pos if isinstance(pos, str) else int(pos)),
+        **fields,
+    )
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -229,7 +331,10 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     the correlation with it. NaN when either side is constant (no order to correlate)."""
     if len(a) < 2:
         return float("nan")
-    ranks_a, ranks_b = _average_ranks(np.asarray(a, dtype=np.float64)), _average_ranks(np.asarray(b, dtype=np.float64))
+    ranks_a, ranks_b = (
+        _average_ranks(np.asarray(a, dtype=np.float64)),
+        _average_ranks(np.asarray(b, dtype=np.float64)),
+    )
     if ranks_a.std() == 0 or ranks_b.std() == 0:
         return float("nan")
     return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
@@ -239,7 +344,9 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     """Ranks 1..n, each group of equal values given the mean of the ranks it spans."""
     order = np.argsort(values, kind="stable")
     ordered = values[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # where each run of equal values begins
+    starts = np.flatnonzero(
+        np.r_[True, ordered[1:] != ordered[:-1]]
+    )  # where each run of equal values begins
     ends = np.r_[starts[1:], len(values)]
     ranks = np.empty(len(values))
     ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)  # mean of ranks start+1 .. end

@@ -12,8 +12,15 @@
     stability.py edge_stability(): the top edges found again on resampled prompts and other prompt sets
 Hooks live in `actpatch.hooks` (edges.py, edge_gradients.py, edge_removal.py).
 """
+
 from actpatch.graph.evaluate import EdgeRuns, evaluate
-from actpatch.graph.faithfulness import MIB_PERCENTS, CurveOptions, cpr_cmd, curve_intervals, faithfulness_curve
+from actpatch.graph.faithfulness import (
+    MIB_PERCENTS,
+    CurveOptions,
+    cpr_cmd,
+    curve_intervals,
+    faithfulness_curve,
+)
 from actpatch.graph.files import GraphFileError, load_graph, save_graph
 from actpatch.graph.grow import Grown, grow_circuit
 from actpatch.graph.nodes import EdgeError, Graph
@@ -23,7 +30,27 @@ from actpatch.graph.stability import edge_stability
 from actpatch.graph.verify import EdgeVerification, verify_edges
 
 __all__ = [
-    "METHODS", "MIB_PERCENTS", "EdgeError", "EdgeRuns", "EdgeScores", "EdgeVerification", "Graph", "GraphFileError", "Grown", "cpr_cmd",
-    "CurveOptions", "curve_intervals", "edge_scores", "edge_stability", "evaluate", "faithfulness_curve", "grow_circuit", "load_graph", "nodes_in_circuit", "prune_circuit",
-    "save_graph", "top_edges", "verify_edges",
+    "METHODS",
+    "MIB_PERCENTS",
+    "CurveOptions",
+    "EdgeError",
+    "EdgeRuns",
+    "EdgeScores",
+    "EdgeVerification",
+    "Graph",
+    "GraphFileError",
+    "Grown",
+    "cpr_cmd",
+    "curve_intervals",
+    "edge_scores",
+    "edge_stability",
+    "evaluate",
+    "faithfulness_curve",
+    "grow_circuit",
+    "load_graph",
+    "nodes_in_circuit",
+    "prune_circuit",
+    "save_graph",
+    "top_edges",
+    "verify_edges",
 ]

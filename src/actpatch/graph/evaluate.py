@@ -10,10 +10,12 @@ So the full circuit is the clean run and the empty one the corrupt (or ablated) 
 Several circuits are run at once as copies stacked along the batch. Not here: scores
 (`graph/scores.py`) and choosing circuits (`graph/select.py`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import xarray as xr
@@ -33,9 +35,17 @@ Ablation = Literal["zero", "mean", "resample"]
 ABLATIONS = ("zero", "mean", "resample")
 
 
-def evaluate(model: Model, pairs: PromptPairs, circuit: Tensor | Sequence[str], *, ablation: Ablation | None = None,
-             check_baseline: bool = True, ci: float | None = None, n_boot: int = 1000,
-             boot_seed: int = 0) -> xr.DataArray:
+def evaluate(
+    model: Model,
+    pairs: PromptPairs,
+    circuit: Tensor | Sequence[str],
+    *,
+    ablation: Ablation | None = None,
+    check_baseline: bool = True,
+    ci: float | None = None,
+    n_boot: int = 1000,
+    boot_seed: int = 0,
+) -> xr.DataArray:
     """Every metric (averaged over prompts) with only `circuit`'s edges carrying current values.
 
     `circuit`: edge names (`["input->a0.h0<q>", "a0.h0->logits"]`) or a (sender, receiver) bool
@@ -50,11 +60,20 @@ def evaluate(model: Model, pairs: PromptPairs, circuit: Tensor | Sequence[str], 
     circuit = runs.graph.checked(circuit)
     logits = runs.logits(circuit[None])[0]
     values = metrics.averaged(logits, runs.base)
-    result = xr.DataArray([values[m] for m in metrics.METRICS], dims=["metric"],
-                          coords={"metric": list(metrics.METRICS)}, name="circuit_performance")
+    result = xr.DataArray(
+        [values[m] for m in metrics.METRICS],
+        dims=["metric"],
+        coords={"metric": list(metrics.METRICS)},
+        name="circuit_performance",
+    )
     result.attrs.update(runs.provenance("graph.evaluate", check_baseline=check_baseline))
-    result.attrs.update(model=model.name, ablation=ablation or "corrupt", n_edges=int(circuit.sum()),
-                        n_edges_total=runs.graph.n_edges, n_prompts=len(pairs))
+    result.attrs.update(
+        model=model.name,
+        ablation=ablation or "corrupt",
+        n_edges=int(circuit.sum()),
+        n_edges_total=runs.graph.n_edges,
+        n_prompts=len(pairs),
+    )
     if ci is None:
         return result
     block = runs.prompt_block([logits])
@@ -78,12 +97,22 @@ class EdgeRuns:
 
     @classmethod
     @torch.no_grad()
-    def prepare(cls, model: Model, pairs: PromptPairs, *, ablation: Ablation | None = None,
-                check_baseline: bool = True) -> "EdgeRuns":
+    def prepare(
+        cls,
+        model: Model,
+        pairs: PromptPairs,
+        *,
+        ablation: Ablation | None = None,
+        check_baseline: bool = True,
+    ) -> EdgeRuns:
         if ablation is not None and ablation not in ABLATIONS:
-            raise ValueError(f"ablation must be one of {ABLATIONS} or None (the corrupt run's outputs), got {ablation!r}")
+            raise ValueError(
+                f"ablation must be one of {ABLATIONS} or None (the corrupt run's outputs), got {ablation!r}"
+            )
         if ablation == "resample" and len(pairs) < 2:
-            raise ValueError("ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts")
+            raise ValueError(
+                "ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts"
+            )
         graph = Graph.of(model)
         # The recording forwards are the baseline runs: their final-position logits are the baseline's.
         clean, clean_logits = sender_outputs(model, graph, pairs.clean_run, logits=True)
@@ -100,12 +129,16 @@ class EdgeRuns:
         values (`source`), the baselines, and `options`: the analysis's own arguments, only
         those it used."""
         return results.provenance(
-            self.model, self.pairs, analysis=analysis, source=self.ablation or "corrupt",
+            self.model,
+            self.pairs,
+            analysis=analysis,
+            source=self.ablation or "corrupt",
             baseline_clean=metrics.averaged(self.base.clean_logits, self.base),
             baseline_corrupt=metrics.averaged(self.base.corrupt_logits, self.base),
             self_checks=self.self_checks(),
             self_check_tolerance=checks.tolerance(next(self.model.hf.parameters()).dtype),
-            **options)
+            **options,
+        )
 
     def self_checks(self) -> dict[str, float]:
         """The edge path's no-op patches, run once per `EdgeRuns` (one forward of two copies):
@@ -114,20 +147,29 @@ class EdgeRuns:
         so a circuit's numbers never come from an edge path that cannot reproduce the model."""
         if self._checks is None:
             empty, full = self.logits(torch.stack([self.graph.empty(), self.graph.full()]))
-            found = {"full_circuit_error": checks.same_run_error(self.model, full, self.base, "noise")}
+            found = {
+                "full_circuit_error": checks.same_run_error(self.model, full, self.base, "noise")
+            }
             if self.ablation is None:
                 found["empty_circuit_error"] = checks.same_run_error(
-                    self.model, empty, self.base, "denoise")
+                    self.model, empty, self.base, "denoise"
+                )
             self._checks = found
         return self._checks
 
-    def prompt_block(self, logits: Sequence[Tensor], empty: Tensor | None = None,
-                     full: Tensor | None = None) -> "bootstrap.Block":
+    def prompt_block(
+        self, logits: Sequence[Tensor], empty: Tensor | None = None, full: Tensor | None = None
+    ) -> bootstrap.Block:
         """Every metric of each prompt of each circuit's run (`logits`: (batch, vocab) each), as the
         block a bootstrap over prompts resamples: normalised by the clean and corrupt runs, or by
         the `empty` and `full` circuits' per-prompt logit differences where given (that is f)."""
-        rows = [{name: v.double().cpu().numpy()
-                 for name, v in metrics.per_prompt(each, self.base).items()} for each in logits]
+        rows = [
+            {
+                name: v.double().cpu().numpy()
+                for name, v in metrics.per_prompt(each, self.base).items()
+            }
+            for each in logits
+        ]
         low = self.base.corrupt_logit_diff if empty is None else empty
         high = self.base.clean_logit_diff if full is None else full
         return bootstrap.rows_block(rows, high.double().cpu().numpy(), low.double().cpu().numpy())
@@ -135,16 +177,25 @@ class EdgeRuns:
     def check_for(self, model: Model, pairs: PromptPairs, ablation: Ablation | None) -> None:
         """Refuse to reuse these runs for another model, other prompts or another ablation."""
         if self.model is not model or self.pairs is not pairs or self.ablation != ablation:
-            raise ValueError(f"these EdgeRuns were prepared for {self.model.name} on {len(self.pairs)} prompts with "
-                             f"ablation={self.ablation!r}: prepare them with the same model, pairs and ablation "
-                             f"(EdgeRuns.prepare(model, pairs, ablation={ablation!r}))")
+            raise ValueError(
+                f"these EdgeRuns were prepared for {self.model.name} on {len(self.pairs)} prompts with "
+                f"ablation={self.ablation!r}: prepare them with the same model, pairs and ablation "
+                f"(EdgeRuns.prepare(model, pairs, ablation={ablation!r}))"
+            )
 
     def plan(self, copies: int, **changes) -> EdgePlan:
         """The plan of a circuit or gradient run (only its final-position logits are read); the fast
         path runs the last layer's MLP at the final position alone, the plain path everywhere."""
         changes.setdefault("final_position_only", changes.get("fast", True))
-        return EdgePlan(stages=self.graph.stages(), attn_in_norm=attn_in_norm(self.model), copies=copies,
-                        batch=len(self.pairs), off=self.off, exists=self.graph.exists, **changes)
+        return EdgePlan(
+            stages=self.graph.stages(),
+            attn_in_norm=attn_in_norm(self.model),
+            copies=copies,
+            batch=len(self.pairs),
+            off=self.off,
+            exists=self.graph.exists,
+            **changes,
+        )
 
     @torch.no_grad()
     def logits(self, circuits: Tensor, *, chunk: int | None = None, engine: str = "fast") -> Tensor:
@@ -155,7 +206,9 @@ class EdgeRuns:
         (`hooks.edges.EdgePlan.fast`)."""
         if engine not in ("fast", "plain"):
             raise ValueError(f"engine must be one of ('fast', 'plain'), got {engine!r}")
-        return torch.cat([self._forward(part, fast=engine == "fast") for part in self._chunks(circuits, chunk)])
+        return torch.cat(
+            [self._forward(part, fast=engine == "fast") for part in self._chunks(circuits, chunk)]
+        )
 
     def mean_logit_diff(self, logits: Tensor) -> Tensor:
         """The mean logit difference over the prompts, in float64: a scalar from (batch, vocab)
@@ -172,27 +225,47 @@ class EdgeRuns:
         every sender (d_model each); a backward keeps every layer's, so gradients divide by n_layers."""
         if chunk is not None:
             if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-                raise ValueError(f"chunk must be a positive number of circuits per forward, got {chunk!r}")
+                raise ValueError(
+                    f"chunk must be a positive number of circuits per forward, got {chunk!r}"
+                )
             return chunk
         dims, width = self.model.dims, self.clean.element_size()
-        per_copy = len(self.pairs) * self.pairs.seq_len * dims.d_model * width * (3 * dims.n_heads + len(self.graph.senders))
-        per_copy *= 2 * (dims.n_layers if grads else 1)  # transients of the attention on H-times expanded rows
-        return max(1, memory.default_budget({p.device for p in self.model.hf.parameters()}) // per_copy)
+        per_copy = (
+            len(self.pairs)
+            * self.pairs.seq_len
+            * dims.d_model
+            * width
+            * (3 * dims.n_heads + len(self.graph.senders))
+        )
+        per_copy *= 2 * (
+            dims.n_layers if grads else 1
+        )  # transients of the attention on H-times expanded rows
+        return max(
+            1, memory.default_budget({p.device for p in self.model.hf.parameters()}) // per_copy
+        )
 
     def _chunks(self, circuits: Tensor, chunk: int | None) -> list[Tensor]:
         if circuits.ndim != 3 or circuits.shape[1:] != self.graph.exists.shape:
-            raise EdgeError(f"circuits must be a (circuit, sender, receiver) stack of {tuple(self.graph.exists.shape)} "
-                            f"matrices, got {tuple(circuits.shape)}")
+            raise EdgeError(
+                f"circuits must be a (circuit, sender, receiver) stack of {tuple(self.graph.exists.shape)} "
+                f"matrices, got {tuple(circuits.shape)}"
+            )
         return list(circuits.split(self.copies_per_forward(chunk)))
 
     def _forward(self, circuits: Tensor, *, fast: bool = True) -> Tensor:
         copies = circuits.shape[0]
-        absent = self.graph.exists.double() * (1 - circuits.double())  # float64: fractional weights stay exact
+        absent = self.graph.exists.double() * (
+            1 - circuits.double()
+        )  # float64: fractional weights stay exact
         tokens = self.pairs.clean.repeat(copies, 1).to(self.model.device)
-        with edge_hooks(self.model, self.plan(copies, absent=absent.to(self.model.device), fast=fast)) as record:
+        with edge_hooks(
+            self.model, self.plan(copies, absent=absent.to(self.model.device), fast=fast)
+        ) as record:
             logits = hooks.final_logits(self.model, tokens)
         check_reached(self.graph, record)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 models stay float64
+        logits = logits.to(
+            torch.promote_types(logits.dtype, torch.float32)
+        )  # float64 models stay float64
         return logits.view(copies, len(self.pairs), -1)
 
 
@@ -202,7 +275,9 @@ def attn_in_norm(model: Model) -> str:
 
 
 @torch.no_grad()
-def sender_outputs(model: Model, graph: Graph, run: Run, *, logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+def sender_outputs(
+    model: Model, graph: Graph, run: Run, *, logits: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
     """Each sender's output in `run` (its input noise included): (sender, batch, pos, d_model); with
     `logits`, also the final-position logits (batch, vocab, float32), as `hooks.last_logits` gives them."""
     plan = EdgePlan(stages=graph.stages(), attn_in_norm=attn_in_norm(model), batch=len(run))
@@ -218,5 +293,7 @@ def check_reached(graph: Graph, record: EdgeRecord) -> None:
     """Raise if some receivers were never reached: their edges would silently do nothing."""
     stages = graph.stages()
     if missing := [s for i, s in enumerate(stages) if i not in record.fired]:
-        raise RuntimeError(f"the forward never reached the norm feeding {missing[0].kind} of layer {missing[0].layer} "
-                           "(and maybe others): the architecture table's paths do not match this model's forward")
+        raise RuntimeError(
+            f"the forward never reached the norm feeding {missing[0].kind} of layer {missing[0].layer} "
+            "(and maybe others): the architecture table's paths do not match this model's forward"
+        )

@@ -12,6 +12,7 @@ at all: the final norm and unembedding of the clean final residual stream minus 
 The work is counted as the batched engine counts it (decoder-layer × token calls, in forwards of
 the clean batch); the plain path (`EdgeRuns.logits`, one whole forward per removal) is the oracle.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,25 +40,34 @@ class RemovalCost:
 
 
 @torch.no_grad()
-def removal_logit_diffs(runs: EdgeRuns, edges: Tensor, *, chunk: int | None = None) -> tuple[Tensor, RemovalCost]:
+def removal_logit_diffs(
+    runs: EdgeRuns, edges: Tensor, *, chunk: int | None = None
+) -> tuple[Tensor, RemovalCost]:
     """(edge,) mean logit difference over the prompts (float64) with each (sender, receiver) in
     `edges` (edge, 2) removed alone, and the work it took."""
     model, pairs, graph = runs.model, runs.pairs, runs.graph
     size = chunk if chunk is not None else _copies_per_forward(runs)
     delta = runs.clean - runs.off  # (sender, batch, pos, d_model)
     differs = delta.abs().amax((0, 1, 3)).nonzero().flatten()
-    start = int(differs[0]) if len(differs) else pairs.seq_len - 1  # positions before it are the clean run's
+    start = (
+        int(differs[0]) if len(differs) else pairs.seq_len - 1
+    )  # positions before it are the clean run's
     stages = graph.stages()
     stage_of = torch.empty(len(graph.receivers), dtype=torch.long)
     for index, stage in enumerate(stages):
         stage_of[stage.receivers] = index
     n_layers = model.dims.n_layers
     heads = range(model.dims.n_heads)
-    sites = ([Site("resid_pre", layer) for layer in range(n_layers)] + [Site("resid_post", n_layers - 1)]
-             + [Site("head", layer, head=h) for layer in range(n_layers) for h in heads])
+    sites = (
+        [Site("resid_pre", layer) for layer in range(n_layers)]
+        + [Site("resid_post", n_layers - 1)]
+        + [Site("head", layer, head=h) for layer in range(n_layers) for h in heads]
+    )
     clean = hooks.capture(model, pairs.clean_run, sites)
     for layer in range(n_layers):  # (batch, pos, head, d_head)
-        clean[Site("head", layer)] = torch.stack([clean.pop(Site("head", layer, head=h)) for h in heads], 2)
+        clean[Site("head", layer)] = torch.stack(
+            [clean.pop(Site("head", layer, head=h)) for h in heads], 2
+        )
     resumer = Resumer(model, pairs.clean_run)
     # Its recording forward must run before any removal's hooks are attached: one no-op copy of the last layer.
     last = Site("resid_pre", n_layers - 1, pos=start)
@@ -65,30 +75,52 @@ def removal_logit_diffs(runs: EdgeRuns, edges: Tensor, *, chunk: int | None = No
     result = torch.empty(len(edges), dtype=torch.float64)
     for index, stage in enumerate(stages):
         mine = (stage_of[edges[:, 1]] == index).nonzero().flatten()
-        for part in (mine.split(size) if len(mine) else ()):
+        for part in mine.split(size) if len(mine) else ():
             senders, columns = edges[part, 0], edges[part, 1] - stage.receivers.start
             if stage.kind == "logits":
                 final = clean[Site("resid_post", n_layers - 1)][:, -1]  # (batch, d_model)
-                resid = final[None] - delta[senders, :, -1].to(final.dtype)  # (copy, batch, d_model)
+                resid = final[None] - delta[senders, :, -1].to(
+                    final.dtype
+                )  # (copy, batch, d_model)
                 logits = model.unembed(resid.flatten(0, 1)).view(len(part), len(pairs), -1)
             else:
-                logits = _resumed(runs, resumer, clean, stage, senders, columns.tolist(), delta, start)
+                logits = _resumed(
+                    runs, resumer, clean, stage, senders, columns.tolist(), delta, start
+                )
             result[part] = runs.mean_logit_diff(logits)
     batch, seq = pairs.clean.shape
     forward = n_layers * batch * seq
     # the resumer's recording of the clean run and its resumed copies, and the capture above (one forward)
-    cost = RemovalCost((resumer.recording_tokens + resumer.patch_tokens) / forward + 1.0, float(len(edges)))
+    cost = RemovalCost(
+        (resumer.recording_tokens + resumer.patch_tokens) / forward + 1.0, float(len(edges))
+    )
     return result, cost
 
 
-def _resumed(runs: EdgeRuns, resumer: Resumer, clean: dict, stage, senders: Tensor, columns: list[int],
-             delta: Tensor, start: int) -> Tensor:
+def _resumed(
+    runs: EdgeRuns,
+    resumer: Resumer,
+    clean: dict,
+    stage,
+    senders: Tensor,
+    columns: list[int],
+    delta: Tensor,
+    start: int,
+) -> Tensor:
     """(copy, batch, vocab) logits of copies of the clean run resumed at `stage`'s layer and `start`."""
     model, copies = runs.model, len(columns)
     layer = stage.layer
-    rows = delta[senders][:, :, start:].transpose(0, 1).flatten(0, 1)  # prompt-major (batch·copy, pos, d_model)
-    removal = Removal(layer, stage.kind, attn_in_norm(model), columns, rows,
-                      clean[Site("head", layer)][:, start:] if stage.kind == "attn" else None)
+    rows = (
+        delta[senders][:, :, start:].transpose(0, 1).flatten(0, 1)
+    )  # prompt-major (batch·copy, pos, d_model)
+    removal = Removal(
+        layer,
+        stage.kind,
+        attn_in_norm(model),
+        columns,
+        rows,
+        clean[Site("head", layer)][:, start:] if stage.kind == "attn" else None,
+    )
     # A no-op patch tells the resumer where the copies enter: this layer, from `start` on.
     entry = Site("resid_pre", layer, pos=start)
     value = clean[Site("resid_pre", layer)][:, start]
@@ -102,4 +134,3 @@ def _copies_per_forward(runs: EdgeRuns) -> int:
     batch, seq = runs.pairs.clean.shape
     per_copy = memory.copy_bytes(runs.model.dims, batch, seq, runs.clean.element_size())
     return max(1, memory.default_budget({p.device for p in runs.model.hf.parameters()}) // per_copy)
-

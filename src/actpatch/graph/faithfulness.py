@@ -12,10 +12,12 @@ score is 0.999):
     CPR = Σ (x_{i+1} − x_i)·(f_i + f_{i+1})/2          (higher is better)
     CMD = Σ (x_{i+1} − x_i)·(|1 − f_i| + |1 − f_{i+1}|)/2   (lower is better)
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,11 +50,19 @@ class CurveOptions:
     boot_seed: int = 0
 
 
-def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
-                       percents: Sequence[float] = MIB_PERCENTS, absolute: bool = True,
-                       prune: bool = True, ablation: Ablation | None = None,
-                       runs: EdgeRuns | None = None, ci: float | None = None,
-                       **options: Any) -> xr.DataArray:
+def faithfulness_curve(
+    model: Model,
+    pairs: PromptPairs,
+    scores: EdgeScores,
+    *,
+    percents: Sequence[float] = MIB_PERCENTS,
+    absolute: bool = True,
+    prune: bool = True,
+    ablation: Ablation | None = None,
+    runs: EdgeRuns | None = None,
+    ci: float | None = None,
+    **options: Any,
+) -> xr.DataArray:
     """Every metric of the top `percents` % of edges by `scores`, dims (percent, metric), with the
     edges each circuit kept (`n_edges`, after pruning) as a coordinate and CPR and CMD in `attrs`.
 
@@ -76,47 +86,78 @@ def faithfulness_curve(model: Model, pairs: PromptPairs, scores: EdgeScores, *,
         raise ValueError(f"percents must be increasing sizes in (0, 100], got {percents}")
     circuits = [top_edges(scores, percent=p, absolute=absolute, prune=prune) for p in percents]
     if Graph.of(model).cfg != scores.graph.cfg:
-        raise EdgeError(f"these scores are for a graph of {scores.graph.cfg}, but {model.name}'s is {Graph.of(model).cfg}: "
-                        "score the edges on this model")
+        raise EdgeError(
+            f"these scores are for a graph of {scores.graph.cfg}, but {model.name}'s is {Graph.of(model).cfg}: "
+            "score the edges on this model"
+        )
     if runs is None:
         runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
     runs.check_for(model, pairs, ablation)
     stack = torch.stack([runs.graph.empty(), runs.graph.full(), *circuits])
     logits = _logits(runs, stack, chunk, engine, known_empty=ablation is None)
     rows = [metrics.averaged(l, runs.base) for l in logits]
-    prompt_diffs = np.stack([metrics.per_prompt(l, runs.base)["logit_diff"].double().cpu().numpy() for l in logits])
+    prompt_diffs = np.stack(
+        [metrics.per_prompt(l, runs.base)["logit_diff"].double().cpu().numpy() for l in logits]
+    )
     empty, full = rows[0]["logit_diff"], rows[1]["logit_diff"]
     faithful = [(row["logit_diff"] - empty) / (full - empty) for row in rows[2:]]
     cpr, cmd = cpr_cmd(percents, faithful)
     values = [[f, *(row[m] for m in metrics.METRICS)] for f, row in zip(faithful, rows[2:])]
-    result = xr.DataArray(values, dims=["percent", "metric"], name="faithfulness",
-                          coords={"percent": percents, "metric": list(CURVE_METRICS),
-                                  "n_edges": ("percent", [int(c.sum()) for c in circuits])})
-    result.attrs.update(runs.provenance("faithfulness_curve", method=scores.method,
-                                        percents=percents, absolute=absolute, prune=prune,
-                                        engine=engine, check_baseline=check_baseline))
+    result = xr.DataArray(
+        values,
+        dims=["percent", "metric"],
+        name="faithfulness",
+        coords={
+            "percent": percents,
+            "metric": list(CURVE_METRICS),
+            "n_edges": ("percent", [int(c.sum()) for c in circuits]),
+        },
+    )
     result.attrs.update(
-        cpr=cpr, cmd=cmd, method=scores.method, model=model.name, absolute=int(absolute), pruned=int(prune),
-        ablation=ablation or "corrupt", n_edges_total=runs.graph.n_edges, n_prompts=len(pairs),
-        empty_logit_diff=empty, full_logit_diff=full,
+        runs.provenance(
+            "faithfulness_curve",
+            method=scores.method,
+            percents=percents,
+            absolute=absolute,
+            prune=prune,
+            engine=engine,
+            check_baseline=check_baseline,
+        )
+    )
+    result.attrs.update(
+        cpr=cpr,
+        cmd=cmd,
+        method=scores.method,
+        model=model.name,
+        absolute=int(absolute),
+        pruned=int(prune),
+        ablation=ablation or "corrupt",
+        n_edges_total=runs.graph.n_edges,
+        n_prompts=len(pairs),
+        empty_logit_diff=empty,
+        full_logit_diff=full,
         # per prompt, for intervals without another forward (`curve_intervals`): empty, full, then each size
         prompt_logit_diff=prompt_diffs.ravel().tolist(),
         clean_prompt_logit_diff=runs.base.clean_logit_diff.double().cpu().tolist(),
         corrupt_prompt_logit_diff=runs.base.corrupt_logit_diff.double().cpu().tolist(),
         normalisation="f = (m(C) - m(empty)) / (m(full) - m(empty)) on the mean logit difference; "
-                      "CPR, CMD: trapezoids over the fraction of edges, not divided by its length",
+        "CPR, CMD: trapezoids over the fraction of edges, not divided by its length",
     )
     if ci is None:
         return result
     # Every metric of every prompt is at hand here: each metric's interval, not only f's.
     sized = logits[2:]
     empty_diffs, full_diffs = torch.as_tensor(prompt_diffs[0]), torch.as_tensor(prompt_diffs[1])
-    blocks = (runs.prompt_block(sized, empty=empty_diffs, full=full_diffs),
-              runs.prompt_block(sized))
+    blocks = (
+        runs.prompt_block(sized, empty=empty_diffs, full=full_diffs),
+        runs.prompt_block(sized),
+    )
     return _with_curve_intervals(result, blocks, ci, n_boot, boot_seed)
 
 
-def curve_intervals(curve: xr.DataArray, ci: float = 0.95, *, n_boot: int = 1000, seed: int = 0) -> xr.DataArray:
+def curve_intervals(
+    curve: xr.DataArray, ci: float = 0.95, *, n_boot: int = 1000, seed: int = 0
+) -> xr.DataArray:
     """`curve` with a `stat` dimension (value, lo, hi), and CPR and CMD intervals in `attrs`
     (`cpr_lo`, `cpr_hi`, `cmd_lo`, `cmd_hi`): prompts resampled with replacement, each resample's f
     computed from its own empty and full circuits' means, as the curve computes it.
@@ -128,19 +169,26 @@ def curve_intervals(curve: xr.DataArray, ci: float = 0.95, *, n_boot: int = 1000
     if "stat" in curve.dims:
         raise ValueError("this curve already has intervals (a `stat` dimension)")
     if "prompt_logit_diff" not in curve.attrs:
-        raise ValueError("this curve has no per-prompt logit differences: compute it again with faithfulness_curve")
-    diffs = np.asarray(curve.attrs["prompt_logit_diff"], dtype=float).reshape(curve.sizes["percent"] + 2, -1)
+        raise ValueError(
+            "this curve has no per-prompt logit differences: compute it again with faithfulness_curve"
+        )
+    diffs = np.asarray(curve.attrs["prompt_logit_diff"], dtype=float).reshape(
+        curve.sizes["percent"] + 2, -1
+    )
     empty, full, sizes = diffs[0], diffs[1], diffs[2:]
     rows = [{"logit_diff": row} for row in sizes]
     clean = curve.attrs["clean_prompt_logit_diff"]
     corrupt = curve.attrs["corrupt_prompt_logit_diff"]
-    blocks = (bootstrap.rows_block(rows, full, empty),  # normalised by the empty and full: f
-              bootstrap.rows_block(rows, clean, corrupt))
+    blocks = (
+        bootstrap.rows_block(rows, full, empty),  # normalised by the empty and full: f
+        bootstrap.rows_block(rows, clean, corrupt),
+    )
     return _with_curve_intervals(curve, blocks, ci, n_boot, seed)
 
 
-def _with_curve_intervals(curve: xr.DataArray, blocks: tuple, ci: float, n_boot: int,
-                          seed: int) -> xr.DataArray:
+def _with_curve_intervals(
+    curve: xr.DataArray, blocks: tuple, ci: float, n_boot: int, seed: int
+) -> xr.DataArray:
     """`curve` with intervals from two blocks of the same per-prompt rows: one normalised by the
     empty and full circuits (its norm_logit_diff is f), one by the clean and corrupt runs."""
     by_circuits, by_runs = blocks
@@ -149,24 +197,35 @@ def _with_curve_intervals(curve: xr.DataArray, blocks: tuple, ci: float, n_boot:
     lo_hi = {}
     resampled = np.array([cpr_cmd(curve["percent"].values, row) for row in f])  # (resample, 2)
     for i, name in enumerate(("cpr", "cmd")):
-        lo_hi[f"{name}_lo"], lo_hi[f"{name}_hi"] = map(float, bootstrap.percentile(resampled[:, i], ci))
+        lo_hi[f"{name}_lo"], lo_hi[f"{name}_hi"] = map(
+            float, bootstrap.percentile(resampled[:, i], ci)
+        )
     # every other metric, normalised by the clean and corrupt runs, from the same resamples
     others = bootstrap.replicates(by_runs, n_boot=n_boot, seed=seed)
-    per_metric = {m: (f if m == "faithfulness" else others[:, metrics.METRICS.index(m)]) for m in CURVE_METRICS}
-    boot_all = np.stack([per_metric[m] for m in curve["metric"].values], axis=-1)  # (resample, percent, metric)
+    per_metric = {
+        m: (f if m == "faithfulness" else others[:, metrics.METRICS.index(m)])
+        for m in CURVE_METRICS
+    }
+    boot_all = np.stack(
+        [per_metric[m] for m in curve["metric"].values], axis=-1
+    )  # (resample, percent, metric)
     result = with_intervals(curve, boot_all, ci, n_boot, seed)
     result.attrs.update(lo_hi)
     return result
 
 
-def _logits(runs: EdgeRuns, circuits: torch.Tensor, chunk: int | None, engine: str, *, known_empty: bool) -> torch.Tensor:
+def _logits(
+    runs: EdgeRuns, circuits: torch.Tensor, chunk: int | None, engine: str, *, known_empty: bool
+) -> torch.Tensor:
     """(circuit, batch, vocab) logits; with the fast engine a circuit of every edge is the clean run
     and, when out-of-circuit values are the corrupt run's, one of no edge is the corrupt run."""
     if engine == "plain":
         return runs.logits(circuits, chunk=chunk, engine="plain")
     full = (circuits == runs.graph.exists).flatten(1).all(1)
     empty = ~circuits.flatten(1).any(1) & known_empty
-    found = torch.empty(len(circuits), *runs.base.clean_logits.shape, dtype=runs.base.clean_logits.dtype)
+    found = torch.empty(
+        len(circuits), *runs.base.clean_logits.shape, dtype=runs.base.clean_logits.dtype
+    )
     found[full], found[empty] = runs.base.clean_logits.cpu(), runs.base.corrupt_logits.cpu()
     if bool((rest := ~(full | empty)).any()):
         found[rest] = runs.logits(circuits[rest], chunk=chunk).to(found.dtype).cpu()
@@ -180,4 +239,6 @@ def cpr_cmd(percents: Sequence[float], faithfulness: Sequence[float]) -> tuple[f
     if x.shape != f.shape or x.ndim != 1:
         raise ValueError(f"need one faithfulness per size, got {len(f)} for {len(x)} sizes")
     widths = np.diff(x)
-    return float(np.sum(widths * (f[1:] + f[:-1]) / 2)), float(np.sum(widths * (np.abs(1 - f[1:]) + np.abs(1 - f[:-1])) / 2))
+    return float(np.sum(widths * (f[1:] + f[:-1]) / 2)), float(
+        np.sum(widths * (np.abs(1 - f[1:]) + np.abs(1 - f[:-1])) / 2)
+    )

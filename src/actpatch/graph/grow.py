@@ -6,6 +6,7 @@ edge present; growing instead evaluates, at each step, the circuit so far plus e
 `step` that raise m(C) most. The cost is about (n / step) × candidates circuit evaluations, so
 it is for small circuits and small models; the scores only choose which edges are tried.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,19 @@ class Grown:
     faithfulness: list[float]
 
 
-def grow_circuit(model: Model, pairs: PromptPairs, scores: EdgeScores, n: int, *, candidates: int = 20, step: int = 1,
-                 absolute: bool = True, ablation: Ablation | None = None, chunk: int | None = None,
-                 check_baseline: bool = True) -> Grown:
+def grow_circuit(
+    model: Model,
+    pairs: PromptPairs,
+    scores: EdgeScores,
+    n: int,
+    *,
+    candidates: int = 20,
+    step: int = 1,
+    absolute: bool = True,
+    ablation: Ablation | None = None,
+    chunk: int | None = None,
+    check_baseline: bool = True,
+) -> Grown:
     """A circuit of `n` edges grown from the empty one, each step adding the `step` edges (among
     the `candidates` best by |score|, or signed score without `absolute`, not yet in it) whose
     addition alone raises the mean logit difference most.
@@ -43,8 +54,10 @@ def grow_circuit(model: Model, pairs: PromptPairs, scores: EdgeScores, n: int, *
     """
     graph = Graph.of(model)
     if graph.cfg != scores.graph.cfg:
-        raise EdgeError(f"these scores are for a graph of {scores.graph.cfg}, but {model.name}'s is {graph.cfg}: "
-                        "score the edges on this model")
+        raise EdgeError(
+            f"these scores are for a graph of {scores.graph.cfg}, but {model.name}'s is {graph.cfg}: "
+            "score the edges on this model"
+        )
     for name, value, least in (("n", n, 0), ("candidates", candidates, 1), ("step", step, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be a whole number, {least} or more, got {value!r}")
@@ -52,7 +65,9 @@ def grow_circuit(model: Model, pairs: PromptPairs, scores: EdgeScores, n: int, *
         raise EdgeError(f"n must be at most the graph's {graph.n_edges} edges, got {n}")
     runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
     ranked = scores.scores.abs() if absolute else scores.scores.clone()
-    ranked = ranked.double().nan_to_num(nan=-math.inf).masked_fill(~graph.exists, -math.inf).flatten()
+    ranked = (
+        ranked.double().nan_to_num(nan=-math.inf).masked_fill(~graph.exists, -math.inf).flatten()
+    )
     order = torch.sort(ranked, descending=True, stable=True).indices[: graph.n_edges]
     ends = runs.logits(torch.stack([graph.empty(), graph.full()]), chunk=chunk)
     empty, full = (float(runs.mean_logit_diff(l)) for l in ends)
@@ -65,12 +80,23 @@ def grow_circuit(model: Model, pairs: PromptPairs, scores: EdgeScores, n: int, *
         stack[torch.arange(len(tried)), tried] = True
         logits = runs.logits(stack.view(len(tried), *graph.exists.shape), chunk=chunk)
         gains = torch.tensor([float(runs.mean_logit_diff(l)) for l in logits], dtype=torch.float64)
-        chosen = torch.sort(gains, descending=True, stable=True).indices[: min(step, n - len(added))]
+        chosen = torch.sort(gains, descending=True, stable=True).indices[
+            : min(step, n - len(added))
+        ]
         best = tried[chosen]
         circuit[best] = True
-        added += [graph.edge_name(int(i) // graph.exists.shape[1], int(i) % graph.exists.shape[1]) for i in best]
-        current = (float(gains[chosen[0]]) if len(best) == 1  # that very circuit was just evaluated
-                   else float(runs.mean_logit_diff(runs.logits(circuit.view(1, *graph.exists.shape), chunk=chunk)[0])))
+        added += [
+            graph.edge_name(int(i) // graph.exists.shape[1], int(i) % graph.exists.shape[1])
+            for i in best
+        ]
+        current = (
+            float(gains[chosen[0]])
+            if len(best) == 1  # that very circuit was just evaluated
+            else float(
+                runs.mean_logit_diff(
+                    runs.logits(circuit.view(1, *graph.exists.shape), chunk=chunk)[0]
+                )
+            )
+        )
         faithfulness.append((current - empty) / (full - empty))
     return Grown(circuit.view(graph.exists.shape).clone(), added, faithfulness)
-

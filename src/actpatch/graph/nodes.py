@@ -11,12 +11,14 @@ Circuits, scores and files are boolean or float matrices over (sender, receiver)
 order of the forward pass (EAP-IG's "forward" × "backward" indices). Not here: running the model
 (`hooks/edges.py`, `graph/evaluate.py`), choosing edges (`graph/select.py`).
 """
+
 from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -25,6 +27,7 @@ from actpatch.models.model import Model
 
 QKV = ("q", "k", "v")
 StageKind = Literal["attn", "mlp", "logits"]
+
 
 class EdgeError(ValueError):
     """An edge, node or circuit that does not exist in this model's graph; the message names the fix."""
@@ -64,23 +67,31 @@ class Graph:
         exists = torch.zeros(len(senders), len(receivers), dtype=torch.bool)
         for stage in self.stages():
             exists[: stage.senders, stage.receivers] = True
-            if self.parallel and stage.kind == "mlp":  # the MLP reads resid_pre: none of its own layer's heads
+            if (
+                self.parallel and stage.kind == "mlp"
+            ):  # the MLP reads resid_pre: none of its own layer's heads
                 exists[stage.senders - self.n_heads : stage.senders, stage.receivers] = False
         object.__setattr__(self, "senders", tuple(senders))
         object.__setattr__(self, "receivers", tuple(receivers))
         object.__setattr__(self, "exists", exists)
 
     @classmethod
-    def of(cls, model: Model) -> "Graph":
+    def of(cls, model: Model) -> Graph:
         """The graph of `model` (its sizes and whether attention and MLP run in parallel)."""
         dims = model.dims
-        return cls(dims.n_layers, dims.n_heads, dims.d_model, model.arch.is_parallel(model.hf.config))
+        return cls(
+            dims.n_layers, dims.n_heads, dims.d_model, model.arch.is_parallel(model.hf.config)
+        )
 
     @property
     def cfg(self) -> dict:
         """The sizes as EAP-IG's and MIB's files write them."""
-        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "parallel_attn_mlp": self.parallel,
-                "d_model": self.d_model}
+        return {
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "parallel_attn_mlp": self.parallel,
+            "d_model": self.d_model,
+        }
 
     @property
     def n_edges(self) -> int:
@@ -96,23 +107,40 @@ class Graph:
         for layer in range(self.n_layers):
             first_r, first_s = layer * (3 * h + 1), 1 + layer * (h + 1)
             found.append(Stage("attn", layer, slice(first_r, first_r + 3 * h), first_s))
-            found.append(Stage("mlp", layer, slice(first_r + 3 * h, first_r + 3 * h + 1), first_s + h))
-        found.append(Stage("logits", self.n_layers, slice(self.n_layers * (3 * h + 1), None), 1 + self.n_layers * (h + 1)))
+            found.append(
+                Stage("mlp", layer, slice(first_r + 3 * h, first_r + 3 * h + 1), first_s + h)
+            )
+        found.append(
+            Stage(
+                "logits",
+                self.n_layers,
+                slice(self.n_layers * (3 * h + 1), None),
+                1 + self.n_layers * (h + 1),
+            )
+        )
         return found
 
     def __repr__(self) -> str:
         parallel = ", parallel attention and MLP" if self.parallel else ""
-        return (f"Graph({self.n_layers} layers × {self.n_heads} heads, d_model {self.d_model}"
-                f"{parallel}: {len(self.senders)} senders, {len(self.receivers)} receivers, "
-                f"{self.n_edges:,} edges)")
+        return (
+            f"Graph({self.n_layers} layers × {self.n_heads} heads, d_model {self.d_model}"
+            f"{parallel}: {len(self.senders)} senders, {len(self.receivers)} receivers, "
+            f"{self.n_edges:,} edges)"
+        )
 
     def sender(self, name: str) -> int:
-        return _index(self.senders, name, "sender", "input, a0.h0, m0",
-                      self._why_not(name, "sender"))
+        return _index(
+            self.senders, name, "sender", "input, a0.h0, m0", self._why_not(name, "sender")
+        )
 
     def receiver(self, name: str) -> int:
-        return _index(self.receivers, name, "receiver", "a0.h0<q>, m0, logits",
-                      self._why_not(name, "receiver"))
+        return _index(
+            self.receivers,
+            name,
+            "receiver",
+            "a0.h0<q>, m0, logits",
+            self._why_not(name, "receiver"),
+        )
 
     def _why_not(self, name: object, what: str) -> str | None:
         """Why `name` is no sender (receiver) of this graph, and the name meant, where its shape
@@ -131,8 +159,9 @@ class Graph:
         if what == "sender" and qkv:
             return f"a head sends its output, not its {qkv}: write a{layer}.h{head}"
         if what == "receiver" and head is not None and not qkv:
-            return (f"a head receives on its query, key or value: "
-                    f"write a{layer}.h{head}<q>, <k> or <v>")
+            return (
+                f"a head receives on its query, key or value: write a{layer}.h{head}<q>, <k> or <v>"
+            )
         return None
 
     def edge_names(self) -> list[str]:
@@ -145,14 +174,21 @@ class Graph:
     def edge(self, name: str) -> tuple[int, int]:
         """(sender, receiver) of an edge named like `a0.h1->a1.h0<k>`; raises naming the fix."""
         if not isinstance(name, str) or "->" not in name:
-            raise EdgeError(f"{name!r} is not an edge name: write SENDER->RECEIVER, e.g. 'input->a0.h0<q>' or 'm1->logits'")
+            raise EdgeError(
+                f"{name!r} is not an edge name: write SENDER->RECEIVER, e.g. 'input->a0.h0<q>' or 'm1->logits'"
+            )
         sender, receiver = name.split("->", 1)
         s, r = self.sender(sender), self.receiver(receiver)
         if not bool(self.exists[s, r]):
-            why = ("attention and MLP of one layer run in parallel here" if self.parallel and receiver[0] == "m"
-                   else f"{receiver} reads the residual stream before {sender} writes to it")
-            raise EdgeError(f"there is no edge {name} in this model's graph: {why}; "
-                            "list the edges that exist with Graph.edge_names()")
+            why = (
+                "attention and MLP of one layer run in parallel here"
+                if self.parallel and receiver[0] == "m"
+                else f"{receiver} reads the residual stream before {sender} writes to it"
+            )
+            raise EdgeError(
+                f"there is no edge {name} in this model's graph: {why}; "
+                "list the edges that exist with Graph.edge_names()"
+            )
         return s, r
 
     def circuit(self, edges: Iterable[str] = ()) -> Tensor:
@@ -182,12 +218,16 @@ class Graph:
         if not isinstance(circuit, Tensor):
             return self.circuit(circuit)
         if circuit.shape != self.exists.shape:
-            raise EdgeError(f"a circuit is a {tuple(self.exists.shape)} (sender, receiver) matrix for this model, got "
-                            f"{tuple(circuit.shape)}: build it with Graph.circuit(names) or from scores")
+            raise EdgeError(
+                f"a circuit is a {tuple(self.exists.shape)} (sender, receiver) matrix for this model, got "
+                f"{tuple(circuit.shape)}: build it with Graph.circuit(names) or from scores"
+            )
         circuit = circuit.bool()
         if bool((circuit & ~self.exists).any()):
             s, r = (circuit & ~self.exists).nonzero()[0].tolist()
-            raise EdgeError(f"the circuit holds {self.edge_name(s, r)}, which is not an edge of this model's graph")
+            raise EdgeError(
+                f"the circuit holds {self.edge_name(s, r)}, which is not an edge of this model's graph"
+            )
         return circuit
 
     def node_circuit(self, nodes: Iterable[str]) -> Tensor:
@@ -214,18 +254,22 @@ def _node_of(receiver: str) -> str:
     return re.sub(r"<[qkv]>$", "", receiver)
 
 
-def _index(names: tuple[str, ...], name: str, what: str, examples: str,
-           why: str | None = None) -> int:
+def _index(
+    names: tuple[str, ...], name: str, what: str, examples: str, why: str | None = None
+) -> int:
     try:
         return names.index(name)
     except ValueError:
         raise EdgeError(_unknown(name, names, what, examples, why)) from None
 
 
-def _unknown(name: object, names: Iterable[str], what: str, examples: str,
-             why: str | None = None) -> str:
+def _unknown(
+    name: object, names: Iterable[str], what: str, examples: str, why: str | None = None
+) -> str:
     if why is not None:  # the name's shape says what was meant: better than the closest spellings
         return f"{name!r} is not a {what} of this model's graph: {why}"
     close = difflib.get_close_matches(str(name), list(names), n=3)
     hint = f" (closest: {', '.join(close)})" if close else ""
-    return f"{name!r} is not a {what} of this model's graph{hint}; {what}s are named like {examples}"
+    return (
+        f"{name!r} is not a {what} of this model's graph{hint}; {what}s are named like {examples}"
+    )

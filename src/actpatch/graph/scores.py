@@ -21,6 +21,7 @@ EAP-IG computes (corrupt − clean)·∇(−logit difference), the same number. 
 receiver is at its own input: the forward runs with every head's q, k and v inputs separate
 (`hooks/edges.py`), which with all edges present all equal the residual stream there.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -63,12 +64,25 @@ class EdgeScores:
 
     def as_dict(self) -> dict[str, float]:
         """{edge name: score} for every edge, in matrix order."""
-        return {self.graph.edge_name(int(s), int(r)): float(self.scores[s, r]) for s, r in self.graph.exists.nonzero()}
+        return {
+            self.graph.edge_name(int(s), int(r)): float(self.scores[s, r])
+            for s, r in self.graph.exists.nonzero()
+        }
 
 
-def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-inputs", *, steps: int = 5,
-                ablation: Ablation | None = None, chunk: int | None = None, check_baseline: bool = True,
-                progress: bool | None = None, engine: Engine = "fast", runs: EdgeRuns | None = None) -> EdgeScores:
+def edge_scores(
+    model: Model,
+    pairs: PromptPairs,
+    method: Method = "eap-ig-inputs",
+    *,
+    steps: int = 5,
+    ablation: Ablation | None = None,
+    chunk: int | None = None,
+    check_baseline: bool = True,
+    progress: bool | None = None,
+    engine: Engine = "fast",
+    runs: EdgeRuns | None = None,
+) -> EdgeScores:
     """Every edge's score by `method` (see the module docstring for what each computes).
 
     `steps`: interpolation points of the integrated-gradient methods. `ablation`: out-of-circuit
@@ -87,12 +101,16 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if method not in METHODS:
-        raise ValueError(f"unknown edge-scoring method {method!r}; choose one of: {', '.join(METHODS)}")
+        raise ValueError(
+            f"unknown edge-scoring method {method!r}; choose one of: {', '.join(METHODS)}"
+        )
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer (interpolation points), got {steps!r}")
     if ablation is not None and method in ("eap-ig-inputs", "clean-corrupted"):
-        raise ValueError(f"{method} interpolates towards the corrupt run and takes no ablation; "
-                         "use eap, eap-ig-activations or exact with ablation=")
+        raise ValueError(
+            f"{method} interpolates towards the corrupt run and takes no ablation; "
+            "use eap, eap-ig-activations or exact with ablation="
+        )
     if runs is not None:
         runs.check_for(model, pairs, ablation)
     elif method == "eap" and engine == "fast" and ablation is None:
@@ -101,7 +119,14 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
     elif method == "eap-ig-inputs" and engine == "fast":
         runs, first = _with_gradient_pass(model, pairs, check_baseline, gradients_on="corrupt")
         later = _gradient_runs(runs, method, steps)[1:]
-        scores = _from_gradients(runs, later, runs.copies_per_forward(chunk, grads=True), progress, fast=True, totals=first)
+        scores = _from_gradients(
+            runs,
+            later,
+            runs.copies_per_forward(chunk, grads=True),
+            progress,
+            fast=True,
+            totals=first,
+        )
         return _finished(runs, scores, method, steps, engine)
     else:
         runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
@@ -111,8 +136,13 @@ def edge_scores(model: Model, pairs: PromptPairs, method: Method = "eap-ig-input
     elif method == "exact":
         scores = _exact(runs, runs.copies_per_forward(chunk), progress)
     else:
-        scores = _from_gradients(runs, _gradient_runs(runs, method, steps), runs.copies_per_forward(chunk, grads=True),
-                                 progress, fast=engine == "fast")
+        scores = _from_gradients(
+            runs,
+            _gradient_runs(runs, method, steps),
+            runs.copies_per_forward(chunk, grads=True),
+            progress,
+            fast=engine == "fast",
+        )
     return _finished(runs, scores, method, steps, engine, cost)
 
 
@@ -124,18 +154,29 @@ def _bar_off(progress: bool | None, steps: int) -> bool | None:
     return True if steps < 4 else None
 
 
-def _finished(runs: EdgeRuns, scores: Tensor, method: str, steps: int, engine: str, cost=None) -> EdgeScores:
+def _finished(
+    runs: EdgeRuns, scores: Tensor, method: str, steps: int, engine: str, cost=None
+) -> EdgeScores:
     options = {"method": method, **({"steps": steps} if "ig" in method else {}), "engine": engine}
-    attrs = {**runs.provenance("edge_scores", **options),
-             "model": runs.model.name, "ablation": runs.ablation or "corrupt",
-             "n_prompts": len(runs.pairs), "metric": "mean logit difference",
-             "steps": steps if "ig" in method else None, "engine": engine}
+    attrs = {
+        **runs.provenance("edge_scores", **options),
+        "model": runs.model.name,
+        "ablation": runs.ablation or "corrupt",
+        "n_prompts": len(runs.pairs),
+        "metric": "mean logit difference",
+        "steps": steps if "ig" in method else None,
+        "engine": engine,
+    }
     if cost is not None:
-        attrs["cost"] = {"forward_equivalents": round(cost.forward_equivalents, 3), "naive_forwards": cost.naive}
+        attrs["cost"] = {
+            "forward_equivalents": round(cost.forward_equivalents, 3),
+            "naive_forwards": cost.naive,
+        }
     return EdgeScores(runs.graph, scores * runs.graph.exists, method, attrs)
 
 
 # --- gradient methods -------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _GradientRun:
@@ -153,7 +194,10 @@ def _gradient_runs(runs: EdgeRuns, method: str, steps: int) -> list[_GradientRun
     if method == "clean-corrupted":
         return [_GradientRun(), _GradientRun(first_input=off_input)]
     if method == "eap-ig-inputs":
-        return [_GradientRun(first_input=off_input + (k / steps) * (clean_input - off_input)) for k in range(steps)]
+        return [
+            _GradientRun(first_input=off_input + (k / steps) * (clean_input - off_input))
+            for k in range(steps)
+        ]
     graph, found = runs.graph, []
     for group in _sender_groups(graph):
         for k in range(1, steps + 1):
@@ -172,8 +216,15 @@ def _sender_groups(graph: Graph) -> list[slice]:
     return groups
 
 
-def _from_gradients(runs: EdgeRuns, gradient_runs: list[_GradientRun], size: int, progress, *, fast: bool,
-                    totals: dict[int, Tensor] | None = None) -> Tensor:
+def _from_gradients(
+    runs: EdgeRuns,
+    gradient_runs: list[_GradientRun],
+    size: int,
+    progress,
+    *,
+    fast: bool,
+    totals: dict[int, Tensor] | None = None,
+) -> Tensor:
     """(clean − off) · the receivers' input gradients averaged over `gradient_runs` and the one run
     whose summed gradients are `totals`, when given."""
     n_runs = len(gradient_runs) + (totals is not None)
@@ -192,13 +243,20 @@ def _scores(runs: EdgeRuns, totals: dict[int, Tensor], n_runs: int) -> Tensor:
     scores = torch.zeros(graph.exists.shape, dtype=torch.float64)
     for stage_index, stage in enumerate(graph.stages()):
         grad = totals[stage_index].double() / n_runs  # (batch, pos, receiver, d_model)
-        by_receiver = grad.permute(0, 1, 3, 2).reshape(delta.shape[1], -1)  # (batch·pos·d_model, receiver)
+        by_receiver = grad.permute(0, 1, 3, 2).reshape(
+            delta.shape[1], -1
+        )  # (batch·pos·d_model, receiver)
         scores[: stage.senders, stage.receivers] = (delta[: stage.senders] @ by_receiver).cpu()
     return scores
 
 
-def _with_gradient_pass(model: Model, pairs: PromptPairs, check_baseline: bool, *,
-                        gradients_on: Literal["clean", "corrupt"]) -> tuple[EdgeRuns, dict[int, Tensor]]:
+def _with_gradient_pass(
+    model: Model,
+    pairs: PromptPairs,
+    check_baseline: bool,
+    *,
+    gradients_on: Literal["clean", "corrupt"],
+) -> tuple[EdgeRuns, dict[int, Tensor]]:
     """The two recording runs, one of which is also a gradient run: one forward fewer than
     `EdgeRuns.prepare` and a gradient run.
 
@@ -217,14 +275,24 @@ def _with_gradient_pass(model: Model, pairs: PromptPairs, check_baseline: bool, 
     return EdgeRuns(model, pairs, graph, recorded["clean"], recorded["corrupt"], base), grads
 
 
-def _recording_gradient_pass(model: Model, graph: Graph, pairs: PromptPairs, run) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
+def _recording_gradient_pass(
+    model: Model, graph: Graph, pairs: PromptPairs, run
+) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
     """One forward of `run` that records every sender's output and its final-position logits, and
     its backward from the mean logit difference to every receiver's input: (outputs, logits, grads)."""
-    gradient_plan = EdgePlan(stages=graph.stages(), attn_in_norm=attn_in_norm(model), copies=1, batch=len(pairs))
-    recording_plan = EdgePlan(stages=graph.stages(), attn_in_norm=attn_in_norm(model), batch=len(pairs))
+    gradient_plan = EdgePlan(
+        stages=graph.stages(), attn_in_norm=attn_in_norm(model), copies=1, batch=len(pairs)
+    )
+    recording_plan = EdgePlan(
+        stages=graph.stages(), attn_in_norm=attn_in_norm(model), batch=len(pairs)
+    )
     # Order matters: the noise is added first, the gradients' leaf is made from the noisy input, the recorder reads it.
-    with torch.enable_grad(), hooks.add_to_input(model, run.noise), receiver_gradients(model, gradient_plan) as grads, \
-            edge_hooks(model, recording_plan) as recorded:
+    with (
+        torch.enable_grad(),
+        hooks.add_to_input(model, run.noise),
+        receiver_gradients(model, gradient_plan) as grads,
+        edge_hooks(model, recording_plan) as recorded,
+    ):
         logits = hooks.final_logits(model, run.tokens).float()
         diff = metrics.logit_diff(logits, pairs.answers, pairs.wrong)
         torch.autograd.grad(diff.mean(), grads.leaf)
@@ -241,16 +309,27 @@ def _gradients(runs: EdgeRuns, part: list[_GradientRun], *, fast: bool) -> dict[
     forward whose gradients are split per receiver afterwards (`hooks.edge_gradients.receiver_gradients`)."""
     model, pairs, graph = runs.model, runs.pairs, runs.graph
     copies, batch = len(part), len(pairs)
-    first = torch.cat([run.first_input if run.first_input is not None else runs.clean[0] for run in part])
+    first = torch.cat(
+        [run.first_input if run.first_input is not None else runs.clean[0] for run in part]
+    )
     leaf = first.detach().requires_grad_(True)
     with torch.enable_grad():  # also when called under no_grad: the view must be in the graph
-        first = leaf.view_as(leaf)  # not a leaf itself: module-tracking modes (FlopCounterMode) hook modules' inputs
+        first = leaf.view_as(
+            leaf
+        )  # not a leaf itself: module-tracking modes (FlopCounterMode) hook modules' inputs
     if fast and all(run.absent is None for run in part):
         plan = runs.plan(copies, first_input=first)
         hooked = receiver_gradients(model, plan)
     else:
-        absent = torch.stack([run.absent if run.absent is not None else torch.zeros(graph.exists.shape) for run in part])
-        plan = runs.plan(copies, absent=absent.to(model.device), grads=True, first_input=first, fast=fast)
+        absent = torch.stack(
+            [
+                run.absent if run.absent is not None else torch.zeros(graph.exists.shape)
+                for run in part
+            ]
+        )
+        plan = runs.plan(
+            copies, absent=absent.to(model.device), grads=True, first_input=first, fast=fast
+        )
         hooked = edge_hooks(model, plan)
     tokens = pairs.clean.repeat(copies, 1).to(model.device)
     with torch.enable_grad(), hooked as record:
@@ -263,6 +342,7 @@ def _gradients(runs: EdgeRuns, part: list[_GradientRun], *, fast: bool) -> dict[
 
 
 # --- exact --------------------------------------------------------------------------------------
+
 
 @torch.no_grad()
 def _exact(runs: EdgeRuns, size: int, progress) -> Tensor:
@@ -280,7 +360,7 @@ def _exact(runs: EdgeRuns, size: int, progress) -> Tensor:
     return scores
 
 
-def _exact_resumed(runs: EdgeRuns, chunk: int | None) -> tuple[Tensor, "RemovalCost"]:
+def _exact_resumed(runs: EdgeRuns, chunk: int | None) -> tuple[Tensor, RemovalCost]:
     """Every edge removed alone, each copy resumed at its receiver's layer (`graph/exact.py`)."""
     from actpatch.graph.exact import removal_logit_diffs
 

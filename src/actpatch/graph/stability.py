@@ -4,28 +4,39 @@ and on other prompt sets (other seeds of the task generator).
 Each re-finding scores the edges on the resampled (or other) prompts and takes the top `percent`
 of them, pruned, as `faithfulness_curve` does at that size: one scoring per resample. Not here: the
 node-level version (`actpatch.stats.circuit_stability`), which re-finds a frontier's circuit."""
+
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from actpatch.circuits.stability import jaccard
 from actpatch.graph.scores import Method, edge_scores
 from actpatch.graph.select import top_edges
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
-from actpatch.circuits.stability import jaccard
 
 log = logging.getLogger(__name__)
 
 
-def edge_stability(model: Model, pairs: PromptPairs, *, method: Method = "eap", percent: float = 5.0, n_boot: int = 20,
-                   seed: int = 0, others: Sequence[PromptPairs] = (), steps: int = 5, check_baseline: bool = True,
-                   progress: bool | None = None) -> pd.DataFrame:
+def edge_stability(
+    model: Model,
+    pairs: PromptPairs,
+    *,
+    method: Method = "eap",
+    percent: float = 5.0,
+    n_boot: int = 20,
+    seed: int = 0,
+    others: Sequence[PromptPairs] = (),
+    steps: int = 5,
+    check_baseline: bool = True,
+    progress: bool | None = None,
+) -> pd.DataFrame:
     """One row per edge ever chosen: how often it is in the circuit re-found on `n_boot` bootstrap
     resamples of `pairs` (`inclusion`) and on each of `others` (`inclusion_others`, e.g.
     `ap.tasks.ioi(model, n, seed=s)` for other seeds), and whether the full-data circuit holds it
@@ -40,34 +51,64 @@ def edge_stability(model: Model, pairs: PromptPairs, *, method: Method = "eap", 
         raise ValueError(f"n_boot must be a positive number of resamples, got {n_boot!r}")
 
     def circuit(prompts: PromptPairs) -> frozenset[str]:
-        scores = edge_scores(model, prompts, method, steps=steps, check_baseline=check_baseline, progress=False)
+        scores = edge_scores(
+            model, prompts, method, steps=steps, check_baseline=check_baseline, progress=False
+        )
         return frozenset(scores.graph.names(top_edges(scores, percent=percent)))
 
     searches = 1 + n_boot + len(others)
     other_sets = f", {len(others)} other prompt set{'s' * (len(others) != 1)}" if others else ""
     per_scoring = f" at {steps} steps each" if "ig" in method else ""
-    log.info("edge_stability: %d edge scorings (1 on all prompts, %d resamples%s) by %s%s",
-             searches, n_boot, other_sets, method, per_scoring)
+    log.info(
+        "edge_stability: %d edge scorings (1 on all prompts, %d resamples%s) by %s%s",
+        searches,
+        n_boot,
+        other_sets,
+        method,
+        per_scoring,
+    )
     rng = np.random.default_rng(seed)
     draws = [sorted(rng.integers(0, len(pairs), len(pairs)).tolist()) for _ in range(n_boot)]
-    with tqdm(total=searches, desc="edge circuits (full, resamples, others)",
-              disable=None if progress is None else not progress) as bar:
+    with tqdm(
+        total=searches,
+        desc="edge circuits (full, resamples, others)",
+        disable=None if progress is None else not progress,
+    ) as bar:
         found = []
         for prompts in [pairs, *(pairs[d] for d in draws), *others]:
             found.append(circuit(prompts))
             bar.update()
-    full, resampled, elsewhere = found[0], found[1:1 + n_boot], found[1 + n_boot:]
-    inclusion, inclusion_others = Counter(e for c in resampled for e in c), Counter(e for c in elsewhere for e in c)
-    names = sorted(set(inclusion) | set(inclusion_others) | full, key=lambda e: (-inclusion[e], -inclusion_others[e], e))
-    table = pd.DataFrame({
-        "edge": names, "inclusion": [inclusion[e] / n_boot for e in names],
-        "inclusion_others": [inclusion_others[e] / len(elsewhere) if elsewhere else np.nan for e in names],
-        "in_circuit": [e in full for e in names],
-    })
-    table.attrs.update({
-        "method": method, "percent": percent, "n_edges": len(full), "n_boot": n_boot, "seed": seed, "n_others": len(elsewhere),
-        "mean_jaccard": float(np.mean([jaccard(c, full) for c in resampled])),
-        "mean_jaccard_others": float(np.mean([jaccard(c, full) for c in elsewhere])) if elsewhere else float("nan"),
-    })
+    full, resampled, elsewhere = found[0], found[1 : 1 + n_boot], found[1 + n_boot :]
+    inclusion, inclusion_others = (
+        Counter(e for c in resampled for e in c),
+        Counter(e for c in elsewhere for e in c),
+    )
+    names = sorted(
+        set(inclusion) | set(inclusion_others) | full,
+        key=lambda e: (-inclusion[e], -inclusion_others[e], e),
+    )
+    table = pd.DataFrame(
+        {
+            "edge": names,
+            "inclusion": [inclusion[e] / n_boot for e in names],
+            "inclusion_others": [
+                inclusion_others[e] / len(elsewhere) if elsewhere else np.nan for e in names
+            ],
+            "in_circuit": [e in full for e in names],
+        }
+    )
+    table.attrs.update(
+        {
+            "method": method,
+            "percent": percent,
+            "n_edges": len(full),
+            "n_boot": n_boot,
+            "seed": seed,
+            "n_others": len(elsewhere),
+            "mean_jaccard": float(np.mean([jaccard(c, full) for c in resampled])),
+            "mean_jaccard_others": float(np.mean([jaccard(c, full) for c in elsewhere]))
+            if elsewhere
+            else float("nan"),
+        }
+    )
     return table
-

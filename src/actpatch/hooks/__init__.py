@@ -15,11 +15,13 @@ matrix and its rows per head). Edge circuits have taps of their own: `edges.py` 
 inputs, senders' outputs), `edge_gradients.py` (receiver gradients from one ordinary backward)
 and `edge_removal.py` (one removed edge per copy, resumed at its receiver's layer).
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -36,16 +38,38 @@ from actpatch.run import Run
 from actpatch.sites import Site, SiteError, validate
 
 __all__ = [
-    "PATTERN_ATTENTION", "GradientDrop", "PatchNotApplied", "PatchShapeError", "Watched", "add_to_input",
-    "attached_hooks", "attention_inputs", "capture", "capture_with_logits", "drop_gradients", "eager_attention", "final_logits", "last_mlp_at_final_position",
-    "last_logits", "layer_inputs", "patch", "patch_copies", "watch",
+    "PATTERN_ATTENTION",
+    "GradientDrop",
+    "PatchNotApplied",
+    "PatchShapeError",
+    "Watched",
+    "add_to_input",
+    "attached_hooks",
+    "attention_inputs",
+    "capture",
+    "capture_with_logits",
+    "drop_gradients",
+    "eager_attention",
+    "final_logits",
+    "last_logits",
+    "last_mlp_at_final_position",
+    "layer_inputs",
+    "patch",
+    "patch_copies",
+    "watch",
 ]
 
-SiteLike = Site | str  # a Site, or text Site.parse reads: `head[layer=9, head=6]`, `blocks.9.attn.hook_z`
+SiteLike = (
+    Site | str
+)  # a Site, or text Site.parse reads: `head[layer=9, head=6]`, `blocks.9.attn.hook_z`
 
 
 def capture(
-    model: Model, tokens: Tensor | Run, sites: Sequence[SiteLike], *, positions: Positions | None = None
+    model: Model,
+    tokens: Tensor | Run,
+    sites: Sequence[SiteLike],
+    *,
+    positions: Positions | None = None,
 ) -> dict[Site, Tensor]:
     """Each site's activation on `tokens` (a token tensor, or a `Run` with its input noise and
     named positions), from one forward pass; keyed by `Site`, however the sites were written.
@@ -57,7 +81,11 @@ def capture(
 
 
 def capture_with_logits(
-    model: Model, tokens: Tensor | Run, sites: Sequence[SiteLike], *, positions: Positions | None = None,
+    model: Model,
+    tokens: Tensor | Run,
+    sites: Sequence[SiteLike],
+    *,
+    positions: Positions | None = None,
     forward: Mapping[str, Any] | None = None,
 ) -> tuple[dict[Site, Tensor], Tensor]:
     """`capture`, and the same forward's final-position logits (batch, vocab) in float32: a run
@@ -70,19 +98,23 @@ def capture_with_logits(
     store: dict[Site, Tensor] = {}
     plain = [site for site in wanted if not features.is_feature(site)]
     groups = _by_layer(model, ((site, site) for site in plain))
-    readers = [(kind, layer, ReadTap(kind, model, group, named, store)) for (kind, layer), group in groups.items()]
+    readers = [
+        (kind, layer, ReadTap(kind, model, group, named, store))
+        for (kind, layer), group in groups.items()
+    ]
     feature_sites = [site for site in wanted if features.is_feature(site)]
     readers += features.readers(model, feature_sites, named, store)
-    with add_to_input(model, run.noise), attach.attached(model, readers):
-        with torch.no_grad():
-            logits = final_logits(model, run.tokens, **(forward or {})).float()
+    with add_to_input(model, run.noise), attach.attached(model, readers), torch.no_grad():
+        logits = final_logits(model, run.tokens, **(forward or {})).float()
     if missing := [s for s in wanted if s not in store]:
         raise PatchNotApplied(missing)
     return store, logits
 
 
 @contextmanager
-def patch(model: Model, values: Mapping[SiteLike, Tensor], *, positions: Positions | None = None) -> Iterator[None]:
+def patch(
+    model: Model, values: Mapping[SiteLike, Tensor], *, positions: Positions | None = None
+) -> Iterator[None]:
     """Run forwards with `values` written into their sites; always unhook.
 
     Each value has the shape `capture` returns for its site (the batch must match the run's).
@@ -92,10 +124,14 @@ def patch(model: Model, values: Mapping[SiteLike, Tensor], *, positions: Positio
     values = _keyed(values)
     for site, value in values.items():
         if not isinstance(value, Tensor):
-            raise TypeError(f"{site}: a patch value is a tensor shaped like what capture() returns, not {type(value).__name__}")
+            raise TypeError(
+                f"{site}: a patch value is a tensor shaped like what capture() returns, not {type(value).__name__}"
+            )
         if not bool(torch.isfinite(value).all()):
-            raise NonFiniteError(f"{site}: the patch value holds NaN or inf, so every logit after it would be NaN; "
-                                 "patch a value captured from a finite run")
+            raise NonFiniteError(
+                f"{site}: the patch value holds NaN or inf, so every logit after it would be NaN; "
+                "patch a value captured from a finite run"
+            )
     with patch_copies(model, [values], positions=positions):
         yield
 
@@ -116,11 +152,17 @@ def patch_copies(
     k = len(copies)
     strides = list(copies_at) if copies_at is not None else [k] * k
     fired: Counter[tuple[int, Site]] = Counter()
-    writes = [Write(site, value, slice(i, None, strides[i]), i) for i, values in enumerate(copies)
-              for site, value in _keyed(values).items()]
+    writes = [
+        Write(site, value, slice(i, None, strides[i]), i)
+        for i, values in enumerate(copies)
+        for site, value in _keyed(values).items()
+    ]
     plain = [write for write in writes if not features.is_feature(write.site)]
     groups = _by_layer(model, ((write.site, write) for write in plain))
-    writers = [(kind, layer, WriteTap(kind, model, group, positions or {}, fired)) for (kind, layer), group in groups.items()]
+    writers = [
+        (kind, layer, WriteTap(kind, model, group, positions or {}, fired))
+        for (kind, layer), group in groups.items()
+    ]
     feature_writes = [write for write in writes if features.is_feature(write.site)]
     writers += features.writers(model, feature_writes, positions or {}, fired)
     with attach.attached(model, writers):
@@ -152,7 +194,11 @@ def layer_inputs(model: Model) -> Iterator[list[tuple[tuple, dict]]]:
     calls: list[tuple[tuple, dict]] = []
     with ExitStack() as stack:
         for index in range(model.dims.n_layers):
-            stack.enter_context(attach.call_hook(model.layer(index), lambda args, kwargs: calls.append((args, dict(kwargs)))))
+            stack.enter_context(
+                attach.call_hook(
+                    model.layer(index), lambda args, kwargs: calls.append((args, dict(kwargs)))
+                )
+            )
         yield calls
 
 
@@ -165,7 +211,9 @@ class Watched:
 
 
 @contextmanager
-def watch(model: Model, sites: Sequence[SiteLike], *, positions: Positions | None = None) -> Iterator[Watched]:
+def watch(
+    model: Model, sites: Sequence[SiteLike], *, positions: Positions | None = None
+) -> Iterator[Watched]:
     """Record each site's activation in the forward and its gradient in the backward run inside the block.
 
     The forward must run with gradients enabled from the inputs on (e.g. embeddings that require
@@ -174,11 +222,14 @@ def watch(model: Model, sites: Sequence[SiteLike], *, positions: Positions | Non
     watched = Watched()
     plain = [site for site in wanted if not features.is_feature(site)]
     groups = _by_layer(model, ((site, site) for site in plain))
-    watchers = [(kind, layer, GradTap(kind, model, group, positions or {}, watched.values, watched.grads))
-                for (kind, layer), group in groups.items()]
+    watchers = [
+        (kind, layer, GradTap(kind, model, group, positions or {}, watched.values, watched.grads))
+        for (kind, layer), group in groups.items()
+    ]
     feature_sites = [site for site in wanted if features.is_feature(site)]
-    watchers += features.watchers(model, feature_sites, positions or {}, watched.values,
-                                  watched.grads)
+    watchers += features.watchers(
+        model, feature_sites, positions or {}, watched.values, watched.grads
+    )
     with attach.attached(model, watchers):
         yield watched
     if missing := [s for s in wanted if s not in watched.values]:
@@ -201,10 +252,17 @@ def drop_gradients(model: Model) -> Iterator[GradientDrop]:
     def gate(layer: int):
         def tap(output: Tensor) -> None:
             if output.requires_grad:
-                output.register_hook(lambda grad: torch.zeros_like(grad) if control.layer == layer else None)
+                output.register_hook(
+                    lambda grad: torch.zeros_like(grad) if control.layer == layer else None
+                )
+
         return tap
 
-    gates = [(kind, layer, gate(layer)) for layer in range(model.dims.n_layers) for kind in ("attn_out", "mlp_out")]
+    gates = [
+        (kind, layer, gate(layer))
+        for layer in range(model.dims.n_layers)
+        for kind in ("attn_out", "mlp_out")
+    ]
     with attach.attached(model, gates):
         yield control
 
@@ -252,7 +310,9 @@ def _keyed(values: Mapping[SiteLike, T]) -> dict[Site, T]:
     for key, value in values.items():
         site = _site(key)
         if site in keyed:
-            raise SiteError(f"{site} is given twice (as {key!r} and another name); give each site one value")
+            raise SiteError(
+                f"{site} is given twice (as {key!r} and another name); give each site one value"
+            )
         keyed[site] = value
     return keyed
 

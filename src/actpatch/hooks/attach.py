@@ -4,10 +4,11 @@ Every hook is registered inside a context manager and removed in its `finally`, 
 exactly what it attached, on success and on error. What a tap does is `taps.py`'s job; pattern
 taps go through the attention function instead (`attention.py`).
 """
+
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
-from typing import Callable, ContextManager, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 
 from torch import Tensor, nn
 
@@ -66,14 +67,16 @@ def output_hook(module: nn.Module, tap: Tap) -> Iterator[None]:
 @contextmanager
 def call_hook(module: nn.Module, see: Callable[[tuple, dict], None]) -> Iterator[None]:
     """Show `see` the (args, kwargs) of every call of `module`; it changes nothing."""
-    handle = module.register_forward_pre_hook(lambda mod, args, kwargs: see(args, kwargs), with_kwargs=True)
+    handle = module.register_forward_pre_hook(
+        lambda mod, args, kwargs: see(args, kwargs), with_kwargs=True
+    )
     try:
         yield
     finally:
         handle.remove()
 
 
-def _hooks(model: Model, kind: str, layer: int, tap: Tap) -> list[ContextManager[None]]:
+def _hooks(model: Model, kind: str, layer: int, tap: Tap) -> list[AbstractContextManager[None]]:
     """Context managers that attach `tap` where `kind` lives in decoder layer `layer`."""
     arch = model.arch
     if kind == "pattern":
@@ -81,7 +84,10 @@ def _hooks(model: Model, kind: str, layer: int, tap: Tap) -> list[ContextManager
     # A WriteTap, or a feature tap whose basis writes resid_mid.
     if kind == "resid_mid" and hasattr(tap, "remember_resid_pre"):
         # Written through attn_out, which needs the layer's input seen earlier in the same forward.
-        return [pre_hook(model.layer(layer), tap.remember_resid_pre), output_hook(model.submodule(layer, arch.attn), tap)]
+        return [
+            pre_hook(model.layer(layer), tap.remember_resid_pre),
+            output_hook(model.submodule(layer, arch.attn), tap),
+        ]
     where: dict[str, tuple[str | None, Callable]] = {
         "resid_pre": (None, pre_hook),
         "resid_post": (None, output_hook),

@@ -8,12 +8,14 @@ that call's taps read or rewrite the probabilities. On exit it restores exactly 
 and mask registries held under our name before (nothing, usually) and the model's own attention
 implementation. Nested calls on the same model find the active call through what is registered.
 """
+
 from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -54,16 +56,27 @@ class EagerAttention:
         do not touch come out bit for bit the same."""
         call = self._owner(module)
         if (record := call.qk_records.get(module)) is not None:
-            scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5  # eager's own default when None
-            record.update(query=query.detach(), key=key.detach(), scaling=scaling, softcap=kwargs.get("softcap"))
-        output, probabilities = call.eager[module](module, query, key, value, attention_mask, **kwargs)
+            scaling = (
+                kwargs.get("scaling") or query.shape[-1] ** -0.5
+            )  # eager's own default when None
+            record.update(
+                query=query.detach(),
+                key=key.detach(),
+                scaling=scaling,
+                softcap=kwargs.get("softcap"),
+            )
+        output, probabilities = call.eager[module](
+            module, query, key, value, attention_mask, **kwargs
+        )
         new = None
         for tap in call.pattern_taps.get(module, []):
             rewritten = tap(probabilities if new is None else new)
             new = new if rewritten is None else rewritten
         if new is None:
             return output, probabilities
-        repeated = value.repeat_interleave(new.shape[1] // value.shape[1], dim=1)  # KV heads -> query heads
+        repeated = value.repeat_interleave(
+            new.shape[1] // value.shape[1], dim=1
+        )  # KV heads -> query heads
         output = torch.matmul(new.to(repeated.dtype), repeated).transpose(1, 2).contiguous()
         return output, new
 
@@ -72,15 +85,20 @@ class EagerAttention:
         call = self.serving(model)
         if call is None:
             return 0
-        return sum(module in call.pattern_taps or module in call.qk_records for module in model.hf.modules())
+        return sum(
+            module in call.pattern_taps or module in call.qk_records
+            for module in model.hf.modules()
+        )
 
     def _owner(self, module: nn.Module) -> EagerAttention:
         call: EagerAttention | None = self
         while call is not None and module not in call.eager:
             call = call.outer
         if call is None:
-            raise RuntimeError(f"{type(module).__name__} runs under {PATTERN_ATTENTION!r} attention outside "
-                               "hooks.eager_attention(); set the model's attention back with set_attn_implementation")
+            raise RuntimeError(
+                f"{type(module).__name__} runs under {PATTERN_ATTENTION!r} attention outside "
+                "hooks.eager_attention(); set the model's attention back with set_attn_implementation"
+            )
         return call
 
 
@@ -100,16 +118,22 @@ def eager_attention(model: Model) -> Iterator[EagerAttention]:
     Pattern patches need it; an engine that records layer calls for replay records them under it
     too, since attention masks are built in the format of the attention function in use."""
     outer = active()
-    if model.hf.config._attn_implementation == PATTERN_ATTENTION and outer is not None:
-        if (serving := outer.serving(model)) is not None:
-            yield serving
-            return
+    if (
+        model.hf.config._attn_implementation == PATTERN_ATTENTION
+        and outer is not None
+        and (serving := outer.serving(model)) is not None
+    ):
+        yield serving
+        return
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
     call = EagerAttention(model, outer)
     previous = model.hf.config._attn_implementation
-    log.info("pattern sites need attention probabilities: %s runs eager attention during this call", model.name)
+    log.info(
+        "pattern sites need attention probabilities: %s runs eager attention during this call",
+        model.name,
+    )
     with ExitStack() as stack:
         # Exits run last-in first-out: the model leaves our attention before our name is unregistered.
         stack.enter_context(_registered(AttentionInterface, call.forward))
@@ -168,7 +192,8 @@ def _family_eager(model: Model) -> dict[nn.Module, Callable]:
                 raise UnsupportedArchitecture(
                     f"{model.arch.family}: its attention class {cls.__qualname__} ({where}) defines no "
                     "eager_attention_forward, which pattern sites and attention_inputs run under. Sweep other "
-                    "site kinds on this model, or teach src/actpatch/hooks/attention.py its eager attention.")
+                    "site kinds on this model, or teach src/actpatch/hooks/attention.py its eager attention."
+                )
             by_class[cls] = function
         eager[module] = by_class[cls]
     return eager

@@ -1,10 +1,12 @@
 """Receiver-input gradients of edge circuits from one ordinary forward and backward, for runs in
 which every edge is present (EAP's clean run, EAP-IG's interpolated inputs): nothing is computed
 per head in the forward, only the gradients are split per receiver afterwards."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,13 +44,21 @@ def receiver_gradients(model: Model, plan: EdgePlan) -> Iterator[EdgeRecord]:
 class _GradTaps:
     def __init__(self, model: Model, plan: EdgePlan):
         if plan.absent is not None:
-            raise ValueError("receiver_gradients is for runs with every edge present; use edge_hooks(grads=True)")
+            raise ValueError(
+                "receiver_gradients is for runs with every edge present; use edge_hooks(grads=True)"
+            )
         self.model, self.plan, self.record, self.dims = model, plan, EdgeRecord(), model.dims
         self.group = self.dims.n_heads // self.dims.n_kv_heads
         self.rows: int | None = None
-        self.norm_inputs: dict[int, Tensor] = {}  # layer -> what attention's input norm read (rows, pos, d_model)
-        self.attached: dict[tuple[int, int], Tensor] = {}  # (layer, projection) -> its input, in the autograd graph
-        self.per_kind: dict[tuple[int, str], Tensor] = {}  # (layer, q/k/v) -> (head, batch, pos, d_model) gradients
+        self.norm_inputs: dict[
+            int, Tensor
+        ] = {}  # layer -> what attention's input norm read (rows, pos, d_model)
+        self.attached: dict[
+            tuple[int, int], Tensor
+        ] = {}  # (layer, projection) -> its input, in the autograd graph
+        self.per_kind: dict[
+            tuple[int, str], Tensor
+        ] = {}  # (layer, q/k/v) -> (head, batch, pos, d_model) gradients
 
     def registrations(self) -> list[tuple[nn.Module, Any, str]]:
         model, arch = self.model, self.model.arch
@@ -57,9 +67,17 @@ class _GradTaps:
         for stage_index, stage in enumerate(self.plan.stages):
             layer = stage.layer
             if stage.kind == "attn":
-                found.append((model.submodule(layer, self.plan.attn_in_norm), self._norm_input(stage_index, layer), "pre"))
+                found.append(
+                    (
+                        model.submodule(layer, self.plan.attn_in_norm),
+                        self._norm_input(stage_index, layer),
+                        "pre",
+                    )
+                )
                 if self.group > 1:
-                    found.append((model.submodule(layer, attention_path), self._expand_arguments, "pre"))
+                    found.append(
+                        (model.submodule(layer, attention_path), self._expand_arguments, "pre")
+                    )
                     found.append((model.submodule(layer, arch.o_proj), self._own_copy_z, "pre"))
                 paths = [arch.qkv] if isinstance(arch.qkv, str) else list(arch.qkv)
                 for which, path in enumerate(paths):
@@ -67,26 +85,44 @@ class _GradTaps:
                     found.append((projection, self._detached_input(layer, which), "pre"))
                     found.append((projection, self._projection_output(layer, which), "out"))
             else:
-                module = (model.submodule(layer, model.arch.mlp_in_norm) if stage.kind == "mlp"
-                          else model.hf.get_submodule(arch.final_norm))
+                module = (
+                    model.submodule(layer, model.arch.mlp_in_norm)
+                    if stage.kind == "mlp"
+                    else model.hf.get_submodule(arch.final_norm)
+                )
                 found.append((module, self._single_input(stage_index), "pre"))
-                if stage.kind == "mlp" and self.plan.final_position_only and layer == self.dims.n_layers - 1:
+                if (
+                    stage.kind == "mlp"
+                    and self.plan.final_position_only
+                    and layer == self.dims.n_layers - 1
+                ):
                     found += final_position_only(model.submodule(layer, arch.mlp))
         return found
 
     def _first_input(self, module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         self.rows = hidden.shape[0]
-        replaced = self.plan.first_input.to(hidden.dtype) if self.plan.first_input is not None else hidden.detach()
+        replaced = (
+            self.plan.first_input.to(hidden.dtype)
+            if self.plan.first_input is not None
+            else hidden.detach()
+        )
         if not replaced.requires_grad:
             self.record.leaf = replaced.requires_grad_(True)
-            replaced = replaced.view_as(replaced)  # not a leaf itself: module-tracking modes hook modules' inputs
-        return ((replaced, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": replaced})
+            replaced = replaced.view_as(
+                replaced
+            )  # not a leaf itself: module-tracking modes hook modules' inputs
+        return (
+            ((replaced, *args[1:]), kwargs)
+            if args
+            else (args, {**kwargs, "hidden_states": replaced})
+        )
 
     def _norm_input(self, stage_index: int, layer: int):
         def hook(norm, args, kwargs):
             self.record.fired.add(stage_index)
             self.norm_inputs[layer] = args[0].detach()
+
         return hook
 
     def _single_input(self, stage_index: int):
@@ -94,28 +130,43 @@ class _GradTaps:
 
         def hook(norm, args, kwargs):
             record.fired.add(stage_index)
-            mine = args[0].view_as(args[0])  # its own node: the gradient through this receiver alone
+            mine = args[0].view_as(
+                args[0]
+            )  # its own node: the gradient through this receiver alone
 
             def keep(grad: Tensor) -> None:
-                record.grads[stage_index] = grad.unflatten(0, (self.plan.copies, -1)).sum(0).unsqueeze(-2)
+                record.grads[stage_index] = (
+                    grad.unflatten(0, (self.plan.copies, -1)).sum(0).unsqueeze(-2)
+                )
 
             mine.register_hook(keep)
             return (mine, *args[1:]), kwargs
+
         return hook
 
     def _expand_arguments(self, attention, args, kwargs):
         group, rows = self.group, self.rows
 
         def expand(value):  # per-row tensors only: a batch-1 mask broadcasts as it is
-            if isinstance(value, Tensor) and value.ndim >= 2 and value.shape[0] == rows and rows > 1:
+            if (
+                isinstance(value, Tensor)
+                and value.ndim >= 2
+                and value.shape[0] == rows
+                and rows > 1
+            ):
                 return value.repeat_interleave(group, dim=0)
             if isinstance(value, tuple):
                 return tuple(expand(v) for v in value)
             return value
 
         if args:
-            return (args[0].repeat_interleave(group, dim=0), *(expand(a) for a in args[1:])), {k: expand(v) for k, v in kwargs.items()}
-        return args, {k: (v.repeat_interleave(group, dim=0) if k == "hidden_states" else expand(v)) for k, v in kwargs.items()}
+            return (args[0].repeat_interleave(group, dim=0), *(expand(a) for a in args[1:])), {
+                k: expand(v) for k, v in kwargs.items()
+            }
+        return args, {
+            k: (v.repeat_interleave(group, dim=0) if k == "hidden_states" else expand(v))
+            for k, v in kwargs.items()
+        }
 
     def _detached_input(self, layer: int, which: int):
         def hook(projection, args, kwargs):
@@ -124,15 +175,20 @@ class _GradTaps:
             self.attached[(layer, which)] = real
             # Its own backward is not run: `_PerHeadBackward` computes the same product head by head.
             return (real.detach(), *args[1:]), kwargs
+
         return hook
 
     def _projection_output(self, layer: int, which: int):
-        kinds = ("q", "k", "v") if isinstance(self.model.arch.qkv, str) else (("q", "k", "v")[which],)
+        kinds = (
+            ("q", "k", "v") if isinstance(self.model.arch.qkv, str) else (("q", "k", "v")[which],)
+        )
 
         def split(grad: Tensor) -> Tensor:
             total = None
             for kind in kinds:
-                cotangent = self._cotangent(layer, kind, grad)  # (head, rows, pos, d_model) at the norm's output
+                cotangent = self._cotangent(
+                    layer, kind, grad
+                )  # (head, rows, pos, d_model) at the norm's output
                 self.per_kind[(layer, kind)] = self._through_norm(layer, cotangent)
                 total = cotangent.sum(0) if total is None else total + cotangent.sum(0)
             return total
@@ -140,6 +196,7 @@ class _GradTaps:
         def hook(projection, args, output):
             repeated = output.repeat_interleave(self.group, dim=0) if self.group > 1 else output
             return _PerHeadBackward.apply(repeated, self.attached.pop((layer, which)), split)
+
         return hook
 
     def _own_copy_z(self, o_proj, args, kwargs):
@@ -148,7 +205,10 @@ class _GradTaps:
         by_copy = z.view(-1, group, z.shape[1], heads, d_head)  # (rows, copy, pos, head, d_head)
         h = torch.arange(heads, device=z.device)
         own = by_copy[:, h % group, :, h]  # (head, rows, pos, d_head): head h from copy h mod group
-        return (own.permute(1, 2, 0, 3).reshape(by_copy.shape[0], z.shape[1], heads * d_head), *args[1:]), kwargs
+        return (
+            own.permute(1, 2, 0, 3).reshape(by_copy.shape[0], z.shape[1], heads * d_head),
+            *args[1:],
+        ), kwargs
 
     # --- in the backward ---------------------------------------------------------------------
 
@@ -156,9 +216,15 @@ class _GradTaps:
         """(head, rows, pos, d_model): each query head's share of the gradient at the projection's
         input, from `grad` at its (repeated) output: head h's rows of the matrix times its slice."""
         arch, group = self.model.arch, self.group
-        projection = self.model.submodule(layer, arch.qkv if isinstance(arch.qkv, str) else arch.qkv[("q", "k", "v").index(kind)])
-        per_head_map = head_rows(kind, self.model, linear_map(projection))  # (unit, d_head, d_model)
-        grad = canonical(kind, self.model, grad).unflatten(0, (-1, group))  # (rows, copy, pos, unit, d_head)
+        projection = self.model.submodule(
+            layer, arch.qkv if isinstance(arch.qkv, str) else arch.qkv[("q", "k", "v").index(kind)]
+        )
+        per_head_map = head_rows(
+            kind, self.model, linear_map(projection)
+        )  # (unit, d_head, d_model)
+        grad = canonical(kind, self.model, grad).unflatten(
+            0, (-1, group)
+        )  # (rows, copy, pos, unit, d_head)
         if kind == "q":  # head h's z is read from one copy only: in the others its gradient is 0
             grad = grad.sum(1)
         else:  # query head h = g·group + j reads KV head g in copy j
@@ -171,9 +237,13 @@ class _GradTaps:
         forward of it, its vector-Jacobian product batched over heads), summed over copies."""
         x = self.norm_inputs[layer]
         norm = self.model.submodule(layer, self.plan.attn_in_norm)
-        with torch.enable_grad():  # a backward of its own, inside the model's (as reentrant checkpoints do)
+        with (
+            torch.enable_grad()
+        ):  # a backward of its own, inside the model's (as reentrant checkpoints do)
             leaf = x.clone().requires_grad_(True)
-            (grad_in,) = torch.autograd.grad(norm.forward(leaf), leaf, cotangent.to(x.dtype), is_grads_batched=True)
+            (grad_in,) = torch.autograd.grad(
+                norm.forward(leaf), leaf, cotangent.to(x.dtype), is_grads_batched=True
+            )
         return grad_in.unflatten(1, (self.plan.copies, -1)).sum(1)
 
     # --- after the backward ------------------------------------------------------------------

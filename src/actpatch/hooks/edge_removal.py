@@ -1,10 +1,12 @@
 """One edge removed per copy of the clean run, in a forward resumed at the receiver's layer: the
 hooks of exact edge scores (`graph/exact.py`). Only the removed edge's receiver reads another input."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,9 +23,13 @@ class Removal:
     layer: int
     kind: str  # "attn" or "mlp"
     attn_in_norm: str
-    receivers: list[int]  # per copy: the receiver's column within its stage (attention: q heads, k heads, v heads)
+    receivers: list[
+        int
+    ]  # per copy: the receiver's column within its stage (attention: q heads, k heads, v heads)
     deltas: Tensor  # (rows, pos, d_model): the removed edge's o_s(clean) − o_s(off) on each row
-    clean_z: Tensor | None = None  # (batch, pos, head, d_head): the clean run's z of this layer (attention)
+    clean_z: Tensor | None = (
+        None  # (batch, pos, head, d_head): the clean run's z of this layer (attention)
+    )
 
 
 @contextmanager
@@ -41,8 +47,10 @@ def removed_edges(model: Model, removal: Removal) -> Iterator[None]:
     layer = removal.layer
     found: list[tuple[nn.Module, Any, str]] = []
     if removal.kind == "mlp":
+
         def minus_delta(norm, args, kwargs):
             return (args[0] - removal.deltas.to(args[0].dtype), *args[1:]), kwargs
+
         found.append((model.submodule(layer, arch.mlp_in_norm), minus_delta, "pre"))
     else:
         heads, group = dims.n_heads, dims.n_heads // dims.n_kv_heads
@@ -71,6 +79,7 @@ def removed_edges(model: Model, removal: Removal) -> Iterator[None]:
                     view, new = canonical(kind, model, output), canonical(kind, model, again)
                     view[rows, :, unit] = new[rows, :, unit]
                 return output
+
             return hook
 
         if isinstance(arch.qkv, str):
@@ -93,7 +102,10 @@ def removed_edges(model: Model, removal: Removal) -> Iterator[None]:
         found.append((model.submodule(layer, arch.o_proj), other_heads_clean, "pre"))
     with ExitStack() as stack:
         for module, hook, kind in found:
-            handle = (module.register_forward_pre_hook(hook, with_kwargs=True) if kind == "pre"
-                      else module.register_forward_hook(hook))
+            handle = (
+                module.register_forward_pre_hook(hook, with_kwargs=True)
+                if kind == "pre"
+                else module.register_forward_hook(hook)
+            )
             stack.callback(handle.remove)
         yield

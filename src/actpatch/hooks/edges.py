@@ -26,13 +26,15 @@ Rows are copy-major: with `copies` circuits of `batch` prompts, row c·batch + b
 attached only inside this package (see `hooks/__init__.py`); every handle here is removed on exit,
 error or not.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -50,14 +52,20 @@ class EdgePlan:
     attn_in_norm: str  # path of attention's input norm in a decoder layer
     copies: int = 1
     batch: int = 1
-    absent: Tensor | None = None  # (copies, sender, receiver): None records outputs and changes nothing
-    exists: Tensor | None = None  # (sender, receiver) bool: the graph's edges (needed with `absent`)
+    absent: Tensor | None = (
+        None  # (copies, sender, receiver): None records outputs and changes nothing
+    )
+    exists: Tensor | None = (
+        None  # (sender, receiver) bool: the graph's edges (needed with `absent`)
+    )
     off: Tensor | None = None  # (sender, batch, pos, d_model): each sender's out-of-circuit value
     grads: bool = False  # record ∂(backward's scalar)/∂(every receiver's input)
     # Per-head q/k/v from the projections' head rows, attention on H/KV copies, head outputs from
     # o_proj's head columns; False: the oracle (attention on H copies, o_proj on a block input).
     fast: bool = True
-    first_input: Tensor | None = None  # (copies·batch, pos, d_model): replaces the first layer's input
+    first_input: Tensor | None = (
+        None  # (copies·batch, pos, d_model): replaces the first layer's input
+    )
     # The last layer's MLP only at the final position (the only one the logits read): its output
     # elsewhere is left 0. For runs whose logits and gradients are all that is read, not recordings.
     final_position_only: bool = False
@@ -67,8 +75,12 @@ class EdgePlan:
 class EdgeRecord:
     """Filled in by a forward (and a backward) under `edge_hooks`."""
 
-    outputs: dict[int, Tensor] = field(default_factory=dict)  # sender -> (rows, pos, d_model), when recording only
-    grads: dict[int, Tensor] = field(default_factory=dict)  # stage -> (batch, pos, receiver, d_model), summed over copies
+    outputs: dict[int, Tensor] = field(
+        default_factory=dict
+    )  # sender -> (rows, pos, d_model), when recording only
+    grads: dict[int, Tensor] = field(
+        default_factory=dict
+    )  # stage -> (batch, pos, receiver, d_model), summed over copies
     fired: set = field(default_factory=set)  # stages whose receivers were reached
     leaf: Tensor | None = None  # receiver_gradients: the first layer's input the gradients flow to
 
@@ -85,12 +97,22 @@ class _Taps:
     def __init__(self, model: Model, plan: EdgePlan):
         self.model, self.plan, self.record = model, plan, EdgeRecord()
         self.dims = model.dims
-        self.per_head: dict[int, str] = {}  # layer -> "expand" (H copies) or "project" (H/KV copies) this forward
-        self.projected: dict[int, list[Tensor]] = {}  # layer -> the projections' outputs on the copies ("project")
+        self.per_head: dict[
+            int, str
+        ] = {}  # layer -> "expand" (H copies) or "project" (H/KV copies) this forward
+        self.projected: dict[
+            int, list[Tensor]
+        ] = {}  # layer -> the projections' outputs on the copies ("project")
         self.group = self.dims.n_heads // self.dims.n_kv_heads
-        self.kv_inputs: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> normed k and v inputs (expanded rows)
-        self.pending: dict[int, Tensor] = {}  # layer -> per-head contributions awaiting the post-norm's scale
-        self.summed: dict[int, Tensor] = {}  # layer -> o_proj's output, from its heads' contributions
+        self.kv_inputs: dict[
+            int, tuple[Tensor, Tensor]
+        ] = {}  # layer -> normed k and v inputs (expanded rows)
+        self.pending: dict[
+            int, Tensor
+        ] = {}  # layer -> per-head contributions awaiting the post-norm's scale
+        self.summed: dict[
+            int, Tensor
+        ] = {}  # layer -> o_proj's output, from its heads' contributions
         # o(current) − o(off) of every sender so far: without gradients one buffer (copies, sender,
         # batch, pos, d_model) written in place, so a stage's weighted sum reads it without a copy;
         # with gradients a dict of separate tensors (in-place writes would break the backward).
@@ -107,28 +129,64 @@ class _Taps:
         for stage_index, stage in enumerate(self.plan.stages):
             layer = stage.layer
             if stage.kind == "attn":
-                found.append((model.submodule(layer, self.plan.attn_in_norm), self._attn_inputs(stage_index, stage), "pre"))
-                found.append((model.submodule(layer, attention_path), self._expand_arguments(layer), "pre"))
+                found.append(
+                    (
+                        model.submodule(layer, self.plan.attn_in_norm),
+                        self._attn_inputs(stage_index, stage),
+                        "pre",
+                    )
+                )
+                found.append(
+                    (model.submodule(layer, attention_path), self._expand_arguments(layer), "pre")
+                )
                 if self.plan.fast and self.plan.absent is not None:
-                    for which, path in enumerate([arch.qkv] if isinstance(arch.qkv, str) else arch.qkv):
-                        found.append((model.submodule(layer, path), self._skip_projection(layer), "pre"))
-                        found.append((model.submodule(layer, path), self._projected_output(layer, which), "out"))
+                    for which, path in enumerate(
+                        [arch.qkv] if isinstance(arch.qkv, str) else arch.qkv
+                    ):
+                        found.append(
+                            (model.submodule(layer, path), self._skip_projection(layer), "pre")
+                        )
+                        found.append(
+                            (
+                                model.submodule(layer, path),
+                                self._projected_output(layer, which),
+                                "out",
+                            )
+                        )
                 if isinstance(arch.qkv, str):
                     found.append((model.submodule(layer, arch.qkv), self._fused_kv(layer), "out"))
                 else:
-                    found.append((model.submodule(layer, arch.qkv[1]), self._kv_input(layer, 0), "pre"))
-                    found.append((model.submodule(layer, arch.qkv[2]), self._kv_input(layer, 1), "pre"))
+                    found.append(
+                        (model.submodule(layer, arch.qkv[1]), self._kv_input(layer, 0), "pre")
+                    )
+                    found.append(
+                        (model.submodule(layer, arch.qkv[2]), self._kv_input(layer, 1), "pre")
+                    )
                 found.append((model.submodule(layer, arch.o_proj), self._heads(stage), "pre"))
-                found.append((model.submodule(layer, arch.o_proj), self._summed_heads(layer), "out"))
+                found.append(
+                    (model.submodule(layer, arch.o_proj), self._summed_heads(layer), "out")
+                )
                 if self.post_norm:
                     found.append((model.submodule(layer, arch.attn), self._post_norm(stage), "out"))
             elif stage.kind == "mlp":
-                found.append((model.submodule(layer, arch.mlp_in_norm), self._single_input(stage_index, stage), "pre"))
+                found.append(
+                    (
+                        model.submodule(layer, arch.mlp_in_norm),
+                        self._single_input(stage_index, stage),
+                        "pre",
+                    )
+                )
                 if self.plan.final_position_only and layer == self.dims.n_layers - 1:
                     found += final_position_only(model.submodule(layer, arch.mlp))
                 found.append((model.submodule(layer, arch.mlp), self._mlp_output(stage), "out"))
             else:
-                found.append((model.hf.get_submodule(arch.final_norm), self._single_input(stage_index, stage), "pre"))
+                found.append(
+                    (
+                        model.hf.get_submodule(arch.final_norm),
+                        self._single_input(stage_index, stage),
+                        "pre",
+                    )
+                )
         return found
 
     # --- senders ---------------------------------------------------------------------------
@@ -138,11 +196,15 @@ class _Taps:
         if self.plan.first_input is not None:
             hidden = self.plan.first_input.to(hidden.dtype)
         elif self.plan.grads:
-            hidden = hidden.detach().requires_grad_(True)  # the leaf every receiver's gradient flows to
+            hidden = hidden.detach().requires_grad_(
+                True
+            )  # the leaf every receiver's gradient flows to
         self._store(0, hidden)
         if hidden is (args[0] if args else kwargs["hidden_states"]):
             return None
-        return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+        return (
+            ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+        )
 
     def _heads(self, stage):
         heads, d_head = self.dims.n_heads, self.dims.d_head
@@ -154,28 +216,46 @@ class _Taps:
             factor = {"expand": heads, "project": self.group}.get(mode, 1)
             rows = z.shape[0] // factor
             h = torch.arange(heads, device=z.device)
-            if factor > 1:  # head h's inputs rode on copy h ("expand") or h mod H/KV ("project"): take its z there
+            if (
+                factor > 1
+            ):  # head h's inputs rode on copy h ("expand") or h mod H/KV ("project"): take its z there
                 by_copy = z.view(rows, factor, z.shape[1], heads, d_head)
-                z = by_copy[:, h if mode == "expand" else h % factor, :, h].permute(1, 2, 0, 3).contiguous()
+                z = (
+                    by_copy[:, h if mode == "expand" else h % factor, :, h]
+                    .permute(1, 2, 0, 3)
+                    .contiguous()
+                )
             else:
                 z = z.view(rows, z.shape[1], heads, d_head)
             matrix = linear_map(o_proj, known_only=True) if self.plan.fast else None
             if matrix is not None:  # o_proj's columns of head h times its z: the real weights, once
-                contributions = torch.einsum("nphd,ehd->nphe", z, matrix.view(matrix.shape[0], heads, d_head).to(z.dtype))
+                contributions = torch.einsum(
+                    "nphd,ehd->nphe", z, matrix.view(matrix.shape[0], heads, d_head).to(z.dtype)
+                )
             else:
                 eye = torch.eye(heads, dtype=z.dtype, device=z.device)
-                block = torch.einsum("nphd,hg->nphgd", z, eye).reshape(rows, z.shape[1], heads, heads * d_head).contiguous()
-                contributions = o_proj.forward(block) - o_proj.forward(torch.zeros_like(block[:1, :1, :1]))
+                block = (
+                    torch.einsum("nphd,hg->nphgd", z, eye)
+                    .reshape(rows, z.shape[1], heads, heads * d_head)
+                    .contiguous()
+                )
+                contributions = o_proj.forward(block) - o_proj.forward(
+                    torch.zeros_like(block[:1, :1, :1])
+                )
             if self.post_norm:
                 self.pending[layer] = contributions
             else:
                 self._store_heads(stage, contributions)
             z = z.reshape(rows, z.shape[1], heads * d_head)
-            if matrix is None or self.plan.absent is None:  # recording runs stay the model's own, bit for bit
+            if (
+                matrix is None or self.plan.absent is None
+            ):  # recording runs stay the model's own, bit for bit
                 return (z, *args[1:]), kwargs
             # o_proj's output is the sum of its heads' contributions (and its bias): not computed twice
             wide = torch.promote_types(z.dtype, torch.float32)
-            self.summed[layer] = (contributions.sum(-2, dtype=wide) + bias_of(o_proj).to(wide)).to(z.dtype)
+            self.summed[layer] = (contributions.sum(-2, dtype=wide) + bias_of(o_proj).to(wide)).to(
+                z.dtype
+            )
             return (z[:1, :1], *args[1:]), kwargs
 
         return hook
@@ -183,6 +263,7 @@ class _Taps:
     def _summed_heads(self, layer):
         def hook(o_proj, args, output):
             return self.summed.pop(layer, None)
+
         return hook
 
     def _post_norm(self, stage):
@@ -199,6 +280,7 @@ class _Taps:
     def _mlp_output(self, stage):
         def hook(module, args, output):
             self._store(stage.senders, output[0] if isinstance(output, tuple) else output)
+
         return hook
 
     def _store(self, sender: int, output: Tensor) -> None:
@@ -206,7 +288,10 @@ class _Taps:
         if plan.absent is None:
             self.record.outputs[sender] = output
             return
-        current, off = output.view(plan.copies, plan.batch, *output.shape[1:]), plan.off[sender].to(output.dtype)
+        current, off = (
+            output.view(plan.copies, plan.batch, *output.shape[1:]),
+            plan.off[sender].to(output.dtype),
+        )
         if plan.grads:
             delta = self.deltas[sender] = current - off
             self.total = delta if self.total is None else self.total + delta
@@ -218,7 +303,9 @@ class _Taps:
 
     # --- receivers -------------------------------------------------------------------------
 
-    def _receiver_inputs(self, stage_index: int, stage, resid: Tensor) -> tuple[Tensor | None, bool]:
+    def _receiver_inputs(
+        self, stage_index: int, stage, resid: Tensor
+    ) -> tuple[Tensor | None, bool]:
         """(copies, batch, pos, receiver, d_model) inputs of the stage's receivers, or None where
         they all equal the residual stream; and whether they differ between receivers.
 
@@ -243,15 +330,23 @@ class _Taps:
                 return None, False
             inputs = base.expand(*base.shape[:-2], absent.shape[-1], base.shape[-1])
         elif len(kept) < len(missing):
-            unread = (edges[:, 0] == 0).nonzero().flatten().tolist()  # recorded, but no edge to this stage
-            reaching = self.total - sum((self._delta(s) for s in unread), torch.zeros((), device=resid.device))
+            unread = (
+                (edges[:, 0] == 0).nonzero().flatten().tolist()
+            )  # recorded, but no edge to this stage
+            reaching = self.total - sum(
+                (self._delta(s) for s in unread), torch.zeros((), device=resid.device)
+            )
             inputs = base - reaching.unsqueeze(-2) + self._weighted(kept, present)
         else:
             inputs = base - self._weighted(missing, absent)
         if plan.grads:
+
             def keep(grad: Tensor) -> None:
                 total = grad.sum(0)
-                record.grads[stage_index] = total if stage_index not in record.grads else record.grads[stage_index] + total
+                record.grads[stage_index] = (
+                    total if stage_index not in record.grads else record.grads[stage_index] + total
+                )
+
             inputs.register_hook(keep)
         return inputs, differ
 
@@ -268,7 +363,9 @@ class _Taps:
         if not senders:
             return torch.zeros((), dtype=weights.dtype, device=weights.device)
         if self.buffer is None:
-            deltas = torch.stack([self.deltas[s] for s in senders], 1)  # (copies, sender, batch, pos, d_model)
+            deltas = torch.stack(
+                [self.deltas[s] for s in senders], 1
+            )  # (copies, sender, batch, pos, d_model)
             return torch.einsum("csbpd,csr->cbprd", deltas, weights[:, senders])
         copies, n, receivers = weights.shape
         if 2 * len(senders) < n:
@@ -280,7 +377,9 @@ class _Taps:
         flat = deltas.reshape(copies, deltas.shape[1], -1)  # (copies, sender, batch·pos·d_model)
         summed = flat.new_zeros(copies, receivers, flat.shape[-1])
         for copy in range(copies):
-            columns, inverse = torch.unique(weights[copy].t(), dim=0, return_inverse=True)  # (distinct, sender)
+            columns, inverse = torch.unique(
+                weights[copy].t(), dim=0, return_inverse=True
+            )  # (distinct, sender)
             used = columns.any(1)
             distinct = flat.new_zeros(len(columns), flat.shape[-1])
             distinct[used] = columns[used] @ flat[copy]
@@ -293,6 +392,7 @@ class _Taps:
             if inputs is None:
                 return None
             return (inputs[..., 0, :].reshape(args[0].shape), *args[1:]), kwargs
+
         return hook
 
     def _attn_inputs(self, stage_index, stage):
@@ -310,11 +410,19 @@ class _Taps:
             rows, pos, d = resid.shape
             if self.plan.fast and not self.plan.grads:
                 self.per_head[stage.layer] = "project"
-                self.projected[stage.layer] = self._project(stage.layer, norm, inputs.reshape(rows, pos, 3 * heads, d))
-                return None  # the norm runs on the stream, its output is expanded and never projected
+                self.projected[stage.layer] = self._project(
+                    stage.layer, norm, inputs.reshape(rows, pos, 3 * heads, d)
+                )
+                return (
+                    None  # the norm runs on the stream, its output is expanded and never projected
+                )
             self.per_head[stage.layer] = "expand"
             # (rows, pos, qkv, head, d) -> per input kind (rows·head, pos, d), row n·H + h carrying head h
-            split = inputs.reshape(rows, pos, 3, heads, d).permute(2, 0, 3, 1, 4).reshape(3, rows * heads, pos, d)
+            split = (
+                inputs.reshape(rows, pos, 3, heads, d)
+                .permute(2, 0, 3, 1, 4)
+                .reshape(3, rows * heads, pos, d)
+            )
             self.kv_inputs[stage.layer] = (norm.forward(split[1]), norm.forward(split[2]))
             return (split[0], *args[1:]), kwargs
 
@@ -332,9 +440,18 @@ class _Taps:
                 group = self.group
                 expand = partial(_repeat_rows, rows=hidden.shape[0], times=group)
                 if args:
-                    return (hidden.repeat_interleave(group, dim=0), *(expand(a) for a in args[1:])), {k: expand(v) for k, v in kwargs.items()}
-                return args, {k: (hidden.repeat_interleave(group, dim=0) if k == "hidden_states" else expand(v))
-                              for k, v in kwargs.items()}
+                    return (
+                        hidden.repeat_interleave(group, dim=0),
+                        *(expand(a) for a in args[1:]),
+                    ), {k: expand(v) for k, v in kwargs.items()}
+                return args, {
+                    k: (
+                        hidden.repeat_interleave(group, dim=0)
+                        if k == "hidden_states"
+                        else expand(v)
+                    )
+                    for k, v in kwargs.items()
+                }
             expand = partial(_repeat_rows, rows=hidden.shape[0] // heads, times=heads)
             new_kwargs = {k: (v if k == "hidden_states" else expand(v)) for k, v in kwargs.items()}
             return ((args[0], *(expand(a) for a in args[1:])) if args else args), new_kwargs
@@ -353,11 +470,21 @@ class _Taps:
         for which, kind in enumerate(("q", "k", "v")):
             module = self.model.submodule(layer, arch.qkv if fused else arch.qkv[which])
             matrix, bias = linear_map(module), bias_of(module)
-            rows_of = head_rows(kind, self.model, matrix).to(normed.dtype)  # (unit, d_head, d_model)
+            rows_of = head_rows(kind, self.model, matrix).to(
+                normed.dtype
+            )  # (unit, d_head, d_model)
             shift = canonical(kind, self.model, bias.to(normed.dtype))  # (unit, d_head)
             if kind != "q":  # query head h reads KV head h // group
-                rows_of, shift = rows_of.repeat_interleave(group, 0), shift.repeat_interleave(group, 0)
-            out = torch.einsum("nphd,hed->nphe", normed[:, :, which * heads : (which + 1) * heads], rows_of) + shift
+                rows_of, shift = (
+                    rows_of.repeat_interleave(group, 0),
+                    shift.repeat_interleave(group, 0),
+                )
+            out = (
+                torch.einsum(
+                    "nphd,hed->nphe", normed[:, :, which * heads : (which + 1) * heads], rows_of
+                )
+                + shift
+            )
             if kind == "q":
                 out = out.unsqueeze(1).expand(rows, group, pos, heads, out.shape[-1])
             else:  # (rows, pos, KV, copy, d_head) -> (rows, copy, pos, KV, d_head)
@@ -375,7 +502,11 @@ class _Taps:
         def hook(projection, args, kwargs):
             if self.per_head.get(layer) != "project":
                 return None
-            return (args[0][:1, :1], *args[1:]), kwargs  # its output is replaced: compute almost nothing
+            return (
+                args[0][:1, :1],
+                *args[1:],
+            ), kwargs  # its output is replaced: compute almost nothing
+
         return hook
 
     def _projected_output(self, layer, which: int):
@@ -383,6 +514,7 @@ class _Taps:
             if self.per_head.get(layer) != "project":
                 return None
             return self.projected[layer][which]
+
         return hook
 
     def _kv_input(self, layer, which: int):
@@ -390,6 +522,7 @@ class _Taps:
             if self.per_head.get(layer) != "expand":
                 return None
             return (self.kv_inputs[layer][which], *args[1:]), kwargs
+
         return hook
 
     def _fused_kv(self, layer):
@@ -403,11 +536,20 @@ class _Taps:
             k_out, v_out = projection.forward(k_input), projection.forward(v_input)
             if concat:  # [q | k | v], each heads·d_head wide
                 width = heads * d_head
-                return torch.cat([output[..., :width], k_out[..., width : 2 * width], v_out[..., 2 * width :]], -1)
+                return torch.cat(
+                    [output[..., :width], k_out[..., width : 2 * width], v_out[..., 2 * width :]],
+                    -1,
+                )
             # interleaved: per head [q_h | k_h | v_h]
             per_head = [t.unflatten(-1, (heads, 3 * d_head)) for t in (output, k_out, v_out)]
-            spliced = torch.cat([per_head[0][..., :d_head], per_head[1][..., d_head : 2 * d_head],
-                                 per_head[2][..., 2 * d_head :]], -1)
+            spliced = torch.cat(
+                [
+                    per_head[0][..., :d_head],
+                    per_head[1][..., d_head : 2 * d_head],
+                    per_head[2][..., 2 * d_head :],
+                ],
+                -1,
+            )
             return spliced.flatten(-2)
 
         return hook
@@ -419,8 +561,10 @@ def _fixed_scale(norm: nn.Module, normed_input: Tensor) -> Tensor:
     norm(1)·√(1 + eps), so either gain convention, w or 1 + w, is what the module uses)."""
     if getattr(norm, "bias", None) is not None or "LayerNorm" in type(norm).__name__:
         # A LayerNorm also subtracts the mean and adds a bias: per-head outputs would need another rule.
-        raise NotImplementedError(f"{type(norm).__name__} normalises attention's output before it is added; edge "
-                                  "circuits define per-head outputs through such a norm only for RMS norms (Gemma 3)")
+        raise NotImplementedError(
+            f"{type(norm).__name__} normalises attention's output before it is added; edge "
+            "circuits define per-head outputs through such a norm only for RMS norms (Gemma 3)"
+        )
     eps = getattr(norm, "eps", None)
     eps = getattr(norm, "variance_epsilon", 1e-6) if eps is None else eps
     ones = torch.ones(normed_input.shape[-1], dtype=normed_input.dtype, device=normed_input.device)

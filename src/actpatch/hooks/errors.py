@@ -1,7 +1,8 @@
 """The errors a hook raises when a patch would silently do the wrong thing."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from actpatch.sites import Site
 

@@ -6,10 +6,11 @@ tensor as (batch, pos, [unit,] d), slicing fused q/k/v projections by `Arch.qkv_
 storage with the raw tensor, so a write through them lands in it. Attaching hooks is not this
 module's job (see `attach.py`), nor is deciding what to do with the values (`taps.py`).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -49,10 +50,14 @@ def index(site: Site, view: Tensor, positions: Positions) -> tuple:
     elif isinstance(pos, str):
         if pos not in positions:
             known = ", ".join(positions) or "none"
-            raise SiteError(f"{site}: no named position {pos!r} in these prompts (named positions: {known})")
+            raise SiteError(
+                f"{site}: no named position {pos!r} in these prompts (named positions: {known})"
+            )
         rows, where = torch.arange(batch), torch.as_tensor(positions[pos]).to(torch.long)
         if where.shape != (batch,):
-            raise SiteError(f"{site}: named position {pos!r} has {tuple(where.shape)} entries for {batch} prompts")
+            raise SiteError(
+                f"{site}: named position {pos!r} has {tuple(where.shape)} entries for {batch} prompts"
+            )
     else:
         if not -seq <= pos < seq:
             raise SiteError(f"{site}: position {pos} is out of range for prompts of {seq} tokens")
@@ -74,7 +79,9 @@ def _fused_slice(model: Model, raw: Tensor, which: int) -> Tensor:
     dims = model.dims
     if model.arch.qkv_layout == "concat":  # [q | k | v], each n_heads × d_head wide
         width = dims.n_heads * dims.d_head
-        return raw[..., which * width : (which + 1) * width].unflatten(-1, (dims.n_heads, dims.d_head))
+        return raw[..., which * width : (which + 1) * width].unflatten(
+            -1, (dims.n_heads, dims.d_head)
+        )
     # interleaved: per head [q_h | k_h | v_h]
     per_head = raw.unflatten(-1, (dims.n_heads, 3 * dims.d_head))
     return per_head[..., which * dims.d_head : (which + 1) * dims.d_head]

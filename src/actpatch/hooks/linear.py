@@ -1,5 +1,6 @@
 """The linear maps edge hooks read off real projections: a module's matrix and bias, and a
 projection's rows of each head, so per-head q, k, v and o_proj pieces use the model's own weights."""
+
 from __future__ import annotations
 
 import torch
@@ -35,7 +36,16 @@ def bias_of(module: nn.Module) -> Tensor:
     """b of module(x) = x Mᵀ + b (zeros when it has none)."""
     bias = getattr(module, "bias", None)
     if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
-        return bias if isinstance(bias, Tensor) else torch.zeros(module.weight.shape[0 if isinstance(module, nn.Linear) else 1],
-                                                                dtype=module.weight.dtype, device=module.weight.device)
+        return (
+            bias
+            if isinstance(bias, Tensor)
+            else torch.zeros(
+                module.weight.shape[0 if isinstance(module, nn.Linear) else 1],
+                dtype=module.weight.dtype,
+                device=module.weight.device,
+            )
+        )
     matrix = linear_map(module)
-    return module.forward(torch.zeros(1, matrix.shape[1], dtype=matrix.dtype, device=matrix.device))[0]
+    return module.forward(
+        torch.zeros(1, matrix.shape[1], dtype=matrix.dtype, device=matrix.device)
+    )[0]

@@ -6,11 +6,12 @@ job: `ReadTap` copies sites out, `WriteTap` writes values in, `GradTap` copies s
 gradients in the backward. Each belongs to the call that made it and holds only that call's
 sites and stores; where a tap is attached is `attach.py`'s job.
 """
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from torch import Tensor
 
@@ -23,7 +24,14 @@ from actpatch.sites import Site
 class ReadTap:
     """Copies each site's activation into `store`; changes nothing."""
 
-    def __init__(self, kind: str, model: Model, sites: Sequence[Site], positions: Positions, store: dict[Site, Tensor]):
+    def __init__(
+        self,
+        kind: str,
+        model: Model,
+        sites: Sequence[Site],
+        positions: Positions,
+        store: dict[Site, Tensor],
+    ):
         self.kind, self.model, self.sites = kind, model, list(sites)
         self.positions, self.store = positions, store
 
@@ -47,7 +55,9 @@ class Write:
 class WriteTap:
     """Writes each value into its site, on a copy of the raw tensor, and counts the writes in `fired`."""
 
-    def __init__(self, kind: str, model: Model, writes: Sequence[Write], positions: Positions, fired: Counter):
+    def __init__(
+        self, kind: str, model: Model, writes: Sequence[Write], positions: Positions, fired: Counter
+    ):
         self.kind, self.model, self.writes = kind, model, list(writes)
         self.positions, self.fired = positions, fired
         self.resid_pre: Tensor | None = None  # the layer's input, for resid_mid writes
@@ -66,7 +76,9 @@ class WriteTap:
             if self.kind == "resid_mid":
                 # resid_mid = resid_pre + attn_out is a sum inside the layer's forward, not a
                 # module's output; so we write it through attn_out: attn_out := wanted − resid_pre.
-                value = value - canonical("resid_pre", self.model, self.resid_pre)[write.rows][where]
+                value = (
+                    value - canonical("resid_pre", self.model, self.resid_pre)[write.rows][where]
+                )
             check_shape(write.site, view[where], value)
             view[where] = value
             self.fired[(write.copy, write.site)] += 1
@@ -77,8 +89,15 @@ class GradTap:
     """Copies each site's activation into `values`, and puts a tensor hook on the very tensor that
     copies its gradient into `grads` in the backward; the tensor hook goes with the graph."""
 
-    def __init__(self, kind: str, model: Model, sites: Sequence[Site], positions: Positions,
-                 values: dict[Site, Tensor], grads: dict[Site, Tensor]):
+    def __init__(
+        self,
+        kind: str,
+        model: Model,
+        sites: Sequence[Site],
+        positions: Positions,
+        values: dict[Site, Tensor],
+        grads: dict[Site, Tensor],
+    ):
         self.kind, self.model, self.sites = kind, model, list(sites)
         self.positions, self.values, self.grads = positions, values, grads
 

@@ -6,6 +6,7 @@ KV heads, head dim) come from the HF config through `dims_of`, never from this t
 Adding a family is adding one entry to `ARCHS`; an unknown family raises `UnsupportedArchitecture`
 naming the fields to fill.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -31,8 +32,12 @@ class Arch:
     mlp: str  # output is what the MLP adds to the residual stream: mlp_out
     mlp_down: str  # its *input* is the MLP hidden units after the activation (and gate): the `neuron` site
     final_norm: str  # from the model root: the norm between the last resid_post and the unembedding
-    qkv_layout: QkvLayout = "separate"  # how a fused projection orders q, k, v (see `_fused_slices` in hooks)
-    parallel: bool | str = False  # attention and MLP read the same resid_pre; or the config flag deciding it
+    qkv_layout: QkvLayout = (
+        "separate"  # how a fused projection orders q, k, v (see `_fused_slices` in hooks)
+    )
+    parallel: bool | str = (
+        False  # attention and MLP read the same resid_pre; or the config flag deciding it
+    )
 
     def is_parallel(self, config: PretrainedConfig) -> bool:
         """Whether attention and MLP both read resid_pre, so that no resid_mid exists."""
@@ -47,7 +52,9 @@ class Dims:
 
     n_layers: int
     n_heads: int
-    n_kv_heads: int  # < n_heads under grouped-query attention: one k/v head serves a group of query heads
+    n_kv_heads: (
+        int  # < n_heads under grouped-query attention: one k/v head serves a group of query heads
+    )
     d_head: int
     d_model: int
     d_mlp: int
@@ -138,7 +145,11 @@ def dims_of(config: PretrainedConfig) -> Dims:
     n_heads = config.num_attention_heads
     d_model = config.hidden_size
     d_head = getattr(config, "head_dim", None) or d_model // n_heads
-    d_mlp = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d_model
+    d_mlp = (
+        getattr(config, "intermediate_size", None)
+        or getattr(config, "n_inner", None)
+        or 4 * d_model
+    )
     return Dims(
         n_layers=config.num_hidden_layers,
         n_heads=n_heads,

@@ -8,8 +8,10 @@ is missing, stale or contradicted by the files is removed and rebuilt, with a wa
 
 Not this module's job: loading models (see `load.py`) or any checkpoint other than the default.
 """
+
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -221,8 +223,12 @@ def _build(checkpoint: Path, gguf: Path) -> None:
     building = Path(tempfile.mkdtemp(prefix=f".{checkpoint.name}.building-", dir=parent))
     try:
         stat = gguf.stat()
-        source = {"path": str(gguf), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                  "sha256": _sha256(gguf)}
+        source = {
+            "path": str(gguf),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "sha256": _sha256(gguf),
+        }
         _convert(gguf, building)
         _write_manifest(building, source)
         _move_into_place(building, checkpoint, gguf)
@@ -253,8 +259,12 @@ def _write_manifest(checkpoint: Path, source: dict[str, Any]) -> None:
         for p in sorted(checkpoint.iterdir())
         if p.name != _MANIFEST
     }
-    manifest = {"format_version": FORMAT_VERSION, "source": source,
-                "versions": _library_versions(), "files": files}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "versions": _library_versions(),
+        "files": files,
+    }
     # Written to a temp name and renamed: a manifest either exists whole or not at all.
     partial = checkpoint / f".{_MANIFEST}.partial"
     partial.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -275,10 +285,8 @@ def _move_into_place(building: Path, checkpoint: Path, gguf: Path) -> None:
             return
         # Still the stale folder: set it aside under a unique name (atomic), then delete it.
         trash = Path(tempfile.mkdtemp(prefix=f".{checkpoint.name}.stale-", dir=checkpoint.parent))
-        try:
+        with contextlib.suppress(OSError):  # another process moved it first; retry the rename
             checkpoint.rename(trash / checkpoint.name)
-        except OSError:
-            pass  # another process moved it first; retry the rename
         shutil.rmtree(trash, ignore_errors=True)
     raise OSError(f"could not move the converted model into {checkpoint}")
 

@@ -8,6 +8,7 @@ and GGUF files: a pickled checkpoint (`pytorch_model.bin`, `.pt`) can run code w
 so it is refused with the way to convert it. Not this module's job: the cache itself (`cache.py`)
 or knowing where a family keeps its layers (`arch.py`).
 """
+
 from __future__ import annotations
 
 import json
@@ -76,17 +77,22 @@ def load_hf(
     """
     torch_dtype = _resolve_dtype(dtype)
     if device is not None and device_map is not None:
-        raise ValueError("give device= (the whole model on one device) or device_map= (layers spread over "
-                         "devices by accelerate), not both")
+        raise ValueError(
+            "give device= (the whole model on one device) or device_map= (layers spread over "
+            "devices by accelerate), not both"
+        )
     if max_memory is not None and device_map is None:
-        raise ValueError("max_memory= bounds what device_map= places on each device: pass device_map='auto' with it")
+        raise ValueError(
+            "max_memory= bounds what device_map= places on each device: pass device_map='auto' with it"
+        )
     torch_device = torch.device("cpu" if device is None else device)
     source = _resolve_source(name_or_path)
     placement = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory}
     try:
         tokenizer = _tokenizer(source)
-        model = AutoModelForCausalLM.from_pretrained(source.location, **source.kwargs, dtype=torch_dtype,
-                                                     use_safetensors=True, **placement)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.location, **source.kwargs, dtype=torch_dtype, use_safetensors=True, **placement
+        )
     except SafetensorError as err:
         raise CorruptCheckpoint(
             f"{source.location}: a safetensors weights file is damaged ({err}): it is truncated or not a "
@@ -107,11 +113,21 @@ def load_hf(
         _refuse_offload(model, source.location)
     model.eval()
     model.requires_grad_(False)
-    where = str(torch_device) if device_map is None else ",".join(sorted({str(p.device) for p in model.parameters()}))
-    provenance = {**source.provenance, "dtype": str(torch_dtype).removeprefix("torch."),
-                  "device": where, "class": type(model).__name__}
+    where = (
+        str(torch_device)
+        if device_map is None
+        else ",".join(sorted({str(p.device) for p in model.parameters()}))
+    )
+    provenance = {
+        **source.provenance,
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        "device": where,
+        "class": type(model).__name__,
+    }
     if device_map is not None:
-        provenance["device_map"] = {k: str(v) for k, v in (getattr(model, "hf_device_map", None) or {"": where}).items()}
+        provenance["device_map"] = {
+            k: str(v) for k, v in (getattr(model, "hf_device_map", None) or {"": where}).items()
+        }
     return model, tokenizer, provenance
 
 
@@ -125,25 +141,35 @@ def load_model(
 ) -> Model:
     """Return a `Model` ready for patching: `load_hf`'s model, tokenizer and provenance together
     (the arguments are `load_hf`'s; docs/scale.md says how to load big models)."""
-    hf, tokenizer, provenance = load_hf(name_or_path, dtype=dtype, device=device, device_map=device_map,
-                                        max_memory=max_memory)
+    hf, tokenizer, provenance = load_hf(
+        name_or_path, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory
+    )
     return Model.from_hf(hf, tokenizer, name=provenance["model"], provenance=provenance)
 
 
-def _tokenizer(source: "_Source") -> PreTrainedTokenizerBase | None:
+def _tokenizer(source: _Source) -> PreTrainedTokenizerBase | None:
     """The source's tokenizer, or None for a local folder that ships none (transformers would
     otherwise try to build one and fail with an error about sentencepiece)."""
     folder = Path(source.location)
-    if not source.from_hub and not source.kwargs and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        log.info("%s has no tokenizer files (%s): loading the model without one; build prompt pairs from token ids",
-                 folder, ", ".join(_TOKENIZER_FILES))
+    if (
+        not source.from_hub
+        and not source.kwargs
+        and not any((folder / name).is_file() for name in _TOKENIZER_FILES)
+    ):
+        log.info(
+            "%s has no tokenizer files (%s): loading the model without one; build prompt pairs from token ids",
+            folder,
+            ", ".join(_TOKENIZER_FILES),
+        )
         return None
     return AutoTokenizer.from_pretrained(source.location, **source.kwargs)
 
 
 def _refuse_pickle(folder: Path) -> None:
     """Raise `CorruptCheckpoint` when a folder that has no safetensors holds pickled weights."""
-    if folder.is_dir() and (pickled := sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)):
+    if folder.is_dir() and (
+        pickled := sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    ):
         raise CorruptCheckpoint(
             f"{folder} holds weights only as pickle files ({', '.join(pickled)}), which can run code when read; "
             "actpatch reads safetensors and GGUF only. If you trust the file, convert it once: "
@@ -153,8 +179,13 @@ def _refuse_pickle(folder: Path) -> None:
 
 def _refuse_offload(model: PreTrainedModel, location: str) -> None:
     """Raise when device_map left weights off every device (offloaded to disk or CPU, on `meta`)."""
-    offloaded = sorted({name for name, where in (getattr(model, "hf_device_map", None) or {}).items()
-                        if str(where) in ("disk", "meta")})
+    offloaded = sorted(
+        {
+            name
+            for name, where in (getattr(model, "hf_device_map", None) or {}).items()
+            if str(where) in ("disk", "meta")
+        }
+    )
     if offloaded or any(p.device.type == "meta" for p in model.parameters()):
         raise ValueError(
             f"device_map offloaded part of {location} ({', '.join(offloaded) or 'some weights'}) to disk or CPU, "
@@ -174,8 +205,8 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 
 
 class _Source(NamedTuple):
-    location: str                  # what from_pretrained is given: a folder or a hub id
-    kwargs: dict[str, Any]         # gguf_file= for a GGUF file
+    location: str  # what from_pretrained is given: a folder or a hub id
+    kwargs: dict[str, Any]  # gguf_file= for a GGUF file
     provenance: dict[str, Any]
     from_hub: bool = False
 
@@ -184,9 +215,16 @@ def _resolve_source(name_or_path: str | os.PathLike[str] | None) -> _Source:
     if name_or_path is None:
         checkpoint = cache.cached_default_checkpoint()
         gguf = cache.read_manifest(checkpoint)["source"]
-        return _Source(str(checkpoint), {}, {"model": cache.DEFAULT_NAME, "source": gguf["path"],
-                                             "source_sha256": gguf["sha256"],
-                                             "checkpoint": str(checkpoint)})
+        return _Source(
+            str(checkpoint),
+            {},
+            {
+                "model": cache.DEFAULT_NAME,
+                "source": gguf["path"],
+                "source_sha256": gguf["sha256"],
+                "checkpoint": str(checkpoint),
+            },
+        )
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -205,12 +243,16 @@ def _resolve_source(name_or_path: str | os.PathLike[str] | None) -> _Source:
     if path.is_file() and path.suffix == ".gguf":
         return _Source(str(path.parent), {"gguf_file": path.name}, _provenance(text, path))
     if path.is_file() and path.suffix.lower() == ".safetensors":
-        raise ModelNotFound(f"{text!r} is a weights file alone; a checkpoint is the folder that "
-                            f"holds it with its config.json: pass {str(path.parent)!r}")
+        raise ModelNotFound(
+            f"{text!r} is a weights file alone; a checkpoint is the folder that "
+            f"holds it with its config.json: pass {str(path.parent)!r}"
+        )
     if _looks_local(name_or_path, path):
         why = "it does not exist" if not path.exists() else "it is neither a folder nor .gguf"
-        raise ModelNotFound(f"{text!r} looks like a local path, but {why}. A checkpoint is a "
-                            "folder or a .gguf file; pass None to load the default model.")
+        raise ModelNotFound(
+            f"{text!r} looks like a local path, but {why}. A checkpoint is a "
+            "folder or a .gguf file; pass None to load the default model."
+        )
     return _Source(text, {}, _provenance(text, text), from_hub=True)
 
 
@@ -232,7 +274,8 @@ def _check_weights_file(path: Path) -> None:
                 raise CorruptCheckpoint(
                     f"{path} is named .gguf but is not a GGUF file (it starts with {head[:4]!r}, "
                     f"a GGUF file with {_GGUF_MAGIC!r}): it is truncated, a saved web page, or "
-                    "another format. Download or convert it again.")
+                    "another format. Download or convert it again."
+                )
             return
         length = int.from_bytes(head, "little") if len(head) == 8 else -1
         header = file.read(length) if 2 <= length <= min(size - 8, _MAX_SAFETENSORS_HEADER) else b""
@@ -244,14 +287,21 @@ def _check_weights_file(path: Path) -> None:
         raise CorruptCheckpoint(
             f"{path} is named .safetensors but is not a safetensors file (no JSON header of a "
             f"valid length at its start; {size} bytes): it is truncated, a saved web page, or "
-            "another format. Save or download the checkpoint again.")
+            "another format. Save or download the checkpoint again."
+        )
 
 
 def _looks_local(name_or_path: str | os.PathLike[str], path: Path) -> bool:
     # A hub id is "name" or "owner/name": never absolute, never "./x" or "~/x", never a file.
     text = os.fspath(name_or_path)
-    return (not isinstance(name_or_path, str) or path.is_absolute() or path.exists()
-            or text.startswith((".", "~")) or text.endswith(".gguf") or "\\" in text)
+    return (
+        not isinstance(name_or_path, str)
+        or path.is_absolute()
+        or path.exists()
+        or text.startswith((".", "~"))
+        or text.endswith(".gguf")
+        or "\\" in text
+    )
 
 
 def _provenance(shown: str, source: Path | str) -> dict[str, Any]:

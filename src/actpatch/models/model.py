@@ -2,6 +2,7 @@
 
 It adds no layers and wraps no modules; hooks are attached only for the duration of a
 `hooks.capture` or `hooks.patch` call."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,7 +38,7 @@ class Model:
         *,
         name: str | None = None,
         provenance: dict[str, Any] | None = None,
-    ) -> "Model":
+    ) -> Model:
         """Wrap a model you already loaded; raises if its family is not in the table."""
         return cls(
             hf=hf,
@@ -66,13 +67,17 @@ class Model:
             return [f"<{int(i)}>" for i in ids]
         return [self.tokenizer.decode([int(i)]) for i in ids]
 
-    def last_logits(self, run: "Run | torch.Tensor") -> torch.Tensor:
+    def last_logits(self, run: Run | torch.Tensor) -> torch.Tensor:
         """Deprecated: `actpatch.hooks.last_logits(model, run)`, the same logits.
 
         Running the model is the job of `hooks/`, which builds on this module; this method stays
         for one release and is the one import from models up into hooks (pyproject's contract)."""
-        warnings.warn("Model.last_logits(run) is deprecated and will be removed in the next release: use "
-                      "actpatch.hooks.last_logits(model, run)", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "Model.last_logits(run) is deprecated and will be removed in the next release: use "
+            "actpatch.hooks.last_logits(model, run)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         from actpatch.hooks.forward import last_logits
 
         return last_logits(self, run)
@@ -80,8 +85,10 @@ class Model:
     def __repr__(self) -> str:
         d = self.dims
         params = sum(p.numel() for p in self.hf.parameters())
-        return (f"Model({self.name!r}, {type(self.hf).__name__}, {params / 1e6:.0f}M parameters, {d.n_layers} layers, "
-                f"{d.n_heads} heads ({d.n_kv_heads} KV), d_model {d.d_model}, {next(self.hf.parameters()).dtype}, {self.device})")
+        return (
+            f"Model({self.name!r}, {type(self.hf).__name__}, {params / 1e6:.0f}M parameters, {d.n_layers} layers, "
+            f"{d.n_heads} heads ({d.n_kv_heads} KV), d_model {d.d_model}, {next(self.hf.parameters()).dtype}, {self.device})"
+        )
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """Logits (batch, vocab) from the final resid_post at one position (batch, d_model).
@@ -117,14 +124,22 @@ def check_token_tensor(tokens: object) -> None:
     """Raise `TypeError` unless `tokens` is a (batch, pos) tensor of integer token ids, the input every
     forward here takes; strings and lists would otherwise fail deep inside the model."""
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
-        got = f"a {tokens.ndim}-d {tokens.dtype} tensor" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-        raise TypeError(f"tokens must be a (batch, pos) tensor of token ids, got {got}; pass e.g. pairs.clean, "
-                        "or model.tokenizer(texts, return_tensors='pt').input_ids")
+        got = (
+            f"a {tokens.ndim}-d {tokens.dtype} tensor"
+            if isinstance(tokens, torch.Tensor)
+            else type(tokens).__name__
+        )
+        raise TypeError(
+            f"tokens must be a (batch, pos) tensor of token ids, got {got}; pass e.g. pairs.clean, "
+            "or model.tokenizer(texts, return_tensors='pt').input_ids"
+        )
 
 
 def check_model(model: Any) -> None:
     """Raise `TypeError` unless `model` is an actpatch `Model` (a bare transformers model lacks the
     architecture table entry and sizes every sweep needs)."""
     if not isinstance(model, Model):
-        raise TypeError(f"model must be an actpatch Model, got {type(model).__name__}; load one with actpatch.load_model(...) "
-                        "or wrap a transformers model you loaded yourself: actpatch.Model.from_hf(hf_model, tokenizer)")
+        raise TypeError(
+            f"model must be an actpatch Model, got {type(model).__name__}; load one with actpatch.load_model(...) "
+            "or wrap a transformers model you loaded yourself: actpatch.Model.from_hf(hf_model, tokenizer)"
+        )

@@ -10,10 +10,20 @@
 
 `table.py` prints terminal tables; `layout.py` decides panels and labels for every picture;
 `edges.py` draws edge circuits."""
+
 from actpatch.report.edges import circuit_plot, faithfulness_plot
 from actpatch.report.figures import line_plot, show
 from actpatch.report.html import Section, provenance_html, render_report, result_section
 from actpatch.report.png import render_pngs
 
-__all__ = ["Section", "circuit_plot", "faithfulness_plot", "line_plot", "provenance_html", "render_pngs", "render_report",
-           "result_section", "show"]
+__all__ = [
+    "Section",
+    "circuit_plot",
+    "faithfulness_plot",
+    "line_plot",
+    "provenance_html",
+    "render_pngs",
+    "render_report",
+    "result_section",
+    "show",
+]

@@ -4,13 +4,15 @@ The page inlines plotly.js, so it opens anywhere with no network, and it can be 
 beside the saved `.nc` result it was drawn from. A page is a list of `Section`s: every result
 becomes one (figure and tables), and other modules add their own (a Pareto curve, a verification
 table) by building a `Section` and passing it in the list, with no change here."""
+
 from __future__ import annotations
 
 import html
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -32,18 +34,42 @@ class Section:
     note: str = ""
 
 
-Item = Union[xr.DataArray, Section]
-Results = Union[Item, Sequence[Item], Mapping[str, Item]]
+Item = xr.DataArray | Section
+Results = Item | Sequence[Item] | Mapping[str, Item]
 
 # Attributes shown in their own tables, or as the prompts list, rather than in the provenance table.
-_OWN_TABLES = ("baseline_clean", "baseline_corrupt", "self_checks", "clean_prompts", "corrupt_prompts")
-_PROVENANCE_ORDER = ("model", "model_source", "site", "direction", "corruption", "source", "engine", "attention",
-                     "n_prompts", "positions", "estimate", "cost", "versions")
+_OWN_TABLES = (
+    "baseline_clean",
+    "baseline_corrupt",
+    "self_checks",
+    "clean_prompts",
+    "corrupt_prompts",
+)
+_PROVENANCE_ORDER = (
+    "model",
+    "model_source",
+    "site",
+    "direction",
+    "corruption",
+    "source",
+    "engine",
+    "attention",
+    "n_prompts",
+    "positions",
+    "estimate",
+    "cost",
+    "versions",
+)
 _PROMPTS_SHOWN = 10
 
 
-def render_report(results: Results, path: str | os.PathLike, *, title: str = "actpatch report",
-                  metric: str | None = None) -> Path:
+def render_report(
+    results: Results,
+    path: str | os.PathLike,
+    *,
+    title: str = "actpatch report",
+    metric: str | None = None,
+) -> Path:
     """Write every result (one, a list, or a {title: result} mapping) as one HTML page; return its path.
 
         ap.report.render_report({"IOI, residual stream": res, "IOI, heads": heads}, "ioi.html")
@@ -54,10 +80,21 @@ def render_report(results: Results, path: str | os.PathLike, *, title: str = "ac
     return atomic.write_text(path, _page(title, sections))  # a killed run leaves no half page
 
 
-def result_section(result: xr.DataArray, title: str | None = None, *, metric: str | None = None) -> Section:
+def result_section(
+    result: xr.DataArray, title: str | None = None, *, metric: str | None = None
+) -> Section:
     """A result's section: its figure, its baselines and self-checks, its provenance and prompts."""
-    parts = [_baselines(result.attrs), _self_checks(result), _provenance(result.attrs), _prompts(result.attrs)]
-    return Section(title or layout.title(result), figures=[figures.show(result, metric)], html="\n".join(p for p in parts if p))
+    parts = [
+        _baselines(result.attrs),
+        _self_checks(result),
+        _provenance(result.attrs),
+        _prompts(result.attrs),
+    ]
+    return Section(
+        title or layout.title(result),
+        figures=[figures.show(result, metric)],
+        html="\n".join(p for p in parts if p),
+    )
 
 
 def _items(results: Results) -> Iterable[tuple[str | None, Item]]:
@@ -73,18 +110,26 @@ def _as_section(item: Item, name: str | None, metric: str | None) -> Section:
         return item
     if isinstance(item, xr.DataArray):
         return result_section(item, name, metric=metric)
-    raise TypeError(f"a report is made of xarray results and report.Section objects, got {type(item).__name__}")
+    raise TypeError(
+        f"a report is made of xarray results and report.Section objects, got {type(item).__name__}"
+    )
 
 
 def _baselines(attrs: Mapping[str, Any]) -> str:
     clean, corrupt = attrs.get("baseline_clean"), attrs.get("baseline_corrupt")
     if not isinstance(clean, Mapping) or not isinstance(corrupt, Mapping):
-        return ("<p class='missing'>Baselines: not kept in this result (they differ between the runs "
-                "it stacks; each run's own result has them).</p>")
-    rows = "".join(f"<tr><th>{_e(m)}</th><td>{_number(clean.get(m))}</td><td>{_number(corrupt.get(m))}</td></tr>"
-                   for m in dict.fromkeys([*clean, *corrupt]))
-    return ("<h3>Baselines (unpatched runs)</h3><table class='numbers'><tr><th>metric</th><th>clean</th>"
-            f"<th>corrupt</th></tr>{rows}</table>")
+        return (
+            "<p class='missing'>Baselines: not kept in this result (they differ between the runs "
+            "it stacks; each run's own result has them).</p>"
+        )
+    rows = "".join(
+        f"<tr><th>{_e(m)}</th><td>{_number(clean.get(m))}</td><td>{_number(corrupt.get(m))}</td></tr>"
+        for m in dict.fromkeys([*clean, *corrupt])
+    )
+    return (
+        "<h3>Baselines (unpatched runs)</h3><table class='numbers'><tr><th>metric</th><th>clean</th>"
+        f"<th>corrupt</th></tr>{rows}</table>"
+    )
 
 
 def _self_checks(result: xr.DataArray) -> str:
@@ -92,8 +137,10 @@ def _self_checks(result: xr.DataArray) -> str:
     if not isinstance(checks, Mapping):
         if "estimate" in result.attrs:
             return ""  # estimates are checked by verify(), not by in-sweep patches
-        return ("<p class='missing'>Self-checks: not kept in this stacked result (each part's figures differ); "
-                "every part passed them, or its sweep would have raised.</p>")
+        return (
+            "<p class='missing'>Self-checks: not kept in this stacked result (each part's figures differ); "
+            "every part passed them, or its sweep would have raised.</p>"
+        )
     # The sweep records the bound it was held to (wider in bfloat16 and float16); older results did not.
     bound = result.attrs.get("self_check_tolerance", TOLERANCE)
     rows = "".join(
@@ -101,29 +148,42 @@ def _self_checks(result: xr.DataArray) -> str:
         f"<td class='{'ok' if _passed(value, bound) else 'failed'}'>{'ok' if _passed(value, bound) else 'over tolerance'}</td></tr>"
         for name, value in checks.items()
     )
-    return (f"<h3>Self-checks</h3><p>Errors as a fraction of the clean−corrupt gap; a sweep fails above {bound:g}.</p>"
-            f"<table class='numbers'><tr><th>check</th><th>error</th><th></th></tr>{rows}</table>")
+    return (
+        f"<h3>Self-checks</h3><p>Errors as a fraction of the clean−corrupt gap; a sweep fails above {bound:g}.</p>"
+        f"<table class='numbers'><tr><th>check</th><th>error</th><th></th></tr>{rows}</table>"
+    )
 
 
 def _provenance(attrs: Mapping[str, Any]) -> str:
-    keys = [k for k in _PROVENANCE_ORDER if k in attrs] + [k for k in attrs if k not in _PROVENANCE_ORDER and k not in _OWN_TABLES]
+    keys = [k for k in _PROVENANCE_ORDER if k in attrs] + [
+        k for k in attrs if k not in _PROVENANCE_ORDER and k not in _OWN_TABLES
+    ]
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_value(attrs[k])}</td></tr>" for k in keys)
     return f"<h3>Provenance</h3><table class='provenance'>{rows}</table>" if rows else ""
 
 
 def _prompts(attrs: Mapping[str, Any]) -> str:
-    clean, corrupt = list(attrs.get("clean_prompts") or []), list(attrs.get("corrupt_prompts") or [])
+    clean, corrupt = (
+        list(attrs.get("clean_prompts") or []),
+        list(attrs.get("corrupt_prompts") or []),
+    )
     if not clean:
         return ""
-    rows = "".join(f"<tr><td>{_e(c)}</td><td>{_e(k)}</td></tr>"
-                   for c, k in zip(clean[:_PROMPTS_SHOWN], corrupt[:_PROMPTS_SHOWN] + [""] * _PROMPTS_SHOWN))
+    rows = "".join(
+        f"<tr><td>{_e(c)}</td><td>{_e(k)}</td></tr>"
+        for c, k in zip(clean[:_PROMPTS_SHOWN], corrupt[:_PROMPTS_SHOWN] + [""] * _PROMPTS_SHOWN)
+    )
     more = f" (first {_PROMPTS_SHOWN} of {len(clean)})" if len(clean) > _PROMPTS_SHOWN else ""
-    return (f"<details><summary>Prompts{more}</summary><table class='prompts'><tr><th>clean</th><th>corrupt</th></tr>"
-            f"{rows}</table></details>")
+    return (
+        f"<details><summary>Prompts{more}</summary><table class='prompts'><tr><th>clean</th><th>corrupt</th></tr>"
+        f"{rows}</table></details>"
+    )
 
 
 def _page(title: str, sections: Sequence[Section]) -> str:
-    contents = "".join(f"<li><a href='#section-{i + 1}'>{_e(s.title)}</a></li>" for i, s in enumerate(sections))
+    contents = "".join(
+        f"<li><a href='#section-{i + 1}'>{_e(s.title)}</a></li>" for i, s in enumerate(sections)
+    )
     body = "\n".join(_section(s, f"section-{i + 1}") for i, s in enumerate(sections))
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -145,13 +205,20 @@ def _page(title: str, sections: Sequence[Section]) -> str:
 def _section(section: Section, anchor: str) -> str:
     plots = "".join(
         "<div class='figure'>"
-        + pio.to_html(figure, include_plotlyjs=False, full_html=False, div_id=f"{anchor}-figure-{i + 1}",
-                      config={"displaylogo": False, "responsive": True})
+        + pio.to_html(
+            figure,
+            include_plotlyjs=False,
+            full_html=False,
+            div_id=f"{anchor}-figure-{i + 1}",
+            config={"displaylogo": False, "responsive": True},
+        )
         + "</div>"
         for i, figure in enumerate(section.figures)
     )
     note = f"<p class='note'>{_e(section.note)}</p>" if section.note else ""
-    return f"<section id='{anchor}'><h2>{_e(section.title)}</h2>{plots}{section.html}{note}</section>"
+    return (
+        f"<section id='{anchor}'><h2>{_e(section.title)}</h2>{plots}{section.html}{note}</section>"
+    )
 
 
 def _value(value: Any) -> str:
@@ -166,7 +233,11 @@ def _value(value: Any) -> str:
 
 
 def _number(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, (int, float)) else _e(value if value is not None else "—")
+    return (
+        f"{value:.6g}"
+        if isinstance(value, (int, float))
+        else _e(value if value is not None else "—")
+    )
 
 
 def _passed(value: Any, bound: float) -> bool:

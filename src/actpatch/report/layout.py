@@ -2,6 +2,7 @@
 
 Shared by the interactive figures (plotly) and the static ones (matplotlib), so the HTML report
 and the PNGs always show the same panels with the same labels. Drawing is not done here."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,8 @@ class Panel:
     values: np.ndarray
     layers: list[int]
     ticks: list[list[str]]  # per column, the lines of its tick label (plain text)
-    hover: list[str]        # per column, a full description (plain text)
-    scale: int = 0          # index into Grid.scales: one colour scale per direction
+    hover: list[str]  # per column, a full description (plain text)
+    scale: int = 0  # index into Grid.scales: one colour scale per direction
     # Results with a `stat` dimension (bootstrap intervals): (layer, column, 2) lower and upper
     # bounds, and the cells whose interval holds the no-effect value, drawn faded.
     intervals: np.ndarray | None = None
@@ -55,10 +56,10 @@ class Grid:
     """Every panel of one result under one metric, and how to arrange and title them."""
 
     metric: str
-    column_dim: str | None   # None: the result has no dimension beside layer
+    column_dim: str | None  # None: the result has no dimension beside layer
     panels: list[Panel]
     columns_per_row: int
-    note: str                # what was reduced or how to read it; empty when nothing to say
+    note: str  # what was reduced or how to read it; empty when nothing to say
     scales: list[Scale] = dataclasses.field(default_factory=lambda: [Scale(0.0, "")])
 
     @property
@@ -69,7 +70,10 @@ class Grid:
     def extent(self) -> float:
         """Largest distance from a panel's centre over every panel: each colour scale runs from its
         centre − extent to its centre + extent, so equal effects get equal colours in every panel."""
-        finite = [np.abs(p.values - self.scales[p.scale].centre)[np.isfinite(p.values)] for p in self.panels]
+        finite = [
+            np.abs(p.values - self.scales[p.scale].centre)[np.isfinite(p.values)]
+            for p in self.panels
+        ]
         largest = max((float(a.max()) for a in finite if a.size), default=0.0)
         return largest or 1.0
 
@@ -105,7 +109,9 @@ def grid(result: xr.DataArray, metric: str | None = None) -> Grid:
     Each panel carries the bounds, and the cells whose interval holds the no-effect value (the
     colour scale's white) are marked `faded`: the prompts cannot tell them from a patch that does nothing."""
     if not is_layer_grid(result):
-        raise ValueError(f"a heatmap needs a 'layer' dimension; this result has {list(result.dims)}")
+        raise ValueError(
+            f"a heatmap needs a 'layer' dimension; this result has {list(result.dims)}"
+        )
     metric = metric or default_metric(result)
     chosen = result.sel(metric=metric) if metric is not None else result
     notes = []
@@ -121,7 +127,11 @@ def grid(result: xr.DataArray, metric: str | None = None) -> Grid:
     facet_dims = [d for d in chosen.dims if d not in ("layer", column_dim, "direction")]
     if "direction" in chosen.dims:
         facet_dims.append("direction")  # last, so that denoise and noise sit side by side in a row
-    directions = [str(d) for d in chosen.direction.values] if "direction" in chosen.dims else [result.attrs.get("direction")]
+    directions = (
+        [str(d) for d in chosen.direction.values]
+        if "direction" in chosen.dims
+        else [result.attrs.get("direction")]
+    )
     scales = [no_effect(result, metric, d) for d in directions]
     panels = []
     for combination in itertools.product(*(range(chosen.sizes[d]) for d in facet_dims)):
@@ -129,31 +139,45 @@ def grid(result: xr.DataArray, metric: str | None = None) -> Grid:
         ordered = part.transpose("layer", *([column_dim] if column_dim else []))
         values = np.asarray(ordered.values, dtype=np.float64)
         ticks, hover = _columns(part, column_dim)
-        scale = directions.index(str(part.direction.values.item())) if "direction" in part.coords else 0
+        scale = (
+            directions.index(str(part.direction.values.item())) if "direction" in part.coords else 0
+        )
         values = values.reshape(len(part.layer), -1)
         intervals = faded = None
         if bounds is not None:
             part_bounds = bounds.isel(dict(zip(facet_dims, combination)))
-            intervals = np.asarray(part_bounds.transpose("layer", *([column_dim] if column_dim else []), "stat").values,
-                                   dtype=np.float64).reshape(*values.shape, 2)
+            intervals = np.asarray(
+                part_bounds.transpose(
+                    "layer", *([column_dim] if column_dim else []), "stat"
+                ).values,
+                dtype=np.float64,
+            ).reshape(*values.shape, 2)
             centre = scales[scale].centre
             faded = (intervals[..., 0] <= centre) & (centre <= intervals[..., 1])
-        panels.append(Panel(
-            title=" · ".join(_facet_title(part, d) for d in facet_dims),
-            values=values,
-            layers=[int(v) for v in part.layer.values],
-            ticks=ticks,
-            hover=hover,
-            scale=scale,
-            intervals=intervals,
-            faded=faded,
-        ))
+        panels.append(
+            Panel(
+                title=" · ".join(_facet_title(part, d) for d in facet_dims),
+                values=values,
+                layers=[int(v) for v in part.layer.values],
+                ticks=ticks,
+                hover=hover,
+                scale=scale,
+                intervals=intervals,
+                faded=faded,
+            )
+        )
     if "direction" in chosen.dims:
         per_row = chosen.sizes["direction"]
     else:
         per_row = min(3, len(panels))
-    return Grid(metric=metric or "value", column_dim=column_dim, panels=panels, columns_per_row=per_row,
-                note="; ".join(notes), scales=scales)
+    return Grid(
+        metric=metric or "value",
+        column_dim=column_dim,
+        panels=panels,
+        columns_per_row=per_row,
+        note="; ".join(notes),
+        scales=scales,
+    )
 
 
 def _interval_note(result: xr.DataArray) -> str:
@@ -174,7 +198,11 @@ def no_effect(result: xr.DataArray, metric: str | None, direction: str | None) -
     baseline = result.attrs.get(f"baseline_{target}")
     if metric == DEFAULT_METRIC:
         centre = 0.0 if target == "corrupt" else 1.0
-    elif isinstance(baseline, dict) and isinstance(baseline.get(metric), (int, float)) and math.isfinite(baseline[metric]):
+    elif (
+        isinstance(baseline, dict)
+        and isinstance(baseline.get(metric), (int, float))
+        and math.isfinite(baseline[metric])
+    ):
         centre = float(baseline[metric])
     else:
         return Scale(0.0, f"{direction}: centred at 0")
@@ -190,7 +218,11 @@ def title(result: xr.DataArray) -> str:
     elif attrs.get("direction"):
         parts.append(str(attrs["direction"]))
     if estimate := attrs.get("estimate"):
-        parts.append(f"{estimate.get('method', 'attribution')} estimate" if isinstance(estimate, dict) else "estimate")
+        parts.append(
+            f"{estimate.get('method', 'attribution')} estimate"
+            if isinstance(estimate, dict)
+            else "estimate"
+        )
     if "corruption" in result.dims:
         parts.append(f"{result.sizes['corruption']} corruptions")
     elif attrs.get("corruption"):

@@ -5,12 +5,13 @@ drives a headless Chrome, which a CI runner or a cluster node often lacks, while
 draws in-process with its Agg backend. We build `matplotlib.figure.Figure` objects directly, never
 through `pyplot`, so no global state (backend, style, open figures) is touched. The panels and
 their labels come from report/layout.py, as the interactive figures' do, so both show the same."""
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -44,7 +45,9 @@ def render_pngs(
         shown = f"_{metric or layout.default_metric(result)}" if "metric" in result.dims else ""
         path = folder / f"{name}{shown}.png"
         figure = draw(result, metric)
-        atomic.write_atomically(path, lambda temporary, figure=figure: figure.savefig(temporary, dpi=dpi, format="png"))
+        atomic.write_atomically(
+            path, lambda temporary, figure=figure: figure.savefig(temporary, dpi=dpi, format="png")
+        )
         paths.append(path)
     return paths
 
@@ -66,28 +69,46 @@ def _heatmaps(result: xr.DataArray, metric: str | None) -> Figure:
     size = (panel_width * grid.columns_per_row + 1.2, panel_height * grid.rows + 1.0)
     figure = Figure(figsize=size, layout="constrained", facecolor=BACKGROUND)
     axes = figure.subplots(grid.rows, grid.columns_per_row, squeeze=False)
-    images: dict[int, tuple[object, list]] = {}  # per colour scale: an image drawn with it, and its axes
+    images: dict[
+        int, tuple[object, list]
+    ] = {}  # per colour scale: an image drawn with it, and its axes
     for i, panel in enumerate(grid.panels):
         ax = axes.flat[i]
         ax.set_facecolor(BACKGROUND)
         low, high = grid.limits(panel.scale)
-        image = ax.imshow(panel.values, cmap=COLORMAP, vmin=low, vmax=high, aspect="auto", interpolation="nearest")
+        image = ax.imshow(
+            panel.values, cmap=COLORMAP, vmin=low, vmax=high, aspect="auto", interpolation="nearest"
+        )
         if panel.faded is not None and panel.faded.any():
             ax.imshow(_fade(panel.faded), aspect="auto", interpolation="nearest")
         images.setdefault(panel.scale, (image, []))[1].append(ax)
         ax.set_title(_text(panel.title), fontsize=9)
         ax.set_ylabel("layer")
-        ax.set_yticks(range(len(panel.layers)), [str(layer) for layer in panel.layers] if n_layers <= 32 else None)
+        ax.set_yticks(
+            range(len(panel.layers)),
+            [str(layer) for layer in panel.layers] if n_layers <= 32 else None,
+        )
         if n_layers > 32:
-            ax.set_yticks(range(0, n_layers, 4), [str(panel.layers[j]) for j in range(0, n_layers, 4)])
+            ax.set_yticks(
+                range(0, n_layers, 4), [str(panel.layers[j]) for j in range(0, n_layers, 4)]
+            )
         if len(panel.ticks) <= 40:
-            ax.set_xticks(range(len(panel.ticks)), ["\n".join(_text(line) for line in t) for t in panel.ticks], fontsize=7)
+            ax.set_xticks(
+                range(len(panel.ticks)),
+                ["\n".join(_text(line) for line in t) for t in panel.ticks],
+                fontsize=7,
+            )
         ax.set_xlabel(layout.axis_title(grid.column_dim), fontsize=8)
-    for ax in list(axes.flat)[len(grid.panels):]:
+    for ax in list(axes.flat)[len(grid.panels) :]:
         ax.set_visible(False)
     for scale, (image, scale_axes) in sorted(images.items()):
         label = grid.scales[scale].label
-        figure.colorbar(image, ax=scale_axes, label=_text(grid.metric + (f"\n{label}" if label else "")), shrink=0.9)
+        figure.colorbar(
+            image,
+            ax=scale_axes,
+            label=_text(grid.metric + (f"\n{label}" if label else "")),
+            shrink=0.9,
+        )
     heading = layout.title(result) + f"\n{grid.metric}" + (f"; {grid.note}" if grid.note else "")
     figure.suptitle(_text(heading), fontsize=10)
     return figure
@@ -105,7 +126,9 @@ def _line(curve: xr.DataArray, metric: str | None) -> Figure:
         metric = metric or layout.default_metric(curve)
         curve = curve.sel(metric=metric)
     bounds = None
-    if "stat" in curve.dims:  # a band over each point's interval, as the interactive line plot draws
+    if (
+        "stat" in curve.dims
+    ):  # a band over each point's interval, as the interactive line plot draws
         bounds = curve.sel(stat=["lo", "hi"])
         curve = curve.sel(stat="value", drop=True)
     if curve.ndim != 1:
@@ -121,7 +144,14 @@ def _line(curve: xr.DataArray, metric: str | None) -> Figure:
     if y_name == layout.DEFAULT_METRIC:
         for label, level in (("clean", 1.0), ("corrupt", 0.0)):
             ax.axhline(level, linestyle=":", color="grey")
-            ax.annotate(label, (1.0, level), xycoords=("axes fraction", "data"), ha="right", va="bottom", color="grey")
+            ax.annotate(
+                label,
+                (1.0, level),
+                xycoords=("axes fraction", "data"),
+                ha="right",
+                va="bottom",
+                color="grey",
+            )
     ax.set_xlabel(_text(str(x)))
     if x == "percent":  # a faithfulness curve: MIB's sizes span 0.1 to 100 % of edges
         ax.set_xscale("log")
@@ -131,7 +161,9 @@ def _line(curve: xr.DataArray, metric: str | None) -> Figure:
     return figure
 
 
-def _named(results: xr.DataArray | Sequence[xr.DataArray] | Mapping[str, xr.DataArray]) -> dict[str, xr.DataArray]:
+def _named(
+    results: xr.DataArray | Sequence[xr.DataArray] | Mapping[str, xr.DataArray],
+) -> dict[str, xr.DataArray]:
     if isinstance(results, xr.DataArray):
         results = [results]
     if isinstance(results, Mapping):

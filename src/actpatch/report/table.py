@@ -1,4 +1,5 @@
 """Plain-text tables of a result: layer rows against position (or head) columns, for terminals."""
+
 from __future__ import annotations
 
 import xarray as xr
@@ -9,13 +10,17 @@ def layer_table(result: xr.DataArray, metric: str = "norm_logit_diff", *, width:
     grid = result.sel(metric=metric)
     extra = [d for d in grid.dims if d not in ("layer",)]
     if len(extra) != 1:
-        raise ValueError(f"a table needs exactly one dimension beside layer, this result has {extra}")
+        raise ValueError(
+            f"a table needs exactly one dimension beside layer, this result has {extra}"
+        )
     column_dim = extra[0]
     if "clean_token" in grid.coords and column_dim == "pos":
         headers = [_fit(str(t).replace("\n", "\\n"), width) for t in grid.clean_token.values]
     else:
         headers = [_fit(f"{column_dim[0]}{v}", width) for v in grid[column_dim].values]
-    lines = [f"{metric} ({result.attrs.get('direction', '')} {result.attrs.get('site', '')}); rows: layer"]
+    lines = [
+        f"{metric} ({result.attrs.get('direction', '')} {result.attrs.get('site', '')}); rows: layer"
+    ]
     lines.append("layer " + " ".join(h.rjust(width) for h in headers))
     for layer in grid.layer.values:
         row = grid.sel(layer=layer).values
@@ -36,14 +41,22 @@ def strongest_table(result: xr.DataArray, metric: str = "norm_logit_diff", *, to
     if "batch" in values.dims:
         values = values.mean("batch")
     direction = result.attrs.get("direction")
-    baseline = result.attrs.get("baseline_corrupt" if direction == "denoise" else "baseline_clean") or {}
-    target = baseline.get(metric, 0.0 if direction == "denoise" else 1.0 if metric == "norm_logit_diff" else 0.0)
+    baseline = (
+        result.attrs.get("baseline_corrupt" if direction == "denoise" else "baseline_clean") or {}
+    )
+    target = baseline.get(
+        metric, 0.0 if direction == "denoise" else 1.0 if metric == "norm_logit_diff" else 0.0
+    )
     flat = values.stack(patch=list(values.dims)) if values.dims else values.expand_dims(patch=[0])
     order = abs(flat - target).argsort()[::-1][:top].values
-    lines = [f"strongest {min(top, flat.size)} of {flat.size} patches by {metric} "
-             f"({direction or ''} {result.attrs.get('site', '')}; unpatched: {target:.3f})"]
+    lines = [
+        f"strongest {min(top, flat.size)} of {flat.size} patches by {metric} "
+        f"({direction or ''} {result.attrs.get('site', '')}; unpatched: {target:.3f})"
+    ]
     for index in order:
-        where = ", ".join(f"{dim}={_label(value)}" for dim, value in zip(values.dims, flat["patch"].values[index]))
+        where = ", ".join(
+            f"{dim}={_label(value)}" for dim, value in zip(values.dims, flat["patch"].values[index])
+        )
         lines.append(f"  {where or 'all'}: {float(flat.values[index]):+.3f}")
     return "\n".join(lines)
 

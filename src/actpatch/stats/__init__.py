@@ -16,14 +16,25 @@ from actpatch.stats.bootstrap import NotPerPrompt, intervals
 from actpatch.stats.budget import EnoughPrompts, enough_prompts
 from actpatch.stats.compare import benjamini_hochberg, compare
 
-__all__ = ["EnoughPrompts", "NotPerPrompt", "benjamini_hochberg", "compare", "enough_prompts", "intervals"]
+__all__ = [
+    "EnoughPrompts",
+    "NotPerPrompt",
+    "benjamini_hochberg",
+    "compare",
+    "enough_prompts",
+    "intervals",
+]
 
 
 def __getattr__(name: str) -> Any:
     """The old spelling `stats.circuit_stability`, for one release (imported on use: circuits sit
     above stats, so stats may not import them)."""
     if name == "circuit_stability":
-        warnings.warn("actpatch.stats.circuit_stability is deprecated and will be removed in the next release: use "
-                      "actpatch.circuits.circuit_stability", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "actpatch.stats.circuit_stability is deprecated and will be removed in the next release: use "
+            "actpatch.circuits.circuit_stability",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return importlib.import_module("actpatch.circuits.stability").circuit_stability
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,10 +10,12 @@ The normalised logit difference is a ratio of means, (mean patched − mean corr
 mean corrupt), so each resample takes its prompts' clean and corrupt logit differences along
 (`attrs["per_prompt_baseline_logit_diff"]`); averaging per-prompt ratios instead would let one
 prompt whose clean and corrupt runs nearly agree blow the interval up."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -42,7 +44,7 @@ class Block:
 
     label: str | None
     values: np.ndarray
-    clean: np.ndarray   # (prompt,) unpatched clean logit differences
+    clean: np.ndarray  # (prompt,) unpatched clean logit differences
     corrupt: np.ndarray
     groups: tuple[int, ...]  # length-group sizes, in prompt order
 
@@ -59,12 +61,19 @@ class Layout:
     cell_dims: tuple[str, ...]
     labels: tuple[str, ...] | None  # the corruption labels, or None
 
-    def lay_out(self, per_block: Sequence[np.ndarray], dim: str, names: Sequence[Any]) -> xr.DataArray:
+    def lay_out(
+        self, per_block: Sequence[np.ndarray], dim: str, names: Sequence[Any]
+    ) -> xr.DataArray:
         """(names, metric, cell) arrays, one per block, as a labelled result with `dim` last."""
         shape = (len(names), len(METRICS), *(self.template.sizes[d] for d in self.cell_dims))
-        parts = [xr.DataArray(values.reshape(shape), dims=(dim, "metric", *self.cell_dims)) for values in per_block]
+        parts = [
+            xr.DataArray(values.reshape(shape), dims=(dim, "metric", *self.cell_dims))
+            for values in per_block
+        ]
         laid = parts[0] if self.labels is None else xr.concat(parts, dim="corruption")
-        laid = laid.assign_coords({dim: list(names), **self.template.coords}).transpose(*self.template.dims, dim)
+        laid = laid.assign_coords({dim: list(names), **self.template.coords}).transpose(
+            *self.template.dims, dim
+        )
         laid.attrs = dict(self.template.attrs)
         laid.name = self.template.name
         return laid
@@ -104,8 +113,12 @@ def intervals(
     result = layout.lay_out(out, "stat", STATS)
     result.attrs.pop("per_prompt_baseline_logit_diff", None)
     result.attrs["interval"] = {
-        "ci": ci, "n_boot": n_boot, "seed": seed, "method": method,
-        "resampled": "prompts, with replacement" + (" within length groups" if any(len(b.groups) > 1 for b in blocks) else ""),
+        "ci": ci,
+        "n_boot": n_boot,
+        "seed": seed,
+        "method": method,
+        "resampled": "prompts, with replacement"
+        + (" within length groups" if any(len(b.groups) > 1 for b in blocks) else ""),
         "n_prompts": blocks[0].n if layout.labels is None else {b.label: b.n for b in blocks},
     }
     return result
@@ -119,7 +132,9 @@ def rows_block(rows: Sequence[Mapping[str, Any]], clean: np.ndarray, corrupt: np
     metrics (`metrics.per_prompt`) are the rows, so an interval costs no forward of its own."""
     clean, corrupt = np.asarray(clean, dtype=float), np.asarray(corrupt, dtype=float)
     missing = np.full(clean.shape[0], np.nan)
-    values = np.array([[np.asarray(row.get(m, missing), dtype=float) for m in METRICS] for row in rows])  # (cell, metric, prompt)
+    values = np.array(
+        [[np.asarray(row.get(m, missing), dtype=float) for m in METRICS] for row in rows]
+    )  # (cell, metric, prompt)
     return Block(None, values.transpose(2, 1, 0), clean, corrupt, (clean.shape[0],))
 
 
@@ -148,9 +163,13 @@ def averaged(result: xr.DataArray) -> xr.DataArray:
 
 def check_options(ci: float, n_boot: int, method: str = "percentile") -> None:
     if not 0 < ci < 1:
-        raise ValueError(f"ci is the interval's coverage, between 0 and 1 (0.95 for 95 %), got {ci!r}")
+        raise ValueError(
+            f"ci is the interval's coverage, between 0 and 1 (0.95 for 95 %), got {ci!r}"
+        )
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot is a number of bootstrap resamples (1000 is usual), got {n_boot!r}")
+        raise ValueError(
+            f"n_boot is a number of bootstrap resamples (1000 is usual), got {n_boot!r}"
+        )
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
@@ -158,16 +177,28 @@ def check_options(ci: float, n_boot: int, method: str = "percentile") -> None:
 def split(result: xr.DataArray) -> tuple[list[Block], Layout]:
     """A per-prompt result as one Block per corruption (one Block without a corruption dimension)."""
     if not isinstance(result, xr.DataArray) or "batch" not in result.dims:
-        raise NotPerPrompt("intervals need every prompt's numbers: sweep with per_prompt=True (a result with a 'batch' "
-                           "dimension); an averaged result cannot be resampled")
+        raise NotPerPrompt(
+            "intervals need every prompt's numbers: sweep with per_prompt=True (a result with a 'batch' "
+            "dimension); an averaged result cannot be resampled"
+        )
     if "metric" not in result.dims or set(result["metric"].values) != set(METRICS):
-        raise ValueError(f"a per-prompt sweep result holds every metric ({', '.join(METRICS)}) on a 'metric' dimension")
-    labels = None if "corruption" not in result.dims else tuple(str(c) for c in result["corruption"].values)
+        raise ValueError(
+            f"a per-prompt sweep result holds every metric ({', '.join(METRICS)}) on a 'metric' dimension"
+        )
+    labels = (
+        None
+        if "corruption" not in result.dims
+        else tuple(str(c) for c in result["corruption"].values)
+    )
     cell_dims = tuple(d for d in result.dims if d not in ("batch", "metric", "corruption"))
-    ordered = result.sel(metric=list(METRICS)).transpose(*(("corruption",) if labels else ()), "batch", "metric", *cell_dims)
+    ordered = result.sel(metric=list(METRICS)).transpose(
+        *(("corruption",) if labels else ()), "batch", "metric", *cell_dims
+    )
     template = result.sel(metric=list(METRICS)).isel(batch=0, drop=True)
     raw = ordered.values if labels else ordered.values[None]
-    blocks = [_block(label, raw[i], result.attrs, len(raw)) for i, label in enumerate(labels or (None,))]
+    blocks = [
+        _block(label, raw[i], result.attrs, len(raw)) for i, label in enumerate(labels or (None,))
+    ]
     return blocks, Layout(template, cell_dims, labels)
 
 
@@ -177,23 +208,32 @@ def _block(label: str | None, values: np.ndarray, attrs: dict, n_blocks: int) ->
     present = ~np.isnan(values).all(axis=(1, 2))
     n = int(present.sum())
     if not present[:n].all():
-        raise ValueError(f"prompts of {label or 'this result'} are missing in the middle of 'batch'; "
-                         "only trailing prompts may be absent (a shorter corruption stacked with a longer one)")
+        raise ValueError(
+            f"prompts of {label or 'this result'} are missing in the middle of 'batch'; "
+            "only trailing prompts may be absent (a shorter corruption stacked with a longer one)"
+        )
     if n < 2:
-        raise ValueError(f"{label or 'this result'} holds {n} prompt(s): a bootstrap needs at least 2")
+        raise ValueError(
+            f"{label or 'this result'} holds {n} prompt(s): a bootstrap needs at least 2"
+        )
     values = values[:n]
     clean, corrupt = _baselines(label, values, attrs.get("per_prompt_baseline_logit_diff"))
     groups = _groups(label, attrs.get("group_sizes"), n)
     return Block(label, values, clean, corrupt, groups)
 
 
-def _baselines(label: str | None, values: np.ndarray, stored: dict | None) -> tuple[np.ndarray, np.ndarray]:
+def _baselines(
+    label: str | None, values: np.ndarray, stored: dict | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Each prompt's unpatched clean and corrupt logit differences: as the sweep stored them (shared,
     or one entry per corruption label), or else recovered from the rows themselves."""
     if isinstance(stored, dict) and label in stored:
         stored = stored[label]
     if isinstance(stored, dict) and "clean" in stored and "corrupt" in stored:
-        clean, corrupt = np.asarray(stored["clean"], dtype=float), np.asarray(stored["corrupt"], dtype=float)
+        clean, corrupt = (
+            np.asarray(stored["clean"], dtype=float),
+            np.asarray(stored["corrupt"], dtype=float),
+        )
         if clean.shape == corrupt.shape == (values.shape[0],):
             return clean, corrupt
     return _recovered_baselines(label, values)
@@ -212,16 +252,20 @@ def _recovered_baselines(label: str | None, values: np.ndarray) -> tuple[np.ndar
     spread = diff[rows, high] - diff[rows, low]
     where = label or "this result"
     if not (spread > 0).all():
-        raise ValueError(f"{where} carries no per-prompt baselines (attrs['per_prompt_baseline_logit_diff']) and some "
-                         "prompt's logit difference is the same at every site, so they cannot be read back: "
-                         "sweep each corruption on its own with per_prompt=True")
+        raise ValueError(
+            f"{where} carries no per-prompt baselines (attrs['per_prompt_baseline_logit_diff']) and some "
+            "prompt's logit difference is the same at every site, so they cannot be read back: "
+            "sweep each corruption on its own with per_prompt=True"
+        )
     slope = (norm[rows, high] - norm[rows, low]) / spread  # 1 / (clean − corrupt)
     corrupt = diff[rows, low] - norm[rows, low] / slope
     clean = corrupt + 1 / slope
     misfit = np.abs(norm - (diff - corrupt[:, None]) * slope[:, None]).max()
     if not np.isfinite(misfit) or misfit > 1e-8 * (1 + np.abs(norm).max()):
-        raise ValueError(f"{where} carries no per-prompt baselines (attrs['per_prompt_baseline_logit_diff']) and its "
-                         "rows do not determine them; sweep with per_prompt=True and keep the sweep's attrs")
+        raise ValueError(
+            f"{where} carries no per-prompt baselines (attrs['per_prompt_baseline_logit_diff']) and its "
+            "rows do not determine them; sweep with per_prompt=True and keep the sweep's attrs"
+        )
     return clean, corrupt
 
 
@@ -238,7 +282,9 @@ def rngs(seed: int, n: int) -> list[np.random.Generator]:
     return [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(n)]
 
 
-def resample_counts(block: Block, n_boot: int, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+def resample_counts(
+    block: Block, n_boot: int, rng: np.random.Generator, size: int | None = None
+) -> np.ndarray:
     """(n_boot, n) how many times each prompt is drawn in each resample, within its length group.
 
     `size` draws that many prompts per resample from all of them (a sub-sample size for
@@ -248,8 +294,13 @@ def resample_counts(block: Block, n_boot: int, rng: np.random.Generator, size: i
         picks = rng.integers(0, n, size=(n_boot, size))
     else:
         starts = np.cumsum((0, *block.groups[:-1]))
-        picks = np.concatenate([start + rng.integers(0, g, size=(n_boot, g)) for start, g in zip(starts, block.groups)],
-                               axis=1)
+        picks = np.concatenate(
+            [
+                start + rng.integers(0, g, size=(n_boot, g))
+                for start, g in zip(starts, block.groups)
+            ],
+            axis=1,
+        )
     flat = (np.arange(n_boot)[:, None] * n + picks).ravel()
     return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
 
@@ -260,7 +311,9 @@ def cell_chunks(block: Block, n_boot: int) -> list[slice]:
     return [slice(start, min(start + step, cells)) for start in range(0, cells, step)]
 
 
-def statistic(block: Block, counts: np.ndarray, cells: slice | np.ndarray = slice(None)) -> np.ndarray:
+def statistic(
+    block: Block, counts: np.ndarray, cells: slice | np.ndarray = slice(None)
+) -> np.ndarray:
     """(resample, metric, cell): each metric as the sweep defines it, for prompts drawn `counts` times.
 
     Plain means, but the normalised logit difference is a ratio of means with the resample's own
@@ -283,19 +336,34 @@ def cell_table(layout: Layout) -> pd.DataFrame:
     template = layout.template
     if not layout.cell_dims:
         return pd.DataFrame(index=range(1))
-    index = pd.MultiIndex.from_product([template[d].values for d in layout.cell_dims], names=list(layout.cell_dims))
+    index = pd.MultiIndex.from_product(
+        [template[d].values for d in layout.cell_dims], names=list(layout.cell_dims)
+    )
     table = index.to_frame(index=False)
     if "site" in template.attrs and "layer" in table:
         kind, unit = template.attrs["site"], unit_dim(template.attrs["site"])
-        table.insert(0, "site", [str(Site(kind, int(row["layer"]),
-                                          head=int(row[unit]) if unit in ("head", "kv_head") else None,
-                                          neuron=int(row[unit]) if unit == "neuron" else None,
-                                          pos=_pos(row["pos"]) if "pos" in row else None))
-                                 for _, row in table.iterrows()])
+        table.insert(
+            0,
+            "site",
+            [
+                str(
+                    Site(
+                        kind,
+                        int(row["layer"]),
+                        head=int(row[unit]) if unit in ("head", "kv_head") else None,
+                        neuron=int(row[unit]) if unit == "neuron" else None,
+                        pos=_pos(row["pos"]) if "pos" in row else None,
+                    )
+                )
+                for _, row in table.iterrows()
+            ],
+        )
     if "pos" in layout.cell_dims:
         for label in ("pos_name", "clean_token", "corrupt_token"):
             if label in template.coords:
-                table[label] = table["pos"].map(dict(zip(template["pos"].values, template[label].values)))
+                table[label] = table["pos"].map(
+                    dict(zip(template["pos"].values, template[label].values))
+                )
     return table
 
 

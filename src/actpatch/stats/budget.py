@@ -4,11 +4,13 @@ A bootstrap interval of a mean narrows like 1/√n. Drawing m of the n prompts (
 per resample gives the width that m prompts would have; fitting k/√m to those widths, and
 checking the fit, gives the count for a wanted width: (k / width)². Extrapolating beyond n
 assumes new prompts vary like the ones swept, which is the assumption of every interval here."""
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -18,7 +20,6 @@ from actpatch import results
 from actpatch.metrics import METRICS, check_metric
 from actpatch.sites import Site
 from actpatch.stats import bootstrap
-
 
 MAX_MISFIT = 0.25  # past this relative gap between widths and k/√n, no count is read off the fit
 
@@ -39,9 +40,11 @@ class EnoughPrompts(NamedTuple):
     def __repr__(self) -> str:
         about = self.sites.attrs
         why = f", reason={self.reason[:120]!r}" if self.reason else ""
-        return (f"EnoughPrompts(needed={self.needed}{why}; width {about.get('width')} of "
-                f"{about.get('metric')} at {len(self.sites)} sites, measured on "
-                f"{about.get('n_prompts')} prompts)")
+        return (
+            f"EnoughPrompts(needed={self.needed}{why}; width {about.get('width')} of "
+            f"{about.get('metric')} at {len(self.sites)} sites, measured on "
+            f"{about.get('n_prompts')} prompts)"
+        )
 
 
 def enough_prompts(
@@ -69,12 +72,16 @@ def enough_prompts(
     check_metric(metric)
     bootstrap.check_options(ci, n_boot)
     if not width > 0:
-        raise ValueError(f"width is the wanted interval width in the metric's units (0.1 is a tenth of the clean−corrupt "
-                         f"gap for norm_logit_diff), got {width!r}")
+        raise ValueError(
+            f"width is the wanted interval width in the metric's units (0.1 is a tenth of the clean−corrupt "
+            f"gap for norm_logit_diff), got {width!r}"
+        )
     blocks, layout = bootstrap.split(per_prompt_result)
     if layout.labels is not None:
-        raise ValueError("this result has a 'corruption' dimension: ask for one corruption at a time, "
-                         "e.g. enough_prompts(result.sel(corruption='abc'))")
+        raise ValueError(
+            "this result has a 'corruption' dimension: ask for one corruption at a time, "
+            "e.g. enough_prompts(result.sel(corruption='abc'))"
+        )
     block = blocks[0]
     row = METRICS.index(metric)
     value = bootstrap.statistic(block, np.ones((1, block.n)))[0, row]
@@ -85,59 +92,120 @@ def enough_prompts(
     rng = bootstrap.rngs(seed, 1)[0]
     measured = []
     for size in sizes:
-        boot = bootstrap.statistic(block, bootstrap.resample_counts(block, n_boot, rng, size=size), chosen)[:, row]
+        boot = bootstrap.statistic(
+            block, bootstrap.resample_counts(block, n_boot, rng, size=size), chosen
+        )[:, row]
         lo, hi = bootstrap.percentile(boot, ci)
         measured.append(hi - lo)
     measured = np.array(measured)  # (size, chosen site)
     root = 1 / np.sqrt(np.array(sizes, dtype=float))
     scale = (measured * root[:, None]).sum(0) / (root**2).sum()  # least squares of width = k / √n
     fitted = scale[None, :] * root[:, None]
-    misfit = np.where(measured > 0, np.abs(measured - fitted) / np.where(measured > 0, measured, 1), 0).max(0)
-    slope = np.array([np.polyfit(np.log(sizes), np.log(measured[:, j]), 1)[0] if (measured[:, j] > 0).all() else np.nan
-                      for j in range(len(chosen))]) if len(sizes) > 1 else np.full(len(chosen), np.nan)
+    misfit = np.where(
+        measured > 0, np.abs(measured - fitted) / np.where(measured > 0, measured, 1), 0
+    ).max(0)
+    slope = (
+        np.array(
+            [
+                np.polyfit(np.log(sizes), np.log(measured[:, j]), 1)[0]
+                if (measured[:, j] > 0).all()
+                else np.nan
+                for j in range(len(chosen))
+            ]
+        )
+        if len(sizes) > 1
+        else np.full(len(chosen), np.nan)
+    )
     fits = misfit <= MAX_MISFIT
-    needed_each = pd.array([max(2, math.ceil((k / width) ** 2)) if fit else None
-                            for k, fit in zip(scale, fits)], dtype="Int64")
+    needed_each = pd.array(
+        [max(2, math.ceil((k / width) ** 2)) if fit else None for k, fit in zip(scale, fits)],
+        dtype="Int64",
+    )
     label = table["site"] if "site" in table else pd.Series([str(i) for i in range(len(table))])
-    names = [label[i] + (f" ({table['direction'][i]})" if "direction" in table else "") for i in chosen]
-    per_site = pd.DataFrame({"site": names, "value": value[chosen], "effect": effect[chosen], "width": measured[-1],
-                             "slope": slope, "misfit": misfit, "needed": needed_each})
-    widths = pd.DataFrame({"site": [name for name in names for _ in sizes],
-                           "n_prompts": [size for _ in names for size in sizes],
-                           "width": measured.T.ravel(), "fitted": fitted.T.ravel()})
+    names = [
+        label[i] + (f" ({table['direction'][i]})" if "direction" in table else "") for i in chosen
+    ]
+    per_site = pd.DataFrame(
+        {
+            "site": names,
+            "value": value[chosen],
+            "effect": effect[chosen],
+            "width": measured[-1],
+            "slope": slope,
+            "misfit": misfit,
+            "needed": needed_each,
+        }
+    )
+    widths = pd.DataFrame(
+        {
+            "site": [name for name in names for _ in sizes],
+            "n_prompts": [size for _ in names for size in sizes],
+            "width": measured.T.ravel(),
+            "fitted": fitted.T.ravel(),
+        }
+    )
     reason = ""
     if not fits.all():
-        off = ", ".join(f"{n} (misfit {m:.2g})"
-                        for n, m, fit in zip(names, misfit, fits) if not fit)
-        reason = (f"interval widths at {off} do not shrink like 1/√n over {sizes[0]}..{sizes[-1]} "
-                  "prompts, so no count can be read off the fit: sweep more prompts (outliers or "
-                  "too few prompts) and ask again")
+        off = ", ".join(
+            f"{n} (misfit {m:.2g})" for n, m, fit in zip(names, misfit, fits) if not fit
+        )
+        reason = (
+            f"interval widths at {off} do not shrink like 1/√n over {sizes[0]}..{sizes[-1]} "
+            "prompts, so no count can be read off the fit: sweep more prompts (outliers or "
+            "too few prompts) and ask again"
+        )
         warnings.warn(reason, stacklevel=2)
-    about = {"width": width, "metric": metric, "ci": ci, "n_boot": n_boot, "seed": seed, "n_prompts": block.n}
+    about = {
+        "width": width,
+        "metric": metric,
+        "ci": ci,
+        "n_boot": n_boot,
+        "seed": seed,
+        "n_prompts": block.n,
+    }
     widths.attrs.update(about)
     per_site.attrs.update(about)
     return EnoughPrompts(int(needed_each.max()) if fits.all() else None, widths, per_site, reason)
 
 
-def _effects(result: xr.DataArray, table: pd.DataFrame, value: np.ndarray, metric: str) -> np.ndarray:
+def _effects(
+    result: xr.DataArray, table: pd.DataFrame, value: np.ndarray, metric: str
+) -> np.ndarray:
     if "direction" in table:
-        return np.array([float(results.effects(result.attrs, v, metric, d)) for v, d in zip(value, table["direction"])])
+        return np.array(
+            [
+                float(results.effects(result.attrs, v, metric, d))
+                for v, d in zip(value, table["direction"])
+            ]
+        )
     # One direction selected from a two-direction sweep keeps it as a scalar coordinate.
-    chosen = str(result["direction"].values) if "direction" in result.coords and result["direction"].ndim == 0 else None
+    chosen = (
+        str(result["direction"].values)
+        if "direction" in result.coords and result["direction"].ndim == 0
+        else None
+    )
     return results.effects(result.attrs, value, metric, chosen)
 
 
-def _chosen(table: pd.DataFrame, effect: np.ndarray, sites: Sequence[Site | str] | None, top: int) -> np.ndarray:
+def _chosen(
+    table: pd.DataFrame, effect: np.ndarray, sites: Sequence[Site | str] | None, top: int
+) -> np.ndarray:
     if sites is None:
         if top < 1:
-            raise ValueError(f"top is how many of the strongest effects to size the sweep for, at least 1; got {top!r}")
+            raise ValueError(
+                f"top is how many of the strongest effects to size the sweep for, at least 1; got {top!r}"
+            )
         return np.argsort(-np.abs(effect), kind="stable")[:top]
     wanted = [str(s if isinstance(s, Site) else Site.parse(s)) for s in sites]
     if "site" not in table:
-        raise ValueError("this result does not say its site kind (attrs['site']), so sites= cannot be matched")
+        raise ValueError(
+            "this result does not say its site kind (attrs['site']), so sites= cannot be matched"
+        )
     missing = [w for w in wanted if w not in set(table["site"])]
     if missing or not wanted:
-        raise ValueError(f"sites {missing or wanted} are not in this result; it holds e.g. {', '.join(table['site'][:3])}")
+        raise ValueError(
+            f"sites {missing or wanted} are not in this result; it holds e.g. {', '.join(table['site'][:3])}"
+        )
     return np.flatnonzero(table["site"].isin(wanted).to_numpy())
 
 
@@ -146,5 +214,7 @@ def _sizes(n: int, sizes: Sequence[int] | None) -> list[int]:
         sizes = sorted({max(2, round(n * share)) for share in (1 / 8, 1 / 4, 1 / 2, 1)})
     sizes = sorted({int(s) for s in sizes})
     if not sizes or sizes[0] < 2 or sizes[-1] > n:
-        raise ValueError(f"sizes are numbers of prompts to sub-sample, from 2 to the {n} swept; got {sizes}")
+        raise ValueError(
+            f"sizes are numbers of prompts to sub-sample, from 2 to the {n} swept; got {sizes}"
+        )
     return sizes

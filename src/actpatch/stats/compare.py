@@ -7,6 +7,7 @@ discovery rate over the sites (Benjamini–Hochberg), not read one p-value at a 
 
 Not its job: deciding whether two prompt sets are "the same prompts" — it pairs prompt i with
 prompt i, and refuses only when the counts (or length groups) differ."""
+
 from __future__ import annotations
 
 import warnings
@@ -50,46 +51,71 @@ def compare(
     check_metric(metric)
     bootstrap.check_options(ci, n_boot)
     if not 0 < fdr < 1:
-        raise ValueError(f"fdr is a false discovery rate between 0 and 1 (0.05 is usual), got {fdr!r}")
+        raise ValueError(
+            f"fdr is a false discovery rate between 0 and 1 (0.05 is usual), got {fdr!r}"
+        )
     blocks_a, layout_a = _one_block(result_a, "result_a")
     blocks_b, layout_b = _one_block(result_b, "result_b")
     if blocks_a.n != blocks_b.n:
-        raise ValueError(f"result_a holds {blocks_a.n} prompts and result_b {blocks_b.n}: a paired comparison needs "
-                         "the same prompts in both (compare sweeps of the same clean prompts)")
+        raise ValueError(
+            f"result_a holds {blocks_a.n} prompts and result_b {blocks_b.n}: a paired comparison needs "
+            "the same prompts in both (compare sweeps of the same clean prompts)"
+        )
     if blocks_a.groups != blocks_b.groups:
-        raise ValueError(f"result_a's length groups {list(blocks_a.groups)} are not result_b's {list(blocks_b.groups)}: "
-                         "pair the same prompts, in the same order")
+        raise ValueError(
+            f"result_a's length groups {list(blocks_a.groups)} are not result_b's {list(blocks_b.groups)}: "
+            "pair the same prompts, in the same order"
+        )
     if layout_a.template.sizes != layout_b.template.sizes or any(
-            not np.array_equal(layout_a.template[d].values, layout_b.template[d].values) for d in layout_a.cell_dims):
-        raise ValueError("result_a and result_b are not over the same sites (their layer/unit/pos/direction "
-                         "coordinates differ): sweep the same site kind, layers and positions")
+        not np.array_equal(layout_a.template[d].values, layout_b.template[d].values)
+        for d in layout_a.cell_dims
+    ):
+        raise ValueError(
+            "result_a and result_b are not over the same sites (their layer/unit/pos/direction "
+            "coordinates differ): sweep the same site kind, layers and positions"
+        )
     row = METRICS.index(metric)
     value_a = bootstrap.statistic(blocks_a, np.ones((1, blocks_a.n)))[0, row]
     value_b = bootstrap.statistic(blocks_b, np.ones((1, blocks_b.n)))[0, row]
-    counts = bootstrap.resample_counts(blocks_a, n_boot, bootstrap.rngs(seed, 1)[0])  # the same draws for both
+    counts = bootstrap.resample_counts(
+        blocks_a, n_boot, bootstrap.rngs(seed, 1)[0]
+    )  # the same draws for both
     cells = value_a.shape[0]
     lo, hi, p = np.empty(cells), np.empty(cells), np.empty(cells)
     for chunk in bootstrap.cell_chunks(blocks_a, n_boot):
-        differences = (bootstrap.statistic(blocks_a, counts, chunk)[:, row]
-                       - bootstrap.statistic(blocks_b, counts, chunk)[:, row])
+        differences = (
+            bootstrap.statistic(blocks_a, counts, chunk)[:, row]
+            - bootstrap.statistic(blocks_b, counts, chunk)[:, row]
+        )
         lo[chunk], hi[chunk] = bootstrap.percentile(differences, ci)
         at_most, at_least = (differences <= 0).sum(axis=0), (differences >= 0).sum(axis=0)
         p[chunk] = np.minimum(1.0, 2 * (np.minimum(at_most, at_least) + 1) / (n_boot + 1))
     if 2 / (n_boot + 1) > fdr / cells:
-        warnings.warn(f"with n_boot={n_boot} no p-value is below {2 / (n_boot + 1):.2g}, and a lone difference among "
-                      f"{cells} sites needs p ≤ {fdr / cells:.2g} to be flagged; use n_boot ≥ {int(np.ceil(2 * cells / fdr))}",
-                      stacklevel=2)
+        warnings.warn(
+            f"with n_boot={n_boot} no p-value is below {2 / (n_boot + 1):.2g}, and a lone difference among "
+            f"{cells} sites needs p ≤ {fdr / cells:.2g} to be flagged; use n_boot ≥ {int(np.ceil(2 * cells / fdr))}",
+            stacklevel=2,
+        )
     table = bootstrap.cell_table(layout_a)
     table["a"], table["b"] = value_a, value_b
     table["difference"] = value_a - value_b
     table["lo"], table["hi"], table["p"] = lo, hi, p
     table["flagged"] = benjamini_hochberg(p, fdr)
     table["p_adjusted"] = adjusted_p(p)  # last: the columns before it keep their places
-    table.attrs.update({
-        "metric": metric, "ci": ci, "n_boot": n_boot, "seed": seed, "fdr": fdr, "method": "percentile, paired",
-        "multiple_comparisons": f"Benjamini-Hochberg over {cells} sites",
-        "n_prompts": blocks_a.n, "a": _about(result_a), "b": _about(result_b),
-    })
+    table.attrs.update(
+        {
+            "metric": metric,
+            "ci": ci,
+            "n_boot": n_boot,
+            "seed": seed,
+            "fdr": fdr,
+            "method": "percentile, paired",
+            "multiple_comparisons": f"Benjamini-Hochberg over {cells} sites",
+            "n_prompts": blocks_a.n,
+            "a": _about(result_a),
+            "b": _about(result_b),
+        }
+    )
     return table
 
 
@@ -120,14 +146,22 @@ def _one_block(result: xr.DataArray, name: str) -> tuple[bootstrap.Block, bootst
     try:
         blocks, layout = bootstrap.split(result)
     except bootstrap.NotPerPrompt:
-        raise bootstrap.NotPerPrompt(f"{name} has no 'batch' dimension: compare needs per-prompt sweeps "
-                                     "(sweep(..., per_prompt=True)) to pair their prompts") from None
+        raise bootstrap.NotPerPrompt(
+            f"{name} has no 'batch' dimension: compare needs per-prompt sweeps "
+            "(sweep(..., per_prompt=True)) to pair their prompts"
+        ) from None
     if layout.labels is not None:
-        raise ValueError(f"{name} has a 'corruption' dimension: compare two of its corruptions as "
-                         "compare(result.sel(corruption='abc'), result.sel(corruption='s2'))")
+        raise ValueError(
+            f"{name} has a 'corruption' dimension: compare two of its corruptions as "
+            "compare(result.sel(corruption='abc'), result.sel(corruption='s2'))"
+        )
     return blocks[0], layout
 
 
 def _about(result: xr.DataArray) -> dict:
     attrs = result.attrs
-    return {key: attrs.get(key) for key in ("model", "task", "seed", "corruption", "direction", "site") if key in attrs}
+    return {
+        key: attrs.get(key)
+        for key in ("model", "task", "seed", "corruption", "direction", "site")
+        if key in attrs
+    }

@@ -27,12 +27,12 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
 from actpatch import metrics, results
+from actpatch.bases import vectors
 from actpatch.bases.subspace import BasisError, Subspace
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs
 from actpatch.sites import Site
 from actpatch.stats.bootstrap import check_options, percentile, replicates, rows_block, statistic
-from actpatch.bases import vectors
 from actpatch.subspace.guards import SCORES, Controls, Guards, flags_of, measure, reinitialised
 from actpatch.subspace.patching import Interchange, interchange
 from actpatch.subspace.result import CONTROLS, DASResult

@@ -16,13 +16,13 @@ import xarray as xr
 from torch import Tensor
 
 from actpatch import metrics, results
+from actpatch.bases import vectors
 from actpatch.bases.basis import move_latents
 from actpatch.bases.subspace import Subspace
 from actpatch.metrics import METRICS, Baseline
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs, Run
 from actpatch.sites import Site
-from actpatch.bases import vectors
 
 Direction = Literal["denoise", "noise"]
 DIRECTIONS = ("denoise", "noise")

@@ -10,12 +10,13 @@ Facts whose attribute is not one token of the model's tokenizer, or whose subjec
 subject can replace, are dropped (and counted in the log). The list is for sweeps, not for
 measuring what a model knows: a small model misses some of these facts.
 """
+
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from actpatch.corrupt import Replacement, WordSpan, replacements, token_span
 from actpatch.models.model import Model, check_model
@@ -30,37 +31,101 @@ class Relation:
 
     name: str
     template: str
-    facts: tuple[tuple[str, str], ...]  # (subject, attribute); attributes are words, spaced when prompted
+    facts: tuple[
+        tuple[str, str], ...
+    ]  # (subject, attribute); attributes are words, spaced when prompted
 
 
-RELATIONS: dict[str, Relation] = {r.name: r for r in (
-    Relation("landmark_city", "The {subject} is located in the city of", (
-        ("Eiffel Tower", "Paris"), ("Louvre", "Paris"), ("Colosseum", "Rome"), ("Big Ben", "London"),
-        ("Tower of London", "London"), ("Brandenburg Gate", "Berlin"), ("Kremlin", "Moscow"),
-        ("Acropolis", "Athens"), ("Parthenon", "Athens"), ("Sagrada Familia", "Barcelona"),
-        ("Hagia Sophia", "Istanbul"), ("Rialto Bridge", "Venice"), ("Charles Bridge", "Prague"),
-        ("Burj Khalifa", "Dubai"), ("Prado Museum", "Madrid"), ("Space Needle", "Seattle"),
-    )),
-    Relation("country_capital", "The capital city of {subject} is called", (
-        ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
-        ("Russia", "Moscow"), ("Greece", "Athens"), ("Canada", "Ottawa"), ("Austria", "Vienna"),
-        ("Portugal", "Lisbon"), ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Ireland", "Dublin"),
-        ("Kenya", "Nairobi"), ("Cuba", "Havana"), ("China", "Beijing"),
-    )),
-    Relation("country_language", "The main language spoken in {subject} is", (
-        ("France", "French"), ("Germany", "German"), ("Italy", "Italian"), ("Spain", "Spanish"),
-        ("Japan", "Japanese"), ("Russia", "Russian"), ("Portugal", "Portuguese"), ("Brazil", "Portuguese"),
-        ("Mexico", "Spanish"), ("Greece", "Greek"), ("Poland", "Polish"), ("Netherlands", "Dutch"),
-        ("Turkey", "Turkish"), ("Egypt", "Arabic"), ("Sweden", "Swedish"),
-    )),
-    Relation("athlete_sport", "{subject} is famous for playing the sport of", (
-        ("Michael Jordan", "basketball"), ("Kobe Bryant", "basketball"), ("LeBron James", "basketball"),
-        ("Serena Williams", "tennis"), ("Roger Federer", "tennis"), ("Tiger Woods", "golf"),
-        ("Jack Nicklaus", "golf"), ("Lionel Messi", "football"), ("Cristiano Ronaldo", "football"),
-        ("Babe Ruth", "baseball"), ("Derek Jeter", "baseball"), ("Wayne Gretzky", "hockey"),
-        ("Mike Tyson", "boxing"), ("Muhammad Ali", "boxing"),
-    )),
-)}
+RELATIONS: dict[str, Relation] = {
+    r.name: r
+    for r in (
+        Relation(
+            "landmark_city",
+            "The {subject} is located in the city of",
+            (
+                ("Eiffel Tower", "Paris"),
+                ("Louvre", "Paris"),
+                ("Colosseum", "Rome"),
+                ("Big Ben", "London"),
+                ("Tower of London", "London"),
+                ("Brandenburg Gate", "Berlin"),
+                ("Kremlin", "Moscow"),
+                ("Acropolis", "Athens"),
+                ("Parthenon", "Athens"),
+                ("Sagrada Familia", "Barcelona"),
+                ("Hagia Sophia", "Istanbul"),
+                ("Rialto Bridge", "Venice"),
+                ("Charles Bridge", "Prague"),
+                ("Burj Khalifa", "Dubai"),
+                ("Prado Museum", "Madrid"),
+                ("Space Needle", "Seattle"),
+            ),
+        ),
+        Relation(
+            "country_capital",
+            "The capital city of {subject} is called",
+            (
+                ("France", "Paris"),
+                ("Germany", "Berlin"),
+                ("Italy", "Rome"),
+                ("Spain", "Madrid"),
+                ("Japan", "Tokyo"),
+                ("Russia", "Moscow"),
+                ("Greece", "Athens"),
+                ("Canada", "Ottawa"),
+                ("Austria", "Vienna"),
+                ("Portugal", "Lisbon"),
+                ("Norway", "Oslo"),
+                ("Sweden", "Stockholm"),
+                ("Ireland", "Dublin"),
+                ("Kenya", "Nairobi"),
+                ("Cuba", "Havana"),
+                ("China", "Beijing"),
+            ),
+        ),
+        Relation(
+            "country_language",
+            "The main language spoken in {subject} is",
+            (
+                ("France", "French"),
+                ("Germany", "German"),
+                ("Italy", "Italian"),
+                ("Spain", "Spanish"),
+                ("Japan", "Japanese"),
+                ("Russia", "Russian"),
+                ("Portugal", "Portuguese"),
+                ("Brazil", "Portuguese"),
+                ("Mexico", "Spanish"),
+                ("Greece", "Greek"),
+                ("Poland", "Polish"),
+                ("Netherlands", "Dutch"),
+                ("Turkey", "Turkish"),
+                ("Egypt", "Arabic"),
+                ("Sweden", "Swedish"),
+            ),
+        ),
+        Relation(
+            "athlete_sport",
+            "{subject} is famous for playing the sport of",
+            (
+                ("Michael Jordan", "basketball"),
+                ("Kobe Bryant", "basketball"),
+                ("LeBron James", "basketball"),
+                ("Serena Williams", "tennis"),
+                ("Roger Federer", "tennis"),
+                ("Tiger Woods", "golf"),
+                ("Jack Nicklaus", "golf"),
+                ("Lionel Messi", "football"),
+                ("Cristiano Ronaldo", "football"),
+                ("Babe Ruth", "baseball"),
+                ("Derek Jeter", "baseball"),
+                ("Wayne Gretzky", "hockey"),
+                ("Mike Tyson", "boxing"),
+                ("Muhammad Ali", "boxing"),
+            ),
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -94,13 +159,19 @@ def factual_recall(
         raise PairsError(f"unknown relation {unknown[0]!r}; choose among {sorted(RELATIONS)}")
     facts = [fact for name in chosen for fact in _usable_facts(model, RELATIONS[name])]
     if not facts:
-        raise PairsError(f"no fact of {chosen} has a one-token attribute and a same-length replacement "
-                         f"subject for {model.name}")
+        raise PairsError(
+            f"no fact of {chosen} has a one-token attribute and a same-length replacement "
+            f"subject for {model.name}"
+        )
     facts = _of_most_common_length(facts)
     rng = random.Random(seed)
     order = rng.sample(facts, len(facts))
     if n > len(order):
-        log.info("factual recall: %d prompts from %d facts; facts repeat with other replacements", n, len(order))
+        log.info(
+            "factual recall: %d prompts from %d facts; facts repeat with other replacements",
+            n,
+            len(order),
+        )
     drawn = [order[i % len(order)] for i in range(n)]
     others = [rng.choice(fact.others) for fact in drawn]
     return PromptPairs.from_strings(
@@ -129,12 +200,27 @@ def _usable_facts(model: Model, relation: Relation) -> list[_Fact]:
         span = token_span(model, text, subject)
         others = replacements(model, text, span, [s for s, a in one_token if a != attribute])
         if others:
-            usable.append(_Fact(relation, subject, attribute, text, span, len(_ids(model, text, special=True)),
-                                tuple(others)))
+            usable.append(
+                _Fact(
+                    relation,
+                    subject,
+                    attribute,
+                    text,
+                    span,
+                    len(_ids(model, text, special=True)),
+                    tuple(others),
+                )
+            )
     if dropped := len(relation.facts) - len(usable):
-        log.info("factual recall: dropped %d of %d %s facts for %s (%d attributes not one token; the rest "
-                 "without a same-length subject to swap in)", dropped, len(relation.facts), relation.name,
-                 model.name, len(relation.facts) - len(one_token))
+        log.info(
+            "factual recall: dropped %d of %d %s facts for %s (%d attributes not one token; the rest "
+            "without a same-length subject to swap in)",
+            dropped,
+            len(relation.facts),
+            relation.name,
+            model.name,
+            len(relation.facts) - len(one_token),
+        )
     return usable
 
 
@@ -145,8 +231,12 @@ def _of_most_common_length(facts: list[_Fact]) -> list[_Fact]:
     common = max(counts, key=lambda length: (counts[length], -length))
     kept = [f for f in facts if f.length == common]
     if len(kept) < len(facts):
-        log.info("factual recall: using %d of %d facts (those of %d tokens for this tokenizer)",
-                 len(kept), len(facts), common)
+        log.info(
+            "factual recall: using %d of %d facts (those of %d tokens for this tokenizer)",
+            len(kept),
+            len(facts),
+            common,
+        )
     return kept
 
 

@@ -16,13 +16,14 @@ Every row must name the same positions, and every prompt must have the same toke
 batch has one length: split a file by length). Each row is checked as it is read; an error names
 the file, the row (and its line), the field and what is wrong.
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from actpatch.corrupt import token_span
 from actpatch.models.model import Model, check_model
@@ -39,7 +40,9 @@ def from_file(model: Model, path: str | Path, *, corruption: str | None = None) 
     check_model(model)
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".csv"):
-        raise PairsError(f"{path}: unknown file type {path.suffix!r}; use .jsonl (one JSON object per line) or .csv")
+        raise PairsError(
+            f"{path}: unknown file type {path.suffix!r}; use .jsonl (one JSON object per line) or .csv"
+        )
     if not path.is_file():
         raise PairsError(f"{path}: no such file")
     rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
@@ -52,11 +55,15 @@ def from_file(model: Model, path: str | Path, *, corruption: str | None = None) 
         if length is None:
             length = tokens
         elif tokens != length:
-            raise PairsError(f"{where}, field 'clean': {tokens} tokens, but row 1 has {length}; "
-                             "a batch has one token length: put prompts of other lengths in another file")
+            raise PairsError(
+                f"{where}, field 'clean': {tokens} tokens, but row 1 has {length}; "
+                "a batch has one token length: put prompts of other lengths in another file"
+            )
         if row and set(named) != set(positions):
-            raise PairsError(f"{where}: names positions {sorted(named)}, but row 1 names {sorted(positions)}; "
-                             "every row must name the same positions")
+            raise PairsError(
+                f"{where}: names positions {sorted(named)}, but row 1 names {sorted(positions)}; "
+                "every row must name the same positions"
+            )
         for name, index in named.items():
             positions.setdefault(name, []).append(index)
         clean.append(fields["clean"])
@@ -65,8 +72,16 @@ def from_file(model: Model, path: str | Path, *, corruption: str | None = None) 
         wrong.append(fields["wrong"])
     if not clean:
         raise PairsError(f"{path}: no rows; each row needs {', '.join(REQUIRED)}")
-    return PromptPairs.from_strings(model, clean, corrupt, answers, wrong, positions=positions,
-                                    corruption=corruption or path.name, task=f"file:{path.name}")
+    return PromptPairs.from_strings(
+        model,
+        clean,
+        corrupt,
+        answers,
+        wrong,
+        positions=positions,
+        corruption=corruption or path.name,
+        task=f"file:{path.name}",
+    )
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, int, dict]]:
@@ -79,11 +94,15 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, int, dict]]:
             try:
                 fields = json.loads(text)
             except json.JSONDecodeError as error:
-                raise PairsError(f"{path}, row {number} (line {line}): not valid JSON ({error.msg}, column "
-                                 f"{error.colno})") from None
+                raise PairsError(
+                    f"{path}, row {number} (line {line}): not valid JSON ({error.msg}, column "
+                    f"{error.colno})"
+                ) from None
             if not isinstance(fields, dict):
-                raise PairsError(f"{path}, row {number} (line {line}): a row must be a JSON object with fields "
-                                 f"{', '.join(REQUIRED)}, not {type(fields).__name__}")
+                raise PairsError(
+                    f"{path}, row {number} (line {line}): a row must be a JSON object with fields "
+                    f"{', '.join(REQUIRED)}, not {type(fields).__name__}"
+                )
             yield number, line, fields
 
 
@@ -92,9 +111,15 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, int, dict]]:
         reader = csv.DictReader(file)
         for number, fields in enumerate(reader, start=1):
             if None in fields:
-                raise PairsError(f"{path}, row {number} (line {reader.line_num}): more cells than the header has "
-                                 f"columns ({', '.join(reader.fieldnames or [])})")
-            yield number, reader.line_num, {k: _csv_value(k, v) for k, v in fields.items() if v is not None}
+                raise PairsError(
+                    f"{path}, row {number} (line {reader.line_num}): more cells than the header has "
+                    f"columns ({', '.join(reader.fieldnames or [])})"
+                )
+            yield (
+                number,
+                reader.line_num,
+                {k: _csv_value(k, v) for k, v in fields.items() if v is not None},
+            )
 
 
 def _csv_value(key: str, value: str) -> str | int:
@@ -106,20 +131,28 @@ def _csv_value(key: str, value: str) -> str | int:
 def _check_row(model: Model, where: str, fields: dict) -> tuple[int, dict[str, int]]:
     """The clean prompt's token count and the row's named positions, once every field is checked."""
     for key in fields:
-        if key not in REQUIRED and not (key.startswith(POSITION_PREFIX) and len(key) > len(POSITION_PREFIX)):
-            raise PairsError(f"{where}: unknown field {key!r}; fields are {', '.join(REQUIRED)} and "
-                             f"{POSITION_PREFIX}NAME for named positions")
+        if key not in REQUIRED and not (
+            key.startswith(POSITION_PREFIX) and len(key) > len(POSITION_PREFIX)
+        ):
+            raise PairsError(
+                f"{where}: unknown field {key!r}; fields are {', '.join(REQUIRED)} and "
+                f"{POSITION_PREFIX}NAME for named positions"
+            )
     for key in REQUIRED:
         if key not in fields:
             raise PairsError(f"{where}, field {key!r}: missing")
         if not isinstance(fields[key], str) or not fields[key].strip():
-            raise PairsError(f"{where}, field {key!r}: must be a non-empty string, got {fields[key]!r}")
+            raise PairsError(
+                f"{where}, field {key!r}: must be a non-empty string, got {fields[key]!r}"
+            )
     clean_ids = _ids(model, fields["clean"])
     corrupt_ids = _ids(model, fields["corrupt"])
     if len(corrupt_ids) != len(clean_ids):
-        raise PairsError(f"{where}, field 'corrupt': {len(corrupt_ids)} tokens, but clean has {len(clean_ids)}; "
-                         "positions must mean the same thing in both runs: corrupt with a replacement of the "
-                         "same token length")
+        raise PairsError(
+            f"{where}, field 'corrupt': {len(corrupt_ids)} tokens, but clean has {len(clean_ids)}; "
+            "positions must mean the same thing in both runs: corrupt with a replacement of the "
+            "same token length"
+        )
     for key in ("answer", "wrong"):
         if (spaced := unspaced_answer(model, fields["clean"], fields[key])) is not None:
             reason = missing_space(fields["clean"], spaced)
@@ -127,20 +160,35 @@ def _check_row(model: Model, where: str, fields: dict) -> tuple[int, dict[str, i
         ids = _ids(model, fields[key], special=False)
         if len(ids) != 1:
             pieces = [model.tokenizer.decode([i]) for i in ids]
-            hint = " (words usually need their leading space, e.g. ' Paris')" if not fields[key].startswith(" ") else ""
-            raise PairsError(f"{where}, field {key!r}: {fields[key]!r} is {len(ids)} tokens {pieces}, not one{hint}")
-    positions = {key[len(POSITION_PREFIX):]: _position(model, where, key, value, fields["clean"], len(clean_ids))
-                 for key, value in fields.items() if key.startswith(POSITION_PREFIX)}
+            hint = (
+                " (words usually need their leading space, e.g. ' Paris')"
+                if not fields[key].startswith(" ")
+                else ""
+            )
+            raise PairsError(
+                f"{where}, field {key!r}: {fields[key]!r} is {len(ids)} tokens {pieces}, not one{hint}"
+            )
+    positions = {
+        key[len(POSITION_PREFIX) :]: _position(
+            model, where, key, value, fields["clean"], len(clean_ids)
+        )
+        for key, value in fields.items()
+        if key.startswith(POSITION_PREFIX)
+    }
     return len(clean_ids), positions
 
 
 def _position(model: Model, where: str, key: str, value, clean: str, length: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise PairsError(f"{where}, field {key!r}: a position is a token index or a word, not {value!r}")
+        raise PairsError(
+            f"{where}, field {key!r}: a position is a token index or a word, not {value!r}"
+        )
     if isinstance(value, int):
         if not -length <= value < length:
-            raise PairsError(f"{where}, field {key!r}: token index {value} is outside the clean prompt's "
-                             f"{length} tokens (0..{length - 1}, or -{length}..-1 from the end)")
+            raise PairsError(
+                f"{where}, field {key!r}: token index {value} is outside the clean prompt's "
+                f"{length} tokens (0..{length - 1}, or -{length}..-1 from the end)"
+            )
         return value % length
     try:
         return token_span(model, clean, value).last

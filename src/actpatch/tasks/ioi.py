@@ -7,12 +7,14 @@ tokenizer. The corruption (see `actpatch.corrupt`) decides what a sweep traces. 
 per prompt: S1 and IO (first mentions), S2 (the repeated subject), VERB (the token after S2:
 "gave", "decided", ...), END (the last token).
 """
+
 from __future__ import annotations
 
 import logging
 import random
 from collections import Counter
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from actpatch.corrupt import IOI_CORRUPTIONS, IoiPrompt, ioi_corruption
 from actpatch.models.model import Model, check_model
@@ -38,16 +40,75 @@ TEMPLATES = (
     "Once {N1} and {N2} reached the {place}, {S2} passed a {object} to",
 )
 NAMES = (
-    "John", "Mary", "Tom", "Anna", "James", "Sarah", "David", "Emma", "Paul", "Laura", "Mark", "Lucy",
-    "Peter", "Kate", "Michael", "Alice", "Daniel", "Rachel", "Jack", "Sophie", "Ryan", "Emily", "Adam",
-    "Grace", "Luke", "Hannah", "Chris", "Amy", "Tim", "Rose", "Ben", "Claire", "Sam", "Helen", "Max",
-    "Julia", "Dan", "Ellen", "George", "Ruth",
+    "John",
+    "Mary",
+    "Tom",
+    "Anna",
+    "James",
+    "Sarah",
+    "David",
+    "Emma",
+    "Paul",
+    "Laura",
+    "Mark",
+    "Lucy",
+    "Peter",
+    "Kate",
+    "Michael",
+    "Alice",
+    "Daniel",
+    "Rachel",
+    "Jack",
+    "Sophie",
+    "Ryan",
+    "Emily",
+    "Adam",
+    "Grace",
+    "Luke",
+    "Hannah",
+    "Chris",
+    "Amy",
+    "Tim",
+    "Rose",
+    "Ben",
+    "Claire",
+    "Sam",
+    "Helen",
+    "Max",
+    "Julia",
+    "Dan",
+    "Ellen",
+    "George",
+    "Ruth",
 )
-PLACES = ("store", "park", "office", "house", "school", "garden", "restaurant", "hospital", "station", "beach", "library")
+PLACES = (
+    "store",
+    "park",
+    "office",
+    "house",
+    "school",
+    "garden",
+    "restaurant",
+    "hospital",
+    "station",
+    "beach",
+    "library",
+)
 # One template, one name order: every prompt has its names at the same token indices, so a sweep
 # over every position reads the same role at each index (what a layer × position table needs).
 CLASSIC = ("When {N1} and {N2} went to the {place}, {S2} gave a {object} to",)
-OBJECTS = ("drink", "ball", "letter", "book", "ring", "bottle", "necklace", "snack", "gift", "computer")
+OBJECTS = (
+    "drink",
+    "ball",
+    "letter",
+    "book",
+    "ring",
+    "bottle",
+    "necklace",
+    "snack",
+    "gift",
+    "computer",
+)
 
 
 def ioi(
@@ -68,8 +129,18 @@ def ioi(
     Mixed orders and templates put a role at different indices in different prompts: sweep them
     at named positions (`positions=["S1", "IO", "S2", "END"]`). For a sweep over every position,
     use `order="abba", templates=CLASSIC`; for every template, `ioi_groups`."""
-    strings = _prompts(model, n, corruption=corruption, seed=seed, order=order, templates=templates, one_length=True)
-    return PromptPairs.from_strings(model, *strings[:4], positions=strings[4], corruption=strings[5], task="ioi", seed=seed)
+    strings = _prompts(
+        model,
+        n,
+        corruption=corruption,
+        seed=seed,
+        order=order,
+        templates=templates,
+        one_length=True,
+    )
+    return PromptPairs.from_strings(
+        model, *strings[:4], positions=strings[4], corruption=strings[5], task="ioi", seed=seed
+    )
 
 
 def ioi_groups(
@@ -85,12 +156,35 @@ def ioi_groups(
 
     `ap.sweep(model, ioi_groups(model), site, positions=["S2", "END"])` sweeps them all and pools
     the groups exactly; use it when the templates of one length are too few for the variety you want."""
-    strings = _prompts(model, n, corruption=corruption, seed=seed, order=order, templates=templates, one_length=False)
-    return PromptPairs.groups_from_strings(model, *strings[:4], positions=strings[4], corruption=strings[5],
-                                           task="ioi_groups", seed=seed)
+    strings = _prompts(
+        model,
+        n,
+        corruption=corruption,
+        seed=seed,
+        order=order,
+        templates=templates,
+        one_length=False,
+    )
+    return PromptPairs.groups_from_strings(
+        model,
+        *strings[:4],
+        positions=strings[4],
+        corruption=strings[5],
+        task="ioi_groups",
+        seed=seed,
+    )
 
 
-def _prompts(model: Model, n: int, *, corruption: str, seed: int, order: str, templates: Sequence[str] | None, one_length: bool):
+def _prompts(
+    model: Model,
+    n: int,
+    *,
+    corruption: str,
+    seed: int,
+    order: str,
+    templates: Sequence[str] | None,
+    one_length: bool,
+):
     """Clean and corrupt texts, answers, wrong answers, named positions and the corruption's name."""
     check_model(model)
     if order not in ("mixed", "abba", "baba"):
@@ -100,8 +194,10 @@ def _prompts(model: Model, n: int, *, corruption: str, seed: int, order: str, te
     scheme = ioi_corruption(corruption)
     names, places, objects = (_single_tokens(model, words) for words in (NAMES, PLACES, OBJECTS))
     if len(names) < 6 or not places or not objects:
-        raise PairsError(f"too few IOI words are single tokens for {model.name}: {len(names)} names, "
-                         f"{len(places)} places, {len(objects)} objects")
+        raise PairsError(
+            f"too few IOI words are single tokens for {model.name}: {len(names)} names, "
+            f"{len(places)} places, {len(objects)} objects"
+        )
     templates = list(templates or TEMPLATES)
     if one_length:
         templates = _templates_of_one_length(model, templates, names[0], places[0], objects[0])
@@ -112,30 +208,63 @@ def _prompts(model: Model, n: int, *, corruption: str, seed: int, order: str, te
     for i in range(n):
         subject, indirect = rng.sample(names, 2)
         abba = i % 2 == 0 if order == "mixed" else order == "abba"
-        prompt = IoiPrompt(templates[i % len(templates)], subject, indirect, abba=abba,
-                           place=rng.choice(places), object=rng.choice(objects))
+        prompt = IoiPrompt(
+            templates[i % len(templates)],
+            subject,
+            indirect,
+            abba=abba,
+            place=rng.choice(places),
+            object=rng.choice(objects),
+        )
         clean.append(prompt)
         corrupt.append(scheme.corrupt(prompt, names, corrupt_rng))
     positions = {name: [_position(model, p, name) for p in clean] for name in ("S1", "IO", "S2")}
-    positions["VERB"] = [s2 + 1 for s2 in positions["S2"]]  # every template follows S2 with its verb
+    positions["VERB"] = [
+        s2 + 1 for s2 in positions["S2"]
+    ]  # every template follows S2 with its verb
     positions["END"] = [len(model.tokenizer(p.text)["input_ids"]) - 1 for p in clean]
-    return ([p.text for p in clean], [p.text for p in corrupt], [" " + p.indirect for p in clean],
-            [" " + p.subject for p in clean], positions, scheme.name)
+    return (
+        [p.text for p in clean],
+        [p.text for p in corrupt],
+        [" " + p.indirect for p in clean],
+        [" " + p.subject for p in clean],
+        positions,
+        scheme.name,
+    )
 
 
 def _single_tokens(model: Model, words: tuple[str, ...]) -> list[str]:
-    kept = [w for w in words if len(model.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1]
+    kept = [
+        w
+        for w in words
+        if len(model.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1
+    ]
     if dropped := len(words) - len(kept):
-        log.info("IOI: dropped %d of %d words that are not single tokens for %s", dropped, len(words), model.name)
+        log.info(
+            "IOI: dropped %d of %d words that are not single tokens for %s",
+            dropped,
+            len(words),
+            model.name,
+        )
     return kept
 
 
-def _templates_of_one_length(model: Model, templates: Sequence[str], name: str, place: str, thing: str) -> list[str]:
-    lengths = {t: len(model.tokenizer(IoiPrompt(t, name, name, True, place, thing).text)["input_ids"]) for t in templates}
+def _templates_of_one_length(
+    model: Model, templates: Sequence[str], name: str, place: str, thing: str
+) -> list[str]:
+    lengths = {
+        t: len(model.tokenizer(IoiPrompt(t, name, name, True, place, thing).text)["input_ids"])
+        for t in templates
+    }
     common, _ = Counter(lengths.values()).most_common(1)[0]
     chosen = [t for t in templates if lengths[t] == common]
     if len(chosen) < len(templates):
-        log.info("IOI: using %d of %d templates (those of %d tokens for this tokenizer)", len(chosen), len(templates), common)
+        log.info(
+            "IOI: using %d of %d templates (those of %d tokens for this tokenizer)",
+            len(chosen),
+            len(templates),
+            common,
+        )
     return chosen
 
 
