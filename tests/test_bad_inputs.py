@@ -22,6 +22,7 @@ import actpatch as ap
 from actpatch import metrics
 from actpatch.circuits import EMBED
 from actpatch.corrupt import symmetric_token_replacement
+from actpatch.embedded import Recipe
 from actpatch.engine.collect import baseline
 from actpatch.models import cache
 from actpatch.tasks.ioi import CLASSIC, NAMES
@@ -112,7 +113,40 @@ def _checkpoint(c, name: str, damage: str | None = None, manifest: bool = False)
     return folder
 
 
+def _pickled_dictionary(c) -> Path:
+    folder = c.tmp / "pickled-sae"
+    folder.mkdir(exist_ok=True)
+    (folder / "cfg.json").write_text("{}")
+    (folder / "sae_weights.pt").write_bytes(b"not read")
+    return folder
+
+
+def _subspace() -> ap.Subspace:
+    return ap.Subspace(ap.Site("resid_pre", 0, pos=-1), torch.eye(32)[:, :1])
+
+
 BAD_INPUTS = {
+    # --- dictionaries and subspaces ------------------------------------------------------
+    "dictionary stored as a pickle": (
+        lambda c: ap.load_dictionary(_pickled_dictionary(c), c.m),
+        ap.DictionaryError,
+        r"pickle files \(sae_weights.pt\).*safetensors only",
+    ),
+    "embedded dictionary at a layer the model lacks": (
+        lambda c: ap.embedded_dictionary(c.m, recipe=Recipe(layer=14), progress=False),
+        ValueError,
+        r"layer 14.*layers 0..1: pass recipe=Recipe\(layer=...\)",
+    ),
+    "subspace patched in no known direction": (
+        lambda c: ap.patch_subspace(c.m, c.p, _subspace(), direction="sideways"),
+        ValueError,
+        r"direction must be one of \('denoise', 'noise'\)",
+    ),
+    "DAS on too few pairs to split": (
+        lambda c: ap.das(c.m, c.p[:2], "resid_pre[layer=0, pos=-1]", rank=1),
+        ap.PairsError,
+        r"training and held-out sets of at least 2 each.*pass more pairs",
+    ),
     # --- circuits and ablations ----------------------------------------------------------
     "circuit of a non-component site": (
         lambda c: ap.evaluate_circuit(c.m, c.p, [ap.Site("resid_pre", 1)]),

@@ -49,6 +49,11 @@ def _unsafe_uses(text: str) -> list[str]:
     return UNSAFE.findall(_code_only(text))
 
 
+# MIB's causal-variable files are torch.save files, so reading them takes torch.load; only with
+# weights_only=True, PyTorch's restricted unpickler (tensors and plain containers, no code).
+RESTRICTED_READERS = {"subspace/mib.py"}
+
+
 def test_no_module_of_ours_reads_pickles():
     files = sorted(SOURCE.rglob("*.py"))
     assert len(files) > 20  # the scan really walks the package
@@ -57,7 +62,10 @@ def test_no_module_of_ours_reads_pickles():
         for path in files
         if (uses := _unsafe_uses(path.read_text(encoding="utf-8")))
     }
-    assert found == {}
+    assert found.keys() <= RESTRICTED_READERS, found
+    for name in RESTRICTED_READERS:
+        calls = re.findall(r"torch\.load\(([^)]*)\)", (SOURCE / name).read_text(encoding="utf-8"))
+        assert calls and all("weights_only=True" in call for call in calls), (name, calls)
 
 
 @pytest.mark.parametrize(

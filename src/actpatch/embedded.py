@@ -17,7 +17,6 @@ the names to the last position (docs/features.md gives the measured quality).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from actpatch import hooks
 from actpatch.bases.dictionary import Dictionary
 from actpatch.bases.train import TopKFit, train_topk
 from actpatch.models.cache import cache_root
@@ -78,6 +78,16 @@ def embedded_dictionary(
 
         model = load_model()
     recipe = recipe or Recipe()
+    if not 0 <= recipe.layer < model.dims.n_layers:
+        raise ValueError(
+            f"the dictionary's recipe reads resid_post of layer {recipe.layer}, but {model.name} has "
+            f"layers 0..{model.dims.n_layers - 1}: pass recipe=Recipe(layer=...) with one it has"
+        )
+    if tokens is not None and (tokens.ndim != 2 or tokens.dtype != torch.long):
+        raise ValueError(
+            f"tokens must be token ids, (rows, context) of torch.long, got {tuple(tokens.shape)} "
+            f"{tokens.dtype}: tokenize the text with the model's tokenizer"
+        )
     if tokens is None:
         tokens = training_tokens(model, recipe)
     folder = dictionary_folder(model, recipe)
@@ -128,25 +138,10 @@ def collect(
     row left out (the attention sink, whose norm is ~150 times the others' in SmolLM2)."""
     from tqdm.auto import tqdm
 
-    class _Stop(Exception):
-        pass
-
     found: list[Tensor] = []
-
-    def grab(module, inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        found.append(hidden[:, 1:].detach().to(torch.float32).reshape(-1, hidden.shape[-1]))
-        raise _Stop  # nothing after this layer is needed
-
-    handle = model.layer(layer).register_forward_hook(grab)
-    try:
-        with torch.no_grad():
-            starts = range(0, len(tokens), batch)
-            for start in tqdm(starts, desc="reading the text", disable=not progress):
-                with contextlib.suppress(_Stop):
-                    model.hf(tokens[start : start + batch].to(model.device), use_cache=False)
-    finally:
-        handle.remove()
+    for start in tqdm(range(0, len(tokens), batch), desc="reading the text", disable=not progress):
+        hidden = hooks.resid_post_only(model, tokens[start : start + batch], layer)
+        found.append(hidden[:, 1:].to(torch.float32).reshape(-1, hidden.shape[-1]))
     return torch.cat(found).cpu()
 
 

@@ -29,7 +29,7 @@ from torch import Tensor
 from actpatch.hooks import attach, attention, features
 from actpatch.hooks.attention import PATTERN_ATTENTION, eager_attention
 from actpatch.hooks.errors import PatchNotApplied, PatchShapeError
-from actpatch.hooks.forward import add_to_input, final_logits, last_logits
+from actpatch.hooks.forward import add_to_input, final_logits, last_logits, resid_post_only
 from actpatch.hooks.layout import Positions, normalised
 from actpatch.hooks.taps import GradTap, ReadTap, Write, WriteTap
 from actpatch.metrics import NonFiniteError
@@ -56,6 +56,7 @@ __all__ = [
     "layer_inputs",
     "patch",
     "patch_copies",
+    "resid_post_only",
     "watch",
 ]
 

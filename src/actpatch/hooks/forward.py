@@ -1,12 +1,13 @@
 """Running the model on a `Run`: its final-position logits, with the run's input noise added.
 
-The one place that calls the HF model's forward (`final_logits`; the batched engine's resumed
-forwards aside): `last_logits` is what every unpatched or patched run of the library reads, and
+The one place that calls the HF model's forward (`final_logits`, and `resid_post_only` for reads
+that stop at a layer; the batched engine's resumed forwards aside): `last_logits` is what every unpatched or patched run of the library reads, and
 `add_to_input` is how a Run's noise gets in.
 Not here: what is patched (the taps in `taps.py`, attached by `attach.py`)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -68,3 +69,24 @@ def add_to_input(model: Model, offset: Tensor | None) -> Iterator[None]:
 
     with attach.pre_hook(model.layer(0), add, prepend=True):
         yield
+
+
+class _Reached(Exception):
+    """Raised by the tap of `resid_post_only`: nothing after its layer is needed."""
+
+
+@torch.no_grad()
+def resid_post_only(model: Model, tokens: Tensor, layer: int) -> Tensor:
+    """`resid_post` of `layer` on `tokens`, (batch, pos, d_model), from a forward that stops there.
+
+    For reading many activations (training a dictionary on text): the layers above `layer` and
+    the unembedding never run, which halves the cost of a mid-depth read."""
+    found: list[Tensor] = []
+
+    def keep(hidden: Tensor) -> None:
+        found.append(hidden.detach())
+        raise _Reached
+
+    with attach.output_hook(model.layer(layer), keep), contextlib.suppress(_Reached):
+        model.hf(input_ids=tokens.to(model.device), use_cache=False)
+    return found[0]
