@@ -176,3 +176,34 @@ def test_bad_inputs(call, message):
     model, pairs = tiny_task("llama")
     with pytest.raises((BasisError, PairsError, ValueError, TypeError), match=message):
         call(model, pairs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_subspace_sweeps_through_the_engines_as_patch_subspace_patches_it(family):
+    """A Subspace is a Basis, so the sweep's feature sites take it: the one latent of a rank-1
+    subspace, swept by the batched engine, is the subspace patched by patch_subspace (denoising:
+    noising in patch_subspace measures a counterfactual answer, which a sweep has no word for)."""
+    direction = "denoise"
+    import actpatch as ap
+
+    model, pairs = tiny_task(family)
+    d_model = model.dims.d_model
+    direction_vector = torch.randn(d_model, generator=torch.Generator().manual_seed(3))
+    basis = Subspace(
+        Site("resid_pre", 1, pos=-1), (direction_vector / direction_vector.norm())[:, None]
+    )
+    swept = ap.sweep(
+        model,
+        pairs,
+        "feature",
+        dictionary=basis,
+        latents=[0],
+        positions=[-1],
+        direction=direction,
+        check_baseline=False,
+    )
+    whole = patch_subspace(model, pairs, basis, direction=direction)
+    for metric in ("norm_logit_diff", "logit_diff"):
+        assert swept.sel(metric=metric).item() == pytest.approx(
+            whole.sel(metric=metric).item(), abs=1e-5
+        )
