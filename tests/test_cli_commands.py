@@ -15,24 +15,11 @@ from actpatch.cli import common
 from actpatch.model_checks import Check
 from actpatch.models.arch import ARCHS
 from actpatch.sites import SITE_KINDS
-from command_line import run
+from command_line import run, run_tiny_ioi
 
 
 def sweep(tiny_folder, out, *extra):
-    # Random weights do no task: the baseline check is off (it has its own test below).
-    return run(
-        "sweep",
-        "--model",
-        tiny_folder,
-        "--task",
-        "ioi",
-        "--prompts",
-        "4",
-        "--no-check-baseline",
-        "--out",
-        str(out),
-        *extra,
-    )
+    return run_tiny_ioi(("sweep",), tiny_folder, out, *extra)
 
 
 def test_every_command_has_help():

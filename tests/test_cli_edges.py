@@ -15,29 +15,10 @@ import pytest
 import actpatch as ap
 from actpatch import graph
 from actpatch.cli import common
-from command_line import run
+from command_line import edge_run, run
 
 PERCENT = "20"  # of the tiny GPT-2's 46 edges: 9 ranked, 7 left after pruning
 NAME = "ioi_edge_eap.html"
-
-
-def edge_run(tiny_folder, out, *extra):
-    # Random weights do no task: the baseline check is off.
-    return run(
-        "circuit",
-        "--level",
-        "edge",
-        "--model",
-        tiny_folder,
-        "--task",
-        "ioi",
-        "--prompts",
-        "4",
-        "--no-check-baseline",
-        "--out",
-        str(out),
-        *extra,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -14,29 +14,10 @@ import xarray as xr
 
 import actpatch as ap
 from actpatch.metrics import METRICS
-from command_line import run
+from command_line import edge_run, run
 
 PROMPT = "When John and Mary went to the store, John gave a drink to"
 CORRUPT = "When Alice and Bob went to the store, Carol gave a drink to"
-
-
-def edge_run(tiny_folder, out, *extra):
-    # Random weights do no task: the baseline check is off.
-    return run(
-        "circuit",
-        "--level",
-        "edge",
-        "--model",
-        tiny_folder,
-        "--task",
-        "ioi",
-        "--prompts",
-        "4",
-        "--no-check-baseline",
-        "--out",
-        str(out),
-        *extra,
-    )
 
 
 @pytest.fixture(scope="module")
