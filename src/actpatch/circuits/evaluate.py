@@ -27,7 +27,7 @@ from torch import Tensor
 from actpatch import hooks, metrics, results
 from actpatch.circuits.components import checked, default_universe, whole
 from actpatch.engine import checks, collect, sources
-from actpatch.engine.spec import ABLATIONS, DIRECTIONS, Direction
+from actpatch.engine.spec import DIRECTIONS, Direction
 from actpatch.engine.spec import Ablation as PlanAblation
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
@@ -82,14 +82,7 @@ class Ablator:
     def __init__(
         self, model: Model, pairs: PromptPairs, universe: Sequence[Site], ablation: Ablation = None
     ):
-        if ablation is not None and ablation not in ABLATIONS:
-            raise ValueError(
-                f"ablation must be one of {ABLATIONS} or None (the corrupt run's values), got {ablation!r}"
-            )
-        if ablation == "resample" and len(pairs) < 2:
-            raise ValueError(
-                "ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts"
-            )
+        sources.check_ablation(ablation, pairs, "the corrupt run's values")
         self.model, self.pairs, self.ablation = model, pairs, ablation
         self.universe = checked(model, universe, "components")
         if at_positions := [s for s in self.universe if s.pos is not None]:

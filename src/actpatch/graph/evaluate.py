@@ -32,7 +32,6 @@ from actpatch.run import Run
 from actpatch.stats import bootstrap
 
 Ablation = Literal["zero", "mean", "resample"]
-ABLATIONS = ("zero", "mean", "resample")
 
 
 def evaluate(
@@ -105,14 +104,7 @@ class EdgeRuns:
         ablation: Ablation | None = None,
         check_baseline: bool = True,
     ) -> EdgeRuns:
-        if ablation is not None and ablation not in ABLATIONS:
-            raise ValueError(
-                f"ablation must be one of {ABLATIONS} or None (the corrupt run's outputs), got {ablation!r}"
-            )
-        if ablation == "resample" and len(pairs) < 2:
-            raise ValueError(
-                "ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts"
-            )
+        sources.check_ablation(ablation, pairs, "the corrupt run's outputs")
         graph = Graph.of(model)
         # The recording forwards are the baseline runs: their final-position logits are the baseline's.
         clean, clean_logits = sender_outputs(model, graph, pairs.clean_run, logits=True)
