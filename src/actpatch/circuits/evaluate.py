@@ -125,13 +125,7 @@ class Ablator:
         seed: int = 0,
     ) -> xr.DataArray:
         logits = self.logits(circuit, direction)
-        values = metrics.averaged(logits, self.base)
-        result = xr.DataArray(
-            [values[m] for m in metrics.METRICS],
-            dims=["metric"],
-            coords={"metric": list(metrics.METRICS)},
-            name="circuit_performance",
-        )
+        result = performance(logits, self.base)
         if ci is not None:
             result = with_intervals(
                 result,
@@ -220,6 +214,18 @@ class Ablator:
         return at_positions(
             whole(component), self.off[whole(component)], [component.pos], self.pairs.positions
         )
+
+
+def performance(logits: Tensor, base: metrics.Baseline) -> xr.DataArray:
+    """A circuit's performance: every metric of its run's final-position `logits`, averaged over
+    the prompts, on a `metric` dimension (node and edge circuits alike)."""
+    values = metrics.averaged(logits, base)
+    return xr.DataArray(
+        [values[m] for m in metrics.METRICS],
+        dims=["metric"],
+        coords={"metric": list(metrics.METRICS)},
+        name="circuit_performance",
+    )
 
 
 def with_intervals(

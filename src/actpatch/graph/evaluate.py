@@ -22,7 +22,7 @@ import xarray as xr
 from torch import Tensor
 
 from actpatch import hooks, memory, metrics, results
-from actpatch.circuits.evaluate import with_intervals
+from actpatch.circuits.evaluate import performance, with_intervals
 from actpatch.engine import checks, collect, sources
 from actpatch.graph.nodes import EdgeError, Graph
 from actpatch.hooks.edges import EdgePlan, EdgeRecord, edge_hooks
@@ -58,13 +58,7 @@ def evaluate(
     runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
     circuit = runs.graph.checked(circuit)
     logits = runs.logits(circuit[None])[0]
-    values = metrics.averaged(logits, runs.base)
-    result = xr.DataArray(
-        [values[m] for m in metrics.METRICS],
-        dims=["metric"],
-        coords={"metric": list(metrics.METRICS)},
-        name="circuit_performance",
-    )
+    result = performance(logits, runs.base)
     result.attrs.update(runs.provenance("graph.evaluate", check_baseline=check_baseline))
     result.attrs.update(
         model=model.name,

@@ -8,14 +8,13 @@ node-level version (`actpatch.stats.circuit_stability`), which re-finds a fronti
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from actpatch.circuits.stability import jaccard
+from actpatch.circuits.stability import inclusion_table
 from actpatch.graph.scores import Method, edge_scores
 from actpatch.graph.select import top_edges
 from actpatch.models.model import Model
@@ -79,36 +78,8 @@ def edge_stability(
             found.append(circuit(prompts))
             bar.update()
     full, resampled, elsewhere = found[0], found[1 : 1 + n_boot], found[1 + n_boot :]
-    inclusion, inclusion_others = (
-        Counter(e for c in resampled for e in c),
-        Counter(e for c in elsewhere for e in c),
-    )
-    names = sorted(
-        set(inclusion) | set(inclusion_others) | full,
-        key=lambda e: (-inclusion[e], -inclusion_others[e], e),
-    )
-    table = pd.DataFrame(
-        {
-            "edge": names,
-            "inclusion": [inclusion[e] / n_boot for e in names],
-            "inclusion_others": [
-                inclusion_others[e] / len(elsewhere) if elsewhere else np.nan for e in names
-            ],
-            "in_circuit": [e in full for e in names],
-        }
-    )
+    table = inclusion_table("edge", full, resampled, elsewhere)
     table.attrs.update(
-        {
-            "method": method,
-            "percent": percent,
-            "n_edges": len(full),
-            "n_boot": n_boot,
-            "seed": seed,
-            "n_others": len(elsewhere),
-            "mean_jaccard": float(np.mean([jaccard(c, full) for c in resampled])),
-            "mean_jaccard_others": float(np.mean([jaccard(c, full) for c in elsewhere]))
-            if elsewhere
-            else float("nan"),
-        }
+        {"method": method, "percent": percent, "n_edges": len(full), "n_boot": n_boot, "seed": seed}
     )
     return table
