@@ -30,8 +30,8 @@ from actpatch.engine.spec import (
     AttributeOptions,
     Direction,
     Positions,
-    SweepSpec,
     options_from,
+    spec_from,
 )
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
@@ -91,8 +91,7 @@ def attribute(
     `graddrop`, `check_baseline`, `progress`, `n_boot`, `boot_seed`) are gathered in one `AttributeOptions`, which may also be
     passed as `options=`."""
     given = options_from(AttributeOptions, options, "attribute")
-    heads, neurons, graddrop, progress = given.heads, given.neurons, given.graddrop, given.progress
-    dictionary, latents = given.dictionary, given.latents
+    graddrop, progress, latents = given.graddrop, given.progress, given.latents
     check_baseline, n_boot, boot_seed = given.check_baseline, given.n_boot, given.boot_seed
     if ci is not None:
         if per_prompt:
@@ -115,23 +114,17 @@ def attribute(
     if isinstance(latents, str) and latents == "active":
         from actpatch.bases.select import active_latents  # two forwards: only for feature sites
 
-        latents = active_latents(model, pairs, dictionary, positions)
-    the_plan = plan(
-        model,
-        pairs,
-        SweepSpec(
-            site,
-            direction,
-            layers=layers,
-            positions=positions,
-            heads=heads,
-            neurons=neurons,
-            latents=latents,
-            dictionary=dictionary,
-            ablation=ablation,
-            progress=progress,
-        ),
+        latents = active_latents(model, pairs, given.dictionary, positions)
+    spec = spec_from(
+        site,
+        direction,
+        given,
+        layers=layers,
+        positions=positions,
+        latents=latents,
+        ablation=ablation,
     )
+    the_plan = plan(model, pairs, spec)
     if ablation is not None and (
         method == "ig" or (method == "atp*" and the_plan.kind in ("q", "k"))
     ):

@@ -23,6 +23,7 @@ from actpatch.engine.spec import (
     SweepOptions,
     SweepSpec,
     options_from,
+    spec_from,
 )
 from actpatch.models.model import Model, check_model
 from actpatch.pairs import PromptPairs
@@ -94,9 +95,7 @@ def sweep(
     `chunk`, `memory_budget`, `progress`, `checkpoint`, `shards`, `ray_address`, `n_boot`,
     `boot_seed`) are gathered in one `SweepOptions`, which may also be passed as `options=`."""
     given = options_from(SweepOptions, options, "sweep")
-    heads, neurons, check_baseline = given.heads, given.neurons, given.check_baseline
     dictionary, latents = given.dictionary, given.latents
-    chunk, memory_budget, progress = given.chunk, given.memory_budget, given.progress
     checkpoint, shards, ray_address = given.checkpoint, given.shards, given.ray_address
     n_boot, boot_seed = given.n_boot, given.boot_seed
     if engine not in ENGINES:
@@ -128,22 +127,16 @@ def sweep(
         from actpatch.bases.select import active_latents  # two forwards: only for feature sweeps
 
         latents = active_latents(model, pairs, dictionary, positions)
-    spec = SweepSpec(
+    spec = spec_from(
         site,
         directions[0],
+        given,
         layers=layers,
         positions=positions,
-        heads=heads,
-        neurons=neurons,
         latents=latents,
-        dictionary=dictionary,
         per_prompt=per_prompt or ci is not None,
         ablation=ablation,
         mean_over=mean_over,
-        check_baseline=check_baseline,
-        chunk=chunk,
-        memory_budget=memory_budget,
-        progress=progress,
     )
     chosen = _engine(model, engine, shards)
     with contextlib.ExitStack() as stack:
