@@ -12,21 +12,26 @@ import actpatch as ap
 from actpatch import atomic
 from actpatch.cli.common import (
     BadInput,
-    build_experiment,
-    describe,
-    echo_unless,
+    begin,
     experiment_options,
-    load,
-    log_into,
+    load_batch,
     one_direction,
     progress,
     provenance,
     refuse_overwrite,
-    single,
     stem,
     validating,
 )
-from actpatch.cli.sweeps import checkpoint_folder, sweep_options, tables, title, write_outputs
+from actpatch.cli.sweeps import (
+    SELECTION,
+    checkpoint_folder,
+    keywords,
+    planned,
+    sweep_options,
+    tables,
+    title,
+    write_outputs,
+)
 from actpatch.sites import parse_kind
 
 if TYPE_CHECKING:  # --help must not wait for pandas and xarray
@@ -71,13 +76,7 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     earlier run's are refused unless --overwrite. --ci 0.95 puts bootstrap intervals over prompts
     on the estimates and on the verification's rank correlation, from the same backward pass and
     exact patches (not with --graddrop)."""
-    from actpatch.engine.plan import plan
-    from actpatch.engine.spec import SweepSpec
-
-    spec = build_experiment(flags)
-    out = Path(spec.output.folder)
-    log_into(out)
-    echo = echo_unless(quiet)
+    spec, out, echo = begin(flags, quiet=quiet)
     a, s = spec.attribute, spec.sweep
     if s.engine != "batched" or s.chunk is not None or s.per_prompt:
         raise BadInput(
@@ -85,24 +84,9 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
         )
     name = stem(spec, a.method.replace("*", "star"))
     refuse_overwrite(out, [f"{name}.nc", f"{name}_verify.csv", f"{name}.html"], overwrite)
-    model, pairs = load(spec, quiet=quiet)
-    pairs = single(pairs, "attribute")
     direction = one_direction(spec, "attribute")
-    echo(describe(model, pairs, spec))
-    with validating():
-        the_plan = plan(
-            model,
-            pairs,
-            SweepSpec(
-                s.site,
-                direction=direction,
-                layers=s.layers,
-                positions=s.positions,
-                heads=s.heads,
-                neurons=s.neurons,
-                ablation=s.ablation,
-            ),
-        )
+    model, pairs = load_batch(spec, "attribute", quiet=quiet)
+    the_plan = planned(model, pairs, spec, direction)
     if s.ablation is not None and (
         a.method == "ig" or (a.method == "atp*" and the_plan.kind in ("q", "k"))
     ):
@@ -121,12 +105,8 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
         direction=direction,
         method=a.method,
         steps=a.steps,
-        layers=s.layers,
-        positions=s.positions,
-        heads=s.heads,
-        neurons=s.neurons,
+        **keywords(spec, SELECTION),
         graddrop=a.graddrop,
-        ablation=s.ablation,
         check_baseline=s.check_baseline,
         progress=progress(quiet),
         per_prompt=s.ci is not None,
@@ -192,7 +172,6 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     "--level",
     type=click.Choice(["node", "edge"]),
     default="node",
-    show_default=True,
     help="node: components (heads or MLPs); edge: edges between them (EAP, EAP-IG, MIB).",
 )
 @click.option(
@@ -294,10 +273,7 @@ def circuit(
     ]:
         raise BadInput(f"{given[0]} applies to edge circuits: add --level edge")
 
-    spec = build_experiment(flags, defaults={"sweep": {"site": "head"}})
-    out = Path(spec.output.folder)
-    log_into(out)
-    echo = echo_unless(quiet)
+    spec, out, echo = begin(flags, quiet=quiet, defaults={"sweep": {"site": "head"}})
     checkpoint = checkpoint_folder(out, resume, echo)
     name = stem(spec, "circuit")
     refuse_overwrite(
@@ -306,8 +282,6 @@ def circuit(
         overwrite or resume,
     )
     c = spec.circuit
-    model, pairs = load(spec, quiet=quiet)
-    pairs = single(pairs, "circuit")
     direction = one_direction(spec, "circuit")
     if spec.sweep.per_prompt:
         raise BadInput("circuit ranks components by their mean effect: remove per_prompt")
@@ -315,7 +289,7 @@ def circuit(
         raise BadInput(
             f"circuit ranks head or mlp_out components, not {kind}: set the site to head or mlp_out"
         )
-    echo(describe(model, pairs, spec))
+    model, pairs = load_batch(spec, "circuit", quiet=quiet)
     options = sweep_options(model, pairs, spec)
     ci = spec.sweep.ci
     intervals = (

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # torch and transformers are imported by the commands that lo
 BAD_INPUT = 2
 FAILURE = 1
 ERROR_LOG = "actpatch-error.log"
+SHARE = click.FloatRange(0, 1, min_open=True, max_open=True)  # a share or a coverage: 0 < x < 1
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +386,7 @@ def experiment_options(
         options += [
             click.option(
                 "--ci",
-                type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                type=SHARE,
                 default=None,
                 help="Bootstrap intervals over prompts on every number, e.g. 0.95 (docs/uncertainty.md).",
             ),
@@ -441,6 +442,17 @@ def build_experiment(
         raise BadInput(_given_flags(_with_flags(str(error)), flags)) from None
 
 
+def begin(
+    flags: dict[str, Any], *, quiet: bool, defaults: dict[str, dict[str, Any]] | None = None
+) -> tuple[Experiment, Path, Callable[[str], None]]:
+    """A command's experiment (`build_experiment`), its output folder, which from now on receives
+    a failure's traceback, and its echo for tables and notes (silent with --quiet)."""
+    spec = build_experiment(flags, defaults=defaults)
+    out = Path(spec.output.folder)
+    log_into(out)
+    return spec, out, echo_unless(quiet)
+
+
 def _given_flags(message: str, flags: dict[str, Any]) -> str:
     """A key the reader set with a flag, named by that flag where the message speaks of the key
     (`task.n does not apply` -> `--prompts does not apply`); `key = value` quotes stay as written."""
@@ -489,6 +501,15 @@ def load(spec: Experiment, *, quiet: bool = False) -> tuple[Model, PromptPairs |
         log.info("loaded %s in %.1f s", model.name, time.perf_counter() - started)
         pairs = experiment.make_pairs(model, spec.task)
     return model, pairs
+
+
+def load_batch(spec: Experiment, analysis: str, *, quiet: bool) -> tuple[Model, PromptPairs]:
+    """The model and the one batch of prompt pairs an analysis takes (`single`), described on the
+    terminal unless --quiet."""
+    model, pairs = load(spec, quiet=quiet)
+    batch = single(pairs, analysis)
+    echo_unless(quiet)(describe(model, batch, spec))
+    return model, batch
 
 
 def describe(model: Model, pairs: PromptPairs | list[PromptPairs], spec: Experiment) -> str:
