@@ -9,6 +9,7 @@
     plot.py         the frontier as a plotly figure (plotly imported only there)
     resume.py       patched runs resumed at their first patched layer (backup's fast path)
     stability.py    the circuit re-found on resampled prompts (circuit_stability)
+    search.py       find_circuit: sweep, frontier, smallest circuit, minimality in one call
 Path patching, which these build on for direct effects, is `actpatch.engine.paths`."""
 
 from actpatch.circuits.backup import backup, backup_report
@@ -18,16 +19,20 @@ from actpatch.circuits.evaluate import evaluate
 from actpatch.circuits.frontier import pareto_frontier, ranking, reached_surely, smallest_circuit
 from actpatch.circuits.minimality import minimality
 from actpatch.circuits.plot import plot_frontier
+from actpatch.circuits.search import CircuitSearch, SearchOptions, find_circuit
 from actpatch.circuits.sensitivity import sensitivity_report
 from actpatch.circuits.stability import circuit_stability
 
 __all__ = [
     "EMBED",
+    "CircuitSearch",
+    "SearchOptions",
     "backup",
     "backup_report",
     "circuit_stability",
     "components",
     "evaluate",
+    "find_circuit",
     "label_directions",
     "minimality",
     "pareto_frontier",

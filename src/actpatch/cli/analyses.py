@@ -20,7 +20,6 @@ from actpatch.cli.common import (
     provenance,
     refuse_overwrite,
     stem,
-    validating,
 )
 from actpatch.cli.sweeps import (
     SELECTION,
@@ -230,10 +229,10 @@ def circuit(
     actpatch circuit --level edge --method eap --prompts 8 --percent 5
     actpatch circuit --level edge --import graph.json --out imported
 
-    Steps: a head sweep (or mlp_out with --site mlp_out) ranks components by effect; the Pareto
-    frontier evaluates the top-k for each k (everything else of that kind at its corrupt value, or
-    an --ablation); the smallest circuit reaching --recovery is then tested for minimality (does
-    removing one member cost anything?). Prints the tables and writes the sweep, the frontier, the
+    Steps (the library's ap.find_circuit): a head sweep (or mlp_out with --site mlp_out) ranks
+    components by effect; the Pareto frontier evaluates the top-k for each k (everything else of
+    that kind at its corrupt value, or an --ablation); the smallest circuit reaching --recovery is
+    then tested for minimality (does removing one member cost anything?). Prints the tables and writes the sweep, the frontier, the
     minimality table (.csv) and a report with the Pareto curve into --out; an earlier run's are
     refused unless --overwrite (or --resume, which finishes that run) is given. --ci 0.95 (node
     level) puts bootstrap intervals over prompts on the sweep, a band on the frontier and an interval
@@ -290,44 +289,42 @@ def circuit(
             f"circuit ranks head or mlp_out components, not {kind}: set the site to head or mlp_out"
         )
     model, pairs = load_batch(spec, "circuit", quiet=quiet)
-    options = sweep_options(model, pairs, spec)
     ci = spec.sweep.ci
-    intervals = (
-        {} if ci is None else dict(ci=ci, n_boot=spec.sweep.n_boot, boot_seed=spec.sweep.boot_seed)
-    )
-    ranked_by = ap.sweep(
+    options = sweep_options(model, pairs, spec)
+    del options["direction"]  # the one direction, which find_circuit takes
+    if spec.sweep.engine == "batched":
+        options["checkpoint"] = checkpoint
+    found = ap.find_circuit(
         model,
         pairs,
         spec.sweep.site,
-        **options,
-        **intervals,
+        direction=direction,
+        recovery=c.recovery,
+        max_size=c.max_size,
+        threshold=c.threshold,
+        ablation=c.ablation,
+        ci=ci,
+        order=c.order,
+        sweep=options,
+        n_boot=spec.sweep.n_boot,
+        boot_seed=spec.sweep.boot_seed,
         progress=progress(quiet),
-        checkpoint=checkpoint if spec.sweep.engine == "batched" else None,
     )
-    ranked_by.attrs.update(provenance(model, spec))
-    with validating():
-        ranking = ap.circuits.ranking(ranked_by, order=c.order)
+    ranked_by, frontier, chosen, table = (
+        found.ranked_by,
+        found.frontier,
+        found.circuit,
+        found.minimality,
+    )
+    for result in (ranked_by, frontier):
+        result.attrs.update(provenance(model, spec))
     if not quiet:
         for text in tables(ranked_by):
             click.echo(text)
-    sizes = range(min(c.max_size or len(ranking), len(ranking)) + 1)
-    frontier = ap.pareto_frontier(
-        model,
-        pairs,
-        ranked_by,
-        direction=direction,
-        ablation=c.ablation,
-        sizes=sizes,
-        order=c.order,
-        progress=progress(quiet),
-        **intervals,
-    )
-    frontier.attrs.update(provenance(model, spec))
     echo(
         "Pareto frontier (the top-k components kept, the rest ablated):\n"
         + frontier_table(frontier).to_string()
     )
-    chosen = ap.smallest_circuit(frontier, c.recovery)
     sections: dict[str, Any] = {title(spec, ranked_by): ranked_by}
     sections["Pareto frontier"] = ap.report.Section(
         "Pareto frontier: circuit performance against circuit size",
@@ -343,20 +340,11 @@ def circuit(
     )
     if chosen is None:
         click.echo(
-            f"no circuit of up to {sizes[-1]} components recovers {c.recovery:.0%}: raise --max-size or lower --recovery"
+            f"no circuit of up to {found.attrs['max_size']} components recovers {c.recovery:.0%}: raise --max-size or lower --recovery"
         )
     else:
         click.echo(
             f"smallest circuit recovering {c.recovery:.0%}: {len(chosen)} components: {', '.join(map(str, chosen))}"
-        )
-        table = ap.minimality(
-            model,
-            pairs,
-            chosen,
-            threshold=c.threshold,
-            direction=direction,
-            ablation=c.ablation,
-            **intervals,
         )
         echo(
             f"minimality (circuit scores {table.attrs['circuit_score']:.3f}; a passenger's removal costs < {c.threshold}):\n"
