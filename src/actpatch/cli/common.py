@@ -248,66 +248,49 @@ _PARSED = {"positions": positions, "layers": int_list, "heads": int_list, "neuro
 def experiment_options(
     *, analysis: bool = False, circuit: bool = False, intervals: bool = False
 ) -> Callable:
-    """The flags that describe an experiment; each overrides its key in --config."""
+    """The flags that describe an experiment; each overrides its key in --config. They default
+    to None (click's default for a value), so that a key the file sets, or else the library's
+    default, stands."""
     options = [
         click.option(
             "--config",
             type=click.Path(path_type=Path, dir_okay=False),
-            default=None,
             help="An experiment file (TOML); the flags below override its keys.",
         ),
         click.option(
             "--model",
             "model_name",
-            default=None,
             help="Checkpoint folder, .gguf file or hub id (default: embedded SmolLM2).",
         ),
         click.option(
             "--dtype",
             type=click.Choice(["float32", "bfloat16", "float16", "float64"]),
-            default=None,
             help="Weights dtype (default float32).",
         ),
-        click.option("--device", default=None, help="Device, e.g. cpu or cuda (default cpu)."),
+        click.option("--device", help="Device, e.g. cpu or cuda (default cpu)."),
         click.option(
             "--task",
-            default=None,
             help="ioi, ioi_groups, factual, greater_than, induction, or file:PATH (.jsonl/.csv).",
         ),
+        click.option("--prompts", type=int, help="Number of prompt pairs (default 8)."),
         click.option(
-            "--prompts", type=int, default=None, help="Number of prompt pairs (default 8)."
+            "--corruption", help="The task's corruption scheme, or 'noise' (Gaussian noise)."
         ),
-        click.option(
-            "--corruption",
-            default=None,
-            help="The task's corruption scheme, or 'noise' (Gaussian noise).",
-        ),
-        click.option(
-            "--seed", type=int, default=None, help="Seed of the prompt generator (default 0)."
-        ),
+        click.option("--seed", type=int, help="Seed of the prompt generator (default 0)."),
         click.option(
             "--site",
-            default=None,
             help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, mlp_in, head, q, k, v, pattern, neuron.",
         ),
         click.option(
-            "--direction",
-            type=click.Choice(["denoise", "noise", "both"]),
-            default=None,
-            help="Default: denoise.",
+            "--direction", type=click.Choice(["denoise", "noise", "both"]), help="Default: denoise."
         ),
-        click.option(
-            "--positions", default=None, help="each, all, or a list like S2,END or 0,3,-1."
-        ),
-        click.option("--layers", default=None, help="Layers to sweep, e.g. 0-5,10 (default all)."),
-        click.option("--heads", default=None, help="Heads (or KV heads) to sweep, e.g. 0-3."),
-        click.option(
-            "--neurons", default=None, help="Neurons to sweep (neuron sites need them), e.g. 0-99."
-        ),
+        click.option("--positions", help="each, all, or a list like S2,END or 0,3,-1."),
+        click.option("--layers", help="Layers to sweep, e.g. 0-5,10 (default all)."),
+        click.option("--heads", help="Heads (or KV heads) to sweep, e.g. 0-3."),
+        click.option("--neurons", help="Neurons to sweep (neuron sites need them), e.g. 0-99."),
         click.option(
             "--ablation",
             type=click.Choice(["zero", "mean", "resample"]),
-            default=None,
             help="Noise with an ablation of the clean run's own values instead of the corrupt run's.",
         ),
         click.option(
@@ -319,13 +302,10 @@ def experiment_options(
         click.option(
             "--out",
             type=click.Path(path_type=Path, file_okay=False),
-            default=None,
             help="Output folder for results, reports and logs (default actpatch-out).",
         ),
         click.option(
-            "--name",
-            default=None,
-            help="File name stem of the outputs (default from task, site and direction).",
+            "--name", help="File name stem of the outputs (default from task, site and direction)."
         ),
         click.option("--pngs/--no-pngs", default=None, help="Also write PNG images."),
         click.option(
@@ -343,15 +323,11 @@ def experiment_options(
     if not analysis:
         options += [
             click.option(
-                "--engine",
-                type=click.Choice(["batched", "reference"]),
-                default=None,
-                help="Default: batched.",
+                "--engine", type=click.Choice(["batched", "reference"]), help="Default: batched."
             ),
             click.option(
                 "--chunk",
                 type=int,
-                default=None,
                 help="Patched copies per forward (default from a 1 GiB budget).",
             ),
             click.option(
@@ -366,19 +342,16 @@ def experiment_options(
             click.option(
                 "--recovery",
                 type=float,
-                default=None,
                 help="Share of the behaviour the circuit must recover (default 0.8).",
             ),
             click.option(
                 "--max-size",
                 type=int,
-                default=None,
                 help="Largest circuit evaluated on the frontier (default all).",
             ),
             click.option(
                 "--threshold",
                 type=float,
-                default=None,
                 help="Minimality: a member whose removal costs less is a passenger (default 0.02).",
             ),
         ]
@@ -387,20 +360,15 @@ def experiment_options(
             click.option(
                 "--ci",
                 type=SHARE,
-                default=None,
                 help="Bootstrap intervals over prompts on every number, e.g. 0.95 (docs/uncertainty.md).",
             ),
             click.option(
                 "--n-boot",
                 type=click.IntRange(min=1),
-                default=None,
                 help="Bootstrap resamples for --ci (default 1000).",
             ),
             click.option(
-                "--boot-seed",
-                type=int,
-                default=None,
-                help="Seed of the bootstrap resamples (default 0).",
+                "--boot-seed", type=int, help="Seed of the bootstrap resamples (default 0)."
             ),
         ]
 
