@@ -101,9 +101,8 @@ def find_circuit(
     `threshold`). `ablation` sets what components outside the circuit take (default: their
     corrupt-run values); the ranking sweep's own `ablation` goes in `sweep=`. `ranked_by=` ranks
     a result you already have (an attribution is cheap), or takes a list of components in its
-    order, instead of sweeping. `ci=0.95` puts
-    intervals on the sweep, a band on the frontier and one on each member's drop (`n_boot`,
-    `boot_seed`), from the same runs.
+    order, instead of sweeping. `ci=0.95` puts intervals on the sweep, a band on the frontier and
+    one on each member's drop (`n_boot`, `boot_seed`), from the same runs.
 
         found = ap.find_circuit(model, pairs, "head", recovery=0.8, max_size=40)
         found.circuit, found.frontier, found.minimality
@@ -158,10 +157,10 @@ def find_circuit(
             **intervals,
         )
     ranked_attrs = getattr(ranked_by, "attrs", {})  # a list of components has none
-    parts = {ranked_attrs.get("analysis", "ranked_by"): ranked_attrs}
-    parts["pareto_frontier"] = frontier.attrs
+    steps = {ranked_attrs.get("analysis", "ranked_by"): ranked_attrs}
+    steps["pareto_frontier"] = frontier.attrs
     if table is not None:
-        parts["minimality"] = table.attrs
+        steps["minimality"] = table.attrs
     attrs = results.provenance(
         model,
         pairs,
@@ -177,11 +176,21 @@ def find_circuit(
         ranked_by=ranked_attrs.get("analysis", "a list"),
         circuit=None if circuit is None else [str(s) for s in circuit],
         interval=None if ci is None else frontier.attrs.get("interval"),
-        self_checks={
-            f"{part}: {name}": value
-            for part, made in parts.items()
-            for name, value in made.get("self_checks", {}).items()
-        },
-        self_check_tolerance=max(made.get("self_check_tolerance", 0.0) for made in parts.values()),
+        **_self_checks(steps),
     )
     return CircuitSearch(circuit, frontier, table, ranked_by, attrs)
+
+
+def _self_checks(steps: dict[str, dict]) -> dict[str, Any]:
+    """Every step's self-checks under its name (`"sweep: noop_patch_error"`), and the loosest
+    tolerance among them, as results record theirs."""
+    return {
+        "self_checks": {
+            f"{step}: {name}": error
+            for step, made in steps.items()
+            for name, error in made.get("self_checks", {}).items()
+        },
+        "self_check_tolerance": max(
+            made.get("self_check_tolerance", 0.0) for made in steps.values()
+        ),
+    }
