@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import transformers as tf
+import xarray as xr
 
 import actpatch as ap
 from actpatch import metrics
@@ -119,6 +120,10 @@ def _pickled_dictionary(c) -> Path:
     (folder / "cfg.json").write_text("{}")
     (folder / "sae_weights.pt").write_bytes(b"not read")
     return folder
+
+
+def _frontier(c) -> xr.DataArray:
+    return ap.pareto_frontier(c.m, c.p, [ap.Site("head", 0, head=0)], sizes=[1])
 
 
 def _subspace() -> ap.Subspace:
@@ -287,6 +292,31 @@ BAD_INPUTS = {
         lambda c: ap.sweep_paths(c.m, c.p, ["logits"], layers=[5]),
         ap.SiteError,
         r"layer 5 is out of range: this model has layers 0..1",
+    ),
+    "receivers of a resid_pre sender": (
+        lambda c: ap.all_receivers(c.m, ap.Site("resid_pre", 0)),
+        ap.SiteError,
+        r"a sender is a head .* or an MLP",
+    ),
+    "receivers of a sender past the last layer": (
+        lambda c: ap.all_receivers(c.m, ap.Site("mlp_out", 5)),
+        ap.SiteError,
+        r"layer 5 is out of range",
+    ),
+    "smallest circuit of a sweep": (
+        lambda c: ap.smallest_circuit(ap.sweep(c.m, c.p, "resid_pre", layers=[0])),
+        ValueError,
+        r"smallest_circuit reads a frontier, got DataArray with dims .*ap\.pareto_frontier",
+    ),
+    "smallest circuit by an unknown metric": (
+        lambda c: ap.smallest_circuit(_frontier(c), metric="nope"),
+        ValueError,
+        r"unknown metric 'nope'; choose one of .*norm_logit_diff",
+    ),
+    "smallest circuit of a recovery in percent": (
+        lambda c: ap.smallest_circuit(_frontier(c), recovery=80),
+        ValueError,
+        r"recovery is a share of the clean behaviour \(0\.8 for 80 %\), at most 2\.0; got 80",
     ),
     # --- the Gaussian-noise corruption ---------------------------------------------------------
     "noise scale negative": (
@@ -950,8 +980,6 @@ def test_bad_input_gets_a_clear_error(inputs, call, error, message):
 # Public functions no row reaches, and why; each is a gap to close, not a rule.
 UNCHECKED = {
     "attached_hooks": "takes a model only",
-    "all_receivers": "checks no argument: a resid_pre sender or a layer past the last gives a list, not an error",
-    "smallest_circuit": "checks no argument: a sweep gives None, an unknown metric xarray's KeyError",
 }
 
 

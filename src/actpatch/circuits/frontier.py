@@ -131,6 +131,7 @@ def smallest_circuit(
     share of the behaviour restored by the circuit alone); for a noising one, that knocking the
     circuit out loses at least that share (the metric is at most 1 − `recovery`). A frontier with
     intervals is read at its `value`; `reached_surely` asks whether the whole band clears it."""
+    _check_frontier(frontier, recovery, metric, "smallest_circuit")
     values = _at_value(frontier).sel(metric=metric).values
     reached = (
         values >= recovery if frontier.attrs["direction"] == "denoise" else values <= 1 - recovery
@@ -155,6 +156,33 @@ def reached_surely(
     if frontier.attrs["direction"] == "denoise":
         return curve.sel(stat="lo", drop=True) >= recovery
     return curve.sel(stat="hi", drop=True) <= 1 - recovery
+
+
+_MOST_RECOVERY = 2.0  # a larger share is almost surely a percentage
+
+
+def _check_frontier(frontier: object, recovery: float, metric: str, caller: str) -> None:
+    """Refuse what is not a frontier (a sweep has no ranking to cut), an unknown metric, or a
+    recovery that is no share (a percentage), naming the fix, before xarray's KeyError would."""
+    if not (
+        isinstance(frontier, xr.DataArray)
+        and "size" in frontier.dims
+        and {"ranking", "direction"} <= frontier.attrs.keys()
+    ):
+        raise ValueError(
+            f"{caller} reads a frontier, got {type(frontier).__name__}"
+            f"{' with dims ' + str(frontier.dims) if isinstance(frontier, xr.DataArray) else ''}: "
+            "make one with ap.pareto_frontier(model, pairs, sweep_or_ranking)"
+        )
+    if metric not in frontier["metric"].values:
+        raise ValueError(
+            f"unknown metric {metric!r}; choose one of {', '.join(map(str, frontier['metric'].values))}"
+        )
+    if not 0 < recovery <= _MOST_RECOVERY:  # above 1 is a circuit that overshoots the clean run
+        raise ValueError(
+            f"recovery is a share of the clean behaviour (0.8 for 80 %), at most {_MOST_RECOVERY}; "
+            f"got {recovery!r}"
+        )
 
 
 def _at_value(result: xr.DataArray) -> xr.DataArray:

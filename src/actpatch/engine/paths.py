@@ -176,7 +176,10 @@ def all_receivers(model: Model, sender: Site | Sequence[Site]) -> list[Receiver]
     """Every receiver downstream of the earliest sender: the q, k and v of every later head, every
     MLP that reads after it (a head's own layer's MLP included, unless attention and MLP run in
     parallel), and the logits. Path patching to all of them is patching the sender outright."""
-    senders = [sender] if isinstance(sender, Site) else list(sender)
+    listed = [sender] if isinstance(sender, Site) else list(sender)
+    senders = Paths(
+        model, listed, [], require_receivers=False
+    ).senders  # checked, as path patches do
     dims = model.dims
     candidates: list[Receiver] = []
     for layer in range(dims.n_layers):
