@@ -25,6 +25,7 @@ import click
 import actpatch as ap
 from actpatch import atomic, experiment
 from actpatch.experiment import Experiment
+from actpatch.sites import parse_kind
 
 if TYPE_CHECKING:  # torch and transformers are imported by the commands that load a model, not here
     from actpatch.models.model import Model
@@ -54,6 +55,7 @@ BAD_INPUT_ERRORS = (
     ("actpatch.models.arch", "UnsupportedArchitecture"),
     ("actpatch.models.cache", "DefaultModelNotInstalled"),
     ("actpatch.bases.subspace", "BasisError"),
+    ("actpatch.bases.dictionary", "DictionaryError"),
 )
 
 
@@ -113,6 +115,7 @@ _KEYWORD_HINTS = (
     ),
     (re.compile(r"\bcheck_baseline=False\b"), "--no-check-baseline"),
     (re.compile(r"\bper_prompt=True\b"), "--per-prompt"),
+    (re.compile(r"\bpass layer= to pick one"), "give --layers N to pick one"),
     # `neurons=[...]` -> `--neurons`, `direction='noise'` -> `--direction noise`
     (
         re.compile(
@@ -217,6 +220,8 @@ OVERRIDES = {
     "layers": ("sweep", "layers"),
     "heads": ("sweep", "heads"),
     "neurons": ("sweep", "neurons"),
+    "dictionary": ("sweep", "dictionary"),
+    "latents": ("sweep", "latents"),
     "engine": ("sweep", "engine"),
     "ablation": ("sweep", "ablation"),
     "chunk": ("sweep", "chunk"),
@@ -241,7 +246,19 @@ _FLAG_OF = {
     for flag, (section, key) in OVERRIDES.items()
 }
 
-_PARSED = {"positions": positions, "layers": int_list, "heads": int_list, "neurons": int_list}
+
+def latents(text: str | None) -> str | list[int] | None:
+    """'active', 'all', or latent indices and ranges ('3,17,40-42')."""
+    return text if text in (None, "active", "all") else int_list(text)
+
+
+_PARSED = {
+    "positions": positions,
+    "layers": int_list,
+    "heads": int_list,
+    "neurons": int_list,
+    "latents": latents,
+}
 
 
 def experiment_options(
@@ -287,7 +304,8 @@ def experiment_options(
         click.option(
             "--site",
             default=None,
-            help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, mlp_in, head, q, k, v, pattern, neuron.",
+            help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, mlp_in, head, q, k, v, pattern, neuron; "
+            "feature, feature_error (with --dictionary).",
         ),
         click.option(
             "--direction",
@@ -302,6 +320,18 @@ def experiment_options(
         click.option("--heads", default=None, help="Heads (or KV heads) to sweep, e.g. 0-3."),
         click.option(
             "--neurons", default=None, help="Neurons to sweep (neuron sites need them), e.g. 0-99."
+        ),
+        click.option(
+            "--dictionary",
+            default=None,
+            metavar="PATH",
+            help="Feature sites: a dictionary folder (SAELens, sparsify, Gemma Scope 2, circuit-tracer), "
+            "or 'embedded' for the embedded model's SAE (docs/features.md).",
+        ),
+        click.option(
+            "--latents",
+            default=None,
+            help="Feature sites: active (non-zero in either run), all, or indices like 3,17,40-42.",
         ),
         click.option(
             "--ablation",
@@ -556,6 +586,49 @@ def refuse_overwrite(out: Path, names: list[str], overwrite: bool) -> None:
             f"{out / existing[0]} exists (an earlier run's output): add --overwrite to replace it, "
             "or choose another --out or --name"
         )
+
+
+def feature_options(
+    spec: Experiment, model: Model, pairs: PromptPairs | list[PromptPairs], *, every: bool = False
+) -> dict[str, Any]:
+    """`dictionary=` and `latents=` of a feature site ({} for other sites): --dictionary loaded onto
+    `model` and checked against it, and --latents as indices, so that the plan check sees them.
+    Without --latents: the active ones, or with `every` (attribution, which estimates them all from
+    one backward) every latent."""
+    from actpatch.bases.select import active_latents
+    from actpatch.experiment import EMBEDDED
+
+    s = spec.sweep
+    if s.dictionary is None:
+        return {}
+    if s.dictionary == EMBEDDED:
+        if spec.model.name is not None:
+            raise BadInput(
+                f"--dictionary {EMBEDDED} is the embedded SmolLM2's own SAE: leave out --model, or "
+                "give a dictionary folder made for this model"
+            )
+        dictionary = ap.embedded_dictionary(model)
+    else:
+        from actpatch.bases.formats import circuit_tracer
+
+        one_layer = s.layers[0] if s.layers and len(s.layers) == 1 else None
+        pick = one_layer if circuit_tracer.matches(Path(s.dictionary)) else None
+        with validating():
+            dictionary = ap.load_dictionary(s.dictionary, model, layer=pick)
+    if parse_kind(s.site)[0] != "feature":
+        return {"dictionary": dictionary}
+    chosen = s.latents or ("all" if every else "active")
+    if chosen == "active":
+        with validating():
+            latents = active_latents(model, pairs, dictionary, s.positions)
+        if not latents:
+            raise BadInput(
+                f"no latent of {dictionary.name} is active at the swept positions of these prompts: "
+                "give --latents, or other --positions"
+            )
+    else:
+        latents = list(range(dictionary.n_latents)) if chosen == "all" else chosen
+    return {"dictionary": dictionary, "latents": latents}
 
 
 def single(pairs: PromptPairs | list[PromptPairs], analysis: str) -> PromptPairs:
