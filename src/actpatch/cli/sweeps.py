@@ -19,6 +19,7 @@ from actpatch.cli.common import (
     echo_unless,
     experiment_options,
     fail,
+    feature_options,
     first_line,
     load,
     log_into,
@@ -119,6 +120,7 @@ def sweep(
         ray_address=ray_address,
     )
     result.attrs.update(provenance(model, spec))
+    record_activations(result, model, pairs, options.get("dictionary"))
     if not quiet:
         for text in tables(result):
             click.echo(text)
@@ -135,6 +137,7 @@ def sweep_options(
     from actpatch.engine.spec import SweepSpec
 
     s = spec.sweep
+    features = feature_options(spec, model, pairs)
     options = dict(
         direction=s.directions,
         layers=s.layers,
@@ -147,6 +150,7 @@ def sweep_options(
         memory_budget=s.memory_budget,
         ablation=s.ablation,
         check_baseline=s.check_baseline,
+        **features,
     )
     directions = [s.directions] if isinstance(s.directions, str) else s.directions
     with validating():
@@ -163,9 +167,30 @@ def sweep_options(
                         heads=s.heads,
                         neurons=s.neurons,
                         ablation=s.ablation,
+                        **features,
                     ),
                 )
     return options
+
+
+def record_activations(
+    result: xr.DataArray, model: Model, pairs: PromptPairs | list[PromptPairs], dictionary: Any
+) -> None:
+    """Put the strongest latents' activations on the prompts' tokens into a feature result, for its
+    report: one capture of each run."""
+    from actpatch.bases.on_prompts import latent_activations
+    from actpatch.report.features import directions, is_feature_result, top_latents
+
+    if dictionary is None or not is_feature_result(result):
+        return
+    strongest = {
+        int(latent)
+        for direction, part in directions(result)
+        for latent in top_latents(part, direction=direction)["latent"]
+    }
+    result.attrs["latent_activations"] = latent_activations(
+        model, pairs, dictionary, sorted(strongest)
+    )
 
 
 def write_outputs(
@@ -198,8 +223,11 @@ def title(spec: Experiment, result: xr.DataArray) -> str:
 
 def tables(result: xr.DataArray) -> list[str]:
     """Terminal tables: a layer grid where the result is one, else its strongest patches; per direction."""
-    from actpatch.report.table import layer_table, strongest_table
+    from actpatch.report.features import is_feature_result
+    from actpatch.report.table import latent_table, layer_table, strongest_table
 
+    if is_feature_result(result):  # hundreds of latents: the strongest, not a grid
+        return [latent_table(result)]
     parts = (
         [result.sel(direction=d).assign_attrs(direction=str(d)) for d in result["direction"].values]
         if "direction" in result.dims
