@@ -223,8 +223,9 @@ class SweepSection(_Section):
         feature = parse_kind(self.site)[0] in FEATURE_KINDS
         if feature and self.dictionary is None:
             raise ValueError(
-                f"sweep.site = {self.site!r} patches a dictionary's latents or error node: set "
-                f'sweep.dictionary to its folder (or "{EMBEDDED}" on the embedded model)'
+                f"missing key 'sweep.dictionary': site = {self.site!r} patches a dictionary's "
+                f'latents or error node; set it to the dictionary\'s folder (or "{EMBEDDED}" on the '
+                "embedded model)"
             )
         if not feature and self.dictionary is not None:
             raise ValueError(

@@ -268,6 +268,7 @@ table.nested { margin: 0; }
 td.ok { color: #1a7f37; } td.failed { color: #b42318; font-weight: bold; }
 p.missing, p.note { color: #555; font-style: italic; }
 span.tokens { white-space: pre; font-family: ui-monospace, monospace; }
+table.latents td.contexts { text-align: left; }
 """
 
 
