@@ -37,17 +37,21 @@ def tiny(tiny_folder, tmp_path_factory):
     return model, pairs, folder
 
 
+def features(command, tiny_folder, out, folder, *extra):
+    """`actpatch COMMAND --site feature --dictionary FOLDER ...` on the tiny IOI task."""
+    return run_tiny_ioi(
+        (command,), tiny_folder, out, "--site", "feature", "--dictionary", folder, *extra
+    )
+
+
 def test_a_feature_sweep_prints_its_top_latents_and_saves_what_the_library_computes(
     tiny, tiny_folder, tmp_path
 ):
     model, pairs, folder = tiny
-    result = run_tiny_ioi(
-        ("sweep",),
+    result = features(
+        "sweep",
         tiny_folder,
         tmp_path,
-        "--site",
-        "feature",
-        "--dictionary",
         folder,
         "--positions",
         "S2,END",
@@ -89,13 +93,10 @@ def test_a_feature_sweep_prints_its_top_latents_and_saves_what_the_library_compu
 
 def test_feature_sweeps_take_listed_latents_and_the_error_node(tiny, tiny_folder, tmp_path):
     _, _, folder = tiny
-    listed = run_tiny_ioi(
-        ("sweep",),
+    listed = features(
+        "sweep",
         tiny_folder,
         tmp_path / "listed",
-        "--site",
-        "feature",
-        "--dictionary",
         folder,
         "--latents",
         "1,3-4",
@@ -126,13 +127,10 @@ def test_attribute_estimates_every_latent_and_error_node_which_add_up_to_the_pla
     tiny, tiny_folder, tmp_path
 ):
     model, pairs, folder = tiny
-    result = run_tiny_ioi(
-        ("attribute",),
+    result = features(
+        "attribute",
         tiny_folder,
         tmp_path,
-        "--site",
-        "feature",
-        "--dictionary",
         folder,
         "--verify",
         "3",
@@ -232,9 +230,7 @@ def test_a_dictionary_of_another_width_is_refused_with_the_fix(tiny, tiny_folder
         b_dec=torch.zeros(32),
     )
     folder = save_saelens(wider, tmp_path / "wide", hook_name="blocks.1.hook_resid_post")
-    result = run_tiny_ioi(
-        ("attribute",), tiny_folder, tmp_path / "out", "--site", "feature", "--dictionary", folder
-    )
+    result = features("attribute", tiny_folder, tmp_path / "out", folder)
     assert result.exit_code == 2, result.output
     assert re.search(
         r"32-wide activations, but .* 16 wide \(d_model\).*load a dictionary made for this one",

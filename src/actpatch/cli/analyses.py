@@ -24,6 +24,7 @@ from actpatch.cli.common import (
     provenance,
     refuse_overwrite,
     single,
+    site_choice,
     stem,
     validating,
 )
@@ -107,16 +108,7 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
         the_plan = plan(
             model,
             pairs,
-            SweepSpec(
-                s.site,
-                direction=direction,
-                layers=s.layers,
-                positions=s.positions,
-                heads=s.heads,
-                neurons=s.neurons,
-                ablation=s.ablation,
-                **features,
-            ),
+            SweepSpec(s.site, direction=direction, **site_choice(spec), **features),
         )
     if s.ablation is not None and (
         a.method == "ig" or (a.method == "atp*" and the_plan.kind in ("q", "k"))
@@ -141,15 +133,11 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
             direction=direction,
             method=a.method,
             steps=a.steps,
-            layers=s.layers,
-            positions=s.positions,
-            heads=s.heads,
-            neurons=s.neurons,
             graddrop=a.graddrop,
-            ablation=s.ablation,
             check_baseline=s.check_baseline,
             progress=progress(quiet),
             per_prompt=s.ci is not None,
+            **site_choice(spec),
             **chosen,
         )
         # The rows for verify's interval, the intervals for the saved estimate: one backward.

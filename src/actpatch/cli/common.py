@@ -588,6 +588,18 @@ def refuse_overwrite(out: Path, names: list[str], overwrite: bool) -> None:
         )
 
 
+def site_choice(spec: Experiment) -> dict[str, Any]:
+    """[sweep]'s choice of sites and of their source, as the library's keywords."""
+    s = spec.sweep
+    return dict(
+        layers=s.layers,
+        positions=s.positions,
+        heads=s.heads,
+        neurons=s.neurons,
+        ablation=s.ablation,
+    )
+
+
 def feature_options(
     spec: Experiment, model: Model, pairs: PromptPairs | list[PromptPairs], *, every: bool = False
 ) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from actpatch.cli.common import (
     progress,
     provenance,
     refuse_overwrite,
+    site_choice,
     stem,
     validating,
 )
@@ -140,16 +141,12 @@ def sweep_options(
     features = feature_options(spec, model, pairs)
     options = dict(
         direction=s.directions,
-        layers=s.layers,
-        positions=s.positions,
-        heads=s.heads,
-        neurons=s.neurons,
         per_prompt=s.per_prompt,
         engine=s.engine,
         chunk=s.chunk,
         memory_budget=s.memory_budget,
-        ablation=s.ablation,
         check_baseline=s.check_baseline,
+        **site_choice(spec),
         **features,
     )
     directions = [s.directions] if isinstance(s.directions, str) else s.directions
@@ -159,16 +156,7 @@ def sweep_options(
                 plan(
                     model,
                     group,
-                    SweepSpec(
-                        s.site,
-                        direction=direction,
-                        layers=s.layers,
-                        positions=s.positions,
-                        heads=s.heads,
-                        neurons=s.neurons,
-                        ablation=s.ablation,
-                        **features,
-                    ),
+                    SweepSpec(s.site, direction=direction, **site_choice(spec), **features),
                 )
     return options
 
