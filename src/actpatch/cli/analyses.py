@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # --help must not wait for pandas and xarray
 
 
 @click.command()
-@experiment_options(analysis=True, intervals=True)
+@experiment_options(analysis=True, intervals=True, features=True)
 @click.option(
     "--method",
     type=click.Choice(["atp", "atp*", "ig"]),

@@ -262,9 +262,14 @@ _PARSED = {
 
 
 def experiment_options(
-    *, analysis: bool = False, circuit: bool = False, intervals: bool = False
+    *,
+    analysis: bool = False,
+    circuit: bool = False,
+    intervals: bool = False,
+    features: bool = False,
 ) -> Callable:
-    """The flags that describe an experiment; each overrides its key in --config."""
+    """The flags that describe an experiment; each overrides its key in --config. `features`: the
+    flags of feature sites, --dictionary and --latents."""
     options = [
         click.option(
             "--config",
@@ -320,18 +325,6 @@ def experiment_options(
         click.option("--heads", default=None, help="Heads (or KV heads) to sweep, e.g. 0-3."),
         click.option(
             "--neurons", default=None, help="Neurons to sweep (neuron sites need them), e.g. 0-99."
-        ),
-        click.option(
-            "--dictionary",
-            default=None,
-            metavar="PATH",
-            help="Feature sites: a dictionary folder (SAELens, sparsify, Gemma Scope 2, circuit-tracer), "
-            "or 'embedded' for the embedded model's SAE (docs/features.md).",
-        ),
-        click.option(
-            "--latents",
-            default=None,
-            help="Feature sites: active (non-zero in either run), all, or indices like 3,17,40-42.",
         ),
         click.option(
             "--ablation",
@@ -409,6 +402,21 @@ def experiment_options(
                 type=float,
                 default=None,
                 help="Minimality: a member whose removal costs less is a passenger (default 0.02).",
+            ),
+        ]
+    if features:
+        options += [
+            click.option(
+                "--dictionary",
+                default=None,
+                metavar="PATH",
+                help="Feature sites: a dictionary folder (SAELens, sparsify, Gemma Scope 2, "
+                "circuit-tracer), or 'embedded' for the embedded model's SAE (docs/features.md).",
+            ),
+            click.option(
+                "--latents",
+                default=None,
+                help="Feature sites: active (non-zero in either run), all, or indices like 3,17,40-42.",
             ),
         ]
     if intervals:
@@ -608,25 +616,12 @@ def feature_options(
     Without --latents: the active ones, or with `every` (attribution, which estimates them all from
     one backward) every latent."""
     from actpatch.bases.select import active_latents
-    from actpatch.experiment import EMBEDDED
 
     s = spec.sweep
     if s.dictionary is None:
         return {}
-    if s.dictionary == EMBEDDED:
-        if spec.model.name is not None:
-            raise BadInput(
-                f"--dictionary {EMBEDDED} is the embedded SmolLM2's own SAE: leave out --model, or "
-                "give a dictionary folder made for this model"
-            )
-        dictionary = ap.embedded_dictionary(model)
-    else:
-        from actpatch.bases.formats import circuit_tracer
-
-        one_layer = s.layers[0] if s.layers and len(s.layers) == 1 else None
-        pick = one_layer if circuit_tracer.matches(Path(s.dictionary)) else None
-        with validating():
-            dictionary = ap.load_dictionary(s.dictionary, model, layer=pick)
+    one_layer = s.layers[0] if s.layers and len(s.layers) == 1 else None
+    dictionary = dictionary_from_flag(s.dictionary, model, spec, layer=one_layer)
     if parse_kind(s.site)[0] != "feature":
         return {"dictionary": dictionary}
     chosen = s.latents or ("all" if every else "active")
@@ -641,6 +636,26 @@ def feature_options(
     else:
         latents = list(range(dictionary.n_latents)) if chosen == "all" else chosen
     return {"dictionary": dictionary, "latents": latents}
+
+
+def dictionary_from_flag(
+    given: str, model: Model, spec: Experiment, *, layer: int | None = None
+) -> Any:
+    """One --dictionary: a folder on disk placed on `model` and checked against it (`layer` picks
+    one transcoder of a circuit-tracer set), or `embedded`, the embedded model's own SAE."""
+    from actpatch.bases.formats import circuit_tracer
+    from actpatch.experiment import EMBEDDED
+
+    if given == EMBEDDED:
+        if spec.model.name is not None:
+            raise BadInput(
+                f"--dictionary {EMBEDDED} is the embedded SmolLM2's own SAE: leave out --model, or "
+                "give a dictionary folder made for this model"
+            )
+        return ap.embedded_dictionary(model)
+    with validating():
+        pick = layer if circuit_tracer.matches(Path(given)) else None
+        return ap.load_dictionary(given, model, layer=pick)
 
 
 def single(pairs: PromptPairs | list[PromptPairs], analysis: str) -> PromptPairs:

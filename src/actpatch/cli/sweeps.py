@@ -46,7 +46,7 @@ CHECKPOINT = (
 
 
 @click.command()
-@experiment_options(intervals=True)
+@experiment_options(intervals=True, features=True)
 @click.option(
     "--resume",
     is_flag=True,
