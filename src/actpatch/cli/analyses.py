@@ -16,6 +16,7 @@ from actpatch.cli.common import (
     describe,
     echo_unless,
     experiment_options,
+    feature_options,
     load,
     log_into,
     one_direction,
@@ -23,10 +24,18 @@ from actpatch.cli.common import (
     provenance,
     refuse_overwrite,
     single,
+    site_choice,
     stem,
     validating,
 )
-from actpatch.cli.sweeps import checkpoint_folder, sweep_options, tables, title, write_outputs
+from actpatch.cli.sweeps import (
+    checkpoint_folder,
+    record_activations,
+    sweep_options,
+    tables,
+    title,
+    write_outputs,
+)
 from actpatch.sites import parse_kind
 
 if TYPE_CHECKING:  # --help must not wait for pandas and xarray
@@ -35,7 +44,7 @@ if TYPE_CHECKING:  # --help must not wait for pandas and xarray
 
 
 @click.command()
-@experiment_options(analysis=True, intervals=True)
+@experiment_options(analysis=True, intervals=True, features=True)
 @click.option(
     "--method",
     type=click.Choice(["atp", "atp*", "ig"]),
@@ -63,6 +72,7 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     actpatch attribute --task ioi --site k --positions S2,END --method 'atp*' --verify 10
     actpatch attribute --config examples/attribute_ioi_heads.toml
     actpatch attribute --task ioi --site head --prompts 16 --verify 10 --ci 0.95
+    actpatch attribute --task ioi --site feature --dictionary embedded --positions S2,END --verify 10
 
     Attribution patching (AtP: effect ≈ (source − target) · gradient) is cheap and wrong in known
     ways (saturated attention, cancelling paths): never read it without --verify, which patches the
@@ -70,7 +80,9 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     misestimates. Writes the estimate (.nc), the verification (.csv) and a report into --out; an
     earlier run's are refused unless --overwrite. --ci 0.95 puts bootstrap intervals over prompts
     on the estimates and on the verification's rank correlation, from the same backward pass and
-    exact patches (not with --graddrop)."""
+    exact patches (not with --graddrop). --site feature with --dictionary estimates every latent
+    (or --latents) and, from the same passes, every error node: the error nodes' estimate is
+    written beside the latents' (NAME_error.nc)."""
     from actpatch.engine.plan import plan
     from actpatch.engine.spec import SweepSpec
 
@@ -84,24 +96,19 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
             "[sweep] engine, chunk and per_prompt do not apply to attribute; remove them"
         )
     name = stem(spec, a.method.replace("*", "star"))
-    refuse_overwrite(out, [f"{name}.nc", f"{name}_verify.csv", f"{name}.html"], overwrite)
+    refuse_overwrite(
+        out, [f"{name}{end}" for end in (".nc", "_error.nc", "_verify.csv", ".html")], overwrite
+    )
     model, pairs = load(spec, quiet=quiet)
     pairs = single(pairs, "attribute")
     direction = one_direction(spec, "attribute")
     echo(describe(model, pairs, spec))
+    features = feature_options(spec, model, pairs, every=True)
     with validating():
         the_plan = plan(
             model,
             pairs,
-            SweepSpec(
-                s.site,
-                direction=direction,
-                layers=s.layers,
-                positions=s.positions,
-                heads=s.heads,
-                neurons=s.neurons,
-                ablation=s.ablation,
-            ),
+            SweepSpec(s.site, direction=direction, **site_choice(spec), **features),
         )
     if s.ablation is not None and (
         a.method == "ig" or (a.method == "atp*" and the_plan.kind in ("q", "k"))
@@ -114,35 +121,45 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
         raise BadInput(
             "--ci and --graddrop: GradDrop's magnitude is not a mean over prompts and has no interval; drop one"
         )
-    estimate = ap.attribute(
-        model,
-        pairs,
-        s.site,
-        direction=direction,
-        method=a.method,
-        steps=a.steps,
-        layers=s.layers,
-        positions=s.positions,
-        heads=s.heads,
-        neurons=s.neurons,
-        graddrop=a.graddrop,
-        ablation=s.ablation,
-        check_baseline=s.check_baseline,
-        progress=progress(quiet),
-        per_prompt=s.ci is not None,
-    )
-    rows = estimate
-    if (
-        s.ci is not None
-    ):  # the rows for verify's interval, the intervals for the saved estimate: one backward
+
+    def estimated(site: str, **chosen: Any) -> tuple[xr.DataArray, xr.DataArray]:
+        """(the per-prompt rows, or the estimate; the estimate, with intervals under --ci)."""
         from actpatch.engine.attribution import intervals_of
 
-        estimate = intervals_of(rows, ci=s.ci, n_boot=s.n_boot, seed=s.boot_seed)
-    estimate.attrs.update(provenance(model, spec))
+        rows = ap.attribute(
+            model,
+            pairs,
+            site,
+            direction=direction,
+            method=a.method,
+            steps=a.steps,
+            graddrop=a.graddrop,
+            check_baseline=s.check_baseline,
+            progress=progress(quiet),
+            per_prompt=s.ci is not None,
+            **site_choice(spec),
+            **chosen,
+        )
+        # The rows for verify's interval, the intervals for the saved estimate: one backward.
+        found = (
+            rows if s.ci is None else intervals_of(rows, ci=s.ci, n_boot=s.n_boot, seed=s.boot_seed)
+        )
+        found.attrs.update(provenance(model, spec))
+        return rows, found
+
+    rows, estimate = estimated(s.site, **features)
+    record_activations(estimate, model, pairs, features.get("dictionary"))
     sections: dict[str, Any] = {f"{title(spec, estimate)}: {a.method} estimate": estimate}
+    extra = {}
+    if "latents" in features:  # every error node too, beside the latents
+        errors = estimated("feature_error", dictionary=features["dictionary"])[1]
+        extra[f"{name}_error"] = errors
+        sections[f"{title(spec, errors)}: error nodes, {a.method} estimate"] = errors
     if not quiet:
-        for text in tables(estimate):
+        for text in tables(estimate) + [t for e in extra.values() for t in tables(e)]:
             click.echo(text)
+        if extra:
+            click.echo(error_share(estimate, errors))
     if a.verify:
         bootstrapped = {} if s.ci is None else dict(ci=s.ci, n_boot=s.n_boot, boot_seed=s.boot_seed)
         checked = ap.verify(
@@ -153,6 +170,7 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
             sample=a.sample,
             seed=spec.task.seed,
             progress=progress(quiet),
+            dictionary=features.get("dictionary"),
             **bootstrapped,
         )
         estimate.attrs["verification"] = {
@@ -178,7 +196,28 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
             + f", top-{checked.top_k} recall {checked.top_k_recall:.2f} over "
             f"{len(checked.table)} sites patched exactly (the top {checked.top_k} estimates and a random sample).",
         )
-    write_outputs(spec, sections, name, estimate)
+    write_outputs(spec, sections, name, estimate, extra=extra)
+
+
+def error_share(
+    latents: xr.DataArray, errors: xr.DataArray, metric: str = "norm_logit_diff"
+) -> str:
+    """One line: the latents' and the error nodes' estimated effects, each summed over every
+    position. AtP is additive, so together they are the whole site's estimate."""
+    from actpatch.results import effects
+
+    def total(estimate: xr.DataArray) -> float:
+        values = estimate.sel(metric=metric)
+        values = values.sel(stat="value") if "stat" in values.dims else values
+        return float(effects(estimate.attrs, values.values, metric).sum())
+
+    about = latents.attrs["dictionary"]
+    every = latents.sizes["latent"] == about["n_latents"]
+    return (
+        f"estimated effect on {metric}, summed over positions: {'' if every else 'these '}latents "
+        f"{total(latents):+.3f}, error nodes {total(errors):+.3f}"
+        + (f" (together, the estimate of patching {about['writes']} whole)" if every else "")
+    )
 
 
 @click.command()

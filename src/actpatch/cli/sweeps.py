@@ -19,12 +19,14 @@ from actpatch.cli.common import (
     echo_unless,
     experiment_options,
     fail,
+    feature_options,
     first_line,
     load,
     log_into,
     progress,
     provenance,
     refuse_overwrite,
+    site_choice,
     stem,
     validating,
 )
@@ -44,7 +46,7 @@ CHECKPOINT = (
 
 
 @click.command()
-@experiment_options(intervals=True)
+@experiment_options(intervals=True, features=True)
 @click.option(
     "--resume",
     is_flag=True,
@@ -119,6 +121,7 @@ def sweep(
         ray_address=ray_address,
     )
     result.attrs.update(provenance(model, spec))
+    record_activations(result, model, pairs, options.get("dictionary"))
     if not quiet:
         for text in tables(result):
             click.echo(text)
@@ -135,18 +138,16 @@ def sweep_options(
     from actpatch.engine.spec import SweepSpec
 
     s = spec.sweep
+    features = feature_options(spec, model, pairs)
     options = dict(
         direction=s.directions,
-        layers=s.layers,
-        positions=s.positions,
-        heads=s.heads,
-        neurons=s.neurons,
         per_prompt=s.per_prompt,
         engine=s.engine,
         chunk=s.chunk,
         memory_budget=s.memory_budget,
-        ablation=s.ablation,
         check_baseline=s.check_baseline,
+        **site_choice(spec),
+        **features,
     )
     directions = [s.directions] if isinstance(s.directions, str) else s.directions
     with validating():
@@ -155,17 +156,29 @@ def sweep_options(
                 plan(
                     model,
                     group,
-                    SweepSpec(
-                        s.site,
-                        direction=direction,
-                        layers=s.layers,
-                        positions=s.positions,
-                        heads=s.heads,
-                        neurons=s.neurons,
-                        ablation=s.ablation,
-                    ),
+                    SweepSpec(s.site, direction=direction, **site_choice(spec), **features),
                 )
     return options
+
+
+def record_activations(
+    result: xr.DataArray, model: Model, pairs: PromptPairs | list[PromptPairs], dictionary: Any
+) -> None:
+    """Put the strongest latents' activations on the prompts' tokens into a feature result, for its
+    report: one capture of each run."""
+    from actpatch.bases.on_prompts import latent_activations
+    from actpatch.report.features import directions, is_feature_result, top_latents
+
+    if dictionary is None or not is_feature_result(result):
+        return
+    strongest = {
+        int(latent)
+        for direction, part in directions(result)
+        for latent in top_latents(part, direction=direction)["latent"]
+    }
+    result.attrs["latent_activations"] = latent_activations(
+        model, pairs, dictionary, sorted(strongest)
+    )
 
 
 def write_outputs(
@@ -198,8 +211,11 @@ def title(spec: Experiment, result: xr.DataArray) -> str:
 
 def tables(result: xr.DataArray) -> list[str]:
     """Terminal tables: a layer grid where the result is one, else its strongest patches; per direction."""
-    from actpatch.report.table import layer_table, strongest_table
+    from actpatch.report.features import is_feature_result
+    from actpatch.report.table import latent_table, layer_table, strongest_table
 
+    if is_feature_result(result):  # hundreds of latents: the strongest, not a grid
+        return [latent_table(result)]
     parts = (
         [result.sel(direction=d).assign_attrs(direction=str(d)) for d in result["direction"].values]
         if "direction" in result.dims

@@ -139,6 +139,10 @@ def attribute(
             f"method={method!r} needs a source run (to interpolate inputs, or to recompute softmaxes from its "
             f"q and k); ablation={ablation!r} has none: use method='atp'"
         )
+    if dictionary is not None:
+        from actpatch.bases.on_prompts import check_reconstruction
+
+        check_reconstruction(model, pairs, dictionary, positions)  # warns if error nodes dominate
     checked = collect.baseline(model, pairs, check=check_baseline)
     alphas = [0.0] if method != "ig" else [i / steps for i in range(steps)]
     qk_fix = method == "atp*" and the_plan.kind in ("q", "k")

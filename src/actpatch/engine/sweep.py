@@ -128,6 +128,10 @@ def sweep(
         from actpatch.bases.select import active_latents  # two forwards: only for feature sweeps
 
         latents = active_latents(model, pairs, dictionary, positions)
+    if dictionary is not None:
+        from actpatch.bases.on_prompts import check_reconstruction
+
+        check_reconstruction(model, pairs, dictionary, positions)  # warns if error nodes dominate
     spec = SweepSpec(
         site,
         directions[0],
