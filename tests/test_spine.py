@@ -118,7 +118,7 @@ def test_sites_read_back_from_a_result_patch_the_same_cells(tiny):
     ).size
     values = ap.capture(model, pairs.clean_run, sites[:2])
     for site, value in values.items():
-        with ap.patch(model, {site: value}, positions=pairs.positions):
+        with ap.patch(model, {site: value}, named_positions=pairs.positions):
             logits = model.last_logits(pairs.corrupt_run)
         got = float(
             (logits[torch.arange(3), pairs.answers] - logits[torch.arange(3), pairs.wrong])

@@ -87,7 +87,7 @@ def patch_paths(
         logits = target.logits(sender_values, paths)
         self_checks = _noop_check(model, target, senders[0], paths, base, direction)
     values = metrics.averaged(logits, base)
-    result = xr.DataArray(
+    result = results.Result(
         [values[m] for m in metrics.METRICS],
         dims=["metric"],
         coords={"metric": list(metrics.METRICS)},
@@ -354,9 +354,9 @@ class Target:
         self.base = dict(base or {})
         with (
             forward_inputs(model, run) as tokens,
-            hooks.patch(model, self.base, positions=positions),
+            hooks.patch(model, self.base, named_positions=positions),
         ):
-            self.values = hooks.capture(model, tokens, list(sites), positions=positions)
+            self.values = hooks.capture(model, tokens, list(sites), named_positions=positions)
 
     def logits(self, sender_values: Mapping[Site, Tensor], paths: Paths) -> Tensor:
         """Final-position logits of the path patch. `sender_values[s]` is the source run's value of
@@ -379,20 +379,20 @@ class Target:
             }  # recorded MLPs run live
             with (
                 forward_inputs(self.model, self.run) as tokens,
-                hooks.patch(self.model, {**patches, **self.base}, positions=self.positions),
+                hooks.patch(self.model, {**patches, **self.base}, named_positions=self.positions),
             ):
                 if stage == 2 * self.model.dims.n_layers:
                     final = hooks.last_logits(self.model, tokens)
                 else:
                     recorded.update(
-                        hooks.capture(self.model, tokens, recording, positions=self.positions)
+                        hooks.capture(self.model, tokens, recording, named_positions=self.positions)
                     )
         if final is not None:
             return final
         patches = {s: self._received(s, paths, recorded) for s in paths.inputs}
         with (
             forward_inputs(self.model, self.run) as tokens,
-            hooks.patch(self.model, {**patches, **self.base}, positions=self.positions),
+            hooks.patch(self.model, {**patches, **self.base}, named_positions=self.positions),
         ):
             return hooks.last_logits(self.model, tokens)
 
