@@ -95,15 +95,15 @@ def old_keywords(*names: str) -> Callable[[F], F]:
             if not old:
                 return function(*args, **keywords)
             given = ", ".join(f"{name}=" for name in old)
-            deprecation.warn(
-                f"{function.__name__}({given})",
-                "ci=actpatch.Bootstrap(level, n_boot=..., seed=...), one value for the intervals",
-            )
             bound = signature.bind_partial(*args, **keywords)
             if isinstance(bound.arguments.get("ci"), Bootstrap):
                 raise TypeError(
                     f"{function.__name__}() got {given} beside ci=Bootstrap(...): pass them inside it"
                 )
+            deprecation.warn(
+                f"{function.__name__}({given})",
+                "ci=actpatch.Bootstrap(level, n_boot=..., seed=...), one value for the intervals",
+            )
             ci = Bootstrap.of(bound.arguments.get("ci", signature.parameters["ci"].default))
             if ci is not None:  # without intervals the old keywords did nothing either
                 changes = {field[name]: value for name, value in old.items()}

@@ -93,7 +93,7 @@ def compare(
     if 2 / (n_boot + 1) > fdr / cells:
         warnings.warn(
             f"with n_boot={n_boot} no p-value is below {2 / (n_boot + 1):.2g}, and a lone difference among "
-            f"{cells} sites needs p ≤ {fdr / cells:.2g} to be flagged; use ci=Bootstrap(n_boot=…) with n_boot ≥ {int(np.ceil(2 * cells / fdr))}",
+            f"{cells} sites needs p ≤ {fdr / cells:.2g} to be flagged; use n_boot ≥ {int(np.ceil(2 * cells / fdr))}",
             stacklevel=2,
         )
     table = bootstrap.cell_table(layout_a)
