@@ -111,8 +111,11 @@ def test_every_ci_takes_a_level_or_a_bootstrap_and_none_means_no_interval():
         assert ci.default is None or ci.default == ap.Bootstrap(), where  # one set of defaults
 
 
-def test_every_circuit_analysis_takes_check_baseline():
+def test_every_analysis_that_measures_a_baseline_takes_check_baseline():
     for where in (
+        "actpatch.sweep",  # through SweepOptions
+        "actpatch.patch_paths",
+        "actpatch.sweep_paths",
         "actpatch.evaluate_circuit",
         "actpatch.pareto_frontier",
         "actpatch.minimality",
@@ -121,7 +124,23 @@ def test_every_circuit_analysis_takes_check_baseline():
         "actpatch.graph.evaluate",
         "actpatch.graph.edge_scores",
     ):
-        assert _parameters(PUBLIC[where])["check_baseline"].default is True, where
+        parameters = _parameters(PUBLIC[where])
+        if "check_baseline" not in parameters:  # gathered in an options value
+            parameters = _parameters(ap.SweepOptions)
+        assert parameters["check_baseline"].default is True, where
+
+
+def test_path_patching_takes_check_baseline_as_sweeps_do(task):
+    model, pairs = task
+    flipped = ap.PromptPairs(pairs.clean, pairs.corrupt, pairs.wrong, pairs.answers)
+    sender, receivers = ap.Site("head", 0, head=1), ["logits"]
+    with pytest.raises(ap.BaselineError, match=r"check_baseline=False"):
+        ap.patch_paths(model, flipped, sender, receivers)
+    unchecked = ap.patch_paths(model, flipped, sender, receivers, check_baseline=False)
+    solved = ap.patch_paths(model, pairs, sender, receivers)
+    np.testing.assert_allclose(
+        unchecked.sel(metric="logit_diff"), -solved.sel(metric="logit_diff"), atol=1e-9
+    )
 
 
 # --- the old spellings: they warn, and give the same numbers --------------------------------------

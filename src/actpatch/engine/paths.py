@@ -57,11 +57,12 @@ def patch_paths(
     receivers: Sequence[Receiver],
     *,
     direction: Direction = "denoise",
+    check_baseline: bool = True,
 ) -> xr.DataArray:
     """Every metric after patching `sender` (source values) along its paths to `receivers` only.
 
     `direction="denoise"` writes the clean run's sender into the corrupt run; `"noise"` the
-    reverse. Several senders are patched together. `ap.all_receivers(model, sender)` lists every
+    reverse. Several senders are patched together. `check_baseline` as in `sweep`. `ap.all_receivers(model, sender)` lists every
     receiver downstream: with all of them this equals patching the sender's output outright;
     `["logits"]` alone is its direct effect. The result is a `metric` vector with the senders and
     receivers in its attributes.
@@ -81,7 +82,7 @@ def patch_paths(
         )
     source = sources.captured(model, source_run, [_whole(s) for s in senders])
     sender_values = {s: source[_whole(s)] for s in senders}
-    base = collect.baseline(model, pairs)
+    base = collect.baseline(model, pairs, check=check_baseline)
     with torch.no_grad():
         target = Target(model, target_run, pairs.positions, paths.needed_target_sites())
         logits = target.logits(sender_values, paths)
@@ -123,6 +124,7 @@ def sweep_paths(
     heads: Sequence[int] | None = None,
     positions: Positions = "all",
     progress: bool | None = None,
+    check_baseline: bool = True,
 ) -> xr.DataArray:
     """`patch_paths` for every sender of a sweep grid, one at a time: a labelled `metric × layer ×
     [head] × [pos]` result, laid out like `ap.sweep`'s.
@@ -143,7 +145,7 @@ def sweep_paths(
     source = sources.captured(
         model, the_plan.source, sorted({_whole(s) for s in the_plan.sites}, key=_order)
     )
-    base = collect.baseline(model, pairs)
+    base = collect.baseline(model, pairs, check=check_baseline)
     rows = []
     self_checks: dict[str, float] = {}
     with torch.no_grad():
