@@ -52,7 +52,7 @@ def keywords_renamed(
 
 
 def renamed_value(parameter: str, value: Any, new_values: Mapping[Any, Any], caller: str) -> Any:
-    """`value`, or its new spelling if it is an old one (`engine="fast"` → `"batched"`), with a warning."""
+    """`value`, or its new spelling if it is an old one (`engine="fast"` → `"batched"`), warning."""
     if isinstance(value, str) and value in new_values:
         new = new_values[value]
         warn(f"{caller}({parameter}={value!r})", f"{parameter}={new!r}, the same", stacklevel=4)

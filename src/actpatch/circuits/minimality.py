@@ -37,18 +37,18 @@ def minimality(
     `passenger` where the drop is below `threshold` (in units of `metric`; for the normalised
     logit difference, 0.02 is 2% of the clean−corrupt gap).
 
-    The drop is measured as the circuit is judged: for a denoised circuit, performance lost when
-    the member is ablated too; for a noised one, loss no longer caused when the member is spared.
-    A negative drop marks a member that works against the answer. `components` and `ablation` as
-    in `evaluate_circuit`, and `check_baseline`; the table's `attrs` hold the full circuit's score and the threshold.
-    One forward per member.
+    The drop is measured as the circuit is judged: for a denoised circuit, performance lost when the
+    member is ablated too; for a noised one, loss no longer caused when the member is spared. A
+    negative drop marks a member that works against the answer. `components` and `ablation` as in
+    `evaluate_circuit`, and `check_baseline`; the table's `attrs` hold the full circuit's score and
+    the threshold. One forward per member.
 
     `ci=0.95` asks whether each drop is distinguishable from 0 on these prompts: `drop_lo` and
-    `drop_hi` bound it over resamples of the prompts (a level or an `actpatch.Bootstrap`) (the full circuit and the circuit
-    without the member on the same resamples, so the drop is paired), and `drop_excludes_0` marks a
-    member whose interval does not hold 0. A member with a drop over `threshold` whose interval holds
-    0 is not shown to be needed; one under it whose interval excludes 0 does something, if little.
-    No extra forward: the same runs' per-prompt rows."""
+    `drop_hi` bound it over resamples of the prompts (a level or an `actpatch.Bootstrap`) (the full
+    circuit and the circuit without the member on the same resamples, so the drop is paired), and
+    `drop_excludes_0` marks a member whose interval does not hold 0. A member with a drop over
+    `threshold` whose interval holds 0 is not shown to be needed; one under it whose interval
+    excludes 0 does something, if little. No extra forward: the same runs' per-prompt rows."""
     ci = bootstrap.Bootstrap.of(ci)
     check_metric(metric)
     members = checked(model, [Site.parse(s) if isinstance(s, str) else s for s in circuit])

@@ -34,11 +34,12 @@ def sensitivity_report(
     noising), each corruption on its own clean−corrupt scale, so 0.1 is a tenth of the gap.
     Other metrics are compared as raw values.
 
-    With `ci` (a level or an `actpatch.Bootstrap`; a per-prompt `sweep_corruptions(..., per_prompt=True)` of the same clean prompts),
-    each listed component's spread gets its paired-bootstrap interval `spread_lo`, `spread_hi` and
-    `p` (`actpatch.stats.compare` of its two extreme corruptions, over every component), and `real`
-    marks the spreads that survive Benjamini–Hochberg at `fdr`: one corruption hides what another
-    shows only where `real` is true."""
+    With `ci` (a level or an `actpatch.Bootstrap`; a per-prompt `sweep_corruptions(...,
+    per_prompt=True)` of the same clean prompts), each listed component's spread gets its
+    paired-bootstrap interval `spread_lo`, `spread_hi` and `p` (`actpatch.stats.compare` of its two
+    extreme corruptions, over every component), and `real` marks the spreads that survive
+    Benjamini–Hochberg at `fdr`: one corruption hides what another shows only where `real` is
+    true."""
     if "corruption" not in result.dims:
         raise ValueError(
             "sensitivity_report reads a result with a 'corruption' dimension: use actpatch.sweep_corruptions"

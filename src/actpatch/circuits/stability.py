@@ -45,10 +45,11 @@ def circuit_stability(
 ) -> pd.DataFrame:
     """One row per component ever in a circuit: how often (`inclusion`, a share of `resamples`
     bootstrap draws of the prompts, each costing a circuit search, hence 20 and not
-    `actpatch.Bootstrap`'s 1000 resamples of rows already computed) the smallest circuit reaching `recovery` contains it, and whether the full-data
-    circuit does (`in_circuit`), strongest first; `attrs` hold the full-data `circuit`, the mean
-    Jaccard overlap of the resampled circuits with it (`mean_jaccard`), and the share of resamples
-    whose frontier reached `recovery` at all (`reached`).
+    `actpatch.Bootstrap`'s 1000 resamples of rows already computed) the smallest circuit reaching
+    `recovery` contains it, and whether the full-data circuit does (`in_circuit`), strongest first;
+    `attrs` hold the full-data `circuit`, the mean Jaccard overlap of the resampled circuits with it
+    (`mean_jaccard`), and the share of resamples whose frontier reached `recovery` at all
+    (`reached`).
 
     `per_prompt_sweep` is a `head` or `mlp_out` sweep of `pairs` with `per_prompt=True` (one
     direction): each resample ranks its components by the resampled rows (the sweep's numbers,
@@ -67,8 +68,7 @@ def circuit_stability(
         raise ValueError(
             f"recovery is the share of the behaviour the circuit must restore, in (0, 1]; got {recovery!r}"
         )
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
-        raise ValueError(f"resamples must be a positive number of draws, got {resamples!r}")
+    check_resamples(resamples)
     blocks, layout = bootstrap.split(per_prompt_sweep)
     if layout.labels is not None or "direction" in layout.cell_dims:
         raise ValueError(
@@ -184,6 +184,12 @@ def _with_direction(averaged: xr.DataArray, sweep: xr.DataArray) -> xr.DataArray
     averaged = averaged.copy(deep=False)  # the caller's sweep keeps its attributes
     averaged.attrs["direction"] = _direction(sweep)  # what circuits.ranking reads
     return averaged
+
+
+def check_resamples(resamples: int) -> None:
+    """Raise unless `resamples` (draws of the prompts, each a circuit search) is a positive count."""
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples must be a positive number of draws, got {resamples!r}")
 
 
 def jaccard(a: frozenset, b: frozenset) -> float:

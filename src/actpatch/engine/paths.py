@@ -61,11 +61,11 @@ def patch_paths(
 ) -> xr.DataArray:
     """Every metric after patching `sender` (source values) along its paths to `receivers` only.
 
-    `direction="denoise"` writes the clean run's sender into the corrupt run; `"noise"` the
-    reverse. Several senders are patched together. `check_baseline` as in `sweep`. `ap.all_receivers(model, sender)` lists every
-    receiver downstream: with all of them this equals patching the sender's output outright;
-    `["logits"]` alone is its direct effect. The result is a `metric` vector with the senders and
-    receivers in its attributes.
+    `direction="denoise"` writes the clean run's sender into the corrupt run; `"noise"` the reverse.
+    Several senders are patched together. `check_baseline` as in `sweep`. `ap.all_receivers(model,
+    sender)` lists every receiver downstream: with all of them this equals patching the sender's
+    output outright; `["logits"]` alone is its direct effect. The result is a `metric` vector with
+    the senders and receivers in its attributes.
 
         ap.patch_paths(model, pairs, ap.Site("head", 7, 3), [ap.Site("q", 9, h) for h in range(9)])
     """

@@ -86,10 +86,10 @@ def sweep(
     (docs/scale.md). A worker that dies is restarted and only its shard runs again.
 
     `ci` (e.g. 0.95, or `actpatch.Bootstrap(0.95, n_boot=..., seed=...)`) puts an interval on every
-    number: the sweep keeps every prompt's rows and returns `actpatch.stats.intervals(rows, ci=ci)`, the result
-    without `batch` and with a `stat` dimension ["value", "lo", "hi"] whose `value` is this sweep's
-    number (docs/uncertainty.md). It refuses `per_prompt=True`: for the rows themselves, sweep with
-    per_prompt=True and call `actpatch.stats.intervals` on them.
+    number: the sweep keeps every prompt's rows and returns `actpatch.stats.intervals(rows, ci=ci)`,
+    the result without `batch` and with a `stat` dimension ["value", "lo", "hi"] whose `value` is
+    this sweep's number (docs/uncertainty.md). It refuses `per_prompt=True`: for the rows
+    themselves, sweep with per_prompt=True and call `actpatch.stats.intervals` on them.
 
     The keywords not named in the signature (`heads`, `neurons`, `dictionary`, `latents`, `mean_over`, `check_baseline`,
     `chunk`, `memory_budget`, `progress`, `checkpoint`, `shards`, `ray_address`) are gathered in one

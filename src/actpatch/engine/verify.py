@@ -80,12 +80,12 @@ def verify(
     Strength is the distance from the unpatched target value (0 when denoising, 1 when noising on
     the normalised scale), so both helpful and harmful sites count. `seed` draws the random sample.
 
-    `ci=0.95` (or an `actpatch.Bootstrap`) puts an interval on the rank correlation: each resample of the prompts recomputes the
-    estimates and the exact values of the verified sites (ratios of means, as sweeps do) and their
-    correlation. It needs the per-prompt estimate (`attribute(..., per_prompt=True)`); the exact
-    patches keep their per-prompt rows, so it costs no extra forward. The sites verified are the
-    ones the full data chose: the interval says how the agreement on *those* sites varies with the
-    prompts, not how a re-chosen top-k would fare.
+    `ci=0.95` (or an `actpatch.Bootstrap`) puts an interval on the rank correlation: each resample
+    of the prompts recomputes the estimates and the exact values of the verified sites (ratios of
+    means, as sweeps do) and their correlation. It needs the per-prompt estimate (`attribute(...,
+    per_prompt=True)`); the exact patches keep their per-prompt rows, so it costs no extra forward.
+    The sites verified are the ones the full data chose: the interval says how the agreement on
+    *those* sites varies with the prompts, not how a re-chosen top-k would fare.
 
     An estimate over feature sites needs the `dictionary` it was made with (a result holds its
     name, not its weights)."""

@@ -67,11 +67,11 @@ def faithfulness_curve(
 
     `ablation`: what edges outside the circuit carry (default: the corrupt run's values).
     `absolute`, `prune`: as in `top_edges`. `engine="reference"`: every circuit, the empty and the
-    full one included, through the oracle path; the batched engine takes the full circuit (and, with the
-    corrupt run's values, the empty one) from the baseline runs, which they equal by the rule.
+    full one included, through the oracle path; the batched engine takes the full circuit (and, with
+    the corrupt run's values, the empty one) from the baseline runs, which they equal by the rule.
     `runs`: the `EdgeRuns` the scores were computed with (same model, prompts and ablation), so the
-    curve reuses their baseline and recorded outputs instead of running them again. `ci=0.95` adds
-    a `stat` dimension (value, lo, hi) on every metric and CPR and CMD intervals in `attrs`, as
+    curve reuses their baseline and recorded outputs instead of running them again. `ci=0.95` adds a
+    `stat` dimension (value, lo, hi) on every metric and CPR and CMD intervals in `attrs`, as
     `actpatch.evaluate_circuit` takes it (a level or an `actpatch.Bootstrap`): resamples of the
     prompts, from the same forwards' per-prompt rows (see `curve_intervals`). `chunk`,
     `check_baseline` and `engine` are `CurveOptions`."""
@@ -215,8 +215,8 @@ def _with_curve_intervals(
 def _logits(
     runs: EdgeRuns, circuits: torch.Tensor, chunk: int | None, engine: str, *, known_empty: bool
 ) -> torch.Tensor:
-    """(circuit, batch, vocab) logits; with the batched engine a circuit of every edge is the clean run
-    and, when out-of-circuit values are the corrupt run's, one of no edge is the corrupt run."""
+    """(circuit, batch, vocab) logits; with the batched engine a circuit of every edge is the clean
+    run and, when out-of-circuit values are the corrupt run's, one of no edge is the corrupt run."""
     if engine == "reference":
         return runs.logits(circuits, chunk=chunk, engine="reference")
     full = (circuits == runs.graph.exists).flatten(1).all(1)

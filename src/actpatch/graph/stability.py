@@ -3,7 +3,7 @@ and on other prompt sets (other seeds of the task generator).
 
 Each re-finding scores the edges on the resampled (or other) prompts and takes the top `percent`
 of them, pruned, as `faithfulness_curve` does at that size: one scoring per resample. Not here: the
-node-level version (`actpatch.stats.circuit_stability`), which re-finds a frontier's circuit."""
+node-level version (`actpatch.circuits.circuit_stability`), which re-finds a frontier's circuit."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from actpatch import deprecation
-from actpatch.circuits.stability import jaccard
+from actpatch.circuits.stability import check_resamples, jaccard
 from actpatch.graph.scores import Method, edge_scores
 from actpatch.graph.select import top_edges
 from actpatch.models.model import Model
@@ -39,19 +39,18 @@ def edge_stability(
     check_baseline: bool = True,
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """One row per edge ever chosen: how often it is in the circuit re-found on `resamples` bootstrap
-    draws of `pairs` (`inclusion`; each draw costs an edge scoring, hence 20 and not
-    `actpatch.Bootstrap`'s 1000 resamples of rows already computed) and on each of `others` (`inclusion_others`, e.g.
-    `ap.tasks.ioi(model, n, seed=s)` for other seeds), and whether the full-data circuit holds it
-    (`in_circuit`); strongest first. `attrs`: the full-data circuit's size, the mean Jaccard
-    overlap of the resampled circuits with it (`mean_jaccard`) and of the others' (`mean_jaccard_others`).
-    It scores the edges 1 + `resamples` + len(`others`) times, logged before the first; `progress`
-    (default: on a terminal) shows a bar over them.
+    """One row per edge ever chosen: how often it is in the circuit re-found on `resamples`
+    bootstrap draws of `pairs` (`inclusion`; each draw costs an edge scoring, hence 20 and not
+    `actpatch.Bootstrap`'s 1000 resamples of rows already computed) and on each of `others`
+    (`inclusion_others`, e.g. `ap.tasks.ioi(model, n, seed=s)` for other seeds), and whether the
+    full-data circuit holds it (`in_circuit`); strongest first. `attrs`: the full-data circuit's
+    size, the mean Jaccard overlap of the resampled circuits with it (`mean_jaccard`) and of the
+    others' (`mean_jaccard_others`). It scores the edges 1 + `resamples` + len(`others`) times,
+    logged before the first; `progress` (default: on a terminal) shows a bar over them.
 
         table = ap.graph.edge_stability(model, pairs, method="eap", percent=2, resamples=20,
                                         others=[ap.tasks.ioi(model, 16, seed=s) for s in (1, 2)])"""
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
-        raise ValueError(f"resamples must be a positive number of draws, got {resamples!r}")
+    check_resamples(resamples)
 
     def circuit(prompts: PromptPairs) -> frozenset[str]:
         scores = edge_scores(

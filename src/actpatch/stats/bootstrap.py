@@ -176,8 +176,9 @@ def intervals(
     `value` is the sweep's own number (the same as `sweep(..., per_prompt=False)`: plain means, and
     the normalised logit difference as a ratio of means); `lo`/`hi` bound the central `ci` share of
     `n_boot` recomputations on prompts resampled with replacement (`ci`: a level or a `Bootstrap`),
-    within each length group when the prompts came in several (`attrs["group_sizes"]`), each corruption's prompts on their own,
-    and the same resamples for every direction (they patch the same prompts). Percentile intervals.
+    within each length group when the prompts came in several (`attrs["group_sizes"]`), each
+    corruption's prompts on their own, and the same resamples for every direction (they patch the
+    same prompts). Percentile intervals.
 
     The trap: an interval covers prompt-to-prompt variation only. A narrow interval on 16 prompts
     of one template says nothing about other templates, corruptions or models."""

@@ -38,11 +38,12 @@ def compare(
     two models. Each resample draws one set of prompts for both (a paired bootstrap); `metric` is
     recomputed on it as the sweep defines it (the normalised logit difference as a ratio of means,
     each sweep on its own baselines). The interval is the percentile interval of the resampled
-    differences (`ci`: a level, or an `actpatch.Bootstrap` for the resamples' count and seed). `p` is two-sided, the smallest 1 − ci at which that interval would exclude 0:
-    2 × min(share of resampled differences ≤ 0, share ≥ 0), counted with the +1 of an exact test
-    so it is never 0. `flagged` marks sites whose difference survives the Benjamini–Hochberg
-    procedure at false discovery rate `fdr` over all sites of the table: on average at most that
-    share of flagged sites differ by chance.
+    differences (`ci`: a level, or an `actpatch.Bootstrap` for the resamples' count and seed). `p`
+    is two-sided, the smallest 1 − ci at which that interval would exclude 0: 2 × min(share of
+    resampled differences ≤ 0, share ≥ 0), counted with the +1 of an exact test so it is never 0.
+    `flagged` marks sites whose difference survives the Benjamini–Hochberg procedure at false
+    discovery rate `fdr` over all sites of the table: on average at most that share of flagged sites
+    differ by chance.
 
     The trap: p cannot go below 2 / (n_boot + 1), and Benjamini–Hochberg asks the smallest p to be
     under fdr / sites, so a lone difference among many sites needs n_boot ≥ 2 × sites / fdr; a
