@@ -74,8 +74,7 @@ def test_a_feature_sweep_prints_its_top_latents_and_saves_what_the_library_compu
         latents=latents,
         positions=["S2", "END"],
         check_baseline=False,
-        ci=0.9,
-        n_boot=50,
+        ci=ap.Bootstrap(0.9, n_boot=50),
     )
     xr.testing.assert_allclose(saved.sel(stat="value"), want.sel(stat="value"), atol=1e-6)
     # The table: the latent furthest from the unpatched run first, with its interval.

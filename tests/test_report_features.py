@@ -25,7 +25,7 @@ def swept():
     dictionary = random_dictionary(model, "resid_post", "resid_post")
     result = ap.sweep(
         model, pairs, "feature", dictionary=dictionary, latents="active", positions=["X", "END"],
-        direction=["denoise", "noise"], ci=0.9, n_boot=50,
+        direction=["denoise", "noise"], ci=ap.Bootstrap(0.9, n_boot=50),
     )  # fmt: skip
     return model, pairs, dictionary, result
 

@@ -26,6 +26,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "SweepOptions": ("actpatch.engine.spec", "SweepOptions"),
     "AttributeOptions": ("actpatch.engine.spec", "AttributeOptions"),
     "verify": ("actpatch.engine.verify", "verify"),
+    "Bootstrap": ("actpatch.stats.bootstrap", "Bootstrap"),
     "Verification": ("actpatch.engine.verify", "Verification"),
     "BaselineError": ("actpatch.engine.collect", "BaselineError"),
     "CheckpointMismatch": ("actpatch.engine.checkpoint", "CheckpointMismatch"),
@@ -65,6 +66,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Baseline": ("actpatch.metrics", "Baseline"),
     "NonFiniteError": ("actpatch.metrics", "NonFiniteError"),
     # Results and pictures of them.
+    "Result": ("actpatch.results", "Result"),
     "save": ("actpatch.results", "save"),
     "load": ("actpatch.results", "load"),
     "report": ("actpatch.report", None),

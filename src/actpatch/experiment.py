@@ -185,8 +185,21 @@ class SweepSection(_Section):
     ci: float | None = Field(
         default=None, gt=0, lt=1
     )  # bootstrap intervals over prompts (docs/uncertainty.md)
-    n_boot: PositiveInt = 1000  # resamples for ci
-    boot_seed: int = 0
+    n_boot: PositiveInt | None = None  # resamples for ci; None: actpatch.Bootstrap's default
+    boot_seed: int | None = None  # the resamples' seed (Bootstrap.seed); None: its default
+
+    @property
+    def bootstrap(self) -> Any:
+        """What the library's `ci=` takes: None, or an `actpatch.Bootstrap` of `ci`, `n_boot` and
+        `boot_seed` (its own defaults for those not set)."""
+        if self.ci is None:
+            return None
+        from actpatch.stats.bootstrap import (
+            Bootstrap,
+        )  # on use: the command line starts without torch
+
+        given = {"n_boot": self.n_boot, "seed": self.boot_seed}
+        return Bootstrap(self.ci, **{k: v for k, v in given.items() if v is not None})
 
     @field_validator("site")
     @classmethod

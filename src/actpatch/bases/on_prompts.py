@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from actpatch import caller
 from actpatch.bases.dictionary import Dictionary
 from actpatch.hooks import capture
 from actpatch.models.model import Model
@@ -88,7 +89,7 @@ def check_reconstruction(
             "them to see how much the error carries, and check that the dictionary was made for "
             "this model, hook point and normalisation, or use a better one",
             PoorReconstruction,
-            stacklevel=3,
+            stacklevel=caller.stacklevel(),
         )
     return explained
 

@@ -37,6 +37,7 @@ from actpatch.stats import bootstrap
 Ablation = PlanAblation | None  # None: each prompt's corrupt-run value
 
 
+@bootstrap.old_keywords("n_boot", "boot_seed")
 def evaluate(
     model: Model,
     pairs: PromptPairs,
@@ -45,9 +46,8 @@ def evaluate(
     direction: Direction = "denoise",
     ablation: Ablation = None,
     components: Sequence[Site] | None = None,
-    ci: float | None = None,
-    n_boot: int = 1000,
-    boot_seed: int = 0,
+    check_baseline: bool = True,
+    ci: float | bootstrap.Bootstrap | None = None,
 ) -> xr.DataArray:
     """Every metric with only `circuit` intact (denoise) or with `circuit` knocked out (noise).
 
@@ -58,29 +58,37 @@ def evaluate(
     `actpatch.circuits.components(model)` to ablate everything else too). `ablation=None` takes
     each prompt's corrupt-run value; as in sweeps, `"mean"` the clean-run value averaged over the
     prompts position by position (use prompts whose roles sit at the same indices, e.g.
-    `ioi_pairs`), `"zero"` zeros, `"resample"` another prompt's clean-run value. `ci=0.95` adds a
-    `stat` dimension (value, lo, hi): the faithfulness's interval over `n_boot` resamples of the
-    prompts, from the same forward's per-prompt rows (docs/uncertainty.md).
+    `ioi_pairs`), `"zero"` zeros, `"resample"` another prompt's clean-run value. As in sweeps, the
+    clean run must beat the corrupt one or the shares mean nothing: `BaselineError` unless
+    `check_baseline=False`. `ci=0.95` (or an `actpatch.Bootstrap`) adds a `stat` dimension (value,
+    lo, hi): the faithfulness's interval over resamples of the prompts, from the same forward's
+    per-prompt rows (docs/uncertainty.md).
 
         ap.evaluate_circuit(model, pairs, [ap.Site("head", 9, head=6), ap.Site("head", 10, head=0)])
     """
-    if ci is not None:
-        bootstrap.check_options(ci, n_boot)
+    ci = bootstrap.Bootstrap.of(ci)
     circuit = checked(model, circuit)
     ablator = Ablator(
         model,
         pairs,
         components if components is not None else default_universe(model, circuit),
         ablation,
+        check_baseline=check_baseline,
     )
-    return ablator.result(circuit, direction, ci=ci, n_boot=n_boot, seed=boot_seed)
+    return ablator.result(circuit, direction, ci=ci)
 
 
 class Ablator:
     """Runs the clean prompt with chosen components ablated; the ablation values are captured once."""
 
     def __init__(
-        self, model: Model, pairs: PromptPairs, universe: Sequence[Site], ablation: Ablation = None
+        self,
+        model: Model,
+        pairs: PromptPairs,
+        universe: Sequence[Site],
+        ablation: Ablation = None,
+        *,
+        check_baseline: bool = True,
     ):
         if ablation is not None and ablation not in ABLATIONS:
             raise ValueError(
@@ -97,18 +105,7 @@ class Ablator:
                 f"components are whole components (every position); got {at_positions[0]}"
             )
         with torch.no_grad():
-            try:
-                self.base = collect.baseline(model, pairs)
-            except (
-                collect.BaselineError
-            ) as error:  # circuits do not take check_baseline: say so, not "pass it"
-                reason = str(error).split(" Check that")[0]
-                raise collect.BaselineError(
-                    f"{reason} Circuit evaluations (frontier, minimality, backup) measure shares of the clean − "
-                    "corrupt gap and always check it, whatever check_baseline says: check that answers and wrong "
-                    "answers are the right way round and single tokens with their leading space, or use prompts the "
-                    "model solves."
-                ) from None
+            self.base = collect.baseline(model, pairs, check=check_baseline)
             clean = sources.captured(model, pairs.clean_run, self.universe)
             # The no-op patch through this evaluation's own path: every component at its clean value.
             self.self_checks = {
@@ -127,13 +124,11 @@ class Ablator:
         circuit: Sequence[Site],
         direction: Direction,
         *,
-        ci: float | None = None,
-        n_boot: int = 1000,
-        seed: int = 0,
+        ci: bootstrap.Bootstrap | None = None,
     ) -> xr.DataArray:
         logits = self.logits(circuit, direction)
         values = metrics.averaged(logits, self.base)
-        result = xr.DataArray(
+        result = results.Result(
             [values[m] for m in metrics.METRICS],
             dims=["metric"],
             coords={"metric": list(metrics.METRICS)},
@@ -141,11 +136,7 @@ class Ablator:
         )
         if ci is not None:
             result = with_intervals(
-                result,
-                self.replicates([self.prompt_rows(logits)], n_boot, seed)[..., 0],
-                ci,
-                n_boot,
-                seed,
+                result, self.replicates([self.prompt_rows(logits)], ci)[..., 0], ci
             )
         result.attrs.update(self.provenance(direction, circuit=[str(s) for s in circuit]))
         return result
@@ -155,7 +146,7 @@ class Ablator:
         return {name: v.cpu().numpy() for name, v in metrics.per_prompt(logits, self.base).items()}
 
     def replicates(
-        self, rows: Sequence[dict[str, np.ndarray]], n_boot: int, seed: int
+        self, rows: Sequence[dict[str, np.ndarray]], boot: bootstrap.Bootstrap
     ) -> np.ndarray:
         """(n_boot, metric, run): every metric of each run on the same resamples of the prompts,
         the normalised logit difference a ratio of means with the resample's own baselines."""
@@ -164,7 +155,7 @@ class Ablator:
             self.base.clean_logit_diff.cpu().numpy(),
             self.base.corrupt_logit_diff.cpu().numpy(),
         )
-        return bootstrap.replicates(block, n_boot=n_boot, seed=seed)
+        return bootstrap.replicates(block, boot)
 
     def provenance(
         self, direction: Direction, *, analysis: str = "evaluate_circuit", **extra
@@ -219,7 +210,7 @@ class Ablator:
     @torch.no_grad()
     def run(self, patches: dict[Site, Tensor], names: dict | None = None) -> Tensor:
         """Final-position logits of the clean prompt with `patches` written in."""
-        with hooks.patch(self.model, patches, positions=names or self.pairs.positions):
+        with hooks.patch(self.model, patches, named_positions=names or self.pairs.positions):
             return hooks.last_logits(self.model, self.pairs.clean_run)
 
     def ablated(self, component: Site) -> dict[Site, Tensor]:
@@ -230,32 +221,27 @@ class Ablator:
 
 
 def with_intervals(
-    result: xr.DataArray, boot: np.ndarray, ci: float, n_boot: int, seed: int
+    result: xr.DataArray, replicates: np.ndarray, boot: bootstrap.Bootstrap
 ) -> xr.DataArray:
     """`result` (its own numbers kept as `value`) with a last `stat` dimension value/lo/hi, the
-    bounds from `boot`, resamples of it shaped (n_boot, *result.shape)."""
-    lo, hi = bootstrap.percentile(boot, ci)
+    bounds from `replicates`, resamples of it shaped (n_boot, *result.shape)."""
+    lo, hi = bootstrap.percentile(replicates, boot)
     stacked = xr.concat(
         [result, result.copy(data=lo), result.copy(data=hi)], dim="stat"
     ).assign_coords(stat=list(bootstrap.STATS))
     stacked = stacked.transpose(*result.dims, "stat")
     stacked.attrs = {
         **result.attrs,
-        "interval": interval_note(ci, n_boot, seed, result.attrs.get("n_prompts")),
+        "interval": interval_note(boot, result.attrs.get("n_prompts")),
     }
     return stacked
 
 
-def interval_note(ci: float, n_boot: int, seed: int, n_prompts: Any = None) -> dict:
+def interval_note(boot: bootstrap.Bootstrap, n_prompts: Any = None) -> dict:
     """What a circuit result's intervals are, as `stats.intervals` records a sweep's."""
-    return {
-        "ci": ci,
-        "n_boot": n_boot,
-        "seed": seed,
-        "method": "percentile",
-        "resampled": "prompts, with replacement",
-        "n_prompts": n_prompts,
-    }
+    return boot.note(
+        method="percentile", resampled="prompts, with replacement", n_prompts=n_prompts
+    )
 
 
 def at_positions(component: Site, value: Tensor, where: list, positions) -> dict[Site, Tensor]:

@@ -141,9 +141,7 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
             **chosen,
         )
         # The rows for verify's interval, the intervals for the saved estimate: one backward.
-        found = (
-            rows if s.ci is None else intervals_of(rows, ci=s.ci, n_boot=s.n_boot, seed=s.boot_seed)
-        )
+        found = rows if s.ci is None else intervals_of(rows, ci=s.bootstrap)
         found.attrs.update(provenance(model, spec))
         return rows, found
 
@@ -161,7 +159,6 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
         if extra:
             click.echo(error_share(estimate, errors))
     if a.verify:
-        bootstrapped = {} if s.ci is None else dict(ci=s.ci, n_boot=s.n_boot, boot_seed=s.boot_seed)
         checked = ap.verify(
             model,
             pairs,
@@ -171,7 +168,7 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
             seed=spec.task.seed,
             progress=progress(quiet),
             dictionary=features.get("dictionary"),
-            **bootstrapped,
+            ci=s.bootstrap,
         )
         estimate.attrs["verification"] = {
             "spearman": checked.spearman,
@@ -356,16 +353,13 @@ def circuit(
         )
     echo(describe(model, pairs, spec))
     options = sweep_options(model, pairs, spec)
-    ci = spec.sweep.ci
-    intervals = (
-        {} if ci is None else dict(ci=ci, n_boot=spec.sweep.n_boot, boot_seed=spec.sweep.boot_seed)
-    )
+    ci = spec.sweep.bootstrap
     ranked_by = ap.sweep(
         model,
         pairs,
         spec.sweep.site,
         **options,
-        **intervals,
+        ci=ci,
         progress=progress(quiet),
         checkpoint=checkpoint if spec.sweep.engine == "batched" else None,
     )
@@ -385,7 +379,8 @@ def circuit(
         sizes=sizes,
         order=c.order,
         progress=progress(quiet),
-        **intervals,
+        check_baseline=spec.sweep.check_baseline,
+        ci=ci,
     )
     frontier.attrs.update(provenance(model, spec))
     echo(
@@ -400,7 +395,7 @@ def circuit(
         note="The top-k components of the ranking kept, every other component of their kind ablated "
         f"({frontier.attrs.get('ablation', 'corrupt')}); one forward per size."
         + (
-            f" The band is the {100 * ci:g} % interval over resampled prompts ({spec.sweep.n_boot} resamples): how "
+            f" The band is the {100 * ci.ci:g} % interval over resampled prompts ({ci.n_boot} resamples): how "
             "this ranking's circuits would do on other prompts from the task."
             if ci is not None
             else ""
@@ -421,7 +416,8 @@ def circuit(
             threshold=c.threshold,
             direction=direction,
             ablation=c.ablation,
-            **intervals,
+            check_baseline=spec.sweep.check_baseline,
+            ci=ci,
         )
         echo(
             f"minimality (circuit scores {table.attrs['circuit_score']:.3f}; a passenger's removal costs < {c.threshold}):\n"

@@ -431,13 +431,13 @@ def experiment_options(
                 "--n-boot",
                 type=click.IntRange(min=1),
                 default=None,
-                help="Bootstrap resamples for --ci (default 1000).",
+                help="Bootstrap resamples for --ci (default: actpatch.Bootstrap's, 1000).",
             ),
             click.option(
                 "--boot-seed",
                 type=int,
                 default=None,
-                help="Seed of the bootstrap resamples (default 0).",
+                help="Seed of the bootstrap resamples, Bootstrap.seed in the library (default 0).",
             ),
         ]
 

@@ -35,12 +35,11 @@ CLOSEST = 5  # sites shown when none is flagged
 @click.option(
     "--n-boot",
     type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="Bootstrap resamples.",
+    default=None,
+    help="Bootstrap resamples (default: actpatch.Bootstrap's, 1000).",
 )
 @click.option(
-    "--boot-seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resamples."
+    "--boot-seed", type=int, default=None, help="Seed of the bootstrap resamples (default 0)."
 )
 @click.option(
     "--out",
@@ -54,8 +53,8 @@ def compare(
     metric: str,
     fdr: float,
     ci: float,
-    n_boot: int,
-    boot_seed: int,
+    n_boot: int | None,
+    boot_seed: int | None,
     out: Path | None,
 ) -> None:
     """Which sites differ between two sweeps of the same prompts, beyond the prompts' noise.
@@ -73,6 +72,7 @@ def compare(
     calls (the smallest raw p) instead."""
     from actpatch import stats
     from actpatch.metrics import METRICS
+    from actpatch.stats.bootstrap import Bootstrap
 
     if metric not in METRICS:
         fail(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -83,6 +83,7 @@ def compare(
                 f"{path} is not a per-prompt result (no 'batch' dimension): sweep it again with --per-prompt"
             )
     _same_prompts(results["A"], results["B"], a_path, b_path)
+    given = {"n_boot": n_boot, "seed": boot_seed}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -90,9 +91,7 @@ def compare(
                 results["A"],
                 results["B"],
                 metric=metric,
-                ci=ci,
-                n_boot=n_boot,
-                seed=boot_seed,
+                ci=Bootstrap(ci, **{k: v for k, v in given.items() if v is not None}),
                 fdr=fdr,
             )
         except ValueError as error:  # different prompt counts, length groups or sites
@@ -102,7 +101,7 @@ def compare(
     flagged = table[table["flagged"]]
     click.echo(
         f"{metric}: A = {a_path}, B = {b_path}; {table.attrs['n_prompts']} prompts, paired bootstrap of "
-        f"{n_boot} resamples, {100 * ci:g} % intervals"
+        f"{table.attrs['n_boot']} resamples, {100 * ci:g} % intervals"
     )
     click.echo(
         f"{len(flagged)} of {len(table)} sites differ at a false discovery rate of {fdr:g} (Benjamini–Hochberg)"

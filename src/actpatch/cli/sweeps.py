@@ -109,7 +109,7 @@ def sweep(
     echo(describe(model, pairs, spec))
     options = sweep_options(model, pairs, spec)
     if ci is not None:
-        options.update(ci=ci, n_boot=spec.sweep.n_boot, boot_seed=spec.sweep.boot_seed)
+        options.update(ci=spec.sweep.bootstrap)
     result = ap.sweep(
         model,
         pairs,

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from actpatch.hooks.layout import Positions, index
+from actpatch.hooks.layout import NamedPositions, index
 from actpatch.hooks.taps import Write, check_shape
 from actpatch.models.model import Model
 from actpatch.sites import FEATURE_KINDS, Site, validate
@@ -28,7 +28,7 @@ def is_feature(site: Site) -> bool:
 
 
 def readers(
-    model: Model, sites: Sequence[Site], positions: Positions, store: dict[Site, Tensor]
+    model: Model, sites: Sequence[Site], positions: NamedPositions, store: dict[Site, Tensor]
 ) -> list[tuple]:
     """(kind, layer, tap) triples for `attach.attached`: each feature site's value into `store`."""
     return [
@@ -39,7 +39,7 @@ def readers(
 
 
 def writers(
-    model: Model, writes: Iterable[Write], positions: Positions, fired: Counter
+    model: Model, writes: Iterable[Write], positions: NamedPositions, fired: Counter
 ) -> list[tuple]:
     """(kind, layer, tap) triples for `attach.attached`: each feature value written, counted."""
     return [
@@ -52,7 +52,7 @@ def writers(
 def watchers(
     model: Model,
     sites: Sequence[Site],
-    positions: Positions,
+    positions: NamedPositions,
     values: dict[Site, Tensor],
     grads: dict[Site, Tensor],
 ) -> list[tuple]:
@@ -76,7 +76,7 @@ class FeatureTap:
         self,
         model: Model,
         basis: Any,
-        positions: Positions,
+        positions: NamedPositions,
         *,
         sites: Sequence[Site] = (),
         store: dict[Site, Tensor] | None = None,
