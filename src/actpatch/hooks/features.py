@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
+from actpatch.basis import error_of
 from actpatch.hooks.layout import Positions, index
 from actpatch.hooks.taps import Write, check_shape
 from actpatch.models.model import Model
@@ -160,8 +161,7 @@ class FeatureTap:
                 else self.basis.encode(read[where])[..., site.latent]
             )
         # The contract's own terms (basis.py): what the basis does not reconstruct.
-        estimate = self.basis.reconstruct(read[where])
-        return written[where].to(estimate.dtype) - estimate
+        return error_of(self.basis, read[where], written[where])
 
 
 def _by_basis(model: Model, items: Iterable[tuple[Site, Any]]) -> dict[Any, list]:
