@@ -191,7 +191,7 @@ BAD_INPUTS = {
         r"errors must name one or both of \('kept', 'ranked'\)",
     ),
     "feature circuit stability of averaged scores": (
-        lambda c: ap.feature_circuit_stability(_no_scores(c), 3),
+        lambda c: ap.feature_circuit_stability(_no_scores(c), n=3),
         ValueError,
         r"each prompt's estimate: score them with per_prompt=True",
     ),

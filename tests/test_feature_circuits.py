@@ -236,10 +236,10 @@ def test_stability_is_total_where_every_prompt_is_the_same(linear):
     model, pairs, last, scores = linear
     same = pairs[[0, 0, 0]]
     again = ap.feature_scores(model, same, [last])
-    table = ap.feature_circuit_stability(again, 4, n_boot=20)
+    table = ap.feature_circuit_stability(again, n=4, n_boot=20)
     assert table.attrs["mean_jaccard"] == 1.0 and table.attrs["circuit_size"] == 4
     assert (table["inclusion"] == 1.0).all() and table["in_circuit"].all()
-    varied = ap.feature_circuit_stability(scores, 4, n_boot=50)
+    varied = ap.feature_circuit_stability(scores, n=4, n_boot=50)
     assert set(varied.loc[varied["in_circuit"], "node"]) == {
         str(s) for s in ap.top_features(scores, 4) if s.kind == "feature"
     }
@@ -259,7 +259,7 @@ def test_scores_read_exact_sweeps_and_summed_positions_too():
     )
     np.testing.assert_allclose(scores.effects[:3], want)
     with pytest.raises(NotPerPrompt, match="per_prompt=True"):
-        ap.feature_circuit_stability(scores, 2)
+        ap.feature_circuit_stability(scores, n=2)
 
 
 def test_bad_feature_circuits_name_the_fix():

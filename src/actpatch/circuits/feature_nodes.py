@@ -106,14 +106,17 @@ class FeatureScores:
         Ties keep the results' order."""
         return [self.nodes[i] for i in self._order(self.effects, errors, absolute)]
 
-    def resampled(self, counts: np.ndarray) -> np.ndarray:
-        """(resample, node) effects on prompts drawn `counts` (resample, prompt) times: a ratio of
-        means, as the averaged results compute them."""
+    def resampled(self, n_boot: int, seed: int) -> np.ndarray:
+        """(n_boot, node) effects on resamples of the prompts (with replacement, drawn as
+        bootstrap intervals draw them): a ratio of means, as the averaged results compute them."""
         if self.changes is None:
             raise bootstrap.NotPerPrompt(
                 "resampling nodes needs each prompt's estimate: score them with per_prompt=True "
                 "(feature_scores does)"
             )
+        n = len(self.gaps)  # resample_counts reads a block's prompt count and length groups only
+        prompts = bootstrap.Block(None, np.zeros((n, 1, 0)), self.gaps, self.gaps, (n,))
+        counts = bootstrap.resample_counts(prompts, n_boot, bootstrap.rngs(seed, 1)[0])
         return (counts @ self.changes.T) / (counts @ self.gaps)[:, None]
 
     def _order(self, effects: np.ndarray, errors: Errors, absolute: bool) -> np.ndarray:
@@ -204,39 +207,27 @@ def all_errors(dictionaries: Sequence[Any]) -> list[Site]:
 
 
 def feature_circuit_stability(
-    scores: FeatureScores,
-    n: int | None = None,
-    *,
-    percent: float | None = None,
-    threshold: float | None = None,
-    errors: Errors = "kept",
-    absolute: bool = True,
-    n_boot: int = 100,
-    seed: int = 0,
+    scores: FeatureScores, *, n_boot: int = 100, seed: int = 0, **rule: Any
 ) -> pd.DataFrame:
     """One row per node ever chosen: how often (`inclusion`, a share of `n_boot` resamples of the
-    prompts) `top_features` chooses it when the nodes are scored on the resample, and whether it
-    is in the circuit chosen on all prompts (`in_circuit`); `attrs` hold that circuit's size and
-    the mean Jaccard overlap of the resampled circuits with it (`mean_jaccard`).
+    prompts) `top_features(scores, **rule)` (`n=`, `percent=` or `threshold=`, and `errors=`,
+    `absolute=`) chooses it when the nodes are scored on the resample, and whether it is in the
+    circuit chosen on all prompts (`in_circuit`); `attrs` hold that circuit's size and the mean
+    Jaccard overlap of the resampled circuits with it (`mean_jaccard`).
 
     The node circuit's `circuit_stability` asks the same of components. No forward: each resample
     re-weights the per-prompt estimates `feature_scores` keeps. Kept error nodes, in every
     circuit, are left out of the table and of the overlap."""
     bootstrap.check_options(0.5, n_boot)
-    rule = dict(n=n, percent=percent, threshold=threshold, errors=errors, absolute=absolute)
+    errors = rule.get("errors", "kept")
 
     def chosen(effects: np.ndarray) -> frozenset[str]:
         again = FeatureScores(scores.nodes, effects, scores.dictionaries, scores.direction, "")
         return frozenset(str(s) for s in top_features(again, **rule) if _ranked(s, errors))
 
-    if scores.changes is None:
-        scores.resampled(np.ones((1, 1)))  # raises, naming the fix
+    resampled = scores.resampled(n_boot, seed)
     full = chosen(scores.effects)
-    block = bootstrap.Block(
-        None, np.zeros((len(scores.gaps), 1, 1)), scores.gaps, scores.gaps, (len(scores.gaps),)
-    )
-    counts = bootstrap.resample_counts(block, n_boot, bootstrap.rngs(seed, 1)[0])
-    found = [chosen(row) for row in scores.resampled(counts)]
+    found = [chosen(row) for row in resampled]
     inclusion = Counter(node for f in found for node in f)
     names = sorted(set(inclusion) | full, key=lambda node: (-inclusion[node], node))
     table = pd.DataFrame(
