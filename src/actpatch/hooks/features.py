@@ -115,8 +115,13 @@ class FeatureTap:
                 f"{self.basis.name}: its {self.basis.writes} ran before its {self.basis.reads} "
                 "was seen"
             )
+        # Reading many latents (attribution over every active one at every position): encode
+        # every latent at every position once and index it, not once per site (TopK compares them all).
+        latents = sum(site.kind == "feature" for site in self.sites)
+        encoded = self.basis.encode(read.detach()) if latents > 1 else None
         for site in self.sites:
-            self.store[site] = self._value(site, read.detach(), written.detach()).clone()
+            value = self._value(site, read.detach(), written.detach(), encoded)
+            self.store[site] = value.clone()
         if self.grads is not None:
             if not raw.requires_grad:
                 raise RuntimeError(
@@ -150,9 +155,14 @@ class FeatureTap:
                 at = at @ self.basis.decoder()[site.latent].to(at.device)
             self.grads[site] = at
 
-    def _value(self, site: Site, read: Tensor, written: Tensor) -> Tensor:
-        """The site's current coordinate: latent i's activation, or the error vector."""
+    def _value(
+        self, site: Site, read: Tensor, written: Tensor, encoded: Tensor | None = None
+    ) -> Tensor:
+        """The site's current coordinate: latent i's activation, or the error vector. `encoded`:
+        every latent of `read` at every position, where the caller has it."""
         where = index(site, written, self.positions)
+        if site.kind == "feature" and encoded is not None:
+            return encoded[where][..., site.latent]
         if site.kind == "feature":
             one = getattr(self.basis, "encode_latent", None)
             return (
