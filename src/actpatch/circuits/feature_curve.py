@@ -161,5 +161,5 @@ def feature_faithfulness_curve(
         )
     )
     if ci is not None:
-        result.attrs["interval"] = curves[0].attrs.get("interval")
+        result.attrs["interval"] = {**curves[0].attrs["interval"], "n_prompts": len(pairs)}
     return result

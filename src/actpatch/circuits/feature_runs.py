@@ -281,6 +281,14 @@ def evaluate_feature_circuit(
         coords={"metric": list(FEATURE_METRICS)},
         name="circuit_performance",
     )
+    result.attrs.update(
+        runs.provenance(
+            direction,
+            circuit=[str(s) for s in circuit],
+            empty_logit_diff=empty,
+            full_logit_diff=full,
+        )
+    )
     if ci is not None:
         empties = metrics.logit_diff(logits[1].double(), runs.base.answers, runs.base.wrong)
         by_circuits = prompt_block(
@@ -291,14 +299,6 @@ def evaluate_feature_circuit(
         f = bootstrap.replicates(by_circuits, n_boot=n_boot, seed=boot_seed)[:, norm, 0]
         rest = bootstrap.replicates(by_runs, n_boot=n_boot, seed=boot_seed)[:, :, 0]
         result = with_intervals(result, _stacked(f, rest), ci, n_boot, boot_seed)
-    result.attrs.update(
-        runs.provenance(
-            direction,
-            circuit=[str(s) for s in circuit],
-            empty_logit_diff=empty,
-            full_logit_diff=full,
-        )
-    )
     return result
 
 
