@@ -116,12 +116,18 @@ class FeatureTap:
                 "was seen"
             )
         # Reading many latents (attribution over every active one at every position): encode
-        # every latent at every position once and index it, not once per site (TopK compares them all).
-        latents = sum(site.kind == "feature" for site in self.sites)
-        encoded = self.basis.encode(read.detach()) if latents > 1 else None
+        # every latent once per position and index it, not once per site (TopK compares them all);
+        # one position at a time, so no more is held than one site's encode held before.
+        at: dict[Any, list[Site]] = defaultdict(list)
         for site in self.sites:
-            value = self._value(site, read.detach(), written.detach(), encoded)
-            self.store[site] = value.clone()
+            at[site.pos].append(site)
+        for group in at.values():
+            latents = [site for site in group if site.kind == "feature"]
+            where = index(latents[0], written, self.positions) if len(latents) > 1 else None
+            encoded = self.basis.encode(read.detach()[where]) if where is not None else None
+            for site in group:
+                value = self._value(site, read.detach(), written.detach(), encoded)
+                self.store[site] = value.clone()
         if self.grads is not None:
             if not raw.requires_grad:
                 raise RuntimeError(
@@ -159,10 +165,10 @@ class FeatureTap:
         self, site: Site, read: Tensor, written: Tensor, encoded: Tensor | None = None
     ) -> Tensor:
         """The site's current coordinate: latent i's activation, or the error vector. `encoded`:
-        every latent of `read` at every position, where the caller has it."""
-        where = index(site, written, self.positions)
+        every latent of `read` at the site's position, where the caller has it."""
         if site.kind == "feature" and encoded is not None:
-            return encoded[where][..., site.latent]
+            return encoded[..., site.latent]
+        where = index(site, written, self.positions)
         if site.kind == "feature":
             one = getattr(self.basis, "encode_latent", None)
             return (
