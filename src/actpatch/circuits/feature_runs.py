@@ -102,18 +102,22 @@ class FeatureRuns(CircuitRuns):
             raise ValueError(
                 f"direction must be one of {DIRECTIONS}, one per circuit or one for all"
             )
-        copies = [self._copy(c, d) for c, d in zip(circuits, directions)]
-        found = self.base.clean_logits.new_empty((len(copies), *self.base.clean_logits.shape))
+        found = self.base.clean_logits.new_empty((len(circuits), *self.base.clean_logits.shape))
         found[:] = self.base.clean_logits
         # Stacked copies share rows as they enter, so a chunk holds copies entering at one layer
-        # (their first dictionary's): a copy's later writes then see the same copies present.
-        entry = {i: min(s.layer for s in copy) for i, copy in enumerate(copies) if copy}
+        # (their first patched dictionary's): a copy's later writes then see the same copies
+        # present. A copy's patches (masks and values) are built for its chunk only.
+        entry = {}
+        for i, (circuit, way) in enumerate(zip(circuits, directions)):
+            if layers := [d.layer for d, _ in self._patched(circuit, way)]:
+                entry[i] = min(layers)
         with torch.no_grad():
             for layer in sorted(set(entry.values())):
                 group = [i for i in entry if entry[i] == layer]
                 for start in range(0, len(group), self.chunk):
                     part = group[start : start + self.chunk]
-                    for i, logits in zip(part, self.resumer.run([copies[i] for i in part])):
+                    copies = [self._copy(circuits[i], directions[i]) for i in part]
+                    for i, logits in zip(part, self.resumer.run(copies)):
                         found[i] = logits.float().to(found.device)
         return found
 
@@ -150,17 +154,22 @@ class FeatureRuns(CircuitRuns):
     def _copy(self, circuit: Sequence[Site], direction: Direction) -> dict[Site, Tensor]:
         """One copy's patches: each dictionary's patched nodes written together."""
         copy = {}
-        for d, (latents, errors), (off_latents, off_error) in zip(
-            self.dictionaries, self.masks(circuit), self.off
-        ):
-            if direction == "denoise":
-                latents, errors = ~latents, ~errors
-            if not (bool(latents.any()) or bool(errors.any())):
-                continue
-            nodes = NodeSet(d, latents, errors)
+        for d, nodes in self._patched(circuit, direction):
+            off_latents, off_error = self.off[self.dictionaries.index(d)]
             site = Site("feature_error", d.layer, basis=nodes)
             copy[site] = nodes.written_by(off_latents, off_error, like=off_error)
         return copy
+
+    def _patched(self, circuit: Sequence[Site], direction: Direction) -> list[tuple[Any, NodeSet]]:
+        """Each dictionary with nodes to patch, and those nodes: outside the circuit (denoise) or
+        in it (noise)."""
+        found = []
+        for d, (latents, errors) in zip(self.dictionaries, self.masks(circuit)):
+            if direction == "denoise":
+                latents, errors = ~latents, ~errors
+            if bool(latents.any()) or bool(errors.any()):
+                found.append((d, NodeSet(d, latents, errors)))
+        return found
 
     def _every(self, d: Any) -> NodeSet:
         batch, seq = self.pairs.clean.shape
@@ -222,12 +231,12 @@ class FeatureRuns(CircuitRuns):
 
     def _copies_per_forward(self) -> int:
         """Copies that fit `memory.default_budget`: a layer's transient activations and cache share
-        per copy, and each dictionary's latents and write (float32)."""
+        per copy, each dictionary's latents and write (float32) and its masks."""
         batch, seq = self.pairs.clean.shape
         width = next(self.model.hf.parameters()).element_size()
         per_copy = memory.copy_bytes(self.model.dims, batch, seq, width, cache=True)
-        per_copy += sum(
-            4 * batch * seq * (3 * d.n_latents + 2 * d.d_out) for d in self.dictionaries
+        per_copy += sum(  # float32 latents (three at once) and writes, and the masks (bool)
+            batch * seq * (13 * d.n_latents + 8 * d.d_out) for d in self.dictionaries
         )
         budget = memory.default_budget({p.device for p in self.model.hf.parameters()})
         return max(1, budget // per_copy)
