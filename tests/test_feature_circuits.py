@@ -201,7 +201,7 @@ def test_curve_areas_intervals_and_evaluation_agree(linear):
         np.testing.assert_allclose(at_full.sel(stat="hi").values, [1, 0], atol=1e-9)
     # One size's circuit evaluated alone gives the curve's numbers.
     circuit = ap.top_features(scores, percent=20, errors="ranked")
-    alone = ap.evaluate_feature_circuit(model, pairs, circuit, runs=runs, dictionaries=[last])
+    alone = ap.evaluate_feature_circuit(model, pairs, circuit, runs=runs)
     assert float(alone.sel(metric="faithfulness")) == pytest.approx(
         float(plain.sel(errors="ranked", percent=20, metric="faithfulness")), abs=1e-6
     )

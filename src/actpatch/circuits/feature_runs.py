@@ -259,7 +259,8 @@ def evaluate_feature_circuit(
     m(∅)) on the mean logit difference, ∅ every node of `dictionaries` at its off value.
 
     Denoising keeps the circuit's nodes and patches every other node of `dictionaries` (default:
-    the ones the circuit's nodes name; an empty circuit needs them) with its corrupt-run value, or
+    those `runs` were prepared for, else the ones the circuit's nodes name; an empty circuit
+    needs them) with its corrupt-run value, or
     `ablation` ("mean", "zero", "resample" of its clean-run value); `direction="noise"` removes the
     circuit instead (its nodes patched, the rest kept): f near 0 then means the circuit is complete.
     Error nodes are nodes: list them (`top_features(..., errors="kept")` does) or they are patched.
@@ -267,6 +268,8 @@ def evaluate_feature_circuit(
     if ci is not None:
         bootstrap.check_options(ci, n_boot)
     circuit = list(circuit)
+    if dictionaries is None and runs is not None:
+        dictionaries = runs.dictionaries
     if dictionaries is None:
         dictionaries = list(
             {
