@@ -83,6 +83,13 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "pareto_frontier": ("actpatch.circuits", "pareto_frontier"),
     "sensitivity_report": ("actpatch.circuits", "sensitivity_report"),
     "smallest_circuit": ("actpatch.circuits", "smallest_circuit"),
+    # Feature circuits: dictionary latents and error nodes as the circuit's nodes.
+    "feature_scores": ("actpatch.circuits", "feature_scores"),
+    "FeatureScores": ("actpatch.circuits", "FeatureScores"),
+    "top_features": ("actpatch.circuits", "top_features"),
+    "evaluate_feature_circuit": ("actpatch.circuits", "evaluate_feature_circuit"),
+    "feature_faithfulness_curve": ("actpatch.circuits", "feature_faithfulness_curve"),
+    "feature_circuit_stability": ("actpatch.circuits", "feature_circuit_stability"),
     # Subspaces: patch part of a site, learn that part, check it.
     "Subspace": ("actpatch.bases.subspace", "Subspace"),
     "patch_subspace": ("actpatch.subspace.patching", "patch_subspace"),

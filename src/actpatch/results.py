@@ -94,23 +94,27 @@ def assemble(
     return result
 
 
-def sites(result: xr.DataArray) -> list[Site]:
+def sites(result: xr.DataArray, *, basis: Any = None) -> list[Site]:
     """The sites a result's cells were patched at, in the order of its flattened non-metric
     dimensions (`layer`, then the unit, then `pos`): the inverse of `assemble`.
 
     Named positions come back as their names (resolved prompt by prompt when patched again), index
-    positions as indices, from the coordinates `assemble` wrote; nothing is parsed from strings."""
+    positions as indices, from the coordinates `assemble` wrote; nothing is parsed from strings.
+    A feature result holds its dictionary's name, not the dictionary: pass it as `basis`."""
     kind = result.attrs.get("site")
     if kind is None:
         raise ValueError(
             "this result has no attrs['site']: sites() reads results made by actpatch (sweep, attribute)"
         )
     if "dictionary" in result.attrs:
-        raise ValueError(
-            "sites() cannot rebuild feature sites: a result holds its dictionary's "
-            "name, not the dictionary; build them with "
-            "actpatch.Site('feature', layer, latent=i, basis=dictionary)"
-        )
+        name = result.attrs["dictionary"].get("name")
+        if getattr(basis, "name", None) != name:
+            raise ValueError(
+                f"this result is over sites of the dictionary {name}; a result holds its name, not "
+                "its weights: pass that dictionary, sites(result, basis=it)"
+            )
+    elif basis is not None:
+        raise ValueError(f"basis= goes with feature results; this one is over {kind} sites")
     unit = unit_dim(kind)
     layers = [int(l) for l in result["layer"].values]
     units = [int(u) for u in result[unit].values] if unit else [None]
@@ -134,7 +138,8 @@ def sites(result: xr.DataArray) -> list[Site]:
             for p in positions:
                 head = u if unit in ("head", "kv_head") else None
                 neuron = u if unit == "neuron" else None
-                found.append(Site(kind, layer, head=head, neuron=neuron, pos=p))
+                latent = u if unit == "latent" else None
+                found.append(Site(kind, layer, head, neuron, pos=p, latent=latent, basis=basis))
     return found
 
 

@@ -78,14 +78,15 @@ def evaluate(
     return ablator.result(circuit, direction, ci=ci)
 
 
-class Ablator:
-    """Runs the clean prompt with chosen components ablated; the ablation values are captured once."""
+class CircuitRuns:
+    """What every circuit evaluation starts from and its results share: the checked baseline of
+    the clean and corrupt runs, each run's per-prompt rows, their resamples, and the provenance.
+    Subclasses say what is ablated (`Ablator`: components; `FeatureRuns`: dictionary nodes)."""
 
     def __init__(
         self,
         model: Model,
         pairs: PromptPairs,
-        universe: Sequence[Site],
         ablation: Ablation = None,
         *,
         check_baseline: bool = True,
@@ -99,13 +100,68 @@ class Ablator:
                 "ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts"
             )
         self.model, self.pairs, self.ablation = model, pairs, ablation
+        self.self_checks: dict[str, float] = {}
+        with torch.no_grad():
+            self.base = collect.baseline(model, pairs, check=check_baseline)
+
+    def prompt_rows(self, logits: Tensor) -> dict[str, np.ndarray]:
+        """Every metric of each prompt of one run: what a bootstrap over prompts resamples."""
+        return {name: v.cpu().numpy() for name, v in metrics.per_prompt(logits, self.base).items()}
+
+    def replicates(
+        self, rows: Sequence[dict[str, np.ndarray]], boot: bootstrap.Bootstrap
+    ) -> np.ndarray:
+        """(n_boot, metric, run): every metric of each run on the same resamples of the prompts,
+        the normalised logit difference a ratio of means with the resample's own baselines."""
+        block = bootstrap.rows_block(
+            rows,
+            self.base.clean_logit_diff.cpu().numpy(),
+            self.base.corrupt_logit_diff.cpu().numpy(),
+        )
+        return bootstrap.replicates(block, boot)
+
+    def provenance(
+        self, direction: Direction, *, analysis: str = "evaluate_circuit", **extra
+    ) -> dict:
+        """The provenance every circuit result carries: `ablation` is the argument that reproduces it
+        (None: the corrupt run's values), `source` names the values as sweeps do."""
+        return results.provenance(
+            self.model,
+            self.pairs,
+            analysis=analysis,
+            direction=direction,
+            ablation=self.ablation,
+            source=self.ablation or "corrupt",
+            baseline_clean=metrics.averaged(self.base.clean_logits, self.base),
+            baseline_corrupt=metrics.averaged(self.base.corrupt_logits, self.base),
+            self_checks=self.self_checks,
+            self_check_tolerance=checks.tolerance(next(self.model.hf.parameters()).dtype),
+            **extra,
+        )
+
+    def score_of(self, logits: Tensor, metric: str) -> float:
+        return metrics.averaged(logits, self.base)[metric]
+
+
+class Ablator(CircuitRuns):
+    """Runs the clean prompt with chosen components ablated; the ablation values are captured once."""
+
+    def __init__(
+        self,
+        model: Model,
+        pairs: PromptPairs,
+        universe: Sequence[Site],
+        ablation: Ablation = None,
+        *,
+        check_baseline: bool = True,
+    ):
+        super().__init__(model, pairs, ablation, check_baseline=check_baseline)
         self.universe = checked(model, universe, "components")
         if at_positions := [s for s in self.universe if s.pos is not None]:
             raise SiteError(
                 f"components are whole components (every position); got {at_positions[0]}"
             )
         with torch.no_grad():
-            self.base = collect.baseline(model, pairs, check=check_baseline)
             clean = sources.captured(model, pairs.clean_run, self.universe)
             # The no-op patch through this evaluation's own path: every component at its clean value.
             self.self_checks = {
@@ -141,47 +197,18 @@ class Ablator:
         result.attrs.update(self.provenance(direction, circuit=[str(s) for s in circuit]))
         return result
 
-    def prompt_rows(self, logits: Tensor) -> dict[str, np.ndarray]:
-        """Every metric of each prompt of one run: what a bootstrap over prompts resamples."""
-        return {name: v.cpu().numpy() for name, v in metrics.per_prompt(logits, self.base).items()}
-
-    def replicates(
-        self, rows: Sequence[dict[str, np.ndarray]], boot: bootstrap.Bootstrap
-    ) -> np.ndarray:
-        """(n_boot, metric, run): every metric of each run on the same resamples of the prompts,
-        the normalised logit difference a ratio of means with the resample's own baselines."""
-        block = bootstrap.rows_block(
-            rows,
-            self.base.clean_logit_diff.cpu().numpy(),
-            self.base.corrupt_logit_diff.cpu().numpy(),
-        )
-        return bootstrap.replicates(block, boot)
-
     def provenance(
         self, direction: Direction, *, analysis: str = "evaluate_circuit", **extra
     ) -> dict:
-        """The provenance every circuit result carries: `ablation` is the argument that reproduces it
-        (None: the corrupt run's values), `source` names the values as sweeps do."""
-        return results.provenance(
-            self.model,
-            self.pairs,
+        return super().provenance(
+            direction,
             analysis=analysis,
-            direction=direction,
-            ablation=self.ablation,
-            source=self.ablation or "corrupt",
             components=[str(s) for s in self.universe],
-            baseline_clean=metrics.averaged(self.base.clean_logits, self.base),
-            baseline_corrupt=metrics.averaged(self.base.corrupt_logits, self.base),
-            self_checks=self.self_checks,
-            self_check_tolerance=checks.tolerance(next(self.model.hf.parameters()).dtype),
             **extra,
         )
 
     def score(self, circuit: Sequence[Site], direction: Direction, metric: str) -> float:
         return self.score_of(self.logits(circuit, direction), metric)
-
-    def score_of(self, logits: Tensor, metric: str) -> float:
-        return metrics.averaged(logits, self.base)[metric]
 
     @torch.no_grad()
     def logits(

@@ -226,17 +226,27 @@ def error_share(
 )
 @click.option(
     "--level",
-    type=click.Choice(["node", "edge"]),
+    type=click.Choice(["node", "edge", "feature"]),
     default="node",
     show_default=True,
-    help="node: components (heads or MLPs); edge: edges between them (EAP, EAP-IG, MIB).",
+    help="node: components (heads or MLPs); edge: edges between them (EAP, EAP-IG, MIB); "
+    "feature: dictionary latents and error nodes (--dictionary).",
 )
 @click.option(
     "--method",
     "edge_method",
     default=None,
     metavar="METHOD",
-    help="Edge scores (--level edge): eap, eap-ig-inputs (default), eap-ig-activations, clean-corrupted, exact.",
+    help="Edge scores (--level edge): eap, eap-ig-inputs (default), eap-ig-activations, clean-corrupted, "
+    "exact; node scores (--level feature): atp (default), ig.",
+)
+@click.option(
+    "--dictionary",
+    "dictionaries",
+    multiple=True,
+    metavar="PATH",
+    help="--level feature: a dictionary folder (SAELens, sparsify, Gemma Scope 2, circuit-tracer), or "
+    "'embedded' for the embedded model's SAE; repeat it for several layers.",
 )
 @click.option(
     "--steps",
@@ -249,7 +259,8 @@ def error_share(
     "--percent",
     type=float,
     default=None,
-    help="--level edge: the circuit written to graph.json keeps this percent of all edges (default 5).",
+    help="--level edge: the circuit written to graph.json keeps this percent of all edges (default 5); "
+    "--level feature: one more size of the curve, in percent of the ranked nodes.",
 )
 @click.option(
     "--import",
@@ -275,6 +286,7 @@ def circuit(
     percent: float | None,
     graph_file: Path | None,
     with_nodes: bool,
+    dictionaries: tuple[str, ...],
     **flags: Any,
 ) -> None:
     """Find a circuit: sweep the heads, grow circuits along the ranking, take the smallest that recovers enough.
@@ -286,6 +298,7 @@ def circuit(
     actpatch circuit --task ioi --prompts 16 --ci 0.95
     actpatch circuit --level edge --method eap --prompts 8 --percent 5
     actpatch circuit --level edge --import graph.json --out imported
+    actpatch circuit --level feature --dictionary embedded --prompts 8
 
     Steps: a head sweep (or mlp_out with --site mlp_out) ranks components by effect; the Pareto
     frontier evaluates the top-k for each k (everything else of that kind at its corrupt value, or
@@ -302,7 +315,37 @@ def circuit(
     graph.json (every score; in_graph marks the --percent circuit as evaluated), faithfulness.csv
     (percent, edges, faithfulness and every metric), the curve (.nc) and a report with CPR, CMD
     and a picture of the circuit. --ci 0.95 adds intervals over resampled prompts to every size
-    of the curve and to CPR and CMD, from the curve's own per-prompt numbers."""
+    of the curve and to CPR and CMD, from the curve's own per-prompt numbers.
+
+    Feature level (docs/features.md): every latent and error node of each --dictionary scored by
+    --method (AtP, per position unless --positions all), the top nodes at 0.1 ... 100 % (and
+    --percent) evaluated exactly with the error nodes kept and ranked like latents, every other node
+    at its corrupt (or --ablation) value; prints the curve and the strongest nodes, writes the curve
+    (.nc, _curve.csv) and every node's score (_nodes.csv)."""
+    if dictionaries and level != "feature":
+        raise BadInput("--dictionary goes with --level feature")
+    if level == "feature":
+        from actpatch.cli.features import feature_circuit
+
+        if given := [
+            f
+            for f, v in (
+                ("--import", graph_file),
+                ("--nodes", with_nodes or None),
+                ("--resume", resume or None),
+            )
+            if v is not None
+        ]:
+            raise BadInput(f"{given[0]} does not apply to --level feature; remove it")
+        return feature_circuit(
+            flags,
+            quiet=quiet,
+            overwrite=overwrite,
+            method=edge_method,
+            steps=edge_steps,
+            percent=percent,
+            dictionaries=dictionaries,
+        )
     if level == "edge":
         from actpatch.cli.edges import edge_circuit
 

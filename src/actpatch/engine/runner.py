@@ -169,17 +169,18 @@ def assemble(
 
 def _basis_provenance(basis: Any) -> dict[str, Any]:
     """Which dictionary a feature sweep patched in: name, where it reads and writes, its file."""
-    if basis is None:
-        return {}
+    return {} if basis is None else {"dictionary": dictionary_note(basis)}
+
+
+def dictionary_note(basis: Any) -> dict[str, Any]:
+    """What a result records of a dictionary (feature sweeps, feature circuits)."""
     return {
-        "dictionary": {
-            "name": basis.name,
-            "layer": basis.layer,
-            "reads": basis.reads,
-            "writes": basis.writes,
-            "n_latents": basis.n_latents,
-            "source": getattr(basis, "source", ""),
-        }
+        "name": basis.name,
+        "layer": basis.layer,
+        "reads": basis.reads,
+        "writes": basis.writes,
+        "n_latents": basis.n_latents,
+        "source": getattr(basis, "source", ""),
     }
 
 

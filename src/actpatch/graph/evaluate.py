@@ -22,6 +22,7 @@ import xarray as xr
 from torch import Tensor
 
 from actpatch import deprecation, hooks, memory, metrics, results
+from actpatch.circuits import curve
 from actpatch.circuits.evaluate import with_intervals
 from actpatch.engine import checks, collect, sources
 from actpatch.engine.spec import ENGINES, EngineName
@@ -164,16 +165,7 @@ class EdgeRuns:
         """Every metric of each prompt of each circuit's run (`logits`: (batch, vocab) each), as the
         block a bootstrap over prompts resamples: normalised by the clean and corrupt runs, or by
         the `empty` and `full` circuits' per-prompt logit differences where given (that is f)."""
-        rows = [
-            {
-                name: v.double().cpu().numpy()
-                for name, v in metrics.per_prompt(each, self.base).items()
-            }
-            for each in logits
-        ]
-        low = self.base.corrupt_logit_diff if empty is None else empty
-        high = self.base.clean_logit_diff if full is None else full
-        return bootstrap.rows_block(rows, high.double().cpu().numpy(), low.double().cpu().numpy())
+        return curve.prompt_block(self.base, logits, empty, full)
 
     def check_for(self, model: Model, pairs: PromptPairs, ablation: Ablation | None) -> None:
         """Refuse to reuse these runs for another model, other prompts or another ablation."""

@@ -4,13 +4,8 @@
 
 where ∅ is the empty circuit (the corrupt run, or the ablated one) and full the clean run. The
 curve evaluates the top edges at MIB's sizes, {0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100} % of all
-edges by default, each pruned; every metric is recorded beside f. MIB's summaries, on the axis of
-the *fraction* of edges x = percent/100, by trapezoids between consecutive sizes (none before the
-first or after the last; not divided by the axis' length, so with MIB's sizes the most a curve can
-score is 0.999):
-
-    CPR = Σ (x_{i+1} − x_i)·(f_i + f_{i+1})/2          (higher is better)
-    CMD = Σ (x_{i+1} − x_i)·(|1 − f_i| + |1 − f_{i+1}|)/2   (lower is better)
+edges by default, each pruned; every metric is recorded beside f. MIB's summaries CPR and CMD, on
+the axis of the *fraction* of edges, are `circuits.curve.cpr_cmd` (feature curves use them too).
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ import torch
 import xarray as xr
 
 from actpatch import metrics, results
-from actpatch.circuits.evaluate import with_intervals
+from actpatch.circuits.curve import MIB_PERCENTS, cpr_cmd, with_curve_intervals
 from actpatch.engine.spec import EngineName, options_from
 from actpatch.graph.evaluate import Ablation, EdgeRuns, checked_engine
 from actpatch.graph.nodes import EdgeError, Graph
@@ -34,7 +29,6 @@ from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.stats import bootstrap
 
-MIB_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 CURVE_METRICS = ("faithfulness", *metrics.METRICS)
 
 
@@ -149,7 +143,7 @@ def faithfulness_curve(
         runs.prompt_block(sized, empty=empty_diffs, full=full_diffs),
         runs.prompt_block(sized),
     )
-    return _with_curve_intervals(result, blocks, ci)
+    return with_curve_intervals(result, blocks, ci)
 
 
 @bootstrap.old_keywords("n_boot", "seed")
@@ -181,35 +175,7 @@ def curve_intervals(
         bootstrap.rows_block(rows, full, empty),  # normalised by the empty and full: f
         bootstrap.rows_block(rows, clean, corrupt),
     )
-    return _with_curve_intervals(curve, blocks, ci)
-
-
-def _with_curve_intervals(
-    curve: xr.DataArray, blocks: tuple, boot: bootstrap.Bootstrap
-) -> xr.DataArray:
-    """`curve` with intervals from two blocks of the same per-prompt rows: one normalised by the
-    empty and full circuits (its norm_logit_diff is f), one by the clean and corrupt runs."""
-    by_circuits, by_runs = blocks
-    resampled = bootstrap.replicates(by_circuits, boot)  # (resample, metric, size)
-    f = resampled[:, metrics.METRICS.index("norm_logit_diff")]  # (resample, size)
-    lo_hi = {}
-    cpr_and_cmd = np.array([cpr_cmd(curve["percent"].values, row) for row in f])  # (resample, 2)
-    for i, name in enumerate(("cpr", "cmd")):
-        lo_hi[f"{name}_lo"], lo_hi[f"{name}_hi"] = map(
-            float, bootstrap.percentile(cpr_and_cmd[:, i], boot)
-        )
-    # every other metric, normalised by the clean and corrupt runs, from the same resamples
-    others = bootstrap.replicates(by_runs, boot)
-    per_metric = {
-        m: (f if m == "faithfulness" else others[:, metrics.METRICS.index(m)])
-        for m in CURVE_METRICS
-    }
-    boot_all = np.stack(
-        [per_metric[m] for m in curve["metric"].values], axis=-1
-    )  # (resample, percent, metric)
-    result = with_intervals(curve, boot_all, boot)
-    result.attrs.update(lo_hi)
-    return result
+    return with_curve_intervals(curve, blocks, ci)
 
 
 def _logits(
@@ -228,15 +194,3 @@ def _logits(
     if bool((rest := ~(full | empty)).any()):
         found[rest] = runs.logits(circuits[rest], chunk=chunk).to(found.dtype).cpu()
     return found
-
-
-def cpr_cmd(percents: Sequence[float], faithfulness: Sequence[float]) -> tuple[float, float]:
-    """(CPR, CMD): the areas under f and under |1 − f| over the fraction of edges (percent/100)."""
-    x = np.asarray(percents, dtype=float) / 100
-    f = np.asarray(faithfulness, dtype=float)
-    if x.shape != f.shape or x.ndim != 1:
-        raise ValueError(f"need one faithfulness per size, got {len(f)} for {len(x)} sizes")
-    widths = np.diff(x)
-    return float(np.sum(widths * (f[1:] + f[:-1]) / 2)), float(
-        np.sum(widths * (np.abs(1 - f[1:]) + np.abs(1 - f[:-1])) / 2)
-    )
