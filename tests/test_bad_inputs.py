@@ -354,7 +354,7 @@ BAD_INPUTS = {
     "smallest circuit of a sweep": (
         lambda c: ap.smallest_circuit(ap.sweep(c.m, c.p, "resid_pre", layers=[0])),
         ValueError,
-        r"smallest_circuit reads a frontier, got DataArray with dims .*ap\.pareto_frontier",
+        r"smallest_circuit reads a frontier, got a result with dims .*ap\.pareto_frontier",
     ),
     "smallest circuit by an unknown metric": (
         lambda c: ap.smallest_circuit(_frontier(c), metric="nope"),

@@ -106,8 +106,8 @@ class FeatureScores:
         Ties keep the results' order."""
         return [self.nodes[i] for i in self._order(self.effects, errors, absolute)]
 
-    def resampled(self, n_boot: int, seed: int) -> np.ndarray:
-        """(n_boot, node) effects on resamples of the prompts (with replacement, drawn as
+    def resampled(self, resamples: int, seed: int) -> np.ndarray:
+        """(resamples, node) effects on resamples of the prompts (with replacement, drawn as
         bootstrap intervals draw them): a ratio of means, as the averaged results compute them."""
         if self.changes is None:
             raise bootstrap.NotPerPrompt(
@@ -116,7 +116,7 @@ class FeatureScores:
             )
         n = len(self.gaps)  # resample_counts reads a block's prompt count and length groups only
         prompts = bootstrap.Block(None, np.zeros((n, 1, 0)), self.gaps, self.gaps, (n,))
-        counts = bootstrap.resample_counts(prompts, n_boot, bootstrap.rngs(seed, 1)[0])
+        counts = bootstrap.resample_counts(prompts, resamples, bootstrap.rngs(seed, 1)[0])
         return (counts @ self.changes.T) / (counts @ self.gaps)[:, None]
 
     def _order(self, effects: np.ndarray, errors: Errors, absolute: bool) -> np.ndarray:

@@ -169,8 +169,13 @@ def _check_frontier(frontier: object, recovery: float, metric: str, caller: str)
         and {"ranking", "direction"} <= frontier.attrs.keys()
     ):
         raise ValueError(
-            f"{caller} reads a frontier, got {type(frontier).__name__}"
-            f"{' with dims ' + str(frontier.dims) if isinstance(frontier, xr.DataArray) else ''}: "
+            f"{caller} reads a frontier, got "
+            + (
+                f"a result with dims {frontier.dims}"
+                if isinstance(frontier, xr.DataArray)
+                else type(frontier).__name__
+            )
+            + ": "
             "make one with ap.pareto_frontier(model, pairs, sweep_or_ranking)"
         )
     if metric not in frontier["metric"].values:
