@@ -5,8 +5,8 @@ The README's sweep (`actpatch demo`'s: SmolLM2-135M-Instruct, `ap.ioi_pairs(mode
 `--repeats` times after one warm-up forward:
 
     plain      ap.sweep(model, pairs, "resid_pre")
-    with ci    ap.sweep(model, pairs, "resid_pre", ci=0.95, n_boot=1000)
-    bootstrap  stats.intervals(rows, n_boot=1000) on the per-prompt rows alone
+    with ci    ap.sweep(model, pairs, "resid_pre", ci=ap.Bootstrap(0.95, n_boot=1000))
+    bootstrap  stats.intervals(rows, ci=ap.Bootstrap(n_boot=1000)) on the per-prompt rows alone
 
 The bootstrap's own share is `bootstrap / plain` (the issue's bar: at most 5 %); `with ci / plain`
 is the end-to-end ratio, which on a busy machine also carries the sweeps' own spread (printed).
@@ -41,11 +41,11 @@ def main() -> None:
         plain = ap.sweep(model, pairs, "resid_pre", progress=False)
         times["plain"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        bounded = ap.sweep(model, pairs, "resid_pre", ci=0.95, n_boot=args.n_boot, progress=False)
+        bounded = ap.sweep(model, pairs, "resid_pre", ci=ap.Bootstrap(n_boot=args.n_boot), progress=False)
         times["with ci"].append(time.perf_counter() - started)
         rows = ap.sweep(model, pairs, "resid_pre", per_prompt=True, progress=False)
         started = time.perf_counter()
-        stats.intervals(rows, n_boot=args.n_boot)
+        stats.intervals(rows, ci=ap.Bootstrap(n_boot=args.n_boot))
         times["bootstrap"].append(time.perf_counter() - started)
         costs = {name: result.attrs["cost"]["forward_equivalents"] for name, result in
                  (("plain", plain), ("with ci", bounded), ("per-prompt", rows))}

@@ -1,6 +1,6 @@
 """What edge circuits cost on SmolLM2-135M IOI: scores, the faithfulness curve, exact removals.
 
-    python benchmarks/edges_cost.py [--prompts 16] [--exact-edges 2000 (0: none)] [--engine fast|plain]
+    python benchmarks/edges_cost.py [--prompts 16] [--exact-edges 2000 (0: none)] [--engine batched|reference]
 
 Work is counted, not timed: the floating-point operations of every matrix product (forward and
 backward, torch.utils.flop_counter) divided by those of one plain forward of the same prompts
@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--exact-edges", type=int, default=2000, help="removals measured (a seeded sample of all edges); 0 skips them")
-    parser.add_argument("--engine", choices=["fast", "plain"], default="fast")
+    parser.add_argument("--engine", choices=["batched", "reference"], default="batched")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     model = ap.load_model()

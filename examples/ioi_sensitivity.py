@@ -49,13 +49,13 @@ def main() -> None:
     options = dict(per_prompt=True, layers=layers)
 
     residual_rows = ap.sweep_corruptions(model, pairs, "resid_pre", positions=POSITIONS, **options)
-    residual = stats.intervals(residual_rows, n_boot=args.n_boot)
+    residual = stats.intervals(residual_rows, ci=ap.Bootstrap(n_boot=args.n_boot))
     print("\nresid_pre, denoising one named position: normalised logit difference [95 % interval]; rows: layer")
     print(interval_table(residual).to_string())
     differences(residual_rows, residual, args.threshold, args.n_boot, "residual-stream sites")
 
     head_rows = ap.sweep_corruptions(model, pairs, "head", positions=["END"], **options)
-    heads = stats.intervals(head_rows, n_boot=args.n_boot)
+    heads = stats.intervals(head_rows, ci=ap.Bootstrap(n_boot=args.n_boot))
     differences(head_rows, heads, args.threshold / 2, args.n_boot, "heads at END")
 
     page = report.render_report({"resid_pre by corruption": residual, "heads at END by corruption": heads}, args.html)
@@ -86,7 +86,7 @@ def differences(rows, bounds, threshold: float, n_boot: int, what: str) -> None:
     print(listed.head(8).round(2).to_string())
     tables = {}
     for a, b in itertools.combinations(CORRUPTIONS, 2):
-        table = stats.compare(rows.sel(corruption=a), rows.sel(corruption=b), n_boot=n_boot)
+        table = stats.compare(rows.sel(corruption=a), rows.sel(corruption=b), ci=ap.Bootstrap(n_boot=n_boot))
         tables[a, b] = table.set_index("site")
         print(f"  {a} − {b}: {int(table['flagged'].sum())} of {len(table)} sites differ (Benjamini–Hochberg, fdr 5 %)")
     print(f"  of the {len(listed)} listed differences (largest − smallest corruption), paired test of that pair:")

@@ -3,7 +3,11 @@ kind a family has, scaled so that about half its latents fire on the tiny models
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
+from safetensors.torch import save_file
 
 from actpatch.bases.dictionary import Dictionary
 
@@ -54,3 +58,33 @@ def kinds_for(family: str) -> list[tuple[str, str]]:
         [] if family == "pythia_parallel" else [("resid_mid", "mlp_out")]
     )
     return saes + transcoders
+
+
+def save_saelens(dictionary: Dictionary, folder, *, hook_name: str) -> Path:
+    """`dictionary` (an SAE with ReLU latents) written as SAELens 6 saves a standard SAE
+    (`cfg.json` + `sae_weights.safetensors`, its published fields), for tests that load
+    dictionaries from disk. Its input bias is left out: SAELens can only subtract b_dec."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "architecture": "standard",
+        "d_in": dictionary.d_in,
+        "d_sae": dictionary.n_latents,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {"hook_name": hook_name, "model_name": "tiny"},
+    }
+    weights = {
+        "W_enc": dictionary.W_enc,
+        "b_enc": dictionary.b_enc,
+        "W_dec": dictionary.W_dec,
+        "b_dec": dictionary.b_dec,
+    }
+    save_file(
+        {n: t.contiguous() for n, t in weights.items()}, str(folder / "sae_weights.safetensors")
+    )
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    return folder

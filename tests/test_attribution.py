@@ -184,8 +184,8 @@ def test_atp_star_linearises_from_the_exactly_recomputed_pattern(family, kind, p
     heads = range(head * group, (head + 1) * group) if kind == "k" else [head]
     patterns = [ap.Site("pattern", 1, head=h) for h in heads]
     with hooks.eager_attention(model):
-        source = ap.capture(model, pairs.clean, [site], positions=pairs.positions)
-        with ap.patch(model, source, positions=pairs.positions):
+        source = ap.capture(model, pairs.clean, [site], named_positions=pairs.positions)
+        with ap.patch(model, source, named_positions=pairs.positions):
             patched = ap.capture(model, pairs.corrupt, patterns)
         inputs = model.hf.get_input_embeddings()(pairs.corrupt).detach().requires_grad_(True)
         with torch.enable_grad(), hooks.watch(model, patterns) as watched:
@@ -229,7 +229,7 @@ def test_per_prompt_estimates_average_to_the_estimate_and_ci_keeps_its_value(met
     options = dict(method=method, steps=3, layers=[0, 1])
     plain = ap.attribute(model, pairs, kind, **options)
     rows = ap.attribute(model, pairs, kind, per_prompt=True, **options)
-    bounds = ap.attribute(model, pairs, kind, ci=0.9, n_boot=200, **options)
+    bounds = ap.attribute(model, pairs, kind, ci=ap.Bootstrap(0.9, n_boot=200), **options)
     assert rows.sizes["batch"] == len(pairs) and "per_prompt_baseline_logit_diff" in rows.attrs
     np.testing.assert_allclose(
         rows.sel(metric="logit_diff").mean("batch"), plain.sel(metric="logit_diff"), atol=1e-9
@@ -264,7 +264,7 @@ def test_verify_puts_an_interval_on_the_rank_correlation_without_changing_it():
     model, pairs = tiny_task("llama")
     rows = ap.attribute(model, pairs, "head", per_prompt=True)
     plain = ap.verify(model, pairs, ap.attribute(model, pairs, "head"), top_k=4, sample=4)
-    checked = ap.verify(model, pairs, rows, top_k=4, sample=4, ci=0.9, n_boot=300)
+    checked = ap.verify(model, pairs, rows, top_k=4, sample=4, ci=ap.Bootstrap(0.9, n_boot=300))
     assert checked.spearman == pytest.approx(plain.spearman, abs=1e-12)
     assert list(checked.table["site"]) == list(plain.table["site"])
     lo, hi = checked.spearman_interval
@@ -279,7 +279,7 @@ def test_verify_resamples_estimates_and_exact_values_together():
     model, pairs = with_answers(linear_head_model("llama"), tiny_pairs())
     last = [model.dims.n_layers - 1]
     rows = ap.attribute(model, pairs, "resid_post", layers=last, per_prompt=True)
-    checked = ap.verify(model, pairs, rows, top_k=3, sample=3, ci=0.95, n_boot=200)
+    checked = ap.verify(model, pairs, rows, top_k=3, sample=3, ci=ap.Bootstrap(n_boot=200))
     assert checked.spearman_interval == pytest.approx((1.0, 1.0), abs=1e-9)
 
 

@@ -14,9 +14,11 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import transformers as tf
+import xarray as xr
 
 import actpatch as ap
 from actpatch import metrics
@@ -26,6 +28,7 @@ from actpatch.embedded import Recipe
 from actpatch.engine.collect import baseline
 from actpatch.models import cache
 from actpatch.tasks.ioi import CLASSIC, NAMES
+from random_dictionaries import random_dictionary
 from task_files import ROWS, write_csv, write_jsonl
 from tiny import tiny_model, tiny_task
 from word_tokenizer import gpt2_style_model
@@ -121,6 +124,23 @@ def _pickled_dictionary(c) -> Path:
     return folder
 
 
+def _frontier(c) -> xr.DataArray:
+    return ap.pareto_frontier(c.m, c.p, [ap.Site("head", 0, head=0)], sizes=[1])
+
+
+def _dictionary(c, layer: int) -> ap.Dictionary:
+    return random_dictionary(c.m, "resid_post", "resid_post", layer=layer, n_latents=8)
+
+
+def _latent(dictionary, latent: int) -> ap.Site:
+    return ap.Site("feature", dictionary.layer, latent=latent, basis=dictionary)
+
+
+def _no_scores(c) -> ap.FeatureScores:
+    """Scores of no node, averaged over prompts (no per-prompt estimates kept)."""
+    return ap.FeatureScores((), np.zeros(0), (_dictionary(c, 0),), "denoise", "atp")
+
+
 def _subspace() -> ap.Subspace:
     return ap.Subspace(ap.Site("resid_pre", 0, pos=-1), torch.eye(32)[:, :1])
 
@@ -146,6 +166,39 @@ BAD_INPUTS = {
         lambda c: ap.das(c.m, c.p[:2], "resid_pre[layer=0, pos=-1]", rank=1),
         ap.PairsError,
         r"training and held-out sets of at least 2 each.*pass more pairs",
+    ),
+    # --- feature circuits ----------------------------------------------------------------
+    "feature circuit over a dictionary not given": (
+        lambda c: ap.evaluate_feature_circuit(
+            c.m, c.p, [_latent(_dictionary(c, 1), 0)], dictionaries=[_dictionary(c, 0)]
+        ),
+        ap.SiteError,
+        r"not among the circuit's dictionaries.*add it to dictionaries=",
+    ),
+    "feature circuit latent out of range": (
+        lambda c: ap.evaluate_feature_circuit(c.m, c.p, [_latent(_dictionary(c, 0), 99)]),
+        ap.SiteError,
+        r"latent 99 is out of range; test.resid_post.0 has latents 0..7",
+    ),
+    "feature scores without a dictionary": (
+        lambda c: ap.feature_scores(c.m, c.p, []),
+        ValueError,
+        r"at least one dictionary \(actpatch.load_dictionary",
+    ),
+    "feature circuit chosen by two rules": (
+        lambda c: ap.top_features(_no_scores(c), 3, threshold=0.1),
+        ValueError,
+        r"give one of n, percent or threshold, got \['n', 'threshold'\]",
+    ),
+    "feature curve of an unknown error mode": (
+        lambda c: ap.feature_faithfulness_curve(c.m, c.p, _no_scores(c), errors=["dropped"]),
+        ValueError,
+        r"errors must name one or both of \('kept', 'ranked'\)",
+    ),
+    "feature circuit stability of averaged scores": (
+        lambda c: ap.feature_circuit_stability(_no_scores(c), n=3),
+        ValueError,
+        r"each prompt's estimate: score them with per_prompt=True",
     ),
     # --- circuits and ablations ----------------------------------------------------------
     "circuit of a non-component site": (
@@ -309,6 +362,31 @@ BAD_INPUTS = {
         lambda c: ap.sweep_paths(c.m, c.p, ["logits"], layers=[5]),
         ap.SiteError,
         r"layer 5 is out of range: this model has layers 0..1",
+    ),
+    "receivers of a resid_pre sender": (
+        lambda c: ap.all_receivers(c.m, ap.Site("resid_pre", 0)),
+        ap.SiteError,
+        r"a sender is a head .* or an MLP",
+    ),
+    "receivers of a sender past the last layer": (
+        lambda c: ap.all_receivers(c.m, ap.Site("mlp_out", 5)),
+        ap.SiteError,
+        r"layer 5 is out of range",
+    ),
+    "smallest circuit of a sweep": (
+        lambda c: ap.smallest_circuit(ap.sweep(c.m, c.p, "resid_pre", layers=[0])),
+        ValueError,
+        r"smallest_circuit reads a frontier, got a result with dims .*ap\.pareto_frontier",
+    ),
+    "smallest circuit by an unknown metric": (
+        lambda c: ap.smallest_circuit(_frontier(c), metric="nope"),
+        ValueError,
+        r"unknown metric 'nope'; choose one of .*norm_logit_diff",
+    ),
+    "smallest circuit of a recovery in percent": (
+        lambda c: ap.smallest_circuit(_frontier(c), recovery=80),
+        ValueError,
+        r"recovery is a share of the clean behaviour \(0\.8 for 80 %\), at most 2\.0; got 80",
     ),
     # --- the Gaussian-noise corruption ---------------------------------------------------------
     "noise scale negative": (
@@ -972,8 +1050,6 @@ def test_bad_input_gets_a_clear_error(inputs, call, error, message):
 # Public functions no row reaches, and why; each is a gap to close, not a rule.
 UNCHECKED = {
     "attached_hooks": "takes a model only",
-    "all_receivers": "checks no argument: a resid_pre sender or a layer past the last gives a list, not an error",
-    "smallest_circuit": "checks no argument: a sweep gives None, an unknown metric xarray's KeyError",
 }
 
 

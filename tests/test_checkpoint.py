@@ -156,3 +156,30 @@ def test_the_reference_engine_checkpoints_too(model_and_pairs, tmp_path):
     )
     assert again.attrs["cost"]["patches_from_checkpoint"] == want.attrs["cost"]["patches"]
     xr.testing.assert_identical(again.drop_attrs(), want.drop_attrs())
+
+
+def test_a_checkpoint_of_another_dictionary_of_the_same_name_is_refused(tmp_path):
+    """A feature site names its dictionary by name only: a retrained dictionary saved under the
+    same name must not resume from the other one's rows."""
+    from random_dictionaries import random_dictionary
+
+    model, pairs = tiny_task("llama")
+
+    def feature_sweep(seed):
+        dictionary = random_dictionary(model, "resid_post", "resid_post", seed=seed)
+        assert dictionary.name == "test.resid_post.1"  # one name, whatever the weights
+        return ap.sweep(
+            model,
+            pairs,
+            "feature",
+            dictionary=dictionary,
+            latents=[0, 1, 2],
+            chunk=2,
+            checkpoint=tmp_path,
+            progress=False,
+        )
+
+    feature_sweep(seed=0)
+    with pytest.raises(CheckpointMismatch, match="differing: bases"):
+        feature_sweep(seed=1)
+    feature_sweep(seed=0)  # the same weights loaded again: resumes

@@ -264,7 +264,7 @@ def test_find_circuit_ranks_what_it_is_given_and_says_when_nothing_is_enough():
 def test_find_circuit_passes_intervals_to_every_step(ten_prompts):
     model, pairs = ten_prompts
     heads = [ap.Site("head", 0, head=h) for h in range(4)] + [ap.Site("head", 1, head=0)]
-    bootstrap = dict(ci=0.8, n_boot=6, boot_seed=3)
+    bootstrap = dict(ci=ap.Bootstrap(0.8, n_boot=6, seed=3))
     found = ap.find_circuit(model, pairs, ranked_by=heads, recovery=0.3, **bootstrap)
     xr.testing.assert_equal(
         found.frontier.drop_attrs(),
@@ -559,14 +559,16 @@ def test_circuit_intervals_are_the_same_analysis_on_resampled_prompts(ten_prompt
     resampled = _resampled_pairs(pairs, n_boot, seed=3)
 
     plain = ap.evaluate_circuit(model, pairs, heads[:2])
-    bounds = ap.evaluate_circuit(model, pairs, heads[:2], ci=ci, n_boot=n_boot, boot_seed=3)
+    bounds = ap.evaluate_circuit(
+        model, pairs, heads[:2], ci=ap.Bootstrap(ci, n_boot=n_boot, seed=3)
+    )
     np.testing.assert_array_equal(bounds.sel(stat="value").values, plain.values)
     want = _percentile([ap.evaluate_circuit(model, p, heads[:2]).values for p in resampled], ci)
     np.testing.assert_allclose(
         bounds.sel(stat=["lo", "hi"]).transpose("stat", "metric").values, want, atol=1e-9
     )
 
-    frontier = ap.pareto_frontier(model, pairs, heads, ci=ci, n_boot=n_boot, boot_seed=3)
+    frontier = ap.pareto_frontier(model, pairs, heads, ci=ap.Bootstrap(ci, n_boot=n_boot, seed=3))
     xr.testing.assert_equal(
         frontier.sel(stat="value", drop=True).drop_attrs(),
         ap.pareto_frontier(model, pairs, heads).drop_attrs(),
@@ -585,7 +587,7 @@ def test_circuit_intervals_are_the_same_analysis_on_resampled_prompts(ten_prompt
     )
     assert frontier.attrs["interval"]["n_boot"] == n_boot
 
-    table = ap.minimality(model, pairs, heads[:3], ci=ci, n_boot=n_boot, boot_seed=3)
+    table = ap.minimality(model, pairs, heads[:3], ci=ap.Bootstrap(ci, n_boot=n_boot, seed=3))
     pd.testing.assert_frame_equal(
         table[["without", "drop", "passenger"]], ap.minimality(model, pairs, heads[:3])
     )
@@ -601,7 +603,9 @@ def test_backup_growth_intervals_are_the_same_analysis_on_resampled_prompts(ten_
         [ap.Site("head", 1, head=h) for h in range(4)] + [ap.Site("mlp_out", 1)],
     )
     n_boot, ci = 6, 0.8
-    table = ap.backup(model, pairs, component, candidates=candidates, ci=ci, n_boot=n_boot)
+    table = ap.backup(
+        model, pairs, component, candidates=candidates, ci=ap.Bootstrap(ci, n_boot=n_boot)
+    )
     plain = ap.backup(model, pairs, component, candidates=candidates)
     pd.testing.assert_frame_equal(table[plain.columns], plain)
     growths = [
@@ -617,7 +621,7 @@ def test_backup_growth_intervals_are_the_same_analysis_on_resampled_prompts(ten_
 def test_a_frontier_band_is_drawn_and_read_at_its_value(ten_prompts):
     model, pairs = ten_prompts
     heads = [ap.Site("head", 0, head=h) for h in range(4)]
-    frontier = ap.pareto_frontier(model, pairs, heads, ci=0.9, n_boot=200)
+    frontier = ap.pareto_frontier(model, pairs, heads, ci=ap.Bootstrap(0.9, n_boot=200))
     plain = ap.pareto_frontier(model, pairs, heads)
     for recovery in (0.1, 0.5, 0.9):
         assert ap.smallest_circuit(frontier, recovery) == ap.smallest_circuit(plain, recovery)
@@ -637,7 +641,9 @@ def test_direction_labels_say_whether_other_prompts_would_agree(ten_prompts):
     model, pairs = ten_prompts
     options = dict(direction=["denoise", "noise"], layers=[0])
     plain = ap.label_directions(ap.sweep(model, pairs, "head", **options))
-    bounded = ap.label_directions(ap.sweep(model, pairs, "head", ci=0.95, n_boot=300, **options))
+    bounded = ap.label_directions(
+        ap.sweep(model, pairs, "head", ci=ap.Bootstrap(n_boot=300), **options)
+    )
     from_rows = ap.label_directions(ap.sweep(model, pairs, "head", per_prompt=True, **options))
     pd.testing.assert_frame_equal(bounded[plain.columns], plain, atol=1e-12)
     pd.testing.assert_frame_equal(from_rows[plain.columns], plain, atol=1e-12)
@@ -650,13 +656,38 @@ def test_direction_labels_say_whether_other_prompts_would_agree(ten_prompts):
     assert bounded.attrs["interval"]["n_boot"] == 300
 
 
-def test_a_circuit_on_unsolved_prompts_says_its_baseline_check_cannot_be_turned_off():
+HEADS = [ap.Site("head", 0, head=1), ap.Site("head", 1, head=0), ap.Site("head", 1, head=2)]
+
+
+@pytest.mark.parametrize(
+    "analysis",
+    [
+        lambda model, pairs, **kw: ap.evaluate_circuit(model, pairs, HEADS[:1], **kw),
+        lambda model, pairs, **kw: ap.pareto_frontier(model, pairs, HEADS, sizes=[1], **kw),
+        lambda model, pairs, **kw: ap.minimality(model, pairs, HEADS, **kw),
+        lambda model, pairs, **kw: ap.backup(model, pairs, HEADS[0], candidates=HEADS[1:], **kw),
+    ],
+    ids=["evaluate_circuit", "pareto_frontier", "minimality", "backup"],
+)
+def test_circuits_take_check_baseline_as_sweeps_do(analysis):
     model, pairs = tiny_task("llama")
     flipped = ap.PromptPairs(
         pairs.clean, pairs.corrupt, pairs.wrong, pairs.answers
-    )  # answers the wrong way round
-    with pytest.raises(
-        ap.BaselineError, match="always check it, whatever check_baseline says"
-    ) as caught:
-        ap.evaluate_circuit(model, flipped, [ap.Site("head", 0, head=0)])
-    assert "pass check_baseline=False" not in str(caught.value)
+    )  # answers the wrong way round: the clean run loses
+    with pytest.raises(ap.BaselineError, match=r"does not perform the task.*check_baseline=False"):
+        analysis(model, flipped)
+    # Turned off, it runs; swapping the answers negates every logit difference and keeps its share.
+    unchecked, solved = analysis(model, flipped, check_baseline=False), analysis(model, pairs)
+    if isinstance(solved, pd.DataFrame):
+        column = "growth" if "growth" in solved else "drop"
+        np.testing.assert_allclose(unchecked[column], solved[column], atol=1e-9)
+        assert unchecked.attrs["baseline_clean"]["logit_diff"] == pytest.approx(
+            -solved.attrs["baseline_clean"]["logit_diff"]
+        )
+    else:
+        np.testing.assert_allclose(
+            unchecked.sel(metric="logit_diff"), -solved.sel(metric="logit_diff"), atol=1e-9
+        )
+        np.testing.assert_allclose(
+            unchecked.sel(metric="norm_logit_diff"), solved.sel(metric="norm_logit_diff"), atol=1e-9
+        )

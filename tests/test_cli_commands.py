@@ -331,9 +331,7 @@ def test_circuit_prints_and_writes_what_find_circuit_finds(tiny_folder, tmp_path
     assert result.exit_code == 0, result.output
     model = ap.load_model(tiny_folder)
     pairs = ap.tasks.ioi(model, 4, seed=2, order="abba", templates=CLASSIC)
-    found = ap.find_circuit(
-        model, pairs, "head", recovery=0.5, max_size=3, sweep={"check_baseline": False}
-    )
+    found = ap.find_circuit(model, pairs, "head", recovery=0.5, max_size=3, check_baseline=False)
     swept = ap.load(tmp_path / "ioi_head_denoise_circuit.nc")
     assert swept.attrs["clean_prompts"] == list(pairs.clean_text)  # the same prompts
     xr.testing.assert_allclose(swept.drop_attrs(), found.ranked_by.drop_attrs(), atol=1e-6)

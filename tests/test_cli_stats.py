@@ -141,7 +141,10 @@ def test_compare_prints_the_flagged_sites_and_writes_the_table(per_prompt, tmp_p
     )
     assert result.exit_code == 0, result.output
     want = stats.compare(
-        ap.load(per_prompt["denoise"]), ap.load(per_prompt["noise"]), n_boot=2000, fdr=0.05
+        ap.load(per_prompt["denoise"]),
+        ap.load(per_prompt["noise"]),
+        ci=ap.Bootstrap(n_boot=2000),
+        fdr=0.05,
     )
     written = pd.read_csv(out)
     assert len(written) == len(want) and written["flagged"].tolist() == want["flagged"].tolist()

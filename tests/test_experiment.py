@@ -120,6 +120,7 @@ def test_interval_keys_are_read_and_the_flags_override_them(tmp_path):
     config.write_text(GOOD + "ci = 0.9\nn_boot = 200\nboot_seed = 4\n")
     spec = experiment.load(config)
     assert (spec.sweep.ci, spec.sweep.n_boot, spec.sweep.boot_seed) == (0.9, 200, 4)
+    assert spec.sweep.bootstrap == ap.Bootstrap(0.9, n_boot=200, seed=4)  # the library's ci=
     assert (
         experiment.validate({"task": {"name": "ioi"}, "sweep": {"site": "head"}}).sweep.ci,
         spec.sweep.n_boot,

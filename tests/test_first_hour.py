@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 
 import numpy as np
 import pytest
@@ -112,7 +113,9 @@ def test_enough_prompts_gives_no_number_when_widths_do_not_shrink_like_one_over_
     # so the widths do not follow k/√n and no count can be read off the fit.
     values = np.r_[np.full(63, 0.5), 40.0]
     with pytest.warns(UserWarning, match="do not shrink like"):
-        budget = stats.enough_prompts(_rows(values), metric="logit_diff", width=0.1, n_boot=300)
+        budget = stats.enough_prompts(
+            _rows(values), metric="logit_diff", width=0.1, ci=ap.Bootstrap(n_boot=300)
+        )
     assert (budget.sites["misfit"] > 0.25).any()
     assert budget.needed is None and "1/√n" in budget.reason
     assert budget.sites["needed"].isna().all()
@@ -123,7 +126,10 @@ def test_enough_prompts_gives_no_number_when_widths_do_not_shrink_like_one_over_
 def test_enough_prompts_gives_its_number_when_the_fit_holds():
     rng = np.random.default_rng(0)
     budget = stats.enough_prompts(
-        _rows(rng.normal(0.5, 1.0, 200)), metric="logit_diff", width=0.1, n_boot=300
+        _rows(rng.normal(0.5, 1.0, 200)),
+        metric="logit_diff",
+        width=0.1,
+        ci=ap.Bootstrap(n_boot=300),
     )
     assert isinstance(budget.needed, int) and budget.needed > 200 and budget.reason == ""
     assert repr(budget).startswith(f"EnoughPrompts(needed={budget.needed}")
@@ -133,7 +139,9 @@ def test_circuit_stability_says_its_cost_up_front_and_shows_progress(tiny, caplo
     model, pairs = tiny
     sweep = ap.sweep(model, pairs, "head", positions="all", per_prompt=True, check_baseline=False)
     with caplog.at_level(logging.INFO, logger="actpatch.circuits.stability"):
-        ap.circuits.circuit_stability(model, pairs, sweep, n_boot=2, sizes=[0, 1, 2], progress=True)
+        ap.circuits.circuit_stability(
+            model, pairs, sweep, resamples=2, sizes=[0, 1, 2], progress=True
+        )
     assert (
         "3 circuit searches (1 on all prompts, 2 resamples)" in caplog.text
         and "3 sizes" in caplog.text
@@ -148,7 +156,7 @@ def test_edge_stability_says_its_cost_up_front_and_shows_progress(tiny, caplog, 
             model,
             pairs,
             method="eap",
-            n_boot=2,
+            resamples=2,
             others=[pairs[:3]],
             check_baseline=False,
             progress=True,
@@ -161,7 +169,7 @@ def test_compare_gives_raw_and_adjusted_p_values():
     rng = np.random.default_rng(1)
     a = _rows(rng.normal(0.5, 0.1, 40))
     b = a.copy(data=a.values - 0.02)
-    table = stats.compare(a, b, metric="logit_diff", n_boot=200)
+    table = stats.compare(a, b, metric="logit_diff", ci=ap.Bootstrap(n_boot=200))
     assert {"p", "p_adjusted"} <= set(table.columns)
     assert (table["p_adjusted"] >= table["p"]).all() and list(table["flagged"]) == list(
         table["p_adjusted"] <= 0.05
@@ -178,7 +186,7 @@ def test_graph_evaluate_takes_ci_as_node_circuits_do(tiny):
     )
     plain = graph.evaluate(model, pairs, circuit, check_baseline=False)
     bounded = graph.evaluate(
-        model, pairs, circuit, check_baseline=False, ci=0.9, n_boot=200, boot_seed=3
+        model, pairs, circuit, check_baseline=False, ci=ap.Bootstrap(0.9, n_boot=200, seed=3)
     )
     assert list(bounded["stat"].values) == ["value", "lo", "hi"]
     xr.testing.assert_allclose(bounded.sel(stat="value", drop=True), plain)
@@ -201,14 +209,12 @@ def test_faithfulness_curve_takes_ci_and_bounds_every_metric(tiny):
         scores,
         percents=[10, 50, 100],
         check_baseline=False,
-        ci=0.9,
-        n_boot=200,
-        boot_seed=1,
+        ci=ap.Bootstrap(0.9, n_boot=200, seed=1),
     )
     np.testing.assert_allclose(bounded.sel(stat="value").values, plain.values)
     assert not bool(bounded.sel(stat=["lo", "hi"]).isnull().any())  # prob, kl, accuracy too
     # f's bounds: those curve_intervals draws from the saved per-prompt numbers, same resamples
-    saved = graph.curve_intervals(plain, 0.9, n_boot=200, seed=1)
+    saved = graph.curve_intervals(plain, ap.Bootstrap(0.9, n_boot=200, seed=1))
     np.testing.assert_allclose(
         bounded.sel(metric="faithfulness").values, saved.sel(metric="faithfulness").values
     )
@@ -255,6 +261,64 @@ def test_a_graph_prints_in_one_line_with_its_sizes():
     assert (
         text == "Graph(30 layers × 9 heads, d_model 576: 301 senders, 841 receivers, 123,211 edges)"
     )
+
+
+def test_a_ci_sweep_prints_a_short_summary_with_its_strongest_cells(tiny):
+    model, pairs = tiny
+    result = ap.sweep(model, pairs, "head", ci=0.9, check_baseline=False, progress=False)
+    text = str(result)
+    assert text == repr(result) and len(text.splitlines()) <= 12
+    assert "array(" not in text and "[[" not in text  # xarray's view lists every number
+    head, sizes = text.splitlines()[:2]
+    assert "sweep" in head and "site=head" in head and "direction=denoise" in head
+    assert "90 % intervals (1000 resamples)" in head
+    assert sizes.strip() == "metric 6 × layer 2 × head 4 × stat 3"
+    assert "metrics: " + ", ".join(ap.METRICS) in text
+    # the first cell listed is the largest effect on the logit difference, with its interval
+    diff = result.sel(metric="logit_diff")
+    effect = diff.sel(stat="value") - result.attrs["baseline_corrupt"]["logit_diff"]
+    layer, head_index = np.unravel_index(int(np.abs(effect.values).argmax()), effect.shape)
+    lo, hi = (float(diff.sel(stat=s)[layer, head_index]) for s in ("lo", "hi"))
+    first = next(line for line in text.splitlines() if line.startswith("    "))
+    assert first.split()[:2] == [f"head[layer={layer},", f"head={head_index}]"]
+    assert f"[{lo:.4g}, {hi:.4g}]" in first
+
+
+def test_every_analysis_result_is_a_dataarray_that_prints_short_and_stays_one(tiny, tmp_path):
+    model, pairs = tiny
+    sweep = ap.sweep(model, pairs, "head", check_baseline=False, progress=False)
+    circuit = [ap.Site("head", 1, head=0)]
+    made = {
+        "sweep": sweep,
+        "attribute": ap.attribute(model, pairs, "head", check_baseline=False, progress=False),
+        "evaluate_circuit": ap.evaluate_circuit(model, pairs, circuit, ci=0.9),
+        "pareto_frontier": ap.pareto_frontier(model, pairs, sweep, sizes=[0, 2]),
+        "intervals": stats.intervals(
+            ap.sweep(model, pairs, "head", per_prompt=True, check_baseline=False, progress=False)
+        ),
+    }
+    for analysis, result in made.items():
+        assert isinstance(result, xr.DataArray) and type(result) is ap.Result, analysis
+        assert str(result).startswith(f"<actpatch.Result {result.name}: ")
+        assert "<xarray" in result._repr_html_() or "xr-" in result._repr_html_()  # notebooks
+    assert "norm_logit_diff" in str(made["evaluate_circuit"]).splitlines()[4]  # every metric
+    # xarray's operations keep the type where xarray keeps it, and the numbers everywhere
+    for derived in (
+        sweep.sel(metric="norm_logit_diff"),
+        sweep.isel(layer=0),
+        sweep * 2 - sweep,
+        sweep.mean("head"),
+        xr.concat([sweep, sweep], "copy"),
+        pickle.loads(pickle.dumps(sweep)),
+    ):
+        assert type(derived) is ap.Result
+    plain = sweep.where(sweep > 0)  # xarray builds some results as plain DataArrays
+    np.testing.assert_array_equal(plain.values, np.where(sweep > 0, sweep, np.nan))
+    assert repr(sweep.mean(keep_attrs=False)).startswith("<xarray.Result")  # xarray view
+    assert type(xr.DataArray(sweep)) is xr.DataArray
+    back = ap.load(ap.save(made["evaluate_circuit"], tmp_path / "circuit.nc"))
+    assert type(back) is ap.Result
+    xr.testing.assert_identical(back, made["evaluate_circuit"])
 
 
 def test_edge_gradient_bars_stay_off_a_redirected_stream(tiny, capsys):
@@ -346,7 +410,9 @@ def test_faded_cells_are_drawn_towards_the_background():
     from actpatch.report import figures, png
 
     model, pairs = tiny_task("llama", batch=6)
-    bounded = ap.sweep(model, pairs, "resid_pre", ci=0.9, n_boot=50, check_baseline=False)
+    bounded = ap.sweep(
+        model, pairs, "resid_pre", ci=ap.Bootstrap(0.9, n_boot=50), check_baseline=False
+    )
     figure = ap.report.show(bounded)
     fades = [t for t in figure.data if t.name == figures.FADED_NAME]
     assert fades and figure.layout.plot_bgcolor == figures.BACKGROUND

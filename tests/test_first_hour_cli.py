@@ -106,7 +106,9 @@ def test_an_edge_run_records_only_what_it_ran(edges):
     assert curve.attrs["analysis"] == "faithfulness_curve" and curve.attrs["method"] == "eap"
     assert "clean_prompts" in curve.attrs and "versions" in curve.attrs
     page = next(out.glob("*.html")).read_text()
-    assert "batched" not in page and "atp" not in page
+    # one engine recorded: the edge engine the curve ran (named as the sweeps' are), no sweep's
+    assert curve.attrs["engine"] == "batched" and page.count("<th>engine</th>") == 1
+    assert "atp" not in page
 
 
 def test_edge_gradient_bars_stay_out_of_a_redirected_log(tiny_folder, tmp_path):

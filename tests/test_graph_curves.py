@@ -24,6 +24,7 @@ from actpatch.graph import (
     save_graph,
     top_edges,
 )
+from actpatch.stats.bootstrap import Bootstrap
 from tiny import tiny_model, tiny_task
 
 
@@ -196,7 +197,7 @@ def test_the_fast_curve_is_the_plain_curve(family, ablation):
     scores = edge_scores(model, pairs, "eap")
     fast = faithfulness_curve(model, pairs, scores, ablation=ablation, check_baseline=False)
     plain = faithfulness_curve(
-        model, pairs, scores, ablation=ablation, check_baseline=False, engine="plain"
+        model, pairs, scores, ablation=ablation, check_baseline=False, engine="reference"
     )
     np.testing.assert_allclose(fast.values, plain.values, atol=1e-5)
     assert fast.attrs["cpr"] == pytest.approx(plain.attrs["cpr"], abs=1e-5)
@@ -249,7 +250,9 @@ def test_curve_intervals_resample_prompts_without_a_forward_and_keep_the_values(
         model, pairs, scores, percents=[5, 20, 50, 100], ablation=ablation, check_baseline=False
     )
     # no model is given, so no forward can run: the saved curve alone is resampled
-    banded = curve_intervals(load(save(curve, tmp_path / "curve.nc")), 0.9, n_boot=300, seed=1)
+    banded = curve_intervals(
+        load(save(curve, tmp_path / "curve.nc")), Bootstrap(0.9, n_boot=300, seed=1)
+    )
     assert banded.dims == ("percent", "metric", "stat")
     np.testing.assert_allclose(banded.sel(stat="value").values, curve.values, atol=1e-12)
     lo, value, hi = (
@@ -261,7 +264,7 @@ def test_curve_intervals_resample_prompts_without_a_forward_and_keep_the_values(
     )  # every edge: f = 1 in every resample
     assert banded.attrs["cpr_lo"] <= curve.attrs["cpr"] <= banded.attrs["cpr_hi"]
     assert banded.attrs["cmd_lo"] <= curve.attrs["cmd"] <= banded.attrs["cmd_hi"]
-    again = curve_intervals(curve, 0.9, n_boot=300, seed=1)
+    again = curve_intervals(curve, Bootstrap(0.9, n_boot=300, seed=1))
     np.testing.assert_array_equal(again.values, banded.values)  # seeded
 
 

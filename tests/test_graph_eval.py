@@ -282,7 +282,7 @@ def test_the_fast_per_head_path_gives_the_plain_paths_logits(family):
         ]
     )
     torch.testing.assert_close(
-        runs.logits(circuits), runs.logits(circuits, engine="plain"), atol=ATOL, rtol=0
+        runs.logits(circuits), runs.logits(circuits, engine="reference"), atol=ATOL, rtol=0
     )
     assert hooks.attached_hooks(model) == 0
 

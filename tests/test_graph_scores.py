@@ -57,7 +57,7 @@ def test_the_fast_gradient_path_gives_the_plain_paths_scores(family, method, ste
     `chunk` stacks interpolation steps (ragged) as copies."""
     model, pairs = tiny_task(family)
     plain = edge_scores(
-        model, pairs, method, steps=steps, chunk=chunk, engine="plain", check_baseline=False
+        model, pairs, method, steps=steps, chunk=chunk, engine="reference", check_baseline=False
     ).scores
     fast = edge_scores(model, pairs, method, steps=steps, chunk=chunk, check_baseline=False).scores
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
@@ -66,7 +66,7 @@ def test_the_fast_gradient_path_gives_the_plain_paths_scores(family, method, ste
 
 def test_the_fast_gradient_path_on_one_prompt_under_grouped_query_attention():
     model, pairs = tiny_task("mistral", batch=1)
-    plain = edge_scores(model, pairs, "eap", engine="plain", check_baseline=False).scores
+    plain = edge_scores(model, pairs, "eap", engine="reference", check_baseline=False).scores
     torch.testing.assert_close(
         edge_scores(model, pairs, "eap", check_baseline=False).scores, plain, atol=1e-5, rtol=1e-5
     )
@@ -78,7 +78,7 @@ def test_resumed_exact_scores_are_the_plain_removals_at_under_half_the_work(fami
     gives what its whole forward gives; counted in decoder-layer × token calls, the whole graph
     costs under half of one forward per edge (recordings included)."""
     model, pairs = tiny_task(family)
-    plain = edge_scores(model, pairs, "exact", engine="plain", check_baseline=False).scores
+    plain = edge_scores(model, pairs, "exact", engine="reference", check_baseline=False).scores
     fast = edge_scores(model, pairs, "exact", chunk=7, check_baseline=False)
     torch.testing.assert_close(fast.scores, plain, atol=1e-5, rtol=0)
     cost = fast.attrs["cost"]

@@ -15,7 +15,7 @@ def test_edge_stability_counts_the_resampled_and_the_other_circuits():
         pairs,
         method="eap",
         percent=20,
-        n_boot=4,
+        resamples=4,
         seed=1,
         others=[others, pairs],
         check_baseline=False,
@@ -37,7 +37,9 @@ def test_edge_stability_counts_the_resampled_and_the_other_circuits():
 def test_one_prompt_repeated_gives_the_same_circuit_on_every_resample():
     model, pairs = tiny_task("llama")
     same = pairs[[0, 0, 0]]
-    table = edge_stability(model, same, percent=10, n_boot=3, check_baseline=False, progress=False)
+    table = edge_stability(
+        model, same, percent=10, resamples=3, check_baseline=False, progress=False
+    )
     assert table.attrs["mean_jaccard"] == 1.0
     np.testing.assert_array_equal(table.loc[table.in_circuit, "inclusion"], 1.0)
     assert np.isnan(table.attrs["mean_jaccard_others"])
@@ -45,5 +47,5 @@ def test_one_prompt_repeated_gives_the_same_circuit_on_every_resample():
 
 def test_edge_stability_refuses_a_bad_number_of_resamples():
     model, pairs = tiny_task("llama")
-    with pytest.raises(ValueError, match="n_boot must be a positive number"):
-        edge_stability(model, pairs, n_boot=0)
+    with pytest.raises(ValueError, match="resamples must be a positive number"):
+        edge_stability(model, pairs, resamples=0)

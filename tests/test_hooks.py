@@ -43,8 +43,8 @@ def test_noop_patch_changes_no_logit(family):
     for kind in kinds_for(family):
         for pos in (None, 2, "X"):
             site = one_site(kind, pos=pos)
-            own = capture(model, pairs.corrupt, [site], positions=pairs.positions)
-            with patch(model, own, positions=pairs.positions):
+            own = capture(model, pairs.corrupt, [site], named_positions=pairs.positions)
+            with patch(model, own, named_positions=pairs.positions):
                 after = model.last_logits(pairs.corrupt)
             torch.testing.assert_close(after, before, atol=1e-5, rtol=0, msg=f"{site}")
 
@@ -90,8 +90,8 @@ def test_resid_mid_patch_sets_the_residual_stream_itself(family):
 def test_named_position_patches_each_prompt_at_its_own_index():
     model, pairs = tiny_task("llama")
     named = Site("resid_pre", 1, pos="X")
-    source = capture(model, pairs.clean, [named], positions=pairs.positions)
-    with patch(model, source, positions=pairs.positions):
+    source = capture(model, pairs.clean, [named], named_positions=pairs.positions)
+    with patch(model, source, named_positions=pairs.positions):
         got = model.last_logits(pairs.corrupt)
     for row, index in enumerate(pairs.positions["X"].tolist()):
         by_index = Site("resid_pre", 1, pos=index)
@@ -284,15 +284,15 @@ def test_sites_written_as_transformerlens_names_or_our_text_are_the_same_sites(f
         "head[layer=1, head=2, pos=END]": Site("head", 1, head=2, pos="END"),
         "pattern[layer=0, head=1]": Site("pattern", 0, head=1),
     }
-    by_name = capture(model, pairs.clean, list(names), positions=pairs.positions)
-    by_site = capture(model, pairs.clean, list(names.values()), positions=pairs.positions)
+    by_name = capture(model, pairs.clean, list(names), named_positions=pairs.positions)
+    by_site = capture(model, pairs.clean, list(names.values()), named_positions=pairs.positions)
     assert set(by_name) == set(by_site) == set(names.values())
     for site in by_site:
         torch.testing.assert_close(by_name[site], by_site[site], atol=0, rtol=0)
     for name, site in names.items():
-        with patch(model, {name: by_site[site]}, positions=pairs.positions):
+        with patch(model, {name: by_site[site]}, named_positions=pairs.positions):
             named = model.last_logits(pairs.corrupt)
-        with patch(model, {site: by_site[site]}, positions=pairs.positions):
+        with patch(model, {site: by_site[site]}, named_positions=pairs.positions):
             torch.testing.assert_close(
                 named, model.last_logits(pairs.corrupt), atol=0, rtol=0, msg=name
             )
@@ -331,9 +331,9 @@ def test_capture_of_a_run_with_noise_is_capture_under_add_to_input(family):
     noise = _noise(model, pairs)
     sites = [Site("resid_pre", 0), Site("resid_post", 1, pos="X"), Site("pattern", 1, head=0)]
     with hooks.add_to_input(model, noise):
-        want = capture(model, pairs.clean, sites, positions=pairs.positions)
+        want = capture(model, pairs.clean, sites, named_positions=pairs.positions)
     got = capture(model, Run(pairs.clean, noise, pairs.positions, "corrupt"), sites)
-    plain = capture(model, pairs.clean, sites, positions=pairs.positions)
+    plain = capture(model, pairs.clean, sites, named_positions=pairs.positions)
     for site in sites:
         torch.testing.assert_close(got[site], want[site], atol=0, rtol=0)
         assert not torch.allclose(got[site], plain[site]), f"{site}: the run's noise was not added"
@@ -341,13 +341,13 @@ def test_capture_of_a_run_with_noise_is_capture_under_add_to_input(family):
         model,
         Run(pairs.clean, None, {"X": torch.tensor([0, 0, 0])}),
         [Site("resid_pre", 1, pos="X")],
-        positions=pairs.positions,
-    )  # positions= wins over the run's own
+        named_positions=pairs.positions,
+    )  # named_positions= wins over the run's own
     torch.testing.assert_close(
         moved[Site("resid_pre", 1, pos="X")],
-        capture(model, pairs.clean, [Site("resid_pre", 1, pos="X")], positions=pairs.positions)[
-            Site("resid_pre", 1, pos="X")
-        ],
+        capture(
+            model, pairs.clean, [Site("resid_pre", 1, pos="X")], named_positions=pairs.positions
+        )[Site("resid_pre", 1, pos="X")],
     )
 
 

@@ -75,7 +75,9 @@ def plain_atp(model, pairs, site: ap.Site) -> float:
     epsilon = torch.zeros((), requires_grad=True)
     with (
         torch.enable_grad(),
-        ap.patch(model, {site: corrupt + epsilon * (clean - corrupt)}, positions=pairs.positions),
+        ap.patch(
+            model, {site: corrupt + epsilon * (clean - corrupt)}, named_positions=pairs.positions
+        ),
     ):
         logits = model.hf(input_ids=pairs.corrupt, use_cache=False).logits[:, -1].float()
         diff = metrics.logit_diff(logits, pairs.answers, pairs.wrong).mean()
@@ -274,7 +276,7 @@ def test_edge_circuits_are_their_plain_runs_one_circuit_per_forward(family, abla
     circuits = edge_circuits(model)
     runs = graph.EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=False)
     # The plain path: attention expanded per head, every position's MLP, one circuit per forward.
-    plain = runs.logits(circuits, engine="plain", chunk=1)
+    plain = runs.logits(circuits, engine="reference", chunk=1)
     # The fast path: two circuits stacked per forward, the last chunk ragged.
     torch.testing.assert_close(runs.logits(circuits, chunk=2), plain, **EXACT)
     base = plain_baseline(model, pairs)

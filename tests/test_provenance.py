@@ -14,6 +14,7 @@ import pytest
 
 import actpatch as ap
 from actpatch import graph, results
+from random_dictionaries import random_dictionary
 from tiny import tiny_task
 
 # What `results.provenance` records from the model and the prompts, whatever the analysis.
@@ -38,6 +39,10 @@ def _edge_scores(model, pairs):
     return graph.edge_scores(model, pairs, "eap")
 
 
+def _feature_scores(model, pairs):
+    return ap.feature_scores(model, pairs, [random_dictionary(model, "resid_post", "resid_post")])
+
+
 ANALYSES = {  # the analysis: how to make its result
     "sweep": lambda model, pairs: ap.sweep(model, pairs, "head"),
     "attribute": lambda model, pairs: ap.attribute(model, pairs, "head"),
@@ -57,6 +62,12 @@ ANALYSES = {  # the analysis: how to make its result
     ),
     "faithfulness_curve": lambda model, pairs: graph.faithfulness_curve(
         model, pairs, _edge_scores(model, pairs)
+    ),
+    "evaluate_feature_circuit": lambda model, pairs: ap.evaluate_feature_circuit(
+        model, pairs, ap.top_features(_feature_scores(model, pairs), 3)
+    ),
+    "feature_faithfulness_curve": lambda model, pairs: ap.feature_faithfulness_curve(
+        model, pairs, _feature_scores(model, pairs)
     ),
 }
 # The name each result records: its function's, where that is not the key.

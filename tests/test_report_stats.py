@@ -26,8 +26,7 @@ def bounded() -> xr.DataArray:
         random_pairs(model, 16),
         "resid_pre",
         direction=["denoise", "noise"],
-        ci=0.95,
-        n_boot=200,
+        ci=ap.Bootstrap(n_boot=200),
     )
 
 

@@ -19,7 +19,7 @@ FAMILIES_FOR_SOURCES = ("llama", "gpt2", "gemma3")
 
 def by_hand(model, pairs, values):
     """Mean logit difference of the clean run with `values` patched in (plain hooks.patch)."""
-    with ap.patch(model, values, positions=pairs.positions):
+    with ap.patch(model, values, named_positions=pairs.positions):
         logits = model.last_logits(pairs.clean).double()
     rows = torch.arange(len(pairs))
     return float((logits[rows, pairs.answers] - logits[rows, pairs.wrong]).mean())

@@ -118,7 +118,7 @@ def test_sites_read_back_from_a_result_patch_the_same_cells(tiny):
     ).size
     values = ap.capture(model, pairs.clean_run, sites[:2])
     for site, value in values.items():
-        with ap.patch(model, {site: value}, positions=pairs.positions):
+        with ap.patch(model, {site: value}, named_positions=pairs.positions):
             logits = model.last_logits(pairs.corrupt_run)
         got = float(
             (logits[torch.arange(3), pairs.answers] - logits[torch.arange(3), pairs.wrong])
@@ -185,3 +185,24 @@ def test_no_function_takes_more_than_twelve_parameters():
                 ):
                     offenders.append(f"{path.name}:{node.name} ({count})")
     assert offenders == []
+
+
+def test_a_model_whose_parameters_require_grad_sweeps_the_same():
+    """A model built in memory or being trained has parameters that require grad: every sweep
+    (intervals and per-prompt rows included) runs forwards only and gives the same numbers, and
+    the flags are left as they were."""
+    model, pairs = tiny_task("gpt2")
+    options = dict(progress=False, ci=ap.Bootstrap(0.9, n_boot=20))
+    want = ap.sweep(model, pairs, "head", **options)
+    want_rows = ap.sweep(model, pairs, "resid_pre", per_prompt=True, progress=False)
+    flags = [p.requires_grad for p in model.hf.parameters()]
+    try:
+        model.hf.requires_grad_(True)
+        got = ap.sweep(model, pairs, "head", **options)
+        got_rows = ap.sweep(model, pairs, "resid_pre", per_prompt=True, progress=False)
+        assert all(p.requires_grad for p in model.hf.parameters())
+    finally:
+        for parameter, flag in zip(model.hf.parameters(), flags, strict=True):
+            parameter.requires_grad_(flag)
+    xr.testing.assert_allclose(got.drop_attrs(), want.drop_attrs(), atol=1e-6)
+    xr.testing.assert_allclose(got_rows.drop_attrs(), want_rows.drop_attrs(), atol=1e-6)

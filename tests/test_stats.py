@@ -27,7 +27,7 @@ def swept():
 
 def test_value_is_the_sweeps_own_number(swept):
     _, _, per_prompt, averaged = swept
-    bounds = stats.intervals(per_prompt, n_boot=200)
+    bounds = stats.intervals(per_prompt, ci=ap.Bootstrap(n_boot=200))
     assert list(bounds["stat"].values) == ["value", "lo", "hi"] and "batch" not in bounds.dims
     assert set(bounds.dims) == {"direction", "metric", "layer", "pos", "stat"}
     np.testing.assert_allclose(
@@ -44,7 +44,7 @@ def test_value_is_the_sweeps_own_number(swept):
 
 def test_unchanged_tokens_at_layer_0_have_an_interval_of_exactly_zero(swept):
     _, _, per_prompt, _ = swept
-    bounds = stats.intervals(per_prompt, n_boot=200).sel(
+    bounds = stats.intervals(per_prompt, ci=ap.Bootstrap(n_boot=200)).sel(
         direction="denoise", metric="norm_logit_diff", layer=0
     )
     for pos in (0, 2):  # clean and corrupt tokens agree there: the patch is the corrupt run itself
@@ -54,12 +54,12 @@ def test_unchanged_tokens_at_layer_0_have_an_interval_of_exactly_zero(swept):
 
 def test_directions_share_their_resamples_and_seeds_repeat(swept):
     _model, _pairs, per_prompt, _ = swept
-    both = stats.intervals(per_prompt, n_boot=300, seed=4)
-    alone = stats.intervals(per_prompt.sel(direction="noise"), n_boot=300, seed=4)
+    both = stats.intervals(per_prompt, ci=ap.Bootstrap(n_boot=300, seed=4))
+    alone = stats.intervals(per_prompt.sel(direction="noise"), ci=ap.Bootstrap(n_boot=300, seed=4))
     xr.testing.assert_identical(
         both.sel(direction="noise").drop_vars("direction"), alone.drop_vars("direction")
     )
-    other = stats.intervals(per_prompt, n_boot=300, seed=5)
+    other = stats.intervals(per_prompt, ci=ap.Bootstrap(n_boot=300, seed=5))
     assert not np.array_equal(both.sel(stat="lo").values, other.sel(stat="lo").values)
 
 
@@ -71,7 +71,7 @@ def test_length_groups_are_resampled_within_each_group():
     ]
     per_prompt = ap.sweep(model, groups, "head", positions=["END"], per_prompt=True)
     averaged = ap.sweep(model, groups, "head", positions=["END"])
-    bounds = stats.intervals(per_prompt, n_boot=200)
+    bounds = stats.intervals(per_prompt, ci=ap.Bootstrap(n_boot=200))
     np.testing.assert_allclose(
         bounds.sel(stat="value").transpose(*averaged.dims), averaged, rtol=0, atol=1e-12
     )
@@ -93,7 +93,7 @@ def test_each_corruption_is_resampled_on_its_own_prompts():
     }
     per_prompt = ap.sweep_corruptions(model, by_corruption, "resid_pre", per_prompt=True)
     averaged = ap.sweep_corruptions(model, by_corruption, "resid_pre")
-    bounds = stats.intervals(per_prompt, n_boot=200)
+    bounds = stats.intervals(per_prompt, ci=ap.Bootstrap(n_boot=200))
     np.testing.assert_allclose(
         bounds.sel(stat="value").transpose(*averaged.dims), averaged, rtol=0, atol=1e-12
     )
@@ -116,7 +116,7 @@ def test_95_percent_intervals_cover_a_known_ratio_of_means_about_95_percent_of_t
     truth = {"norm_logit_diff": 0.5, "logit_diff": 2.5}
     n_sets = 400
     for i in range(n_sets):
-        bounds = stats.intervals(synthetic(rng, 40), n_boot=1000, seed=i).isel(layer=0)
+        bounds = stats.intervals(synthetic(rng, 40), ci=ap.Bootstrap(seed=i)).isel(layer=0)
         for metric in covered:
             lo, hi = bounds.sel(metric=metric, stat="lo"), bounds.sel(metric=metric, stat="hi")
             covered[metric] += int(lo <= truth[metric] <= hi)
@@ -129,7 +129,7 @@ def test_95_percent_intervals_cover_a_known_ratio_of_means_about_95_percent_of_t
     [
         (lambda r: stats.intervals(r.mean("batch")), "per_prompt=True"),
         (lambda r: stats.intervals(r, ci=95), "between 0 and 1"),
-        (lambda r: stats.intervals(r, n_boot=0), "n_boot"),
+        (lambda r: stats.intervals(r, ci=ap.Bootstrap(n_boot=0)), "n_boot"),
         (lambda r: stats.intervals(r, method="bca"), "method must be one of"),
         (lambda r: stats.intervals(r.isel(batch=[0])), "at least 2"),
     ],

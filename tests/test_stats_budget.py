@@ -33,8 +33,10 @@ def test_strongest_sites_of_a_sweep_and_named_sites():
     per_prompt = ap.sweep(
         model, random_pairs(model, 32), "resid_pre", per_prompt=True, direction=["denoise", "noise"]
     )
-    budget = stats.enough_prompts(per_prompt, width=0.1, n_boot=500)
-    values = stats.intervals(per_prompt, n_boot=10).sel(metric="norm_logit_diff", stat="value")
+    budget = stats.enough_prompts(per_prompt, width=0.1, ci=ap.Bootstrap(n_boot=500))
+    values = stats.intervals(per_prompt, ci=ap.Bootstrap(n_boot=10)).sel(
+        metric="norm_logit_diff", stat="value"
+    )
     strongest = max(
         abs(values.sel(direction="denoise")).max(), abs(1 - values.sel(direction="noise")).max()
     )
@@ -46,13 +48,13 @@ def test_strongest_sites_of_a_sweep_and_named_sites():
         per_prompt.sel(direction="denoise"),
         sites=["resid_pre[layer=1, pos=5]"],
         width=0.1,
-        n_boot=500,
+        ci=ap.Bootstrap(n_boot=500),
     )
     wider = stats.enough_prompts(
         per_prompt.sel(direction="denoise"),
         sites=[ap.Site("resid_pre", 1, pos=5)],
         width=0.2,
-        n_boot=500,
+        ci=ap.Bootstrap(n_boot=500),
     )
     assert list(one.sites["site"]) == ["resid_pre[layer=1, pos=5]"]
     assert wider.needed == pytest.approx(

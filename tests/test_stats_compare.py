@@ -52,7 +52,7 @@ def test_sweeps_of_prompts_from_different_seeds_flag_no_more_than_chance():
     options = dict(per_prompt=True, direction=["denoise", "noise"])
     one = ap.sweep(model, random_pairs(model, 48, seed=10), "resid_pre", **options)
     other = ap.sweep(model, random_pairs(model, 48, seed=11), "resid_pre", **options)
-    table = stats.compare(one, other, n_boot=2000)
+    table = stats.compare(one, other, ci=ap.Bootstrap(n_boot=2000))
     assert len(table) == 24 and set(table["direction"]) == {"denoise", "noise"}
     # Nothing differs but the draw of prompts. Benjamini–Hochberg then keeps the chance of any flag
     # near fdr = 5 %, and the sites are correlated (they share prompts), so a false flag tends to
@@ -71,7 +71,7 @@ def test_p_values_of_equal_populations_are_uniform_enough():
     with pytest.warns(
         UserWarning, match="lone difference"
     ):  # 300 sites need more resamples to flag one alone
-        table = stats.compare(a, b, metric="logit_diff", n_boot=1000, fdr=0.05)
+        table = stats.compare(a, b, metric="logit_diff", fdr=0.05)
     assert (
         0.03 <= float((table["p"] < 0.05).mean()) <= 0.09
     )  # 6.5 % over seeds: a little liberal at 60 prompts
@@ -88,7 +88,11 @@ def test_benjamini_hochberg_by_hand():
 def test_too_few_resamples_for_the_number_of_sites_warns():
     rng = np.random.default_rng(0)
     with pytest.warns(UserWarning, match="n_boot ≥ 4000"):
-        stats.compare(synthetic(rng, 10, layers=100), synthetic(rng, 10, layers=100), n_boot=100)
+        stats.compare(
+            synthetic(rng, 10, layers=100),
+            synthetic(rng, 10, layers=100),
+            ci=ap.Bootstrap(n_boot=100),
+        )
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ def test_the_full_data_circuit_is_the_circuits_own_and_inclusions_are_shares():
     model = tiny_model("llama")
     pairs = random_pairs(model, 16)
     table = stats.circuit_stability(
-        model, pairs, ap.sweep(model, pairs, "head", per_prompt=True), n_boot=6
+        model, pairs, ap.sweep(model, pairs, "head", per_prompt=True), resamples=6
     )
     found = ap.smallest_circuit(
         ap.pareto_frontier(model, pairs, ap.sweep(model, pairs, "head")), 0.8
@@ -30,7 +30,7 @@ def test_resamples_of_identical_prompts_find_the_same_circuit_every_time():
     model = tiny_model("llama")
     pairs = random_pairs(model, 1)[[0] * 6]
     table = stats.circuit_stability(
-        model, pairs, ap.sweep(model, pairs, "head", per_prompt=True), n_boot=4
+        model, pairs, ap.sweep(model, pairs, "head", per_prompt=True), resamples=4
     )
     assert table.attrs["mean_jaccard"] == 1.0 and table.attrs["reached"] == 1.0
     assert table["inclusion"].eq(1.0).all() and table["in_circuit"].all()
@@ -52,7 +52,7 @@ def test_other_prompt_sets_are_counted_beside_the_resamples():
         model,
         pairs,
         rows,
-        n_boot=3,
+        resamples=3,
         others=[
             (pairs, ap.sweep(model, pairs, "head")),
             (other, ap.sweep(model, other, "head", per_prompt=True)),

@@ -17,7 +17,9 @@ def test_the_value_is_the_sweep_without_ci_and_unchanged_tokens_are_exactly_zero
     model, pairs = model_and_pairs
     options = dict(direction=["denoise", "noise"])
     plain = ap.sweep(model, pairs, "resid_pre", **options)
-    bounds = ap.sweep(model, pairs, "resid_pre", ci=0.9, n_boot=300, boot_seed=1, **options)
+    bounds = ap.sweep(
+        model, pairs, "resid_pre", ci=ap.Bootstrap(0.9, n_boot=300, seed=1), **options
+    )
     assert "batch" not in bounds.dims and list(bounds["stat"].values) == ["value", "lo", "hi"]
     np.testing.assert_allclose(
         bounds.sel(stat="value").transpose(*plain.dims), plain, rtol=0, atol=1e-12
@@ -45,7 +47,7 @@ def test_corruptions_get_their_own_intervals(model_and_pairs):
         "early": random_pairs(model, 8, seed=3, changed=[1]),
     }
     bounds = ap.sweep_corruptions(
-        model, by_corruption, "resid_pre", layers=[0], ci=0.95, n_boot=200
+        model, by_corruption, "resid_pre", layers=[0], ci=ap.Bootstrap(n_boot=200)
     )
     assert set(bounds.dims) == {"corruption", "metric", "layer", "pos", "stat"}
     restored = bounds.sel(metric="norm_logit_diff", layer=0, stat=["lo", "hi"])
@@ -58,10 +60,12 @@ def test_corruptions_get_their_own_intervals(model_and_pairs):
     [
         (dict(ci=0.95, per_prompt=True), "drop per_prompt=True"),
         (dict(ci=1.5), "between 0 and 1"),
-        (dict(ci=0.95, n_boot=0), "n_boot"),
+        (dict(ci=lambda: ap.Bootstrap(n_boot=0)), "n_boot is a number of bootstrap resamples"),
+        (dict(ci=lambda: ap.Bootstrap(seed=0.5)), "seed seeds the resamples"),
     ],
 )
 def test_bad_interval_options_are_refused_before_sweeping(model_and_pairs, options, message):
     model, pairs = model_and_pairs
     with pytest.raises(ValueError, match=message):
-        ap.sweep(model, pairs, "resid_pre", **options)
+        made = {k: v() if callable(v) else v for k, v in options.items()}
+        ap.sweep(model, pairs, "resid_pre", **made)

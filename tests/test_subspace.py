@@ -33,8 +33,8 @@ def by_hand(model, pairs, site, U):
         if site.kind != "neuron"
         else [Site("neuron", site.layer, neuron=i, pos=site.pos) for i in range(model.dims.d_mlp)]
     )
-    clean = capture(model, pairs.clean, parts, positions=pairs.positions)
-    corrupt = capture(model, pairs.corrupt, parts, positions=pairs.positions)
+    clean = capture(model, pairs.clean, parts, named_positions=pairs.positions)
+    corrupt = capture(model, pairs.corrupt, parts, named_positions=pairs.positions)
     stack = (
         (lambda c: c[site])
         if site.kind != "neuron"
@@ -45,7 +45,7 @@ def by_hand(model, pairs, site, U):
     values = (
         {site: value} if site.kind != "neuron" else {p: value[..., i] for i, p in enumerate(parts)}
     )
-    with patch(model, values, positions=pairs.positions):
+    with patch(model, values, named_positions=pairs.positions):
         return model.last_logits(pairs.corrupt)
 
 

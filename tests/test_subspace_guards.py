@@ -16,7 +16,11 @@ from actpatch.subspace.patching import interchange
 from actpatch.subspace.planted import planted
 from tiny import tiny_model, tiny_task
 
-FAST = {"training": Training(steps=60, lr=0.1), "guards": Guards(n_random=10), "n_boot": 200}
+FAST = {
+    "training": Training(steps=60, lr=0.1),
+    "guards": Guards(n_random=10),
+    "ci": ap.Bootstrap(n_boot=200),
+}
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +120,7 @@ def test_das_is_seeded_and_runs_on_a_mid_residual():
         rank=2,
         training=Training(steps=5),
         guards=Guards(n_random=3, random_model=False),
-        n_boot=50,
+        ci=ap.Bootstrap(n_boot=50),
     )
     again = das(
         model,
@@ -125,7 +129,7 @@ def test_das_is_seeded_and_runs_on_a_mid_residual():
         rank=2,
         training=Training(steps=5),
         guards=Guards(n_random=3, random_model=False),
-        n_boot=50,
+        ci=ap.Bootstrap(n_boot=50),
     )
     torch.testing.assert_close(once.subspace.U, again.subspace.U)
     assert "mid-stream residual" in once.table.attrs["readout"]
@@ -206,7 +210,7 @@ def test_das_noises_with_a_counterfactual(genuine):
         counterfactual=genuine.pairs.wrong,
         training=Training(steps=60, lr=0.1),
         guards=False,
-        n_boot=100,
+        ci=ap.Bootstrap(n_boot=100),
     )
     assert result.iia == 1 and abs(float(result.subspace.U[:, 0] @ genuine.direction)) >= 0.95
     assert result.flags == () and result.table.attrs["direction"] == "noise"

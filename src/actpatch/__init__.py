@@ -26,6 +26,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "SweepOptions": ("actpatch.engine.spec", "SweepOptions"),
     "AttributeOptions": ("actpatch.engine.spec", "AttributeOptions"),
     "verify": ("actpatch.engine.verify", "verify"),
+    "Bootstrap": ("actpatch.stats.bootstrap", "Bootstrap"),
     "Verification": ("actpatch.engine.verify", "Verification"),
     "BaselineError": ("actpatch.engine.collect", "BaselineError"),
     "CheckpointMismatch": ("actpatch.engine.checkpoint", "CheckpointMismatch"),
@@ -65,6 +66,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Baseline": ("actpatch.metrics", "Baseline"),
     "NonFiniteError": ("actpatch.metrics", "NonFiniteError"),
     # Results and pictures of them.
+    "Result": ("actpatch.results", "Result"),
     "save": ("actpatch.results", "save"),
     "load": ("actpatch.results", "load"),
     "report": ("actpatch.report", None),
@@ -83,6 +85,13 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "pareto_frontier": ("actpatch.circuits", "pareto_frontier"),
     "sensitivity_report": ("actpatch.circuits", "sensitivity_report"),
     "smallest_circuit": ("actpatch.circuits", "smallest_circuit"),
+    # Feature circuits: dictionary latents and error nodes as the circuit's nodes.
+    "feature_scores": ("actpatch.circuits", "feature_scores"),
+    "FeatureScores": ("actpatch.circuits", "FeatureScores"),
+    "top_features": ("actpatch.circuits", "top_features"),
+    "evaluate_feature_circuit": ("actpatch.circuits", "evaluate_feature_circuit"),
+    "feature_faithfulness_curve": ("actpatch.circuits", "feature_faithfulness_curve"),
+    "feature_circuit_stability": ("actpatch.circuits", "feature_circuit_stability"),
     # Subspaces: patch part of a site, learn that part, check it.
     "Subspace": ("actpatch.bases.subspace", "Subspace"),
     "patch_subspace": ("actpatch.subspace.patching", "patch_subspace"),

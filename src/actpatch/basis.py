@@ -7,6 +7,8 @@ site for an SAE or a subspace, the MLP's input and output for a transcoder. Patc
 moves the written activation by (f_source,i − f_target,i) · decoder[i], a rank-one write; what
 the basis does not reconstruct is its *error* (written activation − reconstruction), one more
 node per position. Patching every latent and the error is the plain patch of `writes`.
+A basis may define `error(read, written)` where its error is not written − reconstruct(read):
+`bases.nodes.NodeSet`, some of a dictionary's nodes written as one, is the case.
 """
 
 from __future__ import annotations
@@ -57,3 +59,12 @@ def move_latents(
         keep[latents] = True
         delta = delta * keep.to(delta.dtype)
     return written + delta @ decoder.to(delta.dtype)
+
+
+def error_of(basis: Basis, read: Tensor, written: Tensor) -> Tensor:
+    """What `basis` does not reconstruct at these activations: its own `error(read, written)`
+    where it defines one, else written − reconstruct(read)."""
+    if (error := getattr(basis, "error", None)) is not None:
+        return error(read, written)
+    estimate = basis.reconstruct(read)
+    return written.to(estimate.dtype) - estimate

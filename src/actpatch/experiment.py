@@ -39,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from actpatch.sites import parse_kind
+from actpatch.sites import FEATURE_KINDS, parse_kind
 
 if (
     TYPE_CHECKING
@@ -50,6 +50,7 @@ if (
 TASKS = ("ioi", "ioi_groups", "factual", "greater_than", "induction")
 FILE_TASK = "file:"  # followed by the path of a .jsonl or .csv file of prompt pairs
 NOISE = "noise"  # the Gaussian-noise corruption, on top of any task's clean prompts
+EMBEDDED = "embedded"  # sweep.dictionary: the embedded model's own dictionary (actpatch.embedded_dictionary)
 DEFAULT_PROMPTS = 8
 
 
@@ -173,6 +174,8 @@ class SweepSection(_Section):
     layers: list[int] | None = None
     heads: list[int] | None = None
     neurons: list[int] | None = None
+    dictionary: str | None = None  # feature sites: a dictionary folder, or "embedded"
+    latents: Any = None  # feature sites: "active", "all", or a list of latent indices
     engine: Literal["batched", "reference"] = "batched"
     ablation: Ablation | None = None  # noising sources without a second run
     chunk: PositiveInt | None = None
@@ -182,8 +185,21 @@ class SweepSection(_Section):
     ci: float | None = Field(
         default=None, gt=0, lt=1
     )  # bootstrap intervals over prompts (docs/uncertainty.md)
-    n_boot: PositiveInt = 1000  # resamples for ci
-    boot_seed: int = 0
+    n_boot: PositiveInt | None = None  # resamples for ci; None: actpatch.Bootstrap's default
+    boot_seed: int | None = None  # the resamples' seed (Bootstrap.seed); None: its default
+
+    @property
+    def bootstrap(self) -> Any:
+        """What the library's `ci=` takes: None, or an `actpatch.Bootstrap` of `ci`, `n_boot` and
+        `boot_seed` (its own defaults for those not set)."""
+        if self.ci is None:
+            return None
+        from actpatch.stats.bootstrap import (
+            Bootstrap,
+        )  # on use: the command line starts without torch
+
+        given = {"n_boot": self.n_boot, "seed": self.boot_seed}
+        return Bootstrap(self.ci, **{k: v for k, v in given.items() if v is not None})
 
     @field_validator("site")
     @classmethod
@@ -199,6 +215,38 @@ class SweepSection(_Section):
         raise ValueError(
             f'must be "each", "all", or a non-empty list of token indices and named positions, got {value!r}'
         )
+
+    @field_validator("latents")
+    @classmethod
+    def _latents(cls, value: Any) -> Any:
+        if value is None or value in ("active", "all"):
+            return value
+        if (
+            isinstance(value, list)
+            and value
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+        ):
+            return value
+        raise ValueError(
+            f'must be "active", "all", or a non-empty list of latent indices (0, 1, ...), got {value!r}'
+        )
+
+    @model_validator(mode="after")
+    def _dictionary_goes_with_features(self) -> SweepSection:
+        feature = parse_kind(self.site)[0] in FEATURE_KINDS
+        if feature and self.dictionary is None:
+            raise ValueError(
+                f"missing key 'sweep.dictionary': site = {self.site!r} patches a dictionary's "
+                f'latents or error node; set it to the dictionary\'s folder (or "{EMBEDDED}" on the '
+                "embedded model)"
+            )
+        if not feature and self.dictionary is not None:
+            raise ValueError(
+                f'sweep.dictionary goes with site = "feature" or "feature_error", not {self.site!r}'
+            )
+        if self.latents is not None and parse_kind(self.site)[0] != "feature":
+            raise ValueError(f'sweep.latents goes with site = "feature", not {self.site!r}')
+        return self
 
     @model_validator(mode="after")
     def _ablation_is_noising(self) -> SweepSection:
@@ -297,6 +345,11 @@ def read(path: str | Path) -> dict[str, Any]:
     ):
         where = Path(task["name"].removeprefix(FILE_TASK)).expanduser()
         task["name"] = FILE_TASK + str(where if where.is_absolute() else (path.parent / where))
+    sweep = data.get("sweep")
+    folder = sweep.get("dictionary") if isinstance(sweep, dict) else None
+    if isinstance(folder, str) and folder != EMBEDDED:  # read relative to the file, like a task's
+        where = Path(folder).expanduser()
+        sweep["dictionary"] = str(where if where.is_absolute() else (path.parent / where))
     return data
 
 

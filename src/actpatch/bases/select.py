@@ -36,7 +36,7 @@ def active_latents(
         for run in (group.clean_run, group.corrupt_run):
             sites = [Site(basis.reads, basis.layer, pos=p) for p in chosen]
             with add_to_input(model, run.noise):
-                read = capture(model, run.tokens, sites, positions=run.positions)
+                read = capture(model, run.tokens, sites, named_positions=run.positions)
             for site in sites:
                 latents = basis.encode(read[site])  # (batch, [pos,] n_latents)
                 active |= (latents != 0).flatten(0, -2).any(0).cpu()

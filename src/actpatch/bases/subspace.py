@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from actpatch import caller
 from actpatch.bases import vectors
 from actpatch.bases.basis import move_latents
 from actpatch.models.model import Model
@@ -138,7 +139,7 @@ class Subspace:
             )
         warnings.warn(
             "the basis vectors are not orthonormal; patching their span, orthonormalised by QR",
-            stacklevel=2,
+            stacklevel=caller.stacklevel(),
         )
         return cls(site, q, name)
 

@@ -76,7 +76,7 @@ def hook_sites(model: Model, site: Site) -> list[Site]:
 
 def patch(model: Model, site: Site, value: Tensor, positions: Mapping[str, Tensor]):
     """`hooks.patch` writing `value` into the site; gradients flow from `value` into the logits."""
-    return hooks.patch(model, writes(model, site, value), positions=positions)
+    return hooks.patch(model, writes(model, site, value), named_positions=positions)
 
 
 def final_logits(model: Model, run: Run) -> Tensor:

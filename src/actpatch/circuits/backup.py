@@ -34,6 +34,7 @@ Effect = Literal["total", "direct"]
 EFFECTS = ("total", "direct")
 
 
+@bootstrap.old_keywords("n_boot")
 def backup(
     model: Model,
     pairs: PromptPairs,
@@ -46,8 +47,8 @@ def backup(
     metric: str = "norm_logit_diff",
     resume: bool = True,
     progress: bool | None = None,
-    ci: float | None = None,
-    n_boot: int = 1000,
+    check_baseline: bool = True,
+    ci: float | bootstrap.Bootstrap | None = None,
 ) -> pd.DataFrame:
     """Each candidate's effect in the clean run before and after `component` is ablated, and
     `compensates` where it grew by at least `threshold` (units of `metric`).
@@ -59,22 +60,30 @@ def backup(
     Ablation is to the corrupt run's value (or `ablation=` "mean", "zero", "resample" as in sweeps). The table's
     `attrs` hold the ablated component and its own effect. Two runs per candidate; total effects
     resume each run at the candidate's layer (`resume=False` runs every forward in full, the
-    plain path the resumed one is tested against).
+    plain path the resumed one is tested against). `check_baseline` as in `evaluate_circuit`.
 
-    `ci=0.95` asks whether the growth is real: `growth_lo`/`growth_hi` bound it over `n_boot`
-    resamples of the prompts (seed 0; all four runs behind a growth on the same resamples) and
+    `ci=0.95` (or an `actpatch.Bootstrap`) asks whether the growth is real: `growth_lo`/`growth_hi`
+    bound it over resamples of the prompts (all four runs behind a growth on the same resamples) and
     `growth_excludes_0` marks a growth whose interval does not hold 0. `compensates` still reads the
     value against `threshold`; a compensating candidate whose interval holds 0 may be the prompts'.
     No extra forward: the same runs' per-prompt rows."""
-    if ci is not None:
-        bootstrap.check_options(ci, n_boot)
-    study = _Backup(model, pairs, effect, ablation, metric, resume, keep_rows=ci is not None)
+    ci = bootstrap.Bootstrap.of(ci)
+    study = _Backup(
+        model,
+        pairs,
+        effect,
+        ablation,
+        metric,
+        resume,
+        keep_rows=ci is not None,
+        check=check_baseline,
+    )
     table = study.table(_component(model, component), candidates, threshold, progress)
     if ci is not None:
-        lo, hi = study.growth_interval([Site.parse(c) for c in table.index], ci, n_boot)
+        lo, hi = study.growth_interval([Site.parse(c) for c in table.index], ci)
         table["growth_lo"], table["growth_hi"] = lo, hi
         table["growth_excludes_0"] = (table["growth_lo"] > 0) | (table["growth_hi"] < 0)
-        table.attrs["interval"] = interval_note(ci, n_boot, 0, len(pairs))
+        table.attrs["interval"] = interval_note(ci, len(pairs))
     return table
 
 
@@ -152,6 +161,7 @@ class _Backup:
         metric: str,
         resume: bool,
         keep_rows: bool = False,
+        check: bool = True,
     ):
         if effect not in EFFECTS:
             raise ValueError(f"effect must be one of {EFFECTS}, got {effect!r}")
@@ -166,9 +176,9 @@ class _Backup:
         )
         self.keep_rows = keep_rows
         everything = _all_components(model)
-        self.ablator = Ablator(model, pairs, everything, ablation)
+        self.ablator = Ablator(model, pairs, everything, ablation, check_baseline=check)
         self.clean = (
-            hooks.capture(model, pairs.clean, everything, positions=pairs.positions)
+            hooks.capture(model, pairs.clean, everything, named_positions=pairs.positions)
             if effect == "direct"
             else {}
         )
@@ -226,15 +236,19 @@ class _Backup:
         return table
 
     def growth_interval(
-        self, chosen: list[Site], ci: float, n_boot: int
+        self, chosen: list[Site], boot: bootstrap.Bootstrap
     ) -> tuple[np.ndarray, np.ndarray]:
         """Each candidate's growth on the same resamples of the prompts as its four runs (the last table's)."""
         runs = [run for c in chosen for run in (*self.after[c], *self.before[c])]
-        boot = self.ablator.replicates([run.rows for run in runs], n_boot, 0)[
+        resampled = self.ablator.replicates([run.rows for run in runs], boot)[
             :, metrics.METRICS.index(self.metric)
         ]
-        own_after, ablated_after, own_before, ablated_before = (boot[:, i::4] for i in range(4))
-        return bootstrap.percentile((own_after - ablated_after) - (own_before - ablated_before), ci)
+        own_after, ablated_after, own_before, ablated_before = (
+            resampled[:, i::4] for i in range(4)
+        )
+        return bootstrap.percentile(
+            (own_after - ablated_after) - (own_before - ablated_before), boot
+        )
 
     @torch.no_grad()
     def _effects(

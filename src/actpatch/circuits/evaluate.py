@@ -37,6 +37,7 @@ from actpatch.stats import bootstrap
 Ablation = PlanAblation | None  # None: each prompt's corrupt-run value
 
 
+@bootstrap.old_keywords("n_boot", "boot_seed")
 def evaluate(
     model: Model,
     pairs: PromptPairs,
@@ -45,9 +46,8 @@ def evaluate(
     direction: Direction = "denoise",
     ablation: Ablation = None,
     components: Sequence[Site] | None = None,
-    ci: float | None = None,
-    n_boot: int = 1000,
-    boot_seed: int = 0,
+    check_baseline: bool = True,
+    ci: float | bootstrap.Bootstrap | None = None,
 ) -> xr.DataArray:
     """Every metric with only `circuit` intact (denoise) or with `circuit` knocked out (noise).
 
@@ -58,50 +58,103 @@ def evaluate(
     `actpatch.circuits.components(model)` to ablate everything else too). `ablation=None` takes
     each prompt's corrupt-run value; as in sweeps, `"mean"` the clean-run value averaged over the
     prompts position by position (use prompts whose roles sit at the same indices, e.g.
-    `ioi_pairs`), `"zero"` zeros, `"resample"` another prompt's clean-run value. `ci=0.95` adds a
-    `stat` dimension (value, lo, hi): the faithfulness's interval over `n_boot` resamples of the
-    prompts, from the same forward's per-prompt rows (docs/uncertainty.md).
+    `ioi_pairs`), `"zero"` zeros, `"resample"` another prompt's clean-run value. As in sweeps, the
+    clean run must beat the corrupt one or the shares mean nothing: `BaselineError` unless
+    `check_baseline=False`. `ci=0.95` (or an `actpatch.Bootstrap`) adds a `stat` dimension (value,
+    lo, hi): the faithfulness's interval over resamples of the prompts, from the same forward's
+    per-prompt rows (docs/uncertainty.md).
 
         ap.evaluate_circuit(model, pairs, [ap.Site("head", 9, head=6), ap.Site("head", 10, head=0)])
     """
-    if ci is not None:
-        bootstrap.check_options(ci, n_boot)
+    ci = bootstrap.Bootstrap.of(ci)
     circuit = checked(model, circuit)
     ablator = Ablator(
         model,
         pairs,
         components if components is not None else default_universe(model, circuit),
         ablation,
+        check_baseline=check_baseline,
     )
-    return ablator.result(circuit, direction, ci=ci, n_boot=n_boot, seed=boot_seed)
+    return ablator.result(circuit, direction, ci=ci)
 
 
-class Ablator:
-    """Runs the clean prompt with chosen components ablated; the ablation values are captured once."""
+class CircuitRuns:
+    """What every circuit evaluation starts from and its results share: the checked baseline of
+    the clean and corrupt runs, each run's per-prompt rows, their resamples, and the provenance.
+    Subclasses say what is ablated (`Ablator`: components; `FeatureRuns`: dictionary nodes)."""
 
     def __init__(
-        self, model: Model, pairs: PromptPairs, universe: Sequence[Site], ablation: Ablation = None
+        self,
+        model: Model,
+        pairs: PromptPairs,
+        ablation: Ablation = None,
+        *,
+        check_baseline: bool = True,
     ):
         sources.check_ablation(ablation, pairs, "the corrupt run's values")
         self.model, self.pairs, self.ablation = model, pairs, ablation
+        self.self_checks: dict[str, float] = {}
+        with torch.no_grad():
+            self.base = collect.baseline(model, pairs, check=check_baseline)
+
+    def prompt_rows(self, logits: Tensor) -> dict[str, np.ndarray]:
+        """Every metric of each prompt of one run: what a bootstrap over prompts resamples."""
+        return {name: v.cpu().numpy() for name, v in metrics.per_prompt(logits, self.base).items()}
+
+    def replicates(
+        self, rows: Sequence[dict[str, np.ndarray]], boot: bootstrap.Bootstrap
+    ) -> np.ndarray:
+        """(n_boot, metric, run): every metric of each run on the same resamples of the prompts,
+        the normalised logit difference a ratio of means with the resample's own baselines."""
+        block = bootstrap.rows_block(
+            rows,
+            self.base.clean_logit_diff.cpu().numpy(),
+            self.base.corrupt_logit_diff.cpu().numpy(),
+        )
+        return bootstrap.replicates(block, boot)
+
+    def provenance(
+        self, direction: Direction, *, analysis: str = "evaluate_circuit", **extra
+    ) -> dict:
+        """The provenance every circuit result carries: `ablation` is the argument that reproduces it
+        (None: the corrupt run's values), `source` names the values as sweeps do."""
+        return results.provenance(
+            self.model,
+            self.pairs,
+            analysis=analysis,
+            direction=direction,
+            ablation=self.ablation,
+            source=self.ablation or "corrupt",
+            baseline_clean=metrics.averaged(self.base.clean_logits, self.base),
+            baseline_corrupt=metrics.averaged(self.base.corrupt_logits, self.base),
+            self_checks=self.self_checks,
+            self_check_tolerance=checks.tolerance(next(self.model.hf.parameters()).dtype),
+            **extra,
+        )
+
+    def score_of(self, logits: Tensor, metric: str) -> float:
+        return metrics.averaged(logits, self.base)[metric]
+
+
+class Ablator(CircuitRuns):
+    """Runs the clean prompt with chosen components ablated; the ablation values are captured once."""
+
+    def __init__(
+        self,
+        model: Model,
+        pairs: PromptPairs,
+        universe: Sequence[Site],
+        ablation: Ablation = None,
+        *,
+        check_baseline: bool = True,
+    ):
+        super().__init__(model, pairs, ablation, check_baseline=check_baseline)
         self.universe = checked(model, universe, "components")
         if at_positions := [s for s in self.universe if s.pos is not None]:
             raise SiteError(
                 f"components are whole components (every position); got {at_positions[0]}"
             )
         with torch.no_grad():
-            try:
-                self.base = collect.baseline(model, pairs)
-            except (
-                collect.BaselineError
-            ) as error:  # circuits do not take check_baseline: say so, not "pass it"
-                reason = str(error).split(" Check that")[0]
-                raise collect.BaselineError(
-                    f"{reason} Circuit evaluations (frontier, minimality, backup) measure shares of the clean − "
-                    "corrupt gap and always check it, whatever check_baseline says: check that answers and wrong "
-                    "answers are the right way round and single tokens with their leading space, or use prompts the "
-                    "model solves."
-                ) from None
             clean = sources.captured(model, pairs.clean_run, self.universe)
             # The no-op patch through this evaluation's own path: every component at its clean value.
             self.self_checks = {
@@ -120,64 +173,29 @@ class Ablator:
         circuit: Sequence[Site],
         direction: Direction,
         *,
-        ci: float | None = None,
-        n_boot: int = 1000,
-        seed: int = 0,
+        ci: bootstrap.Bootstrap | None = None,
     ) -> xr.DataArray:
         logits = self.logits(circuit, direction)
         result = performance(logits, self.base)
         if ci is not None:
             result = with_intervals(
-                result,
-                self.replicates([self.prompt_rows(logits)], n_boot, seed)[..., 0],
-                ci,
-                n_boot,
-                seed,
+                result, self.replicates([self.prompt_rows(logits)], ci)[..., 0], ci
             )
         result.attrs.update(self.provenance(direction, circuit=[str(s) for s in circuit]))
         return result
 
-    def prompt_rows(self, logits: Tensor) -> dict[str, np.ndarray]:
-        """Every metric of each prompt of one run: what a bootstrap over prompts resamples."""
-        return {name: v.cpu().numpy() for name, v in metrics.per_prompt(logits, self.base).items()}
-
-    def replicates(
-        self, rows: Sequence[dict[str, np.ndarray]], n_boot: int, seed: int
-    ) -> np.ndarray:
-        """(n_boot, metric, run): every metric of each run on the same resamples of the prompts,
-        the normalised logit difference a ratio of means with the resample's own baselines."""
-        block = bootstrap.rows_block(
-            rows,
-            self.base.clean_logit_diff.cpu().numpy(),
-            self.base.corrupt_logit_diff.cpu().numpy(),
-        )
-        return bootstrap.replicates(block, n_boot=n_boot, seed=seed)
-
     def provenance(
         self, direction: Direction, *, analysis: str = "evaluate_circuit", **extra
     ) -> dict:
-        """The provenance every circuit result carries: `ablation` is the argument that reproduces it
-        (None: the corrupt run's values), `source` names the values as sweeps do."""
-        return results.provenance(
-            self.model,
-            self.pairs,
+        return super().provenance(
+            direction,
             analysis=analysis,
-            direction=direction,
-            ablation=self.ablation,
-            source=self.ablation or "corrupt",
             components=[str(s) for s in self.universe],
-            baseline_clean=metrics.averaged(self.base.clean_logits, self.base),
-            baseline_corrupt=metrics.averaged(self.base.corrupt_logits, self.base),
-            self_checks=self.self_checks,
-            self_check_tolerance=checks.tolerance(next(self.model.hf.parameters()).dtype),
             **extra,
         )
 
     def score(self, circuit: Sequence[Site], direction: Direction, metric: str) -> float:
         return self.score_of(self.logits(circuit, direction), metric)
-
-    def score_of(self, logits: Tensor, metric: str) -> float:
-        return metrics.averaged(logits, self.base)[metric]
 
     @torch.no_grad()
     def logits(
@@ -206,7 +224,7 @@ class Ablator:
     @torch.no_grad()
     def run(self, patches: dict[Site, Tensor], names: dict | None = None) -> Tensor:
         """Final-position logits of the clean prompt with `patches` written in."""
-        with hooks.patch(self.model, patches, positions=names or self.pairs.positions):
+        with hooks.patch(self.model, patches, named_positions=names or self.pairs.positions):
             return hooks.last_logits(self.model, self.pairs.clean_run)
 
     def ablated(self, component: Site) -> dict[Site, Tensor]:
@@ -220,7 +238,7 @@ def performance(logits: Tensor, base: metrics.Baseline) -> xr.DataArray:
     """A circuit's performance: every metric of its run's final-position `logits`, averaged over
     the prompts, on a `metric` dimension (node and edge circuits alike)."""
     values = metrics.averaged(logits, base)
-    return xr.DataArray(
+    return results.Result(
         [values[m] for m in metrics.METRICS],
         dims=["metric"],
         coords={"metric": list(metrics.METRICS)},
@@ -229,32 +247,27 @@ def performance(logits: Tensor, base: metrics.Baseline) -> xr.DataArray:
 
 
 def with_intervals(
-    result: xr.DataArray, boot: np.ndarray, ci: float, n_boot: int, seed: int
+    result: xr.DataArray, replicates: np.ndarray, boot: bootstrap.Bootstrap
 ) -> xr.DataArray:
     """`result` (its own numbers kept as `value`) with a last `stat` dimension value/lo/hi, the
-    bounds from `boot`, resamples of it shaped (n_boot, *result.shape)."""
-    lo, hi = bootstrap.percentile(boot, ci)
+    bounds from `replicates`, resamples of it shaped (n_boot, *result.shape)."""
+    lo, hi = bootstrap.percentile(replicates, boot)
     stacked = xr.concat(
         [result, result.copy(data=lo), result.copy(data=hi)], dim="stat"
     ).assign_coords(stat=list(bootstrap.STATS))
     stacked = stacked.transpose(*result.dims, "stat")
     stacked.attrs = {
         **result.attrs,
-        "interval": interval_note(ci, n_boot, seed, result.attrs.get("n_prompts")),
+        "interval": interval_note(boot, result.attrs.get("n_prompts")),
     }
     return stacked
 
 
-def interval_note(ci: float, n_boot: int, seed: int, n_prompts: Any = None) -> dict:
+def interval_note(boot: bootstrap.Bootstrap, n_prompts: Any = None) -> dict:
     """What a circuit result's intervals are, as `stats.intervals` records a sweep's."""
-    return {
-        "ci": ci,
-        "n_boot": n_boot,
-        "seed": seed,
-        "method": "percentile",
-        "resampled": "prompts, with replacement",
-        "n_prompts": n_prompts,
-    }
+    return boot.note(
+        method="percentile", resampled="prompts, with replacement", n_prompts=n_prompts
+    )
 
 
 def at_positions(component: Site, value: Tensor, where: list, positions) -> dict[Site, Tensor]:

@@ -55,6 +55,7 @@ def ranking(
     return [np.asarray(sites, dtype=object)[keep][i] for i in ordered]
 
 
+@bootstrap.old_keywords("n_boot", "boot_seed")
 def pareto_frontier(
     model: Model,
     pairs: PromptPairs,
@@ -66,9 +67,8 @@ def pareto_frontier(
     sizes: Sequence[int] | None = None,
     order: Order = "effect",
     progress: bool | None = None,
-    ci: float | None = None,
-    n_boot: int = 1000,
-    boot_seed: int = 0,
+    check_baseline: bool = True,
+    ci: float | bootstrap.Bootstrap | None = None,
 ) -> xr.DataArray:
     """Every metric for the circuit of the top-k components, for each k in `sizes` (default 0..all):
     a labelled `metric × size` result; `component` names the component added last at each size.
@@ -76,16 +76,16 @@ def pareto_frontier(
     `source` is ranked by `ranking()`. Denoising (the default) keeps the top-k intact and ablates
     the rest of `components` (default: every component of the ranking's kinds, so a ranking of
     heads is weighed against all heads with MLPs and embeddings untouched, as in Wang et al. 2022);
-    noising knocks the top-k out. One forward per size. `ci=0.95` adds a `stat` dimension (value,
-    lo, hi): a band over `n_boot` resamples of the prompts, every size on the same resamples, from
+    noising knocks the top-k out. One forward per size. `check_baseline` as in `evaluate_circuit`.
+    `ci=0.95` adds a `stat` dimension (value, lo, hi): a band over resamples of the prompts (a
+    level or an `actpatch.Bootstrap`), every size on the same resamples, from
     the same forwards' per-prompt rows. The ranking is not re-drawn per resample (that is
     `circuits.circuit_stability`): the band says how well *this* ranking's circuits do on other prompts.
 
         frontier = ap.pareto_frontier(model, pairs, ap.sweep(model, pairs, "head", positions=["END"]))
         ap.smallest_circuit(frontier, 0.8)
     """
-    if ci is not None:
-        bootstrap.check_options(ci, n_boot)
+    ci = bootstrap.Bootstrap.of(ci)
     ranked = checked(model, ranking(source, order=order), "ranking")
     sizes = list(range(len(ranked) + 1)) if sizes is None else sorted({int(k) for k in sizes})
     if not sizes or sizes[0] < 0 or sizes[-1] > len(ranked):
@@ -95,6 +95,7 @@ def pareto_frontier(
         pairs,
         components if components is not None else default_universe(model, ranked),
         ablation,
+        check_baseline=check_baseline,
     )
     rows, prompt_rows = [], []
     for k in tqdm(
@@ -106,7 +107,7 @@ def pareto_frontier(
             prompt_rows.append(ablator.prompt_rows(logits))
     values = np.array([[row[m] for row in rows] for m in metrics.METRICS])
     labels = [str(ranked[k - 1]) if k else "" for k in sizes]
-    result = xr.DataArray(
+    result = results.Result(
         values,
         dims=["metric", "size"],
         name="circuit_performance",
@@ -116,9 +117,7 @@ def pareto_frontier(
         ablator.provenance(direction, analysis="pareto_frontier", ranking=[str(s) for s in ranked])
     )
     if ci is not None:
-        result = with_intervals(
-            result, ablator.replicates(prompt_rows, n_boot, boot_seed), ci, n_boot, boot_seed
-        )
+        result = with_intervals(result, ablator.replicates(prompt_rows, ci), ci)
     return result
 
 
@@ -131,6 +130,7 @@ def smallest_circuit(
     share of the behaviour restored by the circuit alone); for a noising one, that knocking the
     circuit out loses at least that share (the metric is at most 1 − `recovery`). A frontier with
     intervals is read at its `value`; `reached_surely` asks whether the whole band clears it."""
+    _check_frontier(frontier, recovery, metric, "smallest_circuit")
     values = _at_value(frontier).sel(metric=metric).values
     reached = (
         values >= recovery if frontier.attrs["direction"] == "denoise" else values <= 1 - recovery
@@ -155,6 +155,38 @@ def reached_surely(
     if frontier.attrs["direction"] == "denoise":
         return curve.sel(stat="lo", drop=True) >= recovery
     return curve.sel(stat="hi", drop=True) <= 1 - recovery
+
+
+_MOST_RECOVERY = 2.0  # a larger share is almost surely a percentage
+
+
+def _check_frontier(frontier: object, recovery: float, metric: str, caller: str) -> None:
+    """Refuse what is not a frontier (a sweep has no ranking to cut), an unknown metric, or a
+    recovery that is no share (a percentage), naming the fix, before xarray's KeyError would."""
+    if not (
+        isinstance(frontier, xr.DataArray)
+        and "size" in frontier.dims
+        and {"ranking", "direction"} <= frontier.attrs.keys()
+    ):
+        raise ValueError(
+            f"{caller} reads a frontier, got "
+            + (
+                f"a result with dims {frontier.dims}"
+                if isinstance(frontier, xr.DataArray)
+                else type(frontier).__name__
+            )
+            + ": "
+            "make one with ap.pareto_frontier(model, pairs, sweep_or_ranking)"
+        )
+    if metric not in frontier["metric"].values:
+        raise ValueError(
+            f"unknown metric {metric!r}; choose one of {', '.join(map(str, frontier['metric'].values))}"
+        )
+    if not 0 < recovery <= _MOST_RECOVERY:  # above 1 is a circuit that overshoots the clean run
+        raise ValueError(
+            f"recovery is a share of the clean behaviour (0.8 for 80 %), at most {_MOST_RECOVERY}; "
+            f"got {recovery!r}"
+        )
 
 
 def _at_value(result: xr.DataArray) -> xr.DataArray:

@@ -26,7 +26,7 @@ class Resumed:
         self.model, self.patches, self.positions = model, dict(patches), positions
         with (
             torch.no_grad(),
-            hooks.patch(model, self.patches, positions=positions),
+            hooks.patch(model, self.patches, named_positions=positions),
             hooks.layer_inputs(model) as calls,
         ):
             own_logits = hooks.final_logits(model, tokens)
@@ -44,7 +44,7 @@ class Resumed:
         active = {s: v for s, v in {**self.patches, **extra}.items() if s.layer % n_layers >= start}
         args, kwargs = self.calls[start]
         hidden = args[0] if args else kwargs["hidden_states"]
-        with hooks.patch(self.model, active, positions=self.positions):
+        with hooks.patch(self.model, active, named_positions=self.positions):
             for index in range(start, n_layers):
                 args, kwargs = self.calls[index]
                 if args:

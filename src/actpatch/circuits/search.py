@@ -34,8 +34,7 @@ class SearchOptions:
     order: Order = "effect"  # rank by signed effect, most helpful first; "abs": by size
     sweep: Mapping[str, Any] = field(default_factory=dict)  # the ranking sweep's own keywords
     ranked_by: xr.DataArray | Sequence[Site | str] | None = None  # ranked instead of a sweep
-    n_boot: int = 1000  # bootstrap resamples, with ci=
-    boot_seed: int = 0
+    check_baseline: bool = True  # every step refuses prompts the model does not solve
     progress: bool | None = None
 
 
@@ -87,7 +86,7 @@ def find_circuit(
     max_size: int | None = None,
     threshold: float = 0.02,
     ablation: Ablation = None,
-    ci: float | None = None,
+    ci: float | bootstrap.Bootstrap | None = None,
     **options: Any,
 ) -> CircuitSearch:
     """The smallest circuit of `site` components (head or mlp_out) that recovers `recovery` of the
@@ -101,8 +100,9 @@ def find_circuit(
     `threshold`). `ablation` sets what components outside the circuit take (default: their
     corrupt-run values); the ranking sweep's own `ablation` goes in `sweep=`. `ranked_by=` ranks
     a result you already have (an attribution is cheap), or takes a list of components in its
-    order, instead of sweeping. `ci=0.95` puts intervals on the sweep, a band on the frontier and
-    one on each member's drop (`n_boot`, `boot_seed`), from the same runs.
+    order, instead of sweeping. `ci=0.95` (or an `actpatch.Bootstrap`) puts intervals on the sweep,
+    a band on the frontier and one on each member's drop, each from its own runs.
+    `check_baseline` (default True) applies to every step.
 
         found = ap.find_circuit(model, pairs, "head", recovery=0.8, max_size=40)
         found.circuit, found.frontier, found.minimality
@@ -116,9 +116,8 @@ def find_circuit(
         raise ValueError(f"max_size must be a whole number of components or None, got {max_size!r}")
     if max_size is not None and max_size < 1:
         raise ValueError(f"max_size must be at least 1, got {max_size}")
-    if ci is not None:
-        bootstrap.check_options(ci, given.n_boot)
-    intervals = {} if ci is None else dict(ci=ci, n_boot=given.n_boot, boot_seed=given.boot_seed)
+    ci = bootstrap.Bootstrap.of(ci)
+    checked = {"check_baseline": given.check_baseline, "ci": ci}
     ranked_by = given.ranked_by
     if ranked_by is None:
         ranked_by = sweep(
@@ -126,8 +125,8 @@ def find_circuit(
             pairs,
             site,
             direction=direction,
-            **intervals,
-            **{"progress": given.progress, **given.sweep},
+            ci=ci,
+            **{"progress": given.progress, "check_baseline": given.check_baseline, **given.sweep},
         )
     elif given.sweep:
         raise ValueError("sweep= sets up the ranking sweep, which ranked_by= replaces: pass one")
@@ -142,7 +141,7 @@ def find_circuit(
         sizes=sizes,
         order=given.order,
         progress=given.progress,
-        **intervals,
+        **checked,
     )
     circuit = smallest_circuit(frontier, recovery)
     table = None
@@ -154,7 +153,7 @@ def find_circuit(
             threshold=threshold,
             direction=direction,
             ablation=ablation,
-            **intervals,
+            **checked,
         )
     ranked_attrs = getattr(ranked_by, "attrs", {})  # a list of components has none
     steps = {ranked_attrs.get("analysis", "ranked_by"): ranked_attrs}

@@ -13,16 +13,16 @@ import pandas as pd
 import xarray as xr
 
 from actpatch import results
+from actpatch.stats import bootstrap
 
 
+@bootstrap.old_keywords("n_boot", "seed")
 def sensitivity_report(
     result: xr.DataArray,
     *,
     threshold: float = 0.1,
     metric: str = "norm_logit_diff",
-    ci: float | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
+    ci: float | bootstrap.Bootstrap | None = None,
     fdr: float = 0.05,
 ) -> pd.DataFrame:
     """Components whose effect differs by at least `threshold` between corruptions, most
@@ -34,11 +34,12 @@ def sensitivity_report(
     noising), each corruption on its own clean−corrupt scale, so 0.1 is a tenth of the gap.
     Other metrics are compared as raw values.
 
-    With `ci` (a per-prompt `sweep_corruptions(..., per_prompt=True)` of the same clean prompts),
-    each listed component's spread gets its paired-bootstrap interval `spread_lo`, `spread_hi` and
-    `p` (`actpatch.stats.compare` of its two extreme corruptions, over every component), and `real`
-    marks the spreads that survive Benjamini–Hochberg at `fdr`: one corruption hides what another
-    shows only where `real` is true."""
+    With `ci` (a level or an `actpatch.Bootstrap`; a per-prompt `sweep_corruptions(...,
+    per_prompt=True)` of the same clean prompts), each listed component's spread gets its
+    paired-bootstrap interval `spread_lo`, `spread_hi` and `p` (`actpatch.stats.compare` of its two
+    extreme corruptions, over every component), and `real` marks the spreads that survive
+    Benjamini–Hochberg at `fdr`: one corruption hides what another shows only where `real` is
+    true."""
     if "corruption" not in result.dims:
         raise ValueError(
             "sensitivity_report reads a result with a 'corruption' dimension: use actpatch.sweep_corruptions"
@@ -54,18 +55,14 @@ def sensitivity_report(
             raise ValueError(
                 "sensitivity_report(ci=) resamples prompts: pass sweep_corruptions(..., per_prompt=True)"
             )
-        from actpatch.stats import bootstrap
-
         averaged = bootstrap.averaged(result)
         return _with_intervals(
             sensitivity_report(averaged, threshold=threshold, metric=metric),
             result,
             metric,
-            dict(ci=ci, n_boot=n_boot, seed=seed, fdr=fdr),
+            dict(ci=bootstrap.Bootstrap.of(ci), fdr=fdr),
         )
     if "batch" in result.dims:
-        from actpatch.stats import bootstrap
-
         result = bootstrap.averaged(result)
     names = [str(c) for c in result["corruption"].values]
     kind = result.attrs.get("site", "site")
@@ -144,8 +141,7 @@ def _with_intervals(
         out[name] = values
     out.attrs.update(
         flagged.attrs,
-        ci=options["ci"],
-        n_boot=options["n_boot"],
+        **options["ci"].note(),
         fdr=options["fdr"],
         multiple_comparisons="Benjamini-Hochberg over every component of each pair of corruptions compared",
     )

@@ -17,6 +17,7 @@ import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
+from actpatch import deprecation
 from actpatch.circuits.evaluate import Ablation
 from actpatch.circuits.frontier import pareto_frontier, ranking, smallest_circuit
 from actpatch.models.model import Model
@@ -26,25 +27,29 @@ from actpatch.stats import bootstrap
 log = logging.getLogger(__name__)
 
 
+@deprecation.renamed(n_boot="resamples")
 def circuit_stability(
     model: Model,
     pairs: PromptPairs,
     per_prompt_sweep: xr.DataArray,
     *,
     recovery: float = 0.8,
-    n_boot: int = 20,
+    resamples: int = 20,
     seed: int = 0,
     direction: str | None = None,
     ablation: Ablation = None,
     sizes: Sequence[int] | None = None,
     others: Sequence[tuple[PromptPairs, xr.DataArray]] = (),
+    check_baseline: bool = True,
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """One row per component ever in a circuit: how often (`inclusion`, a share of `n_boot`
-    resamples) the smallest circuit reaching `recovery` contains it, and whether the full-data
-    circuit does (`in_circuit`), strongest first; `attrs` hold the full-data `circuit`, the mean
-    Jaccard overlap of the resampled circuits with it (`mean_jaccard`), and the share of resamples
-    whose frontier reached `recovery` at all (`reached`).
+    """One row per component ever in a circuit: how often (`inclusion`, a share of `resamples`
+    bootstrap draws of the prompts, each costing a circuit search, hence 20 and not
+    `actpatch.Bootstrap`'s 1000 resamples of rows already computed) the smallest circuit reaching
+    `recovery` contains it, and whether the full-data circuit does (`in_circuit`), strongest first;
+    `attrs` hold the full-data `circuit`, the mean Jaccard overlap of the resampled circuits with it
+    (`mean_jaccard`), and the share of resamples whose frontier reached `recovery` at all
+    (`reached`).
 
     `per_prompt_sweep` is a `head` or `mlp_out` sweep of `pairs` with `per_prompt=True` (one
     direction): each resample ranks its components by the resampled rows (the sweep's numbers,
@@ -55,14 +60,15 @@ def circuit_stability(
     (per prompt or not), e.g. other seeds of the task generator; each one's circuit is found as on
     the full data, giving `inclusion_others` and `mean_jaccard_others`.
 
-    The cost is 1 + `n_boot` + len(`others`) circuit searches, each a frontier of one forward per
+    The cost is 1 + `resamples` + len(`others`) circuit searches, each a frontier of one forward per
     size (every size of the ranking by default: pass `sizes` to bound it); it is logged before the
-    first, and `progress` (default: on a terminal) shows a bar over the searches."""
+    first, and `progress` (default: on a terminal) shows a bar over the searches. `check_baseline`
+    as in `evaluate_circuit`, for every search."""
     if not 0 < recovery <= 1:
         raise ValueError(
             f"recovery is the share of the behaviour the circuit must restore, in (0, 1]; got {recovery!r}"
         )
-    bootstrap.check_options(0.5, n_boot)
+    check_resamples(resamples)
     blocks, layout = bootstrap.split(per_prompt_sweep)
     if layout.labels is not None or "direction" in layout.cell_dims:
         raise ValueError(
@@ -86,6 +92,7 @@ def circuit_stability(
             ablation=ablation,
             sizes=sizes,
             progress=False,
+            check_baseline=check_baseline,
         )
         return frozenset(str(s) for s in smallest_circuit(frontier, recovery) or [])
 
@@ -100,13 +107,13 @@ def circuit_stability(
 
     cells = int(np.prod(layout.template.isel(metric=0).shape))  # the ranking's length
     n_sizes = len(sizes) if sizes is not None else cells + 1
-    searches = 1 + n_boot + len(others)
+    searches = 1 + resamples + len(others)
     other_sets = f", {len(others)} other prompt set{'s' * (len(others) != 1)}" if others else ""
     log.info(
         "circuit_stability: %d circuit searches (1 on all prompts, %d resamples%s), each a "
         "Pareto frontier of up to %d sizes: about %d forwards",
         searches,
-        n_boot,
+        resamples,
         other_sets,
         n_sizes,
         searches * n_sizes,
@@ -117,7 +124,7 @@ def circuit_stability(
     with bar:
         full = circuit(np.ones(block.n), pairs)
         bar.update()
-        counts = bootstrap.resample_counts(block, n_boot, bootstrap.rngs(seed, 1)[0])
+        counts = bootstrap.resample_counts(block, resamples, bootstrap.rngs(seed, 1)[0])
         found = []
         for row in counts:
             drawn = np.repeat(np.arange(block.n), row.astype(int)).tolist()
@@ -134,7 +141,7 @@ def circuit_stability(
         {
             "circuit": sorted(full),
             "recovery": recovery,
-            "n_boot": n_boot,
+            "resamples": resamples,
             "seed": seed,
             "direction": direction,
             "reached": float(np.mean([bool(c) for c in found])),
@@ -193,6 +200,12 @@ def inclusion_table(
         }
     )
     return table
+
+
+def check_resamples(resamples: int) -> None:
+    """Raise unless `resamples` (draws of the prompts, each a circuit search) is a positive count."""
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples must be a positive number of draws, got {resamples!r}")
 
 
 def jaccard(a: frozenset, b: frozenset) -> float:

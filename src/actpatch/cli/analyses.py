@@ -14,6 +14,7 @@ from actpatch.cli.common import (
     BadInput,
     begin,
     experiment_options,
+    feature_options,
     load_batch,
     one_direction,
     progress,
@@ -26,6 +27,7 @@ from actpatch.cli.sweeps import (
     checkpoint_folder,
     keywords,
     planned,
+    record_activations,
     sweep_options,
     tables,
     title,
@@ -39,7 +41,7 @@ if TYPE_CHECKING:  # --help must not wait for pandas and xarray
 
 
 @click.command()
-@experiment_options(analysis=True, intervals=True)
+@experiment_options(analysis=True, intervals=True, features=True)
 @click.option(
     "--method",
     type=click.Choice(["atp", "atp*", "ig"]),
@@ -67,6 +69,7 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     actpatch attribute --task ioi --site k --positions S2,END --method 'atp*' --verify 10
     actpatch attribute --config examples/attribute_ioi_heads.toml
     actpatch attribute --task ioi --site head --prompts 16 --verify 10 --ci 0.95
+    actpatch attribute --task ioi --site feature --dictionary embedded --positions S2,END --verify 10
 
     Attribution patching (AtP: effect ≈ (source − target) · gradient) is cheap and wrong in known
     ways (saturated attention, cancelling paths): never read it without --verify, which patches the
@@ -74,7 +77,9 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     misestimates. Writes the estimate (.nc), the verification (.csv) and a report into --out; an
     earlier run's are refused unless --overwrite. --ci 0.95 puts bootstrap intervals over prompts
     on the estimates and on the verification's rank correlation, from the same backward pass and
-    exact patches (not with --graddrop)."""
+    exact patches (not with --graddrop). --site feature with --dictionary estimates every latent
+    (or --latents) and, from the same passes, every error node: the error nodes' estimate is
+    written beside the latents' (NAME_error.nc)."""
     spec, out, echo = begin(flags, quiet=quiet)
     a, s = spec.attribute, spec.sweep
     if s.engine != "batched" or s.chunk is not None or s.per_prompt:
@@ -82,10 +87,13 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
             "[sweep] engine, chunk and per_prompt do not apply to attribute; remove them"
         )
     name = stem(spec, a.method.replace("*", "star"))
-    refuse_overwrite(out, [f"{name}.nc", f"{name}_verify.csv", f"{name}.html"], overwrite)
+    refuse_overwrite(
+        out, [f"{name}{end}" for end in (".nc", "_error.nc", "_verify.csv", ".html")], overwrite
+    )
     direction = one_direction(spec, "attribute")
     model, pairs = load_batch(spec, "attribute", quiet=quiet)
-    the_plan = planned(model, pairs, spec, direction)
+    features = feature_options(spec, model, pairs, every=True)
+    the_plan = planned(model, pairs, spec, direction, features)
     if s.ablation is not None and (
         a.method == "ig" or (a.method == "atp*" and the_plan.kind in ("q", "k"))
     ):
@@ -97,33 +105,44 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
         raise BadInput(
             "--ci and --graddrop: GradDrop's magnitude is not a mean over prompts and has no interval; drop one"
         )
-    estimate = ap.attribute(
-        model,
-        pairs,
-        s.site,
-        direction=direction,
-        method=a.method,
-        steps=a.steps,
-        **keywords(spec, SELECTION),
-        graddrop=a.graddrop,
-        check_baseline=s.check_baseline,
-        progress=progress(quiet),
-        per_prompt=s.ci is not None,
-    )
-    rows = estimate
-    if (
-        s.ci is not None
-    ):  # the rows for verify's interval, the intervals for the saved estimate: one backward
+
+    def estimated(site: str, **chosen: Any) -> tuple[xr.DataArray, xr.DataArray]:
+        """(the per-prompt rows, or the estimate; the estimate, with intervals under --ci)."""
         from actpatch.engine.attribution import intervals_of
 
-        estimate = intervals_of(rows, ci=s.ci, n_boot=s.n_boot, seed=s.boot_seed)
-    estimate.attrs.update(provenance(model, spec))
+        rows = ap.attribute(
+            model,
+            pairs,
+            site,
+            direction=direction,
+            method=a.method,
+            steps=a.steps,
+            graddrop=a.graddrop,
+            check_baseline=s.check_baseline,
+            progress=progress(quiet),
+            per_prompt=s.ci is not None,
+            **keywords(spec, SELECTION),
+            **chosen,
+        )
+        # The rows for verify's interval, the intervals for the saved estimate: one backward.
+        found = rows if s.ci is None else intervals_of(rows, ci=s.bootstrap)
+        found.attrs.update(provenance(model, spec))
+        return rows, found
+
+    rows, estimate = estimated(s.site, **features)
+    record_activations(estimate, model, pairs, features.get("dictionary"))
     sections: dict[str, Any] = {f"{title(spec, estimate)}: {a.method} estimate": estimate}
+    extra = {}
+    if "latents" in features:  # every error node too, beside the latents
+        errors = estimated("feature_error", dictionary=features["dictionary"])[1]
+        extra[f"{name}_error"] = errors
+        sections[f"{title(spec, errors)}: error nodes, {a.method} estimate"] = errors
     if not quiet:
-        for text in tables(estimate):
+        for text in tables(estimate) + [t for e in extra.values() for t in tables(e)]:
             click.echo(text)
+        if extra:
+            click.echo(error_share(estimate, errors))
     if a.verify:
-        bootstrapped = {} if s.ci is None else dict(ci=s.ci, n_boot=s.n_boot, boot_seed=s.boot_seed)
         checked = ap.verify(
             model,
             pairs,
@@ -132,7 +151,8 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
             sample=a.sample,
             seed=spec.task.seed,
             progress=progress(quiet),
-            **bootstrapped,
+            dictionary=features.get("dictionary"),
+            ci=s.bootstrap,
         )
         estimate.attrs["verification"] = {
             "spearman": checked.spearman,
@@ -157,7 +177,28 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
             + f", top-{checked.top_k} recall {checked.top_k_recall:.2f} over "
             f"{len(checked.table)} sites patched exactly (the top {checked.top_k} estimates and a random sample).",
         )
-    write_outputs(spec, sections, name, estimate)
+    write_outputs(spec, sections, name, estimate, extra=extra)
+
+
+def error_share(
+    latents: xr.DataArray, errors: xr.DataArray, metric: str = "norm_logit_diff"
+) -> str:
+    """One line: the latents' and the error nodes' estimated effects, each summed over every
+    position. AtP is additive, so together they are the whole site's estimate."""
+    from actpatch.results import effects
+
+    def total(estimate: xr.DataArray) -> float:
+        values = estimate.sel(metric=metric)
+        values = values.sel(stat="value") if "stat" in values.dims else values
+        return float(effects(estimate.attrs, values.values, metric).sum())
+
+    about = latents.attrs["dictionary"]
+    every = latents.sizes["latent"] == about["n_latents"]
+    return (
+        f"estimated effect on {metric}, summed over positions: {'' if every else 'these '}latents "
+        f"{total(latents):+.3f}, error nodes {total(errors):+.3f}"
+        + (f" (together, the estimate of patching {about['writes']} whole)" if every else "")
+    )
 
 
 @click.command()
@@ -169,16 +210,26 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
 )
 @click.option(
     "--level",
-    type=click.Choice(["node", "edge"]),
+    type=click.Choice(["node", "edge", "feature"]),
     default="node",
-    help="node: components (heads or MLPs); edge: edges between them (EAP, EAP-IG, MIB).",
+    help="node: components (heads or MLPs); edge: edges between them (EAP, EAP-IG, MIB); "
+    "feature: dictionary latents and error nodes (--dictionary).",
 )
 @click.option(
     "--method",
     "edge_method",
     default=None,
     metavar="METHOD",
-    help="Edge scores (--level edge): eap, eap-ig-inputs (default), eap-ig-activations, clean-corrupted, exact.",
+    help="Edge scores (--level edge): eap, eap-ig-inputs (default), eap-ig-activations, clean-corrupted, "
+    "exact; node scores (--level feature): atp (default), ig.",
+)
+@click.option(
+    "--dictionary",
+    "dictionaries",
+    multiple=True,
+    metavar="PATH",
+    help="--level feature: a dictionary folder (SAELens, sparsify, Gemma Scope 2, circuit-tracer), or "
+    "'embedded' for the embedded model's SAE; repeat it for several layers.",
 )
 @click.option(
     "--steps",
@@ -191,7 +242,8 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     "--percent",
     type=float,
     default=None,
-    help="--level edge: the circuit written to graph.json keeps this percent of all edges (default 5).",
+    help="--level edge: the circuit written to graph.json keeps this percent of all edges (default 5); "
+    "--level feature: one more size of the curve, in percent of the ranked nodes.",
 )
 @click.option(
     "--import",
@@ -217,6 +269,7 @@ def circuit(
     percent: float | None,
     graph_file: Path | None,
     with_nodes: bool,
+    dictionaries: tuple[str, ...],
     **flags: Any,
 ) -> None:
     """Find a circuit: sweep the heads, grow circuits along the ranking, take the smallest that recovers enough.
@@ -228,6 +281,7 @@ def circuit(
     actpatch circuit --task ioi --prompts 16 --ci 0.95
     actpatch circuit --level edge --method eap --prompts 8 --percent 5
     actpatch circuit --level edge --import graph.json --out imported
+    actpatch circuit --level feature --dictionary embedded --prompts 8
 
     Steps (the library's ap.find_circuit): a head sweep (or mlp_out with --site mlp_out) ranks
     components by effect; the Pareto frontier evaluates the top-k for each k (everything else of
@@ -244,7 +298,37 @@ def circuit(
     graph.json (every score; in_graph marks the --percent circuit as evaluated), faithfulness.csv
     (percent, edges, faithfulness and every metric), the curve (.nc) and a report with CPR, CMD
     and a picture of the circuit. --ci 0.95 adds intervals over resampled prompts to every size
-    of the curve and to CPR and CMD, from the curve's own per-prompt numbers."""
+    of the curve and to CPR and CMD, from the curve's own per-prompt numbers.
+
+    Feature level (docs/features.md): every latent and error node of each --dictionary scored by
+    --method (AtP, per position unless --positions all), the top nodes at 0.1 ... 100 % (and
+    --percent) evaluated exactly with the error nodes kept and ranked like latents, every other node
+    at its corrupt (or --ablation) value; prints the curve and the strongest nodes, writes the curve
+    (.nc, _curve.csv) and every node's score (_nodes.csv)."""
+    if dictionaries and level != "feature":
+        raise BadInput("--dictionary goes with --level feature")
+    if level == "feature":
+        from actpatch.cli.features import feature_circuit
+
+        if given := [
+            f
+            for f, v in (
+                ("--import", graph_file),
+                ("--nodes", with_nodes or None),
+                ("--resume", resume or None),
+            )
+            if v is not None
+        ]:
+            raise BadInput(f"{given[0]} does not apply to --level feature; remove it")
+        return feature_circuit(
+            flags,
+            quiet=quiet,
+            overwrite=overwrite,
+            method=edge_method,
+            steps=edge_steps,
+            percent=percent,
+            dictionaries=dictionaries,
+        )
     if level == "edge":
         from actpatch.cli.edges import edge_circuit
 
@@ -289,7 +373,7 @@ def circuit(
             f"circuit ranks head or mlp_out components, not {kind}: set the site to head or mlp_out"
         )
     model, pairs = load_batch(spec, "circuit", quiet=quiet)
-    ci = spec.sweep.ci
+    ci = spec.sweep.bootstrap
     options = sweep_options(model, pairs, spec)
     del options["direction"]  # the one direction, which find_circuit takes
     if spec.sweep.engine == "batched":
@@ -306,8 +390,7 @@ def circuit(
         ci=ci,
         order=c.order,
         sweep=options,
-        n_boot=spec.sweep.n_boot,
-        boot_seed=spec.sweep.boot_seed,
+        check_baseline=spec.sweep.check_baseline,
         progress=progress(quiet),
     )
     ranked_by, frontier, chosen, table = (
@@ -332,7 +415,7 @@ def circuit(
         note="The top-k components of the ranking kept, every other component of their kind ablated "
         f"({frontier.attrs.get('ablation', 'corrupt')}); one forward per size."
         + (
-            f" The band is the {100 * ci:g} % interval over resampled prompts ({spec.sweep.n_boot} resamples): how "
+            f" The band is the {100 * ci.ci:g} % interval over resampled prompts ({ci.n_boot} resamples): how "
             "this ranking's circuits would do on other prompts from the task."
             if ci is not None
             else ""

@@ -25,6 +25,7 @@ import click
 import actpatch as ap
 from actpatch import atomic, experiment
 from actpatch.experiment import Experiment
+from actpatch.sites import parse_kind
 
 if TYPE_CHECKING:  # torch and transformers are imported by the commands that load a model, not here
     from actpatch.models.model import Model
@@ -55,6 +56,7 @@ BAD_INPUT_ERRORS = (
     ("actpatch.models.arch", "UnsupportedArchitecture"),
     ("actpatch.models.cache", "DefaultModelNotInstalled"),
     ("actpatch.bases.subspace", "BasisError"),
+    ("actpatch.bases.dictionary", "DictionaryError"),
 )
 
 
@@ -114,6 +116,7 @@ _KEYWORD_HINTS = (
     ),
     (re.compile(r"\bcheck_baseline=False\b"), "--no-check-baseline"),
     (re.compile(r"\bper_prompt=True\b"), "--per-prompt"),
+    (re.compile(r"\bpass layer= to pick one"), "give --layers N to pick one"),
     # `neurons=[...]` -> `--neurons`, `direction='noise'` -> `--direction noise`
     (
         re.compile(
@@ -218,6 +221,8 @@ OVERRIDES = {
     "layers": ("sweep", "layers"),
     "heads": ("sweep", "heads"),
     "neurons": ("sweep", "neurons"),
+    "dictionary": ("sweep", "dictionary"),
+    "latents": ("sweep", "latents"),
     "engine": ("sweep", "engine"),
     "ablation": ("sweep", "ablation"),
     "chunk": ("sweep", "chunk"),
@@ -242,15 +247,31 @@ _FLAG_OF = {
     for flag, (section, key) in OVERRIDES.items()
 }
 
-_PARSED = {"positions": positions, "layers": int_list, "heads": int_list, "neurons": int_list}
+
+def latents(text: str | None) -> str | list[int] | None:
+    """'active', 'all', or latent indices and ranges ('3,17,40-42')."""
+    return text if text in (None, "active", "all") else int_list(text)
+
+
+_PARSED = {
+    "positions": positions,
+    "layers": int_list,
+    "heads": int_list,
+    "neurons": int_list,
+    "latents": latents,
+}
 
 
 def experiment_options(
-    *, analysis: bool = False, circuit: bool = False, intervals: bool = False
+    *,
+    analysis: bool = False,
+    circuit: bool = False,
+    intervals: bool = False,
+    features: bool = False,
 ) -> Callable:
     """The flags that describe an experiment; each overrides its key in --config. They default
     to None (click's default for a value), so that a key the file sets, or else the library's
-    default, stands."""
+    default, stands. `features`: the flags of feature sites, --dictionary and --latents."""
     options = [
         click.option(
             "--config",
@@ -279,7 +300,8 @@ def experiment_options(
         click.option("--seed", type=int, help="Seed of the prompt generator (default 0)."),
         click.option(
             "--site",
-            help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, mlp_in, head, q, k, v, pattern, neuron.",
+            help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, mlp_in, head, q, k, v, pattern, neuron; "
+            "feature, feature_error (with --dictionary).",
         ),
         click.option(
             "--direction", type=click.Choice(["denoise", "noise", "both"]), help="Default: denoise."
@@ -355,6 +377,19 @@ def experiment_options(
                 help="Minimality: a member whose removal costs less is a passenger (default 0.02).",
             ),
         ]
+    if features:
+        options += [
+            click.option(
+                "--dictionary",
+                metavar="PATH",
+                help="Feature sites: a dictionary folder (SAELens, sparsify, Gemma Scope 2, "
+                "circuit-tracer), or 'embedded' for the embedded model's SAE (docs/features.md).",
+            ),
+            click.option(
+                "--latents",
+                help="Feature sites: active (non-zero in either run), all, or indices like 3,17,40-42.",
+            ),
+        ]
     if intervals:
         options += [
             click.option(
@@ -365,10 +400,12 @@ def experiment_options(
             click.option(
                 "--n-boot",
                 type=click.IntRange(min=1),
-                help="Bootstrap resamples for --ci (default 1000).",
+                help="Bootstrap resamples for --ci (default: actpatch.Bootstrap's, 1000).",
             ),
             click.option(
-                "--boot-seed", type=int, help="Seed of the bootstrap resamples (default 0)."
+                "--boot-seed",
+                type=int,
+                help="Seed of the bootstrap resamples, Bootstrap.seed in the library (default 0).",
             ),
         ]
 
@@ -545,6 +582,56 @@ def refuse_overwrite(out: Path, names: list[str], overwrite: bool) -> None:
             f"{out / existing[0]} exists (an earlier run's output): add --overwrite to replace it, "
             "or choose another --out or --name"
         )
+
+
+def feature_options(
+    spec: Experiment, model: Model, pairs: PromptPairs | list[PromptPairs], *, every: bool = False
+) -> dict[str, Any]:
+    """`dictionary=` and `latents=` of a feature site ({} for other sites): --dictionary loaded onto
+    `model` and checked against it, and --latents as indices, so that the plan check sees them.
+    Without --latents: the active ones, or with `every` (attribution, which estimates them all from
+    one backward) every latent."""
+    from actpatch.bases.select import active_latents
+
+    s = spec.sweep
+    if s.dictionary is None:
+        return {}
+    one_layer = s.layers[0] if s.layers and len(s.layers) == 1 else None
+    dictionary = dictionary_from_flag(s.dictionary, model, spec, layer=one_layer)
+    if parse_kind(s.site)[0] != "feature":
+        return {"dictionary": dictionary}
+    chosen = s.latents or ("all" if every else "active")
+    if chosen == "active":
+        with validating():
+            latents = active_latents(model, pairs, dictionary, s.positions)
+        if not latents:
+            raise BadInput(
+                f"no latent of {dictionary.name} is active at the swept positions of these prompts: "
+                "give --latents, or other --positions"
+            )
+    else:
+        latents = list(range(dictionary.n_latents)) if chosen == "all" else chosen
+    return {"dictionary": dictionary, "latents": latents}
+
+
+def dictionary_from_flag(
+    given: str, model: Model, spec: Experiment, *, layer: int | None = None
+) -> Any:
+    """One --dictionary: a folder on disk placed on `model` and checked against it (`layer` picks
+    one transcoder of a circuit-tracer set), or `embedded`, the embedded model's own SAE."""
+    from actpatch.bases.formats import circuit_tracer
+    from actpatch.experiment import EMBEDDED
+
+    if given == EMBEDDED:
+        if spec.model.name is not None:
+            raise BadInput(
+                f"--dictionary {EMBEDDED} is the embedded SmolLM2's own SAE: leave out --model, or "
+                "give a dictionary folder made for this model"
+            )
+        return ap.embedded_dictionary(model)
+    with validating():
+        pick = layer if circuit_tracer.matches(Path(given)) else None
+        return ap.load_dictionary(given, model, layer=pick)
 
 
 def single(pairs: PromptPairs | list[PromptPairs], analysis: str) -> PromptPairs:

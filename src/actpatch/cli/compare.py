@@ -25,8 +25,12 @@ CLOSEST = 5  # sites shown when none is flagged
     help="False discovery rate of the flags (Benjamini–Hochberg over all sites).",
 )
 @click.option("--ci", type=SHARE, default=0.95, help="Coverage of each difference's interval.")
-@click.option("--n-boot", type=click.IntRange(min=1), default=1000, help="Bootstrap resamples.")
-@click.option("--boot-seed", type=int, default=0, help="Seed of the bootstrap resamples.")
+@click.option(
+    "--n-boot",
+    type=click.IntRange(min=1),
+    help="Bootstrap resamples (default: actpatch.Bootstrap's, 1000).",
+)
+@click.option("--boot-seed", type=int, help="Seed of the bootstrap resamples (default 0).")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -39,8 +43,8 @@ def compare(
     metric: str,
     fdr: float,
     ci: float,
-    n_boot: int,
-    boot_seed: int,
+    n_boot: int | None,
+    boot_seed: int | None,
     out: Path | None,
 ) -> None:
     """Which sites differ between two sweeps of the same prompts, beyond the prompts' noise.
@@ -58,6 +62,7 @@ def compare(
     calls (the smallest raw p) instead."""
     from actpatch import stats
     from actpatch.metrics import METRICS
+    from actpatch.stats.bootstrap import Bootstrap
 
     if metric not in METRICS:
         fail(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -68,6 +73,7 @@ def compare(
                 f"{path} is not a per-prompt result (no 'batch' dimension): sweep it again with --per-prompt"
             )
     _same_prompts(results["A"], results["B"], a_path, b_path)
+    given = {"n_boot": n_boot, "seed": boot_seed}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -75,9 +81,7 @@ def compare(
                 results["A"],
                 results["B"],
                 metric=metric,
-                ci=ci,
-                n_boot=n_boot,
-                seed=boot_seed,
+                ci=Bootstrap(ci, **{k: v for k, v in given.items() if v is not None}),
                 fdr=fdr,
             )
         except ValueError as error:  # different prompt counts, length groups or sites
@@ -87,7 +91,7 @@ def compare(
     flagged = table[table["flagged"]]
     click.echo(
         f"{metric}: A = {a_path}, B = {b_path}; {table.attrs['n_prompts']} prompts, paired bootstrap of "
-        f"{n_boot} resamples, {100 * ci:g} % intervals"
+        f"{table.attrs['n_boot']} resamples, {100 * ci:g} % intervals"
     )
     click.echo(
         f"{len(flagged)} of {len(table)} sites differ at a false discovery rate of {fdr:g} (Benjamini–Hochberg)"

@@ -152,9 +152,7 @@ def edge_circuit(
         ablation=ablation,
         chunk=spec.sweep.chunk,
         runs=runs,
-        ci=spec.sweep.ci,
-        n_boot=spec.sweep.n_boot,
-        boot_seed=spec.sweep.boot_seed,
+        ci=spec.sweep.bootstrap,
     )
     circuit = graph.top_edges(
         scores, percent=percent

@@ -18,6 +18,7 @@ from actpatch.cli.common import (
     describe,
     experiment_options,
     fail,
+    feature_options,
     first_line,
     load,
     log_into,
@@ -48,7 +49,7 @@ CHECKPOINT = (
 
 
 @click.command()
-@experiment_options(intervals=True)
+@experiment_options(intervals=True, features=True)
 @click.option(
     "--resume",
     is_flag=True,
@@ -108,7 +109,7 @@ def sweep(
     echo(describe(model, pairs, spec))
     options = sweep_options(model, pairs, spec)
     if ci is not None:
-        options.update(ci=ci, n_boot=spec.sweep.n_boot, boot_seed=spec.sweep.boot_seed)
+        options.update(ci=spec.sweep.bootstrap)
     result = ap.sweep(
         model,
         pairs,
@@ -120,6 +121,7 @@ def sweep(
         ray_address=ray_address,
     )
     result.attrs.update(provenance(model, spec))
+    record_activations(result, model, pairs, options.get("dictionary"))
     if not quiet:
         for text in tables(result):
             click.echo(text)
@@ -133,11 +135,12 @@ def sweep_options(
     """`ap.sweep`'s keyword arguments from [sweep], each checked against the model and prompts now,
     before anything long runs (a wrong layer is bad input, not a failure an hour in)."""
     s = spec.sweep
+    features = feature_options(spec, model, pairs)
     directions = [s.directions] if isinstance(s.directions, str) else s.directions
     for group in pairs if isinstance(pairs, list) else [pairs]:
         for direction in directions:
-            planned(model, group, spec, direction)
-    return {"direction": s.directions, **keywords(spec, SELECTION + RUNNING)}
+            planned(model, group, spec, direction, features)
+    return {"direction": s.directions, **keywords(spec, SELECTION + RUNNING), **features}
 
 
 def keywords(spec: Experiment, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -145,15 +148,40 @@ def keywords(spec: Experiment, keys: tuple[str, ...]) -> dict[str, Any]:
     return {key: getattr(spec.sweep, key) for key in keys}
 
 
-def planned(model: Model, pairs: PromptPairs, spec: Experiment, direction: str) -> SweepPlan:
-    """[sweep]'s sites for one direction, checked against the model and prompts (bad input if not)."""
+def planned(
+    model: Model, pairs: PromptPairs, spec: Experiment, direction: str, features: dict[str, Any]
+) -> SweepPlan:
+    """[sweep]'s sites for one direction, checked against the model and prompts (bad input if not);
+    `features`: a feature site's dictionary and latents (`feature_options`), {} for other sites."""
     from actpatch.engine.plan import plan
     from actpatch.engine.spec import SweepSpec
 
     with validating():
         return plan(
-            model, pairs, SweepSpec(spec.sweep.site, direction, **keywords(spec, SELECTION))
+            model,
+            pairs,
+            SweepSpec(spec.sweep.site, direction, **keywords(spec, SELECTION), **features),
         )
+
+
+def record_activations(
+    result: xr.DataArray, model: Model, pairs: PromptPairs | list[PromptPairs], dictionary: Any
+) -> None:
+    """Put the strongest latents' activations on the prompts' tokens into a feature result, for its
+    report: one capture of each run."""
+    from actpatch.bases.on_prompts import latent_activations
+    from actpatch.report.features import directions, is_feature_result, top_latents
+
+    if dictionary is None or not is_feature_result(result):
+        return
+    strongest = {
+        int(latent)
+        for direction, part in directions(result)
+        for latent in top_latents(part, direction=direction)["latent"]
+    }
+    result.attrs["latent_activations"] = latent_activations(
+        model, pairs, dictionary, sorted(strongest)
+    )
 
 
 def write_outputs(
@@ -186,8 +214,11 @@ def title(spec: Experiment, result: xr.DataArray) -> str:
 
 def tables(result: xr.DataArray) -> list[str]:
     """Terminal tables: a layer grid where the result is one, else its strongest patches; per direction."""
-    from actpatch.report.table import layer_table, strongest_table
+    from actpatch.report.features import is_feature_result
+    from actpatch.report.table import latent_table, layer_table, strongest_table
 
+    if is_feature_result(result):  # hundreds of latents: the strongest, not a grid
+        return [latent_table(result)]
     parts = (
         [result.sel(direction=d).assign_attrs(direction=str(d)) for d in result["direction"].values]
         if "direction" in result.dims

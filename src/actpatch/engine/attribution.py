@@ -44,6 +44,7 @@ ESTIMATED_METRICS = ("norm_logit_diff", "logit_diff")
 GRADDROP_METRIC = "abs_logit_diff_change_graddrop"
 
 
+@bootstrap.old_keywords("n_boot", "boot_seed")
 def attribute(
     model: Model,
     pairs: PromptPairs,
@@ -56,7 +57,7 @@ def attribute(
     positions: Positions = None,
     ablation: Ablation | None = None,
     per_prompt: bool = False,
-    ci: float | None = None,
+    ci: float | bootstrap.Bootstrap | None = None,
     **options: Any,
 ) -> xr.DataArray:
     """Estimate every patch of a sweep at once; `verify(result, ...)` checks the strongest exactly.
@@ -76,7 +77,7 @@ def attribute(
 
     `per_prompt=True` keeps each prompt's estimate (a `batch` dimension, as in sweeps), which is
     what `verify(..., ci=)` resamples; `ci=0.95` returns intervals over prompts instead (a `stat`
-    dimension value/lo/hi, `n_boot` resamples seeded by `boot_seed`, docs/uncertainty.md). Both are
+    dimension value/lo/hi; a level or an `actpatch.Bootstrap`, docs/uncertainty.md). Both are
     free: the gradient of the mean logit difference is each prompt's own gradient over n, so the
     per-prompt estimates come from the same backward pass. Not with `graddrop` (its magnitude is
     not a mean over prompts). The interval covers prompt-to-prompt variation of the *estimate*, not
@@ -88,18 +89,17 @@ def attribute(
     one backward serves every latent; `verify(..., dictionary=)` patches them exactly.
 
     The keywords not named in the signature (`heads`, `neurons`, `dictionary`, `latents`,
-    `graddrop`, `check_baseline`, `progress`, `n_boot`, `boot_seed`) are gathered in one `AttributeOptions`, which may also be
-    passed as `options=`."""
+    `graddrop`, `check_baseline`, `progress`) are gathered in one `AttributeOptions`, which may also
+    be passed as `options=`."""
     given = options_from(AttributeOptions, options, "attribute")
-    graddrop, progress, latents = given.graddrop, given.progress, given.latents
-    check_baseline, n_boot, boot_seed = given.check_baseline, given.n_boot, given.boot_seed
-    if ci is not None:
-        if per_prompt:
-            raise ValueError(
-                "ci= returns intervals computed from the per-prompt estimates, not the estimates: drop "
-                "per_prompt=True (verify(..., ci=) takes the per-prompt estimates)"
-            )
-        bootstrap.check_options(ci, n_boot)
+    graddrop, progress = given.graddrop, given.progress
+    dictionary, latents = given.dictionary, given.latents
+    check_baseline, ci = given.check_baseline, bootstrap.Bootstrap.of(ci)
+    if ci is not None and per_prompt:
+        raise ValueError(
+            "ci= returns intervals computed from the per-prompt estimates, not the estimates: drop "
+            "per_prompt=True (verify(..., ci=) takes the per-prompt estimates)"
+        )
     if graddrop and (per_prompt or ci is not None):
         raise ValueError(
             "graddrop's magnitude (a mean over layers of |change|) is not a mean over prompts: "
@@ -114,7 +114,7 @@ def attribute(
     if isinstance(latents, str) and latents == "active":
         from actpatch.bases.select import active_latents  # two forwards: only for feature sites
 
-        latents = active_latents(model, pairs, given.dictionary, positions)
+        latents = active_latents(model, pairs, dictionary, positions)
     spec = spec_from(
         site,
         direction,
@@ -132,6 +132,10 @@ def attribute(
             f"method={method!r} needs a source run (to interpolate inputs, or to recompute softmaxes from its "
             f"q and k); ablation={ablation!r} has none: use method='atp'"
         )
+    if dictionary is not None:
+        from actpatch.bases.on_prompts import check_reconstruction
+
+        check_reconstruction(model, pairs, dictionary, positions)  # warns if error nodes dominate
     checked = collect.baseline(model, pairs, check=check_baseline)
     alphas = [0.0] if method != "ig" else [i / steps for i in range(steps)]
     qk_fix = method == "atp*" and the_plan.kind in ("q", "k")
@@ -226,15 +230,16 @@ def attribute(
     )
     if per_prompt:
         return rows_result
-    bounds = intervals_of(rows_result, ci=ci, n_boot=n_boot, seed=boot_seed)
+    bounds = intervals_of(rows_result, ci=ci)
     bounds.loc[{"stat": "value"}] = result.transpose(
         *bounds.sel(stat="value").dims
     ).values  # the estimate itself, unrounded
     return bounds
 
 
+@bootstrap.old_keywords("n_boot", "seed")
 def intervals_of(
-    per_prompt_estimate: xr.DataArray, *, ci: float = 0.95, n_boot: int = 1000, seed: int = 0
+    per_prompt_estimate: xr.DataArray, *, ci: float | bootstrap.Bootstrap = bootstrap.DEFAULT
 ) -> xr.DataArray:
     """An estimate with its bootstrap intervals (a `stat` dimension), from `attribute(...,
     per_prompt=True)`: for keeping both the rows (for `verify(..., ci=)`) and the intervals from one
@@ -243,7 +248,7 @@ def intervals_of(
     complete = per_prompt_estimate.reindex(
         metric=list(metrics.METRICS)
     )  # the bootstrap lays out every metric
-    return bootstrap.intervals(complete, ci=ci, n_boot=n_boot, seed=seed).sel(metric=estimated)
+    return bootstrap.intervals(complete, ci=ci).sel(metric=estimated)
 
 
 def _mean_gradients(
@@ -283,7 +288,7 @@ def _mean_gradients(
             torch.enable_grad(),
             hooks.drop_gradients(model) if graddrop else nullcontext() as drop,
             hooks.watch(
-                model, the_plan.sites + extra, positions=the_plan.target.positions
+                model, the_plan.sites + extra, named_positions=the_plan.target.positions
             ) as watched,
         ):
             logits = hooks.final_logits(model, inputs_embeds=inputs)

@@ -403,7 +403,7 @@ class Resumer:
                     self.model,
                     shifted,
                     copies_at=[present[layer] for layer in joins],
-                    positions=positions,
+                    named_positions=positions,
                 )
             )
             for index in range(joins[0], n_layers):

@@ -7,7 +7,7 @@ leaves only whole files. A later run of the *same* sweep loads them and patches 
 
 "The same sweep" is decided by a fingerprint of everything the rows depend on: the model (its
 provenance and a sample of its weights), the prompts' token ids, answers, named positions and input
-noise, the list of sites, the direction, the ablation, what a row holds (averaged or per-prompt
+noise, the list of sites, the weights of any dictionary or subspace they patch in, the direction, the ablation, what a row holds (averaged or per-prompt
 metrics) and the package versions. A folder written for another sweep is refused with
 `CheckpointMismatch`, which names what differs: rows of another sweep must never be mixed in.
 
@@ -133,6 +133,7 @@ def fingerprint(
         ),
         "prompts": _pairs_digest(pairs),
         "sites": _digest("\n".join(str(s) for s in the_plan.sites)),
+        "bases": _bases_digest(the_plan.sites),
         "direction": the_plan.direction,
         "ablation": the_plan.ablation or "none",
         "reference prompts": _pairs_digest(the_plan.mean_over)
@@ -148,6 +149,25 @@ def _pairs_digest(pairs: PromptPairs) -> str:
     for name in sorted(pairs.positions):
         parts += [name, pairs.positions[name]]
     parts.append(pairs.corrupt_noise if pairs.corrupt_noise is not None else "no noise")
+    return _digest(*parts)
+
+
+def _bases_digest(sites: Any) -> str:
+    """What the feature sites' bases compute: a site names its basis only by `name`, and two
+    dictionaries of one name (a retrained SAE, another learned subspace) give other rows. Read
+    through the `Basis` protocol alone: its decoder, and what it makes of a fixed random probe
+    (the encoding reaches encoder, biases and thresholds; the reconstruction a skip connection)."""
+    bases = {id(s.basis): s.basis for s in sites if s.basis is not None}
+    if not bases:
+        return "none"
+    parts: list[Any] = []
+    for basis in sorted(bases.values(), key=lambda b: (b.name, b.layer)):
+        probe = torch.randn(16, basis.d_in, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            decoder = basis.decoder()
+            probe = probe.to(decoder.device, decoder.dtype)
+            parts += [basis.name, basis.layer, basis.reads, basis.writes, decoder]
+            parts += [basis.encode(probe), basis.reconstruct(probe)]
     return _digest(*parts)
 
 

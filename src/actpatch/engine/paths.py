@@ -57,14 +57,15 @@ def patch_paths(
     receivers: Sequence[Receiver],
     *,
     direction: Direction = "denoise",
+    check_baseline: bool = True,
 ) -> xr.DataArray:
     """Every metric after patching `sender` (source values) along its paths to `receivers` only.
 
-    `direction="denoise"` writes the clean run's sender into the corrupt run; `"noise"` the
-    reverse. Several senders are patched together. `ap.all_receivers(model, sender)` lists every
-    receiver downstream: with all of them this equals patching the sender's output outright;
-    `["logits"]` alone is its direct effect. The result is a `metric` vector with the senders and
-    receivers in its attributes.
+    `direction="denoise"` writes the clean run's sender into the corrupt run; `"noise"` the reverse.
+    Several senders are patched together. `check_baseline` as in `sweep`. `ap.all_receivers(model,
+    sender)` lists every receiver downstream: with all of them this equals patching the sender's
+    output outright; `["logits"]` alone is its direct effect. The result is a `metric` vector with
+    the senders and receivers in its attributes.
 
         ap.patch_paths(model, pairs, ap.Site("head", 7, 3), [ap.Site("q", 9, h) for h in range(9)])
     """
@@ -81,13 +82,13 @@ def patch_paths(
         )
     source = sources.captured(model, source_run, [_whole(s) for s in senders])
     sender_values = {s: source[_whole(s)] for s in senders}
-    base = collect.baseline(model, pairs)
+    base = collect.baseline(model, pairs, check=check_baseline)
     with torch.no_grad():
         target = Target(model, target_run, pairs.positions, paths.needed_target_sites())
         logits = target.logits(sender_values, paths)
         self_checks = _noop_check(model, target, senders[0], paths, base, direction)
     values = metrics.averaged(logits, base)
-    result = xr.DataArray(
+    result = results.Result(
         [values[m] for m in metrics.METRICS],
         dims=["metric"],
         coords={"metric": list(metrics.METRICS)},
@@ -123,6 +124,7 @@ def sweep_paths(
     heads: Sequence[int] | None = None,
     positions: Positions = "all",
     progress: bool | None = None,
+    check_baseline: bool = True,
 ) -> xr.DataArray:
     """`patch_paths` for every sender of a sweep grid, one at a time: a labelled `metric × layer ×
     [head] × [pos]` result, laid out like `ap.sweep`'s.
@@ -143,7 +145,7 @@ def sweep_paths(
     source = sources.captured(
         model, the_plan.source, sorted({_whole(s) for s in the_plan.sites}, key=_order)
     )
-    base = collect.baseline(model, pairs)
+    base = collect.baseline(model, pairs, check=check_baseline)
     rows = []
     self_checks: dict[str, float] = {}
     with torch.no_grad():
@@ -176,7 +178,10 @@ def all_receivers(model: Model, sender: Site | Sequence[Site]) -> list[Receiver]
     """Every receiver downstream of the earliest sender: the q, k and v of every later head, every
     MLP that reads after it (a head's own layer's MLP included, unless attention and MLP run in
     parallel), and the logits. Path patching to all of them is patching the sender outright."""
-    senders = [sender] if isinstance(sender, Site) else list(sender)
+    listed = [sender] if isinstance(sender, Site) else list(sender)
+    senders = Paths(
+        model, listed, [], require_receivers=False
+    ).senders  # checked, as path patches do
     dims = model.dims
     candidates: list[Receiver] = []
     for layer in range(dims.n_layers):
@@ -354,9 +359,9 @@ class Target:
         self.base = dict(base or {})
         with (
             forward_inputs(model, run) as tokens,
-            hooks.patch(model, self.base, positions=positions),
+            hooks.patch(model, self.base, named_positions=positions),
         ):
-            self.values = hooks.capture(model, tokens, list(sites), positions=positions)
+            self.values = hooks.capture(model, tokens, list(sites), named_positions=positions)
 
     def logits(self, sender_values: Mapping[Site, Tensor], paths: Paths) -> Tensor:
         """Final-position logits of the path patch. `sender_values[s]` is the source run's value of
@@ -379,20 +384,20 @@ class Target:
             }  # recorded MLPs run live
             with (
                 forward_inputs(self.model, self.run) as tokens,
-                hooks.patch(self.model, {**patches, **self.base}, positions=self.positions),
+                hooks.patch(self.model, {**patches, **self.base}, named_positions=self.positions),
             ):
                 if stage == 2 * self.model.dims.n_layers:
                     final = hooks.last_logits(self.model, tokens)
                 else:
                     recorded.update(
-                        hooks.capture(self.model, tokens, recording, positions=self.positions)
+                        hooks.capture(self.model, tokens, recording, named_positions=self.positions)
                     )
         if final is not None:
             return final
         patches = {s: self._received(s, paths, recorded) for s in paths.inputs}
         with (
             forward_inputs(self.model, self.run) as tokens,
-            hooks.patch(self.model, {**patches, **self.base}, positions=self.positions),
+            hooks.patch(self.model, {**patches, **self.base}, named_positions=self.positions),
         ):
             return hooks.last_logits(self.model, tokens)
 

@@ -38,7 +38,7 @@ class ReferencePatching:
         target = self.plan.target
         with (
             hooks.add_to_input(self.model, target.noise),
-            hooks.patch(self.model, values, positions=target.positions),
+            hooks.patch(self.model, values, named_positions=target.positions),
         ):
             return hooks.last_logits(self.model, target.tokens)
 

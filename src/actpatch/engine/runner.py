@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 import xarray as xr
 from torch import Tensor
 
@@ -62,9 +63,15 @@ def run(
 ) -> xr.DataArray:
     """One direction of one sweep on one batch of prompts, by `engine`: a labelled result."""
     the_plan = plan(model, pairs, spec)
-    # Pattern patches run under our eager attention, so the baselines they are measured against must
-    # too: in bfloat16, eager and sdpa attention differ by more than the self-checks allow.
-    with hooks.eager_attention(model) if the_plan.kind == "pattern" else contextlib.nullcontext():
+    # A sweep only runs forwards: without no_grad, a model whose parameters require grad (one being
+    # trained, or built in memory) would record a graph per forward and hand rows tensors that
+    # numpy refuses. Pattern patches run under our eager attention, so the baselines they are
+    # measured against must too: in bfloat16, eager and sdpa attention differ by more than the
+    # self-checks allow.
+    with (
+        torch.no_grad(),
+        hooks.eager_attention(model) if the_plan.kind == "pattern" else contextlib.nullcontext(),
+    ):
         # The baseline's forwards also capture every value the patches and self-checks read.
         the_plan, clean_logits, corrupt_logits = sources.recorded(
             model, the_plan, record_target=engine.records_target
@@ -162,17 +169,18 @@ def assemble(
 
 def _basis_provenance(basis: Any) -> dict[str, Any]:
     """Which dictionary a feature sweep patched in: name, where it reads and writes, its file."""
-    if basis is None:
-        return {}
+    return {} if basis is None else {"dictionary": dictionary_note(basis)}
+
+
+def dictionary_note(basis: Any) -> dict[str, Any]:
+    """What a result records of a dictionary (feature sweeps, feature circuits)."""
     return {
-        "dictionary": {
-            "name": basis.name,
-            "layer": basis.layer,
-            "reads": basis.reads,
-            "writes": basis.writes,
-            "n_latents": basis.n_latents,
-            "source": getattr(basis, "source", ""),
-        }
+        "name": basis.name,
+        "layer": basis.layer,
+        "reads": basis.reads,
+        "writes": basis.writes,
+        "n_latents": basis.n_latents,
+        "source": getattr(basis, "source", ""),
     }
 
 

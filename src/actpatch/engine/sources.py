@@ -31,7 +31,7 @@ WHOLE_INPUT = Site("resid_pre", 0)
 def captured(model: Model, run: Run, sites: Sequence[Site]) -> dict[Site, Tensor]:
     """Each site's activation in `run` (its input noise included), from one forward."""
     with hooks.add_to_input(model, run.noise):
-        return hooks.capture(model, run.tokens, sites, positions=run.positions)
+        return hooks.capture(model, run.tokens, sites, named_positions=run.positions)
 
 
 def recorded(

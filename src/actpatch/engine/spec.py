@@ -13,6 +13,10 @@ from typing import Any, Literal, TypeVar, get_args
 
 from actpatch.pairs import PromptPairs
 
+# The engines, named alike at node level (sweeps) and edge level (edge scores, edge circuits): the
+# fast exact path, and the plain one-patch-at-a-time oracle it is tested against.
+EngineName = Literal["batched", "reference"]
+ENGINES: tuple[str, ...] = get_args(EngineName)
 Direction = Literal["denoise", "noise"]
 DIRECTIONS: tuple[str, ...] = get_args(Direction)
 Positions = Literal["each", "all"] | Sequence[int | str] | int | str | None
@@ -79,7 +83,7 @@ def check_engine_options(spec: SweepSpec) -> None:
 @dataclass(frozen=True)
 class SweepOptions:
     """The keywords `sweep()` takes beyond the common ones (site selection by heads or neurons, how
-    it runs, intervals' resamples). Pass them as keywords (`sweep(..., chunk=8)`) or as one value
+    it runs). Pass them as keywords (`sweep(..., chunk=8)`) or as one value
     (`sweep(..., options=SweepOptions(chunk=8))`); the keywords win where both are given."""
 
     heads: Sequence[int] | int | None = None
@@ -97,8 +101,6 @@ class SweepOptions:
     checkpoint: str | os.PathLike | None = None
     shards: int | None = None
     ray_address: str | None = None
-    n_boot: int = 1000  # bootstrap resamples, with ci=
-    boot_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,6 @@ class AttributeOptions:
     graddrop: bool = False
     check_baseline: bool = True
     progress: bool | None = None
-    n_boot: int = 1000
-    boot_seed: int = 0
 
 
 Options = TypeVar("Options")

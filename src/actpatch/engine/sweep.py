@@ -8,17 +8,20 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import xarray as xr
 
+from actpatch import caller
 from actpatch.engine import batched, groups, runner
 from actpatch.engine import reference as reference_engine
 from actpatch.engine import shards as shard_engine
 from actpatch.engine.spec import (
     DIRECTIONS,
+    ENGINES,
     Ablation,
     Direction,
+    EngineName,
     Positions,
     SweepOptions,
     SweepSpec,
@@ -27,13 +30,12 @@ from actpatch.engine.spec import (
 )
 from actpatch.models.model import Model, check_model
 from actpatch.pairs import PromptPairs
+from actpatch.stats import bootstrap
 
 log = logging.getLogger(__name__)
 
-Engine = Literal["batched", "reference"]
-ENGINES = ("batched", "reference")
 
-
+@bootstrap.old_keywords("n_boot", "boot_seed")
 def sweep(
     model: Model,
     pairs: PromptPairs | Sequence[PromptPairs],
@@ -44,8 +46,8 @@ def sweep(
     positions: Positions = None,
     per_prompt: bool = False,
     ablation: Ablation | None = None,
-    engine: Engine = "batched",
-    ci: float | None = None,
+    engine: EngineName = "batched",
+    ci: float | bootstrap.Bootstrap | None = None,
     **options: Any,
 ) -> xr.DataArray:
     """Patch every site of one kind and measure every metric: a labelled `metric × layer × ...` result.
@@ -85,33 +87,27 @@ def sweep(
     running in this process, or `$RAY_ADDRESS`, or a local Ray started for this call is used
     (docs/scale.md). A worker that dies is restarted and only its shard runs again.
 
-    `ci` (e.g. 0.95) puts an interval on every number: the sweep keeps every prompt's rows and
-    returns `actpatch.stats.intervals(rows, ci=ci, n_boot=n_boot, seed=boot_seed)`, the result
-    without `batch` and with a `stat` dimension ["value", "lo", "hi"] whose `value` is this sweep's
-    number (docs/uncertainty.md). It refuses `per_prompt=True`: for the rows themselves, sweep with
-    per_prompt=True and call `actpatch.stats.intervals` on them.
+    `ci` (e.g. 0.95, or `actpatch.Bootstrap(0.95, n_boot=..., seed=...)`) puts an interval on every
+    number: the sweep keeps every prompt's rows and returns `actpatch.stats.intervals(rows, ci=ci)`,
+    the result without `batch` and with a `stat` dimension ["value", "lo", "hi"] whose `value` is
+    this sweep's number (docs/uncertainty.md). It refuses `per_prompt=True`: for the rows
+    themselves, sweep with per_prompt=True and call `actpatch.stats.intervals` on them.
 
     The keywords not named in the signature (`heads`, `neurons`, `dictionary`, `latents`, `mean_over`, `check_baseline`,
-    `chunk`, `memory_budget`, `progress`, `checkpoint`, `shards`, `ray_address`, `n_boot`,
-    `boot_seed`) are gathered in one `SweepOptions`, which may also be passed as `options=`."""
+    `chunk`, `memory_budget`, `progress`, `checkpoint`, `shards`, `ray_address`) are gathered in one
+    `SweepOptions`, which may also be passed as `options=`."""
     given = options_from(SweepOptions, options, "sweep")
     dictionary, latents = given.dictionary, given.latents
     checkpoint, shards, ray_address = given.checkpoint, given.shards, given.ray_address
-    n_boot, boot_seed = given.n_boot, given.boot_seed
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     check_model(model)
-    if ci is not None:
-        from actpatch.stats import (
-            bootstrap,  # stats reads results; imported here, it cannot loop back into engines
+    ci = bootstrap.Bootstrap.of(ci)
+    if ci is not None and per_prompt:
+        raise ValueError(
+            "ci= returns intervals computed from the per-prompt rows, not the rows: drop per_prompt=True, "
+            "or sweep with per_prompt=True and call actpatch.stats.intervals(result, ci=...)"
         )
-
-        if per_prompt:
-            raise ValueError(
-                "ci= returns intervals computed from the per-prompt rows, not the rows: drop per_prompt=True, "
-                "or sweep with per_prompt=True and call actpatch.stats.intervals(result, ci=...)"
-            )
-        bootstrap.check_options(ci, n_boot)
     mean_over = _mean_over(given.mean_over, given.reference)
     directions = [direction] if isinstance(direction, str) else list(direction)
     if not directions or any(d not in DIRECTIONS for d in directions):
@@ -127,6 +123,10 @@ def sweep(
         from actpatch.bases.select import active_latents  # two forwards: only for feature sweeps
 
         latents = active_latents(model, pairs, dictionary, positions)
+    if dictionary is not None:
+        from actpatch.bases.on_prompts import check_reconstruction
+
+        check_reconstruction(model, pairs, dictionary, positions)  # warns if error nodes dominate
     spec = spec_from(
         site,
         directions[0],
@@ -152,9 +152,7 @@ def sweep(
             for d in directions
         ]
     result = parts[0] if isinstance(direction, str) else stacked(parts, "direction", directions)
-    return (
-        result if ci is None else bootstrap.intervals(result, ci=ci, n_boot=n_boot, seed=boot_seed)
-    )
+    return result if ci is None else bootstrap.intervals(result, ci=ci)
 
 
 def stacked(parts: list[xr.DataArray], dim: str, labels: list[str]) -> xr.DataArray:
@@ -197,7 +195,7 @@ def _mean_over(mean_over: PromptPairs | None, reference: PromptPairs | None) -> 
         "sweep(reference=...) is now sweep(mean_over=...): the prompts whose clean runs ablation='mean' "
         "averages; reference= will be removed",
         DeprecationWarning,
-        stacklevel=3,
+        stacklevel=caller.stacklevel(),
     )
     return reference
 

@@ -61,6 +61,7 @@ class Verification:
         )
 
 
+@bootstrap.old_keywords("n_boot", "boot_seed")
 def verify(
     model: Model,
     pairs: PromptPairs,
@@ -71,22 +72,20 @@ def verify(
     seed: int = 0,
     metric: str = "norm_logit_diff",
     progress: bool | None = None,
-    ci: float | None = None,
-    n_boot: int = 1000,
-    boot_seed: int = 0,
+    ci: float | bootstrap.Bootstrap | None = None,
     dictionary: Any = None,
 ) -> Verification:
     """Patch the estimate's `top_k` strongest sites and `sample` random others exactly; compare.
 
     Strength is the distance from the unpatched target value (0 when denoising, 1 when noising on
-    the normalised scale), so both helpful and harmful sites count.
+    the normalised scale), so both helpful and harmful sites count. `seed` draws the random sample.
 
-    `ci=0.95` puts an interval on the rank correlation: each resample of the prompts recomputes the
-    estimates and the exact values of the verified sites (ratios of means, as sweeps do) and their
-    correlation. It needs the per-prompt estimate (`attribute(..., per_prompt=True)`); the exact
-    patches keep their per-prompt rows, so it costs no extra forward. The sites verified are the
-    ones the full data chose: the interval says how the agreement on *those* sites varies with the
-    prompts, not how a re-chosen top-k would fare.
+    `ci=0.95` (or an `actpatch.Bootstrap`) puts an interval on the rank correlation: each resample
+    of the prompts recomputes the estimates and the exact values of the verified sites (ratios of
+    means, as sweeps do) and their correlation. It needs the per-prompt estimate (`attribute(...,
+    per_prompt=True)`); the exact patches keep their per-prompt rows, so it costs no extra forward.
+    The sites verified are the ones the full data chose: the interval says how the agreement on
+    *those* sites varies with the prompts, not how a re-chosen top-k would fare.
 
     An estimate over feature sites needs the `dictionary` it was made with (a result holds its
     name, not its weights)."""
@@ -109,8 +108,7 @@ def verify(
         )
     if "stat" in estimate.dims:
         estimate = estimate.sel(stat="value", drop=True)
-    if ci is not None:
-        bootstrap.check_options(ci, n_boot)
+    ci = bootstrap.Bootstrap.of(ci)
     values = estimate.sel(metric=metric)
     flat = values.stack(site=list(values.dims))
     kept = ~np.isnan(flat.values)
@@ -146,9 +144,7 @@ def verify(
         cells = np.flatnonzero(kept)[
             chosen
         ]  # the verified sites among the estimate's flattened cells
-        interval = _resampled_agreement(
-            table, estimate_rows, cells, exact_rows, metric, ci, n_boot, boot_seed
-        )
+        interval = _resampled_agreement(table, estimate_rows, cells, exact_rows, metric, ci)
     table = table.reindex(table["error"].abs().sort_values(ascending=False).index).reset_index(
         drop=True
     )
@@ -220,9 +216,7 @@ def _resampled_agreement(
     cells: np.ndarray,
     exact_rows: bootstrap.Block,
     metric: str,
-    ci: float,
-    n_boot: int,
-    seed: int,
+    boot: bootstrap.Bootstrap,
 ) -> tuple[float, float]:
     """The rank correlation's percentile interval, estimates and exact values recomputed on the same
     resamples of the prompts; each site's estimate and exact interval go into `table`."""
@@ -230,20 +224,20 @@ def _resampled_agreement(
         raise ValueError(
             f"the estimate holds {estimate_rows.n} prompts and pairs {exact_rows.n}: verify it on its own prompts"
         )
-    counts = bootstrap.resample_counts(exact_rows, n_boot, bootstrap.rngs(seed, 1)[0])
+    counts = bootstrap.resample_counts(exact_rows, boot.n_boot, bootstrap.rngs(boot.seed, 1)[0])
     which = METRICS.index(metric)
     estimated = bootstrap.statistic(estimate_rows, counts, cells)[
         :, which
     ]  # (resample, verified site)
     exact = bootstrap.statistic(exact_rows, counts)[:, which]
-    for name, boot in (("estimate", estimated), ("exact", exact)):
-        table[f"{name}_lo"], table[f"{name}_hi"] = bootstrap.percentile(boot, ci)
+    for name, values in (("estimate", estimated), ("exact", exact)):
+        table[f"{name}_lo"], table[f"{name}_hi"] = bootstrap.percentile(values, boot)
     correlations = np.array([_spearman(a, b) for a, b in zip(estimated, exact)])
     if np.isnan(
         correlations
     ).any():  # a resample on which one side is constant has no order to correlate
         return (float("nan"), float("nan"))
-    lo, hi = bootstrap.percentile(correlations, ci)
+    lo, hi = bootstrap.percentile(correlations, boot)
     return float(lo), float(hi)
 
 

@@ -21,9 +21,11 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from actpatch import hooks, memory, metrics, results
+from actpatch import deprecation, hooks, memory, metrics, results
+from actpatch.circuits import curve
 from actpatch.circuits.evaluate import performance, with_intervals
 from actpatch.engine import checks, collect, sources
+from actpatch.engine.spec import ENGINES, EngineName
 from actpatch.graph.nodes import EdgeError, Graph
 from actpatch.hooks.edges import EdgePlan, EdgeRecord, edge_hooks
 from actpatch.models.model import Model
@@ -32,8 +34,11 @@ from actpatch.run import Run
 from actpatch.stats import bootstrap
 
 Ablation = Literal["zero", "mean", "resample"]
+# The edge engines' names before they were named as the sweeps' are: fast, plain.
+OLD_ENGINES = {"fast": "batched", "plain": "reference"}
 
 
+@bootstrap.old_keywords("n_boot", "boot_seed")
 def evaluate(
     model: Model,
     pairs: PromptPairs,
@@ -41,9 +46,7 @@ def evaluate(
     *,
     ablation: Ablation | None = None,
     check_baseline: bool = True,
-    ci: float | None = None,
-    n_boot: int = 1000,
-    boot_seed: int = 0,
+    ci: float | bootstrap.Bootstrap | None = None,
 ) -> xr.DataArray:
     """Every metric (averaged over prompts) with only `circuit`'s edges carrying current values.
 
@@ -51,10 +54,9 @@ def evaluate(
     matrix from `Graph.circuit`, `Graph.node_circuit` or `select.top_edges`. `norm_logit_diff` is
     normalised by the clean and corrupt runs (with an ablation, see `faithfulness` for the
     normalisation by the empty circuit). `ci=0.95` adds a `stat` dimension (value, lo, hi) as
-    `actpatch.evaluate_circuit` does: every metric's interval over `n_boot` resamples of the
-    prompts, from the same forward's per-prompt rows (docs/uncertainty.md)."""
-    if ci is not None:
-        bootstrap.check_options(ci, n_boot)
+    `actpatch.evaluate_circuit` does (a level or an `actpatch.Bootstrap`): every metric's interval
+    over resamples of the prompts, from the same forward's per-prompt rows (docs/uncertainty.md)."""
+    ci = bootstrap.Bootstrap.of(ci)
     runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
     circuit = runs.graph.checked(circuit)
     logits = runs.logits(circuit[None])[0]
@@ -70,8 +72,8 @@ def evaluate(
     if ci is None:
         return result
     block = runs.prompt_block([logits])
-    boot = bootstrap.replicates(block, n_boot=n_boot, seed=boot_seed)[..., 0]  # (resample, metric)
-    return with_intervals(result, boot, ci, n_boot, boot_seed)
+    resampled = bootstrap.replicates(block, ci)[..., 0]  # (resample, metric)
+    return with_intervals(result, resampled, ci)
 
 
 @dataclass(eq=False)
@@ -149,16 +151,7 @@ class EdgeRuns:
         """Every metric of each prompt of each circuit's run (`logits`: (batch, vocab) each), as the
         block a bootstrap over prompts resamples: normalised by the clean and corrupt runs, or by
         the `empty` and `full` circuits' per-prompt logit differences where given (that is f)."""
-        rows = [
-            {
-                name: v.double().cpu().numpy()
-                for name, v in metrics.per_prompt(each, self.base).items()
-            }
-            for each in logits
-        ]
-        low = self.base.corrupt_logit_diff if empty is None else empty
-        high = self.base.clean_logit_diff if full is None else full
-        return bootstrap.rows_block(rows, high.double().cpu().numpy(), low.double().cpu().numpy())
+        return curve.prompt_block(self.base, logits, empty, full)
 
     def check_for(self, model: Model, pairs: PromptPairs, ablation: Ablation | None) -> None:
         """Refuse to reuse these runs for another model, other prompts or another ablation."""
@@ -184,16 +177,20 @@ class EdgeRuns:
         )
 
     @torch.no_grad()
-    def logits(self, circuits: Tensor, *, chunk: int | None = None, engine: str = "fast") -> Tensor:
+    def logits(
+        self, circuits: Tensor, *, chunk: int | None = None, engine: EngineName = "batched"
+    ) -> Tensor:
         """Final-position logits (circuit, batch, vocab) of each (sender, receiver) circuit in
         `circuits` (circuit, sender, receiver); fractional entries weigh an edge in between.
 
-        `engine="plain"`: the oracle, attention expanded per head and o_proj called on a block input
-        (`hooks.edges.EdgePlan.fast`)."""
-        if engine not in ("fast", "plain"):
-            raise ValueError(f"engine must be one of ('fast', 'plain'), got {engine!r}")
+        `engine="reference"`: the oracle, attention expanded per head and o_proj called on a block
+        input (`hooks.edges.EdgePlan.fast`); the old names "fast" and "plain" warn."""
+        engine = checked_engine(engine, "EdgeRuns.logits")
         return torch.cat(
-            [self._forward(part, fast=engine == "fast") for part in self._chunks(circuits, chunk)]
+            [
+                self._forward(part, fast=engine == "batched")
+                for part in self._chunks(circuits, chunk)
+            ]
         )
 
     def mean_logit_diff(self, logits: Tensor) -> Tensor:
@@ -253,6 +250,14 @@ class EdgeRuns:
             torch.promote_types(logits.dtype, torch.float32)
         )  # float64 models stay float64
         return logits.view(copies, len(self.pairs), -1)
+
+
+def checked_engine(engine: str, caller: str) -> str:
+    """`engine` as the sweeps name it; the edge engines' old names warn and mean the same engine."""
+    engine = deprecation.renamed_value("engine", engine, OLD_ENGINES, caller)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    return engine
 
 
 def attn_in_norm(model: Model) -> str:

@@ -4,13 +4,8 @@
 
 where ∅ is the empty circuit (the corrupt run, or the ablated one) and full the clean run. The
 curve evaluates the top edges at MIB's sizes, {0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100} % of all
-edges by default, each pruned; every metric is recorded beside f. MIB's summaries, on the axis of
-the *fraction* of edges x = percent/100, by trapezoids between consecutive sizes (none before the
-first or after the last; not divided by the axis' length, so with MIB's sizes the most a curve can
-score is 0.999):
-
-    CPR = Σ (x_{i+1} − x_i)·(f_i + f_{i+1})/2          (higher is better)
-    CMD = Σ (x_{i+1} − x_i)·(|1 − f_i| + |1 − f_{i+1}|)/2   (lower is better)
+edges by default, each pruned; every metric is recorded beside f. MIB's summaries CPR and CMD, on
+the axis of the *fraction* of edges, are `circuits.curve.cpr_cmd` (feature curves use them too).
 """
 
 from __future__ import annotations
@@ -23,10 +18,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from actpatch import metrics
-from actpatch.circuits.evaluate import with_intervals
-from actpatch.engine.spec import options_from
-from actpatch.graph.evaluate import Ablation, EdgeRuns
+from actpatch import metrics, results
+from actpatch.circuits.curve import MIB_PERCENTS, cpr_cmd, with_curve_intervals
+from actpatch.engine.spec import EngineName, options_from
+from actpatch.graph.evaluate import Ablation, EdgeRuns, checked_engine
 from actpatch.graph.nodes import EdgeError, Graph
 from actpatch.graph.scores import EdgeScores
 from actpatch.graph.select import top_edges
@@ -34,22 +29,20 @@ from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
 from actpatch.stats import bootstrap
 
-MIB_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 CURVE_METRICS = ("faithfulness", *metrics.METRICS)
 
 
 @dataclass(frozen=True)
 class CurveOptions:
-    """The keywords `faithfulness_curve()` takes beyond the common ones: how it runs, and the
-    intervals' resamples. Pass them as keywords, or whole as `options=CurveOptions(...)`."""
+    """The keywords `faithfulness_curve()` takes beyond the common ones: how it runs. Pass them as
+    keywords, or whole as `options=CurveOptions(...)`."""
 
     chunk: int | None = None
     check_baseline: bool = True
-    engine: str = "fast"
-    n_boot: int = 1000  # bootstrap resamples, with ci=
-    boot_seed: int = 0
+    engine: EngineName = "batched"
 
 
+@bootstrap.old_keywords("n_boot", "boot_seed")
 def faithfulness_curve(
     model: Model,
     pairs: PromptPairs,
@@ -60,27 +53,25 @@ def faithfulness_curve(
     prune: bool = True,
     ablation: Ablation | None = None,
     runs: EdgeRuns | None = None,
-    ci: float | None = None,
+    ci: float | bootstrap.Bootstrap | None = None,
     **options: Any,
 ) -> xr.DataArray:
     """Every metric of the top `percents` % of edges by `scores`, dims (percent, metric), with the
     edges each circuit kept (`n_edges`, after pruning) as a coordinate and CPR and CMD in `attrs`.
 
     `ablation`: what edges outside the circuit carry (default: the corrupt run's values).
-    `absolute`, `prune`: as in `top_edges`. `engine="plain"`: every circuit, the empty and the full
-    one included, through the oracle path; the fast engine takes the full circuit (and, with the
-    corrupt run's values, the empty one) from the baseline runs, which they equal by the rule.
+    `absolute`, `prune`: as in `top_edges`. `engine="reference"`: every circuit, the empty and the
+    full one included, through the oracle path; the batched engine takes the full circuit (and, with
+    the corrupt run's values, the empty one) from the baseline runs, which they equal by the rule.
     `runs`: the `EdgeRuns` the scores were computed with (same model, prompts and ablation), so the
-    curve reuses their baseline and recorded outputs instead of running them again. `ci=0.95` adds
-    a `stat` dimension (value, lo, hi) on every metric and CPR and CMD intervals in `attrs`, as
-    `actpatch.evaluate_circuit` takes it: `n_boot` resamples of the prompts (seed `boot_seed`), from
-    the same forwards' per-prompt rows (see `curve_intervals`). `chunk`, `check_baseline`, `engine`,
-    `n_boot` and `boot_seed` are `CurveOptions`."""
+    curve reuses their baseline and recorded outputs instead of running them again. `ci=0.95` adds a
+    `stat` dimension (value, lo, hi) on every metric and CPR and CMD intervals in `attrs`, as
+    `actpatch.evaluate_circuit` takes it (a level or an `actpatch.Bootstrap`): resamples of the
+    prompts, from the same forwards' per-prompt rows (see `curve_intervals`). `chunk`,
+    `check_baseline` and `engine` are `CurveOptions`."""
     given = options_from(CurveOptions, options, "faithfulness_curve")
-    chunk, check_baseline, engine = given.chunk, given.check_baseline, given.engine
-    n_boot, boot_seed = given.n_boot, given.boot_seed
-    if ci is not None:
-        bootstrap.check_options(ci, n_boot)
+    chunk, check_baseline = given.chunk, given.check_baseline
+    engine, ci = checked_engine(given.engine, "faithfulness_curve"), bootstrap.Bootstrap.of(ci)
     percents = [float(p) for p in percents]
     if not percents or sorted(percents) != percents or len(set(percents)) != len(percents):
         raise ValueError(f"percents must be increasing sizes in (0, 100], got {percents}")
@@ -103,7 +94,7 @@ def faithfulness_curve(
     faithful = [(row["logit_diff"] - empty) / (full - empty) for row in rows[2:]]
     cpr, cmd = cpr_cmd(percents, faithful)
     values = [[f, *(row[m] for m in metrics.METRICS)] for f, row in zip(faithful, rows[2:])]
-    result = xr.DataArray(
+    result = results.Result(
         values,
         dims=["percent", "metric"],
         name="faithfulness",
@@ -152,11 +143,12 @@ def faithfulness_curve(
         runs.prompt_block(sized, empty=empty_diffs, full=full_diffs),
         runs.prompt_block(sized),
     )
-    return _with_curve_intervals(result, blocks, ci, n_boot, boot_seed)
+    return with_curve_intervals(result, blocks, ci)
 
 
+@bootstrap.old_keywords("n_boot", "seed")
 def curve_intervals(
-    curve: xr.DataArray, ci: float = 0.95, *, n_boot: int = 1000, seed: int = 0
+    curve: xr.DataArray, ci: float | bootstrap.Bootstrap = bootstrap.DEFAULT
 ) -> xr.DataArray:
     """`curve` with a `stat` dimension (value, lo, hi), and CPR and CMD intervals in `attrs`
     (`cpr_lo`, `cpr_hi`, `cmd_lo`, `cmd_hi`): prompts resampled with replacement, each resample's f
@@ -165,7 +157,7 @@ def curve_intervals(
     From the per-prompt logit differences the curve recorded: no forward, and it works on a saved
     curve. Those bound f, `logit_diff` and `norm_logit_diff`; the other metrics' bounds are NaN
     (`faithfulness_curve(..., ci=)` bounds every metric, from the forwards it runs)."""
-    bootstrap.check_options(ci, n_boot)
+    ci = bootstrap.Bootstrap.of(ci)
     if "stat" in curve.dims:
         raise ValueError("this curve already has intervals (a `stat` dimension)")
     if "prompt_logit_diff" not in curve.attrs:
@@ -183,44 +175,16 @@ def curve_intervals(
         bootstrap.rows_block(rows, full, empty),  # normalised by the empty and full: f
         bootstrap.rows_block(rows, clean, corrupt),
     )
-    return _with_curve_intervals(curve, blocks, ci, n_boot, seed)
-
-
-def _with_curve_intervals(
-    curve: xr.DataArray, blocks: tuple, ci: float, n_boot: int, seed: int
-) -> xr.DataArray:
-    """`curve` with intervals from two blocks of the same per-prompt rows: one normalised by the
-    empty and full circuits (its norm_logit_diff is f), one by the clean and corrupt runs."""
-    by_circuits, by_runs = blocks
-    boot = bootstrap.replicates(by_circuits, n_boot=n_boot, seed=seed)  # (resample, metric, size)
-    f = boot[:, metrics.METRICS.index("norm_logit_diff")]  # (resample, size)
-    lo_hi = {}
-    resampled = np.array([cpr_cmd(curve["percent"].values, row) for row in f])  # (resample, 2)
-    for i, name in enumerate(("cpr", "cmd")):
-        lo_hi[f"{name}_lo"], lo_hi[f"{name}_hi"] = map(
-            float, bootstrap.percentile(resampled[:, i], ci)
-        )
-    # every other metric, normalised by the clean and corrupt runs, from the same resamples
-    others = bootstrap.replicates(by_runs, n_boot=n_boot, seed=seed)
-    per_metric = {
-        m: (f if m == "faithfulness" else others[:, metrics.METRICS.index(m)])
-        for m in CURVE_METRICS
-    }
-    boot_all = np.stack(
-        [per_metric[m] for m in curve["metric"].values], axis=-1
-    )  # (resample, percent, metric)
-    result = with_intervals(curve, boot_all, ci, n_boot, seed)
-    result.attrs.update(lo_hi)
-    return result
+    return with_curve_intervals(curve, blocks, ci)
 
 
 def _logits(
     runs: EdgeRuns, circuits: torch.Tensor, chunk: int | None, engine: str, *, known_empty: bool
 ) -> torch.Tensor:
-    """(circuit, batch, vocab) logits; with the fast engine a circuit of every edge is the clean run
-    and, when out-of-circuit values are the corrupt run's, one of no edge is the corrupt run."""
-    if engine == "plain":
-        return runs.logits(circuits, chunk=chunk, engine="plain")
+    """(circuit, batch, vocab) logits; with the batched engine a circuit of every edge is the clean
+    run and, when out-of-circuit values are the corrupt run's, one of no edge is the corrupt run."""
+    if engine == "reference":
+        return runs.logits(circuits, chunk=chunk, engine="reference")
     full = (circuits == runs.graph.exists).flatten(1).all(1)
     empty = ~circuits.flatten(1).any(1) & known_empty
     found = torch.empty(
@@ -230,15 +194,3 @@ def _logits(
     if bool((rest := ~(full | empty)).any()):
         found[rest] = runs.logits(circuits[rest], chunk=chunk).to(found.dtype).cpu()
     return found
-
-
-def cpr_cmd(percents: Sequence[float], faithfulness: Sequence[float]) -> tuple[float, float]:
-    """(CPR, CMD): the areas under f and under |1 − f| over the fraction of edges (percent/100)."""
-    x = np.asarray(percents, dtype=float) / 100
-    f = np.asarray(faithfulness, dtype=float)
-    if x.shape != f.shape or x.ndim != 1:
-        raise ValueError(f"need one faithfulness per size, got {len(f)} for {len(x)} sizes")
-    widths = np.diff(x)
-    return float(np.sum(widths * (f[1:] + f[:-1]) / 2)), float(
-        np.sum(widths * (np.abs(1 - f[1:]) + np.abs(1 - f[:-1])) / 2)
-    )

@@ -33,7 +33,15 @@ from tqdm.auto import tqdm
 
 from actpatch import hooks, metrics
 from actpatch.engine import collect
-from actpatch.graph.evaluate import Ablation, EdgeRuns, attn_in_norm, check_reached, sender_outputs
+from actpatch.engine.spec import EngineName
+from actpatch.graph.evaluate import (
+    Ablation,
+    EdgeRuns,
+    attn_in_norm,
+    check_reached,
+    checked_engine,
+    sender_outputs,
+)
 from actpatch.graph.nodes import Graph
 from actpatch.hooks.edge_gradients import receiver_gradients
 from actpatch.hooks.edges import EdgePlan, edge_hooks
@@ -45,8 +53,6 @@ if TYPE_CHECKING:
 
 Method = Literal["eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact"]
 METHODS: tuple[str, ...] = get_args(Method)
-Engine = Literal["fast", "plain"]
-ENGINES: tuple[str, ...] = get_args(Engine)
 GRADIENT_FREE = ("exact",)
 
 
@@ -80,7 +86,7 @@ def edge_scores(
     chunk: int | None = None,
     check_baseline: bool = True,
     progress: bool | None = None,
-    engine: Engine = "fast",
+    engine: EngineName = "batched",
     runs: EdgeRuns | None = None,
 ) -> EdgeScores:
     """Every edge's score by `method` (see the module docstring for what each computes).
@@ -88,8 +94,9 @@ def edge_scores(
     `steps`: interpolation points of the integrated-gradient methods. `ablation`: out-of-circuit
     values other than the corrupt run's (zero, mean, resample), for `eap`, `eap-ig-activations`
     and `exact`. `chunk`: runs stacked per forward (default: what `memory.default_budget` holds: 1 GiB on CPU, half the free memory on CUDA).
-    `engine`: "fast" (the default) or "plain", the oracle every fast path is tested against (gradient
-    runs expand every attention layer per head; exact scores run each removal's whole forward).
+    `engine`: "batched" (the default) or "reference", the oracle every batched path is tested
+    against (gradient runs expand every attention layer per head; exact scores run each removal's
+    whole forward), as `sweep` names its engines.
     `runs`: an `EdgeRuns.prepare(model, pairs, ablation=...)` to reuse (its baseline and recorded
     outputs), e.g. for a faithfulness curve after the scores; without it, `eap`'s gradient forward
     on the clean prompt is also the clean recording run, and `eap-ig-inputs`' first step (the
@@ -98,8 +105,7 @@ def edge_scores(
         scores = ap.graph.edge_scores(model, pairs, "eap-ig-inputs", steps=5)
         circuit = ap.graph.top_edges(scores, percent=5)
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    engine = checked_engine(engine, "edge_scores")
     if method not in METHODS:
         raise ValueError(
             f"unknown edge-scoring method {method!r}; choose one of: {', '.join(METHODS)}"
@@ -113,10 +119,10 @@ def edge_scores(
         )
     if runs is not None:
         runs.check_for(model, pairs, ablation)
-    elif method == "eap" and engine == "fast" and ablation is None:
+    elif method == "eap" and engine == "batched" and ablation is None:
         runs, totals = _with_gradient_pass(model, pairs, check_baseline, gradients_on="clean")
         return _finished(runs, _scores(runs, totals, 1), method, steps, engine)
-    elif method == "eap-ig-inputs" and engine == "fast":
+    elif method == "eap-ig-inputs" and engine == "batched":
         runs, first = _with_gradient_pass(model, pairs, check_baseline, gradients_on="corrupt")
         later = _gradient_runs(runs, method, steps)[1:]
         scores = _from_gradients(
@@ -131,7 +137,7 @@ def edge_scores(
     else:
         runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
     cost = None
-    if method == "exact" and engine == "fast":
+    if method == "exact" and engine == "batched":
         scores, cost = _exact_resumed(runs, chunk)
     elif method == "exact":
         scores = _exact(runs, runs.copies_per_forward(chunk), progress)
@@ -141,7 +147,7 @@ def edge_scores(
             _gradient_runs(runs, method, steps),
             runs.copies_per_forward(chunk, grads=True),
             progress,
-            fast=engine == "fast",
+            fast=engine == "batched",
         )
     return _finished(runs, scores, method, steps, engine, cost)
 
@@ -355,7 +361,7 @@ def _exact(runs: EdgeRuns, size: int, progress) -> Tensor:
         chunk = edges[start : start + size]
         circuits = graph.full()[None].repeat(len(chunk), 1, 1)
         circuits[torch.arange(len(chunk)), chunk[:, 0], chunk[:, 1]] = False
-        removed = runs.mean_logit_diff(runs.logits(circuits, chunk=size, engine="plain"))
+        removed = runs.mean_logit_diff(runs.logits(circuits, chunk=size, engine="reference"))
         scores[chunk[:, 0], chunk[:, 1]] = (full - removed).cpu()
     return scores
 

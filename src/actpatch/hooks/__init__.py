@@ -26,11 +26,12 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from actpatch import deprecation
 from actpatch.hooks import attach, attention, features
 from actpatch.hooks.attention import PATTERN_ATTENTION, eager_attention
 from actpatch.hooks.errors import PatchNotApplied, PatchShapeError
 from actpatch.hooks.forward import add_to_input, final_logits, last_logits, resid_post_only
-from actpatch.hooks.layout import Positions, normalised
+from actpatch.hooks.layout import NamedPositions, normalised
 from actpatch.hooks.taps import GradTap, ReadTap, Write, WriteTap
 from actpatch.metrics import NonFiniteError
 from actpatch.models.model import Model, check_token_tensor
@@ -65,20 +66,21 @@ SiteLike = (
 )  # a Site, or text Site.parse reads: `head[layer=9, head=6]`, `blocks.9.attn.hook_z`
 
 
+@deprecation.renamed(positions="named_positions")
 def capture(
     model: Model,
     tokens: Tensor | Run,
     sites: Sequence[SiteLike],
     *,
-    positions: Positions | None = None,
+    named_positions: NamedPositions | None = None,
 ) -> dict[Site, Tensor]:
     """Each site's activation on `tokens` (a token tensor, or a `Run` with its input noise and
     named positions), from one forward pass; keyed by `Site`, however the sites were written.
 
     Shapes: `(batch, [pos,] [d])` where pos is present when `site.pos` is None and `d` is the
-    site's width (d_model, d_head, or src_pos for a pattern; none for a neuron). `positions`
-    overrides a Run's own named positions."""
-    return capture_with_logits(model, tokens, sites, positions=positions)[0]
+    site's width (d_model, d_head, or src_pos for a pattern; none for a neuron).
+    `named_positions` (name → each prompt's index) overrides a Run's own."""
+    return capture_with_logits(model, tokens, sites, named_positions=named_positions)[0]
 
 
 def capture_with_logits(
@@ -86,7 +88,7 @@ def capture_with_logits(
     tokens: Tensor | Run,
     sites: Sequence[SiteLike],
     *,
-    positions: Positions | None = None,
+    named_positions: NamedPositions | None = None,
     forward: Mapping[str, Any] | None = None,
 ) -> tuple[dict[Site, Tensor], Tensor]:
     """`capture`, and the same forward's final-position logits (batch, vocab) in float32: a run
@@ -95,7 +97,7 @@ def capture_with_logits(
     run = tokens if isinstance(tokens, Run) else Run(tokens)
     check_token_tensor(run.tokens)
     wanted = _sites(sites)
-    named = (run.positions if positions is None else positions) or {}
+    named = (run.positions if named_positions is None else named_positions) or {}
     store: dict[Site, Tensor] = {}
     plain = [site for site in wanted if not features.is_feature(site)]
     groups = _by_layer(model, ((site, site) for site in plain))
@@ -112,16 +114,21 @@ def capture_with_logits(
     return store, logits
 
 
+@deprecation.renamed(positions="named_positions")
 @contextmanager
 def patch(
-    model: Model, values: Mapping[SiteLike, Tensor], *, positions: Positions | None = None
+    model: Model,
+    values: Mapping[SiteLike, Tensor],
+    *,
+    named_positions: NamedPositions | None = None,
 ) -> Iterator[None]:
     """Run forwards with `values` written into their sites; always unhook.
 
     Each value has the shape `capture` returns for its site (the batch must match the run's).
     Raises `PatchNotApplied` if a site was never reached: a silent no-op patch looks like an
     unimportant site; and `NonFiniteError` for a value holding NaN or inf, which would make every
-    logit after it NaN."""
+    logit after it NaN. `named_positions` (name → each prompt's index) resolves sites at named
+    positions (`pos="S2"`)."""
     values = _keyed(values)
     for site, value in values.items():
         if not isinstance(value, Tensor):
@@ -133,7 +140,7 @@ def patch(
                 f"{site}: the patch value holds NaN or inf, so every logit after it would be NaN; "
                 "patch a value captured from a finite run"
             )
-    with patch_copies(model, [values], positions=positions):
+    with patch_copies(model, [values], named_positions=named_positions):
         yield
 
 
@@ -143,7 +150,7 @@ def patch_copies(
     copies: Sequence[Mapping[SiteLike, Tensor]],
     *,
     copies_at: Sequence[int] | None = None,
-    positions: Positions | None = None,
+    named_positions: NamedPositions | None = None,
 ) -> Iterator[None]:
     """Patch k stacked copies of a run at once, each with its own values.
 
@@ -161,11 +168,11 @@ def patch_copies(
     plain = [write for write in writes if not features.is_feature(write.site)]
     groups = _by_layer(model, ((write.site, write) for write in plain))
     writers = [
-        (kind, layer, WriteTap(kind, model, group, positions or {}, fired))
+        (kind, layer, WriteTap(kind, model, group, named_positions or {}, fired))
         for (kind, layer), group in groups.items()
     ]
     feature_writes = [write for write in writes if features.is_feature(write.site)]
-    writers += features.writers(model, feature_writes, positions or {}, fired)
+    writers += features.writers(model, feature_writes, named_positions or {}, fired)
     with attach.attached(model, writers):
         yield
     if missing := [write.site for write in writes if not fired[(write.copy, write.site)]]:
@@ -211,9 +218,10 @@ class Watched:
         self.grads: dict[Site, Tensor] = {}
 
 
+@deprecation.renamed(positions="named_positions")
 @contextmanager
 def watch(
-    model: Model, sites: Sequence[SiteLike], *, positions: Positions | None = None
+    model: Model, sites: Sequence[SiteLike], *, named_positions: NamedPositions | None = None
 ) -> Iterator[Watched]:
     """Record each site's activation in the forward and its gradient in the backward run inside the block.
 
@@ -224,12 +232,16 @@ def watch(
     plain = [site for site in wanted if not features.is_feature(site)]
     groups = _by_layer(model, ((site, site) for site in plain))
     watchers = [
-        (kind, layer, GradTap(kind, model, group, positions or {}, watched.values, watched.grads))
+        (
+            kind,
+            layer,
+            GradTap(kind, model, group, named_positions or {}, watched.values, watched.grads),
+        )
         for (kind, layer), group in groups.items()
     ]
     feature_sites = [site for site in wanted if features.is_feature(site)]
     watchers += features.watchers(
-        model, feature_sites, positions or {}, watched.values, watched.grads
+        model, feature_sites, named_positions or {}, watched.values, watched.grads
     )
     with attach.attached(model, watchers):
         yield watched

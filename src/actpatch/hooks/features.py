@@ -17,7 +17,8 @@ from typing import Any
 
 from torch import Tensor
 
-from actpatch.hooks.layout import Positions, index
+from actpatch.basis import error_of
+from actpatch.hooks.layout import NamedPositions, index
 from actpatch.hooks.taps import Write, check_shape
 from actpatch.models.model import Model
 from actpatch.sites import FEATURE_KINDS, Site, validate
@@ -28,7 +29,7 @@ def is_feature(site: Site) -> bool:
 
 
 def readers(
-    model: Model, sites: Sequence[Site], positions: Positions, store: dict[Site, Tensor]
+    model: Model, sites: Sequence[Site], positions: NamedPositions, store: dict[Site, Tensor]
 ) -> list[tuple]:
     """(kind, layer, tap) triples for `attach.attached`: each feature site's value into `store`."""
     return [
@@ -39,7 +40,7 @@ def readers(
 
 
 def writers(
-    model: Model, writes: Iterable[Write], positions: Positions, fired: Counter
+    model: Model, writes: Iterable[Write], positions: NamedPositions, fired: Counter
 ) -> list[tuple]:
     """(kind, layer, tap) triples for `attach.attached`: each feature value written, counted."""
     return [
@@ -52,7 +53,7 @@ def writers(
 def watchers(
     model: Model,
     sites: Sequence[Site],
-    positions: Positions,
+    positions: NamedPositions,
     values: dict[Site, Tensor],
     grads: dict[Site, Tensor],
 ) -> list[tuple]:
@@ -76,7 +77,7 @@ class FeatureTap:
         self,
         model: Model,
         basis: Any,
-        positions: Positions,
+        positions: NamedPositions,
         *,
         sites: Sequence[Site] = (),
         store: dict[Site, Tensor] | None = None,
@@ -114,8 +115,19 @@ class FeatureTap:
                 f"{self.basis.name}: its {self.basis.writes} ran before its {self.basis.reads} "
                 "was seen"
             )
+        # Reading many latents (attribution over every active one at every position): encode
+        # every latent once per position and index it, not once per site (TopK compares them all);
+        # one position at a time, so no more is held than one site's encode held before.
+        at: dict[Any, list[Site]] = defaultdict(list)
         for site in self.sites:
-            self.store[site] = self._value(site, read.detach(), written.detach()).clone()
+            at[site.pos].append(site)
+        for group in at.values():
+            latents = [site for site in group if site.kind == "feature"]
+            where = index(latents[0], written, self.positions) if len(latents) > 1 else None
+            encoded = self.basis.encode(read.detach()[where]) if where is not None else None
+            for site in group:
+                value = self._value(site, read.detach(), written.detach(), encoded)
+                self.store[site] = value.clone()
         if self.grads is not None:
             if not raw.requires_grad:
                 raise RuntimeError(
@@ -149,8 +161,13 @@ class FeatureTap:
                 at = at @ self.basis.decoder()[site.latent].to(at.device)
             self.grads[site] = at
 
-    def _value(self, site: Site, read: Tensor, written: Tensor) -> Tensor:
-        """The site's current coordinate: latent i's activation, or the error vector."""
+    def _value(
+        self, site: Site, read: Tensor, written: Tensor, encoded: Tensor | None = None
+    ) -> Tensor:
+        """The site's current coordinate: latent i's activation, or the error vector. `encoded`:
+        every latent of `read` at the site's position, where the caller has it."""
+        if site.kind == "feature" and encoded is not None:
+            return encoded[..., site.latent]
         where = index(site, written, self.positions)
         if site.kind == "feature":
             one = getattr(self.basis, "encode_latent", None)
@@ -160,8 +177,7 @@ class FeatureTap:
                 else self.basis.encode(read[where])[..., site.latent]
             )
         # The contract's own terms (basis.py): what the basis does not reconstruct.
-        estimate = self.basis.reconstruct(read[where])
-        return written[where].to(estimate.dtype) - estimate
+        return error_of(self.basis, read[where], written[where])
 
 
 def _by_basis(model: Model, items: Iterable[tuple[Site, Any]]) -> dict[Any, list]:

@@ -18,7 +18,7 @@ from torch import Tensor
 from actpatch.models.model import Model
 from actpatch.sites import KV_KINDS, Site, SiteError
 
-Positions = Mapping[str, Tensor]  # a named position -> its index in each prompt, (batch,)
+NamedPositions = Mapping[str, Tensor]  # a named position -> its index in each prompt, (batch,)
 
 
 def canonical(kind: str, model: Model, raw: Tensor) -> Tensor:
@@ -38,7 +38,7 @@ def canonical(kind: str, model: Model, raw: Tensor) -> Tensor:
     return raw
 
 
-def index(site: Site, view: Tensor, positions: Positions) -> tuple:
+def index(site: Site, view: Tensor, positions: NamedPositions) -> tuple:
     """The index of `site` in its canonical view, resolving named positions prompt by prompt."""
     batch = view.shape[0]
     pos_dim = 2 if site.kind == "pattern" else 1

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from actpatch.hooks.errors import PatchShapeError
-from actpatch.hooks.layout import Positions, canonical, index
+from actpatch.hooks.layout import NamedPositions, canonical, index
 from actpatch.models.model import Model
 from actpatch.sites import Site
 
@@ -29,7 +29,7 @@ class ReadTap:
         kind: str,
         model: Model,
         sites: Sequence[Site],
-        positions: Positions,
+        positions: NamedPositions,
         store: dict[Site, Tensor],
     ):
         self.kind, self.model, self.sites = kind, model, list(sites)
@@ -56,7 +56,12 @@ class WriteTap:
     """Writes each value into its site, on a copy of the raw tensor, and counts the writes in `fired`."""
 
     def __init__(
-        self, kind: str, model: Model, writes: Sequence[Write], positions: Positions, fired: Counter
+        self,
+        kind: str,
+        model: Model,
+        writes: Sequence[Write],
+        positions: NamedPositions,
+        fired: Counter,
     ):
         self.kind, self.model, self.writes = kind, model, list(writes)
         self.positions, self.fired = positions, fired
@@ -94,7 +99,7 @@ class GradTap:
         kind: str,
         model: Model,
         sites: Sequence[Site],
-        positions: Positions,
+        positions: NamedPositions,
         values: dict[Site, Tensor],
         grads: dict[Site, Tensor],
     ):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from actpatch import caller
 from actpatch.models.arch import Arch, Dims, arch_of, dims_of
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class Model:
             "Model.last_logits(run) is deprecated and will be removed in the next release: use "
             "actpatch.hooks.last_logits(model, run)",
             DeprecationWarning,
-            stacklevel=2,
+            stacklevel=caller.stacklevel(),
         )
         from actpatch.hooks.forward import last_logits
 

@@ -21,7 +21,7 @@ import xarray as xr
 
 from actpatch import atomic
 from actpatch.engine.checks import TOLERANCE
-from actpatch.report import figures, layout
+from actpatch.report import features, figures, layout
 
 
 @dataclass
@@ -44,6 +44,7 @@ _OWN_TABLES = (
     "self_checks",
     "clean_prompts",
     "corrupt_prompts",
+    "latent_activations",
 )
 _PROVENANCE_ORDER = (
     "model",
@@ -76,7 +77,7 @@ def render_report(
 
     Results may be mixed with `Section`s built elsewhere. `metric` picks the metric each figure shows
     first; the others stay one menu click away."""
-    sections = [_as_section(item, name, metric) for name, item in _items(results)]
+    sections = [s for name, item in _items(results) for s in _as_sections(item, name, metric)]
     return atomic.write_text(path, _page(title, sections))  # a killed run leaves no half page
 
 
@@ -105,14 +106,23 @@ def _items(results: Results) -> Iterable[tuple[str | None, Item]]:
     return [(None, r) for r in results]
 
 
-def _as_section(item: Item, name: str | None, metric: str | None) -> Section:
+def _as_sections(item: Item, name: str | None, metric: str | None) -> list[Section]:
     if isinstance(item, Section):
-        return item
-    if isinstance(item, xr.DataArray):
-        return result_section(item, name, metric=metric)
-    raise TypeError(
-        f"a report is made of xarray results and report.Section objects, got {type(item).__name__}"
-    )
+        return [item]
+    if not isinstance(item, xr.DataArray):
+        raise TypeError(
+            f"a report is made of xarray results and report.Section objects, got {type(item).__name__}"
+        )
+    sections = [result_section(item, name, metric=metric)]
+    if features.is_feature_result(item):  # latents by effect, and where each one fires
+        about = item.attrs["dictionary"]
+        sections.append(
+            Section(
+                f"Top latents of {about.get('name', 'the dictionary')}: {name or layout.title(item)}",
+                html=features.latents_html(item, metric or layout.DEFAULT_METRIC),
+            )
+        )
+    return sections
 
 
 def _baselines(attrs: Mapping[str, Any]) -> str:
@@ -257,6 +267,8 @@ table.numbers td { text-align: right; font-variant-numeric: tabular-nums; }
 table.nested { margin: 0; }
 td.ok { color: #1a7f37; } td.failed { color: #b42318; font-weight: bold; }
 p.missing, p.note { color: #555; font-style: italic; }
+span.tokens { white-space: pre; font-family: ui-monospace, monospace; }
+table.latents td.contexts { text-align: left; }
 """
 
 

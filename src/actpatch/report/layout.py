@@ -15,8 +15,8 @@ import xarray as xr
 
 DEFAULT_METRIC = "norm_logit_diff"
 # Dimensions that split a layer's row into columns, in the order we prefer them on the x axis:
-# a per-head sweep at named positions is drawn layer × head, one panel per position.
-COLUMN_DIMS = ("head", "kv_head", "neuron", "pos")
+# a per-head (or per-latent) sweep at named positions is drawn layer × head, one panel per position.
+COLUMN_DIMS = ("head", "kv_head", "neuron", "latent", "pos")
 DIRECTION_MEANING = {
     "denoise": "denoise: clean values patched into the corrupt run",
     "noise": "noise: corrupt values patched into the clean run",

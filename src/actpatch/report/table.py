@@ -63,3 +63,25 @@ def strongest_table(result: xr.DataArray, metric: str = "norm_logit_diff", *, to
 
 def _label(value: object) -> str:
     return str(value.item() if hasattr(value, "item") else value)
+
+
+def latent_table(result: xr.DataArray, metric: str = "norm_logit_diff", *, top: int = 10) -> str:
+    """A feature result's `top` latents by |effect| on `metric`, one per line, with intervals where
+    the result has them; one block per direction."""
+    from actpatch.report.features import directions, top_latents
+
+    lines = []
+    for direction, part in directions(result):
+        table = top_latents(part, metric, top=top, direction=direction or None)
+        lines.append(
+            f"strongest {len(table)} of {part.sizes['latent']} latents × {part.sizes.get('pos', 1)} "
+            f"positions by {metric} ({direction} {result.attrs.get('site', '')}; effect: from the "
+            "unpatched run, towards the source)"
+        )
+        for row in table.itertuples(index=False):
+            where = f"pos {row.pos}" + (f" {row.token!r}" if hasattr(row, "token") else "")
+            interval = f" [{row.lo:+.3f}, {row.hi:+.3f}]" if hasattr(row, "lo") else ""
+            lines.append(
+                f"  latent {int(row.latent):>6} at {where}: {row.value:+.3f}{interval}  effect {row.effect:+.3f}"
+            )
+    return "\n".join(lines)

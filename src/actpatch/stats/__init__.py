@@ -12,6 +12,7 @@ import importlib
 import warnings
 from typing import Any
 
+from actpatch import caller
 from actpatch.stats.bootstrap import NotPerPrompt, intervals
 from actpatch.stats.budget import EnoughPrompts, enough_prompts
 from actpatch.stats.compare import benjamini_hochberg, compare
@@ -34,7 +35,7 @@ def __getattr__(name: str) -> Any:
             "actpatch.stats.circuit_stability is deprecated and will be removed in the next release: use "
             "actpatch.circuits.circuit_stability",
             DeprecationWarning,
-            stacklevel=2,
+            stacklevel=caller.stacklevel(),
         )
         return importlib.import_module("actpatch.circuits.stability").circuit_stability
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,15 +13,19 @@ prompt whose clean and corrupt runs nearly agree blow the interval up."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from actpatch import deprecation
 from actpatch.metrics import METRICS
+from actpatch.results import Result
 from actpatch.sites import Site, unit_dim
 
 Method = Literal["percentile"]
@@ -29,6 +33,86 @@ METHODS = ("percentile",)
 STATS = ("value", "lo", "hi")
 # Cells of one resampled product held at once: (n_boot × cells) float64, about 128 MiB.
 _CELLS_AT_ONCE = 16_000_000
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def check_options(ci: float, n_boot: int, method: str = "percentile") -> None:
+    if not 0 < ci < 1:
+        raise ValueError(
+            f"ci is the interval's coverage, between 0 and 1 (0.95 for 95 %), got {ci!r}"
+        )
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(
+            f"n_boot is a number of bootstrap resamples (1000 is usual), got {n_boot!r}"
+        )
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """How every interval over prompts is drawn: the central `ci` share of `n_boot` resamples of the
+    prompts (with replacement) drawn from `seed`. Every analysis takes it as `ci=`, where a plain
+    level (`ci=0.95`) means `Bootstrap(0.95)`, and so do the `stats` functions; these defaults are
+    the only ones. `ci=Bootstrap(0.9, n_boot=5000, seed=1)` for another count or seed."""
+
+    ci: float = 0.95
+    n_boot: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_options(self.ci, self.n_boot)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ValueError(f"seed seeds the resamples: a whole number, got {self.seed!r}")
+
+    @classmethod
+    def of(cls, ci: float | Bootstrap | None) -> Bootstrap | None:
+        """`ci=` as every analysis takes it: None (no intervals), a level, or a Bootstrap."""
+        return ci if ci is None or isinstance(ci, Bootstrap) else cls(ci)
+
+    def note(self, **more: Any) -> dict[str, Any]:
+        """What `attrs["interval"]` records of these intervals (and `more` about them)."""
+        return {"ci": self.ci, "n_boot": self.n_boot, "seed": self.seed, **more}
+
+
+DEFAULT = Bootstrap()  # where intervals are what a function returns (stats, intervals_of)
+
+
+def old_keywords(*names: str) -> Callable[[F], F]:
+    """A decorator for the spellings before `Bootstrap`: `n_boot=` and the seed (`boot_seed=` in
+    analyses, `seed=` in `stats`) given beside `ci=` fold into it, with a DeprecationWarning; the
+    numbers are those of `ci=Bootstrap(ci, n_boot=..., seed=...)`."""
+    field = {"n_boot": "n_boot", "boot_seed": "seed", "seed": "seed"}
+
+    def decorate(function: F) -> F:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **keywords: Any) -> Any:
+            old = {name: keywords.pop(name) for name in names if name in keywords}
+            if not old:
+                return function(*args, **keywords)
+            given = ", ".join(f"{name}=" for name in old)
+            bound = signature.bind_partial(*args, **keywords)
+            if isinstance(bound.arguments.get("ci"), Bootstrap):
+                raise TypeError(
+                    f"{function.__name__}() got {given} beside ci=Bootstrap(...): pass them inside it"
+                )
+            deprecation.warn(
+                f"{function.__name__}({given})",
+                "ci=actpatch.Bootstrap(level, n_boot=..., seed=...), one value for the intervals",
+            )
+            ci = Bootstrap.of(bound.arguments.get("ci", signature.parameters["ci"].default))
+            if ci is not None:  # without intervals the old keywords did nothing either
+                changes = {field[name]: value for name, value in old.items()}
+                bound.arguments["ci"] = replace(ci, **changes)
+            return function(*bound.args, **bound.kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 class NotPerPrompt(ValueError):
@@ -67,7 +151,7 @@ class Layout:
         """(names, metric, cell) arrays, one per block, as a labelled result with `dim` last."""
         shape = (len(names), len(METRICS), *(self.template.sizes[d] for d in self.cell_dims))
         parts = [
-            xr.DataArray(values.reshape(shape), dims=(dim, "metric", *self.cell_dims))
+            Result(values.reshape(shape), dims=(dim, "metric", *self.cell_dims))
             for values in per_block
         ]
         laid = parts[0] if self.labels is None else xr.concat(parts, dim="corruption")
@@ -79,12 +163,11 @@ class Layout:
         return laid
 
 
+@old_keywords("n_boot", "seed")
 def intervals(
     per_prompt_result: xr.DataArray,
     *,
-    ci: float = 0.95,
-    n_boot: int = 1000,
-    seed: int = 0,
+    ci: float | Bootstrap = DEFAULT,
     method: Method = "percentile",
 ) -> xr.DataArray:
     """Every metric with its bootstrap interval: the result without `batch`, with a `stat` dimension
@@ -92,15 +175,18 @@ def intervals(
 
     `value` is the sweep's own number (the same as `sweep(..., per_prompt=False)`: plain means, and
     the normalised logit difference as a ratio of means); `lo`/`hi` bound the central `ci` share of
-    `n_boot` recomputations on prompts resampled with replacement — within each length group when
-    the prompts came in several (`attrs["group_sizes"]`), each corruption's prompts on their own,
-    and the same resamples for every direction (they patch the same prompts). Percentile intervals.
+    `n_boot` recomputations on prompts resampled with replacement (`ci`: a level or a `Bootstrap`),
+    within each length group when the prompts came in several (`attrs["group_sizes"]`), each
+    corruption's prompts on their own, and the same resamples for every direction (they patch the
+    same prompts). Percentile intervals.
 
     The trap: an interval covers prompt-to-prompt variation only. A narrow interval on 16 prompts
     of one template says nothing about other templates, corruptions or models."""
+    drawn = Bootstrap.of(ci)
+    ci, n_boot = drawn.ci, drawn.n_boot
     check_options(ci, n_boot, method)
     blocks, layout = split(per_prompt_result)
-    rng_per_block = rngs(seed, len(blocks))
+    rng_per_block = rngs(drawn.seed, len(blocks))
     out = []
     for block, rng in zip(blocks, rng_per_block):
         value = statistic(block, np.ones((1, block.n)))[0]
@@ -112,15 +198,12 @@ def intervals(
         out.append(np.stack([value, lo, hi]))
     result = layout.lay_out(out, "stat", STATS)
     result.attrs.pop("per_prompt_baseline_logit_diff", None)
-    result.attrs["interval"] = {
-        "ci": ci,
-        "n_boot": n_boot,
-        "seed": seed,
-        "method": method,
-        "resampled": "prompts, with replacement"
+    result.attrs["interval"] = drawn.note(
+        method=method,
+        resampled="prompts, with replacement"
         + (" within length groups" if any(len(b.groups) > 1 for b in blocks) else ""),
-        "n_prompts": blocks[0].n if layout.labels is None else {b.label: b.n for b in blocks},
-    }
+        n_prompts=blocks[0].n if layout.labels is None else {b.label: b.n for b in blocks},
+    )
     return result
 
 
@@ -138,13 +221,12 @@ def rows_block(rows: Sequence[Mapping[str, Any]], clean: np.ndarray, corrupt: np
     return Block(None, values.transpose(2, 1, 0), clean, corrupt, (clean.shape[0],))
 
 
-def replicates(block: Block, *, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """(n_boot, metric, cell): every metric as the sweep defines it on `n_boot` resamples of the
+def replicates(block: Block, boot: Bootstrap) -> np.ndarray:
+    """(n_boot, metric, cell): every metric as the sweep defines it on `boot.n_boot` resamples of the
     block's prompts, the same resamples for every cell, so differences between cells (a member's
     drop, a component's growth) and rank correlations across them are paired. `percentile` of a
     function of these bounds that function; with one seed they are the resamples `intervals` draws."""
-    check_options(0.5, n_boot)
-    return statistic(block, resample_counts(block, n_boot, rngs(seed, 1)[0]))
+    return statistic(block, resample_counts(block, boot.n_boot, rngs(boot.seed, 1)[0]))
 
 
 def averaged(result: xr.DataArray) -> xr.DataArray:
@@ -159,19 +241,6 @@ def averaged(result: xr.DataArray) -> xr.DataArray:
         found = found.assign_coords(direction=result["direction"])
     found.attrs = {k: v for k, v in result.attrs.items() if k != "per_prompt_baseline_logit_diff"}
     return found
-
-
-def check_options(ci: float, n_boot: int, method: str = "percentile") -> None:
-    if not 0 < ci < 1:
-        raise ValueError(
-            f"ci is the interval's coverage, between 0 and 1 (0.95 for 95 %), got {ci!r}"
-        )
-    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(
-            f"n_boot is a number of bootstrap resamples (1000 is usual), got {n_boot!r}"
-        )
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
 def split(result: xr.DataArray) -> tuple[list[Block], Layout]:
@@ -371,8 +440,8 @@ def _pos(label: Any) -> int | str:
     return int(label) if isinstance(label, (int, np.integer)) else str(label)
 
 
-def percentile(boot: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+def percentile(boot: np.ndarray, ci: float | Bootstrap) -> tuple[np.ndarray, np.ndarray]:
     """The central `ci` share of the resamples (axis 0)."""
-    tail = (1 - ci) / 2
+    tail = (1 - (ci.ci if isinstance(ci, Bootstrap) else ci)) / 2
     lo, hi = np.quantile(boot, [tail, 1 - tail], axis=0)
     return lo, hi

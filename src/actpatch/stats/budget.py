@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from actpatch import results
+from actpatch import caller, results
 from actpatch.metrics import METRICS, check_metric
 from actpatch.sites import Site
 from actpatch.stats import bootstrap
@@ -47,6 +47,7 @@ class EnoughPrompts(NamedTuple):
         )
 
 
+@bootstrap.old_keywords("n_boot", "seed")
 def enough_prompts(
     per_prompt_result: xr.DataArray,
     *,
@@ -55,9 +56,7 @@ def enough_prompts(
     sites: Sequence[Site | str] | None = None,
     top: int = 3,
     sizes: Sequence[int] | None = None,
-    ci: float = 0.95,
-    n_boot: int = 1000,
-    seed: int = 0,
+    ci: float | bootstrap.Bootstrap = bootstrap.DEFAULT,
 ) -> EnoughPrompts:
     """The `ci` interval's width of `metric` against the number of prompts, and how many prompts
     bring it down to `width`, at the sites that matter: `sites` (Sites or their strings), or the
@@ -70,7 +69,8 @@ def enough_prompts(
     is the widest chosen site's (k / width)², rounded up; None, with the `reason`, when a chosen
     site's misfit passes 25 %, since a number from a fit that does not hold would only look sure."""
     check_metric(metric)
-    bootstrap.check_options(ci, n_boot)
+    boot = bootstrap.Bootstrap.of(ci)
+    ci, n_boot, seed = boot.ci, boot.n_boot, boot.seed
     if not width > 0:
         raise ValueError(
             f"width is the wanted interval width in the metric's units (0.1 is a tenth of the clean−corrupt "
@@ -154,7 +154,7 @@ def enough_prompts(
             "prompts, so no count can be read off the fit: sweep more prompts (outliers or "
             "too few prompts) and ask again"
         )
-        warnings.warn(reason, stacklevel=2)
+        warnings.warn(reason, stacklevel=caller.stacklevel())
     about = {
         "width": width,
         "metric": metric,

@@ -16,18 +16,18 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from actpatch import caller
 from actpatch.metrics import METRICS, check_metric
 from actpatch.stats import bootstrap
 
 
+@bootstrap.old_keywords("n_boot", "seed")
 def compare(
     result_a: xr.DataArray,
     result_b: xr.DataArray,
     *,
     metric: str = "norm_logit_diff",
-    ci: float = 0.95,
-    n_boot: int = 1000,
-    seed: int = 0,
+    ci: float | bootstrap.Bootstrap = bootstrap.DEFAULT,
     fdr: float = 0.05,
 ) -> pd.DataFrame:
     """One row per site: the `site` and its coordinates, `a`, `b`, their `difference` (a − b) with its
@@ -39,17 +39,19 @@ def compare(
     two models. Each resample draws one set of prompts for both (a paired bootstrap); `metric` is
     recomputed on it as the sweep defines it (the normalised logit difference as a ratio of means,
     each sweep on its own baselines). The interval is the percentile interval of the resampled
-    differences. `p` is two-sided, the smallest 1 − ci at which that interval would exclude 0:
-    2 × min(share of resampled differences ≤ 0, share ≥ 0), counted with the +1 of an exact test
-    so it is never 0. `flagged` marks sites whose difference survives the Benjamini–Hochberg
-    procedure at false discovery rate `fdr` over all sites of the table: on average at most that
-    share of flagged sites differ by chance.
+    differences (`ci`: a level, or an `actpatch.Bootstrap` for the resamples' count and seed). `p`
+    is two-sided, the smallest 1 − ci at which that interval would exclude 0: 2 × min(share of
+    resampled differences ≤ 0, share ≥ 0), counted with the +1 of an exact test so it is never 0.
+    `flagged` marks sites whose difference survives the Benjamini–Hochberg procedure at false
+    discovery rate `fdr` over all sites of the table: on average at most that share of flagged sites
+    differ by chance.
 
     The trap: p cannot go below 2 / (n_boot + 1), and Benjamini–Hochberg asks the smallest p to be
     under fdr / sites, so a lone difference among many sites needs n_boot ≥ 2 × sites / fdr; a
     warning says when n_boot is too small for that."""
     check_metric(metric)
-    bootstrap.check_options(ci, n_boot)
+    boot = bootstrap.Bootstrap.of(ci)
+    ci, n_boot, seed = boot.ci, boot.n_boot, boot.seed
     if not 0 < fdr < 1:
         raise ValueError(
             f"fdr is a false discovery rate between 0 and 1 (0.05 is usual), got {fdr!r}"
@@ -94,7 +96,7 @@ def compare(
         warnings.warn(
             f"with n_boot={n_boot} no p-value is below {2 / (n_boot + 1):.2g}, and a lone difference among "
             f"{cells} sites needs p ≤ {fdr / cells:.2g} to be flagged; use n_boot ≥ {int(np.ceil(2 * cells / fdr))}",
-            stacklevel=2,
+            stacklevel=caller.stacklevel(),
         )
     table = bootstrap.cell_table(layout_a)
     table["a"], table["b"] = value_a, value_b

@@ -32,7 +32,15 @@ from actpatch.bases.subspace import BasisError, Subspace
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs
 from actpatch.sites import Site
-from actpatch.stats.bootstrap import check_options, percentile, replicates, rows_block, statistic
+from actpatch.stats.bootstrap import (
+    DEFAULT,
+    Bootstrap,
+    old_keywords,
+    percentile,
+    replicates,
+    rows_block,
+    statistic,
+)
 from actpatch.subspace.guards import SCORES, Controls, Guards, flags_of, measure, reinitialised
 from actpatch.subspace.patching import Interchange, interchange
 from actpatch.subspace.result import CONTROLS, DASResult
@@ -55,6 +63,7 @@ class Training:
     patience: int = 5
 
 
+@old_keywords("n_boot")
 def das(
     model: Model,
     pairs: PromptPairs,
@@ -67,8 +76,7 @@ def das(
     seed: int = 0,
     training: Training = Training(),
     guards: Guards | bool = True,
-    n_boot: int = 1000,
-    ci: float = 0.95,
+    ci: float | Bootstrap = DEFAULT,
 ) -> DASResult:
     """Learn a rank-`rank` subspace at `site` (one position: `pos=END`, or an index) and judge it.
 
@@ -78,10 +86,11 @@ def das(
     `seed`, which also seeds U's start) are held out, and every number in the result is measured
     on them; `training` says how U is learned. `guards` (on by default; `Guards(...)` to tune,
     False to skip) adds the full-component, row/null-space, random-subspace and re-initialised-
-    model controls and their flags. Intervals: `ci` bootstrap over the held-out prompts."""
+    model controls and their flags. Intervals: `ci` bootstrap over the held-out prompts (a level,
+    or an `actpatch.Bootstrap` for the resamples' count and seed)."""
     site = vectors.as_site(site)
     _check(model, pairs, site, rank, test_share, training)
-    check_options(ci, n_boot)
+    ci = Bootstrap.of(ci)
     if not isinstance(guards, (bool, Guards)):
         raise TypeError(f"guards is True, False or a Guards(n_random=..., ...), not {guards!r}")
     settings = Guards() if guards is True else guards
@@ -119,7 +128,7 @@ def das(
                 other_test.baseline,
                 {"random_model": other_test.per_prompt(other, other_test.subspace_value(other_U))},
             )
-    table = _table(groups, controls, n_boot=n_boot, ci=ci, seed=seed)
+    table = _table(groups, controls, ci)
     scores = {
         c: {s: float(table.sel(control=c, metric=s, stat="value")) for s in SCORES}
         for c in CONTROLS
@@ -147,7 +156,7 @@ def das(
         null_rank=controls.null_rank,
         row_share=controls.row_share,
         flags=list(flags),
-        interval={"ci": ci, "n_boot": n_boot, "resampled": "held-out prompts, with replacement"},
+        interval=ci.note(resampled="held-out prompts, with replacement"),
     )
     draws = xr.DataArray(controls.random, dims=("draw", "metric"), coords={"metric": list(SCORES)})
     return DASResult(
@@ -244,7 +253,7 @@ def _split(n: int, test_share: float, seed: int) -> tuple[Tensor, Tensor]:
     return order[n_test:].sort().values, order[:n_test].sort().values
 
 
-def _table(groups: dict, controls: Controls, *, n_boot: int, ci: float, seed: int) -> xr.DataArray:
+def _table(groups: dict, controls: Controls, boot: Bootstrap) -> xr.DataArray:
     """(control, metric, stat): each group's rows resampled with its own baselines."""
     table = np.full((len(CONTROLS), len(SCORES), 3), np.nan)
     for baseline, rows in groups.values():
@@ -255,13 +264,13 @@ def _table(groups: dict, controls: Controls, *, n_boot: int, ci: float, seed: in
             baseline.corrupt_logit_diff.cpu().numpy(),
         )
         value = statistic(block, np.ones((1, block.n)))[0]  # (metric, cell)
-        lo, hi = percentile(replicates(block, n_boot=n_boot, seed=seed), ci)
+        lo, hi = percentile(replicates(block, boot), boot)
         for cell, name in enumerate(names):
             for j, metric in enumerate(SCORES.values()):
                 at = metrics.METRICS.index(metric)
                 table[CONTROLS.index(name), j] = value[at, cell], lo[at, cell], hi[at, cell]
     if len(controls.random):
-        tail = (1 - ci) / 2
+        tail = (1 - boot.ci) / 2
         quantiles = np.quantile(controls.random, [tail, 1 - tail], axis=0)
         table[CONTROLS.index("random_subspaces")] = np.stack(
             [controls.random.mean(0), *quantiles], -1
