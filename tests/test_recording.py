@@ -5,7 +5,7 @@ import torch
 
 import actpatch as ap
 from actpatch import hooks
-from actpatch.engine import batched, collect, recording, sources
+from actpatch.engine import batched, collect, sources
 from actpatch.engine.plan import plan
 from actpatch.engine.spec import SweepSpec
 from tiny import FAMILIES, tiny_task
@@ -18,10 +18,8 @@ def test_the_recording_forward_gives_the_baselines_logits_and_values_bit_for_bit
     model, pairs = tiny_task(family)
     sites = [ap.Site("resid_pre", 1), ap.Site("head", 0, head=1), ap.Site("v", 1, head=0)]
     plain_values, plain_logits = hooks.capture_with_logits(model, pairs.corrupt_run, sites)
-    with recording.recording(model) as (recorded, keywords):
-        values, logits = hooks.capture_with_logits(
-            model, pairs.corrupt_run, sites, forward=keywords
-        )
+    with hooks.recording(model) as (recorded, cache):
+        values, logits = hooks.capture_with_logits(model, pairs.corrupt_run, sites, cache=cache)
     assert torch.equal(logits, plain_logits)
     assert all(torch.equal(values[s], plain_values[s]) for s in sites)
     assert len(recorded.calls) == model.dims.n_layers

@@ -20,17 +20,29 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
+from transformers import DynamicCache
 
 from actpatch.hooks import attach, attention, features
 from actpatch.hooks.attention import PATTERN_ATTENTION, eager_attention
 from actpatch.hooks.errors import PatchNotApplied, PatchShapeError
-from actpatch.hooks.forward import add_to_input, final_logits, last_logits, resid_post_only
+from actpatch.hooks.forward import (
+    Recorded,
+    add_to_input,
+    final_logits,
+    forward,
+    head_device,
+    last_logits,
+    last_mlp_at_final_position,
+    layer_devices,
+    resid_post_only,
+)
 from actpatch.hooks.layout import Positions, normalised
+from actpatch.hooks.recorded import Recording, Recordings, layer_inputs, record, recording
 from actpatch.hooks.taps import GradTap, ReadTap, Write, WriteTap
 from actpatch.metrics import NonFiniteError
 from actpatch.models.model import Model, check_token_tensor
@@ -42,6 +54,9 @@ __all__ = [
     "GradientDrop",
     "PatchNotApplied",
     "PatchShapeError",
+    "Recorded",
+    "Recording",
+    "Recordings",
     "Watched",
     "add_to_input",
     "attached_hooks",
@@ -51,11 +66,16 @@ __all__ = [
     "drop_gradients",
     "eager_attention",
     "final_logits",
+    "forward",
+    "head_device",
     "last_logits",
     "last_mlp_at_final_position",
+    "layer_devices",
     "layer_inputs",
     "patch",
     "patch_copies",
+    "record",
+    "recording",
     "resid_post_only",
     "watch",
 ]
@@ -87,11 +107,11 @@ def capture_with_logits(
     sites: Sequence[SiteLike],
     *,
     positions: Positions | None = None,
-    forward: Mapping[str, Any] | None = None,
+    cache: DynamicCache | None = None,
 ) -> tuple[dict[Site, Tensor], Tensor]:
     """`capture`, and the same forward's final-position logits (batch, vocab) in float32: a run
-    whose logits are needed anyway (a baseline) gives its activations for free. `forward`: more
-    keyword arguments for the model's forward (a cache for it to fill; default no cache)."""
+    whose logits are needed anyway (a baseline) gives its activations for free. `cache`: a cache
+    for the forward to fill (`recorded.recording`; default none)."""
     run = tokens if isinstance(tokens, Run) else Run(tokens)
     check_token_tensor(run.tokens)
     wanted = _sites(sites)
@@ -105,8 +125,8 @@ def capture_with_logits(
     ]
     feature_sites = [site for site in wanted if features.is_feature(site)]
     readers += features.readers(model, feature_sites, named, store)
-    with add_to_input(model, run.noise), attach.attached(model, readers), torch.no_grad():
-        logits = final_logits(model, run.tokens, **(forward or {})).float()
+    with torch.no_grad():
+        logits = forward(model, run, taps=[attach.attached(model, readers)], cache=cache).float()
     if missing := [s for s in wanted if s not in store]:
         raise PatchNotApplied(missing)
     return store, logits
@@ -170,37 +190,6 @@ def patch_copies(
         yield
     if missing := [write.site for write in writes if not fired[(write.copy, write.site)]]:
         raise PatchNotApplied(missing)
-
-
-@contextmanager
-def last_mlp_at_final_position(model: Model) -> Iterator[None]:
-    """Under the block the last decoder layer's MLP runs at the final position only (its output
-    elsewhere is 0): for forwards that read nothing but the final-position logits, where its
-    output at other positions reaches nothing. Not with sites in that MLP at other positions."""
-    from types import SimpleNamespace
-
-    from actpatch.hooks.edges import final_position_only, registered
-
-    found = final_position_only(model.submodule(model.dims.n_layers - 1, model.arch.mlp))
-    with registered(SimpleNamespace(registrations=lambda: found)):
-        yield
-
-
-@contextmanager
-def layer_inputs(model: Model) -> Iterator[list[tuple[tuple, dict]]]:
-    """Record the (args, kwargs) each decoder layer is called with during the block.
-
-    Engines that resume a forward at layer l call the real layers with these arguments
-    (attention masks, position embeddings, caches) instead of rebuilding them."""
-    calls: list[tuple[tuple, dict]] = []
-    with ExitStack() as stack:
-        for index in range(model.dims.n_layers):
-            stack.enter_context(
-                attach.call_hook(
-                    model.layer(index), lambda args, kwargs: calls.append((args, dict(kwargs)))
-                )
-            )
-        yield calls
 
 
 class Watched:
