@@ -63,6 +63,26 @@ def test_decoder_layers_are_replayed_in_one_module():
     assert replaying == {"hooks/forward.py"}
 
 
+# torch's module and tensor hooks, and transformers' registries (`AttentionInterface.register`)
+REGISTERING = {
+    "register_forward_pre_hook",
+    "register_forward_hook",
+    "register_full_backward_pre_hook",
+    "register_full_backward_hook",
+    "register_backward_hook",
+    "register_hook",
+    "register",
+}
+
+
+def test_hooks_are_registered_in_one_module():
+    """Every hook (on a module, on a tensor, in transformers' registries) through `hooks/attach.py`."""
+    registering = _calls(
+        lambda call: isinstance(call.func, ast.Attribute) and call.func.attr in REGISTERING
+    )
+    assert registering == {"hooks/attach.py"}
+
+
 def _name(func: ast.expr) -> str:
     return func.attr if isinstance(func, ast.Attribute) else func.id
 

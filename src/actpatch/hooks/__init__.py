@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from actpatch.hooks import attach, attention, features
+from actpatch.hooks import attach, attention, features, placement
 from actpatch.hooks.attention import PATTERN_ATTENTION, eager_attention
 from actpatch.hooks.errors import PatchNotApplied, PatchShapeError
 from actpatch.hooks.forward import (
@@ -126,7 +126,7 @@ def capture_with_logits(
     feature_sites = [site for site in wanted if features.is_feature(site)]
     readers += features.readers(model, feature_sites, named, store)
     with torch.no_grad():
-        logits = forward(model, run, taps=[attach.attached(model, readers)], cache=cache).float()
+        logits = forward(model, run, taps=[placement.attached(model, readers)], cache=cache).float()
     if missing := [s for s in wanted if s not in store]:
         raise PatchNotApplied(missing)
     return store, logits
@@ -186,7 +186,7 @@ def patch_copies(
     ]
     feature_writes = [write for write in writes if features.is_feature(write.site)]
     writers += features.writers(model, feature_writes, positions or {}, fired)
-    with attach.attached(model, writers):
+    with placement.attached(model, writers):
         yield
     if missing := [write.site for write in writes if not fired[(write.copy, write.site)]]:
         raise PatchNotApplied(missing)
@@ -220,7 +220,7 @@ def watch(
     watchers += features.watchers(
         model, feature_sites, positions or {}, watched.values, watched.grads
     )
-    with attach.attached(model, watchers):
+    with placement.attached(model, watchers):
         yield watched
     if missing := [s for s in wanted if s not in watched.values]:
         raise PatchNotApplied(missing)
@@ -242,8 +242,8 @@ def drop_gradients(model: Model) -> Iterator[GradientDrop]:
     def gate(layer: int):
         def tap(output: Tensor) -> None:
             if output.requires_grad:
-                output.register_hook(
-                    lambda grad: torch.zeros_like(grad) if control.layer == layer else None
+                attach.on_gradient(
+                    output, lambda grad: torch.zeros_like(grad) if control.layer == layer else None
                 )
 
         return tap
@@ -253,7 +253,7 @@ def drop_gradients(model: Model) -> Iterator[GradientDrop]:
         for layer in range(model.dims.n_layers)
         for kind in ("attn_out", "mlp_out")
     ]
-    with attach.attached(model, gates):
+    with placement.attached(model, gates):
         yield control
 
 

@@ -4,13 +4,13 @@ hooks of exact edge scores (`graph/exact.py`). Only the removed edge's receiver 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from actpatch.hooks import attach
 from actpatch.hooks.layout import canonical
 from actpatch.models.model import Model
 
@@ -45,7 +45,7 @@ def removed_edges(model: Model, removal: Removal) -> Iterator[None]:
     arch, dims = model.arch, model.dims
     copies = len(removal.receivers)
     layer = removal.layer
-    found: list[tuple[nn.Module, Any, str]] = []
+    found: list[attach.Registration] = []
     if removal.kind == "mlp":
 
         def minus_delta(norm, args, kwargs):
@@ -100,12 +100,5 @@ def removed_edges(model: Model, removal: Removal) -> Iterator[None]:
             return (clean.reshape(z.shape), *args[1:]), kwargs
 
         found.append((model.submodule(layer, arch.o_proj), other_heads_clean, "pre"))
-    with ExitStack() as stack:
-        for module, hook, kind in found:
-            handle = (
-                module.register_forward_pre_hook(hook, with_kwargs=True)
-                if kind == "pre"
-                else module.register_forward_hook(hook)
-            )
-            stack.callback(handle.remove)
+    with attach.registered(found):
         yield

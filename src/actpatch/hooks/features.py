@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
+from actpatch.hooks import attach
 from actpatch.hooks.layout import Positions, index
 from actpatch.hooks.taps import Write, check_shape
 from actpatch.models.model import Model
@@ -121,7 +122,7 @@ class FeatureTap:
                 raise RuntimeError(
                     "watch() needs a forward with gradients enabled from the inputs on"
                 )
-            raw.register_hook(self._on_grad)
+            attach.on_gradient(raw, self._on_grad)
         if not self.writes:
             return None
         moved = raw.clone()

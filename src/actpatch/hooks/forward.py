@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import DynamicCache
 
 from actpatch.hooks import attach
@@ -156,13 +156,28 @@ def last_mlp_at_final_position(model: Model) -> Iterator[None]:
     """Under the block the last decoder layer's MLP runs at the final position only (its output
     elsewhere is 0): for forwards that read nothing but the final-position logits, where its
     output at other positions reaches nothing. Not with sites in that MLP at other positions."""
-    from types import SimpleNamespace
-
-    from actpatch.hooks.edges import final_position_only, registered
-
-    found = final_position_only(model.submodule(model.dims.n_layers - 1, model.arch.mlp))
-    with registered(SimpleNamespace(registrations=lambda: found)):
+    last_mlp = model.submodule(model.dims.n_layers - 1, model.arch.mlp)
+    with attach.registered(final_position_only(last_mlp)):
         yield
+
+
+def final_position_only(mlp: nn.Module) -> list[attach.Registration]:
+    """Hooks that run `mlp` (which acts on each position alone) at the final position only and
+    return its output there, zeros elsewhere: the last layer's MLP output at other positions
+    reaches nothing the final-position logits (or their gradients) depend on."""
+    shapes: list[torch.Size] = []
+
+    def first(module, args, kwargs):
+        shapes.append(args[0].shape)
+        return (args[0][:, -1:], *args[1:]), kwargs
+
+    def padded(module, args, output):
+        last = output[0] if isinstance(output, tuple) else output
+        full = last.new_zeros(*shapes.pop()[:2], last.shape[-1])
+        full[:, -1:] = last
+        return (full, *output[1:]) if isinstance(output, tuple) else full
+
+    return [(mlp, first, "pre"), (mlp, padded, "out")]
 
 
 class _Reached(Exception):
