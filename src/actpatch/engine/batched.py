@@ -375,9 +375,7 @@ class Resumer:
         self.floor_tokens += self.unembedding * batch * len(copies)
         self.patch_tokens += (self.unembedding - share * (seq - start - 1)) * batch * len(copies)
         self.patch_tokens += sum(present[joins[0] :]) * batch * (seq - start)
-        patches = hooks.patch_copies(
-            self.model, shifted, copies_at=[present[layer] for layer in joins], positions=positions
-        )
+        patches = hooks.patch_copies(self.model, shifted, positions=positions)
         logits = hooks.forward(
             self.model,
             self.target_run,
@@ -387,9 +385,8 @@ class Resumer:
             recorded=self.recordings.at(start),
             trim=trimmed,
         )
-        k = len(copies)
-        by_sorted = [logits[i::k] for i in range(k)]
-        result: list[Tensor] = [None] * k  # type: ignore[list-item]
+        by_sorted = hooks.per_copy(logits, len(copies))
+        result: list[Tensor] = [None] * len(copies)  # type: ignore[list-item]
         for slot, original in enumerate(order):
             result[original] = by_sorted[slot]
         return result

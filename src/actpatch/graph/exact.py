@@ -110,9 +110,7 @@ def _resumed(
     """(copy, batch, vocab) logits of copies of the clean run resumed at `stage`'s layer and `start`."""
     model, copies = runs.model, len(columns)
     layer = stage.layer
-    rows = (
-        delta[senders][:, :, start:].transpose(0, 1).flatten(0, 1)
-    )  # prompt-major (batch·copy, pos, d_model)
+    rows = delta[senders][:, :, start:].flatten(0, 1)  # copy-major (copy·batch, pos, d_model)
     removal = Removal(
         layer,
         stage.kind,

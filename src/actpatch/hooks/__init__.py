@@ -43,6 +43,7 @@ from actpatch.hooks.forward import (
 )
 from actpatch.hooks.layout import Positions, normalised
 from actpatch.hooks.recorded import Recording, Recordings, layer_inputs, record, recording
+from actpatch.hooks.stack import copy_rows, per_copy, stacked
 from actpatch.hooks.taps import GradTap, ReadTap, Write, WriteTap
 from actpatch.metrics import NonFiniteError
 from actpatch.models.model import Model, check_token_tensor
@@ -74,9 +75,11 @@ __all__ = [
     "layer_inputs",
     "patch",
     "patch_copies",
+    "per_copy",
     "record",
     "recording",
     "resid_post_only",
+    "stacked",
     "watch",
 ]
 
@@ -162,19 +165,16 @@ def patch_copies(
     model: Model,
     copies: Sequence[Mapping[SiteLike, Tensor]],
     *,
-    copies_at: Sequence[int] | None = None,
     positions: Positions | None = None,
 ) -> Iterator[None]:
     """Patch k stacked copies of a run at once, each with its own values.
 
-    The batch is prompt-major, as `Tensor.repeat_interleave` lays it out: with m copies present
-    when copy i's site runs, its rows are i, i + m, i + 2m, ... (prompts in their original order).
-    `copies_at[i]` is that m (default: all k copies, the whole way through)."""
-    k = len(copies)
-    strides = list(copies_at) if copies_at is not None else [k] * k
+    The batch is copy-major (`stack.py`): copy i's rows are i·batch … (i+1)·batch − 1, where
+    `batch` is its values' first dimension, whatever copies are stacked after it. A single copy
+    is the whole batch."""
     fired: Counter[tuple[int, Site]] = Counter()
     writes = [
-        Write(site, value, slice(i, None, strides[i]), i)
+        Write(site, value, copy_rows(i, len(value)) if len(copies) > 1 else slice(None), i)
         for i, values in enumerate(copies)
         for site, value in _keyed(values).items()
     ]

@@ -22,7 +22,7 @@ v inputs swapped in at the k and v projections (or spliced into a fused projecti
 attention's other arguments are expanded alike, and at o_proj head h's z is taken from copy h.
 Under grouped-query attention each query head thus gets keys and values from its own input.
 
-Rows are copy-major: with `copies` circuits of `batch` prompts, row c·batch + b. The hooks are
+Rows are copy-major (`stack.py`): with `copies` circuits of `batch` prompts, row c·batch + b. The hooks are
 registered through `attach.registered`, and every one is removed on exit, error or not.
 """
 

@@ -26,6 +26,7 @@ from transformers import DynamicCache
 
 from actpatch.hooks import attach
 from actpatch.hooks.errors import PatchShapeError
+from actpatch.hooks.stack import stacked
 from actpatch.models.model import Model, check_token_tensor
 from actpatch.run import Run
 
@@ -120,11 +121,6 @@ def final_logits(
     dtype, with gradients where the caller enables them; `cache` for the forward to fill."""
     run = None if tokens is None else Run(tokens)
     return forward(model, run, cache=cache, embeds=inputs_embeds)
-
-
-def stacked(value: Tensor, copies: int) -> Tensor:
-    """`value` (batch, ...) repeated for `copies` stacked copies of its run, (copies·batch, ...)."""
-    return value if copies == 1 else value.repeat_interleave(copies, dim=0)
 
 
 @contextmanager
@@ -227,7 +223,7 @@ def _replay(model: Model, batch: int, recorded: Recorded, joins: list[int]) -> T
     recorded hidden states there; then the final position's unembedding."""
     n_layers = model.dims.n_layers
     present = [sum(1 for join in joins if join <= j) for j in range(n_layers)]  # copies at layer j
-    cache = _repeated_cache(recorded.cache, present)
+    cache = _repeated_cache(recorded.cache, present, batch)
     devices = layer_devices(model)
     hidden = None
     for index in range(joins[0], n_layers):
@@ -260,27 +256,24 @@ def _first(args: tuple, kwargs: dict) -> Tensor:
 
 
 def _joined(hidden: Tensor | None, target_hidden: Tensor, new: int) -> Tensor:
-    """Add `new` copies of the recorded hidden states to the prompt-major stack."""
+    """`new` copies of the recorded hidden states appended to the stack (copy-major)."""
     if new == 0:
         return hidden
-    joining = target_hidden.unsqueeze(1).expand(
-        -1, new, *target_hidden.shape[1:]
-    )  # (batch, new, pos, d_model)
-    if hidden is None:
-        return joining.flatten(0, 1)
-    stacked_hidden = hidden.unflatten(0, (target_hidden.shape[0], -1))
-    return torch.cat([stacked_hidden, joining], dim=1).flatten(0, 1)
+    joining = stacked(target_hidden, new)
+    return joining if hidden is None else torch.cat([hidden, joining])
 
 
-def _repeated_cache(cache: DynamicCache | None, present: list[int]) -> DynamicCache | None:
+def _repeated_cache(
+    cache: DynamicCache | None, present: list[int], batch: int
+) -> DynamicCache | None:
     """A private copy of the prefix cache, layer j repeated for the copies present there
-    (prompt-major); layers append to it as they run, so each forward needs its own."""
+    (copy-major); layers append to it as they run, so each forward needs its own."""
     if cache is None:
         return None
     fresh = copy.deepcopy(cache)
     for layer, count in zip(fresh.layers, present):
         if count > 1:
-            layer.batch_repeat_interleave(count)
+            layer.batch_select_indices(stacked(torch.arange(batch), count))
     return fresh
 
 
@@ -300,7 +293,7 @@ def _expanded(
             and batch > 1
             and k > 1
         ):
-            return value.repeat_interleave(k, dim=0)
+            return stacked(value, k)
         if isinstance(value, tuple):
             return tuple(expand(v) for v in value)
         return value
