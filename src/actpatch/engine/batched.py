@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -351,8 +352,6 @@ class Resumer:
         order = sorted(range(len(copies)), key=lambda i: entries[i][1])  # by entry layer
         joins = [entries[i][1] for i in order]
         n_layers = self.model.dims.n_layers
-        # copies present at layer j
-        present = [sum(1 for layer in joins if layer <= j) for j in range(n_layers)]
         shifted = [
             {_shifted(site, start): value for site, value in copies[i].items()} for i in order
         ]
@@ -373,23 +372,43 @@ class Resumer:
             for position, layer in entries
         )
         self.floor_tokens += self.unembedding * batch * len(copies)
-        self.patch_tokens += (self.unembedding - share * (seq - start - 1)) * batch * len(copies)
-        self.patch_tokens += sum(present[joins[0] :]) * batch * (seq - start)
         patches = hooks.patch_copies(self.model, shifted, positions=positions)
-        logits = hooks.forward(
-            self.model,
-            self.target_run,
-            taps=[patches],
-            copies=joins,
-            layer=joins[0],
-            recorded=self.recordings.at(start),
-            trim=trimmed,
-        )
-        by_sorted = hooks.per_copy(logits, len(copies))
+        by_sorted = self.resumed(joins, start, taps=[patches], trim=trimmed)
         result: list[Tensor] = [None] * len(copies)  # type: ignore[list-item]
         for slot, original in enumerate(order):
             result[original] = by_sorted[slot]
         return result
+
+    def resumed(
+        self,
+        joins: list[int],
+        start: int,
+        *,
+        taps: Sequence[AbstractContextManager[Any]] = (),
+        trim: bool = True,
+    ) -> Tensor:
+        """Final-position logits (copy, batch, vocab) of stacked copies of the target run, each
+        joining at its layer in `joins` (ascending), over the positions from `start` on, under
+        `taps` (the hooks that make the copies differ, attached for the resumed forward alone),
+        and the work counted. `trim`: nothing in the last layer's MLP is read or written at
+        positions before the final one. What `run` does for patches; exact edge removals too."""
+        recorded = self.recordings.at(start)  # recorded before, and without, the copies' taps
+        n_layers = self.model.dims.n_layers
+        present = [sum(1 for layer in joins if layer <= j) for j in range(n_layers)]
+        batch, seq = self.target.shape
+        share = self.mlp_share if trim else 0.0
+        self.patch_tokens += (self.unembedding - share * (seq - start - 1)) * batch * len(joins)
+        self.patch_tokens += sum(present[joins[0] :]) * batch * (seq - start)
+        logits = hooks.forward(
+            self.model,
+            self.target_run,
+            taps=taps,
+            copies=joins,
+            layer=joins[0],
+            recorded=recorded,
+            trim=trim,
+        )
+        return hooks.per_copy(logits, len(joins))
 
 
 def _unembedding_in_layer_tokens(model: Model) -> float:

@@ -1,15 +1,19 @@
-"""Hooks: the only code that attaches to a model. Read activations at sites, or overwrite them.
+"""Hooks: the only code that runs or attaches to a model: read activations at sites, or write them.
 
 `capture` runs one forward and returns each site's activation; `patch` is a context manager
 under which every forward has the given values written into their sites. Both attach only for
 their own duration and remove exactly what they attached, on success and on error. Attention
 probabilities (`pattern`) are not a module's input or output, so for them the model's attention
 function is swapped for an eager one that exposes them, and swapped back afterwards.
-No module outside this package registers hooks (a test scans the tree).
+No module outside `attach.py` registers hooks, and none outside `forward.py` runs the model
+(tests scan the tree).
 
-This file is the public surface of node sites. Below it: `taps.py` (what a hook does with what it
-sees: read, write, or read with the gradient), `layout.py` (where a site sits in that tensor),
-`attach.py` (where each site kind lives on the model, and the torch hooks), `attention.py` (the
+This file is the public surface of node sites. Below it: `forward.py` (`forward`, the one
+function that runs the model: taps, stacked copies, a layer to resume from), `recorded.py` (the
+runs a resumed forward replays), `stack.py` (the row order of stacked copies), `taps.py` (what a
+hook does with what it sees: read, write, or read with the gradient), `layout.py` (where a site
+sits in that tensor), `placement.py` (where each site kind lives on the model), `attach.py` (the
+hooks themselves, registered and removed), `attention.py` (the
 temporary eager attention for pattern sites and `attention_inputs`), `linear.py` (a projection's
 matrix and its rows per head). Edge circuits have taps of their own: `edges.py` (receivers'
 inputs, senders' outputs), `edge_gradients.py` (receiver gradients from one ordinary backward)

@@ -54,9 +54,9 @@ def forward(
     cache: DynamicCache | None = None,
     embeds: Tensor | None = None,
 ) -> Tensor:
-    """Final-position logits (copies·batch, vocab) of `run`, in the model's dtype, with gradients
-    where the caller enables them: the only call of the HF model's forward and the only replay of
-    its layers.
+    """Final-position logits (copies·batch, vocab) of `run`, with gradients where the caller
+    enables them: the only call of the HF model's forward and the only replay of its layers.
+    In the model's dtype; float32 from a resumed forward (its unembedding is `Model.unembed`'s).
 
     - `taps`: context managers attaching this forward's hooks (`patch_copies`, edge taps, ...),
       entered in order inside the run's input noise, which is always added first.
@@ -75,6 +75,8 @@ def forward(
         raise ValueError(
             f"copies join the stack at ascending layers from layer {layer} on, got {copies!r}"
         )
+    if layer != 0 and recorded is None:
+        raise ValueError(f"a forward resumed at layer {layer} needs the run's recording")
     noise = None if run is None or run.noise is None else stacked(run.noise, len(joins))
     with ExitStack() as stack:
         if recorded is None:
@@ -85,8 +87,6 @@ def forward(
             stack.enter_context(tap)
         if recorded is not None:
             return _replay(model, len(run), recorded, joins)
-        if layer != 0:
-            raise ValueError(f"a forward resumed at layer {layer} needs the run's recording")
         keywords: dict[str, Any] = (
             {"inputs_embeds": embeds}
             if embeds is not None
