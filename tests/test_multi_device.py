@@ -16,6 +16,7 @@ from accelerate import dispatch_model
 
 import actpatch as ap
 from actpatch.engine import batched
+from actpatch.hooks import recorded
 from tiny import tiny_model, tiny_pairs, tiny_task
 
 
@@ -81,8 +82,8 @@ def test_a_recorded_call_moves_to_a_layer_device_and_its_cache_stays():
     """What the engine does once per recorded prefix on a split model, checked with the meta device."""
     model, pairs = tiny_task("llama")
     resumer = batched.Resumer(model, pairs.corrupt_run)
-    prefix = resumer._prefix(2)
-    args, kwargs = batched.moved(prefix.calls[1], torch.device("meta"))
+    prefix = resumer.recordings.at(2)
+    args, kwargs = recorded.moved(prefix.calls[1], torch.device("meta"))
     tensors = [
         args[0],
         *(v for v in kwargs.values() if isinstance(v, torch.Tensor)),

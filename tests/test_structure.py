@@ -33,20 +33,54 @@ def test_no_function_in_src_takes_more_than_12_parameters():
     assert not too_long, f"group options into a frozen options value: {too_long}"
 
 
-# The batched engine's forwards resume layers and reuse a key/value prefix; they are the next to move.
-FORWARD_CALLERS = {"hooks/forward.py", "engine/batched.py"}
+def _calls(predicate) -> set[str]:
+    """Modules of src/ holding a call for which `predicate(call node)` holds."""
+    found = set()
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and predicate(node):
+                found.add(str(path.relative_to(SRC)))
+    return found
 
 
 def test_the_model_forward_is_called_in_one_module():
-    calling = set()
-    for path in sorted(SRC.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            call = isinstance(node, ast.Call)
-            if call and (
-                isinstance(node.func, ast.Attribute | ast.Name) and _name(node.func) == "hf"
-            ):
-                calling.add(str(path.relative_to(SRC)))
-    assert calling and calling <= FORWARD_CALLERS, calling - FORWARD_CALLERS
+    """`model.hf(...)`: the HF forward, called by `hooks.forward` alone."""
+    calling = _calls(
+        lambda call: isinstance(call.func, ast.Attribute | ast.Name) and _name(call.func) == "hf"
+    )
+    assert calling == {"hooks/forward.py"}
+
+
+def test_decoder_layers_are_replayed_in_one_module():
+    """`model.layer(i)(...)`: a decoder layer called on recorded arguments, by `hooks.forward` alone."""
+    replaying = _calls(
+        lambda call: (
+            isinstance(call.func, ast.Call)
+            and isinstance(call.func.func, ast.Attribute | ast.Name)
+            and _name(call.func.func) == "layer"
+        )
+    )
+    assert replaying == {"hooks/forward.py"}
+
+
+# torch's module and tensor hooks, and transformers' registries (`AttentionInterface.register`)
+REGISTERING = {
+    "register_forward_pre_hook",
+    "register_forward_hook",
+    "register_full_backward_pre_hook",
+    "register_full_backward_hook",
+    "register_backward_hook",
+    "register_hook",
+    "register",
+}
+
+
+def test_hooks_are_registered_in_one_module():
+    """Every hook (on a module, on a tensor, in transformers' registries) through `hooks/attach.py`."""
+    registering = _calls(
+        lambda call: isinstance(call.func, ast.Attribute) and call.func.attr in REGISTERING
+    )
+    assert registering == {"hooks/attach.py"}
 
 
 def _name(func: ast.expr) -> str:

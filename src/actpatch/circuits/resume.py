@@ -2,10 +2,9 @@
 
 A run (the clean prompt, with some patches that define it) is recorded once: each decoder
 layer's call arguments, as the model itself built them (masks, position embeddings). A patched
-run then calls the real layers from its earliest patched layer on, starting from the recorded
-hidden states there, and unembeds the final position. For a component in layer 23 of 30 that is
-a quarter of a forward. Exact: `backup(..., resume=False)` runs every forward in full and the
-tests compare the two."""
+run then resumes at its earliest patched layer (`hooks.forward`), starting from the recorded
+hidden states there. For a component in layer 23 of 30 that is a quarter of a forward. Exact:
+`backup(..., resume=False)` runs every forward in full and the tests compare the two."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from torch import Tensor
 
 from actpatch import hooks
 from actpatch.models.model import Model
+from actpatch.run import Run
 from actpatch.sites import Site
 
 
@@ -24,13 +24,11 @@ class Resumed:
 
     def __init__(self, model: Model, tokens: Tensor, patches: Mapping[Site, Tensor], positions):
         self.model, self.patches, self.positions = model, dict(patches), positions
-        with (
-            torch.no_grad(),
-            hooks.patch(model, self.patches, named_positions=positions),
-            hooks.layer_inputs(model) as calls,
-        ):
-            own_logits = hooks.final_logits(model, tokens)
-        self.calls = list(calls)
+        self.run = Run(tokens)
+        with torch.no_grad():
+            self.recorded, own_logits = hooks.record(
+                model, self.run, taps=[hooks.patch(model, self.patches, named_positions=positions)]
+            )
         self.own_logits = (
             own_logits.float()
         )  # the recorded run's, as `hooks.last_logits` gives them
@@ -42,14 +40,7 @@ class Resumed:
         start = min(s.layer % n_layers for s in extra)
         # Patches below the start are already in the recorded hidden states; they would not fire again.
         active = {s: v for s, v in {**self.patches, **extra}.items() if s.layer % n_layers >= start}
-        args, kwargs = self.calls[start]
-        hidden = args[0] if args else kwargs["hidden_states"]
-        with hooks.patch(self.model, active, named_positions=self.positions):
-            for index in range(start, n_layers):
-                args, kwargs = self.calls[index]
-                if args:
-                    output = self.model.layer(index)(hidden, *args[1:], **kwargs)
-                else:
-                    output = self.model.layer(index)(*args, **{**kwargs, "hidden_states": hidden})
-                hidden = output[0] if isinstance(output, tuple) else output
-        return self.model.unembed(hidden[:, -1])
+        patch = hooks.patch(self.model, active, named_positions=self.positions)
+        return hooks.forward(
+            self.model, self.run, taps=[patch], layer=start, recorded=self.recorded
+        )

@@ -19,23 +19,19 @@ no-op; only a real split (benchmarks/gpu_check.sh) proves the tensors land where
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import ExitStack
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 
 from actpatch import hooks, memory
-from actpatch.engine import checks, recording, sources
+from actpatch.engine import checks, sources
 from actpatch.engine.plan import SweepPlan
-from actpatch.engine.recording import TargetRecording
 from actpatch.metrics import Baseline
 from actpatch.models.model import Model
 from actpatch.run import Run
@@ -284,50 +280,39 @@ def _out_of_memory(error: BaseException) -> bool:
     return "out of memory" in text or "can't allocate memory" in text
 
 
-@dataclass
-class _Prefix:
-    """The target run split at position p: its cache for positions < p, and each layer's call on the rest."""
-
-    cache: DynamicCache | None
-    calls: list[tuple[tuple, dict]]
-
-
 class Resumer:
-    """Runs stacked patched copies of the target run from their entry layer and position.
+    """Runs stacked patched copies of the target run from their entry layer and position, through
+    `hooks.forward` (which resumes them), and counts the work.
 
     `run` is the one place a chunk's copies meet the model: tests wrap it to count or to fail
     chunks (out of memory, a kill mid-sweep)."""
 
-    def __init__(self, model: Model, target: Run, recorded: TargetRecording | None = None):
+    def __init__(self, model: Model, target: Run, recorded: hooks.Recording | None = None):
         """`recorded`: the target's layer calls and cache from a forward that ran anyway (the
         baseline's, `sources.recorded`); without it the first split records them itself."""
-        self.model, self.target, self.positions, self.noise = (
-            model,
-            target.tokens.to(model.device),
-            target.positions,
-            target.noise,
-        )
-        self.prefixes: dict[int, _Prefix] = {}
-        self.whole_cache: DynamicCache | bool | None = (
-            None  # the whole target's cache (False: cannot be cut); `_cut_cache`
-        )
+        self.model, self.target_run = model, target
+        self.target, self.positions = target.tokens.to(model.device), target.positions
+        self.recordings = hooks.Recordings(model, target, recorded)
         # Work done, in (decoder layer × prompt × token) calls: recording the target, and patched runs;
         # unembedding one position counts as `unembedding` such calls (their parameters' ratio).
-        self.recording_tokens = 0
         self.patch_tokens = 0
         self.floor_tokens = 0  # the part of patch_tokens no resume or prefix reuse could avoid
         self.unembedding = _unembedding_in_layer_tokens(model)
-        self.mlp_share = _mlp_share_of_layer(
-            model
-        )  # of a decoder layer's work: what the last one skips off the final position
+        # of a decoder layer's work: what the last one skips off the final position
+        self.mlp_share = _mlp_share_of_layer(model)
         # Where each decoder layer computes (several devices under a device_map), and the final norm.
-        self.devices = [
-            _device_of(model.layer(i), model.device) for i in range(model.dims.n_layers)
-        ]
-        self.head_device = _device_of(model.hf.get_submodule(model.arch.final_norm), model.device)
-        if recorded is not None:
-            self.whole_cache = recorded.cache if recorded.cache is not None else False
-            self.prefixes[0] = _Prefix(None, self._placed(recorded.calls))
+        self.devices = hooks.layer_devices(model)
+        self.head_device = hooks.head_device(model)
+
+    @property
+    def recording_tokens(self) -> float:
+        """Work of the forwards that recorded the target, each over some of its positions with one
+        of them unembedded."""
+        batch = len(self.target)
+        return sum(
+            self.model.dims.n_layers * batch * positions + self.unembedding * batch
+            for positions in self.recordings.forwards
+        )
 
     @property
     def forward_equivalents(self) -> float:
@@ -367,11 +352,6 @@ class Resumer:
         order = sorted(range(len(copies)), key=lambda i: entries[i][1])  # by entry layer
         joins = [entries[i][1] for i in order]
         n_layers = self.model.dims.n_layers
-        present = [
-            sum(1 for layer in joins if layer <= j) for j in range(n_layers)
-        ]  # copies present at layer j
-        prefix = self._prefix(start)
-        cache = _repeated_cache(prefix.cache, present)
         shifted = [
             {_shifted(site, start): value for site, value in copies[i].items()} for i in order
         ]
@@ -385,131 +365,50 @@ class Resumer:
             for values in copies
             for site in values
         )
-        share = (
-            self.mlp_share if trimmed else 0.0
-        )  # per row and skipped position, in layer-token calls
+        # per row and skipped position, in layer-token calls
+        share = self.mlp_share if trimmed else 0.0
         self.floor_tokens += sum(
             (n_layers - layer) * batch * (seq - position) - share * batch * (seq - position - 1)
             for position, layer in entries
         )
         self.floor_tokens += self.unembedding * batch * len(copies)
-        self.patch_tokens += (self.unembedding - share * (seq - start - 1)) * batch * len(copies)
-        hidden = None
-        with ExitStack() as stack:
-            if trimmed:
-                stack.enter_context(hooks.last_mlp_at_final_position(self.model))
-            stack.enter_context(
-                hooks.patch_copies(
-                    self.model,
-                    shifted,
-                    copies_at=[present[layer] for layer in joins],
-                    named_positions=positions,
-                )
-            )
-            for index in range(joins[0], n_layers):
-                args, kwargs = prefix.calls[index]
-                if hidden is not None:
-                    hidden = hidden.to(
-                        self.devices[index]
-                    )  # the previous layer's output, to this layer's device
-                hidden = _joined(
-                    hidden,
-                    _first(args, kwargs),
-                    present[index] - (present[index - 1] if index > joins[0] else 0),
-                )
-                call_args, call_kwargs = _expanded(
-                    args, kwargs, hidden, batch, present[index], cache
-                )
-                self.patch_tokens += hidden.shape[0] * hidden.shape[1]
-                output = self.model.layer(index)(*call_args, **call_kwargs)
-                hidden = output[0] if isinstance(output, tuple) else output
-        logits = self.model.unembed(hidden[:, -1].to(self.head_device))
-        k = len(copies)
-        by_sorted = [logits[i::k] for i in range(k)]
-        result: list[Tensor] = [None] * k  # type: ignore[list-item]
+        patches = hooks.patch_copies(self.model, shifted, named_positions=positions)
+        by_sorted = self.resumed(joins, start, taps=[patches], trim=trimmed)
+        result: list[Tensor] = [None] * len(copies)  # type: ignore[list-item]
         for slot, original in enumerate(order):
             result[original] = by_sorted[slot]
         return result
 
-    def _prefix(self, start: int) -> _Prefix:
-        """Record (once per position) the target's cache up to `start` and its layers' calls after it.
-
-        Where the cache's layers are plain growing ones, one forward of the whole target records
-        both the calls from position 0 and the whole cache; a later split cuts that cache to its
-        first `start` positions (keys and values at a position do not depend on later ones), so it
-        costs only the forward over the positions after it. The cache does not depend on which
-        splits ran first, so a resumed sweep gives the uninterrupted one's numbers bit for bit.
-        Otherwise (sliding windows) each split runs its own prefix."""
-        if start in self.prefixes or (self._recorded_whole() and start in self.prefixes):
-            return self.prefixes[start]
-        hf = self.model.hf
-        cache = None
-        # A noise corruption's target run carries its input noise; copies resume from what is recorded here.
-        noise = self.noise
-        if start > 0 and (cache := self._cut_cache(start)) is None:
-            cache = DynamicCache(config=hf.config)
-            with hooks.add_to_input(self.model, None if noise is None else noise[:, :start]):
-                hf(
-                    input_ids=self.target[:, :start],
-                    **recording.cache_argument(hf, cache),
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-            self._count_recording(start)
-        replay = copy.deepcopy(cache) if cache is not None else None
-        with (
-            hooks.add_to_input(self.model, None if noise is None else noise[:, start:]),
-            hooks.layer_inputs(self.model) as calls,
-        ):
-            hf(
-                input_ids=self.target[:, start:],
-                **recording.cache_argument(hf, replay),
-                use_cache=replay is not None,
-                logits_to_keep=1,
-            )
-        self._count_recording(self.target.shape[1] - start)
-        self.prefixes[start] = _Prefix(cache, self._placed(calls))
-        return self.prefixes[start]
-
-    def _recorded_whole(self) -> bool:
-        """Whether the target's cache can be cut (every layer a plain `DynamicLayer`). The first call
-        records the whole target once with a cache: the calls from position 0 (whose cache argument
-        a resumed copy replaces, as every recorded cache) and the cache later splits cut."""
-        if self.whole_cache is None:
-            if recording.cuttable_cache(self.model.hf) is not None:
-                with (
-                    hooks.add_to_input(self.model, self.noise),
-                    recording.recording(self.model) as (recorded, keywords),
-                ):
-                    self.model.hf(input_ids=self.target, **keywords, logits_to_keep=1)
-                self._count_recording(self.target.shape[1])
-                self.whole_cache = recorded.cache
-                self.prefixes.setdefault(0, _Prefix(None, self._placed(recorded.calls)))
-            else:
-                self.whole_cache = False
-        return self.whole_cache is not False
-
-    def _cut_cache(self, start: int) -> DynamicCache | None:
-        """The whole target's key/value cache cut to its first `start` positions; None when it cannot be cut."""
-        if not self._recorded_whole():
-            return None
-        cut = copy.deepcopy(self.whole_cache)
-        for layer in cut.layers:
-            layer.keys, layer.values = (
-                layer.keys[..., :start, :].clone(),
-                layer.values[..., :start, :].clone(),
-            )
-        return cut
-
-    def _placed(self, calls: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
-        """Recorded before any device hook moved them: each layer's call put where it computes, once."""
-        return [moved(call, device) for call, device in zip(calls, self.devices)]
-
-    def _count_recording(self, positions: int) -> None:
-        """A recording forward over `positions` of the target's positions, one of them unembedded."""
-        self.recording_tokens += self.model.dims.n_layers * len(
-            self.target
-        ) * positions + self.unembedding * len(self.target)
+    def resumed(
+        self,
+        joins: list[int],
+        start: int,
+        *,
+        taps: Sequence[AbstractContextManager[Any]] = (),
+        trim: bool = True,
+    ) -> Tensor:
+        """Final-position logits (copy, batch, vocab) of stacked copies of the target run, each
+        joining at its layer in `joins` (ascending), over the positions from `start` on, under
+        `taps` (the hooks that make the copies differ, attached for the resumed forward alone),
+        and the work counted. `trim`: nothing in the last layer's MLP is read or written at
+        positions before the final one. What `run` does for patches; exact edge removals too."""
+        recorded = self.recordings.at(start)  # recorded before, and without, the copies' taps
+        n_layers = self.model.dims.n_layers
+        present = [sum(1 for layer in joins if layer <= j) for j in range(n_layers)]
+        batch, seq = self.target.shape
+        share = self.mlp_share if trim else 0.0
+        self.patch_tokens += (self.unembedding - share * (seq - start - 1)) * batch * len(joins)
+        self.patch_tokens += sum(present[joins[0] :]) * batch * (seq - start)
+        logits = hooks.forward(
+            self.model,
+            self.target_run,
+            taps=taps,
+            copies=joins,
+            layer=joins[0],
+            recorded=recorded,
+            trim=trim,
+        )
+        return hooks.per_copy(logits, len(joins))
 
 
 def _unembedding_in_layer_tokens(model: Model) -> float:
@@ -527,30 +426,6 @@ def _mlp_share_of_layer(model: Model) -> float:
     )
 
 
-def _device_of(module: torch.nn.Module, fallback: torch.device) -> torch.device:
-    """Where `module` computes: accelerate's execution device when a device map put a hook on it,
-    else the device of its first parameter."""
-    hook_device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
-    if hook_device is not None:
-        return torch.device(hook_device)  # an int means that CUDA device
-    parameter = next(module.parameters(), None)
-    return (
-        fallback if parameter is None else parameter.device
-    )  # no parameters (an Identity norm): the model's
-
-
-def moved(value: Any, device: torch.device) -> Any:
-    """`value` (a layer's recorded call: tensors in tuples, lists and dicts) with every tensor on
-    `device`; caches are left where they are, since each cache layer lives on its own layer's device."""
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if type(value) in (tuple, list):
-        return type(value)(moved(v, device) for v in value)
-    if isinstance(value, dict):
-        return {key: moved(v, device) for key, v in value.items()}
-    return value
-
-
 def _shifted(site: Site, start: int) -> Site:
     """The same site in a run that begins at position `start` (named positions are shifted by the caller)."""
     if isinstance(site.pos, int):
@@ -561,59 +436,3 @@ def _shifted(site: Site, start: int) -> Site:
 def _kinds_touched(site: Site) -> set[str]:
     """The site kinds a patch at `site` reads or writes: a feature site's are its basis's."""
     return {site.basis.reads, site.basis.writes} if site.basis is not None else {site.kind}
-
-
-def _first(args: tuple, kwargs: dict) -> Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _joined(hidden: Tensor | None, target_hidden: Tensor, new: int) -> Tensor:
-    """Add `new` copies of the target's hidden states to the prompt-major stack."""
-    if new == 0:
-        return hidden
-    joining = target_hidden.unsqueeze(1).expand(
-        -1, new, *target_hidden.shape[1:]
-    )  # (batch, new, pos, d_model)
-    if hidden is None:
-        return joining.flatten(0, 1)
-    stacked = hidden.unflatten(0, (target_hidden.shape[0], -1))
-    return torch.cat([stacked, joining], dim=1).flatten(0, 1)
-
-
-def _repeated_cache(cache: DynamicCache | None, present: list[int]) -> DynamicCache | None:
-    """A private copy of the prefix cache, layer j repeated for the copies present there
-    (prompt-major); layers append to it as they run, so each run needs its own."""
-    if cache is None:
-        return None
-    fresh = copy.deepcopy(cache)
-    for layer, count in zip(fresh.layers, present):
-        if count > 1:
-            layer.batch_repeat_interleave(count)
-    return fresh
-
-
-def _expanded(
-    args: tuple, kwargs: dict, hidden: Tensor, batch: int, k: int, cache: Any
-) -> tuple[tuple, dict]:
-    """A layer's recorded call, with our hidden states, per-prompt tensors repeated for k copies, and our cache."""
-
-    def expand(value: Any) -> Any:
-        if isinstance(value, DynamicCache) or (cache is None and value is None):
-            return cache if isinstance(value, DynamicCache) else value
-        if (
-            isinstance(value, Tensor)
-            and value.ndim > 0
-            and value.shape[0] == batch
-            and batch > 1
-            and k > 1
-        ):
-            return value.repeat_interleave(k, dim=0)
-        if isinstance(value, tuple):
-            return tuple(expand(v) for v in value)
-        return value
-
-    if args:
-        return (hidden, *(expand(a) for a in args[1:])), {
-            key: expand(v) for key, v in kwargs.items()
-        }
-    return args, {**{key: expand(v) for key, v in kwargs.items()}, "hidden_states": hidden}

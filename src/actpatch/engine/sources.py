@@ -12,7 +12,6 @@ import torch
 from torch import Tensor
 
 from actpatch import hooks
-from actpatch.engine import recording
 from actpatch.engine.plan import SweepPlan
 from actpatch.engine.spec import ABLATIONS, Ablation
 from actpatch.metrics import NonFiniteError
@@ -55,10 +54,8 @@ def recorded(
     ):
         unique = list(dict.fromkeys(sites))
         if role == "target" and record_target:
-            with recording.recording(model) as (target_recording, keywords):
-                values, logits[role] = hooks.capture_with_logits(
-                    model, run, unique, forward=keywords
-                )
+            with hooks.recording(model) as (target_recording, cache):
+                values, logits[role] = hooks.capture_with_logits(model, run, unique, cache=cache)
         else:
             values, logits[role] = hooks.capture_with_logits(
                 model, run, unique

@@ -240,16 +240,15 @@ class EdgeRuns:
         absent = self.graph.exists.double() * (
             1 - circuits.double()
         )  # float64: fractional weights stay exact
-        tokens = self.pairs.clean.repeat(copies, 1).to(self.model.device)
         with edge_hooks(
             self.model, self.plan(copies, absent=absent.to(self.model.device), fast=fast)
         ) as record:
-            logits = hooks.final_logits(self.model, tokens)
+            logits = hooks.forward(self.model, self.pairs.clean_run, copies=copies)
         check_reached(self.graph, record)
         logits = logits.to(
             torch.promote_types(logits.dtype, torch.float32)
         )  # float64 models stay float64
-        return logits.view(copies, len(self.pairs), -1)
+        return hooks.per_copy(logits, copies)
 
 
 def checked_engine(engine: str, caller: str) -> str:

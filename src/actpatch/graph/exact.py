@@ -3,7 +3,7 @@
 With one edge s→r out of the circuit, the rule of `evaluate.py` changes only r's input, by
 −(o_s(clean) − o_s(off)), so everything upstream of r is the clean run. Each removal is therefore
 a copy of the clean run that enters the real decoder layers at r's layer, from the clean run's
-recorded layer calls (`engine.batched.Resumer`), and at positions from the first where any
+recorded layer calls (`engine.batched.Resumer.resumed`, told that layer), and at positions from the first where any
 sender's clean and off outputs differ (before it the copies are the clean run, taken from its
 key/value cache). Copies are stacked per receiver stage; `hooks.edge_removal.removed_edges` changes r's
 input on each copy's rows, and the layers above run unhooked. A logit receiver needs no layer
@@ -58,20 +58,15 @@ def removal_logit_diffs(
         stage_of[stage.receivers] = index
     n_layers = model.dims.n_layers
     heads = range(model.dims.n_heads)
-    sites = (
-        [Site("resid_pre", layer) for layer in range(n_layers)]
-        + [Site("resid_post", n_layers - 1)]
-        + [Site("head", layer, head=h) for layer in range(n_layers) for h in heads]
-    )
+    sites = [Site("resid_post", n_layers - 1)] + [
+        Site("head", layer, head=h) for layer in range(n_layers) for h in heads
+    ]
     clean = hooks.capture(model, pairs.clean_run, sites)
     for layer in range(n_layers):  # (batch, pos, head, d_head)
         clean[Site("head", layer)] = torch.stack(
             [clean.pop(Site("head", layer, head=h)) for h in heads], 2
         )
     resumer = Resumer(model, pairs.clean_run)
-    # Its recording forward must run before any removal's hooks are attached: one no-op copy of the last layer.
-    last = Site("resid_pre", n_layers - 1, pos=start)
-    resumer.run([{last: clean[Site("resid_pre", n_layers - 1)][:, start]}])
     result = torch.empty(len(edges), dtype=torch.float64)
     for index, stage in enumerate(stages):
         mine = (stage_of[edges[:, 1]] == index).nonzero().flatten()
@@ -107,12 +102,12 @@ def _resumed(
     delta: Tensor,
     start: int,
 ) -> Tensor:
-    """(copy, batch, vocab) logits of copies of the clean run resumed at `stage`'s layer and `start`."""
+    """(copy, batch, vocab) logits of copies of the clean run resumed at `stage`'s layer and `start`,
+    the stage's last MLP at the final position only (the removals change its input, not which
+    positions the logits read)."""
     model, copies = runs.model, len(columns)
     layer = stage.layer
-    rows = (
-        delta[senders][:, :, start:].transpose(0, 1).flatten(0, 1)
-    )  # prompt-major (batch·copy, pos, d_model)
+    rows = delta[senders][:, :, start:].flatten(0, 1)  # copy-major (copy·batch, pos, d_model)
     removal = Removal(
         layer,
         stage.kind,
@@ -121,12 +116,9 @@ def _resumed(
         rows,
         clean[Site("head", layer)][:, start:] if stage.kind == "attn" else None,
     )
-    # A no-op patch tells the resumer where the copies enter: this layer, from `start` on.
-    entry = Site("resid_pre", layer, pos=start)
-    value = clean[Site("resid_pre", layer)][:, start]
-    with removed_edges(model, removal):
-        logits = resumer.run([{entry: value} for _ in range(copies)])
-    return torch.stack(logits).to(torch.promote_types(logits[0].dtype, torch.float32))
+    joins = [layer] * copies  # every copy enters at the receivers' layer
+    logits = resumer.resumed(joins, start, taps=[removed_edges(model, removal)])
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def _copies_per_forward(runs: EdgeRuns) -> int:

@@ -314,7 +314,7 @@ def _gradients(runs: EdgeRuns, part: list[_GradientRun], *, fast: bool) -> dict[
     Runs with every edge present (all but eap-ig-activations') take the fast path, an ordinary
     forward whose gradients are split per receiver afterwards (`hooks.edge_gradients.receiver_gradients`)."""
     model, pairs, graph = runs.model, runs.pairs, runs.graph
-    copies, batch = len(part), len(pairs)
+    copies = len(part)
     first = torch.cat(
         [run.first_input if run.first_input is not None else runs.clean[0] for run in part]
     )
@@ -337,13 +337,13 @@ def _gradients(runs: EdgeRuns, part: list[_GradientRun], *, fast: bool) -> dict[
             copies, absent=absent.to(model.device), grads=True, first_input=first, fast=fast
         )
         hooked = edge_hooks(model, plan)
-    tokens = pairs.clean.repeat(copies, 1).to(model.device)
+    answers, wrong = hooks.stacked(pairs.answers, copies), hooks.stacked(pairs.wrong, copies)
     with torch.enable_grad(), hooked as record:
-        logits = hooks.final_logits(model, tokens).float()
-        diff = metrics.logit_diff(logits, pairs.answers.repeat(copies), pairs.wrong.repeat(copies))
+        logits = hooks.forward(model, pairs.clean_run, copies=copies).float()
+        diff = metrics.logit_diff(logits, answers, wrong)
         # Gradients with respect to the input only: no weight gradients are computed (a plain
         # backward would spend about one more forward on them), and the receivers' taps still fire.
-        torch.autograd.grad(diff.view(copies, batch).mean(1).sum(), leaf)
+        torch.autograd.grad(hooks.per_copy(diff, copies).mean(1).sum(), leaf)
     return record.grads
 
 

@@ -1,15 +1,19 @@
-"""Hooks: the only code that attaches to a model. Read activations at sites, or overwrite them.
+"""Hooks: the only code that runs or attaches to a model: read activations at sites, or write them.
 
 `capture` runs one forward and returns each site's activation; `patch` is a context manager
 under which every forward has the given values written into their sites. Both attach only for
 their own duration and remove exactly what they attached, on success and on error. Attention
 probabilities (`pattern`) are not a module's input or output, so for them the model's attention
 function is swapped for an eager one that exposes them, and swapped back afterwards.
-No module outside this package registers hooks (a test scans the tree).
+No module outside `attach.py` registers hooks, and none outside `forward.py` runs the model
+(tests scan the tree).
 
-This file is the public surface of node sites. Below it: `taps.py` (what a hook does with what it
-sees: read, write, or read with the gradient), `layout.py` (where a site sits in that tensor),
-`attach.py` (where each site kind lives on the model, and the torch hooks), `attention.py` (the
+This file is the public surface of node sites. Below it: `forward.py` (`forward`, the one
+function that runs the model: taps, stacked copies, a layer to resume from), `recorded.py` (the
+runs a resumed forward replays), `stack.py` (the row order of stacked copies), `taps.py` (what a
+hook does with what it sees: read, write, or read with the gradient), `layout.py` (where a site
+sits in that tensor), `placement.py` (where each site kind lives on the model), `attach.py` (the
+hooks themselves, registered and removed), `attention.py` (the
 temporary eager attention for pattern sites and `attention_inputs`), `linear.py` (a projection's
 matrix and its rows per head). Edge circuits have taps of their own: `edges.py` (receivers'
 inputs, senders' outputs), `edge_gradients.py` (receiver gradients from one ordinary backward)
@@ -20,18 +24,31 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
+from transformers import DynamicCache
 
 from actpatch import deprecation
-from actpatch.hooks import attach, attention, features
+from actpatch.hooks import attach, attention, features, placement
 from actpatch.hooks.attention import PATTERN_ATTENTION, eager_attention
 from actpatch.hooks.errors import PatchNotApplied, PatchShapeError
-from actpatch.hooks.forward import add_to_input, final_logits, last_logits, resid_post_only
+from actpatch.hooks.forward import (
+    Recorded,
+    add_to_input,
+    final_logits,
+    forward,
+    head_device,
+    last_logits,
+    last_mlp_at_final_position,
+    layer_devices,
+    resid_post_only,
+)
 from actpatch.hooks.layout import NamedPositions, normalised
+from actpatch.hooks.recorded import Recording, Recordings, layer_inputs, record, recording
+from actpatch.hooks.stack import copy_rows, per_copy, stacked
 from actpatch.hooks.taps import GradTap, ReadTap, Write, WriteTap
 from actpatch.metrics import NonFiniteError
 from actpatch.models.model import Model, check_token_tensor
@@ -43,6 +60,9 @@ __all__ = [
     "GradientDrop",
     "PatchNotApplied",
     "PatchShapeError",
+    "Recorded",
+    "Recording",
+    "Recordings",
     "Watched",
     "add_to_input",
     "attached_hooks",
@@ -52,12 +72,19 @@ __all__ = [
     "drop_gradients",
     "eager_attention",
     "final_logits",
+    "forward",
+    "head_device",
     "last_logits",
     "last_mlp_at_final_position",
+    "layer_devices",
     "layer_inputs",
     "patch",
     "patch_copies",
+    "per_copy",
+    "record",
+    "recording",
     "resid_post_only",
+    "stacked",
     "watch",
 ]
 
@@ -89,11 +116,11 @@ def capture_with_logits(
     sites: Sequence[SiteLike],
     *,
     named_positions: NamedPositions | None = None,
-    forward: Mapping[str, Any] | None = None,
+    cache: DynamicCache | None = None,
 ) -> tuple[dict[Site, Tensor], Tensor]:
     """`capture`, and the same forward's final-position logits (batch, vocab) in float32: a run
-    whose logits are needed anyway (a baseline) gives its activations for free. `forward`: more
-    keyword arguments for the model's forward (a cache for it to fill; default no cache)."""
+    whose logits are needed anyway (a baseline) gives its activations for free. `cache`: a cache
+    for the forward to fill (`recorded.recording`; default none)."""
     run = tokens if isinstance(tokens, Run) else Run(tokens)
     check_token_tensor(run.tokens)
     wanted = _sites(sites)
@@ -107,8 +134,8 @@ def capture_with_logits(
     ]
     feature_sites = [site for site in wanted if features.is_feature(site)]
     readers += features.readers(model, feature_sites, named, store)
-    with add_to_input(model, run.noise), attach.attached(model, readers), torch.no_grad():
-        logits = final_logits(model, run.tokens, **(forward or {})).float()
+    with torch.no_grad():
+        logits = forward(model, run, taps=[placement.attached(model, readers)], cache=cache).float()
     if missing := [s for s in wanted if s not in store]:
         raise PatchNotApplied(missing)
     return store, logits
@@ -149,19 +176,16 @@ def patch_copies(
     model: Model,
     copies: Sequence[Mapping[SiteLike, Tensor]],
     *,
-    copies_at: Sequence[int] | None = None,
     named_positions: NamedPositions | None = None,
 ) -> Iterator[None]:
     """Patch k stacked copies of a run at once, each with its own values.
 
-    The batch is prompt-major, as `Tensor.repeat_interleave` lays it out: with m copies present
-    when copy i's site runs, its rows are i, i + m, i + 2m, ... (prompts in their original order).
-    `copies_at[i]` is that m (default: all k copies, the whole way through)."""
-    k = len(copies)
-    strides = list(copies_at) if copies_at is not None else [k] * k
+    The batch is copy-major (`stack.py`): copy i's rows are i·batch … (i+1)·batch − 1, where
+    `batch` is its values' first dimension, whatever copies are stacked after it. A single copy
+    is the whole batch."""
     fired: Counter[tuple[int, Site]] = Counter()
     writes = [
-        Write(site, value, slice(i, None, strides[i]), i)
+        Write(site, value, copy_rows(i, len(value)) if len(copies) > 1 else slice(None), i)
         for i, values in enumerate(copies)
         for site, value in _keyed(values).items()
     ]
@@ -173,41 +197,10 @@ def patch_copies(
     ]
     feature_writes = [write for write in writes if features.is_feature(write.site)]
     writers += features.writers(model, feature_writes, named_positions or {}, fired)
-    with attach.attached(model, writers):
+    with placement.attached(model, writers):
         yield
     if missing := [write.site for write in writes if not fired[(write.copy, write.site)]]:
         raise PatchNotApplied(missing)
-
-
-@contextmanager
-def last_mlp_at_final_position(model: Model) -> Iterator[None]:
-    """Under the block the last decoder layer's MLP runs at the final position only (its output
-    elsewhere is 0): for forwards that read nothing but the final-position logits, where its
-    output at other positions reaches nothing. Not with sites in that MLP at other positions."""
-    from types import SimpleNamespace
-
-    from actpatch.hooks.edges import final_position_only, registered
-
-    found = final_position_only(model.submodule(model.dims.n_layers - 1, model.arch.mlp))
-    with registered(SimpleNamespace(registrations=lambda: found)):
-        yield
-
-
-@contextmanager
-def layer_inputs(model: Model) -> Iterator[list[tuple[tuple, dict]]]:
-    """Record the (args, kwargs) each decoder layer is called with during the block.
-
-    Engines that resume a forward at layer l call the real layers with these arguments
-    (attention masks, position embeddings, caches) instead of rebuilding them."""
-    calls: list[tuple[tuple, dict]] = []
-    with ExitStack() as stack:
-        for index in range(model.dims.n_layers):
-            stack.enter_context(
-                attach.call_hook(
-                    model.layer(index), lambda args, kwargs: calls.append((args, dict(kwargs)))
-                )
-            )
-        yield calls
 
 
 class Watched:
@@ -243,7 +236,7 @@ def watch(
     watchers += features.watchers(
         model, feature_sites, named_positions or {}, watched.values, watched.grads
     )
-    with attach.attached(model, watchers):
+    with placement.attached(model, watchers):
         yield watched
     if missing := [s for s in wanted if s not in watched.values]:
         raise PatchNotApplied(missing)
@@ -265,8 +258,8 @@ def drop_gradients(model: Model) -> Iterator[GradientDrop]:
     def gate(layer: int):
         def tap(output: Tensor) -> None:
             if output.requires_grad:
-                output.register_hook(
-                    lambda grad: torch.zeros_like(grad) if control.layer == layer else None
+                attach.on_gradient(
+                    output, lambda grad: torch.zeros_like(grad) if control.layer == layer else None
                 )
 
         return tap
@@ -276,7 +269,7 @@ def drop_gradients(model: Model) -> Iterator[GradientDrop]:
         for layer in range(model.dims.n_layers)
         for kind in ("attn_out", "mlp_out")
     ]
-    with attach.attached(model, gates):
+    with placement.attached(model, gates):
         yield control
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from actpatch.hooks.attach import registry_entry
 from actpatch.models.arch import UnsupportedArchitecture
 from actpatch.models.model import Model
 
@@ -136,8 +137,10 @@ def eager_attention(model: Model) -> Iterator[EagerAttention]:
     )
     with ExitStack() as stack:
         # Exits run last-in first-out: the model leaves our attention before our name is unregistered.
-        stack.enter_context(_registered(AttentionInterface, call.forward))
-        stack.enter_context(_registered(type(ALL_MASK_ATTENTION_FUNCTIONS), eager_mask))
+        stack.enter_context(registry_entry(AttentionInterface, PATTERN_ATTENTION, call.forward))
+        stack.enter_context(
+            registry_entry(type(ALL_MASK_ATTENTION_FUNCTIONS), PATTERN_ATTENTION, eager_mask)
+        )
         model.hf.set_attn_implementation(PATTERN_ATTENTION)
         stack.callback(model.hf.set_attn_implementation, previous)
         yield call
@@ -197,20 +200,3 @@ def _family_eager(model: Model) -> dict[nn.Module, Callable]:
             by_class[cls] = function
         eager[module] = by_class[cls]
     return eager
-
-
-@contextmanager
-def _registered(interface: type, function: Callable) -> Iterator[None]:
-    """Register `function` under our name with a transformers registry class, and put back on exit
-    exactly what it held under that name before. `register` writes the class-wide
-    `_global_mapping` (transformers.utils.generic.GeneralInterface), so that is what we restore."""
-    mapping = interface._global_mapping
-    had, before = PATTERN_ATTENTION in mapping, mapping.get(PATTERN_ATTENTION)
-    interface.register(PATTERN_ATTENTION, function)
-    try:
-        yield
-    finally:
-        if had:
-            interface._global_mapping[PATTERN_ATTENTION] = before
-        else:
-            interface._global_mapping.pop(PATTERN_ATTENTION, None)

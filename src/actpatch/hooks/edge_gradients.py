@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from actpatch.hooks.edges import EdgePlan, EdgeRecord, final_position_only, registered
+from actpatch.hooks import attach
+from actpatch.hooks.edges import EdgePlan, EdgeRecord, receiver_norm, repeated_call, trimmed
 from actpatch.hooks.layout import canonical
 from actpatch.hooks.linear import head_rows, linear_map
 from actpatch.models.model import Model
@@ -36,7 +36,7 @@ def receiver_gradients(model: Model, plan: EdgePlan) -> Iterator[EdgeRecord]:
     taken from its own copy), the projections themselves run once, on the real rows, and are
     repeated. Filled in when the block exits; `record.grads` as under `edge_hooks`."""
     taps = _GradTaps(model, plan)
-    with registered(taps):
+    with attach.registered(taps.registrations()):
         yield taps.record
     taps.finish()
 
@@ -49,7 +49,6 @@ class _GradTaps:
             )
         self.model, self.plan, self.record, self.dims = model, plan, EdgeRecord(), model.dims
         self.group = self.dims.n_heads // self.dims.n_kv_heads
-        self.rows: int | None = None
         self.norm_inputs: dict[
             int, Tensor
         ] = {}  # layer -> what attention's input norm read (rows, pos, d_model)
@@ -60,20 +59,20 @@ class _GradTaps:
             tuple[int, str], Tensor
         ] = {}  # (layer, q/k/v) -> (head, batch, pos, d_model) gradients
 
-    def registrations(self) -> list[tuple[nn.Module, Any, str]]:
+    def registrations(self) -> list[attach.Registration]:
         model, arch = self.model, self.model.arch
         attention_path = arch.o_proj.rsplit(".", 1)[0]
         found = [(model.layer(0), self._first_input, "pre")]
         for stage_index, stage in enumerate(self.plan.stages):
             layer = stage.layer
+            receiver = (
+                self._norm_input(stage_index, layer)
+                if stage.kind == "attn"
+                else self._single_input(stage_index)
+            )
+            found.append((receiver_norm(model, self.plan, stage), receiver, "pre"))
+            found += trimmed(model, self.plan, stage)
             if stage.kind == "attn":
-                found.append(
-                    (
-                        model.submodule(layer, self.plan.attn_in_norm),
-                        self._norm_input(stage_index, layer),
-                        "pre",
-                    )
-                )
                 if self.group > 1:
                     found.append(
                         (model.submodule(layer, attention_path), self._expand_arguments, "pre")
@@ -84,24 +83,10 @@ class _GradTaps:
                     projection = model.submodule(layer, path)
                     found.append((projection, self._detached_input(layer, which), "pre"))
                     found.append((projection, self._projection_output(layer, which), "out"))
-            else:
-                module = (
-                    model.submodule(layer, model.arch.mlp_in_norm)
-                    if stage.kind == "mlp"
-                    else model.hf.get_submodule(arch.final_norm)
-                )
-                found.append((module, self._single_input(stage_index), "pre"))
-                if (
-                    stage.kind == "mlp"
-                    and self.plan.final_position_only
-                    and layer == self.dims.n_layers - 1
-                ):
-                    found += final_position_only(model.submodule(layer, arch.mlp))
         return found
 
     def _first_input(self, module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        self.rows = hidden.shape[0]
         replaced = (
             self.plan.first_input.to(hidden.dtype)
             if self.plan.first_input is not None
@@ -139,34 +124,13 @@ class _GradTaps:
                     grad.unflatten(0, (self.plan.copies, -1)).sum(0).unsqueeze(-2)
                 )
 
-            mine.register_hook(keep)
+            attach.on_gradient(mine, keep)
             return (mine, *args[1:]), kwargs
 
         return hook
 
     def _expand_arguments(self, attention, args, kwargs):
-        group, rows = self.group, self.rows
-
-        def expand(value):  # per-row tensors only: a batch-1 mask broadcasts as it is
-            if (
-                isinstance(value, Tensor)
-                and value.ndim >= 2
-                and value.shape[0] == rows
-                and rows > 1
-            ):
-                return value.repeat_interleave(group, dim=0)
-            if isinstance(value, tuple):
-                return tuple(expand(v) for v in value)
-            return value
-
-        if args:
-            return (args[0].repeat_interleave(group, dim=0), *(expand(a) for a in args[1:])), {
-                k: expand(v) for k, v in kwargs.items()
-            }
-        return args, {
-            k: (v.repeat_interleave(group, dim=0) if k == "hidden_states" else expand(v))
-            for k, v in kwargs.items()
-        }
+        return repeated_call(args, kwargs, self.group)
 
     def _detached_input(self, layer: int, which: int):
         def hook(projection, args, kwargs):

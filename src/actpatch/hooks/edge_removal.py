@@ -4,21 +4,22 @@ hooks of exact edge scores (`graph/exact.py`). Only the removed edge's receiver 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from actpatch.hooks import attach
 from actpatch.hooks.layout import canonical
+from actpatch.hooks.stack import stacked
 from actpatch.models.model import Model
 
 
 @dataclass
 class Removal:
     """Copies of the clean run, each with one edge into one stage (`layer`, `kind`) removed, stacked
-    prompt-major (copy c of prompt b is row b·copies + c, as `Tensor.repeat_interleave` lays out)."""
+    copy-major (copy c of prompt b is row c·batch + b, `stack.py`)."""
 
     layer: int
     kind: str  # "attn" or "mlp"
@@ -45,7 +46,7 @@ def removed_edges(model: Model, removal: Removal) -> Iterator[None]:
     arch, dims = model.arch, model.dims
     copies = len(removal.receivers)
     layer = removal.layer
-    found: list[tuple[nn.Module, Any, str]] = []
+    found: list[attach.Registration] = []
     if removal.kind == "mlp":
 
         def minus_delta(norm, args, kwargs):
@@ -74,8 +75,8 @@ def removed_edges(model: Model, removal: Removal) -> Iterator[None]:
                     kind = "qkv"[w]
                     units = head[mine] if kind == "q" else head[mine] // group
                     batch = output.shape[0] // copies
-                    rows = (torch.arange(batch)[:, None] * copies + mine[None, :]).flatten()
-                    unit = units.repeat(batch)
+                    rows = (mine[:, None] * batch + torch.arange(batch)[None, :]).flatten()
+                    unit = units.repeat_interleave(batch)
                     view, new = canonical(kind, model, output), canonical(kind, model, again)
                     view[rows, :, unit] = new[rows, :, unit]
                 return output
@@ -92,20 +93,12 @@ def removed_edges(model: Model, removal: Removal) -> Iterator[None]:
         def other_heads_clean(o_proj, args, kwargs):
             z = args[0]
             own = z.view(*z.shape[:2], heads, -1)
-            clean = removal.clean_z.to(z.dtype).repeat_interleave(copies, dim=0).clone()
-            batch = z.shape[0] // copies
-            rows = (torch.arange(batch)[:, None] * copies + torch.arange(copies)[None, :]).flatten()
-            unit = head.repeat(batch)
+            clean = stacked(removal.clean_z.to(z.dtype), copies).clone()
+            rows = torch.arange(len(clean))  # copy c's rows read head[c]
+            unit = head.repeat_interleave(len(clean) // copies)
             clean[rows, :, unit] = own[rows, :, unit]
             return (clean.reshape(z.shape), *args[1:]), kwargs
 
         found.append((model.submodule(layer, arch.o_proj), other_heads_clean, "pre"))
-    with ExitStack() as stack:
-        for module, hook, kind in found:
-            handle = (
-                module.register_forward_pre_hook(hook, with_kwargs=True)
-                if kind == "pre"
-                else module.register_forward_hook(hook)
-            )
-            stack.callback(handle.remove)
+    with attach.registered(found):
         yield

@@ -22,16 +22,15 @@ v inputs swapped in at the k and v projections (or spliced into a fused projecti
 attention's other arguments are expanded alike, and at o_proj head h's z is taken from copy h.
 Under grouped-query attention each query head thus gets keys and values from its own input.
 
-Rows are copy-major: with `copies` circuits of `batch` prompts, row c·batch + b. Hooks are
-attached only inside this package (see `hooks/__init__.py`); every handle here is removed on exit,
-error or not.
+Rows are copy-major (`stack.py`): with `copies` circuits of `batch` prompts, row c·batch + b. The hooks are
+registered through `attach.registered`, and every one is removed on exit, error or not.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -39,6 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from actpatch.hooks import attach
+from actpatch.hooks.forward import final_position_only
 from actpatch.hooks.layout import canonical
 from actpatch.hooks.linear import bias_of, head_rows, linear_map
 from actpatch.models.model import Model
@@ -89,7 +90,7 @@ class EdgeRecord:
 def edge_hooks(model: Model, plan: EdgePlan) -> Iterator[EdgeRecord]:
     """Attach the edge taps for the block's forwards; yields what they record; always unhooks."""
     taps = _Taps(model, plan)
-    with registered(taps):
+    with attach.registered(taps.registrations()):
         yield taps.record
 
 
@@ -122,20 +123,20 @@ class _Taps:
         # Gemma 3: attention's output passes a norm before it is added, so `attn` is not o_proj's parent
         self.post_norm = model.arch.attn != model.arch.o_proj.rsplit(".", 1)[0]
 
-    def registrations(self) -> list[tuple[nn.Module, Any, str]]:
+    def registrations(self) -> list[attach.Registration]:
         model, arch = self.model, self.model.arch
         attention_path = arch.o_proj.rsplit(".", 1)[0]
         found = [(model.layer(0), self._first_input, "pre")]
         for stage_index, stage in enumerate(self.plan.stages):
             layer = stage.layer
+            receiver = (
+                self._attn_inputs(stage_index, stage)
+                if stage.kind == "attn"
+                else self._single_input(stage_index, stage)
+            )
+            found.append((receiver_norm(model, self.plan, stage), receiver, "pre"))
+            found += trimmed(model, self.plan, stage)
             if stage.kind == "attn":
-                found.append(
-                    (
-                        model.submodule(layer, self.plan.attn_in_norm),
-                        self._attn_inputs(stage_index, stage),
-                        "pre",
-                    )
-                )
                 found.append(
                     (model.submodule(layer, attention_path), self._expand_arguments(layer), "pre")
                 )
@@ -169,24 +170,7 @@ class _Taps:
                 if self.post_norm:
                     found.append((model.submodule(layer, arch.attn), self._post_norm(stage), "out"))
             elif stage.kind == "mlp":
-                found.append(
-                    (
-                        model.submodule(layer, arch.mlp_in_norm),
-                        self._single_input(stage_index, stage),
-                        "pre",
-                    )
-                )
-                if self.plan.final_position_only and layer == self.dims.n_layers - 1:
-                    found += final_position_only(model.submodule(layer, arch.mlp))
                 found.append((model.submodule(layer, arch.mlp), self._mlp_output(stage), "out"))
-            else:
-                found.append(
-                    (
-                        model.hf.get_submodule(arch.final_norm),
-                        self._single_input(stage_index, stage),
-                        "pre",
-                    )
-                )
         return found
 
     # --- senders ---------------------------------------------------------------------------
@@ -347,7 +331,7 @@ class _Taps:
                     total if stage_index not in record.grads else record.grads[stage_index] + total
                 )
 
-            inputs.register_hook(keep)
+            attach.on_gradient(inputs, keep)
         return inputs, differ
 
     def _delta(self, sender: int) -> Tensor:
@@ -435,23 +419,9 @@ class _Taps:
             mode = self.per_head.get(layer)
             if mode is None or (mode == "project" and self.group == 1):
                 return None
-            hidden = args[0] if args else kwargs["hidden_states"]
             if mode == "project":  # H/KV copies of every row, the hidden states included
-                group = self.group
-                expand = partial(_repeat_rows, rows=hidden.shape[0], times=group)
-                if args:
-                    return (
-                        hidden.repeat_interleave(group, dim=0),
-                        *(expand(a) for a in args[1:]),
-                    ), {k: expand(v) for k, v in kwargs.items()}
-                return args, {
-                    k: (
-                        hidden.repeat_interleave(group, dim=0)
-                        if k == "hidden_states"
-                        else expand(v)
-                    )
-                    for k, v in kwargs.items()
-                }
+                return repeated_call(args, kwargs, self.group)
+            hidden = args[0] if args else kwargs["hidden_states"]
             expand = partial(_repeat_rows, rows=hidden.shape[0] // heads, times=heads)
             new_kwargs = {k: (v if k == "hidden_states" else expand(v)) for k, v in kwargs.items()}
             return ((args[0], *(expand(a) for a in args[1:])) if args else args), new_kwargs
@@ -573,36 +543,34 @@ def _fixed_scale(norm: nn.Module, normed_input: Tensor) -> Tensor:
     return (torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain).to(normed_input.dtype)
 
 
-def final_position_only(mlp: nn.Module) -> list[tuple[nn.Module, Any, str]]:
-    """Hooks that run `mlp` (which acts on each position alone) at the final position only and
-    return its output there, zeros elsewhere: the last layer's MLP output at other positions
-    reaches nothing the final-position logits (or their gradients) depend on."""
-    shapes: list[torch.Size] = []
-
-    def first(module, args, kwargs):
-        shapes.append(args[0].shape)
-        return (args[0][:, -1:], *args[1:]), kwargs
-
-    def padded(module, args, output):
-        last = output[0] if isinstance(output, tuple) else output
-        full = last.new_zeros(*shapes.pop()[:2], last.shape[-1])
-        full[:, -1:] = last
-        return (full, *output[1:]) if isinstance(output, tuple) else full
-
-    return [(mlp, first, "pre"), (mlp, padded, "out")]
+def receiver_norm(model: Model, plan: EdgePlan, stage) -> nn.Module:
+    """The norm whose input a stage's receivers read: attention's input norm, the MLP's input
+    norm, or the final norm (logits)."""
+    if stage.kind == "attn":
+        return model.submodule(stage.layer, plan.attn_in_norm)
+    if stage.kind == "mlp":
+        return model.submodule(stage.layer, model.arch.mlp_in_norm)
+    return model.hf.get_submodule(model.arch.final_norm)
 
 
-@contextmanager
-def registered(taps) -> Iterator[None]:
-    """Register every hook `taps.registrations()` lists for the block; remove exactly those after it."""
-    with ExitStack() as stack:
-        for module, hook, kind in taps.registrations():
-            if kind == "pre":
-                handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-            else:
-                handle = module.register_forward_hook(hook)
-            stack.callback(handle.remove)
-        yield
+def trimmed(model: Model, plan: EdgePlan, stage) -> list[attach.Registration]:
+    """The last layer's MLP run at the final position only, where the plan asks for it
+    (`EdgePlan.final_position_only`) and `stage` is that MLP; else nothing. Registered after the
+    stage's receiver, so that the MLP's output, padded back to every position, is what is recorded."""
+    last = stage.kind == "mlp" and stage.layer == model.dims.n_layers - 1
+    if not (last and plan.final_position_only):
+        return []
+    return final_position_only(model.submodule(stage.layer, model.arch.mlp))
+
+
+def repeated_call(args: tuple, kwargs: dict, times: int) -> tuple[tuple, dict]:
+    """A module call's (args, kwargs) with each row of its hidden states, and of every per-row
+    tensor beside them, repeated `times` times, row by row (row n·times + j is copy j of row n)."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    expand = partial(_repeat_rows, rows=hidden.shape[0], times=times)
+    repeated = hidden.repeat_interleave(times, dim=0)
+    new_kwargs = {k: repeated if k == "hidden_states" else expand(v) for k, v in kwargs.items()}
+    return ((repeated, *(expand(a) for a in args[1:])) if args else args), new_kwargs
 
 
 def _repeat_rows(value: Any, rows: int, times: int) -> Any:

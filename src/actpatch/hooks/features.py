@@ -18,6 +18,7 @@ from typing import Any
 from torch import Tensor
 
 from actpatch.basis import error_of
+from actpatch.hooks import attach
 from actpatch.hooks.layout import NamedPositions, index
 from actpatch.hooks.taps import Write, check_shape
 from actpatch.models.model import Model
@@ -133,7 +134,7 @@ class FeatureTap:
                 raise RuntimeError(
                     "watch() needs a forward with gradients enabled from the inputs on"
                 )
-            raw.register_hook(self._on_grad)
+            attach.on_gradient(raw, self._on_grad)
         if not self.writes:
             return None
         moved = raw.clone()

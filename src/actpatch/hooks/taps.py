@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from actpatch.hooks import attach
 from actpatch.hooks.errors import PatchShapeError
 from actpatch.hooks.layout import NamedPositions, canonical, index
 from actpatch.models.model import Model
@@ -119,7 +120,7 @@ class GradTap:
             for site, where in indices:
                 self.grads[site] = grad_view[where].detach().clone()
 
-        raw.register_hook(on_grad)
+        attach.on_gradient(raw, on_grad)
         return None
 
 
