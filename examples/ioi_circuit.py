@@ -1,11 +1,12 @@
 """An IOI circuit in SmolLM2-135M-Instruct: found from a head sweep, then questioned.
 
+1-4 in one call, `ap.find_circuit` (as `actpatch circuit` runs them):
 1. sweep every head (denoising, every position at once) and rank the heads by effect;
 2. grow circuits of the top-k heads and measure each (the Pareto frontier; MLPs and embeddings
    run untouched, every head outside the circuit takes its corrupt-run value);
 3. take the smallest circuit recovering 80% of the clean−corrupt logit difference;
 4. remove each member alone (minimality: passengers cost nothing);
-5. knock out each of the top heads and re-measure the heads after it (backup behaviour).
+then 5. knock out each of the top heads and re-measure the heads after it (backup behaviour).
 The frontier is saved as an HTML figure when plotly is installed.
 
     python examples/ioi_circuit.py                 # about 11 minutes on 2 busy CPU cores
@@ -34,14 +35,14 @@ def main() -> None:
     pairs = ap.ioi_pairs(model, n=args.prompts)
     print(f"{len(pairs)} IOI prompts, e.g. {pairs.clean_text[0]!r} -> {model.token_strings(pairs.answers[:1])[0]!r}")
 
-    sweep = ap.sweep(model, pairs, "head")
-    ranked = ap.circuits.ranking(sweep)
+    found = ap.find_circuit(model, pairs, "head", recovery=args.recovery, max_size=args.max_size)
+    print(found)
+    sweep, frontier = found.ranked_by, found.frontier
     effects = sweep.sel(metric="norm_logit_diff")
     print("\nStrongest heads (denoising one head, normalised logit difference):")
-    for head in ranked[:10]:
+    for head in ap.circuits.ranking(sweep)[:10]:
         print(f"  {head}  {effects.sel(layer=head.layer, head=head.head).item():+.3f}")
 
-    frontier = ap.pareto_frontier(model, pairs, sweep, sizes=range(min(args.max_size, len(ranked)) + 1))
     curve = frontier.sel(metric="norm_logit_diff")
     print("\nPareto frontier: the top-k heads intact, every other head at its corrupt value:")
     print(pd.DataFrame({"added": curve["component"].values, "norm_logit_diff": curve.values.round(3)},
@@ -51,12 +52,11 @@ def main() -> None:
         reached = "not reached" if circuit is None else f"{len(circuit)} heads"
         print(f"smallest circuit recovering {recovery:.0%} (sizes up to {args.max_size}): {reached}")
 
-    circuit = ap.smallest_circuit(frontier, args.recovery)
-    if circuit is None:
+    if found.circuit is None:
         print("no circuit reaches that recovery within --max-size; raise it to go on")
         return
-    table = ap.minimality(model, pairs, circuit)
-    print(f"\nMinimality of the {len(circuit)}-head circuit (it scores {table.attrs['circuit_score']:.3f}; "
+    table = found.minimality
+    print(f"\nMinimality of the {len(found.circuit)}-head circuit (it scores {table.attrs['circuit_score']:.3f}; "
           f"passenger: removing it costs < {table.attrs['threshold']}):")
     print(table.round(3).to_string())
 

@@ -310,6 +310,28 @@ BAD_INPUTS = {
         ValueError,
         r"unknown metric 'nope'; choose one of",
     ),
+    "find_circuit recovery above 1": (
+        lambda c: ap.find_circuit(c.m, c.p, recovery=80),
+        ValueError,
+        r"recovery must be a share of the behaviour in \(0, 1\], got 80",
+    ),
+    "find_circuit max_size 0": (
+        lambda c: ap.find_circuit(c.m, c.p, max_size=0),
+        ValueError,
+        "max_size must be at least 1",
+    ),
+    "find_circuit ranked_by and sweep keywords": (
+        lambda c: ap.find_circuit(
+            c.m, c.p, ranked_by=[ap.Site("head", 0, head=0)], sweep={"positions": "all"}
+        ),
+        ValueError,
+        "sweep= sets up the ranking sweep, which ranked_by= replaces: pass one",
+    ),
+    "find_circuit keyword unknown": (
+        lambda c: ap.find_circuit(c.m, c.p, n_resamples=10),
+        TypeError,
+        "find_circuit\\(\\) got an unexpected keyword argument 'n_resamples'",
+    ),
     # --- path patching -----------------------------------------------------------------------
     "path receiver read before the sender": (
         lambda c: ap.patch_paths(c.m, c.p, ap.Site("head", 1, head=0), [ap.Site("q", 0, head=0)]),

@@ -223,6 +223,60 @@ def test_a_noising_frontier_knocks_the_top_components_out():
     )
 
 
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_find_circuit_is_the_sweep_frontier_smallest_and_minimality_it_names(direction):
+    model, pairs = tiny_task("llama")
+    found = ap.find_circuit(model, pairs, "head", direction=direction, recovery=0.5, max_size=6)
+    sweep = ap.sweep(model, pairs, "head", direction=direction)
+    frontier = ap.pareto_frontier(model, pairs, sweep, direction=direction, sizes=range(7))
+    circuit = ap.smallest_circuit(frontier, 0.5)
+    assert circuit is not None and found.circuit == circuit
+    xr.testing.assert_equal(found.ranked_by.drop_attrs(), sweep.drop_attrs())
+    xr.testing.assert_equal(found.frontier.drop_attrs(), frontier.drop_attrs())
+    table = ap.minimality(model, pairs, circuit, direction=direction)
+    pd.testing.assert_frame_equal(found.minimality, table)
+    assert found.passengers == [c for c in table.index if table.loc[c, "passenger"]]
+    assert found.attrs["circuit"] == [str(c) for c in circuit]
+    assert found.attrs["max_size"] == 6 and found.attrs["direction"] == direction
+    assert set(found.attrs["self_checks"]) >= {
+        "sweep: noop_patch_error",
+        "pareto_frontier: noop_patch_error",
+        "minimality: noop_patch_error",
+    }
+    line = repr(found)
+    assert "\n" not in line and line.startswith(f"CircuitSearch({len(circuit)} components ")
+    assert f"{table.attrs['circuit_score']:.3f}" in line and direction in line
+
+
+def test_find_circuit_ranks_what_it_is_given_and_says_when_nothing_is_enough():
+    model, pairs = tiny_task("llama")
+    estimate = ap.attribute(model, pairs, "head")
+    found = ap.find_circuit(model, pairs, ranked_by=estimate, recovery=0.5)
+    assert found.ranked_by is estimate and found.attrs["ranked_by"] == "attribute"
+    assert found.frontier.attrs["ranking"] == [str(s) for s in ap.circuits.ranking(estimate)]
+    # One component recovering everything: on this model no single head does.
+    none = ap.find_circuit(model, pairs, recovery=1.0, max_size=1, sweep={"positions": "all"})
+    assert none.circuit is None and none.minimality is None and none.passengers == []
+    assert none.frontier.sizes["size"] == 2
+    assert repr(none).startswith("CircuitSearch(no circuit of up to 1 components recovers 1;")
+
+
+def test_find_circuit_passes_intervals_to_every_step(ten_prompts):
+    model, pairs = ten_prompts
+    heads = [ap.Site("head", 0, head=h) for h in range(4)] + [ap.Site("head", 1, head=0)]
+    bootstrap = dict(ci=ap.Bootstrap(0.8, n_boot=6, seed=3))
+    found = ap.find_circuit(model, pairs, ranked_by=heads, recovery=0.3, **bootstrap)
+    xr.testing.assert_equal(
+        found.frontier.drop_attrs(),
+        ap.pareto_frontier(model, pairs, heads, **bootstrap).drop_attrs(),
+    )
+    assert found.circuit is not None
+    pd.testing.assert_frame_equal(
+        found.minimality, ap.minimality(model, pairs, found.circuit, **bootstrap)
+    )
+    assert found.attrs["interval"]["n_boot"] == 6
+
+
 def test_the_frontier_plot_is_a_plotly_figure():
     plotly = pytest.importorskip(
         "plotly"

@@ -7,7 +7,9 @@ import importlib
 import logging
 import re
 
+import pandas as pd
 import pytest
+import xarray as xr
 
 import actpatch as ap
 from actpatch import model_checks
@@ -15,6 +17,7 @@ from actpatch.cli import common
 from actpatch.model_checks import Check
 from actpatch.models.arch import ARCHS
 from actpatch.sites import SITE_KINDS
+from actpatch.tasks.ioi import CLASSIC
 from command_line import run, run_tiny_ioi
 
 
@@ -317,6 +320,27 @@ def test_circuit_prints_frontier_and_minimality_and_reports_the_curve(tiny_folde
         and "Minimality of the" in page
     )
     assert (tmp_path / "ioi_head_denoise_circuit_minimality.csv").exists()
+
+
+def test_circuit_prints_and_writes_what_find_circuit_finds(tiny_folder, tmp_path):
+    """The command and the library call on the same tiny task: the same sweep, frontier, circuit
+    and minimality table (seed 2 and --no-check-baseline as in the test above)."""
+    result = run_tiny_ioi(
+        ("circuit",), tiny_folder, tmp_path, "--seed", "2", "--recovery", "0.5", "--max-size", "3"
+    )
+    assert result.exit_code == 0, result.output
+    model = ap.load_model(tiny_folder)
+    pairs = ap.tasks.ioi(model, 4, seed=2, order="abba", templates=CLASSIC)
+    found = ap.find_circuit(model, pairs, "head", recovery=0.5, max_size=3, check_baseline=False)
+    swept = ap.load(tmp_path / "ioi_head_denoise_circuit.nc")
+    assert swept.attrs["clean_prompts"] == list(pairs.clean_text)  # the same prompts
+    xr.testing.assert_allclose(swept.drop_attrs(), found.ranked_by.drop_attrs(), atol=1e-6)
+    frontier = ap.load(tmp_path / "ioi_head_denoise_circuit_frontier.nc")
+    xr.testing.assert_allclose(frontier.drop_attrs(), found.frontier.drop_attrs(), atol=1e-6)
+    assert found.circuit is not None
+    assert f"{len(found.circuit)} components: {', '.join(map(str, found.circuit))}" in result.output
+    table = pd.read_csv(tmp_path / "ioi_head_denoise_circuit_minimality.csv", index_col=0)
+    pd.testing.assert_frame_equal(table, found.minimality, check_exact=False, atol=1e-6)
 
 
 def test_circuit_refuses_a_site_it_cannot_rank(tiny_folder, tmp_path):

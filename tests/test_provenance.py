@@ -55,6 +55,7 @@ ANALYSES = {  # the analysis: how to make its result
     "pareto_frontier": lambda model, pairs: ap.pareto_frontier(model, pairs, HEADS),
     "minimality": lambda model, pairs: ap.minimality(model, pairs, HEADS),
     "backup": lambda model, pairs: ap.backup(model, pairs, HEADS[1], candidates=HEADS[:1]),
+    "find_circuit": lambda model, pairs: ap.find_circuit(model, pairs, recovery=0.5, max_size=2),
     "edge_scores": _edge_scores,
     "edge_evaluate": lambda model, pairs: graph.evaluate(
         model, pairs, graph.top_edges(_edge_scores(model, pairs), n=5)

@@ -78,6 +78,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "backup": ("actpatch.circuits", "backup"),
     "backup_report": ("actpatch.circuits", "backup_report"),
     "evaluate_circuit": ("actpatch.circuits", "evaluate"),
+    "find_circuit": ("actpatch.circuits", "find_circuit"),
+    "CircuitSearch": ("actpatch.circuits", "CircuitSearch"),
     "label_directions": ("actpatch.circuits", "label_directions"),
     "minimality": ("actpatch.circuits", "minimality"),
     "pareto_frontier": ("actpatch.circuits", "pareto_frontier"),

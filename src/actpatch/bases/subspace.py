@@ -65,27 +65,24 @@ class Subspace:
 
     @property
     def reads(self) -> str:
+        """The site's kind: a subspace reads and writes the one site it lives in."""
         return self.site.kind
 
-    @property
-    def writes(self) -> str:
-        return self.site.kind
+    writes = reads
 
     @property
     def d_in(self) -> int:
+        """The site's width, read and written alike."""
         return self.U.shape[0]
 
-    @property
-    def d_out(self) -> int:
-        return self.U.shape[0]
-
-    @property
-    def n_latents(self) -> int:
-        return self.U.shape[1]
+    d_out = d_in
 
     @property
     def rank(self) -> int:
+        """The subspace's dimensions, U's columns; each is one latent of the basis."""
         return self.U.shape[1]
+
+    n_latents = rank
 
     def encode(self, x: Tensor) -> Tensor:
         return x @ self.U.to(device=x.device, dtype=x.dtype)

@@ -9,6 +9,7 @@
     plot.py         the frontier as a plotly figure (plotly imported only there)
     resume.py       patched runs resumed at their first patched layer (backup's fast path)
     stability.py    the circuit re-found on resampled prompts (circuit_stability)
+    search.py       find_circuit: sweep, frontier, smallest circuit, minimality in one call
     curve.py        faithfulness curves' areas (CPR, CMD) and intervals, shared with edge curves
     feature_nodes.py  feature circuits' nodes (dictionary latents, error nodes): scored, chosen, re-chosen
     feature_runs.py   feature circuits evaluated exactly, many stacked per forward
@@ -30,14 +31,17 @@ from actpatch.circuits.feature_runs import FeatureRuns, evaluate_feature_circuit
 from actpatch.circuits.frontier import pareto_frontier, ranking, reached_surely, smallest_circuit
 from actpatch.circuits.minimality import minimality
 from actpatch.circuits.plot import plot_frontier
+from actpatch.circuits.search import CircuitSearch, SearchOptions, find_circuit
 from actpatch.circuits.sensitivity import sensitivity_report
 from actpatch.circuits.stability import circuit_stability
 
 __all__ = [
     "EMBED",
+    "CircuitSearch",
     "FeatureCurveOptions",
     "FeatureRuns",
     "FeatureScores",
+    "SearchOptions",
     "backup",
     "backup_report",
     "circuit_stability",
@@ -47,6 +51,7 @@ __all__ = [
     "feature_circuit_stability",
     "feature_faithfulness_curve",
     "feature_scores",
+    "find_circuit",
     "label_directions",
     "minimality",
     "pareto_frontier",

@@ -27,7 +27,7 @@ from torch import Tensor
 from actpatch import hooks, metrics, results
 from actpatch.circuits.components import checked, default_universe, whole
 from actpatch.engine import checks, collect, sources
-from actpatch.engine.spec import ABLATIONS, DIRECTIONS, Direction
+from actpatch.engine.spec import DIRECTIONS, Direction
 from actpatch.engine.spec import Ablation as PlanAblation
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
@@ -91,14 +91,7 @@ class CircuitRuns:
         *,
         check_baseline: bool = True,
     ):
-        if ablation is not None and ablation not in ABLATIONS:
-            raise ValueError(
-                f"ablation must be one of {ABLATIONS} or None (the corrupt run's values), got {ablation!r}"
-            )
-        if ablation == "resample" and len(pairs) < 2:
-            raise ValueError(
-                "ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts"
-            )
+        sources.check_ablation(ablation, pairs, "the corrupt run's values")
         self.model, self.pairs, self.ablation = model, pairs, ablation
         self.self_checks: dict[str, float] = {}
         with torch.no_grad():
@@ -183,13 +176,7 @@ class Ablator(CircuitRuns):
         ci: bootstrap.Bootstrap | None = None,
     ) -> xr.DataArray:
         logits = self.logits(circuit, direction)
-        values = metrics.averaged(logits, self.base)
-        result = results.Result(
-            [values[m] for m in metrics.METRICS],
-            dims=["metric"],
-            coords={"metric": list(metrics.METRICS)},
-            name="circuit_performance",
-        )
+        result = performance(logits, self.base)
         if ci is not None:
             result = with_intervals(
                 result, self.replicates([self.prompt_rows(logits)], ci)[..., 0], ci
@@ -245,6 +232,18 @@ class Ablator(CircuitRuns):
         return at_positions(
             whole(component), self.off[whole(component)], [component.pos], self.pairs.positions
         )
+
+
+def performance(logits: Tensor, base: metrics.Baseline) -> xr.DataArray:
+    """A circuit's performance: every metric of its run's final-position `logits`, averaged over
+    the prompts, on a `metric` dimension (node and edge circuits alike)."""
+    values = metrics.averaged(logits, base)
+    return results.Result(
+        [values[m] for m in metrics.METRICS],
+        dims=["metric"],
+        coords={"metric": list(metrics.METRICS)},
+        name="circuit_performance",
+    )
 
 
 def with_intervals(

@@ -134,23 +134,9 @@ def circuit_stability(
         for prompts, sweep in others:
             elsewhere.append(found_on(_with_direction(bootstrap.averaged(sweep), sweep), prompts))
             bar.update()
-    inclusion, inclusion_others = (
-        Counter(c for f in found for c in f),
-        Counter(c for f in elsewhere for c in f),
-    )
-    names = sorted(
-        set(inclusion) | set(inclusion_others) | full,
-        key=lambda c: (-inclusion[c], -inclusion_others[c], c),
-    )
-    table = pd.DataFrame(
-        {
-            "component": names,
-            "inclusion": [inclusion[c] / resamples for c in names],
-            "in_circuit": [c in full for c in names],
-        }
-    )
-    if elsewhere:
-        table.insert(2, "inclusion_others", [inclusion_others[c] / len(elsewhere) for c in names])
+    table = inclusion_table("component", full, found, elsewhere)
+    if not elsewhere:
+        table = table.drop(columns="inclusion_others")
     table.attrs.update(
         {
             "circuit": sorted(full),
@@ -158,12 +144,7 @@ def circuit_stability(
             "resamples": resamples,
             "seed": seed,
             "direction": direction,
-            "mean_jaccard": float(np.mean([jaccard(c, full) for c in found])),
             "reached": float(np.mean([bool(c) for c in found])),
-            "n_others": len(elsewhere),
-            "mean_jaccard_others": float(np.mean([jaccard(c, full) for c in elsewhere]))
-            if elsewhere
-            else float("nan"),
         }
     )
     return table
@@ -184,6 +165,41 @@ def _with_direction(averaged: xr.DataArray, sweep: xr.DataArray) -> xr.DataArray
     averaged = averaged.copy(deep=False)  # the caller's sweep keeps its attributes
     averaged.attrs["direction"] = _direction(sweep)  # what circuits.ranking reads
     return averaged
+
+
+def inclusion_table(
+    unit: str, full: frozenset, resampled: list[frozenset], elsewhere: list[frozenset]
+) -> pd.DataFrame:
+    """One row per `unit` (component, edge) in any circuit found: the share of the `resampled`
+    circuits holding it (`inclusion`), of the circuits found on other prompt sets
+    (`inclusion_others`, NaN without them), and whether the `full`-data circuit holds it; the most
+    included first. `attrs`: the mean Jaccard overlap of each set of circuits with the full one."""
+    inclusion = Counter(u for c in resampled for u in c)
+    inclusion_others = Counter(u for c in elsewhere for u in c)
+    names = sorted(
+        set(inclusion) | set(inclusion_others) | full,
+        key=lambda u: (-inclusion[u], -inclusion_others[u], u),
+    )
+    table = pd.DataFrame(
+        {
+            unit: names,
+            "inclusion": [inclusion[u] / len(resampled) for u in names],
+            "inclusion_others": [
+                inclusion_others[u] / len(elsewhere) if elsewhere else np.nan for u in names
+            ],
+            "in_circuit": [u in full for u in names],
+        }
+    )
+    table.attrs.update(
+        {
+            "mean_jaccard": float(np.mean([jaccard(c, full) for c in resampled])),
+            "n_others": len(elsewhere),
+            "mean_jaccard_others": float(np.mean([jaccard(c, full) for c in elsewhere]))
+            if elsewhere
+            else float("nan"),
+        }
+    )
+    return table
 
 
 def check_resamples(resamples: int) -> None:

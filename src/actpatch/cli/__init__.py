@@ -30,7 +30,12 @@ from actpatch.cli import analyses, compare, das, models, sweeps
 from actpatch.cli.common import Commands
 
 
-@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
+# Every command's --help shows the defaults of its flags (those that have one; the flags that
+# override an experiment file's keys default to None and say their default in words).
+@click.group(
+    cls=Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 @click.option(
     "-v",
     "--verbose",

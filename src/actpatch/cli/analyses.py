@@ -12,24 +12,21 @@ import actpatch as ap
 from actpatch import atomic
 from actpatch.cli.common import (
     BadInput,
-    build_experiment,
-    describe,
-    echo_unless,
+    begin,
     experiment_options,
     feature_options,
-    load,
-    log_into,
+    load_batch,
     one_direction,
     progress,
     provenance,
     refuse_overwrite,
-    single,
-    site_choice,
     stem,
-    validating,
 )
 from actpatch.cli.sweeps import (
+    SELECTION,
     checkpoint_folder,
+    keywords,
+    planned,
     record_activations,
     sweep_options,
     tables,
@@ -83,13 +80,7 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     exact patches (not with --graddrop). --site feature with --dictionary estimates every latent
     (or --latents) and, from the same passes, every error node: the error nodes' estimate is
     written beside the latents' (NAME_error.nc)."""
-    from actpatch.engine.plan import plan
-    from actpatch.engine.spec import SweepSpec
-
-    spec = build_experiment(flags)
-    out = Path(spec.output.folder)
-    log_into(out)
-    echo = echo_unless(quiet)
+    spec, out, echo = begin(flags, quiet=quiet)
     a, s = spec.attribute, spec.sweep
     if s.engine != "batched" or s.chunk is not None or s.per_prompt:
         raise BadInput(
@@ -99,17 +90,10 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
     refuse_overwrite(
         out, [f"{name}{end}" for end in (".nc", "_error.nc", "_verify.csv", ".html")], overwrite
     )
-    model, pairs = load(spec, quiet=quiet)
-    pairs = single(pairs, "attribute")
     direction = one_direction(spec, "attribute")
-    echo(describe(model, pairs, spec))
+    model, pairs = load_batch(spec, "attribute", quiet=quiet)
     features = feature_options(spec, model, pairs, every=True)
-    with validating():
-        the_plan = plan(
-            model,
-            pairs,
-            SweepSpec(s.site, direction=direction, **site_choice(spec), **features),
-        )
+    the_plan = planned(model, pairs, spec, direction, features)
     if s.ablation is not None and (
         a.method == "ig" or (a.method == "atp*" and the_plan.kind in ("q", "k"))
     ):
@@ -137,7 +121,7 @@ def attribute(quiet: bool, overwrite: bool, **flags: Any) -> None:
             check_baseline=s.check_baseline,
             progress=progress(quiet),
             per_prompt=s.ci is not None,
-            **site_choice(spec),
+            **keywords(spec, SELECTION),
             **chosen,
         )
         # The rows for verify's interval, the intervals for the saved estimate: one backward.
@@ -228,7 +212,6 @@ def error_share(
     "--level",
     type=click.Choice(["node", "edge", "feature"]),
     default="node",
-    show_default=True,
     help="node: components (heads or MLPs); edge: edges between them (EAP, EAP-IG, MIB); "
     "feature: dictionary latents and error nodes (--dictionary).",
 )
@@ -300,10 +283,10 @@ def circuit(
     actpatch circuit --level edge --import graph.json --out imported
     actpatch circuit --level feature --dictionary embedded --prompts 8
 
-    Steps: a head sweep (or mlp_out with --site mlp_out) ranks components by effect; the Pareto
-    frontier evaluates the top-k for each k (everything else of that kind at its corrupt value, or
-    an --ablation); the smallest circuit reaching --recovery is then tested for minimality (does
-    removing one member cost anything?). Prints the tables and writes the sweep, the frontier, the
+    Steps (the library's ap.find_circuit): a head sweep (or mlp_out with --site mlp_out) ranks
+    components by effect; the Pareto frontier evaluates the top-k for each k (everything else of
+    that kind at its corrupt value, or an --ablation); the smallest circuit reaching --recovery is
+    then tested for minimality (does removing one member cost anything?). Prints the tables and writes the sweep, the frontier, the
     minimality table (.csv) and a report with the Pareto curve into --out; an earlier run's are
     refused unless --overwrite (or --resume, which finishes that run) is given. --ci 0.95 (node
     level) puts bootstrap intervals over prompts on the sweep, a band on the frontier and an interval
@@ -373,10 +356,7 @@ def circuit(
     ]:
         raise BadInput(f"{given[0]} applies to edge circuits: add --level edge")
 
-    spec = build_experiment(flags, defaults={"sweep": {"site": "head"}})
-    out = Path(spec.output.folder)
-    log_into(out)
-    echo = echo_unless(quiet)
+    spec, out, echo = begin(flags, quiet=quiet, defaults={"sweep": {"site": "head"}})
     checkpoint = checkpoint_folder(out, resume, echo)
     name = stem(spec, "circuit")
     refuse_overwrite(
@@ -385,8 +365,6 @@ def circuit(
         overwrite or resume,
     )
     c = spec.circuit
-    model, pairs = load(spec, quiet=quiet)
-    pairs = single(pairs, "circuit")
     direction = one_direction(spec, "circuit")
     if spec.sweep.per_prompt:
         raise BadInput("circuit ranks components by their mean effect: remove per_prompt")
@@ -394,43 +372,42 @@ def circuit(
         raise BadInput(
             f"circuit ranks head or mlp_out components, not {kind}: set the site to head or mlp_out"
         )
-    echo(describe(model, pairs, spec))
-    options = sweep_options(model, pairs, spec)
+    model, pairs = load_batch(spec, "circuit", quiet=quiet)
     ci = spec.sweep.bootstrap
-    ranked_by = ap.sweep(
+    options = sweep_options(model, pairs, spec)
+    del options["direction"]  # the one direction, which find_circuit takes
+    if spec.sweep.engine == "batched":
+        options["checkpoint"] = checkpoint
+    found = ap.find_circuit(
         model,
         pairs,
         spec.sweep.site,
-        **options,
+        direction=direction,
+        recovery=c.recovery,
+        max_size=c.max_size,
+        threshold=c.threshold,
+        ablation=c.ablation,
         ci=ci,
+        order=c.order,
+        sweep=options,
+        check_baseline=spec.sweep.check_baseline,
         progress=progress(quiet),
-        checkpoint=checkpoint if spec.sweep.engine == "batched" else None,
     )
-    ranked_by.attrs.update(provenance(model, spec))
-    with validating():
-        ranking = ap.circuits.ranking(ranked_by, order=c.order)
+    ranked_by, frontier, chosen, table = (
+        found.ranked_by,
+        found.frontier,
+        found.circuit,
+        found.minimality,
+    )
+    for result in (ranked_by, frontier):
+        result.attrs.update(provenance(model, spec))
     if not quiet:
         for text in tables(ranked_by):
             click.echo(text)
-    sizes = range(min(c.max_size or len(ranking), len(ranking)) + 1)
-    frontier = ap.pareto_frontier(
-        model,
-        pairs,
-        ranked_by,
-        direction=direction,
-        ablation=c.ablation,
-        sizes=sizes,
-        order=c.order,
-        progress=progress(quiet),
-        check_baseline=spec.sweep.check_baseline,
-        ci=ci,
-    )
-    frontier.attrs.update(provenance(model, spec))
     echo(
         "Pareto frontier (the top-k components kept, the rest ablated):\n"
         + frontier_table(frontier).to_string()
     )
-    chosen = ap.smallest_circuit(frontier, c.recovery)
     sections: dict[str, Any] = {title(spec, ranked_by): ranked_by}
     sections["Pareto frontier"] = ap.report.Section(
         "Pareto frontier: circuit performance against circuit size",
@@ -446,21 +423,11 @@ def circuit(
     )
     if chosen is None:
         click.echo(
-            f"no circuit of up to {sizes[-1]} components recovers {c.recovery:.0%}: raise --max-size or lower --recovery"
+            f"no circuit of up to {found.attrs['max_size']} components recovers {c.recovery:.0%}: raise --max-size or lower --recovery"
         )
     else:
         click.echo(
             f"smallest circuit recovering {c.recovery:.0%}: {len(chosen)} components: {', '.join(map(str, chosen))}"
-        )
-        table = ap.minimality(
-            model,
-            pairs,
-            chosen,
-            threshold=c.threshold,
-            direction=direction,
-            ablation=c.ablation,
-            check_baseline=spec.sweep.check_baseline,
-            ci=ci,
         )
         echo(
             f"minimality (circuit scores {table.attrs['circuit_score']:.3f}; a passenger's removal costs < {c.threshold}):\n"

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # torch and transformers are imported by the commands that lo
 BAD_INPUT = 2
 FAILURE = 1
 ERROR_LOG = "actpatch-error.log"
+SHARE = click.FloatRange(0, 1, min_open=True, max_open=True)  # a share or a coverage: 0 < x < 1
 
 log = logging.getLogger(__name__)
 
@@ -268,68 +269,50 @@ def experiment_options(
     intervals: bool = False,
     features: bool = False,
 ) -> Callable:
-    """The flags that describe an experiment; each overrides its key in --config. `features`: the
-    flags of feature sites, --dictionary and --latents."""
+    """The flags that describe an experiment; each overrides its key in --config. They default
+    to None (click's default for a value), so that a key the file sets, or else the library's
+    default, stands. `features`: the flags of feature sites, --dictionary and --latents."""
     options = [
         click.option(
             "--config",
             type=click.Path(path_type=Path, dir_okay=False),
-            default=None,
             help="An experiment file (TOML); the flags below override its keys.",
         ),
         click.option(
             "--model",
             "model_name",
-            default=None,
             help="Checkpoint folder, .gguf file or hub id (default: embedded SmolLM2).",
         ),
         click.option(
             "--dtype",
             type=click.Choice(["float32", "bfloat16", "float16", "float64"]),
-            default=None,
             help="Weights dtype (default float32).",
         ),
-        click.option("--device", default=None, help="Device, e.g. cpu or cuda (default cpu)."),
+        click.option("--device", help="Device, e.g. cpu or cuda (default cpu)."),
         click.option(
             "--task",
-            default=None,
             help="ioi, ioi_groups, factual, greater_than, induction, or file:PATH (.jsonl/.csv).",
         ),
+        click.option("--prompts", type=int, help="Number of prompt pairs (default 8)."),
         click.option(
-            "--prompts", type=int, default=None, help="Number of prompt pairs (default 8)."
+            "--corruption", help="The task's corruption scheme, or 'noise' (Gaussian noise)."
         ),
-        click.option(
-            "--corruption",
-            default=None,
-            help="The task's corruption scheme, or 'noise' (Gaussian noise).",
-        ),
-        click.option(
-            "--seed", type=int, default=None, help="Seed of the prompt generator (default 0)."
-        ),
+        click.option("--seed", type=int, help="Seed of the prompt generator (default 0)."),
         click.option(
             "--site",
-            default=None,
             help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, mlp_in, head, q, k, v, pattern, neuron; "
             "feature, feature_error (with --dictionary).",
         ),
         click.option(
-            "--direction",
-            type=click.Choice(["denoise", "noise", "both"]),
-            default=None,
-            help="Default: denoise.",
+            "--direction", type=click.Choice(["denoise", "noise", "both"]), help="Default: denoise."
         ),
-        click.option(
-            "--positions", default=None, help="each, all, or a list like S2,END or 0,3,-1."
-        ),
-        click.option("--layers", default=None, help="Layers to sweep, e.g. 0-5,10 (default all)."),
-        click.option("--heads", default=None, help="Heads (or KV heads) to sweep, e.g. 0-3."),
-        click.option(
-            "--neurons", default=None, help="Neurons to sweep (neuron sites need them), e.g. 0-99."
-        ),
+        click.option("--positions", help="each, all, or a list like S2,END or 0,3,-1."),
+        click.option("--layers", help="Layers to sweep, e.g. 0-5,10 (default all)."),
+        click.option("--heads", help="Heads (or KV heads) to sweep, e.g. 0-3."),
+        click.option("--neurons", help="Neurons to sweep (neuron sites need them), e.g. 0-99."),
         click.option(
             "--ablation",
             type=click.Choice(["zero", "mean", "resample"]),
-            default=None,
             help="Noise with an ablation of the clean run's own values instead of the corrupt run's.",
         ),
         click.option(
@@ -341,13 +324,10 @@ def experiment_options(
         click.option(
             "--out",
             type=click.Path(path_type=Path, file_okay=False),
-            default=None,
             help="Output folder for results, reports and logs (default actpatch-out).",
         ),
         click.option(
-            "--name",
-            default=None,
-            help="File name stem of the outputs (default from task, site and direction).",
+            "--name", help="File name stem of the outputs (default from task, site and direction)."
         ),
         click.option("--pngs/--no-pngs", default=None, help="Also write PNG images."),
         click.option(
@@ -365,15 +345,11 @@ def experiment_options(
     if not analysis:
         options += [
             click.option(
-                "--engine",
-                type=click.Choice(["batched", "reference"]),
-                default=None,
-                help="Default: batched.",
+                "--engine", type=click.Choice(["batched", "reference"]), help="Default: batched."
             ),
             click.option(
                 "--chunk",
                 type=int,
-                default=None,
                 help="Patched copies per forward (default from a 1 GiB budget).",
             ),
             click.option(
@@ -388,19 +364,16 @@ def experiment_options(
             click.option(
                 "--recovery",
                 type=float,
-                default=None,
                 help="Share of the behaviour the circuit must recover (default 0.8).",
             ),
             click.option(
                 "--max-size",
                 type=int,
-                default=None,
                 help="Largest circuit evaluated on the frontier (default all).",
             ),
             click.option(
                 "--threshold",
                 type=float,
-                default=None,
                 help="Minimality: a member whose removal costs less is a passenger (default 0.02).",
             ),
         ]
@@ -408,14 +381,12 @@ def experiment_options(
         options += [
             click.option(
                 "--dictionary",
-                default=None,
                 metavar="PATH",
                 help="Feature sites: a dictionary folder (SAELens, sparsify, Gemma Scope 2, "
                 "circuit-tracer), or 'embedded' for the embedded model's SAE (docs/features.md).",
             ),
             click.option(
                 "--latents",
-                default=None,
                 help="Feature sites: active (non-zero in either run), all, or indices like 3,17,40-42.",
             ),
         ]
@@ -423,20 +394,17 @@ def experiment_options(
         options += [
             click.option(
                 "--ci",
-                type=click.FloatRange(0, 1, min_open=True, max_open=True),
-                default=None,
+                type=SHARE,
                 help="Bootstrap intervals over prompts on every number, e.g. 0.95 (docs/uncertainty.md).",
             ),
             click.option(
                 "--n-boot",
                 type=click.IntRange(min=1),
-                default=None,
                 help="Bootstrap resamples for --ci (default: actpatch.Bootstrap's, 1000).",
             ),
             click.option(
                 "--boot-seed",
                 type=int,
-                default=None,
                 help="Seed of the bootstrap resamples, Bootstrap.seed in the library (default 0).",
             ),
         ]
@@ -477,6 +445,17 @@ def build_experiment(
         return experiment.validate(data, source=str(config) if config is not None else "arguments")
     except experiment.ExperimentError as error:
         raise BadInput(_given_flags(_with_flags(str(error)), flags)) from None
+
+
+def begin(
+    flags: dict[str, Any], *, quiet: bool, defaults: dict[str, dict[str, Any]] | None = None
+) -> tuple[Experiment, Path, Callable[[str], None]]:
+    """A command's experiment (`build_experiment`), its output folder, which from now on receives
+    a failure's traceback, and its echo for tables and notes (silent with --quiet)."""
+    spec = build_experiment(flags, defaults=defaults)
+    out = Path(spec.output.folder)
+    log_into(out)
+    return spec, out, echo_unless(quiet)
 
 
 def _given_flags(message: str, flags: dict[str, Any]) -> str:
@@ -527,6 +506,15 @@ def load(spec: Experiment, *, quiet: bool = False) -> tuple[Model, PromptPairs |
         log.info("loaded %s in %.1f s", model.name, time.perf_counter() - started)
         pairs = experiment.make_pairs(model, spec.task)
     return model, pairs
+
+
+def load_batch(spec: Experiment, analysis: str, *, quiet: bool) -> tuple[Model, PromptPairs]:
+    """The model and the one batch of prompt pairs an analysis takes (`single`), described on the
+    terminal unless --quiet."""
+    model, pairs = load(spec, quiet=quiet)
+    batch = single(pairs, analysis)
+    echo_unless(quiet)(describe(model, batch, spec))
+    return model, batch
 
 
 def describe(model: Model, pairs: PromptPairs | list[PromptPairs], spec: Experiment) -> str:
@@ -594,18 +582,6 @@ def refuse_overwrite(out: Path, names: list[str], overwrite: bool) -> None:
             f"{out / existing[0]} exists (an earlier run's output): add --overwrite to replace it, "
             "or choose another --out or --name"
         )
-
-
-def site_choice(spec: Experiment) -> dict[str, Any]:
-    """[sweep]'s choice of sites and of their source, as the library's keywords."""
-    s = spec.sweep
-    return dict(
-        layers=s.layers,
-        positions=s.positions,
-        heads=s.heads,
-        neurons=s.neurons,
-        ablation=s.ablation,
-    )
 
 
 def feature_options(

@@ -9,7 +9,7 @@ import click
 
 import actpatch as ap
 from actpatch import atomic
-from actpatch.cli.common import fail, first_line
+from actpatch.cli.common import SHARE, fail, first_line
 
 CLOSEST = 5  # sites shown when none is flagged
 
@@ -17,30 +17,20 @@ CLOSEST = 5  # sites shown when none is flagged
 @click.command("compare")
 @click.argument("a_path", metavar="A.nc", type=click.Path(path_type=Path))
 @click.argument("b_path", metavar="B.nc", type=click.Path(path_type=Path))
-@click.option("--metric", default="norm_logit_diff", show_default=True, help="The metric compared.")
+@click.option("--metric", default="norm_logit_diff", help="The metric compared.")
 @click.option(
     "--fdr",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=SHARE,
     default=0.05,
-    show_default=True,
     help="False discovery rate of the flags (Benjamini–Hochberg over all sites).",
 )
-@click.option(
-    "--ci",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.95,
-    show_default=True,
-    help="Coverage of each difference's interval.",
-)
+@click.option("--ci", type=SHARE, default=0.95, help="Coverage of each difference's interval.")
 @click.option(
     "--n-boot",
     type=click.IntRange(min=1),
-    default=None,
     help="Bootstrap resamples (default: actpatch.Bootstrap's, 1000).",
 )
-@click.option(
-    "--boot-seed", type=int, default=None, help="Seed of the bootstrap resamples (default 0)."
-)
+@click.option("--boot-seed", type=int, help="Seed of the bootstrap resamples (default 0).")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
 import actpatch as ap
 from actpatch.cli.common import (
+    SHARE,
     BadInput,
-    build_experiment,
-    describe,
-    echo_unless,
+    begin,
     experiment_options,
-    load,
-    log_into,
+    load_batch,
     one_direction,
     provenance,
     refuse_overwrite,
-    single,
     stem,
 )
 
@@ -27,38 +23,27 @@ from actpatch.cli.common import (
 @click.command("das")
 @experiment_options(analysis=True)
 @click.option(
-    "--rank",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Dimensions of the learned subspace.",
+    "--rank", type=click.IntRange(min=1), default=1, help="Dimensions of the learned subspace."
 )
 @click.option(
     "--steps",
     type=click.IntRange(min=0),
     default=300,
-    show_default=True,
     help="Most optimiser steps (training stops earlier when the loss stops improving).",
 )
 @click.option(
-    "--lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=0.05,
-    show_default=True,
-    help="Adam's learning rate.",
+    "--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, help="Adam's learning rate."
 )
 @click.option(
     "--test-share",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=SHARE,
     default=0.5,
-    show_default=True,
     help="Share of the pairs held out; every number is measured on them.",
 )
 @click.option(
     "--das-seed",
     type=int,
     default=0,
-    show_default=True,
     help="Seed of the split, the subspace's start, the batches and the controls.",
 )
 @click.option(
@@ -66,13 +51,11 @@ from actpatch.cli.common import (
     "n_random",
     type=click.IntRange(min=0),
     default=20,
-    show_default=True,
     help="Random subspaces of the same rank to compare with.",
 )
 @click.option(
     "--random-model/--no-random-model",
     default=True,
-    show_default=True,
     help="Run the same search on a re-initialised copy of the model (a second search).",
 )
 @click.option(
@@ -109,22 +92,17 @@ def das(
     from actpatch.subspace.das import Training
     from actpatch.subspace.guards import Guards
 
-    spec = build_experiment(flags)
-    out = Path(spec.output.folder)
-    log_into(out)
-    echo = echo_unless(quiet)
+    spec, out, echo = begin(flags, quiet=quiet)
     site = _one_site(spec.sweep)
     name = stem(spec, "das")
     refuse_overwrite(out, [f"{name}.nc", f"{name}_subspace.safetensors"], overwrite)
-    model, pairs = load(spec, quiet=quiet)
-    pairs = single(pairs, "das")
     direction = one_direction(spec, "das")
     if direction == "noise":
         raise BadInput(
             "das on the command line denoises: the tasks' pairs do not say which answer the "
             "corrupt value should make the clean run give (ap.das(..., counterfactual=) does)"
         )
-    echo(describe(model, pairs, spec))
+    model, pairs = load_batch(spec, "das", quiet=quiet)
     guards = False if no_guards else Guards(n_random=n_random, random_model=random_model)
     result = ap.das(
         model,

@@ -16,15 +16,11 @@ import actpatch as ap
 from actpatch import atomic
 from actpatch.cli.common import (
     BadInput,
-    build_experiment,
-    describe,
-    echo_unless,
-    load,
-    log_into,
+    begin,
+    load_batch,
     progress,
     provenance,
     refuse_overwrite,
-    single,
     validating,
 )
 
@@ -106,12 +102,8 @@ def edge_circuit(
         raise BadInput(f"--steps must be at least 1, got {steps}")
     from actpatch import graph
 
-    spec = build_experiment(
-        flags, defaults={"sweep": {"site": "head"}}
-    )  # the experiment schema wants a site
-    out = Path(spec.output.folder)
-    log_into(out)
-    echo = echo_unless(quiet)
+    # The experiment schema wants a site.
+    spec, out, echo = begin(flags, quiet=quiet, defaults={"sweep": {"site": "head"}})
     name = spec.output.name or f"{spec.task.label}_edge_{method or 'import'}"
     refuse_overwrite(
         out,
@@ -130,9 +122,7 @@ def edge_circuit(
             f"{method} interpolates towards the corrupt run and takes no --ablation: use eap, "
             "eap-ig-activations or exact"
         )
-    model, pairs = load(spec, quiet=quiet)
-    pairs = single(pairs, "circuit")
-    echo(describe(model, pairs, spec))
+    model, pairs = load_batch(spec, "circuit", quiet=quiet)
     file_circuit = None
     with validating():
         if graph_file is not None:

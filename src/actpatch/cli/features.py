@@ -6,7 +6,6 @@ Outputs in --out: `NAME.nc` (the curve), `NAME_curve.csv` (one row per error mod
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -15,16 +14,12 @@ import actpatch as ap
 from actpatch import atomic
 from actpatch.cli.common import (
     BadInput,
-    build_experiment,
-    describe,
+    begin,
     dictionary_from_flag,
-    echo_unless,
-    load,
-    log_into,
+    load_batch,
     one_direction,
     provenance,
     refuse_overwrite,
-    single,
     validating,
 )
 
@@ -77,16 +72,11 @@ def feature_circuit(
         raise BadInput(
             f"--percent {percent:g} is outside (0, 100]: give the share of nodes kept, e.g. 5"
         )
-    spec = build_experiment(flags, defaults={"sweep": {"site": "resid_post"}})
-    out = Path(spec.output.folder)
-    log_into(out)
-    echo = echo_unless(quiet)
+    spec, out, echo = begin(flags, quiet=quiet, defaults={"sweep": {"site": "resid_post"}})
     name = spec.output.name or f"{spec.task.label}_feature_{method}"
     refuse_overwrite(out, [f"{name}.nc", f"{name}_curve.csv", f"{name}_nodes.csv"], overwrite)
-    model, pairs = load(spec, quiet=quiet)
-    pairs = single(pairs, "circuit")
     direction = one_direction(spec, "circuit")
-    echo(describe(model, pairs, spec))
+    model, pairs = load_batch(spec, "circuit", quiet=quiet)
     from actpatch.circuits.curve import MIB_PERCENTS
 
     s = spec.sweep

@@ -12,11 +12,8 @@ import click
 from actpatch.cli.common import (
     FAILURE,
     build_experiment,
-    describe,
-    echo_unless,
-    load,
+    load_batch,
     progress,
-    single,
 )
 
 
@@ -95,10 +92,9 @@ def models() -> None:
 @click.option(
     "--task",
     default="ioi",
-    show_default=True,
     help="The prompts to check with (the model need not solve them).",
 )
-@click.option("--prompts", type=int, default=4, show_default=True, help="Number of prompt pairs.")
+@click.option("--prompts", type=int, default=4, help="Number of prompt pairs.")
 @click.option("--seed", type=int, default=None, help="Seed of the prompt generator (default 0).")
 @click.option(
     "-q", "--quiet", is_flag=True, help="No progress bar; print only failed checks and the summary."
@@ -116,10 +112,7 @@ def check(quiet: bool, **flags: Any) -> None:
     from actpatch import model_checks
 
     spec = build_experiment({**flags, "site": "resid_pre", "check_baseline": False})
-    model, pairs = load(spec, quiet=quiet)
-    pairs = single(pairs, "check")
-    echo = echo_unless(quiet)
-    echo(describe(model, pairs, spec))
+    model, pairs = load_batch(spec, "check", quiet=quiet)
     results = model_checks.check_model(model, pairs, progress=progress(quiet))
     width = max(len(c.name) for c in results)
     for c in results:

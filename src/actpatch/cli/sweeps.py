@@ -14,9 +14,8 @@ import click
 import actpatch as ap
 from actpatch.cli.common import (
     BadInput,
-    build_experiment,
+    begin,
     describe,
-    echo_unless,
     experiment_options,
     fail,
     feature_options,
@@ -26,7 +25,6 @@ from actpatch.cli.common import (
     progress,
     provenance,
     refuse_overwrite,
-    site_choice,
     stem,
     validating,
 )
@@ -37,9 +35,14 @@ if (
 ):  # xarray, torch and plotly are imported when a command runs, not to parse its flags
     import xarray as xr
 
+    from actpatch.engine.plan import SweepPlan
     from actpatch.models.model import Model
     from actpatch.pairs import PromptPairs
 
+# [sweep]'s keys that choose the sites and their source (sweep, attribute and plan take them all),
+# and those that say how an exact sweep runs.
+SELECTION = ("layers", "positions", "heads", "neurons", "ablation")
+RUNNING = ("per_prompt", "engine", "chunk", "memory_budget", "check_baseline")
 CHECKPOINT = (
     "checkpoint"  # the sweep's checkpoint folder inside --out; removed once the result is saved
 )
@@ -90,7 +93,7 @@ def sweep(
     is refused unless --overwrite (or --resume, which finishes that run) is given. --ci keeps every
     prompt's numbers and returns their bootstrap intervals instead (not with --per-prompt; see
     `actpatch compare` for two per-prompt results)."""
-    spec = build_experiment(flags)
+    spec, out, echo = begin(flags, quiet=quiet)
     ci = (
         spec.sweep.ci
     )  # --ci, or [sweep] ci in the experiment file (which refuses it with per_prompt)
@@ -100,9 +103,6 @@ def sweep(
         )
     if shards is not None and importlib.util.find_spec("ray") is None:
         raise BadInput("--shards runs on Ray, which is not installed: pip install 'actpatch[ray]'")
-    out = Path(spec.output.folder)
-    log_into(out)
-    echo = echo_unless(quiet)
     checkpoint = checkpoint_folder(out, resume, echo)
     refuse_overwrite(out, [f"{stem(spec)}.nc", f"{stem(spec)}.html"], overwrite or resume)
     model, pairs = load(spec, quiet=quiet)
@@ -134,31 +134,34 @@ def sweep_options(
 ) -> dict[str, Any]:
     """`ap.sweep`'s keyword arguments from [sweep], each checked against the model and prompts now,
     before anything long runs (a wrong layer is bad input, not a failure an hour in)."""
+    s = spec.sweep
+    features = feature_options(spec, model, pairs)
+    directions = [s.directions] if isinstance(s.directions, str) else s.directions
+    for group in pairs if isinstance(pairs, list) else [pairs]:
+        for direction in directions:
+            planned(model, group, spec, direction, features)
+    return {"direction": s.directions, **keywords(spec, SELECTION + RUNNING), **features}
+
+
+def keywords(spec: Experiment, keys: tuple[str, ...]) -> dict[str, Any]:
+    """[sweep]'s `keys` as the library's keyword arguments (the names are the same)."""
+    return {key: getattr(spec.sweep, key) for key in keys}
+
+
+def planned(
+    model: Model, pairs: PromptPairs, spec: Experiment, direction: str, features: dict[str, Any]
+) -> SweepPlan:
+    """[sweep]'s sites for one direction, checked against the model and prompts (bad input if not);
+    `features`: a feature site's dictionary and latents (`feature_options`), {} for other sites."""
     from actpatch.engine.plan import plan
     from actpatch.engine.spec import SweepSpec
 
-    s = spec.sweep
-    features = feature_options(spec, model, pairs)
-    options = dict(
-        direction=s.directions,
-        per_prompt=s.per_prompt,
-        engine=s.engine,
-        chunk=s.chunk,
-        memory_budget=s.memory_budget,
-        check_baseline=s.check_baseline,
-        **site_choice(spec),
-        **features,
-    )
-    directions = [s.directions] if isinstance(s.directions, str) else s.directions
     with validating():
-        for group in pairs if isinstance(pairs, list) else [pairs]:
-            for direction in directions:
-                plan(
-                    model,
-                    group,
-                    SweepSpec(s.site, direction=direction, **site_choice(spec), **features),
-                )
-    return options
+        return plan(
+            model,
+            pairs,
+            SweepSpec(spec.sweep.site, direction, **keywords(spec, SELECTION), **features),
+        )
 
 
 def record_activations(
@@ -321,11 +324,10 @@ def _finished_rows(folder: Path) -> int:
 
 
 @click.command()
-@click.option("--prompts", default=8, show_default=True, help="Number of IOI prompt pairs.")
+@click.option("--prompts", default=8, help="Number of IOI prompt pairs.")
 @click.option(
     "--out",
     default="actpatch-out",
-    show_default=True,
     type=click.Path(path_type=Path),
     help="Folder for the saved result, its HTML report and PNG image.",
 )

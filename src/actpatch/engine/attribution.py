@@ -30,8 +30,8 @@ from actpatch.engine.spec import (
     AttributeOptions,
     Direction,
     Positions,
-    SweepSpec,
     options_from,
+    spec_from,
 )
 from actpatch.models.model import Model
 from actpatch.pairs import PromptPairs
@@ -92,7 +92,7 @@ def attribute(
     `graddrop`, `check_baseline`, `progress`) are gathered in one `AttributeOptions`, which may also
     be passed as `options=`."""
     given = options_from(AttributeOptions, options, "attribute")
-    heads, neurons, graddrop, progress = given.heads, given.neurons, given.graddrop, given.progress
+    graddrop, progress = given.graddrop, given.progress
     dictionary, latents = given.dictionary, given.latents
     check_baseline, ci = given.check_baseline, bootstrap.Bootstrap.of(ci)
     if ci is not None and per_prompt:
@@ -115,22 +115,16 @@ def attribute(
         from actpatch.bases.select import active_latents  # two forwards: only for feature sites
 
         latents = active_latents(model, pairs, dictionary, positions)
-    the_plan = plan(
-        model,
-        pairs,
-        SweepSpec(
-            site,
-            direction,
-            layers=layers,
-            positions=positions,
-            heads=heads,
-            neurons=neurons,
-            latents=latents,
-            dictionary=dictionary,
-            ablation=ablation,
-            progress=progress,
-        ),
+    spec = spec_from(
+        site,
+        direction,
+        given,
+        layers=layers,
+        positions=positions,
+        latents=latents,
+        ablation=ablation,
     )
+    the_plan = plan(model, pairs, spec)
     if ablation is not None and (
         method == "ig" or (method == "atp*" and the_plan.kind in ("q", "k"))
     ):

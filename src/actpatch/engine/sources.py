@@ -16,6 +16,7 @@ from actpatch.engine.plan import SweepPlan
 from actpatch.engine.spec import ABLATIONS, Ablation
 from actpatch.metrics import NonFiniteError
 from actpatch.models.model import Model
+from actpatch.pairs import PromptPairs
 from actpatch.run import Run
 from actpatch.sites import Site
 
@@ -128,6 +129,19 @@ def ablate(
     # Named positions were gathered prompt by prompt, so this averages each role (e.g. S2) over prompts.
     averaged = values if mean_over is None else mean_over
     return {s: averaged[s].mean(0, keepdim=True).expand_as(v).clone() for s, v in values.items()}
+
+
+def check_ablation(ablation: Ablation | None, pairs: PromptPairs, none_means: str) -> None:
+    """Refuse an ablation that is not one of ABLATIONS (None: `none_means`), and a resample of a
+    single prompt, which has no other prompt to take a value from."""
+    if ablation is not None and ablation not in ABLATIONS:
+        raise ValueError(
+            f"ablation must be one of {ABLATIONS} or None ({none_means}), got {ablation!r}"
+        )
+    if ablation == "resample" and len(pairs) < 2:
+        raise ValueError(
+            "ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts"
+        )
 
 
 def derangement(n: int, seed: int) -> Tensor:

@@ -54,6 +54,17 @@ class SweepSpec:
         return dataclasses.replace(self, **changes)
 
 
+def spec_from(site: str, direction: Direction, given: Any, **named: Any) -> SweepSpec:
+    """A SweepSpec from a call's options value (`SweepOptions`, `AttributeOptions`) and its named
+    arguments: every field the spec shares with `given` is taken from it, and `named` win."""
+    shared = {
+        f.name: getattr(given, f.name)
+        for f in dataclasses.fields(SweepSpec)
+        if hasattr(given, f.name)
+    }
+    return SweepSpec(site, direction, **{**shared, **named})
+
+
 def check_engine_options(spec: SweepSpec) -> None:
     """Raise `ValueError` for a chunk or memory budget that is not a positive number."""
     chunk, budget = spec.chunk, spec.memory_budget

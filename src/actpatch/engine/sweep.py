@@ -26,6 +26,7 @@ from actpatch.engine.spec import (
     SweepOptions,
     SweepSpec,
     options_from,
+    spec_from,
 )
 from actpatch.models.model import Model, check_model
 from actpatch.pairs import PromptPairs
@@ -96,9 +97,7 @@ def sweep(
     `chunk`, `memory_budget`, `progress`, `checkpoint`, `shards`, `ray_address`) are gathered in one
     `SweepOptions`, which may also be passed as `options=`."""
     given = options_from(SweepOptions, options, "sweep")
-    heads, neurons, check_baseline = given.heads, given.neurons, given.check_baseline
     dictionary, latents = given.dictionary, given.latents
-    chunk, memory_budget, progress = given.chunk, given.memory_budget, given.progress
     checkpoint, shards, ray_address = given.checkpoint, given.shards, given.ray_address
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -128,22 +127,16 @@ def sweep(
         from actpatch.bases.on_prompts import check_reconstruction
 
         check_reconstruction(model, pairs, dictionary, positions)  # warns if error nodes dominate
-    spec = SweepSpec(
+    spec = spec_from(
         site,
         directions[0],
+        given,
         layers=layers,
         positions=positions,
-        heads=heads,
-        neurons=neurons,
         latents=latents,
-        dictionary=dictionary,
         per_prompt=per_prompt or ci is not None,
         ablation=ablation,
         mean_over=mean_over,
-        check_baseline=check_baseline,
-        chunk=chunk,
-        memory_budget=memory_budget,
-        progress=progress,
     )
     chosen = _engine(model, engine, shards)
     with contextlib.ExitStack() as stack:

@@ -89,9 +89,7 @@ def verify(
 
     An estimate over feature sites needs the `dictionary` it was made with (a result holds its
     name, not its weights)."""
-    for name, value in (("top_k", top_k), ("sample", sample)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{name} must be a whole number of sites, 0 or more, got {value!r}")
+    check_counts(top_k, sample, "sites")
     if "estimate" not in estimate.attrs:
         raise ValueError(
             "verify() takes the result of actpatch.attribute(); exact sweeps need no verification"
@@ -126,13 +124,7 @@ def verify(
         ][metric]
     )
     strength = np.abs(flat.values - baseline)
-    ranked = np.argsort(-strength, kind="stable")
-    chosen = list(ranked[:top_k])
-    rest = ranked[top_k:]
-    if len(rest) and sample:
-        chosen += list(
-            np.random.default_rng(seed).choice(rest, size=min(sample, len(rest)), replace=False)
-        )
+    chosen = top_and_sample(strength, top_k, sample, seed)
     exact, exact_rows, self_checks = _exact(
         model, pairs, estimate, [sites[i] for i in chosen], metric, progress
     )
@@ -177,6 +169,26 @@ def verify(
         interval,
         attrs=attrs,
     )
+
+
+def check_counts(top_k: int, sample: int, unit: str) -> None:
+    """Refuse a `top_k` or `sample` that is not a whole number, 0 or more, of `unit` (sites, edges)."""
+    for name, value in (("top_k", top_k), ("sample", sample)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{name} must be a whole number of {unit}, 0 or more, got {value!r}")
+
+
+def top_and_sample(strength: np.ndarray, top_k: int, sample: int, seed: int) -> list[int]:
+    """The indices to check exactly: the `top_k` strongest (ties in order), then `sample` of the
+    rest drawn at random with `seed`, so a check also sees what the estimate ranked low."""
+    ranked = np.argsort(-strength, kind="stable")
+    chosen = list(ranked[:top_k])
+    rest = ranked[top_k:]
+    if len(rest) and sample:
+        chosen += list(
+            np.random.default_rng(seed).choice(rest, size=min(sample, len(rest)), replace=False)
+        )
+    return chosen
 
 
 def _per_prompt_estimate(estimate: xr.DataArray) -> tuple[bootstrap.Block, xr.DataArray]:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from actpatch import deprecation, hooks, memory, metrics, results
 from actpatch.circuits import curve
-from actpatch.circuits.evaluate import with_intervals
+from actpatch.circuits.evaluate import performance, with_intervals
 from actpatch.engine import checks, collect, sources
 from actpatch.engine.spec import ENGINES, EngineName
 from actpatch.graph.nodes import EdgeError, Graph
@@ -36,7 +36,6 @@ from actpatch.stats import bootstrap
 Ablation = Literal["zero", "mean", "resample"]
 # The edge engines' names before they were named as the sweeps' are: fast, plain.
 OLD_ENGINES = {"fast": "batched", "plain": "reference"}
-ABLATIONS = ("zero", "mean", "resample")
 
 
 @bootstrap.old_keywords("n_boot", "boot_seed")
@@ -61,13 +60,7 @@ def evaluate(
     runs = EdgeRuns.prepare(model, pairs, ablation=ablation, check_baseline=check_baseline)
     circuit = runs.graph.checked(circuit)
     logits = runs.logits(circuit[None])[0]
-    values = metrics.averaged(logits, runs.base)
-    result = results.Result(
-        [values[m] for m in metrics.METRICS],
-        dims=["metric"],
-        coords={"metric": list(metrics.METRICS)},
-        name="circuit_performance",
-    )
+    result = performance(logits, runs.base)
     result.attrs.update(runs.provenance("graph.evaluate", check_baseline=check_baseline))
     result.attrs.update(
         model=model.name,
@@ -107,14 +100,7 @@ class EdgeRuns:
         ablation: Ablation | None = None,
         check_baseline: bool = True,
     ) -> EdgeRuns:
-        if ablation is not None and ablation not in ABLATIONS:
-            raise ValueError(
-                f"ablation must be one of {ABLATIONS} or None (the corrupt run's outputs), got {ablation!r}"
-            )
-        if ablation == "resample" and len(pairs) < 2:
-            raise ValueError(
-                "ablation='resample' takes each prompt's value from another prompt: it needs at least 2 prompts"
-            )
+        sources.check_ablation(ablation, pairs, "the corrupt run's outputs")
         graph = Graph.of(model)
         # The recording forwards are the baseline runs: their final-position logits are the baseline's.
         clean, clean_logits = sender_outputs(model, graph, pairs.clean_run, logits=True)

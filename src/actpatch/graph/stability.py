@@ -8,7 +8,6 @@ node-level version (`actpatch.circuits.circuit_stability`), which re-finds a fro
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,7 +15,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from actpatch import deprecation
-from actpatch.circuits.stability import check_resamples, jaccard
+from actpatch.circuits.stability import check_resamples, inclusion_table
 from actpatch.graph.scores import Method, edge_scores
 from actpatch.graph.select import top_edges
 from actpatch.models.model import Model
@@ -81,24 +80,7 @@ def edge_stability(
             found.append(circuit(prompts))
             bar.update()
     full, resampled, elsewhere = found[0], found[1 : 1 + resamples], found[1 + resamples :]
-    inclusion, inclusion_others = (
-        Counter(e for c in resampled for e in c),
-        Counter(e for c in elsewhere for e in c),
-    )
-    names = sorted(
-        set(inclusion) | set(inclusion_others) | full,
-        key=lambda e: (-inclusion[e], -inclusion_others[e], e),
-    )
-    table = pd.DataFrame(
-        {
-            "edge": names,
-            "inclusion": [inclusion[e] / resamples for e in names],
-            "inclusion_others": [
-                inclusion_others[e] / len(elsewhere) if elsewhere else np.nan for e in names
-            ],
-            "in_circuit": [e in full for e in names],
-        }
-    )
+    table = inclusion_table("edge", full, resampled, elsewhere)
     table.attrs.update(
         {
             "method": method,
@@ -106,11 +88,6 @@ def edge_stability(
             "n_edges": len(full),
             "resamples": resamples,
             "seed": seed,
-            "n_others": len(elsewhere),
-            "mean_jaccard": float(np.mean([jaccard(c, full) for c in resampled])),
-            "mean_jaccard_others": float(np.mean([jaccard(c, full) for c in elsewhere]))
-            if elsewhere
-            else float("nan"),
         }
     )
     return table

@@ -7,13 +7,11 @@ each receiver's layer), under the ablation the scores were computed with."""
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import pandas as pd
 import torch
 
-from actpatch.engine.verify import Verification
+from actpatch.engine.verify import Verification, check_counts, top_and_sample
 from actpatch.graph.evaluate import EdgeRuns
 from actpatch.graph.exact import removal_logit_diffs
 from actpatch.graph.nodes import EdgeError, Graph
@@ -42,9 +40,7 @@ def verify_edges(
         scores = ap.graph.edge_scores(model, pairs, "eap")
         ap.graph.verify_edges(model, pairs, scores, top_k=20)   # spearman, worst misestimates
     """
-    for name, value in (("top_k", top_k), ("sample", sample)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{name} must be a whole number of edges, 0 or more, got {value!r}")
+    check_counts(top_k, sample, "edges")
     if Graph.of(model).cfg != scores.graph.cfg:
         raise EdgeError(
             f"these scores are for a graph of {scores.graph.cfg}, but {model.name}'s is {Graph.of(model).cfg}: "
@@ -61,13 +57,7 @@ def verify_edges(
     edges = graph.exists.nonzero()  # matrix order
     estimate = scores.scores[edges[:, 0], edges[:, 1]].double()
     strength = estimate.abs().nan_to_num(nan=-1.0).numpy()
-    ranked = np.argsort(-strength, kind="stable")
-    chosen = list(ranked[:top_k])
-    rest = ranked[top_k:]
-    if len(rest) and sample:
-        chosen += list(
-            np.random.default_rng(seed).choice(rest, size=min(sample, len(rest)), replace=False)
-        )
+    chosen = top_and_sample(strength, top_k, sample, seed)
     chosen_edges = edges[torch.as_tensor(np.asarray(chosen, dtype=np.int64))]
     removed, cost = removal_logit_diffs(runs, chosen_edges, chunk=chunk)
     full = float(runs.mean_logit_diff(runs.base.clean_logits))

@@ -46,7 +46,7 @@ def from_file(model: Model, path: str | Path, *, corruption: str | None = None) 
     if not path.is_file():
         raise PairsError(f"{path}: no such file")
     rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
-    clean, corrupt, answers, wrong = [], [], [], []
+    columns: dict[str, list[str]] = {field: [] for field in REQUIRED}
     positions: dict[str, list[int]] = {}
     length = None
     for row, (number, line, fields) in enumerate(rows):
@@ -66,18 +66,13 @@ def from_file(model: Model, path: str | Path, *, corruption: str | None = None) 
             )
         for name, index in named.items():
             positions.setdefault(name, []).append(index)
-        clean.append(fields["clean"])
-        corrupt.append(fields["corrupt"])
-        answers.append(fields["answer"])
-        wrong.append(fields["wrong"])
-    if not clean:
+        for field, column in columns.items():
+            column.append(fields[field])
+    if not columns["clean"]:
         raise PairsError(f"{path}: no rows; each row needs {', '.join(REQUIRED)}")
     return PromptPairs.from_strings(
         model,
-        clean,
-        corrupt,
-        answers,
-        wrong,
+        *columns.values(),  # clean, corrupt, answers, wrong: REQUIRED's order
         positions=positions,
         corruption=corruption or path.name,
         task=f"file:{path.name}",

@@ -14,13 +14,15 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from actpatch.corrupt import IOI_CORRUPTIONS, IoiPrompt, ioi_corruption
 from actpatch.models.model import Model, check_model
 from actpatch.pairs import PairsError, PromptPairs
 
 log = logging.getLogger(__name__)
+
+Order = Literal["mixed", "abba", "baba"]  # ABBA and BABA alternating, or one of them
 
 # {N1} and {N2} are the first two names (S and IO in ABBA order, IO and S in BABA); {S2} repeats S.
 TEMPLATES = (
@@ -117,7 +119,7 @@ def ioi(
     *,
     corruption: str = "abc",
     seed: int = 0,
-    order: Literal["mixed", "abba", "baba"] = "mixed",
+    order: Order = "mixed",
     templates: Sequence[str] | None = None,
 ) -> PromptPairs:
     """`n` IOI prompt pairs under the named corruption, ABBA and BABA alternating (`order="mixed"`).
@@ -129,63 +131,40 @@ def ioi(
     Mixed orders and templates put a role at different indices in different prompts: sweep them
     at named positions (`positions=["S1", "IO", "S2", "END"]`). For a sweep over every position,
     use `order="abba", templates=CLASSIC`; for every template, `ioi_groups`."""
-    strings = _prompts(
+    texts, labels = _prompts(
         model,
         n,
+        one_length=True,
         corruption=corruption,
         seed=seed,
         order=order,
         templates=templates,
-        one_length=True,
     )
-    return PromptPairs.from_strings(
-        model, *strings[:4], positions=strings[4], corruption=strings[5], task="ioi", seed=seed
-    )
+    return PromptPairs.from_strings(model, *texts, task="ioi", **labels)
 
 
-def ioi_groups(
-    model: Model,
-    n: int = 32,
-    *,
-    corruption: str = "abc",
-    seed: int = 0,
-    order: Literal["mixed", "abba", "baba"] = "mixed",
-    templates: Sequence[str] | None = None,
-) -> list[PromptPairs]:
-    """`n` IOI prompt pairs from every template, as one PromptPairs per token length.
+def ioi_groups(model: Model, n: int = 32, **settings: Any) -> list[PromptPairs]:
+    """`n` IOI prompt pairs from every template, as one PromptPairs per token length; `settings`
+    are `ioi`'s (`corruption`, `seed`, `order`, `templates`).
 
     `ap.sweep(model, ioi_groups(model), site, positions=["S2", "END"])` sweeps them all and pools
     the groups exactly; use it when the templates of one length are too few for the variety you want."""
-    strings = _prompts(
-        model,
-        n,
-        corruption=corruption,
-        seed=seed,
-        order=order,
-        templates=templates,
-        one_length=False,
-    )
-    return PromptPairs.groups_from_strings(
-        model,
-        *strings[:4],
-        positions=strings[4],
-        corruption=strings[5],
-        task="ioi_groups",
-        seed=seed,
-    )
+    texts, labels = _prompts(model, n, one_length=False, **settings)
+    return PromptPairs.groups_from_strings(model, *texts, task="ioi_groups", **labels)
 
 
 def _prompts(
     model: Model,
     n: int,
     *,
-    corruption: str,
-    seed: int,
-    order: str,
-    templates: Sequence[str] | None,
     one_length: bool,
-):
-    """Clean and corrupt texts, answers, wrong answers, named positions and the corruption's name."""
+    corruption: str = "abc",
+    seed: int = 0,
+    order: Order = "mixed",
+    templates: Sequence[str] | None = None,
+) -> tuple[list[list[str]], dict[str, Any]]:
+    """Clean and corrupt texts, answers and wrong answers; and `from_strings`'s labels: named
+    positions, the corruption's name, the seed."""
     check_model(model)
     if order not in ("mixed", "abba", "baba"):
         raise PairsError(f"order must be 'mixed', 'abba' or 'baba', got {order!r}")
@@ -223,14 +202,13 @@ def _prompts(
         s2 + 1 for s2 in positions["S2"]
     ]  # every template follows S2 with its verb
     positions["END"] = [len(model.tokenizer(p.text)["input_ids"]) - 1 for p in clean]
-    return (
+    texts = [
         [p.text for p in clean],
         [p.text for p in corrupt],
         [" " + p.indirect for p in clean],
         [" " + p.subject for p in clean],
-        positions,
-        scheme.name,
-    )
+    ]
+    return texts, {"positions": positions, "corruption": scheme.name, "seed": seed}
 
 
 def _single_tokens(model: Model, words: tuple[str, ...]) -> list[str]:
