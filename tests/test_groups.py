@@ -124,11 +124,14 @@ def test_mixed_length_ioi_is_grouped_and_padding_side_changes_nothing(smollm):
 
 @pytest.mark.smollm
 def test_ioi_groups_use_every_template_with_names_at_their_positions(smollm):
-    groups = ap.tasks.ioi_groups(smollm, n=28, corruption="s2")
-    assert len(groups) > 1 and sum(len(g) for g in groups) == 28
-    texts = [t for g in groups for t in g.clean_text]
     from actpatch.tasks.ioi import TEMPLATES
 
+    # Every template once: prompt i takes template i % n, in ABBA order when i is even; with
+    # 14 templates a second round would repeat each in the same order with other names.
+    n = len(TEMPLATES)
+    groups = ap.tasks.ioi_groups(smollm, n=n, corruption="s2")
+    assert len(groups) > 1 and sum(len(g) for g in groups) == n
+    texts = [t for g in groups for t in g.clean_text]
     assert (
         len({t.split(",")[0].split(" ")[0] + str(len(t)) for t in texts}) > 4
     )  # many templates, not one length's few
@@ -145,4 +148,4 @@ def test_ioi_groups_use_every_template_with_names_at_their_positions(smollm):
             )  # s2 leaves S1 alone
     assert len(TEMPLATES) >= 10
     result = ap.sweep(smollm, groups, "resid_pre", positions=["S1", "S2", "END"], layers=[2])
-    assert result.attrs["n_prompts"] == 28 and result.sizes["pos"] == 3
+    assert result.attrs["n_prompts"] == n and result.sizes["pos"] == 3

@@ -137,7 +137,7 @@ def test_metric_menu_redraws_in_the_browser(browser, tmp_path):
 
 @pytest.mark.smollm
 def test_smollm_ioi_heatmap(browser, smollm, tmp_path):
-    pairs = ap.ioi_pairs(smollm, n=8)
+    pairs = ap.ioi_pairs(smollm, n=2)  # the page, not the number of prompts, is under test
     result = ap.sweep(smollm, pairs, "resid_pre", direction="denoise")
     page = report.render_report(
         {"IOI (all three names replaced): resid_pre, denoise": result}, tmp_path / "ioi.html"

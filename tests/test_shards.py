@@ -17,7 +17,7 @@ import actpatch as ap
 from actpatch.engine import shards
 from actpatch.engine.plan import plan
 from actpatch.engine.spec import SweepSpec
-from command_line import run
+from command_line import run, run_tiny_ioi
 from tiny import tiny_model, tiny_pairs, tiny_task, with_answers
 
 FAULTS_FOLDER = "ACTPATCH_TEST_SHARD_FAULTS"
@@ -218,7 +218,7 @@ def test_the_reference_engine_does_not_shard(saved):
 def test_sharded_sweep_equals_single_process_on_smollm_ioi(faults, smollm):
     """The embedded model, loaded on each worker from its default spec, on a few layers of IOI."""
     assert shards.ModelSpec.of(smollm) == shards.ModelSpec(None, "float32")
-    pairs = ap.ioi_pairs(smollm, n=4, seed=1)
+    pairs = ap.ioi_pairs(smollm, n=2, seed=1)  # its named positions are the same in every prompt
     options = dict(direction=["denoise", "noise"], layers=[0, 14, 29], positions=["END"])
     want = ap.sweep(smollm, pairs, "head", **options)
     got = ap.sweep(smollm, pairs, "head", shards=3, **options)  # 3 shards on 2 workers
@@ -252,26 +252,9 @@ def test_cli_without_ray_names_the_extra(monkeypatch, tmp_path):
     assert result.exit_code == 2 and "pip install 'actpatch[ray]'" in result.output, result.output
 
 
-@pytest.mark.smollm
-def test_cli_sweep_with_shards(faults, tmp_path):
-    result = run(
-        "sweep",
-        "--task",
-        "ioi",
-        "--prompts",
-        "2",
-        "--site",
-        "resid_pre",
-        "--layers",
-        "0,29",
-        "--positions",
-        "END",
-        "--shards",
-        "2",
-        "-q",
-        "--out",
-        tmp_path,
-    )
+def test_cli_sweep_with_shards(faults, tiny_folder, tmp_path):
+    flags = ("--site", "resid_pre", "--positions", "END", "--shards", "2", "-q")
+    result = run_tiny_ioi(("sweep",), tiny_folder, tmp_path, *flags)
     assert result.exit_code == 0, result.output
     saved = ap.load(tmp_path / "ioi_resid_pre_denoise.nc")
     assert saved.attrs["engine"] == shards.ENGINE and saved.attrs["cost"]["shards"] == 2
