@@ -157,8 +157,8 @@ def das(
         _projection(held_out, U, test),
         tuple(flags),
         tuple(losses),
-        tuple(train),
-        tuple(test),
+        tuple(train.tolist()),  # plain ints, not 0-d tensors
+        tuple(test.tolist()),
     )
 
 
