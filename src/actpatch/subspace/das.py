@@ -168,14 +168,8 @@ def learn(
     """U (d, rank) with orthonormal columns that minimises the patched runs' cross-entropy on
     the counterfactual answers of `run`'s pairs, the whole training loss at each check, and the
     number of optimiser steps taken."""
-    d = run.source.shape[-1]
     generator = torch.Generator().manual_seed(seed)
-    rotation = nn.Linear(d, rank, bias=False)
-    with torch.no_grad():
-        rotation.weight.copy_(torch.randn(rank, d, generator=generator))
-    with torch.random.fork_rng(devices=[]):  # the parametrisation completes its base with randn
-        torch.manual_seed(seed)
-        rotation = orthogonal(rotation).to(run.source.device)  # weight: (rank, d), orthonormal rows
+    rotation = initial_rotation(run.source.shape[-1], rank, generator, seed).to(run.source.device)
     optimiser = torch.optim.Adam(rotation.parameters(), lr=training.lr)
     best, best_U, waited, losses = math.inf, rotation.weight.detach().T.clone(), 0, []
     for step in range(training.steps + 1):
@@ -204,6 +198,18 @@ def learn(
         best,
     )
     return best_U, losses, step
+
+
+def initial_rotation(d: int, rank: int, generator: torch.Generator, seed: int) -> nn.Module:
+    """The map DAS starts from: a Linear(d, rank) whose weight (rank, d) has orthonormal rows under
+    PyTorch's `orthogonal` parametrisation, drawn from `generator` (seeded by `seed`: its next draws
+    pick the batches) and `seed`; the global random state is left as it was."""
+    rotation = nn.Linear(d, rank, bias=False)
+    with torch.no_grad():
+        rotation.weight.copy_(torch.randn(rank, d, generator=generator))
+    with torch.random.fork_rng(devices=[]):  # the parametrisation completes its base with randn
+        torch.manual_seed(seed)
+        return orthogonal(rotation)
 
 
 def _loss(model: Model, run: Interchange, U: Tensor) -> Tensor:
