@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sys.path.insert(0, str(HERE.parent / "src"))  # this checkout's actpatch, in every process
     if args.worker == "actpatch":
         return run_actpatch(args)
     if args.worker == "pyvene":

@@ -65,11 +65,14 @@ class Interchange:
         with vectors.patch(model, self.site, value, self.target_run.positions):
             return vectors.final_logits(model, self.target_run)
 
-    def subspace_value(self, U: Tensor) -> Tensor:
-        """x_t + U Uᵀ (x_s − x_t) for a (d, r) U, by the bases' patch rule; differentiable in U."""
+    def subspace_value(self, U: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x_t + U Uᵀ (x_s − x_t) for a (d, r) U, by the bases' patch rule; differentiable in U.
+        `mask` (r,) weighs each direction's move (boundless DAS's soft boundary): U diag(m) Uᵀ."""
         U = U.to(device=self.target.device, dtype=torch.float32)
-        source, target = self.source.float(), self.target.float()
-        return move_latents(target, source @ U, target @ U, U.T)
+        source, target = self.source.float() @ U, self.target.float() @ U
+        if mask is not None:
+            source, target = source * mask, target * mask
+        return move_latents(self.target.float(), source, target, U.T)
 
     def per_prompt(self, model: Model, value: Tensor) -> dict[str, Tensor]:
         """Every metric per prompt for the target run patched with `value` (no gradients)."""
