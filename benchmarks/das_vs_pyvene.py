@@ -19,9 +19,10 @@ Each tool runs in its own fresh process:
     forward (`intervenable(base, [source], {"sources->base": ...})`).
 Reported: held-out interchange-intervention accuracy (IIA: the patched run's top token is the
 clean indirect object) and normalised logit difference (ratio of means, as actpatch defines it),
-each tool's wall time (model loading excluded; actpatch's whole `das` call, capture and held-out
-evaluation included; pyvene's training loop and held-out evaluation) and peak memory, the other
-processes' CPU use meanwhile, and |cos| between the two learned subspaces (rank 1: the angle
+each tool's wall time and CPU time (the process's, all threads; model loading excluded;
+actpatch's whole `das` call, capture and held-out evaluation included; pyvene's training loop and
+held-out evaluation) and peak memory, the other processes' CPU use meanwhile (on a shared machine
+the wall time mostly measures the others: read the CPU time), and |cos| between the two learned subspaces (rank 1: the angle
 between the directions; rank r: the mean squared cosine of the principal angles).
 
     python -m venv --system-site-packages /work/venvs/pyvene      # once; see below
@@ -209,6 +210,7 @@ def run_actpatch(args: argparse.Namespace) -> None:
         ),
     ]:
         record = {"name": name}
+        cpu = time.process_time()
         with measured(record):
             found = ap.das(
                 model,
@@ -220,6 +222,7 @@ def run_actpatch(args: argparse.Namespace) -> None:
                 guards=guards,
                 n_boot=1000,
             )
+        record["cpu_s"] = time.process_time() - cpu
         if list(found.train) != spec["train"] or list(found.test) != spec["test"]:
             raise SystemExit("das split the pairs differently from the spec")
         table = found.table.sel(stat="value")
@@ -261,6 +264,7 @@ def run_pyvene(args: argparse.Namespace) -> None:
     train, test = torch.tensor(spec["train"]), torch.tensor(spec["test"])
     end, U0 = spec["end"], torch.tensor(spec["U0"])
     record = {"name": f"pyvene {pv.__version__ if hasattr(pv, '__version__') else '0.1.8'}"}
+    cpu = time.process_time()
     with measured(record):
         config = pv.IntervenableConfig(
             representations=[
@@ -299,6 +303,7 @@ def run_pyvene(args: argparse.Namespace) -> None:
             logits = patched(test)
             clean_logits = hf(input_ids=clean[test]).logits[:, -1].float()
             corrupt_logits = hf(input_ids=corrupt[test]).logits[:, -1].float()
+    record["cpu_s"] = time.process_time() - cpu
     a, w = answers[test][:, None], wrong[test][:, None]
 
     def logit_diff(x: torch.Tensor) -> float:
@@ -329,11 +334,14 @@ def agreement(records: dict) -> dict:
 
 def print_report(summary: dict) -> None:
     rows = [*summary["records"]["actpatch"]["runs"], *summary["records"]["pyvene"]["runs"]]
-    print(f"\n{'run':<70}{'held-out IIA':>14}{'norm LD':>10}{'wall s':>9}{'peak Δ MiB':>12}")
+    print(
+        f"\n{'run':<70}{'held-out IIA':>14}{'norm LD':>10}{'wall s':>9}{'CPU s':>9}"
+        f"{'peak Δ MiB':>12}"
+    )
     for r in rows:
         print(
             f"{r['name']:<70}{r['iia']:>14.3f}{r['norm_logit_diff']:>10.3f}"
-            f"{r['wall_s']:>9.1f}{r['peak_delta_mib']:>12.0f}"
+            f"{r['wall_s']:>9.1f}{r['cpu_s']:>9.1f}{r['peak_delta_mib']:>12.0f}"
         )
     for tool, record in summary["records"].items():
         print(
