@@ -80,3 +80,27 @@ def test_the_section_lists_the_numbers_and_the_flags_and_renders(found, tmp_path
     assert "the part the next weights ignore" in page and "neuron[layer=0, pos=END]" in page
     with pytest.raises(TypeError, match="draws a DASResult"):
         das_section(result.table)
+
+
+def test_a_subspace_over_every_position_is_drawn_at_the_last():
+    from tiny import tiny_task
+
+    model, pairs = tiny_task("gpt2", batch=6)
+    pairs = pairs[[0, 1, 2, 0, 1, 2]]
+    result = das(
+        model,
+        pairs,
+        "resid_pre[layer=1]",
+        rank=2,
+        training=Training(steps=2),
+        guards=False,
+        n_boot=20,
+    )
+    figure = projection_plot(result)
+    assert "drawn at the last" in figure.layout.title.text
+    source = [t for t in figure.data if t.name == "source run"]
+    assert len(source) == 2  # one panel per direction
+    want = result.projection.sel(run="source").isel(pos=-1, latent=1).values
+    np.testing.assert_allclose(np.asarray(source[1].y, dtype=float), want, atol=1e-6)
+    section = das_section(result)
+    assert section.html.count("not run") == 2 * 5  # five controls, two scores each
