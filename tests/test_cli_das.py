@@ -50,6 +50,8 @@ def test_das_writes_its_table_and_subspace(tiny_folder, tmp_path):
     assert table.attrs["rank"] == 2 and table.attrs["experiment"]["task"]["name"] == "ioi"
     U = load_file(tmp_path / "ioi_resid_pre_denoise_das_subspace.safetensors")["U"]
     assert U.shape == (16, 2)
+    page = (tmp_path / "ioi_resid_pre_denoise_das.html").read_text()
+    assert "Held-out accuracy beside its controls" in page and "projected on the learned" in page
     rerun = das(tiny_folder, tmp_path, "--site", "resid_pre", "--layers", "1", "--positions", "END")
     assert rerun.exit_code == 2 and "--overwrite" in rerun.stderr
 

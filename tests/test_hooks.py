@@ -87,6 +87,57 @@ def test_resid_mid_patch_sets_the_residual_stream_itself(family):
     )  # and earlier positions are untouched
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_edit_is_the_patch_of_its_function_of_the_unpatched_value(family):
+    """edit() hands each site what it holds and writes what the function returns: on every kind
+    (resid_mid through attn_out, a whole neuron layer as one vector), that is patch() of f(x)."""
+    model, pairs = tiny_task(family)
+    for kind in [*kinds_for(family), "neuron layer"]:
+        site = one_site(kind, pos="X") if kind != "neuron layer" else Site("neuron", 1, pos="X")
+        parts = (
+            [site]
+            if kind != "neuron layer"
+            else [Site("neuron", 1, neuron=i, pos="X") for i in range(model.dims.d_mlp)]
+        )
+        own = capture(model, pairs.corrupt, parts, positions=pairs.positions)
+        x = own[site] if kind != "neuron layer" else torch.stack([own[p] for p in parts], -1)
+        seen: list[torch.Tensor] = []
+
+        def f(current, seen=seen):
+            seen.append(current)
+            return current * 1.5 - 0.25
+
+        with hooks.edit(model, {site: f}, positions=pairs.positions):
+            got = hooks.last_logits(model, pairs.corrupt)
+        torch.testing.assert_close(seen[0], x, atol=1e-5, rtol=0, msg=f"{family} {kind}")
+        values = (
+            {site: f(x)}
+            if kind != "neuron layer"
+            else {p: f(x)[..., i] for i, p in enumerate(parts)}
+        )
+        with patch(model, values, positions=pairs.positions):
+            want = hooks.last_logits(model, pairs.corrupt)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=f"{family} {kind}")
+    assert attached_hooks(model) == 0
+
+
+def test_an_edit_refuses_values_and_says_when_it_never_ran():
+    model, pairs = tiny_task("llama")
+    site = Site("resid_pre", 1)
+    value = capture(model, pairs.clean, [site])[site]
+    with (
+        pytest.raises(TypeError, match="write fixed values with patch"),
+        hooks.edit(model, {site: value}),
+    ):
+        pass
+    with (
+        pytest.raises(PatchNotApplied, match=r"resid_pre\[layer=1\]"),
+        hooks.edit(model, {site: lambda x: x}),
+    ):
+        pass
+    assert attached_hooks(model) == 0
+
+
 def test_named_position_patches_each_prompt_at_its_own_index():
     model, pairs = tiny_task("llama")
     named = Site("resid_pre", 1, pos="X")

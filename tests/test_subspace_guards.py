@@ -214,3 +214,35 @@ def test_das_noises_with_a_counterfactual(genuine):
     )
     assert result.iia == 1 and abs(float(result.subspace.U[:, 0] @ genuine.direction)) >= 0.95
     assert result.flags == () and result.table.attrs["direction"] == "noise"
+
+
+@pytest.mark.parametrize("kind", ["genuine", "illusion"])
+def test_boundless_das_learns_the_rank(kind):
+    """rank="learned": a full rotation and a boundary; on both planted models the variable needs
+    one direction, which it finds; the guards judge it as they judge a fixed-rank search."""
+    case = planted(kind)
+    result = das(
+        case.model,
+        case.pairs,
+        case.site,
+        rank="learned",
+        training=Training(steps=100, lr=0.1),
+        guards=Guards(n_random=10, random_model=False),
+        n_boot=100,
+    )
+    assert result.subspace.rank == 1 and result.table.attrs["rank"] == 1
+    assert result.table.attrs["rank_learned"] and "boundless" in result.table.attrs["method"]
+    assert abs(float(result.subspace.U[:, 0] @ case.direction)) >= 0.99
+    assert result.iia == 1
+    names = {flag.split(":")[0] for flag in result.flags}
+    assert names == (set() if kind == "genuine" else {"exceeds_component", "dormant_pathway"})
+
+
+def test_a_masked_patch_is_the_patch_of_the_kept_directions():
+    """Boundless DAS's soft mask at 0/1 is the plain patch of the directions it keeps."""
+    model, pairs = tiny_task("llama")
+    run = interchange(model, pairs, "resid_pre[layer=1, pos=END]")
+    Q = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(1)))[0]
+    mask = torch.zeros(32)
+    mask[:3] = 1
+    torch.testing.assert_close(run.subspace_value(Q, mask), run.subspace_value(Q[:, :3]))

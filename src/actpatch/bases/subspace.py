@@ -9,8 +9,10 @@ basis, PCA of activations, a difference of class means, or distributed alignment
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -99,6 +101,11 @@ class Subspace:
         return move_latents(
             target, self.encode(source), self.encode(target), self.decoder().to(target.device)
         )
+
+    def at(self, **site: Any) -> Subspace:
+        """The same U at another site of the same width: `basis.at(layer=3)`, `at(head=2)`,
+        `at(pos="S2")` (the fields of `Site`); to patch one shared basis at several sites."""
+        return Subspace(dataclasses.replace(self.site, **site), self.U, self.name)
 
     def check_width(self, model: Model) -> None:
         """Raise unless U is as wide as the site's vector on `model`."""

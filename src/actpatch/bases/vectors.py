@@ -8,7 +8,7 @@ site kind of its own. Reading and writing sites is `hooks`'s job; this module on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -53,11 +53,21 @@ def width(model: Model, site: Site) -> int:
 
 def read(model: Model, run: Run, site: Site) -> Tensor:
     """The site's vector on `run`, (batch, [pos,] d) in the model's dtype, from one forward."""
-    parts = hook_sites(model, site)
-    captured = hooks.capture(model, run, parts)
-    if site.kind != "neuron":
-        return captured[site]
-    return torch.stack([captured[part] for part in parts], dim=-1)
+    return read_all(model, run, [site])[0]
+
+
+def read_all(model: Model, run: Run, sites: Sequence[Site]) -> list[Tensor]:
+    """Each site's vector on `run`, as `read` gives it, all from one forward."""
+    parts = {site: hook_sites(model, site) for site in sites}
+    captured = hooks.capture(
+        model, run, list(dict.fromkeys(p for ps in parts.values() for p in ps))
+    )
+    return [
+        captured[site]
+        if site.kind != "neuron"
+        else torch.stack([captured[part] for part in parts[site]], dim=-1)
+        for site in sites
+    ]
 
 
 def writes(model: Model, site: Site, value: Tensor) -> dict[Site, Tensor]:

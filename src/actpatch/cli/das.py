@@ -86,7 +86,8 @@ def das(
     the whole neuron layer. Prints held-out interchange-intervention accuracy and normalised
     logit difference beside the full component, the row- and null-space parts, random subspaces,
     the re-initialised model and the training pairs, then the flags (docs/subspaces.md). Writes
-    the table (.nc, with provenance) and the subspace (U, .safetensors) into --out."""
+    the table (.nc, with provenance), the subspace (U, .safetensors) and a report (.html: the
+    controls side by side, the held-out prompts' projection) into --out."""
     from safetensors.torch import save_file
 
     from actpatch.subspace.das import Training
@@ -95,7 +96,7 @@ def das(
     spec, out, echo = begin(flags, quiet=quiet)
     site = _one_site(spec.sweep)
     name = stem(spec, "das")
-    refuse_overwrite(out, [f"{name}.nc", f"{name}_subspace.safetensors"], overwrite)
+    refuse_overwrite(out, [f"{name}.nc", f"{name}_subspace.safetensors", f"{name}.html"], overwrite)
     direction = one_direction(spec, "das")
     if direction == "noise":
         raise BadInput(
@@ -126,6 +127,10 @@ def das(
         metadata={"site": str(site), "rank": str(rank), "model": model.name},
     )
     click.echo(f"saved {subspace}")
+    page = ap.report.render_report(
+        [ap.report.das_section(result)], out / f"{name}.html", title=f"actpatch: {name}"
+    )
+    click.echo(f"report {page}")
 
 
 def _one_site(sweep: Any) -> ap.Site:

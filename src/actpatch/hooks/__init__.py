@@ -22,8 +22,9 @@ and `edge_removal.py` (one removed edge per copy, resumed at its receiver's laye
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -71,6 +72,7 @@ __all__ = [
     "capture_with_logits",
     "drop_gradients",
     "eager_attention",
+    "edit",
     "final_logits",
     "forward",
     "head_device",
@@ -201,6 +203,45 @@ def patch_copies(
         yield
     if missing := [write.site for write in writes if not fired[(write.copy, write.site)]]:
         raise PatchNotApplied(missing)
+
+
+@contextmanager
+def edit(
+    model: Model,
+    edits: Mapping[SiteLike, Callable[[Tensor], Tensor]],
+    *,
+    named_positions: NamedPositions | None = None,
+) -> Iterator[None]:
+    """Run forwards with each site's activation replaced by a function of itself; always unhook.
+
+    Each function is given what its site holds in that forward (the shape `capture` returns,
+    earlier edits of the same forward included) and returns what to write there; gradients flow
+    through it. A neuron site without `neuron=` is the whole neuron layer, (batch, [pos,] d_mlp).
+    Raises `PatchNotApplied` if a site was never reached."""
+    edits = _keyed(edits)
+    for site, function in edits.items():
+        if features.is_feature(site) or not callable(function):
+            raise TypeError(
+                f"{site}: edit() takes a node site and a function of its activation; "
+                "write fixed values with patch()"
+            )
+    fired: Counter[tuple[int, Site]] = Counter()
+    writes = [Write(site, function, slice(None), 0) for site, function in edits.items()]
+    groups = _by_layer(model, ((_one_neuron(write.site), write) for write in writes))
+    writers = [
+        (kind, layer, WriteTap(kind, model, group, named_positions or {}, fired))
+        for (kind, layer), group in groups.items()
+    ]
+    with placement.attached(model, writers):
+        yield
+    if missing := [write.site for write in writes if not fired[(0, write.site)]]:
+        raise PatchNotApplied(missing)
+
+
+def _one_neuron(site: Site) -> Site:
+    """A whole neuron layer checked and grouped as its first neuron (it lives where they do)."""
+    whole = site.kind == "neuron" and site.neuron is None
+    return dataclasses.replace(site, neuron=0) if whole else site
 
 
 class Watched:

@@ -10,7 +10,7 @@ sites and stores; where a tap is attached is `attach.py`'s job.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -45,10 +45,11 @@ class ReadTap:
 
 @dataclass(frozen=True)
 class Write:
-    """One value to write: into `site`, on the batch rows of one copy of a stacked run."""
+    """One value to write: into `site`, on the batch rows of one copy of a stacked run. A callable
+    value is an edit: it is given what the site holds in this forward and returns what to write."""
 
     site: Site
-    value: Tensor
+    value: Tensor | Callable[[Tensor], Tensor]
     rows: slice
     copy: int
 
@@ -78,13 +79,18 @@ class WriteTap:
         for write in self.writes:
             view = full_view[write.rows]
             where = index(write.site, view, self.positions)
-            value = write.value.to(device=view.device, dtype=view.dtype)
-            if self.kind == "resid_mid":
-                # resid_mid = resid_pre + attn_out is a sum inside the layer's forward, not a
-                # module's output; so we write it through attn_out: attn_out := wanted − resid_pre.
-                value = (
-                    value - canonical("resid_pre", self.model, self.resid_pre)[write.rows][where]
-                )
+            # resid_mid = resid_pre + attn_out is a sum inside the layer's forward, not a module's
+            # output; so it is written through attn_out: attn_out := wanted − resid_pre.
+            below = (
+                canonical("resid_pre", self.model, self.resid_pre)[write.rows][where]
+                if self.kind == "resid_mid"
+                else 0
+            )
+            if callable(write.value):  # cloned: the write below must not change what it read
+                value = write.value(view[where].clone() + below)
+            else:
+                value = write.value
+            value = value.to(device=view.device, dtype=view.dtype) - below
             check_shape(write.site, view[where], value)
             view[where] = value
             self.fired[(write.copy, write.site)] += 1

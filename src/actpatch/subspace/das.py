@@ -7,24 +7,21 @@ orthonormal by PyTorch's `orthogonal` parametrisation (Householder products for 
 weight), trained with Adam on the cross-entropy of the patched run's final-position logits, on a
 training share of the pairs, stopping early when the training loss stops improving; every
 number reported is measured on the held-out pairs. Non-linear maps are not offered: they find
-"variables" even in randomly initialised models (Sutter et al. 2025).
+"variables" even in randomly initialised models (Sutter et al. 2025). Learning U (fixed rank, or
+boundless: the rank learned too) is `learn.py`'s job; this module splits, judges and labels.
 
 The guards (`guards.py`) run by default and their flags travel with the result.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import xarray as xr
-from torch import Tensor, nn
-from torch.nn.utils.parametrizations import orthogonal
+from torch import Tensor
 
 from actpatch import metrics, results
 from actpatch.bases import vectors
@@ -42,25 +39,17 @@ from actpatch.stats.bootstrap import (
     statistic,
 )
 from actpatch.subspace.guards import SCORES, Controls, Guards, flags_of, measure, reinitialised
+from actpatch.subspace.learn import Training, initial_rotation, learn, learn_boundless
 from actpatch.subspace.patching import Interchange, interchange
 from actpatch.subspace.result import CONTROLS, DASResult
 
-log = logging.getLogger(__name__)
+__all__ = ["Training", "das", "initial_rotation", "learn", "learn_boundless"]
 
 PARAMETRISATION = "torch.nn.utils.parametrizations.orthogonal (Householder), Adam, cross-entropy"
-
-
-@dataclass(frozen=True)
-class Training:
-    """How U is learned: `steps` Adam steps at `lr` on batches of `batch_size` training pairs; the
-    whole training loss is checked every `check_every` steps, and training stops after `patience`
-    checks without improvement, keeping the best U."""
-
-    steps: int = 300
-    lr: float = 0.05
-    batch_size: int = 32
-    check_every: int = 10
-    patience: int = 5
+BOUNDLESS = (
+    "boundless DAS: a full rotation (torch orthogonal, matrix exponential) and a learned boundary "
+    "under an annealed sigmoid mask, Adam, cross-entropy + boundary penalty"
+)
 
 
 @old_keywords("n_boot")
@@ -69,26 +58,28 @@ def das(
     pairs: PromptPairs,
     site: Site | str,
     *,
-    rank: int,
+    rank: int | Literal["learned"],
     direction: Literal["denoise", "noise"] = "denoise",
     counterfactual: Tensor | None = None,
     test_share: float = 0.5,
     seed: int = 0,
-    training: Training = Training(),
+    training: Training | None = None,
     guards: Guards | bool = True,
     ci: float | Bootstrap = DEFAULT,
 ) -> DASResult:
-    """Learn a rank-`rank` subspace at `site` (one position: `pos=END`, or an index) and judge it.
+    """Learn a rank-`rank` subspace at `site` (one position: `pos=END`, or an index) and judge it;
+    `rank="learned"` learns the rank too (boundless DAS, `learn.learn_boundless`).
 
     Denoising patches clean into corrupt and asks for `pairs.answers` over `pairs.wrong`, unless
     `counterfactual` (one token id per pair) names the answer the source's value should produce
     (required for noising; see `patching.interchange`). `test_share` of the pairs (drawn by
     `seed`, which also seeds U's start) are held out, and every number in the result is measured
-    on them; `training` says how U is learned. `guards` (on by default; `Guards(...)` to tune,
+    on them; `training` says how U is learned (default `Training()`). `guards` (on by default; `Guards(...)` to tune,
     False to skip) adds the full-component, row/null-space, random-subspace and re-initialised-
     model controls and their flags. Intervals: `ci` bootstrap over the held-out prompts (a level,
     or an `actpatch.Bootstrap` for the resamples' count and seed)."""
     site = vectors.as_site(site)
+    training = Training() if training is None else training
     _check(model, pairs, site, rank, test_share, training)
     ci = Bootstrap.of(ci)
     if not isinstance(guards, (bool, Guards)):
@@ -96,7 +87,7 @@ def das(
     settings = Guards() if guards is True else guards
     train, test = _split(len(pairs), test_share, seed)
     run = interchange(model, pairs, site, direction=direction, counterfactual=counterfactual)
-    U, losses, steps_run = learn(model, run[train], rank, training, seed=seed)
+    U, losses, steps_run = _search(model, run[train], rank, training, seed)
     held_out = run[test]
     groups = {
         "test": (
@@ -122,7 +113,7 @@ def das(
             other_run = interchange(
                 other, pairs, site, direction=direction, counterfactual=counterfactual
             )
-            other_U, _, _ = learn(other, other_run[train], rank, training, seed=seed)
+            other_U, _, _ = _search(other, other_run[train], rank, training, seed)
             other_test = other_run[test]
             groups["random_model"] = (
                 other_test.baseline,
@@ -141,9 +132,10 @@ def das(
         pairs,
         analysis="das",
         site=str(site),
-        rank=rank,
+        rank=U.shape[1],
+        rank_learned=rank == "learned",
         direction=direction,
-        method=PARAMETRISATION,
+        method=BOUNDLESS if rank == "learned" else PARAMETRISATION,
         training=asdict(training),
         das_seed=seed,  # "seed" is the prompts' generator's, from provenance()
         steps_run=steps_run,
@@ -166,67 +158,32 @@ def das(
         _projection(held_out, U, test),
         tuple(flags),
         tuple(losses),
-        tuple(train),
-        tuple(test),
+        tuple(train.tolist()),  # plain ints, not 0-d tensors
+        tuple(test.tolist()),
     )
 
 
-def learn(
-    model: Model, run: Interchange, rank: int, training: Training = Training(), *, seed: int = 0
+def _search(
+    model: Model, run: Interchange, rank: int | str, training: Training, seed: int
 ) -> tuple[Tensor, list[float], int]:
-    """U (d, rank) with orthonormal columns that minimises the patched runs' cross-entropy on
-    the counterfactual answers of `run`'s pairs, the whole training loss at each check, and the
-    number of optimiser steps taken."""
-    d = run.source.shape[-1]
-    generator = torch.Generator().manual_seed(seed)
-    rotation = nn.Linear(d, rank, bias=False)
-    with torch.no_grad():
-        rotation.weight.copy_(torch.randn(rank, d, generator=generator))
-    with torch.random.fork_rng(devices=[]):  # the parametrisation completes its base with randn
-        torch.manual_seed(seed)
-        rotation = orthogonal(rotation).to(run.source.device)  # weight: (rank, d), orthonormal rows
-    optimiser = torch.optim.Adam(rotation.parameters(), lr=training.lr)
-    best, best_U, waited, losses = math.inf, rotation.weight.detach().T.clone(), 0, []
-    for step in range(training.steps + 1):
-        if step % training.check_every == 0 or step == training.steps:
-            with torch.no_grad():
-                U = rotation.weight.T
-                losses.append(float(_loss(model, run, U)))
-            log.debug("step %d: training loss %.4f", step, losses[-1])
-            if losses[-1] < best - 1e-4:
-                best, best_U, waited = losses[-1], U.detach().clone(), 0
-            elif (waited := waited + 1) >= training.patience:
-                break
-        if step == training.steps:
-            break
-        rows = torch.randperm(len(run.pairs), generator=generator)[: training.batch_size]
-        with torch.enable_grad():
-            loss = _loss(model, run[rows], rotation.weight.T)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    log.info(
-        "learned a rank-%d subspace at %s in %d steps (training loss %.4f)",
-        rank,
-        run.site,
-        step,
-        best,
-    )
-    return best_U, losses, step
-
-
-def _loss(model: Model, run: Interchange, U: Tensor) -> Tensor:
-    logits = run.logits(model, run.subspace_value(U))
-    return F.cross_entropy(logits, run.baseline.answers.to(logits.device))
+    if rank == "learned":
+        return learn_boundless(model, run, training, seed=seed)
+    return learn(model, run, rank, training, seed=seed)
 
 
 def _check(
-    model: Model, pairs: PromptPairs, site: Site, rank: int, test_share: float, training: Training
+    model: Model,
+    pairs: PromptPairs,
+    site: Site,
+    rank: int | str,
+    test_share: float,
+    training: Training,
 ) -> None:
     d = vectors.width(model, site)
-    if not isinstance(rank, int) or not 1 <= rank <= d:
+    if rank != "learned" and (not isinstance(rank, int) or not 1 <= rank <= d):
         raise BasisError(
-            f"{site}: rank must be a whole number from 1 to the site's width {d}, got {rank!r}"
+            f"{site}: rank must be a whole number from 1 to the site's width {d}, or "
+            f'"learned" (boundless DAS), got {rank!r}'
         )
     if not 0 < test_share < 1:
         raise ValueError(
@@ -237,6 +194,10 @@ def _check(
     if training.steps < 0 or training.check_every < 1 or training.batch_size < 1:
         raise ValueError(
             f"{training}: steps must be 0 or more, check_every and batch_size 1 or more"
+        )
+    if rank == "learned" and (training.steps < 1 or min(training.temperature) <= 0):
+        raise ValueError(
+            f"{training}: boundless DAS needs steps of 1 or more and positive temperatures"
         )
     n_test = round(len(pairs) * test_share)
     if n_test < 2 or len(pairs) - n_test < 2:
