@@ -107,7 +107,7 @@ def test_an_edit_is_the_patch_of_its_function_of_the_unpatched_value(family):
             seen.append(current)
             return current * 1.5 - 0.25
 
-        with hooks.edit(model, {site: f}, positions=pairs.positions):
+        with hooks.edit(model, {site: f}, named_positions=pairs.positions):
             got = hooks.last_logits(model, pairs.corrupt)
         torch.testing.assert_close(seen[0], x, atol=1e-5, rtol=0, msg=f"{family} {kind}")
         values = (

@@ -228,7 +228,7 @@ def test_boundless_das_learns_the_rank(kind):
         rank="learned",
         training=Training(steps=100, lr=0.1),
         guards=Guards(n_random=10, random_model=False),
-        n_boot=100,
+        ci=ap.Bootstrap(n_boot=100),
     )
     assert result.subspace.rank == 1 and result.table.attrs["rank"] == 1
     assert result.table.attrs["rank_learned"] and "boundless" in result.table.attrs["method"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from actpatch import Site, capture, hooks, patch
+from actpatch import Bootstrap, Site, capture, hooks, patch
 from actpatch.bases import vectors
 from actpatch.bases.subspace import BasisError, Subspace
 from actpatch.stats import intervals
@@ -138,7 +138,12 @@ def test_intervals_hold_the_value_and_each_direction_has_its_own_baseline(family
     both = ["denoise", "noise"]
     plain = patch_subspace(model, pairs, basis, direction=both, counterfactual=counterfactual)
     found = patch_subspace(
-        model, pairs, basis, direction=both, counterfactual=counterfactual, ci=0.9, n_boot=200
+        model,
+        pairs,
+        basis,
+        direction=both,
+        counterfactual=counterfactual,
+        ci=Bootstrap(0.9, n_boot=200),
     )
     assert found.dims == ("direction", "metric", "stat")
     np.testing.assert_allclose(found.sel(stat="value").values, plain.values, atol=1e-6)
@@ -162,12 +167,17 @@ def test_intervals_hold_the_value_and_each_direction_has_its_own_baseline(family
         "clean": diffs[0].tolist(),
         "corrupt": diffs[1].tolist(),
     }
-    by_stats = intervals(rows, ci=0.9, n_boot=200, seed=0)
+    by_stats = intervals(rows, ci=Bootstrap(0.9, n_boot=200))
     np.testing.assert_allclose(found.sel(direction="noise").values, by_stats.values, atol=1e-6)
     # A full-rank patch of the last residual is the source run in either direction: exactly 1.
     whole = Subspace("resid_post[layer=1, pos=END]", random_basis(32, 32, seed=2))
     full = patch_subspace(
-        model, pairs, whole, direction=both, counterfactual=counterfactual, ci=0.9, n_boot=50
+        model,
+        pairs,
+        whole,
+        direction=both,
+        counterfactual=counterfactual,
+        ci=Bootstrap(0.9, n_boot=50),
     )
     np.testing.assert_allclose(full.sel(metric="norm_logit_diff").values, 1, atol=1e-4)
 

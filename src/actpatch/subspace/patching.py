@@ -25,7 +25,7 @@ from actpatch.metrics import METRICS, Baseline
 from actpatch.models.model import Model
 from actpatch.pairs import PairsError, PromptPairs, Run
 from actpatch.sites import Site
-from actpatch.stats.bootstrap import check_options, intervals
+from actpatch.stats import bootstrap
 
 Direction = Literal["denoise", "noise"]
 DIRECTIONS = ("denoise", "noise")
@@ -106,6 +106,7 @@ def interchange(
     return Interchange(pairs, site, direction, target_run, source, target, baseline)
 
 
+@bootstrap.old_keywords("n_boot", "boot_seed")
 def patch_subspace(
     model: Model,
     pairs: PromptPairs,
@@ -115,9 +116,7 @@ def patch_subspace(
     counterfactual: Tensor | None = None,
     per_prompt: bool = False,
     layers: Sequence[int] | None = None,
-    ci: float | None = None,
-    n_boot: int = 1000,
-    boot_seed: int = 0,
+    ci: float | bootstrap.Bootstrap | None = None,
 ) -> xr.DataArray:
     """Every metric for the target run with the subspace's part of the site taken from the source.
 
@@ -131,17 +130,16 @@ def patch_subspace(
     becomes x_t + U Uᵀ (x_s − x_t) with x_s from the unpatched source run and x_t what the site
     holds in the patched forward, after the patches upstream of it.
 
-    `ci` (e.g. 0.95) puts a bootstrap interval on every number, as `sweep(ci=)` does: a `stat`
-    dimension ["value", "lo", "hi"] from `n_boot` resamples of the prompts (seeded by
-    `boot_seed`), each direction's on its own baselines (docs/uncertainty.md)."""
+    `ci` (e.g. 0.95, or an `actpatch.Bootstrap` for the resamples' count and seed) puts a bootstrap
+    interval on every number, as `sweep(ci=)` does: a `stat` dimension ["value", "lo", "hi"] over
+    resamples of the prompts, each direction's on its own baselines (docs/uncertainty.md)."""
     bases = _bases(model, basis, layers)
-    if ci is not None:
-        if per_prompt:
-            raise ValueError(
-                "ci= returns intervals computed from the per-prompt rows, not the rows: drop "
-                "per_prompt=True, or call actpatch.stats.intervals on a per_prompt=True result"
-            )
-        check_options(ci, n_boot)
+    ci = bootstrap.Bootstrap.of(ci)
+    if ci is not None and per_prompt:
+        raise ValueError(
+            "ci= returns intervals computed from the per-prompt rows, not the rows: drop "
+            "per_prompt=True, or call actpatch.stats.intervals on a per_prompt=True result"
+        )
     directions = [direction] if isinstance(direction, str) else list(direction)
     parts = []
     for each in directions:
@@ -152,7 +150,7 @@ def patch_subspace(
                 "clean": baseline.clean_logit_diff.tolist(),
                 "corrupt": baseline.corrupt_logit_diff.tolist(),
             }
-            part = intervals(part, ci=ci, n_boot=n_boot, seed=boot_seed)
+            part = bootstrap.intervals(part, ci=ci)
         parts.append(part)
     result = (
         parts[0]
