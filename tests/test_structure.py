@@ -1,7 +1,6 @@
 """The shape of the source: layers that import downwards only, short signatures, honest costs."""
 
 import ast
-import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -88,54 +87,24 @@ def _name(func: ast.expr) -> str:
     return func.attr if isinstance(func, ast.Attribute) else func.id
 
 
-# What fresh interpreters import, each to list the actpatch modules it then holds: started
-# together once per module (each spends seconds importing torch; two cores run two at once).
-FRESH_IMPORTS = (
-    "import actpatch.run",
-    "import actpatch.models.load",
-    "import actpatch.engine.attribution, actpatch.engine.sweep",
-)
+def _loaded_after(statement: str) -> list[str]:
+    """actpatch modules in sys.modules after running `statement` in a fresh interpreter."""
+    code = f"import sys\n{statement}\nprint('\\n'.join(m for m in sys.modules if m.startswith('actpatch')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.split()
 
 
-@pytest.fixture(scope="module")
-def loaded_after():
-    """`loaded_after(statement)`: actpatch modules in sys.modules after running `statement` (one of
-    FRESH_IMPORTS) in a fresh interpreter."""
-    listing = "\nprint('\\n'.join(m for m in sys.modules if m.startswith('actpatch')))"
-    with contextlib.ExitStack() as stack:
-        children = {
-            statement: stack.enter_context(
-                subprocess.Popen(
-                    [sys.executable, "-c", f"import sys\n{statement}{listing}"],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-            )
-            for statement in FRESH_IMPORTS
-        }
-
-        def loaded(statement: str) -> list[str]:
-            out, err = children[statement].communicate()
-            assert children[statement].returncode == 0, err
-            return out.split()
-
-        yield loaded
-        for child in children.values():
-            child.kill()  # one whose test did not run; a finished one is left as it is
+def test_run_is_a_leaf():
+    assert sorted(_loaded_after("import actpatch.run")) == ["actpatch", "actpatch.run"]
 
 
-def test_run_is_a_leaf(loaded_after):
-    assert sorted(loaded_after("import actpatch.run")) == ["actpatch", "actpatch.run"]
-
-
-def test_models_load_without_hooks_or_pairs(loaded_after):
-    loaded = loaded_after("import actpatch.models.load")
+def test_models_load_without_hooks_or_pairs():
+    loaded = _loaded_after("import actpatch.models.load")
     assert loaded and not [m for m in loaded if m.startswith(("actpatch.hooks", "actpatch.pairs"))]
 
 
-def test_an_engine_loads_no_analysis_above_it(loaded_after):
-    loaded = loaded_after("import actpatch.engine.attribution, actpatch.engine.sweep")
+def test_an_engine_loads_no_analysis_above_it():
+    loaded = _loaded_after("import actpatch.engine.attribution, actpatch.engine.sweep")
     assert "actpatch.engine.attribution" in loaded
     analyses = ("actpatch.circuits", "actpatch.graph", "actpatch.report", "actpatch.cli")
     assert not [m for m in loaded if m.startswith(analyses)]
