@@ -329,7 +329,7 @@ def agreement(records: dict) -> dict:
     ours = np.asarray(records["actpatch"]["runs"][0]["U"])
     theirs = np.asarray(records["pyvene"]["runs"][0]["U"])
     cosines = np.linalg.svd(ours.T @ theirs, compute_uv=False)
-    return {"subspace_cos2": float((cosines**2).mean()), "rank1_abs_cos": float(cosines[0])}
+    return {"subspace_cos2": float((cosines**2).mean()), "largest_cos": float(cosines[0])}
 
 
 def print_report(summary: dict) -> None:
