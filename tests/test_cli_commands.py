@@ -426,26 +426,17 @@ def test_quiet_by_default(tiny_folder, tmp_path, caplog, actpatch_log_level):
     ],
 )
 def test_a_rerun_into_the_same_out_needs_overwrite(tiny_folder, tmp_path, command, written):
-    flags = [
-        "--model",
-        tiny_folder,
-        "--task",
-        "ioi",
-        "--prompts",
-        "4",
-        "--no-check-baseline",
-        "--out",
-        str(tmp_path),
-        "--quiet",
-    ]
-    first = run(*command, *flags)
+    def rerun(*extra):
+        return run_tiny_ioi(tuple(command), tiny_folder, tmp_path, "--quiet", *extra)
+
+    first = rerun()
     assert first.exit_code == 0, first.output
     before = (tmp_path / written).stat().st_mtime_ns
-    again = run(*command, *flags)
+    again = rerun()
     assert again.exit_code == 2 and again.stderr.count("\n") == 1, again.output
     assert f"{tmp_path / written} exists (an earlier run's output): add --overwrite" in again.stderr
     assert (tmp_path / written).stat().st_mtime_ns == before  # refused before anything ran
-    replaced = run(*command, *flags, "--overwrite")
+    replaced = rerun("--overwrite")
     assert replaced.exit_code == 0, replaced.output
     assert (tmp_path / written).stat().st_mtime_ns > before
 
